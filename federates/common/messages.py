@@ -1,0 +1,155 @@
+"""What travels as HELICS messages: orders, confirmations, meter readings, commands.
+
+Every message is one JSON object ``{"kind": ..., "items": [...], ...}``. Floats are
+written with ``repr`` precision, so a float decodes to the same bits it was encoded
+from; the in-process engine hands the same objects over directly and gets equal
+results.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+GRID = "grid"  # the utility as a counterparty (retail seller, feed-in buyer)
+
+
+@dataclass(frozen=True)
+class Order:
+    """A bid (side="buy") or offer (side="sell") for one market interval.
+
+    ``energy_kwh`` >= 0 [kWh] over the interval; ``price_usd_per_kwh`` is the limit
+    price: the most a buyer pays, the least a seller accepts.
+    """
+
+    participant: str
+    side: Literal["buy", "sell"]
+    interval: int
+    energy_kwh: float
+    price_usd_per_kwh: float
+    bus: str = ""
+    phase: str = ""
+    community: str = ""
+
+
+@dataclass(frozen=True)
+class Trade:
+    """Energy [kWh] delivered from seller to buyer in an interval at a price [USD/kWh]."""
+
+    interval: int
+    seller: str
+    buyer: str
+    energy_kwh: float
+    price_usd_per_kwh: float
+    fee_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What the market tells one participant after clearing interval ``interval``.
+
+    ``scheduled_kwh`` is the participant's net scheduled energy (+ import, - export)
+    over the interval: peer and grid purchases minus peer and grid sales.
+    """
+
+    participant: str
+    interval: int
+    scheduled_kwh: float
+    peer_bought_kwh: float
+    peer_sold_kwh: float
+    grid_bought_kwh: float
+    grid_sold_kwh: float
+    price_usd_per_kwh: float | None
+
+
+@dataclass(frozen=True)
+class MeterReading:
+    """One smart-meter reading at a customer point.
+
+    ``v_pu`` voltage magnitude [pu of the bus's nominal L-N voltage]; ``p_kw``,
+    ``q_kvar`` the power at the customer point [kW, kvar] (+ import);
+    ``energy_kwh`` net energy metered so far in the current interval [kWh].
+    """
+
+    meter: str
+    t_s: float
+    v_pu: float
+    p_kw: float
+    q_kvar: float
+    energy_kwh: float
+
+
+@dataclass(frozen=True)
+class IntervalEnergy:
+    """Net energy [kWh] metered at a customer point over a whole interval (+ import)."""
+
+    meter: str
+    interval: int
+    energy_kwh: float
+
+
+@dataclass(frozen=True)
+class ControlCommand:
+    """An inverter set-point for one participant.
+
+    ``q_kvar`` reactive power at the customer point (> 0 drawn from the grid, i.e.
+    the inverter absorbs and lowers the local voltage; < 0 injects; see units.py);
+    ``p_export_cap_kw`` the most the participant may export [kW, >= 0], None = no cap.
+    """
+
+    participant: str
+    q_kvar: float
+    p_export_cap_kw: float | None
+
+
+@dataclass(frozen=True)
+class CurtailmentNotice:
+    """Energy [kWh] a participant could not deliver in an interval because the DSO capped it."""
+
+    participant: str
+    interval: int
+    curtailed_kwh: float
+    limit: str
+
+
+_KINDS: dict[str, type] = {
+    "orders": Order,
+    "trades": Trade,
+    "confirmations": Confirmation,
+    "readings": MeterReading,
+    "interval_energy": IntervalEnergy,
+    "commands": ControlCommand,
+    "curtailments": CurtailmentNotice,
+}
+_KIND_OF: dict[type, str] = {v: k for k, v in _KINDS.items()}
+
+
+@dataclass
+class Envelope:
+    """A decoded message: its kind, its items, and free-form header fields."""
+
+    kind: str
+    items: list[Any]
+    header: dict[str, Any] = field(default_factory=dict)
+
+
+def encode(items: list[Any], kind: str | None = None, **header: Any) -> str:
+    """JSON text of ``items`` (dataclasses of one kind); ``header`` adds plain fields."""
+    if kind is None:
+        if not items:
+            raise ValueError("an empty message needs an explicit kind")
+        kind = _KIND_OF[type(items[0])]
+    return json.dumps({"kind": kind, "items": [asdict(i) for i in items], **header})
+
+
+def decode(text: str) -> Envelope:
+    """The Envelope a message text holds; raises ValueError naming an unknown kind."""
+    obj = json.loads(text)
+    kind = obj.pop("kind")
+    cls = _KINDS.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown message kind {kind!r}; allowed: {sorted(_KINDS)}")
+    names = {f.name for f in fields(cls)}
+    items = [cls(**{k: v for k, v in it.items() if k in names}) for it in obj.pop("items")]
+    return Envelope(kind=kind, items=items, header=obj)

@@ -1,0 +1,104 @@
+"""The study clock, shared by every federate and the in-process engine.
+
+Study time ``t_s`` runs from 0 to ``duration_s``. Market interval ``k`` covers
+``[k*M, (k+1)*M)``; physics step ``n`` of that interval starts at ``k*M + n*dt``; the
+global step index is ``g = k*S + n`` with ``S = M/dt`` steps per interval.
+
+The federation runs on HELICS time = study time + fixed phase offsets, so that each
+exchange happens at a time strictly after the one it depends on (no same-time races)
+except the intended control loop inside a physics step, which iterates:
+
+    k*M + 0.25   prosumers send bids for interval k; meters send interval energy of
+                 k-1; controllers send curtailment notices of k-1
+    k*M + 0.50   market settles k-1 and clears k: confirmations, schedule values
+    t + 0.50     prosumers publish the real deviation and PV of the step starting at t
+    t + 1.00     physics step at study time t: feeder solves, meters read,
+                 controllers act, feeder re-solves (HELICS iterative time requests)
+
+After the last interval, the reports and settlement of the last interval happen at
+``duration_s + 0.25`` and ``duration_s + 0.5``. A physics step must therefore be at
+least 2 s long.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PHASE_REPORT_S = 0.25
+PHASE_MARKET_S = 0.5
+PHASE_PRESTEP_S = 0.5
+PHASE_STEP_S = 1.0
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Intervals and steps of one study [s]."""
+
+    duration_s: float
+    market_interval_s: float
+    physics_step_s: float
+
+    def __post_init__(self) -> None:
+        if self.physics_step_s < 2.0:
+            raise ValueError("physics_step_s must be at least 2 s")
+        for name, ratio in (
+            ("market_interval_s / physics_step_s", self.market_interval_s / self.physics_step_s),
+            ("duration_s / market_interval_s", self.duration_s / self.market_interval_s),
+        ):
+            if abs(ratio - round(ratio)) > 1e-9 or round(ratio) < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {ratio:g}")
+
+    @property
+    def n_intervals(self) -> int:
+        return round(self.duration_s / self.market_interval_s)
+
+    @property
+    def steps_per_interval(self) -> int:
+        return round(self.market_interval_s / self.physics_step_s)
+
+    @property
+    def n_steps(self) -> int:
+        return self.n_intervals * self.steps_per_interval
+
+    @property
+    def interval_h(self) -> float:
+        """Length of a market interval [h]."""
+        return self.market_interval_s / 3600.0
+
+    @property
+    def step_h(self) -> float:
+        """Length of a physics step [h]."""
+        return self.physics_step_s / 3600.0
+
+    def interval_start_s(self, k: int) -> float:
+        return k * self.market_interval_s
+
+    def step_t_s(self, g: int) -> float:
+        """Study time [s] at the start of global step ``g``."""
+        return g * self.physics_step_s
+
+    def interval_of_step(self, g: int) -> int:
+        return g // self.steps_per_interval
+
+    def steps_of_interval(self, k: int) -> range:
+        s = self.steps_per_interval
+        return range(k * s, (k + 1) * s)
+
+    # HELICS times [s]
+    def report_time(self, k: int) -> float:
+        """Bids for k, reports of k-1 (k may equal n_intervals: final reports)."""
+        return k * self.market_interval_s + PHASE_REPORT_S
+
+    def market_time(self, k: int) -> float:
+        """Settle k-1, clear k (k may equal n_intervals: final settlement)."""
+        return k * self.market_interval_s + PHASE_MARKET_S
+
+    def prestep_time(self, g: int) -> float:
+        return self.step_t_s(g) + PHASE_PRESTEP_S
+
+    def step_time(self, g: int) -> float:
+        return self.step_t_s(g) + PHASE_STEP_S
+
+    @property
+    def final_time(self) -> float:
+        return self.market_time(self.n_intervals)

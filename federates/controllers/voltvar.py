@@ -1,0 +1,69 @@
+"""IEEE 1547-2018 Volt-VAR characteristic (clause 5.3.3), as a pure function.
+
+The curve is piecewise linear through four points (V1, Q1), (V2, 0), (V3, 0),
+(V4, Q4) and flat outside [V1, V4]. The standard's default for Category B DER
+(Table 8) is::
+
+    V1 = VRef - 0.08 VN   Q1 = 44 % of nameplate apparent power, injection
+    V2 = VRef - 0.02 VN   Q2 = 0
+    V3 = VRef + 0.02 VN   Q3 = 0
+    V4 = VRef + 0.08 VN   Q4 = 44 % of nameplate apparent power, absorption
+
+which with VRef = VN = 1 pu is what :class:`runner.config.VoltVarConfig` holds by
+default. The standard defines V1..V4 relative to VRef; the config gives them for
+VRef = 1.0 pu, so a ``v_ref_pu`` other than 1.0 shifts all four points by
+``v_ref_pu - 1.0`` [pu].
+
+Sign
+    :func:`volt_var_q_pct` returns the *standard's* sign: ``+`` = reactive power
+    injected (over-excited, raises voltage), ``-`` = absorbed. tecosim's convention
+    (units.py) is the opposite: ``q_kvar > 0`` is drawn, ``q_kvar < 0`` injected.
+    :func:`q_pct_to_q_kvar` is the one place that flips it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from runner.config import VoltVarConfig
+
+
+def volt_var_points(curve: VoltVarConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The curve's corner points: voltages [pu] and reactive powers [% of nameplate kVA].
+
+    Reactive power in the standard's sign (+ = injection). The voltages include the
+    shift ``curve.v_ref_pu - 1.0`` [pu].
+    """
+    shift_pu = curve.v_ref_pu - 1.0
+    v_points_pu = np.array([curve.v1_pu, curve.v2_pu, curve.v3_pu, curve.v4_pu]) + shift_pu
+    q_points_pct = np.array([curve.q1_pct, 0.0, 0.0, curve.q4_pct])
+    return v_points_pu, q_points_pct
+
+
+def volt_var_q_pct(v_pu: np.ndarray, curve: VoltVarConfig) -> np.ndarray:
+    """Reactive power the Volt-VAR curve asks for at voltages ``v_pu`` [pu].
+
+    Returns [% of the inverter's nameplate apparent power], same shape as ``v_pu``,
+    in the standard's sign: ``+`` injection below V2 (up to ``q1_pct`` at and below
+    V1), ``0`` in the dead band [V2, V3], ``-`` absorption above V3 (down to
+    ``q4_pct`` at and beyond V4). Ignores ``curve.enabled`` (the caller decides).
+    """
+    v_points_pu, q_points_pct = volt_var_points(curve)
+    v = np.asarray(v_pu, dtype=float)
+    # np.interp holds the end values flat beyond V1 and V4, as the standard does.
+    return np.interp(v, v_points_pu, q_points_pct)
+
+
+def q_pct_to_q_kvar(q_pct: np.ndarray, inverter_kva: np.ndarray) -> np.ndarray:
+    """tecosim ``q_kvar`` [kvar] from a Volt-VAR set-point [% of nameplate kVA, + = injection].
+
+    ``inverter_kva`` [kVA] is each inverter's nameplate apparent power (0 = none,
+    which gives 0 kvar).
+    """
+    # Sign flip: the standard's + is injection; in tecosim injection is q_kvar < 0.
+    return -np.asarray(q_pct, dtype=float) / 100.0 * np.asarray(inverter_kva, dtype=float)
+
+
+def volt_var_q_kvar(v_pu: np.ndarray, curve: VoltVarConfig, inverter_kva: np.ndarray) -> np.ndarray:
+    """Volt-VAR reactive power [kvar] in tecosim's sign (q_kvar < 0 = injected) at ``v_pu`` [pu]."""
+    return q_pct_to_q_kvar(volt_var_q_pct(v_pu, curve), inverter_kva)

@@ -1,0 +1,398 @@
+"""The OpenDSS adapter: the only module of tecosim that imports opendssdirect.
+
+One :class:`OpenDSSFeeder` owns one OpenDSS engine context (``opendssdirect.NewContext``),
+so several feeders can live in one process without clearing each other.
+
+Customers (prosumers) are OpenDSS Loads with ``model=1`` (constant P, Q) whose kW and
+kvar are set every step. OpenDSS accepts a negative Load kW: a negative load injects
+active power, which is how export is modelled (no Generator needed; checked in
+tests/feeder/test_adapter.py). A constant-PQ Load keeps its set power only within
+``vminpu`` .. ``vmaxpu``; customer loads use :data:`CUSTOMER_VMIN_PU` ..
+:data:`CUSTOMER_VMAX_PU` so that they stay constant PQ over any voltage a study can
+reach while OpenDSS still has a constant-Z fallback for a collapsing solution.
+
+Sign convention (federates/common/units.py): customer ``p_kw > 0`` is consumption;
+an OpenDSS Load's kW has the same sign, so no flip here. ``source_pq`` flips the sign
+of OpenDSS's ``Circuit.TotalPower`` (negative when the source delivers power) so that
+import into the circuit is positive.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import opendssdirect
+
+from federates.common.errors import FeederModelError, PowerFlowNotConverged
+from federates.common.grid import CustomerSite, LoadPoint
+from federates.common.units import NODE_TO_PHASE, PHASE_TO_NODE, PHASES
+
+if TYPE_CHECKING:
+    from runner.config import CustomerConnection
+
+__all__ = ["CUSTOMER_VMAX_PU", "CUSTOMER_VMIN_PU", "OpenDSSFeeder"]
+
+CUSTOMER_VMIN_PU = 0.7
+CUSTOMER_VMAX_PU = 1.3
+MAX_CONTROL_ITERATIONS = 50  # OpenDSS control iterations per snapshot solve (regulators, capacitors)
+MAX_POWER_FLOW_ITERATIONS = 100
+
+# OpenDSS Solution.ControlMode values
+_CONTROL_OFF = -1
+_CONTROL_STATIC = 0
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def _phases_of_bus(bus_spec: str, n_phases: int) -> tuple[str, ...]:
+    """Phase letters of an element's bus spec ``bus.1.2`` (all three when no suffix)."""
+    parts = bus_spec.split(".")
+    nodes = [int(p) for p in parts[1:] if p.isdigit()]
+    phases = tuple(NODE_TO_PHASE[n] for n in nodes if n in NODE_TO_PHASE)
+    if not phases:
+        return PHASES[:n_phases] if n_phases < 3 else PHASES
+    return phases
+
+
+class OpenDSSFeeder:
+    """An OpenDSS feeder model with prosumers attached.
+
+    ``master``: the OpenDSS master file; ``source_pu``: optional Vsource voltage [pu].
+    The model is compiled and solved once (snapshot) on construction. Customer vectors
+    (powers, voltages) are always in the order of the ``sites`` given to
+    :meth:`attach_customers`.
+    """
+
+    def __init__(self, master: Path, *, source_pu: float | None = None) -> None:
+        self.master = Path(master)
+        if not self.master.is_file():
+            raise FeederModelError(f"{self.master}: no such OpenDSS master file")
+        self._dss = opendssdirect.NewContext()
+        try:
+            self._dss.Basic.AllowChangeDir(False)
+        except Exception:  # pragma: no cover - older engines: changing dir is harmless here
+            pass
+        try:
+            self._dss.Text.Command("Clear")
+            self._dss.Text.Command(f"Compile [{self.master.resolve()}]")
+            if source_pu is not None:
+                self._dss.Vsources.First()
+                self._dss.Vsources.PU(float(source_pu))
+            self._dss.Text.Command("Set Mode=Snapshot")
+            self._dss.Text.Command(f"Set MaxControlIter={MAX_CONTROL_ITERATIONS}")
+            self._dss.Text.Command(f"Set MaxIterations={MAX_POWER_FLOW_ITERATIONS}")
+        except Exception as e:
+            raise FeederModelError(f"{self.master}: OpenDSS could not load the model: {e}") from None
+        if self._dss.Circuit.NumBuses() == 0:
+            raise FeederModelError(f"{self.master}: OpenDSS built no circuit from this file")
+        self._control_mode: int | None = None
+        self._background: list[tuple[int, float, float]] = []  # (load idx, kW, kvar) nominal
+        self._background_mult = 1.0
+        for name in self._dss.Loads.AllNames():
+            self._dss.Loads.Name(name)
+            self._background.append((self._dss.Loads.Idx(), self._dss.Loads.kW(), self._dss.Loads.kvar()))
+        self._load_points = self._read_load_points()
+        self._regulators: list[str] = list(self._dss.RegControls.AllNames()) if self._dss.RegControls.Count() else []
+        self._held: set[str] = set()
+        self.sites: list[CustomerSite] = []
+        self._cust_load_idx: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._cust_node_idx: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._cust_base_v: np.ndarray = np.zeros(0)
+        self._cust_bus: list[str] = []
+        try:
+            self.solve(controls=True)
+        except PowerFlowNotConverged as e:
+            raise FeederModelError(f"{self.master}: the base case does not solve: {e}") from None
+
+    # ------------------------------------------------------------------ model facts
+    def _read_load_points(self) -> list[LoadPoint]:
+        points = []
+        for name in self._dss.Loads.AllNames():
+            self._dss.Loads.Name(name)
+            bus_spec = self._dss.CktElement.BusNames()[0]
+            n_ph = self._dss.CktElement.NumPhases()
+            phases = _phases_of_bus(bus_spec, n_ph)
+            conn = "delta" if self._dss.Loads.IsDelta() else "wye"
+            points.append(LoadPoint(
+                name=name, bus=bus_spec.split(".")[0].lower(), phases=phases,
+                kv=float(self._dss.Loads.kV()), kw=float(self._dss.Loads.kW()),
+                kvar=float(self._dss.Loads.kvar()), conn=conn,
+            ))
+        return points
+
+    def load_points(self) -> list[LoadPoint]:
+        """Every Load of the model as compiled (customers attached later not included)."""
+        return list(self._load_points)
+
+    def bus_kv_ln(self, bus: str) -> float:
+        """Nominal line-to-neutral voltage of ``bus`` [kV] (its OpenDSS kVBase)."""
+        if self._dss.Circuit.SetActiveBus(bus) < 0:
+            raise ValueError(f"{self.master.name}: no bus {bus!r} in the model")
+        kv = float(self._dss.Bus.kVBase())
+        if kv <= 0:
+            raise ValueError(f"{self.master.name}: bus {bus!r} has no voltage base (set VoltageBases)")
+        return kv
+
+    def default_daily_shape(self) -> np.ndarray:
+        """OpenDSS's built-in ``default`` load shape: 24 hourly multipliers [-]."""
+        self._dss.LoadShape.Name("default")
+        return np.asarray(self._dss.LoadShape.PMult(), dtype=float)
+
+    @property
+    def regulator_names(self) -> list[str]:
+        """Names of the model's RegControls, in model order."""
+        return list(self._regulators)
+
+    @property
+    def n_customers(self) -> int:
+        return len(self.sites)
+
+    # ------------------------------------------------------------------ customers
+    def attach_customers(
+        self, sites: Sequence[CustomerSite], connection: CustomerConnection
+    ) -> None:
+        """Create the OpenDSS elements that connect each customer (once per feeder).
+
+        ``connection`` is a :class:`runner.config.CustomerConnection`. ``"secondary"``:
+        one single-phase service transformer per distinct ``site.group`` (primary: the
+        bus node to neutral at the bus's L-N kV [kV]; secondary: ``secondary_kv`` L-N
+        [kV]; ``transformer_kva`` [kVA], ``transformer_pct_r`` / ``_pct_x`` [%] on its
+        own base), a service drop per customer (``service_length_m`` [m],
+        ``service_r_ohm_per_km`` / ``_x_ohm_per_km`` [ohm/km]) to bus ``cust_<participant>``
+        and a Load ``cust_<participant>`` there. ``"direct"``: the Load sits on the
+        primary bus node itself. Customer buses get their L-N kV base.
+        """
+        if self.sites:
+            raise RuntimeError("customers are already attached to this feeder")
+        sites = list(sites)
+        names = [s.participant for s in sites]
+        if len(set(names)) != len(names):
+            raise ValueError("participant names must be unique")
+        for s in sites:
+            if not _NAME_OK.match(s.participant) or not _NAME_OK.match(s.group):
+                raise ValueError(f"participant/group names must be letters, digits, _ or -: {s}")
+            if s.phase not in PHASE_TO_NODE:
+                raise ValueError(f"{s.participant}: phase {s.phase!r} is not one of a, b, c")
+        kind = connection.kind
+        commands: list[str] = []
+        new_bases: dict[str, float] = {}
+        node_names: list[str] = []
+        base_kv: list[float] = []
+        if kind == "secondary":
+            groups: dict[str, tuple[str, str]] = {}
+            for s in sites:
+                where = (s.bus.lower(), s.phase)
+                if groups.setdefault(s.group, where) != where:
+                    raise ValueError(f"group {s.group!r} mixes buses/phases: {groups[s.group]} and {where}")
+            v_sec = float(connection.secondary_kv)
+            half_r = float(connection.transformer_pct_r) / 2.0
+            for group, (bus, phase) in groups.items():
+                kv_prim = self.bus_kv_ln(bus)
+                node = PHASE_TO_NODE[phase]
+                commands.append(
+                    f"New Transformer.svc_{group} phases=1 windings=2 "
+                    f"buses=[{bus}.{node} svc_{group}.1] conns=[wye wye] "
+                    f"kVs=[{kv_prim!r} {v_sec!r}] kVAs=[{connection.transformer_kva!r} {connection.transformer_kva!r}] "
+                    f"%Rs=[{half_r!r} {half_r!r}] XHL={float(connection.transformer_pct_x)!r}"
+                )
+                new_bases[f"svc_{group}"] = v_sec
+            length_km = float(connection.service_length_m) / 1000.0
+            r = float(connection.service_r_ohm_per_km)
+            x = float(connection.service_x_ohm_per_km)
+            for s in sites:
+                cb = f"cust_{s.participant}"
+                commands.append(
+                    f"New Line.drop_{s.participant} phases=1 bus1=svc_{s.group}.1 bus2={cb}.1 "
+                    f"r1={r!r} x1={x!r} r0={r!r} x0={x!r} c1=0 c0=0 length={length_km!r} units=km"
+                )
+                commands.append(self._load_command(s.participant, f"{cb}.1", v_sec))
+                new_bases[cb] = v_sec
+                node_names.append(f"{cb}.1")
+                base_kv.append(v_sec)
+        elif kind == "direct":
+            for s in sites:
+                bus = s.bus.lower()
+                kv = self.bus_kv_ln(bus)
+                node = f"{bus}.{PHASE_TO_NODE[s.phase]}"
+                commands.append(self._load_command(s.participant, node, kv))
+                node_names.append(node)
+                base_kv.append(kv)
+        else:
+            raise ValueError(f"unknown customer connection kind {kind!r}; allowed: secondary, direct")
+        try:
+            for c in commands:
+                self._dss.Text.Command(c)
+            self._dss.Text.Command("MakeBusList")
+            for bus, kv in new_bases.items():
+                self._dss.Text.Command(f"SetkVBase bus={bus} kVLN={kv!r}")
+        except Exception as e:
+            raise FeederModelError(f"{self.master}: could not attach customers: {e}") from None
+        self.sites = sites
+        self._cust_bus = [s.bus.lower() for s in sites]
+        idx = []
+        for s in sites:
+            self._dss.Loads.Name(f"cust_{s.participant}")
+            idx.append(self._dss.Loads.Idx())
+        self._cust_load_idx = np.asarray(idx, dtype=np.int64)
+        all_nodes = {n.lower(): i for i, n in enumerate(self._dss.Circuit.AllNodeNames())}
+        try:
+            self._cust_node_idx = np.asarray([all_nodes[n.lower()] for n in node_names], dtype=np.int64)
+        except KeyError as e:
+            raise FeederModelError(f"{self.master}: customer node {e} not found after attaching") from None
+        self._cust_base_v = np.asarray(base_kv, dtype=float) * 1000.0
+        self._cust_p = np.zeros(len(sites))
+        self._cust_q = np.zeros(len(sites))
+        self.solve(controls=True)
+
+    @staticmethod
+    def _load_command(participant: str, node: str, kv_ln: float) -> str:
+        return (
+            f"New Load.cust_{participant} bus1={node} phases=1 conn=wye model=1 "
+            f"kV={kv_ln!r} kW=0 kvar=0 vminpu={CUSTOMER_VMIN_PU} vmaxpu={CUSTOMER_VMAX_PU}"
+        )
+
+    # ------------------------------------------------------------------ set-points
+    def set_background_scale(self, mult: float) -> None:
+        """Set every original (non-customer) load to ``mult`` x its nominal kW, kvar [-]."""
+        mult = float(mult)
+        if mult == self._background_mult:
+            return
+        loads = self._dss.Loads
+        for idx, kw, kvar in self._background:
+            loads.Idx(idx)
+            loads.kW(kw * mult)
+            loads.kvar(kvar * mult)
+        self._background_mult = mult
+
+    @property
+    def background_scale(self) -> float:
+        return self._background_mult
+
+    def set_customer_powers(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> None:
+        """Set each customer Load's power [kW, kvar] (p_kw > 0 consumption, < 0 export)."""
+        p = np.asarray(p_kw, dtype=float)
+        q = np.asarray(q_kvar, dtype=float)
+        n = len(self.sites)
+        if p.shape != (n,) or q.shape != (n,):
+            raise ValueError(f"expected {n} customer powers, got p {p.shape} and q {q.shape}")
+        if not (np.all(np.isfinite(p)) and np.all(np.isfinite(q))):
+            raise ValueError("customer powers must be finite")
+        # only the loads whose set-point changed are written (OpenDSS keeps the rest)
+        changed = np.flatnonzero((p != self._cust_p) | (q != self._cust_q))
+        loads = self._dss.Loads
+        idx = self._cust_load_idx[changed].tolist()
+        for i, pk, qk in zip(idx, p[changed].tolist(), q[changed].tolist(), strict=True):
+            loads.Idx(i)
+            loads.kW(pk)
+            loads.kvar(qk)
+        self._cust_p = p.copy()
+        self._cust_q = q.copy()
+
+    # ------------------------------------------------------------------ solving
+    def solve(self, *, controls: bool = True, t_s: float = math.nan) -> None:
+        """One snapshot power flow.
+
+        ``controls=False``: ControlMode OFF, regulator taps and capacitor states stay
+        where they are. ``controls=True``: ControlMode STATIC, regulators and
+        capacitors act (control iterations) unless held with :meth:`hold_taps`.
+        ``t_s`` [s] only labels a :class:`PowerFlowNotConverged`.
+        """
+        mode = _CONTROL_STATIC if controls else _CONTROL_OFF
+        sol = self._dss.Solution
+        if mode != self._control_mode:
+            sol.ControlMode(mode)
+            self._control_mode = mode
+        try:
+            sol.Solve()
+        except Exception as e:
+            raise PowerFlowNotConverged(t_s, f"OpenDSS: {e}") from None
+        if not sol.Converged():
+            raise PowerFlowNotConverged(t_s, f"no convergence after {sol.Iterations()} iterations")
+
+    # ------------------------------------------------------------------ regulators
+    def regulator_taps(self) -> dict[str, int]:
+        """Present tap position [steps from neutral] of every RegControl."""
+        out = {}
+        rc = self._dss.RegControls
+        for name in self._regulators:
+            rc.Name(name)
+            out[name] = int(rc.TapNumber())
+        return out
+
+    def set_regulator_taps(self, taps: dict[str, int]) -> None:
+        """Move the named regulators to the given taps [steps from neutral]."""
+        rc = self._dss.RegControls
+        for name, tap in taps.items():
+            if name.lower() not in self._regulators:
+                raise ValueError(f"no regulator {name!r}; the model has {self._regulators}")
+            rc.Name(name)
+            rc.TapNumber(int(tap))
+
+    def hold_taps(self, hold: bool = True, names: Sequence[str] | None = None) -> None:
+        """Hold regulators at their present taps (``hold=False`` releases them).
+
+        A held regulator's RegControl is disabled, so controlled solves leave its tap
+        alone; capacitors and other controls still act.
+        """
+        for name in names if names is not None else self._regulators:
+            name = name.lower()
+            if name not in self._regulators:
+                raise ValueError(f"no regulator {name!r}; the model has {self._regulators}")
+            self._dss.Text.Command(f"RegControl.{name}.enabled={'no' if hold else 'yes'}")
+            if hold:
+                self._held.add(name)
+            else:
+                self._held.discard(name)
+
+    # ------------------------------------------------------------------ results
+    def customer_v_pu(self) -> np.ndarray:
+        """Voltage magnitude at each customer node [pu of its nominal L-N voltage]."""
+        vmag = np.asarray(self._dss.Circuit.AllBusVMag(), dtype=float)
+        return vmag[self._cust_node_idx] / self._cust_base_v
+
+    def customer_pq(self) -> tuple[np.ndarray, np.ndarray]:
+        """Power actually drawn by each customer Load [kW], [kvar] (+ consumption)."""
+        n = len(self.sites)
+        p = np.empty(n)
+        q = np.empty(n)
+        loads = self._dss.Loads
+        elem = self._dss.CktElement
+        for k, idx in enumerate(self._cust_load_idx.tolist()):
+            loads.Idx(idx)
+            s = elem.TotalPowers()
+            p[k] = s[0]
+            q[k] = s[1]
+        return p, q
+
+    def source_pq(self) -> tuple[float, float]:
+        """Total power into the circuit from the source [kW], [kvar] (+ import)."""
+        s = self._dss.Circuit.TotalPower()
+        return -float(s[0]), -float(s[1])  # OpenDSS: negative = delivered by the source
+
+    def losses_kw(self) -> float:
+        """Total active losses of the circuit [kW]."""
+        return float(self._dss.Circuit.Losses()[0]) / 1000.0
+
+    def load_kw(self) -> float:
+        """Active power drawn by all Loads, customers included [kW] (+ consumption)."""
+        loads = self._dss.Loads
+        elem = self._dss.CktElement
+        total = 0.0
+        for k in range(1, loads.Count() + 1):
+            loads.Idx(k)
+            total += elem.TotalPowers()[0]
+        return total
+
+    def node_v_pu(self) -> dict[str, float]:
+        """Voltage magnitude of every node ``bus.node`` [pu of the bus's L-N base]."""
+        names = self._dss.Circuit.AllNodeNames()
+        return dict(zip(names, (float(v) for v in self._dss.Circuit.AllBusMagPu()), strict=True))
+
+    def customer_buses(self) -> list[str]:
+        """Primary bus of each customer, in customer order."""
+        return list(self._cust_bus)

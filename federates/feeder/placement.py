@@ -1,0 +1,79 @@
+"""Where prosumers connect: a seeded placement on a feeder's loads (pure, no OpenDSS)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from federates.common.grid import CustomerSite, LoadPoint
+from federates.common.rng import stream
+from federates.common.units import PHASES
+
+
+def place_customers(
+    load_points: list[LoadPoint],
+    count: int,
+    *,
+    seed: int,
+    phase: str = "any",
+    customers_per_transformer: int = 3,
+) -> list[CustomerSite]:
+    """``count`` prosumer sites on the model's loads, the same for the same ``seed``.
+
+    Each prosumer picks a load with probability proportional to its nominal kW
+    (loads with kW <= 0 are never picked), then a phase uniformly among the load's
+    phases, or the given ``phase`` (a/b/c; loads without it are not eligible).
+    Sites are ordered by load (model order) and phase (a, b, c) and named ``p000``,
+    ``p001``, ... in that order (wider numbers above 1000 prosumers); consecutive
+    prosumers on the same load and phase share a service transformer ``group``
+    (``g000``, ...) of at most ``customers_per_transformer``.
+
+    Raises ValueError for an unknown phase, a negative count, a group size below 1,
+    or when no load is eligible (naming the phase).
+    """
+    if phase != "any" and phase not in PHASES:
+        raise ValueError(f"phase {phase!r} is not allowed; use 'any', 'a', 'b' or 'c'")
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if customers_per_transformer < 1:
+        raise ValueError(f"customers_per_transformer must be >= 1, got {customers_per_transformer}")
+    eligible = [
+        i for i, lp in enumerate(load_points)
+        if lp.kw > 0 and lp.phases and (phase == "any" or phase in lp.phases)
+    ]
+    if not eligible:
+        which = "any phase" if phase == "any" else f"phase {phase!r}"
+        raise ValueError(f"no load with positive kW on {which} to place prosumers on")
+    if count == 0:
+        return []
+    rng = stream(seed, "placement")
+    kw = np.asarray([load_points[i].kw for i in eligible], dtype=float)
+    picks = rng.choice(len(eligible), size=count, p=kw / kw.sum())
+    u = rng.random(count)
+    draws: list[tuple[int, int]] = []  # (load index in load_points, phase index in PHASES)
+    for k, r in zip(picks.tolist(), u.tolist(), strict=True):
+        lp = load_points[eligible[k]]
+        options = lp.phases if phase == "any" else (phase,)
+        ph = options[min(int(r * len(options)), len(options) - 1)]
+        draws.append((eligible[k], PHASES.index(ph)))
+    draws.sort()
+    width = max(3, len(str(count - 1)))
+    sites: list[CustomerSite] = []
+    group = -1
+    in_group = customers_per_transformer
+    last: tuple[int, int] | None = None
+    for index, (li, pi) in enumerate(draws):
+        if (li, pi) != last or in_group >= customers_per_transformer:
+            group += 1
+            in_group = 0
+            last = (li, pi)
+        in_group += 1
+        lp = load_points[li]
+        sites.append(CustomerSite(
+            participant=f"p{index:0{width}d}",
+            index=index,
+            bus=lp.bus,
+            phase=PHASES[pi],
+            group=f"g{group:0{width}d}",
+            load=lp.name,
+        ))
+    return sites

@@ -1,0 +1,201 @@
+"""The market's role, shared by the HELICS market federate and the in-process engine.
+
+At market time ``k`` (see federates/common/timeline.py) the role first settles
+interval ``k-1`` from the metered interval energies and curtailment notices of
+``k-1``, then clears interval ``k`` from the orders of ``k``. It keeps every bid,
+trade, clearing outcome and settlement row for :meth:`MarketRole.tables`.
+
+Meters are named after participants: ``IntervalEnergy.meter`` is the participant id.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, fields
+
+import numpy as np
+import pandas as pd
+
+from federates.common.messages import (
+    GRID,
+    Confirmation,
+    CurtailmentNotice,
+    IntervalEnergy,
+    Order,
+    Trade,
+)
+from federates.market.community import ClearingResult, clear_uniform_price
+from federates.market.settlement import SettlementRow, settle_interval
+from runner.config import StudyFile
+
+Clearer = Callable[..., ClearingResult]
+
+#: (topology, mechanism) -> clearing function; only these combinations exist.
+MECHANISMS: dict[tuple[str, str], Clearer] = {
+    ("community", "uniform_price"): clear_uniform_price,
+}
+
+BIDS_DTYPES: dict[str, str] = {
+    "interval": "int64", "participant": "object", "side": "object",
+    "energy_kwh": "float64", "price_usd_per_kwh": "float64", "bus": "object", "phase": "object",
+}
+TRADES_DTYPES: dict[str, str] = {
+    "interval": "int64", "seller": "object", "buyer": "object", "energy_kwh": "float64",
+    "price_usd_per_kwh": "float64", "fee_usd": "float64", "kind": "object",
+}
+CLEARING_DTYPES: dict[str, str] = {
+    "interval": "int64", "status": "object", "price_usd_per_kwh": "float64",
+    "traded_kwh": "float64", "unmatched_buy_kwh": "float64", "unmatched_sell_kwh": "float64",
+    "welfare_usd": "float64", "n_bids": "int64", "n_offers": "int64", "late_orders": "int64",
+}
+_ROW_DTYPES = {"int": "int64", "float": "float64", "str": "object", "bool": "bool"}
+SETTLEMENTS_DTYPES: dict[str, str] = {
+    f.name: _ROW_DTYPES[str(f.type)] for f in fields(SettlementRow)
+}
+
+
+def _frame(rows: list[dict], dtypes: dict[str, str]) -> pd.DataFrame:
+    """A DataFrame with exactly ``dtypes``' columns and dtypes, also when empty."""
+    df = pd.DataFrame(rows, columns=list(dtypes))
+    return df.astype(dtypes).reset_index(drop=True)
+
+
+class MarketRole:
+    """Clears and settles the market, one market time after the other.
+
+    ``cfg``: the study; ``participants``: the prosumer ids in schedule-vector order.
+    """
+
+    def __init__(self, cfg: StudyFile, participants: list[str]):
+        m = cfg.market
+        key = (m.topology, m.mechanism)
+        if key not in MECHANISMS:
+            allowed = ", ".join(f"topology={t!r} with mechanism={k!r}" for t, k in MECHANISMS)
+            raise ValueError(
+                f"market topology={m.topology!r} with mechanism={m.mechanism!r} is not "
+                f"implemented; allowed: {allowed}"
+            )
+        if len(set(participants)) != len(participants):
+            raise ValueError("participants must be unique")
+        if GRID in participants:
+            raise ValueError(f"{GRID!r} is the utility and cannot be a participant")
+        self.cfg = cfg
+        self.participants: list[str] = list(participants)
+        self._index = {p: i for i, p in enumerate(self.participants)}
+        self._clear = MECHANISMS[key]
+        self._timeline = cfg.timeline
+        self._retail = m.retail_usd_per_kwh
+        self._feed_in = m.feed_in_usd_per_kwh
+        self._last_k: int | None = None
+        self._pending: dict[int, ClearingResult] = {}
+        self._bids: list[dict] = []
+        self._trades: list[dict] = []
+        self._clearing: list[dict] = []
+        self._settlements: list[dict] = []
+
+    @property
+    def n_intervals(self) -> int:
+        return self._timeline.n_intervals
+
+    def on_market_time(
+        self,
+        k: int,
+        orders: list[Order],
+        energies: list[IntervalEnergy],
+        notices: list[CurtailmentNotice],
+    ) -> tuple[list[Confirmation], np.ndarray]:
+        """Settle ``k-1`` (if ``k >= 1``), then clear ``k`` (if ``k < n_intervals``).
+
+        ``orders``: the bids and offers received for ``k`` (orders of another interval
+        are ignored and counted as ``late_orders``); ``energies`` / ``notices``: the
+        metered energy [kWh, + import] and curtailments [kWh] of ``k-1`` (items of
+        another interval are ignored; several notices of one participant add up; of
+        several readings of one meter the last counts). Returns the confirmations of
+        ``k`` and ``schedule_p_kw`` [kW, + import]: scheduled_kwh / interval_h per
+        participant, 0 without a confirmation. At ``k == n_intervals`` only settles
+        and returns ``([], zeros)``. Market times must come in increasing order.
+        """
+        n = self.n_intervals
+        if not 0 <= k <= n:
+            raise ValueError(f"market time k={k} is outside 0..{n}")
+        if self._last_k is not None and k <= self._last_k:
+            raise ValueError(f"market time k={k} after k={self._last_k}: must increase")
+        self._last_k = k
+
+        if k >= 1:
+            self._settle(k - 1, energies, notices)
+
+        schedule_p_kw = np.zeros(len(self.participants), dtype=float)
+        if k == n:
+            return [], schedule_p_kw
+
+        mine = [o for o in orders if o.interval == k]
+        late = len(orders) - len(mine)
+        result = self._clear(
+            mine, interval=k, retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in
+        )
+        self._pending[k] = result
+        self._record_clearing(k, mine, result, late)
+        interval_h = self._timeline.interval_h
+        for c in result.confirmations:
+            i = self._index.get(c.participant)
+            if i is not None:
+                schedule_p_kw[i] = c.scheduled_kwh / interval_h
+        return list(result.confirmations), schedule_p_kw
+
+    def _settle(
+        self, k: int, energies: list[IntervalEnergy], notices: list[CurtailmentNotice]
+    ) -> None:
+        result = self._pending.pop(k, None)
+        confs = result.confirmations if result else []
+        trades: list[Trade] = result.trades if result else []
+        metered: dict[str, float] = {}
+        for e in energies:
+            if e.interval == k:
+                metered[e.meter] = e.energy_kwh
+        curtailed: dict[str, float] = {}
+        for nt in notices:
+            if nt.interval == k:
+                curtailed[nt.participant] = curtailed.get(nt.participant, 0.0) + nt.curtailed_kwh
+        rows = settle_interval(
+            k, list(confs), list(trades), metered, curtailed,
+            retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
+            participants=self.participants,
+        )
+        self._settlements.extend(asdict(r) for r in rows)
+
+    def _record_clearing(self, k: int, mine: list[Order], r: ClearingResult, late: int) -> None:
+        bids = sorted(
+            mine,
+            key=lambda o: (o.participant, o.side, o.price_usd_per_kwh, o.energy_kwh, o.bus, o.phase),
+        )
+        self._bids.extend(
+            {"interval": k, "participant": o.participant, "side": o.side,
+             "energy_kwh": o.energy_kwh, "price_usd_per_kwh": o.price_usd_per_kwh,
+             "bus": o.bus, "phase": o.phase}
+            for o in bids
+        )
+        self._trades.extend(
+            {"interval": t.interval, "seller": t.seller, "buyer": t.buyer,
+             "energy_kwh": t.energy_kwh, "price_usd_per_kwh": t.price_usd_per_kwh,
+             "fee_usd": t.fee_usd,
+             "kind": "grid" if GRID in (t.seller, t.buyer) else "peer"}
+            for t in r.trades
+        )
+        self._clearing.append({
+            "interval": k, "status": r.status,
+            "price_usd_per_kwh": math.nan if r.price_usd_per_kwh is None else r.price_usd_per_kwh,
+            "traded_kwh": r.traded_kwh, "unmatched_buy_kwh": r.unmatched_buy_kwh,
+            "unmatched_sell_kwh": r.unmatched_sell_kwh, "welfare_usd": r.welfare_usd,
+            "n_bids": r.n_bids, "n_offers": r.n_offers, "late_orders": late,
+        })
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """``bids``, ``trades``, ``clearing`` and ``settlements`` so far, in interval order."""
+        return {
+            "bids": _frame(self._bids, BIDS_DTYPES),
+            "trades": _frame(self._trades, TRADES_DTYPES),
+            "clearing": _frame(self._clearing, CLEARING_DTYPES),
+            "settlements": _frame(self._settlements, SETTLEMENTS_DTYPES),
+        }

@@ -1,0 +1,231 @@
+"""Settlement of one market interval from metered energy (+ import).
+
+Inputs: the interval's confirmations and trades (peer trades and grid trades, as the
+clearing produced them), the metered net energy per participant [kWh, + import], and
+the energy each participant could not deliver because the DSO curtailed it [kWh]
+(the sum of its CurtailmentNotices for the interval).
+
+Rules, applied per participant ``p``:
+
+1. Schedule. ``scheduled_kwh`` is the confirmed net energy (0 without a confirmation).
+   Peer trades settle at their own price for the scheduled energy; grid trades at
+   their own price (retail / feed-in).
+2. DSO curtailment of a seller. Let ``c`` be p's reported curtailment. The applied
+   curtailment is ``min(c, p's scheduled peer + grid sales)``: curtailment beyond
+   what was scheduled for sale was unscheduled export and is neither paid nor excused.
+   The applied curtailment is removed first from p's peer sales, pro rata over its
+   peer trades (trade ``t`` loses ``c_peer * e_t / peer_sold``), then from its grid
+   sales. Curtailed energy is not paid.
+3. A buyer whose peer purchase was cut by rule 2 buys that energy from GRID at retail
+   instead; its schedule is unchanged.
+4. Imbalance. ``adjusted schedule = scheduled_kwh + applied curtailment`` (the
+   curtailed seller is not penalised for what the DSO curtailed), and
+   ``imbalance_kwh = metered_kwh - adjusted schedule``. A positive imbalance is bought
+   from GRID at retail, a negative one sold to GRID at feed-in.
+5. Missing reading. A participant without a (finite) meter reading counts as metered =
+   adjusted schedule (= scheduled when not curtailed), i.e. imbalance 0, and its row
+   is flagged ``missing_reading``.
+
+Consequences (tested): every participant's settled energy
+``peer_bought + grid_bought - peer_sold - grid_sold`` equals its metered energy, and
+among peers money is conserved: ``sum(peer_paid_usd) == sum(peer_received_usd)``
+(up to float rounding; fees are 0 for now and ``Trade.fee_usd`` is not settled).
+
+Arithmetic is exact (``fractions.Fraction`` of the input floats), converted to float
+once per reported number. ``net_cost_usd`` is + when the participant pays.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+from federates.common.messages import GRID, Confirmation, Trade
+
+
+@dataclass(frozen=True)
+class SettlementRow:
+    """One participant's settlement of one interval.
+
+    Energies [kWh] (``scheduled_kwh``, ``metered_kwh``, ``imbalance_kwh`` + import);
+    ``curtailed_kwh`` the applied curtailment (capped at scheduled sales),
+    ``curtailed_reported_kwh`` what the notices said; ``peer_*`` / ``grid_*`` the
+    settled energies and money [USD] with peers / the utility; ``net_cost_usd`` [USD]
+    = paid - received (+ pays). ``missing_reading``: no meter reading, metered was set
+    to the adjusted schedule.
+    """
+
+    interval: int
+    participant: str
+    scheduled_kwh: float
+    metered_kwh: float
+    curtailed_kwh: float
+    peer_bought_kwh: float
+    peer_sold_kwh: float
+    grid_bought_kwh: float
+    grid_sold_kwh: float
+    imbalance_kwh: float
+    peer_paid_usd: float
+    peer_received_usd: float
+    grid_paid_usd: float
+    grid_received_usd: float
+    net_cost_usd: float
+    missing_reading: bool
+    curtailed_reported_kwh: float = 0.0
+
+
+class _Acc:
+    """Exact running totals of one participant."""
+
+    def __init__(self) -> None:
+        z = Fraction(0)
+        self.peer_bought = z
+        self.peer_sold = z
+        self.grid_bought = z
+        self.grid_sold = z
+        self.peer_paid = z
+        self.peer_received = z
+        self.grid_paid = z
+        self.grid_received = z
+
+
+def _frac(x: float, what: str) -> Fraction:
+    if not math.isfinite(x):
+        raise ValueError(f"{what} must be finite, got {x!r}")
+    return Fraction(x)
+
+
+def settle_interval(
+    interval: int,
+    confirmations: list[Confirmation],
+    trades: list[Trade],
+    metered_kwh: dict[str, float],
+    curtailed_kwh: dict[str, float],
+    *,
+    retail_usd_per_kwh: float,
+    feed_in_usd_per_kwh: float,
+    participants: list[str] | None = None,
+) -> list[SettlementRow]:
+    """Settle interval ``interval`` (rules in the module docstring).
+
+    ``confirmations`` / ``trades``: the clearing's output (items of another interval
+    are ignored). ``metered_kwh`` [kWh, + import] and ``curtailed_kwh`` [kWh, >= 0]
+    per participant. ``retail_usd_per_kwh`` / ``feed_in_usd_per_kwh`` [USD/kWh]: the
+    prices of imbalance energy and of replacement purchases. ``participants``: who
+    gets a row (default: everyone named by a confirmation, a trade, a reading or a
+    curtailment); rows come in this order, or sorted by id by default.
+    """
+    retail = _frac(retail_usd_per_kwh, "retail_usd_per_kwh")
+    feed_in = _frac(feed_in_usd_per_kwh, "feed_in_usd_per_kwh")
+    confs = {c.participant: c for c in confirmations if c.interval == interval}
+    mine = [t for t in trades if t.interval == interval]
+    peer = [t for t in mine if t.seller != GRID and t.buyer != GRID]
+    grid = [t for t in mine if (t.seller == GRID) != (t.buyer == GRID)]
+
+    if participants is None:
+        names = set(confs) | set(metered_kwh) | set(curtailed_kwh)
+        names |= {t.seller for t in mine} | {t.buyer for t in mine}
+        names.discard(GRID)
+        who = sorted(names)
+    else:
+        who = list(participants)
+    acc: dict[str, _Acc] = {p: _Acc() for p in who}
+
+    def get(p: str) -> _Acc:
+        if p not in acc:  # named by a trade but not in ``participants``: still settled
+            acc[p] = _Acc()
+        return acc[p]
+
+    # Scheduled sales per seller, to apply curtailment.
+    sched_peer_sold: dict[str, Fraction] = {}
+    sched_grid_sold: dict[str, Fraction] = {}
+    for t in peer:
+        sched_peer_sold[t.seller] = sched_peer_sold.get(t.seller, Fraction(0)) + Fraction(t.energy_kwh)
+    for t in grid:
+        if t.buyer == GRID:
+            sched_grid_sold[t.seller] = sched_grid_sold.get(t.seller, Fraction(0)) + Fraction(t.energy_kwh)
+
+    applied: dict[str, Fraction] = {}
+    cut_peer: dict[str, Fraction] = {}  # seller -> energy removed from its peer sales
+    cut_grid: dict[str, Fraction] = {}
+    for p, c_raw in curtailed_kwh.items():
+        c = max(_frac(c_raw, f"curtailed_kwh[{p!r}]"), Fraction(0))
+        ps = sched_peer_sold.get(p, Fraction(0))
+        gs = sched_grid_sold.get(p, Fraction(0))
+        a = min(c, ps + gs)
+        applied[p] = a
+        cut_peer[p] = min(a, ps)
+        cut_grid[p] = a - cut_peer[p]
+
+    # Peer trades, with the seller's curtailment removed pro rata.
+    for t in peer:
+        e = Fraction(t.energy_kwh)
+        price = Fraction(t.price_usd_per_kwh)
+        cp = cut_peer.get(t.seller, Fraction(0))
+        x = cp * e / sched_peer_sold[t.seller] if cp else Fraction(0)
+        delivered = e - x
+        s, b = get(t.seller), get(t.buyer)
+        s.peer_sold += delivered
+        s.peer_received += delivered * price
+        b.peer_bought += delivered
+        b.peer_paid += delivered * price
+        if x:  # the buyer gets the cut energy from the grid at retail
+            b.grid_bought += x
+            b.grid_paid += x * retail
+
+    # Scheduled grid trades, with the seller's remaining curtailment removed.
+    left_grid_cut = dict(cut_grid)
+    for t in grid:
+        e = Fraction(t.energy_kwh)
+        price = Fraction(t.price_usd_per_kwh)
+        if t.seller == GRID:
+            b = get(t.buyer)
+            b.grid_bought += e
+            b.grid_paid += e * price
+        else:
+            x = min(left_grid_cut.get(t.seller, Fraction(0)), e)
+            if x:
+                left_grid_cut[t.seller] -= x
+            s = get(t.seller)
+            s.grid_sold += e - x
+            s.grid_received += (e - x) * price
+
+    rows: list[SettlementRow] = []
+    for p in [*who, *sorted(set(acc) - set(who))]:
+        a = acc[p]
+        conf = confs.get(p)
+        scheduled = _frac(conf.scheduled_kwh, f"scheduled_kwh[{p!r}]") if conf else Fraction(0)
+        cur = applied.get(p, Fraction(0))
+        adjusted = scheduled + cur
+        missing = p not in metered_kwh or not math.isfinite(metered_kwh[p])
+        metered = adjusted if missing else Fraction(metered_kwh[p])
+        imbalance = metered - adjusted
+        if imbalance > 0:
+            a.grid_bought += imbalance
+            a.grid_paid += imbalance * retail
+        elif imbalance < 0:
+            a.grid_sold -= imbalance
+            a.grid_received -= imbalance * feed_in
+        net = a.peer_paid + a.grid_paid - a.peer_received - a.grid_received
+        reported = curtailed_kwh.get(p, 0.0)
+        rows.append(SettlementRow(
+            interval=interval,
+            participant=p,
+            scheduled_kwh=float(scheduled),
+            metered_kwh=float(metered),
+            curtailed_kwh=float(cur),
+            peer_bought_kwh=float(a.peer_bought),
+            peer_sold_kwh=float(a.peer_sold),
+            grid_bought_kwh=float(a.grid_bought),
+            grid_sold_kwh=float(a.grid_sold),
+            imbalance_kwh=float(imbalance),
+            peer_paid_usd=float(a.peer_paid),
+            peer_received_usd=float(a.peer_received),
+            grid_paid_usd=float(a.grid_paid),
+            grid_received_usd=float(a.grid_received),
+            net_cost_usd=float(net),
+            missing_reading=missing,
+            curtailed_reported_kwh=float(reported),
+        ))
+    return rows

@@ -1,0 +1,185 @@
+"""Settlement of an interval: hand-computed cases and conservation properties."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from federates.common.messages import GRID, Confirmation, Order, Trade
+from federates.market.community import clear_uniform_price
+from federates.market.settlement import SettlementRow, settle_interval
+
+RETAIL = 0.26
+FEED_IN = 0.08
+PRICE = 0.17
+K = 4
+
+
+def settle(confs, trades, metered, curtailed=None, participants=None) -> dict[str, SettlementRow]:
+    rows = settle_interval(
+        K, confs, trades, metered, curtailed or {},
+        retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN, participants=participants,
+    )
+    return {r.participant: r for r in rows}
+
+
+def c(p: str, pb=0.0, ps=0.0, gb=0.0, gs=0.0) -> Confirmation:
+    return Confirmation(p, K, pb + gb - ps - gs, pb, ps, gb, gs, PRICE)
+
+
+# S sells 2 kWh to B at 0.17 USD/kWh
+ONE_TRADE = [Trade(K, "S", "B", 2.0, PRICE)]
+ONE_CONFS = [c("S", ps=2.0), c("B", pb=2.0)]
+A = pytest.approx
+
+
+def test_no_deviation():
+    # peer trade settles at 2 * 0.17 = 0.34 USD; no imbalance
+    r = settle(ONE_CONFS, ONE_TRADE, {"S": -2.0, "B": 2.0})
+    s, b = r["S"], r["B"]
+    assert list(r) == ["B", "S"]
+    assert (s.imbalance_kwh, b.imbalance_kwh) == (0.0, 0.0)
+    assert s.peer_received_usd == A(0.34) and b.peer_paid_usd == A(0.34)
+    assert s.net_cost_usd == A(-0.34) and b.net_cost_usd == A(0.34)
+    assert s.grid_bought_kwh == s.grid_sold_kwh == b.grid_bought_kwh == 0.0
+    assert not s.missing_reading and not b.missing_reading
+
+
+def test_over_consumption_bought_at_retail():
+    # B meters 2.5: imbalance +0.5 kWh at 0.26 = 0.13 USD; net 0.34 + 0.13 = 0.47
+    b = settle(ONE_CONFS, ONE_TRADE, {"S": -2.0, "B": 2.5})["B"]
+    assert b.imbalance_kwh == 0.5 and b.grid_bought_kwh == 0.5
+    assert b.grid_paid_usd == A(0.13) and b.net_cost_usd == A(0.47)
+
+
+def test_under_delivery_by_a_seller():
+    # S meters -1.5 (scheduled -2), not curtailed: its peer sale still settles in full,
+    # the missing 0.5 kWh is bought from the grid at retail: -0.34 + 0.13 = -0.21
+    r = settle(ONE_CONFS, ONE_TRADE, {"S": -1.5, "B": 2.0})
+    s, b = r["S"], r["B"]
+    assert s.imbalance_kwh == 0.5 and s.peer_sold_kwh == 2.0
+    assert s.grid_paid_usd == A(0.13) and s.net_cost_usd == A(-0.21)
+    assert b.net_cost_usd == A(0.34)
+
+
+def test_under_export_sold_at_feed_in():
+    # S meters -2.5: 0.5 kWh more export, sold at 0.08 = 0.04 USD; net -0.34 - 0.04
+    s = settle(ONE_CONFS, ONE_TRADE, {"S": -2.5, "B": 2.0})["S"]
+    assert s.imbalance_kwh == -0.5 and s.grid_sold_kwh == 0.5
+    assert s.grid_received_usd == A(0.04) and s.net_cost_usd == A(-0.38)
+
+
+def test_dso_curtailment_of_a_seller_with_a_peer_buyer():
+    # S curtailed 0.5 kWh, meters -1.5: its peer sale is cut to 1.5 kWh (0.255 USD);
+    # adjusted schedule -2 + 0.5 = -1.5 -> no imbalance, no penalty.
+    # B still meters 2.0 and its schedule is unchanged: it gets 1.5 from S (0.255 USD)
+    # and 0.5 from the grid at retail (0.13 USD): 0.385 USD.
+    r = settle(ONE_CONFS, ONE_TRADE, {"S": -1.5, "B": 2.0}, {"S": 0.5})
+    s, b = r["S"], r["B"]
+    assert s.curtailed_kwh == 0.5 and s.imbalance_kwh == 0.0
+    assert s.peer_sold_kwh == 1.5 and s.peer_received_usd == A(0.255)
+    assert s.net_cost_usd == A(-0.255)
+    assert b.scheduled_kwh == 2.0 and b.imbalance_kwh == 0.0
+    assert b.peer_bought_kwh == 1.5 and b.grid_bought_kwh == 0.5
+    assert b.peer_paid_usd == A(0.255) and b.grid_paid_usd == A(0.13)
+    assert b.net_cost_usd == A(0.385)
+
+
+def test_curtailment_pro_rata_then_grid_then_capped():
+    # S sells 2 to B1, 1 to B2 (peer, 0.17) and 1 to the grid (0.08): scheduled -4.
+    trades = [Trade(K, "S", "B1", 2.0, PRICE), Trade(K, "S", "B2", 1.0, PRICE),
+              Trade(K, "S", GRID, 1.0, FEED_IN)]
+    confs = [c("S", ps=3.0, gs=1.0), c("B1", pb=2.0), c("B2", pb=1.0)]
+    met = {"B1": 2.0, "B2": 1.0}
+    # curtailed 1.5 <= peer sales 3: B1 loses 1.5*2/3 = 1.0, B2 loses 1.5*1/3 = 0.5
+    r = settle(confs, trades, {**met, "S": -2.5}, {"S": 1.5})
+    assert r["B1"].peer_bought_kwh == 1.0 and r["B1"].grid_bought_kwh == 1.0
+    assert r["B2"].peer_bought_kwh == 0.5 and r["B2"].grid_bought_kwh == 0.5
+    # S: 1.5 peer (0.255) + 1 grid (0.08) = 0.335 received, no imbalance
+    assert r["S"].imbalance_kwh == 0.0 and r["S"].net_cost_usd == A(-0.335)
+    # curtailed 3.5: all 3 peer kWh cut, then 0.5 of the grid sale -> 0.5 * 0.08 = 0.04
+    r = settle(confs, trades, {**met, "S": -0.5}, {"S": 3.5})
+    assert r["S"].peer_sold_kwh == 0.0 and r["S"].grid_sold_kwh == 0.5
+    assert r["S"].imbalance_kwh == 0.0 and r["S"].net_cost_usd == A(-0.04)
+    assert r["B1"].grid_bought_kwh == 2.0 and r["B2"].grid_bought_kwh == 1.0
+    # curtailed 6 > scheduled sales 4: applied 4, the rest was unscheduled export
+    r = settle(confs, trades, {**met, "S": 0.0}, {"S": 6.0})
+    assert r["S"].curtailed_kwh == 4.0 and r["S"].curtailed_reported_kwh == 6.0
+    assert r["S"].imbalance_kwh == 0.0 and r["S"].net_cost_usd == 0.0
+
+
+def test_curtailment_of_a_buyer_is_not_applied():
+    b = settle(ONE_CONFS, ONE_TRADE, {"S": -2.0, "B": 2.0}, {"B": 1.0})["B"]
+    assert b.curtailed_kwh == 0.0 and b.curtailed_reported_kwh == 1.0 and b.imbalance_kwh == 0.0
+
+
+def test_missing_reading_counts_as_scheduled_and_is_flagged():
+    r = settle(ONE_CONFS, ONE_TRADE, {"S": -2.0})
+    b = r["B"]
+    assert b.missing_reading and b.metered_kwh == 2.0 and b.imbalance_kwh == 0.0
+    assert b.net_cost_usd == A(0.34)
+    # a curtailed seller without reading: metered = adjusted schedule (-1.5), no penalty
+    s = settle(ONE_CONFS, ONE_TRADE, {"B": 2.0}, {"S": 0.5})["S"]
+    assert s.missing_reading and s.metered_kwh == -1.5 and s.imbalance_kwh == 0.0
+
+
+def test_participant_without_confirmation_settles_with_the_grid():
+    # P did not bid and consumed 1 kWh: bought at retail; Q has no reading either
+    r = settle([], [], {"P": 1.0}, participants=["Q", "P"])
+    assert list(r) == ["Q", "P"]
+    assert r["P"].grid_bought_kwh == 1.0 and r["P"].net_cost_usd == A(0.26)
+    assert r["Q"].missing_reading and r["Q"].net_cost_usd == 0.0
+
+
+def test_other_interval_items_are_ignored():
+    r = settle([Confirmation("B", K + 1, 2.0, 2.0, 0, 0, 0, PRICE)],
+               [Trade(K + 1, "S", "B", 2.0, PRICE)], {"B": 0.0})
+    assert list(r) == ["B"] and r["B"].scheduled_kwh == 0.0 and r["B"].net_cost_usd == 0.0
+
+
+# --------------------------------------------------------------------------- properties
+
+ids = st.sampled_from(["p0", "p1", "p2", "p3", "p4"])
+kwh = st.floats(0.0, 5.0, allow_nan=False)
+book = st.lists(st.builds(Order, ids, st.sampled_from(["buy", "sell"]), st.just(K), kwh,
+                          st.floats(0.0, 0.4, allow_nan=False)), max_size=10)
+maybe_meter = st.one_of(st.none(), st.floats(-6.0, 6.0, allow_nan=False))
+
+
+@settings(max_examples=300, deadline=None)
+@given(book, st.dictionaries(ids, maybe_meter), st.dictionaries(ids, st.floats(0.0, 8.0)))
+def test_conservation_on_random_cleared_books(orders, meters, curtailed):
+    cr = clear_uniform_price(orders, interval=K, retail_usd_per_kwh=RETAIL,
+                             feed_in_usd_per_kwh=FEED_IN)
+    metered = {p: v for p, v in meters.items() if v is not None}
+    rows = settle_interval(K, cr.confirmations, cr.trades, metered, curtailed,
+                           retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN)
+    tol = dict(rel=1e-9, abs=1e-9)
+    # money among peers is conserved
+    assert math.fsum(r.peer_paid_usd for r in rows) == A(math.fsum(r.peer_received_usd for r in rows), **tol)
+    assert math.fsum(r.peer_bought_kwh for r in rows) == A(math.fsum(r.peer_sold_kwh for r in rows), **tol)
+    confs = {x.participant: x for x in cr.confirmations}
+    for r in rows:
+        # settled energy equals metered energy
+        net = r.peer_bought_kwh + r.grid_bought_kwh - r.peer_sold_kwh - r.grid_sold_kwh
+        assert net == A(r.metered_kwh, **tol)
+        assert r.imbalance_kwh == A(r.metered_kwh - r.scheduled_kwh - r.curtailed_kwh, **tol)
+        assert r.missing_reading == (r.participant not in metered)
+        if r.missing_reading:
+            assert r.imbalance_kwh == 0.0
+        paid = r.peer_paid_usd + r.grid_paid_usd - r.peer_received_usd - r.grid_received_usd
+        assert r.net_cost_usd == A(paid, **tol)
+        # curtailment never exceeds the scheduled sales, and is never paid
+        x = confs.get(r.participant)
+        sched_sales = (x.peer_sold_kwh + x.grid_sold_kwh) if x else 0.0
+        assert 0.0 <= r.curtailed_kwh <= sched_sales * (1 + 1e-12) + 1e-12
+        if x:
+            assert r.peer_sold_kwh <= x.peer_sold_kwh * (1 + 1e-12) + 1e-12
+            assert r.peer_bought_kwh <= x.peer_bought_kwh * (1 + 1e-12) + 1e-12
+        assert min(r.peer_bought_kwh, r.peer_sold_kwh, r.grid_bought_kwh, r.grid_sold_kwh) >= 0
+    # total grid energy: what the grid sells minus buys equals the community's net metered
+    grid_net = math.fsum(r.grid_bought_kwh - r.grid_sold_kwh for r in rows)
+    assert grid_net == A(math.fsum(r.metered_kwh for r in rows), **tol)
