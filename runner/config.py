@@ -104,7 +104,7 @@ class FeederConfig(_Strict):
     background_load_shape: Literal["opendss_default", "flat"] = "opendss_default"
     source_pu: Annotated[float, Field(gt=0.8, lt=1.2)] | None = None
     customer_connection: CustomerConnection = CustomerConnection()
-    max_control_iterations: Annotated[int, Field(ge=1, le=100)] = 20
+    max_control_iterations: Annotated[int, Field(ge=1, le=99)] = 20
 
 
 class ProsumersConfig(_Strict):

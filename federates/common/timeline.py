@@ -5,15 +5,24 @@ Study time ``t_s`` runs from 0 to ``duration_s``. Market interval ``k`` covers
 global step index is ``g = k*S + n`` with ``S = M/dt`` steps per interval.
 
 The federation runs on HELICS time = study time + fixed phase offsets, so that each
-exchange happens at a time strictly after the one it depends on (no same-time races)
-except the intended control loop inside a physics step, which iterates:
+exchange happens at a time strictly after the one it depends on (no same-time races),
+including the control loop inside a physics step, which runs in explicit rounds of
+three hops. (HELICS iterative time requests were the first design; with HELICS 3.6.1
+they deadlocked as soon as a round ended with no federate sending anything, reproduced
+with three minimal federates; explicit rounds are deterministic and give the engine
+the same call order.)
 
     k*M + 0.25   prosumers send bids for interval k; meters send interval energy of
                  k-1; controllers send curtailment notices of k-1
     k*M + 0.50   market settles k-1 and clears k: confirmations, schedule values
     t + 0.50     prosumers publish the real deviation and PV of the step starting at t
-    t + 1.00     physics step at study time t: feeder solves, meters read,
-                 controllers act, feeder re-solves (HELICS iterative time requests)
+    t + 1.00     physics step at study time t, in control rounds j = 0, 1, ...:
+                 solve_time(g, j)  = t + 1 + 3*j*HOP   feeder solves (j = 0) or
+                                                        applies commands and re-solves
+                 read_time(g, j)   = solve_time + HOP   meters read
+                 decide_time(g, j) = solve_time + 2*HOP controllers send commands or
+                                                        nothing; a round without commands
+                                                        ends the step
 
 After the last interval, the reports and settlement of the last interval happen at
 ``duration_s + 0.25`` and ``duration_s + 0.5``. A physics step must therefore be at
@@ -28,6 +37,9 @@ PHASE_REPORT_S = 0.25
 PHASE_MARKET_S = 0.5
 PHASE_PRESTEP_S = 0.5
 PHASE_STEP_S = 1.0
+HOP_S = 0.001
+TIME_TOL_S = 1e-6  # HELICS keeps time in integer ns; compare granted times with this
+MAX_ROUNDS = 100
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,18 @@ class Timeline:
 
     def step_time(self, g: int) -> float:
         return self.step_t_s(g) + PHASE_STEP_S
+
+    def solve_time(self, g: int, j: int) -> float:
+        """Control round ``j`` of step ``g``: the feeder solves (j = 0) or re-solves."""
+        if not 0 <= j <= MAX_ROUNDS:
+            raise ValueError(f"control round {j} outside 0..{MAX_ROUNDS}")
+        return self.step_time(g) + 3 * j * HOP_S
+
+    def read_time(self, g: int, j: int) -> float:
+        return self.solve_time(g, j) + HOP_S
+
+    def decide_time(self, g: int, j: int) -> float:
+        return self.solve_time(g, j) + 2 * HOP_S
 
     @property
     def final_time(self) -> float:

@@ -1,0 +1,98 @@
+"""What every federate process and the in-process engine share: the study they run.
+
+A run folder holds ``config.resolved.yaml`` and ``sites.json`` (where each prosumer
+connects), written by the runner before anything starts. ``Study.load(run_dir)``
+reads them back; ``write_tables`` writes a role's tables as Parquet into
+``results/``. No HELICS here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from federates.common.grid import CustomerSite
+from runner.config import StudyFile, feeder_master, validate
+
+CONFIG_FILE = "config.resolved.yaml"
+SITES_FILE = "sites.json"
+RESULTS_DIR = "results"
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated config, the customer sites and the feeder master file."""
+
+    cfg: StudyFile
+    sites: list[CustomerSite]
+    master: Path
+    run_dir: Path
+
+    @classmethod
+    def load(cls, run_dir: Path) -> Study:
+        run_dir = Path(run_dir)
+        raw = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+        cfg = validate(raw, base_dir=run_dir, source=str(run_dir / CONFIG_FILE))
+        sites = [CustomerSite(**s) for s in json.loads((run_dir / SITES_FILE).read_text())]
+        return cls(cfg=cfg, sites=sites, master=feeder_master(cfg, run_dir), run_dir=run_dir)
+
+    @property
+    def participants(self) -> list[str]:
+        return [s.participant for s in self.sites]
+
+    @property
+    def inverter_kva(self) -> np.ndarray:
+        """Inverter nameplate [kVA] per customer, from the prosumer specs (registered DER)."""
+        from federates.prosumers.agents import make_specs
+
+        return np.array([s.inverter_kva for s in make_specs(self.cfg, self.sites)], dtype=float)
+
+
+def write_sites(run_dir: Path, sites: list[CustomerSite]) -> None:
+    (Path(run_dir) / SITES_FILE).write_text(json.dumps([asdict(s) for s in sites], indent=1))
+
+
+def write_tables(run_dir: Path, tables: dict[str, pd.DataFrame]) -> None:
+    """Each table to ``results/<name>.parquet`` (one owner per table)."""
+    out = Path(run_dir) / RESULTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    for name, df in tables.items():
+        df.to_parquet(out / f"{name}.parquet", index=False)
+
+
+def federate_main(name: str, body: Callable[[Study, str, logging.Logger], dict[str, pd.DataFrame]]) -> None:
+    """Entry point of a federate process: args, logging, run, write tables, exit code.
+
+    ``body(study, broker_address, log)`` runs the federate and returns its tables.
+    Exit 0 on success; on any exception the traceback goes to the log and the exit
+    code is 1, so the runner can name the federate and show the log's tail.
+    """
+    ap = argparse.ArgumentParser(prog=f"python -m federates.{name}.federate")
+    ap.add_argument("--run-dir", required=True, type=Path)
+    ap.add_argument("--broker-address", required=True, help="e.g. tcp://127.0.0.1:23404")
+    args = ap.parse_args()
+    level = os.environ.get("TECOSIM_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(stream=sys.stderr, level=level,
+                        format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    log = logging.getLogger(name)
+    t0 = time.perf_counter()
+    try:
+        study = Study.load(args.run_dir)
+        tables = body(study, args.broker_address, log)
+        write_tables(args.run_dir, tables)
+    except Exception:
+        log.error("failed:\n%s", traceback.format_exc())
+        sys.exit(1)
+    log.info("done in %.2f s", time.perf_counter() - t0)

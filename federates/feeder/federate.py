@@ -1,0 +1,52 @@
+"""Feeder federate: applies schedules plus real deviations, solves OpenDSS, and re-solves
+in each control round that brings controller commands; publishes measurements."""
+
+from __future__ import annotations
+
+import logging
+
+from federates.common import keys
+from federates.common.door import Door
+from federates.common.messages import decode
+from federates.common.runtime import Study, federate_main
+from federates.common.timeline import MAX_ROUNDS
+from federates.feeder.role import FeederRole, Measurement
+
+
+def run(study: Study, broker: str, log: logging.Logger):
+    cfg, tl = study.cfg, study.cfg.timeline
+    role = FeederRole(cfg, study.master, study.sites)
+    n = len(study.sites)
+    door = Door(keys.FEEDER, broker, log=log)
+    sub_schedule = door.subscription(*keys.SCHEDULE_P_KW)
+    sub_deviation = door.subscription(*keys.DEVIATION_P_KW)
+    pubs = [door.publication(*k) for k in (keys.FEEDER_V_PU, keys.FEEDER_P_KW,
+                                           keys.FEEDER_Q_KVAR, keys.FEEDER_CURTAILED_P_KW)]
+    ep = door.endpoint(keys.FEEDER)
+
+    def publish(m: Measurement) -> None:
+        for pub, values in zip(pubs, (m.v_pu, m.p_kw, m.q_kvar, m.curtailed_p_kw), strict=True):
+            door.publish(pub, values)
+
+    door.enter()
+    try:
+        for g in range(tl.n_steps):
+            door.advance(tl.solve_time(g, 0))
+            if door.receive(ep):
+                raise RuntimeError(f"step {g}: controller commands arrived outside a control round")
+            publish(role.begin_step(g, door.vector(sub_schedule, n), door.vector(sub_deviation, n)))
+            for j in range(1, MAX_ROUNDS + 1):
+                door.advance(tl.solve_time(g, j))  # every command of round j-1 is in by now
+                commands = [c for text in door.receive(ep) for c in decode(text).items]
+                if not commands:
+                    break
+                publish(role.apply(g, commands))
+            else:
+                raise RuntimeError(f"step {g}: controllers still commanding after {MAX_ROUNDS} rounds")
+    finally:
+        door.close()
+    return role.tables()
+
+
+if __name__ == "__main__":
+    federate_main(keys.FEEDER, run)

@@ -1,0 +1,43 @@
+"""Market federate: orders, meter energy and curtailment notices in; confirmations
+(messages) and per-prosumer scheduled kW (a value) out."""
+
+from __future__ import annotations
+
+import logging
+
+from federates.common import keys
+from federates.common.door import Door
+from federates.common.messages import decode, encode
+from federates.common.runtime import Study, federate_main
+from federates.market.role import MarketRole
+
+
+def run(study: Study, broker: str, log: logging.Logger):
+    cfg, tl = study.cfg, study.cfg.timeline
+    role = MarketRole(cfg, study.participants)
+    door = Door(keys.MARKET, broker, log=log)
+    pub = door.publication(*keys.SCHEDULE_P_KW)
+    ep = door.endpoint(keys.MARKET)
+    door.enter()
+    try:
+        for k in range(tl.n_intervals + 1):
+            door.advance(tl.market_time(k))
+            inbox: dict[str, list] = {"orders": [], "interval_energy": [], "curtailments": []}
+            for text in door.receive(ep):
+                env = decode(text)
+                if env.kind not in inbox:
+                    raise ValueError(f"market got an unexpected {env.kind!r} message")
+                inbox[env.kind].extend(env.items)
+            confirmations, schedule_p_kw = role.on_market_time(
+                k, inbox["orders"], inbox["interval_energy"], inbox["curtailments"]
+            )
+            if k < tl.n_intervals:
+                door.send(ep, keys.PROSUMERS, encode(confirmations, kind="confirmations", interval=k))
+                door.publish(pub, schedule_p_kw)
+    finally:
+        door.close()
+    return role.tables()
+
+
+if __name__ == "__main__":
+    federate_main(keys.MARKET, run)

@@ -1,0 +1,104 @@
+"""The ``tecosim`` command.
+
+Exit codes: 0 ok, 1 the run failed (a federate died, hung or a model failed),
+2 bad input (config, arguments), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from federates.common.errors import ConfigError, FederationError, TecosimError
+
+EXAMPLES = """examples:
+  tecosim validate configs/default.yaml
+  tecosim run configs/default.yaml
+  tecosim run configs/default.yaml --engine inprocess --set study.duration=2h
+  tecosim run configs/default.yaml --out runs/my-study --set controllers.enabled=false
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tecosim", description="Transactive-energy co-simulation "
+                                 "on unbalanced distribution feeders (HELICS + OpenDSS).",
+                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a study", epilog=EXAMPLES,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("config", type=Path, help="study YAML file")
+    run.add_argument("--out", type=Path, help="the run folder itself (default runs/<study>-<UTC stamp>)")
+    run.add_argument("--engine", choices=("federation", "inprocess"), default="federation",
+                     help="HELICS federation (default) or the in-process engine")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set study.duration=2h (repeatable)")
+    val = sub.add_parser("validate", help="check a study config and list every problem")
+    val.add_argument("config", type=Path)
+    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return ap
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def cmd_validate(args) -> int:
+    from runner.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    tl = cfg.timeline
+    print(f"{args.config}: ok ({tl.n_intervals} market intervals x {tl.steps_per_interval} steps, "
+          f"{cfg.prosumers.count} prosumers, feeder {cfg.feeder.model or cfg.feeder.path})")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from runner.config import load_config
+    from runner.launch import default_run_dir, prepare_run, run_study
+    from runner.results import format_summary, kpis, read_tables, summary
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = args.out or default_run_dir(cfg)
+    study = prepare_run(cfg, run_dir, config_dir=args.config.parent)
+    print(f"tecosim: running {cfg.study.name} ({args.engine}) in {study.run_dir}", flush=True)
+    wall = run_study(study, args.engine)
+    tables = read_tables(study.run_dir)
+    k = kpis(cfg, tables)
+    k.to_parquet(study.run_dir / "results" / "kpis.parquet", index=False)
+    s = summary(k)
+    manifest_path = study.run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["summary"] = s
+    manifest_path.write_text(json.dumps(manifest, indent=2, default=str))
+    text = format_summary(s, wall, study.run_dir, args.engine)
+    (study.run_dir / "summary.txt").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _sigterm)
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            return cmd_validate(args)
+        return cmd_run(args)
+    except ConfigError as e:
+        print(f"tecosim: invalid {e}", file=sys.stderr)
+        return 2
+    except FederationError as e:
+        print(f"tecosim: run failed: {e}", file=sys.stderr)
+        return 1
+    except TecosimError as e:
+        print(f"tecosim: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tecosim: interrupted; all processes stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The in-process engine: the federation's domain calls, in the federation's order,
+with no HELICS. It is the fast path for sweeps and the oracle for the federation: for
+the same run folder the federation's tables equal these (tests/federation).
+
+The order mirrors federates/*/federate.py on the timeline of
+``federates.common.timeline``: at each market interval k the prosumers take the
+confirmations of k-1 and bid for k, meters and controllers report k-1, the market
+settles k-1 and clears k; then each physics step runs prosumers -> feeder -> (meters ->
+controllers -> feeder)* until the controllers send no command.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from federates.common.messages import Confirmation
+from federates.common.runtime import Study
+from federates.controllers.role import ControllersRole
+from federates.feeder.role import FeederRole
+from federates.market.role import MarketRole
+from federates.meters.role import MetersRole
+from federates.prosumers.role import ProsumersRole
+
+
+@dataclass
+class EngineTimes:
+    """Wall time [s] spent in each role (for BENCHMARKS.md)."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("setup", "prosumers", "market", "feeder", "meters", "controllers"), 0.0))
+
+    def add(self, name: str, t0: float) -> float:
+        t1 = time.perf_counter()
+        self.seconds[name] += t1 - t0
+        return t1
+
+
+def run_inprocess(study: Study, times: EngineTimes | None = None) -> dict[str, pd.DataFrame]:
+    """Run the study in this process; return every federate's tables."""
+    times = times or EngineTimes()
+    t = time.perf_counter()
+    cfg, tl = study.cfg, study.cfg.timeline
+    prosumers = ProsumersRole(cfg, study.sites)
+    market = MarketRole(cfg, study.participants)
+    feeder = FeederRole(cfg, study.master, study.sites)
+    meters = MetersRole(cfg, study.sites)
+    controllers = ControllersRole(cfg, study.sites, study.inverter_kva)
+    t = times.add("setup", t)
+
+    confirmations: list[Confirmation] = []
+    schedule_p_kw = np.zeros(len(study.sites))
+    for k in range(tl.n_intervals + 1):
+        # report time of k
+        orders = []
+        if k >= 1:
+            prosumers.on_confirmations(k - 1, confirmations)
+        if k < tl.n_intervals:
+            orders = prosumers.bids(k)
+        t = times.add("prosumers", t)
+        energies = meters.report(k - 1) if k >= 1 else []
+        t = times.add("meters", t)
+        notices = controllers.report(k - 1) if k >= 1 else []
+        t = times.add("controllers", t)
+        # market time of k
+        confirmations, schedule_p_kw = market.on_market_time(k, orders, energies, notices)
+        t = times.add("market", t)
+        if k == tl.n_intervals:
+            break
+        for g in tl.steps_of_interval(k):
+            deviation_p_kw = prosumers.step(g)
+            t = times.add("prosumers", t)
+            m = feeder.begin_step(g, schedule_p_kw, deviation_p_kw)
+            t = times.add("feeder", t)
+            while True:
+                readings = meters.read(g, m.v_pu, m.p_kw, m.q_kvar)
+                t = times.add("meters", t)
+                commands = controllers.on_readings(g, readings, m.curtailed_p_kw)
+                t = times.add("controllers", t)
+                if not commands:
+                    break
+                m = feeder.apply(g, commands)
+                t = times.add("feeder", t)
+    tables: dict[str, pd.DataFrame] = {}
+    for role in (prosumers, market, feeder, meters, controllers):
+        tables.update(role.tables())
+    times.add("setup", t)
+    return tables
