@@ -59,6 +59,13 @@ class StudyConfig(_Strict):
         classmethod(lambda cls, v: _duration(v))
     )
 
+    @field_validator("start", mode="before")
+    @classmethod
+    def _start_text(cls, v: Any) -> Any:
+        import datetime as _dt
+
+        return v.isoformat() if isinstance(v, _dt.datetime) else v
+
     @field_validator("start")
     @classmethod
     def _start(cls, v: str) -> str:
@@ -288,6 +295,7 @@ def validate(raw: Any, base_dir: Path = Path("."), source: str = "config") -> St
         cfg = StudyFile.model_validate(raw)
     except ValidationError as e:
         problems = []
+        pruned = copy.deepcopy(raw)
         for err in e.errors():
             path = _field_path(err["loc"])
             if err["type"] == "extra_forbidden":
@@ -295,11 +303,32 @@ def validate(raw: Any, base_dir: Path = Path("."), source: str = "config") -> St
                 problems.append(Problem(path, "unknown key", ", ".join(_allowed_keys(parent))))
             else:
                 problems.append(Problem(path, err["msg"]))
+            _drop(pruned, err["loc"])
+        # the rest of the config still gets its cross-field checks, so that every
+        # problem is reported in one go
+        try:
+            rest = StudyFile.model_validate(pruned)
+        except ValidationError:
+            rest = None
+        if rest is not None:
+            seen = {p.field for p in problems}
+            problems += [p for p in _cross_checks(rest, base_dir) if p.field not in seen]
         raise ConfigError(problems, source) from None
     problems = _cross_checks(cfg, base_dir)
     if problems:
         raise ConfigError(problems, source)
     return cfg
+
+
+def _drop(raw: Any, loc: tuple[Any, ...]) -> None:
+    """Remove the key at ``loc`` from nested dicts (so its default applies)."""
+    node = raw
+    for part in loc[:-1]:
+        if not isinstance(node, dict) or part not in node:
+            return
+        node = node[part]
+    if isinstance(node, dict):
+        node.pop(loc[-1], None)
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:

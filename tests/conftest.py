@@ -1,0 +1,48 @@
+"""Shared helpers: run the real `tecosim` command as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = REPO / "configs" / "default.yaml"
+# A 2-hour window around solar noon: the weak-grid default overvolts there, so the
+# control loop and curtailment have work to do.
+MIDDAY = ["--set", "study.start=2026-06-21T11:00:00-04:00", "--set", "study.duration=2h"]
+
+
+def tecosim(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runner.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes containing ``text`` (from /proc)."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd and int(p.name) != os.getpid():
+            found.append(f"{p.name}: {cmd}")
+    return found
+
+
+@pytest.fixture(scope="session")
+def midday_runs(tmp_path_factory) -> dict[str, Path]:
+    """The default study over the midday window, once with each engine."""
+    out = {}
+    for engine in ("inprocess", "federation"):
+        run_dir = tmp_path_factory.mktemp("runs") / engine
+        r = tecosim("run", str(DEFAULT), "--engine", engine, "--out", str(run_dir), *MIDDAY)
+        assert r.returncode == 0, f"{engine} run failed:\n{r.stdout}\n{r.stderr}"
+        out[engine] = run_dir
+    return out

@@ -1,0 +1,80 @@
+"""Config validation: every problem named with its field and allowed values, exit 2."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from federates.common.errors import ConfigError
+from runner.config import apply_overrides, load_config, validate
+from tests.conftest import DEFAULT, tecosim
+
+
+def problems_of(raw) -> dict[str, str]:
+    with pytest.raises(ConfigError) as e:
+        validate(raw)
+    return {p.field: str(p) for p in e.value.problems}
+
+
+def test_default_config_is_valid():
+    cfg = load_config(DEFAULT)
+    tl = cfg.timeline
+    assert (tl.n_intervals, tl.steps_per_interval) == (96, 15)
+    assert cfg.prosumers.count == 40
+
+
+def test_every_problem_is_listed_once():
+    raw = {
+        "study": {"physics_step": "7min", "colour": "red"},
+        "prosumers": {"count": -1},
+        "feeder": {"model": "nope"},
+        "market": {"topology": "barter"},
+    }
+    found = problems_of(raw)
+    assert "study.colour" in found and "allowed" in found["study.colour"]
+    assert "name" in found["study.colour"]  # allowed keys are listed
+    assert "prosumers.count" in found
+    assert "market.topology" in found and "community" in found["market.topology"]
+
+
+def test_cross_field_rules():
+    found = problems_of({"study": {"physics_step": "7min"}, "feeder": {"model": "nope"}})
+    assert "does not divide" in found["study.physics_step"]
+    assert "ieee13" in found["feeder.model"]
+
+
+def test_feeder_path_must_exist(tmp_path):
+    found = problems_of({"feeder": {"model": None, "path": str(tmp_path / "missing.dss")}})
+    assert "no such file" in found["feeder.path"]
+
+
+def test_overrides_parse_yaml_values():
+    raw = apply_overrides({}, ["controllers.enabled=false", "prosumers.count=3"])
+    assert raw == {"controllers": {"enabled": False}, "prosumers": {"count": 3}}
+    with pytest.raises(ConfigError):
+        apply_overrides({}, ["no-equals-sign"])
+
+
+def test_validate_cli_exits_2_listing_every_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"study": {"physics_step": "7min", "typo": 1},
+                                   "prosumers": {"count": -5}, "feeder": {"model": "ieee999"}}))
+    r = tecosim("validate", str(bad), timeout=120)
+    assert r.returncode == 2
+    for field in ("study.typo", "prosumers.count", "feeder.model", "study.physics_step"):
+        assert field in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_run_refuses_bad_config_before_starting(tmp_path):
+    r = tecosim("run", str(DEFAULT), "--out", str(tmp_path / "run"), "--set", "prosumers.count=-1",
+                timeout=120)
+    assert r.returncode == 2
+    assert "prosumers.count" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_ok_config_validates_from_cli():
+    r = tecosim("validate", str(DEFAULT), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "96 market intervals" in r.stdout
