@@ -77,8 +77,10 @@ def machine() -> list[tuple[str, str]]:
 
 # -- per-child CPU time, sampled from /proc while the federation runs ------------------
 class ChildCpu:
-    """Samples utime+stime [s] of this process's children every SAMPLE_S (may miss the
-    last <= SAMPLE_S of each child's life; the exact total comes from getrusage)."""
+    """Samples the CPU time [s] (user+system) of each child of this process, plus that of
+    the child's own children (``helics_broker`` is a Python wrapper around the broker
+    binary), every SAMPLE_S. Keeps each child's largest total; may miss the last
+    <= SAMPLE_S of a child's life. The exact grand total comes from getrusage."""
 
     def __init__(self) -> None:
         self.cpu: dict[int, float] = {}
@@ -94,18 +96,28 @@ class ChildCpu:
         self._stop.set()
         self._thread.join()
 
+    def _procs(self) -> dict[int, tuple[int, float]]:
+        """pid -> (ppid, own CPU + CPU of its reaped children) [s], for every process."""
+        out = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            # after the command: state ppid ...; [11] utime [12] stime [13] cutime [14] cstime
+            out[int(entry.name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / self._tick)
+        return out
+
     def _loop(self) -> None:
         me = os.getpid()
         while not self._stop.wait(SAMPLE_S):
-            for entry in os.scandir("/proc"):
-                if not entry.name.isdigit():
-                    continue
-                try:
-                    fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-                except (OSError, IndexError):
-                    continue
-                if int(fields[1]) == me:  # fields[1] is ppid; [11], [12] utime, stime
-                    self.cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / self._tick
+            procs = self._procs()
+            for pid, (ppid, cpu) in procs.items():
+                if ppid == me:
+                    cpu += sum(c for pp, c in procs.values() if pp == pid)
+                    self.cpu[pid] = max(cpu, self.cpu.get(pid, 0.0))
 
 
 def children_cpu_s() -> float:
@@ -290,6 +302,17 @@ def report(runs: dict[str, list[dict]], cfg, overrides: list[str], repeat: int, 
         rows.append([name, f(wall), f(startup), f(setup), f(loop), f(cpu), f(role),
                      f(idle), pct(None if idle is None else idle / wall),
                      f(loop_idle), pct(None if loop_idle is None else loop_idle / loop)])
+    loops = [float(r[4]) for r in rows if r[4] not in ("", "–")]
+    starts = [(float(r[2]), r[0]) for r in rows if r[2] not in ("", "–")]
+    if loops and starts:
+        slow_s, slow = max(starts)
+        out += [
+            f"Time loop: {max(loops):.1f} s for {tl.n_steps} physics steps = "
+            f"{1000 * max(loops) / tl.n_steps:.1f} ms per step, against {1000 * total / tl.n_steps:.1f} ms "
+            f"per step for the whole in-process engine. Slowest start-up + exit: {slow} ({slow_s:.1f} s); "
+            "the others wait for it in setup.",
+            "",
+        ]
     out += [
         table(["process", "wall s", "start-up + exit s", "setup s", "time loop s", "CPU s", "role s (in-process)",
                "HELICS waiting s (est.)", "% of wall", "waiting in loop s (est.)", "% of loop"], rows),
@@ -304,8 +327,9 @@ def report(runs: dict[str, list[dict]], cfg, overrides: list[str], repeat: int, 
         "registering HELICS interfaces and waiting for every federate to enter executing mode.",
         "- **time loop**: from the federate's `executing` log line to its `done` line: the HELICS "
         "time loop plus writing its tables.",
-        f"- **CPU**: user+system time of the process sampled from /proc every {SAMPLE_S * 1000:.0f} ms "
-        "(includes HELICS' core threads; may miss the last few ms).",
+        f"- **CPU**: user+system time of the process and its children, sampled from /proc every "
+        f"{SAMPLE_S * 1000:.0f} ms (includes HELICS' core threads; may miss the last few ms). "
+        "`broker` is the `helics_broker` Python wrapper plus the broker binary it runs.",
         "- **role (in-process)**: the same role's compute time in the in-process engine "
         "(table above); role construction and table building are in the in-process `setup` row, not here.",
         "- **HELICS waiting (est.)** = wall − role (in-process). This is an *estimate*, not a "

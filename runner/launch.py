@@ -183,7 +183,7 @@ class Federation:
         address = f"tcp://127.0.0.1:{port}"
         fed.procs.append(Proc("broker", [
             helics_bin("helics_broker"), "-f", str(len(keys.FEDERATES)), "--coretype=zmq",
-            "--local_interface=tcp://127.0.0.1", f"--port={port}", "--name=tecosim_broker",
+            "--local_interface=tcp://127.0.0.1", f"--port={port}", f"--name=tecosim_broker_{port}",
             "--loglevel=warning", "--timeout=60s",
         ], logs / "broker.log"))
         for name in keys.FEDERATES:

@@ -43,7 +43,7 @@ def test_killed_federate_is_named_and_nothing_is_left(tmp_path, victim):
         pid = _pid_of(run_dir, f"federates.{victim}.federate")
         assert pid is not None, f"{victim} is not running"
         os.kill(pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -111,4 +111,5 @@ def test_trades_match_the_clearing_and_orders(fed):
 def test_no_process_outlives_the_runs(midday_runs):
     for run in midday_runs.values():
         assert processes_mentioning(str(run)) == []
-    assert processes_mentioning("tecosim_broker") == []
+    port = json.loads((midday_runs["federation"] / "manifest.json").read_text())["broker_port"]
+    assert processes_mentioning(f"tecosim_broker_{port}") == []
