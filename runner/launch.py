@@ -218,19 +218,21 @@ class Federation:
                 for p in self.procs:
                     code = p.poll()
                     if code not in (None, 0):
-                        raise FederationError(p.name, f"exited with code {code}", p.tail())
+                        raise FederationError(p.name, f"exited with code {code}", {p.name: p.tail()})
                 if all(p.poll() == 0 for p in federates):
                     broker = self.procs[0]
                     end = time.monotonic() + 15
                     while broker.poll() is None and time.monotonic() < end:
                         time.sleep(poll_s)
                     if broker.poll() is None:
-                        raise FederationError("broker", "did not exit after all federates finished", broker.tail())
+                        raise FederationError("broker", "did not exit after all federates finished",
+                                              {"broker": broker.tail()})
                     return
                 if time.monotonic() > deadline:
-                    running = [p.name for p in federates if p.poll() is None]
-                    raise FederationError(", ".join(running), f"still running after timeout_s={timeout_s:g} s",
-                                          next(p for p in federates if p.poll() is None).tail())
+                    running = [p for p in federates if p.poll() is None]
+                    raise FederationError(", ".join(p.name for p in running),
+                                          f"still running after timeout_s={timeout_s:g} s",
+                                          {p.name: p.tail(8) for p in running})
                 time.sleep(poll_s)
         finally:
             self.kill_all()

@@ -46,13 +46,16 @@ class FeederModelError(TecosimError):
 
 
 class FederationError(TecosimError):
-    """A federate died, hung or failed: names the federate and shows the tail of its log."""
+    """A federate died, hung or failed: names it and shows the tail of its log.
 
-    def __init__(self, federate: str, reason: str, log_tail: str = ""):
+    ``log_tails`` maps a federate name to the last lines of its log.
+    """
+
+    def __init__(self, federate: str, reason: str, log_tails: dict[str, str] | None = None):
         self.federate = federate
         self.reason = reason
-        self.log_tail = log_tail
+        self.log_tails = dict(log_tails or {})
         msg = f"federate '{federate}' {reason}"
-        if log_tail:
-            msg += f"\n--- last lines of logs/{federate}.log ---\n{log_tail}"
+        for name, tail in self.log_tails.items():
+            msg += f"\n--- last lines of logs/{name}.log ---\n{tail or '(log is empty)'}"
         super().__init__(msg)

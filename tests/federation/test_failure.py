@@ -53,3 +53,40 @@ def test_killed_federate_is_named_and_nothing_is_left(tmp_path, victim):
     assert m["status"] == "failed" and victim in m["reason"]
     time.sleep(0.5)
     assert processes_mentioning(str(run_dir)) == []
+
+
+def test_ctrl_c_stops_everything(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner.cli", "run", str(DEFAULT), "--out", str(run_dir),
+         "--set", "study.duration=6h"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log = run_dir / "logs" / "feeder.log"
+        deadline = time.monotonic() + 120
+        while not (log.exists() and "executing" in log.read_text()):
+            assert time.monotonic() < deadline, "feeder never started"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "failed"
+    time.sleep(0.5)
+    assert processes_mentioning(str(run_dir)) == []
+
+
+def test_global_timeout_names_the_running_federates(tmp_path):
+    run_dir = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "runner.cli", "run", str(DEFAULT), "--out", str(run_dir),
+         "--set", "study.duration=24h", "--set", "federation.timeout_s=4"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "still running after timeout_s=4" in r.stderr
+    assert "last lines of logs/" in r.stderr
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "failed" and "timeout" in m["reason"]
+    assert processes_mentioning(str(run_dir)) == []
