@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from federates.common import keys
-from federates.common.errors import FederationError
+from federates.common.errors import ConfigError, FederationError, Problem
 from federates.common.runtime import CONFIG_FILE, Study, write_sites, write_tables
 from runner.config import REPO_ROOT, StudyFile, config_sha256, feeder_master, resolved_dict
 
@@ -57,8 +57,12 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
     points = OpenDSSFeeder(master, source_pu=cfg.feeder.source_pu).load_points()
     p = cfg.prosumers
-    sites = place_customers(points, p.count, seed=cfg.study.seed, phase=p.phases,
-                            customers_per_transformer=cfg.feeder.customer_connection.customers_per_transformer)
+    try:
+        sites = place_customers(points, p.count, seed=cfg.study.seed, phase=p.phases,
+                                customers_per_transformer=cfg.feeder.customer_connection.customers_per_transformer)
+    except ValueError as e:
+        raise ConfigError([Problem("prosumers", f"cannot place {p.count} prosumers on {master.name}: {e}",
+                                   "a feeder with loads on the requested phases")], "feeder") from None
     write_sites(run_dir, sites)
     return Study.load(run_dir)
 
