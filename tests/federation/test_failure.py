@@ -23,30 +23,44 @@ def _pid_of(run_dir, module: str) -> int | None:
     return None
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C the runner (it then stops its federation); kill it only if it ignores that."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _start(run_dir, duration: str = "6h") -> subprocess.Popen:
+    """`tecosim run` in the background; returns once the feeder is executing."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner.cli", "run", str(DEFAULT), "--out", str(run_dir),
+         "--set", f"study.duration={duration}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = run_dir / "logs" / "feeder.log"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "executing" in log.read_text()):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            _stop(proc)
+            pytest.fail("the federation never started executing")
+        time.sleep(0.2)
+    return proc
+
+
 @pytest.mark.parametrize("victim", ["controllers", "feeder"])
 def test_killed_federate_is_named_and_nothing_is_left(tmp_path, victim):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", "run", str(DEFAULT), "--out", str(run_dir),
-         "--set", "study.duration=6h"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start(run_dir)
     try:
-        log = run_dir / "logs" / f"{victim}.log"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if log.exists() and "executing" in log.read_text():
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"{victim} never started executing")
         time.sleep(1.0)  # mid-run
         pid = _pid_of(run_dir, f"federates.{victim}.federate")
         assert pid is not None, f"{victim} is not running"
         os.kill(pid, signal.SIGKILL)
         _, err = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _stop(proc)
     assert proc.returncode == 1, err
     assert f"federate '{victim}' exited with code -9" in err
     m = json.loads((run_dir / "manifest.json").read_text())
@@ -57,21 +71,12 @@ def test_killed_federate_is_named_and_nothing_is_left(tmp_path, victim):
 
 def test_ctrl_c_stops_everything(tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", "run", str(DEFAULT), "--out", str(run_dir),
-         "--set", "study.duration=6h"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start(run_dir)
     try:
-        log = run_dir / "logs" / "feeder.log"
-        deadline = time.monotonic() + 120
-        while not (log.exists() and "executing" in log.read_text()):
-            assert time.monotonic() < deadline, "feeder never started"
-            time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _stop(proc)
     assert proc.returncode == 130, err
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "failed"
     time.sleep(0.5)
