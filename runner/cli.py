@@ -19,6 +19,8 @@ EXAMPLES = """examples:
   tecosim run configs/default.yaml
   tecosim run configs/default.yaml --engine inprocess --set study.duration=2h
   tecosim run configs/default.yaml --out runs/my-study --set controllers.enabled=false
+  tecosim clear orders.csv --topology community --mechanism lp
+  tecosim ledger verify runs/my-study
 """
 
 
@@ -38,6 +40,18 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a study config and list every problem")
     val.add_argument("config", type=Path)
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    clr = sub.add_parser("clear", help="clear one order book (CSV) and print the result as JSON",
+                         description="CSV columns: participant, side (buy|sell), energy_kwh, "
+                         "price_usd_per_kwh; optional bus, phase, community.")
+    clr.add_argument("orders", type=Path)
+    clr.add_argument("--topology", default="community")
+    clr.add_argument("--mechanism", help="default: uniform_price (community), lp (p2p)")
+    clr.add_argument("--retail", type=float, default=0.26, help="retail tariff [USD/kWh]")
+    clr.add_argument("--feed-in", type=float, default=0.08, help="feed-in tariff [USD/kWh]")
+    led = sub.add_parser("ledger", help="ledger tools")
+    led_sub = led.add_subparsers(dest="ledger_command", required=True)
+    ver = led_sub.add_parser("verify", help="verify a run's ledger.jsonl (hash chain, seals, signatures)")
+    ver.add_argument("run", type=Path, help="a run folder or a ledger.jsonl file")
     return ap
 
 
@@ -79,12 +93,51 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_clear(args) -> int:
+    from federates.common.errors import Problem
+    from federates.market.mechanisms import allowed_mechanisms, clear, clearing_json
+    from federates.market.orders_csv import read_orders_csv
+
+    allowed = allowed_mechanisms()
+    mechanism = args.mechanism or {"community": "uniform_price", "p2p": "lp"}.get(args.topology, "")
+    if args.topology not in allowed:
+        raise ConfigError([Problem("--topology", f"unknown {args.topology!r}", ", ".join(allowed))], "arguments")
+    if mechanism not in allowed[args.topology]:
+        raise ConfigError([Problem("--mechanism", f"unknown {mechanism!r} for {args.topology}",
+                                   ", ".join(allowed[args.topology]))], "arguments")
+    orders = read_orders_csv(args.orders)
+    result = clear(args.topology, mechanism, orders, interval=0,
+                   retail_usd_per_kwh=args.retail, feed_in_usd_per_kwh=args.feed_in)
+    out = {"topology": args.topology, "mechanism": mechanism, **clearing_json(result)}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_ledger(args) -> int:
+    from federates.market.ledger import verify_ledger
+
+    path = args.run / "ledger.jsonl" if args.run.is_dir() else args.run
+    if not path.is_file():
+        print(f"tecosim: no ledger at {path}", file=sys.stderr)
+        return 2
+    r = verify_ledger(path)
+    if r.ok:
+        print(f"{path}: intact ({r.n_blocks} blocks, {r.n_records} records)")
+        return 0
+    print(f"{path}: NOT intact: {r.first_bad}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     args = _parser().parse_args(argv)
     try:
         if args.command == "validate":
             return cmd_validate(args)
+        if args.command == "clear":
+            return cmd_clear(args)
+        if args.command == "ledger":
+            return cmd_ledger(args)
         return cmd_run(args)
     except ConfigError as e:
         print(f"tecosim: invalid {e}", file=sys.stderr)

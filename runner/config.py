@@ -134,7 +134,7 @@ class ProsumersConfig(_Strict):
 
 class MarketConfig(_Strict):
     topology: Literal["community", "p2p", "hybrid"] = "community"
-    mechanism: Literal["uniform_price"] = "uniform_price"
+    mechanism: str = "uniform_price"
     retail_usd_per_kwh: PositiveFloat = 0.26
     feed_in_usd_per_kwh: NonNegFloat = 0.08
 
@@ -246,6 +246,15 @@ def _cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
     if p.daily_load_kwh_min > p.daily_load_kwh_max:
         problems.append(Problem("prosumers.daily_load_kwh_min", "is larger than daily_load_kwh_max", "<= daily_load_kwh_max"))
     m = cfg.market
+    from federates.market.mechanisms import allowed_mechanisms
+
+    allowed = allowed_mechanisms()
+    if m.topology in allowed and m.mechanism not in allowed[m.topology]:
+        problems.append(Problem("market.mechanism", f"{m.mechanism!r} is not a {m.topology} mechanism",
+                                ", ".join(allowed[m.topology])))
+    elif m.topology not in allowed:
+        problems.append(Problem("market.topology", f"{m.topology!r} has no clearing mechanism yet",
+                                ", ".join(allowed)))
     if m.feed_in_usd_per_kwh >= m.retail_usd_per_kwh:
         problems.append(Problem("market.feed_in_usd_per_kwh", "must be below the retail tariff", f"< {m.retail_usd_per_kwh:g}"))
     c = cfg.controllers

@@ -25,15 +25,16 @@ from federates.common.messages import (
     Order,
     Trade,
 )
-from federates.market.community import ClearingResult, clear_uniform_price
+from federates.market.community import ClearingResult
+from federates.market.mechanisms import MECHANISMS as REGISTRY
 from federates.market.settlement import SettlementRow, settle_interval
 from runner.config import StudyFile
 
 Clearer = Callable[..., ClearingResult]
 
-#: (topology, mechanism) -> clearing function; only these combinations exist.
+#: (topology, mechanism) -> clearing function, from federates.market.mechanisms.
 MECHANISMS: dict[tuple[str, str], Clearer] = {
-    ("community", "uniform_price"): clear_uniform_price,
+    (t, m): fn for t, by_name in REGISTRY.items() for m, fn in by_name.items()
 }
 
 BIDS_DTYPES: dict[str, str] = {
