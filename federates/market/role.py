@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, fields
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,14 @@ from federates.common.messages import (
     Trade,
 )
 from federates.market.community import ClearingResult
+from federates.market.ledger import (
+    KeyRing,
+    Ledger,
+    bid_record,
+    curtailment_record,
+    settlement_record,
+    trade_record,
+)
 from federates.market.mechanisms import MECHANISMS as REGISTRY
 from federates.market.settlement import SettlementRow, settle_interval
 from runner.config import StudyFile
@@ -68,7 +77,7 @@ class MarketRole:
     ``cfg``: the study; ``participants``: the prosumer ids in schedule-vector order.
     """
 
-    def __init__(self, cfg: StudyFile, participants: list[str]):
+    def __init__(self, cfg: StudyFile, participants: list[str], ledger_path: Path | None = None):
         m = cfg.market
         key = (m.topology, m.mechanism)
         if key not in MECHANISMS:
@@ -94,6 +103,14 @@ class MarketRole:
         self._trades: list[dict] = []
         self._clearing: list[dict] = []
         self._settlements: list[dict] = []
+        # the signed ledger (ledger.jsonl): one block per market time. Participant keys
+        # are derived from the study seed here, a study simplification: the prosumers
+        # should sign their own bids and the market verify them.
+        self._keys: KeyRing | None = None
+        self._ledger: Ledger | None = None
+        if ledger_path is not None and m.ledger:
+            self._keys = KeyRing.from_seed(cfg.study.seed, self.participants)
+            self._ledger = Ledger(ledger_path, self._keys, difficulty_bits=m.ledger_pow_bits)
 
     @property
     def n_intervals(self) -> int:
@@ -124,8 +141,14 @@ class MarketRole:
             raise ValueError(f"market time k={k} after k={self._last_k}: must increase")
         self._last_k = k
 
+        # the ledger gets two blocks per market time: the closing block of k-1
+        # (curtailments, settlements) and the opening block of k (bids, trades)
         if k >= 1:
-            self._settle(k - 1, energies, notices)
+            rows = self._settle(k - 1, energies, notices)
+            if self._keys is not None:
+                closing = [curtailment_record(self._keys, nt) for nt in notices if nt.interval == k - 1]
+                closing += [settlement_record(self._keys, k - 1, r) for r in rows]
+                self._seal(k - 1, closing)
 
         schedule_p_kw = np.zeros(len(self.participants), dtype=float)
         if k == n:
@@ -138,6 +161,10 @@ class MarketRole:
         )
         self._pending[k] = result
         self._record_clearing(k, mine, result, late)
+        if self._keys is not None:
+            opening = [bid_record(self._keys, o) for o in mine if o.participant in self._index]
+            opening += [trade_record(self._keys, t) for t in result.trades]
+            self._seal(k, opening)
         interval_h = self._timeline.interval_h
         for c in result.confirmations:
             i = self._index.get(c.participant)
@@ -145,9 +172,13 @@ class MarketRole:
                 schedule_p_kw[i] = c.scheduled_kwh / interval_h
         return list(result.confirmations), schedule_p_kw
 
+    def _seal(self, k: int, records: list[dict]) -> None:
+        if self._ledger is not None:
+            self._ledger.append_block(k, records)
+
     def _settle(
         self, k: int, energies: list[IntervalEnergy], notices: list[CurtailmentNotice]
-    ) -> None:
+    ) -> list[SettlementRow]:
         result = self._pending.pop(k, None)
         confs = result.confirmations if result else []
         trades: list[Trade] = result.trades if result else []
@@ -165,6 +196,7 @@ class MarketRole:
             participants=self.participants,
         )
         self._settlements.extend(asdict(r) for r in rows)
+        return rows
 
     def _record_clearing(self, k: int, mine: list[Order], r: ClearingResult, late: int) -> None:
         bids = sorted(

@@ -113,3 +113,16 @@ def test_no_process_outlives_the_runs(midday_runs):
         assert processes_mentioning(str(run)) == []
     port = json.loads((midday_runs["federation"] / "manifest.json").read_text())["broker_port"]
     assert processes_mentioning(f"tecosim_broker_{port}") == []
+
+
+def test_ledger_is_intact_and_identical_across_engines(midday_runs):
+    from federates.market.ledger import verify_ledger
+
+    a = midday_runs["inprocess"] / "ledger.jsonl"
+    b = midday_runs["federation"] / "ledger.jsonl"
+    assert a.read_bytes() == b.read_bytes()
+    r = verify_ledger(b)
+    # genesis + an opening block per interval + a closing block per interval
+    assert r.ok and r.n_blocks == 1 + 2 * 8, r.first_bad
+    kinds = {rec["kind"] for line in b.read_text().splitlines() for rec in json.loads(line)["records"]}
+    assert kinds == {"bid", "trade", "curtailment", "settlement"}
