@@ -361,13 +361,41 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyFi
     path = Path(path)
     if not path.is_file():
         raise ConfigError([Problem("<file>", f"no such config file: {path}", "a YAML file")], str(path))
+    raw = _read_with_base(path, seen=())
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return validate(raw, base_dir=path.parent, source=str(path))
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """YAML of ``path``; a top-level ``base: other.yaml`` (relative to this file) is read
+    first and this file's keys are merged over it, section by section."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError([Problem("base", f"circular base: {' -> '.join(map(str, (*seen, path)))}")], str(path))
+    if not path.is_file():
+        raise ConfigError([Problem("base" if seen else "<file>", f"no such config file: {path}", "a YAML file")],
+                          str(seen[-1] if seen else path))
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError([Problem("<file>", f"not valid YAML: {e}")], str(path)) from None
-    if overrides:
-        raw = apply_overrides(raw, overrides)
-    return validate(raw, base_dir=path.parent, source=str(path))
+    if not isinstance(raw, dict) or "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str):
+        raise ConfigError([Problem("base", "must be a file name", "a YAML file next to this one")], str(path))
+    return _deep_merge(_read_with_base(path.parent / base, (*seen, path)), raw)
 
 
 def resolved_dict(cfg: StudyFile) -> dict[str, Any]:

@@ -49,6 +49,13 @@ def kpis(cfg: StudyFile, t: dict[str, pd.DataFrame]) -> pd.DataFrame:
     })
     out["traded_kwh"] = cl["traded_kwh"].reindex(intervals, fill_value=0.0).to_numpy()
     out["clearing_price_usd_per_kwh"] = cl["price_usd_per_kwh"].reindex(intervals).to_numpy()
+    # volume-weighted price of peer trades: comparable across topologies, also where
+    # prices are per trade (pay-as-bid, p2p, hybrid)
+    tr = t["trades"]
+    peer = tr[tr["kind"] == "peer"]
+    paid = (peer["energy_kwh"] * peer["price_usd_per_kwh"]).groupby(peer["interval"]).sum()
+    vol = peer.groupby("interval")["energy_kwh"].sum()
+    out["mean_trade_price_usd_per_kwh"] = (paid / vol.where(vol > 0)).reindex(intervals).to_numpy()
     out["welfare_usd"] = cl["welfare_usd"].reindex(intervals, fill_value=0.0).to_numpy()
     out["curtailed_kwh"] = st["curtailed_kwh"].sum().reindex(intervals, fill_value=0.0).to_numpy()
     out["imbalance_kwh"] = st["imbalance_kwh"].sum().reindex(intervals, fill_value=0.0).to_numpy()
@@ -68,9 +75,10 @@ def kpis(cfg: StudyFile, t: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def summary(k: pd.DataFrame) -> dict[str, float]:
     """Totals over the study, from the kpis table."""
     traded = float(k["traded_kwh"].sum())
-    priced = k.dropna(subset=["clearing_price_usd_per_kwh"])
+    priced = k.dropna(subset=["mean_trade_price_usd_per_kwh"])
     vol = float(priced["traded_kwh"].sum())
-    mean_price = float((priced["traded_kwh"] * priced["clearing_price_usd_per_kwh"]).sum() / vol) if vol > 0 else float("nan")
+    mean_price = (float((priced["traded_kwh"] * priced["mean_trade_price_usd_per_kwh"]).sum() / vol)
+                  if vol > 0 else float("nan"))
     return {
         "energy_traded_kwh": traded,
         "mean_price_usd_per_kwh": mean_price,
@@ -91,7 +99,7 @@ def format_summary(s: dict[str, float], wall_s: float, run_dir: Path, engine: st
     lines = [
         f"tecosim run: {run_dir}  (engine: {engine}, wall time {wall_s:.1f} s)",
         f"  energy traded peer-to-peer    {s['energy_traded_kwh']:10.1f} kWh",
-        f"  mean clearing price           {s['mean_price_usd_per_kwh']:10.4f} USD/kWh",
+        f"  mean peer trade price         {s['mean_price_usd_per_kwh']:10.4f} USD/kWh",
         f"  curtailed energy              {s['curtailed_kwh']:10.1f} kWh",
         f"  violation minutes before ctrl {s['violation_min_before']:10.0f} min",
         f"  violation minutes after ctrl  {s['violation_min_after']:10.0f} min",

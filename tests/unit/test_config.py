@@ -78,3 +78,27 @@ def test_ok_config_validates_from_cli():
     r = tecosim("validate", str(DEFAULT), timeout=120)
     assert r.returncode == 0, r.stderr
     assert "96 market intervals" in r.stdout
+
+
+def test_example_configs_extend_the_default():
+    from tests.conftest import REPO
+
+    p2p = load_config(REPO / "configs" / "p2p_admm.yaml")
+    assert (p2p.market.topology, p2p.market.mechanism) == ("p2p", "admm")
+    assert p2p.prosumers.count == load_config(DEFAULT).prosumers.count  # from default.yaml
+    assert load_config(REPO / "configs" / "community_lp.yaml").market.mechanism == "lp"
+
+
+def test_base_errors_are_config_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="circular base"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_mechanism_must_belong_to_topology():
+    found = problems_of({"market": {"topology": "community", "mechanism": "admm"}})
+    assert "uniform_price" in found["market.mechanism"]
