@@ -137,6 +137,7 @@ class MarketConfig(_Strict):
     mechanism: str = "uniform_price"
     retail_usd_per_kwh: PositiveFloat = 0.26
     feed_in_usd_per_kwh: NonNegFloat = 0.08
+    communities: Literal["phase", "bus"] = "phase"
     ledger: bool = True
     ledger_pow_bits: Annotated[int, Field(ge=0, le=32)] = 0
 

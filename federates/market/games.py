@@ -226,8 +226,9 @@ def shapley_values(players: Sequence[Hashable], value_fn: ValueFn) -> dict:
     if len(set(ps)) != n:
         raise ValueError("players must be distinct")
     if n > 10:
-        raise ValueError(f"exact Shapley values are limited to n <= 10 (got {n}); "
-                         "use shapley_sampled")
+        raise ValueError(
+            f"exact Shapley values are limited to n <= 10 (got {n}); use shapley_sampled"
+        )
     worth: dict[frozenset, float] = {}
     for k in range(n + 1):
         for c in combinations(ps, k):
@@ -378,8 +379,10 @@ def replicator(
         a = np.asarray(payoff, dtype=float)
         if a.shape != (k, k):
             raise ValueError(f"payoff matrix must be {k}x{k}, got {a.shape}")
+
         def fit_fn(_day: int, s: np.ndarray) -> np.ndarray:
             return a @ s
+
     shares = np.empty((days + 1, k))
     fitness = np.empty((days, k))
     shares[0] = x

@@ -12,6 +12,7 @@ from typing import Any
 
 from federates.common.messages import Order, Trade
 from federates.market.community import ClearingResult, clear_uniform_price
+from federates.market.hybrid import clear_hybrid
 from federates.market.lp import clear_lp
 from federates.market.p2p import clear_p2p_admm, clear_p2p_lp
 from federates.market.pay_as_bid import clear_pay_as_bid
@@ -33,6 +34,9 @@ MECHANISMS: dict[str, dict[str, Mechanism]] = {
     "p2p": {
         "lp": clear_p2p_lp,
         "admm": _p2p_admm,
+    },
+    "hybrid": {
+        "two_level": clear_hybrid,
     },
 }
 

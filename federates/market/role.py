@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +154,7 @@ class MarketRole:
         if k == n:
             return [], schedule_p_kw
 
-        mine = [o for o in orders if o.interval == k]
+        mine = [self._with_community(o) for o in orders if o.interval == k]
         late = len(orders) - len(mine)
         result = self._clear(
             mine, interval=k, retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in
@@ -171,6 +171,14 @@ class MarketRole:
             if i is not None:
                 schedule_p_kw[i] = c.scheduled_kwh / interval_h
         return list(result.confirmations), schedule_p_kw
+
+    def _with_community(self, o: Order) -> Order:
+        """The order with its community set from its location where it came without one
+        (``market.communities``: the feeder phase or bus it sits on; hybrid topology)."""
+        if o.community:
+            return o
+        where = o.phase if self.cfg.market.communities == "phase" else o.bus
+        return replace(o, community=where) if where else o
 
     def _seal(self, k: int, records: list[dict]) -> None:
         if self._ledger is not None:

@@ -189,7 +189,7 @@ def test_registry_and_json():
     assert j["trades"][0]["price_usd_per_kwh"] == pytest.approx(0.175)
     with pytest.raises(ValueError, match=r"allowed: \['lp', 'pay_as_bid', 'uniform_price'\]"):
         clear("community", "vickrey", [], interval=0, **TARIFFS)
-    with pytest.raises(ValueError, match=r"allowed: \['community', 'p2p'\]"):
+    with pytest.raises(ValueError, match=r"allowed: \['community', 'hybrid', 'p2p'\]"):
         clear("hybrid", "lp", [], interval=0, **TARIFFS)
 
 
