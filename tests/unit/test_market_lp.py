@@ -190,7 +190,7 @@ def test_registry_and_json():
     with pytest.raises(ValueError, match=r"allowed: \['lp', 'pay_as_bid', 'uniform_price'\]"):
         clear("community", "vickrey", [], interval=0, **TARIFFS)
     with pytest.raises(ValueError, match=r"allowed: \['community', 'hybrid', 'p2p'\]"):
-        clear("hybrid", "lp", [], interval=0, **TARIFFS)
+        clear("star", "lp", [], interval=0, **TARIFFS)
 
 
 # ---------------------------------------------------------------------- property tests
