@@ -128,7 +128,7 @@ class ProsumersConfig(_Strict):
     load_model: Literal["stochastic_household"] = "stochastic_household"
     cloudiness: Fraction = 0.2
     forecast_error_pct: NonNegFloat = 10.0
-    strategy: Literal["limit_price_uniform", "truthful_tariff"] = "limit_price_uniform"
+    strategy: Literal["limit_price_uniform", "truthful_tariff", "zip", "roth_erev"] = "limit_price_uniform"
     phases: Literal["any", "a", "b", "c"] = "any"
 
 

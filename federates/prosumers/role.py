@@ -29,6 +29,7 @@ from federates.common.grid import CustomerSite
 from federates.common.messages import Confirmation, Order
 from federates.common.rng import stream
 from federates.prosumers import profiles
+from federates.prosumers.adaptive import ADAPTIVE_STRATEGIES, AdaptiveBidders
 from federates.prosumers.agents import ProsumerSpec, make_specs, spec_arrays
 from federates.prosumers.strategies import limit_price
 from runner.config import StudyFile
@@ -119,6 +120,17 @@ class ProsumersRole:
         self.initial_soc_kwh = INITIAL_SOC_FRACTION * self._capacity_kwh
         self._soc = self.initial_soc_kwh.copy()
         self._next_step = 0
+        m = cfg.market
+        #: learning bidders when the strategy is adaptive (``zip``, ``roth_erev``), else None
+        self.adaptive: AdaptiveBidders | None = (
+            AdaptiveBidders(
+                cfg.prosumers.strategy, retail_usd_per_kwh=m.retail_usd_per_kwh,
+                feed_in_usd_per_kwh=m.feed_in_usd_per_kwh, seed=self.seed,
+                indices={s.participant: int(s.index) for s in self.specs},
+            )
+            if cfg.prosumers.strategy in ADAPTIVE_STRATEGIES
+            else None
+        )
 
     # ---- market ------------------------------------------------------------------
     def bids(self, k: int) -> list[Order]:
@@ -155,11 +167,17 @@ class ProsumersRole:
             if net[j] == 0.0:
                 continue
             side = "buy" if net[j] > 0 else "sell"
-            price = limit_price(
-                p.strategy, side=side, retail_usd_per_kwh=m.retail_usd_per_kwh,
-                feed_in_usd_per_kwh=m.feed_in_usd_per_kwh, seed=self.seed,
-                index=spec.index, interval=k,
-            )
+            if self.adaptive is not None:
+                value = m.retail_usd_per_kwh if side == "buy" else m.feed_in_usd_per_kwh
+                price = self.adaptive.price(
+                    k, spec.participant, side, value, energy_kwh=float(abs(net[j]) * dt_h)
+                )
+            else:
+                price = limit_price(
+                    p.strategy, side=side, retail_usd_per_kwh=m.retail_usd_per_kwh,
+                    feed_in_usd_per_kwh=m.feed_in_usd_per_kwh, seed=self.seed,
+                    index=spec.index, interval=k,
+                )
             orders.append(
                 Order(
                     participant=spec.participant, side=side, interval=k,
@@ -170,8 +188,10 @@ class ProsumersRole:
         return orders
 
     def on_confirmations(self, k: int, confirmations: list[Confirmation]) -> None:
-        """Keep the market's confirmations of interval ``k``."""
+        """Keep the market's confirmations of interval ``k``; adaptive bidders learn from them."""
         self.confirmations[k] = list(confirmations)
+        if self.adaptive is not None:
+            self.adaptive.learn(k, self.confirmations[k])
 
     # ---- physics -----------------------------------------------------------------
     def step(self, g: int) -> np.ndarray:

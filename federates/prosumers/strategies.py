@@ -10,6 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from federates.common.rng import stream
+from federates.prosumers.adaptive import (
+    ADAPTIVE_STRATEGIES,
+    DEFAULT_MARKUPS,
+    markup_price,
+    roth_erev_choice,
+    zip_initial_margin,
+    zip_price,
+)
 
 SIDES = ("buy", "sell")
 
@@ -31,10 +39,38 @@ def _truthful_tariff(
     return float(retail_usd_per_kwh if side == "buy" else feed_in_usd_per_kwh)
 
 
+def _zip_opening(
+    *, side: str, retail_usd_per_kwh: float, feed_in_usd_per_kwh: float,
+    seed: int, index: int, interval: int,
+) -> float:
+    """ZIP agent's price with no history: its seeded initial margin on the feed-in
+    (seller cost) or retail (buyer value) tariff. Learning needs state: the role uses
+    :class:`federates.prosumers.adaptive.AdaptiveBidders` for ``zip``."""
+    value = retail_usd_per_kwh if side == "buy" else feed_in_usd_per_kwh
+    margin = zip_initial_margin(seed, index, side)
+    return zip_price(side, margin, value, retail_usd_per_kwh, feed_in_usd_per_kwh)
+
+
+def _roth_erev_opening(
+    *, side: str, retail_usd_per_kwh: float, feed_in_usd_per_kwh: float,
+    seed: int, index: int, interval: int,
+) -> float:
+    """Roth-Erev agent's price with uniform (initial) propensities: a seeded markup draw.
+    The role uses :class:`federates.prosumers.adaptive.AdaptiveBidders` to learn."""
+    value = retail_usd_per_kwh if side == "buy" else feed_in_usd_per_kwh
+    n = len(DEFAULT_MARKUPS)
+    action = roth_erev_choice(seed, index, side, interval, [1.0 / n] * n)
+    return markup_price(side, DEFAULT_MARKUPS[action], value, retail_usd_per_kwh, feed_in_usd_per_kwh)
+
+
 STRATEGIES: dict[str, Callable[..., float]] = {
     "limit_price_uniform": _limit_price_uniform,
     "truthful_tariff": _truthful_tariff,
+    "zip": _zip_opening,
+    "roth_erev": _roth_erev_opening,
 }
+#: strategies that learn across intervals (stateful: see AdaptiveBidders)
+ADAPTIVE = ADAPTIVE_STRATEGIES
 
 
 def limit_price(
