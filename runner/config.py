@@ -140,6 +140,14 @@ class MarketConfig(_Strict):
     communities: Literal["phase", "bus"] = "phase"
     ledger: bool = True
     ledger_pow_bits: Annotated[int, Field(ge=0, le=32)] = 0
+    p2p_charge_usd_per_kwh_per_km: NonNegFloat = Field(
+        default=0.0,
+        description=(
+            "Grid charge of a peer trade [USD/kWh per km of electrical distance along the "
+            "feeder between seller and buyer] (p2p topology; hybrid's upper level stays "
+            "uncharged). The default 0 keeps results unchanged."
+        ),
+    )
 
 
 class MetersConfig(_Strict):

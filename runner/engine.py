@@ -45,7 +45,7 @@ def run_inprocess(study: Study, times: EngineTimes | None = None) -> dict[str, p
     t = time.perf_counter()
     cfg, tl = study.cfg, study.cfg.timeline
     prosumers = ProsumersRole(cfg, study.sites)
-    market = MarketRole(cfg, study.participants, study.run_dir / "ledger.jsonl")
+    market = MarketRole(cfg, study.participants, study.run_dir / "ledger.jsonl", distance_km=study.distance_km)
     feeder = FeederRole(cfg, study.master, study.sites)
     meters = MetersRole(cfg, study.sites)
     controllers = ControllersRole(cfg, study.sites, study.inverter_kva)

@@ -26,7 +26,7 @@ import yaml
 
 from federates.common import keys
 from federates.common.errors import ConfigError, FederationError, Problem
-from federates.common.runtime import CONFIG_FILE, Study, write_sites, write_tables
+from federates.common.runtime import CONFIG_FILE, Study, write_distances, write_sites, write_tables
 from runner.config import REPO_ROOT, StudyFile, config_sha256, feeder_master, resolved_dict
 
 PACKAGES = ("helics", "opendssdirect.py", "dss-python", "pandas", "numpy", "pyomo", "highspy",
@@ -43,7 +43,15 @@ def default_run_dir(cfg: StudyFile, root: Path = Path("runs")) -> Path:
 
 
 def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> Study:
-    """Create the run folder: resolved config, customer sites, logs/ and results/."""
+    """Create the run folder: resolved config, customer sites, logs/ and results/.
+
+    With a ``p2p`` or ``hybrid`` market it also writes ``distances_km.npy``: the
+    customers' electrical distances along the feeder [km]
+    (``OpenDSSFeeder.customer_distances_km``), read back as ``Study.distance_km`` by
+    both engines. Community markets get no file (they price no distance, and their
+    run folders stay as before); the computation is cheap (about a second for 1000
+    customers), so this is only to keep those runs unchanged.
+    """
     from federates.feeder.opendss import OpenDSSFeeder
     from federates.feeder.placement import place_customers
 
@@ -55,7 +63,8 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
     if cfg.feeder.path is not None:
         raw["feeder"]["path"] = str(master)  # absolute, so the run folder stands alone
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
-    points = OpenDSSFeeder(master, source_pu=cfg.feeder.source_pu).load_points()
+    feeder = OpenDSSFeeder(master, source_pu=cfg.feeder.source_pu)
+    points = feeder.load_points()
     p = cfg.prosumers
     try:
         sites = place_customers(points, p.count, seed=cfg.study.seed, phase=p.phases,
@@ -64,6 +73,9 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
         raise ConfigError([Problem("prosumers", f"cannot place {p.count} prosumers on {master.name}: {e}",
                                    "a feeder with loads on the requested phases")], "feeder") from None
     write_sites(run_dir, sites)
+    if cfg.market.topology in ("p2p", "hybrid"):
+        feeder.attach_customers(sites, cfg.feeder.customer_connection)
+        write_distances(run_dir, feeder.customer_distances_km())
     return Study.load(run_dir)
 
 

@@ -1,8 +1,9 @@
 """What every federate process and the in-process engine share: the study they run.
 
 A run folder holds ``config.resolved.yaml`` and ``sites.json`` (where each prosumer
-connects), written by the runner before anything starts. ``Study.load(run_dir)``
-reads them back; ``write_tables`` writes a role's tables as Parquet into
+connects), written by the runner before anything starts. It may also hold ``distances_km.npy``
+(the customers' electrical distances [km], see ``runner.launch.prepare_run``).
+``Study.load(run_dir)`` reads them back; ``write_tables`` writes a role's tables as Parquet into
 ``results/``. No HELICS here.
 """
 
@@ -28,17 +29,23 @@ from runner.config import StudyFile, feeder_master, validate
 
 CONFIG_FILE = "config.resolved.yaml"
 SITES_FILE = "sites.json"
+DISTANCES_FILE = "distances_km.npy"
 RESULTS_DIR = "results"
 
 
 @dataclass(frozen=True)
 class Study:
-    """A validated config, the customer sites and the feeder master file."""
+    """A validated config, the customer sites and the feeder master file.
+
+    ``distance_km``: n x n electrical distances between the customers along the feeder
+    [km], in site order, or None when the run folder has no ``distances_km.npy``.
+    """
 
     cfg: StudyFile
     sites: list[CustomerSite]
     master: Path
     run_dir: Path
+    distance_km: np.ndarray | None = None
 
     @classmethod
     def load(cls, run_dir: Path) -> Study:
@@ -46,7 +53,16 @@ class Study:
         raw = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
         cfg = validate(raw, base_dir=run_dir, source=str(run_dir / CONFIG_FILE))
         sites = [CustomerSite(**s) for s in json.loads((run_dir / SITES_FILE).read_text())]
-        return cls(cfg=cfg, sites=sites, master=feeder_master(cfg, run_dir), run_dir=run_dir)
+        distance_km = None
+        if (run_dir / DISTANCES_FILE).is_file():
+            distance_km = np.load(run_dir / DISTANCES_FILE)
+            if distance_km.shape != (len(sites), len(sites)):
+                raise ValueError(
+                    f"{run_dir / DISTANCES_FILE}: shape {distance_km.shape} does not match "
+                    f"{len(sites)} customer sites"
+                )
+        return cls(cfg=cfg, sites=sites, master=feeder_master(cfg, run_dir), run_dir=run_dir,
+                   distance_km=distance_km)
 
     @property
     def participants(self) -> list[str]:
@@ -62,6 +78,11 @@ class Study:
 
 def write_sites(run_dir: Path, sites: list[CustomerSite]) -> None:
     (Path(run_dir) / SITES_FILE).write_text(json.dumps([asdict(s) for s in sites], indent=1))
+
+
+def write_distances(run_dir: Path, distance_km: np.ndarray) -> None:
+    """The customers' electrical distances [km] to ``distances_km.npy``."""
+    np.save(Path(run_dir) / DISTANCES_FILE, np.asarray(distance_km, dtype=float))
 
 
 def write_tables(run_dir: Path, tables: dict[str, pd.DataFrame]) -> None:

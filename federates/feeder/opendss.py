@@ -48,6 +48,12 @@ _CONTROL_STATIC = 0
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
 
+#: OpenDSS line length unit codes (``Lines.Units``) -> km per unit. Code 0 ("none"):
+#: OpenDSS then takes the length in whatever unit the impedances are per; tecosim
+#: reads such lengths as km (the convention of every length it writes itself).
+_KM_PER_UNIT = {0: 1.0, 1: 1.609344, 2: 0.3048, 3: 1.0, 4: 1e-3, 5: 0.3048e-3, 6: 0.0254e-3,
+                7: 1e-5, 8: 1e-6}
+
 
 def _phases_of_bus(bus_spec: str, n_phases: int) -> tuple[str, ...]:
     """Phase letters of an element's bus spec ``bus.1.2`` (all three when no suffix)."""
@@ -392,6 +398,103 @@ class OpenDSSFeeder:
         """Voltage magnitude of every node ``bus.node`` [pu of the bus's L-N base]."""
         names = self._dss.Circuit.AllNodeNames()
         return dict(zip(names, (float(v) for v in self._dss.Circuit.AllBusMagPu()), strict=True))
+
+    def customer_distances_km(self) -> np.ndarray:
+        """Electrical distance between every pair of customers [km], in customer order.
+
+        The path length along the feeder between the customers' buses (``cust_<id>``
+        with a secondary connection, so service drops count; the primary bus with a
+        direct one). The graph has one node per bus and one edge per enabled Line
+        (its length in km, see :data:`_KM_PER_UNIT`; switches are 0 km) or
+        Transformer (0 km, every winding to the first). On a radial feeder the
+        distance is ``depth(u) + depth(v) - 2 depth(lca(u, v))`` from the source bus,
+        each pair set once at its lowest common ancestor: O(n^2 + buses). A meshed
+        feeder falls back to Dijkstra from each distinct customer bus (shortest
+        path). Symmetric, zero on the diagonal. Raises FeederModelError when a
+        customer bus is not connected to the source.
+        """
+        import networkx as nx
+
+        n = len(self.sites)
+        if n == 0:
+            return np.zeros((0, 0))
+        dss = self._dss
+        g = nx.Graph()
+        g.add_nodes_from(b.lower() for b in dss.Circuit.AllBusNames())
+
+        def add(a: str, b: str, km: float) -> None:
+            a, b = a.split(".")[0].lower(), b.split(".")[0].lower()
+            if a == b:
+                return
+            if g.has_edge(a, b):  # parallel elements: the shorter one
+                km = min(km, g[a][b]["km"])
+            g.add_edge(a, b, km=km)
+
+        lines = dss.Lines
+        i = lines.First()
+        while i > 0:
+            if dss.CktElement.Enabled():
+                buses = dss.CktElement.BusNames()
+                km = 0.0 if lines.IsSwitch() else float(lines.Length()) * _KM_PER_UNIT.get(int(lines.Units()), 1.0)
+                add(buses[0], buses[1], km)
+            i = lines.Next()
+        tr = dss.Transformers
+        i = tr.First()
+        while i > 0:
+            if dss.CktElement.Enabled():
+                buses = dss.CktElement.BusNames()
+                for other in buses[1:]:
+                    add(buses[0], other, 0.0)
+            i = tr.Next()
+        dss.Vsources.First()
+        root = dss.CktElement.BusNames()[0].split(".")[0].lower()
+        if self.sites and self._cust_node_idx.size:
+            cust = [dss.Circuit.AllNodeNames()[k].split(".")[0].lower() for k in self._cust_node_idx.tolist()]
+        else:  # pragma: no cover - customers are attached whenever sites are set
+            cust = list(self._cust_bus)
+        comp = nx.node_connected_component(g, root)
+        lost = sorted({c for c in cust if c not in comp})
+        if lost:
+            raise FeederModelError(f"{self.master.name}: customer buses {lost} are not connected to {root}")
+        tree = g.subgraph(comp)
+        out = np.zeros((n, n))
+        if tree.number_of_edges() == tree.number_of_nodes() - 1:  # radial
+            depth, parent = {root: 0.0}, {root: None}
+            order = [root]
+            for u, v in nx.bfs_edges(tree, root):
+                depth[v] = depth[u] + tree[u][v]["km"]
+                parent[v] = u
+                order.append(v)
+            at: dict[str, list[int]] = {}
+            for k, c in enumerate(cust):
+                at.setdefault(c, []).append(k)
+            d = np.array([depth[c] for c in cust])
+            lca_depth = np.zeros((n, n))
+            below: dict[str, np.ndarray] = {}
+            for w in reversed(order):  # children before parents
+                parts = [np.asarray(at[w], dtype=np.int64)] if w in at else []
+                parts += [below.pop(c) for c in tree.neighbors(w) if parent.get(c) == w and c in below]
+                # each customer at w is its own branch; pairs in different branches meet at w
+                branches = [np.array([k]) for k in parts[0]] + parts[1:] if w in at else parts
+                if len(branches) > 1:
+                    seen = branches[0]
+                    for b in branches[1:]:
+                        lca_depth[np.ix_(seen, b)] = depth[w]
+                        lca_depth[np.ix_(b, seen)] = depth[w]
+                        seen = np.concatenate([seen, b])
+                    below[w] = seen
+                elif branches:
+                    below[w] = branches[0]
+            out = d[:, None] + d[None, :] - 2.0 * lca_depth
+        else:  # meshed: shortest paths
+            rows: dict[str, np.ndarray] = {}
+            for k, c in enumerate(cust):
+                if c not in rows:
+                    dist = nx.single_source_dijkstra_path_length(tree, c, weight="km")
+                    rows[c] = np.array([dist[x] for x in cust])
+                out[k] = rows[c]
+        np.fill_diagonal(out, 0.0)
+        return np.maximum(out, 0.0)
 
     def customer_buses(self) -> list[str]:
         """Primary bus of each customer, in customer order."""

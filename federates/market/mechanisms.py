@@ -1,13 +1,16 @@
 """Registry of market-clearing mechanisms per topology, and a JSON view of a result.
 
 Every mechanism has the signature of ``community.clear_uniform_price``:
-``(orders, *, interval, retail_usd_per_kwh, feed_in_usd_per_kwh) -> ClearingResult``.
+``(orders, *, interval, retail_usd_per_kwh, feed_in_usd_per_kwh) -> ClearingResult``;
+the p2p mechanisms also take ``charges`` ({(seller, buyer): USD/kWh}, default none),
+e.g. from ``p2p.electrical_distance_charges``. Community and hybrid mechanisms take
+no charges.
 Units: energy [kWh], prices [USD/kWh], money [USD].
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from federates.common.messages import Order, Trade
@@ -54,12 +57,14 @@ def clear(
     interval: int,
     retail_usd_per_kwh: float,
     feed_in_usd_per_kwh: float,
+    charges: Mapping[tuple[str, str], float] | None = None,
 ) -> ClearingResult:
     """Clear ``orders`` of ``interval`` with ``MECHANISMS[topology][mechanism]``.
 
     ``retail_usd_per_kwh`` / ``feed_in_usd_per_kwh`` [USD/kWh] are the utility's
-    tariffs. Raises ValueError listing the allowed names for an unknown topology or
-    mechanism.
+    tariffs; ``charges`` [USD/kWh] per (seller, buyer) only with ``topology="p2p"``.
+    Raises ValueError listing the allowed names for an unknown topology or
+    mechanism, or for charges with another topology.
     """
     by_name = MECHANISMS.get(topology)
     if by_name is None:
@@ -70,11 +75,17 @@ def clear(
             f"unknown clearing mechanism {mechanism!r} for topology {topology!r}; "
             f"allowed: {sorted(by_name)}"
         )
+    extra: dict[str, Any] = {}
+    if charges:
+        if topology != "p2p":
+            raise ValueError(f"per-pair charges apply to topology 'p2p' only, not {topology!r}")
+        extra["charges"] = charges
     return fn(
         orders,
         interval=interval,
         retail_usd_per_kwh=retail_usd_per_kwh,
         feed_in_usd_per_kwh=feed_in_usd_per_kwh,
+        **extra,
     )
 
 

@@ -11,7 +11,7 @@ Meters are named after participants: ``IntervalEnergy.meter`` is the participant
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from federates.market.ledger import (
     trade_record,
 )
 from federates.market.mechanisms import MECHANISMS as REGISTRY
+from federates.market.p2p import electrical_distance_charges
 from federates.market.settlement import SettlementRow, settle_interval
 from runner.config import StudyFile
 
@@ -65,6 +66,31 @@ SETTLEMENTS_DTYPES: dict[str, str] = {
 }
 
 
+class _PairDistances(Mapping[tuple[str, str], float]):
+    """Read-only (a, b) -> distance [km] view of an n x n matrix (no n^2 dict)."""
+
+    def __init__(self, index: dict[str, int], matrix: np.ndarray) -> None:
+        self._index = index
+        self._m = matrix
+
+    def __getitem__(self, pair: tuple[str, str]) -> float:
+        a, b = pair
+        try:
+            return float(self._m[self._index[a], self._index[b]])
+        except KeyError:
+            raise KeyError(pair) from None
+
+    def __contains__(self, pair: object) -> bool:
+        return (isinstance(pair, tuple) and len(pair) == 2
+                and pair[0] in self._index and pair[1] in self._index)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return ((a, b) for a in self._index for b in self._index)
+
+    def __len__(self) -> int:
+        return len(self._index) ** 2
+
+
 def _frame(rows: list[dict], dtypes: dict[str, str]) -> pd.DataFrame:
     """A DataFrame with exactly ``dtypes``' columns and dtypes, also when empty."""
     df = pd.DataFrame(rows, columns=list(dtypes))
@@ -74,10 +100,22 @@ def _frame(rows: list[dict], dtypes: dict[str, str]) -> pd.DataFrame:
 class MarketRole:
     """Clears and settles the market, one market time after the other.
 
-    ``cfg``: the study; ``participants``: the prosumer ids in schedule-vector order.
+    ``cfg``: the study; ``participants``: the prosumer ids in schedule-vector order;
+    ``distance_km``: their n x n electrical distances [km] (``Study.distance_km``).
+    With ``topology: p2p`` and ``market.p2p_charge_usd_per_kwh_per_km > 0`` every
+    (seller, buyer) pair pays that rate x its distance [USD/kWh]
+    (``p2p.electrical_distance_charges``); then ``distance_km`` is required. The
+    hybrid topology's upper level trades between aggregators and stays uncharged.
     """
 
-    def __init__(self, cfg: StudyFile, participants: list[str], ledger_path: Path | None = None):
+    def __init__(
+        self,
+        cfg: StudyFile,
+        participants: list[str],
+        ledger_path: Path | None = None,
+        *,
+        distance_km: np.ndarray | None = None,
+    ):
         m = cfg.market
         key = (m.topology, m.mechanism)
         if key not in MECHANISMS:
@@ -94,6 +132,19 @@ class MarketRole:
         self.participants: list[str] = list(participants)
         self._index = {p: i for i, p in enumerate(self.participants)}
         self._clear = MECHANISMS[key]
+        self._charge_rate = float(m.p2p_charge_usd_per_kwh_per_km)
+        self._distances: _PairDistances | None = None
+        if m.topology == "p2p" and self._charge_rate > 0:
+            if distance_km is None:
+                raise ValueError(
+                    "market.p2p_charge_usd_per_kwh_per_km > 0 needs the customers' electrical "
+                    "distances (distances_km.npy in the run folder, written by prepare_run)"
+                )
+            d = np.asarray(distance_km, dtype=float)
+            n = len(self.participants)
+            if d.shape != (n, n):
+                raise ValueError(f"distance_km has shape {d.shape}, expected ({n}, {n})")
+            self._distances = _PairDistances(self._index, d)
         self._timeline = cfg.timeline
         self._retail = m.retail_usd_per_kwh
         self._feed_in = m.feed_in_usd_per_kwh
@@ -156,8 +207,13 @@ class MarketRole:
 
         mine = [self._with_community(o) for o in orders if o.interval == k]
         late = len(orders) - len(mine)
+        extra = {}
+        if self._distances is not None:
+            known = [o for o in mine if o.participant in self._index]
+            extra["charges"] = electrical_distance_charges(known, self._distances, self._charge_rate)
         result = self._clear(
-            mine, interval=k, retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in
+            mine, interval=k, retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
+            **extra,
         )
         self._pending[k] = result
         self._record_clearing(k, mine, result, late)
