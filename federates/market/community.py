@@ -79,6 +79,8 @@ class ClearingResult:
     welfare_usd: float = 0.0
     n_bids: int = 0
     n_offers: int = 0
+    iterations: int = 0  # of an iterative (decentralised) clearing; 0 = solved directly
+    converged: bool = True
 
     @property
     def peer_trades(self) -> list[Trade]:

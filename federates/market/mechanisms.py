@@ -11,6 +11,7 @@ Units: energy [kWh], prices [USD/kWh], money [USD].
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from federates.common.messages import Order, Trade
@@ -24,8 +25,9 @@ Mechanism = Callable[..., ClearingResult]
 
 
 def _p2p_admm(orders: list[Order], **kw: Any) -> ClearingResult:
-    """Decentralised P2P clearing; the ADMM statistics are dropped here (see p2p.py)."""
-    return clear_p2p_admm(orders, **kw)[0]
+    """Decentralised P2P clearing; iterations and convergence go into the result."""
+    result, stats = clear_p2p_admm(orders, **kw)
+    return replace(result, iterations=stats.iterations, converged=stats.converged)
 
 
 MECHANISMS: dict[str, dict[str, Mechanism]] = {
@@ -104,7 +106,8 @@ def clearing_json(result: ClearingResult) -> dict[str, Any]:
     Keys: ``trades`` (peer trades only, each {seller, buyer, energy_kwh [kWh],
     price_usd_per_kwh [USD/kWh]}), ``grid_trades`` (same shape), ``clearing_price_usd_per_kwh``
     (None/null without peer trades or where prices are per trade), ``traded_kwh`` [kWh],
-    ``welfare_usd`` [USD], ``unmatched`` ({buy_kwh, sell_kwh} [kWh]), ``status``.
+    ``welfare_usd`` [USD], ``unmatched`` ({buy_kwh, sell_kwh} [kWh]), ``status``,
+    ``iterations`` / ``converged`` (of decentralised clearing; 0 / true otherwise).
     """
     return {
         "trades": [_trade_json(t) for t in result.peer_trades],
@@ -117,4 +120,6 @@ def clearing_json(result: ClearingResult) -> dict[str, Any]:
             "sell_kwh": result.unmatched_sell_kwh,
         },
         "status": result.status,
+        "iterations": result.iterations,
+        "converged": result.converged,
     }

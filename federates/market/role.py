@@ -59,6 +59,7 @@ CLEARING_DTYPES: dict[str, str] = {
     "interval": "int64", "status": "object", "price_usd_per_kwh": "float64",
     "traded_kwh": "float64", "unmatched_buy_kwh": "float64", "unmatched_sell_kwh": "float64",
     "welfare_usd": "float64", "n_bids": "int64", "n_offers": "int64", "late_orders": "int64",
+    "iterations": "int64", "converged": "bool",
 }
 _ROW_DTYPES = {"int": "int64", "float": "float64", "str": "object", "bool": "bool"}
 SETTLEMENTS_DTYPES: dict[str, str] = {
@@ -286,6 +287,7 @@ class MarketRole:
             "traded_kwh": r.traded_kwh, "unmatched_buy_kwh": r.unmatched_buy_kwh,
             "unmatched_sell_kwh": r.unmatched_sell_kwh, "welfare_usd": r.welfare_usd,
             "n_bids": r.n_bids, "n_offers": r.n_offers, "late_orders": late,
+            "iterations": r.iterations, "converged": r.converged,
         })
 
     def tables(self) -> dict[str, pd.DataFrame]:

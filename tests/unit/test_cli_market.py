@@ -46,6 +46,8 @@ def test_every_mechanism_trades_the_same_volume_on_this_book(book, topology, mec
     out = json.loads(r.stdout)
     assert out["traded_kwh"] == pytest.approx(4.0, rel=1e-5)
     assert out["welfare_usd"] == pytest.approx(0.55, rel=1e-5)
+    # the decentralised mechanism reports how long its peers negotiated
+    assert out["converged"] and (out["iterations"] > 0) == (mechanism == "admm")
 
 
 def test_bad_csv_names_row_and_column(tmp_path):

@@ -176,7 +176,7 @@ def test_registry_and_json():
     assert json.loads(json.dumps(j)) == j
     assert set(j) == {
         "trades", "grid_trades", "clearing_price_usd_per_kwh", "traded_kwh",
-        "welfare_usd", "unmatched", "status",
+        "welfare_usd", "unmatched", "status", "iterations", "converged",
     }  # fmt: skip
     assert len(j["trades"]) == 3 and len(j["grid_trades"]) == 3
     assert j["unmatched"] == {"buy_kwh": 2.0, "sell_kwh": 2.0} and j["status"] == "cleared"
