@@ -44,24 +44,16 @@ Units: energy [kWh] over the interval, prices [USD/kWh], money [USD].
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from fractions import Fraction
 
 from federates.common.messages import GRID, Confirmation, Order, Trade
-from federates.market.community import ClearingResult, ClearingStatus
+from federates.market.book import ClearingResult, ClearingStatus, valid_order
 
 AGG_PREFIX = "agg:"
 _EPS_KWH = Fraction(1, 10**12)  # residues below this [kWh] count as zero
 
 
-def _valid(o: Order) -> bool:
-    return (
-        math.isfinite(o.energy_kwh)
-        and o.energy_kwh > 0
-        and math.isfinite(o.price_usd_per_kwh)
-        and o.side in ("buy", "sell")
-    )
 
 
 def community_of(o: Order) -> str:
@@ -82,7 +74,7 @@ def _residuals(orders: list[Order], lower: ClearingResult) -> list[_Residual]:
     bought = {c.participant: Fraction(c.peer_bought_kwh) for c in lower.confirmations}
     sold = {c.participant: Fraction(c.peer_sold_kwh) for c in lower.confirmations}
     out: list[_Residual] = []
-    valid = [o for o in orders if _valid(o)]
+    valid = [o for o in orders if valid_order(o)]
     bids = sorted((o for o in valid if o.side == "buy"), key=lambda o: -o.price_usd_per_kwh)
     offers = sorted((o for o in valid if o.side == "sell"), key=lambda o: o.price_usd_per_kwh)
     for side_orders, matched in ((bids, bought), (offers, sold)):

@@ -49,8 +49,14 @@ import pyomo.environ as pyo
 from pyomo.opt import SolverStatus, TerminationCondition
 
 from federates.common.messages import Order
-from federates.market.community import ClearingResult
-from federates.market.pay_as_bid import Book, assemble, book_status, build_book, match_greedy
+from federates.market.book import (
+    Book,
+    ClearingResult,
+    assemble,
+    book_status,
+    build_book,
+    match_greedy,
+)
 
 SOLVERS = ("appsi_highs", "highs")  # tried in this order
 PRICE_TOL_USD_PER_KWH = 1e-9  # comparing the float dual with exact clipped limits

@@ -59,7 +59,7 @@ import numpy as np
 import pyomo.environ as pyo
 
 from federates.common.messages import GRID, Confirmation, Order, Trade
-from federates.market.community import ClearingResult, ClearingStatus
+from federates.market.book import ClearingResult, ClearingStatus, valid_order
 
 Pair = tuple[str, str]  # (seller participant, buyer participant)
 
@@ -93,13 +93,6 @@ class P2PBook:
     feed_in_usd_per_kwh: float
 
 
-def _valid(o: Order) -> bool:
-    return (
-        math.isfinite(o.energy_kwh)
-        and o.energy_kwh > 0
-        and math.isfinite(o.price_usd_per_kwh)
-        and o.side in ("buy", "sell")
-    )
 
 
 def build_book(
@@ -120,8 +113,8 @@ def build_book(
         if not (math.isfinite(c) and c >= 0):
             raise ValueError(f"charge for {k} must be finite and >= 0, got {c!r}")
     mine = [o for o in orders if o.interval == interval]
-    bids = [o for o in mine if _valid(o) and o.side == "buy"]
-    offers = [o for o in mine if _valid(o) and o.side == "sell"]
+    bids = [o for o in mine if valid_order(o) and o.side == "buy"]
+    offers = [o for o in mine if valid_order(o) and o.side == "sell"]
     pairs: list[tuple[int, int]] = []
     w: list[float] = []
     ch: list[float] = []
