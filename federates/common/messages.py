@@ -31,6 +31,7 @@ class Order:
     bus: str = ""
     phase: str = ""
     community: str = ""
+    signature: str = ""  # hex Ed25519 signature by the participant (federates/market/ledger.py)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -208,9 +208,31 @@ def make_record(keyring: KeyRing, kind: str, interval: int, body: Any) -> dict[s
     }
 
 
+def _order_payload(order: Order) -> dict[str, Any]:
+    body = asdict(order)
+    body.pop("signature")  # the signature covers everything else
+    return _record_payload("bid", int(order.interval), body)
+
+
+def sign_order(keyring: KeyRing, order: Order) -> Order:
+    """The order with its participant's signature; signed where the participant is (the
+    prosumers federate), over exactly the payload its ledger record carries."""
+    return replace(order, signature=keyring.sign(order.participant, _order_payload(order)))
+
+
+def verify_order(keyring: KeyRing, order: Order) -> bool:
+    """Whether ``order`` carries a valid signature of its participant."""
+    return bool(order.signature) and keyring.verify(order.participant, _order_payload(order), order.signature)
+
+
 def bid_record(keyring: KeyRing, order: Order) -> dict[str, Any]:
-    """A bid/offer record signed by its participant."""
-    return make_record(keyring, "bid", order.interval, order)
+    """A bid/offer record carrying its participant's signature: the one the order brings
+    (not re-signed), or made with the participant's key in ``keyring`` if it has none."""
+    if not order.signature:
+        order = sign_order(keyring, order)
+    payload = _order_payload(order)
+    return {"kind": "bid", "interval": payload["interval"], "body": payload["body"],
+            "signer": order.participant, "signature": order.signature}
 
 
 def trade_record(keyring: KeyRing, trade: Trade) -> dict[str, Any]:

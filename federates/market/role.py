@@ -34,6 +34,7 @@ from federates.market.ledger import (
     curtailment_record,
     settlement_record,
     trade_record,
+    verify_order,
 )
 from federates.market.mechanisms import MECHANISMS as REGISTRY
 from federates.market.p2p import electrical_distance_charges
@@ -59,7 +60,7 @@ CLEARING_DTYPES: dict[str, str] = {
     "interval": "int64", "status": "object", "price_usd_per_kwh": "float64",
     "traded_kwh": "float64", "unmatched_buy_kwh": "float64", "unmatched_sell_kwh": "float64",
     "welfare_usd": "float64", "n_bids": "int64", "n_offers": "int64", "late_orders": "int64",
-    "iterations": "int64", "converged": "bool",
+    "iterations": "int64", "converged": "bool", "rejected_orders": "int64",
 }
 _ROW_DTYPES = {"int": "int64", "float": "float64", "str": "object", "bool": "bool"}
 SETTLEMENTS_DTYPES: dict[str, str] = {
@@ -159,6 +160,7 @@ class MarketRole:
         # are derived from the study seed here, a study simplification: the prosumers
         # should sign their own bids and the market verify them.
         self._keys: KeyRing | None = None
+        self._rejected = 0
         self._ledger: Ledger | None = None
         if ledger_path is not None and m.ledger:
             self._keys = KeyRing.from_seed(cfg.study.seed, self.participants)
@@ -206,8 +208,13 @@ class MarketRole:
         if k == n:
             return [], schedule_p_kw
 
-        mine = [self._with_community(o) for o in orders if o.interval == k]
-        late = len(orders) - len(mine)
+        raw = [o for o in orders if o.interval == k]
+        late = len(orders) - len(raw)
+        if self._keys is not None:  # only orders their participant signed are cleared
+            signed = [o for o in raw if verify_order(self._keys, o)]
+            self._rejected = len(raw) - len(signed)
+            raw = signed
+        mine = [self._with_community(o) for o in raw]
         extra = {}
         if self._distances is not None:
             known = [o for o in mine if o.participant in self._index]
@@ -219,7 +226,7 @@ class MarketRole:
         self._pending[k] = result
         self._record_clearing(k, mine, result, late)
         if self._keys is not None:
-            opening = [bid_record(self._keys, o) for o in mine if o.participant in self._index]
+            opening = [bid_record(self._keys, o) for o in raw if o.participant in self._index]
             opening += [trade_record(self._keys, t) for t in result.trades]
             self._seal(k, opening)
         interval_h = self._timeline.interval_h
@@ -288,6 +295,7 @@ class MarketRole:
             "unmatched_sell_kwh": r.unmatched_sell_kwh, "welfare_usd": r.welfare_usd,
             "n_bids": r.n_bids, "n_offers": r.n_offers, "late_orders": late,
             "iterations": r.iterations, "converged": r.converged,
+            "rejected_orders": self._rejected,
         })
 
     def tables(self) -> dict[str, pd.DataFrame]:

@@ -28,6 +28,7 @@ import pandas as pd
 from federates.common.grid import CustomerSite
 from federates.common.messages import Confirmation, Order
 from federates.common.rng import stream
+from federates.market.ledger import KeyRing, sign_order
 from federates.prosumers import profiles
 from federates.prosumers.adaptive import ADAPTIVE_STRATEGIES, AdaptiveBidders
 from federates.prosumers.agents import ProsumerSpec, make_specs, spec_arrays
@@ -121,6 +122,10 @@ class ProsumersRole:
         self._soc = self.initial_soc_kwh.copy()
         self._next_step = 0
         m = cfg.market
+        #: each prosumer's own Ed25519 key; bids leave here signed (market.ledger)
+        self.keys: KeyRing | None = (
+            KeyRing.from_seed(self.seed, self.participants) if m.ledger else None
+        )
         #: learning bidders when the strategy is adaptive (``zip``, ``roth_erev``), else None
         self.adaptive: AdaptiveBidders | None = (
             AdaptiveBidders(
@@ -185,6 +190,8 @@ class ProsumersRole:
                     bus=spec.bus, phase=spec.phase,
                 )
             )
+        if self.keys is not None:
+            orders = [sign_order(self.keys, o) for o in orders]
         return orders
 
     def on_confirmations(self, k: int, confirmations: list[Confirmation]) -> None:

@@ -1,0 +1,40 @@
+"""Bids are signed by their participants; the market clears only verified bids."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from federates.common.messages import Order
+from federates.market.ledger import KeyRing, sign_order, verify_ledger
+from federates.market.role import MarketRole
+from runner.config import validate
+
+
+def test_market_rejects_forged_and_unsigned_bids(tmp_path):
+    cfg = validate({"study": {"duration": "30min"}})
+    participants = ["a", "b", "x", "y"]
+    keys = KeyRing.from_seed(cfg.study.seed, participants)  # the prosumers' keys
+    good_buy = sign_order(keys, Order("a", "buy", 0, 2.0, 0.25))
+    good_sell = sign_order(keys, Order("x", "sell", 0, 2.0, 0.10))
+    # b raises its bid after signing; y never signs
+    forged = replace(sign_order(keys, Order("b", "buy", 0, 3.0, 0.12)), price_usd_per_kwh=0.26)
+    unsigned = Order("y", "sell", 0, 3.0, 0.09)
+    market = MarketRole(cfg, participants, tmp_path / "ledger.jsonl")
+    confirmations, _ = market.on_market_time(0, [good_buy, good_sell, forged, unsigned], [], [])
+    clearing = market.tables()["clearing"]
+    assert int(clearing["rejected_orders"].iloc[0]) == 2
+    traded_by = {c.participant for c in confirmations if c.peer_bought_kwh or c.peer_sold_kwh}
+    assert traded_by == {"a", "x"}
+    market.on_market_time(1, [], [], [])
+    market.on_market_time(2, [], [], [])
+    r = verify_ledger(tmp_path / "ledger.jsonl")
+    assert r.ok, r.first_bad
+    bids = [rec for rec in _records(tmp_path / "ledger.jsonl") if rec["kind"] == "bid"]
+    assert [b["signer"] for b in bids] == ["a", "x"]
+    assert bids[0]["signature"] == good_buy.signature  # the participant's own, not re-signed
+
+
+def _records(path):
+    import json
+
+    return [rec for line in path.read_text().splitlines() for rec in json.loads(line)["records"]]
