@@ -112,6 +112,7 @@ class FeederConfig(_Strict):
     source_pu: Annotated[float, Field(gt=0.8, lt=1.2)] | None = None
     customer_connection: CustomerConnection = CustomerConnection()
     max_control_iterations: Annotated[int, Field(ge=1, le=99)] = 20
+    lines_top_n: Annotated[int, Field(ge=0)] = 10  # most loaded lines/transformers kept per step
 
 
 class ProsumersConfig(_Strict):

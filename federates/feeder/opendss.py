@@ -35,7 +35,7 @@ from federates.common.units import NODE_TO_PHASE, PHASE_TO_NODE, PHASES
 if TYPE_CHECKING:
     from runner.config import CustomerConnection
 
-__all__ = ["CUSTOMER_VMAX_PU", "CUSTOMER_VMIN_PU", "OpenDSSFeeder"]
+__all__ = ["CUSTOMER_VMAX_PU", "CUSTOMER_VMIN_PU", "OpenDSSFeeder", "fortescue_vuf_pct"]
 
 CUSTOMER_VMIN_PU = 0.7
 CUSTOMER_VMAX_PU = 1.3
@@ -53,6 +53,38 @@ _NAME_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
 #: reads such lengths as km (the convention of every length it writes itself).
 _KM_PER_UNIT = {0: 1.0, 1: 1.609344, 2: 0.3048, 3: 1.0, 4: 1e-3, 5: 0.3048e-3, 6: 0.0254e-3,
                 7: 1e-5, 8: 1e-6}
+
+
+#: Fortescue operator a = exp(j 2 pi / 3)
+_A = complex(math.cos(2 * math.pi / 3), math.sin(2 * math.pi / 3))
+
+
+def fortescue_vuf_pct(v_abc: np.ndarray) -> np.ndarray:
+    """Voltage unbalance factor |V2| / |V1| x 100 [%] of phasors ``v_abc`` (..., 3).
+
+    The "true" VUF of IEC 61000-4-30 (Sec. 5.7, supply voltage unbalance) and IEEE
+    1159 (voltage unbalance as the ratio of the negative- to the positive-sequence
+    component): V1 = (Va + a Vb + a^2 Vc) / 3, V2 = (Va + a^2 Vb + a Vc) / 3 with the
+    Fortescue operator a = exp(j 2 pi / 3), phases a, b, c = last axis. Phase-to-
+    neutral phasors give the same V1, V2 as line-to-line ones up to a common factor
+    (zero sequence drops out), so the ratio is the standard's. NaN where V1 = 0.
+    """
+    v = np.asarray(v_abc, dtype=complex)
+    if v.shape[-1] != 3:
+        raise ValueError(f"expected phasors with a last axis of 3 (a, b, c), got shape {v.shape}")
+    a, a2 = _A, _A * _A
+    v1 = np.abs(v[..., 0] + a * v[..., 1] + a2 * v[..., 2])
+    v2 = np.abs(v[..., 0] + a2 * v[..., 1] + a * v[..., 2])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(v1 > 0, v2 / np.where(v1 > 0, v1, 1.0) * 100.0, np.nan)
+
+
+def _as_complex(x: Sequence[float] | np.ndarray) -> np.ndarray:
+    """OpenDSS (re, im) pairs (or an already complex array) as a complex vector."""
+    a = np.asarray(x)
+    if np.iscomplexobj(a):
+        return a.astype(complex, copy=False)
+    return a.astype(float, copy=False).view(complex)
 
 
 def _phases_of_bus(bus_spec: str, n_phases: int) -> tuple[str, ...]:
@@ -110,6 +142,7 @@ class OpenDSSFeeder:
         self._cust_node_idx: np.ndarray = np.zeros(0, dtype=np.int64)
         self._cust_base_v: np.ndarray = np.zeros(0)
         self._cust_bus: list[str] = []
+        self._limits_index: _LimitsIndex | None = None
         try:
             self.solve(controls=True)
         except PowerFlowNotConverged as e:
@@ -239,6 +272,7 @@ class OpenDSSFeeder:
         except Exception as e:
             raise FeederModelError(f"{self.master}: could not attach customers: {e}") from None
         self.sites = sites
+        self._limits_index = None  # new lines, transformers and buses: index again
         self._cust_bus = [s.bus.lower() for s in sites]
         idx = []
         for s in sites:
@@ -394,6 +428,65 @@ class OpenDSSFeeder:
             total += elem.TotalPowers()[0]
         return total
 
+    # ------------------------------------------------------------------ limits
+    def _limits(self) -> _LimitsIndex:
+        """Element/bus positions in OpenDSS's bulk arrays, built once per model."""
+        ix = self._limits_index
+        if ix is None:
+            ix = self._limits_index = _LimitsIndex.build(self._dss)
+        return ix
+
+    def line_loading_pct(self) -> tuple[list[str], np.ndarray]:
+        """Loading of every Line [%]: its largest phase current / its NormAmps x 100.
+
+        The current is OpenDSS's per-element maximum over the conductors of terminal 1
+        (``PDElements.AllMaxCurrents``, one bulk call for all elements). Names
+        (lower case, no ``Line.`` prefix) are fixed when first asked for (and again
+        after :meth:`attach_customers`). A Line with NormAmps = 0 gives NaN.
+        """
+        ix = self._limits()
+        imax = np.asarray(self._dss.PDElements.AllMaxCurrents(), dtype=float)
+        ix.check(len(imax))
+        return list(ix.line_names), imax[ix.line_pos] / ix.line_norm_amps * 100.0
+
+    def transformer_loading_pct(self) -> tuple[list[str], np.ndarray]:
+        """Loading of every Transformer [%]: |S| into winding 1 / its rated kVA x 100.
+
+        |S| is the magnitude of the complex power summed over all conductors of
+        terminal 1 (``PDElements.AllPowers``, one bulk call), rated kVA the kVA of
+        winding 1. Names as in :meth:`line_loading_pct`.
+        """
+        ix = self._limits()
+        s = _as_complex(self._dss.PDElements.AllPowers())  # kW + j kvar per conductor
+        ix.check_powers(len(s))
+        st = s[ix.xf_idx]
+        m = len(ix.xf_names)
+        p = np.bincount(ix.xf_grp, weights=st.real, minlength=m)
+        q = np.bincount(ix.xf_grp, weights=st.imag, minlength=m)
+        return list(ix.xf_names), np.hypot(p, q) / ix.xf_kva * 100.0
+
+    def vuf_pct(self) -> tuple[list[str], np.ndarray]:
+        """Voltage unbalance factor of every bus with nodes 1, 2 and 3 [%].
+
+        VUF = |V2| / |V1| x 100, negative over positive sequence of the three phase-
+        to-neutral phasors (IEC 61000-4-30 / IEEE 1159 definition; see
+        :func:`fortescue_vuf_pct`). One bulk read of ``Circuit.AllBusVolts``. Bus
+        names fixed when first asked for.
+        """
+        ix = self._limits()
+        v = _as_complex(self._dss.Circuit.AllBusVolts())
+        if len(v) != ix.n_nodes:
+            raise FeederModelError(f"{self.master}: the node list changed; call attach_customers only")
+        return list(ix.bus3_names), fortescue_vuf_pct(v[ix.bus3_nodes])
+
+    def element_currents_a(self, element: str) -> np.ndarray:
+        """Current magnitude of each conductor of terminal 1 of ``element`` [A] (e.g. ``Line.650632``)."""
+        if self._dss.Circuit.SetActiveElement(element) < 0:
+            raise ValueError(f"{self.master.name}: no element {element!r}")
+        el = self._dss.CktElement
+        n = el.NumConductors()
+        return np.asarray(el.CurrentsMagAng(), dtype=float)[0 : 2 * n : 2]
+
     def node_v_pu(self) -> dict[str, float]:
         """Voltage magnitude of every node ``bus.node`` [pu of the bus's L-N base]."""
         names = self._dss.Circuit.AllNodeNames()
@@ -499,3 +592,74 @@ class OpenDSSFeeder:
     def customer_buses(self) -> list[str]:
         """Primary bus of each customer, in customer order."""
         return list(self._cust_bus)
+
+
+class _LimitsIndex:
+    """Where each Line, Transformer and three-phase bus sits in OpenDSS's bulk arrays."""
+
+    def __init__(self) -> None:
+        self.n_pd = 0
+        self.n_cond_total = 0
+        self.line_names: list[str] = []
+        self.line_pos = np.zeros(0, dtype=np.int64)
+        self.line_norm_amps = np.zeros(0)
+        self.xf_names: list[str] = []
+        self.xf_idx = np.zeros(0, dtype=np.int64)  # flat conductor positions, terminal 1
+        self.xf_grp = np.zeros(0, dtype=np.int64)  # transformer of each position
+        self.xf_kva = np.zeros(0)
+        self.n_nodes = 0
+        self.bus3_names: list[str] = []
+        self.bus3_nodes = np.zeros((0, 3), dtype=np.int64)
+
+    @classmethod
+    def build(cls, dss) -> _LimitsIndex:
+        ix = cls()
+        pd_el = dss.PDElements
+        names = [n.lower() for n in pd_el.AllNames()]
+        n_cond = np.asarray(pd_el.AllNumConductors(), dtype=np.int64)
+        n_term = np.asarray(pd_el.AllNumTerminals(), dtype=np.int64)
+        ix.n_pd = len(names)
+        ix.n_cond_total = int(np.sum(n_cond * n_term))
+        offset = np.concatenate([[0], np.cumsum(n_cond * n_term)[:-1]]).astype(np.int64)
+        line_pos, norm, xf_pos = [], [], []
+        for k, full in enumerate(names):
+            cls_name, _, name = full.partition(".")
+            if cls_name == "line":
+                dss.Lines.Name(name)
+                line_pos.append(k)
+                norm.append(float(dss.Lines.NormAmps()))
+                ix.line_names.append(name)
+            elif cls_name == "transformer":
+                dss.Transformers.Name(name)
+                dss.Transformers.Wdg(1)
+                xf_pos.append(k)
+                ix.xf_kva = np.append(ix.xf_kva, float(dss.Transformers.kVA()))
+                ix.xf_names.append(name)
+        ix.line_pos = np.asarray(line_pos, dtype=np.int64)
+        na = np.asarray(norm, dtype=float)
+        ix.line_norm_amps = np.where(na > 0, na, np.nan)
+        ix.xf_kva = np.where(ix.xf_kva > 0, ix.xf_kva, np.nan)
+        # terminal 1 of transformer j: flat positions offset[k] .. offset[k] + n_cond[k]
+        pos = [np.arange(offset[k], offset[k] + n_cond[k]) for k in xf_pos]
+        ix.xf_idx = np.concatenate(pos).astype(np.int64) if pos else np.zeros(0, dtype=np.int64)
+        ix.xf_grp = np.repeat(np.arange(len(xf_pos)), [len(p) for p in pos]).astype(np.int64)
+        node_names = [n.lower() for n in dss.Circuit.AllNodeNames()]
+        ix.n_nodes = len(node_names)
+        where = {n: i for i, n in enumerate(node_names)}
+        rows = []
+        for bus in dss.Circuit.AllBusNames():
+            b = bus.lower()
+            idx = [where.get(f"{b}.{k}") for k in (1, 2, 3)]
+            if all(i is not None for i in idx):
+                ix.bus3_names.append(b)
+                rows.append(idx)
+        ix.bus3_nodes = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+        return ix
+
+    def check(self, n_elements: int) -> None:
+        if n_elements != self.n_pd:
+            raise FeederModelError("the PD element list changed; call attach_customers only")
+
+    def check_powers(self, n_values: int) -> None:
+        if n_values != self.n_cond_total:
+            raise FeederModelError("the PD element list changed; call attach_customers only")

@@ -11,6 +11,11 @@ Each step ``g``:
 2. :meth:`FeederRole.apply` takes controller commands (q, export caps), re-solves and
    returns the new Measurement; the last call of a step is what the tables keep.
 
+Besides customer voltages and the grid row, the final controlled solve of each step
+records the ``feeder.lines_top_n`` most loaded Lines and Transformers (loading [%]
+of NormAmps / rated kVA) and the voltage unbalance factor [%] of every three-phase
+bus (IEC 61000-4-30 / IEEE 1159 VUF), read lazily like the grid row.
+
 Export caps last one market interval: they are cleared at the first step of each
 interval. Inverter q set-points persist until a new command.
 """
@@ -27,6 +32,9 @@ from federates.common.grid import CustomerSite
 from federates.common.messages import ControlCommand
 from federates.feeder.opendss import OpenDSSFeeder
 from runner.config import StudyFile
+
+#: Lines and transformers kept per step in the ``lines`` table when the study file
+#: does not say (``feeder.lines_top_n``).
 
 # OpenDSS's built-in "default" daily load shape (24 hourly multipliers), as defined in
 # the OpenDSS source (LoadShape.pas, the shape every Load uses for "daily" unless told
@@ -110,6 +118,19 @@ class FeederRole:
         self._taps = np.zeros((steps, len(self.regulators)), dtype=np.int64)
         self._bg = np.full(steps, np.nan)
 
+        # limits (names fixed now that customers are attached)
+        line_names, _ = self.feeder.line_loading_pct()
+        xf_names, _ = self.feeder.transformer_loading_pct()
+        self.elements = [f"line.{x}" for x in line_names] + [f"transformer.{x}" for x in xf_names]
+        self.vuf_buses, _ = self.feeder.vuf_pct()
+        top_n = int(f.lines_top_n)
+        if top_n < 0:
+            raise ValueError(f"feeder.lines_top_n must be >= 0, got {top_n}")
+        self._top_n = min(top_n, len(self.elements))
+        self._top_elem = np.zeros((steps, self._top_n), dtype=np.int64)
+        self._top_load = np.full((steps, self._top_n), np.nan)
+        self._vuf = np.full((steps, len(self.vuf_buses)), np.nan)
+
     # ------------------------------------------------------------------ helpers
     def background_mult(self, g: int) -> float:
         """Multiplier of the original loads at step ``g`` [-] (shape x scale)."""
@@ -174,6 +195,14 @@ class FeederRole:
         self._load[g] = self.feeder.load_kw()
         taps = self.feeder.regulator_taps()
         self._taps[g] = [taps[r] for r in self.regulators]
+        if self._top_n:
+            loading = np.concatenate([self.feeder.line_loading_pct()[1],
+                                      self.feeder.transformer_loading_pct()[1]])
+            key = np.where(np.isnan(loading), -np.inf, loading)  # NaN (no rating) last
+            top = np.argsort(-key, kind="stable")[: self._top_n]
+            self._top_elem[g] = top
+            self._top_load[g] = loading[top]
+        self._vuf[g] = self.feeder.vuf_pct()[1]
 
     # ------------------------------------------------------------------ the step
     def begin_step(self, g: int, schedule_p_kw: np.ndarray, deviation_p_kw: np.ndarray) -> Measurement:
@@ -238,7 +267,13 @@ class FeederRole:
 
     # ------------------------------------------------------------------ tables
     def tables(self) -> dict[str, pd.DataFrame]:
-        """``voltages`` (step x customer rows) and ``grid`` (one row per step), steps run so far."""
+        """Tables of the steps run so far.
+
+        ``voltages`` (step x customer rows), ``grid`` (one row per step), ``lines``
+        (step x the ``lines_top_n`` most loaded Lines/Transformers, most loaded first:
+        ``element`` ``line.<name>`` or ``transformer.<name>``, ``loading_pct`` [%]) and
+        ``unbalance`` (step x three-phase bus: ``vuf_pct`` [%]).
+        """
         self._finalize_grid()
         steps = np.flatnonzero(self._done)
         n = self._n
@@ -271,4 +306,20 @@ class FeederRole:
         for j, r in enumerate(self.regulators):
             grid_cols[f"tap_{r}"] = self._taps[steps, j]
         grid_cols["background_mult"] = self._bg[steps]
-        return {"voltages": voltages, "grid": pd.DataFrame(grid_cols)}
+        m = self._top_n
+        elem_names = np.asarray(self.elements, dtype=object)
+        lines = pd.DataFrame({
+            "step": np.repeat(steps.astype(np.int64), m),
+            "t_s": np.repeat(t, m),
+            "element": elem_names[self._top_elem[steps].reshape(-1)] if m else np.zeros(0, dtype=object),
+            "loading_pct": self._top_load[steps].reshape(-1),
+        })
+        nb = len(self.vuf_buses)
+        unbalance = pd.DataFrame({
+            "step": np.repeat(steps.astype(np.int64), nb),
+            "t_s": np.repeat(t, nb),
+            "bus": np.tile(np.asarray(self.vuf_buses, dtype=object), k),
+            "vuf_pct": self._vuf[steps].reshape(-1),
+        })
+        return {"voltages": voltages, "grid": pd.DataFrame(grid_cols), "lines": lines,
+                "unbalance": unbalance}
