@@ -19,6 +19,7 @@ import into the circuit is positive.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -592,6 +593,101 @@ class OpenDSSFeeder:
     def customer_buses(self) -> list[str]:
         """Primary bus of each customer, in customer order."""
         return list(self._cust_bus)
+
+    # ------------------------------------------------------------------ loss allocation
+    def element_losses_kw(self) -> dict[str, float]:
+        """Active losses of every enabled PD element of the last solution [kW].
+
+        Keys are lower-case OpenDSS full names (``line.650632``, ``transformer.sub``,
+        ``capacitor.cap675``, ...), values ``CktElement.Losses()`` (I^2 R of series
+        branches plus the element's own shunt branches, e.g. line charging, transformer
+        no-load losses). The sum equals :meth:`losses_kw` (OpenDSS's ``Circuit.Losses``
+        is that same sum) up to floating-point rounding. Not included, as in
+        ``Circuit.Losses``: the Vsource's internal impedance and anything inside
+        Loads (PC elements); customer service drops and transformers are PD elements
+        and are included.
+        """
+        dss = self._dss
+        pd_el = dss.PDElements
+        out: dict[str, float] = {}
+        i = pd_el.First()
+        while i > 0:
+            if dss.CktElement.Enabled():
+                out[dss.CktElement.Name().lower()] = float(dss.CktElement.Losses()[0]) / 1000.0
+            i = pd_el.Next()
+        return out
+
+    def _pd_element_graph(self):
+        """Bus graph of the enabled PD elements (networkx) and the source bus.
+
+        Same conventions as the graph of :meth:`customer_distances_km` (one node per
+        bus, an edge per Line with its length in km, switches 0 km, Transformers
+        0 km from every winding to the first, parallel elements: the shorter length);
+        each edge also lists the PD elements (lower-case full names) that join its
+        two buses. Shunt PD elements (capacitors, reactors to ground: both terminals
+        on one bus) make no edge.
+        """
+        import networkx as nx
+
+        dss = self._dss
+        g = nx.Graph()
+        g.add_nodes_from(b.lower() for b in dss.Circuit.AllBusNames())
+        pd_el = dss.PDElements
+        i = pd_el.First()
+        while i > 0:
+            el = dss.CktElement
+            if el.Enabled():
+                name = el.Name().lower()
+                buses = [b.split(".")[0].lower() for b in el.BusNames()]
+                km = 0.0
+                if name.startswith("line."):
+                    dss.Lines.Name(name.partition(".")[2])
+                    if not dss.Lines.IsSwitch():
+                        km = float(dss.Lines.Length()) * _KM_PER_UNIT.get(int(dss.Lines.Units()), 1.0)
+                for other in buses[1:]:
+                    a, b = buses[0], other
+                    if a == b:
+                        continue
+                    if g.has_edge(a, b):
+                        g[a][b]["km"] = min(km, g[a][b]["km"])
+                        g[a][b]["elements"].append(name)
+                    else:
+                        g.add_edge(a, b, km=km, elements=[name])
+            i = pd_el.Next()
+        dss.Vsources.First()
+        root = dss.CktElement.BusNames()[0].split(".")[0].lower()
+        return g, root
+
+    def customer_paths(self) -> list[list[str]]:
+        """PD elements on each customer's path from the source bus, in customer order.
+
+        Element names as in :meth:`element_losses_kw`, ordered from the source towards
+        the customer bus (``cust_<id>`` with a secondary connection, so the service
+        transformer and drop are on the path; the primary bus with a direct one).
+        Parallel elements between the same two buses are all listed. On a radial
+        feeder the path is the unique tree path; on a meshed one, the shortest path by
+        length (km). Raises FeederModelError when a customer bus is not connected to
+        the source.
+        """
+        import networkx as nx
+
+        if not self.sites:
+            return []
+        g, root = self._pd_element_graph()
+        names = self._dss.Circuit.AllNodeNames()
+        cust = [names[k].split(".")[0].lower() for k in self._cust_node_idx.tolist()]
+        try:
+            bus_paths = nx.single_source_dijkstra_path(g, root, weight="km")
+        except nx.NodeNotFound:  # pragma: no cover - the source bus is always a bus
+            raise FeederModelError(f"{self.master.name}: source bus {root!r} not in the bus graph") from None
+        lost = sorted({c for c in cust if c not in bus_paths})
+        if lost:
+            raise FeederModelError(f"{self.master.name}: customer buses {lost} are not connected to {root}")
+        out = []
+        for c in cust:
+            buses = bus_paths[c]
+            out.append([e for a, b in itertools.pairwise(buses) for e in g[a][b]["elements"]])
+        return out
 
 
 class _LimitsIndex:
