@@ -498,9 +498,9 @@ class OpenDSSFeeder:
 
         The path length along the feeder between the customers' buses (``cust_<id>``
         with a secondary connection, so service drops count; the primary bus with a
-        direct one). The graph has one node per bus and one edge per enabled Line
-        (its length in km, see :data:`_KM_PER_UNIT`; switches are 0 km) or
-        Transformer (0 km, every winding to the first). On a radial feeder the
+        direct one), on the graph of :meth:`_pd_element_graph` (one node per bus, an
+        edge per enabled series PD element: Lines with their length in km, see
+        :data:`_KM_PER_UNIT`, switches and Transformers 0 km). On a radial feeder the
         distance is ``depth(u) + depth(v) - 2 depth(lca(u, v))`` from the source bus,
         each pair set once at its lowest common ancestor: O(n^2 + buses). A meshed
         feeder falls back to Dijkstra from each distinct customer bus (shortest
@@ -513,35 +513,7 @@ class OpenDSSFeeder:
         if n == 0:
             return np.zeros((0, 0))
         dss = self._dss
-        g = nx.Graph()
-        g.add_nodes_from(b.lower() for b in dss.Circuit.AllBusNames())
-
-        def add(a: str, b: str, km: float) -> None:
-            a, b = a.split(".")[0].lower(), b.split(".")[0].lower()
-            if a == b:
-                return
-            if g.has_edge(a, b):  # parallel elements: the shorter one
-                km = min(km, g[a][b]["km"])
-            g.add_edge(a, b, km=km)
-
-        lines = dss.Lines
-        i = lines.First()
-        while i > 0:
-            if dss.CktElement.Enabled():
-                buses = dss.CktElement.BusNames()
-                km = 0.0 if lines.IsSwitch() else float(lines.Length()) * _KM_PER_UNIT.get(int(lines.Units()), 1.0)
-                add(buses[0], buses[1], km)
-            i = lines.Next()
-        tr = dss.Transformers
-        i = tr.First()
-        while i > 0:
-            if dss.CktElement.Enabled():
-                buses = dss.CktElement.BusNames()
-                for other in buses[1:]:
-                    add(buses[0], other, 0.0)
-            i = tr.Next()
-        dss.Vsources.First()
-        root = dss.CktElement.BusNames()[0].split(".")[0].lower()
+        g, root = self._pd_element_graph()
         if self.sites and self._cust_node_idx.size:
             cust = [dss.Circuit.AllNodeNames()[k].split(".")[0].lower() for k in self._cust_node_idx.tolist()]
         else:  # pragma: no cover - customers are attached whenever sites are set
