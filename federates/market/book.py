@@ -12,10 +12,10 @@ until ``assemble`` converts them once. Units: energy [kWh], prices [USD/kWh], mo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Literal
+from typing import Any, Literal
 
 from federates.common.messages import GRID, Confirmation, Order, Trade
 
@@ -175,6 +175,32 @@ def match_greedy(book: Book, volume_kwh: Fraction | None = None) -> list[Match]:
     return out
 
 
+def confirmations_from(
+    interval: int,
+    participants: list[str],
+    peer_bought: Mapping[str, Any],
+    peer_sold: Mapping[str, Any],
+    grid_bought: Mapping[str, Any],
+    grid_sold: Mapping[str, Any],
+    price_of: Callable[[str], float | None],
+) -> list[Confirmation]:
+    """One Confirmation per participant from its peer and grid energies [kWh] (floats or
+    Fractions); ``scheduled_kwh`` = bought - sold (+ import); ``price_of(p)`` [USD/kWh]."""
+    return [
+        Confirmation(
+            participant=p,
+            interval=interval,
+            scheduled_kwh=float(peer_bought[p] + grid_bought[p] - peer_sold[p] - grid_sold[p]),
+            peer_bought_kwh=float(peer_bought[p]),
+            peer_sold_kwh=float(peer_sold[p]),
+            grid_bought_kwh=float(grid_bought[p]),
+            grid_sold_kwh=float(grid_sold[p]),
+            price_usd_per_kwh=price_of(p),
+        )
+        for p in participants
+    ]
+
+
 def assemble(
     interval: int,
     book: Book,
@@ -226,19 +252,10 @@ def assemble(
         for p in book.ordered_by
         if grid_sold[p] > 0
     ]
-    confirmations = [
-        Confirmation(
-            participant=p,
-            interval=interval,
-            scheduled_kwh=float(peer_bought[p] + grid_bought[p] - peer_sold[p] - grid_sold[p]),
-            peer_bought_kwh=float(peer_bought[p]),
-            peer_sold_kwh=float(peer_sold[p]),
-            grid_bought_kwh=float(grid_bought[p]),
-            grid_sold_kwh=float(grid_sold[p]),
-            price_usd_per_kwh=uniform_price_usd_per_kwh,
-        )
-        for p in book.ordered_by
-    ]
+    confirmations = confirmations_from(
+        interval, book.ordered_by, peer_bought, peer_sold, grid_bought, grid_sold,
+        lambda _p: uniform_price_usd_per_kwh,
+    )
     return ClearingResult(
         interval=interval,
         status=status,

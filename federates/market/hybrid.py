@@ -47,8 +47,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from federates.common.messages import GRID, Confirmation, Order, Trade
-from federates.market.book import ClearingResult, ClearingStatus, valid_order
+from federates.common.messages import GRID, Order, Trade
+from federates.market.book import ClearingResult, ClearingStatus, confirmations_from, valid_order
 
 AGG_PREFIX = "agg:"
 _EPS_KWH = Fraction(1, 10**12)  # residues below this [kWh] count as zero
@@ -241,21 +241,10 @@ def clear_hybrid(
         if grid_sold[p] > 0:
             trades.append(Trade(interval, p, GRID, float(grid_sold[p]), feed_in_usd_per_kwh))
 
-    confirmations = []
-    for p in participants:
-        vol = peer_bought[p] + peer_sold[p]
-        confirmations.append(
-            Confirmation(
-                participant=p,
-                interval=interval,
-                scheduled_kwh=float(peer_bought[p] + grid_bought[p] - peer_sold[p] - grid_sold[p]),
-                peer_bought_kwh=float(peer_bought[p]),
-                peer_sold_kwh=float(peer_sold[p]),
-                grid_bought_kwh=float(grid_bought[p]),
-                grid_sold_kwh=float(grid_sold[p]),
-                price_usd_per_kwh=float(money[p] / vol) if vol > 0 else None,
-            )
-        )
+    confirmations = confirmations_from(
+        interval, participants, peer_bought, peer_sold, grid_bought, grid_sold,
+        lambda p: float(money[p] / vol) if (vol := peer_bought[p] + peer_sold[p]) > 0 else None,
+    )
 
     status: ClearingStatus
     if traded > 0:

@@ -58,8 +58,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyomo.environ as pyo
 
-from federates.common.messages import GRID, Confirmation, Order, Trade
-from federates.market.book import ClearingResult, ClearingStatus, valid_order
+from federates.common.messages import GRID, Order, Trade
+from federates.market.book import ClearingResult, ClearingStatus, confirmations_from, valid_order
 
 Pair = tuple[str, str]  # (seller participant, buyer participant)
 
@@ -232,21 +232,10 @@ def _result(book: P2PBook, q_kwh: list[float], price_usd_per_kwh: list[float]) -
         if grid_sold[p] > _EPS_KWH:
             trades.append(Trade(k, p, GRID, grid_sold[p], book.feed_in_usd_per_kwh))
 
-    confirmations = []
-    for p in book.participants:
-        vol = peer_bought[p] + peer_sold[p]
-        confirmations.append(
-            Confirmation(
-                participant=p,
-                interval=k,
-                scheduled_kwh=peer_bought[p] + grid_bought[p] - peer_sold[p] - grid_sold[p],
-                peer_bought_kwh=peer_bought[p],
-                peer_sold_kwh=peer_sold[p],
-                grid_bought_kwh=grid_bought[p],
-                grid_sold_kwh=grid_sold[p],
-                price_usd_per_kwh=money[p] / vol if vol > 0 else None,
-            )
-        )
+    confirmations = confirmations_from(
+        k, book.participants, peer_bought, peer_sold, grid_bought, grid_sold,
+        lambda p: money[p] / vol if (vol := peer_bought[p] + peer_sold[p]) > 0 else None,
+    )
     traded = sum(sold)
     return ClearingResult(
         interval=k,
