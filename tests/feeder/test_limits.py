@@ -79,13 +79,17 @@ def test_line_loading_is_max_current_over_normamps(published_case):
     names, pct = f.line_loading_pct()
     assert len(names) == len(pct) == 12 and "650632" in names
     f._dss.Lines.Name("650632")
-    norm = f._dss.Lines.NormAmps()
-    assert norm == 400.0  # OpenDSS default: the IEEE 13 line codes give none
-    i_max = f.element_currents_a("Line.650632").max()
-    assert pct[names.index("650632")] == pytest.approx(i_max / norm * 100.0, rel=1e-9)
-    # published currents: about 148 % of the default 400 A rating
+    norm_a = f._dss.Lines.NormAmps()
+    # configuration 601: 556,500 26/7 ACSR phases, 730 A (Kersting's conductor table,
+    # feeders/ieee13/feeder.yaml line_ratings_a)
+    assert norm_a == 730.0
+    i_max_a = f.element_currents_a("Line.650632").max()
+    assert pct[names.index("650632")] == pytest.approx(i_max_a / norm_a * 100.0, rel=1e-9)
+    # published currents at node 650 divided by the published regulator ratios are the
+    # line's currents (phase c the largest, 626.6 A / 1.06875 = 586 A): about 80 % of 730 A
+    ratio = np.array([1 + 0.00625 * META["published_taps"][f"reg_{p}"] for p in "abc"])
     assert pct[names.index("650632")] == pytest.approx(
-        PUBLISHED_650_632_A.max() / 1.06875 / 400 * 100, rel=0.02)
+        (PUBLISHED_650_632_A / ratio).max() / 730.0 * 100, rel=0.02)
 
 
 def test_transformer_loading_and_vuf_of_base_case(published_case):
