@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   tecosim run configs/default.yaml --out runs/my-study --set controllers.enabled=false
   tecosim clear orders.csv --topology community --mechanism lp
   tecosim ledger verify runs/my-study
+  tecosim feeders show path/to/Master.dss --json
 """
 
 
@@ -52,6 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     led_sub = led.add_subparsers(dest="ledger_command", required=True)
     ver = led_sub.add_parser("verify", help="verify a run's ledger.jsonl (hash chain, seals, signatures)")
     ver.add_argument("run", type=Path, help="a run folder or a ledger.jsonl file")
+    fdr = sub.add_parser("feeders", help="the bundled feeders; what any OpenDSS model holds")
+    fdr_sub = fdr.add_subparsers(dest="feeders_command", required=True)
+    fdr_list = fdr_sub.add_parser("list", help="one line per bundled feeder")
+    fdr_list.add_argument("--json", action="store_true", help="print JSON")
+    fdr_show = fdr_sub.add_parser("show", help="buses, phases, loads, kV levels and a base-solve check",
+                                  description="A bundled feeder by name, or any OpenDSS model by the "
+                                  "path of its master file (or of a folder with a feeder.yaml). "
+                                  "Exit 1 when its base case does not converge.")
+    fdr_show.add_argument("feeder", metavar="NAME|PATH")
+    fdr_show.add_argument("--json", action="store_true", help="print JSON")
     return ap
 
 
@@ -72,6 +83,7 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     from runner.config import load_config
     from runner.launch import default_run_dir, prepare_run, run_study
+    from runner.losses_table import write_loss_tables
     from runner.results import format_summary, kpis, read_tables, summary
 
     cfg = load_config(args.config, args.overrides)
@@ -82,6 +94,7 @@ def cmd_run(args) -> int:
     tables = read_tables(study.run_dir)
     k = kpis(cfg, tables)
     k.to_parquet(study.run_dir / "results" / "kpis.parquet", index=False)
+    write_loss_tables(cfg, study.run_dir, tables)
     s = summary(k)
     manifest_path = study.run_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
@@ -128,6 +141,25 @@ def cmd_ledger(args) -> int:
     return 1
 
 
+def cmd_feeders(args) -> int:
+    from runner.feeders import (
+        describe_feeder,
+        feeder_summaries,
+        format_feeder,
+        format_feeder_list,
+        resolve_feeder,
+    )
+
+    if args.feeders_command == "list":
+        rows = feeder_summaries()
+        print(json.dumps(rows, indent=2) if args.json else format_feeder_list(rows))
+        return 0
+    name, master = resolve_feeder(args.feeder)
+    d = describe_feeder(master)
+    print(json.dumps({"name": name, **d}, indent=2) if args.json else format_feeder(d, name))
+    return 0 if d["base_solve"]["converged"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     args = _parser().parse_args(argv)
@@ -136,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_validate(args)
         if args.command == "clear":
             return cmd_clear(args)
+        if args.command == "feeders":
+            return cmd_feeders(args)
         if args.command == "ledger":
             return cmd_ledger(args)
         return cmd_run(args)

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from federates.common.errors import ConfigError, Problem
 from federates.common.timeline import Timeline
@@ -104,15 +111,42 @@ class CustomerConnection(_Strict):
     service_x_ohm_per_km: PositiveFloat = 0.08
 
 
+class SyntheticFeederConfig(_Strict):
+    """Parameters of the parametric synthetic feeder (``federates/feeder/synthetic.py``),
+    used only with ``feeder.model: synthetic``.
+
+    The defaults are the parameters of the bundled ``feeders/synthetic`` instance (its
+    feeder.yaml; tests/feeder/test_weak_grid.py checks they agree), which such a run
+    uses as is. When any of them differs, ``runner.launch.prepare_run`` writes the
+    model into ``<run_dir>/feeder/synthetic.dss`` and the run uses that copy (see
+    :func:`generated_feeder_parameters`). ``n_loads`` single-phase loads;
+    ``source_mva_sc`` short-circuit power of the source [MVA]; ``lateral_km`` length of
+    the three-phase trunk [km]; ``line_length_multiplier`` scales every line length
+    [-]; ``phase_imbalance`` in [0, 1]: 0 spreads the loads (and so the customers placed
+    on them) evenly over a/b/c, 1 puts them all on phase a; ``seed`` of the model's
+    random stream (not the study seed).
+    """
+
+    n_loads: Annotated[int, Field(ge=1)] = 60
+    source_mva_sc: PositiveFloat = 50.0
+    lateral_km: PositiveFloat = 8.0
+    line_length_multiplier: PositiveFloat = 1.0
+    phase_imbalance: Fraction = 0.0
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
 class FeederConfig(_Strict):
     model: str | None = "ieee13"
     path: str | None = None
     background_load_scale: NonNegFloat = 1.0
-    background_load_shape: Literal["opendss_default", "flat"] = "opendss_default"
+    # model: each original load follows its own OpenDSS daily (else yearly) LoadShape
+    background_load_shape: Literal["opendss_default", "flat", "model"] = "opendss_default"
     source_pu: Annotated[float, Field(gt=0.8, lt=1.2)] | None = None
     customer_connection: CustomerConnection = CustomerConnection()
     max_control_iterations: Annotated[int, Field(ge=1, le=99)] = 20
     lines_top_n: Annotated[int, Field(ge=0)] = 10  # most loaded lines/transformers kept per step
+    loss_allocation: bool = True  # per-phase GBLA of the losses to customers each step (customer_losses)
+    synthetic: SyntheticFeederConfig = SyntheticFeederConfig()
 
 
 class ProsumersConfig(_Strict):
@@ -131,6 +165,25 @@ class ProsumersConfig(_Strict):
     forecast_error_pct: NonNegFloat = 10.0
     strategy: Literal["limit_price_uniform", "truthful_tariff", "zip", "roth_erev"] = "limit_price_uniform"
     phases: Literal["any", "a", "b", "c"] = "any"
+    pv_penetration_pct: PositiveFloat | None = Field(
+        default=None,
+        description=(
+            "PV penetration: total installed PV [kWp] / feeder peak load "
+            "(pv_penetration_base_kw) x 100 [%]. When set, every drawn PV size is "
+            "multiplied by one common factor so that the total matches; pv_kwp_min/max "
+            "then only set the spread of the sizes. null: sizes as drawn."
+        ),
+    )
+    pv_penetration_base_kw: PositiveFloat | None = Field(
+        default=None,
+        description=(
+            "The feeder peak load [kW] pv_penetration_pct refers to. null: prepare_run "
+            "computes it (federates.prosumers.agents.feeder_peak_load_kw: "
+            "background_load_scale x the model's nominal Load kW + the prosumers' "
+            "expected demand peaks) and writes it into config.resolved.yaml, so that "
+            "every federate draws the same PV sizes."
+        ),
+    )
 
 
 class MarketConfig(_Strict):
@@ -141,6 +194,14 @@ class MarketConfig(_Strict):
     communities: Literal["phase", "bus"] = "phase"
     ledger: bool = True
     ledger_pow_bits: Annotated[int, Field(ge=0, le=32)] = 0
+    loss_price: Literal["none", "clearing", "retail"] = Field(
+        default="none",
+        description=(
+            "Price of the losses allocated to trades (results/loss_allocation.parquet, "
+            "loss_charges.parquet): the interval's clearing price, the retail tariff or none. "
+            "Ex post: not fed back into the market's settlement."
+        ),
+    )
     p2p_charge_usd_per_kwh_per_km: NonNegFloat = Field(
         default=0.0,
         description=(
@@ -149,10 +210,69 @@ class MarketConfig(_Strict):
             "uncharged). The default 0 keeps results unchanged."
         ),
     )
+    network_aware: Literal["off", "envelopes", "constraints"] = Field(
+        default="off",
+        description=(
+            "Ex-ante grid awareness of the clearing: 'envelopes' = the DSO sends each "
+            "prosumer's import/export limits for the next interval (from meter data and "
+            "sensitivities) and the market clips orders to them; 'constraints' = "
+            "linearised voltage and thermal constraints in the clearing LP; 'off' = none."
+        ),
+    )
 
 
 class MetersConfig(_Strict):
+    """Smart meters: the inverters' local sensing and the utility's AMI data.
+
+    ``noise_pct`` is the relative standard deviation [%] of the *local* readings the
+    inverters' Volt-VAR / Volt-Watt act on (one per feeder solve; 0 = the true values).
+
+    Everything else is the AMI (advanced metering infrastructure) channel the DSO and
+    billing see (federates/meters/ami.py documents the model): one reading per meter
+    every ``reporting_interval`` [s; "5min", "15min", "1h" also read], with interval
+    average voltage, power, and import / export energy registers.
+
+    * ``accuracy_class``: the meters' active-energy accuracy class [%], IEC 62053-21
+      (classes 1, 2) / IEC 62053-22 (0.2 S, 0.5 S) / ANSI C12.20 (0.2, 0.5). Each meter
+      gets a fixed gain error drawn uniformly within +-class/2 % and each reading a
+      random error with standard deviation class/3 %.
+    * ``v_accuracy_pct``: voltage accuracy [% of nominal], same model (IEC 61000-4-30
+      Class S instruments: +-0.5 %); ``v_resolution_v`` [V] the reported voltage's
+      resolution (0 = none).
+    * ``energy_resolution_kwh``: resolution of the energy registers [kWh]; the
+      cumulative registers are truncated to it as a register display is and the
+      interval energies are their differences (0 = none).
+    * ``missing_rate``: probability that a reading is not delivered (independent).
+    * ``settle_on_ami``: settle the market on the AMI registers (measured, quantised)
+      instead of the true final per-step readings.
+    """
+
     noise_pct: NonNegFloat = 0.0
+    reporting_interval: PositiveFloat | None = None  # null = the market interval
+    accuracy_class: Literal["0.2", "0.5", "1", "2"] = "0.5"
+    v_accuracy_pct: NonNegFloat = 0.5
+    v_resolution_v: NonNegFloat = 0.1
+    energy_resolution_kwh: NonNegFloat = 0.001
+    missing_rate: Fraction = 0.0
+    settle_on_ami: bool = False
+
+    _d = field_validator("reporting_interval", mode="before")(
+        classmethod(lambda cls, v: None if v is None else _duration(v)))
+
+    @field_validator("accuracy_class", mode="before")
+    @classmethod
+    def _class_text(cls, v: Any) -> Any:
+        # YAML reads ``accuracy_class: 1`` as an int and ``0.5`` as a float
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return f"{float(v):g}"
+        return v
+
+    @property
+    def reporting_interval_s(self) -> float:
+        """``reporting_interval`` [s] (filled with the market interval when null)."""
+        if self.reporting_interval is None:
+            raise ValueError("meters.reporting_interval is not resolved; validate the whole study")
+        return float(self.reporting_interval)
 
 
 class VoltVarConfig(_Strict):
@@ -168,20 +288,89 @@ class VoltVarConfig(_Strict):
     q4_pct: float = -44.0
     damping: Annotated[float, Field(gt=0, le=1)] = 0.5
     tolerance_kvar: PositiveFloat = 0.01
+    # 90 % of a step change within this time [s] (1547-2018 Table 8, Cat B default 5 s;
+    # 0 = instantaneous); see federates/controllers/role.py for the lag across steps
+    open_loop_response_time_s: NonNegFloat = 5.0
+
+
+class VoltWattConfig(_Strict):
+    """IEEE 1547-2018 Volt-Watt (clause 5.4.2); defaults are the Category B defaults
+    (Table 10): V1 = 1.06 pu, P1 = Prated, V2 = 1.10 pu, P2 = 20 % of Prated (``p2_pct:
+    0`` is the standard's P'2 for DER that can absorb active power), open-loop response
+    time 10 s. In tecosim the limit caps the customer's export at ``p_pct / 100 *``
+    inverter kVA (federates/controllers/voltwatt.py). ``damping`` and
+    ``tolerance_kw`` [kW] steer the in-step iteration as for Volt-VAR."""
+
+    enabled: bool = True
+    v1_pu: PositiveFloat = 1.06
+    v2_pu: PositiveFloat = 1.10
+    p1_pct: Annotated[float, Field(ge=0, le=100)] = 100.0
+    p2_pct: Annotated[float, Field(ge=0, le=100)] = 20.0
+    open_loop_response_time_s: NonNegFloat = 10.0
+    damping: Annotated[float, Field(gt=0, le=1)] = 0.5
+    tolerance_kw: PositiveFloat = 0.01
 
 
 class CurtailmentConfig(_Strict):
+    """DSO curtailment of exports after local (inverter) control, iterated in the step.
+
+    ``policy`` picks which exports to cut when a limit is still violated:
+    ``proportional`` (every contributing exporter by the same fraction),
+    ``sensitivity`` (most effective first: largest relief per kW, least energy cut),
+    ``least_cost`` (cheapest relief first: lowest sale price per unit of relief).
+    ``group_voltage`` is the earlier heuristic (caps by service-transformer group,
+    over-voltage only). See federates/controllers/dso.py.
+    """
+
     enabled: bool = True
+    policy: Literal["proportional", "sensitivity", "least_cost", "group_voltage"] = "sensitivity"
     margin_pu: NonNegFloat = 0.002
+    thermal_margin_pct: NonNegFloat = 1.0
+    vuf_margin_pct: NonNegFloat = 0.05
     gain_per_pu: PositiveFloat = 10.0
 
 
 class ControllersConfig(_Strict):
+    """``v_min_pu`` / ``v_max_pu``: the band the controllers steer to; default (null) =
+    the ``limits`` band."""
+
     enabled: bool = True
-    v_min_pu: PositiveFloat = 0.95
-    v_max_pu: PositiveFloat = 1.05
+    v_min_pu: PositiveFloat | None = None
+    v_max_pu: PositiveFloat | None = None
     volt_var: VoltVarConfig = VoltVarConfig()
+    volt_watt: VoltWattConfig = VoltWattConfig()
     curtailment: CurtailmentConfig = CurtailmentConfig()
+
+
+#: Customer voltage bands [pu]: ANSI C84.1-2020 Range A and Range B service voltage
+#: (114-126 V and 110-127 V on 120 V), and the +-10 % band the review uses.
+VOLTAGE_BANDS: dict[str, tuple[float, float]] = {
+    "ansi_a": (0.95, 1.05),
+    "ansi_b": (110.0 / 120.0, 127.0 / 120.0),
+    "review": (0.90, 1.10),
+}
+
+
+class LimitsConfig(_Strict):
+    """The grid limits every step is checked against (results table ``violations``).
+
+    ``voltage_band`` names a customer voltage band (:data:`VOLTAGE_BANDS`); with
+    ``custom`` give ``v_min_pu`` and ``v_max_pu``. ``thermal``: lines against their
+    OpenDSS NormAmps and transformers against their rated kVA, at ``thermal_max_pct``
+    [%]. ``vuf_max_pct``: voltage unbalance factor (negative- over positive-sequence
+    voltage) of three-phase buses [%], 2 % as in EN 50160 and IEEE 1159. Substation
+    import / export caps [kW] model limited generation or a limited connection;
+    null = none.
+    """
+
+    voltage_band: Literal["ansi_a", "ansi_b", "review", "custom"] = "ansi_a"
+    v_min_pu: PositiveFloat | None = None
+    v_max_pu: PositiveFloat | None = None
+    thermal: bool = True
+    thermal_max_pct: PositiveFloat = 100.0
+    vuf_max_pct: PositiveFloat = 2.0
+    substation_import_max_kw: PositiveFloat | None = None
+    substation_export_max_kw: PositiveFloat | None = None
 
 
 class FederationConfig(_Strict):
@@ -199,13 +388,169 @@ class StudyFile(_Strict):
     prosumers: ProsumersConfig = ProsumersConfig()
     market: MarketConfig = MarketConfig()
     meters: MetersConfig = MetersConfig()
+    limits: LimitsConfig = LimitsConfig()
     controllers: ControllersConfig = ControllersConfig()
     federation: FederationConfig = FederationConfig()
+    grid_preset: Literal["strong", "weak", "very_weak"] | None = None  # see GRID_PRESETS
+
+    @field_validator("grid_preset", mode="before")
+    @classmethod
+    def _preset_name(cls, v: Any) -> Any:
+        if v is not None and not (isinstance(v, str) and v in GRID_PRESETS):
+            raise ValueError(f"unknown grid preset {v!r}; allowed: {', '.join(GRID_PRESETS)} or null")
+        return v
+
+    @model_validator(mode="after")
+    def _fill_bands(self) -> StudyFile:
+        """Voltage limits from the named band (values given explicitly are kept and
+        checked against it in :func:`_cross_checks`); controller targets default to the
+        limits."""
+        lim = self.limits
+        band = VOLTAGE_BANDS.get(lim.voltage_band)
+        if band is not None:
+            if lim.v_min_pu is None:
+                lim.v_min_pu = band[0]
+            if lim.v_max_pu is None:
+                lim.v_max_pu = band[1]
+        if self.meters.reporting_interval is None:
+            self.meters.reporting_interval = self.study.market_interval_s
+        c = self.controllers
+        if c.v_min_pu is None:
+            c.v_min_pu = lim.v_min_pu
+        if c.v_max_pu is None:
+            c.v_max_pu = lim.v_max_pu
+        return self
 
     @property
     def timeline(self) -> Timeline:
         s = self.study
         return Timeline(s.duration_s, s.market_interval_s, s.physics_step_s)
+
+
+#: ``grid_preset``: the values a preset fills in (see :func:`apply_grid_preset`).
+GRID_PRESETS: dict[str, dict[str, Any]] = {
+    "strong": {
+        "feeder": {
+            "synthetic": {"source_mva_sc": 200.0, "line_length_multiplier": 1.0, "phase_imbalance": 0.0},
+            "customer_connection": {"transformer_kva": 50.0, "service_length_m": 30.0,
+                                    "service_r_ohm_per_km": 1.32, "service_x_ohm_per_km": 0.1},
+        },
+        "prosumers": {"pv_penetration_pct": 30.0},
+    },
+    "weak": {
+        "feeder": {
+            "synthetic": {"source_mva_sc": 30.0, "line_length_multiplier": 2.0, "phase_imbalance": 0.3},
+            "customer_connection": {"transformer_kva": 25.0, "service_length_m": 100.0,
+                                    "service_r_ohm_per_km": 2.09, "service_x_ohm_per_km": 0.1},
+        },
+        "prosumers": {"pv_penetration_pct": 80.0},
+    },
+    "very_weak": {
+        "feeder": {
+            "synthetic": {"source_mva_sc": 8.0, "line_length_multiplier": 3.0, "phase_imbalance": 0.6},
+            "customer_connection": {"transformer_kva": 15.0, "service_length_m": 150.0,
+                                    "service_r_ohm_per_km": 3.33, "service_x_ohm_per_km": 0.1},
+        },
+        "prosumers": {"pv_penetration_pct": 150.0},
+    },
+}
+
+
+def apply_grid_preset(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the values of its ``grid_preset`` filled in where ``raw`` has no key.
+
+    ``grid_preset`` is a top-level key, not ``feeder.preset``: a preset sets keys of
+    two sections (``feeder.synthetic``, ``feeder.customer_connection`` and
+    ``prosumers.pv_penetration_pct``), so it describes the study's grid as a whole, and
+    ``--set grid_preset=weak`` says so. Keys given in the study file (or by ``--set``,
+    or by a ``base:`` file) win, an explicit ``null`` included; so a scenario file meant
+    to be re-run under other presets (configs/weak_grid.yaml) sets none of these keys.
+    The ``feeder.synthetic`` values are filled only with ``feeder.model: synthetic``
+    (:func:`_cross_checks` rejects a preset on another bundled model). Unknown names
+    are left to the schema, which lists the allowed ones.
+
+    ===========  =======  =====  =========  =====  ==========================  =======  =========  =======
+    preset       S_sc     lines  imbalance  PV     service transformer, drop   SCR_fdr  SCR_cust   V_noon
+    ===========  =======  =====  =========  =====  ==========================  =======  =========  =======
+    strong       200 MVA  1x     0 (33 %)   30 %   50 kVA, 30 m 1/0 Al         17.5     >= 186     1.041
+    weak          30 MVA  2x     0.3 (53%)  80 %   25 kVA, 100 m #2 Al          2.6     >= 32      1.054
+    very_weak      8 MVA  3x     0.6 (73%)  150 %  15 kVA, 150 m #4 Al          0.7     >= 7.6     1.099
+    ===========  =======  =====  =========  =====  ==========================  =======  =========  =======
+
+    * S_sc (``feeder.synthetic.source_mva_sc``): three- and single-phase short-circuit
+      power at the 12.47 kV source bus; 200 / 30 / 8 MVA are fault currents of 9.3 /
+      1.4 / 0.37 kA. SCR_fdr = S_sc / S_rated, with S_rated the feeder's rated power:
+      its trunk's thermal rating, 336,400 26/7 ACSR at 530 A (W. H. Kersting,
+      "Distribution System Modeling and Analysis", Appendix B): sqrt(3) x 12.47 kV x
+      530 A = 11.4 MVA. IEEE Std 1204-1997 (planning dc links at ac locations with low
+      short-circuit capacity) calls SCR < 3 low and < 2 very low: strong is above 3,
+      weak in 2-3, very_weak below 2. SCR_cust is the same ratio where the inverters
+      connect (NERC's SCR at the point of interconnection: short-circuit power there /
+      the rating of the inverter connected there), computed with OpenDSS for every PV
+      customer of the weak_grid scenario: it stays far above 3 in every preset. The
+      community's PV (<= 0.3 MVA) is small against any of the sources, so what the
+      customers see of a weak grid is its resistance to them: the lines (x ``lines``
+      the bundled 8 km trunk and laterals) and, most of all, the service
+      transformer and drop.
+    * imbalance (``feeder.synthetic.phase_imbalance``): the share of the feeder's
+      single-phase loads, and so of the customers placed on them, on phase a is (1 + 2
+      imbalance) / 3 (in brackets). No standard gives a value; these are choices. The
+      largest voltage unbalance factor of the three-phase buses at noon (weak_grid, no
+      control) is 0.02 / 0.28 / 1.13 %, against the 2 % of EN 50160.
+    * PV (``prosumers.pv_penetration_pct``): installed PV over the feeder's peak load,
+      the definition of Hoke et al., "Steady-State Analysis of Maximum Photovoltaic
+      Penetration Levels on Typical Distribution Feeders", IEEE Trans. Sustainable
+      Energy 4 (2013) 350-357 (peak load as in
+      ``federates.prosumers.agents.feeder_peak_load_kw``).
+    * service (``feeder.customer_connection``): standard single-phase pole-mount
+      transformer sizes (50, 25, 15 kVA; percent R and X left at their defaults) shared
+      by ``customers_per_transformer`` homes, and 240 V aluminium triplex drops whose
+      loop resistance is twice the conductor's dc resistance at 75 degC from NEC
+      (NFPA 70) Chapter 9 Table 8: 1/0 Al 0.201, #2 Al 0.319, #4 Al 0.508 ohm/kft ->
+      1.32, 2.09, 3.33 ohm/km; loop reactance 0.1 ohm/km.
+    * V_noon: the highest customer voltage [pu] of configs/weak_grid.yaml (source
+      1.04 pu) from 11:00 to 13:00 local time with ``controllers.enabled: false``
+      (``tecosim run configs/weak_grid.yaml --engine inprocess --set grid_preset=...``);
+      tests/feeder/test_weak_grid.py checks the order and the ANSI C84.1 Range A limit.
+    """
+    name = raw.get("grid_preset")
+    if not (isinstance(name, str) and name in GRID_PRESETS):
+        return raw
+    preset = copy.deepcopy(GRID_PRESETS[name])
+    feeder = raw.get("feeder")
+    model = feeder.get("model", FeederConfig.model_fields["model"].default) if isinstance(feeder, dict) \
+        else FeederConfig.model_fields["model"].default
+    if model != "synthetic":
+        del preset["feeder"]["synthetic"]
+    return _deep_merge(preset, raw)
+
+
+def generated_feeder_parameters(cfg: StudyFile) -> dict[str, Any] | None:
+    """``write_synthetic_feeder`` arguments when the run needs its own synthetic model.
+
+    None unless ``feeder.model`` is ``synthetic`` and ``feeder.synthetic`` differs from
+    the bundled instance's parameters (feeders/synthetic/feeder.yaml). When it is not
+    None, ``prepare_run`` writes that model to ``<run_dir>/feeder/synthetic.dss`` and
+    puts ``feeder.model: null, feeder.path: feeder/synthetic.dss`` into
+    config.resolved.yaml. Why a relative path and not a run-folder-aware
+    ``feeder_master``: ``Study.load`` already resolves a relative ``feeder.path``
+    against the run folder, so every federate and a moved or copied run folder find the
+    copy with no special case, ``feeder_master`` keeps one meaning of its ``base_dir``,
+    and the model a run used is a plain file in it. ``feeder.synthetic`` stays in the
+    resolved config as the record of how the copy was made. (``tecosim run
+    <run>/config.resolved.yaml`` uses that copy as it would any ``feeder.path``: the new
+    run names it by absolute path.)
+    """
+    f = cfg.feeder
+    if f.path is not None or f.model != "synthetic":
+        return None
+    bundled = yaml.safe_load((FEEDERS_DIR / "synthetic" / "feeder.yaml").read_text())["parameters"]
+    params = {**bundled, **f.synthetic.model_dump()}
+    return None if params == bundled else params
+
+
+#: The folder of the run folder that ``prepare_run`` writes a generated synthetic model into.
+GENERATED_FEEDER_DIR = "feeder"
 
 
 def bundled_feeders() -> list[str]:
@@ -257,6 +602,7 @@ def _cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
         problems.append(Problem("prosumers.pv_kwp_min", "is larger than prosumers.pv_kwp_max", "<= pv_kwp_max"))
     if p.daily_load_kwh_min > p.daily_load_kwh_max:
         problems.append(Problem("prosumers.daily_load_kwh_min", "is larger than daily_load_kwh_max", "<= daily_load_kwh_max"))
+    problems += _grid_checks(cfg)
     m = cfg.market
     from federates.market.mechanisms import allowed_mechanisms
 
@@ -269,12 +615,61 @@ def _cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
                                 ", ".join(allowed)))
     if m.feed_in_usd_per_kwh >= m.retail_usd_per_kwh:
         problems.append(Problem("market.feed_in_usd_per_kwh", "must be below the retail tariff", f"< {m.retail_usd_per_kwh:g}"))
+    # meters: AMI periods are whole physics steps and nest with the market intervals
+    r_s, dt_s, m_s = cfg.meters.reporting_interval_s, s.physics_step_s, s.market_interval_s
+    per_step, per_market, market_per = r_s / dt_s, m_s / r_s, r_s / m_s
+    if not (abs(per_step - round(per_step)) <= 1e-9 and round(per_step) >= 1
+            and (abs(per_market - round(per_market)) <= 1e-9 or abs(market_per - round(market_per)) <= 1e-9)):
+        n_dt = max(1, round(m_s / dt_s))
+        divisors = [f"{i * dt_s:g}" for i in range(1, n_dt + 1) if n_dt % i == 0]
+        problems.append(Problem(
+            "meters.reporting_interval",
+            f"{r_s:g} s is not a whole number of physics steps ({dt_s:g} s) that divides or is a "
+            f"multiple of the market interval ({m_s:g} s)",
+            f"one of {', '.join(divisors)} s, or a multiple of {m_s:g} s",
+        ))
+    lim = cfg.limits
+    band = VOLTAGE_BANDS.get(lim.voltage_band)
+    if band is None and (lim.v_min_pu is None or lim.v_max_pu is None):
+        problems.append(Problem("limits.voltage_band", "custom needs limits.v_min_pu and limits.v_max_pu",
+                                ", ".join(VOLTAGE_BANDS) + ", or custom with both values"))
+        return problems
+    for name, value in zip(("v_min_pu", "v_max_pu"), band or (), strict=False):
+        given = getattr(lim, name)
+        if abs(given - value) > 1e-9:
+            problems.append(Problem(f"limits.{name}", f"{given:g} contradicts voltage_band "
+                                    f"{lim.voltage_band!r} ({value:g})",
+                                    "the band's value, or limits.voltage_band: custom"))
+    if lim.v_min_pu >= lim.v_max_pu:
+        problems.append(Problem("limits.v_min_pu", "must be below limits.v_max_pu", f"< {lim.v_max_pu:g}"))
     c = cfg.controllers
     if c.v_min_pu >= c.v_max_pu:
         problems.append(Problem("controllers.v_min_pu", "must be below v_max_pu", f"< {c.v_max_pu:g}"))
     vv = c.volt_var
     if not (vv.v1_pu < vv.v2_pu <= vv.v3_pu < vv.v4_pu):
         problems.append(Problem("controllers.volt_var", "curve points out of order", "v1_pu < v2_pu <= v3_pu < v4_pu"))
+    if not c.volt_watt.v1_pu < c.volt_watt.v2_pu:
+        problems.append(Problem("controllers.volt_watt", "curve points out of order", "v1_pu < v2_pu"))
+    return problems
+
+
+def _grid_checks(cfg: StudyFile) -> list[Problem]:
+    """Rules of ``grid_preset``, ``feeder.synthetic`` and the PV penetration."""
+    problems: list[Problem] = []
+    f, p = cfg.feeder, cfg.prosumers
+    other_model = f.model is not None and f.model != "synthetic"
+    if other_model and cfg.grid_preset is not None:
+        problems.append(Problem("grid_preset", f"sets the synthetic feeder's source and lines, but feeder.model "
+                                f"is {f.model!r}", "feeder.model: synthetic, or grid_preset: null"))
+    if other_model and f.synthetic != SyntheticFeederConfig():
+        problems.append(Problem("feeder.synthetic", f"is only used with feeder.model: synthetic, not {f.model!r}",
+                                "feeder.model: synthetic, or drop feeder.synthetic"))
+    if p.pv_penetration_base_kw is not None and p.pv_penetration_pct is None:
+        problems.append(Problem("prosumers.pv_penetration_base_kw", "is only used with pv_penetration_pct",
+                                "a pv_penetration_pct, or null"))
+    if p.pv_penetration_pct is not None and (round(p.pv_share * p.count) == 0 or p.pv_kwp_max <= 0):
+        problems.append(Problem("prosumers.pv_penetration_pct", "no prosumer gets PV to scale",
+                                "round(pv_share * count) >= 1 and pv_kwp_max > 0, or null"))
     return problems
 
 
@@ -312,6 +707,7 @@ def validate(raw: Any, base_dir: Path = Path("."), source: str = "config") -> St
     if not isinstance(raw, dict):
         raise ConfigError([Problem("<root>", "the config must be a mapping of sections",
                                    ", ".join(StudyFile.model_fields))], source)
+    raw = apply_grid_preset(raw)
     try:
         cfg = StudyFile.model_validate(raw)
     except ValidationError as e:
@@ -419,7 +815,16 @@ def config_sha256(cfg: StudyFile) -> str:
 
 
 def feeder_master(cfg: StudyFile, base_dir: Path = Path(".")) -> Path:
-    """Absolute path of the OpenDSS master file of the configured feeder."""
+    """Absolute path of the OpenDSS master file of the configured feeder.
+
+    A relative ``feeder.path`` is taken relative to ``base_dir``. A synthetic model with
+    parameters other than the bundled ones has no master file before
+    ``prepare_run`` writes it into the run folder (:func:`generated_feeder_parameters`):
+    ValueError.
+    """
+    if generated_feeder_parameters(cfg) is not None:
+        raise ValueError("feeder.synthetic differs from the bundled model: prepare_run writes it into the run "
+                         "folder, whose config.resolved.yaml then names it in feeder.path")
     if cfg.feeder.path is not None:
         p = Path(cfg.feeder.path)
         return p if p.is_absolute() else (base_dir / p).resolve()

@@ -21,6 +21,7 @@ from federates.common.messages import Confirmation
 from federates.common.runtime import Study
 from federates.controllers.role import ControllersRole
 from federates.feeder.role import FeederRole
+from federates.feeder.sensitivity import needs_sensitivities
 from federates.market.role import MarketRole
 from federates.meters.role import MetersRole
 from federates.prosumers.role import ProsumersRole
@@ -47,8 +48,9 @@ def run_inprocess(study: Study, times: EngineTimes | None = None) -> dict[str, p
     prosumers = ProsumersRole(cfg, study.sites)
     market = MarketRole(cfg, study.participants, study.run_dir / "ledger.jsonl", distance_km=study.distance_km)
     feeder = FeederRole(cfg, study.master, study.sites)
-    meters = MetersRole(cfg, study.sites)
-    controllers = ControllersRole(cfg, study.sites, study.inverter_kva)
+    meters = MetersRole(cfg, study.sites, v_base_v=study.v_base_v)
+    controllers = ControllersRole(cfg, study.sites, study.inverter_kva,
+                                  sensitivities=study.sensitivities() if needs_sensitivities(cfg) else None)
     t = times.add("setup", t)
 
     confirmations: list[Confirmation] = []
@@ -61,15 +63,21 @@ def run_inprocess(study: Study, times: EngineTimes | None = None) -> dict[str, p
         if k < tl.n_intervals:
             orders = prosumers.bids(k)
         t = times.add("prosumers", t)
+        # AMI time of k, then report time of k
+        ami = meters.ami(k - 1) if k >= 1 else []
         energies = meters.report(k - 1) if k >= 1 else []
         t = times.add("meters", t)
+        if k >= 1:
+            controllers.on_ami(k - 1, ami)
         notices = controllers.report(k - 1) if k >= 1 else []
+        envelopes = controllers.envelopes(k) if k < tl.n_intervals else []
         t = times.add("controllers", t)
         # market time of k
-        confirmations, schedule_p_kw = market.on_market_time(k, orders, energies, notices)
+        confirmations, schedule_p_kw = market.on_market_time(k, orders, energies, notices, envelopes)
         t = times.add("market", t)
         if k == tl.n_intervals:
             break
+        controllers.on_confirmations(k, confirmations)
         for g in tl.steps_of_interval(k):
             deviation_p_kw = prosumers.step(g)
             t = times.add("prosumers", t)
@@ -78,7 +86,7 @@ def run_inprocess(study: Study, times: EngineTimes | None = None) -> dict[str, p
             while True:
                 readings = meters.read(g, m.v_pu, m.p_kw, m.q_kvar)
                 t = times.add("meters", t)
-                commands = controllers.on_readings(g, readings, m.curtailed_p_kw)
+                commands = controllers.on_readings(g, readings, m.curtailed_p_kw, m.scada)
                 t = times.add("controllers", t)
                 if not commands:
                     break

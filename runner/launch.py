@@ -22,12 +22,28 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from federates.common import keys
 from federates.common.errors import ConfigError, FederationError, Problem
-from federates.common.runtime import CONFIG_FILE, Study, write_distances, write_sites, write_tables
-from runner.config import REPO_ROOT, StudyFile, config_sha256, feeder_master, resolved_dict
+from federates.common.runtime import (
+    CONFIG_FILE,
+    V_BASE_FILE,
+    Study,
+    write_distances,
+    write_sites,
+    write_tables,
+)
+from runner.config import (
+    GENERATED_FEEDER_DIR,
+    REPO_ROOT,
+    StudyFile,
+    config_sha256,
+    feeder_master,
+    generated_feeder_parameters,
+    resolved_dict,
+)
 
 PACKAGES = ("helics", "opendssdirect.py", "dss-python", "pandas", "numpy", "pyomo", "highspy",
             "pydantic", "pyarrow", "pvlib")
@@ -51,18 +67,29 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
     both engines. Community markets get no file (they price no distance, and their
     run folders stay as before); the computation is cheap (about a second for 1000
     customers), so this is only to keep those runs unchanged.
+
+    A synthetic feeder with other than the bundled parameters is written into
+    ``feeder/`` and named by the resolved config (``runner.config.generated_feeder_parameters``);
+    with ``prosumers.pv_penetration_pct`` the resolved config also gets the peak load
+    it refers to (``pv_penetration_base_kw``), so every federate sizes PV alike.
     """
     from federates.feeder.opendss import OpenDSSFeeder
     from federates.feeder.placement import place_customers
+    from federates.feeder.synthetic import write_synthetic_feeder
+    from federates.prosumers.agents import feeder_peak_load_kw
 
     run_dir = Path(run_dir).resolve()
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     (run_dir / "results").mkdir(exist_ok=True)
     raw = resolved_dict(cfg)
-    master = feeder_master(cfg, config_dir)
-    if cfg.feeder.path is not None:
-        raw["feeder"]["path"] = str(master)  # absolute, so the run folder stands alone
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
+    generated = generated_feeder_parameters(cfg)
+    if generated is not None:  # its own synthetic model, in the run folder (see the function)
+        master = write_synthetic_feeder(run_dir / GENERATED_FEEDER_DIR, **generated)
+        raw["feeder"].update(model=None, path=str(master.relative_to(run_dir)))  # Study.load: relative to run_dir
+    else:
+        master = feeder_master(cfg, config_dir)
+        if cfg.feeder.path is not None:
+            raw["feeder"]["path"] = str(master)  # absolute, so the run folder stands alone
     feeder = OpenDSSFeeder(master, source_pu=cfg.feeder.source_pu)
     points = feeder.load_points()
     p = cfg.prosumers
@@ -72,11 +99,29 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
     except ValueError as e:
         raise ConfigError([Problem("prosumers", f"cannot place {p.count} prosumers on {master.name}: {e}",
                                    "a feeder with loads on the requested phases")], "feeder") from None
+    if p.pv_penetration_pct is not None and p.pv_penetration_base_kw is None:
+        raw["prosumers"]["pv_penetration_base_kw"] = feeder_peak_load_kw(cfg, sites, sum(lp.kw for lp in points))
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
     write_sites(run_dir, sites)
     if cfg.market.topology in ("p2p", "hybrid"):
         feeder.attach_customers(sites, cfg.feeder.customer_connection)
         write_distances(run_dir, feeder.customer_distances_km())
-    return Study.load(run_dir)
+    if cfg.feeder.customer_connection.kind == "direct":
+        np.save(run_dir / V_BASE_FILE, np.array([feeder.bus_kv_ln(s.bus) * 1000.0 for s in sites]))
+    study = Study.load(run_dir)
+    from federates.feeder.sensitivity import (
+        SENSITIVITIES_FILE,
+        compute_sensitivities,
+        needs_sensitivities,
+    )
+
+    if needs_sensitivities(cfg):
+        if not feeder.sites:
+            feeder.attach_customers(sites, cfg.feeder.customer_connection)
+        sens = compute_sensitivities(feeder, study.inverter_kva,
+                                     background_mult=0.6 * cfg.feeder.background_load_scale)
+        sens.save(run_dir / SENSITIVITIES_FILE)
+    return study
 
 
 def versions() -> dict[str, str]:

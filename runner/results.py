@@ -20,11 +20,13 @@ def kpis(cfg: StudyFile, t: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per market interval: trading, curtailment, voltage quality, grid energy.
 
     Violation minutes count physics steps in which at least one customer voltage is
-    outside ``[v_min_pu, v_max_pu]``, times the step length [min]; "before" is the
-    uncontrolled solve of each step, "after" the final controlled one.
+    outside the ``limits`` band ``[v_min_pu, v_max_pu]``, times the step length [min];
+    "before" is the uncontrolled solve of each step, "after" the final controlled one.
+    ``thermal_`` / ``vuf_`` / ``substation_violation_min_*`` do the same for the
+    other limits (from the ``violations`` table).
     """
     tl = cfg.timeline
-    c = cfg.controllers
+    c = cfg.limits
     step_min = tl.physics_step_s / 60.0
     intervals = np.arange(tl.n_intervals)
     v = t["voltages"]
@@ -67,6 +69,16 @@ def kpis(cfg: StudyFile, t: dict[str, pd.DataFrame]) -> pd.DataFrame:
     out["import_kwh"] = pd.Series(np.clip(src, 0, None) * tl.step_h).groupby(g_k).sum().reindex(intervals, fill_value=0.0).to_numpy()
     out["export_kwh"] = pd.Series(np.clip(-src, 0, None) * tl.step_h).groupby(g_k).sum().reindex(intervals, fill_value=0.0).to_numpy()
     out["losses_kwh"] = pd.Series(g["losses_kw"].to_numpy() * tl.step_h).groupby(g_k).sum().reindex(intervals, fill_value=0.0).to_numpy()
+    viol = t.get("violations")
+    for name, limits in (("thermal", ["thermal"]), ("vuf", ["vuf"]), ("substation", ["import", "export"])):
+        for when, col in (("before", "value_before"), ("after", "value")):
+            if viol is None or viol.empty:
+                out[f"{name}_violation_min_{when}"] = 0.0
+                continue
+            rows = viol[viol["limit"].isin(limits) & (viol[col] > viol["limit_value"])]
+            steps = pd.Series(rows["step"].unique())
+            per_k = steps.groupby(steps // tl.steps_per_interval).size() * step_min
+            out[f"{name}_violation_min_{when}"] = per_k.reindex(intervals, fill_value=0).to_numpy().astype(float)
     unconverged = (~ctrl["converged"].astype(bool)).groupby(ctrl["step"] // tl.steps_per_interval).sum()
     out["unconverged_steps"] = unconverged.reindex(intervals, fill_value=0).to_numpy().astype(np.int64)
     return out
@@ -92,6 +104,8 @@ def summary(k: pd.DataFrame) -> dict[str, float]:
         "grid_export_kwh": float(k["export_kwh"].sum()),
         "losses_kwh": float(k["losses_kwh"].sum()),
         "unconverged_steps": int(k["unconverged_steps"].sum()),
+        **{f"{name}_violation_min_{when}": float(k[f"{name}_violation_min_{when}"].sum())
+           for name in ("thermal", "vuf", "substation") for when in ("before", "after")},
     }
 
 
@@ -107,6 +121,10 @@ def format_summary(s: dict[str, float], wall_s: float, run_dir: Path, engine: st
         f" (max {s['v_max_before_pu']:.4f} pu before control)",
         f"  grid import / export          {s['grid_import_kwh']:.0f} / {s['grid_export_kwh']:.0f} kWh,"
         f" losses {s['losses_kwh']:.1f} kWh",
+        f"  thermal / unbalance / substation violation minutes before -> after ctrl: "
+        f"{s['thermal_violation_min_before']:.0f} -> {s['thermal_violation_min_after']:.0f}, "
+        f"{s['vuf_violation_min_before']:.0f} -> {s['vuf_violation_min_after']:.0f}, "
+        f"{s['substation_violation_min_before']:.0f} -> {s['substation_violation_min_after']:.0f} min",
         f"  steps where control did not converge: {s['unconverged_steps']}",
         f"  results: {run_dir / RESULTS}",
     ]

@@ -12,6 +12,9 @@ FEEDER_V_PU = ("feeder/v_pu", "pu")
 FEEDER_P_KW = ("feeder/p_kw", "kW")
 FEEDER_Q_KVAR = ("feeder/q_kvar", "kvar")
 FEEDER_CURTAILED_P_KW = ("feeder/curtailed_p_kw", "kW")
+#: the DSO's SCADA view after each solve: source P, element loading and flow, bus VUF
+#: (federates.feeder.role.Scada.to_vector; units differ by position, so none here)
+FEEDER_SCADA = ("feeder/scada", "")
 
 MARKET, PROSUMERS, FEEDER, METERS, CONTROLLERS = "market", "prosumers", "feeder", "meters", "controllers"
 FEDERATES = (PROSUMERS, MARKET, FEEDER, METERS, CONTROLLERS)

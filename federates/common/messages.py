@@ -91,6 +91,28 @@ class IntervalEnergy:
 
 
 @dataclass(frozen=True)
+class AmiReading:
+    """One AMI interval reading of a smart meter, as the utility's head-end receives it.
+
+    Covers the reporting period ``[t_start_s, t_end_s)`` [s of study time]: ``v_pu``
+    the period-average voltage [pu of the meter's nominal voltage], ``p_kw`` and
+    ``q_kvar`` the period-average power [kW, kvar] (+ import), ``energy_import_kwh``
+    and ``energy_export_kwh`` [kWh, >= 0] the advance of the import and export
+    registers over the period. All are measured values: accuracy errors and register
+    resolution included (federates/meters/ami.py).
+    """
+
+    meter: str
+    t_start_s: float
+    t_end_s: float
+    v_pu: float
+    p_kw: float
+    q_kvar: float
+    energy_import_kwh: float
+    energy_export_kwh: float
+
+
+@dataclass(frozen=True)
 class ControlCommand:
     """An inverter set-point for one participant.
 
@@ -114,14 +136,32 @@ class CurtailmentNotice:
     limit: str
 
 
+@dataclass(frozen=True)
+class OperatingEnvelope:
+    """The DSO's limits on one participant's net power in an interval [kW, >= 0].
+
+    ``export_max_kw`` / ``import_max_kw``: the most it may export / import on average
+    over the interval; ``binding`` names the limit that set the export value
+    (e.g. ``v_max:p007``, ``thermal:line.l12``; "" = only the inverter rating).
+    """
+
+    participant: str
+    interval: int
+    export_max_kw: float
+    import_max_kw: float
+    binding: str = ""
+
+
 _KINDS: dict[str, type] = {
     "orders": Order,
     "trades": Trade,
     "confirmations": Confirmation,
     "readings": MeterReading,
     "interval_energy": IntervalEnergy,
+    "ami_readings": AmiReading,
     "commands": ControlCommand,
     "curtailments": CurtailmentNotice,
+    "envelopes": OperatingEnvelope,
 }
 _KIND_OF: dict[type, str] = {v: k for k, v in _KINDS.items()}
 

@@ -30,6 +30,7 @@ from runner.config import StudyFile, feeder_master, validate
 CONFIG_FILE = "config.resolved.yaml"
 SITES_FILE = "sites.json"
 DISTANCES_FILE = "distances_km.npy"
+V_BASE_FILE = "v_base_v.npy"
 RESULTS_DIR = "results"
 
 
@@ -63,6 +64,29 @@ class Study:
                 )
         return cls(cfg=cfg, sites=sites, master=feeder_master(cfg, run_dir), run_dir=run_dir,
                    distance_km=distance_km)
+
+    def sensitivities(self):
+        """The DSO's linear model of the feeder (``sensitivities.npz``, written by
+        prepare_run when curtailment or network-aware clearing needs it)."""
+        from federates.feeder.sensitivity import SENSITIVITIES_FILE, Sensitivities
+
+        path = self.run_dir / SENSITIVITIES_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no sensitivities in this run folder")
+        sens = Sensitivities.load(path)
+        if sens.participants != self.participants:
+            raise ValueError(f"{path}: customers do not match {SITES_FILE}")
+        return sens
+
+    @property
+    def v_base_v(self) -> np.ndarray:
+        """Nominal L-N voltage of each customer's point [V]: the service secondary with a
+        ``secondary`` connection, else the primary bus's base (``v_base_v.npy``,
+        written by prepare_run)."""
+        conn = self.cfg.feeder.customer_connection
+        if conn.kind == "secondary":
+            return np.full(len(self.sites), conn.secondary_kv * 1000.0)
+        return np.load(self.run_dir / V_BASE_FILE)
 
     @property
     def participants(self) -> list[str]:

@@ -12,9 +12,12 @@ they deadlocked as soon as a round ended with no federate sending anything, repr
 with three minimal federates; explicit rounds are deterministic and give the engine
 the same call order.)
 
+    k*M + 0.125  meters send the AMI readings of k-1 to the controllers (DSO)
     k*M + 0.25   prosumers send bids for interval k; meters send interval energy of
-                 k-1; controllers send curtailment notices of k-1
-    k*M + 0.50   market settles k-1 and clears k: confirmations, schedule values
+                 k-1; controllers send curtailment notices of k-1 and, with
+                 network-aware clearing, the operating envelopes of k
+    k*M + 0.50   market settles k-1 and clears k: confirmations (to the prosumers and
+                 the controllers), schedule values
     t + 0.50     prosumers publish the real deviation and PV of the step starting at t
     t + 1.00     physics step at study time t, in control rounds j = 0, 1, ...:
                  solve_time(g, j)  = t + 1 + 3*j*HOP   feeder solves (j = 0) or
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+PHASE_AMI_S = 0.125
 PHASE_REPORT_S = 0.25
 PHASE_MARKET_S = 0.5
 PHASE_PRESTEP_S = 0.5
@@ -97,6 +101,10 @@ class Timeline:
         return range(k * s, (k + 1) * s)
 
     # HELICS times [s]
+    def ami_time(self, k: int) -> float:
+        """AMI readings of k-1 to the DSO (k may equal n_intervals)."""
+        return k * self.market_interval_s + PHASE_AMI_S
+
     def report_time(self, k: int) -> float:
         """Bids for k, reports of k-1 (k may equal n_intervals: final reports)."""
         return k * self.market_interval_s + PHASE_REPORT_S

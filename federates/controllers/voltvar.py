@@ -19,9 +19,21 @@ Sign
     injected (over-excited, raises voltage), ``-`` = absorbed. tecosim's convention
     (units.py) is the opposite: ``q_kvar > 0`` is drawn, ``q_kvar < 0`` injected.
     :func:`q_pct_to_q_kvar` is the one place that flips it.
+
+Open-loop response time
+    1547-2018 specifies how fast a DER follows its curve as the *open-loop response
+    time* T_ol: the time to reach 90 % of the new set-point after a step change of the
+    voltage (Volt-VAR Cat B default 5 s, Table 8; Volt-Watt 10 s, Table 10). tecosim
+    models it as a first-order lag with time constant ``tau = T_ol / ln(10)`` (then
+    ``1 - exp(-T_ol / tau) = 0.9``), sampled at the physics step ``dt``:
+    :func:`response_alpha` is the fraction of the remaining gap closed in ``dt`` and
+    :func:`lagged_target` the set-point the inverter reaches by the end of the step.
+    This module (and :mod:`federates.controllers.voltwatt`) share both.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -67,3 +79,32 @@ def q_pct_to_q_kvar(q_pct: np.ndarray, inverter_kva: np.ndarray) -> np.ndarray:
 def volt_var_q_kvar(v_pu: np.ndarray, curve: VoltVarConfig, inverter_kva: np.ndarray) -> np.ndarray:
     """Volt-VAR reactive power [kvar] in tecosim's sign (q_kvar < 0 = injected) at ``v_pu`` [pu]."""
     return q_pct_to_q_kvar(volt_var_q_pct(v_pu, curve), inverter_kva)
+
+
+def response_alpha(dt_s: float, open_loop_response_time_s: float) -> float:
+    """Fraction [-] of a step change a first-order lag completes in ``dt_s`` [s].
+
+    ``alpha = 1 - exp(-dt_s / tau)`` with ``tau = open_loop_response_time_s / ln(10)``,
+    so that 90 % of the change is done after ``open_loop_response_time_s`` [s] (the
+    1547-2018 definition). A response time of 0 gives 1 (instantaneous).
+    """
+    if dt_s < 0 or open_loop_response_time_s < 0:
+        raise ValueError(f"dt_s ({dt_s}) and open_loop_response_time_s "
+                         f"({open_loop_response_time_s}) must be >= 0")
+    if open_loop_response_time_s == 0:
+        return 1.0
+    tau_s = open_loop_response_time_s / math.log(10.0)
+    return -math.expm1(-dt_s / tau_s)
+
+
+def lagged_target(x_prev: np.ndarray, x_curve: np.ndarray, alpha: float) -> np.ndarray:
+    """``x_prev + alpha * (x_curve - x_prev)``: the set-point after one lagged step.
+
+    ``x_prev`` the set-point at the end of the previous step, ``x_curve`` the curve's
+    value at the voltage now, ``alpha`` from :func:`response_alpha` (any unit, same for
+    both). With ``alpha = 1`` it is ``x_curve``.
+    """
+    x_prev = np.asarray(x_prev, dtype=float)
+    if alpha == 1.0:
+        return np.asarray(x_curve, dtype=float).copy()
+    return x_prev + alpha * (np.asarray(x_curve, dtype=float) - x_prev)

@@ -22,11 +22,14 @@ def run(study: Study, broker: str, log: logging.Logger):
     sub_deviation = door.subscription(*keys.DEVIATION_P_KW)
     pubs = [door.publication(*k) for k in (keys.FEEDER_V_PU, keys.FEEDER_P_KW,
                                            keys.FEEDER_Q_KVAR, keys.FEEDER_CURTAILED_P_KW)]
+    pub_scada = door.publication(*keys.FEEDER_SCADA) if role.want_scada else None
     ep = door.endpoint(keys.FEEDER)
 
     def publish(m: Measurement) -> None:
         for pub, values in zip(pubs, (m.v_pu, m.p_kw, m.q_kvar, m.curtailed_p_kw), strict=True):
             door.publish(pub, values)
+        if pub_scada is not None and m.scada is not None:
+            door.publish(pub_scada, m.scada.to_vector())
 
     door.enter()
     try:

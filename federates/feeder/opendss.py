@@ -31,7 +31,7 @@ import opendssdirect
 
 from federates.common.errors import FeederModelError, PowerFlowNotConverged
 from federates.common.grid import CustomerSite, LoadPoint
-from federates.common.units import NODE_TO_PHASE, PHASE_TO_NODE, PHASES
+from federates.common.units import NODE_TO_PHASE, PHASE_TO_NODE
 
 if TYPE_CHECKING:
     from runner.config import CustomerConnection
@@ -88,14 +88,30 @@ def _as_complex(x: Sequence[float] | np.ndarray) -> np.ndarray:
     return a.astype(float, copy=False).view(complex)
 
 
-def _phases_of_bus(bus_spec: str, n_phases: int) -> tuple[str, ...]:
-    """Phase letters of an element's bus spec ``bus.1.2`` (all three when no suffix)."""
+def _phases_of_bus(bus_spec: str, n_phases: int, n_conductors: int | None = None) -> tuple[str, ...]:
+    """Phase letters a terminal with bus spec ``bus.1.2`` connects to, as OpenDSS wires it.
+
+    OpenDSS's rule for the conductors a spec does not name: conductor ``k`` (from 0)
+    goes to node ``k + 1`` while ``k < n_phases`` and to node 0 (ground) after that;
+    ``n_conductors`` (``CktElement.NumConductors``: phases + 1 for a wye Load, 2 for a
+    single-phase delta Load, the phase count for other delta Loads) defaults to
+    ``n_phases``. So ``bus`` of a three-phase Load is a, b, c; ``bus.1.2`` of a
+    single-phase delta Load is a, b (line to line); ``bus.3`` of a single-phase delta
+    Load is c (to ground, nodes 3.0); ``bus.2`` of a three-phase Load is nodes 2.2.3,
+    phases b, c. Node 0 and nodes above 3 (neutrals) are no phase. Phases in wiring
+    order without repeats (``692.3.1`` -> c, a). tests/feeder/test_any_model.py checks
+    the rule against OpenDSS's own ``CktElement.NodeOrder``.
+    """
     parts = bus_spec.split(".")
     nodes = [int(p) for p in parts[1:] if p.isdigit()]
-    phases = tuple(NODE_TO_PHASE[n] for n in nodes if n in NODE_TO_PHASE)
-    if not phases:
-        return PHASES[:n_phases] if n_phases < 3 else PHASES
-    return phases
+    n_cond = n_phases if n_conductors is None else n_conductors
+    nodes = nodes[:n_cond] + [k + 1 if k < n_phases else 0 for k in range(len(nodes), n_cond)]
+    phases: list[str] = []
+    for n in nodes:
+        ph = NODE_TO_PHASE.get(n)
+        if ph is not None and ph not in phases:
+            phases.append(ph)
+    return tuple(phases)
 
 
 class OpenDSSFeeder:
@@ -151,17 +167,25 @@ class OpenDSSFeeder:
 
     # ------------------------------------------------------------------ model facts
     def _read_load_points(self) -> list[LoadPoint]:
+        """Every enabled Load with the phases it is wired to (see :func:`_phases_of_bus`).
+
+        Any connection: wye or delta, one to three phases, line-to-line single-phase
+        (``bus.1.2``, declared delta or wye). Disabled Loads (``enabled=no``) are not
+        in the circuit and are left out.
+        """
+        loads, el = self._dss.Loads, self._dss.CktElement
         points = []
-        for name in self._dss.Loads.AllNames():
-            self._dss.Loads.Name(name)
-            bus_spec = self._dss.CktElement.BusNames()[0]
-            n_ph = self._dss.CktElement.NumPhases()
-            phases = _phases_of_bus(bus_spec, n_ph)
-            conn = "delta" if self._dss.Loads.IsDelta() else "wye"
+        for name in loads.AllNames():
+            loads.Name(name)
+            if not el.Enabled():
+                continue
+            bus_spec = el.BusNames()[0]
+            phases = _phases_of_bus(bus_spec, el.NumPhases(), el.NumConductors())
+            conn = "delta" if loads.IsDelta() else "wye"
             points.append(LoadPoint(
                 name=name, bus=bus_spec.split(".")[0].lower(), phases=phases,
-                kv=float(self._dss.Loads.kV()), kw=float(self._dss.Loads.kW()),
-                kvar=float(self._dss.Loads.kvar()), conn=conn,
+                kv=float(loads.kV()), kw=float(loads.kW()),
+                kvar=float(loads.kvar()), conn=conn,
             ))
         return points
 
@@ -480,6 +504,32 @@ class OpenDSSFeeder:
             raise FeederModelError(f"{self.master}: the node list changed; call attach_customers only")
         return list(ix.bus3_names), fortescue_vuf_pct(v[ix.bus3_nodes])
 
+    def element_p_kw(self) -> tuple[list[str], np.ndarray]:
+        """Active power into terminal 1 of every Line, then every Transformer [kW].
+
+        Signed: positive in the direction from terminal 1 (``bus1``) to terminal 2,
+        which on a radial model written source-outward means away from the source
+        (negative = reverse flow, e.g. from exporting customers). Names
+        ``line.<name>`` / ``transformer.<name>``, the order of :meth:`line_loading_pct`
+        followed by :meth:`transformer_loading_pct`. One bulk call.
+        """
+        ix = self._limits()
+        s = _as_complex(self._dss.PDElements.AllPowers())
+        ix.check_powers(len(s))
+        p_line = np.bincount(ix.line_grp, weights=s.real[ix.line_idx], minlength=len(ix.line_names))
+        p_xf = np.bincount(ix.xf_grp, weights=s.real[ix.xf_idx], minlength=len(ix.xf_names))
+        names = [f"line.{x}" for x in ix.line_names] + [f"transformer.{x}" for x in ix.xf_names]
+        return names, np.concatenate([p_line, p_xf])
+
+    def element_loading_pct(self) -> tuple[list[str], np.ndarray]:
+        """:meth:`line_loading_pct` then :meth:`transformer_loading_pct` as one vector [%],
+        named like :meth:`element_p_kw`."""
+        ix = self._limits()
+        _, line = self.line_loading_pct()
+        _, xf = self.transformer_loading_pct()
+        names = [f"line.{x}" for x in ix.line_names] + [f"transformer.{x}" for x in ix.xf_names]
+        return names, np.concatenate([line, xf])
+
     def element_currents_a(self, element: str) -> np.ndarray:
         """Current magnitude of each conductor of terminal 1 of ``element`` [A] (e.g. ``Line.650632``)."""
         if self._dss.Circuit.SetActiveElement(element) < 0:
@@ -661,6 +711,486 @@ class OpenDSSFeeder:
             out.append([e for a, b in itertools.pairwise(buses) for e in g[a][b]["elements"]])
         return out
 
+    # ---- loss allocation (per phase) ----
+    # Element losses split over the graph layers a, b, c, n for the per-phase GBLA of
+    # federates/feeder/losses.py. The index is built once per PD element list (again
+    # after attach_customers); each call then makes two bulk reads and ~20 numpy ops.
+    _phase_ix: OpenDSSFeeder._PhaseLossIndex | None = None
+
+    class _PhaseLossIndex:
+        """Where each PD element's per-layer losses come from in the bulk arrays.
+
+        Cells: ``element * 4 + layer`` (layers a, b, c, n), plus one dummy cell at the
+        end for padding. ``lin_cell`` sends every terminal conductor's Re(S) to a cell:
+        per-conductor elements to the conductor's layer, single-phase transformers to
+        their phase, Lines and delta transformers to their ``n`` cell (their total,
+        from which the resistive / current-weighted split is then moved out).
+        """
+
+        def __init__(self) -> None:
+            self.key: tuple[int, int] = (0, 0)  # (PD elements, nodes) when built
+            self.names: list[str] = []
+            self.n_flat = 0
+            self.bus_layers: dict[str, dict[int, str]] = {}
+            self.lin_cell = np.zeros(0, dtype=np.int64)
+            # transformers with a delta winding: split by per-unit current squared
+            self.xfd_ncell = np.zeros(0, dtype=np.int64)  # n cell of each such transformer
+            self.xfd_loc = np.zeros(0, dtype=np.int64)  # its transformer, per phase conductor
+            self.xfd_pos = np.zeros(0, dtype=np.int64)  # flat position
+            self.xfd_node = np.zeros(0, dtype=np.int64)  # node index
+            self.xfd_base2 = np.zeros(0)  # (terminal kV base)^2
+            self.xfd_cell = np.zeros(0, dtype=np.int64)
+            # lines: I_s = Y_s (V1 - V2), loss_x = Re(conj(I_s,x) (R I_s)_x), padded
+            self.ln_n1 = np.zeros((0, 0), dtype=np.int64)  # node index (n_nodes = ground)
+            self.ln_n2 = np.zeros((0, 0), dtype=np.int64)
+            self.ln_ys = np.zeros((0, 0, 0), dtype=complex)  # series admittance [S]
+            self.ln_r = np.zeros((0, 0, 0))  # series resistance [ohm]
+            self.ln_cell = np.zeros((0, 0), dtype=np.int64)  # padding: the dummy cell
+            self.ln_ncell = np.zeros(0, dtype=np.int64)
+
+        def layer(self, bus: str, node: int) -> str:
+            m = self.bus_layers.get(bus)
+            if m is not None and node in m:
+                return m[node]
+            return NODE_TO_PHASE.get(node, "n")
+
+    def _phase_loss_index(self) -> OpenDSSFeeder._PhaseLossIndex:
+        """The per-layer loss index of the present PD element list (built when it changed).
+
+        Phase layers of buses: the source bus's nodes 1, 2, 3 are a, b, c; going out
+        from the source (BFS over :meth:`_pd_element_graph`), a node of the far bus of
+        an element takes the layer of the node its conductor has at the near bus, and
+        every node behind a single-phase transformer takes the layer of its primary
+        phase (so a service transformer on 671.2 and the drops and customer buses
+        behind it are phase b). Node 0 and nodes without a layer (neutrals) are ``n``.
+        Each element's conductors take their layers from its terminal nearest the source.
+        """
+        import networkx as nx
+
+        from federates.feeder.losses import LAYERS
+
+        dss = self._dss
+        pd_el = dss.PDElements
+        key = (int(pd_el.Count()), int(dss.Circuit.NumNodes()))
+        ix = self._phase_ix
+        if ix is not None and ix.key == key:
+            return ix
+        ix = OpenDSSFeeder._PhaseLossIndex()
+        ix.key = key
+        n_lay = len(LAYERS)
+        lay = {x: i for i, x in enumerate(LAYERS)}
+        n_of = lay["n"]
+        ix.names = [n.lower() for n in pd_el.AllNames()]
+        ne = len(ix.names)
+        dummy = ne * n_lay
+        n_cond = np.asarray(pd_el.AllNumConductors(), dtype=np.int64)
+        n_term = np.asarray(pd_el.AllNumTerminals(), dtype=np.int64)
+        ix.n_flat = int(np.sum(n_cond * n_term))
+        offset = np.concatenate([[0], np.cumsum(n_cond * n_term)]).astype(np.int64)
+        node_names = [x.lower() for x in dss.Circuit.AllNodeNames()]
+        node_idx = {x: i for i, x in enumerate(node_names)}
+        ground = len(node_names)
+        info = []  # per element: (buses per terminal, nodes per terminal, kind)
+        for name in ix.names:
+            dss.Circuit.SetActiveElement(name)
+            el = dss.CktElement
+            nc = el.NumConductors()
+            buses = [b.split(".")[0].lower() for b in el.BusNames()]
+            order = list(el.NodeOrder())
+            nodes = [order[t * nc:(t + 1) * nc] for t in range(len(buses))]
+            kind = name.partition(".")[0]
+            if kind == "transformer":
+                xf = dss.Transformers
+                xf.Name(name.partition(".")[2])
+                delta = False
+                for w in range(1, xf.NumWindings() + 1):
+                    xf.Wdg(w)
+                    delta = delta or bool(xf.IsDelta())
+                kind = "xf1" if el.NumPhases() == 1 else "xfd" if delta else "cond"
+            elif kind != "line" or len(buses) != 2:
+                kind = "cond"
+            info.append((buses, nodes, kind))
+        # phase layers of bus nodes, outward from the source
+        g, root = self._pd_element_graph()
+        by_name = {x: k for k, x in enumerate(ix.names)}
+        depth = {root: 0}
+        for u, v in nx.bfs_edges(g, root):
+            depth[v] = depth[u] + 1
+            for e in g[u][v]["elements"]:
+                buses, nodes, kind = info[by_name[e]]
+                if u not in buses or v not in buses:
+                    continue
+                near, far = nodes[buses.index(u)], nodes[buses.index(v)]
+                far_map = ix.bus_layers.setdefault(v, {})
+                if kind == "xf1":
+                    phases = [ix.layer(u, x) for x in near if ix.layer(u, x) != "n"]
+                    for x in far:
+                        if x != 0:
+                            far_map.setdefault(x, phases[0] if phases else "n")
+                else:
+                    for x_near, x_far in zip(near, far, strict=False):
+                        if x_far != 0:
+                            far_map.setdefault(x_far, ix.layer(u, x_near))
+        lin_cell = np.full(ix.n_flat, dummy, dtype=np.int64)
+        xfd_ncell, xfd_loc, xfd_pos, xfd_node, xfd_base2, xfd_cell = [], [], [], [], [], []
+        lines = []  # (n1, n2, ys, r, cells, n cell)
+        for k, (buses, nodes, kind) in enumerate(info):
+            t0 = min(range(len(buses)), key=lambda t: depth.get(buses[t], 1 << 30))
+            cells = [k * n_lay + lay[ix.layer(buses[t0], x)] for x in nodes[t0]]
+            ncell = k * n_lay + n_of
+            nc = len(nodes[t0])
+            span = slice(int(offset[k]), int(offset[k + 1]))
+            if kind == "cond":  # per conductor, Re(S) summed over the terminals
+                lin_cell[span] = np.tile(cells, len(buses))
+            elif kind == "xf1":  # all of it to the primary phase
+                phase_cells = [c for c in cells if c % n_lay != n_of]
+                lin_cell[span] = phase_cells[0] if phase_cells else ncell
+            elif kind == "xfd":
+                lin_cell[span] = ncell
+                loc = len(xfd_ncell)
+                xfd_ncell.append(ncell)
+                for t in range(len(buses)):
+                    dss.Circuit.SetActiveBus(buses[t])
+                    base = float(dss.Bus.kVBase()) or 1.0
+                    for x in range(nc):
+                        node = nodes[t][x]
+                        if cells[x] % n_lay != n_of and node:
+                            xfd_loc.append(loc)
+                            xfd_pos.append(offset[k] + t * nc + x)
+                            xfd_node.append(node_idx.get(f"{buses[t]}.{node}", ground))
+                            xfd_base2.append(base * base)
+                            xfd_cell.append(cells[x])
+            else:  # line
+                lin_cell[span] = ncell
+                dss.Circuit.SetActiveElement(ix.names[k])
+                y = _as_complex(dss.CktElement.YPrim()).reshape(2 * nc, 2 * nc)
+                ys = -y[:nc, nc:]
+                try:
+                    r = np.linalg.inv(ys).real
+                except np.linalg.LinAlgError:
+                    r = np.linalg.pinv(ys).real
+                n1 = [node_idx.get(f"{buses[0]}.{x}", ground) if x else ground for x in nodes[0]]
+                n2 = [node_idx.get(f"{buses[1]}.{x}", ground) if x else ground for x in nodes[1]]
+                lines.append((n1, n2, ys, r, cells, ncell))
+        i64 = np.int64
+        ix.lin_cell = lin_cell
+        ix.xfd_ncell, ix.xfd_loc = np.asarray(xfd_ncell, dtype=i64), np.asarray(xfd_loc, dtype=i64)
+        ix.xfd_pos, ix.xfd_node = np.asarray(xfd_pos, dtype=i64), np.asarray(xfd_node, dtype=i64)
+        ix.xfd_base2, ix.xfd_cell = np.asarray(xfd_base2, dtype=float), np.asarray(xfd_cell, dtype=i64)
+        m = max((len(ln[4]) for ln in lines), default=0)
+        nl = len(lines)
+        ix.ln_n1 = np.full((nl, m), ground, dtype=i64)
+        ix.ln_n2 = np.full((nl, m), ground, dtype=i64)
+        ix.ln_ys = np.zeros((nl, m, m), dtype=complex)
+        ix.ln_r = np.zeros((nl, m, m))
+        ix.ln_cell = np.full((nl, m), dummy, dtype=i64)
+        ix.ln_ncell = np.asarray([ln[5] for ln in lines], dtype=i64)
+        for j, (n1, n2, ys, r, cells, _) in enumerate(lines):
+            c = len(cells)
+            ix.ln_n1[j, :c], ix.ln_n2[j, :c], ix.ln_cell[j, :c] = n1, n2, cells
+            ix.ln_ys[j, :c, :c], ix.ln_r[j, :c, :c] = ys, r
+        self._phase_ix = ix
+        return ix
+
+    def phase_loss_elements(self) -> list[str]:
+        """PD element names (lower-case full names), the rows of :meth:`phase_losses_kw`."""
+        return list(self._phase_loss_index().names)
+
+    def phase_losses_kw(self) -> np.ndarray:
+        """Active loss of every PD element in each graph layer a, b, c, n [kW] (elements x 4).
+
+        Per element kind (``federates.feeder.losses.LAYERS`` columns):
+
+        * Lines: the series loss I_s^H R I_s split by conductor, phase x getting
+          Re(conj(I_s,x) (R I_s)_x), with I_s = Y_s (V_1 - V_2) the series current
+          (Y_s from the Line's primitive Y matrix) and R = Re(Y_s^-1) its resistance
+          matrix, mutual (earth return) resistances included. This is the per-conductor
+          Re(V_x,1 I_x,1* + V_x,2 I_x,2*) (OpenDSS's ``CktElement.PhaseLosses``) without
+          its mutual-reactance terms: those only move power between phases (they sum
+          to zero over the conductors) and make a lightly loaded phase's figure
+          negative (-3.2 kW of a 60 kW three-phase line in the published IEEE 13 case);
+        * wye-wye Transformers, shunt and other PD elements: per conductor,
+          Re(V I*) summed over the terminals (the phases of a wye bank are separate
+          units, so this is each phase's own loss);
+        * single-phase Transformers (service transformers, regulators): all of it to
+          their primary phase;
+        * Transformers with a delta winding: split over their phases in proportion to
+          the conductor currents in per unit squared, |S_x|^2 kVbase^2 / |V_x|^2,
+          summed over the terminals (a delta couples the phases, so per-conductor
+          power is no loss).
+
+        Conductors on node 0 or on a node with no phase (neutrals), and whatever of an
+        element's total ``Re(sum V I*)`` the split does not reach (line shunt
+        conductance; float rounding), are the ``n`` layer, so each row sums to the
+        element's loss and the whole array to :meth:`losses_kw` (OpenDSS's
+        ``Circuit.Losses``) up to rounding. Two bulk reads: ``PDElements.AllPowers``
+        and ``Circuit.AllBusVolts``.
+        """
+        from federates.feeder.losses import LAYERS
+
+        ix = self._phase_loss_index()
+        s = _as_complex(self._dss.PDElements.AllPowers())  # kW + j kvar per terminal conductor
+        if len(s) != ix.n_flat:
+            raise FeederModelError(f"{self.master}: the PD element list changed; call attach_customers only")
+        ne = len(ix.names)
+        n_cells = ne * len(LAYERS) + 1  # + the dummy cell
+        out = np.bincount(ix.lin_cell, weights=s.real, minlength=n_cells)
+        v = np.append(_as_complex(self._dss.Circuit.AllBusVolts()), 0.0)  # V, + ground
+        if ix.xfd_ncell.size:
+            total = out[ix.xfd_ncell]  # all of each delta transformer's loss sits in its n cell
+            v2 = np.abs(v[ix.xfd_node]) ** 2
+            w = np.divide(np.abs(s[ix.xfd_pos]) ** 2 * ix.xfd_base2, v2, out=np.zeros_like(v2), where=v2 > 0)
+            w_el = np.bincount(ix.xfd_loc, weights=w, minlength=total.size)[ix.xfd_loc]
+            part = np.divide(w * total[ix.xfd_loc], w_el, out=np.zeros_like(w), where=w_el > 0)
+            out += np.bincount(ix.xfd_cell, weights=part, minlength=n_cells)
+            out[ix.xfd_ncell] -= np.bincount(ix.xfd_loc, weights=part, minlength=total.size)
+        if ix.ln_ncell.size:
+            i_s = ix.ln_ys @ (v[ix.ln_n1] - v[ix.ln_n2])[..., None]  # A
+            loss_kw = (np.conj(i_s) * (ix.ln_r @ i_s)).real[..., 0] / 1000.0
+            out += np.bincount(ix.ln_cell.reshape(-1), weights=loss_kw.reshape(-1), minlength=n_cells)
+            out[ix.ln_ncell] -= loss_kw.sum(axis=1)
+        return out[:-1].reshape(ne, len(LAYERS))
+
+    def element_phase_losses_kw(self) -> dict[str, dict[str, float]]:
+        """:meth:`phase_losses_kw` as element -> {layer: kW} (layers a, b, c, n)."""
+        from federates.feeder.losses import LAYERS
+
+        rows = zip(self.phase_loss_elements(), self.phase_losses_kw(), strict=True)
+        return {e: dict(zip(LAYERS, map(float, row), strict=True)) for e, row in rows}
+
+    def customer_layers(self) -> list[str]:
+        """Phase layer (``a``, ``b``, ``c``) of each customer's node, in customer order.
+
+        The layer of its own node (``cust_<id>.1`` behind a service transformer, the
+        primary node when connected directly), as propagated from the source (see
+        :meth:`_phase_loss_index`): the phase of the primary node it hangs off.
+        """
+        ix = self._phase_loss_index()
+        names = self._dss.Circuit.AllNodeNames()
+        out = []
+        for k in self._cust_node_idx.tolist():
+            bus, _, node = names[k].lower().partition(".")
+            out.append(ix.layer(bus, int(node)))
+        return out
+    # ---- end of loss allocation (per phase) ----
+
+    # ---- model inventory (feeders show) ----
+    # Read-only facts of the compiled model for ``tecosim feeders show``
+    # (runner/feeders.py), and the model's own loadshapes for
+    # ``feeder.background_load_shape: model`` (set_background_time).
+
+    #: OpenDSS's NormAmps of a Line whose data give none [A]
+    OPENDSS_DEFAULT_NORMAMPS = 400.0
+
+    def bus_kv_bases(self) -> dict[str, float]:
+        """Nominal line-to-neutral voltage (OpenDSS kVBase) of every bus [kV]; 0 = none set."""
+        dss = self._dss
+        out = {}
+        for i, name in enumerate(dss.Circuit.AllBusNames()):
+            dss.Circuit.SetActiveBusi(i)
+            out[name.lower()] = float(dss.Bus.kVBase())
+        return out
+
+    def phase_node_v_pu(self) -> tuple[list[str], np.ndarray]:
+        """Phase nodes ``bus.1`` .. ``bus.3`` of the buses with a kV base and their voltage
+        magnitude [pu of the bus's L-N base] in the last solution (neutral nodes 0, 4+
+        and buses without a base left out)."""
+        bases = self.bus_kv_bases()
+        names = [n.lower() for n in self._dss.Circuit.AllNodeNames()]
+        vmag = np.asarray(self._dss.Circuit.AllBusVMag(), dtype=float)
+        keep, base_v = [], []
+        for k, n in enumerate(names):
+            bus, _, node = n.rpartition(".")
+            kv = bases.get(bus, 0.0)
+            if node in ("1", "2", "3") and kv > 0:
+                keep.append(k)
+                base_v.append(kv * 1000.0)
+        ix = np.asarray(keep, dtype=np.int64)
+        return [names[k] for k in keep], vmag[ix] / np.asarray(base_v, dtype=float)
+
+    def element_counts(self) -> dict[str, int]:
+        """How many of each element class the circuit has [-].
+
+        ``lines`` includes ``switches`` (Lines with switch=yes); ``transformers``
+        includes the regulator transformers; ``regulators`` counts RegControls;
+        ``loads`` every Load, ``loads_disabled`` those with enabled=no.
+        """
+        dss = self._dss
+        switches = disabled = 0
+        i = dss.Lines.First()
+        while i > 0:
+            switches += bool(dss.Lines.IsSwitch())
+            i = dss.Lines.Next()
+        for name in dss.Loads.AllNames():  # Loads.First/Next skip disabled ones
+            dss.Loads.Name(name)
+            disabled += not dss.CktElement.Enabled()
+        return {
+            "lines": int(dss.Lines.Count()), "switches": switches,
+            "transformers": int(dss.Transformers.Count()), "regulators": int(dss.RegControls.Count()),
+            "capacitors": int(dss.Capacitors.Count()), "loads": int(dss.Loads.Count()),
+            "loads_disabled": disabled, "generators": int(dss.Generators.Count()),
+            "pv_systems": int(dss.PVsystems.Count()), "storage": int(dss.Storages.Count()),
+        }
+
+    def lines_without_normamps(self) -> list[str]:
+        """Lines (lower-case names, switches left out) with no current rating of their own.
+
+        A Line has none when its NormAmps is 0 (no loading: NaN in the lines table)
+        or when neither the Line nor its LineCode gives NormAmps, so that OpenDSS's
+        default :data:`OPENDSS_DEFAULT_NORMAMPS` applies (loading is then relative to
+        that default). Whether a property was given is read from the element's
+        ``ToJSON`` (which lists the properties that were set).
+        """
+        import json
+
+        dss = self._dss
+        code_rated: dict[str, bool] = {}
+        names = []
+        for name in dss.Lines.AllNames():
+            dss.Lines.Name(name)
+            if dss.Lines.IsSwitch():
+                continue
+            amps = float(dss.Lines.NormAmps())
+            if amps <= 0:
+                names.append(name.lower())
+                continue
+            data = json.loads(dss.Element.ToJSON())
+            code = str(data.get("LineCode", "")).lower()
+            if not code:
+                rated = "NormAmps" in data
+            else:
+                if code not in code_rated:
+                    dss.Circuit.SetActiveClass("LineCode")
+                    dss.ActiveClass.Name(code)
+                    code_rated[code] = "NormAmps" in json.loads(dss.Element.ToJSON())
+                rated = code_rated[code] or amps != self.OPENDSS_DEFAULT_NORMAMPS
+            if not rated:
+                names.append(name.lower())
+        return names
+
+    # background loads following the model's own loadshapes
+    #: per original Load: (Loads.Idx, nominal kW, nominal kvar, shape key or "", yearly?)
+    _bg_model_loads: list[tuple[int, float, float, str, bool]] | None = None
+    #: per shape key: (hours incl. hour 0, P, Q or None, period [h], UseActual)
+    _bg_model_curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None, float, bool]] | None = None
+    _bg_model_written: np.ndarray | None = None  # (kW, kvar) last written per original Load
+
+    def _read_loadshape(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float, bool]:
+        """One LoadShape as a periodic curve: (hours, P, Q or None, period [h], UseActual).
+
+        OpenDSS's time placement: point k (1, 2, ...) of a fixed-interval shape
+        (``interval`` / ``minterval`` / ``sinterval``) sits at hour k x interval and the
+        shape repeats every npts x interval hours, so the last point is also hour 0;
+        an explicit-hour shape (``hour=(...)``) has its points at those hours and
+        repeats every last-hour hours (OpenDSS wraps at the last point). When the first
+        point is after hour 0, hour 0 takes the last point's value. Without QMult, Q
+        follows P (as in OpenDSS).
+        """
+        ls = self._dss.LoadShape
+        try:
+            ls.Name(name)
+        except Exception:
+            raise FeederModelError(f"{self.master.name}: a Load names LoadShape {name!r}, which is not defined") from None
+        n = int(ls.Npts())
+        p = np.asarray(ls.PMult(), dtype=float)[:n]
+        q_all = np.asarray(ls.QMult(), dtype=float)
+        q = q_all[:n] if len(q_all) >= n and not (n == 1 and q_all.tolist() == [0.0]) else None
+        interval_h = float(ls.HrInterval())
+        if interval_h > 0:
+            hours = np.arange(1, n + 1, dtype=float) * interval_h
+        else:
+            hours = np.asarray(ls.TimeArray(), dtype=float)[:n]
+        if n < 1 or len(p) != n or len(hours) != n or np.any(np.diff(hours) <= 0) or hours[0] < 0:
+            raise FeederModelError(
+                f"{self.master.name}: LoadShape {name!r} has no usable points "
+                f"(npts {n}, {len(p)} multipliers, {len(hours)} hours; hours must increase from >= 0)"
+            )
+        period_h = float(hours[-1])
+        if hours[0] > 0:  # hour 0 = the end of the previous period = the last point
+            hours = np.concatenate([[0.0], hours])
+            p = np.concatenate([p[-1:], p])
+            q = None if q is None else np.concatenate([q[-1:], q])
+        return hours, p, q, period_h, bool(ls.UseActual())
+
+    def _background_loadshapes(self) -> list[tuple[int, float, float, str, bool]]:
+        """Each original Load's shape (its ``daily``, else its ``yearly``), read once."""
+        if self._bg_model_loads is not None:
+            return self._bg_model_loads
+        loads = self._dss.Loads
+        curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None, float, bool]] = {}
+        rows = []
+        for idx, kw, kvar in self._background:
+            loads.Idx(idx)
+            daily = loads.Daily().strip().lower()
+            yearly = loads.Yearly().strip().lower()
+            key, use_yearly = (daily, False) if daily else (yearly, bool(yearly))
+            if key and key not in curves:
+                curves[key] = self._read_loadshape(key)
+            rows.append((idx, float(kw), float(kvar), key, use_yearly))
+        self._bg_model_curves = curves
+        self._bg_model_loads = rows
+        return rows
+
+    def set_background_time(self, hour_of_day: float, scale: float, *,
+                            hour_of_year: float | None = None) -> float:
+        """Set every original (non-customer) Load from its own OpenDSS loadshape, x ``scale``.
+
+        Each Load follows its ``daily`` LoadShape at ``hour_of_day`` [h: local clock
+        hours since midnight of the study's first day; may exceed 24, each shape wraps
+        at its own period], or, with no daily, its ``yearly`` one at ``hour_of_year``
+        [h since 1 January 00:00 local; ``hour_of_day`` when not given]; a Load with
+        neither keeps its nominal kW, kvar (x ``scale``). Between the shape's points
+        the multiplier is linear in time (placement: :meth:`_read_loadshape`; at a
+        point's own hour it is OpenDSS's daily/yearly-mode value). kW = nominal kW x
+        P(t) x scale, kvar = nominal kvar x Q(t) x scale; a ``UseActual`` shape gives
+        kW = P(t) x scale directly and kvar = Q(t) x scale (without QMult: kW at the
+        Load's nominal power factor). Shapes are read at the first call; later calls
+        write only the Loads whose power changed. Returns the original Loads' total
+        kW as set over their total nominal kW [-] (NaN when that is 0): the single
+        multiplier that would give the same total.
+        """
+        rows = self._background_loadshapes()
+        curves = self._bg_model_curves or {}
+        scale = float(scale)
+        at: dict[tuple[str, bool], tuple[float, float]] = {}
+        for key, use_yearly in {(r[3], r[4]) for r in rows if r[3]}:
+            hours, p, q, period_h, _ = curves[key]
+            t = float(hour_of_year) if (use_yearly and hour_of_year is not None) else float(hour_of_day)
+            tau = t % period_h if period_h > 0 else 0.0
+            mp = float(np.interp(tau, hours, p))
+            at[(key, use_yearly)] = (mp, mp if q is None else float(np.interp(tau, hours, q)))
+        n = len(rows)
+        new = np.empty((n, 2))
+        kw0 = np.empty(n)
+        for k, (_, kw, kvar, key, use_yearly) in enumerate(rows):
+            kw0[k] = kw
+            if not key:
+                new[k] = (kw * scale, kvar * scale)
+                continue
+            mp, mq = at[(key, use_yearly)]
+            if curves[key][4]:  # UseActual: the shape is the power itself [kW, kvar]
+                q_kvar = mq if curves[key][2] is not None else (mp * kvar / kw if kw else 0.0)
+                new[k] = (mp * scale, q_kvar * scale)
+            else:
+                new[k] = (kw * mp * scale, kvar * mq * scale)
+        old = self._bg_model_written
+        # set_background_scale writes these loads too (and sets a finite multiplier):
+        # the cache is only valid when it has not run since the last call here
+        if old is None or not math.isnan(self._background_mult):
+            changed = list(range(n))
+        else:
+            changed = np.flatnonzero(np.any(new != old, axis=1)).tolist()
+        loads = self._dss.Loads
+        for k in changed:
+            loads.Idx(rows[k][0])
+            loads.kW(float(new[k, 0]))
+            loads.kvar(float(new[k, 1]))
+        self._bg_model_written = new
+        self._background_mult = math.nan  # no single multiplier any more
+        total = float(kw0.sum())
+        return float(new[:, 0].sum() / total) if total != 0 else math.nan
+    # ---- end of model inventory (feeders show) ----
+
 
 class _LimitsIndex:
     """Where each Line, Transformer and three-phase bus sits in OpenDSS's bulk arrays."""
@@ -671,6 +1201,8 @@ class _LimitsIndex:
         self.line_names: list[str] = []
         self.line_pos = np.zeros(0, dtype=np.int64)
         self.line_norm_amps = np.zeros(0)
+        self.line_idx = np.zeros(0, dtype=np.int64)  # flat conductor positions, terminal 1
+        self.line_grp = np.zeros(0, dtype=np.int64)  # line of each position
         self.xf_names: list[str] = []
         self.xf_idx = np.zeros(0, dtype=np.int64)  # flat conductor positions, terminal 1
         self.xf_grp = np.zeros(0, dtype=np.int64)  # transformer of each position
@@ -704,6 +1236,9 @@ class _LimitsIndex:
                 ix.xf_kva = np.append(ix.xf_kva, float(dss.Transformers.kVA()))
                 ix.xf_names.append(name)
         ix.line_pos = np.asarray(line_pos, dtype=np.int64)
+        lpos = [np.arange(offset[k], offset[k] + n_cond[k]) for k in line_pos]
+        ix.line_idx = np.concatenate(lpos).astype(np.int64) if lpos else np.zeros(0, dtype=np.int64)
+        ix.line_grp = np.repeat(np.arange(len(line_pos)), [len(p) for p in lpos]).astype(np.int64)
         na = np.asarray(norm, dtype=float)
         ix.line_norm_amps = np.where(na > 0, na, np.nan)
         ix.xf_kva = np.where(ix.xf_kva > 0, ix.xf_kva, np.nan)

@@ -1,4 +1,23 @@
-"""Where prosumers connect: a seeded placement on a feeder's loads (pure, no OpenDSS)."""
+"""Where prosumers connect: a seeded placement on a feeder's loads (pure, no OpenDSS).
+
+Works on the loads of any OpenDSS model (``feeder.path``), whatever their connection:
+a prosumer always attaches line-to-neutral to ONE phase of the load it is placed on
+(``CustomerSite.phase``), because a household service is single-phase. For a wye
+single-phase load that is its phase; for a three-phase load (wye or delta,
+``bus.1.2.3``) one of a, b, c; for a line-to-line load (single-phase delta or wye
+across ``bus.1.2``, or a two-phase delta) one of its two phases, uniformly. This
+is a deliberate simplification: tecosim's service transformer
+(``OpenDSSFeeder.attach_customers``) is always single-phase from the bus node to
+ground at the bus's L-N kV base, so every prosumer has one phase for the phase
+communities, unbalance and loss layers. On a four-wire feeder a delta load is only
+the model's way of spreading demand over phase pairs and L-N service is what the
+real customers have. On a three-wire section (no neutral, e.g. behind a delta
+winding) a real service transformer would be line-to-line; tecosim still connects
+its primary node-to-ground, which OpenDSS accepts (ground is every node's
+reference), but the section then needs a ground reference somewhere (a grounded
+wye winding) or OpenDSS's voltages there float. Loads wired to no phase node (only
+neutral nodes 0 or 4+) have no phases and are never chosen.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +40,9 @@ def place_customers(
 
     Each prosumer picks a load with probability proportional to its nominal kW
     (loads with kW <= 0 are never picked), then a phase uniformly among the load's
-    phases, or the given ``phase`` (a/b/c; loads without it are not eligible).
+    phases (in the load's wiring order; see the module docstring for delta and
+    line-to-line loads), or the given ``phase`` (a/b/c; loads without it are not
+    eligible).
     Sites are ordered by load (model order) and phase (a, b, c) and named ``p000``,
     ``p001``, ... in that order (wider numbers above 1000 prosumers); consecutive
     prosumers on the same load and phase share a service transformer ``group``

@@ -71,6 +71,35 @@ class Measurement:
     p_kw: np.ndarray
     q_kvar: np.ndarray
     curtailed_p_kw: np.ndarray
+    scada: Scada | None = None
+
+
+@dataclass
+class Scada:
+    """What the DSO's SCADA sees of the feeder after a solve (for its limit checks).
+
+    ``loading_pct`` [%] and ``p_kw`` [kW, + away from the source] of every element of
+    :attr:`FeederRole.elements`; ``vuf_pct`` [%] of every bus of
+    :attr:`FeederRole.vuf_buses`; ``source_p_kw`` [kW, + import at the substation].
+    """
+
+    loading_pct: np.ndarray
+    p_kw: np.ndarray
+    vuf_pct: np.ndarray
+    source_p_kw: float
+
+    def to_vector(self) -> np.ndarray:
+        """Flat vector (source_p_kw, loading..., p..., vuf...) for a value publication."""
+        return np.concatenate([[self.source_p_kw], self.loading_pct, self.p_kw, self.vuf_pct])
+
+    @classmethod
+    def from_vector(cls, x: np.ndarray, n_elements: int, n_buses: int) -> Scada:
+        x = np.asarray(x, dtype=float)
+        if x.shape != (1 + 2 * n_elements + n_buses,):
+            raise ValueError(f"SCADA vector has {x.size} values; expected {1 + 2 * n_elements + n_buses}")
+        e = n_elements
+        return cls(loading_pct=x[1:1 + e], p_kw=x[1 + e:1 + 2 * e], vuf_pct=x[1 + 2 * e:],
+                   source_p_kw=float(x[0]))
 
 
 class FeederRole:
@@ -127,15 +156,39 @@ class FeederRole:
         if top_n < 0:
             raise ValueError(f"feeder.lines_top_n must be >= 0, got {top_n}")
         self._top_n = min(top_n, len(self.elements))
+        self.element_kind = np.asarray([e.partition(".")[0] for e in self.elements], dtype=object)
+        self.limits = cfg.limits
+        #: the controllers' DSO needs SCADA after every solve (thermal, unbalance, substation)
+        cur = cfg.controllers.curtailment
+        self.want_scada = bool(cfg.controllers.enabled and cur.enabled and cur.policy != "group_voltage")
+        self._before: tuple[np.ndarray, np.ndarray, float] | None = None
+        self._violation_rows: list[tuple] = []
         self._top_elem = np.zeros((steps, self._top_n), dtype=np.int64)
         self._top_load = np.full((steps, self._top_n), np.nan)
         self._vuf = np.full((steps, len(self.vuf_buses)), np.nan)
+        # per-phase loss allocation (GBLA, federates/feeder/losses.py): customer_losses
+        from federates.feeder.losses import PhaseLossIncidence
+
+        self._loss_inc = (PhaseLossIncidence.build(self.feeder.phase_loss_elements(),
+                                                   self.feeder.customer_paths(),
+                                                   self.feeder.customer_layers())
+                          if cfg.feeder.loss_allocation else None)
+        self._cust_loss = np.full((steps, n), np.nan)  # kW per customer
+        self._bg_loss = np.full(steps, np.nan)  # kW no customer carries
 
     # ------------------------------------------------------------------ helpers
     def background_mult(self, g: int) -> float:
-        """Multiplier of the original loads at step ``g`` [-] (shape x scale)."""
+        """Multiplier of the original loads at step ``g`` [-] (shape x scale).
+
+        NaN with ``background_load_shape: model``: each load then follows its own
+        OpenDSS loadshape (``OpenDSSFeeder.set_background_time``), and the grid
+        table's ``background_mult`` records the kW-weighted mean multiplier that call
+        returns (the original loads' total kW as set over their nominal total).
+        """
         if self._shape_flat:
             return self._scale
+        if self.cfg.feeder.background_load_shape == "model":
+            return float("nan")
         hour = self._start_hour + self.timeline.step_t_s(g) / 3600.0
         return self._scale * daily_shape_mult(hour)
 
@@ -150,6 +203,64 @@ class FeederRole:
         if not np.all(np.isfinite(a)):
             raise ValueError(f"{name} must be finite")
         return a
+
+    def _limit_values(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """Element loading [%], bus VUF [%] and substation import [kW] of the last solve."""
+        loading = self.feeder.element_loading_pct()[1] if self.limits.thermal or self._top_n else np.zeros(0)
+        return loading, self.feeder.vuf_pct()[1], self.feeder.source_pq()[0]
+
+    def scada(self) -> Scada:
+        """The SCADA view of the last solve (see :class:`Scada`)."""
+        loading, vuf, src_p = self._limit_values()
+        if loading.size == 0:
+            loading = self.feeder.element_loading_pct()[1]
+        return Scada(loading_pct=loading, p_kw=self.feeder.element_p_kw()[1], vuf_pct=vuf,
+                     source_p_kw=src_p)
+
+    def _record_violations(self, g: int, after: tuple[np.ndarray, np.ndarray, float]) -> None:
+        """Rows of the ``violations`` table for step ``g``: every limit violated before
+        control (the uncontrolled solve) or after it (the final solve)."""
+        lim = self.limits
+        rows = self._violation_rows
+        before = self._before
+        if before is None:
+            return
+        t_s = self.timeline.step_t_s(g)
+
+        def add(names, kind, limit, bound, vb, va, over: bool) -> None:
+            vb = np.asarray(vb, dtype=float)
+            va = np.asarray(va, dtype=float)
+            with np.errstate(invalid="ignore"):
+                bad = (vb > bound) | (va > bound) if over else (vb < bound) | (va < bound)
+            for i in np.flatnonzero(bad):
+                kind_i = kind if isinstance(kind, str) else kind[i]
+                rows.append((g, t_s, names[i], kind_i, limit, bound, float(vb[i]), float(va[i])))
+
+        parts = self.participants
+        add(parts, "customer", "v_max", lim.v_max_pu, self._v_before[g], self._v[g], True)
+        add(parts, "customer", "v_min", lim.v_min_pu, self._v_before[g], self._v[g], False)
+        if lim.thermal and before[0].size:
+            add(self.elements, self.element_kind, "thermal", lim.thermal_max_pct, before[0], after[0], True)
+        add(self.vuf_buses, "bus", "vuf", lim.vuf_max_pct, before[1], after[1], True)
+        if lim.substation_import_max_kw is not None:
+            add(["source"], "source", "import", lim.substation_import_max_kw, [before[2]], [after[2]], True)
+        if lim.substation_export_max_kw is not None:
+            add(["source"], "source", "export", lim.substation_export_max_kw, [-before[2]], [-after[2]], True)
+
+    def violations_table(self) -> pd.DataFrame:
+        """``violations``: one row per step, element and limit violated before or after
+        control: step, t_s [s], element (participant, ``line.<name>``,
+        ``transformer.<name>``, bus or ``source``), kind (customer, line, transformer,
+        bus, source), limit (v_max, v_min [pu]; thermal [% of NormAmps / rated kVA];
+        vuf [%]; import, export [kW at the substation]), limit_value, value_before
+        (uncontrolled solve), value (final solve), resolved (value within the limit)."""
+        cols = ["step", "t_s", "element", "kind", "limit", "limit_value", "value_before", "value"]
+        df = pd.DataFrame(self._violation_rows, columns=cols)
+        df = df.astype({"step": np.int64, "t_s": float, "element": str, "kind": str, "limit": str,
+                        "limit_value": float, "value_before": float, "value": float})
+        lower = df["limit"] == "v_min"
+        df["resolved"] = np.where(lower, df["value"] >= df["limit_value"], df["value"] <= df["limit_value"])
+        return df
 
     def _applied_p(self) -> np.ndarray:
         # export is negative p: a cap c [kW] limits p to >= -c
@@ -166,6 +277,7 @@ class FeederRole:
             p_kw=applied.copy(),
             q_kvar=self._q_kvar.copy(),
             curtailed_p_kw=applied - self._requested,
+            scada=self.scada() if self.want_scada else None,
         )
         self._record(g, m)
         return m
@@ -192,17 +304,54 @@ class FeederRole:
         self._pending_grid = None
         self._src_p[g], self._src_q[g] = self.feeder.source_pq()
         self._loss[g] = self.feeder.losses_kw()
+        self._record_losses(g)
         self._load[g] = self.feeder.load_kw()
         taps = self.feeder.regulator_taps()
         self._taps[g] = [taps[r] for r in self.regulators]
+        after = self._limit_values()
+        loading, vuf, _ = after
         if self._top_n:
-            loading = np.concatenate([self.feeder.line_loading_pct()[1],
-                                      self.feeder.transformer_loading_pct()[1]])
             key = np.where(np.isnan(loading), -np.inf, loading)  # NaN (no rating) last
             top = np.argsort(-key, kind="stable")[: self._top_n]
             self._top_elem[g] = top
             self._top_load[g] = loading[top]
-        self._vuf[g] = self.feeder.vuf_pct()[1]
+        self._vuf[g] = vuf
+        self._record_violations(g, after)
+
+    def _record_losses(self, g: int) -> None:
+        """Per-phase GBLA of step ``g``'s losses: each customer's share and the background [kW].
+
+        The (element, layer) incidence is fixed in ``__init__``; here two bulk OpenDSS
+        reads (:meth:`OpenDSSFeeder.phase_losses_kw`) and a few numpy operations (no
+        loop over elements or customers).
+        Weights: the customer powers applied in the final solve (``|p_kw|``).
+        """
+        if self._loss_inc is None:
+            return
+        cust, background = self._loss_inc.allocate(self.feeder.phase_losses_kw(), self._p[g])
+        self._cust_loss[g] = cust
+        self._bg_loss[g] = background
+
+    def _customer_losses_table(self, steps: np.ndarray, t_s: np.ndarray) -> pd.DataFrame:
+        """``customer_losses``: step x (customers + ``background``) rows, ``loss_kw`` [kW].
+
+        Per step the rows add up to the feeder's PD element losses (OpenDSS's
+        ``Circuit.Losses``, the grid table's ``losses_kw``). Empty when
+        ``feeder.loss_allocation`` is false.
+        """
+        from federates.feeder.losses import BACKGROUND
+
+        if self._loss_inc is None:
+            steps = steps[:0]
+        names = np.asarray([*self.participants, BACKGROUND], dtype=object)
+        m = len(names)
+        per_step = np.column_stack([self._cust_loss[steps], self._bg_loss[steps]])
+        return pd.DataFrame({
+            "step": np.repeat(steps.astype(np.int64), m),
+            "t_s": np.repeat(t_s[: len(steps)], m),
+            "participant": np.tile(names, len(steps)),
+            "loss_kw": per_step.reshape(-1),
+        })
 
     # ------------------------------------------------------------------ the step
     def begin_step(self, g: int, schedule_p_kw: np.ndarray, deviation_p_kw: np.ndarray) -> Measurement:
@@ -220,14 +369,20 @@ class FeederRole:
         self._requested = sched + dev
         self._step = g
         self._n_solves = 0
-        mult = self.background_mult(g)
-        self.feeder.set_background_scale(mult)
+        if self.cfg.feeder.background_load_shape == "model":
+            hour = self._start_hour + self.timeline.step_t_s(g) / 3600.0
+            day0 = pd.Timestamp(self.cfg.study.start).day_of_year - 1
+            mult = self.feeder.set_background_time(hour, self._scale, hour_of_year=24.0 * day0 + hour)
+        else:
+            mult = self.background_mult(g)
+            self.feeder.set_background_scale(mult)
         self._bg[g] = mult
 
         self.feeder.set_customer_powers(self._requested, np.zeros(self._n))
         self.feeder.solve(controls=False, t_s=self.timeline.step_t_s(g))
         self._n_solves += 1
         self._v_before[g] = self.feeder.customer_v_pu()
+        self._before = self._limit_values()
         return self._controlled_solve(g)
 
     def apply(self, g: int, commands: list[ControlCommand]) -> Measurement:
@@ -322,4 +477,5 @@ class FeederRole:
             "vuf_pct": self._vuf[steps].reshape(-1),
         })
         return {"voltages": voltages, "grid": pd.DataFrame(grid_cols), "lines": lines,
-                "unbalance": unbalance}
+                "unbalance": unbalance, "violations": self.violations_table(),
+                "customer_losses": self._customer_losses_table(steps, t)}

@@ -22,17 +22,20 @@ def run(study: Study, broker: str, log: logging.Logger):
     try:
         for k in range(tl.n_intervals + 1):
             door.advance(tl.market_time(k))
-            inbox: dict[str, list] = {"orders": [], "interval_energy": [], "curtailments": []}
+            inbox: dict[str, list] = {"orders": [], "interval_energy": [], "curtailments": [],
+                                      "envelopes": []}
             for text in door.receive(ep):
                 env = decode(text)
                 if env.kind not in inbox:
                     raise ValueError(f"market got an unexpected {env.kind!r} message")
                 inbox[env.kind].extend(env.items)
             confirmations, schedule_p_kw = role.on_market_time(
-                k, inbox["orders"], inbox["interval_energy"], inbox["curtailments"]
+                k, inbox["orders"], inbox["interval_energy"], inbox["curtailments"], inbox["envelopes"]
             )
             if k < tl.n_intervals:
-                door.send(ep, keys.PROSUMERS, encode(confirmations, kind="confirmations", interval=k))
+                text = encode(confirmations, kind="confirmations", interval=k)
+                door.send(ep, keys.PROSUMERS, text)
+                door.send(ep, keys.CONTROLLERS, text)  # the DSO's view of the schedule
                 door.publish(pub, schedule_p_kw)
     finally:
         door.close()

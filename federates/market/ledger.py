@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from federates.common.messages import GRID, CurtailmentNotice, Order, Trade
 
 AUTHORITY = "market"
-RECORD_KINDS = ("bid", "trade", "curtailment", "settlement")
+RECORD_KINDS = ("bid", "trade", "curtailment", "settlement", "envelope", "trade_curtailment")
 GENESIS_PREV_HASH = "0" * 64
 _RECORD_TAG = b"tecosim-ledger-record:"
 _SEAL_TAG = b"tecosim-ledger-seal:"
@@ -187,7 +187,7 @@ def required_signers(kind: str, body: dict[str, Any]) -> list[str]:
         return [str(body["participant"])]
     if kind == "trade":
         return [AUTHORITY if body[s] == GRID else str(body[s]) for s in ("seller", "buyer")]
-    if kind in ("curtailment", "settlement"):
+    if kind in ("curtailment", "settlement", "envelope", "trade_curtailment"):
         return [AUTHORITY]
     raise ValueError(f"unknown record kind {kind!r}; allowed: {list(RECORD_KINDS)}")
 

@@ -23,6 +23,7 @@ from federates.common.messages import (
     Confirmation,
     CurtailmentNotice,
     IntervalEnergy,
+    OperatingEnvelope,
     Order,
     Trade,
 )
@@ -32,6 +33,7 @@ from federates.market.ledger import (
     Ledger,
     bid_record,
     curtailment_record,
+    make_record,
     settlement_record,
     trade_record,
     verify_order,
@@ -51,9 +53,11 @@ MECHANISMS: dict[tuple[str, str], Clearer] = {
 BIDS_DTYPES: dict[str, str] = {
     "interval": "int64", "participant": "object", "side": "object",
     "energy_kwh": "float64", "price_usd_per_kwh": "float64", "bus": "object", "phase": "object",
+    "requested_kwh": "float64",
 }
 TRADES_DTYPES: dict[str, str] = {
-    "interval": "int64", "seller": "object", "buyer": "object", "energy_kwh": "float64",
+    "interval": "int64", "trade_id": "object", "seller": "object", "buyer": "object",
+    "energy_kwh": "float64",
     "price_usd_per_kwh": "float64", "fee_usd": "float64", "kind": "object",
 }
 CLEARING_DTYPES: dict[str, str] = {
@@ -61,6 +65,15 @@ CLEARING_DTYPES: dict[str, str] = {
     "traded_kwh": "float64", "unmatched_buy_kwh": "float64", "unmatched_sell_kwh": "float64",
     "welfare_usd": "float64", "n_bids": "int64", "n_offers": "int64", "late_orders": "int64",
     "iterations": "int64", "converged": "bool", "rejected_orders": "int64",
+    "envelope_clipped_kwh": "float64",
+}
+CURTAILED_TRADES_DTYPES: dict[str, str] = {
+    "interval": "int64", "trade_id": "object", "seller": "object", "buyer": "object",
+    "kind": "object", "scheduled_kwh": "float64", "curtailed_kwh": "float64", "limit": "object",
+}
+ENVELOPES_DTYPES: dict[str, str] = {
+    "interval": "int64", "participant": "object", "export_max_kw": "float64",
+    "import_max_kw": "float64", "binding": "object",
 }
 _ROW_DTYPES = {"int": "int64", "float": "float64", "str": "object", "bool": "bool"}
 SETTLEMENTS_DTYPES: dict[str, str] = {
@@ -156,6 +169,10 @@ class MarketRole:
         self._trades: list[dict] = []
         self._clearing: list[dict] = []
         self._settlements: list[dict] = []
+        self._curtailed_trades: list[dict] = []
+        self._envelopes: list[dict] = []
+        self._trade_ids: dict[int, dict[int, str]] = {}  # interval -> id(Trade) -> trade id
+        self._clipped_kwh = 0.0
         # the signed ledger (ledger.jsonl): one block per market time. Participant keys
         # are derived from the study seed here, a study simplification: the prosumers
         # should sign their own bids and the market verify them.
@@ -176,6 +193,7 @@ class MarketRole:
         orders: list[Order],
         energies: list[IntervalEnergy],
         notices: list[CurtailmentNotice],
+        envelopes: list[OperatingEnvelope] | None = None,
     ) -> tuple[list[Confirmation], np.ndarray]:
         """Settle ``k-1`` (if ``k >= 1``), then clear ``k`` (if ``k < n_intervals``).
 
@@ -187,6 +205,13 @@ class MarketRole:
         ``k`` and ``schedule_p_kw`` [kW, + import]: scheduled_kwh / interval_h per
         participant, 0 without a confirmation. At ``k == n_intervals`` only settles
         and returns ``([], zeros)``. Market times must come in increasing order.
+
+        ``envelopes`` (``market.network_aware: envelopes``): the DSO's operating
+        envelopes for ``k``; each participant's offers (bids) are clipped, cheapest
+        offer (dearest bid) first, to ``export_max_kw`` (``import_max_kw``) x the
+        interval length before clearing. The clipped energy is in the ``clearing``
+        table, each order's original energy in ``bids.requested_kwh``, and every
+        envelope in the ledger.
         """
         n = self.n_intervals
         if not 0 <= k <= n:
@@ -201,6 +226,8 @@ class MarketRole:
             rows = self._settle(k - 1, energies, notices)
             if self._keys is not None:
                 closing = [curtailment_record(self._keys, nt) for nt in notices if nt.interval == k - 1]
+                closing += [make_record(self._keys, "trade_curtailment", k - 1, r)
+                            for r in self._curtailed_trades if r["interval"] == k - 1]
                 closing += [settlement_record(self._keys, k - 1, r) for r in rows]
                 self._seal(k - 1, closing)
 
@@ -215,6 +242,12 @@ class MarketRole:
             self._rejected = len(raw) - len(signed)
             raw = signed
         mine = [self._with_community(o) for o in raw]
+        requested = [o.energy_kwh for o in mine]
+        env_k = [e for e in (envelopes or []) if e.interval == k]
+        if env_k:
+            mine = self._clip_to_envelopes(mine, env_k)
+            self._envelopes.extend(asdict(e) for e in env_k)
+        self._clipped_kwh = float(sum(requested) - sum(o.energy_kwh for o in mine))
         extra = {}
         if self._distances is not None:
             known = [o for o in mine if o.participant in self._index]
@@ -224,9 +257,10 @@ class MarketRole:
             **extra,
         )
         self._pending[k] = result
-        self._record_clearing(k, mine, result, late)
+        self._record_clearing(k, mine, result, late, requested)
         if self._keys is not None:
             opening = [bid_record(self._keys, o) for o in raw if o.participant in self._index]
+            opening += [make_record(self._keys, "envelope", k, e) for e in env_k]
             opening += [trade_record(self._keys, t) for t in result.trades]
             self._seal(k, opening)
         interval_h = self._timeline.interval_h
@@ -235,6 +269,29 @@ class MarketRole:
             if i is not None:
                 schedule_p_kw[i] = c.scheduled_kwh / interval_h
         return list(result.confirmations), schedule_p_kw
+
+    def _clip_to_envelopes(self, orders: list[Order], envelopes: list[OperatingEnvelope]) -> list[Order]:
+        """Orders with each participant's sell (buy) energy within its envelope [kWh]."""
+        h = self._timeline.interval_h
+        room: dict[tuple[str, str], float] = {}
+        for e in envelopes:
+            room[(e.participant, "sell")] = max(0.0, e.export_max_kw) * h
+            room[(e.participant, "buy")] = max(0.0, e.import_max_kw) * h
+        # offers cheapest first and bids dearest first keep the most valuable energy
+        order = sorted(range(len(orders)), key=lambda i: (
+            orders[i].participant, orders[i].side,
+            orders[i].price_usd_per_kwh if orders[i].side == "sell" else -orders[i].price_usd_per_kwh, i))
+        out = list(orders)
+        for i in order:
+            o = orders[i]
+            key = (o.participant, o.side)
+            if key not in room:
+                continue
+            e = min(o.energy_kwh, room[key])
+            room[key] -= e
+            if e != o.energy_kwh:
+                out[i] = replace(o, energy_kwh=e)
+        return [o for o in out if o.energy_kwh > 0]
 
     def _with_community(self, o: Order) -> Order:
         """The order with its community set from its location where it came without one
@@ -259,34 +316,54 @@ class MarketRole:
             if e.interval == k:
                 metered[e.meter] = e.energy_kwh
         curtailed: dict[str, float] = {}
+        by_limit: dict[str, dict[str, float]] = {}
         for nt in notices:
             if nt.interval == k:
                 curtailed[nt.participant] = curtailed.get(nt.participant, 0.0) + nt.curtailed_kwh
+                lim = by_limit.setdefault(nt.participant, {})
+                lim[nt.limit] = lim.get(nt.limit, 0.0) + nt.curtailed_kwh
+        cuts: list[tuple[Trade, float]] = []
         rows = settle_interval(
             k, list(confs), list(trades), metered, curtailed,
             retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
-            participants=self.participants,
+            participants=self.participants, trade_cuts=cuts,
         )
         self._settlements.extend(asdict(r) for r in rows)
+        ids = self._trade_ids.pop(k, {})
+        for t, x in cuts:
+            limits = by_limit.get(t.seller, {})
+            self._curtailed_trades.append({
+                "interval": k, "trade_id": ids.get(id(t), ""), "seller": t.seller, "buyer": t.buyer,
+                "kind": "grid" if GRID in (t.seller, t.buyer) else "peer",
+                "scheduled_kwh": t.energy_kwh, "curtailed_kwh": x,
+                # the seller's curtailment by limit: the largest names the trade's cut
+                "limit": max(limits, key=limits.get) if limits else "",
+            })
         return rows
 
-    def _record_clearing(self, k: int, mine: list[Order], r: ClearingResult, late: int) -> None:
+    def _record_clearing(self, k: int, mine: list[Order], r: ClearingResult, late: int,
+                         requested: list[float]) -> None:
         bids = sorted(
-            mine,
-            key=lambda o: (o.participant, o.side, o.price_usd_per_kwh, o.energy_kwh, o.bus, o.phase),
+            zip(mine, requested if len(requested) == len(mine) else [o.energy_kwh for o in mine],
+                strict=True),
+            key=lambda x: (x[0].participant, x[0].side, x[0].price_usd_per_kwh, x[0].energy_kwh,
+                           x[0].bus, x[0].phase),
         )
         self._bids.extend(
             {"interval": k, "participant": o.participant, "side": o.side,
              "energy_kwh": o.energy_kwh, "price_usd_per_kwh": o.price_usd_per_kwh,
-             "bus": o.bus, "phase": o.phase}
-            for o in bids
+             "bus": o.bus, "phase": o.phase, "requested_kwh": req}
+            for o, req in bids
         )
+        ids = self._trade_ids.setdefault(k, {})
+        for j, t in enumerate(r.trades):
+            ids[id(t)] = f"{k}-{j}"
         self._trades.extend(
-            {"interval": t.interval, "seller": t.seller, "buyer": t.buyer,
+            {"interval": t.interval, "trade_id": f"{k}-{j}", "seller": t.seller, "buyer": t.buyer,
              "energy_kwh": t.energy_kwh, "price_usd_per_kwh": t.price_usd_per_kwh,
              "fee_usd": t.fee_usd,
              "kind": "grid" if GRID in (t.seller, t.buyer) else "peer"}
-            for t in r.trades
+            for j, t in enumerate(r.trades)
         )
         self._clearing.append({
             "interval": k, "status": r.status,
@@ -296,13 +373,19 @@ class MarketRole:
             "n_bids": r.n_bids, "n_offers": r.n_offers, "late_orders": late,
             "iterations": r.iterations, "converged": r.converged,
             "rejected_orders": self._rejected,
+            "envelope_clipped_kwh": self._clipped_kwh,
         })
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        """``bids``, ``trades``, ``clearing`` and ``settlements`` so far, in interval order."""
+        """``bids``, ``trades``, ``clearing``, ``settlements``, ``curtailed_trades``
+        (each trade the DSO's curtailment cut: interval, trade_id, seller, buyer, kind,
+        scheduled_kwh, curtailed_kwh [kWh], limit) and ``envelopes`` (the operating
+        envelopes the clearing used) so far, in interval order."""
         return {
             "bids": _frame(self._bids, BIDS_DTYPES),
             "trades": _frame(self._trades, TRADES_DTYPES),
             "clearing": _frame(self._clearing, CLEARING_DTYPES),
             "settlements": _frame(self._settlements, SETTLEMENTS_DTYPES),
+            "curtailed_trades": _frame(self._curtailed_trades, CURTAILED_TRADES_DTYPES),
+            "envelopes": _frame(self._envelopes, ENVELOPES_DTYPES),
         }

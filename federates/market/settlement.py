@@ -106,6 +106,7 @@ def settle_interval(
     retail_usd_per_kwh: float,
     feed_in_usd_per_kwh: float,
     participants: list[str] | None = None,
+    trade_cuts: list[tuple[Trade, float]] | None = None,
 ) -> list[SettlementRow]:
     """Settle interval ``interval`` (rules in the module docstring).
 
@@ -115,6 +116,9 @@ def settle_interval(
     prices of imbalance energy and of replacement purchases. ``participants``: who
     gets a row (default: everyone named by a confirmation, a trade, a reading or a
     curtailment); rows come in this order, or sorted by id by default.
+    ``trade_cuts``, when given, receives ``(trade, curtailed_kwh)`` for every trade
+    that rule 2 cut (peer and grid sales), so that curtailment records can name the
+    trade.
     """
     retail = _frac(retail_usd_per_kwh, "retail_usd_per_kwh")
     feed_in = _frac(feed_in_usd_per_kwh, "feed_in_usd_per_kwh")
@@ -173,6 +177,8 @@ def settle_interval(
         if x:  # the buyer gets the cut energy from the grid at retail
             b.grid_bought += x
             b.grid_paid += x * retail
+            if trade_cuts is not None:
+                trade_cuts.append((t, float(x)))
 
     # Scheduled grid trades, with the seller's remaining curtailment removed.
     left_grid_cut = dict(cut_grid)
@@ -187,6 +193,8 @@ def settle_interval(
             x = min(left_grid_cut.get(t.seller, Fraction(0)), e)
             if x:
                 left_grid_cut[t.seller] -= x
+                if trade_cuts is not None:
+                    trade_cuts.append((t, float(x)))
             s = get(t.seller)
             s.grid_sold += e - x
             s.grid_received += (e - x) * price

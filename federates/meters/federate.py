@@ -14,15 +14,17 @@ from federates.meters.role import MetersRole
 
 
 def events(tl: Timeline) -> list[tuple[float, str, int]]:
-    """(HELICS time, kind, index) of every physics step and interval report, in order."""
+    """(HELICS time, kind, index) of every physics step, AMI delivery and interval
+    report, in order (index: the step, or the interval reported on)."""
     ev = [(tl.step_time(g), "step", g) for g in range(tl.n_steps)]
+    ev += [(tl.ami_time(k), "ami", k - 1) for k in range(1, tl.n_intervals + 1)]
     ev += [(tl.report_time(k), "report", k - 1) for k in range(1, tl.n_intervals + 1)]
     return sorted(ev)
 
 
 def run(study: Study, broker: str, log: logging.Logger):
     cfg, tl = study.cfg, study.cfg.timeline
-    role = MetersRole(cfg, study.sites)
+    role = MetersRole(cfg, study.sites, v_base_v=study.v_base_v)
     n = len(study.sites)
     door = Door(keys.METERS, broker, log=log)
     sub_v, sub_p, sub_q = (door.subscription(*k) for k in
@@ -32,6 +34,10 @@ def run(study: Study, broker: str, log: logging.Logger):
     door.enter()
     try:
         for _, kind, x in events(tl):
+            if kind == "ami":
+                door.advance(tl.ami_time(x + 1))
+                door.send(ep, keys.CONTROLLERS, encode(role.ami(x), kind="ami_readings", interval=x))
+                continue
             if kind == "report":
                 door.advance(tl.report_time(x + 1))
                 door.send(ep, keys.MARKET, encode(role.report(x), kind="interval_energy", interval=x))

@@ -8,7 +8,10 @@ import numpy as np
 
 from federates.common.grid import CustomerSite
 from federates.common.rng import stream
-from runner.config import StudyFile
+from federates.prosumers.profiles import daily_shape
+from runner.config import ProsumersConfig, StudyFile
+
+_SHAPE_MAX = float(daily_shape(np.arange(0.0, 24.0, 1.0 / 600.0)).max())  # [-], 6 s grid
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ def make_specs(cfg: StudyFile, sites: list[CustomerSite]) -> list[ProsumerSpec]:
     ``round(battery_share * n)`` (PV owners first); each prosumer's ownership rank, kWp
     (uniform in [pv_kwp_min, pv_kwp_max]) and daily load (uniform in
     [daily_load_kwh_min, daily_load_kwh_max]) come from streams keyed by its site index.
+    With ``pv_penetration_pct`` every kWp drawn is then multiplied by one common factor
+    so that their sum is ``pv_penetration_pct / 100 * pv_penetration_base_kw``.
     """
     p = cfg.prosumers
     seed = cfg.study.seed
@@ -65,14 +70,14 @@ def make_specs(cfg: StudyFile, sites: list[CustomerSite]) -> list[ProsumerSpec]:
     bat_owners = _pick(bat_keys, round(p.battery_share * n))
     has_battery_equipment = p.battery_kwh > 0.0 and p.battery_kw > 0.0
 
+    kwp_of = [float(stream(seed, "pv_kwp", s.index).uniform(p.pv_kwp_min, p.pv_kwp_max)) if j in pv_owners
+              else 0.0 for j, s in enumerate(sites)]
+    kwp_of = _scale_to_penetration(kwp_of, p)
+
     specs = []
     for j, site in enumerate(sites):
-        kwp = 0.0
-        if j in pv_owners:
-            kwp = float(stream(seed, "pv_kwp", site.index).uniform(p.pv_kwp_min, p.pv_kwp_max))
-        daily = float(
-            stream(seed, "daily_load", site.index).uniform(p.daily_load_kwh_min, p.daily_load_kwh_max)
-        )
+        kwp = kwp_of[j]
+        daily = _daily_load_kwh(cfg, site)
         bat = j in bat_owners and has_battery_equipment
         b_kwh = p.battery_kwh if bat else 0.0
         b_kw = p.battery_kw if bat else 0.0
@@ -92,6 +97,50 @@ def make_specs(cfg: StudyFile, sites: list[CustomerSite]) -> list[ProsumerSpec]:
             )
         )
     return specs
+
+
+def expected_peak_kw(daily_load_kwh: float) -> float:
+    """A household's expected demand peak [kW]: ``daily_load_kwh / 24 h`` times the
+    maximum of the load model's daily shape (``profiles.daily_shape``, mean 1, max about
+    1.68). The appliance events follow the same shape in expectation, so this is the
+    peak of the expected demand (not of one noisy day)."""
+    return float(daily_load_kwh) / 24.0 * _SHAPE_MAX
+
+
+def feeder_peak_load_kw(cfg: StudyFile, sites: list[CustomerSite], model_load_kw: float) -> float:
+    """The feeder peak load [kW] that ``prosumers.pv_penetration_pct`` refers to.
+
+    ``P_peak = background_load_scale * model_load_kw + sum_j expected_peak_kw(E_j)``:
+    ``model_load_kw`` is the sum of the nominal kW of the feeder model's own Loads (as
+    compiled, before customers are attached); both background shapes
+    (``opendss_default``, ``flat``) peak at 1.0 x nominal, so the first term is the
+    background's peak. ``E_j`` is prosumer j's drawn daily load [kWh]. The peaks are
+    added without a coincidence factor (an upper bound of the coincident peak), the
+    convention of PV penetration = installed PV / peak load in e.g. Hoke et al., "Steady-
+    State Analysis of Maximum Photovoltaic Penetration Levels on Typical Distribution
+    Feeders", IEEE Trans. Sustainable Energy 4 (2013) 350-357.
+    """
+    peaks = sum(expected_peak_kw(_daily_load_kwh(cfg, s)) for s in sites)
+    return cfg.feeder.background_load_scale * float(model_load_kw) + peaks
+
+
+def _daily_load_kwh(cfg: StudyFile, site: CustomerSite) -> float:
+    """The prosumer's expected daily load [kWh], drawn from its own stream."""
+    p = cfg.prosumers
+    return float(stream(cfg.study.seed, "daily_load", site.index).uniform(p.daily_load_kwh_min, p.daily_load_kwh_max))
+
+
+def _scale_to_penetration(kwp: list[float], p: ProsumersConfig) -> list[float]:
+    """``kwp`` [kWp] times one factor so that the total is the requested penetration."""
+    if p.pv_penetration_pct is None:
+        return kwp
+    if p.pv_penetration_base_kw is None:
+        raise ValueError("prosumers.pv_penetration_pct needs pv_penetration_base_kw (prepare_run fills it in)")
+    total = sum(kwp)
+    if total <= 0.0:
+        raise ValueError("prosumers.pv_penetration_pct: no prosumer has PV to scale")
+    factor = p.pv_penetration_pct / 100.0 * p.pv_penetration_base_kw / total
+    return [k * factor for k in kwp]
 
 
 def spec_arrays(specs: list[ProsumerSpec]) -> dict[str, np.ndarray]:

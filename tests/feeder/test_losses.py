@@ -1,8 +1,10 @@
 """Graph-based loss allocation (GBLA) on IEEE 13 with 40 customers attached.
 
 References: OpenDSS's ``Circuit.Losses`` is the sum of its PD elements' losses; the
-review's GBLA idea (refs. [32]-[35]): element losses traced along each customer's
-energy path from the source and shared by the users of that path.
+published IEEE 13 case (tests/feeder/test_ieee13.py); OpenDSS's per-conductor
+``CktElement.PhaseLosses``; the review's GBLA idea (refs. [32]-[35]): element losses
+traced along each customer's energy path from the source and shared by the users of
+that path, one graph layer per phase.
 """
 
 from __future__ import annotations
@@ -11,12 +13,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from federates.common.messages import GRID, Trade
-from federates.feeder.losses import allocate_losses_to_customers, allocate_losses_to_trades
+from federates.feeder.losses import (
+    BACKGROUND,
+    LAYERS,
+    PhaseLossIncidence,
+    allocate_losses_to_customers,
+    allocate_losses_to_trades,
+    allocate_phase_losses_to_customers,
+)
 from federates.feeder.opendss import OpenDSSFeeder
 from federates.feeder.placement import place_customers
-from runner.config import CustomerConnection
+from federates.feeder.role import FeederRole
+from runner.config import CustomerConnection, validate
 
 pytestmark = pytest.mark.feeder
 
@@ -122,3 +133,158 @@ def test_trade_allocation_sums_back(solved):
     big = allocate_losses_to_trades(cust, names, trades, interval=0, customer_energy_kwh=np.full(N, 100.0))
     np.testing.assert_allclose(big.customer_kw(names, trades), cust, rtol=0, atol=1e-12)
     assert big.grid_kw.sum() > a.grid_kw.sum()
+    # grid_kw itemised: the customer side of each GRID trade + the untraded rest
+    for x in (a, big):
+        assert np.all(x.grid_trade_kw[x.is_peer] == 0.0)
+        assert np.all(x.grid_trade_kw[:-1][~x.is_peer[:-1]] > 0.0)
+        back = x.untraded_kw.copy()
+        for t, tr in enumerate(trades):
+            if not x.is_peer[t] and x.grid_trade_kw[t]:
+                back[names.index(tr.buyer if tr.seller == GRID else tr.seller)] += x.grid_trade_kw[t]
+        np.testing.assert_allclose(back, x.grid_kw, rtol=0, atol=1e-12)
+    assert np.all(big.untraded_kw > a.untraded_kw - 1e-12)
+
+
+# ---------------------------------------------------------------- per-phase layers
+META = yaml.safe_load((REPO / "feeders" / "ieee13" / "feeder.yaml").read_text())
+COL = {x: i for i, x in enumerate(LAYERS)}
+
+
+@pytest.fixture(scope="module")
+def published_case() -> OpenDSSFeeder:
+    f = OpenDSSFeeder(MASTER)
+    f.set_regulator_taps(META["published_taps"])
+    f.hold_taps(True)
+    f.solve(controls=False)
+    return f
+
+
+def test_phase_layers_sum_to_circuit_losses_published_case(published_case):
+    f = published_case
+    layers = f.phase_losses_kw()
+    names = f.phase_loss_elements()
+    el = f.element_losses_kw()
+    assert layers.shape == (len(names), 4) and set(names) == set(el)
+    # the layers add up to OpenDSS's Circuit.Losses (110.6 kW here) within 0.1 %
+    assert layers.sum() == pytest.approx(f.losses_kw(), rel=1e-3)
+    # ... and each element's layers to its own CktElement.Losses
+    np.testing.assert_allclose(layers.sum(axis=1), [el[e] for e in names], rtol=0, atol=1e-9)
+    row = dict(zip(names, layers, strict=True))
+    # single- and two-phase laterals and regulators sit in their own phases only
+    for e, phases in {"line.684611": "c", "line.684652": "a", "line.632645": "bc",
+                      "line.671684": "ac", "transformer.reg_b": "b"}.items():
+        for x in "abcn":
+            if x not in phases:
+                assert abs(row[e][COL[x]]) < 1e-9, (e, x, row[e])
+        assert all(row[e][COL[x]] > 0 for x in phases), (e, row[e])
+    # Kron-reduced lines, wye-wye and single-phase transformers: no neutral layer
+    assert np.all(np.abs(layers[:, COL["n"]]) < 1e-9)
+
+
+def test_phase_layers_are_opendss_phase_losses_without_mutual_reactance(published_case):
+    """OpenDSS's per-conductor PhaseLosses (Re(V I*) over both terminals) add up to the
+    same element loss, but the mutual reactance moves power between phases and makes
+    phase b of the trunk negative; the resistive split keeps every phase >= 0."""
+    f = published_case
+    dss = f._dss
+    row = dict(zip(f.phase_loss_elements(), f.phase_losses_kw(), strict=True))
+    dss.Circuit.SetActiveElement("line.650632")
+    per_conductor = np.asarray(dss.CktElement.PhaseLosses(), dtype=float)[0::2]  # kW, phases a, b, c
+    assert per_conductor.sum() == pytest.approx(row["line.650632"].sum(), rel=1e-9)
+    assert per_conductor[1] < 0 < row["line.650632"][COL["b"]]
+    lines = np.array([r[:3] for e, r in row.items() if e.startswith("line.")])
+    assert lines.min() > -1e-9
+    # the delta-wye substation transformer: split by current, not per conductor index
+    assert np.all(row["transformer.sub"][:3] > 0)
+    assert row["transformer.sub"].sum() == pytest.approx(f.element_losses_kw()["transformer.sub"], rel=1e-9)
+
+
+def test_service_transformers_and_drops_are_in_the_customers_phase(solved):
+    f, sites, _, _, _ = solved
+    assert f.customer_layers() == [s.phase for s in sites]
+    row = f.element_phase_losses_kw()
+    for s in sites:
+        for e in (f"transformer.svc_{s.group}", f"line.drop_{s.participant}"):
+            assert row[e][s.phase] > 0, (e, row[e])
+            assert row[e][s.phase] == pytest.approx(sum(row[e].values()), abs=1e-12), (e, row[e])
+
+
+def test_phase_allocation_conserves_circuit_losses(solved):
+    f, _, p, _, paths = solved
+    layers = f.phase_losses_kw()
+    inc = PhaseLossIncidence.build(f.phase_loss_elements(), paths, f.customer_layers())
+    cust, background = inc.allocate(layers, p)
+    assert cust.shape == (N,) and np.all(cust > 0) and background > 0
+    assert cust.sum() + background == pytest.approx(layers.sum(), abs=1e-9)
+    assert cust.sum() + background == pytest.approx(f.losses_kw(), rel=1e-3)
+    # the mapping API gives the same
+    c2, b2 = allocate_phase_losses_to_customers(f.element_phase_losses_kw(), paths, f.customer_layers(), p)
+    np.testing.assert_allclose(c2, cust, rtol=1e-12)
+    assert b2 == pytest.approx(background, rel=1e-12)
+    # idle customers carry nothing
+    c0, b0 = inc.allocate(layers, np.zeros(N))
+    assert np.all(c0 == 0) and b0 == pytest.approx(layers.sum(), abs=1e-9)
+
+
+def test_phase_a_customer_gets_no_share_of_phase_b_or_c_losses(solved):
+    f, sites, p, _, paths = solved
+    layers = f.phase_losses_kw()
+    inc = PhaseLossIncidence.build(f.phase_loss_elements(), paths, f.customer_layers())
+    on = {x: np.array([s.phase == x for s in sites]) for x in "abc"}
+    assert all(m.any() for m in on.values())
+    only_bc = layers.copy()
+    only_bc[:, [COL["a"], COL["n"]]] = 0.0
+    cust, background = inc.allocate(only_bc, p)
+    assert np.all(cust[on["a"]] == 0.0)
+    assert np.all(cust[on["b"] | on["c"]] > 0.0)
+    assert cust.sum() + background == pytest.approx(only_bc.sum(), abs=1e-9)
+    # ten times the b and c losses: phase-a customers' shares do not move
+    base, _ = inc.allocate(layers, p)
+    more = layers.copy()
+    more[:, [COL["b"], COL["c"]]] *= 10.0
+    bumped, _ = inc.allocate(more, p)
+    np.testing.assert_allclose(bumped[on["a"]], base[on["a"]], rtol=1e-12)
+    assert np.all(bumped[on["b"]] > base[on["b"]])
+
+
+def test_phase_allocation_by_hand():
+    """One three-phase line: x (a, 1 kW) and y (a, 3 kW) share layer a 1:3, z alone has
+    layer b, all three share n by |p| (1:3:2), nobody uses c (background)."""
+    losses = {"line.l1": {"a": 1.0, "b": 2.0, "c": 3.0, "n": 0.6}, "line.l2": {"a": 5.0}}
+    cust, background = allocate_phase_losses_to_customers(
+        losses, [["line.l1"], ["line.l1"], ["line.l1", "line.unknown"]], ["a", "a", "b"],
+        np.array([1.0, -3.0, 2.0]))
+    np.testing.assert_allclose(cust, [0.25 + 0.1, 0.75 + 0.3, 2.0 + 0.2], rtol=1e-12)
+    assert background == pytest.approx(3.0 + 5.0)
+    with pytest.raises(ValueError, match="layer"):
+        allocate_phase_losses_to_customers(losses, [["line.l1"]], ["x"], np.ones(1))
+
+
+def _role(**feeder_cfg) -> FeederRole:
+    cfg = validate({
+        "study": {"duration": "30min", "market_interval": "15min", "physics_step": "60s",
+                  "start": "2026-06-21T12:00:00-04:00"},
+        "feeder": {"model": "ieee13", **feeder_cfg},
+    })
+    f = OpenDSSFeeder(MASTER)
+    return FeederRole(cfg, MASTER, place_customers(f.load_points(), N, seed=7))
+
+
+def test_role_records_customer_losses_each_step():
+    role = _role()
+    rng = np.random.default_rng(3)
+    for g in (0, 1, 2):
+        role.begin_step(g, rng.uniform(-6.0, 4.0, N), np.zeros(N))
+    t = role.tables()
+    cl, grid = t["customer_losses"], t["grid"]
+    assert list(cl.columns) == ["step", "t_s", "participant", "loss_kw"]
+    assert len(cl) == 3 * (N + 1)
+    assert set(cl["participant"]) == {*role.participants, BACKGROUND}
+    per_step = cl.groupby("step")["loss_kw"].sum()
+    # conservation against OpenDSS's Circuit.Losses (the grid table's losses_kw)
+    np.testing.assert_allclose(per_step.to_numpy(), grid["losses_kw"].to_numpy(), rtol=1e-9)
+    assert (cl.loc[cl.participant != BACKGROUND, "loss_kw"] >= 0).all()
+    off = _role(loss_allocation=False)
+    off.begin_step(0, np.zeros(N), np.zeros(N))
+    empty = off.tables()["customer_losses"]
+    assert empty.empty and list(empty.columns) == ["step", "t_s", "participant", "loss_kw"]

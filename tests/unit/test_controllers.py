@@ -15,6 +15,7 @@ from federates.common.grid import CustomerSite
 from federates.controllers.curtailment import curtail_fraction, export_caps, group_codes
 from federates.controllers.role import ControllersRole
 from federates.controllers.voltvar import volt_var_q_kvar
+from federates.controllers.voltwatt import volt_watt_cap_kw
 from federates.meters.role import MetersRole
 from runner.config import StudyFile
 
@@ -27,8 +28,15 @@ B_PU_PER_KVAR = 0.004
 KVA = np.array([10.0, 10.0, 10.0, 10.0, 10.0, 0.0])  # p5 has no inverter
 
 
+NO_VOLT_WATT = {"volt_watt": {"enabled": False}}  # for the tests of the DSO caps alone
+
+
 def make_cfg(**controllers) -> StudyFile:
+    """A study for the toy feeder; DSO curtailment by the sensitivity-free heuristic
+    ``group_voltage`` unless a test sets its own ``curtailment``."""
     feeder = {"max_control_iterations": controllers.pop("max_iterations", 20)}
+    controllers.setdefault("curtailment", {})
+    controllers["curtailment"] = {"policy": "group_voltage", **controllers["curtailment"]}
     return StudyFile.model_validate({
         "study": {"duration": 720, "market_interval": 180, "physics_step": DT_S},
         "feeder": feeder,
@@ -119,7 +127,7 @@ def test_volt_var_injects_at_low_voltage():
 
 
 def test_curtailment_brings_voltage_below_v_max():
-    cfg = make_cfg(max_iterations=60)
+    cfg = make_cfg(max_iterations=60, **NO_VOLT_WATT)
     feeder, meters, ctrl = setup(cfg)
     v_max = cfg.controllers.v_max_pu
     # without controllers this export is well above the limit
@@ -138,7 +146,7 @@ def test_curtailment_brings_voltage_below_v_max():
         assert np.all(np.diff(rows["cap_kw"].to_numpy()) < 0)
     assert np.all(cur["cap_kw"] < cur["export_kw"])
     assert np.all(cur["v_pu"] > v_max)
-    viol = t["violations"]
+    viol = t["control_violations"]
     vmax_rows = viol[viol["limit"] == "v_max"]
     assert len(vmax_rows) > 0 and vmax_rows["resolved"].all()
     assert (vmax_rows["v_pu_initial"] > v_max).all() and (vmax_rows["v_pu"] <= v_max).all()
@@ -154,7 +162,7 @@ def test_curtailment_brings_voltage_below_v_max():
 
 
 def test_caps_reset_at_interval_boundary():
-    cfg = make_cfg(max_iterations=60)
+    cfg = make_cfg(max_iterations=60, **NO_VOLT_WATT)
     feeder, meters, ctrl = setup(cfg)
     for g in range(3):  # interval 0
         run_step(g, feeder, meters, ctrl, LOAD, PV_HEAVY)
@@ -171,7 +179,7 @@ def test_caps_reset_at_interval_boundary():
 
 
 def test_caps_cleared_on_first_call_of_interval():
-    cfg = make_cfg(max_iterations=60)
+    cfg = make_cfg(max_iterations=60, **NO_VOLT_WATT)
     feeder, meters, ctrl = setup(cfg)
     run_step(2, feeder, meters, ctrl, LOAD, PV_HEAVY)  # last step of interval 0
     assert np.all(np.isfinite(ctrl.cap_kw[:3]))
@@ -183,7 +191,7 @@ def test_caps_cleared_on_first_call_of_interval():
 
 
 def test_caps_persist_within_interval():
-    cfg = make_cfg(max_iterations=60)
+    cfg = make_cfg(max_iterations=60, **NO_VOLT_WATT)
     feeder, meters, ctrl = setup(cfg)
     run_step(0, feeder, meters, ctrl, LOAD, PV_HEAVY)
     caps = ctrl.cap_kw.copy()
@@ -202,7 +210,7 @@ def test_disabled_controllers_never_command_but_record():
     assert n_solves == 1
     t = ctrl.tables()
     assert t["control"]["iterations"].tolist() == [0, 0]
-    viol = t["violations"]
+    viol = t["control_violations"]
     assert set(viol["limit"]) == {"v_max"}
     assert not viol["resolved"].any()
     assert t["curtailments"].empty
@@ -217,7 +225,7 @@ def test_iteration_cap_records_unresolved():
     t = ctrl.tables()
     row = t["control"].iloc[0]
     assert not row["converged"] and row["iterations"] == 2
-    viol = t["violations"]
+    viol = t["control_violations"]
     over = viol[viol["limit"] == "v_max"]
     assert len(over) > 0 and not over["resolved"].any()
     assert (over["iterations"] == 2).all()
@@ -230,7 +238,7 @@ def test_under_voltage_is_recorded_not_curtailed():
     feeder, meters, ctrl = setup(cfg, v0_pu=0.97)
     run_step(0, feeder, meters, ctrl, np.full(N, 6.0), np.zeros(N))
     t = ctrl.tables()
-    under = t["violations"][t["violations"]["limit"] == "v_min"]
+    under = t["control_violations"][t["control_violations"]["limit"] == "v_min"]
     assert len(under) > 0
     assert (under["resolved"] == (under["v_pu"] >= cfg.controllers.v_min_pu)).all()
     assert t["curtailments"].empty
@@ -260,6 +268,88 @@ def test_steps_must_not_go_back():
     v, p, q, c = feeder.solve(LOAD, PV_MODERATE)
     with pytest.raises(ValueError, match="must not go back"):
         ctrl.on_readings(1, meters.read(1, v, p, q), c)
+
+
+# ---------------------------------------------------------------- Volt-Watt in the role
+def test_volt_watt_caps_exports_on_the_curve():
+    cfg = make_cfg(max_iterations=60, curtailment={"enabled": False})
+    feeder, meters, ctrl = setup(cfg)
+    v_uncontrolled = feeder.solve(LOAD, PV_HEAVY)[0]
+    vw = cfg.controllers.volt_watt
+    assert v_uncontrolled[:3].min() > vw.v2_pu  # T0 starts beyond the curve's end
+    v, p, curtailed, _ = run_step(0, feeder, meters, ctrl, LOAD, PV_HEAVY)
+    t = ctrl.tables()
+    assert t["control"]["converged"].tolist() == [True]
+    # fixed point: T0's caps are on the curve at the final voltages, within the stop rule
+    cap_curve_kw = volt_watt_cap_kw(v, vw, KVA)
+    assert v[:3].min() > vw.v1_pu
+    np.testing.assert_allclose(feeder.cap_kw[:3], cap_curve_kw[:3], atol=vw.tolerance_kw / vw.damping)
+    # ... and bind: the exports sit at the caps, the rest is curtailed
+    np.testing.assert_allclose(-p[:3], feeder.cap_kw[:3])
+    np.testing.assert_allclose(curtailed[:3], PV_HEAVY[:3] - LOAD[:3] - feeder.cap_kw[:3])
+    assert np.all(np.isinf(feeder.cap_kw[3:]))  # below V1 (p3, p4) or no inverter (p5)
+    assert np.array_equal(ctrl.cap_kw, feeder.cap_kw)
+    assert np.all(np.isinf(ctrl.dso_cap_kw))
+    cur = t["curtailments"]
+    assert set(cur["limit"]) == {"volt_watt"} and set(cur["participant"]) == {"p0", "p1", "p2"}
+    assert np.all(cur["cap_kw"] < PV_HEAVY[0] - LOAD[0])  # below the uncapped export: binding
+    notices = ctrl.report(0)
+    assert [n.participant for n in notices] == ["p0", "p1", "p2"]
+    for n in notices:
+        i = int(n.participant[1:])
+        assert n.limit == "volt_watt"
+        assert n.curtailed_kwh == pytest.approx(curtailed[i] * STEP_H)
+
+
+def test_dso_caps_act_after_volt_watt_and_own_the_curtailment():
+    cfg = make_cfg(max_iterations=60)
+    feeder, meters, ctrl = setup(cfg)
+    v, _, curtailed, _ = run_step(0, feeder, meters, ctrl, LOAD, PV_HEAVY)
+    v_max = cfg.controllers.v_max_pu
+    assert v.max() <= v_max < cfg.controllers.volt_watt.v1_pu
+    # below V1 the Volt-Watt caps went back to the rating: only the DSO caps bind
+    assert np.all(np.isinf(ctrl._vw_cap_in_force()))
+    np.testing.assert_array_equal(feeder.cap_kw, ctrl.dso_cap_kw)
+    cur = ctrl.tables()["curtailments"]
+    assert {"volt_watt", "v_max"} == set(cur["limit"])
+    first_dso = cur.index[cur["limit"] == "v_max"][0]
+    assert (cur.loc[:first_dso, "limit"].iloc[:-1] == "volt_watt").all()  # stage 1 first
+    notices = ctrl.report(0)
+    assert notices and all(n.limit == "v_max" for n in notices)
+    assert sum(n.curtailed_kwh for n in notices) == pytest.approx(curtailed.sum() * STEP_H)
+
+
+def test_command_cap_is_the_smaller_of_volt_watt_and_dso():
+    cfg = make_cfg()
+    _, meters, ctrl = setup(cfg)
+    p = -np.ones(N)
+    assert ctrl.on_readings(0, meters.read(0, np.ones(N), p, np.zeros(N)), np.zeros(N)) == []
+    ctrl.dso_cap_kw[0] = 3.0  # as if stage 2 had capped p0 in this interval
+    v = np.full(N, 1.08)  # Volt-Watt target 60 % of 10 kVA; one damped step: 8 kW
+    commands = {c.participant: c for c in ctrl.on_readings(0, meters.read(0, v, p, np.zeros(N)), np.zeros(N))}
+    vw = cfg.controllers.volt_watt
+    vw_step_kw = KVA[0] + vw.damping * (volt_watt_cap_kw(v, vw, KVA)[0] - KVA[0])
+    assert commands["p0"].p_export_cap_kw == pytest.approx(3.0)
+    assert commands["p1"].p_export_cap_kw == pytest.approx(vw_step_kw)
+    assert "p5" not in commands  # no inverter: neither Volt-VAR nor Volt-Watt
+
+
+def test_volt_watt_caps_are_resent_when_the_feeder_clears_caps():
+    cfg = make_cfg(max_iterations=60, curtailment={"enabled": False})
+    feeder, meters, ctrl = setup(cfg)
+    run_step(2, feeder, meters, ctrl, LOAD, PV_HEAVY)  # last step of interval 0
+    caps = ctrl.cap_kw.copy()
+    assert np.all(np.isfinite(caps[:3]))
+    # interval 1: the feeder drops every cap; a first reading that would not move the
+    # inverters still brings the Volt-Watt caps back
+    feeder.cap_kw[:] = np.inf
+    v, p, q, curtailed = feeder.solve(LOAD, np.minimum(PV_HEAVY, LOAD + caps))
+    commands = ctrl.on_readings(3, meters.read(3, v, p, q), curtailed)
+    got = {c.participant: c.p_export_cap_kw for c in commands}
+    assert {f"p{i}" for i in range(3)} <= set(got)
+    np.testing.assert_allclose([got[f"p{i}"] for i in range(3)], caps[:3])
+    feeder.apply(commands)
+    assert np.array_equal(feeder.cap_kw, ctrl.cap_kw)
 
 
 # ---------------------------------------------------------------- policy functions

@@ -76,3 +76,18 @@ def test_error_when_no_load_is_eligible():
     with pytest.raises(ValueError):
         place_customers([LOADS[3]], 5, seed=1)
     assert place_customers(LOADS, 0, seed=1) == []
+
+
+def test_line_to_line_and_unwired_loads():
+    """A line-to-line load (delta or wye across two phases) spreads its prosumers L-N over
+    both of its phases, uniformly (binomial: 2000 draws, p = 1/2, sigma ~ 22); a load
+    wired to no phase node never gets one."""
+    ll = LoadPoint("ll_ca", "700", ("c", "a"), 12.47, 50.0, 10.0, "delta")
+    neutral_only = LoadPoint("on_n", "701", (), 7.2, 500.0, 10.0, "wye")
+    sites = place_customers([ll, neutral_only], 2000, seed=11)
+    assert {s.load for s in sites} == {"ll_ca"}
+    n = Counter(s.phase for s in sites)
+    assert set(n) == {"a", "c"}
+    assert abs(n["a"] - 1000) < 5 * 22.4
+    with pytest.raises(ValueError):
+        place_customers([neutral_only], 1, seed=1)

@@ -1,0 +1,302 @@
+"""The DSO's decisions from measurements and the feeder's sensitivities (plain numpy).
+
+Two things, both on the linear model of :mod:`federates.feeder.sensitivity` (per kW of
+customer export: customer voltages, element loading and flow, bus VUF, substation
+import):
+
+**Ex-post curtailment** (:func:`plan_curtailment`), inside a physics step after local
+inverter control has settled: every limit still violated by exports becomes a
+constraint ``sum_i a_i x_i >= R`` with ``R`` the excess over the limit less a margin,
+``a_i >= 0`` the relief per kW of export curtailed at customer ``i`` and
+``0 <= x_i <= export_i`` the curtailment [kW]. Export-caused violations only:
+
+=========  ============================================  =============================
+limit      excess ``R``                                  relief ``a_i`` per kW cut
+=========  ============================================  =============================
+v_max      ``v_j - (v_max - margin_pu)`` [pu]            ``dv_pu_per_kw[j, i]``
+thermal    ``loading_e - (max - margin_pct)`` [%],        ``loading_e |dflow_ei| / |p_e|``
+           reverse flow (``p_e < 0``) only               for ``dflow_ei < 0``
+vuf        ``vuf_b - (max - margin_pct)`` [%]            ``dvuf_pct_per_kw[b, i]``
+export     ``export - (cap - margin)`` [kW]              ``-dsource_kw_per_kw[i]``
+=========  ============================================  =============================
+
+(the thermal relief scales the live loading by the share of the element's live
+active flow that customer ``i`` carries, so it holds whichever way the element was
+loaded when the sensitivities were computed.) Constraints are handled worst first
+(largest excess relative to its limit), each topped up after the ones before it;
+per constraint the policy decides who is cut:
+
+* ``proportional``: every contributor (``a_i >= 10 %`` of the largest) cut by the
+  same fraction of its export (equal treatment, the usual "pro rata" DSO rule);
+* ``sensitivity``: largest ``a_i`` first (least energy curtailed in total);
+* ``least_cost``: lowest ``price_i / a_i`` first (least value lost per unit of
+  relief; ``price_i`` [USD/kWh] the seller's trade price or the feed-in tariff).
+
+The plan's cuts are then applied as export caps; the feeder re-solves and the
+controllers call again, so the linearisation error is corrected by iteration within
+the step (at most ``feeder.max_control_iterations`` rounds).
+
+**Operating envelopes** (:func:`operating_envelopes`), ex ante, for the next market
+interval, from what the meters measured in the last one: the largest common export
+(import) ``E`` of the customers that influence a constraint such that the linear
+model keeps it within its limit, taken per customer as the minimum over the
+constraints it influences, clipped to ``[0, inverter kVA]`` (export) and
+``[0, import_cap]`` (import). "Same limit for everyone who shares the constraint" is
+the equal-allocation rule of dynamic operating envelopes (cf. Petrou et al., "Ensuring
+distribution network integrity using dynamic operating limits for prosumers",
+IEEE Trans. Smart Grid 12(5), 2021).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from federates.feeder.sensitivity import Sensitivities
+
+POLICIES = ("proportional", "sensitivity", "least_cost")
+CONTRIBUTOR_SHARE = 0.1  # a_i below this share of the largest a_i: not a contributor
+MIN_CUT_KW = 0.01  # smaller cuts are not worth a command
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One violated limit: ``sum_i relief_i x_i >= excess`` (units of the limit)."""
+
+    limit: str  # v_max | thermal | vuf | export
+    element: str  # customer, line./transformer., bus or "source"
+    excess: float
+    severity: float  # excess relative to the limit value, to order constraints
+    relief: np.ndarray  # per kW of export curtailed, >= 0, one per customer
+
+
+@dataclass
+class CurtailmentPlan:
+    """Cuts [kW] per customer, and for each cut the constraint that caused it."""
+
+    cut_kw: np.ndarray
+    limit: list[str] = field(default_factory=list)
+    element: list[str] = field(default_factory=list)
+    constraints: list[Constraint] = field(default_factory=list)
+
+
+def violated_constraints(sens: Sensitivities, *, v_pu: np.ndarray, loading_pct: np.ndarray | None,
+                         flow_kw: np.ndarray | None, vuf_pct: np.ndarray | None,
+                         source_p_kw: float | None, v_max_pu: float, margin_pu: float,
+                         thermal_max_pct: float | None, thermal_margin_pct: float,
+                         vuf_max_pct: float | None, vuf_margin_pct: float,
+                         export_max_kw: float | None) -> list[Constraint]:
+    """Export-caused violations of the present solve as constraints (see module doc).
+
+    ``v_pu`` per customer; ``loading_pct``, ``flow_kw`` per element of
+    ``sens.elements``; ``vuf_pct`` per bus of ``sens.buses``; ``source_p_kw`` [kW,
+    + import]. A ``None`` limit or measurement skips that kind.
+    """
+    out: list[Constraint] = []
+    v = np.asarray(v_pu, dtype=float)
+    for j in np.flatnonzero(v > v_max_pu):
+        out.append(Constraint("v_max", sens.participants[j], float(v[j] - (v_max_pu - margin_pu)),
+                              float((v[j] - v_max_pu) / v_max_pu), np.clip(sens.dv_pu_per_kw[j], 0, None)))
+    if thermal_max_pct is not None and loading_pct is not None and flow_kw is not None:
+        ld = np.asarray(loading_pct, dtype=float)
+        fl = np.asarray(flow_kw, dtype=float)
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero((ld > thermal_max_pct) & (fl < 0))
+        for e in bad:
+            share = np.clip(-sens.dflow_kw_per_kw[e], 0, None)  # reverse flow carried per kW export
+            relief = ld[e] * share / max(abs(fl[e]), 1e-9)
+            out.append(Constraint("thermal", sens.elements[e], float(ld[e] - (thermal_max_pct - thermal_margin_pct)),
+                                  float((ld[e] - thermal_max_pct) / thermal_max_pct), relief))
+    if vuf_max_pct is not None and vuf_pct is not None:
+        u = np.asarray(vuf_pct, dtype=float)
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(u > vuf_max_pct)
+        for b in bad:
+            out.append(Constraint("vuf", sens.buses[b], float(u[b] - (vuf_max_pct - vuf_margin_pct)),
+                                  float((u[b] - vuf_max_pct) / vuf_max_pct),
+                                  np.clip(sens.dvuf_pct_per_kw[b], 0, None)))
+    if export_max_kw is not None and source_p_kw is not None and -source_p_kw > export_max_kw:
+        export = -float(source_p_kw)
+        margin_kw = 0.01 * export_max_kw
+        out.append(Constraint("export", "source", export - (export_max_kw - margin_kw),
+                              (export - export_max_kw) / export_max_kw,
+                              np.clip(-sens.dsource_kw_per_kw, 0, None)))
+    out.sort(key=lambda c: -c.severity)
+    return out
+
+
+def _order(policy: str, relief: np.ndarray, price: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Contributors ``idx`` in the order the policy cuts them (stable on ties)."""
+    if policy == "sensitivity":
+        return idx[np.argsort(-relief[idx], kind="stable")]
+    if policy == "least_cost":
+        return idx[np.argsort(price[idx] / relief[idx], kind="stable")]
+    raise ValueError(f"unknown curtailment policy {policy!r}; allowed: {', '.join(POLICIES)}")
+
+
+def plan_curtailment(policy: str, constraints: list[Constraint], export_kw: np.ndarray,
+                     price_usd_per_kwh: np.ndarray) -> CurtailmentPlan:
+    """Cuts [kW] that the linear model says clear ``constraints`` (as far as exports can).
+
+    ``export_kw`` [kW, >= 0] each customer's present export (the most it can be cut);
+    ``price_usd_per_kwh`` per customer (``least_cost`` only).
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown curtailment policy {policy!r}; allowed: {', '.join(POLICIES)}")
+    avail = np.clip(np.asarray(export_kw, dtype=float), 0, None).copy()
+    price = np.asarray(price_usd_per_kwh, dtype=float)
+    n = avail.size
+    cut = np.zeros(n)
+    why: list[tuple[str, str] | None] = [None] * n
+    for c in constraints:
+        residual = c.excess - float(c.relief @ cut)
+        if residual <= 0:
+            continue
+        a = c.relief
+        top = float(a.max()) if a.size else 0.0
+        if top <= 0:
+            continue
+        idx = np.flatnonzero((a >= CONTRIBUTOR_SHARE * top) & (avail > 0))
+        if idx.size == 0:
+            continue
+        x = np.zeros(n)
+        if policy == "proportional":
+            room = float(a[idx] @ avail[idx])
+            frac = min(1.0, residual / room) if room > 0 else 0.0
+            x[idx] = frac * avail[idx]
+        else:
+            for i in _order(policy, a, price, idx):
+                take = min(avail[i], residual / a[i])
+                x[i] = take
+                residual -= take * a[i]
+                if residual <= 1e-12:
+                    break
+        for i in np.flatnonzero(x > 0):
+            if why[i] is None:
+                why[i] = (c.limit, c.element)
+        cut += x
+        avail -= x
+    cut[cut < MIN_CUT_KW] = 0.0
+    plan = CurtailmentPlan(cut_kw=cut, constraints=list(constraints))
+    plan.limit = [w[0] if w else "" for w in why]
+    plan.element = [w[1] if w else "" for w in why]
+    return plan
+
+
+@dataclass(frozen=True)
+class Envelopes:
+    """Per-customer limits for the next interval [kW]; ``binding_*`` names the limit
+    that set each value ("" = only the inverter / import cap)."""
+
+    export_max_kw: np.ndarray
+    import_max_kw: np.ndarray
+    binding_export: list[str]
+    binding_import: list[str]
+
+
+def _common_limit(headroom: float, a: np.ndarray, baseline: np.ndarray) -> tuple[np.ndarray, float]:
+    """Contributors of one constraint and the largest common level ``E`` for them.
+
+    The constraint is ``sum_i a_i (E - baseline_i) <= headroom`` over contributors
+    (``a_i >= CONTRIBUTOR_SHARE`` of the largest).
+    """
+    top = float(a.max()) if a.size else 0.0
+    if top <= 0:
+        return np.zeros(0, dtype=np.int64), np.inf
+    idx = np.flatnonzero(a >= CONTRIBUTOR_SHARE * top)
+    s = float(a[idx].sum())
+    return idx, (headroom + float(a[idx] @ baseline[idx])) / s
+
+
+def operating_envelopes(sens: Sensitivities, *, v_pu: np.ndarray, p_kw: np.ndarray,
+                        inverter_kva: np.ndarray, import_cap_kw: np.ndarray,
+                        v_min_pu: float, v_max_pu: float, margin_pu: float,
+                        loading_pct: np.ndarray | None = None, flow_kw: np.ndarray | None = None,
+                        thermal_max_pct: float | None = None,
+                        source_p_kw: float | None = None, export_max_kw: float | None = None,
+                        import_max_kw: float | None = None) -> Envelopes:
+    """Export / import envelopes [kW] from measured ``v_pu`` [pu] and ``p_kw`` [kW, + import].
+
+    Voltage constraints for every customer (``v_max`` against export, ``v_min``
+    against import), thermal constraints of elements with a measured loading
+    (``loading_pct`` with ``flow_kw``, optional: the DSO's SCADA), substation caps on
+    ``source_p_kw``. ``import_cap_kw`` is each customer's own import limit (e.g. its
+    service rating). See the module doc for the rule.
+    """
+    v = np.asarray(v_pu, dtype=float)
+    p = np.asarray(p_kw, dtype=float)
+    n = v.size
+    export_now = np.clip(-p, 0, None)
+    import_now = np.clip(p, 0, None)
+    e_max = np.asarray(inverter_kva, dtype=float).copy()
+    i_max = np.asarray(import_cap_kw, dtype=float).copy()
+    bind_e = [""] * n
+    bind_i = [""] * n
+    dv = sens.dv_pu_per_kw
+
+    def tighten(limits: np.ndarray, binding: list[str], idx: np.ndarray, level: float, name: str) -> None:
+        level = max(level, 0.0)
+        for i in idx:
+            if level < limits[i]:
+                limits[i] = level
+                binding[i] = name
+
+    # net export x_i = export_i - import_i moves voltages by dv @ dx
+    for j in range(n):
+        a = np.clip(dv[j], 0, None)
+        # over-voltage against more export: v_j + sum a_i (E - x_i) <= v_max - margin, x = net export
+        idx, level = _common_limit(v_max_pu - margin_pu - v[j], a, export_now - import_now)
+        tighten(e_max, bind_e, idx, level, f"v_max:{sens.participants[j]}")
+        # under-voltage against more import: v_j - sum a_i (I - m_i) >= v_min + margin
+        idx, level = _common_limit(v[j] - (v_min_pu + margin_pu), a, import_now - export_now)
+        tighten(i_max, bind_i, idx, level, f"v_min:{sens.participants[j]}")
+    if thermal_max_pct is not None and loading_pct is not None and flow_kw is not None:
+        ld = np.asarray(loading_pct, dtype=float)
+        fl = np.asarray(flow_kw, dtype=float)
+        for e in np.flatnonzero(np.isfinite(ld) & (np.abs(fl) > 1e-6)):
+            share = np.clip(-sens.dflow_kw_per_kw[e], 0, None)  # of a kW export, kW reverse flow
+            per_kw = ld[e] / abs(fl[e])  # % loading per kW of flow, at the measured point
+            a = share * per_kw
+            # flow is f_e; net export x moves it by -share @ dx. Reverse flow loads it with export,
+            # forward flow with import.
+            headroom = thermal_max_pct - ld[e]
+            if fl[e] < 0:
+                idx, level = _common_limit(headroom, a, export_now - import_now)
+                tighten(e_max, bind_e, idx, level, f"thermal:{sens.elements[e]}")
+            else:
+                idx, level = _common_limit(headroom, a, import_now - export_now)
+                tighten(i_max, bind_i, idx, level, f"thermal:{sens.elements[e]}")
+    # The common levels above move only each constraint's contributors; everyone moving
+    # to their envelope at once adds the small effects of the others. Correct on the
+    # full linear model: lower the contributors of any voltage still predicted out of
+    # bounds by the excess, until none is (a few passes).
+    net_now = export_now - import_now
+    dv_pos = np.clip(dv, 0, None)
+    for _ in range(20):
+        v_hi = v + dv_pos @ (e_max - net_now)  # everyone at its export envelope
+        v_lo = v - dv_pos @ (i_max + net_now)  # everyone at its import envelope
+        hi = np.flatnonzero(v_hi > v_max_pu - margin_pu + 1e-6)
+        lo = np.flatnonzero(v_lo < v_min_pu + margin_pu - 1e-6)
+        if hi.size == 0 and lo.size == 0:
+            break
+        for j in hi:
+            idx, _ = _common_limit(0.0, dv_pos[j], net_now)
+            idx = idx[e_max[idx] > 0]
+            if idx.size:
+                e_max[idx] = np.clip(e_max[idx] - (v_hi[j] - v_max_pu + margin_pu) / dv_pos[j, idx].sum(), 0, None)
+        for j in lo:
+            idx, _ = _common_limit(0.0, dv_pos[j], -net_now)
+            idx = idx[i_max[idx] > 0]
+            if idx.size:
+                i_max[idx] = np.clip(i_max[idx] - (v_min_pu + margin_pu - v_lo[j]) / dv_pos[j, idx].sum(), 0, None)
+    if source_p_kw is not None:
+        ones = np.clip(-sens.dsource_kw_per_kw, 0, None)
+        if export_max_kw is not None:
+            idx, level = _common_limit(export_max_kw + source_p_kw, ones, export_now - import_now)
+            tighten(e_max, bind_e, idx, level, "export:source")
+        if import_max_kw is not None:
+            idx, level = _common_limit(import_max_kw - source_p_kw, ones, import_now - export_now)
+            tighten(i_max, bind_i, idx, level, "import:source")
+    return Envelopes(export_max_kw=np.clip(e_max, 0, None), import_max_kw=np.clip(i_max, 0, None),
+                     binding_export=bind_e, binding_import=bind_i)

@@ -1,0 +1,141 @@
+"""The DSO inside the controllers federate: what it knows and what it decides.
+
+It knows only what a DSO would: the schedule (the market's confirmations), the
+smart meters' AMI data (interval averages, late by one interval, with gaps), the
+SCADA view of the feeder after each solve (element loading and flow, bus unbalance,
+substation power) and the linear model of the feeder computed once on the OpenDSS
+model (``sensitivities.npz``). It decides, with :mod:`federates.controllers.dso`:
+
+* ex post, inside a physics step once inverter control has settled, which exports
+  to curtail for every limit still violated (:meth:`DsoAgent.plan`), by the
+  configured policy;
+* ex ante, with ``market.network_aware: envelopes``, each prosumer's operating
+  envelope for the next interval (:meth:`DsoAgent.envelopes`) from its AMI data.
+
+Missing AMI readings: the last delivered value of that meter is held; a meter that
+has never delivered one counts at the highest voltage (lowest, for import limits)
+any meter delivered, the conservative assumption.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from federates.common.messages import AmiReading, Confirmation, OperatingEnvelope
+from federates.controllers.dso import (
+    CurtailmentPlan,
+    operating_envelopes,
+    plan_curtailment,
+    violated_constraints,
+)
+from federates.feeder.sensitivity import Sensitivities
+from runner.config import StudyFile
+
+
+class DsoAgent:
+    """The DSO's state and decisions for one study (customers in ``participants`` order)."""
+
+    def __init__(self, cfg: StudyFile, participants: Sequence[str], inverter_kva: np.ndarray,
+                 sens: Sensitivities | None):
+        self.cfg = cfg
+        self.participants = list(participants)
+        self.n = n = len(self.participants)
+        self._index = {p: i for i, p in enumerate(self.participants)}
+        if sens is not None and sens.participants != self.participants:
+            raise ValueError("sensitivities were computed for other customers")
+        self.sens = sens
+        self.inverter_kva = np.asarray(inverter_kva, dtype=float)
+        self.policy = cfg.controllers.curtailment.policy
+        self.lim = cfg.limits
+        self.cur = cfg.controllers.curtailment
+        self.v_max_pu = float(cfg.controllers.v_max_pu)
+        self.v_min_pu = float(cfg.controllers.v_min_pu)
+        self.feed_in = float(cfg.market.feed_in_usd_per_kwh)
+        self.price_usd_per_kwh = np.full(n, self.feed_in)
+        conn = cfg.feeder.customer_connection
+        #: each customer's own import limit for envelopes: its share of the service transformer
+        self.import_cap_kw = np.full(n, conn.transformer_kva / conn.customers_per_transformer
+                                     if conn.kind == "secondary" else 2.0 * conn.transformer_kva)
+        self.v_ami_pu = np.full(n, np.nan)
+        self.p_ami_kw = np.full(n, np.nan)
+        self.ami_received = 0
+        self.ami_missing = 0
+        self.last_scada = None
+
+    # ------------------------------------------------------------------ inputs
+    def on_confirmations(self, k: int, confirmations: Sequence[Confirmation]) -> None:
+        """The schedule of ``k``: a seller's peer price is what curtailing it loses."""
+        self.price_usd_per_kwh[:] = self.feed_in
+        for c in confirmations:
+            i = self._index.get(c.participant)
+            if i is not None and c.interval == k and c.peer_sold_kwh > 0 and c.price_usd_per_kwh is not None:
+                self.price_usd_per_kwh[i] = float(c.price_usd_per_kwh)
+
+    def on_ami(self, k: int, readings: Sequence[AmiReading]) -> None:
+        """AMI readings delivered for interval ``k``: the latest period of each meter counts."""
+        latest: dict[int, AmiReading] = {}
+        for r in readings:
+            i = self._index.get(r.meter)
+            if i is None:
+                raise ValueError(f"AMI reading from unknown meter {r.meter!r}")
+            if i not in latest or r.t_end_s > latest[i].t_end_s:
+                latest[i] = r
+        for i, r in latest.items():
+            self.v_ami_pu[i] = r.v_pu
+            self.p_ami_kw[i] = r.p_kw
+        self.ami_received += len(latest)
+        self.ami_missing += self.n - len(latest)
+
+    def on_scada(self, scada) -> None:
+        self.last_scada = scada
+
+    # ------------------------------------------------------------------ decisions
+    def plan(self, v_pu: np.ndarray, p_kw: np.ndarray, scada) -> CurtailmentPlan | None:
+        """Ex-post cuts [kW] for the limits violated now (None: nothing violated)."""
+        if self.sens is None:
+            raise RuntimeError("the DSO needs sensitivities.npz (prepare_run writes it)")
+        lim, cur = self.lim, self.cur
+        cons = violated_constraints(
+            self.sens, v_pu=v_pu,
+            loading_pct=None if scada is None else scada.loading_pct,
+            flow_kw=None if scada is None else scada.p_kw,
+            vuf_pct=None if scada is None else scada.vuf_pct,
+            source_p_kw=None if scada is None else scada.source_p_kw,
+            v_max_pu=self.v_max_pu, margin_pu=cur.margin_pu,
+            thermal_max_pct=lim.thermal_max_pct if lim.thermal else None,
+            thermal_margin_pct=cur.thermal_margin_pct,
+            vuf_max_pct=lim.vuf_max_pct, vuf_margin_pct=cur.vuf_margin_pct,
+            export_max_kw=lim.substation_export_max_kw)
+        if not cons:
+            return None
+        export_kw = np.clip(-np.asarray(p_kw, dtype=float), 0, None)
+        return plan_curtailment(self.policy, cons, export_kw, self.price_usd_per_kwh)
+
+    def envelopes(self, k: int) -> list[OperatingEnvelope]:
+        """Operating envelopes for interval ``k`` from the AMI data so far ([] before any)."""
+        if self.sens is None:
+            raise RuntimeError("the DSO needs sensitivities.npz (prepare_run writes it)")
+        known = np.isfinite(self.v_ami_pu)
+        if not known.any():
+            return []
+        v_hi = np.where(known, self.v_ami_pu, np.nanmax(self.v_ami_pu))
+        v_lo = np.where(known, self.v_ami_pu, np.nanmin(self.v_ami_pu))
+        p = np.where(known, self.p_ami_kw, 0.0)
+        scada = self.last_scada
+        kw = dict(inverter_kva=self.inverter_kva, import_cap_kw=self.import_cap_kw,
+                  v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, margin_pu=self.cur.margin_pu,
+                  loading_pct=None if scada is None else scada.loading_pct,
+                  flow_kw=None if scada is None else scada.p_kw,
+                  thermal_max_pct=self.lim.thermal_max_pct if self.lim.thermal else None,
+                  source_p_kw=None if scada is None else scada.source_p_kw,
+                  export_max_kw=self.lim.substation_export_max_kw,
+                  import_max_kw=self.lim.substation_import_max_kw)
+        exp = operating_envelopes(self.sens, v_pu=v_hi, p_kw=p, **kw)
+        imp = exp if known.all() else operating_envelopes(self.sens, v_pu=v_lo, p_kw=p, **kw)
+        return [OperatingEnvelope(participant=self.participants[i], interval=k,
+                                  export_max_kw=float(exp.export_max_kw[i]),
+                                  import_max_kw=float(imp.import_max_kw[i]),
+                                  binding=exp.binding_export[i])
+                for i in range(self.n)]

@@ -1,0 +1,175 @@
+"""Post-run loss allocation to trades: ``loss_allocation`` and ``loss_charges`` tables.
+
+Made from the run folder's tables alone (after the run, like the kpis):
+
+* the feeder's ``customer_losses`` (per physics step, each customer's share of the
+  feeder's losses by the per-phase graph-based loss allocation of
+  :mod:`federates.feeder.losses`, plus the ``background`` remainder no customer carries;
+  per step they add up to OpenDSS's ``Circuit.Losses``, the grid table's ``losses_kw``);
+* the market's ``trades`` (``trade_id`` as the market numbered them,
+  ``<interval>-<position>``; "" on untraded and background rows), ``clearing (prices) and the feeder's ``voltages`` (the applied
+  customer powers ``p_kw``, i.e. the metered net energy per interval).
+
+Per market interval ``k``, each customer's losses [kWh] (sum over the interval's steps
+of ``loss_kw`` x step [h]) are split over its trades by
+:func:`federates.feeder.losses.allocate_losses_to_trades`, pro rata by energy with the
+customer's metered |net energy| as the denominator where it exceeds the traded energy.
+``loss_allocation`` rows, by ``kind``:
+
+* ``peer``: one per peer trade: ``seller_loss_kwh`` + ``buyer_loss_kwh`` = ``loss_kwh``;
+* ``grid``: one per trade with the utility: the customer side's share (``participant``);
+* ``untraded``: one per customer: the share of its energy no trade covers (its whole
+  loss when it did not trade; ``energy_kwh`` = that uncovered energy);
+* ``background``: one: the losses no customer carries (``participant`` ``background``).
+
+So per interval ``sum(loss_kwh)`` = the interval's feeder losses (sum of
+``grid.losses_kw`` x step [h]); tests/feeder/test_loss_allocation_run.py checks it.
+
+Pricing (``market.loss_price``): ``none`` (``loss_cost_usd`` NaN), ``clearing`` (the
+interval's clearing price; where the mechanism sets none, the volume-weighted price of
+the interval's peer trades; with no peer trade either, the retail tariff) or ``retail``
+(``market.retail_usd_per_kwh``). ``loss_price_usd_per_kwh`` records the price used,
+``loss_cost_usd`` = ``loss_kwh`` x that price. ``loss_charges``: per interval and
+customer the losses it carries over all its rows (``loss_kwh``) and their cost; the
+background is not charged to any customer.
+
+The pricing is ex post: these tables are computed after the run and are not fed back
+into the market's settlement messages, the ``settlements`` table or the ledger.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from federates.common.messages import GRID, Trade
+from federates.feeder.losses import BACKGROUND, allocate_losses_to_trades
+from runner.config import StudyFile
+
+__all__ = ["LOSS_ALLOCATION_DTYPES", "LOSS_CHARGES_DTYPES", "loss_allocation",
+           "loss_charges", "write_loss_tables"]
+
+LOSS_ALLOCATION_DTYPES: dict[str, str] = {
+    "interval": "int64", "kind": "object", "trade_id": "object", "seller": "object",
+    "buyer": "object", "participant": "object", "energy_kwh": "float64", "loss_kwh": "float64",
+    "seller_loss_kwh": "float64", "buyer_loss_kwh": "float64",
+    "loss_price_usd_per_kwh": "float64", "loss_cost_usd": "float64",
+}
+LOSS_CHARGES_DTYPES: dict[str, str] = {
+    "interval": "int64", "participant": "object", "loss_kwh": "float64",
+    "loss_price_usd_per_kwh": "float64", "loss_cost_usd": "float64",
+}
+
+
+def _per_interval_price(cfg: StudyFile, t: dict[str, pd.DataFrame], intervals: np.ndarray) -> np.ndarray:
+    """The loss price of each interval [USD/kWh] (NaN for ``loss_price: none``)."""
+    m = cfg.market
+    if m.loss_price == "none":
+        return np.full(len(intervals), np.nan)
+    retail = float(m.retail_usd_per_kwh)
+    if m.loss_price == "retail":
+        return np.full(len(intervals), retail)
+    cl = t.get("clearing")
+    price = pd.Series(np.nan, index=intervals)
+    if cl is not None and len(cl):
+        price = cl.groupby("interval")["price_usd_per_kwh"].last().reindex(intervals)
+    tr = t.get("trades")
+    if tr is not None and len(tr):
+        peer = tr[tr["kind"] == "peer"]
+        vol = peer.groupby("interval")["energy_kwh"].sum()
+        paid = (peer["energy_kwh"] * peer["price_usd_per_kwh"]).groupby(peer["interval"]).sum()
+        vwap = (paid / vol.where(vol > 0)).reindex(intervals)
+        price = price.fillna(vwap)
+    return price.fillna(retail).to_numpy(dtype=float)
+
+
+def loss_allocation(cfg: StudyFile, t: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
+    """The ``loss_allocation`` table (see the module doc); None without ``customer_losses``."""
+    cl = t.get("customer_losses")
+    if cl is None or cl.empty:
+        return None
+    tl = cfg.timeline
+    spi = tl.steps_per_interval
+    names = list(dict.fromkeys(cl["participant"]))
+    participants = [p for p in names if p != BACKGROUND]
+    k_of = cl["step"].to_numpy() // spi
+    loss_kwh = (cl["loss_kw"] * tl.step_h).groupby([k_of, cl["participant"]]).sum().unstack(fill_value=0.0)
+    loss_kwh = loss_kwh.reindex(columns=names, fill_value=0.0)
+    intervals = loss_kwh.index.to_numpy(dtype=np.int64)
+    v = t["voltages"]
+    net = (v["p_kw"] * tl.step_h).groupby([v["step"].to_numpy() // spi, v["participant"]]).sum().unstack(fill_value=0.0)
+    net = net.reindex(index=intervals, columns=participants, fill_value=0.0)
+    trades = t["trades"].reset_index(drop=True)
+    trade_id = trades["trade_id"].astype(str).to_numpy()
+    by_interval = {k: idx for k, idx in trades.groupby("interval").indices.items()}
+    price = _per_interval_price(cfg, t, intervals)
+    pos = {p: i for i, p in enumerate(participants)}
+    rows: list[tuple] = []
+    for j, k in enumerate(intervals.tolist()):
+        cust = loss_kwh.loc[k, participants].to_numpy(dtype=float)
+        metered = np.abs(net.loc[k].to_numpy(dtype=float))
+        idx = by_interval.get(k, np.zeros(0, dtype=np.int64))
+        sub = trades.iloc[idx]
+        objs = [Trade(int(k), s, b, float(e), float(pr)) for s, b, e, pr in
+                zip(sub["seller"], sub["buyer"], sub["energy_kwh"], sub["price_usd_per_kwh"], strict=True)]
+        a = allocate_losses_to_trades(cust, participants, objs, customer_energy_kwh=metered)
+        traded = np.zeros(len(participants))
+        pk = price[j]
+        for i, tr in enumerate(objs):
+            for who in (tr.seller, tr.buyer):
+                if who in pos:
+                    traded[pos[who]] += tr.energy_kwh
+            if a.is_peer[i]:
+                s_l, b_l = float(a.seller_kw[i]), float(a.buyer_kw[i])
+                rows.append((k, "peer", trade_id[idx[i]], tr.seller, tr.buyer, None, tr.energy_kwh,
+                             s_l + b_l, s_l, b_l, pk))
+            else:
+                who = tr.buyer if tr.seller == GRID else tr.seller
+                share = float(a.grid_trade_kw[i])
+                rows.append((k, "grid", trade_id[idx[i]], tr.seller, tr.buyer, who, tr.energy_kwh, share,
+                             share if who == tr.seller else 0.0, share if who == tr.buyer else 0.0, pk))
+        uncovered = np.maximum(metered - traded, 0.0)
+        for i, p in enumerate(participants):
+            rows.append((k, "untraded", "", None, None, p, float(uncovered[i]), float(a.untraded_kw[i]),
+                         0.0, 0.0, pk))
+        rows.append((k, "background", "", None, None, BACKGROUND, np.nan,
+                     float(loss_kwh.loc[k, BACKGROUND]) if BACKGROUND in names else 0.0, 0.0, 0.0, pk))
+    cols = [c for c in LOSS_ALLOCATION_DTYPES if c != "loss_cost_usd"]
+    out = pd.DataFrame(rows, columns=cols)
+    out["loss_cost_usd"] = out["loss_kwh"] * out["loss_price_usd_per_kwh"]
+    return out.astype(LOSS_ALLOCATION_DTYPES).reset_index(drop=True)
+
+
+def loss_charges(alloc: pd.DataFrame) -> pd.DataFrame:
+    """Per interval and customer: the losses it carries [kWh] and their cost [USD].
+
+    A customer carries its seller / buyer shares of peer trades, its side of GRID
+    trades and its untraded share; the background is not charged.
+    """
+    peer = alloc[alloc["kind"] == "peer"]
+    own = alloc[alloc["kind"].isin(["grid", "untraded"])]
+    parts = [
+        pd.DataFrame({"interval": peer["interval"], "participant": peer["seller"], "loss_kwh": peer["seller_loss_kwh"]}),
+        pd.DataFrame({"interval": peer["interval"], "participant": peer["buyer"], "loss_kwh": peer["buyer_loss_kwh"]}),
+        pd.DataFrame({"interval": own["interval"], "participant": own["participant"], "loss_kwh": own["loss_kwh"]}),
+    ]
+    long = pd.concat(parts, ignore_index=True)
+    long = long[long["participant"] != GRID]
+    out = long.groupby(["interval", "participant"], sort=True)["loss_kwh"].sum().reset_index()
+    price = alloc.groupby("interval")["loss_price_usd_per_kwh"].first()
+    out["loss_price_usd_per_kwh"] = price.reindex(out["interval"]).to_numpy()
+    out["loss_cost_usd"] = out["loss_kwh"] * out["loss_price_usd_per_kwh"]
+    return out.astype(LOSS_CHARGES_DTYPES).reset_index(drop=True)
+
+
+def write_loss_tables(cfg: StudyFile, run_dir: Path, t: dict[str, pd.DataFrame]) -> None:
+    """Write ``results/loss_allocation.parquet`` and ``loss_charges.parquet`` (when the
+    run has ``customer_losses``, i.e. ``feeder.loss_allocation`` is on)."""
+    alloc = loss_allocation(cfg, t)
+    if alloc is None:
+        return
+    out = Path(run_dir) / "results"
+    alloc.to_parquet(out / "loss_allocation.parquet", index=False)
+    loss_charges(alloc).to_parquet(out / "loss_charges.parquet", index=False)
