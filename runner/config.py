@@ -220,6 +220,12 @@ class MarketConfig(_Strict):
         ),
     )
 
+    @field_validator("network_aware", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare ``off`` as false
+        return "off" if v is False else v
+
 
 class MetersConfig(_Strict):
     """Smart meters: the inverters' local sensing and the utility's AMI data.

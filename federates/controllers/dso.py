@@ -36,6 +36,18 @@ The plan's cuts are then applied as export caps; the feeder re-solves and the
 controllers call again, so the linearisation error is corrected by iteration within
 the step (at most ``feeder.max_control_iterations`` rounds).
 
+Not every violation is the exports' doing: background load, regulator taps or the
+source can cause an unbalance or an overload that cutting every export would barely
+touch. A constraint whose relief with *all* available exports cut is below
+:data:`MIN_FIXABLE_SHARE` of its excess is therefore not curtailed for (it stays a
+recorded, unresolved violation: ``plan.skipped``), and
+:class:`federates.controllers.dso_agent.DsoAgent` stops curtailing for a constraint
+whose observed improvement after a cut falls short of :data:`MIN_EFFECTIVE_SHARE` of
+the predicted one (the linear model is wrong there), or that is still violated once
+every export that could relieve it has been cut, for the rest of the interval, and
+lifts the caps it set for it: cuts that do not clear a limit are not worth their
+energy.
+
 **Operating envelopes** (:func:`operating_envelopes`), ex ante, for the next market
 interval, from what the meters measured in the last one: the largest common export
 (import) ``E`` of the customers that influence a constraint such that the linear
@@ -58,6 +70,8 @@ from federates.feeder.sensitivity import Sensitivities
 POLICIES = ("proportional", "sensitivity", "least_cost")
 CONTRIBUTOR_SHARE = 0.1  # a_i below this share of the largest a_i: not a contributor
 MIN_CUT_KW = 0.01  # smaller cuts are not worth a command
+MIN_FIXABLE_SHARE = 1.0  # cutting every contributing export must clear the excess (linear model)
+MIN_EFFECTIVE_SHARE = 0.25  # observed / predicted relief below this: stop for that limit
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,8 @@ class CurtailmentPlan:
     limit: list[str] = field(default_factory=list)
     element: list[str] = field(default_factory=list)
     constraints: list[Constraint] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "limit:element" exports cannot fix
+    predicted_relief: dict[str, float] = field(default_factory=dict)  # "limit:element" -> relief
 
 
 def violated_constraints(sens: Sensitivities, *, v_pu: np.ndarray, loading_pct: np.ndarray | None,
@@ -149,16 +165,16 @@ def plan_curtailment(policy: str, constraints: list[Constraint], export_kw: np.n
     n = avail.size
     cut = np.zeros(n)
     why: list[tuple[str, str] | None] = [None] * n
+    skipped: list[str] = []
     for c in constraints:
         residual = c.excess - float(c.relief @ cut)
         if residual <= 0:
             continue
         a = c.relief
         top = float(a.max()) if a.size else 0.0
-        if top <= 0:
-            continue
-        idx = np.flatnonzero((a >= CONTRIBUTOR_SHARE * top) & (avail > 0))
-        if idx.size == 0:
+        idx = np.flatnonzero((a >= CONTRIBUTOR_SHARE * top) & (avail > 0)) if top > 0 else np.zeros(0, int)
+        if idx.size == 0 or float(a[idx] @ avail[idx]) < MIN_FIXABLE_SHARE * residual:
+            skipped.append(f"{c.limit}:{c.element}")  # not the exports' doing
             continue
         x = np.zeros(n)
         if policy == "proportional":
@@ -178,7 +194,8 @@ def plan_curtailment(policy: str, constraints: list[Constraint], export_kw: np.n
         cut += x
         avail -= x
     cut[cut < MIN_CUT_KW] = 0.0
-    plan = CurtailmentPlan(cut_kw=cut, constraints=list(constraints))
+    plan = CurtailmentPlan(cut_kw=cut, constraints=list(constraints), skipped=skipped)
+    plan.predicted_relief = {f"{c.limit}:{c.element}": float(c.relief @ cut) for c in constraints}
     plan.limit = [w[0] if w else "" for w in why]
     plan.element = [w[1] if w else "" for w in why]
     return plan

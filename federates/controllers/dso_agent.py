@@ -25,6 +25,7 @@ import numpy as np
 
 from federates.common.messages import AmiReading, Confirmation, OperatingEnvelope
 from federates.controllers.dso import (
+    MIN_EFFECTIVE_SHARE,
     CurtailmentPlan,
     operating_envelopes,
     plan_curtailment,
@@ -63,6 +64,9 @@ class DsoAgent:
         self.ami_received = 0
         self.ami_missing = 0
         self.last_scada = None
+        self.ignored: set[str] = set()  # "limit:element" found ineffective this interval
+        self._last: dict[str, tuple[float, float]] = {}  # name -> (excess, predicted relief)
+        self._cut: set[str] = set()  # limits cut for this interval
 
     # ------------------------------------------------------------------ inputs
     def on_confirmations(self, k: int, confirmations: Sequence[Confirmation]) -> None:
@@ -91,6 +95,12 @@ class DsoAgent:
     def on_scada(self, scada) -> None:
         self.last_scada = scada
 
+    def new_interval(self) -> None:
+        """Forget which limits proved ineffective (the operating point moved on)."""
+        self.ignored.clear()
+        self._last.clear()
+        self._cut.clear()
+
     # ------------------------------------------------------------------ decisions
     def plan(self, v_pu: np.ndarray, p_kw: np.ndarray, scada) -> CurtailmentPlan | None:
         """Ex-post cuts [kW] for the limits violated now (None: nothing violated)."""
@@ -108,10 +118,25 @@ class DsoAgent:
             thermal_margin_pct=cur.thermal_margin_pct,
             vuf_max_pct=lim.vuf_max_pct, vuf_margin_pct=cur.vuf_margin_pct,
             export_max_kw=lim.substation_export_max_kw)
+        # a limit whose excess did not fall by MIN_EFFECTIVE_SHARE of the relief the
+        # last cut predicted is not one exports can fix here: stop curtailing for it
+        now = {f"{c.limit}:{c.element}": c.excess for c in cons}
+        for name, (excess, relief) in self._last.items():
+            if name in now and relief > 0 and excess - now[name] < MIN_EFFECTIVE_SHARE * relief:
+                self.ignored.add(name)
+        cons = [c for c in cons if f"{c.limit}:{c.element}" not in self.ignored]
+        self._last = {}
         if not cons:
             return None
         export_kw = np.clip(-np.asarray(p_kw, dtype=float), 0, None)
-        return plan_curtailment(self.policy, cons, export_kw, self.price_usd_per_kwh)
+        plan = plan_curtailment(self.policy, cons, export_kw, self.price_usd_per_kwh)
+        # cut before, still violated, and nothing left that could relieve it: the cuts
+        # did not clear the limit, so they are not worth their energy
+        self.ignored.update(name for name in plan.skipped if name in self._cut)
+        self._last = {name: (now[name], relief) for name, relief in plan.predicted_relief.items()
+                      if relief > 0}
+        self._cut.update(self._last)
+        return plan
 
     def envelopes(self, k: int) -> list[OperatingEnvelope]:
         """Operating envelopes for interval ``k`` from the AMI data so far ([] before any)."""

@@ -158,6 +158,7 @@ class ControllersRole:
         self.vw_cap_kw = self.ctl.volt_watt.p1_pct / 100.0 * self.inverter_kva  # Volt-Watt set-point
         self.dso_cap_kw = np.full(n, np.inf)  # stage 2
         self.dso_cause = np.zeros(n, dtype=np.int8)  # cause code of each DSO cap
+        self.dso_reason = np.full(n, "", dtype=object)  # "limit:element" of each DSO cap
         self.env_cap_kw = np.full(n, np.inf)  # the interval's operating envelope (export)
 
         # the step in progress
@@ -240,6 +241,9 @@ class ControllersRole:
         if prev is None or self.timeline.interval_of_step(g) != self.timeline.interval_of_step(prev):
             self.dso_cap_kw[:] = np.inf  # new market interval: DSO caps are cleared
             self.dso_cause[:] = 0
+            self.dso_reason[:] = ""
+            if self.dso is not None:
+                self.dso.new_interval()
             k = self.timeline.interval_of_step(g)
             self.env_cap_kw = self._envelopes.pop(k, np.full(self.n, np.inf))
             # the feeder clears all its caps; Volt-Watt caps and envelopes are (re-)sent
@@ -347,6 +351,15 @@ class ControllersRole:
             if self.want_scada and scada is None:
                 raise ValueError(f"step {g}: the DSO needs the feeder's SCADA values")
             plan = self.dso.plan(v, p, scada)
+            # caps set for a limit the cuts proved unable to relieve are lifted again
+            lift = np.isin(self.dso_reason, list(self.dso.ignored)) & np.isfinite(self.dso_cap_kw)
+            if lift.any():
+                if not self._may_act():
+                    return []
+                self.dso_cap_kw[lift] = np.inf
+                self.dso_cause[lift] = 0
+                self.dso_reason[lift] = ""
+                return self._issue(lift)
             if plan is not None and (plan.cut_kw > 0).any():
                 if not self._may_act():
                     return []
@@ -362,6 +375,7 @@ class ControllersRole:
                         "export_kw": float(export_kw[i]), "cap_kw": float(new_cap[i]),
                     })
                     self.dso_cause[i] = _CAUSE[plan.limit[i]]
+                    self.dso_reason[i] = f"{plan.limit[i]}:{plan.element[i]}"
                 self.dso_cap_kw = np.where(changed, new_cap, self.dso_cap_kw)
                 self._n_cap[g] += int(changed.sum())
                 return self._issue(changed)
