@@ -212,6 +212,21 @@ class Envelopes:
     binding_import: list[str]
 
 
+def closed_loop_dv(sens: Sensitivities, slope_kvar_per_pu: np.ndarray) -> np.ndarray:
+    """Voltage response to export [pu / kW] with every inverter's Volt-VAR acting.
+
+    An inverter on the sloped part of its curve draws ``slope_i`` [kvar per pu] more
+    reactive power per pu of voltage rise, so ``dv = S_p dx + S_q K dv``, i.e.
+    ``dv = (I - S_q K)^-1 S_p dx`` with ``S_p = dv_pu_per_kw``, ``S_q =
+    dv_pu_per_kvar`` (< 0) and ``K = diag(slope)`` (0 where the inverter sits in its
+    dead band or at its limit).
+    """
+    k = np.asarray(slope_kvar_per_pu, dtype=float)
+    n = k.size
+    a = np.eye(n) - sens.dv_pu_per_kvar * k[None, :]
+    return np.linalg.solve(a, sens.dv_pu_per_kw)
+
+
 def _common_limit(headroom: float, a: np.ndarray, baseline: np.ndarray) -> tuple[np.ndarray, float]:
     """Contributors of one constraint and the largest common level ``E`` for them.
 
@@ -232,14 +247,17 @@ def operating_envelopes(sens: Sensitivities, *, v_pu: np.ndarray, p_kw: np.ndarr
                         loading_pct: np.ndarray | None = None, flow_kw: np.ndarray | None = None,
                         thermal_max_pct: float | None = None,
                         source_p_kw: float | None = None, export_max_kw: float | None = None,
-                        import_max_kw: float | None = None) -> Envelopes:
+                        import_max_kw: float | None = None,
+                        dv_pu_per_kw: np.ndarray | None = None) -> Envelopes:
     """Export / import envelopes [kW] from measured ``v_pu`` [pu] and ``p_kw`` [kW, + import].
 
     Voltage constraints for every customer (``v_max`` against export, ``v_min``
     against import), thermal constraints of elements with a measured loading
     (``loading_pct`` with ``flow_kw``, optional: the DSO's SCADA), substation caps on
     ``source_p_kw``. ``import_cap_kw`` is each customer's own import limit (e.g. its
-    service rating). See the module doc for the rule.
+    service rating). ``dv_pu_per_kw`` replaces ``sens.dv_pu_per_kw`` (e.g. the
+    closed-loop response with Volt-VAR, :func:`closed_loop_dv`). See the module doc
+    for the rule.
     """
     v = np.asarray(v_pu, dtype=float)
     p = np.asarray(p_kw, dtype=float)
@@ -250,7 +268,7 @@ def operating_envelopes(sens: Sensitivities, *, v_pu: np.ndarray, p_kw: np.ndarr
     i_max = np.asarray(import_cap_kw, dtype=float).copy()
     bind_e = [""] * n
     bind_i = [""] * n
-    dv = sens.dv_pu_per_kw
+    dv = sens.dv_pu_per_kw if dv_pu_per_kw is None else np.asarray(dv_pu_per_kw, dtype=float)
 
     def tighten(limits: np.ndarray, binding: list[str], idx: np.ndarray, level: float, name: str) -> None:
         level = max(level, 0.0)

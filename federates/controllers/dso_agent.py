@@ -27,6 +27,7 @@ from federates.common.messages import AmiReading, Confirmation, OperatingEnvelop
 from federates.controllers.dso import (
     MIN_EFFECTIVE_SHARE,
     CurtailmentPlan,
+    closed_loop_dv,
     operating_envelopes,
     plan_curtailment,
     violated_constraints,
@@ -138,6 +139,20 @@ class DsoAgent:
         self._cut.update(self._last)
         return plan
 
+    def _closed_loop_dv(self, v_pu: np.ndarray) -> np.ndarray | None:
+        """The voltage response to export with the inverters' Volt-VAR acting, at the
+        measured voltages: inverters between V3 and V4 (the absorbing slope of the
+        curve, where more export meets more absorption) count with the curve's slope.
+        None (open loop) without Volt-VAR."""
+        vv = self.cfg.controllers.volt_var
+        if not (self.cfg.controllers.enabled and vv.enabled):
+            return None
+        shift = vv.v_ref_pu - 1.0
+        v3, v4 = vv.v3_pu + shift, vv.v4_pu + shift
+        slope = -vv.q4_pct / 100.0 * self.inverter_kva / (v4 - v3)  # kvar drawn per pu
+        on_slope = (v_pu >= v3 - 0.01) & (v_pu < v4)  # about to enter it counts too
+        return closed_loop_dv(self.sens, np.where(on_slope, slope, 0.0))
+
     def envelopes(self, k: int) -> list[OperatingEnvelope]:
         """Operating envelopes for interval ``k`` from the AMI data so far ([] before any)."""
         if self.sens is None:
@@ -157,6 +172,7 @@ class DsoAgent:
                   source_p_kw=None if scada is None else scada.source_p_kw,
                   export_max_kw=self.lim.substation_export_max_kw,
                   import_max_kw=self.lim.substation_import_max_kw)
+        kw["dv_pu_per_kw"] = self._closed_loop_dv(v_hi)
         exp = operating_envelopes(self.sens, v_pu=v_hi, p_kw=p, **kw)
         imp = exp if known.all() else operating_envelopes(self.sens, v_pu=v_lo, p_kw=p, **kw)
         return [OperatingEnvelope(participant=self.participants[i], interval=k,
