@@ -215,8 +215,10 @@ class MarketConfig(_Strict):
         description=(
             "Ex-ante grid awareness of the clearing: 'envelopes' = the DSO sends each "
             "prosumer's import/export limits for the next interval (from meter data and "
-            "sensitivities) and the market clips orders to them; 'constraints' = "
-            "linearised voltage and thermal constraints in the clearing LP; 'off' = none."
+            "sensitivities) and the market clips orders to them; 'constraints' = the DSO "
+            "sends linearised voltage, thermal and substation constraints and a "
+            "welfare-maximising LP accepts the orders the grid can take before the "
+            "clearing; 'off' = none."
         ),
     )
 

@@ -71,13 +71,17 @@ def run_inprocess(study: Study, times: EngineTimes | None = None) -> dict[str, p
             controllers.on_ami(k - 1, ami)
         notices = controllers.report(k - 1) if k >= 1 else []
         envelopes = controllers.envelopes(k) if k < tl.n_intervals else []
+        constraints = controllers.grid_constraints(k) if k < tl.n_intervals else []
         t = times.add("controllers", t)
         # market time of k
-        confirmations, schedule_p_kw = market.on_market_time(k, orders, energies, notices, envelopes)
+        confirmations, schedule_p_kw = market.on_market_time(k, orders, energies, notices, envelopes,
+                                                             constraints)
         t = times.add("market", t)
         if k == tl.n_intervals:
             break
         controllers.on_confirmations(k, confirmations)
+        if constraints:
+            controllers.on_envelopes(k, market.last_envelopes)
         for g in tl.steps_of_interval(k):
             deviation_p_kw = prosumers.step(g)
             t = times.add("prosumers", t)

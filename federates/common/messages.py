@@ -9,6 +9,8 @@ results.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -152,6 +154,70 @@ class OperatingEnvelope:
     binding: str = ""
 
 
+def _finite(value: object, what: str) -> float:
+    """``value`` as a finite float, else ValueError naming ``what``."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a finite number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class GridConstraint:
+    """``sum_i coef[i] * x[participants[i]] <= rhs`` for market interval ``interval``.
+
+    ``x`` [kW] is a participant's average net EXPORT over the interval; ``coef`` [pu or
+    % per kW] (negative for import-side limits), ``rhs`` [pu or %] the room at zero net
+    export of every listed participant (module doc). ``name`` e.g. ``v_max:p007``,
+    ``thermal:line.l12``, ``v_min:p003``. Lists (as JSON decodes them) become tuples;
+    raises ValueError naming the field for mismatched lengths, non-finite numbers, an
+    empty name or a participant listed twice.
+    """
+
+    interval: int
+    name: str
+    participants: tuple[str, ...]
+    coef: tuple[float, ...]
+    rhs: float
+
+    def __post_init__(self) -> None:
+        try:
+            integral = not isinstance(self.interval, bool) and int(self.interval) == self.interval
+        except (TypeError, ValueError, OverflowError):
+            integral = False
+        if not integral:
+            raise ValueError(f"GridConstraint.interval must be an integer, got {self.interval!r}")
+        object.__setattr__(self, "interval", int(self.interval))
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"GridConstraint.name must be a non-empty string, got {self.name!r}")
+        who = f"GridConstraint {self.name!r}"
+        if isinstance(self.participants, str):
+            raise ValueError(f"{who}: participants must be a sequence of ids, not one string")
+        parts = tuple(self.participants)
+        if not all(isinstance(p, str) and p for p in parts):
+            raise ValueError(f"{who}: participants must be non-empty strings, got {parts!r}")
+        if len(set(parts)) != len(parts):
+            twice = sorted({p for p in parts if parts.count(p) > 1})
+            raise ValueError(f"{who}: participants lists {twice} more than once")
+        coef = tuple(_finite(c, f"{who}: coef[{k}]") for k, c in enumerate(self.coef))
+        if len(coef) != len(parts):
+            raise ValueError(
+                f"{who}: participants ({len(parts)}) and coef ({len(coef)}) differ in length"
+            )
+        object.__setattr__(self, "participants", parts)
+        object.__setattr__(self, "coef", coef)
+        object.__setattr__(self, "rhs", _finite(self.rhs, f"{who}: rhs"))
+
+    def lhs(self, export_kw: Mapping[str, float]) -> float:
+        """``sum_i coef_i x_i`` [pu or %] for net exports ``export_kw`` [kW] (missing: 0)."""
+        return math.fsum(
+            c * export_kw.get(p, 0.0) for p, c in zip(self.participants, self.coef, strict=True)
+        )
+
+
 _KINDS: dict[str, type] = {
     "orders": Order,
     "trades": Trade,
@@ -162,6 +228,7 @@ _KINDS: dict[str, type] = {
     "commands": ControlCommand,
     "curtailments": CurtailmentNotice,
     "envelopes": OperatingEnvelope,
+    "grid_constraints": GridConstraint,
 }
 _KIND_OF: dict[type, str] = {v: k for k, v in _KINDS.items()}
 

@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from federates.common.messages import GridConstraint
 from federates.feeder.sensitivity import Sensitivities
 
 POLICIES = ("proportional", "sensitivity", "least_cost")
@@ -335,3 +336,62 @@ def operating_envelopes(sens: Sensitivities, *, v_pu: np.ndarray, p_kw: np.ndarr
             tighten(i_max, bind_i, idx, level, "import:source")
     return Envelopes(export_max_kw=np.clip(e_max, 0, None), import_max_kw=np.clip(i_max, 0, None),
                      binding_export=bind_e, binding_import=bind_i)
+
+
+def grid_constraints(sens: Sensitivities, interval: int, *, v_pu: np.ndarray, p_kw: np.ndarray,
+                     inverter_kva: np.ndarray, import_cap_kw: np.ndarray, v_min_pu: float,
+                     v_max_pu: float, margin_pu: float, dv_pu_per_kw: np.ndarray | None = None,
+                     loading_pct: np.ndarray | None = None, flow_kw: np.ndarray | None = None,
+                     thermal_max_pct: float | None = None, source_p_kw: float | None = None,
+                     export_max_kw: float | None = None,
+                     import_max_kw: float | None = None) -> list[GridConstraint]:
+    """Linearised grid limits for the clearing of ``interval`` (``network_aware: constraints``).
+
+    The same linear model and measurements as :func:`operating_envelopes`, written as
+    rows ``sum_i coef_i x_i <= rhs`` over the contributors' average net export
+    ``x_i`` [kW] (the market's :class:`~federates.common.messages.GridConstraint`):
+    customers outside a row are held at their measured export, folded into ``rhs``.
+    Only rows that could bind are sent: those the contributors could break by all
+    exporting at their inverter rating (export-side rows) or all importing at their
+    import cap (import-side rows). Units: pu for voltage rows, % for thermal rows, kW
+    for the substation rows.
+    """
+    v = np.asarray(v_pu, dtype=float)
+    x_meas = -np.asarray(p_kw, dtype=float)  # net export [kW]
+    kva = np.asarray(inverter_kva, dtype=float)
+    imp = np.asarray(import_cap_kw, dtype=float)
+    dv = sens.dv_pu_per_kw if dv_pu_per_kw is None else np.asarray(dv_pu_per_kw, dtype=float)
+    names = sens.participants
+    rows: list[GridConstraint] = []
+
+    def add(name: str, a: np.ndarray, sign: float, rhs_base: float) -> None:
+        """Row ``sign * sum a_i x_i <= rhs_base + sign * sum a_i x_meas_i`` if it can bind."""
+        idx, _ = _common_limit(0.0, a, x_meas)
+        if idx.size == 0:
+            return
+        rhs = rhs_base + sign * float(a[idx] @ x_meas[idx])
+        worst = float(a[idx] @ (kva[idx] if sign > 0 else imp[idx]))
+        if worst <= rhs:
+            return  # cannot bind even at the contributors' extremes
+        rows.append(GridConstraint(interval=interval, name=name,
+                                   participants=tuple(names[i] for i in idx),
+                                   coef=tuple(float(sign * a[i]) for i in idx), rhs=rhs))
+
+    for j in range(v.size):
+        a = np.clip(dv[j], 0, None)
+        add(f"v_max:{names[j]}", a, +1.0, v_max_pu - margin_pu - v[j])
+        add(f"v_min:{names[j]}", a, -1.0, v[j] - v_min_pu - margin_pu)
+    if thermal_max_pct is not None and loading_pct is not None and flow_kw is not None:
+        ld = np.asarray(loading_pct, dtype=float)
+        fl = np.asarray(flow_kw, dtype=float)
+        for e in np.flatnonzero(np.isfinite(ld) & (np.abs(fl) > 1e-6)):
+            a = np.clip(-sens.dflow_kw_per_kw[e], 0, None) * ld[e] / abs(fl[e])
+            # reverse flow grows with export, forward flow with import
+            add(f"thermal:{sens.elements[e]}", a, +1.0 if fl[e] < 0 else -1.0, thermal_max_pct - ld[e])
+    if source_p_kw is not None:
+        ones = np.clip(-sens.dsource_kw_per_kw, 0, None)
+        if export_max_kw is not None:
+            add("export:source", ones, +1.0, export_max_kw + source_p_kw)
+        if import_max_kw is not None:
+            add("import:source", ones, -1.0, import_max_kw - source_p_kw)
+    return rows

@@ -23,11 +23,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from federates.common.messages import AmiReading, Confirmation, OperatingEnvelope
+from federates.common.messages import AmiReading, Confirmation, GridConstraint, OperatingEnvelope
 from federates.controllers.dso import (
     MIN_EFFECTIVE_SHARE,
     CurtailmentPlan,
     closed_loop_dv,
+    grid_constraints,
     operating_envelopes,
     plan_curtailment,
     violated_constraints,
@@ -153,16 +154,49 @@ class DsoAgent:
         on_slope = (v_pu >= v3 - 0.01) & (v_pu < v4)  # about to enter it counts too
         return closed_loop_dv(self.sens, np.where(on_slope, slope, 0.0))
 
+    def _measured(self):
+        """(known, v_hi, v_lo, p) from the AMI data so far: a meter never read counts at
+        the highest (for export limits) / lowest (import limits) voltage delivered."""
+        known = np.isfinite(self.v_ami_pu)
+        if not known.any():
+            return None
+        v_hi = np.where(known, self.v_ami_pu, np.nanmax(self.v_ami_pu))
+        v_lo = np.where(known, self.v_ami_pu, np.nanmin(self.v_ami_pu))
+        return known, v_hi, v_lo, np.where(known, self.p_ami_kw, 0.0)
+
+    def grid_constraints(self, k: int) -> list[GridConstraint]:
+        """Linearised limits for the clearing of ``k`` (``network_aware: constraints``)."""
+        if self.sens is None:
+            raise RuntimeError("the DSO needs sensitivities.npz (prepare_run writes it)")
+        m = self._measured()
+        if m is None:
+            return []
+        known, v_hi, v_lo, p = m
+        scada = self.last_scada
+        kw = dict(inverter_kva=self.inverter_kva, import_cap_kw=self.import_cap_kw,
+                  v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, margin_pu=self.cur.margin_pu,
+                  loading_pct=None if scada is None else scada.loading_pct,
+                  flow_kw=None if scada is None else scada.p_kw,
+                  thermal_max_pct=self.lim.thermal_max_pct if self.lim.thermal else None,
+                  source_p_kw=None if scada is None else scada.source_p_kw,
+                  export_max_kw=self.lim.substation_export_max_kw,
+                  import_max_kw=self.lim.substation_import_max_kw,
+                  dv_pu_per_kw=self._closed_loop_dv(v_hi))
+        rows = grid_constraints(self.sens, k, v_pu=v_hi, p_kw=p, **kw)
+        if not known.all():  # import-side rows at the conservative low voltages
+            low = grid_constraints(self.sens, k, v_pu=v_lo, p_kw=p, **kw)
+            rows = [r for r in rows if not r.name.startswith("v_min:")]
+            rows += [r for r in low if r.name.startswith("v_min:")]
+        return rows
+
     def envelopes(self, k: int) -> list[OperatingEnvelope]:
         """Operating envelopes for interval ``k`` from the AMI data so far ([] before any)."""
         if self.sens is None:
             raise RuntimeError("the DSO needs sensitivities.npz (prepare_run writes it)")
-        known = np.isfinite(self.v_ami_pu)
-        if not known.any():
+        m = self._measured()
+        if m is None:
             return []
-        v_hi = np.where(known, self.v_ami_pu, np.nanmax(self.v_ami_pu))
-        v_lo = np.where(known, self.v_ami_pu, np.nanmin(self.v_ami_pu))
-        p = np.where(known, self.p_ami_kw, 0.0)
+        known, v_hi, v_lo, p = m
         scada = self.last_scada
         kw = dict(inverter_kva=self.inverter_kva, import_cap_kw=self.import_cap_kw,
                   v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, margin_pu=self.cur.margin_pu,

@@ -46,6 +46,8 @@ def run(study: Study, broker: str, log: logging.Logger):
                 role.on_ami(int(env.header["interval"]), env.items)
             elif env.kind == "confirmations":
                 role.on_confirmations(int(env.header["interval"]), env.items)
+            elif env.kind == "envelopes":
+                role.on_envelopes(int(env.header["interval"]), env.items)
             else:
                 raise ValueError(f"controllers got an unexpected {env.kind!r} message")
         return readings
@@ -61,6 +63,8 @@ def run(study: Study, broker: str, log: logging.Logger):
                 door.send(ep, keys.MARKET, encode(role.report(x), kind="curtailments", interval=x))
                 if x + 1 < tl.n_intervals:
                     door.send(ep, keys.MARKET, encode(role.envelopes(x + 1), kind="envelopes", interval=x + 1))
+                    door.send(ep, keys.MARKET, encode(role.grid_constraints(x + 1), kind="grid_constraints",
+                                                      interval=x + 1))
                 continue
             for j in range(MAX_ROUNDS + 1):
                 door.advance(tl.decide_time(x, j))

@@ -462,6 +462,25 @@ class ControllersRole:
                  "import_max_kw": e.import_max_kw, "binding": e.binding} for e in env)
         return env
 
+    def grid_constraints(self, k: int):
+        """Linearised grid limits for the clearing of ``k`` (``market.network_aware:
+        constraints``; [] otherwise or before any AMI data)."""
+        if self.dso is None or self.network_aware != "constraints":
+            return []
+        return self.dso.grid_constraints(k)
+
+    def on_envelopes(self, k: int, envelopes) -> None:
+        """Export limits the clearing of ``k`` set (``constraints`` mode: what the grid
+        let a participant sell / interval): export caps from the first step of ``k``."""
+        if not envelopes:
+            return
+        caps = np.full(self.n, np.inf)
+        for e in envelopes:
+            i = self._index.get(e.participant)
+            if i is not None and e.interval == k:
+                caps[i] = e.export_max_kw
+        self._envelopes[k] = caps
+
     # ------------------------------------------------------------------ reports
     def report(self, k: int) -> list[CurtailmentNotice]:
         """Energy [kWh] each participant lost to caps in interval ``k``, one notice per

@@ -23,19 +23,22 @@ def run(study: Study, broker: str, log: logging.Logger):
         for k in range(tl.n_intervals + 1):
             door.advance(tl.market_time(k))
             inbox: dict[str, list] = {"orders": [], "interval_energy": [], "curtailments": [],
-                                      "envelopes": []}
+                                      "envelopes": [], "grid_constraints": []}
             for text in door.receive(ep):
                 env = decode(text)
                 if env.kind not in inbox:
                     raise ValueError(f"market got an unexpected {env.kind!r} message")
                 inbox[env.kind].extend(env.items)
             confirmations, schedule_p_kw = role.on_market_time(
-                k, inbox["orders"], inbox["interval_energy"], inbox["curtailments"], inbox["envelopes"]
+                k, inbox["orders"], inbox["interval_energy"], inbox["curtailments"], inbox["envelopes"],
+                inbox["grid_constraints"],
             )
             if k < tl.n_intervals:
                 text = encode(confirmations, kind="confirmations", interval=k)
                 door.send(ep, keys.PROSUMERS, text)
                 door.send(ep, keys.CONTROLLERS, text)  # the DSO's view of the schedule
+                if inbox["grid_constraints"]:  # the export limits the constrained clearing set
+                    door.send(ep, keys.CONTROLLERS, encode(role.last_envelopes, kind="envelopes", interval=k))
                 door.publish(pub, schedule_p_kw)
     finally:
         door.close()

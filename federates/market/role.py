@@ -22,6 +22,7 @@ from federates.common.messages import (
     GRID,
     Confirmation,
     CurtailmentNotice,
+    GridConstraint,
     IntervalEnergy,
     OperatingEnvelope,
     Order,
@@ -173,6 +174,8 @@ class MarketRole:
         self._envelopes: list[dict] = []
         self._trade_ids: dict[int, dict[int, str]] = {}  # interval -> id(Trade) -> trade id
         self._clipped_kwh = 0.0
+        #: the envelopes the clearing of the last market time used or set
+        self.last_envelopes: list[OperatingEnvelope] = []
         # the signed ledger (ledger.jsonl): one block per market time. Participant keys
         # are derived from the study seed here, a study simplification: the prosumers
         # should sign their own bids and the market verify them.
@@ -194,6 +197,7 @@ class MarketRole:
         energies: list[IntervalEnergy],
         notices: list[CurtailmentNotice],
         envelopes: list[OperatingEnvelope] | None = None,
+        constraints: list[GridConstraint] | None = None,
     ) -> tuple[list[Confirmation], np.ndarray]:
         """Settle ``k-1`` (if ``k >= 1``), then clear ``k`` (if ``k < n_intervals``).
 
@@ -212,6 +216,15 @@ class MarketRole:
         interval length before clearing. The clipped energy is in the ``clearing``
         table, each order's original energy in ``bids.requested_kwh``, and every
         envelope in the ledger.
+
+        ``constraints`` (``market.network_aware: constraints``): the DSO's linearised
+        grid limits for ``k``; the orders the grid can take are chosen by a
+        welfare-maximising LP under them
+        (:func:`federates.market.network_constraints.accept_within_grid`) before the
+        configured mechanism clears them. Every participant whose sales the LP clipped
+        gets an envelope (its accepted sales / purchases per interval hour) in
+        :attr:`last_envelopes`, the ``envelopes`` table and the ledger; the
+        controllers hold its export to it.
         """
         n = self.n_intervals
         if not 0 <= k <= n:
@@ -246,7 +259,11 @@ class MarketRole:
         env_k = [e for e in (envelopes or []) if e.interval == k]
         if env_k:
             mine = self._clip_to_envelopes(mine, env_k)
-            self._envelopes.extend(asdict(e) for e in env_k)
+        cons_k = [c for c in (constraints or []) if c.interval == k]
+        if cons_k:
+            mine, env_k = self._accept_within_grid(k, mine, cons_k)
+        self.last_envelopes = env_k
+        self._envelopes.extend(asdict(e) for e in env_k)
         self._clipped_kwh = float(sum(requested) - sum(o.energy_kwh for o in mine))
         extra = {}
         if self._distances is not None:
@@ -292,6 +309,39 @@ class MarketRole:
             if e != o.energy_kwh:
                 out[i] = replace(o, energy_kwh=e)
         return [o for o in out if o.energy_kwh > 0]
+
+    def _accept_within_grid(self, k: int, orders: list[Order],
+                            constraints: list[GridConstraint]) -> tuple[list[Order], list[OperatingEnvelope]]:
+        """The orders the grid constraints let through, and an envelope per participant
+        whose sales were clipped or who sells into a binding constraint (accepted sales
+        and purchases per interval hour; the controllers hold its export to the first). Clipped purchases show in the
+        ``bids`` table only (loads are not capped physically)."""
+        from federates.market.network_constraints import accept_within_grid
+
+        acc = accept_within_grid(orders, constraints, interval_h=self._timeline.interval_h,
+                                 retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in)
+        h = self._timeline.interval_h
+        accepted: dict[tuple[str, str], float] = {}
+        for o in acc.orders:
+            key = (o.participant, o.side)
+            accepted[key] = accepted.get(key, 0.0) + o.energy_kwh
+        requested: dict[tuple[str, str], float] = {}
+        for o in orders:
+            key = (o.participant, o.side)
+            requested[key] = requested.get(key, 0.0) + max(o.energy_kwh, 0.0)
+        clipped = {key for key, e in requested.items() if accepted.get(key, 0.0) < e - 1e-9}
+        binding = set(acc.binding)
+        out = []
+        # sellers in a binding row are held to what they were accepted for, clipped or
+        # not: the row assumed exactly that export
+        in_binding = {p for c in constraints if c.name in binding for p in c.participants}
+        sellers = {p for p, side in requested if side == "sell"}
+        for p in sorted({p for p, side in clipped if side == "sell"} | (in_binding & sellers)):
+            names = sorted(c.name for c in constraints if c.name in binding and p in c.participants)
+            out.append(OperatingEnvelope(
+                participant=p, interval=k, export_max_kw=accepted.get((p, "sell"), 0.0) / h,
+                import_max_kw=accepted.get((p, "buy"), 0.0) / h, binding=";".join(names)))
+        return acc.orders, out
 
     def _with_community(self, o: Order) -> Order:
         """The order with its community set from its location where it came without one

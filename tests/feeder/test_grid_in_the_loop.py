@@ -112,7 +112,7 @@ def test_limits_that_exports_cannot_clear_are_recorded_not_curtailed(tmp_path_fa
 def very_weak(tmp_path_factory):
     cfg = REPO / "configs" / "very_weak_grid.yaml"
     return {na: run(tmp_path_factory, f"vw_{na}", cfg, *MIDDAY_2H, "--set", f"market.network_aware={na}")
-            for na in ("off", "envelopes")}
+            for na in ("off", "envelopes", "constraints")}
 
 
 def test_envelopes_cut_ex_post_curtailment_on_the_very_weak_grid(very_weak):
@@ -139,8 +139,23 @@ def test_envelopes_cut_ex_post_curtailment_on_the_very_weak_grid(very_weak):
     assert k_env["violation_min_after"].sum() <= k_off["violation_min_after"].sum()
 
 
-def test_no_sale_is_scheduled_beyond_an_envelope(very_weak):
-    t = very_weak["envelopes"]
+def test_constrained_clearing_cuts_ex_post_curtailment_and_holds_back_less(very_weak):
+    def by_limit(t):
+        return t["curtailment_energy"].groupby("limit")["energy_kwh"].sum()
+
+    off, con, env = (by_limit(very_weak[m]) for m in ("off", "constraints", "envelopes"))
+    ex_post_off = off.drop("envelope", errors="ignore").sum()
+    assert con.drop("envelope", errors="ignore").sum() < 0.5 * ex_post_off
+    # the LP gives the grid's room to the orders worth most: less held back than the
+    # equal-share envelopes
+    assert con.get("envelope", 0.0) < env["envelope"]
+    e = very_weak["constraints"]["envelopes"]
+    assert len(e) > 0 and e["binding"].str.contains("v_max:").any()
+
+
+@pytest.mark.parametrize("mode", ["envelopes", "constraints"])
+def test_no_sale_is_scheduled_beyond_an_envelope(very_weak, mode):
+    t = very_weak[mode]
     env = t["envelopes"].set_index(["interval", "participant"])
     tr = t["trades"]
     sold = tr.groupby(["interval", "seller"])["energy_kwh"].sum()
