@@ -72,11 +72,13 @@ def _sigterm(signum, frame):
 
 def cmd_validate(args) -> int:
     from runner.config import load_config
+    from runner.launch import check_feeder
 
     cfg = load_config(args.config, args.overrides)
     tl = cfg.timeline
+    model = check_feeder(cfg, args.config.parent)
     print(f"{args.config}: ok ({tl.n_intervals} market intervals x {tl.steps_per_interval} steps, "
-          f"{cfg.prosumers.count} prosumers, feeder {cfg.feeder.model or cfg.feeder.path})")
+          f"{cfg.prosumers.count} prosumers, feeder {cfg.feeder.model or cfg.feeder.path}: {model})")
     return 0
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 
 from federates.common import keys
-from federates.common.errors import ConfigError, FederationError, Problem
+from federates.common.errors import ConfigError, FederationError, FeederModelError, Problem
 from federates.common.runtime import (
     CONFIG_FILE,
     V_BASE_FILE,
@@ -73,7 +73,6 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
     with ``prosumers.pv_penetration_pct`` the resolved config also gets the peak load
     it refers to (``pv_penetration_base_kw``), so every federate sizes PV alike.
     """
-    from federates.feeder.opendss import OpenDSSFeeder
     from federates.feeder.placement import place_customers
     from federates.feeder.synthetic import write_synthetic_feeder
     from federates.prosumers.agents import feeder_peak_load_kw
@@ -90,7 +89,7 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
         master = feeder_master(cfg, config_dir)
         if cfg.feeder.path is not None:
             raw["feeder"]["path"] = str(master)  # absolute, so the run folder stands alone
-    feeder = OpenDSSFeeder(master, source_pu=cfg.feeder.source_pu)
+    feeder = open_feeder(cfg, master)
     points = feeder.load_points()
     p = cfg.prosumers
     try:
@@ -122,6 +121,33 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
                                      background_mult=0.6 * cfg.feeder.background_load_scale)
         sens.save(run_dir / SENSITIVITIES_FILE)
     return study
+
+
+def open_feeder(cfg: StudyFile, master: Path):
+    """The configured OpenDSS model, compiled, solved and checked for voltage bases.
+
+    A model without voltage bases is bad input: ConfigError (exit 2) on
+    ``feeder.path`` / ``feeder.model``. Other model errors stay FeederModelError."""
+    from federates.feeder.opendss import OpenDSSFeeder
+
+    feeder = OpenDSSFeeder(master, source_pu=cfg.feeder.source_pu)
+    try:
+        feeder.check_voltage_bases()
+    except FeederModelError as e:
+        field_ = "feeder.path" if cfg.feeder.path is not None else "feeder.model"
+        raise ConfigError([Problem(field_, str(e), "a model that sets VoltageBases and runs CalcVoltageBases")],
+                          "feeder") from None
+    return feeder
+
+
+def check_feeder(cfg: StudyFile, config_dir: Path) -> str:
+    """What ``tecosim validate`` checks of the model: it loads, solves, has voltage
+    bases. Returns a one-line description (generated feeders are checked at run time)."""
+    if generated_feeder_parameters(cfg) is not None:
+        return "synthetic feeder generated at run time"
+    master = feeder_master(cfg, config_dir)
+    feeder = open_feeder(cfg, master)
+    return f"{master.name}: {len(feeder.load_points())} loads, base case solves"
 
 
 def versions() -> dict[str, str]:

@@ -4,7 +4,8 @@ Made from the run folder's tables alone (after the run, like the kpis):
 
 * the feeder's ``customer_losses`` (per physics step, each customer's share of the
   feeder's losses by the per-phase graph-based loss allocation of
-  :mod:`federates.feeder.losses`, plus the ``background`` remainder no customer carries;
+  :mod:`federates.feeder.losses`, plus the ``background`` row: the share of the model's
+  own Loads, which use the feeder like the customers do, and what no user carries;
   per step they add up to OpenDSS's ``Circuit.Losses``, the grid table's ``losses_kw``);
 * the market's ``trades`` (``trade_id`` as the market numbered them,
   ``<interval>-<position>``; "" on untraded and background rows), ``clearing (prices) and the feeder's ``voltages`` (the applied
@@ -20,7 +21,8 @@ customer's metered |net energy| as the denominator where it exceeds the traded e
 * ``grid``: one per trade with the utility: the customer side's share (``participant``);
 * ``untraded``: one per customer: the share of its energy no trade covers (its whole
   loss when it did not trade; ``energy_kwh`` = that uncovered energy);
-* ``background``: one: the losses no customer carries (``participant`` ``background``).
+* ``background``: one: the losses no customer carries, i.e. the model's own Loads'
+  share plus what no user carries (``participant`` ``background``).
 
 So per interval ``sum(loss_kwh)`` = the interval's feeder losses (sum of
 ``grid.losses_kw`` x step [h]); tests/feeder/test_loss_allocation_run.py checks it.

@@ -4,9 +4,12 @@ Pure numpy (no OpenDSS): the inputs come from the adapter,
 :meth:`federates.feeder.opendss.OpenDSSFeeder.phase_losses_kw` (the loss of each PD
 element split over the phase layers a, b, c and n [kW]),
 :meth:`~federates.feeder.opendss.OpenDSSFeeder.customer_paths` (the PD elements on each
-customer's path from the source bus) and
+customer's path from the source bus),
 :meth:`~federates.feeder.opendss.OpenDSSFeeder.customer_layers` (each customer's
-phase layer).
+phase layer) and their background-Load counterparts
+:meth:`~federates.feeder.opendss.OpenDSSFeeder.background_load_paths`,
+:meth:`~federates.feeder.opendss.OpenDSSFeeder.background_load_layers` and
+:meth:`~federates.feeder.opendss.OpenDSSFeeder.background_layer_kw`.
 
 The rule (the graph-based loss allocation idea of the review's refs. [32]-[35]: the
 loss of each branch is traced along the energy path and shared by the users of that
@@ -15,23 +18,38 @@ path, one graph layer per phase):
 * the feeder graph has one layer per phase (:data:`LAYERS` a, b, c) and a neutral
   layer ``n``; each PD element ``e`` has a loss ``L_e,l`` in each layer ``l`` (the
   adapter's split, summing to the element's OpenDSS loss exactly);
-* a customer on phase ``x`` uses, on every element of its path, layer ``x`` and the
-  neutral layer ``n``; each (element, layer) loss is shared among its users in
-  proportion to their ``|p_kw|`` (importers and exporters alike: both make the branch
-  carry current). A single-phase customer on phase a gets no share of a three-phase
-  line's b- and c-layer losses;
-* an (element, layer) used by no customer (e.g. one feeding only background loads, a
-  shunt capacitor, another phase), or used only by customers with ``p_kw = 0``, goes
-  to a ``background`` remainder;
+* the users of the graph are the customers (prosumers) and the model's own
+  (background) Loads. A customer on phase ``x`` uses, on every element of its path
+  from the source, layer ``x`` and the neutral layer ``n``, with weight ``|p_kw|``
+  (importers and exporters alike: both make the branch carry current). A background
+  Load uses, on every element of its path, the phase layers of its conductors and
+  ``n``: its ``|p|`` is split over its phase layers in proportion to its per-phase
+  (per-conductor) active power, and it weighs ``|p|`` on ``n`` (a three-phase or
+  delta Load thus uses each of its phases' layers; the adapter's
+  :meth:`~federates.feeder.opendss.OpenDSSFeeder.background_layer_kw` reads these
+  weights each step);
+* each (element, layer) loss is shared among its users in proportion to their
+  weights. A single-phase customer on phase a gets no share of a three-phase line's
+  b- and c-layer losses;
+* the background's share (:data:`BACKGROUND`) is the sum of the background Loads'
+  shares plus every (element, layer) used by nobody (e.g. a shunt capacitor, a
+  de-energised branch) or only by users of weight 0;
 * so customer allocations + background = sum of ``L_e,l`` = OpenDSS's total losses
   (conservation by construction; tests/feeder/test_losses.py checks it against
   ``Circuit.Losses``).
 
-Approximation: the whole loss of an (element, layer) on a customer's path is shared
-among customers even when background loads also draw through it (on IEEE 13 the
-customers' few kW then carry the trunk losses of the MW of background load).
-:func:`allocate_losses_to_customers` is the older all-phase variant (each element's
-total loss shared by every customer using the element, whatever its phase).
+Approximation: a user's weight is its own ``|p|`` at its connection point, not the
+current it causes in each branch (no power-flow tracing: a customer and a background
+Load drawing the same kW through a trunk line get the same share of that line's
+layer, whatever their power factor or distance beyond it); losses are quadratic in
+the branch current but shared linearly in ``|p|``, so the shares are pro rata, not
+marginal. On the IEEE 13 published case with 40 customers the customers' share of
+the losses is about their share of the power flowing through the elements they use
+(a few kW among the MW of background load on the trunk), not, as when only customers
+were counted as users, nearly all of the feeder's losses.
+:func:`allocate_losses_to_customers` is the older all-phase, customers-only variant
+(each element's total loss shared by every customer using the element, whatever its
+phase).
 
 :func:`allocate_losses_to_trades` then splits each customer's allocated loss over its
 trades pro rata by traded energy; trades with :data:`~federates.common.messages.GRID`
@@ -42,86 +60,174 @@ in kW (a step) or in kWh (an interval) alike.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from federates.common.messages import GRID, Trade
 
-__all__ = ["BACKGROUND", "LAYERS", "NEUTRAL", "PhaseLossIncidence", "TradeLossAllocation",
+__all__ = ["BACKGROUND", "LAYERS", "NEUTRAL", "PhaseLossAllocation", "PhaseLossIncidence", "TradeLossAllocation",
            "allocate_losses_to_customers", "allocate_losses_to_trades",
            "allocate_phase_losses_to_customers"]
 
 #: Graph layers: the phases a, b, c and the neutral / ground return ``n``.
 LAYERS: tuple[str, ...] = ("a", "b", "c", "n")
 NEUTRAL = "n"
-#: Name of the remainder no customer carries (tables: ``participant == BACKGROUND``).
+#: Name of what no customer carries: the background Loads' shares and what no user
+#: carries (tables: ``participant == BACKGROUND``).
 BACKGROUND = "background"
 _LAYER_POS = {x: i for i, x in enumerate(LAYERS)}
 
 
+def _empty_index() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class PhaseLossAllocation:
+    """One step's per-phase GBLA [kW]: ``customer_kw`` per customer,
+    ``background_load_kw`` per background Load (its share of the layers it uses) and
+    ``unused_kw`` (layers used by nobody or only by users of weight 0)."""
+
+    customer_kw: np.ndarray
+    background_load_kw: np.ndarray
+    unused_kw: float
+
+    @property
+    def background_kw(self) -> float:
+        """What no customer carries: the background Loads' shares + ``unused_kw`` [kW]."""
+        return float(self.background_load_kw.sum() + self.unused_kw)
+
+
 @dataclass(frozen=True)
 class PhaseLossIncidence:
-    """Which (element, layer) cells each customer uses: built once, applied per step.
+    """Which (element, layer) cells each user uses: built once, applied per step.
 
     ``cell[j]``, ``customer[j]``: pair ``j`` says customer ``customer[j]`` uses cell
     ``cell[j] = element * 4 + layer`` (rows of :meth:`allocate`'s loss array, layers in
-    :data:`LAYERS` order). Each pair appears once.
+    :data:`LAYERS` order). ``bg_cell[j]``, ``bg_slot[j]``: background Load
+    ``bg_slot[j] // 4`` uses cell ``bg_cell[j]`` in layer ``bg_slot[j] % 4`` (its weight
+    there is that entry of the per-step ``(n_background, 4)`` weight array). Each pair
+    appears once.
     """
 
     n_elements: int
     n_customers: int
     cell: np.ndarray
     customer: np.ndarray
+    n_background: int = 0
+    bg_cell: np.ndarray = field(default_factory=_empty_index)
+    bg_slot: np.ndarray = field(default_factory=_empty_index)
+    # both kinds of pairs at once: cell, position in the per-step weight vector
+    # (|p| of the customers, then the background weights flat), output row
+    # (customers, then background Loads)
+    _all_cell: np.ndarray = field(init=False, repr=False)
+    _all_weight: np.ndarray = field(init=False, repr=False)
+    _all_row: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        nc = self.n_customers
+        object.__setattr__(self, "_all_cell", np.concatenate([self.cell, self.bg_cell]).astype(np.int64))
+        object.__setattr__(self, "_all_weight", np.concatenate([self.customer, nc + self.bg_slot]).astype(np.int64))
+        object.__setattr__(self, "_all_row", np.concatenate([self.customer, nc + self.bg_slot // len(LAYERS)])
+                           .astype(np.int64))
 
     @classmethod
     def build(cls, elements: Sequence[str], paths: Sequence[Sequence[str]],
-              customer_layers: Sequence[str]) -> PhaseLossIncidence:
+              customer_layers: Sequence[str], *,
+              background_paths: Sequence[Sequence[str]] = (),
+              background_layers: Sequence[Sequence[str]] = ()) -> PhaseLossIncidence:
         """Pairs for customers with ``paths`` (element names) on ``customer_layers``
-        (``a``, ``b`` or ``c``; ``n`` uses only the neutral layer); ``elements`` names
-        the rows of the loss array. Path elements not in ``elements`` carry no loss."""
+        (``a``, ``b`` or ``c``; ``n`` uses only the neutral layer) and background Loads
+        with ``background_paths`` drawing on the phase layers ``background_layers``
+        (each a collection of ``a``, ``b``, ``c``; every Load also uses ``n``);
+        ``elements`` names the rows of the loss array. Path elements not in
+        ``elements`` carry no loss."""
         if len(paths) != len(customer_layers):
             raise ValueError(f"{len(paths)} paths but {len(customer_layers)} customer layers")
+        if len(background_paths) != len(background_layers):
+            raise ValueError(f"{len(background_paths)} background paths but {len(background_layers)} "
+                             "background layer sets")
         row = {e: i for i, e in enumerate(elements)}
         n_layers = len(LAYERS)
-        cells: list[int] = []
-        custs: list[int] = []
-        for k, (path, layer) in enumerate(zip(paths, customer_layers, strict=True)):
-            if layer not in _LAYER_POS:
-                raise ValueError(f"customer {k}: layer {layer!r} is not one of {LAYERS}")
-            mine = {_LAYER_POS[layer], _LAYER_POS[NEUTRAL]}
-            for e in dict.fromkeys(path):  # an element counts once per customer
-                i = row.get(e)
-                if i is None:
-                    continue
-                for lay in sorted(mine):
-                    cells.append(i * n_layers + lay)
-                    custs.append(k)
-        return cls(n_elements=len(elements), n_customers=len(paths),
-                   cell=np.asarray(cells, dtype=np.int64), customer=np.asarray(custs, dtype=np.int64))
+        n_pos = _LAYER_POS[NEUTRAL]
 
-    def allocate(self, layer_losses_kw: np.ndarray, p_kw: np.ndarray) -> tuple[np.ndarray, float]:
-        """Per-customer losses [kW] and the background remainder [kW] of one solve.
+        def pairs(users_paths, users_layers, what):
+            cells: list[int] = []
+            users: list[int] = []
+            for k, (path, layers) in enumerate(zip(users_paths, users_layers, strict=True)):
+                bad = [x for x in layers if x not in _LAYER_POS]
+                if bad:
+                    raise ValueError(f"{what} {k}: layer {bad[0]!r} is not one of {LAYERS}")
+                mine = sorted({_LAYER_POS[x] for x in layers} | {n_pos})
+                for e in dict.fromkeys(path):  # an element counts once per user
+                    i = row.get(e)
+                    if i is None:
+                        continue
+                    for lay in mine:
+                        cells.append(i * n_layers + lay)
+                        users.append(k if what == "customer" else k * n_layers + lay)
+            return np.asarray(cells, dtype=np.int64), np.asarray(users, dtype=np.int64)
+
+        cell, customer = pairs(paths, [(x,) for x in customer_layers], "customer")
+        bg_cell, bg_slot = pairs(background_paths, [tuple(x) for x in background_layers], "background load")
+        return cls(n_elements=len(elements), n_customers=len(paths), cell=cell, customer=customer,
+                   n_background=len(background_paths), bg_cell=bg_cell, bg_slot=bg_slot)
+
+    def allocate(self, layer_losses_kw: np.ndarray, p_kw: np.ndarray,
+                 background_layer_kw: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """Per-customer losses [kW] and the background's share [kW] of one solve.
 
         ``layer_losses_kw``: (elements, 4) losses per layer [kW]; ``p_kw``: customer
-        active power [kW] (sign ignored). A few numpy operations, no Python loop.
+        active power [kW] (sign ignored); ``background_layer_kw``: (background Loads,
+        4) weight of each background Load in each layer [kW] (required when the
+        incidence has background Loads; see :meth:`allocate_detail`).
         ``customer.sum() + background`` equals ``layer_losses_kw.sum()`` up to one
         float rounding.
         """
+        a = self.allocate_detail(layer_losses_kw, p_kw, background_layer_kw)
+        return a.customer_kw, float(np.asarray(layer_losses_kw, dtype=float).sum() - a.customer_kw.sum())
+
+    def allocate_detail(self, layer_losses_kw: np.ndarray, p_kw: np.ndarray,
+                        background_layer_kw: np.ndarray | None = None) -> PhaseLossAllocation:
+        """:meth:`allocate` itemised: each customer's, each background Load's and the
+        unused share [kW]. A few numpy operations, no Python loop.
+
+        ``background_layer_kw[j, l]``: background Load ``j``'s weight in layer ``l``
+        [kW, sign ignored] (the adapter's ``background_layer_kw``: its ``|p|`` split
+        over its phase layers, and ``|p|`` in ``n``); a layer the Load does not use
+        (not in the ``background_layers`` it was built with) is ignored.
+        """
         loss = np.asarray(layer_losses_kw, dtype=float)
-        if loss.shape != (self.n_elements, len(LAYERS)):
-            raise ValueError(f"expected layer losses of shape {(self.n_elements, len(LAYERS))}, got {loss.shape}")
+        n_layers = len(LAYERS)
+        if loss.shape != (self.n_elements, n_layers):
+            raise ValueError(f"expected layer losses of shape {(self.n_elements, n_layers)}, got {loss.shape}")
         w = np.abs(np.asarray(p_kw, dtype=float))
         if w.shape != (self.n_customers,):
             raise ValueError(f"expected {self.n_customers} customer powers, got shape {w.shape}")
         if not np.all(np.isfinite(w)):
             raise ValueError("customer powers must be finite")
+        if background_layer_kw is None:
+            if self.n_background:
+                raise ValueError(f"the incidence has {self.n_background} background loads: give their layer weights")
+            bw = np.zeros(0)
+        else:
+            bw = np.abs(np.asarray(background_layer_kw, dtype=float))
+            if bw.shape != (self.n_background, n_layers):
+                raise ValueError(f"expected background weights of shape {(self.n_background, n_layers)}, "
+                                 f"got {bw.shape}")
+            if not np.all(np.isfinite(bw)):
+                raise ValueError("background load weights must be finite")
+            bw = bw.reshape(-1)
         flat = loss.reshape(-1)
-        wj = w[self.customer]
-        users_w = np.bincount(self.cell, weights=wj, minlength=flat.size)
+        wj = np.concatenate([w, bw])[self._all_weight]
+        users_w = np.bincount(self._all_cell, weights=wj, minlength=flat.size)
         per_w = np.divide(flat, users_w, out=np.zeros_like(flat), where=users_w > 0)
-        out = np.bincount(self.customer, weights=per_w[self.cell] * wj, minlength=self.n_customers)
-        return out, float(flat.sum() - out.sum())
+        out = np.bincount(self._all_row, weights=per_w[self._all_cell] * wj,
+                          minlength=self.n_customers + self.n_background)
+        cust, bg = out[:self.n_customers], out[self.n_customers:]
+        return PhaseLossAllocation(customer_kw=cust, background_load_kw=bg,
+                                   unused_kw=float(flat.sum() - out.sum()))
 
 
 def allocate_phase_losses_to_customers(
@@ -129,12 +235,18 @@ def allocate_phase_losses_to_customers(
     paths: Sequence[Sequence[str]],
     customer_layers: Sequence[str],
     p_kw: np.ndarray,
+    *,
+    background_paths: Sequence[Sequence[str]] = (),
+    background_layer_kw: Sequence[Mapping[str, float]] = (),
 ) -> tuple[np.ndarray, float]:
     """Per-phase-layer GBLA (see the module doc): ``(customer_kw, background_kw)``.
 
     ``element_phase_losses_kw``: element -> {layer: loss [kW]} (layers of
     :data:`LAYERS`; missing layers are 0); ``paths`` and ``customer_layers`` in
-    customer order; ``p_kw`` customer active power [kW] (sign ignored).
+    customer order; ``p_kw`` customer active power [kW] (sign ignored). Background
+    Loads: ``background_paths`` and, per Load, ``background_layer_kw`` {phase layer:
+    its |p| there [kW]}; it uses those layers and ``n``, where it weighs the sum of
+    its phase weights (its ``|p|``).
     """
     elements = list(element_phase_losses_kw)
     loss = np.zeros((len(elements), len(LAYERS)))
@@ -143,8 +255,16 @@ def allocate_phase_losses_to_customers(
             if layer not in _LAYER_POS:
                 raise ValueError(f"{e}: layer {layer!r} is not one of {LAYERS}")
             loss[i, _LAYER_POS[layer]] += float(x)
-    inc = PhaseLossIncidence.build(elements, paths, customer_layers)
-    return inc.allocate(loss, p_kw)
+    bw = np.zeros((len(background_layer_kw), len(LAYERS)))
+    for j, per_layer in enumerate(background_layer_kw):
+        for layer, x in per_layer.items():
+            if layer not in _LAYER_POS or layer == NEUTRAL:
+                raise ValueError(f"background load {j}: layer {layer!r} is not one of {LAYERS[:-1]}")
+            bw[j, _LAYER_POS[layer]] += abs(float(x))
+    bw[:, _LAYER_POS[NEUTRAL]] = bw.sum(axis=1)
+    inc = PhaseLossIncidence.build(elements, paths, customer_layers, background_paths=background_paths,
+                                   background_layers=[list(x) for x in background_layer_kw])
+    return inc.allocate(loss, p_kw, bw if inc.n_background else None)
 
 
 def allocate_losses_to_customers(

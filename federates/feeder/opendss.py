@@ -141,6 +141,9 @@ class OpenDSSFeeder:
             self._dss.Text.Command("Set Mode=Snapshot")
             self._dss.Text.Command(f"Set MaxControlIter={MAX_CONTROL_ITERATIONS}")
             self._dss.Text.Command(f"Set MaxIterations={MAX_POWER_FLOW_ITERATIONS}")
+            # buses exist only after a solve: a file without Solve / CalcVoltageBases (or
+            # with elements defined after them) has none (or not all) yet
+            self._dss.Text.Command("MakeBusList")
         except Exception as e:
             raise FeederModelError(f"{self.master}: OpenDSS could not load the model: {e}") from None
         if self._dss.Circuit.NumBuses() == 0:
@@ -192,6 +195,26 @@ class OpenDSSFeeder:
     def load_points(self) -> list[LoadPoint]:
         """Every Load of the model as compiled (customers attached later not included)."""
         return list(self._load_points)
+
+    def check_voltage_bases(self) -> None:
+        """Raise FeederModelError naming the file and the load buses without a kV base.
+
+        Customers are attached at their load bus's L-N kV base (:meth:`bus_kv_ln`), so
+        a model without ``Set VoltageBases`` and ``CalcVoltageBases`` (OpenDSS gives a
+        bus a base only there) would fail later, in :meth:`attach_customers`. Every
+        bus is checked when the model has no Load. Not part of ``__init__``: ``feeders
+        show`` inspects such models (it counts their buses without a kV base).
+        """
+        dss = self._dss
+        no_base = [bus for bus in dict.fromkeys([lp.bus for lp in self._load_points] or dss.Circuit.AllBusNames())
+                   if dss.Circuit.SetActiveBus(bus) < 0 or not float(dss.Bus.kVBase()) > 0]
+        if no_base:
+            shown = ", ".join(no_base[:10]) + (f" and {len(no_base) - 10} more" if len(no_base) > 10 else "")
+            raise FeederModelError(
+                f"{self.master}: {'the load buses' if self._load_points else 'the buses'} {shown} have no "
+                "voltage base (kV); add `Set VoltageBases=[...]` (the model's line-to-line kV levels) and "
+                "`CalcVoltageBases` after the circuit's elements"
+            )
 
     def bus_kv_ln(self, bus: str) -> float:
         """Nominal line-to-neutral voltage of ``bus`` [kV] (its OpenDSS kVBase)."""
@@ -387,6 +410,25 @@ class OpenDSSFeeder:
         for name in self._regulators:
             rc.Name(name)
             out[name] = int(rc.TapNumber())
+        return out
+
+    @property
+    def capacitor_names(self) -> list[str]:
+        """Names of the model's Capacitors, in model order."""
+        return list(self._dss.Capacitors.AllNames()) if self._dss.Capacitors.Count() else []
+
+    def capacitor_steps(self) -> dict[str, int]:
+        """Steps in service of every Capacitor [-] (0 = switched off; a one-step bank: 0/1),
+        as its CapControl (if any) left it."""
+        out = {}
+        caps = self._dss.Capacitors
+        if not caps.Count():
+            return out
+        caps.First()
+        while True:
+            out[caps.Name()] = int(sum(caps.States()))
+            if not caps.Next():
+                break
         return out
 
     def set_regulator_taps(self, taps: dict[str, int]) -> None:
@@ -747,6 +789,7 @@ class OpenDSSFeeder:
             self.ln_r = np.zeros((0, 0, 0))  # series resistance [ohm]
             self.ln_cell = np.zeros((0, 0), dtype=np.int64)  # padding: the dummy cell
             self.ln_ncell = np.zeros(0, dtype=np.int64)
+            self.bg: OpenDSSFeeder._BackgroundLoadIndex | None = None  # built on first use
 
         def layer(self, bus: str, node: int) -> str:
             m = self.bus_layers.get(bus)
@@ -972,6 +1015,167 @@ class OpenDSSFeeder:
             bus, _, node = names[k].lower().partition(".")
             out.append(ix.layer(bus, int(node)))
         return out
+
+    class _BackgroundLoadIndex:
+        """The model's own (background) Loads as users of the loss graph.
+
+        Per Load (the enabled Loads of the model as compiled, :meth:`load_points`
+        order): its name, bus, phase layers and ``Loads.Idx``; per conductor (in
+        ``CktElement.Powers`` order) the cell ``load * 4 + layer`` its power goes to.
+        ``batch``: a DSS C-API batch of these Loads, so that
+        ``Alt_CEBatch_Get_Powers`` reads every conductor's power in one call; None
+        when the engine has no batch API (then one ``CktElement.Powers`` per Load).
+        """
+
+        def __init__(self) -> None:
+            self.names: list[str] = []
+            self.buses: list[str] = []
+            self.layers: list[tuple[str, ...]] = []
+            self.load_idx: list[int] = []
+            self.cond_cell = np.zeros(0, dtype=np.int64)
+            self.cond_load = np.zeros(0, dtype=np.int64)
+            self.n_values = 0  # floats per read: (kW, kvar) per conductor
+            self.batch = None
+
+    def _background_load_index(self) -> OpenDSSFeeder._BackgroundLoadIndex:
+        """The background Loads' index (built once per :meth:`_phase_loss_index`).
+
+        A conductor's layer is its node's layer at the Load's bus (as propagated from
+        the source; node 0 and neutral nodes: ``n``), so a Load behind a wye-wye
+        transformer or a single-phase service transformer takes the phase it hangs
+        off.
+        """
+        from federates.feeder.losses import LAYERS
+
+        ix = self._phase_loss_index()
+        if ix.bg is not None:
+            return ix.bg
+        bx = OpenDSSFeeder._BackgroundLoadIndex()
+        lay = {x: i for i, x in enumerate(LAYERS)}
+        loads, el = self._dss.Loads, self._dss.CktElement
+        cells: list[int] = []
+        owner: list[int] = []
+        for j, lp in enumerate(self._load_points):
+            loads.Name(lp.name)
+            bx.names.append(lp.name.lower())
+            bx.load_idx.append(int(loads.Idx()))
+            bus = el.BusNames()[0].split(".")[0].lower()
+            bx.buses.append(bus)
+            conductor_layers = [ix.layer(bus, int(x)) if x else "n" for x in el.NodeOrder()]
+            bx.layers.append(tuple(dict.fromkeys(x for x in conductor_layers if x != "n")))
+            cells += [j * len(LAYERS) + lay[x] for x in conductor_layers]
+            owner += [j] * len(conductor_layers)
+        bx.cond_cell = np.asarray(cells, dtype=np.int64)
+        bx.cond_load = np.asarray(owner, dtype=np.int64)
+        bx.n_values = 2 * len(cells)
+        bx.batch = self._load_batch(bx.load_idx, bx.names)
+        ix.bg = bx
+        return bx
+
+    def _load_batch(self, load_idx: list[int], names: list[str]):
+        """A DSS C-API batch of the Loads ``load_idx`` (``Loads.Idx``), or None.
+
+        None when there are no Loads, when the engine lacks the batch API, or when the
+        batch does not hold exactly ``names`` in this order (checked once here, by
+        ``Obj_GetName``). The batch holds pointers to the Load objects, which live as
+        long as the circuit (this adapter never clears or recompiles it after
+        ``__init__``); cffi frees the batch array with the adapter.
+        """
+        if not load_idx:
+            return None
+        try:
+            ffi, lib = self._dss.dss_ffi, self._dss.dss_lib
+            ptr = ffi.new("void***")
+            dims = ffi.new("int32_t[4]")
+            lib.Batch_CreateByIndexS(ptr, dims, b"Load", ffi.new("int32_t[]", load_idx), len(load_idx))
+            if ptr[0] == ffi.NULL:
+                return None
+            batch = ffi.gc(ptr[0], lib.Batch_Dispose)
+            n = int(dims[0])
+            got = [ffi.string(lib.Obj_GetName(batch[i])).decode().lower() for i in range(n)]
+        except Exception:  # pragma: no cover - engines without the batch API: per-Load reads
+            return None
+        return batch if got == names else None
+
+    def _background_load_powers(self) -> np.ndarray:
+        """(kW, kvar) of every background Load conductor, flat, in one bulk read when
+        the batch API is there (else one ``CktElement.Powers`` per Load)."""
+        bx = self._background_load_index()
+        if bx.batch is not None:
+            ffi, lib = self._dss.dss_ffi, self._dss.dss_lib
+            res = ffi.new("double**")
+            dims = ffi.new("int32_t[4]")
+            lib.Alt_CEBatch_Get_Powers(res, dims, bx.batch, len(bx.names))
+            try:
+                s = np.frombuffer(ffi.buffer(res[0], int(dims[0]) * 8), dtype=float).copy()
+            finally:
+                lib.DSS_Dispose_PDouble(res)
+        else:
+            s = self._background_load_powers_per_load()
+        if s.size != bx.n_values:
+            raise FeederModelError(f"{self.master}: read {s.size} background load power values, "
+                                   f"expected {bx.n_values}")
+        return s
+
+    def _background_load_powers_per_load(self) -> np.ndarray:
+        """As :meth:`_background_load_powers`, one ``CktElement.Powers`` per Load."""
+        bx = self._background_load_index()
+        loads, el = self._dss.Loads, self._dss.CktElement
+        parts = []
+        for i in bx.load_idx:
+            loads.Idx(i)
+            parts.append(np.asarray(el.Powers(), dtype=float))
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def background_load_names(self) -> list[str]:
+        """The model's own enabled Loads (lower case), rows of :meth:`background_layer_kw`."""
+        return list(self._background_load_index().names)
+
+    def background_load_layers(self) -> list[tuple[str, ...]]:
+        """Phase layers (``a``, ``b``, ``c``) each background Load draws on, in
+        :meth:`background_load_names` order: a wye Load's phase conductors, a delta
+        Load's phases (``692.3.1`` -> c, a), each as propagated from the source."""
+        return list(self._background_load_index().layers)
+
+    def background_load_paths(self) -> list[list[str]]:
+        """PD elements on each background Load's path from the source bus, in
+        :meth:`background_load_names` order (as :meth:`customer_paths`: the tree path on
+        a radial feeder, the shortest by km on a meshed one; empty for a Load whose
+        bus the source does not reach)."""
+        import networkx as nx
+
+        g, root = self._pd_element_graph()
+        bus_paths = nx.single_source_dijkstra_path(g, root, weight="km")
+        out = []
+        for bus in self._background_load_index().buses:
+            buses = bus_paths.get(bus, [])
+            out.append([e for a, b in itertools.pairwise(buses) for e in g[a][b]["elements"]])
+        return out
+
+    def background_layer_kw(self) -> np.ndarray:
+        """Each background Load's weight in each graph layer a, b, c, n [kW] (Loads x 4).
+
+        Its ``|p|`` (|sum of its conductors' active power| of the last solve, from
+        ``CktElement.Powers``) split over its phase layers in proportion to each
+        layer's |conductor active power|, and ``|p|`` in ``n`` (a customer on phase x
+        weighs its ``|p|`` on x and on n alike). One bulk read
+        (:meth:`_background_load_powers`) and a few numpy operations.
+        """
+        from federates.feeder.losses import LAYERS, NEUTRAL
+
+        bx = self._background_load_index()
+        n, n_lay = len(bx.names), len(LAYERS)
+        if not n:
+            return np.zeros((0, n_lay))
+        p = self._background_load_powers()[0::2]
+        total = np.abs(np.bincount(bx.cond_load, weights=p, minlength=n))
+        per = np.bincount(bx.cond_cell, weights=np.abs(p), minlength=n * n_lay).reshape(n, n_lay)
+        k_n = LAYERS.index(NEUTRAL)
+        per[:, k_n] = 0.0
+        phase_sum = per.sum(axis=1)
+        per *= np.divide(total, phase_sum, out=np.zeros(n), where=phase_sum > 0)[:, None]
+        per[:, k_n] = total
+        return per
     # ---- end of loss allocation (per phase) ----
 
     # ---- model inventory (feeders show) ----

@@ -114,6 +114,7 @@ class FeederRole:
         self.feeder = OpenDSSFeeder(Path(master), source_pu=cfg.feeder.source_pu)
         self.feeder.attach_customers(self.sites, cfg.feeder.customer_connection)
         self.regulators = self.feeder.regulator_names
+        self.capacitors = self.feeder.capacitor_names
 
         f = cfg.feeder
         self._shape_flat = f.background_load_shape == "flat"
@@ -145,6 +146,7 @@ class FeederRole:
         self._load = np.full(steps, np.nan)
         self._solves = np.zeros(steps, dtype=np.int64)
         self._taps = np.zeros((steps, len(self.regulators)), dtype=np.int64)
+        self._caps = np.zeros((steps, len(self.capacitors)), dtype=np.int64)
         self._bg = np.full(steps, np.nan)
 
         # limits (names fixed now that customers are attached)
@@ -169,12 +171,15 @@ class FeederRole:
         # per-phase loss allocation (GBLA, federates/feeder/losses.py): customer_losses
         from federates.feeder.losses import PhaseLossIncidence
 
+        # users of the graph: the customers and the model's own (background) Loads
         self._loss_inc = (PhaseLossIncidence.build(self.feeder.phase_loss_elements(),
                                                    self.feeder.customer_paths(),
-                                                   self.feeder.customer_layers())
+                                                   self.feeder.customer_layers(),
+                                                   background_paths=self.feeder.background_load_paths(),
+                                                   background_layers=self.feeder.background_load_layers())
                           if cfg.feeder.loss_allocation else None)
         self._cust_loss = np.full((steps, n), np.nan)  # kW per customer
-        self._bg_loss = np.full(steps, np.nan)  # kW no customer carries
+        self._bg_loss = np.full(steps, np.nan)  # kW no customer carries (background Loads + unused)
 
     # ------------------------------------------------------------------ helpers
     def background_mult(self, g: int) -> float:
@@ -308,6 +313,9 @@ class FeederRole:
         self._load[g] = self.feeder.load_kw()
         taps = self.feeder.regulator_taps()
         self._taps[g] = [taps[r] for r in self.regulators]
+        if self.capacitors:
+            steps_in = self.feeder.capacitor_steps()
+            self._caps[g] = [steps_in[c] for c in self.capacitors]
         after = self._limit_values()
         loading, vuf, _ = after
         if self._top_n:
@@ -321,23 +329,30 @@ class FeederRole:
     def _record_losses(self, g: int) -> None:
         """Per-phase GBLA of step ``g``'s losses: each customer's share and the background [kW].
 
-        The (element, layer) incidence is fixed in ``__init__``; here two bulk OpenDSS
-        reads (:meth:`OpenDSSFeeder.phase_losses_kw`) and a few numpy operations (no
-        loop over elements or customers).
-        Weights: the customer powers applied in the final solve (``|p_kw|``).
+        The (element, layer) incidence of the customers and the background Loads is
+        fixed in ``__init__``; here three bulk OpenDSS reads
+        (:meth:`OpenDSSFeeder.phase_losses_kw`, :meth:`OpenDSSFeeder.background_layer_kw`)
+        and a few numpy operations (no loop over elements, customers or Loads).
+        Weights: the customer powers applied in the final solve (``|p_kw|``) and the
+        background Loads' per-phase powers of that solve. The background row is the
+        background Loads' shares plus what no user carries.
         """
         if self._loss_inc is None:
             return
-        cust, background = self._loss_inc.allocate(self.feeder.phase_losses_kw(), self._p[g])
+        cust, background = self._loss_inc.allocate(self.feeder.phase_losses_kw(), self._p[g],
+                                                   self.feeder.background_layer_kw())
         self._cust_loss[g] = cust
         self._bg_loss[g] = background
 
     def _customer_losses_table(self, steps: np.ndarray, t_s: np.ndarray) -> pd.DataFrame:
         """``customer_losses``: step x (customers + ``background``) rows, ``loss_kw`` [kW].
 
-        Per step the rows add up to the feeder's PD element losses (OpenDSS's
-        ``Circuit.Losses``, the grid table's ``losses_kw``). Empty when
-        ``feeder.loss_allocation`` is false.
+        ``background``: the shares of the model's own Loads (users of the graph like
+        the customers, see :mod:`federates.feeder.losses`) plus what no user carries,
+        as one row (per-Load rows would look like customers to the post-run trade
+        allocation, runner/losses_table.py). Per step the rows add up to the feeder's
+        PD element losses (OpenDSS's ``Circuit.Losses``, the grid table's
+        ``losses_kw``). Empty when ``feeder.loss_allocation`` is false.
         """
         from federates.feeder.losses import BACKGROUND
 
@@ -460,6 +475,8 @@ class FeederRole:
         }
         for j, r in enumerate(self.regulators):
             grid_cols[f"tap_{r}"] = self._taps[steps, j]
+        for j, c in enumerate(self.capacitors):
+            grid_cols[f"cap_{c}"] = self._caps[steps, j]
         grid_cols["background_mult"] = self._bg[steps]
         m = self._top_n
         elem_names = np.asarray(self.elements, dtype=object)

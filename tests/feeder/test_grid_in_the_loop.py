@@ -162,3 +162,12 @@ def test_no_sale_is_scheduled_beyond_an_envelope(very_weak, mode):
     sold = sold[sold.index.isin(env.index)]
     cap_kwh = env.loc[sold.index, "export_max_kw"] * 0.25  # 15 min intervals
     assert (sold.to_numpy() <= cap_kwh.to_numpy() + 1e-9).all()
+
+
+def test_regulator_taps_and_capacitor_states_are_in_the_grid_table(thermal):
+    g = thermal["grid"]
+    # IEEE 13: three single-phase regulators and the two shunt banks at 675 and 611,
+    # both in service in the published case (no CapControl switches them)
+    assert {"tap_reg_a", "tap_reg_b", "tap_reg_c"} <= set(g.columns)
+    assert (g["cap_cap675"] == 1).all() and (g["cap_cap611"] == 1).all()
+    assert g[["tap_reg_a", "tap_reg_b", "tap_reg_c"]].abs().max().max() <= 16  # OpenDSS range

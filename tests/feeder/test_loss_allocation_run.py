@@ -42,6 +42,10 @@ def test_interval_totals_equal_the_feeder_losses(run):
     assert list(allocated_kwh.index) == [0, 1] and list(feeder_kwh.index) == [0, 1]
     np.testing.assert_allclose(allocated_kwh.to_numpy(), feeder_kwh.to_numpy(), rtol=1e-2)
     assert (feeder_kwh > 0).all()
+    # the feeder's own loads use it too: at midday the customers' ~0.1 MW of |p| against
+    # ~1.7 MW of background load leaves most of the losses with the background
+    background_kwh = a[a["kind"] == "background"].groupby("interval")["loss_kwh"].sum()
+    assert (background_kwh > 0.5 * feeder_kwh).all()
     peer = a[a["kind"] == "peer"]
     assert len(peer) and (peer["loss_kwh"] > 0).all()
     np.testing.assert_allclose(peer["loss_kwh"], peer["seller_loss_kwh"] + peer["buyer_loss_kwh"], rtol=1e-12)

@@ -260,6 +260,150 @@ def test_phase_allocation_by_hand():
         allocate_phase_losses_to_customers(losses, [["line.l1"]], ["x"], np.ones(1))
 
 
+def test_phase_allocation_with_background_loads_by_hand():
+    """Layer a of l1 (1 kW): customers x (a, 1 kW) and y (a, 3 kW) and a three-phase
+    background load B (a 2, b 1, c 1 kW) share it 1:3:2; layer b (2 kW): B alone
+    (z sits on l2 only); n (0.6 kW): x, y and B by |p| 1:3:4; nobody uses c of l2."""
+    losses = {"line.l1": {"a": 1.0, "b": 2.0, "c": 3.0, "n": 0.6}, "line.l2": {"c": 5.0}}
+    cust, background = allocate_phase_losses_to_customers(
+        losses, [["line.l1"], ["line.l1"], ["line.l2"]], ["a", "a", "b"], np.array([1.0, -3.0, 2.0]),
+        background_paths=[["line.l1"]], background_layer_kw=[{"a": 2.0, "b": -1.0, "c": 1.0}])
+    np.testing.assert_allclose(cust, [1 / 6 + 0.6 / 8, 3 / 6 + 1.8 / 8, 0.0], rtol=1e-12)
+    b_share = 2 / 6 + 2.0 + 3.0 + 2.4 / 8  # a, b, c and n of l1
+    assert background == pytest.approx(b_share + 5.0, rel=1e-12)
+    assert cust.sum() + background == pytest.approx(11.6, rel=1e-12)
+    # itemised: the background load's own share and the unused rest (l2's c layer)
+    bw = np.array([[2.0, 1.0, 1.0, 4.0]])
+    inc = PhaseLossIncidence.build(["line.l1", "line.l2"], [["line.l1"], ["line.l1"], ["line.l2"]], ["a", "a", "b"],
+                                   background_paths=[["line.l1"]], background_layers=[("a", "b", "c")])
+    d = inc.allocate_detail(np.array([[1.0, 2.0, 3.0, 0.6], [0.0, 0.0, 5.0, 0.0]]), np.array([1.0, -3.0, 2.0]), bw)
+    np.testing.assert_allclose(d.background_load_kw, [b_share], rtol=1e-12)
+    assert d.unused_kw == pytest.approx(5.0, rel=1e-12)
+    assert d.background_kw == pytest.approx(background, rel=1e-12)
+    with pytest.raises(ValueError, match="background"):
+        inc.allocate(np.zeros((2, 4)), np.ones(3))  # the background weights are required
+
+
+# ---------------------------------------------------------------- background loads as users
+#: A midday operating point: 60 % of the customers export PV (3-8 kW), the rest import
+#: 0.5-2 kW; the background loads at their published (nominal) power, taps as published.
+MIDDAY_SEED = 21
+
+
+@pytest.fixture(scope="module")
+def midday_published():
+    f = OpenDSSFeeder(MASTER)
+    sites = place_customers(f.load_points(), N, seed=7)
+    f.attach_customers(sites, CustomerConnection(kind="secondary"))
+    f.set_regulator_taps(META["published_taps"])
+    f.hold_taps(True)
+    rng = np.random.default_rng(MIDDAY_SEED)
+    p = np.where(rng.random(N) < 0.6, -rng.uniform(3.0, 8.0, N), rng.uniform(0.5, 2.0, N))
+    f.set_customer_powers(p, np.zeros(N))
+    f.solve(controls=False)
+    inc = PhaseLossIncidence.build(f.phase_loss_elements(), f.customer_paths(), f.customer_layers(),
+                                   background_paths=f.background_load_paths(),
+                                   background_layers=f.background_load_layers())
+    return f, sites, p, inc
+
+
+def _published_load_powers(f: OpenDSSFeeder) -> dict[str, dict[str, float]]:
+    """Each original Load's active power per phase [kW], read one Load at a time with
+    CktElement.Powers; on IEEE 13 node k of every bus is phase 'abc'[k - 1]."""
+    dss = f._dss
+    out = {}
+    for lp in f.load_points():
+        dss.Loads.Name(lp.name)
+        pw = np.asarray(dss.CktElement.Powers(), dtype=float)[0::2]
+        nodes = dss.CktElement.NodeOrder()
+        out[lp.name] = {"abc"[x - 1]: float(pk) for x, pk in zip(nodes, pw, strict=True) if x}
+    return out
+
+
+def test_background_loads_are_read_per_phase(midday_published):
+    f, _, _, _ = midday_published
+    names = f.background_load_names()
+    assert names == [lp.name for lp in f.load_points()] and not any(x.startswith("cust_") for x in names)
+    layers = dict(zip(names, f.background_load_layers(), strict=True))
+    # the published connections (IEEE13.dss): wye single-phase, delta line-to-line, delta three-phase
+    assert layers["634a"] == ("a",) and layers["611"] == ("c",) and layers["646"] == ("b", "c")
+    assert layers["692"] == ("c", "a") and layers["671"] == ("a", "b", "c")
+    w = f.background_layer_kw()
+    ref = _published_load_powers(f)
+    col = {x: LAYERS.index(x) for x in LAYERS}
+    for j, nm in enumerate(names):
+        total = abs(sum(ref[nm].values()))
+        assert w[j, col["n"]] == pytest.approx(total, rel=1e-12), nm
+        assert w[j, :3].sum() == pytest.approx(total, rel=1e-12), nm
+        phase_abs = {x: abs(v) for x, v in ref[nm].items()}
+        for x in "abc":
+            expect = total * phase_abs.get(x, 0.0) / sum(phase_abs.values())
+            assert w[j, col[x]] == pytest.approx(expect, rel=1e-12, abs=1e-12), (nm, x)
+    # the bulk read (one DSS C-API batch call) and the per-Load fallback read agree
+    assert f._background_load_index().batch is not None
+    np.testing.assert_array_equal(f._background_load_powers(), f._background_load_powers_per_load())
+
+
+def test_background_load_paths_run_from_the_source(midday_published):
+    f, _, _, _ = midday_published
+    paths = dict(zip(f.background_load_names(), f.background_load_paths(), strict=True))
+    assert all(path[0] == "transformer.sub" and "line.650632" in path for path in paths.values())
+    assert paths["634a"][-1] == "transformer.xfm1"
+    assert paths["611"][-2:] == ["line.671684", "line.684611"]
+
+
+def test_trunk_layer_a_is_shared_by_every_user_of_layer_a(midday_published):
+    """Line 650632's layer-a loss split by |p| among all users of layer a: the phase-a
+    customers (every customer is beyond 650) and every original Load with a phase-a
+    conductor (all of IEEE 13's loads are beyond 632). Reference: that arithmetic."""
+    f, sites, p, inc = midday_published
+    names = f.phase_loss_elements()
+    layers = f.phase_losses_kw()
+    k, a = names.index("line.650632"), LAYERS.index("a")
+    only = np.zeros_like(layers)
+    only[k, a] = layers[k, a]
+    assert only[k, a] > 1.0  # kW: the trunk's phase a carries the feeder's heaviest phase
+    ref = _published_load_powers(f)
+    bg_a = 0.0
+    for per_phase in ref.values():
+        if "a" in per_phase:
+            phase_abs = {x: abs(v) for x, v in per_phase.items()}
+            bg_a += abs(sum(per_phase.values())) * phase_abs["a"] / sum(phase_abs.values())
+    on_a = np.array([s.phase == "a" for s in sites])
+    users_kw = np.abs(p[on_a]).sum() + bg_a
+    expect = np.where(on_a, only[k, a] * np.abs(p) / users_kw, 0.0)
+    d = inc.allocate_detail(only, p, f.background_layer_kw())
+    np.testing.assert_allclose(d.customer_kw, expect, rtol=1e-12, atol=1e-15)
+    assert d.background_load_kw.sum() == pytest.approx(only[k, a] * bg_a / users_kw, rel=1e-12)
+    assert d.unused_kw == pytest.approx(0.0, abs=1e-12)
+
+
+def test_customers_carry_their_share_of_the_power_not_the_trunk(midday_published):
+    f, _, p, inc = midday_published
+    names = f.phase_loss_elements()
+    layers = f.phase_losses_kw()
+    w = f.background_layer_kw()
+    cust, background = inc.allocate(layers, p, w)
+    # conservation against OpenDSS's Circuit.Losses
+    assert cust.sum() + background == pytest.approx(f.losses_kw(), rel=1e-9)
+    assert np.all(cust > 0)
+    # elements the customers share with the original loads (not their own service
+    # transformers and drops): the customers' part is about their part of the |p| drawn
+    # through them (a few kW of 3.5 MW); within 20 % of it here (the exact ratio depends
+    # on which laterals and phases carry them)
+    own = np.array([e.startswith(("transformer.svc_", "line.drop_")) for e in names])
+    shared = layers.copy()
+    shared[own] = 0.0
+    c_shared, _ = inc.allocate(shared, p, w)
+    power_share = np.abs(p).sum() / (np.abs(p).sum() + w[:, LAYERS.index("n")].sum())
+    assert c_shared.sum() / shared.sum() == pytest.approx(power_share, rel=0.2)
+    # the customers-only rule put nearly all the feeder's losses on the customers
+    customers_only = PhaseLossIncidence.build(names, f.customer_paths(), f.customer_layers())
+    c_old, _ = customers_only.allocate(layers, p)
+    assert c_old.sum() / layers.sum() > 0.9
+    assert cust.sum() / layers.sum() < 0.1
+
+
 def _role(**feeder_cfg) -> FeederRole:
     cfg = validate({
         "study": {"duration": "30min", "market_interval": "15min", "physics_step": "60s",
@@ -284,6 +428,10 @@ def test_role_records_customer_losses_each_step():
     # conservation against OpenDSS's Circuit.Losses (the grid table's losses_kw)
     np.testing.assert_allclose(per_step.to_numpy(), grid["losses_kw"].to_numpy(), rtol=1e-9)
     assert (cl.loc[cl.participant != BACKGROUND, "loss_kw"] >= 0).all()
+    # the original loads are users too: with a few kW of customers among ~1.7 MW of
+    # background load, the background carries most of the losses
+    bg = cl.loc[cl.participant == BACKGROUND, "loss_kw"].to_numpy()
+    assert np.all(bg > 0.5 * grid["losses_kw"].to_numpy())
     off = _role(loss_allocation=False)
     off.begin_step(0, np.zeros(N), np.zeros(N))
     empty = off.tables()["customer_losses"]
