@@ -40,11 +40,17 @@ def _start(run_dir, duration: str = "6h") -> subprocess.Popen:
          "--set", f"study.duration={duration}"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = run_dir / "logs" / "feeder.log"
-    deadline = time.monotonic() + 120
+    # generous: the first federation of a fresh checkout compiles every module in six
+    # processes at once on a 2-core machine (seen: over 120 s under load)
+    deadline = time.monotonic() + 400
     while not (log.exists() and "executing" in log.read_text()):
         if time.monotonic() > deadline or proc.poll() is not None:
+            rc = proc.poll()
             _stop(proc)
-            pytest.fail("the federation never started executing")
+            _, err = proc.communicate(timeout=30)
+            tails = {p.name: p.read_text()[-800:] for p in sorted((run_dir / "logs").glob("*.log"))} \
+                if (run_dir / "logs").is_dir() else {}
+            pytest.fail(f"the federation never started executing (exit code {rc}):\n{err[-2000:]}\n{tails}")
         time.sleep(0.2)
     return proc
 
