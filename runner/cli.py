@@ -1,7 +1,7 @@
 """The ``tecosim`` command.
 
-Exit codes: 0 ok, 1 the run failed (a federate died, hung or a model failed),
-2 bad input (config, arguments), 130 interrupted.
+Exit codes: 0 ok, 1 the run failed (a federate died, hung or a model failed; in a
+sweep: some run failed), 2 bad input (config, arguments), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,8 +19,81 @@ EXAMPLES = """examples:
   tecosim run configs/default.yaml
   tecosim run configs/default.yaml --engine inprocess --set study.duration=2h
   tecosim run configs/default.yaml --out runs/my-study --set controllers.enabled=false
+  tecosim report runs/my-study
+  tecosim compare runs/my-study runs/default-20261125T110000Z
+  tecosim sweep configs/default.yaml --set controllers.enabled=true,false --jobs 2
   tecosim clear orders.csv --topology community --mechanism lp
   tecosim ledger verify runs/my-study
+  tecosim feeders show path/to/Master.dss --json
+"""
+
+RUN_EXAMPLES = """examples:
+  tecosim run configs/default.yaml
+  tecosim run configs/default.yaml --engine inprocess --set study.duration=2h
+  tecosim run configs/default.yaml --out runs/noctl --set controllers.enabled=false
+  tecosim run configs/default.yaml --quiet --no-report      # nothing on the console, no report.html
+
+A progress bar with the simulated time and an ETA goes to stderr (one line per 10 %
+when stderr is not a terminal). When the run is done, its summary is printed and
+report.html is written into the run folder (a failed report does not fail the run:
+retry with `tecosim report RUN`).
+"""
+
+REPORT_EXAMPLES = """examples:
+  tecosim report runs/my-study               # writes runs/my-study/report.html (+ PNGs)
+  tecosim report runs/my-study --quiet
+
+Exit 2 when RUN is not a run folder of `tecosim run`.
+"""
+
+COMPARE_EXAMPLES = """examples:
+  tecosim compare runs/ctl runs/noctl
+  tecosim compare runs/ctl runs/noctl --labels "with control,without control" --out runs/ctl-vs-noctl
+  tecosim compare runs/sweep-default-*/prosumers.count=* --quiet
+
+Writes DIR/compare.html (self-contained: open it anywhere), one PNG per figure and
+DIR/compare_kpis.csv (columns kpi, unit, one per run). Labels default to the config
+keys in which the runs differ (e.g. "controllers.enabled=false"), else the folder
+names. Exit 2 when a path is not a completed run folder.
+"""
+
+SWEEP_EXAMPLES = """examples:
+  tecosim sweep configs/default.yaml --set controllers.enabled=true,false
+  tecosim sweep configs/default.yaml --set prosumers.count=20,40,60 \\
+      --set controllers.enabled=true,false --set study.duration=6h --jobs 3 --engine inprocess
+  tecosim sweep configs/weak_grid.yaml --set market.network_aware=off,envelopes,constraints \\
+      --out runs/network-aware
+
+Every point of the grid is validated before any run starts (exit 2 names each bad
+point and field). Each point is a `tecosim run` subprocess writing DIR/<key>=<value>_...
+(console output in its logs/run.log); DIR/sweep.json records each point's status,
+pid, exit code and wall time; DIR/compare.html compares the successful runs. Exit 1
+names the points that failed (the others still complete); Ctrl-C stops every run.
+"""
+
+VALIDATE_EXAMPLES = """examples:
+  tecosim validate configs/default.yaml
+  tecosim validate configs/default.yaml --set market.topology=p2p --set market.mechanism=admm
+
+Exit 0 when valid; else lists every problem (field, what is wrong, what is allowed)
+and exits 2. Also loads and solves the feeder model once.
+"""
+
+CLEAR_EXAMPLES = """examples:
+  tecosim clear orders.csv
+  tecosim clear orders.csv --topology community --mechanism lp
+  tecosim clear orders.csv --topology p2p --mechanism admm --retail 0.30 --feed-in 0.05
+"""
+
+LEDGER_EXAMPLES = """examples:
+  tecosim ledger verify runs/my-study          # exit 0 intact, 1 names the first bad record
+  tecosim ledger verify runs/my-study/ledger.jsonl
+"""
+
+FEEDERS_EXAMPLES = """examples:
+  tecosim feeders list
+  tecosim feeders list --json
+  tecosim feeders show ieee34
   tecosim feeders show path/to/Master.dss --json
 """
 
@@ -30,37 +103,73 @@ def _parser() -> argparse.ArgumentParser:
                                  "on unbalanced distribution feeders (HELICS + OpenDSS).",
                                  epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a study", epilog=EXAMPLES,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    raw = argparse.RawDescriptionHelpFormatter
+    run = sub.add_parser("run", help="run a study", epilog=RUN_EXAMPLES, formatter_class=raw)
     run.add_argument("config", type=Path, help="study YAML file")
     run.add_argument("--out", type=Path, help="the run folder itself (default runs/<study>-<UTC stamp>)")
     run.add_argument("--engine", choices=("federation", "inprocess"), default="federation",
                      help="HELICS federation (default) or the in-process engine")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set study.duration=2h (repeatable)")
-    val = sub.add_parser("validate", help="check a study config and list every problem")
+    run.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
+    run.add_argument("--quiet", action="store_true", help="no progress bar and no summary on the console")
+    rep_ = sub.add_parser("report", help="write a run's report.html (figures and KPIs)",
+                          description="Write RUN/report.html (self-contained) and its PNG figures.",
+                          epilog=REPORT_EXAMPLES, formatter_class=raw)
+    rep_.add_argument("run", type=Path, metavar="RUN", help="a run folder")
+    rep_.add_argument("--quiet", action="store_true", help="print nothing on success")
+    cmp_ = sub.add_parser("compare", help="compare runs side by side (KPI table, overlaid figures)",
+                          description="A KPI table and overlaid figures of several runs in one HTML page.",
+                          epilog=COMPARE_EXAMPLES, formatter_class=raw)
+    cmp_.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders")
+    cmp_.add_argument("--out", type=Path, metavar="DIR", help="output folder (default runs/compare-<UTC stamp>)")
+    cmp_.add_argument("--labels", metavar="A,B,...", help="one label per run, comma-separated "
+                      "(default: the config keys that differ, else the folder names)")
+    cmp_.add_argument("--quiet", action="store_true", help="print nothing on success")
+    swp = sub.add_parser("sweep", help="run the cartesian grid of a study's config values, then compare",
+                         description="Run one study over the cartesian grid of --set values, up to "
+                         "--jobs at a time, then compare the runs.",
+                         epilog=SWEEP_EXAMPLES, formatter_class=raw)
+    swp.add_argument("config", type=Path, help="study YAML file")
+    swp.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=V1,V2,...",
+                     help="an axis of the grid (values split on commas, each parsed as YAML), or with one "
+                     "value an override for every point (repeatable)")
+    swp.add_argument("--jobs", type=int, default=1, metavar="N", help="runs at a time (default 1)")
+    swp.add_argument("--engine", choices=("federation", "inprocess"), default="federation",
+                     help="engine of every run (default federation)")
+    swp.add_argument("--out", type=Path, metavar="DIR",
+                     help="sweep folder (default runs/sweep-<config>-<UTC stamp>)")
+    swp.add_argument("--no-report", action="store_true", help="no report.html in the run folders")
+    swp.add_argument("--quiet", action="store_true", help="no per-run progress lines")
+    val = sub.add_parser("validate", help="check a study config and list every problem",
+                         epilog=VALIDATE_EXAMPLES, formatter_class=raw)
     val.add_argument("config", type=Path)
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     clr = sub.add_parser("clear", help="clear one order book (CSV) and print the result as JSON",
                          description="CSV columns: participant, side (buy|sell), energy_kwh, "
-                         "price_usd_per_kwh; optional bus, phase, community.")
+                         "price_usd_per_kwh; optional bus, phase, community.",
+                         epilog=CLEAR_EXAMPLES, formatter_class=raw)
     clr.add_argument("orders", type=Path)
     clr.add_argument("--topology", default="community")
     clr.add_argument("--mechanism", help="default: uniform_price (community), lp (p2p)")
     clr.add_argument("--retail", type=float, default=0.26, help="retail tariff [USD/kWh]")
     clr.add_argument("--feed-in", type=float, default=0.08, help="feed-in tariff [USD/kWh]")
-    led = sub.add_parser("ledger", help="ledger tools")
+    led = sub.add_parser("ledger", help="ledger tools", epilog=LEDGER_EXAMPLES, formatter_class=raw)
     led_sub = led.add_subparsers(dest="ledger_command", required=True)
-    ver = led_sub.add_parser("verify", help="verify a run's ledger.jsonl (hash chain, seals, signatures)")
+    ver = led_sub.add_parser("verify", help="verify a run's ledger.jsonl (hash chain, seals, signatures)",
+                             epilog=LEDGER_EXAMPLES, formatter_class=raw)
     ver.add_argument("run", type=Path, help="a run folder or a ledger.jsonl file")
-    fdr = sub.add_parser("feeders", help="the bundled feeders; what any OpenDSS model holds")
+    fdr = sub.add_parser("feeders", help="the bundled feeders; what any OpenDSS model holds",
+                         epilog=FEEDERS_EXAMPLES, formatter_class=raw)
     fdr_sub = fdr.add_subparsers(dest="feeders_command", required=True)
-    fdr_list = fdr_sub.add_parser("list", help="one line per bundled feeder")
+    fdr_list = fdr_sub.add_parser("list", help="one line per bundled feeder", epilog=FEEDERS_EXAMPLES,
+                                  formatter_class=raw)
     fdr_list.add_argument("--json", action="store_true", help="print JSON")
     fdr_show = fdr_sub.add_parser("show", help="buses, phases, loads, kV levels and a base-solve check",
                                   description="A bundled feeder by name, or any OpenDSS model by the "
                                   "path of its master file (or of a folder with a feeder.yaml). "
-                                  "Exit 1 when its base case does not converge.")
+                                  "Exit 1 when its base case does not converge.",
+                                  epilog=FEEDERS_EXAMPLES, formatter_class=raw)
     fdr_show.add_argument("feeder", metavar="NAME|PATH")
     fdr_show.add_argument("--json", action="store_true", help="print JSON")
     return ap
@@ -86,13 +195,20 @@ def cmd_run(args) -> int:
     from runner.config import load_config
     from runner.launch import default_run_dir, prepare_run, run_study
     from runner.losses_table import write_loss_tables
+    from runner.progress import Progress
     from runner.results import format_summary, kpis, read_tables, summary
 
     cfg = load_config(args.config, args.overrides)
     run_dir = args.out or default_run_dir(cfg)
     study = prepare_run(cfg, run_dir, config_dir=args.config.parent)
-    print(f"tecosim: running {cfg.study.name} ({args.engine}) in {study.run_dir}", flush=True)
-    wall = run_study(study, args.engine)
+    if not args.quiet:
+        print(f"tecosim: running {cfg.study.name} ({args.engine}) in {study.run_dir}", flush=True)
+    bar = Progress(cfg.timeline.duration_s, label="tecosim run", enabled=not args.quiet)
+    try:
+        wall = run_study(study, args.engine, progress=bar.update)
+        bar.finish()
+    finally:
+        bar.close()
     tables = read_tables(study.run_dir)
     k = kpis(cfg, tables)
     k.to_parquet(study.run_dir / "results" / "kpis.parquet", index=False)
@@ -104,8 +220,76 @@ def cmd_run(args) -> int:
     manifest_path.write_text(json.dumps(manifest, indent=2, default=str))
     text = format_summary(s, wall, study.run_dir, args.engine)
     (study.run_dir / "summary.txt").write_text(text + "\n")
-    print(text)
+    if not args.quiet:
+        print(text, flush=True)
+    if not args.no_report:
+        _report_after_run(study.run_dir, args.quiet)
     return 0
+
+
+def _report_after_run(run_dir: Path, quiet: bool) -> None:
+    """The run is complete and its folder written: a report that fails is a warning."""
+    try:
+        from runner.report import write_report
+
+        write_report(run_dir, quiet=quiet)  # prints its path unless quiet
+    except Exception as e:
+        print(f"tecosim: warning: the run is complete, but its report could not be written ({e!r}); "
+              f"retry with: tecosim report {run_dir}", file=sys.stderr)
+
+
+def cmd_report(args) -> int:
+    from runner.compare import check_run_dirs
+
+    check_run_dirs([args.run])
+    from runner.report import write_report
+
+    write_report(args.run, quiet=args.quiet)  # prints its path unless quiet
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from runner.compare import check_run_dirs, default_compare_dir, parse_labels, write_compare
+
+    labels = parse_labels(args.labels, len(args.runs))
+    check_run_dirs(args.runs, need_kpis=True)
+    out = args.out or default_compare_dir()
+    path = write_compare(args.runs, out, labels=labels)
+    if not args.quiet:
+        print(f"tecosim compare: {path} ({len(args.runs)} runs; KPIs in {path.parent / 'compare_kpis.csv'})")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from federates.common.errors import Problem
+    from runner.sweep import (
+        SWEEP_FILE,
+        Sweep,
+        default_sweep_dir,
+        make_points,
+        parse_sets,
+        validate_points,
+    )
+
+    problems = []
+    if args.jobs < 1:
+        problems.append(Problem("--jobs", f"must be at least 1, got {args.jobs}", "1, 2, ..."))
+    if not args.config.is_file():
+        problems.append(Problem("CONFIG", f"no such config file: {args.config}", "a YAML file"))
+    if problems:
+        raise ConfigError(problems, "arguments")
+    config = args.config.resolve()
+    fixed, axes = parse_sets(args.sets)
+    out = (args.out or default_sweep_dir(config)).resolve()
+    points = make_points(axes, out)
+    taken = [str(p.run_dir) for p in points if p.run_dir.exists()]
+    if (out / SWEEP_FILE).exists() or taken:
+        raise ConfigError([Problem("--out", f"{out} already holds a sweep or its run folders "
+                                   f"({', '.join(taken) or SWEEP_FILE})", "a new folder")], "arguments")
+    validate_points(config, fixed, points, engine=args.engine, jobs=args.jobs)
+    sweep = Sweep(config, out, fixed, axes, points, engine=args.engine, jobs=args.jobs,
+                  report=not args.no_report, quiet=args.quiet)
+    return sweep.run()
 
 
 def cmd_clear(args) -> int:
@@ -165,16 +349,10 @@ def cmd_feeders(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     args = _parser().parse_args(argv)
+    commands = {"validate": cmd_validate, "clear": cmd_clear, "feeders": cmd_feeders, "ledger": cmd_ledger,
+                "report": cmd_report, "compare": cmd_compare, "sweep": cmd_sweep, "run": cmd_run}
     try:
-        if args.command == "validate":
-            return cmd_validate(args)
-        if args.command == "clear":
-            return cmd_clear(args)
-        if args.command == "feeders":
-            return cmd_feeders(args)
-        if args.command == "ledger":
-            return cmd_ledger(args)
-        return cmd_run(args)
+        return commands[args.command](args)
     except ConfigError as e:
         print(f"tecosim: invalid {e}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ controllers -> feeder)* until the controllers send no command.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,8 +41,12 @@ class EngineTimes:
         return t1
 
 
-def run_inprocess(study: Study, times: EngineTimes | None = None) -> dict[str, pd.DataFrame]:
-    """Run the study in this process; return every federate's tables."""
+def run_inprocess(study: Study, times: EngineTimes | None = None,
+                  progress: Callable[[float], None] | None = None) -> dict[str, pd.DataFrame]:
+    """Run the study in this process; return every federate's tables.
+
+    ``progress`` (optional) is called with the simulated time reached [s] once per
+    market interval (the study's duration once the last physics step is done)."""
     times = times or EngineTimes()
     t = time.perf_counter()
     cfg, tl = study.cfg, study.cfg.timeline
@@ -56,6 +61,8 @@ def run_inprocess(study: Study, times: EngineTimes | None = None) -> dict[str, p
     confirmations: list[Confirmation] = []
     schedule_p_kw = np.zeros(len(study.sites))
     for k in range(tl.n_intervals + 1):
+        if progress is not None:
+            progress(tl.interval_start_s(k))
         # report time of k
         orders = []
         if k >= 1:

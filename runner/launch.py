@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -294,8 +295,17 @@ class Federation:
         path.write_text(json.dumps(spec, indent=2))
         return path
 
-    def run(self, timeout_s: float, poll_s: float = 0.1) -> None:
-        """Start everything, wait, and on any failure kill everything and raise."""
+    def run(self, timeout_s: float, poll_s: float = 0.1,
+            progress: Callable[[float], None] | None = None) -> None:
+        """Start everything, wait, and on any failure kill everything and raise.
+
+        ``progress`` (optional) is called with the simulated time [s] the feeder
+        federate writes to ``<run>/progress`` (once per market interval), when it changes.
+        """
+        from runner.progress import PROGRESS_FILE, read_progress_file
+
+        reached_s: float | None = None
+        (self.study.run_dir / PROGRESS_FILE).unlink(missing_ok=True)  # of an earlier run in this folder
         try:
             for p in self.procs:
                 p.start(REPO_ROOT)
@@ -320,6 +330,11 @@ class Federation:
                     raise FederationError(", ".join(p.name for p in running),
                                           f"still running after timeout_s={timeout_s:g} s",
                                           {p.name: p.tail(8) for p in running})
+                if progress is not None:
+                    t_s = read_progress_file(self.study.run_dir)
+                    if t_s is not None and t_s != reached_s:
+                        reached_s = t_s
+                        progress(t_s)
                 time.sleep(poll_s)
         finally:
             self.kill_all()
@@ -353,9 +368,11 @@ def write_manifest(study: Study, engine: str, status: str, wall_s: float, *, rea
     return path
 
 
-def run_study(study: Study, engine: str) -> float:
+def run_study(study: Study, engine: str, progress: Callable[[float], None] | None = None) -> float:
     """Run the study with ``engine``; writes tables, manifest; returns wall time [s].
 
+    ``progress`` (optional) is called with the simulated time reached [s], about once
+    per market interval (``runner.progress.Progress`` draws it).
     Raises FederationError (manifest written with status failed) on failure.
     """
     from runner.engine import EngineTimes, run_inprocess
@@ -364,7 +381,7 @@ def run_study(study: Study, engine: str) -> float:
     if engine == "inprocess":
         times = EngineTimes()
         try:
-            write_tables(study.run_dir, run_inprocess(study, times))
+            write_tables(study.run_dir, run_inprocess(study, times, progress=progress))
         except Exception as e:
             write_manifest(study, engine, "failed", time.perf_counter() - t0, reason=repr(e))
             raise
@@ -375,7 +392,7 @@ def run_study(study: Study, engine: str) -> float:
     fed = Federation.build(study)
     fed.write_runner_json()
     try:
-        fed.run(study.cfg.federation.timeout_s)
+        fed.run(study.cfg.federation.timeout_s, progress=progress)
     except BaseException as e:
         reason = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e).splitlines()[0]
         write_manifest(study, engine, "failed", time.perf_counter() - t0, reason=reason,

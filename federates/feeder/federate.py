@@ -11,6 +11,15 @@ from federates.common.messages import decode
 from federates.common.runtime import Study, federate_main
 from federates.common.timeline import MAX_ROUNDS
 from federates.feeder.role import FeederRole, Measurement
+from runner.progress import write_progress_file
+
+
+def report_progress(study: Study, g: int) -> None:
+    """After the last step of a market interval: the simulated time reached [s] to
+    ``<run>/progress``, which the runner reads for its progress bar."""
+    tl = study.cfg.timeline
+    if (g + 1) % tl.steps_per_interval == 0:
+        write_progress_file(study.run_dir, tl.step_t_s(g + 1))
 
 
 def run(study: Study, broker: str, log: logging.Logger):
@@ -46,6 +55,7 @@ def run(study: Study, broker: str, log: logging.Logger):
                 publish(role.apply(g, commands))
             else:
                 raise RuntimeError(f"step {g}: controllers still commanding after {MAX_ROUNDS} rounds")
+            report_progress(study, g)
     finally:
         door.close()
     return role.tables()

@@ -1,0 +1,480 @@
+"""``tecosim compare``: several runs side by side.
+
+From each run folder's ``manifest.json`` (its ``summary``), ``config.resolved.yaml``
+and ``results/`` (``kpis``, ``voltages``, ``grid``) it writes into one folder:
+
+- ``compare.html``: a self-contained page (``runner.html``): the runs, how their
+  configs differ, the KPI table and overlaid figures;
+- one PNG per figure, next to the page;
+- ``compare_kpis.csv``: columns ``kpi``, ``unit`` and one column per run.
+
+A run's label is what sets it apart: the config keys whose values differ between
+the runs (``controllers.enabled=false``), plus ``engine=`` when the engines differ;
+the run folder's name when nothing differs or too much does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from federates.common.errors import ConfigError, Problem
+
+CONFIG_FILE = "config.resolved.yaml"  # federates.common.runtime.CONFIG_FILE
+MANIFEST_FILE = "manifest.json"
+KPIS_FILE = Path("results") / "kpis.parquet"
+HTML_FILE = "compare.html"
+CSV_FILE = "compare_kpis.csv"
+
+MAX_LABEL_KEYS = 3
+"""More differing config keys than this and a run is labelled by its folder name."""
+
+DERIVED_KEYS = frozenset({"prosumers.pv_penetration_base_kw"})
+"""Resolved-config keys that follow from others (not set by the user): not labels."""
+
+# summary key -> (description, unit); others get their unit from the key's suffix
+KPI_ROWS: dict[str, tuple[str, str]] = {
+    "energy_traded_kwh": ("energy traded peer-to-peer", "kWh"),
+    "mean_price_usd_per_kwh": ("mean peer trade price", "USD/kWh"),
+    "curtailed_kwh": ("curtailed energy", "kWh"),
+    "violation_min_before": ("voltage violation before control", "min"),
+    "violation_min_after": ("voltage violation after control", "min"),
+    "v_min_pu": ("customer voltage min", "pu"),
+    "v_max_pu": ("customer voltage max", "pu"),
+    "v_max_before_pu": ("customer voltage max before control", "pu"),
+    "grid_import_kwh": ("grid import", "kWh"),
+    "grid_export_kwh": ("grid export", "kWh"),
+    "losses_kwh": ("feeder losses", "kWh"),
+    "thermal_violation_min_before": ("thermal violation before control", "min"),
+    "thermal_violation_min_after": ("thermal violation after control", "min"),
+    "vuf_violation_min_before": ("unbalance violation before control", "min"),
+    "vuf_violation_min_after": ("unbalance violation after control", "min"),
+    "substation_violation_min_before": ("substation violation before control", "min"),
+    "substation_violation_min_after": ("substation violation after control", "min"),
+    "unconverged_steps": ("steps where control did not converge", "steps"),
+}
+UNIT_SUFFIXES = (("_usd_per_kwh", "USD/kWh"), ("_kwh", "kWh"), ("_kw", "kW"), ("_kvar", "kvar"),
+                 ("_usd", "USD"), ("_pu", "pu"), ("_pct", "%"), ("_s", "s"), ("_steps", "steps"))
+
+
+@dataclass
+class RunData:
+    path: Path
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+    kpis: pd.DataFrame
+    summary: dict[str, Any]
+
+    @property
+    def engine(self) -> str:
+        return str(self.manifest.get("engine", "?"))
+
+    def start(self) -> pd.Timestamp:
+        return pd.Timestamp(self.config["study"]["start"])
+
+    def clock(self, t_s: np.ndarray | pd.Series) -> pd.DatetimeIndex:
+        """Study time [s] -> the study's own clock (local wall time, no zone)."""
+        times = self.start() + pd.to_timedelta(np.asarray(t_s, dtype=float), unit="s")
+        return pd.DatetimeIndex(times).tz_localize(None) if times.tz is not None else pd.DatetimeIndex(times)
+
+    def table(self, name: str, columns: list[str]) -> pd.DataFrame | None:
+        path = self.path / "results" / f"{name}.parquet"
+        try:
+            return pd.read_parquet(path, columns=columns)
+        except (OSError, ValueError, KeyError):
+            return None
+
+
+def check_run_dirs(paths: Sequence[Path], *, need_kpis: bool = False) -> None:
+    """ConfigError (exit 2) naming every path that is not a run folder of ``tecosim run``
+    (with ``need_kpis``: not a completed one)."""
+    problems = []
+    allowed = "a run folder written by tecosim run"
+    for p in paths:
+        p = Path(p)
+        if not p.is_dir():
+            problems.append(Problem(f"RUN {p}", "no such folder", allowed))
+            continue
+        missing = [n for n in (MANIFEST_FILE, CONFIG_FILE) if not (p / n).is_file()]
+        if missing:
+            problems.append(Problem(f"RUN {p}", f"is not a run folder (no {' or '.join(missing)})", allowed))
+            continue
+        try:
+            json.loads((p / MANIFEST_FILE).read_text())
+        except (OSError, ValueError) as e:
+            problems.append(Problem(f"RUN {p}", f"unreadable {MANIFEST_FILE}: {e}", allowed))
+            continue
+        if need_kpis and not (p / KPIS_FILE).is_file():
+            problems.append(Problem(f"RUN {p}", f"has no {KPIS_FILE.as_posix()} (the run failed or did not finish)",
+                                    "a completed run"))
+    if problems:
+        raise ConfigError(problems, "arguments")
+
+
+def load_run(path: Path) -> RunData:
+    from runner.results import summary
+
+    path = Path(path)
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    config = yaml.safe_load((path / CONFIG_FILE).read_text()) or {}
+    k = pd.read_parquet(path / KPIS_FILE)
+    s = manifest.get("summary") or summary(k)
+    return RunData(path, manifest, config, k, s)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections -> ``{"a.b.c": value}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def format_value(v: Any) -> str:
+    """A config value as it would be written after ``--set key=`` (YAML spelling)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{int(v)}" if v.is_integer() and abs(v) < 1e15 else f"{v:g}"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, separators=(",", ":"))
+    return str(v)
+
+
+ABSENT = "(absent)"
+
+
+def config_differences(runs: Sequence[RunData]) -> dict[str, list[str]]:
+    """Keys (``engine`` first if the engines differ, then config keys in config
+    order) whose values differ between the runs -> the formatted value of each run."""
+    flat = [flatten(r.config) for r in runs]
+    keys: list[str] = []
+    for f in flat:
+        keys += [k for k in f if k not in keys]
+    out: dict[str, list[str]] = {}
+    engines = [r.engine for r in runs]
+    if len(set(engines)) > 1:
+        out["engine"] = engines
+    for key in keys:
+        if key in DERIVED_KEYS:
+            continue
+        values = [format_value(f[key]) if key in f else ABSENT for f in flat]
+        if len(set(values)) > 1:
+            out[key] = values
+    return out
+
+
+def default_labels(runs: Sequence[RunData]) -> list[str]:
+    """The differing keys of each run (``key=value, ...``), else the folder names;
+    unique in any case."""
+    diff = config_differences(runs)
+    if diff and len(diff) <= MAX_LABEL_KEYS:
+        labels = [", ".join(f"{k}={vals[i]}" for k, vals in diff.items()) for i in range(len(runs))]
+    else:
+        labels = [r.path.name for r in runs]
+    return unique(labels, [r.path for r in runs])
+
+
+def unique(labels: list[str], paths: Sequence[Path]) -> list[str]:
+    out = list(labels)
+    if len(set(out)) < len(out):
+        out = [f"{lab} ({p.name})" if out.count(lab) > 1 else lab for lab, p in zip(out, paths, strict=True)]
+    seen: dict[str, int] = {}
+    for i, lab in enumerate(out):  # still equal (same folder names): number them
+        seen[lab] = seen.get(lab, 0) + 1
+        if seen[lab] > 1:
+            out[i] = f"{lab} #{seen[lab]}"
+    return out
+
+
+def kpi_unit(key: str) -> str:
+    if key in KPI_ROWS:
+        return KPI_ROWS[key][1]
+    if "_min_" in key or key.endswith("_min"):
+        return "min"
+    for suffix, unit in UNIT_SUFFIXES:
+        if key.endswith(suffix):
+            return unit
+    return ""
+
+
+def kpi_table(runs: Sequence[RunData], labels: Sequence[str]) -> pd.DataFrame:
+    """Rows: every summary KPI (the union over runs, known ones first), then the
+    engine and wall time; columns ``kpi``, ``unit``, one per run."""
+    keys = [k for k in KPI_ROWS if any(k in r.summary for r in runs)]
+    for r in runs:
+        keys += [k for k in r.summary if k not in keys]
+    rows = []
+    for key in keys:
+        rows.append({"kpi": key, "unit": kpi_unit(key),
+                     **{lab: _number(r.summary.get(key)) for lab, r in zip(labels, runs, strict=True)}})
+    rows.append({"kpi": "wall_time_s", "unit": "s",
+                 **{lab: _number(r.manifest.get("wall_s")) for lab, r in zip(labels, runs, strict=True)}})
+    return pd.DataFrame(rows, columns=["kpi", "unit", *labels])
+
+
+def _fmt_kpi(v: float, unit: str) -> str:
+    """A KPI value for the page: voltages and prices to 4 decimals, counts whole."""
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    if unit in ("pu", "USD/kWh"):
+        return f"{v:.4f}"
+    if unit in ("min", "steps"):
+        return f"{v:,.0f}"
+    return f"{v:,.2f}"
+
+
+def _number(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def default_compare_dir(root: Path = Path("runs")) -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = root / f"compare-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    return path
+
+
+def parse_labels(text: str | None, n_runs: int) -> list[str] | None:
+    """``--labels a,b,c`` -> a list of ``n_runs`` labels (ConfigError otherwise)."""
+    if text is None:
+        return None
+    labels = [s.strip() for s in text.split(",")]
+    if len(labels) != n_runs or any(not s for s in labels) or len(set(labels)) != n_runs:
+        raise ConfigError([Problem("--labels", f"got {len(labels)} label(s) for {n_runs} run(s): {text!r}",
+                                   f"{n_runs} distinct non-empty labels, comma-separated")], "arguments")
+    return labels
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _styles(n: int) -> list[dict[str, Any]]:
+    """A colour and a line style per run (styles cycle so that equal curves stay visible)."""
+    import matplotlib.pyplot as plt
+
+    dashes = ["-", "--", "-.", ":"]
+    if n <= 10:
+        cmap = plt.get_cmap("tab10")
+        return [{"color": cmap(i), "linestyle": dashes[i % 4]} for i in range(n)]
+    cmap = plt.get_cmap("viridis")
+    return [{"color": cmap(i / (n - 1)), "linestyle": dashes[i % 4]} for i in range(n)]
+
+
+def _time_axis(ax, spans_days: bool) -> None:
+    import matplotlib.dates as mdates
+
+    fmt = "%m-%d %H:%M" if spans_days else "%H:%M"
+    ax.xaxis.set_major_formatter(mdates.DateFormatter(fmt))
+    ax.set_xlabel("study clock, local time [" + ("MM-DD hh:mm" if spans_days else "hh:mm") + "]")
+    ax.grid(True, alpha=0.3)
+
+
+def _new_axes(title: str, ylabel: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9.5, 3.8))
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    return fig, ax
+
+
+def _interval_steps(run: RunData, column: str) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """A per-interval KPI as a step curve: x = interval starts plus the last end."""
+    k = run.kpis
+    interval_s = float(run.config["study"]["market_interval"])
+    t_s = np.append(k["t_s"].to_numpy(dtype=float), float(k["t_s"].iloc[-1]) + interval_s) if len(k) else np.array([])
+    y = k[column].to_numpy(dtype=float)
+    return run.clock(t_s), np.append(y, y[-1]) if len(y) else y
+
+
+def _figures(runs: Sequence[RunData], labels: Sequence[str]) -> list:
+    from runner.html import Figure
+
+    styles = _styles(len(runs))
+    starts = [r.start() for r in runs]
+    ends = [r.start() + pd.Timedelta(seconds=float(r.config["study"]["duration"])) for r in runs]
+    spans_days = len({s.tz_localize(None).date() if s.tz else s.date() for s in starts}) > 1 or \
+        any((e - s) > pd.Timedelta(hours=24) for s, e in zip(starts, ends, strict=True))
+    figures = []
+    legend_kw = {"fontsize": "small", "loc": "best"} if len(runs) <= 6 else \
+        {"fontsize": "x-small", "loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
+
+    def per_step(fig_id, title, ylabel, table, column, how, caption, extra=None):
+        fig, ax = _new_axes(title, ylabel)
+        missing = []
+        for r, lab, st in zip(runs, labels, styles, strict=True):
+            df = r.table(table, ["step", "t_s", column])
+            if df is None or df.empty:
+                missing.append(lab)
+                continue
+            s = df.groupby("t_s")[column].agg(how)
+            ax.plot(r.clock(s.index.to_numpy()), s.to_numpy(), label=lab, linewidth=1.2, **st)
+        if extra is not None:
+            extra(ax)
+        _time_axis(ax, spans_days)
+        ax.legend(**legend_kw)
+        note = f" No {table} table in: {', '.join(missing)}." if missing else ""
+        figures.append(Figure(fig_id, title, _png(fig), caption + note))
+
+    def per_interval(fig_id, title, ylabel, column, caption, fallback=None):
+        fig, ax = _new_axes(title, ylabel)
+        notes = []
+        for r, lab, st in zip(runs, labels, styles, strict=True):
+            col = column
+            if fallback is not None and (column not in r.kpis or r.kpis[column].isna().all()):
+                col = fallback
+                notes.append(lab)
+            if col not in r.kpis:
+                continue
+            x, y = _interval_steps(r, col)
+            ax.step(x, y, where="post", label=lab, linewidth=1.3, **st)
+        _time_axis(ax, spans_days)
+        ax.legend(**legend_kw)
+        note = (f" Mean peer trade price where the market sets no single clearing price: {', '.join(notes)}."
+                if notes else "")
+        figures.append(Figure(fig_id, title, _png(fig), caption + note))
+
+    v_max = {float(r.config.get("limits", {}).get("v_max_pu", math.nan)) for r in runs}
+
+    def band(ax):
+        for v in sorted(x for x in v_max if math.isfinite(x)):
+            ax.axhline(v, color="0.35", linestyle=":", linewidth=1.0, label=f"upper voltage limit {v:g} pu")
+
+    per_step("voltage_max", "Highest customer voltage after control", "voltage [pu]", "voltages", "v_pu", "max",
+             "Per physics step, the highest customer voltage after Volt-VAR, Volt-Watt and curtailment; "
+             "dotted: the upper limit of the voltage band.", extra=band)
+    per_interval("curtailment", "Curtailed energy per market interval", "curtailed energy [kWh]",
+                 "curtailed_kwh", "Energy the DSO curtailed from sellers' trades, per market interval.")
+    per_step("substation_power", "Substation active power", "active power [kW]", "grid", "source_p_kw", "mean",
+             "Power drawn from the substation per physics step (negative: reverse flow to the grid).",
+             extra=_zero_line_if_negative)
+    per_interval("clearing_price", "Clearing price per market interval", "price [USD/kWh]",
+                 "clearing_price_usd_per_kwh", "Market clearing price of each interval.",
+                 fallback="mean_trade_price_usd_per_kwh")
+    per_interval("energy_traded", "Energy traded peer-to-peer per market interval", "energy [kWh]",
+                 "traded_kwh", "Energy matched between prosumers in each interval.")
+    per_step("losses", "Feeder losses", "losses [kW]", "grid", "losses_kw", "mean",
+             "Total feeder losses (OpenDSS) per physics step.")
+    figures.append(_violation_bars(runs, labels, styles))
+    return figures
+
+
+def _zero_line_if_negative(ax) -> None:
+    """Mark 0 kW where the flow reverses (not otherwise: it would squash the curves)."""
+    if ax.get_ylim()[0] < 0.0:
+        ax.axhline(0.0, color="0.5", linewidth=0.8)
+
+
+def _violation_bars(runs: Sequence[RunData], labels: Sequence[str], styles: list[dict[str, Any]]):
+    from runner.html import Figure
+
+    kinds = [("violation_min", "voltage"), ("thermal_violation_min", "thermal"),
+             ("vuf_violation_min", "unbalance"), ("substation_violation_min", "substation")]
+    title = "Violation minutes before and after control"
+    fig, ax = _new_axes(title, "violation time [min]")
+    n = len(runs)
+    width = 0.8 / max(1, n)
+    x = np.arange(2 * len(kinds))
+    for i, (r, lab, st) in enumerate(zip(runs, labels, styles, strict=True)):
+        y = [_number(r.summary.get(f"{key}_{when}")) for key, _ in kinds for when in ("before", "after")]
+        ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(y), width, label=lab, color=st["color"])
+    ax.set_xticks(x, [f"{name}\n{when}" for _, name in kinds for when in ("before", "after")])
+    ax.set_xlabel("limit, before / after control [-]")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize="small" if n <= 6 else "x-small")
+    return Figure("violations", title, _png(fig),
+                  "Minutes with at least one violation of each limit, in the uncontrolled solve "
+                  "(before) and after control.")
+
+
+# ---------------------------------------------------------------------------- page
+
+
+def write_compare(run_dirs: Sequence[Path], out_dir: Path, labels: Sequence[str] | None = None) -> Path:
+    """Write ``compare.html``, its PNGs and ``compare_kpis.csv`` into ``out_dir``;
+    returns the HTML path. ConfigError (exit 2) names a path that is not a completed run."""
+    from runner.html import Table, Text, page
+
+    run_dirs = [Path(p) for p in run_dirs]
+    check_run_dirs(run_dirs, need_kpis=True)
+    runs = [load_run(p) for p in run_dirs]
+    labels = list(labels) if labels is not None else default_labels(runs)
+    if len(labels) != len(runs):
+        raise ConfigError([Problem("--labels", f"{len(labels)} label(s) for {len(runs)} run(s)")], "arguments")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    kpis = kpi_table(runs, labels)
+    kpis.to_csv(out_dir / CSV_FILE, index=False)
+    shown = pd.DataFrame({
+        "KPI": [KPI_ROWS.get(k, (k.replace("_", " "), ""))[0] if k != "wall_time_s" else "wall time"
+                for k in kpis["kpi"]],
+        "unit": kpis["unit"],
+        **{lab: [_fmt_kpi(v, u) for v, u in zip(kpis[lab], kpis["unit"], strict=True)] for lab in labels},
+    })
+
+    runs_df = pd.DataFrame({
+        "label": labels,
+        "run folder": [str(r.path) for r in runs],
+        "engine": [r.engine for r in runs],
+        "status": [str(r.manifest.get("status", "?")) for r in runs],
+        "study": [str(r.manifest.get("study", "")) for r in runs],
+        "start": [str(r.config["study"]["start"]) for r in runs],
+        "duration [h]": [float(r.config["study"]["duration"]) / 3600.0 for r in runs],
+        "wall time [s]": [_number(r.manifest.get("wall_s")) for r in runs],
+    })
+    diff = config_differences(runs)
+    if diff:
+        diff_block = Table("Configuration keys that differ", pd.DataFrame(
+            [{"key": k, **{lab: v[i] for i, lab in enumerate(labels)}} for k, v in diff.items()]),
+            "From each run's config.resolved.yaml (engine: from its manifest).")
+    else:
+        diff_block = Text("The runs have the same resolved configuration and engine.")
+    figures = _figures(runs, labels)
+    for f in figures:
+        (out_dir / f"{f.id}.png").write_bytes(f.png)
+    sections = [
+        ("Runs", [Table("Runs", runs_df, float_format="{:,.2f}"), diff_block]),
+        ("KPIs", [Table("KPIs over each study", shown, f"Also in {CSV_FILE} (full precision). From each "
+                        "run's manifest summary (results/kpis.parquet totals).")]),
+        ("Figures", figures),
+    ]
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    html_path = out_dir / HTML_FILE
+    html_path.write_text(page(f"tecosim compare: {len(runs)} run(s)", f"written {stamp}", sections),
+                         encoding="utf-8")
+    return html_path
