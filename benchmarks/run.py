@@ -184,6 +184,22 @@ def same_tables(a: Path, b: Path) -> tuple[int, list[str]]:
 
 
 # -- report ----------------------------------------------------------------------------
+KEPT = (("<!-- scale:begin -->", "<!-- scale:end -->"),)  # sections other benchmarks own
+
+
+def kept_sections() -> str:
+    """The marked sections of the present BENCHMARKS.md (benchmarks/scale.py's), kept
+    when this benchmark rewrites the file."""
+    try:
+        old = OUT.read_text()
+    except OSError:
+        return ""
+    out = []
+    for begin, end in KEPT:
+        a, b = old.find(begin), old.find(end)
+        if a >= 0 and b > a:
+            out.append("\n" + old[a:b + len(end)] + "\n")
+    return "".join(out)
 def table(header: list[str], rows: list[list[str]], numeric: bool = True) -> str:
     """A markdown table padded so that it also reads well as plain text; with ``numeric``
     every column but the first is right-aligned."""
@@ -377,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130 if isinstance(e, KeyboardInterrupt) else 1
     equal = same_tables(runs["inprocess"][0]["run_dir"], runs["federation"][0]["run_dir"])
     text = report(runs, cfg, overrides if args.duration != "24h" else [], args.repeat, started, equal)
-    OUT.write_text(text)
+    OUT.write_text(text + kept_sections())
     print()
     print(text)
     print(f"bench: wrote {OUT.relative_to(REPO_ROOT)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 from pathlib import Path
@@ -196,7 +197,7 @@ def cmd_run(args) -> int:
     from runner.launch import default_run_dir, prepare_run, run_study
     from runner.losses_table import write_loss_tables
     from runner.progress import Progress
-    from runner.results import format_summary, kpis, read_tables, summary
+    from runner.results import check_conservation, format_summary, kpis, read_tables, summary
 
     cfg = load_config(args.config, args.overrides)
     run_dir = args.out or default_run_dir(cfg)
@@ -212,6 +213,7 @@ def cmd_run(args) -> int:
     tables = read_tables(study.run_dir)
     k = kpis(cfg, tables)
     k.to_parquet(study.run_dir / "results" / "kpis.parquet", index=False)
+    check_conservation(k, study.run_dir)  # exit 1, manifest failed when a balance is broken
     write_loss_tables(cfg, study.run_dir, tables)
     s = summary(k)
     manifest_path = study.run_dir / "manifest.json"
@@ -304,6 +306,16 @@ def cmd_clear(args) -> int:
     if mechanism not in allowed[args.topology]:
         raise ConfigError([Problem("--mechanism", f"unknown {mechanism!r} for {args.topology}",
                                    ", ".join(allowed[args.topology]))], "arguments")
+    # the tariffs as market.retail_usd_per_kwh / feed_in_usd_per_kwh of a study config
+    problems = []
+    if not (math.isfinite(args.retail) and args.retail > 0):
+        problems.append(Problem("--retail", f"{args.retail:g} is not a finite price > 0", "a price > 0 [USD/kWh]"))
+    if not (math.isfinite(args.feed_in) and args.feed_in >= 0):
+        problems.append(Problem("--feed-in", f"{args.feed_in:g} is not a finite price >= 0", "a price >= 0 [USD/kWh]"))
+    elif not problems and args.feed_in >= args.retail:
+        problems.append(Problem("--feed-in", "must be below the retail tariff", f"< {args.retail:g}"))
+    if problems:
+        raise ConfigError(problems, "arguments")
     orders = read_orders_csv(args.orders)
     result = clear(args.topology, mechanism, orders, interval=0,
                    retail_usd_per_kwh=args.retail, feed_in_usd_per_kwh=args.feed_in)

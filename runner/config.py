@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +26,7 @@ from pydantic import (
 )
 
 from federates.common.errors import ConfigError, Problem
+from federates.common.rng import stream
 from federates.common.timeline import Timeline
 from federates.common.units import parse_duration_s
 
@@ -35,7 +39,8 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # no field of a study is meaningful as inf or NaN (YAML reads .inf / .nan)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class Duration(float):
@@ -60,7 +65,7 @@ class StudyConfig(_Strict):
     physics_step_s: PositiveFloat = Field(60.0, alias="physics_step")
     seed: Annotated[int, Field(ge=0)] = 42
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     _d = field_validator("duration_s", "market_interval_s", "physics_step_s", mode="before")(
         classmethod(lambda cls, v: _duration(v))
@@ -147,6 +152,10 @@ class FeederConfig(_Strict):
     lines_top_n: Annotated[int, Field(ge=0)] = 10  # most loaded lines/transformers kept per step
     loss_allocation: bool = True  # per-phase GBLA of the losses to customers each step (customer_losses)
     synthetic: SyntheticFeederConfig = SyntheticFeederConfig()
+    # a power flow that does not converge: abort the run (default: no result ever rests
+    # on physics the user did not ask for), hold the previous step, or curtail and retry
+    # (federates/feeder/role.py, docs/outputs.md "nonconvergence")
+    on_nonconvergence: Literal["abort", "hold", "curtail"] = "abort"
 
 
 class ProsumersConfig(_Strict):
@@ -182,6 +191,14 @@ class ProsumersConfig(_Strict):
             "background_load_scale x the model's nominal Load kW + the prosumers' "
             "expected demand peaks) and writes it into config.resolved.yaml, so that "
             "every federate draws the same PV sizes."
+        ),
+    )
+    federates: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=1,
+        description=(
+            "Number of prosumer federate processes in a federation run (prosumers_0..K-1, "
+            "each a contiguous slice of the sites); 1 keeps the single 'prosumers' "
+            "federate. The in-process engine ignores it."
         ),
     )
 
@@ -384,7 +401,59 @@ class LimitsConfig(_Strict):
 class FederationConfig(_Strict):
     core_type: Literal["zmq"] = "zmq"
     timeout_s: PositiveFloat = 1800.0
+    # a federation whose simulated time stops moving this long [s] is hung (runner.launch.HangWatch)
+    hang_timeout_s: PositiveFloat = 120.0
     broker_port: Annotated[int, Field(ge=1024, le=65535)] | None = None
+
+
+class CommsConfig(_Strict):
+    """The communication layer between the customers' devices and the market.
+
+    ``latency_s`` [s] delays and ``loss_rate`` drops the messages named in
+    ``applies_to``: ``bids`` (each order, prosumers -> market, sent at ``k*M + 0.25``)
+    and ``interval_energy`` (each meter's billing energy, meters -> market, sent at
+    ``k*M + 0.25``). A message arriving after its interval's market time (``k*M + 0.5``,
+    i.e. ``latency_s >= 0.25``) is seen at a later market time: a late order (counted,
+    ignored) or a missing reading (the settlement's ``missing_reading`` rule). The
+    per-solve control readings are not affected: Volt-VAR / Volt-Watt measure at the
+    inverter terminals, with no communication link. AMI readings to the DSO already
+    have their own loss model (``meters.missing_rate``).
+
+    Losses are drawn by the sender from ``stream(study.seed, "comms", what, k)``, one
+    draw per message in send order, so both engines drop the same messages (HELICS's
+    random-drop filter has its own, unseeded RNG); the federation applies the latency
+    with a HELICS delay filter, the in-process engine by delivering at the first market
+    time at or after the arrival. With 0 latency and 0 loss nothing changes.
+    """
+
+    latency_s: NonNegFloat = 0.0
+    loss_rate: Fraction = 0.0
+    applies_to: list[Literal["bids", "interval_energy"]] = ["bids", "interval_energy"]
+
+    def latency_of(self, what: str) -> float:
+        """Latency [s] of the ``what`` messages (0 if the layer does not apply)."""
+        return self.latency_s if what in self.applies_to else 0.0
+
+    def kept(self, seed: int, what: str, k: int, senders: list[str]) -> list[bool]:
+        """Which of the ``what`` messages about interval ``k`` get through, one per
+        entry of ``senders`` (the participant / meter of each message, in send order):
+        the j-th message of a sender is lost when the j-th draw of ``stream(seed,
+        "comms", what, k, sender)`` is below ``loss_rate`` (so the drops do not depend
+        on how the senders are split over federates)."""
+        if self.loss_rate <= 0.0 or what not in self.applies_to:
+            return [True] * len(senders)
+        draws = {s: iter(stream(seed, "comms", what, k, s).random(c)) for s, c in Counter(senders).items()}
+        return [bool(next(draws[s]) >= self.loss_rate) for s in senders]
+
+    def unscheduled(self, seed: int, tl: Timeline, k: int, participants: list[str]) -> set[str]:
+        """The bidders of interval ``k`` (``participants``: one per order, in send order)
+        whose order is lost or reaches the market after its market time: they get no
+        schedule, so the physics adds their forecast to their published deviation (the
+        feeder's power = schedule + deviation stays their real net power)."""
+        late = (round(tl.report_time(k) * 1e9) + round(self.latency_of("bids") * 1e9)
+                > round(tl.market_time(k) * 1e9))  # HELICS time [ns], as runner.engine._ns
+        kept = self.kept(seed, "bids", k, participants)
+        return {p for p, ok in zip(participants, kept, strict=True) if late or not ok}
 
 
 class StudyFile(_Strict):
@@ -399,6 +468,7 @@ class StudyFile(_Strict):
     limits: LimitsConfig = LimitsConfig()
     controllers: ControllersConfig = ControllersConfig()
     federation: FederationConfig = FederationConfig()
+    comms: CommsConfig = CommsConfig()
     grid_preset: Literal["strong", "weak", "very_weak"] | None = None  # see GRID_PRESETS
 
     @field_validator("grid_preset", mode="before")
@@ -569,7 +639,12 @@ def bundled_feeders() -> list[str]:
 def _field_path(loc: tuple[Any, ...]) -> str:
     aliases = {"duration_s": "duration", "market_interval_s": "market_interval",
                "physics_step_s": "physics_step"}
-    return ".".join(aliases.get(str(p), str(p)) for p in loc)
+    return ".".join(aliases.get(str(p), str(p)) for p in loc) or "<root>"
+
+
+def _whole(ratio: float) -> bool:
+    """``ratio`` is a whole number >= 1 (False for inf / NaN, e.g. 1e308 s / 1e-300 s)."""
+    return math.isfinite(ratio) and abs(ratio - round(ratio)) <= 1e-9 and round(ratio) >= 1
 
 
 def _cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
@@ -577,15 +652,13 @@ def _cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
     s = cfg.study
     if s.physics_step_s < 2.0:
         problems.append(Problem("study.physics_step", f"{s.physics_step_s:g} s is too short", ">= 2 s"))
-    ratio = s.market_interval_s / s.physics_step_s
-    if abs(ratio - round(ratio)) > 1e-9 or round(ratio) < 1:
+    if not _whole(s.market_interval_s / s.physics_step_s):
         problems.append(Problem(
             "study.physics_step",
             f"{s.physics_step_s:g} s does not divide the market interval {s.market_interval_s:g} s",
             "a divisor of study.market_interval",
         ))
-    ratio = s.duration_s / s.market_interval_s
-    if abs(ratio - round(ratio)) > 1e-9 or round(ratio) < 1:
+    if not _whole(s.duration_s / s.market_interval_s):
         problems.append(Problem(
             "study.market_interval",
             f"{s.market_interval_s:g} s does not divide the duration {s.duration_s:g} s",
@@ -599,10 +672,16 @@ def _cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
         problems.append(Problem("feeder", "give feeder.model or feeder.path, not both", "one of them; set the other to null"))
     elif f.path is not None:
         p = Path(f.path)
-        if not p.is_absolute():
-            p = (base_dir / p).resolve()
-        if not p.is_file():
-            problems.append(Problem("feeder.path", f"no such file: {p}", "an OpenDSS master .dss file"))
+        try:
+            if not p.is_absolute():
+                p = (base_dir / p).resolve()
+            found = p.is_file()
+        except (OSError, ValueError) as e:  # a NUL byte, a name too long for the file system
+            problems.append(Problem("feeder.path", f"not a usable file name: {e}", "an OpenDSS master .dss file"))
+        else:
+            if not found:
+                what = "is a directory" if p.is_dir() else "no such file"
+                problems.append(Problem("feeder.path", f"{what}: {p}", "an OpenDSS master .dss file"))
     elif f.model not in names:
         problems.append(Problem("feeder.model", f"unknown feeder {f.model!r}", ", ".join(names)))
     p = cfg.prosumers
@@ -610,6 +689,9 @@ def _cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
         problems.append(Problem("prosumers.pv_kwp_min", "is larger than prosumers.pv_kwp_max", "<= pv_kwp_max"))
     if p.daily_load_kwh_min > p.daily_load_kwh_max:
         problems.append(Problem("prosumers.daily_load_kwh_min", "is larger than daily_load_kwh_max", "<= daily_load_kwh_max"))
+    if p.federates > 1 and p.federates > p.count:
+        problems.append(Problem("prosumers.federates", f"{p.federates} federates for {p.count} prosumers",
+                                f"<= prosumers.count ({p.count})"))
     problems += _grid_checks(cfg)
     m = cfg.market
     from federates.market.mechanisms import allowed_mechanisms
@@ -625,11 +707,11 @@ def _cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
         problems.append(Problem("market.feed_in_usd_per_kwh", "must be below the retail tariff", f"< {m.retail_usd_per_kwh:g}"))
     # meters: AMI periods are whole physics steps and nest with the market intervals
     r_s, dt_s, m_s = cfg.meters.reporting_interval_s, s.physics_step_s, s.market_interval_s
-    per_step, per_market, market_per = r_s / dt_s, m_s / r_s, r_s / m_s
-    if not (abs(per_step - round(per_step)) <= 1e-9 and round(per_step) >= 1
-            and (abs(per_market - round(per_market)) <= 1e-9 or abs(market_per - round(market_per)) <= 1e-9)):
-        n_dt = max(1, round(m_s / dt_s))
-        divisors = [f"{i * dt_s:g}" for i in range(1, n_dt + 1) if n_dt % i == 0]
+    if not (_whole(r_s / dt_s) and (_whole(m_s / r_s) or _whole(r_s / m_s))):
+        n_dt = round(m_s / dt_s) if _whole(m_s / dt_s) else 1
+        # the divisors of n_dt (at most the first 12: n_dt may be huge)
+        divisors = [f"{i * dt_s:g}" for i in itertools.islice(
+            (i for i in range(1, min(n_dt, 10**6) + 1) if n_dt % i == 0), 12)]
         problems.append(Problem(
             "meters.reporting_interval",
             f"{r_s:g} s is not a whole number of physics steps ({dt_s:g} s) that divides or is a "
@@ -683,6 +765,9 @@ def _grid_checks(cfg: StudyFile) -> list[Problem]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``raw`` with each ``a.b.c=value`` applied (value parsed as YAML)."""
+    if not isinstance(raw, dict):  # a file that is a list or a scalar: nothing to set keys in
+        raise ConfigError([Problem("<root>", "the config must be a mapping of sections",
+                                   ", ".join(StudyFile.model_fields))], "--set")
     out = copy.deepcopy(raw)
     problems = []
     for item in overrides:
@@ -704,7 +789,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 break
             node = child
         else:
-            node[parts[-1]] = yaml.safe_load(value)
+            try:
+                node[parts[-1]] = yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                problems.append(Problem(key, f"value is not valid YAML: {' '.join(str(e).split())}",
+                                        "a YAML scalar, list or mapping"))
     if problems:
         raise ConfigError(problems, "--set")
     return out
@@ -794,16 +883,26 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     """YAML of ``path``; a top-level ``base: other.yaml`` (relative to this file) is read
     first and this file's keys are merged over it, section by section."""
-    path = path.resolve()
+    try:
+        path = path.resolve()
+    except (OSError, ValueError) as e:  # a NUL byte in a base: name
+        raise ConfigError([Problem("base" if seen else "<file>", f"not a usable file name: {e}", "a YAML file")],
+                          str(seen[-1] if seen else path)) from None
     if path in seen:
         raise ConfigError([Problem("base", f"circular base: {' -> '.join(map(str, (*seen, path)))}")], str(path))
     if not path.is_file():
         raise ConfigError([Problem("base" if seen else "<file>", f"no such config file: {path}", "a YAML file")],
                           str(seen[-1] if seen else path))
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError([Problem("<file>", f"not valid YAML: {e}")], str(path)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([Problem("<file>", f"not UTF-8 text: {e}", "a UTF-8 YAML file")], str(path)) from None
+    except RecursionError:
+        raise ConfigError([Problem("<file>", "nested too deeply to read", "a study YAML file")], str(path)) from None
+    except OSError as e:
+        raise ConfigError([Problem("<file>", f"cannot be read: {e}", "a readable YAML file")], str(path)) from None
     if not isinstance(raw, dict) or "base" not in raw:
         return raw
     base = raw.pop("base")

@@ -60,19 +60,40 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
 
     confirmations: list[Confirmation] = []
     schedule_p_kw = np.zeros(len(study.sites))
+    # comms (cfg.comms): messages to the market in flight, as the federation's senders
+    # and HELICS delay filter make them: (arrival [ns, HELICS time], kind, kept items)
+    comms, seed = cfg.comms, cfg.study.seed
+    inflight: list[tuple[int, str, list]] = []
+
+    def post(kind: str, k_about: int, items: list, senders: list[str], send_s: float) -> None:
+        kept = comms.kept(seed, kind, k_about, senders)
+        inflight.append((_ns(send_s) + _ns(comms.latency_of(kind)), kind,
+                         [x for x, ok in zip(items, kept, strict=True) if ok]))
+
+    def deliver(kind: str, t_s: float) -> list:
+        """The ``kind`` items that arrived by ``t_s`` (in arrival order); the rest stay in flight."""
+        due = [m for m in inflight if m[1] == kind and m[0] <= _ns(t_s)]
+        inflight[:] = [m for m in inflight if not (m[1] == kind and m[0] <= _ns(t_s))]
+        return [x for m in sorted(due, key=lambda m: m[0]) for x in m[2]]
+
     for k in range(tl.n_intervals + 1):
         if progress is not None:
             progress(tl.interval_start_s(k))
         # report time of k
-        orders = []
         if k >= 1:
             prosumers.on_confirmations(k - 1, confirmations)
         if k < tl.n_intervals:
-            orders = prosumers.bids(k)
+            bids = prosumers.bids(k)
+            post("bids", k, bids, [o.participant for o in bids], tl.report_time(k))
+            lost = comms.unscheduled(seed, tl, k, [o.participant for o in bids])
+            unscheduled_kw = np.where(np.isin(prosumers.participants, list(lost)),
+                                      prosumers.forecast_net_kw[k], 0.0)
         t = times.add("prosumers", t)
         # AMI time of k, then report time of k
         ami = meters.ami(k - 1) if k >= 1 else []
-        energies = meters.report(k - 1) if k >= 1 else []
+        if k >= 1:
+            reports = meters.report(k - 1)
+            post("interval_energy", k - 1, reports, [e.meter for e in reports], tl.report_time(k))
         t = times.add("meters", t)
         if k >= 1:
             controllers.on_ami(k - 1, ami)
@@ -81,6 +102,7 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
         constraints = controllers.grid_constraints(k) if k < tl.n_intervals else []
         t = times.add("controllers", t)
         # market time of k
+        orders, energies = deliver("bids", tl.market_time(k)), deliver("interval_energy", tl.market_time(k))
         confirmations, schedule_p_kw = market.on_market_time(k, orders, energies, notices, envelopes,
                                                              constraints)
         t = times.add("market", t)
@@ -90,7 +112,7 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
         if constraints:
             controllers.on_envelopes(k, market.last_envelopes)
         for g in tl.steps_of_interval(k):
-            deviation_p_kw = prosumers.step(g)
+            deviation_p_kw = prosumers.step(g) + unscheduled_kw  # comms: no schedule, real power
             t = times.add("prosumers", t)
             m = feeder.begin_step(g, schedule_p_kw, deviation_p_kw)
             t = times.add("feeder", t)
@@ -108,3 +130,8 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
         tables.update(role.tables())
     times.add("setup", t)
     return tables
+
+
+def _ns(t_s: float) -> int:
+    """``t_s`` [s] as HELICS time (integer ns, rounded as HELICS converts a double)."""
+    return round(t_s * 1e9)

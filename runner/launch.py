@@ -8,6 +8,7 @@ timeout or Ctrl-C every group is killed before the error propagates.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -128,14 +130,20 @@ def open_feeder(cfg: StudyFile, master: Path):
     """The configured OpenDSS model, compiled, solved and checked for voltage bases.
 
     A model without voltage bases is bad input: ConfigError (exit 2) on
-    ``feeder.path`` / ``feeder.model``. Other model errors stay FeederModelError."""
-    from federates.feeder.opendss import OpenDSSFeeder
+    ``feeder.path`` / ``feeder.model``. So is a file that is no OpenDSS model at all
+    (garbage, empty, a Redirect to a missing file: FeederFileError). Other model errors
+    (OpenDSS rejects the circuit, the base case does not solve) stay FeederModelError
+    (exit 1)."""
+    from federates.feeder.opendss import FeederFileError, OpenDSSFeeder
 
-    feeder = OpenDSSFeeder(master, source_pu=cfg.feeder.source_pu)
+    field_ = "feeder.path" if cfg.feeder.path is not None else "feeder.model"
+    try:
+        feeder = OpenDSSFeeder(master, source_pu=cfg.feeder.source_pu)
+    except FeederFileError as e:
+        raise ConfigError([Problem(field_, str(e), "an OpenDSS master .dss file")], "feeder") from None
     try:
         feeder.check_voltage_bases()
     except FeederModelError as e:
-        field_ = "feeder.path" if cfg.feeder.path is not None else "feeder.model"
         raise ConfigError([Problem(field_, str(e), "a model that sets VoltageBases and runs CalcVoltageBases")],
                           "feeder") from None
     return feeder
@@ -173,23 +181,51 @@ def git_commit() -> str | None:
         return None
 
 
-def free_port_block(width: int = 20, tries: int = 200) -> int:
-    """A port P with P..P+width-1 free on loopback (zmq brokers use P and P+1, cores more)."""
-    rng = random.Random(os.getpid() ^ time.time_ns())
+def port_block_free(base: int, width: int) -> bool:
+    """Whether ports base..base+width-1 can all be bound on 127.0.0.1 now (no SO_REUSEADDR:
+    a port listened on by anything, e.g. a leftover ``helics_broker``, or in TIME_WAIT is
+    not free)."""
+    socks = []
+    try:
+        for port in range(base, base + width):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range of ports for outgoing connections (Linux; else the IANA range)."""
+    try:
+        lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
+def free_port_block(width: int = 20, tries: int = 200, rng: random.Random | None = None) -> int:
+    """A port P with P..P+width-1 free on loopback (zmq brokers use P and P+1, cores more).
+
+    Blocks are drawn at random (seeded by pid and clock, so concurrent runs draw
+    differently) below the kernel's ephemeral range when there is room (20000..32767 on
+    a default Linux), so outgoing connections of other processes cannot take a port of
+    the block between this check and the cores binding it; a block with any port in
+    use (say by a broker left over from a killed run) is skipped."""
+    rng = rng or random.Random(os.getpid() ^ time.time_ns())
+    eph_lo, eph_hi = _ephemeral_ports()
+    below, above = (20000, min(60000, eph_lo)), (max(20000, eph_hi + 1), 60000)
+    lo, hi = max(below, above, key=lambda r: r[1] - r[0])
+    if hi - lo < 2000:  # the ephemeral range covers it all: draw anywhere
+        lo, hi = 20000, 60000
     for _ in range(tries):
-        base = rng.randrange(20000, 60000 - width)
-        socks = []
-        try:
-            for port in range(base, base + width):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                s.bind(("127.0.0.1", port))
-                socks.append(s)
+        base = rng.randrange(lo, hi - width)
+        if port_block_free(base, width):
             return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
     raise FederationError("broker", "found no free port block on 127.0.0.1")
 
 
@@ -254,6 +290,99 @@ class Proc:
                 "wall_s": None if self.wall_s is None else round(self.wall_s, 3)}
 
 
+# as in federates/common/door.py (not imported here: it imports helics)
+HEARTBEAT_ENV = "TECOSIM_HEARTBEAT_DIR"
+HEARTBEAT_SUFFIX = ".heartbeat"
+
+
+def _fmt_s(t: float) -> str:
+    return f"{t:.3f}".rstrip("0").rstrip(".")
+
+
+def _stopped(pid: int | None) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP, a debugger), from /proc (Linux)."""
+    if pid is None:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[-1].split()
+    return bool(fields) and fields[0] in ("T", "t")
+
+
+class HangWatch:
+    """Finds a hung federation from the federates' heartbeats (``federates.common.door``).
+
+    Each federate's ``<run>/logs/<name>.heartbeat`` says whether it was granted a time
+    (``grnt``, computing), waits in a time request (``reqt``) or closed (``done``). When no
+    heartbeat has changed for ``timeout_s`` while some federate is still open, the
+    federation is hung. The culprit is the federate that was granted a time and never
+    requested again (the others sit in a request waiting for it); when every open
+    federate waits in a request, it is a stopped process among them and the broker, else
+    the broker. The clock starts with the first heartbeat (the federates entering
+    executing mode), so a slow start is left to ``federation.timeout_s``.
+    """
+
+    def __init__(self, logs: Path, names: list[str], timeout_s: float) -> None:
+        self.paths = {n: logs / f"{n}{HEARTBEAT_SUFFIX}" for n in names}
+        self.timeout_s = timeout_s
+        self._seen: dict | None = None
+        self._since = 0.0
+
+    def clear(self) -> None:
+        """Remove heartbeats of an earlier run in this folder."""
+        for path in self.paths.values():
+            path.unlink(missing_ok=True)
+
+    def read(self) -> dict[str, tuple[str, float, float] | None]:
+        """name -> (state, requested [s], granted [s]), None without a (complete) heartbeat."""
+        out: dict[str, tuple[str, float, float] | None] = {}
+        for name, path in self.paths.items():
+            try:
+                state, req, granted = path.read_text().split()
+                out[name] = (state, float(req), float(granted))
+            except (OSError, ValueError):
+                out[name] = None
+        return out
+
+    def check(self, procs: list[Proc], now: float) -> FederationError | None:
+        """A FederationError naming the hung process, or None while time moves."""
+        beats = self.read()
+        if all(b is None for b in beats.values()):
+            return None  # not executing yet
+        if beats != self._seen:
+            self._seen, self._since = beats, now
+            return None
+        stalled_s = now - self._since
+        if stalled_s < self.timeout_s:
+            return None
+        open_ = [p for p in procs if p.name in beats and p.poll() is None
+                 and (beats[p.name] is None or beats[p.name][0] != "done")]
+        if not open_:
+            return None  # all closed, finishing up: federation.timeout_s covers the rest
+        computing = [p for p in open_ if beats[p.name] is None or beats[p.name][0] != "reqt"]
+        if computing:
+            t = min((beats[p.name] or ("", 0.0, 0.0))[2] for p in computing)
+            return FederationError(", ".join(p.name for p in computing),
+                                   f"hung at simulated time {_fmt_s(t)} s (no time request for "
+                                   f"{stalled_s:.0f} s)", {p.name: p.tail(8) for p in computing})
+        broker = [p for p in procs if p.name == "broker"]
+        stopped = [p for p in open_ + broker if _stopped(p.popen.pid if p.popen else None)]
+        for p in stopped:
+            if p.name in beats:
+                _, req, granted = beats[p.name]
+                return FederationError(p.name, f"hung at simulated time {_fmt_s(granted)} s (process "
+                                       f"stopped while requesting {_fmt_s(req)} s; no time grant for "
+                                       f"{stalled_s:.0f} s)", {p.name: p.tail(8)})
+        t = min(beats[p.name][2] for p in open_)
+        waiting = ", ".join(f"{p.name} for {_fmt_s(beats[p.name][1])} s" for p in open_)
+        return FederationError("broker", f"hung at simulated time {_fmt_s(t)} s "
+                               f"({'process stopped; ' if stopped else ''}no time grant for "
+                               f"{stalled_s:.0f} s; waiting: {waiting})",
+                               {p.name: p.tail(8) for p in broker})
+
+
 @dataclass
 class Federation:
     """The broker and the federate processes of one run."""
@@ -269,15 +398,20 @@ class Federation:
         fed = cls(study, port)
         logs = study.run_dir / "logs"
         address = f"tcp://127.0.0.1:{port}"
+        parts = cfg.prosumers.federates
+        names = keys.federate_names(parts)
         fed.procs.append(Proc("broker", [
-            helics_bin("helics_broker"), "-f", str(len(keys.FEDERATES)), "--coretype=zmq",
+            helics_bin("helics_broker"), "-f", str(len(names)), "--coretype=zmq",
             "--local_interface=tcp://127.0.0.1", f"--port={port}", f"--name=tecosim_broker_{port}",
             "--loglevel=warning", "--timeout=60s",
         ], logs / "broker.log"))
-        for name in keys.FEDERATES:
+        for name in names:
+            part = name.removeprefix(f"{keys.PROSUMERS}_")
+            module = keys.PROSUMERS if part != name else name
             fed.procs.append(Proc(name, [
-                sys.executable, "-m", f"federates.{name}.federate",
+                sys.executable, "-m", f"federates.{module}.federate",
                 "--run-dir", str(study.run_dir), "--broker-address", address,
+                *(["--part", f"{part}/{parts}"] if module != name else []),
             ], logs / f"{name}.log"))
         return fed
 
@@ -296,19 +430,33 @@ class Federation:
         return path
 
     def run(self, timeout_s: float, poll_s: float = 0.1,
-            progress: Callable[[float], None] | None = None) -> None:
+            progress: Callable[[float], None] | None = None, hang_timeout_s: float | None = None) -> None:
         """Start everything, wait, and on any failure kill everything and raise.
 
         ``progress`` (optional) is called with the simulated time [s] the feeder
         federate writes to ``<run>/progress`` (once per market interval), when it changes.
+        A federation whose simulated time stops for ``hang_timeout_s`` (default
+        ``federation.hang_timeout_s``) is hung (``HangWatch`` names the culprit).
         """
         from runner.progress import PROGRESS_FILE, read_progress_file
 
         reached_s: float | None = None
         (self.study.run_dir / PROGRESS_FILE).unlink(missing_ok=True)  # of an earlier run in this folder
+        logs = self.study.run_dir / "logs"
+        watch = HangWatch(logs, [p.name for p in self.procs if p.name != "broker"],
+                          hang_timeout_s or self.study.cfg.federation.hang_timeout_s)
+        watch.clear()
         try:
-            for p in self.procs:
-                p.start(REPO_ROOT)
+            before = os.environ.get(HEARTBEAT_ENV)
+            os.environ[HEARTBEAT_ENV] = str(logs)  # inherited by the federates (federates.common.door)
+            try:
+                for p in self.procs:
+                    p.start(REPO_ROOT)
+            finally:
+                if before is None:
+                    os.environ.pop(HEARTBEAT_ENV, None)
+                else:
+                    os.environ[HEARTBEAT_ENV] = before
             deadline = time.monotonic() + timeout_s
             while True:
                 federates = [p for p in self.procs if p.name != "broker"]
@@ -330,6 +478,9 @@ class Federation:
                     raise FederationError(", ".join(p.name for p in running),
                                           f"still running after timeout_s={timeout_s:g} s",
                                           {p.name: p.tail(8) for p in running})
+                hung = watch.check(self.procs, time.monotonic())
+                if hung is not None:
+                    raise hung
                 if progress is not None:
                     t_s = read_progress_file(self.study.run_dir)
                     if t_s is not None and t_s != reached_s:
@@ -344,8 +495,65 @@ class Federation:
             p.kill()
 
 
+def merge_part_tables(results: Path, parts: int) -> None:
+    """The prosumer parts' tables (``<table>.part<i>.parquet``) into one ``<table>.parquet``
+    each, in site order, as one prosumers federate writes them; the parts are removed.
+
+    ``profiles`` has a row per step and participant (participants within a step): the
+    parts are concatenated and stably sorted by step."""
+    import pandas as pd
+
+    if parts == 1:
+        return
+    for table in ("prosumers", "profiles"):
+        files = [results / f"{table}.part{i}.parquet" for i in range(parts)]
+        df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        if table == "profiles":
+            df = df.sort_values("step", kind="stable", ignore_index=True)
+        df.to_parquet(results / f"{table}.parquet", index=False)
+        for f in files:
+            f.unlink()
+
+
+def git_dirty() -> bool | None:
+    """Whether tecosim's working tree differs from ``git_commit`` (then the commit alone
+    does not reproduce the code); None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def feeder_record(study: Study) -> dict[str, Any]:
+    """The model a run used: its bundled name (or null), the absolute path of the
+    OpenDSS master file and that file's sha256 (files it redirects to are not hashed)."""
+    cfg = study.cfg
+    out: dict[str, Any] = {"model": cfg.feeder.model, "master": None, "master_sha256": None}
+    try:
+        master = feeder_master(cfg, study.run_dir)  # a relative feeder.path is relative to the run folder
+        out.update(master=str(master), master_sha256=_sha256_file(master))
+    except (OSError, ValueError) as e:
+        out["error"] = str(e)
+    return out
+
+
 def write_manifest(study: Study, engine: str, status: str, wall_s: float, *, reason: str = "",
                    federates: list[dict] | None = None, extra: dict | None = None) -> Path:
+    """``<run>/manifest.json``: what ran, how it ended, and what a rerun needs: the
+    resolved config (``config_file``, every default and ``--set`` applied; its
+    ``config_sha256``), the seed, the engine, tecosim's git commit (and whether the
+    working tree differed from it), the package and Python versions, the feeder master
+    file and its sha256, the command line and the ``rerun`` command."""
     cfg = study.cfg
     manifest = {
         "study": cfg.study.name,
@@ -353,9 +561,15 @@ def write_manifest(study: Study, engine: str, status: str, wall_s: float, *, rea
         "status": status,
         "reason": reason,
         "seed": cfg.study.seed,
+        "config_file": CONFIG_FILE,
         "config_sha256": config_sha256(cfg),
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "versions": versions(),
+        "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
+                   "executable": sys.executable},
+        "command_line": list(sys.argv),
+        "feeder": feeder_record(study),
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "wall_s": round(wall_s, 3),
         "federates": federates or [],
@@ -363,6 +577,8 @@ def write_manifest(study: Study, engine: str, status: str, wall_s: float, *, rea
         "rerun": f"tecosim run {study.run_dir / CONFIG_FILE} --engine {engine}",
     }
     manifest.update(extra or {})
+    if status == "failed":  # the results of a failed run are whatever its roles wrote before it stopped
+        manifest["results_written"] = sorted(p.stem for p in (study.run_dir / "results").glob("*.parquet"))
     path = study.run_dir / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2, default=str))
     return path
@@ -398,6 +614,7 @@ def run_study(study: Study, engine: str, progress: Callable[[float], None] | Non
         write_manifest(study, engine, "failed", time.perf_counter() - t0, reason=reason,
                        federates=[p.record() for p in fed.procs], extra={"broker_port": fed.port})
         raise
+    merge_part_tables(study.run_dir / "results", study.cfg.prosumers.federates)
     wall = time.perf_counter() - t0
     write_manifest(study, engine, "ok", wall, federates=[p.record() for p in fed.procs],
                    extra={"broker_port": fed.port})

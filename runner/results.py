@@ -7,9 +7,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from federates.common.errors import TecosimError
 from runner.config import StudyFile
 
 RESULTS = "results"
+
+#: Conservation checks (:func:`conservation_failures`): an interval breaks a check when
+#: its kpis error exceeds the tolerance. Energy [kWh] and money [USD] are settled
+#: exactly (fractions) and only rounded to float, so their tolerance is float noise;
+#: the feeder's power balance holds to OpenDSS's solution tolerance, so it is relative
+#: to the step's load [%] (with at least 1 kW as the base).
+ENERGY_TOLERANCE_KWH = 1e-6
+MONEY_TOLERANCE_USD = 1e-6
+POWER_TOLERANCE_PCT = 0.1
+
+
+class ConservationError(TecosimError):
+    """A run whose results break a conservation check (energy, money or power)."""
 
 
 def read_tables(run_dir: Path) -> dict[str, pd.DataFrame]:
@@ -81,7 +95,92 @@ def kpis(cfg: StudyFile, t: dict[str, pd.DataFrame]) -> pd.DataFrame:
             out[f"{name}_violation_min_{when}"] = per_k.reindex(intervals, fill_value=0).to_numpy().astype(float)
     unconverged = (~ctrl["converged"].astype(bool)).groupby(ctrl["step"] // tl.steps_per_interval).sum()
     out["unconverged_steps"] = unconverged.reindex(intervals, fill_value=0).to_numpy().astype(np.int64)
+    _conservation_columns(out, t, g, g_k, intervals)
     return out
+
+
+def _conservation_columns(out: pd.DataFrame, t: dict[str, pd.DataFrame], g: pd.DataFrame,
+                          g_k: np.ndarray, intervals: np.ndarray) -> None:
+    """The per-interval conservation errors of :func:`kpis` (checked by
+    :func:`conservation_failures`).
+
+    ``energy_balance_error_kwh``: max over participants of
+    |scheduled + curtailed + imbalance - metered| and
+    |peer_bought + grid_bought - peer_sold - grid_sold - metered| (settlement rules 4
+    and the settled-energy identity, federates/market/settlement.py);
+    ``money_balance_error_usd``: |sum peer_paid - sum peer_received - fees| (fees are
+    0: ``Trade.fee_usd`` is not settled); ``power_balance_error_kw``: max over the
+    interval's steps of |source_p_kw - load_kw - losses_kw| (grid table) and
+    ``power_balance_error_pct`` the same step's error over max(|load_kw|, 1 kW) x 100.
+    """
+    s = t["settlements"]
+    e1 = (s["scheduled_kwh"] + s["curtailed_kwh"] + s["imbalance_kwh"] - s["metered_kwh"]).abs()
+    e2 = (s["peer_bought_kwh"] + s["grid_bought_kwh"] - s["peer_sold_kwh"] - s["grid_sold_kwh"]
+          - s["metered_kwh"]).abs()
+    energy = np.maximum(e1, e2).groupby(s["interval"]).max()
+    out["energy_balance_error_kwh"] = energy.reindex(intervals, fill_value=0.0).to_numpy().astype(float)
+    money = (s["peer_paid_usd"] - s["peer_received_usd"]).groupby(s["interval"]).sum().abs()
+    out["money_balance_error_usd"] = money.reindex(intervals, fill_value=0.0).to_numpy().astype(float)
+    err = (g["source_p_kw"] - g["load_kw"] - g["losses_kw"]).abs().to_numpy()
+    pct = err / np.maximum(g["load_kw"].abs().to_numpy(), 1.0) * 100.0
+    out["power_balance_error_kw"] = (pd.Series(err).groupby(g_k).max()
+                                     .reindex(intervals, fill_value=0.0).to_numpy().astype(float))
+    out["power_balance_error_pct"] = (pd.Series(pct).groupby(g_k).max()
+                                      .reindex(intervals, fill_value=0.0).to_numpy().astype(float))
+
+
+#: (kpis column, check name, tolerance, unit) of each conservation check
+CONSERVATION_CHECKS: tuple[tuple[str, str, float, str], ...] = (
+    ("energy_balance_error_kwh", "energy balance (scheduled + curtailed + imbalance = metered)",
+     ENERGY_TOLERANCE_KWH, "kWh"),
+    ("money_balance_error_usd", "money balance (peer payments in = payments out + fees)",
+     MONEY_TOLERANCE_USD, "USD"),
+    ("power_balance_error_pct", "feeder power balance (source = load + losses)",
+     POWER_TOLERANCE_PCT, "% of load"),
+)
+
+
+def conservation_failures(k: pd.DataFrame) -> list[str]:
+    """One message per broken conservation check of the kpis table ``k`` (empty: all hold).
+
+    Each names the check, the worst interval, its error and the tolerance; a NaN
+    error breaks the check too (something could not be checked).
+    """
+    out = []
+    for col, name, tol, unit in CONSERVATION_CHECKS:
+        x = k[col].to_numpy(dtype=float)
+        bad = ~(x <= tol)
+        if not bad.any():
+            continue
+        worst = np.where(np.isnan(x), np.inf, x)
+        i = int(np.argmax(np.where(bad, worst, -np.inf)))
+        n = int(bad.sum())
+        extra = ("" if col != "power_balance_error_pct"
+                 else f" ({float(k['power_balance_error_kw'].iloc[i]):.6g} kW)")
+        out.append(f"{name} broken in {n} interval(s), worst interval {int(k['interval'].iloc[i])} "
+                   f"(t_s={float(k['t_s'].iloc[i]):g}): error {x[i]:.6g} {unit}{extra} > tolerance {tol:g} {unit}")
+    return out
+
+
+def check_conservation(k: pd.DataFrame, run_dir: Path) -> None:
+    """Fail the run when the kpis break a conservation check.
+
+    Raises :class:`ConservationError` naming every broken check and writes the
+    run's ``manifest.json`` status ``failed`` with that reason; the result tables stay.
+    """
+    import json
+
+    failures = conservation_failures(k)
+    if not failures:
+        return
+    msg = "conservation check failed: " + "; ".join(failures)
+    path = Path(run_dir) / "manifest.json"
+    if path.is_file():
+        manifest = json.loads(path.read_text())
+        manifest["status"] = "failed"
+        manifest["reason"] = msg
+        path.write_text(json.dumps(manifest, indent=2, default=str))
+    raise ConservationError(msg)
 
 
 def summary(k: pd.DataFrame) -> dict[str, float]:

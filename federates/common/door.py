@@ -6,16 +6,35 @@ time the way ``federates.common.timeline`` lays it out: ``advance(target)`` requ
 ``target`` and returns when it is granted. Federates are uninterruptible, so a
 federate is granted exactly the times it asks for; every exchange is laid out on the
 timeline so that a receiver asks for a time strictly after the sender's.
+
+Heartbeat: with ``TECOSIM_HEARTBEAT_DIR`` set (the runner sets it to ``<run>/logs``), the
+door keeps ``<dir>/<name>.heartbeat``, one fixed-width line overwritten in place (no
+fsync): ``grnt`` and the time granted once a request returns (and on entering
+executing mode), ``reqt`` with the time requested before each request, ``done`` on
+close. The runner reads them to find a federate that stopped requesting time
+(``runner.launch.HangWatch``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import helics as h
 import numpy as np
 
 from federates.common.timeline import TIME_TOL_S
+
+HEARTBEAT_ENV = "TECOSIM_HEARTBEAT_DIR"
+HEARTBEAT_SUFFIX = ".heartbeat"
+HEARTBEAT_WIDTH = 48  # bytes of the line, newline included
+
+
+def heartbeat_line(state: str, requested: float, granted: float) -> bytes:
+    """``state requested granted`` [s], padded to HEARTBEAT_WIDTH bytes."""
+    text = f"{state} {requested:.6f} {granted:.6f}"
+    return (text[:HEARTBEAT_WIDTH - 1].ljust(HEARTBEAT_WIDTH - 1) + "\n").encode("ascii")
 
 
 class Door:
@@ -36,6 +55,18 @@ class Door:
         h.helicsFederateInfoFree(fi)
         self.granted = -1.0
         self.n_requests = 0
+        self._beat_fd: int | None = None
+        beat_dir = os.environ.get(HEARTBEAT_ENV)
+        if beat_dir:
+            try:
+                self._beat_fd = os.open(Path(beat_dir) / f"{name}{HEARTBEAT_SUFFIX}",
+                                        os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            except OSError as e:  # no heartbeat only costs the runner its hang detection
+                self.log.warning("no heartbeat file: %s", e)
+
+    def _beat(self, state: str, requested: float) -> None:
+        if self._beat_fd is not None:
+            os.pwrite(self._beat_fd, heartbeat_line(state, requested, self.granted), 0)
 
     # -- interfaces ---------------------------------------------------------
     def publication(self, key: str, unit: str):
@@ -47,9 +78,22 @@ class Door:
     def endpoint(self, name: str):
         return h.helicsFederateRegisterGlobalEndpoint(self.fed, name, "")
 
+    def add_delay_filter(self, ep, latency_s: float):
+        """Delay every message sent from ``ep`` by ``latency_s`` [s] with a HELICS delay
+        filter (none for 0 s). Losses are not a HELICS random-drop filter (its RNG is
+        not seeded by the study): the sender skips the lost messages (``comms.kept``)."""
+        if latency_s <= 0.0:
+            return None
+        name = h.helicsEndpointGetName(ep)
+        filt = h.helicsFederateRegisterFilter(self.fed, h.HELICS_FILTER_TYPE_DELAY, f"{name}/delay")
+        h.helicsFilterSet(filt, "delay", float(latency_s))
+        h.helicsFilterAddSourceTarget(filt, name)
+        return filt
+
     def enter(self) -> None:
         h.helicsFederateEnterExecutingMode(self.fed)
         self.granted = 0.0
+        self._beat("grnt", 0.0)
         self.log.info("executing")
 
     # -- values and messages ---------------------------------------------------
@@ -86,6 +130,7 @@ class Door:
     def advance(self, target: float) -> None:
         """Request ``target`` [s] and return once it is granted."""
         while self.granted < target - TIME_TOL_S:
+            self._beat("reqt", target)
             t = h.helicsFederateRequestTime(self.fed, target)
             self.n_requests += 1
             if self._debug:
@@ -93,8 +138,13 @@ class Door:
             if t > target + TIME_TOL_S:
                 raise RuntimeError(f"{self.name}: granted {t} beyond requested {target}")
             self.granted = t
+            self._beat("grnt", target)
 
     def close(self) -> None:
+        self._beat("done", self.granted)
+        if self._beat_fd is not None:
+            os.close(self._beat_fd)
+            self._beat_fd = None
         h.helicsFederateDisconnect(self.fed)
         h.helicsFederateFree(self.fed)
         h.helicsCloseLibrary()

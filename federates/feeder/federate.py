@@ -4,9 +4,13 @@ in each control round that brings controller commands; publishes measurements.""
 from __future__ import annotations
 
 import logging
+import os
+
+import numpy as np
 
 from federates.common import keys
 from federates.common.door import Door
+from federates.common.errors import PowerFlowNotConverged
 from federates.common.messages import decode
 from federates.common.runtime import Study, federate_main
 from federates.common.timeline import MAX_ROUNDS
@@ -28,7 +32,15 @@ def run(study: Study, broker: str, log: logging.Logger):
     n = len(study.sites)
     door = Door(keys.FEEDER, broker, log=log)
     sub_schedule = door.subscription(*keys.SCHEDULE_P_KW)
-    sub_deviation = door.subscription(*keys.DEVIATION_P_KW)
+    parts = cfg.prosumers.federates
+    sub_deviation = [door.subscription(*keys.deviation_key(i, parts)) for i in range(parts)]
+    part_sizes = [hi - lo for lo, hi in (keys.part_bounds(n, i, parts) for i in range(parts))]
+
+    def deviation() -> np.ndarray:
+        """Every prosumer part's deviations [kW], concatenated in site order."""
+        if parts == 1:
+            return door.vector(sub_deviation[0], n)
+        return np.concatenate([door.vector(s, m) for s, m in zip(sub_deviation, part_sizes, strict=True)])
     pubs = [door.publication(*k) for k in (keys.FEEDER_V_PU, keys.FEEDER_P_KW,
                                            keys.FEEDER_Q_KVAR, keys.FEEDER_CURTAILED_P_KW)]
     pub_scada = door.publication(*keys.FEEDER_SCADA) if role.want_scada else None
@@ -46,7 +58,7 @@ def run(study: Study, broker: str, log: logging.Logger):
             door.advance(tl.solve_time(g, 0))
             if door.receive(ep):
                 raise RuntimeError(f"step {g}: controller commands arrived outside a control round")
-            publish(role.begin_step(g, door.vector(sub_schedule, n), door.vector(sub_deviation, n)))
+            publish(role.begin_step(g, door.vector(sub_schedule, n), deviation()))
             for j in range(1, MAX_ROUNDS + 1):
                 door.advance(tl.solve_time(g, j))  # every command of round j-1 is in by now
                 commands = [c for text in door.receive(ep) for c in decode(text).items]
@@ -56,6 +68,13 @@ def run(study: Study, broker: str, log: logging.Logger):
             else:
                 raise RuntimeError(f"step {g}: controllers still commanding after {MAX_ROUNDS} rounds")
             report_progress(study, g)
+    except PowerFlowNotConverged as e:
+        # feeder.on_nonconvergence stopped the run: exit before closing the door, so that
+        # the other federates wait for the feeder (instead of failing first for want of
+        # its values) and the runner names the feeder, with this line in the log's tail
+        log.error("feeder: %s", e)
+        logging.shutdown()
+        os._exit(1)
     finally:
         door.close()
     return role.tables()

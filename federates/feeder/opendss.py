@@ -114,6 +114,16 @@ def _phases_of_bus(bus_spec: str, n_phases: int, n_conductors: int | None = None
     return tuple(phases)
 
 
+class FeederFileError(FeederModelError):
+    """The master file is no OpenDSS model: missing, not a file, empty or garbage (OpenDSS
+    built no circuit from it), or it redirects to a file that is not there. Bad input, as
+    opposed to a model whose circuit OpenDSS rejects or cannot solve (FeederModelError)."""
+
+
+#: OpenDSS error numbers of a Redirect / Compile of a file that does not exist
+_FILE_NOT_FOUND_ERRORS = (243,)
+
+
 class OpenDSSFeeder:
     """An OpenDSS feeder model with prosumers attached.
 
@@ -126,7 +136,7 @@ class OpenDSSFeeder:
     def __init__(self, master: Path, *, source_pu: float | None = None) -> None:
         self.master = Path(master)
         if not self.master.is_file():
-            raise FeederModelError(f"{self.master}: no such OpenDSS master file")
+            raise FeederFileError(f"{self.master}: no such OpenDSS master file")
         self._dss = opendssdirect.NewContext()
         try:
             self._dss.Basic.AllowChangeDir(False)
@@ -145,9 +155,17 @@ class OpenDSSFeeder:
             # with elements defined after them) has none (or not all) yet
             self._dss.Text.Command("MakeBusList")
         except Exception as e:
-            raise FeederModelError(f"{self.master}: OpenDSS could not load the model: {e}") from None
+            number = e.args[0] if e.args and isinstance(e.args[0], int) else None
+            try:
+                no_circuit = self._dss.Basic.NumCircuits() == 0
+            except Exception:  # pragma: no cover - the engine cannot even say
+                no_circuit = False
+            cls = FeederFileError if no_circuit or number in _FILE_NOT_FOUND_ERRORS else FeederModelError
+            hint = " (it defines no circuit: is it an OpenDSS master file?)" \
+                if no_circuit and number not in _FILE_NOT_FOUND_ERRORS else ""
+            raise cls(f"{self.master}: OpenDSS could not load the model{hint}: {e}") from None
         if self._dss.Circuit.NumBuses() == 0:
-            raise FeederModelError(f"{self.master}: OpenDSS built no circuit from this file")
+            raise FeederFileError(f"{self.master}: OpenDSS built no circuit from this file")
         self._control_mode: int | None = None
         self._background: list[tuple[int, float, float]] = []  # (load idx, kW, kvar) nominal
         self._background_mult = 1.0

@@ -18,6 +18,24 @@ bus (IEC 61000-4-30 / IEEE 1159 VUF), read lazily like the grid row.
 
 Export caps last one market interval: they are cleared at the first step of each
 interval. Inverter q set-points persist until a new command.
+
+A solve that does not converge (:class:`PowerFlowNotConverged`) is never skipped: it
+gets a row in the ``nonconvergence`` table (step, t_s, solve, action, detail), the
+grid table's ``converged`` is false for its step, and ``feeder.on_nonconvergence``
+says what happens:
+
+* ``abort`` (default): the row is recorded and PowerFlowNotConverged is raised, naming
+  the feeder, the step, the simulated time and the solve (the run fails).
+* ``hold``: the step keeps the last recorded step's solution (voltages, powers and
+  grid row copied; the returned Measurement is that step's); a later solve of the same
+  step that converges replaces it. With no earlier step to hold, it aborts.
+* ``curtail``: the same solve is retried with the customers' powers limited, one
+  level after another until it converges (:data:`CURTAIL_LEVELS`): level 1 caps
+  every export at 0 kW (recorded as curtailment, ``curtailed_p_kw``, like a DSO cap);
+  levels 2.. also scale every import by 0.5, 0.25 and 0 (shed load is not
+  curtailment: it is metered, so it shows as imbalance). The level holds for the rest
+  of the step (every later solve of it); the next step starts unlimited again. When
+  even level 4 (no customer power at all) does not converge, it aborts.
 """
 
 from __future__ import annotations
@@ -28,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from federates.common.errors import PowerFlowNotConverged
 from federates.common.grid import CustomerSite
 from federates.common.messages import ControlCommand
 from federates.feeder.opendss import OpenDSSFeeder
@@ -46,6 +65,12 @@ OPENDSS_DEFAULT_DAILY_SHAPE: tuple[float, ...] = (
     0.677, 0.6256, 0.6087, 0.5833, 0.58028, 0.6025, 0.657, 0.7477, 0.832, 0.88, 0.94, 0.989,
     0.985, 0.98, 0.9898, 0.999, 1.0, 0.958, 0.936, 0.913, 0.876, 0.876, 0.828, 0.756,
 )
+
+
+#: ``feeder.on_nonconvergence: curtail``: the import multiplier of retry level 2, 3, 4
+#: (level 1 only caps exports at 0 kW) [-]
+CURTAIL_IMPORT_SCALES: tuple[float, ...] = (0.5, 0.25, 0.0)
+CURTAIL_LEVELS = 1 + len(CURTAIL_IMPORT_SCALES)
 
 
 def daily_shape_mult(hour_of_day: float, shape: tuple[float, ...] = OPENDSS_DEFAULT_DAILY_SHAPE) -> float:
@@ -132,6 +157,13 @@ class FeederRole:
         self._step: int | None = None
         self._pending_grid: int | None = None
         self._n_solves = 0
+        # non-convergence (feeder.on_nonconvergence)
+        self._policy = cfg.feeder.on_nonconvergence
+        self._nc_level = 0  # curtail retry level of the step in progress (0 = unlimited)
+        self._nc_rows: list[tuple] = []
+        self._last_good: int | None = None  # last step with a complete record (for hold)
+        self._step_scada: Scada | None = None  # SCADA of the last recorded solve
+        self._good_scada: Scada | None = None  # ... of step _last_good (hold returns it)
 
         steps = self.timeline.n_steps
         self._done = np.zeros(steps, dtype=bool)
@@ -148,6 +180,7 @@ class FeederRole:
         self._taps = np.zeros((steps, len(self.regulators)), dtype=np.int64)
         self._caps = np.zeros((steps, len(self.capacitors)), dtype=np.int64)
         self._bg = np.full(steps, np.nan)
+        self._converged = np.ones(steps, dtype=bool)
 
         # limits (names fixed now that customers are attached)
         line_names, _ = self.feeder.line_loading_pct()
@@ -270,18 +303,83 @@ class FeederRole:
     def _applied_p(self) -> np.ndarray:
         # export is negative p: a cap c [kW] limits p to >= -c
         capped = np.maximum(self._requested, -self._cap_kw)
-        return np.where(np.isnan(self._cap_kw), self._requested, capped)
+        capped = np.where(np.isnan(self._cap_kw), self._requested, capped)
+        return np.maximum(capped, 0.0) if self._nc_level >= 1 else capped
+
+    def _shed(self, p: np.ndarray) -> np.ndarray:
+        """``p`` with the imports scaled by the curtail level of the step [kW]."""
+        if self._nc_level < 2:
+            return p
+        return p * CURTAIL_IMPORT_SCALES[self._nc_level - 2]
+
+    def _solve(self, g: int, controls: bool, set_powers) -> bool:
+        """``set_powers()`` then one solve; on non-convergence act per ``on_nonconvergence``.
+
+        Returns True when the solve converged (curtail retries included), False when
+        the step is held; raises PowerFlowNotConverged on abort.
+        """
+        t_s = self.timeline.step_t_s(g)
+        kind = "controlled" if controls else "uncontrolled"
+        while True:
+            set_powers()
+            try:
+                self.feeder.solve(controls=controls, t_s=t_s)
+                self._n_solves += 1
+                return True
+            except PowerFlowNotConverged as e:
+                self._n_solves += 1
+                self._converged[g] = False
+                why = str(e).partition(": ")[2] or str(e)
+                if self._policy == "curtail" and self._nc_level < CURTAIL_LEVELS:
+                    self._nc_level += 1
+                    lv = self._nc_level
+                    how = ("every export capped at 0 kW" if lv == 1 else
+                           f"every export capped at 0 kW, imports x {CURTAIL_IMPORT_SCALES[lv - 2]:g}")
+                    self._nc_rows.append((g, t_s, kind, "curtail", f"{why}; retry level {lv}: {how}"))
+                    continue
+                if self._policy == "hold" and self._last_good is not None and self._last_good < g:
+                    self._nc_rows.append((g, t_s, kind, "hold",
+                                          f"{why}; holding the solution of step {self._last_good}"))
+                    return False
+                reason = {"abort": "", "hold": " (no earlier step to hold)",
+                          "curtail": " (still not converging with no customer power at all)"}[self._policy]
+                detail = (f"{why}; {kind} solve of the feeder at step {g} "
+                          f"({self._time_label(t_s)}); feeder.on_nonconvergence={self._policy}{reason} "
+                          "stops the run")
+                self._nc_rows.append((g, t_s, kind, "abort", detail))
+                raise PowerFlowNotConverged(t_s, detail) from None
+
+    def _time_label(self, t_s: float) -> str:
+        return str(pd.Timestamp(self.cfg.study.start) + pd.to_timedelta(t_s, unit="s"))
+
+    def _hold(self, g: int) -> Measurement:
+        """Step ``g`` takes the record of step ``self._last_good``; its Measurement."""
+        h = self._last_good
+        assert h is not None
+        for a in (self._v, self._v_before, self._p, self._q, self._curt, self._src_p, self._src_q,
+                  self._loss, self._load, self._taps, self._caps, self._top_elem, self._top_load,
+                  self._vuf, self._cust_loss, self._bg_loss):
+            a[g] = a[h]
+        self._solves[g] = self._n_solves
+        self._done[g] = True
+        self._pending_grid = None  # the engine holds no usable solution
+        self._last_good = g
+        return Measurement(v_pu=self._v[g].copy(), p_kw=self._p[g].copy(), q_kvar=self._q[g].copy(),
+                           curtailed_p_kw=self._curt[g].copy(), scada=self._good_scada)
 
     def _controlled_solve(self, g: int) -> Measurement:
-        applied = self._applied_p()
-        self.feeder.set_customer_powers(applied, self._q_kvar)
-        self.feeder.solve(controls=True, t_s=self.timeline.step_t_s(g))
-        self._n_solves += 1
+        def set_powers() -> None:
+            self.feeder.set_customer_powers(self._shed(self._applied_p()), self._q_kvar)
+
+        if not self._solve(g, True, set_powers):
+            return self._hold(g)
+        capped = self._applied_p()
+        applied = self._shed(capped)
         m = Measurement(
             v_pu=self.feeder.customer_v_pu(),
             p_kw=applied.copy(),
             q_kvar=self._q_kvar.copy(),
-            curtailed_p_kw=applied - self._requested,
+            curtailed_p_kw=capped - self._requested,
             scada=self.scada() if self.want_scada else None,
         )
         self._record(g, m)
@@ -295,6 +393,7 @@ class FeederRole:
         self._solves[g] = self._n_solves
         self._done[g] = True
         self._pending_grid = g
+        self._step_scada = m.scada
 
     def _finalize_grid(self) -> None:
         """Record the grid row of the step in progress from the last solve.
@@ -325,6 +424,8 @@ class FeederRole:
             self._top_load[g] = loading[top]
         self._vuf[g] = vuf
         self._record_violations(g, after)
+        self._last_good = g
+        self._good_scada = self._step_scada
 
     def _record_losses(self, g: int) -> None:
         """Per-phase GBLA of step ``g``'s losses: each customer's share and the background [kW].
@@ -384,6 +485,7 @@ class FeederRole:
         self._requested = sched + dev
         self._step = g
         self._n_solves = 0
+        self._nc_level = 0
         if self.cfg.feeder.background_load_shape == "model":
             hour = self._start_hour + self.timeline.step_t_s(g) / 3600.0
             day0 = pd.Timestamp(self.cfg.study.start).day_of_year - 1
@@ -393,9 +495,12 @@ class FeederRole:
             self.feeder.set_background_scale(mult)
         self._bg[g] = mult
 
-        self.feeder.set_customer_powers(self._requested, np.zeros(self._n))
-        self.feeder.solve(controls=False, t_s=self.timeline.step_t_s(g))
-        self._n_solves += 1
+        def set_powers() -> None:
+            self.feeder.set_customer_powers(self._shed(np.maximum(self._requested, 0.0) if self._nc_level
+                                                       else self._requested), np.zeros(self._n))
+
+        if not self._solve(g, False, set_powers):
+            return self._hold(g)
         self._v_before[g] = self.feeder.customer_v_pu()
         self._before = self._limit_values()
         return self._controlled_solve(g)
@@ -478,6 +583,7 @@ class FeederRole:
         for j, c in enumerate(self.capacitors):
             grid_cols[f"cap_{c}"] = self._caps[steps, j]
         grid_cols["background_mult"] = self._bg[steps]
+        grid_cols["converged"] = self._converged[steps]
         m = self._top_n
         elem_names = np.asarray(self.elements, dtype=object)
         lines = pd.DataFrame({
@@ -495,4 +601,12 @@ class FeederRole:
         })
         return {"voltages": voltages, "grid": pd.DataFrame(grid_cols), "lines": lines,
                 "unbalance": unbalance, "violations": self.violations_table(),
-                "customer_losses": self._customer_losses_table(steps, t)}
+                "customer_losses": self._customer_losses_table(steps, t),
+                "nonconvergence": self.nonconvergence_table()}
+
+    def nonconvergence_table(self) -> pd.DataFrame:
+        """``nonconvergence``: one row per solve that did not converge: step, t_s [s],
+        solve (uncontrolled, controlled), action (curtail, hold, abort; see the module
+        docstring) and detail (what OpenDSS said and what was done)."""
+        df = pd.DataFrame(self._nc_rows, columns=["step", "t_s", "solve", "action", "detail"])
+        return df.astype({"step": np.int64, "t_s": float, "solve": str, "action": str, "detail": str})

@@ -18,6 +18,11 @@ def run(study: Study, broker: str, log: logging.Logger):
     door = Door(keys.MARKET, broker, log=log)
     pub = door.publication(*keys.SCHEDULE_P_KW)
     ep = door.endpoint(keys.MARKET)
+    parts = cfg.prosumers.federates
+    names = keys.prosumers_names(parts)
+    position = {p: j for j, p in enumerate(study.participants)}
+    part_of = {p: i for i in range(parts)
+               for p in study.participants[slice(*keys.part_bounds(len(study.participants), i, parts))]}
     door.enter()
     try:
         for k in range(tl.n_intervals + 1):
@@ -29,13 +34,20 @@ def run(study: Study, broker: str, log: logging.Logger):
                 if env.kind not in inbox:
                     raise ValueError(f"market got an unexpected {env.kind!r} message")
                 inbox[env.kind].extend(env.items)
+            if parts > 1:  # parts' orders arrive interleaved: site order, as from one federate
+                inbox["orders"].sort(key=lambda o: position.get(o.participant, len(position)))
             confirmations, schedule_p_kw = role.on_market_time(
                 k, inbox["orders"], inbox["interval_energy"], inbox["curtailments"], inbox["envelopes"],
                 inbox["grid_constraints"],
             )
             if k < tl.n_intervals:
                 text = encode(confirmations, kind="confirmations", interval=k)
-                door.send(ep, keys.PROSUMERS, text)
+                if parts == 1:
+                    door.send(ep, keys.PROSUMERS, text)
+                else:  # each prosumer part its own participants' confirmations
+                    for i, name in enumerate(names):
+                        mine = [c for c in confirmations if part_of.get(c.participant) == i]
+                        door.send(ep, name, encode(mine, kind="confirmations", interval=k))
                 door.send(ep, keys.CONTROLLERS, text)  # the DSO's view of the schedule
                 if inbox["grid_constraints"]:  # the export limits the constrained clearing set
                     door.send(ep, keys.CONTROLLERS, encode(role.last_envelopes, kind="envelopes", interval=k))

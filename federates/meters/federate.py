@@ -30,6 +30,11 @@ def run(study: Study, broker: str, log: logging.Logger):
     sub_v, sub_p, sub_q = (door.subscription(*k) for k in
                            (keys.FEEDER_V_PU, keys.FEEDER_P_KW, keys.FEEDER_Q_KVAR))
     ep = door.endpoint(keys.METERS)
+    # comms: the billing energy travels on its own delayed endpoint (the control readings
+    # and AMI stay on ``ep``); with no latency it shares ``ep``, as without comms
+    latency_s = cfg.comms.latency_of("interval_energy")
+    ep_billing = door.endpoint(f"{keys.METERS}/billing") if latency_s > 0 else ep
+    door.add_delay_filter(ep_billing, latency_s)
 
     door.enter()
     try:
@@ -40,7 +45,10 @@ def run(study: Study, broker: str, log: logging.Logger):
                 continue
             if kind == "report":
                 door.advance(tl.report_time(x + 1))
-                door.send(ep, keys.MARKET, encode(role.report(x), kind="interval_energy", interval=x))
+                energies = role.report(x)
+                kept = cfg.comms.kept(cfg.study.seed, "interval_energy", x, [e.meter for e in energies])
+                energies = [e for e, ok in zip(energies, kept, strict=True) if ok]  # comms: lost readings
+                door.send(ep_billing, keys.MARKET, encode(energies, kind="interval_energy", interval=x))
                 continue
             for j in range(MAX_ROUNDS + 1):
                 door.advance(tl.read_time(x, j))

@@ -67,11 +67,15 @@ def soc_after(soc_kwh: np.ndarray, p_kw: np.ndarray, capacity_kwh: np.ndarray, d
 class ProsumersRole:
     """All prosumers of a study: specs, precomputed profiles, bids and step deviations."""
 
-    def __init__(self, cfg: StudyFile, sites: list[CustomerSite]):
+    def __init__(self, cfg: StudyFile, sites: list[CustomerSite], specs: list[ProsumerSpec] | None = None):
         self.cfg = cfg
         self.timeline = cfg.timeline
         self.seed = cfg.study.seed
-        self.specs: list[ProsumerSpec] = make_specs(cfg, sites)
+        # ``specs``: given when these sites are a slice of a larger population (a part of
+        # a split prosumers federate), whose specs were drawn over all sites
+        self.specs: list[ProsumerSpec] = make_specs(cfg, sites) if specs is None else list(specs)
+        if len(self.specs) != len(sites):
+            raise ValueError(f"{len(self.specs)} specs for {len(sites)} sites")
         self.participants: list[str] = [s.participant for s in self.specs]
         arr = spec_arrays(self.specs)
         self._index = arr["index"]

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.federation
 WINDOW = ["--set", "study.start=2026-06-21T11:00:00-04:00", "--set", "study.duration=1h"]
 
 
-@pytest.mark.parametrize("mode", ["envelopes", "constraints"])
+# envelopes through the federation run under `pytest -m benchmark` (suite time); the
+# in-process envelope results are tested in tests/feeder/test_grid_in_the_loop.py
+@pytest.mark.parametrize("mode", [pytest.param('envelopes', marks=pytest.mark.benchmark), "constraints"])
 def test_federation_equals_inprocess_with_network_aware_clearing(tmp_path, mode):
     cfg = REPO / "configs" / "very_weak_grid.yaml"
     out = {}

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.federation
 WINDOW = ["--set", "study.start=2026-06-21T11:00:00-04:00", "--set", "study.duration=30min"]
 
 
-@pytest.mark.parametrize("config", ["p2p.yaml", "p2p_admm.yaml", "hybrid.yaml", "community_lp.yaml"])
+# p2p_admm through the federation runs under `pytest -m benchmark` (suite time; ADMM is
+# unit-tested against the central LP)
+@pytest.mark.parametrize("config", ["p2p.yaml", pytest.param('p2p_admm.yaml', marks=pytest.mark.benchmark), "hybrid.yaml", "community_lp.yaml"])
 def test_topology_runs_as_federation_with_comparable_kpis(tmp_path, config, midday_runs):
     run = tmp_path / "run"
     r = tecosim("run", str(REPO / "configs" / config), "--out", str(run), *WINDOW)

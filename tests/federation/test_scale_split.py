@@ -1,0 +1,65 @@
+"""Prosumers split across three federate processes (``prosumers.federates: 3``): the
+federation still equals the in-process engine (one ProsumersRole) table for table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from runner.results import read_tables
+from tests.conftest import DEFAULT, processes_mentioning, tecosim
+
+pytestmark = pytest.mark.federation
+
+WINDOW = ["--set", "study.start=2026-06-21T11:00:00-04:00", "--set", "study.duration=30min",
+          "--set", "prosumers.federates=3"]
+
+
+@pytest.fixture(scope="module")
+def split_runs(tmp_path_factory) -> dict:
+    out = {}
+    for engine in ("inprocess", "federation"):
+        run_dir = tmp_path_factory.mktemp("split") / engine
+        r = tecosim("run", str(DEFAULT), "--engine", engine, "--out", str(run_dir), *WINDOW)
+        assert r.returncode == 0, f"{engine} run failed:\n{r.stdout}\n{r.stderr}"
+        out[engine] = run_dir
+    return out
+
+
+def test_manifest_lists_the_three_prosumer_parts(split_runs):
+    run = split_runs["federation"]
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["status"] == "ok"
+    names = {f["name"] for f in m["federates"]}
+    assert names == {"broker", "prosumers_0", "prosumers_1", "prosumers_2", "market", "feeder", "meters",
+                     "controllers"}
+    assert all(f["exit_code"] == 0 for f in m["federates"])
+    for name in names:
+        assert (run / "logs" / f"{name}.log").is_file()
+    assert not list((run / "results").glob("*.part*.parquet"))  # merged
+    assert processes_mentioning(str(run)) == []
+
+
+def test_split_federation_equals_inprocess_engine(split_runs):
+    a = read_tables(split_runs["inprocess"])
+    b = read_tables(split_runs["federation"])
+    assert sorted(a) == sorted(b)
+    for name in a:
+        x, y = a[name], b[name]
+        assert list(x.columns) == list(y.columns), name
+        assert len(x) == len(y), name
+        for col in x.columns:
+            if pd.api.types.is_float_dtype(x[col]):
+                np.testing.assert_allclose(x[col].to_numpy(), y[col].to_numpy(), rtol=0, atol=1e-9,
+                                           err_msg=f"{name}.{col}")
+            else:
+                assert x[col].tolist() == y[col].tolist(), f"{name}.{col}"
+
+
+def test_ledger_identical_across_engines(split_runs):
+    a = split_runs["inprocess"] / "ledger.jsonl"
+    b = split_runs["federation"] / "ledger.jsonl"
+    assert a.read_bytes() == b.read_bytes()
