@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -192,6 +193,12 @@ def test_hang_watch_names_the_culprit(tmp_path):
     sleeper = subprocess.Popen(["sleep", "60"])  # a process stopped while it requests
     try:
         os.kill(sleeper.pid, signal.SIGSTOP)
+        # the signal is delivered asynchronously: wait until the kernel shows it stopped
+        stat = Path(f"/proc/{sleeper.pid}/stat")
+        deadline = time.monotonic() + 10
+        while stat.read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+            assert time.monotonic() < deadline, "sleep did not stop"
+            time.sleep(0.01)
         procs[2].popen = sleeper
         _beat(tmp_path, "market", "reqt", 1801.5, 1800.5)
         assert watch.check(procs, 600.0) is None
