@@ -164,6 +164,20 @@ class DsoAgent:
         v_lo = np.where(known, self.v_ami_pu, np.nanmin(self.v_ami_pu))
         return known, v_hi, v_lo, np.where(known, self.p_ami_kw, 0.0)
 
+    def _model_inputs(self, v_hi: np.ndarray) -> dict:
+        """What envelopes and grid constraints share: limits, the last SCADA view and
+        the closed-loop voltage response at the measured voltages ``v_hi``."""
+        scada = self.last_scada
+        return dict(inverter_kva=self.inverter_kva, import_cap_kw=self.import_cap_kw,
+                    v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, margin_pu=self.cur.margin_pu,
+                    loading_pct=None if scada is None else scada.loading_pct,
+                    flow_kw=None if scada is None else scada.p_kw,
+                    thermal_max_pct=self.lim.thermal_max_pct if self.lim.thermal else None,
+                    source_p_kw=None if scada is None else scada.source_p_kw,
+                    export_max_kw=self.lim.substation_export_max_kw,
+                    import_max_kw=self.lim.substation_import_max_kw,
+                    dv_pu_per_kw=self._closed_loop_dv(v_hi))
+
     def grid_constraints(self, k: int) -> list[GridConstraint]:
         """Linearised limits for the clearing of ``k`` (``network_aware: constraints``)."""
         if self.sens is None:
@@ -172,16 +186,7 @@ class DsoAgent:
         if m is None:
             return []
         known, v_hi, v_lo, p = m
-        scada = self.last_scada
-        kw = dict(inverter_kva=self.inverter_kva, import_cap_kw=self.import_cap_kw,
-                  v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, margin_pu=self.cur.margin_pu,
-                  loading_pct=None if scada is None else scada.loading_pct,
-                  flow_kw=None if scada is None else scada.p_kw,
-                  thermal_max_pct=self.lim.thermal_max_pct if self.lim.thermal else None,
-                  source_p_kw=None if scada is None else scada.source_p_kw,
-                  export_max_kw=self.lim.substation_export_max_kw,
-                  import_max_kw=self.lim.substation_import_max_kw,
-                  dv_pu_per_kw=self._closed_loop_dv(v_hi))
+        kw = self._model_inputs(v_hi)
         rows = grid_constraints(self.sens, k, v_pu=v_hi, p_kw=p, **kw)
         if not known.all():  # import-side rows at the conservative low voltages
             low = grid_constraints(self.sens, k, v_pu=v_lo, p_kw=p, **kw)
@@ -197,16 +202,7 @@ class DsoAgent:
         if m is None:
             return []
         known, v_hi, v_lo, p = m
-        scada = self.last_scada
-        kw = dict(inverter_kva=self.inverter_kva, import_cap_kw=self.import_cap_kw,
-                  v_min_pu=self.v_min_pu, v_max_pu=self.v_max_pu, margin_pu=self.cur.margin_pu,
-                  loading_pct=None if scada is None else scada.loading_pct,
-                  flow_kw=None if scada is None else scada.p_kw,
-                  thermal_max_pct=self.lim.thermal_max_pct if self.lim.thermal else None,
-                  source_p_kw=None if scada is None else scada.source_p_kw,
-                  export_max_kw=self.lim.substation_export_max_kw,
-                  import_max_kw=self.lim.substation_import_max_kw)
-        kw["dv_pu_per_kw"] = self._closed_loop_dv(v_hi)
+        kw = self._model_inputs(v_hi)
         exp = operating_envelopes(self.sens, v_pu=v_hi, p_kw=p, **kw)
         imp = exp if known.all() else operating_envelopes(self.sens, v_pu=v_lo, p_kw=p, **kw)
         return [OperatingEnvelope(participant=self.participants[i], interval=k,

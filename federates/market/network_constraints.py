@@ -82,7 +82,7 @@ from typing import Literal
 import pyomo.environ as pyo
 from pyomo.opt import TerminationCondition
 
-from federates.common.messages import GridConstraint, Order
+from federates.common.messages import GridConstraint, Order, _finite
 from federates.market.book import valid_order
 from federates.market.lp import solve as solve_with_highs
 
@@ -95,17 +95,6 @@ CHECK_TOL_KWH = 1e-6  # the result must satisfy every (relaxed) row within this 
 _INFEASIBLE = (TerminationCondition.infeasible, TerminationCondition.infeasibleOrUnbounded)
 
 AcceptanceStatus = Literal["unconstrained", "optimal", "relaxed"]
-
-
-def _finite(value: object, what: str) -> float:
-    """``value`` as a finite float, else ValueError naming ``what``."""
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a finite number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{what} must be a finite number, got {value!r}")
-    return v
 
 
 @dataclass(frozen=True)
