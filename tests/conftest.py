@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,3 +48,18 @@ def midday_runs(tmp_path_factory) -> dict[str, Path]:
         assert r.returncode == 0, f"{engine} run failed:\n{r.stdout}\n{r.stderr}"
         out[engine] = run_dir
     return out
+
+
+def assert_same_tables(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> None:
+    """The same tables, columns and rows: non-float columns exactly, floats within 1e-9."""
+    assert sorted(a) == sorted(b)
+    for name in a:
+        x, y = a[name], b[name]
+        assert list(x.columns) == list(y.columns), name
+        assert len(x) == len(y), name
+        for col in x.columns:
+            if pd.api.types.is_float_dtype(x[col]):
+                np.testing.assert_allclose(x[col].to_numpy(), y[col].to_numpy(), rtol=0, atol=1e-9,
+                                           err_msg=f"{name}.{col}")
+            else:
+                assert x[col].tolist() == y[col].tolist(), f"{name}.{col}"

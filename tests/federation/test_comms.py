@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from runner.results import read_tables
-from tests.conftest import DEFAULT, MIDDAY, tecosim
+from tests.conftest import DEFAULT, MIDDAY, assert_same_tables, tecosim
 
 pytestmark = pytest.mark.federation
 
@@ -30,20 +29,6 @@ def run(out: Path, engine: str, *args: str) -> dict[str, pd.DataFrame]:
 
 def comms(latency_s: float = 0.0, loss_rate: float = 0.0) -> list[str]:
     return ["--set", f"comms.latency_s={latency_s}", "--set", f"comms.loss_rate={loss_rate}"]
-
-
-def assert_same_tables(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> None:
-    assert sorted(a) == sorted(b)
-    for name in a:
-        x, y = a[name], b[name]
-        assert list(x.columns) == list(y.columns), name
-        assert len(x) == len(y), name
-        for col in x.columns:
-            if pd.api.types.is_float_dtype(x[col]):
-                np.testing.assert_allclose(x[col].to_numpy(), y[col].to_numpy(), rtol=0, atol=1e-9,
-                                           err_msg=f"{name}.{col}")
-            else:
-                assert x[col].tolist() == y[col].tolist(), f"{name}.{col}"
 
 
 def traded_kwh(t: dict[str, pd.DataFrame]) -> float:

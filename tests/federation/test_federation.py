@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
 from federates.common.units import SECONDS_PER_HOUR
 from runner.results import read_tables
-from tests.conftest import processes_mentioning
+from tests.conftest import assert_same_tables, processes_mentioning
 
 pytestmark = pytest.mark.federation
 
@@ -43,17 +42,7 @@ def test_run_folder_holds_what_the_manifest_promises(midday_runs):
 def test_federation_equals_inprocess_engine(midday_runs):
     a = read_tables(midday_runs["inprocess"])
     b = read_tables(midday_runs["federation"])
-    assert sorted(a) == sorted(b)
-    for name in a:
-        x, y = a[name], b[name]
-        assert list(x.columns) == list(y.columns), name
-        assert len(x) == len(y), name
-        for col in x.columns:
-            if pd.api.types.is_float_dtype(x[col]):
-                np.testing.assert_allclose(x[col].to_numpy(), y[col].to_numpy(), rtol=0, atol=1e-9,
-                                           err_msg=f"{name}.{col}")
-            else:
-                assert x[col].tolist() == y[col].tolist(), f"{name}.{col}"
+    assert_same_tables(a, b)
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from runner.results import read_tables
-from tests.conftest import DEFAULT, processes_mentioning, tecosim
+from tests.conftest import DEFAULT, assert_same_tables, processes_mentioning, tecosim
 
 pytestmark = pytest.mark.federation
 
@@ -46,17 +44,7 @@ def test_manifest_lists_the_three_prosumer_parts(split_runs):
 def test_split_federation_equals_inprocess_engine(split_runs):
     a = read_tables(split_runs["inprocess"])
     b = read_tables(split_runs["federation"])
-    assert sorted(a) == sorted(b)
-    for name in a:
-        x, y = a[name], b[name]
-        assert list(x.columns) == list(y.columns), name
-        assert len(x) == len(y), name
-        for col in x.columns:
-            if pd.api.types.is_float_dtype(x[col]):
-                np.testing.assert_allclose(x[col].to_numpy(), y[col].to_numpy(), rtol=0, atol=1e-9,
-                                           err_msg=f"{name}.{col}")
-            else:
-                assert x[col].tolist() == y[col].tolist(), f"{name}.{col}"
+    assert_same_tables(a, b)
 
 
 def test_ledger_identical_across_engines(split_runs):
