@@ -43,6 +43,14 @@ CUSTOMER_VMAX_PU = 1.3
 MAX_CONTROL_ITERATIONS = 50  # OpenDSS control iterations per snapshot solve (regulators, capacitors)
 MAX_POWER_FLOW_ITERATIONS = 100
 
+# OpenDSS starts a snapshot solve from the previous solution. Buses that appeared
+# since (customers attached, elements defined after a Solve in the master file) get
+# their starting voltage from freshly allocated, uninitialised memory: mostly harmless
+# near-zero values, sometimes NaN, after which the fixed-point iteration never
+# converges ("no convergence after 100 iterations", seen in about 1 run in 7 on some
+# hosts). The OpenDSS command ``Init`` makes the next solve initialise every node
+# from a direct solution first; it is issued wherever buses may have been added.
+
 # OpenDSS Solution.ControlMode values
 _CONTROL_OFF = -1
 _CONTROL_STATIC = 0
@@ -154,6 +162,7 @@ class OpenDSSFeeder:
             # buses exist only after a solve: a file without Solve / CalcVoltageBases (or
             # with elements defined after them) has none (or not all) yet
             self._dss.Text.Command("MakeBusList")
+            self._dss.Text.Command("Init")  # buses defined after a Solve in the master
         except Exception as e:
             number = e.args[0] if e.args and isinstance(e.args[0], int) else None
             try:
@@ -335,6 +344,7 @@ class OpenDSSFeeder:
             self._dss.Text.Command("MakeBusList")
             for bus, kv in new_bases.items():
                 self._dss.Text.Command(f"SetkVBase bus={bus} kVLN={kv!r}")
+            self._dss.Text.Command("Init")  # the new buses have no starting voltage
         except Exception as e:
             raise FeederModelError(f"{self.master}: could not attach customers: {e}") from None
         self.sites = sites
