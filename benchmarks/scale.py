@@ -18,7 +18,13 @@ time loop, from its ``executing`` to its ``done in`` log line, over the steps), 
 peak resident memory (VmHWM from /proc: of the case's process for in-process runs,
 sampled per federate process for the federation).
 
-    .venv/bin/python benchmarks/scale.py [--duration 24h] [--only LABEL ...] [--keep]
+    .venv/bin/python benchmarks/scale.py [--duration 24h] [--duration-for LABEL=2h ...]
+                                         [--only LABEL ...] [--keep]
+
+``--duration-for`` gives single cases another duration (e.g. the 3000-prosumer case a
+midday window when a whole day does not fit the time at hand); the tables show each
+case's duration, and ``scale.json`` is written after every case so that an interrupted
+bench keeps what it measured (``--from-json`` writes the section from it).
 """
 
 from __future__ import annotations
@@ -195,6 +201,13 @@ def growth(by: dict[str, dict]) -> list[str]:
     return [*out, ""] if out else []
 
 
+def day_s(r: dict) -> str:
+    """The 24 h wall time [s]: measured when the case ran a whole day, else extrapolated."""
+    if r["n_steps"] >= 1440:
+        return f"{r['wall_s']:.0f} (measured)"
+    return f"{day_estimate_s(r):.0f} (extrapolated)"
+
+
 def day_estimate_s(r: dict) -> float:
     """A rough 24 h wall time [s] from a shorter run: ``(wall - setup) / steps * 1440 + setup``
     (federation: setup taken as wall minus the slowest time loop). Excludes prepare."""
@@ -205,7 +218,8 @@ def day_estimate_s(r: dict) -> float:
     return (r["wall_s"] - setup) / r["n_steps"] * 1440 + setup
 
 
-def section(results: list[dict], failed: dict[str, str], duration: str, started: dt.datetime) -> str:
+def section(results: list[dict], failed: dict[str, str], duration: str, started: dt.datetime,
+            command: str | None = None) -> str:
     from runner.launch import git_commit
 
     by = {r["label"]: r for r in results}
@@ -213,10 +227,11 @@ def section(results: list[dict], failed: dict[str, str], duration: str, started:
         BEGIN,
         "## Scale: prosumer count, feeder size, split prosumer federates",
         "",
-        f"Written by `make bench-scale` (`benchmarks/scale.py --duration {duration}`) on "
+        f"Written by `make bench-scale` (`{command or f'benchmarks/scale.py --duration {duration}'}`) on "
         f"{started:%Y-%m-%d %H:%M} UTC, commit {(git_commit() or 'unknown')[:12]}, {os.cpu_count()} logical CPUs. "
         f"`configs/default.yaml` on the synthetic feeder (`feeder.synthetic.n_loads` = max(60, count / 3) "
-        f"unless stated), study duration **{duration}** at 15 min market / 1 min physics, controllers and "
+        f"unless stated), study duration per case in the column **duration** (from 00:00, the day's "
+        "start) at 15 min market / 1 min physics, controllers and "
         "DSO curtailment on (so `prepare_run` computes sensitivities). Each case runs in its own process.",
         "",
         "### In-process engine: cost against prosumer count and feeder size",
@@ -227,18 +242,18 @@ def section(results: list[dict], failed: dict[str, str], duration: str, started:
         case = next(c for c in CASES if c[0] == label)
         if label not in by:
             rows.append([label, str(case[2]), str(case[3]), "not run: " + failed.get(label, "skipped"),
-                         *[""] * (7 + len(ROLES))])
+                         *[""] * (8 + len(ROLES))])
             continue
         r = by[label]
         ms = r["ms_per_step"]
-        rows.append([label, str(r["prosumers"]), str(r["n_loads"]), f1(r["prepare_s"]), f1(r["sens_mb"]),
+        rows.append([label, str(r["prosumers"]), str(r["n_loads"]), r["duration"], f1(r["prepare_s"]), f1(r["sens_mb"]),
                      f1(r["wall_s"]), f1(r["setup_s"]), f1(1000 * r["wall_s"] / r["n_steps"]),
                      *[f1(ms.get(x), "{:.2f}") for x in ROLES],
                      f1(r["rss_prepare_mib"], "{:.0f}"), f1(r["rss_self_mib"], "{:.0f}"),
-                     f1(day_estimate_s(r), "{:.0f}")])
-    out += [table(["case", "prosumers", "feeder loads", "prepare s", "sens. npz MB", "wall s", "setup s",
+                     day_s(r)])
+    out += [table(["case", "prosumers", "feeder loads", "duration", "prepare s", "sens. npz MB", "wall s", "setup s",
                    "wall ms/step", *[f"{x} ms/step" for x in ROLES], "peak RSS after prepare MiB",
-                   "peak RSS MiB", "24 h wall s (extrapolated)"], rows), ""]
+                   "peak RSS MiB", "24 h wall s"], rows), ""]
     if "count-100" in by and "feeder-60" in by:  # the same case twice: how noisy the machine was
         out += [f"- Repeatability: count-100 and feeder-60 are the same case; their wall times "
                 f"{by['count-100']['wall_s']:.1f} s and {by['feeder-60']['wall_s']:.1f} s show the run-to-run "
@@ -254,15 +269,15 @@ def section(results: list[dict], failed: dict[str, str], duration: str, started:
         for name, f in r["federates"].items():
             rows.append([label if name == "broker" else "", name, f1(f["wall_s"]), f1(f["loop_s"]),
                          f1(f["ms_per_step"], "{:.2f}"), f1(f["rss_mib"], "{:.0f}")])
-        rows.append([f"**{label} total**", f"prepare {r['prepare_s']:.1f} s", f"**{r['wall_s']:.1f}**",
-                     f"24 h extrapolated: {day_estimate_s(r):.0f} s", "", ""])
+        rows.append([f"**{label} total** ({r['duration']})", f"prepare {r['prepare_s']:.1f} s",
+                     f"**{r['wall_s']:.1f}**", f"24 h: {day_s(r)} s", "", ""])
     out += [table(["case", "federate", "wall s", "time loop s", "loop ms/step", "peak RSS MiB"], rows), ""]
     out += [
         "How the columns are obtained:",
         "",
         "- **prepare**: `prepare_run` (synthetic feeder written and compiled, customers placed, "
         "and the DSO's sensitivities `federates/feeder/sensitivity.py`: one perturbed power flow "
-        "per customer, stored as float64 n x n voltage and elements x n loading matrices in "
+        "per customer and kW plus one per kvar, stored as float32 n x n voltage and elements x n loading and flow matrices in "
         "`sensitivities.npz`, column **sens. npz MB**).",
         "- **wall**: what `run_study` returns (engine plus tables and manifest, plus merging the "
         "prosumer parts' tables for K > 1); **setup**: building the roles (in-process `EngineTimes`).",
@@ -270,7 +285,7 @@ def section(results: list[dict], failed: dict[str, str], duration: str, started:
         "- **time loop / loop ms/step** (federation): from the federate's `executing` log line to "
         "its `done in` line (time loop plus its tables), over the physics steps; it includes time "
         "waiting for other federates' grants.",
-        "- **24 h wall (extrapolated)**: only meaningful when the duration above is shorter than 24 h: "
+        "- **24 h wall**: measured where the case ran 24 h; for shorter cases extrapolated as "
         "(wall − setup) / steps × 1440 + setup, excluding prepare. An extrapolation, not a measurement: "
         "per-step cost varies over the day (midday PV brings control rounds and curtailment).",
         "- **peak RSS**: VmHWM from /proc. In-process: of the case's process after prepare_run and "
@@ -309,6 +324,8 @@ def stage(run_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Scale benchmark: write the scale section of BENCHMARKS.md.")
     ap.add_argument("--duration", default="24h", help="study.duration of every case (default 24h)")
+    ap.add_argument("--duration-for", action="append", default=[], metavar="LABEL=DURATION",
+                    help="another study.duration for one case (repeatable)")
     ap.add_argument("--only", nargs="*", help="case labels to run (default: all)")
     ap.add_argument("--case-timeout", type=float, default=3600.0, help="seconds per case before it is killed")
     ap.add_argument("--keep", action="store_true", help="keep the runs/scale-* folder")
@@ -317,6 +334,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case (JSON) in this process
     ap.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    labels = [c[0] for c in CASES]
+    per_case: dict[str, str] = {}
+    for item in args.duration_for:
+        label, sep, dur = item.partition("=")
+        if not sep or label not in labels or not dur:
+            ap.error(f"--duration-for {item!r}: expected LABEL=DURATION with LABEL one of {labels}")
+        per_case[label] = dur
+    for label in args.only or []:
+        if label not in labels:
+            ap.error(f"--only {label!r}: not a case; cases: {labels}")
     if args.case:
         print("RESULT " + json.dumps(run_case(json.loads(args.case), args.duration, args.run_dir)))
         return 0
@@ -326,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             if "case-timeout" in why and "prepare_run" not in why and "run_study" not in why:
                 saved["failed"][label] = why + stage(args.from_json.parent / label)
         when = dt.datetime.fromtimestamp(args.from_json.stat().st_mtime, dt.UTC)
-        text = section(saved["results"], saved["failed"], saved["results"][0]["duration"], when)
+        text = section(saved["results"], saved["failed"], saved["results"][0]["duration"], when,
+                       saved.get("command"))
         print(text)
         if not args.no_write:
             write_section(text)
@@ -335,14 +363,22 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     bench_dir = REPO / "runs" / f"scale-{started:%Y%m%dT%H%M%SZ}"
     results, failed = [], {}
+    command = "benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    def save() -> None:
+        bench_dir.mkdir(parents=True, exist_ok=True)
+        (bench_dir / "scale.json").write_text(json.dumps(
+            {"command": command.strip(), "results": results, "failed": failed}, indent=1))
+
     for label, group, count, n_loads, engine, k in CASES:
         if args.only and label not in args.only:
             continue
         case = {"label": label, "group": group, "prosumers": count, "n_loads": n_loads, "engine": engine, "k": k}
-        print(f"scale: {label} ({count} prosumers, {n_loads} loads, {engine}, K={k}, {args.duration}) ...",
+        duration = per_case.get(label, args.duration)
+        print(f"scale: {label} ({count} prosumers, {n_loads} loads, {engine}, K={k}, {duration}) ...",
               end=" ", flush=True)
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, __file__, "--case", json.dumps(case), "--duration", args.duration,
+        proc = subprocess.Popen([sys.executable, __file__, "--case", json.dumps(case), "--duration", duration,
                                  "--run-dir", str(bench_dir / label)], cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
@@ -352,19 +388,21 @@ def main(argv: list[str] | None = None) -> int:
             proc.communicate()
             failed[label] = f"exceeded --case-timeout {args.case_timeout:g} s" + stage(bench_dir / label)
             print(failed[label], flush=True)
+            save()
             continue
         got = [line for line in text.splitlines() if line.startswith("RESULT ")]
         if proc.returncode != 0 or not got:
             failed[label] = f"exit {proc.returncode}: {text.strip().splitlines()[-1] if text.strip() else ''}"
             print(failed[label], flush=True)
+            save()
             continue
         results.append(json.loads(got[-1][7:]))
+        save()
         print(f"{time.perf_counter() - t0:.1f} s", flush=True)
-    text = section(results, failed, args.duration, started)
+    text = section(results, failed, args.duration, started, command.strip())
     print()
     print(text)
-    (bench_dir).mkdir(parents=True, exist_ok=True)
-    (bench_dir / "scale.json").write_text(json.dumps({"results": results, "failed": failed}, indent=1))
+    save()
     if not args.no_write:
         write_section(text)
         print(f"scale: wrote the scale section of {OUT.relative_to(REPO)}")
