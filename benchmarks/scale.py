@@ -254,6 +254,11 @@ def section(results: list[dict], failed: dict[str, str], duration: str, started:
     out += [table(["case", "prosumers", "feeder loads", "duration", "prepare s", "sens. npz MB", "wall s", "setup s",
                    "wall ms/step", *[f"{x} ms/step" for x in ROLES], "peak RSS after prepare MiB",
                    "peak RSS MiB", "24 h wall s"], rows), ""]
+    loads = [r["load_avg_5min"] for r in results if "load_avg_5min" in r]
+    if loads:
+        out += [f"- Machine load: the 5-minute load average at the end of each case was {min(loads):.1f} to "
+                f"{max(loads):.1f} on {os.cpu_count()} CPUs (above 2, other jobs shared the CPUs and times are inflated).",
+                ""]
     if "count-100" in by and "feeder-60" in by:  # the same case twice: how noisy the machine was
         out += [f"- Repeatability: count-100 and feeder-60 are the same case; their wall times "
                 f"{by['count-100']['wall_s']:.1f} s and {by['feeder-60']['wall_s']:.1f} s show the run-to-run "
@@ -396,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             print(failed[label], flush=True)
             save()
             continue
-        results.append(json.loads(got[-1][7:]))
+        results.append({**json.loads(got[-1][7:]), "load_avg_5min": os.getloadavg()[1]})
         save()
         print(f"{time.perf_counter() - t0:.1f} s", flush=True)
     text = section(results, failed, args.duration, started, command.strip())
