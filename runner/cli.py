@@ -20,6 +20,9 @@ EXAMPLES = """examples:
   tecosim run configs/default.yaml
   tecosim run configs/default.yaml --engine inprocess --set study.duration=2h
   tecosim run configs/default.yaml --out runs/my-study --set controllers.enabled=false
+  tecosim run cfg.yaml --out runs/a --broker --federates market,feeder      # host A, across hosts
+  tecosim run cfg.yaml --out runs/b --federates prosumers,meters,controllers  # host B
+  tecosim collect runs/a runs/b --out runs/my-study
   tecosim report runs/my-study
   tecosim compare runs/my-study runs/default-20261125T110000Z
   tecosim sweep configs/default.yaml --set controllers.enabled=true,false --jobs 2
@@ -38,6 +41,22 @@ A progress bar with the simulated time and an ETA goes to stderr (one line per 1
 when stderr is not a terminal). When the run is done, its summary is printed and
 report.html is written into the run folder (a failed report does not fail the run:
 retry with `tecosim report RUN`).
+
+Across hosts (federation.broker_address set in the config, the same config on every host):
+  host A: tecosim run cfg.yaml --out runs/a --broker --federates market,feeder
+  host B: tecosim run cfg.yaml --out runs/b --federates prosumers,meters,controllers
+then, with both folders on one machine: tecosim collect runs/a runs/b --out runs/my-study
+(README: "Running a federation across hosts").
+"""
+
+COLLECT_EXAMPLES = """examples:
+  tecosim collect runs/a runs/b --out runs/my-study
+  tecosim collect /mnt/hostA/runs/a /mnt/hostB/runs/b --out runs/my-study --no-report
+
+Joins the run folders of the hosts of one federation (`tecosim run --federates ...`)
+into one complete run folder, then computes its KPIs, summary and report as
+`tecosim run` does. Exit 2 when the folders are not the parts of one run (another
+config, a federate missing or twice, differing prepared inputs).
 """
 
 REPORT_EXAMPLES = """examples:
@@ -114,6 +133,17 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a config key, e.g. --set study.duration=2h (repeatable)")
     run.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary on the console")
+    run.add_argument("--federates", metavar="NAME[,NAME...]",
+                     help="across hosts: run only these federates on this host (market, feeder, meters, "
+                     "controllers, prosumers or prosumers_<i>); needs federation.broker_address")
+    run.add_argument("--broker", action="store_true",
+                     help="across hosts: this host also runs the broker (implied without --federates)")
+    col = sub.add_parser("collect", help="join the run folders of a federation across hosts into one run",
+                         epilog=COLLECT_EXAMPLES, formatter_class=raw)
+    col.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="each host's run folder")
+    col.add_argument("--out", type=Path, required=True, metavar="DIR", help="the complete run folder (new)")
+    col.add_argument("--no-report", action="store_true", help="do not write report.html")
+    col.add_argument("--quiet", action="store_true", help="no summary on the console")
     rep_ = sub.add_parser("report", help="write a run's report.html (figures and KPIs)",
                           description="Write RUN/report.html (self-contained) and its PNG figures.",
                           epilog=REPORT_EXAMPLES, formatter_class=raw)
@@ -192,24 +222,77 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def _placement(args, cfg) -> tuple[list[str] | None, bool]:
+    """``--federates`` / ``--broker``: the federates to run here (None: all) and
+    whether the broker runs here; ConfigError (exit 2) naming the flag."""
+    from federates.common.errors import Problem
+    from runner.launch import select_federates
+
+    if args.federates is None and not args.broker:
+        return None, True
+    problems = []
+    if args.engine != "federation":
+        problems.append(Problem("--federates/--broker", f"only with --engine federation, not {args.engine}",
+                                "--engine federation"))
+    if cfg.federation.broker_address is None:
+        problems.append(Problem("federation.broker_address", "is null: the broker listens on 127.0.0.1 only, "
+                                "so --federates / --broker cannot join hosts",
+                                "HOST[:PORT] of the broker host (in the config or --set)"))
+    if problems:
+        raise ConfigError(problems, "arguments")
+    wanted = None if args.federates is None else [n.strip() for n in args.federates.split(",") if n.strip()]
+    chosen = select_federates(cfg, wanted)
+    return (None if wanted is None else chosen), bool(args.broker or wanted is None)
+
+
 def cmd_run(args) -> int:
+    from federates.common import keys
     from runner.config import load_config
     from runner.launch import default_run_dir, prepare_run, run_study
-    from runner.losses_table import write_loss_tables
     from runner.progress import Progress
-    from runner.results import check_conservation, format_summary, kpis, read_tables, summary
 
     cfg = load_config(args.config, args.overrides)
+    federates, broker_here = _placement(args, cfg)
     run_dir = args.out or default_run_dir(cfg)
     study = prepare_run(cfg, run_dir, config_dir=args.config.parent)
     if not args.quiet:
-        print(f"tecosim: running {cfg.study.name} ({args.engine}) in {study.run_dir}", flush=True)
+        where = "" if federates is None else f" (this host: {', '.join(federates)}" + \
+            (", broker" if broker_here else "") + f"; broker {cfg.federation.broker_address})"
+        print(f"tecosim: running {cfg.study.name} ({args.engine}) in {study.run_dir}{where}", flush=True)
     bar = Progress(cfg.timeline.duration_s, label="tecosim run", enabled=not args.quiet)
     try:
-        wall = run_study(study, args.engine, progress=bar.update)
+        wall = run_study(study, args.engine, progress=bar.update, federates=federates, broker_here=broker_here)
         bar.finish()
     finally:
         bar.close()
+    if federates is not None and len(federates) < len(keys.federate_names(cfg.prosumers.federates)):
+        if not args.quiet:
+            print(f"tecosim: this host's federates ({', '.join(federates)}) finished in {wall:.1f} s; "
+                  f"results in {study.run_dir / 'results'}. Join every host's run folder into one run with: "
+                  f"tecosim collect RUN_A RUN_B ... --out RUN", flush=True)
+        return 0
+    _finish_run(study, args.engine, wall, quiet=args.quiet, report=not args.no_report)
+    return 0
+
+
+def cmd_collect(args) -> int:
+    from runner.compare import check_run_dirs
+    from runner.launch import collect_runs
+
+    check_run_dirs(args.runs)
+    study, wall = collect_runs(args.runs, args.out)
+    if not args.quiet:
+        print(f"tecosim collect: {len(args.runs)} host folders joined into {study.run_dir}", flush=True)
+    _finish_run(study, "federation", wall, quiet=args.quiet, report=not args.no_report)
+    return 0
+
+
+def _finish_run(study, engine: str, wall: float, *, quiet: bool, report: bool) -> None:
+    """A complete run's KPIs, conservation check, loss tables, summary and report."""
+    from runner.losses_table import write_loss_tables
+    from runner.results import check_conservation, format_summary, kpis, read_tables, summary
+
+    cfg = study.cfg
     tables = read_tables(study.run_dir)
     k = kpis(cfg, tables)
     k.to_parquet(study.run_dir / "results" / "kpis.parquet", index=False)
@@ -220,13 +303,12 @@ def cmd_run(args) -> int:
     manifest = json.loads(manifest_path.read_text())
     manifest["summary"] = s
     manifest_path.write_text(json.dumps(manifest, indent=2, default=str))
-    text = format_summary(s, wall, study.run_dir, args.engine)
+    text = format_summary(s, wall, study.run_dir, engine)
     (study.run_dir / "summary.txt").write_text(text + "\n")
-    if not args.quiet:
+    if not quiet:
         print(text, flush=True)
-    if not args.no_report:
-        _report_after_run(study.run_dir, args.quiet)
-    return 0
+    if report:
+        _report_after_run(study.run_dir, quiet)
 
 
 def _report_after_run(run_dir: Path, quiet: bool) -> None:
@@ -362,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     args = _parser().parse_args(argv)
     commands = {"validate": cmd_validate, "clear": cmd_clear, "feeders": cmd_feeders, "ledger": cmd_ledger,
-                "report": cmd_report, "compare": cmd_compare, "sweep": cmd_sweep, "run": cmd_run}
+                "report": cmd_report, "compare": cmd_compare, "sweep": cmd_sweep, "run": cmd_run,
+                "collect": cmd_collect}
     try:
         return commands[args.command](args)
     except ConfigError as e:

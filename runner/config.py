@@ -398,12 +398,114 @@ class LimitsConfig(_Strict):
     substation_export_max_kw: PositiveFloat | None = None
 
 
+#: the port of a broker joined by address when neither ``federation.broker_address`` nor
+#: ``federation.broker_port`` names one (HELICS's own default for the zmq core)
+HELICS_ZMQ_PORT = 23404
+_HOST_ALLOWED = ("an IPv4 address or host name, optionally with :PORT (1024..65535), "
+                 "e.g. 10.0.0.5, 10.0.0.5:23500 or sim-a.lan:23500")
+
+
+def split_broker_address(text: str) -> tuple[str, int | None]:
+    """``HOST[:PORT]`` -> (host, port or None); ValueError saying what is allowed."""
+    import ipaddress
+    import re
+
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"must be {_HOST_ALLOWED}")
+    text = text.strip()
+    if "://" in text:
+        raise ValueError(f"{text!r}: give no scheme (tcp:// is implied); allowed: {_HOST_ALLOWED}")
+    host, sep, port_text = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
+    if text.count(":") > 1 or text.startswith("["):
+        raise ValueError(f"{text!r}: IPv6 addresses are not supported; allowed: {_HOST_ALLOWED}")
+    port = None
+    if sep:
+        if not port_text.isdigit() or not 1024 <= int(port_text) <= 65535:
+            raise ValueError(f"{text!r}: bad port {port_text!r}; allowed: {_HOST_ALLOWED}")
+        port = int(port_text)
+    try:
+        ip = ipaddress.IPv4Address(host)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        if ip.is_unspecified:
+            raise ValueError(f"{text!r}: 0.0.0.0 is no address to connect to (the broker's listening "
+                             f"interface is federation.broker_interface); allowed: {_HOST_ALLOWED}")
+    elif not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                          r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*", host) or host.replace(".", "").isdigit():
+        raise ValueError(f"{text!r}: not an IPv4 address or host name; allowed: {_HOST_ALLOWED}")
+    return host, port
+
+
 class FederationConfig(_Strict):
+    """How the HELICS federation runs.
+
+    By default the broker and every federate run on this host, the broker on
+    127.0.0.1 and ``broker_port`` (null: a free port). With ``broker_address``
+    (``HOST[:PORT]``) the federates may run on several hosts joined to one broker
+    (``tecosim run --broker`` / ``--federates``; README "Running a federation across
+    hosts"): the broker listens on ``broker_interface`` (an IPv4 address, default
+    0.0.0.0 = every interface) at the port of ``broker_address``, else ``broker_port``,
+    else 23404. ``connect_timeout_s`` [s] bounds the wait of a host for the broker to
+    accept connections and, on a host running only some federates, for the other
+    hosts' federates to join.
+    """
+
     core_type: Literal["zmq"] = "zmq"
     timeout_s: PositiveFloat = 1800.0
     # a federation whose simulated time stops moving this long [s] is hung (runner.launch.HangWatch)
     hang_timeout_s: PositiveFloat = 120.0
     broker_port: Annotated[int, Field(ge=1024, le=65535)] | None = None
+    broker_address: str | None = None
+    broker_interface: str | None = None
+    connect_timeout_s: PositiveFloat = 120.0
+
+    @field_validator("broker_address")
+    @classmethod
+    def _broker_address(cls, v: str | None) -> str | None:
+        if v is not None:
+            split_broker_address(v)
+        return v
+
+    @field_validator("broker_interface")
+    @classmethod
+    def _broker_interface(cls, v: str | None) -> str | None:
+        import ipaddress
+
+        if v is None:
+            return v
+        try:
+            ipaddress.IPv4Address(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IPv4 address; allowed: an address of the broker host's "
+                             "interface to listen on, or 0.0.0.0 (every interface)") from None
+        return v
+
+    @model_validator(mode="after")
+    def _broker_network(self) -> FederationConfig:
+        if self.broker_address is None:
+            if self.broker_interface is not None:
+                raise ValueError("broker_interface needs broker_address (without it the broker listens on "
+                                 "127.0.0.1 only); allowed: null, or set federation.broker_address too")
+            return self
+        _, port = split_broker_address(self.broker_address)
+        if port is not None and self.broker_port is not None and port != self.broker_port:
+            raise ValueError(f"broker_address port {port} differs from broker_port {self.broker_port}; "
+                             "allowed: one of them, or the same port in both")
+        return self
+
+    @property
+    def broker_host(self) -> str | None:
+        """The host of ``broker_address`` (None: the local broker on 127.0.0.1)."""
+        return None if self.broker_address is None else split_broker_address(self.broker_address)[0]
+
+    @property
+    def broker_tcp_port(self) -> int | None:
+        """The broker's port when joined by address: that of ``broker_address``, else
+        ``broker_port``, else HELICS_ZMQ_PORT; None without ``broker_address``."""
+        if self.broker_address is None:
+            return None
+        return split_broker_address(self.broker_address)[1] or self.broker_port or HELICS_ZMQ_PORT
 
 
 class CommsConfig(_Strict):

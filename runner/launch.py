@@ -1,6 +1,10 @@
 """Launching a study: the run folder, then either the HELICS federation (a broker and
 five federate processes) or the in-process engine, then the manifest and summary.
 
+Across hosts (``federation.broker_address``): each host runs some of the federates
+(``run_study(federates=...)``), one of them the broker too, each in its own run
+folder; ``collect_runs`` joins the folders into one complete run.
+
 No orphan processes: every child runs in its own process group; on any failure,
 timeout or Ctrl-C every group is killed before the error propagates.
 """
@@ -40,6 +44,7 @@ from federates.common.runtime import (
 )
 from runner.config import (
     GENERATED_FEEDER_DIR,
+    HELICS_ZMQ_PORT,
     REPO_ROOT,
     StudyFile,
     config_sha256,
@@ -293,6 +298,75 @@ class Proc:
 # as in federates/common/door.py (not imported here: it imports helics)
 HEARTBEAT_ENV = "TECOSIM_HEARTBEAT_DIR"
 HEARTBEAT_SUFFIX = ".heartbeat"
+INTERFACE_ENV = "TECOSIM_LOCAL_INTERFACE"
+
+
+# ---- a federation across hosts -------------------------------------------------------
+def select_federates(cfg: StudyFile, wanted: list[str] | None) -> list[str]:
+    """The federates of ``--federates`` (None: all), in federation order.
+
+    ``prosumers`` stands for every prosumer part when ``prosumers.federates`` > 1.
+    ConfigError (exit 2) naming the allowed names for an unknown or repeated name, or
+    an empty list."""
+    names = keys.federate_names(cfg.prosumers.federates)
+    if wanted is None:
+        return names
+    allowed = ", ".join(dict.fromkeys([*names, keys.PROSUMERS]))
+    problems, chosen = [], []
+    for w in wanted:
+        got = keys.prosumers_names(cfg.prosumers.federates) if w == keys.PROSUMERS else [w]
+        if got[0] not in names:
+            problems.append(Problem("--federates", f"unknown federate {w!r}", allowed))
+        elif any(g in chosen for g in got):
+            problems.append(Problem("--federates", f"{w!r} is listed twice", "each federate once"))
+        else:
+            chosen += got
+    if not wanted:
+        problems.append(Problem("--federates", "names no federate", allowed))
+    if problems:
+        raise ConfigError(problems, "arguments")
+    return [n for n in names if n in chosen]
+
+
+def resolve_host(host: str) -> str:
+    """The IPv4 address of ``host`` (an address stays as is)."""
+    try:
+        return socket.gethostbyname(host)
+    except OSError as e:
+        raise FederationError("broker", f"cannot resolve the host {host!r} of federation.broker_address: {e}") from None
+
+
+def source_address(ip: str, port: int) -> str:
+    """This host's address on the route to ``ip`` (what the broker reaches this host's
+    federates at: HELICS's zmq cores listen for the broker on it). No packet is sent."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((ip, port))
+            return s.getsockname()[0]
+        except OSError as e:
+            raise FederationError("broker", f"no route to the broker at tcp://{ip}:{port}: {e}") from None
+
+
+def broker_listening(ip: str, port: int, timeout_s: float = 1.0) -> bool:
+    """Whether something accepts TCP connections at ``ip:port`` now."""
+    try:
+        with socket.create_connection((ip, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_broker(ip: str, port: int, timeout_s: float, poll_s: float = 0.5) -> None:
+    """Return once the broker at ``ip:port`` accepts connections; FederationError naming
+    its address after ``timeout_s`` [s] (``federation.connect_timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while not broker_listening(ip, port, timeout_s=min(1.0, timeout_s)):
+        if time.monotonic() >= deadline:
+            raise FederationError("broker", f"no broker at tcp://{ip}:{port}: nothing accepted a connection "
+                                  f"within federation.connect_timeout_s={timeout_s:g} s (start the broker host's "
+                                  f"`tecosim run ... --broker` first, and check federation.broker_address and "
+                                  f"that the port is open)")
+        time.sleep(poll_s)
 
 
 def _fmt_s(t: float) -> str:
@@ -385,27 +459,71 @@ class HangWatch:
 
 @dataclass
 class Federation:
-    """The broker and the federate processes of one run."""
+    """The broker and the federate processes of one run (on this host).
+
+    Across hosts only ``local`` of the federates ``names`` run here, and the broker
+    only with ``broker_here``; it is told the total count (``len(names)``)."""
 
     study: Study
     port: int
     procs: list[Proc] = field(default_factory=list)
+    host: str = "127.0.0.1"  # the broker's address
+    names: list[str] = field(default_factory=list)  # every federate of the run
+    local: list[str] = field(default_factory=list)  # the federates started here
+    broker_here: bool = True
+    env: dict[str, str] = field(default_factory=dict)  # for the federates (INTERFACE_ENV)
+
+    @property
+    def address(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
+    @property
+    def across_hosts(self) -> bool:
+        """Some federates run elsewhere (or the broker does)."""
+        return self.local != self.names or not self.broker_here
+
+    def host_record(self) -> dict[str, Any]:
+        """The manifest's ``host``: this host's part of a federation across hosts."""
+        return {"name": socket.gethostname(), "broker_address": self.address, "broker_here": self.broker_here,
+                "federates_here": list(self.local), "federates": list(self.names),
+                "complete": self.local == self.names}
 
     @classmethod
-    def build(cls, study: Study) -> Federation:
+    def build(cls, study: Study, federates: list[str] | None = None, broker_here: bool = True) -> Federation:
+        """``federates`` (None: all) run here; the broker too with ``broker_here``.
+
+        Without ``federation.broker_address`` the broker listens on 127.0.0.1
+        (``broker_port`` or a free port). With it, on ``broker_interface`` (default
+        0.0.0.0) at its port, and every federate's zmq core listens on this host's
+        address on the route to the broker (``source_address``; the broker connects
+        back to it)."""
         cfg = study.cfg
-        port = cfg.federation.broker_port or free_port_block()
-        fed = cls(study, port)
-        logs = study.run_dir / "logs"
-        address = f"tcp://127.0.0.1:{port}"
+        fc = cfg.federation
         parts = cfg.prosumers.federates
         names = keys.federate_names(parts)
-        fed.procs.append(Proc("broker", [
-            helics_bin("helics_broker"), "-f", str(len(names)), "--coretype=zmq",
-            "--local_interface=tcp://127.0.0.1", f"--port={port}", f"--name=tecosim_broker_{port}",
-            "--loglevel=warning", "--timeout=60s",
-        ], logs / "broker.log"))
-        for name in names:
+        local = [n for n in names if federates is None or n in federates]
+        if fc.broker_address is None:
+            if local != names or not broker_here:
+                raise ConfigError([Problem("federation.broker_address", "is null: the broker listens on "
+                                           "127.0.0.1 only, so every federate and the broker run on this host",
+                                           "HOST[:PORT] of the broker host, to run --federates / without --broker")],
+                                  "arguments")
+            port, host, listen, env = fc.broker_port or free_port_block(), "127.0.0.1", "127.0.0.1", {}
+        else:
+            port = fc.broker_tcp_port or HELICS_ZMQ_PORT
+            host = resolve_host(fc.broker_host or "")
+            listen = fc.broker_interface or "0.0.0.0"
+            env = {INTERFACE_ENV: source_address(host, port)}
+        fed = cls(study, port, host=host, names=names, local=local, broker_here=broker_here, env=env)
+        logs = study.run_dir / "logs"
+        address = fed.address
+        if broker_here:
+            fed.procs.append(Proc("broker", [
+                helics_bin("helics_broker"), "-f", str(len(names)), "--coretype=zmq",
+                f"--local_interface=tcp://{listen}", f"--port={port}", f"--name=tecosim_broker_{port}",
+                "--loglevel=warning", "--timeout=60s",
+            ], logs / "broker.log"))
+        for name in local:
             part = name.removeprefix(f"{keys.PROSUMERS}_")
             module = keys.PROSUMERS if part != name else name
             fed.procs.append(Proc(name, [
@@ -437,26 +555,37 @@ class Federation:
         federate writes to ``<run>/progress`` (once per market interval), when it changes.
         A federation whose simulated time stops for ``hang_timeout_s`` (default
         ``federation.hang_timeout_s``) is hung (``HangWatch`` names the culprit).
+
+        Across hosts, a host without the broker first waits (``federation.connect_timeout_s``)
+        for the broker to accept connections, and a host whose federates have all joined
+        waits as long for the other hosts' federates (their first heartbeat: entering
+        executing mode needs every federate of the run).
         """
         from runner.progress import PROGRESS_FILE, read_progress_file
 
         reached_s: float | None = None
+        fc = self.study.cfg.federation
         (self.study.run_dir / PROGRESS_FILE).unlink(missing_ok=True)  # of an earlier run in this folder
         logs = self.study.run_dir / "logs"
         watch = HangWatch(logs, [p.name for p in self.procs if p.name != "broker"],
-                          hang_timeout_s or self.study.cfg.federation.hang_timeout_s)
+                          hang_timeout_s or fc.hang_timeout_s)
         watch.clear()
+        joined_since: float | None = None
         try:
-            before = os.environ.get(HEARTBEAT_ENV)
-            os.environ[HEARTBEAT_ENV] = str(logs)  # inherited by the federates (federates.common.door)
+            if not self.broker_here:
+                wait_for_broker(self.host, self.port, fc.connect_timeout_s)
+            env = {HEARTBEAT_ENV: str(logs), **self.env}  # inherited by the federates (federates.common.door)
+            before = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
             try:
                 for p in self.procs:
                     p.start(REPO_ROOT)
             finally:
-                if before is None:
-                    os.environ.pop(HEARTBEAT_ENV, None)
-                else:
-                    os.environ[HEARTBEAT_ENV] = before
+                for k, v in before.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
             deadline = time.monotonic() + timeout_s
             while True:
                 federates = [p for p in self.procs if p.name != "broker"]
@@ -465,20 +594,39 @@ class Federation:
                     if code not in (None, 0):
                         raise FederationError(p.name, f"exited with code {code}", {p.name: p.tail()})
                 if all(p.poll() == 0 for p in federates):
-                    broker = self.procs[0]
+                    broker = next((p for p in self.procs if p.name == "broker"), None)
                     end = time.monotonic() + 15
-                    while broker.poll() is None and time.monotonic() < end:
+                    while broker is not None and broker.poll() is None and time.monotonic() < end:
                         time.sleep(poll_s)
-                    if broker.poll() is None:
+                    if broker is not None and broker.poll() is None:
                         raise FederationError("broker", "did not exit after all federates finished",
                                               {"broker": broker.tail()})
                     return
+                if self.across_hosts and joined_since is None and self.local != self.names \
+                        and all(path.exists() for path in watch.paths.values()) \
+                        and all(b is None for b in watch.read().values()):
+                    joined_since = time.monotonic()  # every local federate registered, none executing
+                if joined_since is not None and any(b is not None for b in watch.read().values()):
+                    joined_since = -1.0  # executing: the other hosts' federates joined
+                if joined_since is not None and joined_since >= 0 \
+                        and time.monotonic() - joined_since > fc.connect_timeout_s:
+                    others = [n for n in self.names if n not in self.local]
+                    raise FederationError(
+                        ", ".join(others), f"did not join the broker at {self.address} within "
+                        f"federation.connect_timeout_s={fc.connect_timeout_s:g} s after this host's federates "
+                        f"({', '.join(self.local)}) had (start the other hosts' `tecosim run ... --federates "
+                        f"{','.join(others)}`)",
+                        {p.name: p.tail(8) for p in self.procs if p.name == "broker"})
                 if time.monotonic() > deadline:
                     running = [p for p in federates if p.poll() is None]
                     raise FederationError(", ".join(p.name for p in running),
                                           f"still running after timeout_s={timeout_s:g} s",
                                           {p.name: p.tail(8) for p in running})
                 hung = watch.check(self.procs, time.monotonic())
+                if hung is not None and self.across_hosts and hung.federate == "broker":
+                    others = [n for n in self.names if n not in self.local]
+                    raise FederationError(hung.federate + (f" or {', '.join(others)} (another host)" if others
+                                                           else " (another host)"), hung.reason, hung.log_tails)
                 if hung is not None:
                     raise hung
                 if progress is not None:
@@ -584,11 +732,15 @@ def write_manifest(study: Study, engine: str, status: str, wall_s: float, *, rea
     return path
 
 
-def run_study(study: Study, engine: str, progress: Callable[[float], None] | None = None) -> float:
+def run_study(study: Study, engine: str, progress: Callable[[float], None] | None = None, *,
+              federates: list[str] | None = None, broker_here: bool = True) -> float:
     """Run the study with ``engine``; writes tables, manifest; returns wall time [s].
 
     ``progress`` (optional) is called with the simulated time reached [s], about once
     per market interval (``runner.progress.Progress`` draws it).
+    ``federates`` (None: all) and ``broker_here``: this host's part of a federation
+    across hosts (``Federation.build``); the manifest then has a ``host`` record and
+    the results hold only these federates' tables (``collect_runs`` joins the hosts).
     Raises FederationError (manifest written with status failed) on failure.
     """
     from runner.engine import EngineTimes, run_inprocess
@@ -605,17 +757,111 @@ def run_study(study: Study, engine: str, progress: Callable[[float], None] | Non
         write_manifest(study, engine, "ok", wall,
                        extra={"engine_seconds": {k: round(v, 3) for k, v in times.seconds.items()}})
         return wall
-    fed = Federation.build(study)
+    try:
+        fed = Federation.build(study, federates, broker_here)
+    except FederationError as e:
+        write_manifest(study, engine, "failed", time.perf_counter() - t0, reason=str(e).splitlines()[0])
+        raise
     fed.write_runner_json()
+    extra: dict[str, Any] = {"broker_port": fed.port}
+    if fed.across_hosts:
+        extra["host"] = fed.host_record()
     try:
         fed.run(study.cfg.federation.timeout_s, progress=progress)
     except BaseException as e:
         reason = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e).splitlines()[0]
         write_manifest(study, engine, "failed", time.perf_counter() - t0, reason=reason,
-                       federates=[p.record() for p in fed.procs], extra={"broker_port": fed.port})
+                       federates=[p.record() for p in fed.procs], extra=extra)
         raise
-    merge_part_tables(study.run_dir / "results", study.cfg.prosumers.federates)
+    if fed.local == fed.names:
+        merge_part_tables(study.run_dir / "results", study.cfg.prosumers.federates)
     wall = time.perf_counter() - t0
-    write_manifest(study, engine, "ok", wall, federates=[p.record() for p in fed.procs],
-                   extra={"broker_port": fed.port})
+    write_manifest(study, engine, "ok", wall, federates=[p.record() for p in fed.procs], extra=extra)
     return wall
+
+
+#: files of a host's run folder that ``collect_runs`` does not copy (it writes its own)
+_NOT_COLLECTED = ("manifest.json", "runner.json", "summary.txt", "report.html", "report/*")
+
+
+def collect_runs(runs: list[Path], out: Path) -> tuple[Study, float]:
+    """The run folders of one federation across hosts (``tecosim run --federates``,
+    one per host) joined into the complete run folder ``out``; returns it and the
+    longest host wall time [s].
+
+    Checked first (ConfigError, exit 2, naming the folder): each is a finished host
+    part (manifest ``status: ok`` with a ``host`` record) of the same config, every
+    federate of the run ran on exactly one of them, and a file in several folders (the
+    prepared inputs: resolved config, sites, sensitivities, ...) is the same in each
+    (sha256). Then every file but the manifest, runner.json, summary and report is
+    copied into ``out`` (a new folder), the prosumer parts' tables are merged and the
+    manifest lists every host (``hosts``) and federate (with its ``host``)."""
+    runs = [Path(r) for r in runs]
+    out = Path(out)
+    problems: list[Problem] = []
+    manifests: dict[Path, dict] = {}
+    for r in runs:
+        try:
+            m = json.loads((r / "manifest.json").read_text())
+        except (OSError, ValueError) as e:
+            problems.append(Problem(f"RUN {r}", f"no readable manifest.json ({e})",
+                                    "the run folder of one host's `tecosim run --federates ...`"))
+            continue
+        if not isinstance(m.get("host"), dict):
+            problems.append(Problem(f"RUN {r}", "is not one host's part of a federation across hosts "
+                                    "(its manifest has no host record)",
+                                    "the run folder of one host's `tecosim run --federates ...`"))
+        elif m.get("status") != "ok":
+            problems.append(Problem(f"RUN {r}", f"this host's part failed: {m.get('reason', '')}",
+                                    "a host part with manifest status ok"))
+        else:
+            manifests[r] = m
+    if len(set(map(str, (r.resolve() for r in runs)))) != len(runs):
+        problems.append(Problem("RUN", "a folder is listed twice", "each host's folder once"))
+    if problems:
+        raise ConfigError(problems, "arguments")
+    first = manifests[runs[0]]
+    names = first["host"]["federates"]
+    owner: dict[str, Path] = {}
+    for r, m in manifests.items():
+        if m["config_sha256"] != first["config_sha256"] or m["host"]["federates"] != names:
+            problems.append(Problem(f"RUN {r}", f"ran another config than {runs[0]} (config_sha256 differs)",
+                                    "the host parts of one run: the same config and --set on every host"))
+        for n in m["host"]["federates_here"]:
+            if n in owner:
+                problems.append(Problem(f"RUN {r}", f"federate {n} also ran in {owner[n]}", "each federate once"))
+            owner.setdefault(n, r)
+    missing = [n for n in names if n not in owner]
+    if missing:
+        problems.append(Problem("RUN", f"no folder holds the federates {', '.join(missing)}",
+                                "the folders of every host, together running " + ", ".join(names)))
+    if sum(bool(m["host"]["broker_here"]) for m in manifests.values()) != 1:
+        problems.append(Problem("RUN", "not exactly one folder is the broker host's (--broker)",
+                                "one broker host"))
+    files: dict[str, list[Path]] = {}
+    for r in runs:
+        for f in sorted(x for x in r.rglob("*") if x.is_file()):
+            rel = f.relative_to(r).as_posix()
+            if not any(Path(rel).match(pat) and (rel.count("/") == pat.count("/")) for pat in _NOT_COLLECTED):
+                files.setdefault(rel, []).append(r)
+    for rel, where in files.items():
+        if len({_sha256_file(r / rel) for r in where}) > 1:
+            problems.append(Problem(f"RUN {where[1]}", f"{rel} differs from that of {where[0]}",
+                                    "the same prepared inputs on every host (same repo version, config, seed)"))
+    if out.exists() and any(out.iterdir()):
+        problems.append(Problem("--out", f"{out} is not empty", "a new folder"))
+    if problems:
+        raise ConfigError(problems, "arguments")
+    for rel, where in files.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(where[0] / rel, out / rel)
+    (out / "logs").mkdir(exist_ok=True)
+    (out / "results").mkdir(exist_ok=True)
+    study = Study.load(out)
+    merge_part_tables(out / "results", study.cfg.prosumers.federates)
+    hosts = [{**m["host"], "run_dir": str(r.resolve()), "wall_s": m["wall_s"]} for r, m in manifests.items()]
+    federates = [{**f, "host": m["host"]["name"]} for m in manifests.values() for f in m["federates"]]
+    wall = max(float(m["wall_s"]) for m in manifests.values())
+    write_manifest(study, "federation", "ok", wall, federates=federates,
+                   extra={"broker_port": first.get("broker_port"), "hosts": hosts})
+    return study, wall

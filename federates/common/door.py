@@ -13,6 +13,9 @@ fsync): ``grnt`` and the time granted once a request returns (and on entering
 executing mode), ``reqt`` with the time requested before each request, ``done`` on
 close. The runner reads them to find a federate that stopped requesting time
 (``runner.launch.HangWatch``).
+
+Across hosts the runner also sets ``TECOSIM_LOCAL_INTERFACE``: the address the core
+listens on for the broker (``--local_interface``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from federates.common.timeline import TIME_TOL_S
 HEARTBEAT_ENV = "TECOSIM_HEARTBEAT_DIR"
 HEARTBEAT_SUFFIX = ".heartbeat"
 HEARTBEAT_WIDTH = 48  # bytes of the line, newline included
+#: the address this federate's zmq core listens on for the broker (default: HELICS's,
+#: the loopback); the runner sets it for a federation across hosts
+INTERFACE_ENV = "TECOSIM_LOCAL_INTERFACE"
 
 
 def heartbeat_line(state: str, requested: float, granted: float) -> bytes:
@@ -47,8 +53,12 @@ class Door:
         self._debug = self.log.isEnabledFor(logging.DEBUG)
         fi = h.helicsCreateFederateInfo()
         h.helicsFederateInfoSetCoreTypeFromString(fi, "zmq")
+        # across hosts the broker connects back to this core: it listens on this host's
+        # address on the route to the broker (set by runner.launch.Federation.build)
+        iface = os.environ.get(INTERFACE_ENV)
         h.helicsFederateInfoSetCoreInitString(
             fi, f"--federates=1 --broker_address={broker_address} --timeout={int(timeout_s)}s"
+            + (f" --local_interface=tcp://{iface}" if iface else "")
         )
         h.helicsFederateInfoSetFlagOption(fi, h.HELICS_FLAG_UNINTERRUPTIBLE, True)
         self.fed = h.helicsCreateCombinationFederate(name, fi)
