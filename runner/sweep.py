@@ -165,7 +165,7 @@ def validate_points(config: Path, fixed: list[str], points: list[Point], *, engi
                     jobs: int = 1) -> None:
     """Every point's config (and each distinct feeder model once) must load: one
     ConfigError naming every bad point and field. Parallel federations cannot share
-    a fixed ``federation.broker_port``."""
+    a fixed ``federation.broker_port`` or ``federation.broker_address``."""
     from runner.config import load_config
     from runner.launch import check_feeder
 
@@ -181,6 +181,10 @@ def validate_points(config: Path, fixed: list[str], points: list[Point], *, engi
             problems.append(Problem(f"[{p.label}] federation.broker_port",
                                     f"fixed port {cfg.federation.broker_port} cannot serve {jobs} runs at a time",
                                     "null (a free port per run), or --jobs 1"))
+        elif engine == "federation" and jobs > 1 and cfg.federation.broker_address is not None:
+            problems.append(Problem(f"[{p.label}] federation.broker_address",
+                                    f"one broker address ({cfg.federation.broker_address}) cannot serve {jobs} "
+                                    "runs at a time", "null (a local broker on a free port per run), or --jobs 1"))
         key = json.dumps([cfg.grid_preset, cfg.feeder.model_dump(mode="json")], sort_keys=True, default=str)
         if key not in feeders_checked:
             found: list[Problem] = []

@@ -174,6 +174,17 @@ def test_sweep_with_a_bad_point_runs_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("fixed, field", [("federation.broker_port=23500", "federation.broker_port"),
+                                          ("federation.broker_address=10.0.0.5", "federation.broker_address")])
+def test_parallel_federations_cannot_share_one_broker(tmp_path, fixed, field):
+    out = tmp_path / "sweep"
+    r = tecosim("sweep", str(DEFAULT), "--set", "controllers.enabled=true,false", "--set", fixed, *SHORT,
+                "--jobs", "2", "--out", str(out), timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert f"] {field}" in r.stderr and "--jobs 1" in r.stderr
+    assert not out.exists()
+
+
 def test_sweep_child_killed_mid_run_fails_only_its_point(tmp_path):
     """SIGKILL one child as soon as sweep.json names its pid (seconds before it could
     finish: it is still importing); the other point completes and is compared."""
