@@ -592,7 +592,8 @@ class Federation:
                 for p in self.procs:
                     code = p.poll()
                     if code not in (None, 0):
-                        raise FederationError(p.name, f"exited with code {code}", {p.name: p.tail()})
+                        raise FederationError(p.name, f"exited with code {code}{self._when(watch, p.name)}",
+                                              {p.name: p.tail()})
                 if all(p.poll() == 0 for p in federates):
                     broker = next((p for p in self.procs if p.name == "broker"), None)
                     end = time.monotonic() + 15
@@ -620,7 +621,8 @@ class Federation:
                 if time.monotonic() > deadline:
                     running = [p for p in federates if p.poll() is None]
                     raise FederationError(", ".join(p.name for p in running),
-                                          f"still running after timeout_s={timeout_s:g} s",
+                                          f"still running after timeout_s={timeout_s:g} s"
+                                          f"{self._when(watch, running[0].name if running else '')}",
                                           {p.name: p.tail(8) for p in running})
                 hung = watch.check(self.procs, time.monotonic())
                 if hung is not None and self.across_hosts and hung.federate == "broker":
@@ -637,6 +639,15 @@ class Federation:
                 time.sleep(poll_s)
         finally:
             self.kill_all()
+
+    @staticmethod
+    def _when(watch: HangWatch, name: str) -> str:
+        """`` at simulated time T s`` from ``name``'s heartbeat (the last time it was
+        granted), or that it never entered executing mode."""
+        beat = watch.read().get(name)
+        if beat is None:
+            return " before entering executing mode (simulated time 0 s)"
+        return f" at simulated time {_fmt_s(beat[2])} s"
 
     def kill_all(self) -> None:
         for p in reversed(self.procs):

@@ -68,9 +68,9 @@ def test_killed_federate_is_named_and_nothing_is_left(tmp_path, victim):
     finally:
         _stop(proc)
     assert proc.returncode == 1, err
-    assert f"federate '{victim}' exited with code -9" in err
+    assert f"federate '{victim}' exited with code -9 at simulated time " in err
     m = json.loads((run_dir / "manifest.json").read_text())
-    assert m["status"] == "failed" and victim in m["reason"]
+    assert m["status"] == "failed" and victim in m["reason"] and "at simulated time" in m["reason"]
     time.sleep(0.5)
     assert processes_mentioning(str(run_dir)) == []
 
@@ -96,7 +96,7 @@ def test_global_timeout_names_the_running_federates(tmp_path):
          "--set", "study.duration=24h", "--set", "federation.timeout_s=4"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
-    assert "still running after timeout_s=4" in r.stderr
+    assert "still running after timeout_s=4" in r.stderr and "simulated time" in r.stderr
     assert "last lines of logs/" in r.stderr
     m = json.loads((run_dir / "manifest.json").read_text())
     assert m["status"] == "failed" and "timeout" in m["reason"]
