@@ -443,6 +443,9 @@ def cmd_feeders(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     args = _parser().parse_args(argv)
+    from runner import launch
+
+    launch.COMMAND_LINE[:] = ["tecosim", *(sys.argv[1:] if argv is None else argv)]
     commands = {"validate": cmd_validate, "clear": cmd_clear, "feeders": cmd_feeders, "ledger": cmd_ledger,
                 "report": cmd_report, "compare": cmd_compare, "sweep": cmd_sweep, "run": cmd_run,
                 "collect": cmd_collect}

@@ -706,6 +706,12 @@ def feeder_record(study: Study) -> dict[str, Any]:
     return out
 
 
+#: the command line recorded in manifests: ``tecosim`` and the arguments ``runner.cli.main``
+#: was given (set there; also right when main() is called from Python, where sys.argv
+#: is the caller's); empty: sys.argv
+COMMAND_LINE: list[str] = []
+
+
 def write_manifest(study: Study, engine: str, status: str, wall_s: float, *, reason: str = "",
                    federates: list[dict] | None = None, extra: dict | None = None) -> Path:
     """``<run>/manifest.json``: what ran, how it ended, and what a rerun needs: the
@@ -727,7 +733,7 @@ def write_manifest(study: Study, engine: str, status: str, wall_s: float, *, rea
         "versions": versions(),
         "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
                    "executable": sys.executable},
-        "command_line": list(sys.argv),
+        "command_line": list(COMMAND_LINE or sys.argv),
         "feeder": feeder_record(study),
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "wall_s": round(wall_s, 3),

@@ -112,4 +112,7 @@ def test_manifest_records_what_a_rerun_needs(runs):
         assert resolved["study"]["duration"] == 1800 and resolved["study"]["seed"] == 42
     fed = json.loads((runs["fed"] / "manifest.json").read_text())
     assert "study.duration=30min" in fed["command_line"] and "run" in fed["command_line"]
+    # run "a" called runner.cli.main from Python: its own arguments, not pytest's sys.argv
+    a = json.loads((runs["a"] / "manifest.json").read_text())
+    assert a["command_line"][:2] == ["tecosim", "run"] and "--engine" in a["command_line"]
     assert sys.executable == fed["python"]["executable"]
