@@ -31,6 +31,8 @@ from federates.common.timeline import Timeline
 from federates.common.units import parse_duration_s
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+MAX_DURATION_S = 366 * 86400.0  # study.duration [s]
+MAX_PROSUMERS = 100_000  # prosumers.count
 FEEDERS_DIR = REPO_ROOT / "feeders"
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -60,7 +62,8 @@ class StudyConfig(_Strict):
         "2026-06-21T00:00:00-04:00",
         description="local start time, ISO 8601 with UTC offset",
     )
-    duration_s: PositiveFloat = Field(86400.0, alias="duration")
+    # a year at most: beyond it the timeline's arrays alone outgrow memory at 1 min steps
+    duration_s: Annotated[float, Field(gt=0, le=MAX_DURATION_S)] = Field(86400.0, alias="duration")
     market_interval_s: PositiveFloat = Field(900.0, alias="market_interval")
     physics_step_s: PositiveFloat = Field(60.0, alias="physics_step")
     seed: Annotated[int, Field(ge=0)] = 42
@@ -159,7 +162,9 @@ class FeederConfig(_Strict):
 
 
 class ProsumersConfig(_Strict):
-    count: Annotated[int, Field(ge=0)] = 40
+    # 100 000 at most: 30 x the largest case benchmarked (3000, BENCHMARKS.md); more
+    # would be a typo long before it is a study (the DSO's n x n model alone is 40 GB)
+    count: Annotated[int, Field(ge=0, le=MAX_PROSUMERS)] = 40
     pv_share: Fraction = 0.8
     pv_kwp_min: NonNegFloat = 4.0
     pv_kwp_max: NonNegFloat = 10.0

@@ -102,3 +102,20 @@ def test_base_errors_are_config_errors(tmp_path):
 def test_mechanism_must_belong_to_topology():
     found = problems_of({"market": {"topology": "community", "mechanism": "admm"}})
     assert "uniform_price" in found["market.mechanism"]
+
+
+@pytest.mark.parametrize("override, field, limit", [
+    ("prosumers.count=100001", "prosumers.count", "100000"),
+    ("prosumers.count=100000000000", "prosumers.count", "100000"),
+    ("study.duration=367d", "study.duration", "31622400"),
+])
+def test_absurd_sizes_are_refused_naming_the_field_and_the_bound(override, field, limit):
+    with pytest.raises(ConfigError) as e:
+        load_config(DEFAULT, [override])
+    assert [p.field for p in e.value.problems] == [field]
+    assert limit in str(e.value)
+
+
+def test_the_bounds_themselves_are_allowed():
+    cfg = load_config(DEFAULT, ["prosumers.count=100000", "study.duration=366d"])
+    assert cfg.prosumers.count == 100000 and cfg.study.duration_s == 366 * 86400
