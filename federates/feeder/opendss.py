@@ -190,6 +190,8 @@ class OpenDSSFeeder:
         self._cust_base_v: np.ndarray = np.zeros(0)
         self._cust_bus: list[str] = []
         self._limits_index: _LimitsIndex | None = None
+        self._solution_id = 0  # bumped by every solve: the key of the bulk-read cache
+        self._bulk_cache: dict[str, tuple[int, np.ndarray]] = {}
         try:
             self.solve(controls=True)
         except PowerFlowNotConverged as e:
@@ -420,6 +422,7 @@ class OpenDSSFeeder:
         """
         mode = _CONTROL_STATIC if controls else _CONTROL_OFF
         sol = self._dss.Solution
+        self._solution_id += 1
         if mode != self._control_mode:
             sol.ControlMode(mode)
             self._control_mode = mode
@@ -524,6 +527,27 @@ class OpenDSSFeeder:
         return total
 
     # ------------------------------------------------------------------ limits
+    def _bulk(self, what: str) -> np.ndarray:
+        """One bulk array of the last solution, read from OpenDSS once per solve: the
+        limit checks, SCADA, flows and loss allocation of a step all read the same
+        solution (``powers``: PDElements.AllPowers as complex [kW + j kvar];
+        ``max_currents``: PDElements.AllMaxCurrents [A]; ``volts``: Circuit.AllBusVolts
+        as complex [V]). Read-only: callers index, never modify."""
+        hit = self._bulk_cache.get(what)
+        if hit is not None and hit[0] == self._solution_id:
+            return hit[1]
+        if what == "powers":
+            a = _as_complex(self._dss.PDElements.AllPowers())
+        elif what == "max_currents":
+            a = np.asarray(self._dss.PDElements.AllMaxCurrents(), dtype=float)
+        elif what == "volts":
+            a = _as_complex(self._dss.Circuit.AllBusVolts())
+        else:
+            raise ValueError(f"unknown bulk read {what!r}")
+        a.flags.writeable = False
+        self._bulk_cache[what] = (self._solution_id, a)
+        return a
+
     def _limits(self) -> _LimitsIndex:
         """Element/bus positions in OpenDSS's bulk arrays, built once per model."""
         ix = self._limits_index
@@ -540,7 +564,7 @@ class OpenDSSFeeder:
         after :meth:`attach_customers`). A Line with NormAmps = 0 gives NaN.
         """
         ix = self._limits()
-        imax = np.asarray(self._dss.PDElements.AllMaxCurrents(), dtype=float)
+        imax = self._bulk("max_currents")
         ix.check(len(imax))
         return list(ix.line_names), imax[ix.line_pos] / ix.line_norm_amps * 100.0
 
@@ -552,7 +576,7 @@ class OpenDSSFeeder:
         winding 1. Names as in :meth:`line_loading_pct`.
         """
         ix = self._limits()
-        s = _as_complex(self._dss.PDElements.AllPowers())  # kW + j kvar per conductor
+        s = self._bulk("powers")  # kW + j kvar per conductor
         ix.check_powers(len(s))
         st = s[ix.xf_idx]
         m = len(ix.xf_names)
@@ -569,7 +593,7 @@ class OpenDSSFeeder:
         names fixed when first asked for.
         """
         ix = self._limits()
-        v = _as_complex(self._dss.Circuit.AllBusVolts())
+        v = self._bulk("volts")
         if len(v) != ix.n_nodes:
             raise FeederModelError(f"{self.master}: the node list changed; call attach_customers only")
         return list(ix.bus3_names), fortescue_vuf_pct(v[ix.bus3_nodes])
@@ -584,12 +608,11 @@ class OpenDSSFeeder:
         followed by :meth:`transformer_loading_pct`. One bulk call.
         """
         ix = self._limits()
-        s = _as_complex(self._dss.PDElements.AllPowers())
+        s = self._bulk("powers")
         ix.check_powers(len(s))
         p_line = np.bincount(ix.line_grp, weights=s.real[ix.line_idx], minlength=len(ix.line_names))
         p_xf = np.bincount(ix.xf_grp, weights=s.real[ix.xf_idx], minlength=len(ix.xf_names))
-        names = [f"line.{x}" for x in ix.line_names] + [f"transformer.{x}" for x in ix.xf_names]
-        return names, np.concatenate([p_line, p_xf])
+        return list(ix.element_names), np.concatenate([p_line, p_xf])
 
     def element_loading_pct(self) -> tuple[list[str], np.ndarray]:
         """:meth:`line_loading_pct` then :meth:`transformer_loading_pct` as one vector [%],
@@ -597,8 +620,7 @@ class OpenDSSFeeder:
         ix = self._limits()
         _, line = self.line_loading_pct()
         _, xf = self.transformer_loading_pct()
-        names = [f"line.{x}" for x in ix.line_names] + [f"transformer.{x}" for x in ix.xf_names]
-        return names, np.concatenate([line, xf])
+        return list(ix.element_names), np.concatenate([line, xf])
 
     def element_currents_a(self, element: str) -> np.ndarray:
         """Current magnitude of each conductor of terminal 1 of ``element`` [A] (e.g. ``Line.650632``)."""
@@ -1000,13 +1022,13 @@ class OpenDSSFeeder:
         from federates.feeder.losses import LAYERS
 
         ix = self._phase_loss_index()
-        s = _as_complex(self._dss.PDElements.AllPowers())  # kW + j kvar per terminal conductor
+        s = self._bulk("powers")  # kW + j kvar per terminal conductor
         if len(s) != ix.n_flat:
             raise FeederModelError(f"{self.master}: the PD element list changed; call attach_customers only")
         ne = len(ix.names)
         n_cells = ne * len(LAYERS) + 1  # + the dummy cell
         out = np.bincount(ix.lin_cell, weights=s.real, minlength=n_cells)
-        v = np.append(_as_complex(self._dss.Circuit.AllBusVolts()), 0.0)  # V, + ground
+        v = np.append(self._bulk("volts"), 0.0)  # V, + ground
         if ix.xfd_ncell.size:
             total = out[ix.xfd_ncell]  # all of each delta transformer's loss sits in its n cell
             v2 = np.abs(v[ix.xfd_node]) ** 2
@@ -1442,6 +1464,7 @@ class _LimitsIndex:
         self.n_nodes = 0
         self.bus3_names: list[str] = []
         self.bus3_nodes = np.zeros((0, 3), dtype=np.int64)
+        self.element_names: list[str] = []  # line.<name>..., then transformer.<name>...
 
     @classmethod
     def build(cls, dss) -> _LimitsIndex:
@@ -1489,6 +1512,7 @@ class _LimitsIndex:
                 ix.bus3_names.append(b)
                 rows.append(idx)
         ix.bus3_nodes = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+        ix.element_names = [f"line.{x}" for x in ix.line_names] + [f"transformer.{x}" for x in ix.xf_names]
         return ix
 
     def check(self, n_elements: int) -> None:
