@@ -182,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
                          epilog=CLEAR_EXAMPLES, formatter_class=raw)
     clr.add_argument("orders", type=Path)
     clr.add_argument("--topology", default="community")
-    clr.add_argument("--mechanism", help="default: uniform_price (community), lp (p2p)")
+    clr.add_argument("--mechanism", help="default: uniform_price (community), lp (p2p), two_level (hybrid)")
     clr.add_argument("--retail", type=float, default=0.26, help="retail tariff [USD/kWh]")
     clr.add_argument("--feed-in", type=float, default=0.08, help="feed-in tariff [USD/kWh]")
     led = sub.add_parser("ledger", help="ledger tools", epilog=LEDGER_EXAMPLES, formatter_class=raw)
@@ -382,7 +382,7 @@ def cmd_clear(args) -> int:
     from federates.market.orders_csv import read_orders_csv
 
     allowed = allowed_mechanisms()
-    mechanism = args.mechanism or {"community": "uniform_price", "p2p": "lp"}.get(args.topology, "")
+    mechanism = args.mechanism or {"community": "uniform_price", "p2p": "lp", "hybrid": "two_level"}.get(args.topology, "")
     if args.topology not in allowed:
         raise ConfigError([Problem("--topology", f"unknown {args.topology!r}", ", ".join(allowed))], "arguments")
     if mechanism not in allowed[args.topology]:

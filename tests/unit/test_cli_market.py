@@ -50,6 +50,16 @@ def test_every_mechanism_trades_the_same_volume_on_this_book(book, topology, mec
     assert out["converged"] and (out["iterations"] > 0) == (mechanism == "admm")
 
 
+def test_hybrid_without_mechanism_takes_its_only_one(book):
+    """``--topology hybrid`` alone clears with two_level (it was refused as mechanism '')."""
+    r = tecosim("clear", str(book), "--topology", "hybrid", timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["mechanism"] == "two_level"
+    # one community (no community column): the same optimum as the community book above
+    assert out["traded_kwh"] == pytest.approx(4.0) and out["welfare_usd"] == pytest.approx(0.55)
+
+
 def test_bad_csv_names_row_and_column(tmp_path):
     p = tmp_path / "bad.csv"
     p.write_text("participant,side,energy_kwh,price_usd_per_kwh\na,hold,3,0.2\nb,buy,-1,x\n")
