@@ -200,6 +200,9 @@ def growth(by: dict[str, dict]) -> list[str]:
         parts = []
         for a, b in itertools.pairwise(rs):
             ratio = b[key] / a[key]
+            if a["duration"] != b["duration"]:  # a midday window costs more per step than a day
+                parts.append(f"{a[key]} → {b[key]} {what}: not compared ({a['duration']} against {b['duration']})")
+                continue
             per_step = ((b["wall_s"] - (b["setup_s"] or 0)) / b["n_steps"]) / ((a["wall_s"] - (a["setup_s"] or 0)) / a["n_steps"])
             parts.append(f"{a[key]} → {b[key]} {what} (×{ratio:.3g}): time per step ×{per_step:.2f} "
                          f"(exponent {math.log(per_step) / math.log(ratio):.2f}), prepare ×{b['prepare_s'] / a['prepare_s']:.1f}")
