@@ -328,7 +328,7 @@ class VoltWattConfig(_Strict):
     (Table 10): V1 = 1.06 pu, P1 = Prated, V2 = 1.10 pu, P2 = 20 % of Prated (``p2_pct:
     0`` is the standard's P'2 for DER that can absorb active power), open-loop response
     time 10 s. In tecosim the limit caps the customer's export at ``p_pct / 100 *``
-    inverter kVA (federates/controllers/voltwatt.py). ``damping`` and
+    inverter kVA (federates/feeder/voltwatt.py). ``damping`` and
     ``tolerance_kw`` [kW] steer the in-step iteration as for Volt-VAR."""
 
     enabled: bool = True

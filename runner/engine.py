@@ -4,9 +4,11 @@ the same run folder the federation's tables equal these (tests/federation).
 
 The order mirrors federates/*/federate.py on the timeline of
 ``federates.common.timeline``: at each market interval k the prosumers take the
-confirmations of k-1 and bid for k, meters and controllers report k-1, the market
-settles k-1 and clears k; then each physics step runs prosumers -> feeder -> (meters ->
-controllers -> feeder)* until the controllers send no command.
+confirmations of k-1, bid for k and play out k's steps; the meters record k-1 and
+report it, the feeder reports the curtailment of k-1, the DSO takes the AMI data and
+gives envelopes for k; the market settles k-1 and clears k; then each physics step
+runs feeder (solve, inverters settle) -> (DSO -> feeder)* until the DSO has nothing
+to do.
 """
 
 from __future__ import annotations
@@ -52,9 +54,10 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
     cfg, tl = study.cfg, study.cfg.timeline
     prosumers = ProsumersRole(cfg, study.sites)
     market = MarketRole(cfg, study.participants, study.run_dir / "ledger.jsonl", distance_km=study.distance_km)
-    feeder = FeederRole(cfg, study.master, study.sites)
+    inverter_kva = study.inverter_kva
+    feeder = FeederRole(cfg, study.master, study.sites, inverter_kva=inverter_kva)
     meters = MetersRole(cfg, study.sites, v_base_v=study.v_base_v)
-    controllers = ControllersRole(cfg, study.sites, study.inverter_kva,
+    controllers = ControllersRole(cfg, study.sites, inverter_kva,
                                   sensitivities=study.sensitivities() if needs_sensitivities(cfg) else None)
     t = times.add("setup", t)
 
@@ -88,16 +91,20 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
             lost = comms.unscheduled(seed, tl, k, [o.participant for o in bids])
             unscheduled_kw = np.where(np.isin(prosumers.participants, list(lost)),
                                       prosumers.forecast_net_kw[k], 0.0)
+            deviation_p_kw = prosumers.interval_deviations(k) + unscheduled_kw  # comms: no schedule, real power
         t = times.add("prosumers", t)
         # AMI time of k, then report time of k
+        if k >= 1:
+            meters.record_interval(k - 1, *feeder.meter_block(k - 1))
         ami = meters.ami(k - 1) if k >= 1 else []
         if k >= 1:
             reports = meters.report(k - 1)
             post("interval_energy", k - 1, reports, [e.meter for e in reports], tl.report_time(k))
         t = times.add("meters", t)
+        notices = feeder.curtailment_notices(k - 1) if k >= 1 else []
+        t = times.add("feeder", t)
         if k >= 1:
             controllers.on_ami(k - 1, ami)
-        notices = controllers.report(k - 1) if k >= 1 else []
         envelopes = controllers.envelopes(k) if k < tl.n_intervals else []
         constraints = controllers.grid_constraints(k) if k < tl.n_intervals else []
         t = times.add("controllers", t)
@@ -109,22 +116,21 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
         if k == tl.n_intervals:
             break
         controllers.on_confirmations(k, confirmations)
-        if constraints:
-            controllers.on_envelopes(k, market.last_envelopes)
-        for g in tl.steps_of_interval(k):
-            deviation_p_kw = prosumers.step(g) + unscheduled_kw  # comms: no schedule, real power
-            t = times.add("prosumers", t)
-            m = feeder.begin_step(g, schedule_p_kw, deviation_p_kw)
+        t = times.add("controllers", t)
+        # the inverters hold the export envelopes: the DSO's, or what the constrained clearing accepted
+        feeder.on_envelopes(k, market.last_envelopes if constraints else envelopes)
+        for j, g in enumerate(tl.steps_of_interval(k)):
+            m = feeder.begin_step(g, schedule_p_kw, deviation_p_kw[j])
             t = times.add("feeder", t)
             while True:
-                readings = meters.read(g, m.v_pu, m.p_kw, m.q_kvar)
-                t = times.add("meters", t)
-                commands = controllers.on_readings(g, readings, m.curtailed_p_kw, m.scada)
+                reply = controllers.on_view(feeder.dso_view(g))
                 t = times.add("controllers", t)
-                if not commands:
+                if not reply:
                     break
-                m = feeder.apply(g, commands)
+                m = feeder.apply(g, reply)
                 t = times.add("feeder", t)
+                if m is None:
+                    break
     tables: dict[str, pd.DataFrame] = {}
     for role in (prosumers, market, feeder, meters, controllers):
         tables.update(role.tables())

@@ -5,34 +5,25 @@ On a terminal :class:`Progress` redraws one bar line; otherwise (CI logs, pipes)
 prints a line at every 10 % so that logs stay readable. The ETA is the wall time per
 simulated second so far times the simulated seconds left.
 
-Kept free of heavy imports: the feeder federate imports :func:`write_progress_file`.
+The file is written by the feeder federate (:func:`federates.common.runtime.write_progress_file`).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-PROGRESS_FILE = "progress"
-"""``<run>/progress``: the simulated time [s] the feeder federate has reached (text)."""
+from federates.common.runtime import PROGRESS_FILE, write_progress_file
+
+__all__ = ["PROGRESS_FILE", "Progress", "read_progress_file", "write_progress_file"]
 
 BAR_WIDTH_CHARS = 28
 REDRAW_MIN_S = 0.2
 """Least wall time between two redraws of the terminal bar [s]."""
-
-
-def write_progress_file(run_dir: Path, t_s: float) -> None:
-    """Write the simulated time ``t_s`` [s] to ``<run_dir>/progress`` (atomic replace,
-    so a reader never sees a half-written number)."""
-    path = Path(run_dir) / PROGRESS_FILE
-    tmp = path.with_name(PROGRESS_FILE + ".tmp")
-    tmp.write_text(f"{t_s:.17g}\n")
-    os.replace(tmp, path)
 
 
 def read_progress_file(run_dir: Path) -> float | None:

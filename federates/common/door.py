@@ -26,6 +26,8 @@ from pathlib import Path
 
 import helics as h
 import numpy as np
+from helics.capi import ffi as _ffi
+from helics.capi import lib as _lib
 
 from federates.common.timeline import TIME_TOL_S
 
@@ -109,7 +111,13 @@ class Door:
     # -- values and messages ---------------------------------------------------
     @staticmethod
     def publish(pub, values: np.ndarray) -> None:
-        h.helicsPublicationPublishVector(pub, [float(x) for x in values])
+        """Publish ``values`` as a HELICS double vector, straight from the numpy buffer
+        (pyhelics' own wrapper converts element by element)."""
+        a = np.ascontiguousarray(values, dtype=np.float64)
+        err = h.helicsErrorInitialize()
+        _lib.helicsPublicationPublishVector(pub.handle, _ffi.from_buffer("double[]", a), len(a), err)
+        if err.error_code != 0:
+            raise h.HelicsException(f"[{err.error_code}] {_ffi.string(err.message).decode()}")
 
     @staticmethod
     def updated(sub) -> bool:
@@ -117,13 +125,21 @@ class Door:
 
     @staticmethod
     def vector(sub, n: int) -> np.ndarray:
-        """The latest vector of ``sub``; zeros until something was published."""
-        v = h.helicsInputGetVector(sub)
-        if len(v) == 0:
+        """The latest vector of ``sub`` (``n`` values); zeros until something was published."""
+        size = h.helicsInputGetVectorSize(sub)
+        if size == 0:
             return np.zeros(n)
-        if len(v) != n:
-            raise ValueError(f"input {h.helicsInputGetTarget(sub)} has {len(v)} values, expected {n}")
-        return np.asarray(v, dtype=float)
+        if size != n:
+            raise ValueError(f"input {h.helicsInputGetTarget(sub)} has {size} values, expected {n}")
+        out = np.empty(size, dtype=np.float64)
+        got = _ffi.new("int[1]")
+        err = h.helicsErrorInitialize()
+        _lib.helicsInputGetVector(sub.handle, _ffi.from_buffer("double[]", out), size, got, err)
+        if err.error_code != 0:
+            raise h.HelicsException(f"[{err.error_code}] {_ffi.string(err.message).decode()}")
+        if got[0] != n:
+            raise ValueError(f"input {h.helicsInputGetTarget(sub)} has {got[0]} values, expected {n}")
+        return out
 
     @staticmethod
     def send(ep, dest: str, text: str) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+import numpy as np
+
 GRID = "grid"  # the utility as a counterparty (retail seller, feed-in buyer)
 
 
@@ -129,6 +131,25 @@ class ControlCommand:
 
 
 @dataclass(frozen=True)
+class DsoCap:
+    """A DSO decision on one customer's export cap, sent to the feeder's inverters.
+
+    ``cap_kw`` the new DSO cap [kW, >= 0], or None: the DSO lifts its cap. ``limit``
+    (``v_max``, ``thermal``, ``vuf``, ``export``) and ``element`` (the customer, a
+    ``line.<name>`` / ``transformer.<name>``, a bus, ``source``, or with policy
+    ``group_voltage`` the service-transformer group) name why; ``v_pu`` [pu] and
+    ``export_kw`` [kW, >= 0] what the DSO saw (the ``curtailments`` row; NaN for a lift).
+    """
+
+    participant: str
+    cap_kw: float | None
+    limit: str = ""
+    element: str = ""
+    v_pu: float = math.nan
+    export_kw: float = math.nan
+
+
+@dataclass(frozen=True)
 class CurtailmentNotice:
     """Energy [kWh] a participant could not deliver in an interval because the DSO capped it."""
 
@@ -218,6 +239,73 @@ class GridConstraint:
         )
 
 
+@dataclass
+class Scada:
+    """What the DSO's SCADA sees of the feeder after a solve (for its limit checks).
+
+    ``loading_pct`` [%] and ``p_kw`` [kW, + away from the source] of every element of
+    ``FeederRole.elements``; ``vuf_pct`` [%] of every bus of ``FeederRole.vuf_buses``;
+    ``source_p_kw`` [kW, + import at the substation].
+    """
+
+    loading_pct: np.ndarray
+    p_kw: np.ndarray
+    vuf_pct: np.ndarray
+    source_p_kw: float
+
+    def to_vector(self) -> np.ndarray:
+        """Flat vector (source_p_kw, loading..., p..., vuf...) for a value publication."""
+        return np.concatenate([[self.source_p_kw], self.loading_pct, self.p_kw, self.vuf_pct])
+
+    @classmethod
+    def from_vector(cls, x: np.ndarray, n_elements: int, n_buses: int) -> Scada:
+        x = np.asarray(x, dtype=float)
+        if x.shape != (1 + 2 * n_elements + n_buses,):
+            raise ValueError(f"SCADA vector has {x.size} values; expected {1 + 2 * n_elements + n_buses}")
+        e = n_elements
+        return cls(loading_pct=x[1:1 + e], p_kw=x[1 + e:1 + 2 * e], vuf_pct=x[1 + 2 * e:],
+                   source_p_kw=float(x[0]))
+
+    @staticmethod
+    def size(n_elements: int, n_buses: int) -> int:
+        return 1 + 2 * n_elements + n_buses
+
+
+@dataclass
+class DsoView:
+    """What the DSO sees of step ``step`` once the inverters have settled (one control
+    round): the customers' telemetry ``v_pu`` [pu], ``p_kw`` [kW, + import] (the
+    inverters' local measurement), the SCADA view of the feeder (None when the DSO
+    needs none), ``rounds`` the command rounds already issued in the step and
+    ``may_act``: False when the step is over without the DSO (controllers disabled, or
+    the inverters used the step's last round)."""
+
+    step: int
+    rounds: int
+    may_act: bool
+    v_pu: np.ndarray
+    p_kw: np.ndarray
+    scada: Scada | None = None
+
+    def to_vector(self) -> np.ndarray:
+        """(step, rounds, may_act, v..., p..., scada...) for one value publication."""
+        head = [float(self.step), float(self.rounds), 1.0 if self.may_act else 0.0]
+        parts = [np.asarray(head), self.v_pu, self.p_kw]
+        if self.scada is not None:
+            parts.append(self.scada.to_vector())
+        return np.concatenate(parts)
+
+    @classmethod
+    def from_vector(cls, x: np.ndarray, n: int, scada_shape: tuple[int, int] | None) -> DsoView:
+        x = np.asarray(x, dtype=float)
+        want = 3 + 2 * n + (Scada.size(*scada_shape) if scada_shape is not None else 0)
+        if x.shape != (want,):
+            raise ValueError(f"DSO view vector has {x.size} values; expected {want}")
+        scada = Scada.from_vector(x[3 + 2 * n:], *scada_shape) if scada_shape is not None else None
+        return cls(step=int(x[0]), rounds=int(x[1]), may_act=bool(x[2]), v_pu=x[3:3 + n],
+                   p_kw=x[3 + n:3 + 2 * n], scada=scada)
+
+
 _KINDS: dict[str, type] = {
     "orders": Order,
     "trades": Trade,
@@ -226,6 +314,7 @@ _KINDS: dict[str, type] = {
     "interval_energy": IntervalEnergy,
     "ami_readings": AmiReading,
     "commands": ControlCommand,
+    "dso_caps": DsoCap,
     "curtailments": CurtailmentNotice,
     "envelopes": OperatingEnvelope,
     "grid_constraints": GridConstraint,

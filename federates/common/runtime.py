@@ -32,6 +32,8 @@ SITES_FILE = "sites.json"
 DISTANCES_FILE = "distances_km.npy"
 V_BASE_FILE = "v_base_v.npy"
 RESULTS_DIR = "results"
+PROGRESS_FILE = "progress"
+"""``<run>/progress``: the simulated time [s] the feeder federate has reached (text)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,15 @@ def write_tables(run_dir: Path, tables: dict[str, pd.DataFrame]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():
         df.to_parquet(out / f"{name}.parquet", index=False)
+
+
+def write_progress_file(run_dir: Path, t_s: float) -> None:
+    """Write the simulated time ``t_s`` [s] to ``<run_dir>/progress`` (atomic replace,
+    so a reader never sees a half-written number; read by ``runner.progress``)."""
+    path = Path(run_dir) / PROGRESS_FILE
+    tmp = path.with_name(PROGRESS_FILE + ".tmp")
+    tmp.write_text(f"{t_s:.17g}\n")
+    os.replace(tmp, path)
 
 
 def federate_main(name: str, body: Callable[[Study, str, logging.Logger], dict[str, pd.DataFrame]]) -> None:

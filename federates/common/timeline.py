@@ -7,29 +7,37 @@ global step index is ``g = k*S + n`` with ``S = M/dt`` steps per interval.
 The federation runs on HELICS time = study time + fixed phase offsets, so that each
 exchange happens at a time strictly after the one it depends on (no same-time races),
 including the control loop inside a physics step, which runs in explicit rounds of
-three hops. (HELICS iterative time requests were the first design; with HELICS 3.6.1
+two hops. (HELICS iterative time requests were the first design; with HELICS 3.6.1
 they deadlocked as soon as a round ended with no federate sending anything, reproduced
 with three minimal federates; explicit rounds are deterministic and give the engine
 the same call order.)
 
-    k*M + 0.125  meters send the AMI readings of k-1 to the controllers (DSO)
-    k*M + 0.25   prosumers send bids for interval k; meters send interval energy of
-                 k-1; controllers send curtailment notices of k-1 and, with
-                 network-aware clearing, the operating envelopes of k
+    k*M + 0.125  meters send the AMI readings of k-1 to the controllers (DSO), from the
+                 feeder's meter block of k-1
+    k*M + 0.25   prosumers send bids for k and publish the deviations of every step of
+                 k (one vector); meters send the interval energy of k-1 and the feeder
+                 the curtailment notices of k-1 to the market; controllers send, with
+                 network-aware clearing, the operating envelopes (market, feeder) or
+                 grid constraints (market) of k
     k*M + 0.50   market settles k-1 and clears k: confirmations (to the prosumers and
-                 the controllers), schedule values
-    t + 0.50     prosumers publish the real deviation and PV of the step starting at t
+                 the controllers), schedule values; with grid constraints the export
+                 envelopes it set (to the feeder)
     t + 1.00     physics step at study time t, in control rounds j = 0, 1, ...:
-                 solve_time(g, j)  = t + 1 + 3*j*HOP   feeder solves (j = 0) or
-                                                        applies commands and re-solves
-                 read_time(g, j)   = solve_time + HOP   meters read
-                 decide_time(g, j) = solve_time + 2*HOP controllers send commands or
-                                                        nothing; a round without commands
-                                                        ends the step
+                 solve_time(g, j)  = t + 1 + 2*j*HOP   feeder solves (j = 0) or applies
+                                                        the DSO's caps and re-solves; the
+                                                        inverters settle in its own loop;
+                                                        it publishes the DSO's view
+                 decide_time(g, j) = solve_time + HOP  the DSO sends caps or nothing; a
+                                                        round without caps ends the step
+                 after the last step of interval k the feeder publishes its meter block
+
+A federate wakes only when it has something to do: per step the feeder twice (solve,
+then the DSO's reply) and the DSO once, plus one round of both per DSO action; the
+prosumers, meters and market once or twice per market interval.
 
 After the last interval, the reports and settlement of the last interval happen at
-``duration_s + 0.25`` and ``duration_s + 0.5``. A physics step must therefore be at
-least 2 s long.
+``duration_s + 0.125``, ``duration_s + 0.25`` and ``duration_s + 0.5``. A physics
+step must therefore be at least 2 s long.
 """
 
 from __future__ import annotations
@@ -39,7 +47,6 @@ from dataclasses import dataclass
 PHASE_AMI_S = 0.125
 PHASE_REPORT_S = 0.25
 PHASE_MARKET_S = 0.5
-PHASE_PRESTEP_S = 0.5
 PHASE_STEP_S = 1.0
 HOP_S = 0.001
 TIME_TOL_S = 1e-6  # HELICS keeps time in integer ns; compare granted times with this
@@ -113,9 +120,6 @@ class Timeline:
         """Settle k-1, clear k (k may equal n_intervals: final settlement)."""
         return k * self.market_interval_s + PHASE_MARKET_S
 
-    def prestep_time(self, g: int) -> float:
-        return self.step_t_s(g) + PHASE_PRESTEP_S
-
     def step_time(self, g: int) -> float:
         return self.step_t_s(g) + PHASE_STEP_S
 
@@ -123,13 +127,11 @@ class Timeline:
         """Control round ``j`` of step ``g``: the feeder solves (j = 0) or re-solves."""
         if not 0 <= j <= MAX_ROUNDS:
             raise ValueError(f"control round {j} outside 0..{MAX_ROUNDS}")
-        return self.step_time(g) + 3 * j * HOP_S
-
-    def read_time(self, g: int, j: int) -> float:
-        return self.solve_time(g, j) + HOP_S
+        return self.step_time(g) + 2 * j * HOP_S
 
     def decide_time(self, g: int, j: int) -> float:
-        return self.solve_time(g, j) + 2 * HOP_S
+        """Control round ``j`` of step ``g``: the DSO decides on the feeder's view."""
+        return self.solve_time(g, j) + HOP_S
 
     @property
     def final_time(self) -> float:

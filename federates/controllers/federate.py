@@ -1,9 +1,11 @@
-"""Controllers federate: inverter Volt-VAR / Volt-Watt and the DSO.
+"""Controllers federate: the DSO.
 
-In each control round it turns meter readings (and the feeder's SCADA view) into
-commands to the feeder; per interval it takes the AMI readings and the market's
-confirmations, and sends curtailment notices and (network-aware clearing) operating
-envelopes to the market."""
+In every control round of a physics step it reads the feeder's view (the customers'
+telemetry once their inverters have settled, and the SCADA values) and sends the
+feeder its curtailment caps, or nothing (the step is over). Per interval it takes the
+AMI readings and the market's confirmations and, with network-aware clearing, sends
+operating envelopes (to the market and the feeder's inverters) or grid constraints
+(to the market)."""
 
 from __future__ import annotations
 
@@ -11,13 +13,11 @@ import logging
 
 from federates.common import keys
 from federates.common.door import Door
-from federates.common.messages import decode, encode
+from federates.common.messages import DsoView, Scada, decode, encode
 from federates.common.runtime import Study, federate_main
 from federates.common.timeline import MAX_ROUNDS
 from federates.controllers.role import ControllersRole
-from federates.feeder.role import Scada
 from federates.feeder.sensitivity import needs_sensitivities
-from federates.meters.federate import events
 
 
 def run(study: Study, broker: str, log: logging.Logger):
@@ -26,55 +26,49 @@ def run(study: Study, broker: str, log: logging.Logger):
     role = ControllersRole(cfg, study.sites, study.inverter_kva, sensitivities=sens)
     n = len(study.sites)
     door = Door(keys.CONTROLLERS, broker, log=log)
-    sub_curtailed = door.subscription(*keys.FEEDER_CURTAILED_P_KW)
-    sub_scada = door.subscription(*keys.FEEDER_SCADA) if role.want_scada else None
+    sub_view = door.subscription(*keys.FEEDER_DSO_VIEW)
+    view_size = 3 + 2 * n + (0 if role.scada_shape is None else Scada.size(*role.scada_shape))
     ep = door.endpoint(keys.CONTROLLERS)
 
-    def scada():
-        if sub_scada is None:
-            return None
-        return Scada.from_vector(door.vector(sub_scada, role.scada_size), len(sens.elements), len(sens.buses))
-
-    def dispatch(texts: list[str]) -> list:
-        """Handle AMI and confirmations; return the readings (in arrival order)."""
-        readings = []
-        for text in texts:
+    def dispatch() -> None:
+        """AMI readings and confirmations, in arrival order."""
+        for text in door.receive(ep):
             env = decode(text)
-            if env.kind == "readings":
-                readings.append(env.items)
-            elif env.kind == "ami_readings":
+            if env.kind == "ami_readings":
                 role.on_ami(int(env.header["interval"]), env.items)
             elif env.kind == "confirmations":
                 role.on_confirmations(int(env.header["interval"]), env.items)
-            elif env.kind == "envelopes":
-                role.on_envelopes(int(env.header["interval"]), env.items)
             else:
                 raise ValueError(f"controllers got an unexpected {env.kind!r} message")
-        return readings
 
     door.enter()
     try:
-        for _, kind, x in events(tl):
-            if kind == "ami":
-                continue  # AMI arrives with the report below
-            if kind == "report":
-                door.advance(tl.report_time(x + 1))
-                dispatch(door.receive(ep))
-                door.send(ep, keys.MARKET, encode(role.report(x), kind="curtailments", interval=x))
-                if x + 1 < tl.n_intervals:
-                    door.send(ep, keys.MARKET, encode(role.envelopes(x + 1), kind="envelopes", interval=x + 1))
-                    door.send(ep, keys.MARKET, encode(role.grid_constraints(x + 1), kind="grid_constraints",
-                                                      interval=x + 1))
-                continue
-            for j in range(MAX_ROUNDS + 1):
-                door.advance(tl.decide_time(x, j))
-                batches = dispatch(door.receive(ep))
-                if not batches:
-                    break  # no readings: the feeder did not re-solve, the step is over
-                for items in batches:
-                    commands = role.on_readings(x, items, door.vector(sub_curtailed, n), scada())
-                    if commands:
-                        door.send(ep, keys.FEEDER, encode(commands, kind="commands", step=x))
+        for k in range(tl.n_intervals + 1):
+            if k >= 1:
+                door.advance(tl.report_time(k))
+                dispatch()  # the AMI readings of k-1
+                if k < tl.n_intervals:
+                    envelopes = role.envelopes(k)
+                    door.send(ep, keys.MARKET, encode(envelopes, kind="envelopes", interval=k))
+                    if envelopes:
+                        door.send(ep, keys.FEEDER, encode(envelopes, kind="envelopes", interval=k))
+                    door.send(ep, keys.MARKET, encode(role.grid_constraints(k), kind="grid_constraints",
+                                                      interval=k))
+            if k == tl.n_intervals:
+                break
+            for g in tl.steps_of_interval(k):
+                for j in range(MAX_ROUNDS + 1):
+                    door.advance(tl.decide_time(g, j))
+                    dispatch()  # the confirmations of k, before the first step's view
+                    view = DsoView.from_vector(door.vector(sub_view, view_size), n, role.scada_shape)
+                    if view.step != g:
+                        raise RuntimeError(f"step {g} round {j}: the feeder's view is of step {view.step}")
+                    reply = role.on_view(view)
+                    if not reply:
+                        break  # nothing to do: the step is over
+                    door.send(ep, keys.FEEDER, encode(reply.caps, kind="dso_caps", step=g, capped=reply.capped))
+                    if reply.capped:
+                        break
     finally:
         door.close()
     return role.tables()

@@ -1,5 +1,7 @@
-"""Feeder federate: applies schedules plus real deviations, solves OpenDSS, and re-solves
-in each control round that brings controller commands; publishes measurements."""
+"""Feeder federate: applies schedules plus real deviations, solves OpenDSS, lets the
+customers' inverters settle, shows the DSO its view after every control round and
+re-solves with the DSO's caps; per interval it reports the curtailment to the market
+and publishes the meters' block."""
 
 from __future__ import annotations
 
@@ -11,63 +13,71 @@ import numpy as np
 from federates.common import keys
 from federates.common.door import Door
 from federates.common.errors import PowerFlowNotConverged
-from federates.common.messages import decode
-from federates.common.runtime import Study, federate_main
+from federates.common.messages import decode, encode
+from federates.common.runtime import Study, federate_main, write_progress_file
 from federates.common.timeline import MAX_ROUNDS
-from federates.feeder.role import FeederRole, Measurement
-from runner.progress import write_progress_file
-
-
-def report_progress(study: Study, g: int) -> None:
-    """After the last step of a market interval: the simulated time reached [s] to
-    ``<run>/progress``, which the runner reads for its progress bar."""
-    tl = study.cfg.timeline
-    if (g + 1) % tl.steps_per_interval == 0:
-        write_progress_file(study.run_dir, tl.step_t_s(g + 1))
+from federates.controllers.role import DsoReply
+from federates.feeder.role import FeederRole
 
 
 def run(study: Study, broker: str, log: logging.Logger):
     cfg, tl = study.cfg, study.cfg.timeline
-    role = FeederRole(cfg, study.master, study.sites)
-    n = len(study.sites)
+    role = FeederRole(cfg, study.master, study.sites, inverter_kva=study.inverter_kva)
+    n, s = len(study.sites), tl.steps_per_interval
     door = Door(keys.FEEDER, broker, log=log)
     sub_schedule = door.subscription(*keys.SCHEDULE_P_KW)
     parts = cfg.prosumers.federates
     sub_deviation = [door.subscription(*keys.deviation_key(i, parts)) for i in range(parts)]
     part_sizes = [hi - lo for lo, hi in (keys.part_bounds(n, i, parts) for i in range(parts))]
-
-    def deviation() -> np.ndarray:
-        """Every prosumer part's deviations [kW], concatenated in site order."""
-        if parts == 1:
-            return door.vector(sub_deviation[0], n)
-        return np.concatenate([door.vector(s, m) for s, m in zip(sub_deviation, part_sizes, strict=True)])
-    pubs = [door.publication(*k) for k in (keys.FEEDER_V_PU, keys.FEEDER_P_KW,
-                                           keys.FEEDER_Q_KVAR, keys.FEEDER_CURTAILED_P_KW)]
-    pub_scada = door.publication(*keys.FEEDER_SCADA) if role.want_scada else None
+    pub_view = door.publication(*keys.FEEDER_DSO_VIEW)
+    pub_block = door.publication(*keys.FEEDER_METER_BLOCK)
     ep = door.endpoint(keys.FEEDER)
 
-    def publish(m: Measurement) -> None:
-        for pub, values in zip(pubs, (m.v_pu, m.p_kw, m.q_kvar, m.curtailed_p_kw), strict=True):
-            door.publish(pub, values)
-        if pub_scada is not None and m.scada is not None:
-            door.publish(pub_scada, m.scada.to_vector())
+    def deviations() -> np.ndarray:
+        """Every prosumer part's deviations of the interval's steps [kW], (steps, sites)."""
+        blocks = [door.vector(sub, s * m).reshape(s, m) for sub, m in zip(sub_deviation, part_sizes, strict=True)]
+        return blocks[0] if parts == 1 else np.concatenate(blocks, axis=1)
+
+    def inbox(g: int, j: int, k: int) -> DsoReply:
+        """Envelopes of interval ``k`` (to the inverters) and the DSO's reply to round ``j-1``."""
+        reply = DsoReply()
+        for text in door.receive(ep):
+            env = decode(text)
+            if env.kind == "envelopes" and j == 0:
+                role.on_envelopes(k, env.items)
+            elif env.kind == "dso_caps" and j > 0 and int(env.header["step"]) == g:
+                reply = DsoReply(env.items, capped=bool(env.header["capped"]))
+            else:
+                raise RuntimeError(f"step {g} round {j}: unexpected {env.kind!r} message "
+                                   f"({ {k: v for k, v in env.header.items()} })")
+        return reply
 
     door.enter()
     try:
-        for g in range(tl.n_steps):
-            door.advance(tl.solve_time(g, 0))
-            if door.receive(ep):
-                raise RuntimeError(f"step {g}: controller commands arrived outside a control round")
-            publish(role.begin_step(g, door.vector(sub_schedule, n), deviation()))
-            for j in range(1, MAX_ROUNDS + 1):
-                door.advance(tl.solve_time(g, j))  # every command of round j-1 is in by now
-                commands = [c for text in door.receive(ep) for c in decode(text).items]
-                if not commands:
-                    break
-                publish(role.apply(g, commands))
-            else:
-                raise RuntimeError(f"step {g}: controllers still commanding after {MAX_ROUNDS} rounds")
-            report_progress(study, g)
+        for k in range(tl.n_intervals + 1):
+            if k >= 1:  # curtailment of k-1 to the market
+                door.advance(tl.report_time(k))
+                door.send(ep, keys.MARKET, encode(role.curtailment_notices(k - 1), kind="curtailments",
+                                                  interval=k - 1))
+            if k == tl.n_intervals:
+                break
+            for i, g in enumerate(tl.steps_of_interval(k)):
+                door.advance(tl.solve_time(g, 0))
+                inbox(g, 0, k)
+                if i == 0:
+                    schedule_p_kw, deviation_p_kw = door.vector(sub_schedule, n), deviations()
+                role.begin_step(g, schedule_p_kw, deviation_p_kw[i])
+                door.publish(pub_view, role.dso_view(g).to_vector())
+                for j in range(1, MAX_ROUNDS + 1):
+                    door.advance(tl.solve_time(g, j))  # the DSO's reply to round j-1 is in by now
+                    reply = inbox(g, j, k)
+                    if not reply or role.apply(g, reply) is None:
+                        break
+                    door.publish(pub_view, role.dso_view(g).to_vector())
+                else:
+                    raise RuntimeError(f"step {g}: the DSO still capping after {MAX_ROUNDS} rounds")
+            door.publish(pub_block, np.concatenate([[float(k)], *(a.ravel() for a in role.meter_block(k))]))
+            write_progress_file(study.run_dir, tl.interval_start_s(k + 1))
     except PowerFlowNotConverged as e:
         # feeder.on_nonconvergence stopped the run: exit before closing the door, so that
         # the other federates wait for the feeder (instead of failing first for want of

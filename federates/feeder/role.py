@@ -5,11 +5,16 @@ Each step ``g``:
 
 1. :meth:`FeederRole.begin_step` applies the requested net power of every prosumer
    (market schedule + real deviation), solves once *uncontrolled* (OpenDSS controls
-   off, inverter q = 0, no export caps: the voltages "before control"), then once
+   off, inverter q = 0, no export caps: the voltages "before control"), then
    *controlled* (regulators/capacitors act; each prosumer's present inverter q and
-   DSO export cap applied) and returns that :class:`Measurement`.
-2. :meth:`FeederRole.apply` takes controller commands (q, export caps), re-solves and
-   returns the new Measurement; the last call of a step is what the tables keep.
+   export cap applied), and lets the customers' inverters settle (IEEE 1547 Volt-VAR
+   and Volt-Watt, :mod:`federates.feeder.inverters`; one re-solve per round). It
+   returns that :class:`Measurement`; :meth:`FeederRole.dso_view` is what the DSO
+   (the controllers) sees of it.
+2. :meth:`FeederRole.apply` takes the DSO's reply (its export caps), re-solves, lets
+   the inverters settle again and returns the new Measurement (None when the DSO had
+   nothing to do or the step used up its rounds); the last solve of a step is what
+   the tables keep.
 
 Besides customer voltages and the grid row, the final controlled solve of each step
 records the ``feeder.lines_top_n`` most loaded Lines and Transformers (loading [%]
@@ -48,7 +53,14 @@ import pandas as pd
 
 from federates.common.errors import PowerFlowNotConverged
 from federates.common.grid import CustomerSite
-from federates.common.messages import ControlCommand
+from federates.common.messages import (
+    ControlCommand,
+    CurtailmentNotice,
+    DsoView,
+    OperatingEnvelope,
+    Scada,
+)
+from federates.feeder.inverters import InverterFleet
 from federates.feeder.opendss import OpenDSSFeeder
 from runner.config import StudyFile
 
@@ -99,38 +111,13 @@ class Measurement:
     scada: Scada | None = None
 
 
-@dataclass
-class Scada:
-    """What the DSO's SCADA sees of the feeder after a solve (for its limit checks).
-
-    ``loading_pct`` [%] and ``p_kw`` [kW, + away from the source] of every element of
-    :attr:`FeederRole.elements`; ``vuf_pct`` [%] of every bus of
-    :attr:`FeederRole.vuf_buses`; ``source_p_kw`` [kW, + import at the substation].
-    """
-
-    loading_pct: np.ndarray
-    p_kw: np.ndarray
-    vuf_pct: np.ndarray
-    source_p_kw: float
-
-    def to_vector(self) -> np.ndarray:
-        """Flat vector (source_p_kw, loading..., p..., vuf...) for a value publication."""
-        return np.concatenate([[self.source_p_kw], self.loading_pct, self.p_kw, self.vuf_pct])
-
-    @classmethod
-    def from_vector(cls, x: np.ndarray, n_elements: int, n_buses: int) -> Scada:
-        x = np.asarray(x, dtype=float)
-        if x.shape != (1 + 2 * n_elements + n_buses,):
-            raise ValueError(f"SCADA vector has {x.size} values; expected {1 + 2 * n_elements + n_buses}")
-        e = n_elements
-        return cls(loading_pct=x[1:1 + e], p_kw=x[1 + e:1 + 2 * e], vuf_pct=x[1 + 2 * e:],
-                   source_p_kw=float(x[0]))
-
-
 class FeederRole:
     """The feeder's work over a study: steps, controls, and the recorded tables."""
 
-    def __init__(self, cfg: StudyFile, master: Path, sites: list[CustomerSite]) -> None:
+    def __init__(self, cfg: StudyFile, master: Path, sites: list[CustomerSite], *,
+                 inverter_kva: np.ndarray | None = None) -> None:
+        """``inverter_kva`` [kVA] each customer's inverter nameplate (default: from the
+        prosumer specs of ``cfg``, as the prosumers draw them)."""
         self.cfg = cfg
         self.timeline = cfg.timeline
         self.sites = list(sites)
@@ -213,6 +200,13 @@ class FeederRole:
                           if cfg.feeder.loss_allocation else None)
         self._cust_loss = np.full((steps, n), np.nan)  # kW per customer
         self._bg_loss = np.full(steps, np.nan)  # kW no customer carries (background Loads + unused)
+        # the customers' inverters (Volt-VAR, Volt-Watt, the caps they hold)
+        if inverter_kva is None:
+            from federates.prosumers.agents import make_specs
+
+            inverter_kva = np.array([s.inverter_kva for s in make_specs(cfg, self.sites)], dtype=float)
+        self.inverters = InverterFleet(cfg, self.sites, inverter_kva)
+        self._settled: Measurement | None = None  # the Measurement the DSO is shown
 
     # ------------------------------------------------------------------ helpers
     def background_mult(self, g: int) -> float:
@@ -380,7 +374,6 @@ class FeederRole:
             p_kw=applied.copy(),
             q_kvar=self._q_kvar.copy(),
             curtailed_p_kw=capped - self._requested,
-            scada=self.scada() if self.want_scada else None,
         )
         self._record(g, m)
         return m
@@ -393,7 +386,6 @@ class FeederRole:
         self._solves[g] = self._n_solves
         self._done[g] = True
         self._pending_grid = g
-        self._step_scada = m.scada
 
     def _finalize_grid(self) -> None:
         """Record the grid row of the step in progress from the last solve.
@@ -500,13 +492,76 @@ class FeederRole:
                                                        else self._requested), np.zeros(self._n))
 
         if not self._solve(g, False, set_powers):
-            return self._hold(g)
+            return self._settle(g, self._hold(g))
         self._v_before[g] = self.feeder.customer_v_pu()
         self._before = self._limit_values()
+        return self._settle(g, self._controlled_solve(g))
+
+    def _settle(self, g: int, m: Measurement) -> Measurement:
+        """Let the inverters act on ``m`` until they settle (one re-solve per round)."""
+        inv = self.inverters
+        while True:
+            moved = inv.on_solve(g, m.v_pu, m.p_kw, m.q_kvar, m.curtailed_p_kw)
+            if moved is None:
+                break
+            m = self._set_inverters(g, moved)
+        if m.scada is None and self.want_scada:
+            m.scada = self.scada()
+        self._step_scada = m.scada
+        self._settled = m
+        return m
+
+    def _set_inverters(self, g: int, which: np.ndarray) -> Measurement:
+        """Apply the inverters' set-points (q [kvar], export cap [kW]) of ``which``, re-solve."""
+        cap = self.inverters.cap_kw
+        self._q_kvar = np.where(which, self.inverters.q_kvar, self._q_kvar)
+        self._cap_kw = np.where(which, np.where(np.isinf(cap), np.nan, cap), self._cap_kw)
         return self._controlled_solve(g)
 
-    def apply(self, g: int, commands: list[ControlCommand]) -> Measurement:
-        """Apply inverter q [kvar] and export caps [kW] of the named prosumers, re-solve.
+    def dso_view(self, g: int) -> DsoView:
+        """What the DSO sees of step ``g`` now that the inverters have settled: the
+        customers' telemetry (the inverters' local measurement), the SCADA view (when
+        the DSO's policy needs it), the rounds used and whether the DSO may act."""
+        m = self._settled
+        if g != self._step or m is None:
+            raise ValueError(f"DSO view of step {g}, but the step in progress is {self._step}")
+        inv = self.inverters
+        v, p = inv.sensed
+        return DsoView(step=g, rounds=inv.rounds, may_act=inv.dso_may_act, v_pu=v, p_kw=p,
+                       scada=m.scada if self.want_scada else None)
+
+    def apply(self, g: int, reply) -> Measurement | None:
+        """The DSO's reply (:class:`federates.controllers.role.DsoReply`: its changed
+        export caps, or ``capped``) to the last :meth:`dso_view` of step ``g``: apply
+        the caps, re-solve and let the inverters settle again. None when there is
+        nothing to apply (the step is over)."""
+        if g != self._step:
+            raise ValueError(f"apply for step {g}, but the step in progress is {self._step}")
+        which = self.inverters.apply_dso(g, reply.caps, capped=reply.capped)
+        if which is None:
+            return None
+        return self._settle(g, self._set_inverters(g, which))
+
+    def on_envelopes(self, k: int, envelopes: list[OperatingEnvelope]) -> None:
+        """Export envelopes of interval ``k`` for the inverters to hold (see
+        :meth:`InverterFleet.on_envelopes`)."""
+        self.inverters.on_envelopes(k, envelopes)
+
+    def curtailment_notices(self, k: int) -> list[CurtailmentNotice]:
+        """The energy the caps held back in interval ``k``, per participant and cause."""
+        return self.inverters.report(k)
+
+    def meter_block(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The final solve of every step of interval ``k`` at the customer points, as
+        the revenue meters see it: (v_pu [pu], p_kw [kW, + import], q_kvar [kvar]),
+        each (steps of the interval, customers)."""
+        steps = self.timeline.steps_of_interval(k)
+        sl = slice(steps.start, steps.stop)
+        return self._v[sl].copy(), self._p[sl].copy(), self._q[sl].copy()
+
+    def apply_commands(self, g: int, commands: list[ControlCommand]) -> Measurement:
+        """Set inverter q [kvar] and export caps [kW] of the named prosumers and re-solve,
+        bypassing the inverters' own control (for tests of the physics of caps).
 
         Raises ValueError for a step that was not begun last, an unknown participant
         or a negative cap.
@@ -602,7 +657,7 @@ class FeederRole:
         return {"voltages": voltages, "grid": pd.DataFrame(grid_cols), "lines": lines,
                 "unbalance": unbalance, "violations": self.violations_table(),
                 "customer_losses": self._customer_losses_table(steps, t),
-                "nonconvergence": self.nonconvergence_table()}
+                "nonconvergence": self.nonconvergence_table(), **self.inverters.tables()}
 
     def nonconvergence_table(self) -> pd.DataFrame:
         """``nonconvergence``: one row per solve that did not converge: step, t_s [s],

@@ -1,5 +1,6 @@
 """Market federate: orders, meter energy and curtailment notices in; confirmations
-(messages) and per-prosumer scheduled kW (a value) out."""
+(messages) and per-prosumer scheduled kW (a value) out; with grid constraints the
+export envelopes it set go to the feeder's inverters."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def run(study: Study, broker: str, log: logging.Logger):
                         door.send(ep, name, encode(mine, kind="confirmations", interval=k))
                 door.send(ep, keys.CONTROLLERS, text)  # the DSO's view of the schedule
                 if inbox["grid_constraints"]:  # the export limits the constrained clearing set
-                    door.send(ep, keys.CONTROLLERS, encode(role.last_envelopes, kind="envelopes", interval=k))
+                    door.send(ep, keys.FEEDER, encode(role.last_envelopes, kind="envelopes", interval=k))
                 door.publish(pub, schedule_p_kw)
     finally:
         door.close()

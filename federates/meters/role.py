@@ -1,34 +1,27 @@
-"""The meters role: reads every customer point, reports interval energy.
+"""The meters role: the customers' revenue meters and the utility's AMI head-end.
 
 One smart meter per customer (meter id = participant id), in ``sites`` order. The
 same object is driven by the meters federate and by the in-process engine; its
 results depend only on the calls it receives:
 
-* ``read(g, ...)`` once per feeder solve of physics step ``g`` (several times per
-  step while the controllers iterate; the last read of a step is the one that
-  counts, earlier ones are overwritten);
-* ``report(k)`` once after the last step of market interval ``k``;
-* ``ami(k)`` once after the last step of market interval ``k``;
+* ``record_interval(k, ...)`` once after the last step of market interval ``k``, with
+  the final solve of every step of ``k`` at the customer points (the feeder's
+  ``meter_block``); ``record_step`` does the same for one step;
+* ``report(k)`` and ``ami(k)`` once after ``k`` was recorded;
 * ``tables()`` at the end.
 
 Two data paths leave the meters:
 
-* local sensing, ``read``: what the inverters' Volt-VAR / Volt-Watt act on, the
-  true local values unless ``meters.noise_pct`` > 0 (below);
-* AMI data, ``ami``: what the DSO and billing receive, one interval reading per
-  meter and reporting period, with the meters' accuracy errors, register
-  resolution and missing readings (federates/meters/ami.py documents the model).
-  It is computed from the *true* final per-step values, not from the noisy local
-  readings.
+* interval energy, ``report``: what the market settles on, the metered energy of the
+  interval (true power held over each step), or, with ``meters.settle_on_ami``, the
+  advance of the meters' AMI import register minus that of the export register over
+  the interval;
+* AMI data, ``ami``: what the DSO receives, one interval reading per meter and
+  reporting period, with the meters' accuracy errors, register resolution and missing
+  readings (federates/meters/ami.py documents the model).
 
-``report(k)`` is the interval energy the market settles on: the (local) final
-readings' energy as before, or, with ``meters.settle_on_ami``, the advance of the
-meters' AMI import register minus that of the export register over the interval.
-
-Measurement noise, if ``cfg.meters.noise_pct > 0``, is drawn from
-``rng.stream(seed, "meter", g, call_no)`` with ``call_no`` the number of earlier
-reads of step ``g``; it applies to v, p and q independently, and the energy
-register meters the *measured* power (as a real meter would).
+The inverters act on their own local sensing (``meters.noise_pct``, applied in
+:mod:`federates.feeder.inverters`), not on these meters.
 """
 
 from __future__ import annotations
@@ -39,10 +32,9 @@ import numpy as np
 import pandas as pd
 
 from federates.common.grid import CustomerSite
-from federates.common.messages import AmiReading, IntervalEnergy, MeterReading
-from federates.common.rng import stream
+from federates.common.messages import AmiReading, IntervalEnergy
 from federates.meters.ami import DEFAULT_V_BASE_V, AmiBatch, AmiMeters, AmiSpec
-from federates.meters.meter import MeterRegister, measure
+from federates.meters.meter import MeterRegister
 from runner.config import StudyFile
 
 
@@ -58,14 +50,11 @@ class MetersRole:
         self.cfg = cfg
         self.timeline = cfg.timeline
         self.seed = cfg.study.seed
-        self.noise_pct = float(cfg.meters.noise_pct)
         self.settle_on_ami = bool(cfg.meters.settle_on_ami)
         self.meter_ids: list[str] = [s.participant for s in sites]
         self.n = len(self.meter_ids)
         tl = self.timeline
         self.register = MeterRegister(tl.n_steps, self.n, tl.steps_per_interval, tl.step_h)
-        self.truth = MeterRegister(tl.n_steps, self.n, tl.steps_per_interval, tl.step_h)
-        self._calls = np.zeros(tl.n_steps, dtype=np.int64)  # reads so far per step
         base = np.full(self.n, DEFAULT_V_BASE_V) if v_base_v is None else self._vector("v_base_v", v_base_v)
         self.ami_meters = AmiMeters(AmiSpec.from_config(cfg.meters, errors=ami_errors), tl, self.seed, base)
         self._ami: dict[int, AmiBatch] = {}  # readings of each interval ami() was called for
@@ -76,35 +65,27 @@ class MetersRole:
             raise ValueError(f"{name} has shape {a.shape}; expected ({self.n},), one per customer")
         return a
 
-    def read(self, g: int, v_pu: np.ndarray, p_kw: np.ndarray,
-             q_kvar: np.ndarray) -> list[MeterReading]:
-        """One reading per customer of the feeder solution at step ``g``.
-
-        ``v_pu`` [pu], ``p_kw`` [kW, + import], ``q_kvar`` [kvar, + drawn] per customer
-        in ``sites`` order. Each reading's ``energy_kwh`` [kWh] is the net energy of the
-        current market interval up to and including this step.
-        """
+    def record_step(self, g: int, v_pu: np.ndarray, p_kw: np.ndarray, q_kvar: np.ndarray) -> None:
+        """The final solve of physics step ``g`` at every meter: ``v_pu`` [pu], ``p_kw``
+        [kW, + import], ``q_kvar`` [kvar, + drawn], in ``sites`` order (a later call for
+        the same step overwrites)."""
         if not 0 <= g < self.timeline.n_steps:
             raise ValueError(f"step {g} is outside the study (0..{self.timeline.n_steps - 1})")
-        true = np.stack([self._vector("v_pu", v_pu), self._vector("p_kw", p_kw),
-                         self._vector("q_kvar", q_kvar)])
-        call_no = int(self._calls[g])
-        self._calls[g] += 1
-        if self.noise_pct > 0.0:
-            measured = measure(true, self.noise_pct, stream(self.seed, "meter", g, call_no))
-        else:
-            measured = true
-        v_m, p_m, q_m = measured
-        self.truth.record(g, *true)
-        self.register.record(g, v_m, p_m, q_m)
-        k = self.timeline.interval_of_step(g)
-        energy_kwh = self.register.energy_kwh(k, last_step=g)
-        t_s = self.timeline.step_t_s(g)
-        return [
-            MeterReading(meter=m, t_s=t_s, v_pu=float(v_m[i]), p_kw=float(p_m[i]),
-                         q_kvar=float(q_m[i]), energy_kwh=float(energy_kwh[i]))
-            for i, m in enumerate(self.meter_ids)
-        ]
+        self.register.record(g, self._vector("v_pu", v_pu), self._vector("p_kw", p_kw),
+                             self._vector("q_kvar", q_kvar))
+
+    def record_interval(self, k: int, v_pu: np.ndarray, p_kw: np.ndarray, q_kvar: np.ndarray) -> None:
+        """The final solve of every step of interval ``k``: arrays (steps of the
+        interval, meters) of ``v_pu`` [pu], ``p_kw`` [kW], ``q_kvar`` [kvar]."""
+        self._check_interval(k)
+        steps = self.timeline.steps_of_interval(k)
+        shape = (len(steps), self.n)
+        for name, a in (("v_pu", v_pu), ("p_kw", p_kw), ("q_kvar", q_kvar)):
+            if np.shape(a) != shape:
+                raise ValueError(f"{name} of interval {k} has shape {np.shape(a)}; expected {shape}")
+        for j, g in enumerate(steps):
+            self.register.record(g, np.asarray(v_pu[j], dtype=float), np.asarray(p_kw[j], dtype=float),
+                                 np.asarray(q_kvar[j], dtype=float))
 
     def _check_interval(self, k: int) -> None:
         if not 0 <= k < self.timeline.n_intervals:
@@ -119,7 +100,7 @@ class MetersRole:
         self._check_interval(k)
         if self.settle_on_ami:
             steps = self.timeline.steps_of_interval(k)
-            e_imp, e_exp = self.ami_meters.energy_kwh(self.truth, steps.start, steps.stop)
+            e_imp, e_exp = self.ami_meters.energy_kwh(self.register, steps.start, steps.stop)
             energy_kwh = e_imp - e_exp
         else:
             energy_kwh = self.register.energy_kwh(k)
@@ -132,7 +113,7 @@ class MetersRole:
         missing. Call once after the last step of ``k``; ordered by period, then meter.
         """
         self._check_interval(k)
-        b = self.ami_meters.readings(self.truth, k)
+        b = self.ami_meters.readings(self.register, k)
         self._ami[k] = b
         out = []
         for r in range(len(b.periods)):
@@ -168,7 +149,7 @@ class MetersRole:
         }).astype({"meter": str})
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        """``meters``: the final reading of every step read, one row per step per meter.
+        """``meters``: the final solve of every step recorded, one row per step per meter.
 
         Columns: step, t_s [s], meter, v_pu [pu], p_kw [kW], q_kvar [kvar].
 

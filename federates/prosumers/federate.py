@@ -1,4 +1,5 @@
-"""Prosumers federate: bids as messages to the market, real deviations as values."""
+"""Prosumers federate: per market interval the bids (one message to the market) and the
+real deviations of every step of the interval (one value)."""
 
 from __future__ import annotations
 
@@ -55,13 +56,12 @@ def run(study: Study, broker: str, log: logging.Logger, part: int = 0, parts: in
                 role.on_confirmations(k - 1, inbox.pop(k - 1, []))
             orders = role.bids(k)
             kept = cfg.comms.kept(cfg.study.seed, "bids", k, [o.participant for o in orders])
-            for order in (o for o, ok in zip(orders, kept, strict=True) if ok):  # comms: lost bids
-                door.send(ep, keys.MARKET, encode([order]))
+            sent = [o for o, ok in zip(orders, kept, strict=True) if ok]  # comms: lost bids
+            door.send(ep, keys.MARKET, encode(sent, kind="orders", interval=k))
             lost = cfg.comms.unscheduled(cfg.study.seed, tl, k, [o.participant for o in orders])
             unscheduled_kw = np.where(np.isin(role.participants, list(lost)), role.forecast_net_kw[k], 0.0)
-            for g in tl.steps_of_interval(k):
-                door.advance(tl.prestep_time(g))
-                door.publish(pub, role.step(g) + unscheduled_kw)  # comms: no schedule, real power
+            # comms: a lost bid has no schedule, its real power is all deviation
+            door.publish(pub, (role.interval_deviations(k) + unscheduled_kw).ravel())
         door.advance(tl.report_time(tl.n_intervals))
         drain()
         role.on_confirmations(tl.n_intervals - 1, inbox.pop(tl.n_intervals - 1, []))

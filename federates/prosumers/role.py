@@ -227,6 +227,17 @@ class ProsumersRole:
         self._next_step = g + 1
         return self.deviation_p_kw[g].copy()
 
+    def interval_deviations(self, k: int) -> np.ndarray:
+        """:meth:`step` for every step of interval ``k``, in order: deviations [kW], shape
+        (steps of the interval, participants). Call after :meth:`bids` of ``k``; the
+        prosumers need nothing from the grid within an interval, so the whole interval
+        is played out at once (one message per interval instead of one per step)."""
+        steps = self.timeline.steps_of_interval(k)
+        out = np.empty((len(steps), len(self.specs)))
+        for j, g in enumerate(steps):
+            out[j] = self.step(g)
+        return out
+
     def pv_step_kw(self, g: int) -> np.ndarray:
         """Actual PV output [kW] of each participant at step ``g`` (site order)."""
         return self.pv_kw[g].copy()

@@ -159,6 +159,7 @@ def make_role(seed: int = 7, **feeder_cfg) -> FeederRole:
         "study": {"duration": "30min", "market_interval": "15min", "physics_step": "60s",
                   "start": "2026-06-21T12:00:00-04:00"},
         "feeder": {"model": "ieee13", **feeder_cfg},
+        "controllers": {"enabled": False},  # the physics of commands, without the inverters' own control
     })
     f = OpenDSSFeeder(MASTER)
     sites = place_customers(f.load_points(), N, seed=seed)
@@ -172,7 +173,7 @@ def test_caps_limit_export_and_report_curtailment_exactly():
     dev[1] = 7.5  # p001 imports 1.5 kW net
     m0 = role.begin_step(0, sched, dev)
     np.testing.assert_array_equal(m0.curtailed_p_kw, 0.0)
-    m = role.apply(0, [ControlCommand("p000", 0.0, 2.0), ControlCommand("p001", 0.0, 0.5)])
+    m = role.apply_commands(0, [ControlCommand("p000", 0.0, 2.0), ControlCommand("p001", 0.0, 0.5)])
     assert m.p_kw[0] == -2.0
     assert m.curtailed_p_kw[0] == 4.0  # applied - requested = -2 - (-6)
     assert m.p_kw[1] == 1.5 and m.curtailed_p_kw[1] == 0.0  # importing: the cap does not bind
@@ -184,11 +185,11 @@ def test_caps_limit_export_and_report_curtailment_exactly():
     m15 = role.begin_step(15, sched, np.zeros(N))
     assert m15.curtailed_p_kw[0] == 0.0 and m15.p_kw[0] == -6.0
     # a None cap removes it within the interval
-    role.apply(15, [ControlCommand("p000", 0.0, 1.0)])
-    m = role.apply(15, [ControlCommand("p000", 0.0, None)])
+    role.apply_commands(15, [ControlCommand("p000", 0.0, 1.0)])
+    m = role.apply_commands(15, [ControlCommand("p000", 0.0, None)])
     assert m.curtailed_p_kw[0] == 0.0
     with pytest.raises(ValueError, match="nobody"):
-        role.apply(15, [ControlCommand("nobody", 0.0, None)])
+        role.apply_commands(15, [ControlCommand("nobody", 0.0, None)])
 
     t = role.tables()
     v, g = t["voltages"], t["grid"]
@@ -207,7 +208,7 @@ def test_q_command_persists_and_lowers_voltage():
     role = make_role()
     sched = np.full(N, -6.0)
     m0 = role.begin_step(0, sched, np.zeros(N))
-    m = role.apply(0, [ControlCommand("p010", 4.0, None)])  # draw 4 kvar
+    m = role.apply_commands(0, [ControlCommand("p010", 4.0, None)])  # draw 4 kvar
     assert m.q_kvar[10] == 4.0 and m.v_pu[10] < m0.v_pu[10]
     m1 = role.begin_step(1, sched, np.zeros(N))
     assert m1.q_kvar[10] == 4.0  # carried from the last command
@@ -228,7 +229,7 @@ def test_tables_are_deterministic():
         rng = np.random.default_rng(5)
         for g in range(4):
             role.begin_step(g, rng.uniform(-6, 3, N), rng.normal(0, 0.5, N))
-            role.apply(g, [ControlCommand("p003", -1.0, 1.0)])
+            role.apply_commands(g, [ControlCommand("p003", -1.0, 1.0)])
         return role.tables()
 
     a, b = run(), run()

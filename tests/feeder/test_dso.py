@@ -170,7 +170,7 @@ def test_closed_loop_response_with_volt_var_matches_opendss(case):
     """Volt-VAR iterated to its fixed point on OpenDSS, before and after more export,
     against closed_loop_dv's prediction (and the open-loop one overshoots)."""
     from federates.controllers.dso import closed_loop_dv
-    from federates.controllers.voltvar import volt_var_q_kvar
+    from federates.feeder.voltvar import volt_var_q_kvar
     from runner.config import VoltVarConfig
 
     f, sens, kva = case

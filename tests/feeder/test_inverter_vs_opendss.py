@@ -6,9 +6,9 @@ Volt-VAR, Table 10 Volt-Watt) as XYCurves, solved in snapshot mode until its con
 loop converges. That steady state is the fixed point of "set-point = curve(voltage)".
 
 tecosim does the same case its own way: every PV is a constant-PQ negative Load (how
-tecosim connects prosumers, federates/feeder/opendss.py), and ControllersRole's stage
-1 (damped iteration, DSO curtailment off) sends reactive power and export caps to it
-between power flows. Both must land on the same steady state.
+tecosim connects prosumers, federates/feeder/opendss.py), and the inverters' own control
+(federates/feeder/inverters.py: damped iteration, DSO curtailment off) sets reactive
+power and export caps between power flows. Both must land on the same steady state.
 
 The case: a 12.47 kV three-phase trunk (4 km) with a unity-power-factor load, then a
 weak single-phase lateral (6 x 0.6 km) with six single-phase PV systems, one per
@@ -22,7 +22,7 @@ Mapping of conventions (tecosim <-> InvControl):
   +-1 pu of that; ``voltage_curvex_ref=rated`` (x in pu of the PVSystem's rated kV =
   the bus L-N base, as tecosim's meter voltages).
 * Volt-Watt: tecosim caps the export at ``p_pct(v) * inverter kVA`` (rated active power
-  = kVA, federates/controllers/voltwatt.py). The matching y-axis is
+  = kVA, federates/feeder/voltwatt.py). The matching y-axis is
   ``VoltwattYAxis=KVARATINGPU`` (y in pu of the PVSystem's kVA). ``PMPPPU`` would scale
   by Pmpp (here kVA / 1.2) and ``PAVAILABLEPU`` by the available power, neither of
   which is tecosim's rating. No load sits behind a PV, so a cap on export is a cap on
@@ -41,10 +41,9 @@ import opendssdirect
 import pytest
 
 from federates.common.grid import CustomerSite
-from federates.common.messages import MeterReading
-from federates.controllers.role import ControllersRole
 from federates.feeder.opendss import OpenDSSFeeder
 from runner.config import CustomerConnection, StudyFile, VoltVarConfig, VoltWattConfig
+from tests.control_loop import ControlLoop
 
 pytestmark = pytest.mark.feeder
 
@@ -166,10 +165,11 @@ def study(volt_var: bool, volt_watt: bool) -> StudyFile:
 
 
 def solve_tecosim(master: Path, volt_var: bool, volt_watt: bool) -> dict[str, np.ndarray]:
-    """The PVs as negative constant-PQ Loads, controlled by ControllersRole's stage 1."""
+    """The PVs as negative constant-PQ Loads, controlled by tecosim's inverters
+    (federates/feeder/inverters.py), driven as the feeder drives them."""
     feeder = OpenDSSFeeder(master)
     feeder.attach_customers(sites(), CustomerConnection(kind="direct"))
-    role = ControllersRole(study(volt_var, volt_watt), sites(), INVERTER_KVA)
+    role = ControlLoop(study(volt_var, volt_watt), sites(), INVERTER_KVA)
     requested_kw = -PMPP_KW  # export the PV's whole output
     q_kvar = np.zeros(N_PV)
     cap_kw = np.full(N_PV, np.inf)
@@ -180,9 +180,7 @@ def solve_tecosim(master: Path, volt_var: bool, volt_watt: bool) -> dict[str, np
         feeder.solve(controls=False)
         v = feeder.customer_v_pu()
         p, q = feeder.customer_pq()
-        readings = [MeterReading(meter=f"pv{i}", t_s=0.0, v_pu=float(v[i]), p_kw=float(p[i]),
-                                 q_kvar=float(q[i]), energy_kwh=0.0) for i in range(N_PV)]
-        commands = role.on_readings(0, readings, applied_kw - requested_kw)
+        commands = role.on_readings(0, v, p, q, applied_kw - requested_kw)
         if not commands:
             break
         for c in commands:

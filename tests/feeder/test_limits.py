@@ -113,6 +113,7 @@ def make_role(**feeder_cfg) -> FeederRole:
         "study": {"duration": "30min", "market_interval": "15min", "physics_step": "60s",
                   "start": "2026-06-21T12:00:00-04:00"},
         "feeder": {"model": "ieee13", **feeder_cfg},
+        "controllers": {"enabled": False},  # the physics of commands, without the inverters' own control
     })
     f = OpenDSSFeeder(MASTER)
     sites = place_customers(f.load_points(), 20, seed=3)
@@ -124,7 +125,7 @@ def test_role_records_lines_and_unbalance():
     n = role._n
     for g in range(3):
         role.begin_step(g, np.full(n, -2.0), np.zeros(n))
-        role.apply(g, [])
+        role.apply_commands(g, [])
     t = role.tables()
     lines, unb = t["lines"], t["unbalance"]
     assert list(lines.columns) == ["step", "t_s", "element", "loading_pct"]

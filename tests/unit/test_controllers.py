@@ -1,4 +1,4 @@
-"""ControllersRole on a toy linear feeder, and the curtailment policy functions.
+"""The inverters and the DSO on a toy linear feeder, and the curtailment policy functions.
 
 The toy plant is linear: ``v = v0 - a * X @ p_kw - b * X @ q_kvar`` with ``X`` a
 coupling matrix (1 on the diagonal, ``C_SAME`` between customers of the same service
@@ -13,11 +13,11 @@ import pytest
 
 from federates.common.grid import CustomerSite
 from federates.controllers.curtailment import curtail_fraction, export_caps, group_codes
-from federates.controllers.role import ControllersRole
-from federates.controllers.voltvar import volt_var_q_kvar
-from federates.controllers.voltwatt import volt_watt_cap_kw
+from federates.feeder.voltvar import volt_var_q_kvar
+from federates.feeder.voltwatt import volt_watt_cap_kw
 from federates.meters.role import MetersRole
 from runner.config import StudyFile
+from tests.control_loop import ControlLoop
 
 DT_S = 60.0
 STEP_H = DT_S / 3600.0
@@ -83,8 +83,9 @@ def run_step(g, feeder, meters, ctrl, load_kw, pv_kw, steps_per_interval=3):
     while True:
         v, p, q, curtailed = feeder.solve(load_kw, pv_kw)
         n_solves += 1
-        commands = ctrl.on_readings(g, meters.read(g, v, p, q), curtailed)
+        commands = ctrl.on_readings(g, v, p, q, curtailed)
         if not commands:
+            meters.record_step(g, v, p, q)
             return v, p, curtailed, n_solves
         assert n_solves <= ctrl.max_iterations
         feeder.apply(commands)
@@ -97,7 +98,7 @@ PV_HEAVY = np.array([13.0, 13.0, 13.0, 2.0, 2.0, 0.0])  # over v_max even after 
 
 def setup(cfg: StudyFile, v0_pu: float = 1.0):
     sites = make_sites()
-    return ToyFeeder(v0_pu), MetersRole(cfg, sites), ControllersRole(cfg, sites, KVA)
+    return ToyFeeder(v0_pu), MetersRole(cfg, sites), ControlLoop(cfg, sites, KVA)
 
 
 def test_volt_var_converges_to_the_curve():
@@ -184,8 +185,7 @@ def test_caps_cleared_on_first_call_of_interval():
     run_step(2, feeder, meters, ctrl, LOAD, PV_HEAVY)  # last step of interval 0
     assert np.all(np.isfinite(ctrl.cap_kw[:3]))
     # a calm first solve of interval 1: Volt-VAR moves back, no cap is carried over
-    readings = meters.read(3, np.full(N, 1.0), np.full(N, 1.0), np.zeros(N))
-    commands = ctrl.on_readings(3, readings, np.zeros(N))
+    commands = ctrl.on_readings(3, np.full(N, 1.0), np.full(N, 1.0), np.zeros(N), np.zeros(N))
     assert commands and all(c.p_export_cap_kw is None for c in commands)
     assert np.all(np.isinf(ctrl.cap_kw))
 
@@ -205,7 +205,7 @@ def test_disabled_controllers_never_command_but_record():
     cfg = make_cfg(enabled=False)
     feeder, meters, ctrl = setup(cfg)
     v, p, q, curtailed = feeder.solve(LOAD, PV_HEAVY)
-    assert ctrl.on_readings(0, meters.read(0, v, p, q), curtailed) == []
+    assert ctrl.on_readings(0, v, p, q, curtailed) == []
     _, _, _, n_solves = run_step(1, feeder, meters, ctrl, LOAD, PV_HEAVY)
     assert n_solves == 1
     t = ctrl.tables()
@@ -267,7 +267,7 @@ def test_steps_must_not_go_back():
     run_step(2, feeder, meters, ctrl, LOAD, PV_MODERATE)
     v, p, q, c = feeder.solve(LOAD, PV_MODERATE)
     with pytest.raises(ValueError, match="must not go back"):
-        ctrl.on_readings(1, meters.read(1, v, p, q), c)
+        ctrl.on_readings(1, v, p, q, c)
 
 
 # ---------------------------------------------------------------- Volt-Watt in the role
@@ -321,12 +321,12 @@ def test_dso_caps_act_after_volt_watt_and_own_the_curtailment():
 
 def test_command_cap_is_the_smaller_of_volt_watt_and_dso():
     cfg = make_cfg()
-    _, meters, ctrl = setup(cfg)
+    _, _, ctrl = setup(cfg)
     p = -np.ones(N)
-    assert ctrl.on_readings(0, meters.read(0, np.ones(N), p, np.zeros(N)), np.zeros(N)) == []
+    assert ctrl.on_readings(0, np.ones(N), p, np.zeros(N), np.zeros(N)) == []
     ctrl.dso_cap_kw[0] = 3.0  # as if stage 2 had capped p0 in this interval
     v = np.full(N, 1.08)  # Volt-Watt target 60 % of 10 kVA; one damped step: 8 kW
-    commands = {c.participant: c for c in ctrl.on_readings(0, meters.read(0, v, p, np.zeros(N)), np.zeros(N))}
+    commands = {c.participant: c for c in ctrl.on_readings(0, v, p, np.zeros(N), np.zeros(N))}
     vw = cfg.controllers.volt_watt
     vw_step_kw = KVA[0] + vw.damping * (volt_watt_cap_kw(v, vw, KVA)[0] - KVA[0])
     assert commands["p0"].p_export_cap_kw == pytest.approx(3.0)
@@ -344,7 +344,7 @@ def test_volt_watt_caps_are_resent_when_the_feeder_clears_caps():
     # inverters still brings the Volt-Watt caps back
     feeder.cap_kw[:] = np.inf
     v, p, q, curtailed = feeder.solve(LOAD, np.minimum(PV_HEAVY, LOAD + caps))
-    commands = ctrl.on_readings(3, meters.read(3, v, p, q), curtailed)
+    commands = ctrl.on_readings(3, v, p, q, curtailed)
     got = {c.participant: c.p_export_cap_kw for c in commands}
     assert {f"p{i}" for i in range(3)} <= set(got)
     np.testing.assert_allclose([got[f"p{i}"] for i in range(3)], caps[:3])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from federates.controllers.voltvar import (
+from federates.feeder.voltvar import (
     q_pct_to_q_kvar,
     volt_var_points,
     volt_var_q_kvar,

@@ -10,16 +10,15 @@ import pytest
 
 from federates.common.errors import ConfigError
 from federates.common.grid import CustomerSite
-from federates.common.messages import MeterReading
-from federates.controllers.role import ControllersRole
-from federates.controllers.voltvar import lagged_target, response_alpha, volt_var_q_kvar
-from federates.controllers.voltwatt import (
+from federates.feeder.voltvar import lagged_target, response_alpha, volt_var_q_kvar
+from federates.feeder.voltwatt import (
     p_pct_to_cap_kw,
     volt_watt_cap_kw,
     volt_watt_p_pct,
     volt_watt_points,
 )
 from runner.config import StudyFile, VoltVarConfig, VoltWattConfig, validate
+from tests.control_loop import ControlLoop
 
 CAT_B = VoltWattConfig()
 
@@ -124,23 +123,18 @@ def sites(n: int = 3) -> list[CustomerSite]:
             for i in range(n)]
 
 
-def readings(v_pu, p_kw, names=None) -> list[MeterReading]:
-    names = names if names is not None else [f"p{i}" for i in range(len(v_pu))]
-    return [MeterReading(meter=m, t_s=0.0, v_pu=float(v), p_kw=float(p), q_kvar=0.0, energy_kwh=0.0)
-            for m, v, p in zip(names, v_pu, p_kw, strict=True)]
-
-
-def settle(ctrl: ControllersRole, g: int, v_pu: np.ndarray, p_kw: np.ndarray) -> None:
+def settle(ctrl: ControlLoop, g: int, v_pu: np.ndarray, p_kw: np.ndarray) -> None:
     """One step on a plant whose voltage does not depend on the inverters."""
+    n = len(v_pu)
     for _ in range(ctrl.max_iterations + 1):
-        if not ctrl.on_readings(g, readings(v_pu, p_kw), np.zeros(len(v_pu))):
+        if not ctrl.on_readings(g, v_pu, p_kw, np.zeros(n), np.zeros(n)):
             return
     raise AssertionError("did not settle")
 
 
 def test_set_points_follow_a_step_change_with_the_first_order_lag():
     cfg = lag_cfg()
-    ctrl = ControllersRole(cfg, sites(), KVA)
+    ctrl = ControlLoop(cfg, sites(), KVA)
     v = np.full(3, V_HIGH_PU)
     p = np.array([-1.0, -1.0, 1.0])
     vw_curve_kw = volt_watt_cap_kw(v, cfg.controllers.volt_watt, KVA)
@@ -152,58 +146,30 @@ def test_set_points_follow_a_step_change_with_the_first_order_lag():
     for g in range(n_steps):
         settle(ctrl, g, v, p)
         gap_n = (1.0 - alpha) ** (g + 1)
-        np.testing.assert_allclose(ctrl.vw_cap_kw[:2], vw_curve_kw[:2] + gap_n * (vw_start_kw - vw_curve_kw)[:2])
+        np.testing.assert_allclose(ctrl.fleet.vw_cap_kw[:2], vw_curve_kw[:2] + gap_n * (vw_start_kw - vw_curve_kw)[:2])
         np.testing.assert_allclose(ctrl.q_kvar[:2], q_curve_kvar[:2] * (1.0 - gap_n))
-        gaps.append((ctrl.vw_cap_kw[0] - vw_curve_kw[0]) / (vw_start_kw - vw_curve_kw)[0])
+        gaps.append((ctrl.fleet.vw_cap_kw[0] - vw_curve_kw[0]) / (vw_start_kw - vw_curve_kw)[0])
     # 90 % of the change is done after the open-loop response time
     steps_in_t_ol = round(VW_RESPONSE_S / DT_S)
     assert gaps[steps_in_t_ol - 1] == pytest.approx(1.0 - RESPONSE_FRACTION)
-    assert ctrl.vw_cap_kw[2] == 0.0 and ctrl.q_kvar[2] == 0.0  # no inverter
+    assert ctrl.fleet.vw_cap_kw[2] == 0.0 and ctrl.q_kvar[2] == 0.0  # no inverter
 
 
 def test_a_skipped_step_lags_for_the_time_elapsed():
     cfg = lag_cfg()
-    ctrl = ControllersRole(cfg, sites(), KVA)
+    ctrl = ControlLoop(cfg, sites(), KVA)
     v = np.full(3, V_HIGH_PU)
     p = np.array([-1.0, -1.0, 1.0])
     settle(ctrl, 0, v, p)
     settle(ctrl, 3, v, p)  # steps 1 and 2 not solved: 3 * dt since step 0
     vw_curve_kw = volt_watt_cap_kw(v, cfg.controllers.volt_watt, KVA)
     gap = 1.0 - response_alpha(4 * DT_S, VW_RESPONSE_S)
-    np.testing.assert_allclose(ctrl.vw_cap_kw[:2], vw_curve_kw[:2] + gap * (KVA - vw_curve_kw)[:2])
+    np.testing.assert_allclose(ctrl.fleet.vw_cap_kw[:2], vw_curve_kw[:2] + gap * (KVA - vw_curve_kw)[:2])
 
 
 def test_zero_response_time_is_the_steady_state_at_once():
     cfg = lag_cfg(volt_watt={"damping": 1.0, "tolerance_kw": 1e-9, "open_loop_response_time_s": 0.0})
-    ctrl = ControllersRole(cfg, sites(), KVA)
+    ctrl = ControlLoop(cfg, sites(), KVA)
     v = np.full(3, V_HIGH_PU)
     settle(ctrl, 0, v, np.array([-1.0, -1.0, 1.0]))
-    np.testing.assert_allclose(ctrl.vw_cap_kw[:2], volt_watt_cap_kw(v, cfg.controllers.volt_watt, KVA)[:2])
-
-
-# ---------------------------------------------------------------- missing readings
-def test_missing_readings_hold_the_last_ones():
-    cfg = lag_cfg()
-    full = ControllersRole(cfg, sites(), KVA)
-    held = ControllersRole(cfg, sites(), KVA)
-    v0 = np.array([1.03, 1.04, 1.0])
-    p0 = np.array([-2.0, -3.0, 1.0])
-    assert full.on_readings(0, readings(v0, p0), np.zeros(3)) == held.on_readings(0, readings(v0, p0), np.zeros(3))
-    # p1's meter drops its next reading: held keeps p1 at 1.04 pu / -3 kW
-    v1 = np.array([1.08, 1.04, 1.01])
-    p1 = np.array([-2.5, -3.0, 1.2])
-    got = held.on_readings(0, readings(v1[[0, 2]], p1[[0, 2]], names=["p0", "p2"]), np.zeros(3))
-    want = full.on_readings(0, readings(v1, p1), np.zeros(3))
-    assert got == want
-    # a non-finite reading counts as missing too
-    got = held.on_readings(0, readings([1.07, float("nan"), 1.0], [-2.0, -3.0, 1.0]), np.zeros(3))
-    want = full.on_readings(0, readings([1.07, 1.04, 1.0], [-2.0, -3.0, 1.0]), np.zeros(3))
-    assert got == want
-
-
-def test_a_customer_never_read_is_an_error():
-    ctrl = ControllersRole(lag_cfg(), sites(), KVA)
-    with pytest.raises(ValueError, match="no reading yet"):
-        ctrl.on_readings(0, readings([1.0, 1.0], [0.0, 0.0], names=["p0", "p2"]), np.zeros(3))
-    with pytest.raises(ValueError, match="unknown meter"):
-        ctrl.on_readings(0, readings([1.0], [0.0], names=["x"]), np.zeros(3))
+    np.testing.assert_allclose(ctrl.fleet.vw_cap_kw[:2], volt_watt_cap_kw(v, cfg.controllers.volt_watt, KVA)[:2])

@@ -31,7 +31,7 @@ How tecosim applies it
 
 The open-loop response time (90 % of a step change within ``open_loop_response_time_s``)
 is a first-order lag applied by the controllers role across physics steps
-(:func:`federates.controllers.voltvar.response_alpha`).
+(:func:`federates.feeder.voltvar.response_alpha`).
 """
 
 from __future__ import annotations

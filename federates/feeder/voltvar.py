@@ -28,7 +28,7 @@ Open-loop response time
     ``1 - exp(-T_ol / tau) = 0.9``), sampled at the physics step ``dt``:
     :func:`response_alpha` is the fraction of the remaining gap closed in ``dt`` and
     :func:`lagged_target` the set-point the inverter reaches by the end of the step.
-    This module (and :mod:`federates.controllers.voltwatt`) share both.
+    This module (and :mod:`federates.feeder.voltwatt`) share both.
 """
 
 from __future__ import annotations

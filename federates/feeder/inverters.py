@@ -1,0 +1,495 @@
+"""The customers' inverters: IEEE 1547-2018 Volt-VAR and Volt-Watt at every solve, and
+the export caps they enforce. Plain Python; hosted by the feeder (role.py).
+
+Why the feeder hosts them
+    A smart inverter's autonomous functions act on its own terminal measurement with
+    no communication (IEEE 1547-2018 clause 5.3-5.4): they are part of the device, as
+    OpenDSS's InvControl is part of the circuit. The feeder therefore settles them in
+    its own loop, one re-solve per round, and only then hands the settled state to the
+    DSO (the controllers federate, :mod:`federates.controllers.role`), whose decisions
+    do cross the network. (Until the scale work of issue 10 the inverters ran in the
+    controllers federate, one federation round trip per inverter round; results are
+    the same, the rounds now cost no HELICS hops.)
+
+Life cycle (after pandapower's controller loop: act, re-solve, check convergence)
+    The feeder solves physics step ``g`` and calls :meth:`InverterFleet.on_solve` after
+    every solve. It returns which inverters move (their reactive power and export cap
+    are re-applied and the feeder re-solves) or None once the inverters have settled;
+    then :attr:`InverterFleet.dso_may_act` says whether the DSO gets its turn. A DSO
+    decision comes back through :meth:`InverterFleet.apply_dso`, after which the
+    inverters settle again. Within one call only one stage acts:
+
+    1. **Inverters**: Volt-VAR (if ``volt_var.enabled``) and Volt-Watt (if
+       ``volt_watt.enabled``) settle together. Every inverter moves its reactive power
+       and its Volt-Watt export cap a damped step toward its lagged target at its
+       measured voltage, ``x += damping * (x_target - x)``. While any inverter moves by
+       more than ``tolerance_kvar`` / ``tolerance_kw`` those moves are applied.
+    2. **DSO** (controllers federate), only once the inverters have settled.
+
+Volt-Watt as an export cap
+    The Volt-Watt limit caps the customer's export at ``p_pct(v) / 100 * inverter_kva``
+    (:mod:`federates.feeder.voltwatt` explains the mapping). The cap a customer is held
+    to is the smallest of its Volt-Watt cap, its operating envelope (ex ante,
+    ``market.network_aware``) and the DSO's curtailment cap. A Volt-Watt cap at the
+    inverter's rating (within the stop rule, ``tolerance_kw / damping``) is no cap.
+    Curtailed energy is attributed to the cap that is the smallest one at each final
+    solve (``volt_watt``, ``envelope`` or the DSO limit that set the cap); a notice per
+    participant and cause (:meth:`report`), none for envelopes (the market clipped the
+    schedule to the envelope already).
+
+Open-loop response time (a first-order lag across physics steps)
+    1547-2018 gives each function an open-loop response time T_ol: 90 % of a step
+    change of the set-point within T_ol. With ``tau = T_ol / ln(10)`` and ``dt`` the
+    time since the previous step solved (``physics_step_s`` normally), the set-point
+    an inverter reaches by the end of step ``g`` is::
+
+        x_g = x_{g-1} + alpha * (curve(v_g) - x_{g-1}),   alpha = 1 - exp(-dt / tau)
+
+    with ``x_{g-1}`` the set-point at the end of the previous step. ``v_g`` depends on
+    ``x_g``, so within the step the damped iteration still looks for the fixed point,
+    now of the lagged map: ``x_target = x_{g-1} + alpha * (curve(v) - x_{g-1})``. With
+    the defaults (dt = 60 s; T_ol = 5 s Volt-VAR, 10 s Volt-Watt) alpha is 1 to within
+    1e-6 and every step reaches the curve's steady state.
+
+Local sensing
+    Each inverter acts on its own measurement of the customer point: the true values,
+    or with ``meters.noise_pct`` > 0 the true values times ``1 + noise_pct/100 * z``
+    with ``z`` drawn from ``rng.stream(seed, "meter", g, call_no)``, ``call_no`` the
+    number of earlier solves of step ``g`` (one draw of v, p, q per solve). The DSO's
+    real-time view of the customers is this telemetry (:attr:`sensed`).
+
+Iteration count
+    ``iterations`` of a step is the number of command rounds issued in it, by the
+    inverters and the DSO together. Once ``feeder.max_control_iterations`` rounds were
+    issued nothing acts any more (the would-be moves are dropped) and the step is
+    recorded as not converged; its remaining violations are unresolved. The feeder
+    therefore solves a step at most ``max_control_iterations + 1`` times (plus the
+    uncontrolled solve).
+
+State
+    ``q_kvar`` and the Volt-Watt cap are kept across steps (inverters keep their
+    set-point); DSO caps and envelopes last one market interval. The feeder clears its
+    caps at the first step of an interval, so the Volt-Watt caps and envelopes still in
+    force are re-applied by the first round of the interval.
+
+Determinism
+    Results depend only on the calls received (and the seeded sensing noise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from federates.common.grid import CustomerSite
+from federates.common.messages import CurtailmentNotice, DsoCap, OperatingEnvelope
+from federates.common.rng import stream
+from federates.feeder.voltvar import lagged_target, q_pct_to_q_kvar, response_alpha, volt_var_q_pct
+from federates.feeder.voltwatt import volt_watt_cap_kw
+from runner.config import StudyFile
+
+LIMIT_V_MAX = "v_max"
+LIMIT_V_MIN = "v_min"
+LIMIT_VOLT_WATT = "volt_watt"
+LIMIT_ENVELOPE = "envelope"
+#: causes of curtailed energy, by code (0 = none)
+CAUSES = ("", LIMIT_VOLT_WATT, LIMIT_ENVELOPE, LIMIT_V_MAX, "thermal", "vuf", "export")
+CAUSE_CODE = {c: i for i, c in enumerate(CAUSES)}
+
+CURTAILMENT_COLUMNS = {"step": np.int64, "t_s": float, "iteration": np.int64, "participant": str,
+                       "group": str, "limit": str, "element": str, "v_pu": float, "export_kw": float,
+                       "cap_kw": float}
+
+
+class InverterFleet:
+    """Volt-VAR, Volt-Watt and the export caps of every customer's inverter.
+
+    ``sites`` fixes the customer order; ``inverter_kva`` [kVA] the nameplate apparent
+    power of each customer's inverter (0 = no inverter: never gets reactive power nor a
+    Volt-Watt cap).
+    """
+
+    def __init__(self, cfg: StudyFile, sites: Sequence[CustomerSite], inverter_kva: np.ndarray):
+        self.cfg = cfg
+        self.ctl = cfg.controllers
+        self.timeline = cfg.timeline
+        self.seed = cfg.study.seed
+        self.noise_pct = float(cfg.meters.noise_pct)
+        self.max_iterations = int(cfg.feeder.max_control_iterations)
+        self.participants: list[str] = [s.participant for s in sites]
+        self.group_names: list[str] = [s.group for s in sites]
+        self.n = n = len(self.participants)
+        self._index = {p: i for i, p in enumerate(self.participants)}
+        if len(self._index) != n:
+            raise ValueError("participants in sites must be unique")
+        self.inverter_kva = np.asarray(inverter_kva, dtype=float).copy()
+        if self.inverter_kva.shape != (n,):
+            raise ValueError(f"inverter_kva has shape {self.inverter_kva.shape}; expected ({n},)")
+        if np.any(self.inverter_kva < 0):
+            raise ValueError("inverter_kva must be >= 0")
+        self.has_inverter = self.inverter_kva > 0
+
+        # set-points and caps in force (the feeder applies them)
+        self.q_kvar = np.zeros(n)
+        self.vw_cap_kw = self.ctl.volt_watt.p1_pct / 100.0 * self.inverter_kva  # Volt-Watt set-point
+        self.dso_cap_kw = np.full(n, np.inf)  # the DSO's curtailment caps
+        self.dso_cause = np.zeros(n, dtype=np.int8)  # cause code of each DSO cap
+        self.env_cap_kw = np.full(n, np.inf)  # the interval's operating envelope (export)
+        self._envelopes: dict[int, np.ndarray] = {}  # interval -> export envelope [kW]
+
+        # the step in progress
+        self._g: int | None = None
+        self._calls = 0  # solves seen in the step
+        self._rounds = 0  # command rounds issued in the step
+        self._q_start = self.q_kvar.copy()  # set-points at the end of the previous step
+        self._vw_start = self.vw_cap_kw.copy()
+        self._alpha_vv = 1.0  # lag factors of the step (module doc)
+        self._alpha_vw = 1.0
+        self._resend = np.zeros(n, dtype=bool)  # caps the feeder cleared at the interval start
+        #: after :meth:`on_solve` returned None: whether the DSO gets its turn now
+        self.dso_may_act = False
+        #: the local measurement of the last solve: (v_pu, p_kw) per customer
+        self.sensed: tuple[np.ndarray, np.ndarray] = (np.full(n, np.nan), np.full(n, np.nan))
+
+        # per-step records (preallocated; the last call of a step overwrites)
+        n_steps = self.timeline.n_steps
+        self._seen = np.zeros(n_steps, dtype=bool)
+        self._v_first = np.zeros((n_steps, n))
+        self._v_last = np.zeros((n_steps, n))
+        self._over_any = np.zeros((n_steps, n), dtype=bool)
+        self._under_any = np.zeros((n_steps, n), dtype=bool)
+        self._curtailed_kw = np.zeros((n_steps, n))
+        self._cause = np.zeros((n_steps, n), dtype=np.int8)  # which cap limits (CAUSES code)
+        self._iterations = np.zeros(n_steps, dtype=np.int64)
+        self._converged = np.zeros(n_steps, dtype=bool)
+        self._n_q = np.zeros(n_steps, dtype=np.int64)
+        self._n_cap = np.zeros(n_steps, dtype=np.int64)
+        self._curtailment_rows: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ caps
+    @property
+    def cap_kw(self) -> np.ndarray:
+        """Export cap of every customer [kW, inf = none]: the smallest of the Volt-Watt
+        cap, the operating envelope and the DSO cap."""
+        return np.minimum(np.minimum(self._vw_cap_in_force(), self.dso_cap_kw), self.env_cap_kw)
+
+    def _limiting_cause(self) -> np.ndarray:
+        """CAUSES code of the cap that limits each customer now (0 = none)."""
+        vw = self._vw_cap_in_force()
+        caps = np.stack([vw, self.env_cap_kw, self.dso_cap_kw])
+        which = np.argmin(caps, axis=0)
+        code = np.choose(which, [np.full(self.n, CAUSE_CODE[LIMIT_VOLT_WATT], dtype=np.int8),
+                                 np.full(self.n, CAUSE_CODE[LIMIT_ENVELOPE], dtype=np.int8),
+                                 self.dso_cause])
+        return np.where(np.isfinite(caps.min(axis=0)), code, 0).astype(np.int8)
+
+    def _vw_cap_in_force(self) -> np.ndarray:
+        """The Volt-Watt caps [kW] that limit anything: inf where Volt-Watt is off, the
+        customer has no inverter or the cap is at the inverter's rating (within the stop
+        rule of the iteration, ``tolerance_kw / damping``)."""
+        vw = self.ctl.volt_watt
+        if not vw.enabled:
+            return np.full(self.n, np.inf)
+        at_rating_kw = self.inverter_kva - vw.tolerance_kw / vw.damping
+        binding = self.has_inverter & (self.vw_cap_kw < at_rating_kw)
+        return np.where(binding, self.vw_cap_kw, np.inf)
+
+    def on_envelopes(self, k: int, envelopes: Sequence[OperatingEnvelope]) -> None:
+        """Export envelopes for interval ``k`` (the DSO's ``envelopes``, or the export the
+        constrained clearing accepted): export caps from the first step of ``k``;
+        customers without one are not capped by an envelope."""
+        if not envelopes:
+            return
+        caps = np.full(self.n, np.inf)
+        for e in envelopes:
+            i = self._index.get(e.participant)
+            if i is not None and e.interval == k:
+                caps[i] = e.export_max_kw
+        self._envelopes[k] = caps
+
+    # ------------------------------------------------------------------ the loop
+    def _start_step(self, g: int) -> None:
+        prev = self._g
+        if prev is not None and g < prev:
+            raise ValueError(f"step {g} comes after step {prev}; steps must not go back")
+        if prev is None or self.timeline.interval_of_step(g) != self.timeline.interval_of_step(prev):
+            self.dso_cap_kw[:] = np.inf  # new market interval: DSO caps are cleared
+            self.dso_cause[:] = 0
+            k = self.timeline.interval_of_step(g)
+            self.env_cap_kw = self._envelopes.pop(k, np.full(self.n, np.inf))
+            # the feeder clears all its caps; Volt-Watt caps and envelopes are re-applied
+            self._resend = np.isfinite(self._vw_cap_in_force()) | np.isfinite(self.env_cap_kw)
+        dt_s = (g - prev if prev is not None else 1) * self.timeline.physics_step_s
+        self._alpha_vv = response_alpha(dt_s, self.ctl.volt_var.open_loop_response_time_s)
+        self._alpha_vw = response_alpha(dt_s, self.ctl.volt_watt.open_loop_response_time_s)
+        self._q_start = self.q_kvar.copy()
+        self._vw_start = self.vw_cap_kw.copy()
+        self._g = g
+        self._calls = 0
+        self._rounds = 0
+        self._seen[g] = True
+        self._n_q[g] = 0
+        self._n_cap[g] = 0
+
+    def _sense(self, g: int, v_pu: np.ndarray, p_kw: np.ndarray, q_kvar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The inverters' local measurement of this solve (module doc): (v [pu], p [kW])."""
+        if self.noise_pct == 0.0:
+            return v_pu.copy(), p_kw.copy()
+        true = np.stack([v_pu, p_kw, q_kvar])
+        z = stream(self.seed, "meter", g, self._calls).standard_normal(true.shape)
+        v, p, _ = true * (1.0 + self.noise_pct / 100.0 * z)
+        return v, p
+
+    def on_solve(self, g: int, v_pu: np.ndarray, p_kw: np.ndarray, q_kvar: np.ndarray,
+                 curtailed_p_kw: np.ndarray) -> np.ndarray | None:
+        """The inverters' moves after one feeder solve of step ``g``.
+
+        ``v_pu`` [pu], ``p_kw`` [kW, + import], ``q_kvar`` [kvar] true values at each
+        customer point; ``curtailed_p_kw`` [kW, >= 0] the export the caps hold back
+        now. Returns the mask of customers whose set-point (:attr:`q_kvar`) or cap
+        (:attr:`cap_kw`) changed, or None once the inverters have settled (then
+        :attr:`dso_may_act` tells whether the DSO decides next).
+        """
+        if not 0 <= g < self.timeline.n_steps:
+            raise ValueError(f"step {g} is outside the study (0..{self.timeline.n_steps - 1})")
+        if g != self._g:
+            self._start_step(g)
+        self.dso_may_act = False
+        v, p = self._sense(g, np.asarray(v_pu, dtype=float), np.asarray(p_kw, dtype=float),
+                           np.asarray(q_kvar, dtype=float))
+        self.sensed = (v, p)
+        curtailed = np.asarray(curtailed_p_kw, dtype=float)
+        ctl = self.ctl
+        over = v > ctl.v_max_pu
+        under = v < ctl.v_min_pu
+
+        # record: the last call of the step decides
+        if self._calls == 0:
+            self._v_first[g] = v
+            self._over_any[g] = False
+            self._under_any[g] = False
+        self._calls += 1
+        self._v_last[g] = v
+        self._over_any[g] |= over
+        self._under_any[g] |= under
+        self._curtailed_kw[g] = curtailed
+        self._cause[g] = self._limiting_cause()  # the caps of this solve: which one limits
+        self._iterations[g] = self._rounds
+        self._converged[g] = True
+
+        if not ctl.enabled:
+            return None
+
+        q_new = self.q_kvar
+        q_changed = np.zeros(self.n, dtype=bool)
+        if ctl.volt_var.enabled:
+            vv = ctl.volt_var
+            # volt_var_q_pct is in the standard's sign (+ = injection); q_pct_to_q_kvar
+            # flips it to tecosim's (q_kvar < 0 = injection).
+            q_curve = q_pct_to_q_kvar(volt_var_q_pct(v, vv), self.inverter_kva)
+            q_target = lagged_target(self._q_start, q_curve, self._alpha_vv)
+            q_new = np.where(self.has_inverter,
+                             self.q_kvar + vv.damping * (q_target - self.q_kvar), 0.0)
+            q_changed = self.has_inverter & (np.abs(q_new - self.q_kvar) > vv.tolerance_kvar)
+        vw_new = self.vw_cap_kw
+        vw_changed = np.zeros(self.n, dtype=bool)
+        if ctl.volt_watt.enabled:
+            vw = ctl.volt_watt
+            vw_curve = volt_watt_cap_kw(v, vw, self.inverter_kva)
+            vw_target = lagged_target(self._vw_start, vw_curve, self._alpha_vw)
+            vw_new = np.where(self.has_inverter,
+                              self.vw_cap_kw + vw.damping * (vw_target - self.vw_cap_kw),
+                              self.vw_cap_kw)
+            vw_changed = self.has_inverter & (np.abs(vw_new - self.vw_cap_kw) > vw.tolerance_kw)
+        moves = q_changed | vw_changed | self._resend
+        if not moves.any():
+            self.dso_may_act = True  # settled: the DSO's turn
+            return None
+        if not self._may_act():
+            return None
+        self.q_kvar = np.where(q_changed, q_new, self.q_kvar)
+        self.vw_cap_kw = np.where(vw_changed, vw_new, self.vw_cap_kw)
+        self._record_volt_watt(g, vw_changed, v, p, curtailed)
+        self._n_q[g] += int(q_changed.sum())
+        self._n_cap[g] += int(vw_changed.sum())
+        self._resend = np.zeros(self.n, dtype=bool)
+        return self._issue(moves)
+
+    def apply_dso(self, g: int, caps: Sequence[DsoCap], capped: bool = False) -> np.ndarray | None:
+        """The DSO's decision after the inverters settled at step ``g``: its new caps
+        (a ``cap_kw`` of None lifts the customer's DSO cap). Returns the mask of
+        customers whose cap changed (re-applied, then the feeder re-solves), or None:
+        no change, or ``capped`` (the DSO wanted to act but the step had used its
+        ``max_control_iterations`` rounds; the step is recorded as not converged)."""
+        if g != self._g:
+            raise ValueError(f"DSO caps for step {g}, but the step in progress is {self._g}")
+        if capped:
+            self._converged[g] = False
+            return None
+        if not caps:
+            return None
+        changed = np.zeros(self.n, dtype=bool)
+        t_s = self.timeline.step_t_s(g)
+        cuts = 0
+        for c in caps:
+            i = self._index.get(c.participant)
+            if i is None:
+                raise ValueError(f"DSO cap for unknown participant {c.participant!r}")
+            changed[i] = True
+            if c.cap_kw is None:  # lifted
+                self.dso_cap_kw[i] = np.inf
+                self.dso_cause[i] = 0
+                continue
+            cuts += 1
+            self.dso_cap_kw[i] = c.cap_kw
+            self.dso_cause[i] = CAUSE_CODE[c.limit]
+            self._curtailment_rows.append({
+                "step": g, "t_s": t_s, "iteration": self._rounds,
+                "participant": c.participant, "group": self.group_names[i],
+                "limit": c.limit, "element": c.element, "v_pu": c.v_pu,
+                "export_kw": c.export_kw, "cap_kw": c.cap_kw,
+            })
+        self._n_cap[g] += cuts
+        return self._issue(changed)
+
+    @property
+    def rounds(self) -> int:
+        """Command rounds issued so far in the step in progress."""
+        return self._rounds
+
+    def _record_volt_watt(self, g: int, changed: np.ndarray, v: np.ndarray, p: np.ndarray,
+                          curtailed: np.ndarray) -> None:
+        """``curtailments`` rows for the Volt-Watt caps that changed and bind: the new
+        cap is below the export the customer would have without caps (measured export
+        plus what the caps curtail now)."""
+        cap_kw = self._vw_cap_in_force()
+        export_kw = np.maximum(-p, 0.0)
+        uncapped_kw = np.maximum(-p + curtailed, 0.0)
+        binds = changed & (cap_kw < uncapped_kw)
+        if not binds.any():
+            return
+        t_s = self.timeline.step_t_s(g)
+        for i in np.flatnonzero(binds):
+            self._curtailment_rows.append({
+                "step": g, "t_s": t_s, "iteration": self._rounds,
+                "participant": self.participants[i], "group": self.group_names[i],
+                "limit": LIMIT_VOLT_WATT, "element": self.participants[i], "v_pu": float(v[i]),
+                "export_kw": float(export_kw[i]), "cap_kw": float(cap_kw[i]),
+            })
+
+    def _may_act(self) -> bool:
+        """False (and the step marked not converged) once the iteration cap is reached."""
+        if self._rounds >= self.max_iterations:
+            self._converged[self._g] = False
+            return False
+        return True
+
+    def _issue(self, which: np.ndarray) -> np.ndarray:
+        """A command round for ``which``; the step is not converged until a solve
+        brings no move and no DSO cap."""
+        self._rounds += 1
+        self._iterations[self._g] = self._rounds
+        self._converged[self._g] = False
+        return which
+
+    # ------------------------------------------------------------------ reports
+    def report(self, k: int) -> list[CurtailmentNotice]:
+        """Energy [kWh] each participant lost to caps in interval ``k``, one notice per
+        participant and cause (only those > 0).
+
+        The sum over the steps of ``k`` of the final ``curtailed_p_kw * step_h``,
+        attributed at each step to the cap that limited (``limit``: ``volt_watt`` or
+        the DSO limit ``v_max``, ``thermal``, ``vuf``, ``export``). Energy held back by
+        an operating envelope gets no notice (module doc).
+        """
+        if not 0 <= k < self.timeline.n_intervals:
+            raise ValueError(f"interval {k} is outside the study (0..{self.timeline.n_intervals - 1})")
+        steps = self.timeline.steps_of_interval(k)
+        lost_kwh = self._curtailed_kw[steps.start:steps.stop] * self.timeline.step_h
+        cause = self._cause[steps.start:steps.stop]
+        notices = []
+        for i in range(self.n):
+            by_cause = np.bincount(cause[:, i], weights=lost_kwh[:, i], minlength=len(CAUSES))
+            if lost_kwh[:, i].sum() > 0 and by_cause[0] > 0:
+                by_cause[CAUSE_CODE[LIMIT_V_MAX]] += by_cause[0]  # caps released at the same solve
+            for c in np.flatnonzero(by_cause > 0):
+                if c == 0 or CAUSES[c] == LIMIT_ENVELOPE:
+                    continue
+                notices.append(CurtailmentNotice(participant=self.participants[i], interval=k,
+                                                 curtailed_kwh=float(by_cause[c]), limit=CAUSES[c]))
+        return notices
+
+    def curtailment_energy(self) -> pd.DataFrame:
+        """``curtailment_energy``: per step, participant and cause the PV energy held back
+        [kWh] (step, t_s, participant, limit, energy_kwh), rows > 0 only."""
+        steps, cols = np.nonzero(self._curtailed_kw > 0)
+        e = self._curtailed_kw[steps, cols] * self.timeline.step_h
+        cause = self._cause[steps, cols]
+        cause = np.where(cause == 0, CAUSE_CODE[LIMIT_V_MAX], cause)
+        return pd.DataFrame({
+            "step": steps.astype(np.int64),
+            "t_s": (steps * self.timeline.physics_step_s).astype(float),
+            "participant": np.asarray(self.participants, dtype=object)[cols].astype(str),
+            "limit": np.asarray(CAUSES, dtype=object)[cause].astype(str),
+            "energy_kwh": e.astype(float),
+        })
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """``control_violations``, ``curtailments``, ``control``, ``curtailment_energy``.
+
+        control_violations: the inverters' own view (from the measurements they acted
+        on; the feeder's ``violations`` table is the physical record of every limit):
+        one row per step and customer and limit violated at any solve of the step:
+        step, t_s [s], participant, limit, v_pu (final) [pu], v_pu_initial (first
+        solve) [pu], stage ("final"), resolved (the final state is within the limit),
+        iterations.
+        curtailments: one row per DSO cap change (limit v_max, thermal, vuf or export;
+        element the customer, line/transformer, bus or "source" whose limit caused it;
+        with policy group_voltage the group and v_pu its worst voltage) and per binding
+        Volt-Watt cap change (limit "volt_watt"): step, t_s, iteration, participant,
+        group, limit, element, v_pu [pu], export_kw [kW, measured], cap_kw [kW, the new
+        cap of that limit].
+        control: one row per step: step, t_s, iterations, converged, n_q_changes,
+        n_cap_changes (DSO and Volt-Watt caps).
+        """
+        steps = np.flatnonzero(self._seen)
+        t_s = steps * self.timeline.physics_step_s
+        parts = []
+        for limit, any_mask, bad in (
+            (LIMIT_V_MAX, self._over_any, self._v_last > self.ctl.v_max_pu),
+            (LIMIT_V_MIN, self._under_any, self._v_last < self.ctl.v_min_pu),
+        ):
+            rows, cols = np.nonzero(any_mask[steps])
+            g = steps[rows]
+            parts.append(pd.DataFrame({
+                "_site": cols,
+                "step": g.astype(np.int64),
+                "t_s": (g * self.timeline.physics_step_s).astype(float),
+                "participant": np.asarray(self.participants, dtype=object)[cols],
+                "limit": limit,
+                "v_pu": self._v_last[g, cols],
+                "v_pu_initial": self._v_first[g, cols],
+                "stage": "final",
+                "resolved": ~bad[g, cols],
+                "iterations": self._iterations[g],
+            }))
+        violations = (pd.concat(parts, ignore_index=True)
+                      .sort_values(["step", "limit", "_site"], kind="stable")
+                      .drop(columns="_site")
+                      .reset_index(drop=True)
+                      .astype({"participant": str, "limit": str, "stage": str}))
+        curtailments = pd.DataFrame(self._curtailment_rows, columns=list(CURTAILMENT_COLUMNS))
+        curtailments = curtailments.astype(CURTAILMENT_COLUMNS)
+        control = pd.DataFrame({
+            "step": steps.astype(np.int64),
+            "t_s": t_s.astype(float),
+            "iterations": self._iterations[steps],
+            "converged": self._converged[steps],
+            "n_q_changes": self._n_q[steps],
+            "n_cap_changes": self._n_cap[steps],
+        })
+        return {"control_violations": violations, "curtailments": curtailments, "control": control,
+                "curtailment_energy": self.curtailment_energy()}
