@@ -150,6 +150,10 @@ _CONTROL_CLASSES = frozenset({
     "relay", "recloser", "fuse", "swtcontrol", "upfccontrol", "espvlcontrol", "monitor",
     "energymeter", "sensor", "dynamicexp",
 })
+#: OpenDSS classes of source elements: ``Circuit.TotalPower`` (:meth:`OpenDSSFeeder.
+#: source_pq`) is the sum over all of them (checked with a second Vsource and an
+#: Isource in tests/feeder/test_power_balance.py), so they are the balance's other side
+_SOURCE_CLASSES = frozenset({"vsource", "isource", "gicsource"})
 
 
 class _Batch:
@@ -246,11 +250,15 @@ class _Batch:
                                       self._ffi.from_buffer("double[]", v), _AVOID_FULL_RECALC | _SKIP_NA)
 
     def total_powers(self) -> np.ndarray:
-        """(kW, kvar) into every object, summed over its terminals and conductors (n, 2)."""
+        """(kW, kvar) into every object, summed over its conductors and terminals (n, 2).
+
+        DSS C-API gives one (kW, kvar) pair per terminal (an Isource has two); the
+        objects of one class have the same number of terminals."""
         if not self.n:
             return np.zeros((0, 2))
         s = self._doubles(lambda r, d: self._lib.Alt_CEBatch_Get_TotalPowers(r, d, self.ptr, self.n))
-        return s.reshape(self.n, 2)
+        per = s.reshape(self.n, -1, 2)
+        return per[:, 0, :].copy() if per.shape[1] == 1 else per.sum(axis=1)
 
     def powers(self) -> np.ndarray:
         """(kW, kvar) per conductor of every object, flat (``CktElement.Powers`` of each, concatenated)."""
@@ -813,7 +821,7 @@ class OpenDSSFeeder:
 
     def _pc_element_batches(self) -> list[tuple[str, _Batch]]:
         """One batch per class of power-conversion (PC) element in the circuit, the
-        main source (the Vsource ``Circuit.TotalPower`` reports) left out.
+        sources (:data:`_SOURCE_CLASSES`, which ``Circuit.TotalPower`` sums) left out.
 
         PC classes are the classes of ``Circuit.AllElementNames`` that are neither PD
         elements nor control / metering elements (:data:`_CONTROL_CLASSES`), so a class
@@ -832,11 +840,9 @@ class OpenDSSFeeder:
                 classes.append(cls)
         out = []
         for cls in classes:
+            if cls.lower() in _SOURCE_CLASSES:  # the other side of the balance (source_pq)
+                continue
             b = _Batch.of_class(dss, cls)
-            if cls.lower() == "vsource":  # the circuit's own source is the other side of the balance
-                names = b.names()
-                keep = [k + 1 for k, nm in enumerate(names) if k > 0]
-                b = _Batch.of_index(dss, cls, keep)
             if b.n:
                 out.append((cls.lower(), b))
         self._pc_batches = out
@@ -848,7 +854,7 @@ class OpenDSSFeeder:
     def pc_powers_kw(self) -> dict[str, float]:
         """Active power into the circuit's power-conversion elements, per class [kW]
         (+ consumption: a Generator, PVSystem or discharging Storage is negative),
-        summed over each class's elements; the main source excluded. One batch read
+        summed over each class's elements; the sources excluded. One batch read
         per class present (``Alt_CEBatch_Get_TotalPowers``)."""
         # summed in element order (a cumulative sum, not numpy's pairwise sum), so the
         # total is the one the classic element-by-element loop gives, bit for bit
@@ -858,7 +864,7 @@ class OpenDSSFeeder:
         """Net active power drawn by every power-conversion element [kW] (+ consumption).
 
         Loads (customers included) minus what Generators, PVSystems, Storage (and any
-        other PC element of the model but the main source) deliver: with it,
+        other PC element of the model but the sources) deliver: with it,
         ``source_pq()[0] = load_kw() + losses_kw()`` holds to the solution tolerance
         (conservation of active power). On a model with Loads only this is the Loads'
         total, as before. One batch read per PC class (:meth:`pc_powers_kw`)."""
