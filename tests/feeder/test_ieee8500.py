@@ -115,8 +115,8 @@ def test_customers_across_the_legs(tmp_path: Path) -> None:
         v1, v2 = ph[nodes.index(1)], ph[nodes.index(2)]
         assert v[k] == pytest.approx(abs(v1 - v2) / (2.0 * base), rel=1e-12)
         legs = [abs(v1) / base, abs(v2) / base]
-        assert lo[k] == pytest.approx(min(legs + [v[k]]), rel=1e-12)
-        assert hi[k] == pytest.approx(max(legs + [v[k]]), rel=1e-12)
+        assert lo[k] == pytest.approx(min([*legs, v[k]]), rel=1e-12)
+        assert hi[k] == pytest.approx(max([*legs, v[k]]), rel=1e-12)
     np.testing.assert_allclose(f.customer_v_base_v(), 2.0 * 208.0 / np.sqrt(3.0), rtol=1e-12)
     err = f.source_pq()[0] - f.load_kw() - f.losses_kw()
     assert abs(err) <= 1e-5 * f.source_pq()[0], err
