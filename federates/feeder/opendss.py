@@ -397,7 +397,13 @@ class OpenDSSFeeder:
     @property
     def _load_points(self) -> list[LoadPoint]:
         if self._load_points_cache is None:
-            self._load_points_cache = self._read_load_points()
+            try:
+                self._load_points_cache = self._read_load_points()
+            except FeederModelError:
+                raise
+            except Exception as e:  # OpenDSS could not give the wiring of this model
+                raise FeederModelError(f"{self.master}: OpenDSS could not give the model's wiring "
+                                       f"(loads, buses, nodes): {e}") from None
         return self._load_points_cache
 
     def load_points(self) -> list[LoadPoint]:

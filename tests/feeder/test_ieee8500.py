@@ -138,10 +138,12 @@ def _tables(run_dir: Path) -> dict[str, pd.DataFrame]:
     return {p.stem: pd.read_parquet(p) for p in sorted((run_dir / "results").glob("*.parquet"))}
 
 
+@pytest.mark.federation
 def test_8500_federation_equals_inprocess(runs_8500) -> None:
     assert_same_tables(_tables(runs_8500["inprocess"]), _tables(runs_8500["federation"]))
 
 
+@pytest.mark.federation
 def test_8500_run_conserves_power_and_checks_legs(runs_8500) -> None:
     t = _tables(runs_8500["inprocess"])
     assert (t["kpis"]["power_balance_error_pct"] <= 1e-3).all()
