@@ -454,9 +454,15 @@ class FederationConfig(_Strict):
     else 23404. ``connect_timeout_s`` [s] bounds the wait of a host for the broker to
     accept connections and, on a host running only some federates, for the other
     hosts' federates to join.
+
+    ``helics_profiler``: the broker records HELICS's own profile of every federate
+    (the wall-clock time of entering and leaving each blocking HELICS call) in
+    ``logs/helics_profile.txt``; ``benchmarks/run.py`` reads it to split each
+    federate's time into waiting inside HELICS and working outside it.
     """
 
     core_type: Literal["zmq"] = "zmq"
+    helics_profiler: bool = False
     timeout_s: PositiveFloat = 1800.0
     # a federation whose simulated time stops moving this long [s] is hung (runner.launch.HangWatch)
     hang_timeout_s: PositiveFloat = 120.0

@@ -93,7 +93,9 @@ def describe_feeder(master: Path) -> dict[str, Any]:
     Loads), ``disabled``, ``by_connection`` {wye, delta: count},
     ``by_connection_and_phases`` {wye|delta: {"1"|"2"|"3": count}} where the phase
     count is the number of distinct phases a..c the Load is wired to (a single-phase
-    line-to-line load ``bus.1.2`` counts 2), ``kw`` / ``kvar`` nominal totals [kW,
+    line-to-line load ``bus.1.2`` counts 2), split-phase loads left out;
+    ``split_phase``: Loads on 120/240 V split-phase secondaries (both legs of one
+    single-phase transformer, :class:`LoadPoint`); ``kw`` / ``kvar`` nominal totals [kW,
     kvar]; ``kv_levels`` distinct bus base voltages line-to-line [kV], descending;
     ``elements`` (OpenDSSFeeder.element_counts); ``lines_without_normamps`` [-] and
     ``lines_without_normamps_examples`` (up to 5 names); ``base_solve``: converged
@@ -114,7 +116,8 @@ def describe_feeder(master: Path) -> dict[str, Any]:
     by_conn = Counter(lp.conn for lp in points)
     by_conn_ph: dict[str, Counter] = {}
     for lp in points:
-        by_conn_ph.setdefault(lp.conn, Counter())[str(len(lp.phases))] += 1
+        if not lp.split_phase:
+            by_conn_ph.setdefault(lp.conn, Counter())[str(len(lp.phases))] += 1
     no_amps = f.lines_without_normamps()
     counts = f.element_counts()
 
@@ -139,6 +142,7 @@ def describe_feeder(master: Path) -> dict[str, Any]:
             "by_connection": {c: by_conn[c] for c in ("wye", "delta")},
             "by_connection_and_phases": {c: dict(sorted(by_conn_ph.get(c, Counter()).items()))
                                          for c in ("wye", "delta")},
+            "split_phase": sum(1 for lp in points if lp.split_phase),
             "kw": float(sum(lp.kw for lp in points)),
             "kvar": float(sum(lp.kvar for lp in points)),
         },
@@ -194,6 +198,8 @@ def format_feeder(d: dict[str, Any], name: str | None = None) -> str:
     for conn in ("wye", "delta"):
         for ph, c in loads["by_connection_and_phases"][conn].items():
             mix.append(f"{conn} {ph}-phase {c}")
+    if loads.get("split_phase"):
+        mix.append(f"split-phase 120/240 V {loads['split_phase']}")
     disabled = f"; {loads['disabled']} disabled" if loads["disabled"] else ""
     lines = [
         f"feeder     {name + '  ' if name else ''}{d['master']}",

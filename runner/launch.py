@@ -113,8 +113,10 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
     if cfg.market.topology in ("p2p", "hybrid"):
         feeder.attach_customers(sites, cfg.feeder.customer_connection)
         write_distances(run_dir, feeder.customer_distances_km())
-    if cfg.feeder.customer_connection.kind == "direct":
-        np.save(run_dir / V_BASE_FILE, np.array([feeder.bus_kv_ln(s.bus) * 1000.0 for s in sites]))
+    if cfg.feeder.customer_connection.kind == "direct":  # each meter's base: its node's, 240 V across split-phase legs
+        if not feeder.sites:
+            feeder.attach_customers(sites, cfg.feeder.customer_connection)
+        np.save(run_dir / V_BASE_FILE, feeder.customer_v_base_v())
     study = Study.load(run_dir)
     from federates.feeder.sensitivity import (
         SENSITIVITIES_FILE,
@@ -294,6 +296,9 @@ class Proc:
                 "exit_code": self.exit_code,
                 "wall_s": None if self.wall_s is None else round(self.wall_s, 3)}
 
+
+#: HELICS's own profile of the federates (``federation.helics_profiler``), in logs/
+HELICS_PROFILE_FILE = "helics_profile.txt"
 
 # as in federates/common/door.py (not imported here: it imports helics)
 HEARTBEAT_ENV = "TECOSIM_HEARTBEAT_DIR"
@@ -522,6 +527,7 @@ class Federation:
                 helics_bin("helics_broker"), "-f", str(len(names)), "--coretype=zmq",
                 f"--local_interface=tcp://{listen}", f"--port={port}", f"--name=tecosim_broker_{port}",
                 "--loglevel=warning", "--timeout=60s",
+                *([f"--profiler={logs / HELICS_PROFILE_FILE}"] if fc.helics_profiler else []),
             ], logs / "broker.log"))
         for name in local:
             part = name.removeprefix(f"{keys.PROSUMERS}_")

@@ -11,7 +11,11 @@ class LoadPoint:
 
     ``phases`` are the phase letters it connects to; ``kv`` its rated voltage [kV]
     (as the model gives it: L-L for 3-phase and delta loads, L-N for single-phase wye);
-    ``kw``/``kvar`` its nominal demand [kW, kvar].
+    ``kw``/``kvar`` its nominal demand [kW, kvar]. ``nodes``: the bus nodes (1..3)
+    its phase conductors are wired to, in wiring order. ``split_phase``: the Load sits
+    on a 120/240 V split-phase (center-tapped) secondary, its two nodes the two 120 V
+    legs of one single-phase service transformer; ``phases`` is then that
+    transformer's primary phase (one letter), not the node numbers.
     """
 
     name: str
@@ -21,13 +25,17 @@ class LoadPoint:
     kw: float
     kvar: float
     conn: str  # "wye" | "delta"
+    nodes: tuple[int, ...] = ()
+    split_phase: bool = False
 
 
 @dataclass(frozen=True)
 class CustomerSite:
     """Where one prosumer connects.
 
-    ``bus``/``phase``: the primary bus node it hangs off (phase letter a/b/c);
+    ``bus``/``phase``: the bus it hangs off and its phase (letter a/b/c: the bus node
+    of that phase, or, on a split-phase load, the primary phase of the load's service
+    transformer; such a customer connects across the load's two 120 V legs);
     ``group``: the service transformer it shares with neighbours (same group = same
     transformer); ``load``: the model load it was placed on.
     """

@@ -132,6 +132,141 @@ class FeederFileError(FeederModelError):
 _FILE_NOT_FOUND_ERRORS = (243,)
 
 
+#: DSS C-API SetterFlags.AvoidFullRecalc: a Load's kW / kvar written through the batch
+#: API is handled as the classic ``Loads.kW`` / ``Loads.kvar`` setters handle it (no
+#: forced YPrim rebuild); tests/feeder/test_bulk.py checks the two give the same solution.
+_AVOID_FULL_RECALC = 0x2
+#: DSS C-API SetterFlags.SkipNA: NaN entries of a batch array leave that object alone
+_SKIP_NA = 0x4
+#: DSS C-API BatchOperation_Set
+_BATCH_SET = 0
+
+#: OpenDSS classes of control and metering elements: circuit elements that neither
+#: convert nor carry power (everything else in ``Circuit.AllElementNames`` that is not
+#: a PD element is a power-conversion (PC) element: Load, Generator, PVSystem, Storage,
+#: Vsource, Isource, VCCS, IndMach012, UPFC, GICsource, ...).
+_CONTROL_CLASSES = frozenset({
+    "regcontrol", "capcontrol", "invcontrol", "expcontrol", "gendispatcher", "storagecontroller",
+    "relay", "recloser", "fuse", "swtcontrol", "upfccontrol", "espvlcontrol", "monitor",
+    "energymeter", "sensor", "dynamicexp",
+})
+#: OpenDSS classes of source elements: ``Circuit.TotalPower`` (:meth:`OpenDSSFeeder.
+#: source_pq`) is the sum over all of them (checked with a second Vsource and an
+#: Isource in tests/feeder/test_power_balance.py), so they are the balance's other side
+_SOURCE_CLASSES = frozenset({"vsource", "isource", "gicsource"})
+
+
+class _Batch:
+    """A DSS C-API batch: pointers to OpenDSS objects of one class, read and written in
+    one call each (``Batch_*`` / ``Alt_CEBatch_*`` of DSS C-API through dss-python's
+    cffi ``dss_lib``). The objects live as long as the circuit (the adapter never
+    clears or recompiles after ``__init__``); cffi frees the pointer array with it."""
+
+    def __init__(self, dss, ptr, n: int) -> None:
+        self._ffi, self._lib = dss.dss_ffi, dss.dss_lib
+        self.ptr = ptr
+        self.n = int(n)
+
+    @classmethod
+    def of_class(cls, dss, class_name: str) -> _Batch:
+        """Every object of OpenDSS class ``class_name``, in the class's order (``Idx`` 1..n)."""
+        ffi, lib = dss.dss_ffi, dss.dss_lib
+        ptr = ffi.new("void***")
+        dims = ffi.new("int32_t[4]")
+        lib.Batch_CreateByClassS(ptr, dims, class_name.encode())
+        if ptr[0] == ffi.NULL:
+            return cls(dss, ffi.NULL, 0)
+        return cls(dss, ffi.gc(ptr[0], lib.Batch_Dispose), int(dims[0]))
+
+    @classmethod
+    def of_index(cls, dss, class_name: str, idx: Sequence[int]) -> _Batch:
+        """The objects of ``class_name`` at class indices ``idx`` (1-based, e.g. ``Loads.Idx``), in that order."""
+        ffi, lib = dss.dss_ffi, dss.dss_lib
+        idx = [int(i) for i in idx]
+        if not idx:
+            return cls(dss, ffi.NULL, 0)
+        ptr = ffi.new("void***")
+        dims = ffi.new("int32_t[4]")
+        lib.Batch_CreateByIndexS(ptr, dims, class_name.encode(), ffi.new("int32_t[]", idx), len(idx))
+        if ptr[0] == ffi.NULL:
+            return cls(dss, ffi.NULL, 0)
+        return cls(dss, ffi.gc(ptr[0], lib.Batch_Dispose), int(dims[0]))
+
+    def names(self) -> list[str]:
+        """Object names (lower case), in batch order (one ``Obj_GetName`` per object: for checks)."""
+        ffi, lib = self._ffi, self._lib
+        return [ffi.string(lib.Obj_GetName(self.ptr[i])).decode().lower() for i in range(self.n)]
+
+    def _doubles(self, fill) -> np.ndarray:
+        ffi, lib = self._ffi, self._lib
+        res = ffi.new("double**")
+        dims = ffi.new("int32_t[4]")
+        fill(res, dims)
+        try:
+            return np.frombuffer(ffi.buffer(res[0], int(dims[0]) * 8), dtype=float).copy()
+        finally:
+            lib.DSS_Dispose_PDouble(res)
+
+    def get_f64(self, prop: str) -> np.ndarray:
+        """Float property ``prop`` of every object [its OpenDSS unit]."""
+        if not self.n:
+            return np.zeros(0)
+        return self._doubles(lambda r, d: self._lib.Batch_GetFloat64S(r, d, self.ptr, self.n, prop.encode()))
+
+    def get_i32(self, prop: str) -> np.ndarray:
+        """Integer property ``prop`` of every object."""
+        if not self.n:
+            return np.zeros(0, dtype=np.int64)
+        ffi, lib = self._ffi, self._lib
+        res = ffi.new("int32_t**")
+        dims = ffi.new("int32_t[4]")
+        lib.Batch_GetInt32S(res, dims, self.ptr, self.n, prop.encode())
+        try:
+            return np.frombuffer(ffi.buffer(res[0], int(dims[0]) * 4), dtype=np.int32).astype(np.int64)
+        finally:
+            lib.DSS_Dispose_PInteger(res)
+
+    def get_str(self, prop: str) -> list[str]:
+        """Property ``prop`` of every object as OpenDSS writes it (``Batch_GetAsString``)."""
+        if not self.n:
+            return []
+        ffi, lib = self._ffi, self._lib
+        res = ffi.new("char***")
+        dims = ffi.new("int32_t[4]")
+        lib.Batch_GetAsStringS(res, dims, self.ptr, self.n, prop.encode())
+        try:
+            return [ffi.string(res[0][i]).decode() for i in range(int(dims[0]))]
+        finally:
+            lib.DSS_Dispose_PPAnsiChar(res, dims[1])
+
+    def set_f64(self, prop: str, values: np.ndarray) -> None:
+        """Write float property ``prop`` of every object (NaN: leave that object as it is)."""
+        if not self.n:
+            return
+        v = np.ascontiguousarray(values, dtype=float)
+        if v.shape != (self.n,):
+            raise ValueError(f"expected {self.n} values for {prop}, got shape {v.shape}")
+        self._lib.Batch_Float64ArrayS(self.ptr, self.n, prop.encode(), _BATCH_SET,
+                                      self._ffi.from_buffer("double[]", v), _AVOID_FULL_RECALC | _SKIP_NA)
+
+    def total_powers(self) -> np.ndarray:
+        """(kW, kvar) into every object, summed over its conductors and terminals (n, 2).
+
+        DSS C-API gives one (kW, kvar) pair per terminal (an Isource has two); the
+        objects of one class have the same number of terminals."""
+        if not self.n:
+            return np.zeros((0, 2))
+        s = self._doubles(lambda r, d: self._lib.Alt_CEBatch_Get_TotalPowers(r, d, self.ptr, self.n))
+        per = s.reshape(self.n, -1, 2)
+        return per[:, 0, :].copy() if per.shape[1] == 1 else per.sum(axis=1)
+
+    def powers(self) -> np.ndarray:
+        """(kW, kvar) per conductor of every object, flat (``CktElement.Powers`` of each, concatenated)."""
+        if not self.n:
+            return np.zeros(0)
+        return self._doubles(lambda r, d: self._lib.Alt_CEBatch_Get_Powers(r, d, self.ptr, self.n))
+
+
 class OpenDSSFeeder:
     """An OpenDSS feeder model with prosumers attached.
 
@@ -176,18 +311,32 @@ class OpenDSSFeeder:
         if self._dss.Circuit.NumBuses() == 0:
             raise FeederFileError(f"{self.master}: OpenDSS built no circuit from this file")
         self._control_mode: int | None = None
-        self._background: list[tuple[int, float, float]] = []  # (load idx, kW, kvar) nominal
+        # the model's own Loads (every Load as compiled, disabled ones too): one batch,
+        # class order = Loads.Idx 1..n; nominal kW, kvar read once [kW, kvar]
+        self._bg_batch = _Batch.of_class(self._dss, "Load")
+        self._bg_kw0 = self._bg_batch.get_f64("kW")
+        self._bg_kvar0 = self._bg_batch.get_f64("kvar")
+        self._background: list[tuple[int, float, float]] = [  # (load idx, kW, kvar) nominal
+            (k + 1, float(kw), float(kvar)) for k, (kw, kvar) in enumerate(zip(self._bg_kw0, self._bg_kvar0, strict=True))]
         self._background_mult = 1.0
-        for name in self._dss.Loads.AllNames():
-            self._dss.Loads.Name(name)
-            self._background.append((self._dss.Loads.Idx(), self._dss.Loads.kW(), self._dss.Loads.kvar()))
-        self._load_points = self._read_load_points()
+        self._load_points_cache: list[LoadPoint] | None = None
+        self._topo: _Topology | None = None
+        self._pc_batches: list[tuple[str, _Batch]] | None = None
         self._regulators: list[str] = list(self._dss.RegControls.AllNames()) if self._dss.RegControls.Count() else []
+        self._reg_batch = _Batch.of_class(self._dss, "RegControl") if self._regulators else None
+        self._cap_batch: _Batch | None = None
         self._held: set[str] = set()
         self.sites: list[CustomerSite] = []
         self._cust_load_idx: np.ndarray = np.zeros(0, dtype=np.int64)
         self._cust_node_idx: np.ndarray = np.zeros(0, dtype=np.int64)
         self._cust_base_v: np.ndarray = np.zeros(0)
+        # split-phase customers (240 V across the two 120 V legs of their load's bus):
+        # their positions among the customers, the second leg's node index, leg base [V]
+        self._split_pos = np.zeros(0, dtype=np.int64)
+        self._split_node2 = np.zeros(0, dtype=np.int64)
+        self._split_leg_base_v = np.zeros(0)
+        self._cust_kind: list[str] = []
+        self._cust_batch: _Batch | None = None
         self._cust_bus: list[str] = []
         self._limits_index: _LimitsIndex | None = None
         self._solution_id = 0  # bumped by every solve: the key of the bulk-read cache
@@ -199,27 +348,63 @@ class OpenDSSFeeder:
 
     # ------------------------------------------------------------------ model facts
     def _read_load_points(self) -> list[LoadPoint]:
-        """Every enabled Load with the phases it is wired to (see :func:`_phases_of_bus`).
+        """Every enabled Load with the phases it is wired to.
 
         Any connection: wye or delta, one to three phases, line-to-line single-phase
-        (``bus.1.2``, declared delta or wye). Disabled Loads (``enabled=no``) are not
-        in the circuit and are left out.
+        (``bus.1.2``, declared delta or wye): its phases are those of its bus nodes
+        by OpenDSS's wiring (:func:`_phases_of_bus`). A Load on a **split-phase
+        secondary** (two phase conductors whose bus nodes both hang, through a
+        single-phase transformer, off the same primary phase: the two 120 V legs of a
+        center-tapped 120/240 V service, ``bus.1.2`` as in IEEE 8500) has that one
+        primary phase and ``split_phase`` True (:meth:`_topology` gives each node its
+        primary phase). Disabled Loads (``enabled=no``) are not in the circuit and are
+        left out. Bulk reads (one batch of all Loads) and one ``NodeOrder`` per Load.
         """
-        loads, el = self._dss.Loads, self._dss.CktElement
+        dss = self._dss
+        b = self._bg_batch
+        if not b.n:
+            return []
+        names = b.names()
+        enabled = b.get_i32("enabled")
+        kv = b.get_f64("kV")
+        n_ph = b.get_i32("phases")
+        conn = b.get_str("conn")
+        bus1 = b.get_str("bus1")
+        topo = self._topology()
+        el = dss.CktElement
         points = []
-        for name in loads.AllNames():
-            loads.Name(name)
-            if not el.Enabled():
+        for k, name in enumerate(names):
+            if not enabled[k]:
                 continue
-            bus_spec = el.BusNames()[0]
-            phases = _phases_of_bus(bus_spec, el.NumPhases(), el.NumConductors())
-            conn = "delta" if loads.IsDelta() else "wye"
+            dss.Circuit.SetActiveElement(f"Load.{name}")
+            bus_spec = bus1[k]
+            bus = bus_spec.split(".")[0].lower()
+            phases = _phases_of_bus(bus_spec, int(n_ph[k]), el.NumConductors())
+            nodes = tuple(int(x) for x in el.NodeOrder() if x in (1, 2, 3))
+            split = False
+            if len(set(nodes)) >= 2:
+                layers = {topo.layer(bus, x) for x in nodes}
+                if len(layers) == 1 and layers <= {"a", "b", "c"}:
+                    split = True
+                    phases = (layers.pop(),)
             points.append(LoadPoint(
-                name=name, bus=bus_spec.split(".")[0].lower(), phases=phases,
-                kv=float(loads.kV()), kw=float(loads.kW()),
-                kvar=float(loads.kvar()), conn=conn,
+                name=name, bus=bus, phases=phases, kv=float(kv[k]), kw=float(self._bg_kw0[k]),
+                kvar=float(self._bg_kvar0[k]), conn="delta" if conn[k].lower().startswith("d") else "wye",
+                nodes=nodes, split_phase=split,
             ))
         return points
+
+    @property
+    def _load_points(self) -> list[LoadPoint]:
+        if self._load_points_cache is None:
+            try:
+                self._load_points_cache = self._read_load_points()
+            except FeederModelError:
+                raise
+            except Exception as e:  # OpenDSS could not give the wiring of this model
+                raise FeederModelError(f"{self.master}: OpenDSS could not give the model's wiring "
+                                       f"(loads, buses, nodes): {e}") from None
+        return self._load_points_cache
 
     def load_points(self) -> list[LoadPoint]:
         """Every Load of the model as compiled (customers attached later not included)."""
@@ -281,7 +466,20 @@ class OpenDSSFeeder:
         own base), a service drop per customer (``service_length_m`` [m],
         ``service_r_ohm_per_km`` / ``_x_ohm_per_km`` [ohm/km]) to bus ``cust_<participant>``
         and a Load ``cust_<participant>`` there. ``"direct"``: the Load sits on the
-        primary bus node itself. Customer buses get their L-N kV base.
+        bus node of the site's phase itself. Customer buses get their L-N kV base.
+
+        **Split-phase loads** (:attr:`LoadPoint.split_phase`: the model's Load sits on
+        the two 120 V legs of a center-tapped 120/240 V service transformer, as every
+        Load of IEEE 8500): the customer *is* that house. Its Load ``cust_<participant>``
+        is a single-phase 240 V load across the two legs (``bus.1.2``, ``kV`` = 2 x the
+        legs' L-N base: the legs are in anti-phase), as a 240 V inverter and the
+        house's 240 V appliances are connected, with either connection kind: the
+        model's own service transformer and triplex drop are the customer's
+        secondary, so ``secondary`` adds no second one for these customers (it still
+        does for customers on the model's other loads). Its voltage
+        (:meth:`customer_v_pu`) is the leg-to-leg voltage over 240 V (what a 240 V
+        inverter measures for IEEE 1547); :meth:`customer_v_extremes_pu` adds both
+        120 V legs (each over its 120 V base) for the limit checks.
         """
         if self.sites:
             raise RuntimeError("customers are already attached to this feeder")
@@ -295,13 +493,23 @@ class OpenDSSFeeder:
             if s.phase not in PHASE_TO_NODE:
                 raise ValueError(f"{s.participant}: phase {s.phase!r} is not one of a, b, c")
         kind = connection.kind
+        if kind not in ("secondary", "direct"):
+            raise ValueError(f"unknown customer connection kind {kind!r}; allowed: secondary, direct")
+        points = {lp.name.lower(): lp for lp in self._load_points}
+        split = [bool(s.load) and points.get(s.load.lower()) is not None and points[s.load.lower()].split_phase
+                 for s in sites]
         commands: list[str] = []
         new_bases: dict[str, float] = {}
         node_names: list[str] = []
+        node2_names: dict[int, str] = {}  # customer position -> second leg node (split-phase)
         base_kv: list[float] = []
+        leg_kv: dict[int, float] = {}
+        kinds: list[str] = []
         if kind == "secondary":
             groups: dict[str, tuple[str, str]] = {}
-            for s in sites:
+            for s, sp in zip(sites, split, strict=True):
+                if sp:
+                    continue
                 where = (s.bus.lower(), s.phase)
                 if groups.setdefault(s.group, where) != where:
                     raise ValueError(f"group {s.group!r} mixes buses/phases: {groups[s.group]} and {where}")
@@ -320,7 +528,19 @@ class OpenDSSFeeder:
             length_km = float(connection.service_length_m) / 1000.0
             r = float(connection.service_r_ohm_per_km)
             x = float(connection.service_x_ohm_per_km)
-            for s in sites:
+        for k, (s, sp) in enumerate(zip(sites, split, strict=True)):
+            if sp:  # across the two 120 V legs of the model's own split-phase service
+                lp = points[s.load.lower()]
+                bus = lp.bus
+                kv_leg = self.bus_kv_ln(bus)
+                n1, n2 = lp.nodes[0], lp.nodes[1]
+                commands.append(self._load_command(s.participant, f"{bus}.{n1}.{n2}", 2.0 * kv_leg))
+                node_names.append(f"{bus}.{n1}")
+                node2_names[k] = f"{bus}.{n2}"
+                base_kv.append(2.0 * kv_leg)
+                leg_kv[k] = kv_leg
+                kinds.append("split_phase")
+            elif kind == "secondary":
                 cb = f"cust_{s.participant}"
                 commands.append(
                     f"New Line.drop_{s.participant} phases=1 bus1=svc_{s.group}.1 bus2={cb}.1 "
@@ -330,16 +550,15 @@ class OpenDSSFeeder:
                 new_bases[cb] = v_sec
                 node_names.append(f"{cb}.1")
                 base_kv.append(v_sec)
-        elif kind == "direct":
-            for s in sites:
+                kinds.append("secondary")
+            else:
                 bus = s.bus.lower()
                 kv = self.bus_kv_ln(bus)
                 node = f"{bus}.{PHASE_TO_NODE[s.phase]}"
                 commands.append(self._load_command(s.participant, node, kv))
                 node_names.append(node)
                 base_kv.append(kv)
-        else:
-            raise ValueError(f"unknown customer connection kind {kind!r}; allowed: secondary, direct")
+                kinds.append("direct")
         try:
             for c in commands:
                 self._dss.Text.Command(c)
@@ -350,22 +569,42 @@ class OpenDSSFeeder:
         except Exception as e:
             raise FeederModelError(f"{self.master}: could not attach customers: {e}") from None
         self.sites = sites
+        self._cust_kind = kinds
         self._limits_index = None  # new lines, transformers and buses: index again
         self._cust_bus = [s.bus.lower() for s in sites]
-        idx = []
-        for s in sites:
-            self._dss.Loads.Name(f"cust_{s.participant}")
-            idx.append(self._dss.Loads.Idx())
-        self._cust_load_idx = np.asarray(idx, dtype=np.int64)
+        # the customer Loads: the last len(sites) Loads of the class, in site order
+        n_loads = int(self._dss.Loads.Count())
+        first = n_loads - len(sites) + 1
+        self._cust_load_idx = np.arange(first, n_loads + 1, dtype=np.int64)
+        self._cust_batch = _Batch.of_index(self._dss, "Load", self._cust_load_idx.tolist())
+        if self._cust_batch.names() != [f"cust_{s.participant}".lower() for s in sites]:
+            raise FeederModelError(f"{self.master}: the customer Loads are not the last Loads of the model")
         all_nodes = {n.lower(): i for i, n in enumerate(self._dss.Circuit.AllNodeNames())}
         try:
             self._cust_node_idx = np.asarray([all_nodes[n.lower()] for n in node_names], dtype=np.int64)
+            pos = sorted(node2_names)
+            self._split_pos = np.asarray(pos, dtype=np.int64)
+            self._split_node2 = np.asarray([all_nodes[node2_names[k].lower()] for k in pos], dtype=np.int64)
         except KeyError as e:
             raise FeederModelError(f"{self.master}: customer node {e} not found after attaching") from None
+        self._split_leg_base_v = np.asarray([leg_kv[k] for k in sorted(leg_kv)], dtype=float) * 1000.0
         self._cust_base_v = np.asarray(base_kv, dtype=float) * 1000.0
         self._cust_p = np.zeros(len(sites))
         self._cust_q = np.zeros(len(sites))
         self.solve(controls=True)
+
+    @property
+    def customer_connections(self) -> list[str]:
+        """How each customer is connected, in customer order: ``secondary`` (behind a
+        service transformer and drop of tecosim's), ``direct`` (line-to-neutral on its
+        bus node) or ``split_phase`` (240 V across the legs of its load's split-phase
+        service; see :meth:`attach_customers`)."""
+        return list(self._cust_kind)
+
+    def customer_v_base_v(self) -> np.ndarray:
+        """Nominal voltage of each customer's :meth:`customer_v_pu` [V]: its node's L-N
+        base, or 240 V (2 x the legs' base) across a split-phase service."""
+        return self._cust_base_v.copy()
 
     @staticmethod
     def _load_command(participant: str, node: str, kv_ln: float) -> str:
@@ -376,10 +615,21 @@ class OpenDSSFeeder:
 
     # ------------------------------------------------------------------ set-points
     def set_background_scale(self, mult: float) -> None:
-        """Set every original (non-customer) load to ``mult`` x its nominal kW, kvar [-]."""
+        """Set every original (non-customer) load to ``mult`` x its nominal kW, kvar [-].
+
+        Two batch writes (kW, then kvar of every original Load); the classic per-Load
+        path is :meth:`_set_background_scale_per_load` (tests/feeder/test_bulk.py
+        checks the two give the same solution)."""
         mult = float(mult)
         if mult == self._background_mult:
             return
+        self._bg_batch.set_f64("kW", self._bg_kw0 * mult)
+        self._bg_batch.set_f64("kvar", self._bg_kvar0 * mult)
+        self._background_mult = mult
+
+    def _set_background_scale_per_load(self, mult: float) -> None:
+        """:meth:`set_background_scale` through the classic ``Loads`` API, one Load at a time."""
+        mult = float(mult)
         loads = self._dss.Loads
         for idx, kw, kvar in self._background:
             loads.Idx(idx)
@@ -392,7 +642,20 @@ class OpenDSSFeeder:
         return self._background_mult
 
     def set_customer_powers(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> None:
-        """Set each customer Load's power [kW, kvar] (p_kw > 0 consumption, < 0 export)."""
+        """Set each customer Load's power [kW, kvar] (p_kw > 0 consumption, < 0 export).
+
+        Two batch writes (kW, then kvar) whatever the number of customers; a customer
+        whose set-point did not change is skipped (NaN in the batch array). The
+        classic per-Load path is :meth:`_set_customer_powers_per_load`."""
+        p, q = self._check_customer_powers(p_kw, q_kvar)
+        changed = (p != self._cust_p) | (q != self._cust_q)
+        if changed.any() and self._cust_batch is not None:
+            self._cust_batch.set_f64("kW", np.where(changed, p, np.nan))
+            self._cust_batch.set_f64("kvar", np.where(changed, q, np.nan))
+        self._cust_p = p.copy()
+        self._cust_q = q.copy()
+
+    def _check_customer_powers(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = np.asarray(p_kw, dtype=float)
         q = np.asarray(q_kvar, dtype=float)
         n = len(self.sites)
@@ -400,7 +663,11 @@ class OpenDSSFeeder:
             raise ValueError(f"expected {n} customer powers, got p {p.shape} and q {q.shape}")
         if not (np.all(np.isfinite(p)) and np.all(np.isfinite(q))):
             raise ValueError("customer powers must be finite")
-        # only the loads whose set-point changed are written (OpenDSS keeps the rest)
+        return p, q
+
+    def _set_customer_powers_per_load(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> None:
+        """:meth:`set_customer_powers` through the classic ``Loads`` API, one Load at a time."""
+        p, q = self._check_customer_powers(p_kw, q_kvar)
         changed = np.flatnonzero((p != self._cust_p) | (q != self._cust_q))
         loads = self._dss.Loads
         idx = self._cust_load_idx[changed].tolist()
@@ -435,7 +702,15 @@ class OpenDSSFeeder:
 
     # ------------------------------------------------------------------ regulators
     def regulator_taps(self) -> dict[str, int]:
-        """Present tap position [steps from neutral] of every RegControl."""
+        """Present tap position [steps from neutral] of every RegControl (one batch read
+        of the RegControls' ``TapNum``)."""
+        if self._reg_batch is None:
+            return {}
+        taps = self._reg_batch.get_i32("TapNum").tolist()
+        return dict(zip(self._regulators, (int(t) for t in taps), strict=True))
+
+    def _regulator_taps_per_regulator(self) -> dict[str, int]:
+        """:meth:`regulator_taps` through the classic ``RegControls`` API, one at a time."""
         out = {}
         rc = self._dss.RegControls
         for name in self._regulators:
@@ -450,7 +725,17 @@ class OpenDSSFeeder:
 
     def capacitor_steps(self) -> dict[str, int]:
         """Steps in service of every Capacitor [-] (0 = switched off; a one-step bank: 0/1),
-        as its CapControl (if any) left it."""
+        as its CapControl (if any) left it. One batch read of the Capacitors' ``states``."""
+        names = self.capacitor_names
+        if not names:
+            return {}
+        if self._cap_batch is None:
+            self._cap_batch = _Batch.of_class(self._dss, "Capacitor")
+        states = self._cap_batch.get_str("states")
+        return {n: sum(int(x) for x in re.findall(r"-?\d+", st)) for n, st in zip(names, states, strict=True)}
+
+    def _capacitor_steps_per_capacitor(self) -> dict[str, int]:
+        """:meth:`capacitor_steps` through the classic ``Capacitors`` API, one at a time."""
         out = {}
         caps = self._dss.Capacitors
         if not caps.Count():
@@ -489,23 +774,47 @@ class OpenDSSFeeder:
 
     # ------------------------------------------------------------------ results
     def customer_v_pu(self) -> np.ndarray:
-        """Voltage magnitude at each customer node [pu of its nominal L-N voltage]."""
-        vmag = np.asarray(self._dss.Circuit.AllBusVMag(), dtype=float)
-        return vmag[self._cust_node_idx] / self._cust_base_v
+        """Voltage magnitude at each customer's point [pu of its nominal voltage]: its
+        node to neutral over the node's L-N base; for a split-phase customer
+        (:meth:`attach_customers`) the leg-to-leg voltage |V1 - V2| over 240 V (2 x the
+        legs' base), what its 240 V inverter measures."""
+        vmag = self._bulk("vmag")
+        v = vmag[self._cust_node_idx] / self._cust_base_v
+        if self._split_pos.size:
+            volts = self._bulk("volts")
+            pos = self._split_pos
+            v[pos] = np.abs(volts[self._cust_node_idx[pos]] - volts[self._split_node2]) / self._cust_base_v[pos]
+        return v
+
+    @property
+    def has_split_phase_customers(self) -> bool:
+        """Whether any customer sits across the legs of a split-phase service."""
+        return bool(self._split_pos.size)
+
+    def customer_v_extremes_pu(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lowest, highest) voltage of each customer's service [pu], for the voltage band.
+
+        A customer on one node: its :meth:`customer_v_pu` twice. A split-phase
+        customer: the extremes over its 240 V (:meth:`customer_v_pu`) and each 120 V
+        leg to neutral over the legs' base (ANSI C84.1 states the band for both the
+        120 V and the 240 V of a 120/240 V service)."""
+        v = self.customer_v_pu()
+        lo, hi = v.copy(), v.copy()
+        if self._split_pos.size:
+            vmag = self._bulk("vmag")
+            pos = self._split_pos
+            leg1 = vmag[self._cust_node_idx[pos]] / self._split_leg_base_v
+            leg2 = vmag[self._split_node2] / self._split_leg_base_v
+            lo[pos] = np.minimum(np.minimum(leg1, leg2), v[pos])
+            hi[pos] = np.maximum(np.maximum(leg1, leg2), v[pos])
+        return lo, hi
 
     def customer_pq(self) -> tuple[np.ndarray, np.ndarray]:
-        """Power actually drawn by each customer Load [kW], [kvar] (+ consumption)."""
-        n = len(self.sites)
-        p = np.empty(n)
-        q = np.empty(n)
-        loads = self._dss.Loads
-        elem = self._dss.CktElement
-        for k, idx in enumerate(self._cust_load_idx.tolist()):
-            loads.Idx(idx)
-            s = elem.TotalPowers()
-            p[k] = s[0]
-            q[k] = s[1]
-        return p, q
+        """Power actually drawn by each customer Load [kW], [kvar] (+ consumption); one batch read."""
+        if self._cust_batch is None or not self.sites:
+            return np.zeros(0), np.zeros(0)
+        s = self._cust_batch.total_powers()
+        return s[:, 0].copy(), s[:, 1].copy()
 
     def source_pq(self) -> tuple[float, float]:
         """Total power into the circuit from the source [kW], [kvar] (+ import)."""
@@ -516,14 +825,68 @@ class OpenDSSFeeder:
         """Total active losses of the circuit [kW]."""
         return float(self._dss.Circuit.Losses()[0]) / 1000.0
 
+    def _pc_element_batches(self) -> list[tuple[str, _Batch]]:
+        """One batch per class of power-conversion (PC) element in the circuit, the
+        sources (:data:`_SOURCE_CLASSES`, which ``Circuit.TotalPower`` sums) left out.
+
+        PC classes are the classes of ``Circuit.AllElementNames`` that are neither PD
+        elements nor control / metering elements (:data:`_CONTROL_CLASSES`), so a class
+        OpenDSS adds later is counted without a change here. Rebuilt when the element
+        count changes (customers attached)."""
+        dss = self._dss
+        n_el = int(dss.Circuit.NumCktElements())
+        cached = self._pc_batches
+        if cached is not None and self._pc_key == n_el:
+            return cached
+        pd = {x.partition(".")[0].lower() for x in dss.PDElements.AllNames()}
+        classes: list[str] = []
+        for full in dss.Circuit.AllElementNames():
+            cls = full.partition(".")[0]
+            if cls.lower() not in pd and cls.lower() not in _CONTROL_CLASSES and cls not in classes:
+                classes.append(cls)
+        out = []
+        for cls in classes:
+            if cls.lower() in _SOURCE_CLASSES:  # the other side of the balance (source_pq)
+                continue
+            b = _Batch.of_class(dss, cls)
+            if b.n:
+                out.append((cls.lower(), b))
+        self._pc_batches = out
+        self._pc_key = n_el
+        return out
+
+    _pc_key = -1
+
+    def pc_powers_kw(self) -> dict[str, float]:
+        """Active power into the circuit's power-conversion elements, per class [kW]
+        (+ consumption: a Generator, PVSystem or discharging Storage is negative),
+        summed over each class's elements; the sources excluded. One batch read
+        per class present (``Alt_CEBatch_Get_TotalPowers``)."""
+        # summed in element order (a cumulative sum, not numpy's pairwise sum), so the
+        # total is the one the classic element-by-element loop gives, bit for bit
+        return {cls: float(np.cumsum(b.total_powers()[:, 0])[-1]) for cls, b in self._pc_element_batches()}
+
     def load_kw(self) -> float:
-        """Active power drawn by all Loads, customers included [kW] (+ consumption)."""
-        loads = self._dss.Loads
-        elem = self._dss.CktElement
+        """Net active power drawn by every power-conversion element [kW] (+ consumption).
+
+        Loads (customers included) minus what Generators, PVSystems, Storage (and any
+        other PC element of the model but the sources) deliver: with it,
+        ``source_pq()[0] = load_kw() + losses_kw()`` holds to the solution tolerance
+        (conservation of active power). On a model with Loads only this is the Loads'
+        total, as before. One batch read per PC class (:meth:`pc_powers_kw`)."""
         total = 0.0
-        for k in range(1, loads.Count() + 1):
-            loads.Idx(k)
-            total += elem.TotalPowers()[0]
+        for p in self.pc_powers_kw().values():
+            total += p
+        return total
+
+    def _load_kw_per_element(self) -> float:
+        """:meth:`load_kw` the classic way: ``CktElement.TotalPowers`` of each PC element in turn."""
+        dss = self._dss
+        total = 0.0
+        for cls, b in self._pc_element_batches():
+            for name in b.names():
+                dss.Circuit.SetActiveElement(f"{cls}.{name}")
+                total += dss.CktElement.TotalPowers()[0]
         return total
 
     # ------------------------------------------------------------------ limits
@@ -532,21 +895,38 @@ class OpenDSSFeeder:
         limit checks, SCADA, flows and loss allocation of a step all read the same
         solution (``powers``: PDElements.AllPowers as complex [kW + j kvar];
         ``max_currents``: PDElements.AllMaxCurrents [A]; ``volts``: Circuit.AllBusVolts
-        as complex [V]). Read-only: callers index, never modify."""
+        as complex [V]; ``vmag``: Circuit.AllBusVmag [V]). Read-only: callers index,
+        never modify."""
         hit = self._bulk_cache.get(what)
         if hit is not None and hit[0] == self._solution_id:
             return hit[1]
         if what == "powers":
-            a = _as_complex(self._dss.PDElements.AllPowers())
+            a = _as_complex(self._read_doubles("PDElements_Get_AllPowers"))
         elif what == "max_currents":
-            a = np.asarray(self._dss.PDElements.AllMaxCurrents(), dtype=float)
+            a = self._read_doubles("PDElements_Get_AllMaxCurrents", 0)  # terminal 1 only
         elif what == "volts":
-            a = _as_complex(self._dss.Circuit.AllBusVolts())
+            a = _as_complex(self._read_doubles("Circuit_Get_AllBusVolts"))
+        elif what == "vmag":
+            a = self._read_doubles("Circuit_Get_AllBusVmag")
         else:
             raise ValueError(f"unknown bulk read {what!r}")
         a.flags.writeable = False
         self._bulk_cache[what] = (self._solution_id, a)
         return a
+
+    def _read_doubles(self, fn: str, *args) -> np.ndarray:
+        """A DSS C-API array getter (``PDElements_Get_AllPowers``, ...) straight into a
+        numpy array: the same doubles opendssdirect returns, without its per-value
+        conversion to a Python list (measured: a third of a step's reading time on
+        IEEE 8500)."""
+        ffi, lib = self._dss.dss_ffi, self._dss.dss_lib
+        res = ffi.new("double**")
+        dims = ffi.new("int32_t[4]")
+        getattr(lib, fn)(res, dims, *args)
+        try:
+            return np.frombuffer(ffi.buffer(res[0], int(dims[0]) * 8), dtype=float).copy()
+        finally:
+            lib.DSS_Dispose_PDouble(res)
 
     def _limits(self) -> _LimitsIndex:
         """Element/bus positions in OpenDSS's bulk arrays, built once per model."""
@@ -739,38 +1119,108 @@ class OpenDSSFeeder:
         0 km from every winding to the first, parallel elements: the shorter length);
         each edge also lists the PD elements (lower-case full names) that join its
         two buses. Shunt PD elements (capacitors, reactors to ground: both terminals
-        on one bus) make no edge.
+        on one bus) make no edge. Built once per PD element list (:meth:`_topology`);
+        callers must not modify it.
+        """
+        topo = self._topology()
+        return topo.graph, topo.root
+
+    def _topology(self) -> _Topology:
+        """The model's PD elements, their terminals' buses and nodes, the bus graph and
+        every bus node's primary phase (built once per PD element / node list).
+
+        Phase layers of bus nodes: the source bus's nodes 1, 2, 3 are a, b, c; going
+        out from the source (BFS over the bus graph), a node of the far bus of an
+        element takes the layer of the node its conductor has at the near bus, and
+        every node behind a single-phase transformer takes the layer of its primary
+        phase (so the two 120 V legs, nodes 1 and 2, of a center-tapped service
+        transformer on a phase-b primary are both b). Disabled elements (no nodes)
+        are kind ``off`` and make no edge.
+
+        Cost: Lines and Transformers are read in bulk (one batch call per property);
+        per PD element there remain four calls (``SetActiveElement``, ``Enabled``,
+        ``BusNames``, ``NodeOrder``: DSS C-API has no batch form of NodeOrder).
         """
         import networkx as nx
 
         dss = self._dss
+        pd_el = dss.PDElements
+        key = (int(pd_el.Count()), int(dss.Circuit.NumNodes()))
+        topo = self._topo
+        if topo is not None and topo.key == key:
+            return topo
+        topo = _Topology()
+        topo.key = key
+        topo.names = [n.lower() for n in pd_el.AllNames()]
+        lines = _Batch.of_class(dss, "Line")
+        km_per = np.asarray([_KM_PER_UNIT.get(int(u), 1.0) for u in lines.get_i32("units")])
+        km = np.where(lines.get_i32("switch") != 0, 0.0, lines.get_f64("length") * km_per)
+        line_km = dict(zip((f"line.{x}" for x in lines.names()), km.tolist(), strict=True))
+        xfs = _Batch.of_class(dss, "Transformer")
+        xf_phases = xfs.get_i32("phases")
+        xf_delta = [any(c.startswith("d") or c == "ll" for c in re.findall(r"[a-z]+", x.lower()))
+                    for x in xfs.get_str("conns")]
+        xf_kind = {f"transformer.{x}": ("xf1" if ph == 1 else "xfd" if dl else "cond")
+                   for x, ph, dl in zip(xfs.names(), xf_phases.tolist(), xf_delta, strict=True)}
         g = nx.Graph()
         g.add_nodes_from(b.lower() for b in dss.Circuit.AllBusNames())
-        pd_el = dss.PDElements
-        i = pd_el.First()
-        while i > 0:
-            el = dss.CktElement
-            if el.Enabled():
-                name = el.Name().lower()
-                buses = [b.split(".")[0].lower() for b in el.BusNames()]
-                km = 0.0
-                if name.startswith("line."):
-                    dss.Lines.Name(name.partition(".")[2])
-                    if not dss.Lines.IsSwitch():
-                        km = float(dss.Lines.Length()) * _KM_PER_UNIT.get(int(dss.Lines.Units()), 1.0)
-                for other in buses[1:]:
-                    a, b = buses[0], other
-                    if a == b:
-                        continue
-                    if g.has_edge(a, b):
-                        g[a][b]["km"] = min(km, g[a][b]["km"])
-                        g[a][b]["elements"].append(name)
-                    else:
-                        g.add_edge(a, b, km=km, elements=[name])
-            i = pd_el.Next()
+        el = dss.CktElement
+        info = topo.info
+        for name in topo.names:
+            dss.Circuit.SetActiveElement(name)
+            if not el.Enabled():
+                info.append(([], [], "off"))
+                continue
+            buses = [b.split(".")[0].lower() for b in el.BusNames()]
+            order = list(el.NodeOrder())
+            nc = len(order) // max(len(buses), 1)
+            nodes = [order[t * nc:(t + 1) * nc] for t in range(len(buses))]
+            cls = name.partition(".")[0]
+            if cls == "transformer":
+                kind = xf_kind.get(name, "cond")
+            elif cls == "line" and len(buses) == 2:
+                kind = "line"
+            else:
+                kind = "cond"
+            info.append((buses, nodes, kind))
+            length = line_km.get(name, 0.0)
+            for other in buses[1:]:
+                a, b = buses[0], other
+                if a == b:
+                    continue
+                if g.has_edge(a, b):
+                    g[a][b]["km"] = min(length, g[a][b]["km"])
+                    g[a][b]["elements"].append(name)
+                else:
+                    g.add_edge(a, b, km=length, elements=[name])
         dss.Vsources.First()
         root = dss.CktElement.BusNames()[0].split(".")[0].lower()
-        return g, root
+        topo.graph, topo.root = g, root
+        by_name = {x: k for k, x in enumerate(topo.names)}
+        depth = topo.depth
+        depth[root] = 0
+        for u, v in nx.bfs_edges(g, root):
+            depth[v] = depth[u] + 1
+            for e in g[u][v]["elements"]:
+                buses, nodes, kind = info[by_name[e]]
+                if u not in buses or v not in buses:
+                    continue
+                near = nodes[buses.index(u)]
+                far_map = topo.bus_layers.setdefault(v, {})
+                # every terminal on the far bus: a center-tapped transformer has two
+                # (its 120 V windings, nodes 1.0 and 0.2 of the same bus)
+                for far in (nodes[t] for t, bus_t in enumerate(buses) if bus_t == v):
+                    if kind == "xf1":
+                        phases = [topo.layer(u, x) for x in near if topo.layer(u, x) != "n"]
+                        for x in far:
+                            if x != 0:
+                                far_map.setdefault(x, phases[0] if phases else "n")
+                    else:
+                        for x_near, x_far in zip(near, far, strict=False):
+                            if x_far != 0:
+                                far_map.setdefault(x_far, topo.layer(u, x_near))
+        self._topo = topo
+        return topo
 
     def customer_paths(self) -> list[list[str]]:
         """PD elements on each customer's path from the source bus, in customer order.
@@ -858,8 +1308,6 @@ class OpenDSSFeeder:
         behind it are phase b). Node 0 and nodes without a layer (neutrals) are ``n``.
         Each element's conductors take their layers from its terminal nearest the source.
         """
-        import networkx as nx
-
         from federates.feeder.losses import LAYERS
 
         dss = self._dss
@@ -883,51 +1331,18 @@ class OpenDSSFeeder:
         node_names = [x.lower() for x in dss.Circuit.AllNodeNames()]
         node_idx = {x: i for i, x in enumerate(node_names)}
         ground = len(node_names)
-        info = []  # per element: (buses per terminal, nodes per terminal, kind)
-        for name in ix.names:
-            dss.Circuit.SetActiveElement(name)
-            el = dss.CktElement
-            nc = el.NumConductors()
-            buses = [b.split(".")[0].lower() for b in el.BusNames()]
-            order = list(el.NodeOrder())
-            nodes = [order[t * nc:(t + 1) * nc] for t in range(len(buses))]
-            kind = name.partition(".")[0]
-            if kind == "transformer":
-                xf = dss.Transformers
-                xf.Name(name.partition(".")[2])
-                delta = False
-                for w in range(1, xf.NumWindings() + 1):
-                    xf.Wdg(w)
-                    delta = delta or bool(xf.IsDelta())
-                kind = "xf1" if el.NumPhases() == 1 else "xfd" if delta else "cond"
-            elif kind != "line" or len(buses) != 2:
-                kind = "cond"
-            info.append((buses, nodes, kind))
-        # phase layers of bus nodes, outward from the source
-        g, root = self._pd_element_graph()
-        by_name = {x: k for k, x in enumerate(ix.names)}
-        depth = {root: 0}
-        for u, v in nx.bfs_edges(g, root):
-            depth[v] = depth[u] + 1
-            for e in g[u][v]["elements"]:
-                buses, nodes, kind = info[by_name[e]]
-                if u not in buses or v not in buses:
-                    continue
-                near, far = nodes[buses.index(u)], nodes[buses.index(v)]
-                far_map = ix.bus_layers.setdefault(v, {})
-                if kind == "xf1":
-                    phases = [ix.layer(u, x) for x in near if ix.layer(u, x) != "n"]
-                    for x in far:
-                        if x != 0:
-                            far_map.setdefault(x, phases[0] if phases else "n")
-                else:
-                    for x_near, x_far in zip(near, far, strict=False):
-                        if x_far != 0:
-                            far_map.setdefault(x_far, ix.layer(u, x_near))
+        topo = self._topology()
+        if topo.names != ix.names:  # pragma: no cover - both read PDElements.AllNames
+            raise FeederModelError(f"{self.master}: the PD element list changed while indexing")
+        info = topo.info
+        depth = topo.depth
+        ix.bus_layers = topo.bus_layers
         lin_cell = np.full(ix.n_flat, dummy, dtype=np.int64)
         xfd_ncell, xfd_loc, xfd_pos, xfd_node, xfd_base2, xfd_cell = [], [], [], [], [], []
         lines = []  # (n1, n2, ys, r, cells, n cell)
         for k, (buses, nodes, kind) in enumerate(info):
+            if kind == "off":  # disabled: no conductors carry anything (its cells stay empty)
+                continue
             t0 = min(range(len(buses)), key=lambda t: depth.get(buses[t], 1 << 30))
             cells = [k * n_lay + lay[ix.layer(buses[t0], x)] for x in nodes[t0]]
             ncell = k * n_lay + n_of
@@ -1434,16 +1849,43 @@ class OpenDSSFeeder:
             changed = list(range(n))
         else:
             changed = np.flatnonzero(np.any(new != old, axis=1)).tolist()
-        loads = self._dss.Loads
-        for k in changed:
-            loads.Idx(rows[k][0])
-            loads.kW(float(new[k, 0]))
-            loads.kvar(float(new[k, 1]))
+        if changed:  # two batch writes; NaN leaves a Load as it is
+            ix = np.asarray(changed, dtype=np.int64)
+            kw_set = np.full(n, np.nan)
+            kvar_set = np.full(n, np.nan)
+            kw_set[ix] = new[ix, 0]
+            kvar_set[ix] = new[ix, 1]
+            self._bg_batch.set_f64("kW", kw_set)
+            self._bg_batch.set_f64("kvar", kvar_set)
         self._bg_model_written = new
         self._background_mult = math.nan  # no single multiplier any more
         total = float(kw0.sum())
         return float(new[:, 0].sum() / total) if total != 0 else math.nan
     # ---- end of model inventory (feeders show) ----
+
+
+class _Topology:
+    """The PD elements of a model, their wiring, the bus graph and the nodes' phases
+    (see :meth:`OpenDSSFeeder._topology`)."""
+
+    def __init__(self) -> None:
+        self.key: tuple[int, int] = (0, 0)  # (PD elements, nodes) when built
+        self.names: list[str] = []  # PD elements, lower-case full names, PDElements order
+        #: per PD element: (bus per terminal, nodes per terminal, kind): kind ``line``,
+        #: ``xf1`` (single-phase transformer), ``xfd`` (with a delta winding), ``cond``
+        #: (anything else), ``off`` (disabled)
+        self.info: list[tuple[list[str], list[list[int]], str]] = []
+        self.graph = None
+        self.root = ""
+        self.depth: dict[str, int] = {}  # edges from the source bus
+        self.bus_layers: dict[str, dict[int, str]] = {}
+
+    def layer(self, bus: str, node: int) -> str:
+        """Phase layer (a, b, c) of ``bus``.``node``, ``n`` for node 0 and neutrals."""
+        m = self.bus_layers.get(bus)
+        if m is not None and node in m:
+            return m[node]
+        return NODE_TO_PHASE.get(node, "n")
 
 
 class _LimitsIndex:

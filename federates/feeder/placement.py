@@ -17,6 +17,12 @@ its primary node-to-ground, which OpenDSS accepts (ground is every node's
 reference), but the section then needs a ground reference somewhere (a grounded
 wye winding) or OpenDSS's voltages there float. Loads wired to no phase node (only
 neutral nodes 0 or 4+) have no phases and are never chosen.
+
+A load on a 120/240 V split-phase secondary (``LoadPoint.split_phase``: its two nodes
+are the legs of one center-tapped transformer, as every load of IEEE 8500) has one
+phase, its transformer's primary phase; the prosumer there is that house and is
+connected across both legs (240 V) by ``OpenDSSFeeder.attach_customers``, not
+line-to-neutral.
 """
 
 from __future__ import annotations

@@ -98,7 +98,8 @@ def daily_shape_mult(hour_of_day: float, shape: tuple[float, ...] = OPENDSS_DEFA
 class Measurement:
     """What the feeder measures at each customer point, in customer order.
 
-    ``v_pu`` voltage magnitude [pu of the L-N base]; ``p_kw``/``q_kvar`` power at the
+    ``v_pu`` voltage magnitude [pu of the L-N base; for a customer across a split-phase
+    120/240 V service the leg-to-leg voltage over 240 V]; ``p_kw``/``q_kvar`` power at the
     customer point [kW, kvar] (+ import): the set-point applied to the constant-PQ
     customer load, which OpenDSS draws within its solution tolerance;
     ``curtailed_p_kw`` export held back by DSO caps [kW, >= 0] (applied - requested).
@@ -156,6 +157,14 @@ class FeederRole:
         self._done = np.zeros(steps, dtype=bool)
         self._v = np.full((steps, n), np.nan)
         self._v_before = np.full((steps, n), np.nan)
+        # split-phase customers (240 V across two 120 V legs): the band is checked on
+        # the lowest / highest of their 240 V and both legs (OpenDSSFeeder.
+        # customer_v_extremes_pu); None when every customer is on one node (then v_pu)
+        self._legs = self.feeder.has_split_phase_customers
+        self._v_lo = np.full((steps, n), np.nan) if self._legs else None
+        self._v_hi = np.full((steps, n), np.nan) if self._legs else None
+        self._v_lo_before = np.full((steps, n), np.nan) if self._legs else None
+        self._v_hi_before = np.full((steps, n), np.nan) if self._legs else None
         self._p = np.full((steps, n), np.nan)
         self._q = np.full((steps, n), np.nan)
         self._curt = np.full((steps, n), np.nan)
@@ -269,8 +278,12 @@ class FeederRole:
                 rows.append((g, t_s, names[i], kind_i, limit, bound, float(vb[i]), float(va[i])))
 
         parts = self.participants
-        add(parts, "customer", "v_max", lim.v_max_pu, self._v_before[g], self._v[g], True)
-        add(parts, "customer", "v_min", lim.v_min_pu, self._v_before[g], self._v[g], False)
+        if self._legs:  # split-phase services: their highest / lowest of 240 V and both legs
+            add(parts, "customer", "v_max", lim.v_max_pu, self._v_hi_before[g], self._v_hi[g], True)
+            add(parts, "customer", "v_min", lim.v_min_pu, self._v_lo_before[g], self._v_lo[g], False)
+        else:
+            add(parts, "customer", "v_max", lim.v_max_pu, self._v_before[g], self._v[g], True)
+            add(parts, "customer", "v_min", lim.v_min_pu, self._v_before[g], self._v[g], False)
         if lim.thermal and before[0].size:
             add(self.elements, self.element_kind, "thermal", lim.thermal_max_pct, before[0], after[0], True)
         add(self.vuf_buses, "bus", "vuf", lim.vuf_max_pct, before[1], after[1], True)
@@ -352,8 +365,10 @@ class FeederRole:
         assert h is not None
         for a in (self._v, self._v_before, self._p, self._q, self._curt, self._src_p, self._src_q,
                   self._loss, self._load, self._taps, self._caps, self._top_elem, self._top_load,
-                  self._vuf, self._cust_loss, self._bg_loss):
-            a[g] = a[h]
+                  self._vuf, self._cust_loss, self._bg_loss, self._v_lo, self._v_hi, self._v_lo_before,
+                  self._v_hi_before):
+            if a is not None:
+                a[g] = a[h]
         self._solves[g] = self._n_solves
         self._done[g] = True
         self._pending_grid = None  # the engine holds no usable solution
@@ -376,6 +391,8 @@ class FeederRole:
             curtailed_p_kw=capped - self._requested,
         )
         self._record(g, m)
+        if self._legs:
+            self._v_lo[g], self._v_hi[g] = self.feeder.customer_v_extremes_pu()
         return m
 
     def _record(self, g: int, m: Measurement) -> None:
@@ -390,9 +407,10 @@ class FeederRole:
     def _finalize_grid(self) -> None:
         """Record the grid row of the step in progress from the last solve.
 
-        Called before the next step changes the model and by :meth:`tables`, so the
-        per-element readouts (load_kw loops over every Load) run once per step, not
-        once per solve.
+        Called before the next step changes the model and by :meth:`tables`, so these
+        readouts (source, losses, the net power of every power-conversion element:
+        ``load_kw``, taps, capacitors, loss allocation) run once per step, not once
+        per solve.
         """
         g = self._pending_grid
         if g is None:
@@ -494,6 +512,8 @@ class FeederRole:
         if not self._solve(g, False, set_powers):
             return self._settle(g, self._hold(g))
         self._v_before[g] = self.feeder.customer_v_pu()
+        if self._legs:
+            self._v_lo_before[g], self._v_hi_before[g] = self.feeder.customer_v_extremes_pu()
         self._before = self._limit_values()
         return self._settle(g, self._controlled_solve(g))
 

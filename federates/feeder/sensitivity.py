@@ -28,7 +28,11 @@ The DSO's curtailment and operating envelopes (federates/controllers/dso.py) use
 them as a linear model around what it measures; the step's re-solves correct the
 linearisation error.
 
-Cost: ``2 n + 1`` power flows (about 1 ms each on IEEE 13 with 40 customers).
+Cost: ``2 n + 1`` power flows (about 1 ms each on IEEE 13 with 40 customers), each
+with O(1) OpenDSS calls (two batch writes, one solve, four bulk reads). On IEEE 8500
+(4893 lines and transformers) measured on a 2-core machine: 1177 customers 20.6 s
+(2355 solves, 8.8 ms each), 3000 customers 65 s (6001 solves, 10.9 ms each; 0.53 GB
+peak for the whole process).
 The arrays go to ``sensitivities.npz`` in the run folder, uncompressed: the
 operating point's vectors as float64, the four matrices as float32 (relative rounding
 6e-8, far below the linearisation error of ~1e-3 pu; it halves the memory of every
