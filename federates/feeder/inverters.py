@@ -168,6 +168,7 @@ class InverterFleet:
         self._n_q = np.zeros(n_steps, dtype=np.int64)
         self._n_cap = np.zeros(n_steps, dtype=np.int64)
         self._curtailment_rows: list[dict[str, Any]] = []
+        self._cause_step: int | None = None  # the step whose limiting cause is still to record
 
     # ------------------------------------------------------------------ caps
     @property
@@ -211,7 +212,19 @@ class InverterFleet:
         self._envelopes[k] = caps
 
     # ------------------------------------------------------------------ the loop
+    def _close_step(self) -> None:
+        """Record which cap limits each customer at the last solve of the step in progress.
+
+        The caps a solve ran with are those in force when :meth:`on_solve` is called;
+        after the last solve of a step nothing changes them any more (a last solve is
+        one that brought no move, no DSO cap, or hit the iteration cap), so they are
+        read once, when the step is over, not at every solve."""
+        if self._cause_step is not None:
+            self._cause[self._cause_step] = self._limiting_cause()
+            self._cause_step = None
+
     def _start_step(self, g: int) -> None:
+        self._close_step()
         prev = self._g
         if prev is not None and g < prev:
             raise ValueError(f"step {g} comes after step {prev}; steps must not go back")
@@ -276,7 +289,7 @@ class InverterFleet:
         self._over_any[g] |= over
         self._under_any[g] |= under
         self._curtailed_kw[g] = curtailed
-        self._cause[g] = self._limiting_cause()  # the caps of this solve: which one limits
+        self._cause_step = g  # which cap limits: from the caps of the step's last solve (_close_step)
         self._iterations[g] = self._rounds
         self._converged[g] = True
 
@@ -405,6 +418,7 @@ class InverterFleet:
         the DSO limit ``v_max``, ``thermal``, ``vuf``, ``export``). Energy held back by
         an operating envelope gets no notice (module doc).
         """
+        self._close_step()
         if not 0 <= k < self.timeline.n_intervals:
             raise ValueError(f"interval {k} is outside the study (0..{self.timeline.n_intervals - 1})")
         steps = self.timeline.steps_of_interval(k)
@@ -425,6 +439,7 @@ class InverterFleet:
     def curtailment_energy(self) -> pd.DataFrame:
         """``curtailment_energy``: per step, participant and cause the PV energy held back
         [kWh] (step, t_s, participant, limit, energy_kwh), rows > 0 only."""
+        self._close_step()
         steps, cols = np.nonzero(self._curtailed_kw > 0)
         e = self._curtailed_kw[steps, cols] * self.timeline.step_h
         cause = self._cause[steps, cols]
@@ -455,6 +470,7 @@ class InverterFleet:
         control: one row per step: step, t_s, iterations, converged, n_q_changes,
         n_cap_changes (DSO and Volt-Watt caps).
         """
+        self._close_step()
         steps = np.flatnonzero(self._seen)
         t_s = steps * self.timeline.physics_step_s
         parts = []

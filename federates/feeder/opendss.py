@@ -890,6 +890,12 @@ class OpenDSSFeeder:
         return total
 
     # ------------------------------------------------------------------ limits
+    @property
+    def solution_id(self) -> int:
+        """A number that changes with every solve: values read from one solution can be
+        reused until it changes."""
+        return self._solution_id
+
     def _bulk(self, what: str) -> np.ndarray:
         """One bulk array of the last solution, read from OpenDSS once per solve: the
         limit checks, SCADA, flows and loss allocation of a step all read the same

@@ -193,6 +193,7 @@ class FeederRole:
         cur = cfg.controllers.curtailment
         self.want_scada = bool(cfg.controllers.enabled and cur.enabled and cur.policy != "group_voltage")
         self._before: tuple[np.ndarray, np.ndarray, float] | None = None
+        self._limits_of: tuple[int, tuple[np.ndarray, np.ndarray, float]] | None = None  # (solution id, values)
         self._violation_rows: list[tuple] = []
         self._top_elem = np.zeros((steps, self._top_n), dtype=np.int64)
         self._top_load = np.full((steps, self._top_n), np.nan)
@@ -246,9 +247,15 @@ class FeederRole:
         return a
 
     def _limit_values(self) -> tuple[np.ndarray, np.ndarray, float]:
-        """Element loading [%], bus VUF [%] and substation import [kW] of the last solve."""
+        """Element loading [%], bus VUF [%] and substation import [kW] of the last solve
+        (computed once per solve: the DSO's SCADA and the step's record read the same)."""
+        sid = self.feeder.solution_id
+        if self._limits_of is not None and self._limits_of[0] == sid:
+            return self._limits_of[1]
         loading = self.feeder.element_loading_pct()[1] if self.limits.thermal or self._top_n else np.zeros(0)
-        return loading, self.feeder.vuf_pct()[1], self.feeder.source_pq()[0]
+        values = (loading, self.feeder.vuf_pct()[1], self.feeder.source_pq()[0])
+        self._limits_of = (sid, values)
+        return values
 
     def scada(self) -> Scada:
         """The SCADA view of the last solve (see :class:`Scada`)."""
