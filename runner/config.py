@@ -67,6 +67,9 @@ class StudyConfig(_Strict):
     market_interval_s: PositiveFloat = Field(900.0, alias="market_interval")
     physics_step_s: PositiveFloat = Field(60.0, alias="physics_step")
     seed: Annotated[int, Field(ge=0)] = 42
+    # market intervals per chunk of results tables streamed to Parquet during the run
+    # (federates.common.tables); null: automatic, about a million customer-steps per chunk
+    chunk_intervals: Annotated[int, Field(ge=1)] | None = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 

@@ -22,6 +22,7 @@ import pandas as pd
 
 from federates.common.messages import Confirmation
 from federates.common.runtime import Study
+from federates.common.tables import TableCollector, TableWriter, drain_due, study_chunk_intervals
 from federates.controllers.role import ControllersRole
 from federates.feeder.role import FeederRole
 from federates.feeder.sensitivity import needs_sensitivities
@@ -44,11 +45,15 @@ class EngineTimes:
 
 
 def run_inprocess(study: Study, times: EngineTimes | None = None,
-                  progress: Callable[[float], None] | None = None) -> dict[str, pd.DataFrame]:
+                  progress: Callable[[float], None] | None = None,
+                  sink: TableWriter | TableCollector | None = None) -> dict[str, pd.DataFrame]:
     """Run the study in this process; return every federate's tables.
 
     ``progress`` (optional) is called with the simulated time reached [s] once per
-    market interval (the study's duration once the last physics step is done)."""
+    market interval (the study's duration once the last physics step is done).
+    ``sink`` takes the tables chunk by chunk (federates.common.tables: every role
+    drains at the same market times as in the federation); with a ``TableWriter``
+    nothing is returned, without one the chunks are concatenated and returned."""
     times = times or EngineTimes()
     t = time.perf_counter()
     cfg, tl = study.cfg, study.cfg.timeline
@@ -60,6 +65,18 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
     controllers = ControllersRole(cfg, study.sites, inverter_kva,
                                   sensitivities=study.sensitivities() if needs_sensitivities(cfg) else None)
     t = times.add("setup", t)
+    collect = sink is None
+    sink = TableCollector() if sink is None else sink
+    roles = (prosumers, market, feeder, meters, controllers)
+    every = study_chunk_intervals(cfg, len(study.sites))
+
+    def drain(final: bool) -> None:
+        for role in roles:
+            drainer = getattr(role, "drain_tables", None)
+            if drainer is not None:
+                sink.append(drainer())
+            elif final:
+                sink.append(role.tables())
 
     confirmations: list[Confirmation] = []
     schedule_p_kw = np.zeros(len(study.sites))
@@ -115,6 +132,9 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
         t = times.add("market", t)
         if k == tl.n_intervals:
             break
+        if drain_due(tl, k, every):
+            drain(final=False)
+            t = times.add("setup", t)
         controllers.on_confirmations(k, confirmations)
         t = times.add("controllers", t)
         # the inverters hold the export envelopes: the DSO's, or what the constrained clearing accepted
@@ -131,11 +151,9 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
                 t = times.add("feeder", t)
                 if m is None:
                     break
-    tables: dict[str, pd.DataFrame] = {}
-    for role in (prosumers, market, feeder, meters, controllers):
-        tables.update(role.tables())
+    drain(final=True)
     times.add("setup", t)
-    return tables
+    return sink.tables() if collect else {}
 
 
 def _ns(t_s: float) -> int:

@@ -40,8 +40,8 @@ from federates.common.runtime import (
     Study,
     write_distances,
     write_sites,
-    write_tables,
 )
+from federates.common.tables import TableWriter
 from runner.config import (
     GENERATED_FEEDER_DIR,
     HELICS_ZMQ_PORT,
@@ -665,19 +665,32 @@ def merge_part_tables(results: Path, parts: int) -> None:
     each, in site order, as one prosumers federate writes them; the parts are removed.
 
     ``profiles`` has a row per step and participant (participants within a step): the
-    parts are concatenated and stably sorted by step."""
+    parts are concatenated and stably sorted by step. Every part drained at the same
+    market times (federates.common.tables), so row group j of every part holds the
+    same steps: the merge goes one row group at a time (memory bounded by a chunk)."""
     import pandas as pd
+    import pyarrow.parquet as pq
+
+    from federates.common.tables import TableWriter
 
     if parts == 1:
         return
+    with TableWriter(results.parent) as writer:
+        for table in ("prosumers", "profiles"):
+            files = [pq.ParquetFile(results / f"{table}.part{i}.parquet") for i in range(parts)]
+            groups = {f.num_row_groups for f in files}
+            pieces = ([[f.read_row_group(j) for f in files] for j in range(groups.pop())] if len(groups) == 1
+                      else [[f.read() for f in files]])
+            for piece in pieces:
+                df = pd.concat([t.to_pandas() for t in piece], ignore_index=True)
+                if table == "profiles":
+                    df = df.sort_values("step", kind="stable", ignore_index=True)
+                writer.append({table: df})
+            for f in files:
+                f.close()
     for table in ("prosumers", "profiles"):
-        files = [results / f"{table}.part{i}.parquet" for i in range(parts)]
-        df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-        if table == "profiles":
-            df = df.sort_values("step", kind="stable", ignore_index=True)
-        df.to_parquet(results / f"{table}.parquet", index=False)
-        for f in files:
-            f.unlink()
+        for i in range(parts):
+            (results / f"{table}.part{i}.parquet").unlink()
 
 
 def git_dirty() -> bool | None:
@@ -772,7 +785,8 @@ def run_study(study: Study, engine: str, progress: Callable[[float], None] | Non
     if engine == "inprocess":
         times = EngineTimes()
         try:
-            write_tables(study.run_dir, run_inprocess(study, times, progress=progress))
+            with TableWriter(study.run_dir) as writer:
+                run_inprocess(study, times, progress=progress, sink=writer)
         except Exception as e:
             write_manifest(study, engine, "failed", time.perf_counter() - t0, reason=repr(e))
             raise

@@ -128,13 +128,26 @@ def write_progress_file(run_dir: Path, t_s: float) -> None:
     os.replace(tmp, path)
 
 
-def federate_main(name: str, body: Callable[[Study, str, logging.Logger], dict[str, pd.DataFrame]]) -> None:
+def drain_into(sink, role) -> None:
+    """Hand the rows ``role`` recorded since its last drain to ``sink`` (a chunk
+    boundary, federates.common.tables); a role without ``drain_tables`` keeps its rows
+    until its final ``tables()``."""
+    drainer = getattr(role, "drain_tables", None)
+    if drainer is not None:
+        sink.append(drainer())
+
+
+def federate_main(name: str, body: Callable[..., dict[str, pd.DataFrame]]) -> None:
     """Entry point of a federate process: args, logging, run, write tables, exit code.
 
-    ``body(study, broker_address, log)`` runs the federate and returns its tables.
-    Exit 0 on success; on any exception the traceback goes to the log and the exit
-    code is 1, so the runner can name the federate and show the log's tail.
+    ``body(study, broker_address, log, sink)`` runs the federate, hands the chunks of its
+    tables to ``sink`` (a :class:`federates.common.tables.TableWriter` on the run folder)
+    as it goes and returns the rest. Exit 0 on success; on any exception the traceback
+    goes to the log and the exit code is 1, so the runner can name the federate and
+    show the log's tail.
     """
+    from federates.common.tables import TableWriter
+
     ap = argparse.ArgumentParser(prog=f"python -m federates.{name}.federate")
     ap.add_argument("--run-dir", required=True, type=Path)
     ap.add_argument("--broker-address", required=True, help="e.g. tcp://127.0.0.1:23404")
@@ -146,8 +159,8 @@ def federate_main(name: str, body: Callable[[Study, str, logging.Logger], dict[s
     t0 = time.perf_counter()
     try:
         study = Study.load(args.run_dir)
-        tables = body(study, args.broker_address, log)
-        write_tables(args.run_dir, tables)
+        with TableWriter(args.run_dir) as sink:
+            sink.append(body(study, args.broker_address, log, sink))
     except Exception:
         log.error("failed:\n%s", traceback.format_exc())
         sys.exit(1)

@@ -14,13 +14,14 @@ import logging
 from federates.common import keys
 from federates.common.door import Door
 from federates.common.messages import DsoView, Scada, decode, encode
-from federates.common.runtime import Study, federate_main
+from federates.common.runtime import Study, drain_into, federate_main
+from federates.common.tables import drain_due, study_chunk_intervals
 from federates.common.timeline import MAX_ROUNDS
 from federates.controllers.role import ControllersRole
 from federates.feeder.sensitivity import needs_sensitivities
 
 
-def run(study: Study, broker: str, log: logging.Logger):
+def run(study: Study, broker: str, log: logging.Logger, sink):
     cfg, tl = study.cfg, study.cfg.timeline
     sens = study.sensitivities() if needs_sensitivities(cfg) else None
     role = ControllersRole(cfg, study.sites, study.inverter_kva, sensitivities=sens)
@@ -29,6 +30,7 @@ def run(study: Study, broker: str, log: logging.Logger):
     sub_view = door.subscription(*keys.FEEDER_DSO_VIEW)
     view_size = 3 + 2 * n + (0 if role.scada_shape is None else Scada.size(*role.scada_shape))
     ep = door.endpoint(keys.CONTROLLERS)
+    every = study_chunk_intervals(cfg, n)
 
     def dispatch() -> None:
         """AMI readings and confirmations, in arrival order."""
@@ -56,6 +58,8 @@ def run(study: Study, broker: str, log: logging.Logger):
                                                       interval=k))
             if k == tl.n_intervals:
                 break
+            if drain_due(tl, k, every):
+                drain_into(sink, role)
             for g in tl.steps_of_interval(k):
                 for j in range(MAX_ROUNDS + 1):
                     door.advance(tl.decide_time(g, j))

@@ -202,6 +202,12 @@ class ControllersRole:
         return self.dso.grid_constraints(k)
 
     # ------------------------------------------------------------------ tables
+    def drain_tables(self) -> dict[str, pd.DataFrame]:
+        """:meth:`tables`, then forgotten (federates.common.tables)."""
+        out = self.tables()
+        self._envelope_rows = []
+        return out
+
     def tables(self) -> dict[str, pd.DataFrame]:
         """``dso_envelopes`` (with a DSO): every operating envelope the DSO gave
         (interval, participant, export_max_kw, import_max_kw [kW], binding)."""

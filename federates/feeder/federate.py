@@ -14,13 +14,14 @@ from federates.common import keys
 from federates.common.door import Door
 from federates.common.errors import PowerFlowNotConverged
 from federates.common.messages import decode, encode
-from federates.common.runtime import Study, federate_main, write_progress_file
+from federates.common.runtime import Study, drain_into, federate_main, write_progress_file
+from federates.common.tables import drain_due, study_chunk_intervals
 from federates.common.timeline import MAX_ROUNDS
 from federates.controllers.role import DsoReply
 from federates.feeder.role import FeederRole
 
 
-def run(study: Study, broker: str, log: logging.Logger):
+def run(study: Study, broker: str, log: logging.Logger, sink):
     cfg, tl = study.cfg, study.cfg.timeline
     role = FeederRole(cfg, study.master, study.sites, inverter_kva=study.inverter_kva)
     n, s = len(study.sites), tl.steps_per_interval
@@ -32,6 +33,7 @@ def run(study: Study, broker: str, log: logging.Logger):
     pub_view = door.publication(*keys.FEEDER_DSO_VIEW)
     pub_block = door.publication(*keys.FEEDER_METER_BLOCK)
     ep = door.endpoint(keys.FEEDER)
+    every = study_chunk_intervals(cfg, n)
 
     def deviations() -> np.ndarray:
         """Every prosumer part's deviations of the interval's steps [kW], (steps, sites)."""
@@ -61,6 +63,8 @@ def run(study: Study, broker: str, log: logging.Logger):
                                                   interval=k - 1))
             if k == tl.n_intervals:
                 break
+            if drain_due(tl, k, every):
+                drain_into(sink, role)
             for i, g in enumerate(tl.steps_of_interval(k)):
                 door.advance(tl.solve_time(g, 0))
                 inbox(g, 0, k)

@@ -87,6 +87,7 @@ import pandas as pd
 from federates.common.grid import CustomerSite
 from federates.common.messages import CurtailmentNotice, DsoCap, OperatingEnvelope
 from federates.common.rng import stream
+from federates.common.tables import StepArrays, chunk_intervals
 from federates.feeder.voltvar import lagged_target, q_pct_to_q_kvar, response_alpha, volt_var_q_pct
 from federates.feeder.voltwatt import volt_watt_cap_kw
 from runner.config import StudyFile
@@ -154,19 +155,20 @@ class InverterFleet:
         #: the local measurement of the last solve: (v_pu, p_kw) per customer
         self.sensed: tuple[np.ndarray, np.ndarray] = (np.full(n, np.nan), np.full(n, np.nan))
 
-        # per-step records (preallocated; the last call of a step overwrites)
-        n_steps = self.timeline.n_steps
-        self._seen = np.zeros(n_steps, dtype=bool)
-        self._v_first = np.zeros((n_steps, n))
-        self._v_last = np.zeros((n_steps, n))
-        self._over_any = np.zeros((n_steps, n), dtype=bool)
-        self._under_any = np.zeros((n_steps, n), dtype=bool)
-        self._curtailed_kw = np.zeros((n_steps, n))
-        self._cause = np.zeros((n_steps, n), dtype=np.int8)  # which cap limits (CAUSES code)
-        self._iterations = np.zeros(n_steps, dtype=np.int64)
-        self._converged = np.zeros(n_steps, dtype=bool)
-        self._n_q = np.zeros(n_steps, dtype=np.int64)
-        self._n_cap = np.zeros(n_steps, dtype=np.int64)
+        # per-step records of the chunk in progress (the last call of a step overwrites;
+        # federates.common.tables)
+        tl = self.timeline
+        rec = self._rec = StepArrays(min(tl.n_steps, chunk_intervals(tl, n) * tl.steps_per_interval))
+        rec.add("seen", dtype=bool, fill=False)
+        rec.add("v_first", (n,), fill=0.0)
+        rec.add("v_last", (n,), fill=0.0)
+        rec.add("over_any", (n,), dtype=bool, fill=False)
+        rec.add("under_any", (n,), dtype=bool, fill=False)
+        rec.add("curtailed_kw", (n,), fill=0.0)
+        rec.add("cause", (n,), dtype=np.int8, fill=0)  # which cap limits (CAUSES code)
+        for name in ("iterations", "n_q", "n_cap"):
+            rec.add(name, dtype=np.int64, fill=0)
+        rec.add("converged", dtype=bool, fill=False)
         self._curtailment_rows: list[dict[str, Any]] = []
         self._cause_step: int | None = None  # the step whose limiting cause is still to record
 
@@ -220,7 +222,8 @@ class InverterFleet:
         one that brought no move, no DSO cap, or hit the iteration cap), so they are
         read once, when the step is over, not at every solve."""
         if self._cause_step is not None:
-            self._cause[self._cause_step] = self._limiting_cause()
+            r = self._rec.row(self._cause_step)  # before the array: row() may grow it
+            self._rec.cause[r] = self._limiting_cause()
             self._cause_step = None
 
     def _start_step(self, g: int) -> None:
@@ -243,9 +246,10 @@ class InverterFleet:
         self._g = g
         self._calls = 0
         self._rounds = 0
-        self._seen[g] = True
-        self._n_q[g] = 0
-        self._n_cap[g] = 0
+        r = self._rec.row(g)
+        self._rec.seen[r] = True
+        self._rec.n_q[r] = 0
+        self._rec.n_cap[r] = 0
 
     def _sense(self, g: int, v_pu: np.ndarray, p_kw: np.ndarray, q_kvar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The inverters' local measurement of this solve (module doc): (v [pu], p [kW])."""
@@ -280,18 +284,19 @@ class InverterFleet:
         under = v < ctl.v_min_pu
 
         # record: the last call of the step decides
+        rec, r = self._rec, self._rec.row(g)
         if self._calls == 0:
-            self._v_first[g] = v
-            self._over_any[g] = False
-            self._under_any[g] = False
+            rec.v_first[r] = v
+            rec.over_any[r] = False
+            rec.under_any[r] = False
         self._calls += 1
-        self._v_last[g] = v
-        self._over_any[g] |= over
-        self._under_any[g] |= under
-        self._curtailed_kw[g] = curtailed
+        rec.v_last[r] = v
+        rec.over_any[r] |= over
+        rec.under_any[r] |= under
+        rec.curtailed_kw[r] = curtailed
         self._cause_step = g  # which cap limits: from the caps of the step's last solve (_close_step)
-        self._iterations[g] = self._rounds
-        self._converged[g] = True
+        rec.iterations[r] = self._rounds
+        rec.converged[r] = True
 
         if not ctl.enabled:
             return None
@@ -326,8 +331,8 @@ class InverterFleet:
         self.q_kvar = np.where(q_changed, q_new, self.q_kvar)
         self.vw_cap_kw = np.where(vw_changed, vw_new, self.vw_cap_kw)
         self._record_volt_watt(g, vw_changed, v, p, curtailed)
-        self._n_q[g] += int(q_changed.sum())
-        self._n_cap[g] += int(vw_changed.sum())
+        rec.n_q[r] += int(q_changed.sum())
+        rec.n_cap[r] += int(vw_changed.sum())
         self._resend = np.zeros(self.n, dtype=bool)
         return self._issue(moves)
 
@@ -340,7 +345,8 @@ class InverterFleet:
         if g != self._g:
             raise ValueError(f"DSO caps for step {g}, but the step in progress is {self._g}")
         if capped:
-            self._converged[g] = False
+            r = self._rec.row(g)  # before the array: row() may grow it
+            self._rec.converged[r] = False
             return None
         if not caps:
             return None
@@ -365,7 +371,8 @@ class InverterFleet:
                 "limit": c.limit, "element": c.element, "v_pu": c.v_pu,
                 "export_kw": c.export_kw, "cap_kw": c.cap_kw,
             })
-        self._n_cap[g] += cuts
+        r = self._rec.row(g)  # before the array: row() may grow it
+        self._rec.n_cap[r] += cuts
         return self._issue(changed)
 
     @property
@@ -396,7 +403,8 @@ class InverterFleet:
     def _may_act(self) -> bool:
         """False (and the step marked not converged) once the iteration cap is reached."""
         if self._rounds >= self.max_iterations:
-            self._converged[self._g] = False
+            r = self._rec.row(self._g)  # before the array: row() may grow it
+            self._rec.converged[r] = False
             return False
         return True
 
@@ -404,8 +412,9 @@ class InverterFleet:
         """A command round for ``which``; the step is not converged until a solve
         brings no move and no DSO cap."""
         self._rounds += 1
-        self._iterations[self._g] = self._rounds
-        self._converged[self._g] = False
+        r = self._rec.row(self._g)
+        self._rec.iterations[r] = self._rounds
+        self._rec.converged[r] = False
         return which
 
     # ------------------------------------------------------------------ reports
@@ -422,8 +431,10 @@ class InverterFleet:
         if not 0 <= k < self.timeline.n_intervals:
             raise ValueError(f"interval {k} is outside the study (0..{self.timeline.n_intervals - 1})")
         steps = self.timeline.steps_of_interval(k)
-        lost_kwh = self._curtailed_kw[steps.start:steps.stop] * self.timeline.step_h
-        cause = self._cause[steps.start:steps.stop]
+        rec = self._rec
+        sl = slice(rec.row(steps.start), rec.row(steps.stop - 1) + 1)
+        lost_kwh = rec.curtailed_kw[sl] * self.timeline.step_h
+        cause = rec.cause[sl]
         notices = []
         for i in range(self.n):
             by_cause = np.bincount(cause[:, i], weights=lost_kwh[:, i], minlength=len(CAUSES))
@@ -436,14 +447,17 @@ class InverterFleet:
                                                  curtailed_kwh=float(by_cause[c]), limit=CAUSES[c]))
         return notices
 
-    def curtailment_energy(self) -> pd.DataFrame:
+    def _curtailment_energy(self, local: np.ndarray) -> pd.DataFrame:
         """``curtailment_energy``: per step, participant and cause the PV energy held back
         [kWh] (step, t_s, participant, limit, energy_kwh), rows > 0 only."""
-        self._close_step()
-        steps, cols = np.nonzero(self._curtailed_kw > 0)
-        e = self._curtailed_kw[steps, cols] * self.timeline.step_h
-        cause = self._cause[steps, cols]
+        rec = self._rec
+        seen = np.zeros(len(rec.seen), dtype=bool)
+        seen[local] = True
+        rows, cols = np.nonzero((rec.curtailed_kw > 0) & seen[:, None])
+        e = rec.curtailed_kw[rows, cols] * self.timeline.step_h
+        cause = rec.cause[rows, cols]
         cause = np.where(cause == 0, CAUSE_CODE[LIMIT_V_MAX], cause)
+        steps = rows + rec.g0
         return pd.DataFrame({
             "step": steps.astype(np.int64),
             "t_s": (steps * self.timeline.physics_step_s).astype(float),
@@ -452,8 +466,16 @@ class InverterFleet:
             "energy_kwh": e.astype(float),
         })
 
+    def drain_tables(self) -> dict[str, pd.DataFrame]:
+        """:meth:`tables`, then forgotten (call between steps; federates.common.tables)."""
+        out = self.tables()
+        self._curtailment_rows = []
+        self._rec.reset(self._rec.g0 if self._g is None else self._g + 1)
+        return out
+
     def tables(self) -> dict[str, pd.DataFrame]:
-        """``control_violations``, ``curtailments``, ``control``, ``curtailment_energy``.
+        """``control_violations``, ``curtailments``, ``control``, ``curtailment_energy``
+        of the steps since the last drain (all of them for a run never drained).
 
         control_violations: the inverters' own view (from the measurements they acted
         on; the feeder's ``violations`` table is the physical record of every limit):
@@ -471,26 +493,29 @@ class InverterFleet:
         n_cap_changes (DSO and Volt-Watt caps).
         """
         self._close_step()
-        steps = np.flatnonzero(self._seen)
+        rec = self._rec
+        local = np.flatnonzero(rec.seen)
+        steps = local + rec.g0
         t_s = steps * self.timeline.physics_step_s
         parts = []
         for limit, any_mask, bad in (
-            (LIMIT_V_MAX, self._over_any, self._v_last > self.ctl.v_max_pu),
-            (LIMIT_V_MIN, self._under_any, self._v_last < self.ctl.v_min_pu),
+            (LIMIT_V_MAX, rec.over_any, rec.v_last > self.ctl.v_max_pu),
+            (LIMIT_V_MIN, rec.under_any, rec.v_last < self.ctl.v_min_pu),
         ):
-            rows, cols = np.nonzero(any_mask[steps])
-            g = steps[rows]
+            rows, cols = np.nonzero(any_mask[local])
+            lr = local[rows]
+            g = lr + rec.g0
             parts.append(pd.DataFrame({
                 "_site": cols,
                 "step": g.astype(np.int64),
                 "t_s": (g * self.timeline.physics_step_s).astype(float),
                 "participant": np.asarray(self.participants, dtype=object)[cols],
                 "limit": limit,
-                "v_pu": self._v_last[g, cols],
-                "v_pu_initial": self._v_first[g, cols],
+                "v_pu": rec.v_last[lr, cols],
+                "v_pu_initial": rec.v_first[lr, cols],
                 "stage": "final",
-                "resolved": ~bad[g, cols],
-                "iterations": self._iterations[g],
+                "resolved": ~bad[lr, cols],
+                "iterations": rec.iterations[lr],
             }))
         violations = (pd.concat(parts, ignore_index=True)
                       .sort_values(["step", "limit", "_site"], kind="stable")
@@ -502,10 +527,10 @@ class InverterFleet:
         control = pd.DataFrame({
             "step": steps.astype(np.int64),
             "t_s": t_s.astype(float),
-            "iterations": self._iterations[steps],
-            "converged": self._converged[steps],
-            "n_q_changes": self._n_q[steps],
-            "n_cap_changes": self._n_cap[steps],
+            "iterations": rec.iterations[local],
+            "converged": rec.converged[local],
+            "n_q_changes": rec.n_q[local],
+            "n_cap_changes": rec.n_cap[local],
         })
         return {"control_violations": violations, "curtailments": curtailments, "control": control,
-                "curtailment_energy": self.curtailment_energy()}
+                "curtailment_energy": self._curtailment_energy(local)}

@@ -60,6 +60,7 @@ from federates.common.messages import (
     OperatingEnvelope,
     Scada,
 )
+from federates.common.tables import StepArrays, chunk_intervals
 from federates.feeder.inverters import InverterFleet
 from federates.feeder.opendss import OpenDSSFeeder
 from runner.config import StudyFile
@@ -153,30 +154,24 @@ class FeederRole:
         self._step_scada: Scada | None = None  # SCADA of the last recorded solve
         self._good_scada: Scada | None = None  # ... of step _last_good (hold returns it)
 
-        steps = self.timeline.n_steps
-        self._done = np.zeros(steps, dtype=bool)
-        self._v = np.full((steps, n), np.nan)
-        self._v_before = np.full((steps, n), np.nan)
-        # split-phase customers (240 V across two 120 V legs): the band is checked on
+        # per-step records of the chunk in progress (federates.common.tables); the
+        # split-phase customers (240 V across two 120 V legs) have the band checked on
         # the lowest / highest of their 240 V and both legs (OpenDSSFeeder.
-        # customer_v_extremes_pu); None when every customer is on one node (then v_pu)
+        # customer_v_extremes_pu); without any, v_pu is checked
+        tl = self.timeline
         self._legs = self.feeder.has_split_phase_customers
-        self._v_lo = np.full((steps, n), np.nan) if self._legs else None
-        self._v_hi = np.full((steps, n), np.nan) if self._legs else None
-        self._v_lo_before = np.full((steps, n), np.nan) if self._legs else None
-        self._v_hi_before = np.full((steps, n), np.nan) if self._legs else None
-        self._p = np.full((steps, n), np.nan)
-        self._q = np.full((steps, n), np.nan)
-        self._curt = np.full((steps, n), np.nan)
-        self._src_p = np.full(steps, np.nan)
-        self._src_q = np.full(steps, np.nan)
-        self._loss = np.full(steps, np.nan)
-        self._load = np.full(steps, np.nan)
-        self._solves = np.zeros(steps, dtype=np.int64)
-        self._taps = np.zeros((steps, len(self.regulators)), dtype=np.int64)
-        self._caps = np.zeros((steps, len(self.capacitors)), dtype=np.int64)
-        self._bg = np.full(steps, np.nan)
-        self._converged = np.ones(steps, dtype=bool)
+        rec = self._rec = StepArrays(min(tl.n_steps, chunk_intervals(tl, n) * tl.steps_per_interval))
+        rec.add("done", dtype=bool, fill=False)
+        for name in ("v", "v_before", "p", "q", "curt", "cust_loss",
+                     *(("v_lo", "v_hi", "v_lo_before", "v_hi_before") if self._legs else ())):
+            rec.add(name, (n,))
+        for name in ("src_p", "src_q", "loss", "load", "bg", "bg_loss"):
+            rec.add(name)
+        rec.add("solves", dtype=np.int64, fill=0)
+        rec.add("taps", (len(self.regulators),), dtype=np.int64, fill=0)
+        rec.add("caps", (len(self.capacitors),), dtype=np.int64, fill=0)
+        rec.add("converged", dtype=bool, fill=True)
+        self._held_row: dict[str, np.ndarray] = {}  # the last good step's record once drained (hold)
 
         # limits (names fixed now that customers are attached)
         line_names, _ = self.feeder.line_loading_pct()
@@ -195,9 +190,9 @@ class FeederRole:
         self._before: tuple[np.ndarray, np.ndarray, float] | None = None
         self._limits_of: tuple[int, tuple[np.ndarray, np.ndarray, float]] | None = None  # (solution id, values)
         self._violation_rows: list[tuple] = []
-        self._top_elem = np.zeros((steps, self._top_n), dtype=np.int64)
-        self._top_load = np.full((steps, self._top_n), np.nan)
-        self._vuf = np.full((steps, len(self.vuf_buses)), np.nan)
+        rec.add("top_elem", (self._top_n,), dtype=np.int64, fill=0)
+        rec.add("top_load", (self._top_n,))
+        rec.add("vuf", (len(self.vuf_buses),))
         # per-phase loss allocation (GBLA, federates/feeder/losses.py): customer_losses
         from federates.feeder.losses import PhaseLossIncidence
 
@@ -208,8 +203,6 @@ class FeederRole:
                                                    background_paths=self.feeder.background_load_paths(),
                                                    background_layers=self.feeder.background_load_layers())
                           if cfg.feeder.loss_allocation else None)
-        self._cust_loss = np.full((steps, n), np.nan)  # kW per customer
-        self._bg_loss = np.full(steps, np.nan)  # kW no customer carries (background Loads + unused)
         # the customers' inverters (Volt-VAR, Volt-Watt, the caps they hold)
         if inverter_kva is None:
             from federates.prosumers.agents import make_specs
@@ -285,12 +278,13 @@ class FeederRole:
                 rows.append((g, t_s, names[i], kind_i, limit, bound, float(vb[i]), float(va[i])))
 
         parts = self.participants
+        rec, r = self._rec, self._rec.row(g)
         if self._legs:  # split-phase services: their highest / lowest of 240 V and both legs
-            add(parts, "customer", "v_max", lim.v_max_pu, self._v_hi_before[g], self._v_hi[g], True)
-            add(parts, "customer", "v_min", lim.v_min_pu, self._v_lo_before[g], self._v_lo[g], False)
+            add(parts, "customer", "v_max", lim.v_max_pu, rec.v_hi_before[r], rec.v_hi[r], True)
+            add(parts, "customer", "v_min", lim.v_min_pu, rec.v_lo_before[r], rec.v_lo[r], False)
         else:
-            add(parts, "customer", "v_max", lim.v_max_pu, self._v_before[g], self._v[g], True)
-            add(parts, "customer", "v_min", lim.v_min_pu, self._v_before[g], self._v[g], False)
+            add(parts, "customer", "v_max", lim.v_max_pu, rec.v_before[r], rec.v[r], True)
+            add(parts, "customer", "v_min", lim.v_min_pu, rec.v_before[r], rec.v[r], False)
         if lim.thermal and before[0].size:
             add(self.elements, self.element_kind, "thermal", lim.thermal_max_pct, before[0], after[0], True)
         add(self.vuf_buses, "bus", "vuf", lim.vuf_max_pct, before[1], after[1], True)
@@ -342,7 +336,8 @@ class FeederRole:
                 return True
             except PowerFlowNotConverged as e:
                 self._n_solves += 1
-                self._converged[g] = False
+                r = self._rec.row(g)  # before the array: row() may grow it
+                self._rec.converged[r] = False
                 why = str(e).partition(": ")[2] or str(e)
                 if self._policy == "curtail" and self._nc_level < CURTAIL_LEVELS:
                     self._nc_level += 1
@@ -370,18 +365,21 @@ class FeederRole:
         """Step ``g`` takes the record of step ``self._last_good``; its Measurement."""
         h = self._last_good
         assert h is not None
-        for a in (self._v, self._v_before, self._p, self._q, self._curt, self._src_p, self._src_q,
-                  self._loss, self._load, self._taps, self._caps, self._top_elem, self._top_load,
-                  self._vuf, self._cust_loss, self._bg_loss, self._v_lo, self._v_hi, self._v_lo_before,
-                  self._v_hi_before):
-            if a is not None:
-                a[g] = a[h]
-        self._solves[g] = self._n_solves
-        self._done[g] = True
+        rec, r = self._rec, self._rec.row(g)
+        for name in self._HELD:
+            if name in rec._arrays:
+                a = getattr(rec, name)
+                a[r] = a[h - rec.g0] if h >= rec.g0 else self._held_row[name]
+        rec.solves[r] = self._n_solves
+        rec.done[r] = True
         self._pending_grid = None  # the engine holds no usable solution
         self._last_good = g
-        return Measurement(v_pu=self._v[g].copy(), p_kw=self._p[g].copy(), q_kvar=self._q[g].copy(),
-                           curtailed_p_kw=self._curt[g].copy(), scada=self._good_scada)
+        return Measurement(v_pu=rec.v[r].copy(), p_kw=rec.p[r].copy(), q_kvar=rec.q[r].copy(),
+                           curtailed_p_kw=rec.curt[r].copy(), scada=self._good_scada)
+
+    #: what a held step copies from the last good one
+    _HELD = ("v", "v_before", "p", "q", "curt", "src_p", "src_q", "loss", "load", "taps", "caps", "top_elem",
+             "top_load", "vuf", "cust_loss", "bg_loss", "v_lo", "v_hi", "v_lo_before", "v_hi_before")
 
     def _controlled_solve(self, g: int) -> Measurement:
         def set_powers() -> None:
@@ -399,16 +397,18 @@ class FeederRole:
         )
         self._record(g, m)
         if self._legs:
-            self._v_lo[g], self._v_hi[g] = self.feeder.customer_v_extremes_pu()
+            r = self._rec.row(g)
+            self._rec.v_lo[r], self._rec.v_hi[r] = self.feeder.customer_v_extremes_pu()
         return m
 
     def _record(self, g: int, m: Measurement) -> None:
-        self._v[g] = m.v_pu
-        self._p[g] = m.p_kw
-        self._q[g] = m.q_kvar
-        self._curt[g] = m.curtailed_p_kw
-        self._solves[g] = self._n_solves
-        self._done[g] = True
+        rec, r = self._rec, self._rec.row(g)
+        rec.v[r] = m.v_pu
+        rec.p[r] = m.p_kw
+        rec.q[r] = m.q_kvar
+        rec.curt[r] = m.curtailed_p_kw
+        rec.solves[r] = self._n_solves
+        rec.done[r] = True
         self._pending_grid = g
 
     def _finalize_grid(self) -> None:
@@ -423,23 +423,24 @@ class FeederRole:
         if g is None:
             return
         self._pending_grid = None
-        self._src_p[g], self._src_q[g] = self.feeder.source_pq()
-        self._loss[g] = self.feeder.losses_kw()
+        rec, r = self._rec, self._rec.row(g)
+        rec.src_p[r], rec.src_q[r] = self.feeder.source_pq()
+        rec.loss[r] = self.feeder.losses_kw()
         self._record_losses(g)
-        self._load[g] = self.feeder.load_kw()
+        rec.load[r] = self.feeder.load_kw()
         taps = self.feeder.regulator_taps()
-        self._taps[g] = [taps[r] for r in self.regulators]
+        rec.taps[r] = [taps[x] for x in self.regulators]
         if self.capacitors:
             steps_in = self.feeder.capacitor_steps()
-            self._caps[g] = [steps_in[c] for c in self.capacitors]
+            rec.caps[r] = [steps_in[c] for c in self.capacitors]
         after = self._limit_values()
         loading, vuf, _ = after
         if self._top_n:
             key = np.where(np.isnan(loading), -np.inf, loading)  # NaN (no rating) last
             top = np.argsort(-key, kind="stable")[: self._top_n]
-            self._top_elem[g] = top
-            self._top_load[g] = loading[top]
-        self._vuf[g] = vuf
+            rec.top_elem[r] = top
+            rec.top_load[r] = loading[top]
+        rec.vuf[r] = vuf
         self._record_violations(g, after)
         self._last_good = g
         self._good_scada = self._step_scada
@@ -457,10 +458,11 @@ class FeederRole:
         """
         if self._loss_inc is None:
             return
-        cust, background = self._loss_inc.allocate(self.feeder.phase_losses_kw(), self._p[g],
+        rec, r = self._rec, self._rec.row(g)
+        cust, background = self._loss_inc.allocate(self.feeder.phase_losses_kw(), rec.p[r],
                                                    self.feeder.background_layer_kw())
-        self._cust_loss[g] = cust
-        self._bg_loss[g] = background
+        rec.cust_loss[r] = cust
+        rec.bg_loss[r] = background
 
     def _customer_losses_table(self, steps: np.ndarray, t_s: np.ndarray) -> pd.DataFrame:
         """``customer_losses``: step x (customers + ``background``) rows, ``loss_kw`` [kW].
@@ -478,7 +480,8 @@ class FeederRole:
             steps = steps[:0]
         names = np.asarray([*self.participants, BACKGROUND], dtype=object)
         m = len(names)
-        per_step = np.column_stack([self._cust_loss[steps], self._bg_loss[steps]])
+        local = steps - self._rec.g0
+        per_step = np.column_stack([self._rec.cust_loss[local], self._rec.bg_loss[local]])
         return pd.DataFrame({
             "step": np.repeat(steps.astype(np.int64), m),
             "t_s": np.repeat(t_s[: len(steps)], m),
@@ -510,7 +513,8 @@ class FeederRole:
         else:
             mult = self.background_mult(g)
             self.feeder.set_background_scale(mult)
-        self._bg[g] = mult
+        r = self._rec.row(g)  # before the array: row() may grow it
+        self._rec.bg[r] = mult
 
         def set_powers() -> None:
             self.feeder.set_customer_powers(self._shed(np.maximum(self._requested, 0.0) if self._nc_level
@@ -518,9 +522,10 @@ class FeederRole:
 
         if not self._solve(g, False, set_powers):
             return self._settle(g, self._hold(g))
-        self._v_before[g] = self.feeder.customer_v_pu()
+        rec, r = self._rec, self._rec.row(g)
+        rec.v_before[r] = self.feeder.customer_v_pu()
         if self._legs:
-            self._v_lo_before[g], self._v_hi_before[g] = self.feeder.customer_v_extremes_pu()
+            rec.v_lo_before[r], rec.v_hi_before[r] = self.feeder.customer_v_extremes_pu()
         self._before = self._limit_values()
         return self._settle(g, self._controlled_solve(g))
 
@@ -583,8 +588,9 @@ class FeederRole:
         the revenue meters see it: (v_pu [pu], p_kw [kW, + import], q_kvar [kvar]),
         each (steps of the interval, customers)."""
         steps = self.timeline.steps_of_interval(k)
-        sl = slice(steps.start, steps.stop)
-        return self._v[sl].copy(), self._p[sl].copy(), self._q[sl].copy()
+        rec = self._rec
+        sl = slice(rec.row(steps.start), rec.row(steps.stop - 1) + 1)
+        return rec.v[sl].copy(), rec.p[sl].copy(), rec.q[sl].copy()
 
     def apply_commands(self, g: int, commands: list[ControlCommand]) -> Measurement:
         """Set inverter q [kvar] and export caps [kW] of the named prosumers and re-solve,
@@ -623,16 +629,35 @@ class FeederRole:
         return self._q_kvar.copy()
 
     # ------------------------------------------------------------------ tables
+    def drain_tables(self) -> dict[str, pd.DataFrame]:
+        """:meth:`tables`, then forgotten (federates.common.tables); call between steps."""
+        out = self.tables()
+        rec = self._rec
+        h = self._last_good  # a later hold may still need the last good step's record
+        if h is not None and h >= rec.g0:
+            self._held_row = {name: getattr(rec, name)[h - rec.g0].copy() for name in self._HELD
+                              if name in rec._arrays}
+        self._violation_rows = []
+        self._nc_rows = []
+        rec.reset(rec.g0 if self._step is None else self._step + 1)
+        self.inverters.drain_tables()
+        return out
+
     def tables(self) -> dict[str, pd.DataFrame]:
-        """Tables of the steps run so far.
+        """The rows of the steps run since the last drain (all of them for a run never
+        drained).
 
         ``voltages`` (step x customer rows), ``grid`` (one row per step), ``lines``
         (step x the ``lines_top_n`` most loaded Lines/Transformers, most loaded first:
-        ``element`` ``line.<name>`` or ``transformer.<name>``, ``loading_pct`` [%]) and
-        ``unbalance`` (step x three-phase bus: ``vuf_pct`` [%]).
+        ``element`` ``line.<name>`` or ``transformer.<name>``, ``loading_pct`` [%]),
+        ``unbalance`` (step x three-phase bus: ``vuf_pct`` [%]), ``violations``,
+        ``customer_losses``, ``nonconvergence``, and the inverters' tables
+        (:meth:`InverterFleet.drain_tables`).
         """
         self._finalize_grid()
-        steps = np.flatnonzero(self._done)
+        rec = self._rec
+        local = np.flatnonzero(rec.done)
+        steps = local + rec.g0
         n = self._n
         t = steps.astype(float) * self.timeline.physics_step_s
         k = len(steps)
@@ -645,41 +670,41 @@ class FeederRole:
             "participant": np.tile(names, k),
             "bus": np.tile(buses, k),
             "phase": np.tile(phases, k),
-            "v_pu": self._v[steps].reshape(-1),
-            "v_before_pu": self._v_before[steps].reshape(-1),
-            "p_kw": self._p[steps].reshape(-1),
-            "q_kvar": self._q[steps].reshape(-1),
-            "curtailed_p_kw": self._curt[steps].reshape(-1),
+            "v_pu": rec.v[local].reshape(-1),
+            "v_before_pu": rec.v_before[local].reshape(-1),
+            "p_kw": rec.p[local].reshape(-1),
+            "q_kvar": rec.q[local].reshape(-1),
+            "curtailed_p_kw": rec.curt[local].reshape(-1),
         })
         grid_cols: dict[str, np.ndarray] = {
             "step": steps.astype(np.int64),
             "t_s": t,
-            "source_p_kw": self._src_p[steps],
-            "source_q_kvar": self._src_q[steps],
-            "losses_kw": self._loss[steps],
-            "load_kw": self._load[steps],
-            "n_solves": self._solves[steps],
+            "source_p_kw": rec.src_p[local],
+            "source_q_kvar": rec.src_q[local],
+            "losses_kw": rec.loss[local],
+            "load_kw": rec.load[local],
+            "n_solves": rec.solves[local],
         }
         for j, r in enumerate(self.regulators):
-            grid_cols[f"tap_{r}"] = self._taps[steps, j]
+            grid_cols[f"tap_{r}"] = rec.taps[local, j]
         for j, c in enumerate(self.capacitors):
-            grid_cols[f"cap_{c}"] = self._caps[steps, j]
-        grid_cols["background_mult"] = self._bg[steps]
-        grid_cols["converged"] = self._converged[steps]
+            grid_cols[f"cap_{c}"] = rec.caps[local, j]
+        grid_cols["background_mult"] = rec.bg[local]
+        grid_cols["converged"] = rec.converged[local]
         m = self._top_n
         elem_names = np.asarray(self.elements, dtype=object)
         lines = pd.DataFrame({
             "step": np.repeat(steps.astype(np.int64), m),
             "t_s": np.repeat(t, m),
-            "element": elem_names[self._top_elem[steps].reshape(-1)] if m else np.zeros(0, dtype=object),
-            "loading_pct": self._top_load[steps].reshape(-1),
+            "element": elem_names[rec.top_elem[local].reshape(-1)] if m else np.zeros(0, dtype=object),
+            "loading_pct": rec.top_load[local].reshape(-1),
         })
         nb = len(self.vuf_buses)
         unbalance = pd.DataFrame({
             "step": np.repeat(steps.astype(np.int64), nb),
             "t_s": np.repeat(t, nb),
             "bus": np.tile(np.asarray(self.vuf_buses, dtype=object), k),
-            "vuf_pct": self._vuf[steps].reshape(-1),
+            "vuf_pct": rec.vuf[local].reshape(-1),
         })
         return {"voltages": voltages, "grid": pd.DataFrame(grid_cols), "lines": lines,
                 "unbalance": unbalance, "violations": self.violations_table(),

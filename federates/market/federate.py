@@ -9,17 +9,19 @@ import logging
 from federates.common import keys
 from federates.common.door import Door
 from federates.common.messages import decode, encode
-from federates.common.runtime import Study, federate_main
+from federates.common.runtime import Study, drain_into, federate_main
+from federates.common.tables import drain_due, study_chunk_intervals
 from federates.market.role import MarketRole
 
 
-def run(study: Study, broker: str, log: logging.Logger):
+def run(study: Study, broker: str, log: logging.Logger, sink):
     cfg, tl = study.cfg, study.cfg.timeline
     role = MarketRole(cfg, study.participants, study.run_dir / "ledger.jsonl", distance_km=study.distance_km)
     door = Door(keys.MARKET, broker, log=log)
     pub = door.publication(*keys.SCHEDULE_P_KW)
     ep = door.endpoint(keys.MARKET)
     parts = cfg.prosumers.federates
+    every = study_chunk_intervals(cfg, len(study.participants))
     names = keys.prosumers_names(parts)
     position = {p: j for j, p in enumerate(study.participants)}
     part_of = {p: i for i in range(parts)
@@ -53,6 +55,8 @@ def run(study: Study, broker: str, log: logging.Logger):
                 if inbox["grid_constraints"]:  # the export limits the constrained clearing set
                     door.send(ep, keys.FEEDER, encode(role.last_envelopes, kind="envelopes", interval=k))
                 door.publish(pub, schedule_p_kw)
+                if drain_due(tl, k, every):
+                    drain_into(sink, role)
     finally:
         door.close()
     return role.tables()

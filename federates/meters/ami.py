@@ -150,6 +150,9 @@ class AmiMeters:
         self.v_offset_pct = u[1] * a / 2.0  # fixed voltage error per meter [% of nominal]
         self._sigma = np.array([c, c, c, a])[:, None] / 3.0
         self._errors: dict[int, np.ndarray] = {}
+        # the measured cumulative import / export registers [kWh] at step boundary _reg_at
+        self._reg_at = 0
+        self._reg = (np.zeros(self.n), np.zeros(self.n))
 
     # --- random errors ---------------------------------------------------------
     def errors_pct(self, j: int) -> np.ndarray:
@@ -173,42 +176,72 @@ class AmiMeters:
         s, p = self.timeline.steps_per_interval, self.steps_per_period
         return range(min(k * s // p, self.n_periods), min((k + 1) * s // p, self.n_periods))
 
-    def _step_energy(self, truth: MeterRegister, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Measured import and export [kWh] of steps 0..stop-1 (rows), per meter."""
-        p_kw = truth.p_kw[:stop]
+    def _step_energy(self, truth: MeterRegister, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Measured import and export [kWh] of steps ``start`` .. ``stop - 1`` (rows), per meter."""
+        p_kw = truth.rows("p_kw", start, stop)
         imp = np.maximum(p_kw, 0.0) * truth.step_h
         exp = np.maximum(-p_kw, 0.0) * truth.step_h
         if self.spec.class_pct == 0.0:
             return imp, exp
-        n_per = -(-stop // self.steps_per_period)
-        e = np.stack([self.errors_pct(j)[:2] for j in range(n_per)]) if n_per else np.zeros((0, 2, self.n))
-        e = np.repeat(e, self.steps_per_period, axis=0)[:stop]  # (steps, 2, n)
+        pp = self.steps_per_period
+        periods = np.arange(start, stop) // pp
+        first = start // pp
+        e = np.stack([self.errors_pct(j)[:2] for j in range(first, -(-stop // pp))]) if stop > start \
+            else np.zeros((0, 2, self.n))
+        e = e[periods - first]  # (steps, 2, n)
         imp = imp * (1.0 + (self.gain_pct + e[:, 0]) / 100.0)
         exp = exp * (1.0 + (self.gain_pct + e[:, 1]) / 100.0)
         return imp, exp
 
+    def _registers(self, truth: MeterRegister, bounds: list[int]):
+        """Per-step measured energies from the carried registers' step (:attr:`reg_at`)
+        up to ``bounds[-1]`` (rows from ``reg_at``) and the cumulative registers at
+        ``bounds``: sums from step 0 in step order (carried from ``reg_at``), so a
+        boundary's value does not depend on the other boundaries asked for."""
+        a = self._reg_at
+        if bounds[0] < a:
+            raise ValueError(f"registers at step {bounds[0]} were carried past already (now at step {a})")
+        steps = self._step_energy(truth, a, bounds[-1])
+        at = [b - a for b in bounds]
+        regs = [np.cumsum(np.concatenate([carried[None, :], x]), axis=0)[at]
+                for x, carried in zip(steps, self._reg, strict=True)]
+        return steps, regs
+
     def _between(self, truth: MeterRegister, bounds: list[int]):
-        """Per-step measured energies up to ``bounds[-1]``, the cumulative registers at
-        ``bounds`` and the delivered energies between consecutive ``bounds``."""
-        steps = self._step_energy(truth, bounds[-1])
-        zero = np.zeros((1, self.n))
+        """:meth:`_registers` and the delivered energies between consecutive ``bounds``."""
+        steps, regs = self._registers(truth, bounds)
         res = self.spec.energy_resolution_kwh
-        regs, advances = [], []
-        for x in steps:
-            # sums from step 0 in step order: a boundary's value does not depend on the
-            # other boundaries asked for
-            reg = np.concatenate([zero, np.cumsum(x, axis=0)])[bounds]
-            regs.append(reg)
-            if res > 0.0:
-                advances.append(np.diff(_truncate(reg, res), axis=0) * res)
-            else:
-                advances.append(np.stack([x[a:b].sum(axis=0) for a, b in pairwise(bounds)]))
+        at = [b - self._reg_at for b in bounds]
+        if res > 0.0:
+            advances = [np.diff(_truncate(reg, res), axis=0) * res for reg in regs]
+        else:
+            advances = [np.stack([x[i:j].sum(axis=0) for i, j in pairwise(at)]) for x in steps]
         return steps, regs, advances
+
+    @property
+    def reg_at(self) -> int:
+        """The step boundary the cumulative registers are carried at (earlier steps are
+        not needed any more)."""
+        return self._reg_at
+
+    def carry(self, truth: MeterRegister, g: int) -> None:
+        """Carry the cumulative registers to step boundary ``g`` (>= :attr:`reg_at`):
+        later readings and settlements only ask for boundaries from ``g`` on, so the
+        register rows and the random errors before it can go."""
+        if g <= self._reg_at:
+            return
+        _, (ci, ce) = self._registers(truth, [g])
+        self._reg = (ci[0], ce[0])
+        self._reg_at = g
+        first = g // self.steps_per_period
+        for j in [j for j in self._errors if j < first]:
+            del self._errors[j]
 
     def registers_kwh(self, truth: MeterRegister, bounds: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Measured cumulative import and export registers [kWh] at step boundaries
-        ``bounds`` (non-decreasing; rows follow ``bounds``), not truncated."""
-        _, (ci, ce), _ = self._between(truth, list(bounds))
+        ``bounds`` (non-decreasing, from :attr:`reg_at` on; rows follow ``bounds``), not
+        truncated."""
+        _, (ci, ce) = self._registers(truth, list(bounds))
         return ci, ce
 
     def energy_kwh(self, truth: MeterRegister, first_step: int, stop_step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -232,6 +265,7 @@ class AmiMeters:
                             nan.copy(), nan.copy(), np.zeros((0, n), dtype=bool))
         bounds = [periods[0] * pp] + [(j + 1) * pp for j in periods]
         (imp_s, exp_s), _, (e_imp, e_exp) = self._between(truth, bounds)
+        off = self._reg_at  # rows of imp_s / exp_s start there
         period_h = pp * truth.step_h
         v = np.empty((n_p, n))
         p = np.empty((n_p, n))
@@ -240,12 +274,12 @@ class AmiMeters:
         for r, j in enumerate(periods):
             a, b = j * pp, (j + 1) * pp
             err = self.errors_pct(j)
-            p[r] = (imp_s[a:b].sum(axis=0) - exp_s[a:b].sum(axis=0)) / period_h
-            q_true = truth.q_kvar[a:b].sum(axis=0) / pp
+            p[r] = (imp_s[a - off:b - off].sum(axis=0) - exp_s[a - off:b - off].sum(axis=0)) / period_h
+            q_true = truth.rows("q_kvar", a, b).sum(axis=0) / pp
             q[r] = q_true * (1.0 + (self.gain_pct + err[2]) / 100.0)
-            written = truth.written[a:b]
+            written = truth.rows("written", a, b)
             if written.any():
-                v_true = truth.v_pu[a:b][written].mean(axis=0)
+                v_true = truth.rows("v_pu", a, b)[written].mean(axis=0)
             else:
                 v_true = np.full(n, np.nan)
             v_m = v_true + (self.v_offset_pct + err[3]) / 100.0

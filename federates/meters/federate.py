@@ -9,11 +9,12 @@ import logging
 from federates.common import keys
 from federates.common.door import Door
 from federates.common.messages import encode
-from federates.common.runtime import Study, federate_main
+from federates.common.runtime import Study, drain_into, federate_main
+from federates.common.tables import drain_due, study_chunk_intervals
 from federates.meters.role import MetersRole
 
 
-def run(study: Study, broker: str, log: logging.Logger):
+def run(study: Study, broker: str, log: logging.Logger, sink):
     cfg, tl = study.cfg, study.cfg.timeline
     role = MetersRole(cfg, study.sites, v_base_v=study.v_base_v)
     n, s = len(study.sites), tl.steps_per_interval
@@ -25,6 +26,7 @@ def run(study: Study, broker: str, log: logging.Logger):
     latency_s = cfg.comms.latency_of("interval_energy")
     ep_billing = door.endpoint(f"{keys.METERS}/billing") if latency_s > 0 else ep
     door.add_delay_filter(ep_billing, latency_s)
+    every = study_chunk_intervals(cfg, n)
 
     door.enter()
     try:
@@ -40,6 +42,8 @@ def run(study: Study, broker: str, log: logging.Logger):
             kept = cfg.comms.kept(cfg.study.seed, "interval_energy", k - 1, [e.meter for e in energies])
             energies = [e for e, ok in zip(energies, kept, strict=True) if ok]  # comms: lost readings
             door.send(ep_billing, keys.MARKET, encode(energies, kind="interval_energy", interval=k - 1))
+            if drain_due(tl, k, every):
+                drain_into(sink, role)
     finally:
         door.close()
     return role.tables()

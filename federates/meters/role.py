@@ -33,6 +33,7 @@ import pandas as pd
 
 from federates.common.grid import CustomerSite
 from federates.common.messages import AmiReading, IntervalEnergy
+from federates.common.tables import chunk_intervals
 from federates.meters.ami import DEFAULT_V_BASE_V, AmiBatch, AmiMeters, AmiSpec
 from federates.meters.meter import MeterRegister
 from runner.config import StudyFile
@@ -54,10 +55,14 @@ class MetersRole:
         self.meter_ids: list[str] = [s.participant for s in sites]
         self.n = len(self.meter_ids)
         tl = self.timeline
-        self.register = MeterRegister(tl.n_steps, self.n, tl.steps_per_interval, tl.step_h)
+        self.register = MeterRegister(tl.n_steps, self.n, tl.steps_per_interval, tl.step_h,
+                                      capacity=chunk_intervals(tl, self.n) * tl.steps_per_interval)
         base = np.full(self.n, DEFAULT_V_BASE_V) if v_base_v is None else self._vector("v_base_v", v_base_v)
         self.ami_meters = AmiMeters(AmiSpec.from_config(cfg.meters, errors=ami_errors), tl, self.seed, base)
-        self._ami: dict[int, AmiBatch] = {}  # readings of each interval ami() was called for
+        self._ami: dict[int, AmiBatch] = {}  # readings of each interval ami() was called for, not drained
+        self._emitted_to = 0  # steps before it are in drained `meters` rows
+        self._last_ami = -1  # the last interval ami() / report() was called for
+        self._last_report = -1
 
     def _vector(self, name: str, x: np.ndarray) -> np.ndarray:
         a = np.asarray(x, dtype=float)
@@ -104,8 +109,21 @@ class MetersRole:
             energy_kwh = e_imp - e_exp
         else:
             energy_kwh = self.register.energy_kwh(k)
+        self._last_report = max(self._last_report, k)
+        self._forget()
         return [IntervalEnergy(meter=m, interval=k, energy_kwh=float(energy_kwh[i]))
                 for i, m in enumerate(self.meter_ids)]
+
+    def _forget(self) -> None:
+        """Carry the AMI registers past what no later reading or settlement asks for, and
+        drop the register rows no table, reading or settlement needs any more."""
+        tl, pp = self.timeline, self.ami_meters.steps_per_period
+        # the next readings start at the period holding the first step of the next interval
+        need = (self._last_ami + 1) * tl.steps_per_interval // pp * pp
+        if self.settle_on_ami:  # the next settlement starts at the next interval
+            need = min(need, (self._last_report + 1) * tl.steps_per_interval)
+        self.ami_meters.carry(self.register, need)
+        self.register.drop_before(min(self.ami_meters.reg_at, self._emitted_to))
 
     def ami(self, k: int) -> list[AmiReading]:
         """The AMI readings delivered in market interval ``k``: for every meter and every
@@ -115,6 +133,8 @@ class MetersRole:
         self._check_interval(k)
         b = self.ami_meters.readings(self.register, k)
         self._ami[k] = b
+        self._last_ami = max(self._last_ami, k)
+        self._forget()
         out = []
         for r in range(len(b.periods)):
             t0, t1 = float(b.t_start_s[r]), float(b.t_end_s[r])
@@ -148,8 +168,19 @@ class MetersRole:
             "delivered": cat(lambda k, b: b.delivered.ravel(), bool),
         }).astype({"meter": str})
 
+    def drain_tables(self) -> dict[str, pd.DataFrame]:
+        """:meth:`tables`, then forgotten (federates.common.tables)."""
+        out = self.tables()
+        steps = self.register.written_steps(self._emitted_to)
+        self._ami = {}
+        if len(steps):
+            self._emitted_to = int(steps[-1]) + 1
+        self.register.drop_before(min(self.ami_meters.reg_at, self._emitted_to))
+        return out
+
     def tables(self) -> dict[str, pd.DataFrame]:
-        """``meters``: the final solve of every step recorded, one row per step per meter.
+        """``meters``: the final solve of every step recorded since the last drain, one
+        row per step per meter.
 
         Columns: step, t_s [s], meter, v_pu [pu], p_kw [kW], q_kvar [kvar].
 
@@ -160,7 +191,7 @@ class MetersRole:
         (False: the reading went missing; its values are NaN).
         """
         reg = self.register
-        steps = np.flatnonzero(reg.written)
+        steps = reg.written_steps(self._emitted_to)
         n = self.n
         return {
             "ami": self._ami_table(),
@@ -168,8 +199,8 @@ class MetersRole:
                 "step": np.repeat(steps, n).astype(np.int64),
                 "t_s": np.repeat(steps * self.timeline.physics_step_s, n).astype(float),
                 "meter": np.tile(np.asarray(self.meter_ids, dtype=object), len(steps)),
-                "v_pu": reg.v_pu[steps].ravel(),
-                "p_kw": reg.p_kw[steps].ravel(),
-                "q_kvar": reg.q_kvar[steps].ravel(),
+                "v_pu": reg.take("v_pu", steps).ravel(),
+                "p_kw": reg.take("p_kw", steps).ravel(),
+                "q_kvar": reg.take("q_kvar", steps).ravel(),
             }).astype({"meter": str})
         }

@@ -13,7 +13,8 @@ import numpy as np
 from federates.common import keys
 from federates.common.door import Door
 from federates.common.messages import Confirmation, decode, encode
-from federates.common.runtime import Study, federate_main
+from federates.common.runtime import Study, drain_into, federate_main
+from federates.common.tables import drain_due, study_chunk_intervals
 from federates.prosumers.agents import make_specs
 from federates.prosumers.role import ProsumersRole
 
@@ -29,7 +30,7 @@ def part_role(study: Study, part: int, parts: int) -> ProsumersRole:
     return ProsumersRole(study.cfg, study.sites[lo:hi], specs=specs)
 
 
-def run(study: Study, broker: str, log: logging.Logger, part: int = 0, parts: int | None = None):
+def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, parts: int | None = None):
     cfg, tl = study.cfg, study.cfg.timeline
     if parts is not None and parts != cfg.prosumers.federates:
         raise ValueError(f"--part {part}/{parts} but prosumers.federates is {cfg.prosumers.federates}")
@@ -41,6 +42,8 @@ def run(study: Study, broker: str, log: logging.Logger, part: int = 0, parts: in
     ep = door.endpoint(name)
     door.add_delay_filter(ep, cfg.comms.latency_of("bids"))  # comms: bids arrive late
     inbox: dict[int, list[Confirmation]] = defaultdict(list)
+    every = study_chunk_intervals(cfg, len(study.sites))
+    part_sink = sink if parts == 1 else _PartSink(sink, part)
 
     def drain() -> None:
         for text in door.receive(ep):
@@ -62,6 +65,8 @@ def run(study: Study, broker: str, log: logging.Logger, part: int = 0, parts: in
             unscheduled_kw = np.where(np.isin(role.participants, list(lost)), role.forecast_net_kw[k], 0.0)
             # comms: a lost bid has no schedule, its real power is all deviation
             door.publish(pub, (role.interval_deviations(k) + unscheduled_kw).ravel())
+            if drain_due(tl, k, every):
+                drain_into(part_sink, role)
         door.advance(tl.report_time(tl.n_intervals))
         drain()
         role.on_confirmations(tl.n_intervals - 1, inbox.pop(tl.n_intervals - 1, []))
@@ -70,6 +75,16 @@ def run(study: Study, broker: str, log: logging.Logger, part: int = 0, parts: in
     if parts == 1:
         return role.tables()
     return {f"{table}.part{part}": df for table, df in role.tables().items()}  # runner.launch merges
+
+
+class _PartSink:
+    """The chunks of prosumer part ``part`` under ``<table>.part<part>`` (runner.launch merges)."""
+
+    def __init__(self, sink, part: int) -> None:
+        self.sink, self.part = sink, part
+
+    def append(self, tables) -> None:
+        self.sink.append({f"{table}.part{self.part}": df for table, df in tables.items()})
 
 
 def pop_part(argv: list[str]) -> tuple[int, int]:

@@ -274,7 +274,14 @@ def test_settle_on_ami_uses_the_registers(r_s):
     role = MetersRole(cfg, make_sites(n))
     v, p, q = profile(role.timeline.n_steps, n)
     drive(role, v, p, q)
-    settled = np.array([[e.energy_kwh for e in role.report(k)] for k in range(4)])
+    tl = role.timeline
+    ok = role.ami_meters  # the registers' advance over each interval, recomputed (before report(k) carries past)
+    recomputed, settled = [], []
+    for k in range(4):
+        steps = tl.steps_of_interval(k)
+        recomputed.append(ok.energy_kwh(role.register, steps.start, steps.stop))
+        settled.append([e.energy_kwh for e in role.report(k)])
+    settled = np.array(settled)
     true = (p * STEP_H).reshape(4, 15, n).sum(axis=1)
     assert not np.allclose(settled, true, rtol=1e-6)  # measured, truncated
     np.testing.assert_allclose(settled, true, atol=0.05 * np.abs(true).max() + 0.02)
@@ -282,11 +289,8 @@ def test_settle_on_ami_uses_the_registers(r_s):
     np.testing.assert_allclose(counts, np.round(counts), atol=1e-6)
     if r_s <= 900:  # periods nest in the intervals: settlement = all AMI energy, missing or not
         ami = role.tables()["ami"]
-        ok = role.ami_meters  # recompute the dropped readings' energy from the registers
-        tl = role.timeline
         for k in range(4):
-            steps = tl.steps_of_interval(k)
-            e_imp, e_exp = ok.energy_kwh(role.register, steps.start, steps.stop)
+            e_imp, e_exp = recomputed[k]
             np.testing.assert_allclose(settled[k], e_imp - e_exp, atol=1e-12)
             rows = ami[(ami["interval"] == k) & ami["delivered"]]
             for meter, grp in rows.groupby("meter"):
