@@ -363,13 +363,18 @@ def _one_each(pid: np.ndarray) -> bool:
     return not len(pid) or int(np.bincount(pid).max()) <= 1
 
 
-def welfare_usd(book: FastBook, w: Walk) -> float:
-    """Sum over traded energy of (buyer's submitted limit - seller's submitted limit)
-    [USD], exact, rounded once: per order, filled energy x submitted price."""
+def welfare_usd(book: FastBook, w: Walk, bid_price: np.ndarray | None = None,
+                offer_price: np.ndarray | None = None) -> float:
+    """Sum over traded energy of (buyer's price - seller's price) [USD], exact, rounded
+    once (per order: filled energy x price). Prices [USD/kWh] per sorted order default to
+    the submitted limits (the ClearingResult's welfare); pass the clipped ones for the
+    welfare the LP maximises."""
     nb, ns = w.bids.n_touched, w.offers.n_touched
     if not nb:
         return 0.0
-    pn, pe = exact_ints(np.concatenate([book.bid_price[:nb], book.offer_price[:ns]]))
+    bp = book.bid_price if bid_price is None else bid_price
+    op = book.offer_price if offer_price is None else offer_price
+    pn, pe = exact_ints(np.concatenate([bp[:nb], op[:ns]]))
     filled_b = book.bid_q[:nb] - w.bids.left[:nb]
     filled_s = book.offer_q[:ns] - w.offers.left[:ns]
     total = int((filled_b * pn[:nb]).sum()) - int((filled_s * pn[nb:]).sum())
