@@ -118,7 +118,10 @@ assert [f.name for f in fields(Confirmation)] == [
     "grid_bought_kwh", "grid_sold_kwh", "price_usd_per_kwh"]
 
 
-def _adopt(cls: type, dicts: list[dict[str, Any]]) -> list[Any]:
+def adopt(cls: type, dicts: list[dict[str, Any]]) -> list[Any]:
+    """Instances of the frozen dataclass ``cls`` with these field dicts (every field,
+    nothing else), without ``cls.__init__``: only for classes without __post_init__."""
+    assert not hasattr(cls, "__post_init__"), cls
     objs = list(map(_new, repeat(cls, len(dicts))))
     deque(map(_set, objs, repeat("__dict__"), dicts), maxlen=0)
     return objs
@@ -127,7 +130,7 @@ def _adopt(cls: type, dicts: list[dict[str, Any]]) -> list[Any]:
 def make_trades(interval: int, sellers: list[str], buyers: list[str], energy_kwh: list[float],
                 price_usd_per_kwh: list[float]) -> list[Trade]:
     """``[Trade(interval, s, b, e, p) ...]`` (fee 0) from columns of equal length."""
-    return _adopt(Trade, [
+    return adopt(Trade, [
         {"interval": interval, "seller": s, "buyer": b, "energy_kwh": e, "price_usd_per_kwh": p,
          "fee_usd": 0.0}
         for s, b, e, p in zip(sellers, buyers, energy_kwh, price_usd_per_kwh, strict=True)])
@@ -138,7 +141,7 @@ def make_confirmations(participants: list[str], interval: int, scheduled_kwh: li
                        grid_bought_kwh: list[float], grid_sold_kwh: list[float],
                        price_usd_per_kwh: float | None) -> list[Confirmation]:
     """``[Confirmation(p, interval, ...) ...]`` from columns of equal length."""
-    return _adopt(Confirmation, [
+    return adopt(Confirmation, [
         {"participant": p, "interval": interval, "scheduled_kwh": s, "peer_bought_kwh": pb,
          "peer_sold_kwh": ps, "grid_bought_kwh": gb, "grid_sold_kwh": gs,
          "price_usd_per_kwh": price_usd_per_kwh}

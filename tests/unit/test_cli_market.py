@@ -7,7 +7,14 @@ import json
 import pytest
 
 from federates.common.messages import GRID, Order, Trade
-from federates.market.ledger import KeyRing, Ledger, bid_record, trade_record
+from federates.market.ledger import (
+    KeyRing,
+    Ledger,
+    bid_record,
+    read_blocks,
+    trade_record,
+    write_blocks,
+)
 from tests.conftest import tecosim
 
 BOOK = """participant,side,energy_kwh,price_usd_per_kwh
@@ -87,7 +94,9 @@ def test_ledger_verify_intact_and_tampered(tmp_path):
     r = tecosim("ledger", "verify", str(tmp_path), timeout=120)
     assert r.returncode == 0 and "intact" in r.stdout
     path = tmp_path / "ledger.jsonl"
-    path.write_text(path.read_text().replace('"energy_kwh":2.0', '"energy_kwh":20.0', 1))
+    blocks = read_blocks(path)
+    blocks[1]["records"][1]["body"]["energy_kwh"] = 20.0  # the peer trade
+    write_blocks(path, blocks)
     r = tecosim("ledger", "verify", str(tmp_path), timeout=120)
     assert r.returncode == 1
-    assert "block 1 record" in r.stderr
+    assert "block 1 record 1: signature of p1 does not verify" in r.stderr
