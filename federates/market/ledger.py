@@ -87,9 +87,21 @@ _SIG = 64
 _U32 = struct.Struct(">I")
 
 
+_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+try:  # json's own C encoder, made once instead of per call (what json.dumps does)
+    from json.encoder import c_make_encoder as _c_make_encoder
+    _C_JSON = _c_make_encoder(None, _JSON.default, json.encoder.encode_basestring_ascii, None,
+                              ":", ",", True, False, False)
+except (ImportError, TypeError):  # pure-Python json: no C encoder
+    _C_JSON = None
+
+
 def canonical_json(obj: Any) -> str:
-    """Canonical JSON text: sorted keys, no spaces, floats as ``repr``, no NaN/inf."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """Canonical JSON text: sorted keys, no spaces, floats as ``repr``, no NaN/inf
+    (``json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)``)."""
+    if _C_JSON is not None and isinstance(obj, dict):
+        return "".join(_C_JSON(obj, 0))
+    return _JSON.encode(obj)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -279,13 +291,24 @@ def verify_order(keyring: KeyRing, order: Order) -> bool:
 
 def verify_orders(keyring: KeyRing, orders: list[Order]) -> list[bool]:
     """Whether each order carries a valid signature of its participant."""
-    out = []
+    return [r is not None for r in verified_bid_records(keyring, orders)]
+
+
+def verified_bid_records(keyring: KeyRing, orders: list[Order]) -> list[dict[str, Any] | None]:
+    """Per order its bid record if it carries a valid signature of its participant,
+    else None: the payload verified is the one the record keeps (made once)."""
+    out: list[dict[str, Any] | None] = []
     for o in orders:
         try:
             sig = bytes.fromhex(o.signature) if o.signature else b""
         except (ValueError, TypeError):
             sig = b""
-        out.append(bool(sig) and keyring.verify_bytes(o.participant, _order_payload(o), sig))
+        body = dict(vars(o))
+        del body["signature"]
+        interval = int(o.interval)
+        payload = record_payload("bid", interval, body)
+        ok = bool(sig) and keyring.verify_bytes(o.participant, payload, sig)
+        out.append(_record("bid", interval, body, [o.participant], [sig], payload) if ok else None)
     return out
 
 

@@ -35,12 +35,11 @@ from federates.market.fastbook import adopt
 from federates.market.ledger import (
     KeyRing,
     Ledger,
-    bid_record,
     curtailment_record,
     make_record,
     settlement_record,
     trade_record,
-    verify_orders,
+    verified_bid_records,
 )
 from federates.market.mechanisms import MECHANISMS as REGISTRY
 from federates.market.p2p import electrical_distance_charges
@@ -261,8 +260,12 @@ class MarketRole:
 
         raw = [o for o in orders if o.interval == k]
         late = len(orders) - len(raw)
+        bid_records: list[dict] = []
         if self._keys is not None:  # only orders their participant signed are cleared
-            signed = [o for o, ok in zip(raw, verify_orders(self._keys, raw), strict=True) if ok]
+            checked = verified_bid_records(self._keys, raw)
+            signed = [o for o, rec in zip(raw, checked, strict=True) if rec is not None]
+            bid_records = [rec for o, rec in zip(raw, checked, strict=True)
+                           if rec is not None and o.participant in self._index]
             self._rejected = len(raw) - len(signed)
             raw = signed
         mine = [self._with_community(o) for o in raw]
@@ -287,7 +290,7 @@ class MarketRole:
         self._pending[k] = result
         self._record_clearing(k, mine, result, late, requested)
         if self._keys is not None:
-            opening = [bid_record(self._keys, o) for o in raw if o.participant in self._index]
+            opening = bid_records  # the records of the payloads verified above
             opening += [make_record(self._keys, "envelope", k, e) for e in env_k]
             opening += [trade_record(self._keys, t) for t in result.trades]
             self._seal(k, opening)
