@@ -51,8 +51,10 @@ def test_every_mechanism_trades_the_same_volume_on_this_book(book, topology, mec
     r = tecosim("clear", str(book), "--topology", topology, "--mechanism", mechanism, timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["traded_kwh"] == pytest.approx(4.0, rel=1e-5)
-    assert out["welfare_usd"] == pytest.approx(0.55, rel=1e-5)
+    # ADMM stops at a relative primal residual of 1e-3 (p2p.clear_p2p_admm's rel_tol)
+    rel = 1e-3 if mechanism == "admm" else 1e-5
+    assert out["traded_kwh"] == pytest.approx(4.0, rel=rel)
+    assert out["welfare_usd"] == pytest.approx(0.55, rel=rel)
     # the decentralised mechanism reports how long its peers negotiated
     assert out["converged"] and (out["iterations"] > 0) == (mechanism == "admm")
 
