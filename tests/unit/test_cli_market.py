@@ -102,3 +102,16 @@ def test_ledger_verify_intact_and_tampered(tmp_path):
     r = tecosim("ledger", "verify", str(tmp_path), timeout=120)
     assert r.returncode == 1
     assert "block 1 record 1: signature of p1 does not verify" in r.stderr
+
+
+def test_ledger_dump_prints_the_blocks_as_json_lines(tmp_path):
+    keys = KeyRing.from_seed(7, ["p1", "p2"])
+    ledger = Ledger(tmp_path, keys)
+    ledger.append_block(0, [bid_record(keys, Order("p1", "sell", 0, 2.0, 0.1))])
+    ledger.close()
+    r = tecosim("ledger", "dump", str(tmp_path), timeout=120)
+    assert r.returncode == 0, r.stderr
+    blocks = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [b["index"] for b in blocks] == [0, 1]
+    (rec,) = blocks[1]["records"]
+    assert rec["body"]["energy_kwh"] == 2.0 and len(rec["signatures"][0]) == 128
