@@ -143,8 +143,14 @@ def bench_clear(repeat: int) -> None:
         t, r = best_of(lambda m=mech: clear("community", m, book, interval=0, **TARIFFS), repeat)
         print(f"clear community/{mech:13s} 10k orders: {t * 1e3:7.1f} ms  "
               f"({len(r.trades)} trades, {len(r.confirmations)} confirmations)")
-    t, _ = best_of(lambda: clear_uniform_price_reference(book, interval=0, **TARIFFS), 1)
-    print(f"clear community/uniform_price reference (Fraction walk): {t * 1e3:7.1f} ms")
+    from federates.market.lp import clear_lp_reference
+    from federates.market.pay_as_bid import clear_pay_as_bid_reference
+
+    for name, fn in (("uniform_price", clear_uniform_price_reference),
+                     ("pay_as_bid", clear_pay_as_bid_reference), ("lp", clear_lp_reference)):
+        t, _ = best_of(lambda f=fn: f(book, interval=0, **TARIFFS), 1)
+        print(f"clear community/{name:13s} 10k orders, reference (Fraction walk{', pyomo' if name == 'lp' else ''}): "
+              f"{t * 1e3:7.1f} ms")
 
 
 @contextmanager

@@ -5,29 +5,33 @@ and verified with libsodium through PyNaCl).
 
 Records
     A record is ``{"kind", "interval", "body", "signers", "signatures"}``: ``body`` a dict
-    of JSON values (e.g. an ``Order``'s fields), ``signers`` the participants who must sign
-    it (``required_signers``: derived from kind and body, so never stored) and
-    ``signatures`` their raw 64-byte Ed25519 signatures, in that order:
+    of JSON values (e.g. an ``Order``'s fields), ``signers`` the participants whose own
+    signature it carries (``required_signers``: derived from kind and body, so never
+    stored) and ``signatures`` those raw 64-byte Ed25519 signatures, in that order:
 
     * ``bid``: an ``Order`` (its ``signature`` field left out of the body), signed by its
       participant, with the signature the participant made (``sign_order``);
-    * ``trade``: a ``Trade``, signed by seller and buyer; the GRID side of a grid trade
-      is the market's;
+    * ``trade``: a ``Trade``, acknowledged by its seller and its buyer (GRID's side is the
+      market's): each party signs once per block the list of its trades in the block
+      (``acknowledge_trades``), as a participant would sign its confirmation;
     * ``curtailment`` (a ``CurtailmentNotice``), ``settlement`` (e.g. a
       ``SettlementRow``), ``envelope`` and ``trade_curtailment``: the market's.
 
     The market's part of a record is not a second signature by the key that seals the
     block: the block seal signs the Merkle root over every record of the block, which
-    authenticates them as the authority's. A participant's signature covers the
-    *payload*, the canonical JSON of ``{"domain": "tecosim-ledger-record:", "kind",
+    authenticates them as the authority's. A participant's signature of a record covers
+    its *payload*, the canonical JSON of ``{"domain": "tecosim-ledger-record:", "kind",
     "interval", "body"}``; canonical JSON is ``json.dumps(sort_keys=True,
     separators=(",", ":"), allow_nan=False)`` (floats written with ``repr``, so they
     decode to the same bits). A record's leaf hash is ``sha256(0x00 || payload ||
-    signatures)`` (the number of signatures follows from kind and body).
+    signatures)`` (the number of signatures follows from kind and body). A trade
+    acknowledgement by ``p`` signs ``canonical JSON of {"domain":
+    "tecosim-ledger-trades:", "interval", "participant": p} || the leaf hashes of p's
+    trades in the block, in block order``.
 
 Blocks
     ``{index, interval, prev_hash, difficulty_bits, sealer, records_hash, records,
-    locators, seal_signature, nonce, hash}`` (genesis: plus ``public_keys``, hex, of
+    locators, acks, seal_signature, nonce, hash}`` (genesis: plus ``public_keys``, hex, of
     every participant and the authority). ``records_hash`` is the Merkle root of the
     records' leaf hashes. The sealer (always "market": proof of authority) signs the
     header ``{index, interval, prev_hash, difficulty_bits, sealer, records_hash}`` (plus
@@ -38,6 +42,8 @@ Blocks
     proof of work is byte-for-byte reproducible). ``locators``: the first 4 bytes of each
     record's leaf hash, so that ``verify_ledger`` can name the record that was altered,
     dropped, added or moved; they are hints, the Merkle root under the seal is the proof.
+    ``acks``: ``[participant, signature]`` per party of the block's trades, in order of
+    first appearance (seller before buyer).
 
 File (``ledger.jsonl``, the name the runner gives it: see docs/outputs.md)
     One zstandard stream, flushed after every block (a reader decodes every block
@@ -82,6 +88,7 @@ LOCATOR_BYTES = 4
 ZSTD_LEVEL = 9  # 1000 prosumers, one day: level 3 +2 % size, 19 -1 % at 15x the time
 _RECORD_DOMAIN = "tecosim-ledger-record:"
 _SEAL_DOMAIN = "tecosim-ledger-seal:"
+_ACK_DOMAIN = "tecosim-ledger-trades:"
 _HEADER_KEYS = ("index", "interval", "prev_hash", "difficulty_bits", "sealer", "records_hash")
 _SIG = 64
 _U32 = struct.Struct(">I")
@@ -230,16 +237,43 @@ def record_payload(kind: str, interval: int, body: dict[str, Any]) -> bytes:
 
 
 def required_signers(kind: str, body: dict[str, Any]) -> list[str]:
-    """Who must sign a record of ``kind`` with ``body`` besides the sealing authority
-    (whose part the seal covers): a bid's participant, a trade's seller and buyer but
-    GRID; nobody else for the authority's own records."""
+    """Whose own signature a record of ``kind`` with ``body`` carries: a bid's
+    participant; nobody for a trade (its parties acknowledge it per block,
+    ``trade_parties``) or for the authority's records (the seal covers them)."""
     if kind == "bid":
         return [str(body["participant"])]
-    if kind == "trade":
-        return [str(body[s]) for s in ("seller", "buyer") if body[s] != GRID]
-    if kind in ("curtailment", "settlement", "envelope", "trade_curtailment"):
+    if kind in ("trade", "curtailment", "settlement", "envelope", "trade_curtailment"):
         return []
     raise ValueError(f"unknown record kind {kind!r}; allowed: {list(RECORD_KINDS)}")
+
+
+def trade_parties(body: dict[str, Any]) -> list[str]:
+    """Who must acknowledge a trade: seller and buyer, but GRID (the market's side)."""
+    return list(dict.fromkeys(str(body[s]) for s in ("seller", "buyer") if body[s] != GRID))
+
+
+def _ack_message(interval: Any, participant: str, leaves: list[bytes]) -> bytes:
+    head = canonical_json({"domain": _ACK_DOMAIN, "interval": interval, "participant": participant})
+    return head.encode() + b"".join(leaves)
+
+
+def _trades_by_party(records: list[dict[str, Any]], leaves: list[bytes]) -> dict[str, list[int]]:
+    """Each trade party -> positions of its trade records (first appearance order)."""
+    out: dict[str, list[int]] = {}
+    for j, r in enumerate(records):
+        if r["kind"] == "trade":
+            for p in trade_parties(r["body"]):
+                out.setdefault(p, []).append(j)
+    return out
+
+
+def acknowledge_trades(keyring: KeyRing, interval: int, records: list[dict[str, Any]],
+                       leaves: list[bytes] | None = None) -> list[list[Any]]:
+    """``[participant, signature]`` of every party of the trades among ``records``: its
+    signature of its trades of the block (module docstring), made with ``keyring``."""
+    leaves = [record_leaf(r) for r in records] if leaves is None else leaves
+    return [[p, keyring.sign_bytes(p, _ack_message(interval, p, [leaves[j] for j in js]))]
+            for p, js in _trades_by_party(records, leaves).items()]
 
 
 def leaf_hash(payload: bytes, signatures: list[bytes]) -> bytes:
@@ -325,7 +359,7 @@ def bid_record(keyring: KeyRing, order: Order) -> dict[str, Any]:
 
 
 def trade_record(keyring: KeyRing, trade: Trade) -> dict[str, Any]:
-    """A trade record signed by seller and buyer (GRID's side: the seal)."""
+    """A trade record (its parties acknowledge it when its block is sealed)."""
     return make_record(keyring, "trade", trade.interval, trade)
 
 
@@ -395,7 +429,10 @@ def encode_block(block: dict[str, Any]) -> bytes:
         sigs = [s for r in recs for s in r["signatures"]]
         body.append(b"".join(sigs))
         segments.append([kind, len(recs), cols, [len(r["signatures"]) for r in recs]])
-    header = {k: v for k, v in block.items() if k not in ("records", "locators")}
+    acks = block.get("acks", [])
+    body.append(b"".join(sig for _, sig in acks))
+    header = {k: v for k, v in block.items() if k not in ("records", "locators", "acks")}
+    header["ack_by"] = [p for p, _ in acks]
     header["n_locators"] = len(block["locators"]) // LOCATOR_BYTES
     header["segments"] = segments
     header["strings"] = list(strings)
@@ -447,8 +484,16 @@ def decode_block(data: bytes) -> dict[str, Any]:
                 pos += _SIG
             records.append({"kind": kind, "interval": header["interval"], "body": body,
                             "signatures": sigs})
+    acks = []
+    for p in header.pop("ack_by"):
+        sig = data[pos:pos + _SIG]
+        if len(sig) != _SIG:
+            raise ValueError("truncated block (acknowledgements)")
+        acks.append([p, sig])
+        pos += _SIG
     if pos != len(data):
         raise ValueError(f"block has {len(data) - pos} bytes after its records")
+    header["acks"] = acks
     header["records"] = records
     header["locators"] = locators
     return header
@@ -564,9 +609,12 @@ class Ledger:
         """Blocks written so far, genesis included."""
         return 0 if self._last is None else self._last["index"] + 1
 
-    def append_block(self, interval: int, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """Seal ``records`` of market interval ``interval`` into a block, write and return it."""
-        return self._seal(int(interval), list(records))
+    def append_block(self, interval: int, records: list[dict[str, Any]],
+                     acks: list[list[Any]] | None = None) -> dict[str, Any]:
+        """Seal ``records`` of market interval ``interval`` into a block, write and return
+        it. ``acks``: the trade parties' acknowledgements (``acknowledge_trades``); by
+        default made with this ledger's key ring (which then holds their keys)."""
+        return self._seal(int(interval), list(records), acks=acks)
 
     def close(self) -> None:
         """End the compressed stream and close the file (idempotent)."""
@@ -580,7 +628,8 @@ class Ledger:
         self._fh.flush()
 
     def _seal(self, interval: int | None, records: list[dict[str, Any]],
-              public_keys: dict[str, str] | None = None) -> dict[str, Any]:
+              public_keys: dict[str, str] | None = None,
+              acks: list[list[Any]] | None = None) -> dict[str, Any]:
         if any(r["interval"] != interval for r in records):
             raise ValueError(f"every record of the block of interval {interval} must be of that interval")
         leaves = [r.get("_leaf") or record_leaf(r) for r in records]
@@ -604,9 +653,12 @@ class Ledger:
                 nonce += 1
                 digest = _block_hash(header, seal, nonce)
             block["pow_s"] = time.perf_counter() - t0  # wall time [s] of the search; not hashed
+        if acks is None:
+            acks = acknowledge_trades(self.keyring, interval, records, leaves) if records else []
         block.update(
             records=[{k: r[k] for k in ("kind", "interval", "body", "signatures")} for r in records],
             locators=b"".join(leaf[:LOCATOR_BYTES] for leaf in leaves),
+            acks=acks,
             seal_signature=seal,
             nonce=nonce,
             hash=digest,
@@ -676,6 +728,29 @@ def _check_leaves(block: dict[str, Any], b: int, leaves: list[bytes]) -> str | N
     return None
 
 
+def _check_acks(block: dict[str, Any], b: int, leaves: list[bytes], keys: KeyRing) -> str | None:
+    """Every party of the block's trades acknowledged exactly its trades, once."""
+    parties = _trades_by_party(block["records"], leaves)
+    acks = block["acks"]
+    seen: set[str] = set()
+    for p, sig in acks:
+        if p not in parties:
+            return f"block {b}: acknowledgement by {p}, who has no trade in the block"
+        if p in seen:
+            return f"block {b}: {p} acknowledges twice"
+        seen.add(p)
+        first = parties[p][0]
+        if p not in keys.participants:
+            return f"block {b} record {first}: signer {p} has no key in the genesis block"
+        msg = _ack_message(block["interval"], p, [leaves[j] for j in parties[p]])
+        if not keys.verify_bytes(p, msg, bytes(sig)):
+            return f"block {b} record {first}: acknowledgement of {p} does not verify"
+    for p, js in parties.items():
+        if p not in seen:
+            return f"block {b} record {js[0]}: trade not acknowledged by {p}"
+    return None
+
+
 def _check_block(block: dict[str, Any], b: int, difficulty: int, keys: KeyRing) -> str | None:
     leaves = []
     for j, rec in enumerate(block["records"]):
@@ -683,7 +758,7 @@ def _check_block(block: dict[str, Any], b: int, difficulty: int, keys: KeyRing) 
         if bad:
             return bad
         leaves.append(leaf)
-    bad = _check_leaves(block, b, leaves)
+    bad = _check_leaves(block, b, leaves) or _check_acks(block, b, leaves, keys)
     if bad:
         return bad
     if block["sealer"] != AUTHORITY:
@@ -712,7 +787,9 @@ def verify_ledger(
     against the genesis public keys (and, if given, the genesis keys against
     ``trusted_public_keys``), the signers being those ``required_signers`` names; every
     record against its block's locators (naming an altered, missing, extra or moved
-    record) and the Merkle root of the recomputed leaves against ``records_hash``; the
+    record) and the Merkle root of the recomputed leaves against ``records_hash``; every
+    trade acknowledged by its seller and buyer (but GRID), each party once per block over
+    exactly its trades; the
     authority's seal over the header (which authenticates the authority's records); each
     block's hash and its proof of work.
     """

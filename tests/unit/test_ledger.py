@@ -8,9 +8,11 @@ re-sealing) and checking that verify fails and names the problem:
 2. block 0 is the genesis, keys trusted     -> test_valid_ledger_verifies, test_fake_genesis_is_named
 3. consecutive block indices                -> test_dropped_block_is_named, test_reordered_blocks_are_named
 4. the hash chain                           -> test_renumbered_block_breaks_chain
-5. participant signatures (genesis keys)    -> test_changed_bid_is_named, test_changed_trade_is_named,
-                                               test_forged_signature_is_named, test_unknown_signer_is_named
-6. the signatures a record requires         -> test_dropped_signature_is_named
+5. participant signatures (genesis keys)    -> test_changed_bid_is_named, test_forged_signature_is_named,
+                                               test_unknown_signer_is_named, test_dropped_signature_is_named
+6. trades acknowledged by seller and buyer  -> test_changed_trade_is_named,
+                                               test_dropped_acknowledgement_is_named,
+                                               test_forged_acknowledgement_is_named
 7. records vs the sealed Merkle root        -> test_changed_authority_record_is_named,
    (altered / missing / extra / moved)         test_dropped_record_is_named, test_added_record_is_named,
                                                test_reordered_records_are_named,
@@ -31,11 +33,13 @@ from federates.common.messages import GRID, CurtailmentNotice, Order, Trade
 from federates.market.ledger import (
     KeyRing,
     Ledger,
+    acknowledge_trades,
     bid_record,
     curtailment_record,
     leading_zero_bits,
     make_record,
     read_blocks,
+    record_leaf,
     record_payload,
     settlement_record,
     sign_order,
@@ -110,15 +114,19 @@ def test_signatures_are_rfc8032_ed25519() -> None:
 
 
 def test_authority_records_carry_no_second_signature() -> None:
+    """The market's records rely on the seal; trades on their parties' acknowledgements."""
     keys = KeyRing.from_seed(SEED, PEOPLE)
     peer = trade_record(keys, Trade(0, "p001", "p002", 1.0, 0.1))
     grid = trade_record(keys, Trade(0, "p001", GRID, 1.0, 0.08))
+    other = trade_record(keys, Trade(0, GRID, "p003", 2.0, 0.26))
     settle = settlement_record(keys, 0, {"participant": "p001"})
-    assert peer["signers"] == ["p001", "p002"] and len(peer["signatures"]) == 2
-    assert grid["signers"] == ["p001"] and len(grid["signatures"]) == 1  # GRID's side: the seal
-    assert settle["signers"] == [] and settle["signatures"] == []
-    payload = record_payload("trade", 0, peer["body"])
-    assert keys.verify_bytes("p002", payload, peer["signatures"][1])
+    assert peer["signatures"] == grid["signatures"] == settle["signatures"] == []
+    acks = acknowledge_trades(keys, 0, [peer, settle, grid, other])
+    assert [a[0] for a in acks] == ["p001", "p002", "p003"]  # GRID's side: the seal
+    # p001 signs its two trades of the block at once
+    msg = (b'{"domain":"tecosim-ledger-trades:","interval":0,"participant":"p001"}'
+           + record_leaf(peer) + record_leaf(grid))
+    assert keys.verify_bytes("p001", msg, acks[0][1])
 
 
 def test_bid_keeps_the_participants_signature() -> None:
@@ -227,7 +235,20 @@ def test_changed_bid_is_named(ledger_path: Path) -> None:
 def test_changed_trade_is_named(ledger_path: Path) -> None:
     def edit(blocks):
         blocks[3]["records"][3]["body"]["energy_kwh"] = 0.76
-    assert tampered(ledger_path, edit) == "block 3 record 3: signature of p001 does not verify"
+    assert tampered(ledger_path, edit) == (
+        "block 3 record 3: altered (hash does not match records_hash leaf)")
+
+    def edit_and_relocate(blocks):  # locators and root made to match: the parties' acks fail
+        import federates.market.ledger as L
+        blk = blocks[3]
+        blk["records"][3]["body"]["energy_kwh"] = 0.76
+        leaves = [L.record_leaf(r) for r in blk["records"]]
+        blk["locators"] = b"".join(leaf[:4] for leaf in leaves)
+        blk["records_hash"] = L.merkle_root(leaves)
+    fresh = build(ledger_path.parent / "fresh.jsonl")
+    # (the seal, checked after the acknowledgements, would fail too: the root is sealed)
+    assert tampered(fresh, edit_and_relocate) == (
+        "block 3 record 3: acknowledgement of p001 does not verify")
 
 
 def test_forged_signature_is_named(ledger_path: Path) -> None:
@@ -247,9 +268,28 @@ def test_unknown_signer_is_named(ledger_path: Path) -> None:
 
 def test_dropped_signature_is_named(ledger_path: Path) -> None:
     def edit(blocks):
-        blocks[1]["records"][3]["signatures"].pop()  # the buyer's side of the peer trade
+        blocks[1]["records"][2]["signatures"].pop()  # p003's bid
     assert tampered(ledger_path, edit) == (
-        "block 1 record 3: trade must carry signatures of ['p001', 'p002'], has 1")
+        "block 1 record 2: bid must carry signatures of ['p003'], has 0")
+
+
+def test_dropped_acknowledgement_is_named(ledger_path: Path) -> None:
+    def edit(blocks):
+        blocks[1]["acks"] = [a for a in blocks[1]["acks"] if a[0] != "p002"]
+    assert tampered(ledger_path, edit) == "block 1 record 3: trade not acknowledged by p002"
+
+
+def test_forged_acknowledgement_is_named(ledger_path: Path) -> None:
+    keys = KeyRing.from_seed(SEED, PEOPLE)
+
+    def edit(blocks):
+        blocks[2]["acks"][0][1] = keys.sign_bytes("p003", b"anything")
+    assert tampered(ledger_path, edit) == "block 2 record 3: acknowledgement of p001 does not verify"
+
+    def edit_extra(blocks):
+        blocks[2]["acks"].append(["p002", keys.sign_bytes("p002", b"x")])
+    fresh = build(ledger_path.parent / "fresh.jsonl")
+    assert tampered(fresh, edit_extra) == "block 2: p002 acknowledges twice"
 
 
 # ------------------------------------------- 7. records vs the Merkle root
