@@ -253,7 +253,13 @@ def trade_parties(body: dict[str, Any]) -> list[str]:
 
 
 def _ack_message(interval: Any, participant: str, leaves: list[bytes]) -> bytes:
-    head = canonical_json({"domain": _ACK_DOMAIN, "interval": interval, "participant": participant})
+    """canonical_json({"domain", "interval", "participant"}) || leaves; the JSON spelled
+    out (keys sorted, an int interval) as canonical_json writes it, at a tenth of the time."""
+    if type(interval) is int and type(participant) is str:
+        head = (f'{{"domain":"{_ACK_DOMAIN}","interval":{interval},'
+                f'"participant":{json.encoder.encode_basestring_ascii(participant)}}}')
+    else:
+        head = canonical_json({"domain": _ACK_DOMAIN, "interval": interval, "participant": participant})
     return head.encode() + b"".join(leaves)
 
 
@@ -411,18 +417,18 @@ def encode_block(block: dict[str, Any]) -> bytes:
         for k in keys:
             vals = [r["body"][k] for r in recs]
             t = _column_type(vals)
+            n = len(vals)
             if t == "f8":
-                body.append(np.array(vals, dtype="<f8").tobytes())
+                body.append(struct.pack(f"<{n}d", *vals))
                 cols.append([k, t])
             elif t == "b":
                 body.append(bytes(vals))
                 cols.append([k, t])
             elif t == "s":
-                body.append(np.array([strings.setdefault(v, len(strings)) for v in vals],
-                                     dtype="<u4").tobytes())
+                body.append(struct.pack(f"<{n}I", *[strings.setdefault(v, len(strings)) for v in vals]))
                 cols.append([k, t])
             elif t == "i":
-                body.append(np.array(vals, dtype="<i8").tobytes())
+                body.append(struct.pack(f"<{n}q", *vals))
                 cols.append([k, t])
             else:
                 cols.append([k, t, vals])

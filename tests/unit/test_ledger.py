@@ -127,6 +127,10 @@ def test_authority_records_carry_no_second_signature() -> None:
     msg = (b'{"domain":"tecosim-ledger-trades:","interval":0,"participant":"p001"}'
            + record_leaf(peer) + record_leaf(grid))
     assert keys.verify_bytes("p001", msg, acks[0][1])
+    import federates.market.ledger as L
+    for who in ("p001", 'q"\\é'):
+        head = L.canonical_json({"domain": "tecosim-ledger-trades:", "interval": 3, "participant": who})
+        assert L._ack_message(3, who, []) == head.encode()
 
 
 def test_bid_keeps_the_participants_signature() -> None:
