@@ -200,6 +200,22 @@ def bench_role(repeat: int, n: int = 40) -> None:
     other = best - sum(parts.values())
     print(f"role {n} prosumers: {best / m * 1e3:.2f} ms per market time wall, "
           f"{best_cpu / m * 1e3:.2f} ms CPU ({m} market times); {split}  other {other / m * 1e3:.2f} ms")
+    # the floor: the Ed25519 operations a market time needs, at this machine's speed now
+    keys = KeyRing.from_seed(7, ["a"])
+    msg = b"x" * 300
+    sig = keys.sign_bytes("a", msg)
+    t_sign, _ = best_of(lambda: [keys.sign_bytes("a", msg) for _ in range(200)], 5)
+    t_verify, _ = best_of(lambda: [keys.verify_bytes("a", msg, sig) for _ in range(200)], 5)
+    n_verify = sum(len(orders) for _, orders, _, _ in day) / m
+    with tempfile.TemporaryDirectory() as tmp:
+        from federates.market.ledger import read_blocks
+
+        run_day(names, day, Path(tmp))
+        blocks = read_blocks(Path(tmp) / "ledger.jsonl")
+    n_sign = sum(len(b["acks"]) + 1 for b in blocks[1:]) / m  # acknowledgements + seals
+    floor = n_verify * t_verify / 200 + n_sign * t_sign / 200
+    print(f"  Ed25519 floor: {n_verify:.1f} verifies x {t_verify / 200 * 1e6:.0f} us + {n_sign:.1f} signs x "
+          f"{t_sign / 200 * 1e6:.0f} us = {floor * 1e3:.2f} ms per market time")
 
 
 def bench_admm(repeat: int) -> None:
