@@ -47,8 +47,8 @@ from federates.market.book import ClearingResult, ClearingStatus
 
 Pricing = Literal["uniform", "midpoint"]
 
-_TINY_PRICE = 2.0**-1020  # below this, halving a price may round (subnormal)
-_HUGE_PRICE = 2.0**1020
+_TINY_USD_PER_KWH = 2.0**-1020  # below this, halving a price may round (subnormal)
+_HUGE_USD_PER_KWH = 2.0**1020
 _MIN_NORMAL = 2.2250738585072014e-308
 
 
@@ -225,10 +225,10 @@ def build(orders: list[Order], *, retail_usd_per_kwh: float,
     is_sell = np.fromiter(map("sell".__eq__, side), dtype=bool, count=n)
     valid = np.isfinite(q) & (q > 0) & np.isfinite(p) & (is_buy | is_sell)
     ap = np.abs(p[valid])
-    if ((ap != 0) & ((ap < _TINY_PRICE) | (ap > _HUGE_PRICE))).any():
+    if ((ap != 0) & ((ap < _TINY_USD_PER_KWH) | (ap > _HUGE_USD_PER_KWH))).any():
         return None
     for t in (retail_usd_per_kwh, feed_in_usd_per_kwh):
-        if not math.isfinite(t) or (t != 0 and not _TINY_PRICE <= abs(t) <= _HUGE_PRICE):
+        if not math.isfinite(t) or (t != 0 and not _TINY_USD_PER_KWH <= abs(t) <= _HUGE_USD_PER_KWH):
             return None
     rank = {name: i for i, name in enumerate(ordered_by)}
     pid = np.array(list(map(rank.__getitem__, part)), dtype=np.int64) if n else np.zeros(0, np.int64)
