@@ -391,6 +391,8 @@ def assemble(interval: int, book: FastBook, w: Walk, status: ClearingStatus,
     the midpoint of its own clipped limits, the result's price None."""
     names = book.ordered_by
     n_p = len(names)
+    name_of = np.empty(n_p, dtype=object)  # participant index -> id, gathered in C
+    name_of[:] = names
     e = book.e
     seller = book.offer_pid[w.offer]
     buyer = book.bid_pid[w.bid]
@@ -413,14 +415,14 @@ def assemble(interval: int, book: FastBook, w: Walk, status: ClearingStatus,
         inv = np.asarray(inv).reshape(-1)
         if len(uniq) == n_steps:  # no two steps share a pair (and price): no merging
             energy = to_floats(w.q, e)
-            sel, buy, pr = seller.tolist(), buyer.tolist(), price_f.tolist()
+            sel, buy, pr = seller, buyer, price_f.tolist()
         else:
             rank = np.empty(len(first), dtype=np.int64)
             rank[np.argsort(first, kind="stable")] = np.arange(len(first))
             energy = to_floats(_group_sum(w.q, rank[inv], len(first)), e)
             reps = np.sort(first)
-            sel, buy, pr = seller[reps].tolist(), buyer[reps].tolist(), price_f[reps].tolist()
-        trades = make_trades(interval, [names[i] for i in sel], [names[i] for i in buy],
+            sel, buy, pr = seller[reps], buyer[reps], price_f[reps].tolist()
+        trades = make_trades(interval, name_of[sel].tolist(), name_of[buy].tolist(),
                              energy.tolist(), pr)
 
     if _one_each(book.bid_pid) and _one_each(book.offer_pid):
@@ -441,11 +443,11 @@ def assemble(interval: int, book: FastBook, w: Walk, status: ClearingStatus,
         gb_f, gs_f = to_floats(grid_bought, e), to_floats(grid_sold, e)
         sched_f = to_floats(peer_bought + grid_bought - peer_sold - grid_sold, e)
     gb_l, gs_l = gb_f.tolist(), gs_f.tolist()
-    gb_i, gs_i = np.nonzero(gb_f > 0)[0].tolist(), np.nonzero(gs_f > 0)[0].tolist()
-    trades += make_trades(interval, [GRID] * len(gb_i), [names[i] for i in gb_i],
-                          [gb_l[i] for i in gb_i], [book.retail] * len(gb_i))
-    trades += make_trades(interval, [names[i] for i in gs_i], [GRID] * len(gs_i),
-                          [gs_l[i] for i in gs_i], [book.feed_in] * len(gs_i))
+    gb_i, gs_i = np.flatnonzero(gb_f > 0), np.flatnonzero(gs_f > 0)
+    trades += make_trades(interval, [GRID] * len(gb_i), name_of[gb_i].tolist(),
+                          gb_f[gb_i].tolist(), [book.retail] * len(gb_i))
+    trades += make_trades(interval, name_of[gs_i].tolist(), [GRID] * len(gs_i),
+                          gs_f[gs_i].tolist(), [book.feed_in] * len(gs_i))
 
     price = None if pricing != "uniform" or uniform_price is None else float(uniform_price)
     confirmations = make_confirmations(names, interval, (sched_f + 0.0).tolist(), pb_f.tolist(),
