@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -107,7 +108,8 @@ CLEAR_EXAMPLES = """examples:
 
 LEDGER_EXAMPLES = """examples:
   tecosim ledger verify runs/my-study          # exit 0 intact, 1 names the first bad record
-  tecosim ledger verify runs/my-study/ledger.jsonl
+  tecosim ledger verify runs/my-study/ledger.zst
+  tecosim ledger dump runs/my-study | head -3  # the blocks as JSON lines (signatures in hex)
 """
 
 FEEDERS_EXAMPLES = """examples:
@@ -187,9 +189,13 @@ def _parser() -> argparse.ArgumentParser:
     clr.add_argument("--feed-in", type=float, default=0.08, help="feed-in tariff [USD/kWh]")
     led = sub.add_parser("ledger", help="ledger tools", epilog=LEDGER_EXAMPLES, formatter_class=raw)
     led_sub = led.add_subparsers(dest="ledger_command", required=True)
-    ver = led_sub.add_parser("verify", help="verify a run's ledger.jsonl (hash chain, seals, signatures)",
+    ver = led_sub.add_parser("verify", help="verify a run's ledger.zst (hash chain, seals, signatures, "
+                             "Merkle roots, proof of work)",
                              epilog=LEDGER_EXAMPLES, formatter_class=raw)
-    ver.add_argument("run", type=Path, help="a run folder or a ledger.jsonl file")
+    ver.add_argument("run", type=Path, help="a run folder or a ledger.zst file")
+    dmp = led_sub.add_parser("dump", help="print a ledger's blocks as JSON lines (the file is a "
+                             "zstd stream of binary blocks)", epilog=LEDGER_EXAMPLES, formatter_class=raw)
+    dmp.add_argument("run", type=Path, help="a run folder or a ledger.zst file")
     fdr = sub.add_parser("feeders", help="the bundled feeders; what any OpenDSS model holds",
                          epilog=FEEDERS_EXAMPLES, formatter_class=raw)
     fdr_sub = fdr.add_subparsers(dest="feeders_command", required=True)
@@ -407,12 +413,28 @@ def cmd_clear(args) -> int:
 
 
 def cmd_ledger(args) -> int:
-    from federates.market.ledger import verify_ledger
+    from federates.market.ledger import read_blocks, verify_ledger
 
-    path = args.run / "ledger.jsonl" if args.run.is_dir() else args.run
+    path = args.run / "ledger.zst" if args.run.is_dir() else args.run
     if not path.is_file():
         print(f"tecosim: no ledger at {path}", file=sys.stderr)
         return 2
+    if args.ledger_command == "dump":
+        try:
+            blocks = read_blocks(path)
+        except ValueError as exc:
+            print(f"tecosim: {path}: {exc}", file=sys.stderr)
+            return 1
+        try:
+            for b in blocks:
+                b["locators"] = b["locators"].hex()
+                for r in b["records"]:
+                    r["signatures"] = [sig.hex() for sig in r["signatures"]]
+                print(json.dumps(b, sort_keys=True, separators=(",", ":")))
+            sys.stdout.flush()
+        except BrokenPipeError:  # e.g. `| head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     r = verify_ledger(path)
     if r.ok:
         print(f"{path}: intact ({r.n_blocks} blocks, {r.n_records} records)")

@@ -58,7 +58,7 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
     t = time.perf_counter()
     cfg, tl = study.cfg, study.cfg.timeline
     prosumers = ProsumersRole(cfg, study.sites)
-    market = MarketRole(cfg, study.participants, study.run_dir / "ledger.jsonl", distance_km=study.distance_km)
+    market = MarketRole(cfg, study.participants, study.run_dir / "ledger.zst", distance_km=study.distance_km)
     inverter_kva = study.inverter_kva
     feeder = FeederRole(cfg, study.master, study.sites, inverter_kva=inverter_kva)
     meters = MetersRole(cfg, study.sites, v_base_v=study.v_base_v)

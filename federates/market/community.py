@@ -33,9 +33,12 @@ Clearing rule
     7. Each buyer's unmatched volume becomes one Trade ``GRID -> buyer`` at retail,
        each seller's unmatched volume one Trade ``seller -> GRID`` at feed-in.
 
-Quantities are matched in exact rational arithmetic (``fractions.Fraction`` of the
-input floats) and converted to float once at the end, so no residues like 5.5e-17 kWh
-appear and results are bit-for-bit deterministic.
+Quantities are matched in exact arithmetic (the input floats as exact rationals) and
+converted to float once at the end, so no residues like 5.5e-17 kWh appear and results
+are bit-for-bit deterministic. ``clear_uniform_price`` does it on whole arrays
+(``fastbook.py``: exact integers in units of the book's smallest mantissa bit);
+``clear_uniform_price_reference`` walks the book step by step in ``fractions.Fraction``
+(``book.py``), and both give equal results, bit for bit (tests/unit/test_fastbook.py).
 
 Units: energy [kWh] over the interval, prices [USD/kWh], money [USD].
 """
@@ -45,6 +48,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from federates.common.messages import Order
+from federates.market import fastbook
 from federates.market.book import (
     ClearingResult,
     ClearingStatus,
@@ -54,7 +58,9 @@ from federates.market.book import (
     match_greedy,
 )
 
-__all__ = ["ClearingResult", "ClearingStatus", "clear_uniform_price"]
+__all__ = ["ClearingResult", "ClearingStatus", "clear_uniform_price",
+           "clear_uniform_price_reference"]
+
 
 def clear_uniform_price(
     orders: list[Order],
@@ -68,7 +74,34 @@ def clear_uniform_price(
     ``orders``: bids and offers [kWh, USD/kWh]; only those with ``interval`` count.
     ``retail_usd_per_kwh`` / ``feed_in_usd_per_kwh`` [USD/kWh]: the utility's selling
     and buying prices (feed-in <= retail). Never raises on a book that cannot clear:
-    returns a status instead.
+    returns a status instead. Vectorised (``fastbook``); equal to
+    ``clear_uniform_price_reference``.
+    """
+    mine = [o for o in orders if o.interval == interval]
+    book = fastbook.build(mine, retail_usd_per_kwh=retail_usd_per_kwh,
+                          feed_in_usd_per_kwh=feed_in_usd_per_kwh)
+    if book is None:  # not exactly representable in fastbook's integers: the reference
+        return clear_uniform_price_reference(
+            mine, interval=interval, retail_usd_per_kwh=retail_usd_per_kwh,
+            feed_in_usd_per_kwh=feed_in_usd_per_kwh)
+    w = fastbook.walk(book)
+    return fastbook.assemble(interval, book, w, book.status(), "uniform",
+                             fastbook.uniform_price(book, w))
+
+
+def clear_uniform_price_reference(
+    orders: list[Order],
+    *,
+    interval: int,
+    retail_usd_per_kwh: float,
+    feed_in_usd_per_kwh: float,
+) -> ClearingResult:
+    """Clear one interval of the community market (rule in the module docstring).
+
+    ``orders``: bids and offers [kWh, USD/kWh]; only those with ``interval`` count.
+    ``retail_usd_per_kwh`` / ``feed_in_usd_per_kwh`` [USD/kWh]: the utility's selling
+    and buying prices (feed-in <= retail). Never raises on a book that cannot clear:
+    returns a status instead. The exact step-by-step walk in ``fractions.Fraction``.
     """
     mine = [o for o in orders if o.interval == interval]
     book = build_book(mine, retail_usd_per_kwh=retail_usd_per_kwh, feed_in_usd_per_kwh=feed_in_usd_per_kwh)

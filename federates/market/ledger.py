@@ -1,67 +1,114 @@
 """A blockchain-style signed ledger of market records (bids, trades, curtailments, settlements).
 
-Participants and the market authority ("market") hold Ed25519 keys (``KeyRing``).
+Participants and the market authority ("market") hold Ed25519 keys (``KeyRing``, signed
+and verified with libsodium through PyNaCl).
 
-Records are plain dicts ``{"kind", "interval", "body", "signer", "signature"}``:
+Records
+    A record is ``{"kind", "interval", "body", "signers", "signatures"}``: ``body`` a dict
+    of JSON values (e.g. an ``Order``'s fields), ``signers`` the participants whose own
+    signature it carries (``required_signers``: derived from kind and body, so never
+    stored) and ``signatures`` those raw 64-byte Ed25519 signatures, in that order:
 
-* ``bid``: an ``Order``, signed by its participant;
-* ``trade``: a ``Trade``, signed by seller and buyer (``signer`` and ``signature`` are
-  then two-element lists ``[seller side, buyer side]``); the GRID side of a grid trade is
-  signed by the market authority;
-* ``curtailment`` (a ``CurtailmentNotice``) and ``settlement`` (e.g. a ``SettlementRow``):
-  signed by the market.
+    * ``bid``: an ``Order`` (its ``signature`` field left out of the body), signed by its
+      participant, with the signature the participant made (``sign_order``);
+    * ``trade``: a ``Trade``, acknowledged by its seller and its buyer (GRID's side is the
+      market's): each party signs once per block the list of its trades in the block
+      (``acknowledge_trades``), as a participant would sign its confirmation;
+    * ``curtailment`` (a ``CurtailmentNotice``), ``settlement`` (e.g. a
+      ``SettlementRow``), ``envelope`` and ``trade_curtailment``: the market's.
 
-A signature covers the canonical JSON of ``{"kind", "interval", "body"}``. Canonical JSON
-is ``json.dumps(sort_keys=True, separators=(",", ":"), allow_nan=False)``: sorted keys, no
-spaces, floats written with ``repr`` (so they decode to the same bits).
+    The market's part of a record is not a second signature by the key that seals the
+    block: the block seal signs the Merkle root over every record of the block, which
+    authenticates them as the authority's. A participant's signature of a record covers
+    its *payload*, the canonical JSON of ``{"domain": "tecosim-ledger-record:", "kind",
+    "interval", "body"}``; canonical JSON is ``json.dumps(sort_keys=True,
+    separators=(",", ":"), allow_nan=False)`` (floats written with ``repr``, so they
+    decode to the same bits). A record's leaf hash is ``sha256(0x00 || payload ||
+    signatures)`` (the number of signatures follows from kind and body). A trade
+    acknowledgement by ``p`` signs ``canonical JSON of {"domain":
+    "tecosim-ledger-trades:", "interval", "participant": p} || the leaf hashes of p's
+    trades in the block, in block order``.
 
-Blocks (one JSON line each in ``ledger.jsonl``, flushed per block)::
+Blocks
+    ``{index, interval, prev_hash, difficulty_bits, sealer, records_hash, records,
+    locators, acks, seal_signature, nonce, hash}`` (genesis: plus ``public_keys``, hex, of
+    every participant and the authority). ``records_hash`` is the Merkle root of the
+    records' leaf hashes. The sealer (always "market": proof of authority) signs the
+    header ``{index, interval, prev_hash, difficulty_bits, sealer, records_hash}`` (plus
+    ``public_keys`` in the genesis block). ``hash`` is sha256 of the canonical header plus
+    ``seal_signature`` (hex) and ``nonce``; with ``difficulty_bits > 0`` the nonce is
+    searched until the hash has that many leading zero bits (proof of work) and the block
+    carries ``pow_s``, the search's wall time [s], not hashed (so only a ledger without
+    proof of work is byte-for-byte reproducible). ``locators``: the first 4 bytes of each
+    record's leaf hash, so that ``verify_ledger`` can name the record that was altered,
+    dropped, added or moved; they are hints, the Merkle root under the seal is the proof.
+    ``acks``: ``[participant, signature]`` per party of the block's trades, in order of
+    first appearance (seller before buyer).
 
-    {index, interval, prev_hash, difficulty_bits, sealer, records_hash, record_hashes,
-     records, seal_signature, nonce, hash, pow_s}
+File (``ledger.zst``, the name the runner gives it: see docs/outputs.md)
+    One zstandard stream, flushed after every block (a reader decodes every block
+    written so far), of ``b"tecosim-ledger 2\\n"`` then per block ``u32 length || block``
+    (big-endian). A block is ``u32 n || header || body``: ``header`` n bytes of canonical
+    JSON (the fields above but ``records`` and ``locators``, plus ``segments`` and
+    ``strings``), ``body`` the locators then, per segment, its columns and signatures.
+    A segment is a run of records of one kind with the same body keys and value types,
+    stored column by column: ``f8`` float64 little-endian, ``b`` one byte per bool,
+    ``s`` u32 index into the block's ``strings``, ``i`` int64, ``j`` values kept in the
+    header as JSON. A block is decoded back to exactly the record dicts it was built
+    from, and so to the same payloads and hashes.
 
-``record_hashes`` are the sha256 leaves of the canonical records and ``records_hash``
-their Merkle root. The sealer (always "market", proof of authority) signs the header
-``{index, interval, prev_hash, difficulty_bits, sealer, records_hash}`` (plus
-``public_keys`` in the genesis block). ``hash`` is sha256 of the canonical header plus
-``seal_signature`` and ``nonce``; with ``difficulty_bits > 0`` the nonce is searched until
-the hash has that many leading zero bits (proof of work). ``pow_s`` [s] is the wall time
-of that search; it is *not* hashed and is exactly 0.0 when ``difficulty_bits == 0``, so a
-ledger without proof of work is byte-for-byte reproducible.
-
-Block 0 (genesis) has no records and carries the hex public keys of every participant
-and of the authority; ``verify_ledger`` checks every signature against them.
+``verify_ledger`` checks the chain from the genesis keys; ``read_blocks`` /
+``write_blocks`` decode and re-encode a file without re-sealing (tests use them to
+tamper with a ledger).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import time
-from dataclasses import dataclass, is_dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+import nacl.bindings
+import nacl.exceptions
+import nacl.signing
+import numpy as np
+import zstandard
 
 from federates.common.messages import GRID, CurtailmentNotice, Order, Trade
 
 AUTHORITY = "market"
 RECORD_KINDS = ("bid", "trade", "curtailment", "settlement", "envelope", "trade_curtailment")
 GENESIS_PREV_HASH = "0" * 64
-_RECORD_TAG = b"tecosim-ledger-record:"
-_SEAL_TAG = b"tecosim-ledger-seal:"
+MAGIC = b"tecosim-ledger 2\n"
+LOCATOR_BYTES = 4
+ZSTD_LEVEL = 9  # 1000 prosumers, one day: level 3 +2 % size, 19 -1 % at 15x the time
+_RECORD_DOMAIN = "tecosim-ledger-record:"
+_SEAL_DOMAIN = "tecosim-ledger-seal:"
+_ACK_DOMAIN = "tecosim-ledger-trades:"
 _HEADER_KEYS = ("index", "interval", "prev_hash", "difficulty_bits", "sealer", "records_hash")
+_SIG = 64
+_U32 = struct.Struct(">I")
+
+
+_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+try:  # json's own C encoder, made once instead of per call (what json.dumps does)
+    from json.encoder import c_make_encoder as _c_make_encoder
+    _C_JSON = _c_make_encoder(None, _JSON.default, json.encoder.encode_basestring_ascii, None,
+                              ":", ",", True, False, False)
+except (ImportError, TypeError):  # pure-Python json: no C encoder
+    _C_JSON = None
 
 
 def canonical_json(obj: Any) -> str:
-    """Canonical JSON text: sorted keys, no spaces, floats as ``repr``, no NaN/inf."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """Canonical JSON text: sorted keys, no spaces, floats as ``repr``, no NaN/inf
+    (``json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)``)."""
+    if _C_JSON is not None and isinstance(obj, dict):
+        return "".join(_C_JSON(obj, 0))
+    return _JSON.encode(obj)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -75,202 +122,445 @@ def leading_zero_bits(hex_digest: str) -> int:
     return n_bits - int(hex_digest, 16).bit_length()
 
 
-def merkle_root(leaves_hex: list[str]) -> str:
-    """Merkle root (hex) of hex sha256 leaves; an odd node is promoted unchanged.
+def merkle_root(leaves: list[bytes]) -> str:
+    """Merkle root (hex) of 32-byte leaves; an odd node is promoted unchanged.
 
     Inner nodes are ``sha256(0x01 || left || right)``; the root of no leaves is
     ``sha256(b"")``; the root of one leaf is that leaf.
     """
-    if not leaves_hex:
+    if not leaves:
         return sha256_hex(b"")
-    level = [bytes.fromhex(h) for h in leaves_hex]
+    level = list(leaves)
+    sha = hashlib.sha256
     while len(level) > 1:
-        nxt = [
-            hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest()
-            for i in range(0, len(level) - 1, 2)
-        ]
+        nxt = [sha(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
             nxt.append(level[-1])
         level = nxt
     return level[0].hex()
 
 
-def record_hash(record: dict[str, Any]) -> str:
-    """Leaf hash of a record: sha256(0x00 || canonical JSON of the whole record)."""
-    return sha256_hex(b"\x00" + canonical_json(record).encode())
+# ------------------------------------------------------------------------ keys
 
 
 class KeyRing:
     """Ed25519 keys of the participants and of the market authority ("market")."""
 
-    def __init__(
-        self,
-        public_keys: dict[str, Ed25519PublicKey],
-        private_keys: dict[str, Ed25519PrivateKey] | None = None,
-    ) -> None:
-        """Wrap public keys (and, for signing, private keys) by participant name."""
+    def __init__(self, public_keys: dict[str, bytes],
+                 private_keys: dict[str, nacl.signing.SigningKey] | None = None) -> None:
+        """Raw 32-byte public keys (and, for signing, PyNaCl signing keys) by name."""
         self._public = dict(public_keys)
         self._private = dict(private_keys or {})
+        self._names = sorted(self._public)
 
     @classmethod
     def from_seed(cls, seed: int, participants: list[str]) -> KeyRing:
         """Keys derived deterministically from the study ``seed``.
 
-        The private key of ``p`` is ``sha256(f"{seed}:{p}")`` (32 bytes); the authority
-        "market" is added. SEEDED KEYS ARE FOR REPRODUCIBLE STUDIES, NOT FOR SECURITY:
-        anyone who knows the seed and the names can sign as any participant.
+        The private key (RFC 8032 seed) of ``p`` is ``sha256(f"{seed}:{p}")``; the
+        authority "market" is added. SEEDED KEYS ARE FOR REPRODUCIBLE STUDIES, NOT FOR
+        SECURITY: anyone who knows the seed and the names can sign as any participant.
         """
         names = list(dict.fromkeys(participants))
         for reserved in (AUTHORITY, GRID):
             if reserved in names:
                 raise ValueError(f"participant name {reserved!r} is reserved")
-        private = {
-            name: Ed25519PrivateKey.from_private_bytes(
-                hashlib.sha256(f"{seed}:{name}".encode()).digest()
-            )
-            for name in [*names, AUTHORITY]
-        }
-        return cls({n: k.public_key() for n, k in private.items()}, private)
+        private = {n: nacl.signing.SigningKey(hashlib.sha256(f"{seed}:{n}".encode()).digest())
+                   for n in [*names, AUTHORITY]}
+        return cls({n: bytes(k.verify_key) for n, k in private.items()}, private)
 
     @classmethod
     def from_public_hex(cls, public_keys_hex: dict[str, str]) -> KeyRing:
         """A verify-only key ring from hex raw public keys."""
-        return cls(
-            {n: Ed25519PublicKey.from_public_bytes(bytes.fromhex(h)) for n, h in public_keys_hex.items()}
-        )
+        keys = {n: bytes.fromhex(h) for n, h in public_keys_hex.items()}
+        if any(len(k) != 32 for k in keys.values()):
+            raise ValueError("a public key is not 32 bytes")
+        return cls(keys)
 
     @property
     def participants(self) -> list[str]:
         """Every key holder, the authority included, sorted."""
-        return sorted(self._public)
+        return self._names
 
     def public_key_hex(self, participant: str) -> str:
         """Raw 32-byte public key of ``participant`` as hex."""
-        return self._public[participant].public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+        return self._public[participant].hex()
 
     def public_keys_hex(self) -> dict[str, str]:
         """Hex public keys of every key holder."""
-        return {p: self.public_key_hex(p) for p in self.participants}
+        return {p: self._public[p].hex() for p in self._names}
 
-    def sign(self, participant: str, payload: dict[str, Any]) -> str:
-        """Hex Ed25519 signature by ``participant`` of the canonical JSON of ``payload``."""
-        if participant not in self._private:
-            raise KeyError(f"no private key for {participant!r}")
-        return self._private[participant].sign(canonical_json(payload).encode()).hex()
-
-    def verify(self, participant: str, payload: dict[str, Any], signature: str) -> bool:
-        """Whether ``signature`` (hex) is ``participant``'s signature of ``payload``."""
-        key = self._public.get(participant)
+    def sign_bytes(self, participant: str, message: bytes) -> bytes:
+        """Raw 64-byte Ed25519 signature of ``message`` by ``participant``."""
+        key = self._private.get(participant)
         if key is None:
+            raise KeyError(f"no private key for {participant!r}")
+        return key.sign(message).signature
+
+    def verify_bytes(self, participant: str, message: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is ``participant``'s signature of ``message``."""
+        key = self._public.get(participant)
+        if key is None or len(signature) != _SIG:
             return False
         try:
-            key.verify(bytes.fromhex(signature), canonical_json(payload).encode())
-        except (InvalidSignature, ValueError, TypeError):
+            nacl.bindings.crypto_sign_open(signature + message, key)
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError, TypeError):
             return False
         return True
 
+    def sign(self, participant: str, payload: dict[str, Any]) -> str:
+        """Hex Ed25519 signature by ``participant`` of the canonical JSON of ``payload``."""
+        return self.sign_bytes(participant, canonical_json(payload).encode()).hex()
 
-# ---------------------------------------------------------------- records
+    def verify(self, participant: str, payload: dict[str, Any], signature: str) -> bool:
+        """Whether ``signature`` (hex) is ``participant``'s signature of ``payload``."""
+        try:
+            sig = bytes.fromhex(signature)
+        except (ValueError, TypeError):
+            return False
+        return self.verify_bytes(participant, canonical_json(payload).encode(), sig)
 
 
-def _plain(x: Any) -> Any:
-    """``x`` with dataclasses turned into dicts, recursively: what ``dataclasses.asdict``
-    gives for the JSON-able messages here, without its deep copy of every leaf (a
-    quarter less time per record)."""
-    if is_dataclass(x) and not isinstance(x, type):
-        return {name: _plain(getattr(x, name)) for name in x.__dataclass_fields__}
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_plain(v) for v in x)
-    return x
+# --------------------------------------------------------------------- records
 
 
 def _body(obj: Any) -> dict[str, Any]:
-    return _plain(obj) if is_dataclass(obj) and not isinstance(obj, type) else dict(obj)
+    """A record body: a dict's copy, or a flat dataclass's fields (the messages and
+    SettlementRow are flat: their values are JSON scalars)."""
+    return dict(obj) if isinstance(obj, dict) else dict(vars(obj))
 
 
-def _record_payload(kind: str, interval: int, body: dict[str, Any]) -> dict[str, Any]:
-    return {"domain": _RECORD_TAG.decode(), "kind": kind, "interval": interval, "body": body}
+def record_payload(kind: str, interval: int, body: dict[str, Any]) -> bytes:
+    """The bytes a record's signatures cover (module docstring)."""
+    return canonical_json({"domain": _RECORD_DOMAIN, "kind": kind, "interval": interval,
+                           "body": body}).encode()
 
 
 def required_signers(kind: str, body: dict[str, Any]) -> list[str]:
-    """Who must sign a record of ``kind`` with ``body`` (GRID's side is the market's)."""
+    """Whose own signature a record of ``kind`` with ``body`` carries: a bid's
+    participant; nobody for a trade (its parties acknowledge it per block,
+    ``trade_parties``) or for the authority's records (the seal covers them)."""
     if kind == "bid":
         return [str(body["participant"])]
-    if kind == "trade":
-        return [AUTHORITY if body[s] == GRID else str(body[s]) for s in ("seller", "buyer")]
-    if kind in ("curtailment", "settlement", "envelope", "trade_curtailment"):
-        return [AUTHORITY]
+    if kind in ("trade", "curtailment", "settlement", "envelope", "trade_curtailment"):
+        return []
     raise ValueError(f"unknown record kind {kind!r}; allowed: {list(RECORD_KINDS)}")
 
 
+def trade_parties(body: dict[str, Any]) -> list[str]:
+    """Who must acknowledge a trade: seller and buyer, but GRID (the market's side)."""
+    return list(dict.fromkeys(str(body[s]) for s in ("seller", "buyer") if body[s] != GRID))
+
+
+def _ack_message(interval: Any, participant: str, leaves: list[bytes]) -> bytes:
+    """canonical_json({"domain", "interval", "participant"}) || leaves; the JSON spelled
+    out (keys sorted, an int interval) as canonical_json writes it, at a tenth of the time."""
+    if type(interval) is int and type(participant) is str:
+        head = (f'{{"domain":"{_ACK_DOMAIN}","interval":{interval},'
+                f'"participant":{json.encoder.encode_basestring_ascii(participant)}}}')
+    else:
+        head = canonical_json({"domain": _ACK_DOMAIN, "interval": interval, "participant": participant})
+    return head.encode() + b"".join(leaves)
+
+
+def _trades_by_party(records: list[dict[str, Any]], leaves: list[bytes]) -> dict[str, list[int]]:
+    """Each trade party -> positions of its trade records (first appearance order)."""
+    out: dict[str, list[int]] = {}
+    for j, r in enumerate(records):
+        if r["kind"] == "trade":
+            for p in trade_parties(r["body"]):
+                out.setdefault(p, []).append(j)
+    return out
+
+
+def acknowledge_trades(keyring: KeyRing, interval: int, records: list[dict[str, Any]],
+                       leaves: list[bytes] | None = None) -> list[list[Any]]:
+    """``[participant, signature]`` of every party of the trades among ``records``: its
+    signature of its trades of the block (module docstring), made with ``keyring``."""
+    leaves = [record_leaf(r) for r in records] if leaves is None else leaves
+    return [[p, keyring.sign_bytes(p, _ack_message(interval, p, [leaves[j] for j in js]))]
+            for p, js in _trades_by_party(records, leaves).items()]
+
+
+def leaf_hash(payload: bytes, signatures: list[bytes]) -> bytes:
+    """A record's 32-byte Merkle leaf: sha256(0x00 || payload || signatures)."""
+    return hashlib.sha256(b"\x00" + payload + b"".join(signatures)).digest()
+
+
+def record_leaf(record: dict[str, Any]) -> bytes:
+    """The leaf hash of a record dict (its payload recomputed from kind, interval, body)."""
+    payload = record_payload(record["kind"], record["interval"], record["body"])
+    return leaf_hash(payload, list(record["signatures"]))
+
+
+def _record(kind: str, interval: int, body: dict[str, Any], signers: list[str],
+            signatures: list[bytes], payload: bytes) -> dict[str, Any]:
+    # "_leaf" caches the leaf hash for the writer; it is not part of the record
+    return {"kind": kind, "interval": interval, "body": body, "signers": signers,
+            "signatures": signatures, "_leaf": leaf_hash(payload, signatures)}
+
+
 def make_record(keyring: KeyRing, kind: str, interval: int, body: Any) -> dict[str, Any]:
-    """A signed record; ``body`` is a dict or dataclass. Trades get two signatures."""
+    """A record of ``kind`` with every participant signature it needs, made with
+    ``keyring``; ``body`` is a dict or a flat dataclass."""
     b = _body(body)
+    interval = int(interval)
     signers = required_signers(kind, b)
-    payload = _record_payload(kind, int(interval), b)
-    sigs = [keyring.sign(s, payload) for s in signers]
-    two = kind == "trade"
-    return {
-        "kind": kind,
-        "interval": int(interval),
-        "body": b,
-        "signer": signers if two else signers[0],
-        "signature": sigs if two else sigs[0],
-    }
+    payload = record_payload(kind, interval, b)
+    sigs = [keyring.sign_bytes(s, payload) for s in signers]
+    return _record(kind, interval, b, signers, sigs, payload)
 
 
-def _order_payload(order: Order) -> dict[str, Any]:
-    body = _plain(order)
-    body.pop("signature")  # the signature covers everything else
-    return _record_payload("bid", int(order.interval), body)
+def _order_payload(order: Order) -> bytes:
+    body = dict(vars(order))
+    del body["signature"]  # the signature covers everything else
+    return record_payload("bid", int(order.interval), body)
 
 
 def sign_order(keyring: KeyRing, order: Order) -> Order:
-    """The order with its participant's signature; signed where the participant is (the
-    prosumers federate), over exactly the payload its ledger record carries."""
-    return replace(order, signature=keyring.sign(order.participant, _order_payload(order)))
+    """The order with its participant's signature (hex); signed where the participant
+    is (the prosumers federate), over exactly the payload its ledger record carries."""
+    sig = keyring.sign_bytes(order.participant, _order_payload(order))
+    return replace(order, signature=sig.hex())
 
 
 def verify_order(keyring: KeyRing, order: Order) -> bool:
     """Whether ``order`` carries a valid signature of its participant."""
-    return bool(order.signature) and keyring.verify(order.participant, _order_payload(order), order.signature)
+    return verify_orders(keyring, [order])[0]
+
+
+def verify_orders(keyring: KeyRing, orders: list[Order]) -> list[bool]:
+    """Whether each order carries a valid signature of its participant."""
+    return [r is not None for r in verified_bid_records(keyring, orders)]
+
+
+def verified_bid_records(keyring: KeyRing, orders: list[Order]) -> list[dict[str, Any] | None]:
+    """Per order its bid record if it carries a valid signature of its participant,
+    else None: the payload verified is the one the record keeps (made once)."""
+    out: list[dict[str, Any] | None] = []
+    for o in orders:
+        try:
+            sig = bytes.fromhex(o.signature) if o.signature else b""
+        except (ValueError, TypeError):
+            sig = b""
+        body = dict(vars(o))
+        del body["signature"]
+        interval = int(o.interval)
+        payload = record_payload("bid", interval, body)
+        ok = bool(sig) and keyring.verify_bytes(o.participant, payload, sig)
+        out.append(_record("bid", interval, body, [o.participant], [sig], payload) if ok else None)
+    return out
 
 
 def bid_record(keyring: KeyRing, order: Order) -> dict[str, Any]:
-    """A bid/offer record carrying its participant's signature: the one the order brings
-    (not re-signed), or made with the participant's key in ``keyring`` if it has none."""
+    """A bid record carrying its participant's signature: the one the order brings (not
+    re-signed), or made with the participant's key in ``keyring`` if it has none."""
     if not order.signature:
         order = sign_order(keyring, order)
-    payload = _order_payload(order)
-    return {"kind": "bid", "interval": payload["interval"], "body": payload["body"],
-            "signer": order.participant, "signature": order.signature}
+    body = dict(vars(order))
+    sig = bytes.fromhex(body.pop("signature"))
+    interval = int(order.interval)
+    return _record("bid", interval, body, [order.participant], [sig],
+                   record_payload("bid", interval, body))
 
 
 def trade_record(keyring: KeyRing, trade: Trade) -> dict[str, Any]:
-    """A trade record signed by seller and buyer (GRID's side by the market)."""
+    """A trade record (its parties acknowledge it when its block is sealed)."""
     return make_record(keyring, "trade", trade.interval, trade)
 
 
 def curtailment_record(keyring: KeyRing, notice: CurtailmentNotice) -> dict[str, Any]:
-    """A curtailment record signed by the market."""
+    """A curtailment record (the market's: covered by the seal)."""
     return make_record(keyring, "curtailment", notice.interval, notice)
 
 
 def settlement_record(keyring: KeyRing, interval: int, row: Any) -> dict[str, Any]:
-    """A settlement record (dict or e.g. ``SettlementRow``) signed by the market."""
+    """A settlement record (dict or e.g. ``SettlementRow``; the market's: the seal)."""
     return make_record(keyring, "settlement", interval, row)
 
 
-# ---------------------------------------------------------------- blocks
+# ---------------------------------------------------------------- block codec
+
+
+def _column_type(values: list[Any]) -> str:
+    t = {type(v) for v in values}
+    if t == {float}:
+        return "f8"
+    if t == {bool}:
+        return "b"
+    if t == {str}:
+        return "s"
+    if t == {int} and all(-(2**63) <= v < 2**63 for v in values):
+        return "i"
+    return "j"
+
+
+def _segments(records: list[dict[str, Any]]) -> list[tuple[str, list[str], list[dict[str, Any]]]]:
+    """Runs of records of one kind with the same body keys (in order of appearance)."""
+    out: list[tuple[str, list[str], list[dict[str, Any]]]] = []
+    for r in records:
+        keys = sorted(r["body"])
+        if out and out[-1][0] == r["kind"] and out[-1][1] == keys:
+            out[-1][2].append(r)
+        else:
+            out.append((r["kind"], keys, [r]))
+    return out
+
+
+def encode_block(block: dict[str, Any]) -> bytes:
+    """The stored bytes of ``block`` (module docstring); ``decode_block`` inverts it."""
+    strings: dict[str, int] = {}
+    body = [bytes(block["locators"])]
+    segments = []
+    for kind, keys, recs in _segments(block["records"]):
+        cols = []
+        for k in keys:
+            vals = [r["body"][k] for r in recs]
+            t = _column_type(vals)
+            n = len(vals)
+            if t == "f8":
+                body.append(struct.pack(f"<{n}d", *vals))
+                cols.append([k, t])
+            elif t == "b":
+                body.append(bytes(vals))
+                cols.append([k, t])
+            elif t == "s":
+                body.append(struct.pack(f"<{n}I", *[strings.setdefault(v, len(strings)) for v in vals]))
+                cols.append([k, t])
+            elif t == "i":
+                body.append(struct.pack(f"<{n}q", *vals))
+                cols.append([k, t])
+            else:
+                cols.append([k, t, vals])
+        sigs = [s for r in recs for s in r["signatures"]]
+        body.append(b"".join(sigs))
+        segments.append([kind, len(recs), cols, [len(r["signatures"]) for r in recs]])
+    acks = block.get("acks", [])
+    body.append(b"".join(sig for _, sig in acks))
+    header = {k: v for k, v in block.items() if k not in ("records", "locators", "acks")}
+    header["ack_by"] = [p for p, _ in acks]
+    header["n_locators"] = len(block["locators"]) // LOCATOR_BYTES
+    header["segments"] = segments
+    header["strings"] = list(strings)
+    hb = canonical_json(header).encode()
+    return _U32.pack(len(hb)) + hb + b"".join(body)
+
+
+def decode_block(data: bytes) -> dict[str, Any]:
+    """The block dict ``encode_block`` was given (records without the writer's cache)."""
+    (n,) = _U32.unpack_from(data, 0)
+    header = json.loads(data[4:4 + n])
+    pos = 4 + n
+    strings = header.pop("strings")
+    segments = header.pop("segments")
+    n_locators = header.pop("n_locators")
+    locators = data[pos:pos + LOCATOR_BYTES * n_locators]
+    if len(locators) != LOCATOR_BYTES * n_locators:
+        raise ValueError("truncated block (locators)")
+    pos += len(locators)
+    records = []
+    for kind, count, cols, n_sigs in segments:
+        columns = {}
+        for col in cols:
+            name, t = col[0], col[1]
+            width = {"f8": 8, "b": 1, "s": 4, "i": 8}.get(t)
+            if width is None:
+                if t != "j" or len(col[2]) != count:
+                    raise ValueError(f"bad column {name!r} of type {t!r}")
+                columns[name] = col[2]
+                continue
+            raw = data[pos:pos + width * count]
+            if len(raw) != width * count:
+                raise ValueError(f"truncated block (column {name!r})")
+            pos += len(raw)
+            if t == "f8":
+                columns[name] = np.frombuffer(raw, dtype="<f8").tolist()
+            elif t == "b":
+                columns[name] = [bool(x) for x in raw]
+            elif t == "s":
+                columns[name] = [strings[i] for i in np.frombuffer(raw, dtype="<u4").tolist()]
+            else:
+                columns[name] = np.frombuffer(raw, dtype="<i8").tolist()
+        names = [c[0] for c in cols]
+        for i in range(count):
+            body = {k: columns[k][i] for k in names}
+            sigs = []
+            for _ in range(n_sigs[i]):
+                sigs.append(data[pos:pos + _SIG])
+                pos += _SIG
+            records.append({"kind": kind, "interval": header["interval"], "body": body,
+                            "signatures": sigs})
+    acks = []
+    for p in header.pop("ack_by"):
+        sig = data[pos:pos + _SIG]
+        if len(sig) != _SIG:
+            raise ValueError("truncated block (acknowledgements)")
+        acks.append([p, sig])
+        pos += _SIG
+    if pos != len(data):
+        raise ValueError(f"block has {len(data) - pos} bytes after its records")
+    header["acks"] = acks
+    header["records"] = records
+    header["locators"] = locators
+    return header
+
+
+def _stream_bytes(path: Path) -> bytes:
+    """The decompressed content of a ledger file (every zstd frame; an unfinished last
+    frame gives what it holds)."""
+    data = path.read_bytes()
+    out = []
+    while data:
+        d = zstandard.ZstdDecompressor().decompressobj()
+        out.append(d.decompress(data))
+        data = d.unused_data if d.eof else b""
+    return b"".join(out)
+
+
+def _split_blocks(stream: bytes) -> tuple[list[bytes], str | None]:
+    """The blocks' bytes of a decompressed stream, and a problem (or None)."""
+    if not stream.startswith(MAGIC):
+        return [], "not a tecosim ledger (no 'tecosim-ledger 2' header)"
+    pos, out = len(MAGIC), []
+    while pos < len(stream):
+        if pos + 4 > len(stream):
+            return out, f"block {len(out)}: truncated"
+        (n,) = _U32.unpack_from(stream, pos)
+        if pos + 4 + n > len(stream):
+            return out, f"block {len(out)}: truncated ({len(stream) - pos - 4} of {n} bytes)"
+        out.append(stream[pos + 4:pos + 4 + n])
+        pos += 4 + n
+    return out, None
+
+
+def read_blocks(path: str | Path) -> list[dict[str, Any]]:
+    """Every block of a ledger file, decoded (raises ValueError on a damaged file)."""
+    raw, problem = _split_blocks(_stream_bytes(_file(path)))
+    if problem:
+        raise ValueError(problem)
+    return [decode_block(b) for b in raw]
+
+
+def write_blocks(path: str | Path, blocks: list[dict[str, Any]]) -> None:
+    """Write ``blocks`` as a ledger file as they are: nothing re-signed or re-hashed."""
+    c = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    payload = MAGIC + b"".join(_U32.pack(len(b)) + b for b in map(encode_block, blocks))
+    _file(path).write_bytes(c.compress(payload))
+
+
+def _file(path: str | Path) -> Path:
+    p = Path(path)
+    return p / "ledger.zst" if p.is_dir() else p
+
+
+# ---------------------------------------------------------------------- blocks
 
 
 def _header(block: dict[str, Any]) -> dict[str, Any]:
     h = {k: block[k] for k in _HEADER_KEYS}
     if block["index"] == 0:
         h["public_keys"] = block["public_keys"]
-    h["domain"] = _SEAL_TAG.decode()
+    h["domain"] = _SEAL_DOMAIN
     return h
 
 
@@ -279,33 +569,45 @@ def _block_hash(header: dict[str, Any], seal_signature: str, nonce: int) -> str:
 
 
 class Ledger:
-    """Append-only signed hash chain of blocks, one JSON line per block.
+    """Append-only signed hash chain of blocks (file format: module docstring).
 
-    ``path`` is the ``.jsonl`` file, or a directory that gets ``ledger.jsonl``. A new
-    file starts with the genesis block; an existing one is continued (its genesis keys
-    and difficulty must match).
+    ``path`` is the file, or a directory that gets ``ledger.zst``. A new file starts
+    with the genesis block; an existing one is continued in a new zstd frame (its
+    genesis keys and difficulty must match). Every block is flushed to the file when
+    sealed; ``close`` ends the stream (a file not closed is still readable).
     """
 
     def __init__(self, path: str | Path, keyring: KeyRing, difficulty_bits: int = 0) -> None:
         """Open or create the ledger at ``path``."""
         p = Path(path)
-        self.path = p / "ledger.jsonl" if p.is_dir() else p
+        self.path = p / "ledger.zst" if p.is_dir() else p
         self.keyring = keyring
         self.difficulty_bits = int(difficulty_bits)
         if not 0 <= self.difficulty_bits <= 64:
             raise ValueError("difficulty_bits must be in 0..64")
         self._last: dict[str, Any] | None = None
+        self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
         if self.path.exists() and self.path.stat().st_size > 0:
-            lines = self.path.read_text().splitlines()
-            genesis, last = json.loads(lines[0]), json.loads(lines[-1])
+            raw, problem = _split_blocks(_stream_bytes(self.path))
+            if problem:
+                raise ValueError(f"{self.path}: {problem}")
+            blocks = [decode_block(b) for b in raw]
+            genesis, last = blocks[0], blocks[-1]
             if genesis["public_keys"] != keyring.public_keys_hex():
                 raise ValueError(f"{self.path}: genesis keys differ from this key ring")
             if genesis["difficulty_bits"] != self.difficulty_bits:
                 raise ValueError(f"{self.path}: ledger difficulty is {genesis['difficulty_bits']} bits")
             self._last = last
+            # the stream is written again as it was (same calls, same flushes: the same
+            # bytes), so that new blocks continue it instead of a possibly unfinished frame
+            self._fh = self.path.open("wb")
+            self._write(MAGIC)
+            for b in raw:
+                self._write(_U32.pack(len(b)) + b)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
+            self._fh = self.path.open("wb")
+            self._write(MAGIC)
             self._seal(None, [], public_keys=keyring.public_keys_hex())
 
     @property
@@ -313,17 +615,30 @@ class Ledger:
         """Blocks written so far, genesis included."""
         return 0 if self._last is None else self._last["index"] + 1
 
-    def append_block(self, interval: int, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """Seal ``records`` of market interval ``interval`` into a block, write and return it."""
-        return self._seal(int(interval), list(records))
+    def append_block(self, interval: int, records: list[dict[str, Any]],
+                     acks: list[list[Any]] | None = None) -> dict[str, Any]:
+        """Seal ``records`` of market interval ``interval`` into a block, write and return
+        it. ``acks``: the trade parties' acknowledgements (``acknowledge_trades``); by
+        default made with this ledger's key ring (which then holds their keys)."""
+        return self._seal(int(interval), list(records), acks=acks)
 
-    def _seal(
-        self,
-        interval: int | None,
-        records: list[dict[str, Any]],
-        public_keys: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        leaves = [record_hash(r) for r in records]
+    def close(self) -> None:
+        """End the compressed stream and close the file (idempotent)."""
+        if not self._fh.closed:
+            self._fh.write(self._zstd.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
+            self._fh.close()
+
+    def _write(self, data: bytes) -> None:
+        self._fh.write(self._zstd.compress(data))
+        self._fh.write(self._zstd.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+        self._fh.flush()
+
+    def _seal(self, interval: int | None, records: list[dict[str, Any]],
+              public_keys: dict[str, str] | None = None,
+              acks: list[list[Any]] | None = None) -> dict[str, Any]:
+        if any(r["interval"] != interval for r in records):
+            raise ValueError(f"every record of the block of interval {interval} must be of that interval")
+        leaves = [r.get("_leaf") or record_leaf(r) for r in records]
         block: dict[str, Any] = {
             "index": self.n_blocks,
             "interval": interval,
@@ -336,25 +651,26 @@ class Ledger:
             block["public_keys"] = public_keys
         header = _header(block)
         seal = self.keyring.sign(AUTHORITY, header)
-        nonce, pow_s = 0, 0.0
+        nonce = 0
         digest = _block_hash(header, seal, nonce)
         if self.difficulty_bits > 0:
             t0 = time.perf_counter()
             while leading_zero_bits(digest) < self.difficulty_bits:
                 nonce += 1
                 digest = _block_hash(header, seal, nonce)
-            pow_s = time.perf_counter() - t0
+            block["pow_s"] = time.perf_counter() - t0  # wall time [s] of the search; not hashed
+        if acks is None:
+            acks = acknowledge_trades(self.keyring, interval, records, leaves) if records else []
         block.update(
-            record_hashes=leaves,
-            records=records,
+            records=[{k: r[k] for k in ("kind", "interval", "body", "signatures")} for r in records],
+            locators=b"".join(leaf[:LOCATOR_BYTES] for leaf in leaves),
+            acks=acks,
             seal_signature=seal,
             nonce=nonce,
             hash=digest,
-            pow_s=pow_s,  # wall time [s] of the nonce search; not hashed
         )
-        with self.path.open("a") as fh:
-            fh.write(canonical_json(block) + "\n")
-            fh.flush()
+        data = encode_block(block)
+        self._write(_U32.pack(len(data)) + data)
         self._last = block
         return block
 
@@ -372,53 +688,83 @@ class VerifyResult:
     n_records: int
 
 
-def _check_record(rec: Any, b: int, j: int, interval: Any, keys: KeyRing) -> str | None:
+def _check_record(rec: dict[str, Any], b: int, j: int, interval: Any,
+                  keys: KeyRing) -> tuple[str | None, bytes]:
     where = f"block {b} record {j}"
     try:
-        kind, body = rec["kind"], rec["body"]
+        kind, body, sigs = rec["kind"], rec["body"], rec["signatures"]
         signers = required_signers(kind, body)
-        got_signers = rec["signer"] if isinstance(rec["signer"], list) else [rec["signer"]]
-        sigs = rec["signature"] if isinstance(rec["signature"], list) else [rec["signature"]]
-        payload = _record_payload(kind, rec["interval"], body)
+        payload = record_payload(kind, rec["interval"], body)
     except (KeyError, TypeError, ValueError) as exc:
-        return f"{where}: malformed record ({exc!r})"
+        return f"{where}: malformed record ({exc!r})", b""
     if rec["interval"] != interval:
-        return f"{where}: interval {rec['interval']} is not the block's interval {interval}"
-    if got_signers != signers or len(sigs) != len(signers):
-        return f"{where}: {kind} must be signed by {signers}, not {got_signers}"
+        return f"{where}: interval {rec['interval']} is not the block's interval {interval}", b""
+    if len(sigs) != len(signers):
+        return f"{where}: {kind} must carry signatures of {signers}, has {len(sigs)}", b""
     for who, sig in zip(signers, sigs, strict=True):
         if who not in keys.participants:
-            return f"{where}: signer {who} has no key in the genesis block"
-        if not keys.verify(who, payload, sig):
-            return f"{where}: signature of {who} does not verify"
+            return f"{where}: signer {who} has no key in the genesis block", b""
+        if not keys.verify_bytes(who, payload, sig):
+            return f"{where}: signature of {who} does not verify", b""
+    return None, leaf_hash(payload, sigs)
+
+
+def _check_leaves(block: dict[str, Any], b: int, leaves: list[bytes]) -> str | None:
+    """Records against the committed locators (naming the first difference), then the
+    Merkle root of the recomputed leaves against the sealed ``records_hash``."""
+    loc = block["locators"]
+    want = [bytes(loc[i:i + LOCATOR_BYTES]) for i in range(0, len(loc), LOCATOR_BYTES)]
+    have = [leaf[:LOCATOR_BYTES] for leaf in leaves]
+    for j in range(max(len(want), len(have))):
+        if j >= len(have):
+            return f"block {b} record {j} missing (block has {len(have)} of {len(want)} records)"
+        if j >= len(want):
+            return f"block {b} record {j}: extra record not in records_hash"
+        if have[j] != want[j]:
+            if have[j] in want[j + 1:]:
+                later = want.index(have[j], j + 1)
+                if want[j] in have[j + 1:]:
+                    return f"block {b} record {j}: out of order (record {later} of the sealed order found here)"
+                return f"block {b} record {j} missing ({len(have)} of {len(want)} records present)"
+            if j + 1 < len(have) and have[j + 1] == want[j]:
+                return f"block {b} record {j}: extra record not in records_hash"
+            return f"block {b} record {j}: altered (hash does not match records_hash leaf)"
+    if merkle_root(leaves) != block["records_hash"]:
+        return f"block {b}: records do not match records_hash (Merkle root)"
     return None
 
 
-def _check_leaves(block: dict[str, Any], b: int) -> str | None:
-    leaves, records = block["record_hashes"], block["records"]
-    if merkle_root(leaves) != block["records_hash"]:
-        return f"block {b}: record_hashes do not match records_hash"
-    actual = [record_hash(r) for r in records]
-    for j in range(max(len(leaves), len(actual))):
-        if j >= len(actual):
-            return f"block {b} record {j} missing (block has {len(actual)} of {len(leaves)} records)"
-        if j >= len(leaves):
-            return f"block {b} record {j}: extra record not in records_hash"
-        if actual[j] != leaves[j]:
-            if actual[j] in leaves[j + 1 :]:
-                return f"block {b} record {j} missing ({len(actual)} of {len(leaves)} records present)"
-            if j + 1 < len(actual) and actual[j + 1] == leaves[j]:
-                return f"block {b} record {j}: extra record not in records_hash"
-            return f"block {b} record {j}: altered (hash does not match records_hash leaf)"
+def _check_acks(block: dict[str, Any], b: int, leaves: list[bytes], keys: KeyRing) -> str | None:
+    """Every party of the block's trades acknowledged exactly its trades, once."""
+    parties = _trades_by_party(block["records"], leaves)
+    acks = block["acks"]
+    seen: set[str] = set()
+    for p, sig in acks:
+        if p not in parties:
+            return f"block {b}: acknowledgement by {p}, who has no trade in the block"
+        if p in seen:
+            return f"block {b}: {p} acknowledges twice"
+        seen.add(p)
+        first = parties[p][0]
+        if p not in keys.participants:
+            return f"block {b} record {first}: signer {p} has no key in the genesis block"
+        msg = _ack_message(block["interval"], p, [leaves[j] for j in parties[p]])
+        if not keys.verify_bytes(p, msg, bytes(sig)):
+            return f"block {b} record {first}: acknowledgement of {p} does not verify"
+    for p, js in parties.items():
+        if p not in seen:
+            return f"block {b} record {js[0]}: trade not acknowledged by {p}"
     return None
 
 
 def _check_block(block: dict[str, Any], b: int, difficulty: int, keys: KeyRing) -> str | None:
+    leaves = []
     for j, rec in enumerate(block["records"]):
-        bad = _check_record(rec, b, j, block["interval"], keys)
+        bad, leaf = _check_record(rec, b, j, block["interval"], keys)
         if bad:
             return bad
-    bad = _check_leaves(block, b)
+        leaves.append(leaf)
+    bad = _check_leaves(block, b, leaves) or _check_acks(block, b, leaves, keys)
     if bad:
         return bad
     if block["sealer"] != AUTHORITY:
@@ -441,26 +787,38 @@ def verify_ledger(
 ) -> VerifyResult:
     """Check a ledger file end to end; stop at the first problem and name it.
 
-    Checks consecutive indices (naming a missing or out-of-order block), the hash chain,
-    every record signature against the genesis public keys (and, if given, the genesis
-    keys against ``trusted_public_keys``), every record against the committed leaves and
-    Merkle root, the seal signature, each block hash and its proof of work.
+    Checks: the file decodes block by block (naming a truncated or undecodable block);
+    consecutive indices (naming a missing or out-of-order block); the hash chain
+    (prev_hash = the previous block's hash); every participant signature of every record
+    against the genesis public keys (and, if given, the genesis keys against
+    ``trusted_public_keys``), the signers being those ``required_signers`` names; every
+    record against its block's locators (naming an altered, missing, extra or moved
+    record) and the Merkle root of the recomputed leaves against ``records_hash``; every
+    trade acknowledged by its seller and buyer (but GRID), each party once per block over
+    exactly its trades; the
+    authority's seal over the header (which authenticates the authority's records); each
+    block's hash and its proof of work.
     """
-    p = Path(path)
-    p = p / "ledger.jsonl" if p.is_dir() else p
+    p = _file(path)
+    try:
+        stream = _stream_bytes(p)
+    except zstandard.ZstdError as exc:
+        return VerifyResult(False, f"not a zstd stream ({exc})", 0, 0)
+    raw, problem = _split_blocks(stream)
     blocks: list[dict[str, Any]] = []
-    for n, line in enumerate(p.read_text().splitlines(), start=1):
+    for n, data in enumerate(raw):
         try:
-            blocks.append(json.loads(line))
-        except json.JSONDecodeError:
-            return VerifyResult(False, f"line {n}: not valid JSON", len(blocks), 0)
+            blocks.append(decode_block(data))
+        except (ValueError, KeyError, TypeError, IndexError, json.JSONDecodeError) as exc:
+            problem = f"block {n}: cannot be decoded ({exc})"
+            break
     n_records = sum(len(b.get("records", [])) for b in blocks)
 
     def bad(msg: str) -> VerifyResult:
         return VerifyResult(False, msg, len(blocks), n_records)
 
     if not blocks:
-        return bad("ledger is empty (no genesis block)")
+        return bad(problem or "ledger is empty (no genesis block)")
     pos = 0
     try:
         genesis = blocks[0]
@@ -478,7 +836,7 @@ def verify_ledger(
             if pos > 0:
                 prev = blocks[pos - 1]
                 if b != pos:
-                    if pos in indices[pos + 1 :]:
+                    if pos in indices[pos + 1:]:
                         return bad(f"block {pos} out of order (block {b} found in its place, after block {prev['index']})")
                     return bad(f"block {pos} missing (index jumps from {prev['index']} to {b})")
                 if block["prev_hash"] != prev["hash"]:
@@ -488,4 +846,6 @@ def verify_ledger(
                 return bad(msg)
     except (KeyError, TypeError, ValueError) as exc:
         return bad(f"block {pos}: malformed ({exc!r})")
+    if problem:
+        return bad(problem)
     return VerifyResult(True, None, len(blocks), n_records)

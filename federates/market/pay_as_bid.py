@@ -16,7 +16,9 @@ Clearing rule
     * ``ClearingResult.price_usd_per_kwh`` and every Confirmation's price are None:
       prices are per trade. Buyers pay exactly what sellers receive (budget balance).
 
-The book helpers live in ``book.py``. Units: energy [kWh], prices [USD/kWh], money [USD].
+The book helpers live in ``book.py``; ``clear_pay_as_bid`` runs the same walk on whole
+arrays (``fastbook.py``), ``clear_pay_as_bid_reference`` step by step in
+``fractions.Fraction``; both give equal results, bit for bit. Units: energy [kWh], prices [USD/kWh], money [USD].
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from federates.common.messages import Order
+from federates.market import fastbook
 from federates.market.book import (
     ClearingResult,
     Match,
@@ -50,7 +53,26 @@ def clear_pay_as_bid(
 
     Same arguments and conventions as ``community.clear_uniform_price``; energies
     [kWh], prices [USD/kWh]. ``price_usd_per_kwh`` of the result is always None.
+    Vectorised (``fastbook``); equal to ``clear_pay_as_bid_reference``.
     """
+    mine = [o for o in orders if o.interval == interval]
+    book = fastbook.build(mine, retail_usd_per_kwh=retail_usd_per_kwh,
+                          feed_in_usd_per_kwh=feed_in_usd_per_kwh)
+    if book is None:
+        return clear_pay_as_bid_reference(
+            mine, interval=interval, retail_usd_per_kwh=retail_usd_per_kwh,
+            feed_in_usd_per_kwh=feed_in_usd_per_kwh)
+    return fastbook.assemble(interval, book, fastbook.walk(book), book.status(), "midpoint")
+
+
+def clear_pay_as_bid_reference(
+    orders: list[Order],
+    *,
+    interval: int,
+    retail_usd_per_kwh: float,
+    feed_in_usd_per_kwh: float,
+) -> ClearingResult:
+    """``clear_pay_as_bid`` by the exact step-by-step walk in ``fractions.Fraction``."""
     mine = [o for o in orders if o.interval == interval]
     book = build_book(
         mine, retail_usd_per_kwh=retail_usd_per_kwh, feed_in_usd_per_kwh=feed_in_usd_per_kwh

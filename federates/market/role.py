@@ -2,8 +2,10 @@
 
 At market time ``k`` (see federates/common/timeline.py) the role first settles
 interval ``k-1`` from the metered interval energies and curtailment notices of
-``k-1``, then clears interval ``k`` from the orders of ``k``. It keeps every bid,
-trade, clearing outcome and settlement row for :meth:`MarketRole.tables`.
+``k-1``, then clears interval ``k`` from the orders of ``k``. It keeps the bid, trade,
+clearing, settlement, curtailed-trade and envelope rows recorded since the last
+:meth:`MarketRole.drain_tables` (:meth:`MarketRole.tables` drains them all); beyond
+those rows it holds only the pending clearing of the interval not yet settled.
 
 Meters are named after participants: ``IntervalEnergy.meter`` is the participant id.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +31,15 @@ from federates.common.messages import (
     Trade,
 )
 from federates.market.community import ClearingResult
+from federates.market.fastbook import adopt
 from federates.market.ledger import (
     KeyRing,
     Ledger,
-    bid_record,
     curtailment_record,
     make_record,
     settlement_record,
     trade_record,
-    verify_order,
+    verified_bid_records,
 )
 from federates.market.mechanisms import MECHANISMS as REGISTRY
 from federates.market.p2p import electrical_distance_charges
@@ -113,6 +115,13 @@ def _frame(rows: list[dict], dtypes: dict[str, str]) -> pd.DataFrame:
     return df.astype(dtypes).reset_index(drop=True)
 
 
+def _replaced(o: Order, **changes: object) -> Order:
+    """``dataclasses.replace(o, **changes)`` without re-running Order's __init__
+    (a quarter of the time; Order has no __post_init__ to skip)."""
+    (out,) = adopt(Order, [{**vars(o), **changes}])
+    return out
+
+
 class MarketRole:
     """Clears and settles the market, one market time after the other.
 
@@ -172,11 +181,11 @@ class MarketRole:
         self._settlements: list[dict] = []
         self._curtailed_trades: list[dict] = []
         self._envelopes: list[dict] = []
-        self._trade_ids: dict[int, dict[int, str]] = {}  # interval -> id(Trade) -> trade id
+        self._trade_ids: dict[int, dict[int, str]] = {}  # pending interval -> id(Trade) -> trade id
         self._clipped_kwh = 0.0
         #: the envelopes the clearing of the last market time used or set
         self.last_envelopes: list[OperatingEnvelope] = []
-        # the signed ledger (ledger.jsonl): one block per market time. Participant keys
+        # the signed ledger (ledger.zst): one block per market time. Participant keys
         # are derived from the study seed here, a study simplification: the prosumers
         # should sign their own bids and the market verify them.
         self._keys: KeyRing | None = None
@@ -236,22 +245,27 @@ class MarketRole:
         # the ledger gets two blocks per market time: the closing block of k-1
         # (curtailments, settlements) and the opening block of k (bids, trades)
         if k >= 1:
-            rows = self._settle(k - 1, energies, notices)
+            rows, cut_rows = self._settle(k - 1, energies, notices)
             if self._keys is not None:
                 closing = [curtailment_record(self._keys, nt) for nt in notices if nt.interval == k - 1]
-                closing += [make_record(self._keys, "trade_curtailment", k - 1, r)
-                            for r in self._curtailed_trades if r["interval"] == k - 1]
+                closing += [make_record(self._keys, "trade_curtailment", k - 1, r) for r in cut_rows]
                 closing += [settlement_record(self._keys, k - 1, r) for r in rows]
                 self._seal(k - 1, closing)
 
         schedule_p_kw = np.zeros(len(self.participants), dtype=float)
         if k == n:
+            if self._ledger is not None:
+                self._ledger.close()
             return [], schedule_p_kw
 
         raw = [o for o in orders if o.interval == k]
         late = len(orders) - len(raw)
+        bid_records: list[dict] = []
         if self._keys is not None:  # only orders their participant signed are cleared
-            signed = [o for o in raw if verify_order(self._keys, o)]
+            checked = verified_bid_records(self._keys, raw)
+            signed = [o for o, rec in zip(raw, checked, strict=True) if rec is not None]
+            bid_records = [rec for o, rec in zip(raw, checked, strict=True)
+                           if rec is not None and o.participant in self._index]
             self._rejected = len(raw) - len(signed)
             raw = signed
         mine = [self._with_community(o) for o in raw]
@@ -263,7 +277,7 @@ class MarketRole:
         if cons_k:
             mine, env_k = self._accept_within_grid(k, mine, cons_k)
         self.last_envelopes = env_k
-        self._envelopes.extend(asdict(e) for e in env_k)
+        self._envelopes.extend(dict(vars(e)) for e in env_k)
         self._clipped_kwh = float(sum(requested) - sum(o.energy_kwh for o in mine))
         extra = {}
         if self._distances is not None:
@@ -276,7 +290,7 @@ class MarketRole:
         self._pending[k] = result
         self._record_clearing(k, mine, result, late, requested)
         if self._keys is not None:
-            opening = [bid_record(self._keys, o) for o in raw if o.participant in self._index]
+            opening = bid_records  # the records of the payloads verified above
             opening += [make_record(self._keys, "envelope", k, e) for e in env_k]
             opening += [trade_record(self._keys, t) for t in result.trades]
             self._seal(k, opening)
@@ -307,7 +321,7 @@ class MarketRole:
             e = min(o.energy_kwh, room[key])
             room[key] -= e
             if e != o.energy_kwh:
-                out[i] = replace(o, energy_kwh=e)
+                out[i] = _replaced(o, energy_kwh=e)
         return [o for o in out if o.energy_kwh > 0]
 
     def _accept_within_grid(self, k: int, orders: list[Order],
@@ -349,7 +363,7 @@ class MarketRole:
         if o.community:
             return o
         where = o.phase if self.cfg.market.communities == "phase" else o.bus
-        return replace(o, community=where) if where else o
+        return _replaced(o, community=where) if where else o
 
     def _seal(self, k: int, records: list[dict]) -> None:
         if self._ledger is not None:
@@ -357,7 +371,9 @@ class MarketRole:
 
     def _settle(
         self, k: int, energies: list[IntervalEnergy], notices: list[CurtailmentNotice]
-    ) -> list[SettlementRow]:
+    ) -> tuple[list[SettlementRow], list[dict]]:
+        """Settle interval ``k``: its settlement rows and curtailed-trade rows (both also
+        kept for the tables)."""
         result = self._pending.pop(k, None)
         confs = result.confirmations if result else []
         trades: list[Trade] = result.trades if result else []
@@ -378,18 +394,20 @@ class MarketRole:
             retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
             participants=self.participants, trade_cuts=cuts,
         )
-        self._settlements.extend(asdict(r) for r in rows)
+        self._settlements.extend(dict(vars(r)) for r in rows)
         ids = self._trade_ids.pop(k, {})
+        cut_rows = []
         for t, x in cuts:
             limits = by_limit.get(t.seller, {})
-            self._curtailed_trades.append({
+            cut_rows.append({
                 "interval": k, "trade_id": ids.get(id(t), ""), "seller": t.seller, "buyer": t.buyer,
                 "kind": "grid" if GRID in (t.seller, t.buyer) else "peer",
                 "scheduled_kwh": t.energy_kwh, "curtailed_kwh": x,
                 # the seller's curtailment by limit: the largest names the trade's cut
                 "limit": max(limits, key=limits.get) if limits else "",
             })
-        return rows
+        self._curtailed_trades.extend(cut_rows)
+        return rows, cut_rows
 
     def _record_clearing(self, k: int, mine: list[Order], r: ClearingResult, late: int,
                          requested: list[float]) -> None:
@@ -426,12 +444,12 @@ class MarketRole:
             "envelope_clipped_kwh": self._clipped_kwh,
         })
 
-    def tables(self) -> dict[str, pd.DataFrame]:
-        """``bids``, ``trades``, ``clearing``, ``settlements``, ``curtailed_trades``
-        (each trade the DSO's curtailment cut: interval, trade_id, seller, buyer, kind,
-        scheduled_kwh, curtailed_kwh [kWh], limit) and ``envelopes`` (the operating
-        envelopes the clearing used) so far, in interval order."""
-        return {
+    def drain_tables(self) -> dict[str, pd.DataFrame]:
+        """The rows recorded since the last drain, as :meth:`tables` gives them (same
+        tables, columns and dtypes, in interval order), and forget them: a long study
+        can stream its market tables to disk in chunks (e.g. one Parquet row group per
+        drain) with memory bounded by the rows of one chunk."""
+        out = {
             "bids": _frame(self._bids, BIDS_DTYPES),
             "trades": _frame(self._trades, TRADES_DTYPES),
             "clearing": _frame(self._clearing, CLEARING_DTYPES),
@@ -439,3 +457,14 @@ class MarketRole:
             "curtailed_trades": _frame(self._curtailed_trades, CURTAILED_TRADES_DTYPES),
             "envelopes": _frame(self._envelopes, ENVELOPES_DTYPES),
         }
+        self._bids, self._trades, self._clearing = [], [], []
+        self._settlements, self._curtailed_trades, self._envelopes = [], [], []
+        return out
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """``bids``, ``trades``, ``clearing``, ``settlements``, ``curtailed_trades``
+        (each trade the DSO's curtailment cut: interval, trade_id, seller, buyer, kind,
+        scheduled_kwh, curtailed_kwh [kWh], limit) and ``envelopes`` (the operating
+        envelopes the clearing used), in interval order: every row not yet drained by
+        :meth:`drain_tables` (all of them if it was never called); drains them."""
+        return self.drain_tables()

@@ -31,8 +31,13 @@ Consequences (tested): every participant's settled energy
 among peers money is conserved: ``sum(peer_paid_usd) == sum(peer_received_usd)``
 (up to float rounding; fees are 0 for now and ``Trade.fee_usd`` is not settled).
 
-Arithmetic is exact (``fractions.Fraction`` of the input floats), converted to float
-once per reported number. ``net_cost_usd`` is + when the participant pays.
+Arithmetic is exact, converted to float once per reported number. ``settle_interval``
+works in integers: energies in units of 2**-Ee kWh and prices in 2**-Ep USD/kWh, with
+Ee / Ep the most binary places any input has, so sums and products are exact; an
+interval where a seller's peer sales are cut pro rata (rule 2, a true division) is
+settled by ``settle_interval_reference`` (``fractions.Fraction`` throughout), as is any
+non-finite input (it raises the reference's error). Both give equal rows, bit for bit
+(tests/unit/test_settlement.py). ``net_cost_usd`` is + when the participant pays.
 """
 
 from __future__ import annotations
@@ -96,6 +101,22 @@ def _frac(x: float, what: str) -> Fraction:
     return Fraction(x)
 
 
+def _number(x: object) -> bool:
+    """A float (numpy's included) or a plain int: what ``_fixed`` converts exactly."""
+    return isinstance(x, float) or type(x) is int
+
+
+def _places(x: float) -> int:
+    """Binary places of the finite float ``x``: the k with x * 2**k an odd integer (or 0)."""
+    return x.as_integer_ratio()[1].bit_length() - 1
+
+
+def _fixed(x: float, places: int) -> int:
+    """``x`` * 2**places as an exact int (``places`` >= ``_places(x)``)."""
+    n, d = x.as_integer_ratio()
+    return n << (places - d.bit_length() + 1)
+
+
 def settle_interval(
     interval: int,
     confirmations: list[Confirmation],
@@ -118,7 +139,153 @@ def settle_interval(
     curtailment); rows come in this order, or sorted by id by default.
     ``trade_cuts``, when given, receives ``(trade, curtailed_kwh)`` for every trade
     that rule 2 cut (peer and grid sales), so that curtailment records can name the
-    trade.
+    trade. Exact integer arithmetic; equal to ``settle_interval_reference``.
+    """
+    args = (interval, confirmations, trades, metered_kwh, curtailed_kwh)
+    kw = {"retail_usd_per_kwh": retail_usd_per_kwh, "feed_in_usd_per_kwh": feed_in_usd_per_kwh,
+          "participants": participants, "trade_cuts": trade_cuts}
+    confs = {c.participant: c for c in confirmations if c.interval == interval}
+    mine = [t for t in trades if t.interval == interval]
+    energies = [t.energy_kwh for t in mine]
+    energies += [c.scheduled_kwh for c in confs.values()]
+    energies += list(curtailed_kwh.values())
+    energies += [v for v in metered_kwh.values() if not _number(v) or math.isfinite(v)]
+    prices = [t.price_usd_per_kwh for t in mine] + [retail_usd_per_kwh, feed_in_usd_per_kwh]
+    if not all(_number(v) and math.isfinite(v) for v in (*energies, *prices)):
+        return settle_interval_reference(*args, **kw)  # NaN, Fractions, ...: the reference decides
+    ee = max(map(_places, energies), default=0)
+    ep = max(map(_places, prices))
+    peer = [t for t in mine if t.seller != GRID and t.buyer != GRID]
+    grid = [t for t in mine if (t.seller == GRID) != (t.buyer == GRID)]
+
+    sched_peer_sold: dict[str, int] = {}
+    sched_grid_sold: dict[str, int] = {}
+    for t in peer:
+        sched_peer_sold[t.seller] = sched_peer_sold.get(t.seller, 0) + _fixed(t.energy_kwh, ee)
+    for t in grid:
+        if t.buyer == GRID:
+            sched_grid_sold[t.seller] = sched_grid_sold.get(t.seller, 0) + _fixed(t.energy_kwh, ee)
+    applied: dict[str, int] = {}
+    cut_peer: dict[str, int] = {}
+    cut_grid: dict[str, int] = {}
+    for p, c_raw in curtailed_kwh.items():
+        c = max(_fixed(c_raw, ee), 0)
+        ps = sched_peer_sold.get(p, 0)
+        a = min(c, ps + sched_grid_sold.get(p, 0))
+        applied[p] = a
+        cut_peer[p] = min(a, ps)
+        cut_grid[p] = a - cut_peer[p]
+    if any(cut_peer.values()):
+        return settle_interval_reference(*args, **kw)  # a pro-rata cut: not a dyadic number
+
+    if participants is None:
+        names = set(confs) | set(metered_kwh) | set(curtailed_kwh)
+        names |= {t.seller for t in mine} | {t.buyer for t in mine}
+        names.discard(GRID)
+        who = sorted(names)
+    else:
+        who = list(participants)
+    # per participant: peer_bought, peer_sold, grid_bought, grid_sold [2**-ee kWh],
+    # peer_paid, peer_received, grid_paid, grid_received [2**-(ee+ep) USD]
+    acc: dict[str, list[int]] = {p: [0] * 8 for p in who}
+
+    def get(p: str) -> list[int]:
+        if p not in acc:
+            acc[p] = [0] * 8
+        return acc[p]
+
+    for t in peer:
+        e = _fixed(t.energy_kwh, ee)
+        m = e * _fixed(t.price_usd_per_kwh, ep)
+        s, b = get(t.seller), get(t.buyer)
+        s[1] += e
+        s[5] += m
+        b[0] += e
+        b[4] += m
+    left_grid_cut = dict(cut_grid)
+    for t in grid:
+        e = _fixed(t.energy_kwh, ee)
+        price = _fixed(t.price_usd_per_kwh, ep)
+        if t.seller == GRID:
+            b = get(t.buyer)
+            b[2] += e
+            b[6] += e * price
+        else:
+            x = min(left_grid_cut.get(t.seller, 0), e)
+            if x:
+                left_grid_cut[t.seller] -= x
+                if trade_cuts is not None:
+                    trade_cuts.append((t, x / (1 << ee)))
+            s = get(t.seller)
+            s[3] += e - x
+            s[7] += (e - x) * price
+
+    retail = _fixed(retail_usd_per_kwh, ep)
+    feed_in = _fixed(feed_in_usd_per_kwh, ep)
+    one_e, one_m = 1 << ee, 1 << (ee + ep)
+    rows: list[SettlementRow] = []
+    for p in [*who, *sorted(set(acc) - set(who))]:
+        a = acc[p]
+        conf = confs.get(p)
+        scheduled = _fixed(conf.scheduled_kwh, ee) if conf else 0
+        cur = applied.get(p, 0)
+        adjusted = scheduled + cur
+        reading = metered_kwh.get(p)
+        missing = p not in metered_kwh or not math.isfinite(reading)
+        metered = adjusted if missing else _fixed(reading, ee)
+        imbalance = metered - adjusted
+        if imbalance > 0:
+            a[2] += imbalance
+            a[6] += imbalance * retail
+        elif imbalance < 0:
+            a[3] -= imbalance
+            a[7] -= imbalance * feed_in
+        net = a[4] + a[6] - a[5] - a[7]
+        rows.append(SettlementRow(
+            interval=interval,
+            participant=p,
+            scheduled_kwh=scheduled / one_e,
+            metered_kwh=metered / one_e,
+            curtailed_kwh=cur / one_e,
+            peer_bought_kwh=a[0] / one_e,
+            peer_sold_kwh=a[1] / one_e,
+            grid_bought_kwh=a[2] / one_e,
+            grid_sold_kwh=a[3] / one_e,
+            imbalance_kwh=imbalance / one_e,
+            peer_paid_usd=a[4] / one_m,
+            peer_received_usd=a[5] / one_m,
+            grid_paid_usd=a[6] / one_m,
+            grid_received_usd=a[7] / one_m,
+            net_cost_usd=net / one_m,
+            missing_reading=missing,
+            curtailed_reported_kwh=float(curtailed_kwh.get(p, 0.0)),
+        ))
+    return rows
+
+
+def settle_interval_reference(
+    interval: int,
+    confirmations: list[Confirmation],
+    trades: list[Trade],
+    metered_kwh: dict[str, float],
+    curtailed_kwh: dict[str, float],
+    *,
+    retail_usd_per_kwh: float,
+    feed_in_usd_per_kwh: float,
+    participants: list[str] | None = None,
+    trade_cuts: list[tuple[Trade, float]] | None = None,
+) -> list[SettlementRow]:
+    """Settle interval ``interval`` (rules in the module docstring).
+
+    ``confirmations`` / ``trades``: the clearing's output (items of another interval
+    are ignored). ``metered_kwh`` [kWh, + import] and ``curtailed_kwh`` [kWh, >= 0]
+    per participant. ``retail_usd_per_kwh`` / ``feed_in_usd_per_kwh`` [USD/kWh]: the
+    prices of imbalance energy and of replacement purchases. ``participants``: who
+    gets a row (default: everyone named by a confirmation, a trade, a reading or a
+    curtailment); rows come in this order, or sorted by id by default.
+    ``trade_cuts``, when given, receives ``(trade, curtailed_kwh)`` for every trade
+    that rule 2 cut (peer and grid sales), so that curtailment records can name the
+    trade. In ``fractions.Fraction`` throughout.
     """
     retail = _frac(retail_usd_per_kwh, "retail_usd_per_kwh")
     feed_in = _frac(feed_in_usd_per_kwh, "feed_in_usd_per_kwh")

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from federates.common.units import SECONDS_PER_HOUR
+from federates.market.ledger import read_blocks
 from runner.results import read_tables
 from tests.conftest import assert_same_tables, processes_mentioning
 
@@ -109,11 +110,11 @@ def test_no_process_outlives_the_runs(midday_runs):
 def test_ledger_is_intact_and_identical_across_engines(midday_runs):
     from federates.market.ledger import verify_ledger
 
-    a = midday_runs["inprocess"] / "ledger.jsonl"
-    b = midday_runs["federation"] / "ledger.jsonl"
+    a = midday_runs["inprocess"] / "ledger.zst"
+    b = midday_runs["federation"] / "ledger.zst"
     assert a.read_bytes() == b.read_bytes()
     r = verify_ledger(b)
     # genesis + an opening block per interval + a closing block per interval
     assert r.ok and r.n_blocks == 1 + 2 * 8, r.first_bad
-    kinds = {rec["kind"] for line in b.read_text().splitlines() for rec in json.loads(line)["records"]}
+    kinds = {rec["kind"] for blk in read_blocks(b) for rec in blk["records"]}
     assert kinds == {"bid", "trade", "curtailment", "trade_curtailment", "settlement"}

@@ -48,6 +48,6 @@ def test_split_federation_equals_inprocess_engine(split_runs):
 
 
 def test_ledger_identical_across_engines(split_runs):
-    a = split_runs["inprocess"] / "ledger.jsonl"
-    b = split_runs["federation"] / "ledger.jsonl"
+    a = split_runs["inprocess"] / "ledger.zst"
+    b = split_runs["federation"] / "ledger.zst"
     assert a.read_bytes() == b.read_bytes()

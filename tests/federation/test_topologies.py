@@ -29,7 +29,7 @@ def test_topology_runs_as_federation_with_comparable_kpis(tmp_path, config, midd
     assert list(k.columns) == list(reference.columns)
     assert set(m["summary"]) == set(json.loads((midday_runs["federation"] / "manifest.json").read_text())["summary"])
     assert k["traded_kwh"].sum() > 0  # midday: peers trade in every topology
-    assert verify_ledger(run / "ledger.jsonl").ok
+    assert verify_ledger(run / "ledger.zst").ok
     trades = pd.read_parquet(run / "results" / "trades.parquet")
     peer = trades[trades["kind"] == "peer"]
     assert (peer["price_usd_per_kwh"] >= 0.08 - 1e-9).all() and (peer["price_usd_per_kwh"] <= 0.26 + 1e-9).all()

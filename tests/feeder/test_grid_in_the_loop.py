@@ -74,7 +74,7 @@ def test_curtailed_energy_is_conserved_down_to_the_trades(thermal):
     assert set(ct["trade_id"]) <= set(thermal["trades"]["trade_id"])
     assert set(ct["limit"]) <= {"thermal", "v_max", "volt_watt"}
     # the ledger carries one signed record per curtailed trade and stays intact
-    r = verify_ledger(thermal["_dir"] / "ledger.jsonl")
+    r = verify_ledger(thermal["_dir"] / "ledger.zst")
     assert r.ok, r.first_bad
 
 

@@ -7,7 +7,14 @@ import json
 import pytest
 
 from federates.common.messages import GRID, Order, Trade
-from federates.market.ledger import KeyRing, Ledger, bid_record, trade_record
+from federates.market.ledger import (
+    KeyRing,
+    Ledger,
+    bid_record,
+    read_blocks,
+    trade_record,
+    write_blocks,
+)
 from tests.conftest import tecosim
 
 BOOK = """participant,side,energy_kwh,price_usd_per_kwh
@@ -44,8 +51,10 @@ def test_every_mechanism_trades_the_same_volume_on_this_book(book, topology, mec
     r = tecosim("clear", str(book), "--topology", topology, "--mechanism", mechanism, timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["traded_kwh"] == pytest.approx(4.0, rel=1e-5)
-    assert out["welfare_usd"] == pytest.approx(0.55, rel=1e-5)
+    # ADMM stops at a relative primal residual of 1e-3 (p2p.clear_p2p_admm's rel_tol)
+    rel = 1e-3 if mechanism == "admm" else 1e-5
+    assert out["traded_kwh"] == pytest.approx(4.0, rel=rel)
+    assert out["welfare_usd"] == pytest.approx(0.55, rel=rel)
     # the decentralised mechanism reports how long its peers negotiated
     assert out["converged"] and (out["iterations"] > 0) == (mechanism == "admm")
 
@@ -86,8 +95,23 @@ def test_ledger_verify_intact_and_tampered(tmp_path):
     ledger.append_block(1, [bid_record(keys, Order("p2", "buy", 1, 1.0, 0.2))])
     r = tecosim("ledger", "verify", str(tmp_path), timeout=120)
     assert r.returncode == 0 and "intact" in r.stdout
-    path = tmp_path / "ledger.jsonl"
-    path.write_text(path.read_text().replace('"energy_kwh":2.0', '"energy_kwh":20.0', 1))
+    path = tmp_path / "ledger.zst"
+    blocks = read_blocks(path)
+    blocks[1]["records"][1]["body"]["energy_kwh"] = 20.0  # the peer trade
+    write_blocks(path, blocks)
     r = tecosim("ledger", "verify", str(tmp_path), timeout=120)
     assert r.returncode == 1
-    assert "block 1 record" in r.stderr
+    assert "block 1 record 1: altered" in r.stderr
+
+
+def test_ledger_dump_prints_the_blocks_as_json_lines(tmp_path):
+    keys = KeyRing.from_seed(7, ["p1", "p2"])
+    ledger = Ledger(tmp_path, keys)
+    ledger.append_block(0, [bid_record(keys, Order("p1", "sell", 0, 2.0, 0.1))])
+    ledger.close()
+    r = tecosim("ledger", "dump", str(tmp_path), timeout=120)
+    assert r.returncode == 0, r.stderr
+    blocks = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [b["index"] for b in blocks] == [0, 1]
+    (rec,) = blocks[1]["records"]
+    assert rec["body"]["energy_kwh"] == 2.0 and len(rec["signatures"][0]) == 128

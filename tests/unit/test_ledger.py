@@ -1,8 +1,30 @@
-"""Signed ledger of market records: build, verify, and catch and name each tampering."""
+"""Signed ledger of market records: build, verify, and catch and name each tampering.
+
+One test per property ``verify_ledger`` proves (see its docstring), each tampering
+with a written file (``read_blocks`` / ``write_blocks``: decode and re-encode without
+re-sealing) and checking that verify fails and names the problem:
+
+1. the file decodes block by block          -> test_truncated_file_is_named, test_not_a_ledger
+2. block 0 is the genesis, keys trusted     -> test_valid_ledger_verifies, test_fake_genesis_is_named
+3. consecutive block indices                -> test_dropped_block_is_named, test_reordered_blocks_are_named
+4. the hash chain                           -> test_renumbered_block_breaks_chain
+5. participant signatures (genesis keys)    -> test_changed_bid_is_named, test_forged_signature_is_named,
+                                               test_unknown_signer_is_named, test_dropped_signature_is_named
+6. trades acknowledged by seller and buyer  -> test_changed_trade_is_named,
+                                               test_dropped_acknowledgement_is_named,
+                                               test_forged_acknowledgement_is_named
+7. records vs the sealed Merkle root        -> test_changed_authority_record_is_named,
+   (altered / missing / extra / moved)         test_dropped_record_is_named, test_added_record_is_named,
+                                               test_reordered_records_are_named,
+                                               test_dropped_record_and_locator_is_named
+8. the authority's seal over each header    -> test_changed_seal_is_named, test_changed_header_is_named,
+                                               test_lowered_difficulty_is_named
+9. each block's hash                        -> test_changed_nonce_is_named
+10. proof of work                           -> test_proof_of_work, test_missing_work_is_named
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,13 +33,19 @@ from federates.common.messages import GRID, CurtailmentNotice, Order, Trade
 from federates.market.ledger import (
     KeyRing,
     Ledger,
+    acknowledge_trades,
     bid_record,
     curtailment_record,
     leading_zero_bits,
     make_record,
+    read_blocks,
+    record_leaf,
+    record_payload,
     settlement_record,
+    sign_order,
     trade_record,
     verify_ledger,
+    write_blocks,
 )
 
 SEED = 7
@@ -42,20 +70,22 @@ def build(path: Path, seed: int = SEED, n_intervals: int = 4, difficulty_bits: i
     ledger = Ledger(path, keys, difficulty_bits=difficulty_bits)
     for k in range(n_intervals):
         ledger.append_block(k, interval_records(keys, k))
+    ledger.close()
     return ledger.path
-
-
-def read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def write(path: Path, blocks: list[dict]) -> None:
-    path.write_text("".join(json.dumps(b) + "\n" for b in blocks))
 
 
 @pytest.fixture
 def ledger_path(tmp_path: Path) -> Path:
-    return build(tmp_path / "ledger.jsonl")
+    return build(tmp_path / "ledger.zst")
+
+
+def tampered(path: Path, edit) -> str | None:
+    blocks = read_blocks(path)
+    edit(blocks)
+    write_blocks(path, blocks)
+    res = verify_ledger(path)
+    assert not res.ok
+    return res.first_bad
 
 
 def test_keys_sign_and_verify() -> None:
@@ -64,148 +94,327 @@ def test_keys_sign_and_verify() -> None:
     assert keys.verify("p001", {"a": 1.5}, sig)
     assert not keys.verify("p002", {"a": 1.5}, sig)
     assert not keys.verify("p001", {"a": 1.5000001}, sig)
+    assert not keys.verify("p001", {"a": 1.5}, "zz")
     assert set(keys.public_keys_hex()) == {*PEOPLE, "market"}
     assert all(len(h) == 64 for h in keys.public_keys_hex().values())
     with pytest.raises(ValueError):
         KeyRing.from_seed(SEED, ["market"])
 
 
-def test_trade_signers() -> None:
+def test_signatures_are_rfc8032_ed25519() -> None:
+    """PyNaCl (libsodium) signs as any RFC 8032 implementation: the same deterministic
+    signature as OpenSSL's (through the cryptography package, where installed)."""
+    crypto = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.ed25519")
+    import hashlib
+
+    keys = KeyRing.from_seed(SEED, PEOPLE)
+    seed = hashlib.sha256(f"{SEED}:p001".encode()).digest()
+    other = crypto.Ed25519PrivateKey.from_private_bytes(seed)
+    assert keys.sign_bytes("p001", b"message") == other.sign(b"message")
+
+
+def test_authority_records_carry_no_second_signature() -> None:
+    """The market's records rely on the seal; trades on their parties' acknowledgements."""
     keys = KeyRing.from_seed(SEED, PEOPLE)
     peer = trade_record(keys, Trade(0, "p001", "p002", 1.0, 0.1))
     grid = trade_record(keys, Trade(0, "p001", GRID, 1.0, 0.08))
-    assert peer["signer"] == ["p001", "p002"] and len(peer["signature"]) == 2
-    assert grid["signer"] == ["p001", "market"]
+    other = trade_record(keys, Trade(0, GRID, "p003", 2.0, 0.26))
+    settle = settlement_record(keys, 0, {"participant": "p001"})
+    assert peer["signatures"] == grid["signatures"] == settle["signatures"] == []
+    acks = acknowledge_trades(keys, 0, [peer, settle, grid, other])
+    assert [a[0] for a in acks] == ["p001", "p002", "p003"]  # GRID's side: the seal
+    # p001 signs its two trades of the block at once
+    msg = (b'{"domain":"tecosim-ledger-trades:","interval":0,"participant":"p001"}'
+           + record_leaf(peer) + record_leaf(grid))
+    assert keys.verify_bytes("p001", msg, acks[0][1])
+    import federates.market.ledger as L
+    for who in ("p001", 'q"\\é'):
+        head = L.canonical_json({"domain": "tecosim-ledger-trades:", "interval": 3, "participant": who})
+        assert L._ack_message(3, who, []) == head.encode()
+
+
+def test_bid_keeps_the_participants_signature() -> None:
+    keys = KeyRing.from_seed(SEED, PEOPLE)
+    order = sign_order(keys, Order("p001", "sell", 3, 1.0, 0.1, bus="b1", phase="a"))
+    rec = bid_record(keys, order)
+    assert rec["signatures"] == [bytes.fromhex(order.signature)]
+    assert "signature" not in rec["body"]
 
 
 def test_valid_ledger_verifies(ledger_path: Path) -> None:
     res = verify_ledger(ledger_path)
     assert res.ok and res.first_bad is None
     assert res.n_blocks == 5 and res.n_records == 4 * 7
-    genesis = read(ledger_path)[0]
+    genesis = read_blocks(ledger_path)[0]
     assert verify_ledger(ledger_path, trusted_public_keys=genesis["public_keys"]).ok
     other = KeyRing.from_seed(SEED + 1, PEOPLE).public_keys_hex()
     assert "trusted" in verify_ledger(ledger_path, trusted_public_keys=other).first_bad
 
 
-def test_changed_energy_is_named(ledger_path: Path) -> None:
-    blocks = read(ledger_path)
-    blocks[3]["records"][3]["body"]["energy_kwh"] = 0.76
-    write(ledger_path, blocks)
+def test_blocks_round_trip(ledger_path: Path, tmp_path: Path) -> None:
+    """Decoding and re-encoding gives the same records (so the same hashes)."""
+    blocks = read_blocks(ledger_path)
+    copy = tmp_path / "copy.jsonl"
+    write_blocks(copy, blocks)
+    assert read_blocks(copy) == blocks
+    assert verify_ledger(copy).ok
+    rec = blocks[2]["records"][1]
+    assert rec["body"] == {"bus": "", "community": "", "energy_kwh": 1.75, "interval": 1,
+                           "participant": "p002", "phase": "", "price_usd_per_kwh": 0.2, "side": "buy"}
+
+
+def test_mixed_value_types_round_trip(tmp_path: Path) -> None:
+    keys = KeyRing.from_seed(SEED, PEOPLE)
+    ledger = Ledger(tmp_path / "l.jsonl", keys)
+    odd = [{"participant": "p001", "x": 1, "y": None, "z": [1.5, "a"], "w": True, "v": 2**70},
+           {"participant": "p002", "x": 2.5, "y": 0.1, "z": {"k": 1}, "w": False, "v": -1}]
+    ledger.append_block(0, [settlement_record(keys, 0, b) for b in odd])
+    ledger.close()
+    assert [r["body"] for r in read_blocks(ledger.path)[1]["records"]] == odd
+    assert verify_ledger(ledger.path).ok
+
+
+# ---------------------------------------------------- 1. the file decodes
+
+
+def test_truncated_file_is_named(ledger_path: Path) -> None:
+    import zstandard
+
+    content = b"".join(zstandard.ZstdDecompressor().decompressobj().decompress(ledger_path.read_bytes())
+                       for _ in [0])
+    ledger_path.write_bytes(zstandard.ZstdCompressor().compress(content[:-100]))
     res = verify_ledger(ledger_path)
-    assert not res.ok
-    assert res.first_bad == "block 3 record 3: signature of p001 does not verify"
+    assert not res.ok and res.first_bad.startswith("block 4: truncated")
 
 
-def test_dropped_record_is_named(ledger_path: Path) -> None:
-    blocks = read(ledger_path)
-    del blocks[2]["records"][4]
-    write(ledger_path, blocks)
-    assert verify_ledger(ledger_path).first_bad.startswith("block 2 record 4 missing")
+def test_not_a_ledger(tmp_path: Path) -> None:
+    p = tmp_path / "ledger.zst"
+    p.write_text('{"index": 0}\n')
+    assert "not a zstd stream" in verify_ledger(p).first_bad
 
 
-def test_dropped_record_and_leaf_is_named(ledger_path: Path) -> None:
-    blocks = read(ledger_path)
-    del blocks[2]["records"][4]
-    del blocks[2]["record_hashes"][4]
-    write(ledger_path, blocks)
-    assert verify_ledger(ledger_path).first_bad == (
-        "block 2: record_hashes do not match records_hash"
-    )
+# ------------------------------------------- 2.-4. genesis, indices, chain
+
+
+def test_fake_genesis_is_named(ledger_path: Path) -> None:
+    def edit(blocks):
+        blocks[0]["records"] = blocks[1]["records"][:1]
+    assert tampered(ledger_path, edit) == "block 0: not a genesis block"
 
 
 def test_dropped_block_is_named(ledger_path: Path) -> None:
-    blocks = read(ledger_path)
-    del blocks[2]
-    write(ledger_path, blocks)
-    assert verify_ledger(ledger_path).first_bad == "block 2 missing (index jumps from 1 to 3)"
+    assert tampered(ledger_path, lambda b: b.pop(2)) == "block 2 missing (index jumps from 1 to 3)"
 
 
 def test_dropped_last_block_is_not_detectable_by_chain(ledger_path: Path) -> None:
     """Truncation at the tail leaves a valid chain; n_blocks tells the caller."""
-    blocks = read(ledger_path)
-    write(ledger_path, blocks[:-1])
+    blocks = read_blocks(ledger_path)
+    write_blocks(ledger_path, blocks[:-1])
     res = verify_ledger(ledger_path)
     assert res.ok and res.n_blocks == 4
 
 
 def test_reordered_blocks_are_named(ledger_path: Path) -> None:
-    blocks = read(ledger_path)
-    blocks[2], blocks[3] = blocks[3], blocks[2]
-    write(ledger_path, blocks)
-    assert verify_ledger(ledger_path).first_bad.startswith("block 2 out of order")
+    def edit(blocks):
+        blocks[2], blocks[3] = blocks[3], blocks[2]
+    assert tampered(ledger_path, edit).startswith("block 2 out of order")
 
 
 def test_renumbered_block_breaks_chain(ledger_path: Path) -> None:
-    blocks = read(ledger_path)
-    blocks[2], blocks[3] = blocks[3], blocks[2]
-    blocks[2]["index"], blocks[3]["index"] = 2, 3
-    write(ledger_path, blocks)
-    assert verify_ledger(ledger_path).first_bad == "block 2: prev_hash does not match block 1"
+    def edit(blocks):
+        blocks[2], blocks[3] = blocks[3], blocks[2]
+        blocks[2]["index"], blocks[3]["index"] = 2, 3
+    assert tampered(ledger_path, edit) == "block 2: prev_hash does not match block 1"
+
+
+# ------------------------------------------- 5.-6. participant signatures
+
+
+def test_changed_bid_is_named(ledger_path: Path) -> None:
+    def edit(blocks):
+        blocks[2]["records"][1]["body"]["price_usd_per_kwh"] = 0.25
+    assert tampered(ledger_path, edit) == "block 2 record 1: signature of p002 does not verify"
+
+
+def test_changed_trade_is_named(ledger_path: Path) -> None:
+    def edit(blocks):
+        blocks[3]["records"][3]["body"]["energy_kwh"] = 0.76
+    assert tampered(ledger_path, edit) == (
+        "block 3 record 3: altered (hash does not match records_hash leaf)")
+
+    def edit_and_relocate(blocks):  # locators and root made to match: the parties' acks fail
+        import federates.market.ledger as L
+        blk = blocks[3]
+        blk["records"][3]["body"]["energy_kwh"] = 0.76
+        leaves = [L.record_leaf(r) for r in blk["records"]]
+        blk["locators"] = b"".join(leaf[:4] for leaf in leaves)
+        blk["records_hash"] = L.merkle_root(leaves)
+    fresh = build(ledger_path.parent / "fresh.jsonl")
+    # (the seal, checked after the acknowledgements, would fail too: the root is sealed)
+    assert tampered(fresh, edit_and_relocate) == (
+        "block 3 record 3: acknowledgement of p001 does not verify")
 
 
 def test_forged_signature_is_named(ledger_path: Path) -> None:
     keys = KeyRing.from_seed(SEED, PEOPLE)
-    blocks = read(ledger_path)
-    rec = blocks[4]["records"][1]  # p002's bid, re-signed with p003's key
-    forged = make_record(keys, "bid", rec["interval"], {**rec["body"], "participant": "p003"})
-    rec["signature"] = forged["signature"]
-    write(ledger_path, blocks)
-    assert verify_ledger(ledger_path).first_bad == (
-        "block 4 record 1: signature of p002 does not verify"
-    )
+
+    def edit(blocks):
+        rec = blocks[4]["records"][1]  # p002's bid, re-signed with p003's key
+        rec["signatures"] = [keys.sign_bytes("p003", record_payload("bid", 3, rec["body"]))]
+    assert tampered(ledger_path, edit) == "block 4 record 1: signature of p002 does not verify"
 
 
-def test_wrong_signer_is_named(ledger_path: Path) -> None:
+def test_unknown_signer_is_named(ledger_path: Path) -> None:
+    def edit(blocks):
+        blocks[1]["records"][0]["body"]["participant"] = "mallory"
+    assert tampered(ledger_path, edit) == "block 1 record 0: signer mallory has no key in the genesis block"
+
+
+def test_dropped_signature_is_named(ledger_path: Path) -> None:
+    def edit(blocks):
+        blocks[1]["records"][2]["signatures"].pop()  # p003's bid
+    assert tampered(ledger_path, edit) == (
+        "block 1 record 2: bid must carry signatures of ['p003'], has 0")
+
+
+def test_dropped_acknowledgement_is_named(ledger_path: Path) -> None:
+    def edit(blocks):
+        blocks[1]["acks"] = [a for a in blocks[1]["acks"] if a[0] != "p002"]
+    assert tampered(ledger_path, edit) == "block 1 record 3: trade not acknowledged by p002"
+
+
+def test_forged_acknowledgement_is_named(ledger_path: Path) -> None:
     keys = KeyRing.from_seed(SEED, PEOPLE)
-    blocks = read(ledger_path)
-    rec = blocks[1]["records"][0]  # p001's offer, validly signed by p003 instead
-    payload = {"domain": "tecosim-ledger-record:", "kind": "bid", "interval": 0,
-               "body": rec["body"]}
-    rec["signer"], rec["signature"] = "p003", keys.sign("p003", payload)
-    write(ledger_path, blocks)
-    assert verify_ledger(ledger_path).first_bad == (
-        "block 1 record 0: bid must be signed by ['p001'], not ['p003']"
-    )
+
+    def edit(blocks):
+        blocks[2]["acks"][0][1] = keys.sign_bytes("p003", b"anything")
+    assert tampered(ledger_path, edit) == "block 2 record 3: acknowledgement of p001 does not verify"
+
+    def edit_extra(blocks):
+        blocks[2]["acks"].append(["p002", keys.sign_bytes("p002", b"x")])
+    fresh = build(ledger_path.parent / "fresh.jsonl")
+    assert tampered(fresh, edit_extra) == "block 2: p002 acknowledges twice"
+
+
+# ------------------------------------------- 7. records vs the Merkle root
+
+
+def test_changed_authority_record_is_named(ledger_path: Path) -> None:
+    """A settlement carries no signature of its own: the seal over the Merkle root
+    authenticates it, and the locators name it."""
+    def edit(blocks):
+        blocks[2]["records"][6]["body"]["net_cost_usd"] = 0.0
+    assert tampered(ledger_path, edit) == (
+        "block 2 record 6: altered (hash does not match records_hash leaf)")
+
+
+def test_dropped_record_is_named(ledger_path: Path) -> None:
+    def edit(blocks):
+        del blocks[2]["records"][4]
+    assert tampered(ledger_path, edit).startswith("block 2 record 4 missing")
+
+
+def test_added_record_is_named(ledger_path: Path) -> None:
+    keys = KeyRing.from_seed(SEED, PEOPLE)
+
+    def edit(blocks):
+        extra = settlement_record(keys, 1, {"participant": "p003", "net_cost_usd": -5.0})
+        blocks[2]["records"].insert(5, {k: extra[k] for k in ("kind", "interval", "body", "signatures")})
+    assert tampered(ledger_path, edit) == "block 2 record 5: extra record not in records_hash"
+
+
+def test_reordered_records_are_named(ledger_path: Path) -> None:
+    def edit(blocks):
+        r = blocks[3]["records"]
+        r[5], r[6] = r[6], r[5]
+    assert tampered(ledger_path, edit).startswith("block 3 record 5: out of order")
+
+
+def test_dropped_record_and_locator_is_named(ledger_path: Path) -> None:
+    def edit(blocks):
+        del blocks[2]["records"][4]
+        loc = blocks[2]["locators"]
+        blocks[2]["locators"] = loc[:16] + loc[20:]
+    assert tampered(ledger_path, edit) == "block 2: records do not match records_hash (Merkle root)"
+
+
+# ------------------------------------------- 8.-10. seal, hash, work
 
 
 def test_changed_seal_is_named(ledger_path: Path) -> None:
     keys = KeyRing.from_seed(SEED, PEOPLE)
-    blocks = read(ledger_path)
-    blocks[2]["seal_signature"] = keys.sign("p001", {"anything": 1})
-    write(ledger_path, blocks)
-    assert verify_ledger(ledger_path).first_bad == (
-        "block 2: seal signature of market does not verify"
-    )
+
+    def edit(blocks):
+        blocks[2]["seal_signature"] = keys.sign("p001", {"anything": 1})
+    assert tampered(ledger_path, edit) == "block 2: seal signature of market does not verify"
+
+
+def test_changed_header_is_named(ledger_path: Path) -> None:
+    def edit(blocks):
+        blocks[2]["interval"] = 7
+        for r in blocks[2]["records"]:
+            r["interval"] = 7
+    # the bids' signatures cover their interval too; the settlement's only the seal
+    assert tampered(ledger_path, edit).startswith("block 2 record 0: signature of p001")
+
+    def edit_sealer(blocks):
+        blocks[3]["sealer"] = "p001"
+    fresh = build(ledger_path.parent / "fresh.jsonl")
+    assert tampered(fresh, edit_sealer) == "block 3: sealed by 'p001', not 'market'"
+
+    def edit_settlement_interval(blocks):  # records of block 2 moved to interval 7 with it:
+        blocks[2]["interval"] = 7  # a block of only the authority's records: its seal fails
+        blocks[2]["records"] = blocks[2]["records"][5:]
+        for r in blocks[2]["records"]:
+            r["interval"] = 7
+    fresh = build(ledger_path.parent / "fresh2.jsonl")
+    assert tampered(fresh, edit_settlement_interval).startswith("block 2 record 0: altered")
 
 
 def test_changed_nonce_is_named(ledger_path: Path) -> None:
-    blocks = read(ledger_path)
-    blocks[1]["nonce"] = 5
-    write(ledger_path, blocks)
-    assert verify_ledger(ledger_path).first_bad == "block 1: hash does not match its contents"
+    def edit(blocks):
+        blocks[1]["nonce"] = 5
+    assert tampered(ledger_path, edit) == "block 1: hash does not match its contents"
 
 
 def test_proof_of_work(tmp_path: Path) -> None:
     path = build(tmp_path / "pow.jsonl", n_intervals=3, difficulty_bits=8)
-    blocks = read(path)
+    blocks = read_blocks(path)
     assert all(leading_zero_bits(b["hash"]) >= 8 for b in blocks)
-    assert all(b["hash"].startswith("00") for b in blocks)
     assert all(b["pow_s"] >= 0.0 for b in blocks)
     assert verify_ledger(path).ok
     # same chain (hashes, nonces) regardless of pow_s timing
-    again = read(build(tmp_path / "pow2.jsonl", n_intervals=3, difficulty_bits=8))
+    again = read_blocks(build(tmp_path / "pow2.jsonl", n_intervals=3, difficulty_bits=8))
     strip = [{k: v for k, v in b.items() if k != "pow_s"} for b in blocks]
     assert strip == [{k: v for k, v in b.items() if k != "pow_s"} for b in again]
 
 
+def test_missing_work_is_named(tmp_path: Path) -> None:
+    path = build(tmp_path / "pow.jsonl", n_intervals=2, difficulty_bits=8)
+    plain = read_blocks(build(tmp_path / "plain.jsonl", n_intervals=2))
+
+    def edit(blocks):  # a block without work, its header otherwise intact
+        blocks[2] = {**plain[2], "difficulty_bits": 8}
+    assert tampered(path, edit).startswith("block 2: prev_hash does not match block 1")
+
+    def edit_hash(blocks):  # the last block's nonce zeroed and its hash recomputed
+        import federates.market.ledger as L
+        blocks[2]["nonce"] = 0
+        blocks[2]["hash"] = L._block_hash(L._header(blocks[2]), blocks[2]["seal_signature"], 0)
+    path = build(tmp_path / "pow2.jsonl", n_intervals=2, difficulty_bits=8)
+    assert "leading zero bits, difficulty requires 8" in tampered(path, edit_hash)
+
+
 def test_lowered_difficulty_is_named(tmp_path: Path) -> None:
     path = build(tmp_path / "pow.jsonl", n_intervals=2, difficulty_bits=8)
-    blocks = read(path)
-    blocks[0]["difficulty_bits"] = 0
-    write(path, blocks)
+
+    def edit(blocks):
+        blocks[0]["difficulty_bits"] = 0
     # genesis difficulty is sealed: lowering it breaks its seal
-    assert verify_ledger(path).first_bad == "block 0: seal signature of market does not verify"
+    assert tampered(path, edit) == "block 0: seal signature of market does not verify"
+
+
+# ------------------------------------------------------------ the writer
 
 
 def test_determinism(tmp_path: Path) -> None:
@@ -217,11 +426,30 @@ def test_determinism(tmp_path: Path) -> None:
     assert first != build(tmp_path / "c.jsonl", seed=SEED + 1).read_bytes()
 
 
+def test_every_block_is_readable_when_written(tmp_path: Path) -> None:
+    """Flushed per block: a reader sees each block as soon as it is sealed, before close."""
+    keys = KeyRing.from_seed(SEED, PEOPLE)
+    ledger = Ledger(tmp_path / "l.jsonl", keys)
+    for k in range(3):
+        ledger.append_block(k, interval_records(keys, k))
+        res = verify_ledger(ledger.path)
+        assert res.ok and res.n_blocks == k + 2
+    ledger.close()
+
+
 def test_continue_existing_ledger(tmp_path: Path) -> None:
     keys = KeyRing.from_seed(SEED, PEOPLE)
     path = build(tmp_path / "l.jsonl", n_intervals=2)
     ledger = Ledger(path, keys)
     assert ledger.n_blocks == 3
     ledger.append_block(2, interval_records(keys, 2))
+    ledger.close()
     assert path.read_bytes() == build(tmp_path / "full.jsonl", n_intervals=3).read_bytes()
     assert verify_ledger(tmp_path / "l.jsonl").ok
+
+
+def test_records_of_another_interval_are_refused(tmp_path: Path) -> None:
+    keys = KeyRing.from_seed(SEED, PEOPLE)
+    ledger = Ledger(tmp_path / "l.jsonl", keys)
+    with pytest.raises(ValueError, match="interval 1"):
+        ledger.append_block(1, [make_record(keys, "settlement", 2, {"participant": "p001"})])

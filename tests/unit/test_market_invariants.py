@@ -113,4 +113,7 @@ def test_edge_cases(topology, mechanism, case):
     if case in ("empty", "only_buyers", "only_sellers", "no_crossing"):
         assert r.traded_kwh == pytest.approx(0.0, abs=1e-6)
     if case == "ties":
-        assert r.traded_kwh == pytest.approx(1.0, abs=1e-5)
+        # ADMM stops at a primal residual of rel_tol (1e-3) x the proposals' norm:
+        # its volume is within that of the optimum; the others are exact to 1e-5
+        tol = 1e-3 if mechanism == "admm" else 1e-5
+        assert r.traded_kwh == pytest.approx(1.0, abs=tol)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from federates.common.messages import Order
-from federates.market.ledger import KeyRing, sign_order, verify_ledger
+from federates.market.ledger import KeyRing, read_blocks, sign_order, verify_ledger
 from federates.market.role import MarketRole
 from runner.config import validate
 
@@ -19,7 +19,7 @@ def test_market_rejects_forged_and_unsigned_bids(tmp_path):
     # b raises its bid after signing; y never signs
     forged = replace(sign_order(keys, Order("b", "buy", 0, 3.0, 0.12)), price_usd_per_kwh=0.26)
     unsigned = Order("y", "sell", 0, 3.0, 0.09)
-    market = MarketRole(cfg, participants, tmp_path / "ledger.jsonl")
+    market = MarketRole(cfg, participants, tmp_path / "ledger.zst")
     confirmations, _ = market.on_market_time(0, [good_buy, good_sell, forged, unsigned], [], [])
     clearing = market.tables()["clearing"]
     assert int(clearing["rejected_orders"].iloc[0]) == 2
@@ -27,14 +27,10 @@ def test_market_rejects_forged_and_unsigned_bids(tmp_path):
     assert traded_by == {"a", "x"}
     market.on_market_time(1, [], [], [])
     market.on_market_time(2, [], [], [])
-    r = verify_ledger(tmp_path / "ledger.jsonl")
+    r = verify_ledger(tmp_path / "ledger.zst")
     assert r.ok, r.first_bad
-    bids = [rec for rec in _records(tmp_path / "ledger.jsonl") if rec["kind"] == "bid"]
-    assert [b["signer"] for b in bids] == ["a", "x"]
-    assert bids[0]["signature"] == good_buy.signature  # the participant's own, not re-signed
-
-
-def _records(path):
-    import json
-
-    return [rec for line in path.read_text().splitlines() for rec in json.loads(line)["records"]]
+    bids = [rec for b in read_blocks(tmp_path / "ledger.zst") for rec in b["records"]
+            if rec["kind"] == "bid"]
+    assert [b["body"]["participant"] for b in bids] == ["a", "x"]
+    # the participant's own signature, not re-signed
+    assert [s.hex() for s in bids[0]["signatures"]] == [good_buy.signature]

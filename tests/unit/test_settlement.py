@@ -183,3 +183,48 @@ def test_conservation_on_random_cleared_books(orders, meters, curtailed):
     # total grid energy: what the grid sells minus buys equals the community's net metered
     grid_net = math.fsum(r.grid_bought_kwh - r.grid_sold_kwh for r in rows)
     assert grid_net == A(math.fsum(r.metered_kwh for r in rows), **tol)
+
+
+# ------------------------------------------- exact integers vs the Fraction reference
+
+from federates.market.settlement import settle_interval_reference  # noqa: E402
+
+nonfinite_or_meter = st.one_of(maybe_meter, st.just(float("nan")), st.sampled_from([0.5, -1.25, 2.0]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(book, st.dictionaries(ids, nonfinite_or_meter), st.dictionaries(ids, st.floats(0.0, 8.0)),
+       st.booleans(), st.booleans())
+def test_integer_settlement_equals_fraction_reference(orders, meters, curtailed, named, with_cuts):
+    """settle_interval (exact integers) == settle_interval_reference (Fraction): every
+    row bit for bit (repr), and the same trade cuts; with curtailments that cut peer
+    sales pro rata (the reference path), grid sales only, or none."""
+    cr = clear_uniform_price(orders, interval=K, retail_usd_per_kwh=RETAIL,
+                             feed_in_usd_per_kwh=FEED_IN)
+    metered = {p: v for p, v in meters.items() if v is not None}
+    kw = {"retail_usd_per_kwh": RETAIL, "feed_in_usd_per_kwh": FEED_IN,
+          "participants": ["p4", "p0", "p2"] if named else None}
+    cuts_a: list = []
+    cuts_b: list = []
+    a = settle_interval(K, cr.confirmations, cr.trades, metered, curtailed,
+                        trade_cuts=cuts_a if with_cuts else None, **kw)
+    b = settle_interval_reference(K, cr.confirmations, cr.trades, metered, curtailed,
+                                  trade_cuts=cuts_b if with_cuts else None, **kw)
+    assert a == b and repr(a) == repr(b)
+    assert repr(cuts_a) == repr(cuts_b)
+
+
+def test_integer_settlement_grid_sale_cut_and_nonfinite_inputs():
+    confs = [c("S", gs=2.0), c("B", gb=1.0)]
+    trades = [Trade(K, "S", GRID, 2.0, FEED_IN), Trade(K, GRID, "B", 1.0, RETAIL)]
+    for curtailed in ({"S": 0.3}, {"S": 5.0}, {}):
+        cuts_a: list = []
+        cuts_b: list = []
+        kw = {"retail_usd_per_kwh": RETAIL, "feed_in_usd_per_kwh": FEED_IN}
+        a = settle_interval(K, confs, trades, {"S": -1.7, "B": 1.1}, curtailed, trade_cuts=cuts_a, **kw)
+        b = settle_interval_reference(K, confs, trades, {"S": -1.7, "B": 1.1}, curtailed,
+                                      trade_cuts=cuts_b, **kw)
+        assert repr(a) == repr(b) and repr(cuts_a) == repr(cuts_b)
+    with pytest.raises(ValueError, match="curtailed_kwh"):
+        settle_interval(K, confs, trades, {}, {"S": float("inf")},
+                        retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN)

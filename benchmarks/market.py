@@ -1,0 +1,266 @@
+"""Market micro-benchmarks: clearing, one market time of the role, P2P ADMM, ledger size.
+
+    .venv/bin/python benchmarks/market.py [--only clear,role,admm,ledger] [--repeat N]
+
+* ``clear``: one community book of 10,000 orders (10,000 participants, one order each,
+  energies U(0.01, 10) kWh, limits U(0, 0.4) USD/kWh), each mechanism through
+  ``federates.market.mechanisms.clear``, and the exact Fraction reference.
+* ``role``: a default-sized market day (40 prosumers, 96 intervals, synthetic like
+  ``synthetic_day``) replayed through ``MarketRole.on_market_time`` (settle k-1, clear k,
+  ledger blocks), with the time per market time split into verify / clear / record /
+  settle / ledger by wrapping the role's calls.
+* ``admm``: ``tecosim clear``'s P2P ADMM of a 1000-order book against the P2P LP
+  (welfare, iterations, seconds).
+* ``ledger``: the ledger of a synthetic day of 1000 and of 40 participants (bids,
+  trades, curtailments, curtailed trades and settlements as the role makes them) in
+  MB, and the time of ``verify_ledger`` on it.
+
+Prints one line per measurement; wall times are the minimum over ``--repeat`` runs
+(the machine may be shared). Nothing is asserted: tests check results, this reports
+speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from federates.common.messages import CurtailmentNotice, IntervalEnergy, Order
+from federates.market.ledger import KeyRing, sign_order, verify_ledger
+
+RETAIL, FEED_IN = 0.26, 0.08
+TARIFFS = {"retail_usd_per_kwh": RETAIL, "feed_in_usd_per_kwh": FEED_IN}
+
+
+# ------------------------------------------------------------------------ inputs
+
+
+def random_book(n: int, seed: int = 1) -> list[Order]:
+    """``n`` orders of ``n`` participants: side 50/50, U(0.01, 10) kWh, U(0, 0.4) USD/kWh."""
+    rng = random.Random(seed)
+    return [Order(f"p{i:05d}", rng.choice(["buy", "sell"]), 0, rng.uniform(0.01, 10.0),
+                  rng.uniform(0.0, 0.4)) for i in range(n)]
+
+
+def synthetic_day(n: int, seed: int = 7, n_intervals: int = 96, interval_h: float = 0.25):
+    """(participants, per-interval inputs) of a market day of ``n`` prosumers.
+
+    Each prosumer's net power is a household load (0.2-1.5 kW, evening peak) minus, for
+    60 %, a 6-14 kWp PV profile (06:00-18:00 half sine x a shared cloud factor); one
+    order a interval (buy the import, sell the export, 5 % of intervals none), limit
+    U(feed-in, retail), signed with the prosumer's key as the prosumers federate does.
+    Metered energy = scheduled +- 10 %, a reading missing in 1 %; around noon the DSO
+    curtails 5 % of the sellers by 0-30 % of their offer. Returns ``[(k, orders,
+    energies of k-1, notices of k-1)]`` for k = 0..n_intervals.
+    """
+    rng = np.random.default_rng(seed)
+    names = [f"p{i:04d}" for i in range(n)]
+    keys = KeyRing.from_seed(seed, names)
+    base_kw = rng.uniform(0.2, 1.5, n)
+    pv_kwp = np.where(rng.random(n) < 0.6, rng.uniform(6, 14, n), 0.0)
+    buses = [f"b{int(i)}" for i in rng.integers(0, max(n // 3, 1), n)]
+    phases = [("a", "b", "c")[int(i)] for i in rng.integers(0, 3, n)]
+    cloud = np.clip(1 - 0.4 * rng.random(n_intervals), 0, 1)
+    out = []
+    prev_orders: list[Order] = []
+    for k in range(n_intervals + 1):
+        energies, notices = [], []
+        if k >= 1:
+            for o in prev_orders:
+                e = o.energy_kwh if o.side == "buy" else -o.energy_kwh
+                if rng.random() > 0.01:
+                    energies.append(IntervalEnergy(o.participant, k - 1, float(e * rng.uniform(0.9, 1.1))))
+                if o.side == "sell" and 40 <= (k - 1) % 96 <= 56 and rng.random() < 0.05:
+                    notices.append(CurtailmentNotice(o.participant, k - 1,
+                                                     float(o.energy_kwh * rng.uniform(0, 0.3)), "v_max"))
+        orders = []
+        if k < n_intervals:
+            hour = (k % 96) * interval_h
+            load = base_kw * (0.6 + 0.6 * math.exp(-((hour - 19.5) / 2.5) ** 2)) * rng.uniform(0.7, 1.3, n)
+            sun = max(0.0, math.sin(math.pi * (hour - 6) / 12)) if 6 <= hour <= 18 else 0.0
+            net = load - pv_kwp * 0.8 * sun * cloud[k % n_intervals]
+            for i in range(n):
+                if rng.random() < 0.05 or net[i] == 0:
+                    continue
+                side = "buy" if net[i] > 0 else "sell"
+                o = Order(names[i], side, k, float(abs(net[i]) * interval_h),
+                          float(rng.uniform(FEED_IN, RETAIL)), bus=buses[i], phase=phases[i])
+                orders.append(sign_order(keys, o))
+        out.append((k, orders, energies, notices))
+        prev_orders = orders
+    return names, out
+
+
+def study_config(n_intervals: int = 96):
+    from runner.config import StudyFile
+
+    return StudyFile.model_validate({
+        "study": {"duration": f"{n_intervals * 15}min", "market_interval": "15min",
+                  "physics_step": "60s", "seed": 7},
+        "market": TARIFFS,
+    })
+
+
+def run_day(names, day, ledger_dir: Path | None):
+    """Replay ``day`` through a MarketRole; returns it (tables not yet drained)."""
+    from federates.market.role import MarketRole
+
+    role = MarketRole(study_config(len(day) - 1), names,
+                      None if ledger_dir is None else ledger_dir / "ledger.zst")
+    for k, orders, energies, notices in day:
+        role.on_market_time(k, orders, energies, notices)
+    return role
+
+
+# -------------------------------------------------------------------- measurements
+
+
+CPU: dict[str, float] = {}  # the CPU time [s] of best_of's last call (its least over the runs)
+
+
+def best_of(fn, repeat: int) -> tuple[float, object]:
+    """(least wall time [s] over ``repeat`` runs of ``fn``, its result); the least CPU
+    time goes to ``CPU["last"]`` (steadier than wall time on a shared machine)."""
+    best, best_cpu, out = math.inf, math.inf, None
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    CPU["last"] = best_cpu
+    return best, out
+
+
+def bench_clear(repeat: int) -> None:
+    from federates.market.community import clear_uniform_price_reference
+    from federates.market.mechanisms import clear
+
+    book = random_book(10_000)
+    for mech in ("uniform_price", "pay_as_bid", "lp"):
+        t, r = best_of(lambda m=mech: clear("community", m, book, interval=0, **TARIFFS), repeat)
+        print(f"clear community/{mech:13s} 10k orders: {t * 1e3:7.1f} ms wall, {CPU['last'] * 1e3:7.1f} ms CPU  "
+              f"({len(r.trades)} trades, {len(r.confirmations)} confirmations)")
+    from federates.market.lp import clear_lp_reference
+    from federates.market.pay_as_bid import clear_pay_as_bid_reference
+
+    for name, fn in (("uniform_price", clear_uniform_price_reference),
+                     ("pay_as_bid", clear_pay_as_bid_reference), ("lp", clear_lp_reference)):
+        t, _ = best_of(lambda f=fn: f(book, interval=0, **TARIFFS), 1)
+        print(f"clear community/{name:13s} 10k orders, reference (Fraction walk{', pyomo' if name == 'lp' else ''}): "
+              f"{t * 1e3:7.1f} ms wall, {CPU['last'] * 1e3:7.1f} ms CPU")
+
+
+@contextmanager
+def _timed(obj, name: str, acc: dict[str, float], label: str):
+    """Add the wall time of every call of ``obj.name`` to ``acc[label]``."""
+    orig = getattr(obj, name)
+
+    def wrapper(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return orig(*a, **kw)
+        finally:
+            acc[label] = acc.get(label, 0.0) + time.perf_counter() - t0
+
+    setattr(obj, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(obj, name, orig)
+
+
+def bench_role(repeat: int, n: int = 40) -> None:
+    import federates.market.role as role_mod
+
+    names, day = synthetic_day(n)
+    best = math.inf
+    parts: dict[str, float] = {}
+    for _ in range(repeat):
+        acc: dict[str, float] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            from federates.market.role import MarketRole
+
+            role = MarketRole(study_config(), names, Path(tmp) / "ledger.zst")
+            with (_timed(role_mod, "verified_bid_records", acc, "verify"),
+                  _timed(role, "_clear", acc, "clear"),
+                  _timed(role, "_record_clearing", acc, "record"),
+                  _timed(role_mod, "settle_interval", acc, "settle"),
+                  _timed(role, "_seal", acc, "ledger")):
+                t0, c0 = time.perf_counter(), time.process_time()
+                for k, orders, energies, notices in day:
+                    role.on_market_time(k, orders, energies, notices)
+                total, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if total < best:
+            best, best_cpu, parts = total, cpu, acc
+    m = len(day)
+    split = "  ".join(f"{k} {v / m * 1e3:.2f}" for k, v in parts.items())
+    other = best - sum(parts.values())
+    print(f"role {n} prosumers: {best / m * 1e3:.2f} ms per market time wall, "
+          f"{best_cpu / m * 1e3:.2f} ms CPU ({m} market times); {split}  other {other / m * 1e3:.2f} ms")
+    # the floor: the Ed25519 operations a market time needs, at this machine's speed now
+    keys = KeyRing.from_seed(7, ["a"])
+    msg = b"x" * 300
+    sig = keys.sign_bytes("a", msg)
+    t_sign, _ = best_of(lambda: [keys.sign_bytes("a", msg) for _ in range(200)], 5)
+    t_verify, _ = best_of(lambda: [keys.verify_bytes("a", msg, sig) for _ in range(200)], 5)
+    n_verify = sum(len(orders) for _, orders, _, _ in day) / m
+    with tempfile.TemporaryDirectory() as tmp:
+        from federates.market.ledger import read_blocks
+
+        run_day(names, day, Path(tmp))
+        blocks = read_blocks(Path(tmp) / "ledger.zst")
+    n_sign = sum(len(b["acks"]) + 1 for b in blocks[1:]) / m  # acknowledgements + seals
+    floor = n_verify * t_verify / 200 + n_sign * t_sign / 200
+    print(f"  Ed25519 floor: {n_verify:.1f} verifies x {t_verify / 200 * 1e6:.0f} us + {n_sign:.1f} signs x "
+          f"{t_sign / 200 * 1e6:.0f} us = {floor * 1e3:.2f} ms per market time")
+
+
+def bench_admm(repeat: int) -> None:
+    from federates.market.mechanisms import clear
+
+    book = random_book(1000, seed=3)
+    t_lp, lp = best_of(lambda: clear("p2p", "lp", book, interval=0, **TARIFFS), 1)
+    t, r = best_of(lambda: clear("p2p", "admm", book, interval=0, **TARIFFS), repeat)
+    gap = (lp.welfare_usd - r.welfare_usd) / lp.welfare_usd * 100
+    print(f"p2p admm 1000 orders: {t:.2f} s wall, {CPU['last']:.2f} s CPU, {r.iterations} iterations, converged {r.converged}, "
+          f"welfare {r.welfare_usd:.4f} USD vs LP {lp.welfare_usd:.4f} ({gap:+.3f} % below), "
+          f"LP {t_lp:.2f} s")
+
+
+def bench_ledger(repeat: int) -> None:
+    for n in (40, 1000):
+        names, day = synthetic_day(n)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            run_day(names, day, Path(tmp))
+            t_run = time.perf_counter() - t0
+            path = Path(tmp) / "ledger.zst"
+            size = path.stat().st_size
+            t, res = best_of(lambda p=path: verify_ledger(p), 1)
+            print(f"ledger {n} participants, 96 intervals: {size / 1e6:.2f} MB, "
+                  f"{res.n_blocks} blocks, {res.n_records} records, verify {t:.2f} s "
+                  f"({'ok' if res.ok else res.first_bad}); market day {t_run:.1f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="clear,role,admm,ledger")
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    benches = {"clear": bench_clear, "role": bench_role, "admm": bench_admm, "ledger": bench_ledger}
+    for name in args.only.split(","):
+        benches[name](args.repeat)
+
+
+if __name__ == "__main__":
+    main()
