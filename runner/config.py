@@ -458,6 +458,12 @@ class FederationConfig(_Strict):
     accept connections and, on a host running only some federates, for the other
     hosts' federates to join.
 
+    ``launch``: how this host starts its federates. ``fork`` (default): the runner
+    imports the federates' code once and forks one process per federate, which skips
+    each federate's interpreter start-up and imports (seconds each); ``exec``: each
+    federate is its own ``python -m federates.<name>.federate`` (as ``runner.json``
+    describes them). Either way every federate is its own OS process.
+
     ``helics_profiler``: the broker records HELICS's own profile of every federate
     (the wall-clock time of entering and leaving each blocking HELICS call) in
     ``logs/helics_profile.txt``; ``benchmarks/run.py`` reads it to split each
@@ -466,6 +472,7 @@ class FederationConfig(_Strict):
 
     core_type: Literal["zmq"] = "zmq"
     helics_profiler: bool = False
+    launch: Literal["fork", "exec"] = "fork"
     timeout_s: PositiveFloat = 1800.0
     # a federation whose simulated time stops moving this long [s] is hung (runner.launch.HangWatch)
     hang_timeout_s: PositiveFloat = 120.0

@@ -247,19 +247,118 @@ def helics_bin(name: str) -> str:
     return found
 
 
+class ForkedProcess:
+    """A federate forked from this runner (:func:`fork_federate`): the part of
+    ``subprocess.Popen`` that :class:`Proc` uses (``pid``, ``poll``, ``wait``)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            time.sleep(0.01)
+        assert self.returncode is not None
+        return self.returncode
+
+
+#: the federate modules a forked federate runs (imported once, by the runner)
+FEDERATE_MODULES = tuple(f"federates.{name}.federate" for name in keys.FEDERATES)
+
+
+def preimport_federates() -> None:
+    """Import every federate's module into this runner, so that forked federates find
+    their code (numpy, pandas, helics, OpenDSS, pvlib, ...) loaded already. No HELICS
+    object exists before the fork: a forked child creates its own core and threads."""
+    import importlib
+
+    for module in FEDERATE_MODULES:
+        importlib.import_module(module)
+
+
+def fork_federate(argv: list[str], log: Path, cwd: Path) -> ForkedProcess:
+    """Run ``argv`` (``python -m federates.<name>.federate ...``, as an exec'd federate
+    would be started) in a child forked from this runner: a new session (killed as a
+    process group), stdout and stderr to ``log``, the command line shown as ``argv``
+    (setproctitle), the module's ``main()`` run from the modules this runner imported
+    (:func:`preimport_federates`). The child never returns into the runner's code: it
+    leaves with ``os._exit`` and the federate's exit code."""
+    if argv[1:2] != ["-m"] or argv[2] not in FEDERATE_MODULES:
+        raise ValueError(f"not a federate command: {argv}")
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    pid = os.fork()
+    if pid:
+        os.close(fd)
+        return ForkedProcess(pid)
+    code = 1
+    try:  # the child
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        os.close(null)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # fds 1, 2 stay open
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        os.chdir(cwd)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        import importlib
+        import logging
+
+        import setproctitle
+
+        logging.root.handlers.clear()  # the federate configures its own log
+        setproctitle.setproctitle(" ".join(argv))
+        module = argv[2]
+        sys.argv = [str(cwd / (module.replace(".", "/") + ".py")), *argv[3:]]
+        try:
+            importlib.import_module(module).main()  # what `python -m module` runs
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
 @dataclass
 class Proc:
     name: str
     argv: list[str]
     log: Path
-    popen: subprocess.Popen | None = None
+    popen: subprocess.Popen | ForkedProcess | None = None
     t0: float = 0.0
     wall_s: float | None = None
     exit_code: int | None = None
+    fork: bool = False  # start by forking this runner (fork_federate) instead of exec
 
     def start(self, cwd: Path) -> None:
-        fh = open(self.log, "w")
         self.t0 = time.perf_counter()
+        if self.fork:
+            self.popen = fork_federate(self.argv, self.log, cwd)
+            return
+        fh = open(self.log, "w")
         self.popen = subprocess.Popen(self.argv, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd,
                                       start_new_session=True, stdin=subprocess.DEVNULL)
         fh.close()
@@ -536,7 +635,7 @@ class Federation:
                 sys.executable, "-m", f"federates.{module}.federate",
                 "--run-dir", str(study.run_dir), "--broker-address", address,
                 *(["--part", f"{part}/{parts}"] if module != name else []),
-            ], logs / f"{name}.log"))
+            ], logs / f"{name}.log", fork=fc.launch == "fork"))
         return fed
 
     def write_runner_json(self) -> Path:
@@ -580,6 +679,8 @@ class Federation:
         try:
             if not self.broker_here:
                 wait_for_broker(self.host, self.port, fc.connect_timeout_s)
+            if any(p.fork for p in self.procs):
+                preimport_federates()
             env = {HEARTBEAT_ENV: str(logs), **self.env}  # inherited by the federates (federates.common.door)
             before = {k: os.environ.get(k) for k in env}
             os.environ.update(env)

@@ -78,5 +78,10 @@ def run(study: Study, broker: str, log: logging.Logger, sink):
     return role.tables()
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """``python -m federates.controllers.federate --run-dir RUN --broker-address ADDRESS``."""
     federate_main(keys.CONTROLLERS, run)
+
+
+if __name__ == "__main__":
+    main()

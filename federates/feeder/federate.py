@@ -94,5 +94,10 @@ def run(study: Study, broker: str, log: logging.Logger, sink):
     return role.tables()
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """``python -m federates.feeder.federate --run-dir RUN --broker-address ADDRESS``."""
     federate_main(keys.FEEDER, run)
+
+
+if __name__ == "__main__":
+    main()

@@ -49,5 +49,10 @@ def run(study: Study, broker: str, log: logging.Logger, sink):
     return role.tables()
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """``python -m federates.meters.federate --run-dir RUN --broker-address ADDRESS``."""
     federate_main(keys.METERS, run)
+
+
+if __name__ == "__main__":
+    main()

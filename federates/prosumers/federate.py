@@ -97,6 +97,11 @@ def pop_part(argv: list[str]) -> tuple[int, int]:
     return i, k
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """``python -m federates.prosumers.federate --run-dir RUN --broker-address ADDRESS [--part i/K]``."""
     part, parts = pop_part(sys.argv)
     federate_main(keys.prosumers_names(parts)[part], partial(run, part=part, parts=parts))
+
+
+if __name__ == "__main__":
+    main()
