@@ -33,10 +33,12 @@ from federates.prosumers.role import ProsumersRole
 
 @dataclass
 class EngineTimes:
-    """Wall time [s] spent in each role (for BENCHMARKS.md)."""
+    """Wall time [s] spent in each role, and the DSO rounds of every physics step (the
+    federation's timeline of hops: benchmarks/ replays it in a no-op federation)."""
 
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("setup", "prosumers", "market", "feeder", "meters", "controllers"), 0.0))
+    dso_rounds: list[int] = field(default_factory=list)
 
     def add(self, name: str, t0: float) -> float:
         t1 = time.perf_counter()
@@ -142,15 +144,18 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
         for j, g in enumerate(tl.steps_of_interval(k)):
             m = feeder.begin_step(g, schedule_p_kw, deviation_p_kw[j])
             t = times.add("feeder", t)
+            rounds = 0
             while True:
                 reply = controllers.on_view(feeder.dso_view(g))
                 t = times.add("controllers", t)
                 if not reply:
                     break
+                rounds += 1
                 m = feeder.apply(g, reply)
                 t = times.add("feeder", t)
                 if m is None:
                     break
+            times.dso_rounds.append(rounds)
     drain(final=True)
     times.add("setup", t)
     return sink.tables() if collect else {}
