@@ -866,6 +866,18 @@ class OpenDSSFeeder:
         # total is the one the classic element-by-element loop gives, bit for bit
         return {cls: float(np.cumsum(b.total_powers()[:, 0])[-1]) for cls, b in self._pc_element_batches()}
 
+    def load_and_gross_kw(self) -> tuple[float, float]:
+        """:meth:`load_kw` and the gross active power of the same elements, the sum of
+        every one's ``|P|`` [kW]: what the solution's power mismatch scales with (a
+        feeder whose exports nearly cancel its loads has a net load near zero but still
+        carries the gross flows). One batch read per PC class."""
+        net, gross = 0.0, 0.0
+        for _, b in self._pc_element_batches():
+            p = b.total_powers()[:, 0]
+            net += float(np.cumsum(p)[-1])  # as pc_powers_kw: in element order
+            gross += float(np.abs(p).sum())
+        return net, gross
+
     def load_kw(self) -> float:
         """Net active power drawn by every power-conversion element [kW] (+ consumption).
 

@@ -165,7 +165,7 @@ class FeederRole:
         for name in ("v", "v_before", "p", "q", "curt", "cust_loss",
                      *(("v_lo", "v_hi", "v_lo_before", "v_hi_before") if self._legs else ())):
             rec.add(name, (n,))
-        for name in ("src_p", "src_q", "loss", "load", "bg", "bg_loss"):
+        for name in ("src_p", "src_q", "loss", "load", "gross", "bg", "bg_loss"):
             rec.add(name)
         rec.add("solves", dtype=np.int64, fill=0)
         rec.add("taps", (len(self.regulators),), dtype=np.int64, fill=0)
@@ -378,7 +378,7 @@ class FeederRole:
                            curtailed_p_kw=rec.curt[r].copy(), scada=self._good_scada)
 
     #: what a held step copies from the last good one
-    _HELD = ("v", "v_before", "p", "q", "curt", "src_p", "src_q", "loss", "load", "taps", "caps", "top_elem",
+    _HELD = ("v", "v_before", "p", "q", "curt", "src_p", "src_q", "loss", "load", "gross", "taps", "caps", "top_elem",
              "top_load", "vuf", "cust_loss", "bg_loss", "v_lo", "v_hi", "v_lo_before", "v_hi_before")
 
     def _controlled_solve(self, g: int) -> Measurement:
@@ -427,7 +427,7 @@ class FeederRole:
         rec.src_p[r], rec.src_q[r] = self.feeder.source_pq()
         rec.loss[r] = self.feeder.losses_kw()
         self._record_losses(g)
-        rec.load[r] = self.feeder.load_kw()
+        rec.load[r], rec.gross[r] = self.feeder.load_and_gross_kw()
         taps = self.feeder.regulator_taps()
         rec.taps[r] = [taps[x] for x in self.regulators]
         if self.capacitors:
@@ -683,6 +683,7 @@ class FeederRole:
             "source_q_kvar": rec.src_q[local],
             "losses_kw": rec.loss[local],
             "load_kw": rec.load[local],
+            "gross_kw": rec.gross[local],
             "n_solves": rec.solves[local],
         }
         for j, r in enumerate(self.regulators):

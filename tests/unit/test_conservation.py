@@ -101,8 +101,23 @@ def test_power_broken_relative_to_load():
     assert k.loc[1, "power_balance_error_kw"] == pytest.approx(0.05)
     assert k.loc[1, "power_balance_error_pct"] == pytest.approx(0.5)
     (msg,) = conservation_failures(k)
-    assert "feeder power balance" in msg and "worst interval 1" in msg and "0.5 % of load" in msg
+    assert "feeder power balance" in msg and "worst interval 1" in msg and "0.5 % of the gross load" in msg
     assert "(0.05 kW)" in msg
+
+
+def test_power_balance_is_relative_to_the_gross_flow():
+    """Exports that cancel the loads leave a net load near zero while the flows (and
+    the solver's mismatch) stay large: the base is the gross power (grid.gross_kw)."""
+    g = _grid()
+    g.loc[3, "load_kw"] = 4.5
+    g["gross_kw"] = g["load_kw"].abs() + 2000.0  # e.g. 1 MW of exports against 1 MW of loads
+    g.loc[3, "source_p_kw"] = g.loc[3, "load_kw"] + g.loc[3, "losses_kw"] + 0.012  # 12 W: 0.27 % of the net load
+    k = _kpis(_settlements(), g)
+    assert k.loc[1, "power_balance_error_kw"] == pytest.approx(0.012)
+    assert k.loc[1, "power_balance_error_pct"] == pytest.approx(0.012 / (4.5 + 2000.0) * 100.0)
+    assert conservation_failures(k) == []
+    g.loc[3, "source_p_kw"] += 3.0  # 3 kW of 2 MW gross: 0.15 %
+    assert "feeder power balance" in conservation_failures(_kpis(_settlements(), g))[0]
 
 
 def test_tolerances_and_nan():
