@@ -182,6 +182,9 @@ class ProsumersConfig(_Strict):
     forecast_error_pct: NonNegFloat = 10.0
     strategy: Literal["limit_price_uniform", "truthful_tariff", "zip", "roth_erev"] = "limit_price_uniform"
     phases: Literal["any", "a", "b", "c"] = "any"
+    # how prosumers spread over the model's loads (federates.feeder.placement): drawn by
+    # load kW, a load may get several ("weighted"), or at most one each ("one_per_load")
+    placement: Literal["weighted", "one_per_load"] = "weighted"
     pv_penetration_pct: PositiveFloat | None = Field(
         default=None,
         description=(

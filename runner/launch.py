@@ -102,10 +102,12 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
     p = cfg.prosumers
     try:
         sites = place_customers(points, p.count, seed=cfg.study.seed, phase=p.phases,
-                                customers_per_transformer=cfg.feeder.customer_connection.customers_per_transformer)
+                                customers_per_transformer=cfg.feeder.customer_connection.customers_per_transformer,
+                                spread=p.placement)
     except ValueError as e:
         raise ConfigError([Problem("prosumers", f"cannot place {p.count} prosumers on {master.name}: {e}",
-                                   "a feeder with loads on the requested phases")], "feeder") from None
+                                   "a feeder with loads on the requested phases, and with prosumers.placement "
+                                   "one_per_load at most one prosumer per load")], "feeder") from None
     if p.pv_penetration_pct is not None and p.pv_penetration_base_kw is None:
         raw["prosumers"]["pv_penetration_base_kw"] = feeder_peak_load_kw(cfg, sites, sum(lp.kw for lp in points))
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -41,14 +41,18 @@ def place_customers(
     seed: int,
     phase: str = "any",
     customers_per_transformer: int = 3,
+    spread: str = "weighted",
 ) -> list[CustomerSite]:
     """``count`` prosumer sites on the model's loads, the same for the same ``seed``.
 
-    Each prosumer picks a load with probability proportional to its nominal kW
-    (loads with kW <= 0 are never picked), then a phase uniformly among the load's
-    phases (in the load's wiring order; see the module docstring for delta and
-    line-to-line loads), or the given ``phase`` (a/b/c; loads without it are not
-    eligible).
+    ``spread="weighted"``: each prosumer picks a load with probability proportional to
+    its nominal kW (loads with kW <= 0 are never picked; a load may get several);
+    ``"one_per_load"``: ``count`` distinct loads, drawn without replacement with the
+    same weights (every eligible load once when ``count`` equals their number; more
+    than that raises ValueError naming how many there are). Then a phase uniformly
+    among the load's phases (in the load's wiring order; see the module docstring for
+    delta and line-to-line loads), or the given ``phase`` (a/b/c; loads without it are
+    not eligible).
     Sites are ordered by load (model order) and phase (a, b, c) and named ``p000``,
     ``p001``, ... in that order (wider numbers above 1000 prosumers); consecutive
     prosumers on the same load and phase share a service transformer ``group``
@@ -72,9 +76,13 @@ def place_customers(
         raise ValueError(f"no load with positive kW on {which} to place prosumers on")
     if count == 0:
         return []
+    if spread not in ("weighted", "one_per_load"):
+        raise ValueError(f"spread {spread!r} is not allowed; use 'weighted' or 'one_per_load'")
+    if spread == "one_per_load" and count > len(eligible):
+        raise ValueError(f"{count} prosumers, one per load, but only {len(eligible)} loads are eligible")
     rng = stream(seed, "placement")
     kw = np.asarray([load_points[i].kw for i in eligible], dtype=float)
-    picks = rng.choice(len(eligible), size=count, p=kw / kw.sum())
+    picks = rng.choice(len(eligible), size=count, p=kw / kw.sum(), replace=spread == "weighted")
     u = rng.random(count)
     draws: list[tuple[int, int]] = []  # (load index in load_points, phase index in PHASES)
     for k, r in zip(picks.tolist(), u.tolist(), strict=True):

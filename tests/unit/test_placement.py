@@ -91,3 +91,17 @@ def test_line_to_line_and_unwired_loads():
     assert abs(n["a"] - 1000) < 5 * 22.4
     with pytest.raises(ValueError):
         place_customers([neutral_only], 1, seed=1)
+
+
+def test_one_per_load_takes_each_load_at_most_once():
+    pts = [LoadPoint(name=f"l{i}", bus=f"b{i}", phases=("a",), kv=0.24, kw=1.0 + i, kvar=0.0, conn="wye")
+           for i in range(10)]
+    every = place_customers(pts, 10, seed=3, spread="one_per_load")
+    assert sorted(s.load for s in every) == sorted(p.name for p in pts)  # each once
+    some = place_customers(pts, 4, seed=3, spread="one_per_load")
+    assert len({s.load for s in some}) == 4
+    assert some == place_customers(pts, 4, seed=3, spread="one_per_load")  # seeded
+    with pytest.raises(ValueError, match="only 10 loads"):
+        place_customers(pts, 11, seed=3, spread="one_per_load")
+    with pytest.raises(ValueError, match="spread"):
+        place_customers(pts, 4, seed=3, spread="everywhere")
