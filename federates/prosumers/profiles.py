@@ -33,11 +33,16 @@ Load model (:func:`household_load_kw`)
       The rate is set so that events carry ``_APPLIANCE_SHARE`` (30 %) of the expected
       daily energy. Events are drawn per local calendar day (keyed by the date), from
       4 h before the first step, and rasterised exactly (a step gets the energy that
-      falls inside it).
+      falls inside it; see :func:`_rasterise` for the rounding over long studies).
     * Noise: white, N(0, (5 % of the smooth part)^2) per step.
     * The expected daily energy is ``daily_kwh`` (exactly for the smooth part over whole
       days; the events lose only the tail of durations > 4 h at the study start); the
       result is clipped at 0 (the noise is 5 %, so clipping practically never binds).
+
+Block generation (:class:`LoadBlocks`, :class:`CloudBlocks`, :func:`sky_state` of a
+block): a long study is generated a block of steps at a time, each generator carrying
+its state to the next block, with every number bit for bit equal to the whole-study
+call (tests/unit/test_prosumers_stream.py).
 
 PV model (:func:`pv_ac_kw`)
     * Clear sky: pvlib Ineichen-Perez with the Linke turbidity from pvlib's bundled
@@ -227,7 +232,11 @@ def _rasterise(starts: np.ndarray, ends: np.ndarray, powers: np.ndarray, n: int)
     """Mean power [kW] in each of ``n`` unit cells of boxes [start, end) (in cell units).
 
     Exact: the integral I(x) = sum_e P_e (ramp(x - s_e) - ramp(x - e_e)) is evaluated at
-    the cell edges with cumulative sums, and the cell means are its differences.
+    the cell edges with cumulative sums, and the cell means are its differences. Up to
+    rounding, which grows with the number of cells (the integral grows with the study):
+    against each event's overlap with each cell computed on its own, at 1-min cells,
+    the largest difference is 4e-12 kW on the first day, 3e-9 kW on day 30 and 6e-7 kW
+    on day 365 (one household, 18 kWh/day, measured).
     """
     edges = np.arange(n + 1, dtype=float)
     integral = np.zeros(n + 1)
