@@ -338,9 +338,9 @@ def _day_ids(days: pd.DatetimeIndex) -> np.ndarray:
     return (days.tz_localize(None) - pd.Timestamp("1970-01-01")).days.to_numpy()
 
 
-#: households generated together in one vectorised pass of :class:`LoadBlocks`: bounds
-#: its temporaries to a few arrays of (block steps x this) floats
-_HOUSEHOLD_CHUNK = 256
+#: households generated together in one vectorised pass of :class:`LoadBlocks`: its
+#: temporaries, (block steps x this) floats, stay in cache (1.4x faster than 256)
+_HOUSEHOLD_CHUNK = 32
 
 
 def _rasterise_block(
@@ -669,6 +669,11 @@ def pv_orientation(seed: int, index: int) -> tuple[float, float]:
     return float(rng.uniform(*_PV_TILT_RANGE_DEG)), float(rng.uniform(*_PV_AZIMUTH_RANGE_DEG))
 
 
+#: PV systems computed together by :func:`pv_ac_many_kw`: (steps x this) temporaries stay
+#: in cache (1800 systems over a day: 0.35 s instead of 0.5-1.2 s at once; same numbers)
+_PV_SYSTEM_CHUNK = 128
+
+
 def pv_ac_many_kw(
     pv_kwp: np.ndarray,
     inverter_kva: np.ndarray,
@@ -681,16 +686,29 @@ def pv_ac_many_kw(
 
     ``pv_kwp`` DC ratings [kWp]; ``inverter_kva`` AC ratings [kVA] (output clipped there);
     ``tilt_deg``/``azimuth_deg`` roof planes [deg]; ``sky`` from :func:`sky_state`;
-    ``kt`` clear-sky index per step [-]. Systems with ``pv_kwp == 0`` give 0.
+    ``kt`` clear-sky index per step [-]. Systems with ``pv_kwp == 0`` give 0. Every
+    value depends on its own step and system only.
     """
     pv_kwp = np.asarray(pv_kwp, dtype=float)
     inverter_kva = np.asarray(inverter_kva, dtype=float)
     out = np.zeros((len(sky.ghi), len(pv_kwp)))
-    on = (pv_kwp > 0) & (inverter_kva > 0)
-    if not on.any():
-        return out
-    tilt = np.asarray(tilt_deg, dtype=float)[on][None, :]
-    azim = np.asarray(azimuth_deg, dtype=float)[on][None, :]
+    on = np.flatnonzero((pv_kwp > 0) & (inverter_kva > 0))
+    tilt_deg = np.asarray(tilt_deg, dtype=float)
+    azimuth_deg = np.asarray(azimuth_deg, dtype=float)
+    k = np.asarray(kt, dtype=float)[:, None]
+    for a in range(0, len(on), _PV_SYSTEM_CHUNK):
+        j = on[a:a + _PV_SYSTEM_CHUNK]
+        out[:, j] = _pv_ac_kw(pv_kwp[j], inverter_kva[j], tilt_deg[j], azimuth_deg[j], sky, k)
+    return out
+
+
+def _pv_ac_kw(
+    pv_kwp: np.ndarray, inverter_kva: np.ndarray, tilt_deg: np.ndarray, azimuth_deg: np.ndarray,
+    sky: SkyState, k: np.ndarray,
+) -> np.ndarray:
+    """:func:`pv_ac_many_kw` of systems that all have PV and an inverter; ``k`` (steps, 1)."""
+    tilt = tilt_deg[None, :]
+    azim = azimuth_deg[None, :]
     zen = sky.zenith_deg[:, None]
     saz = sky.azimuth_deg[:, None]
     poa = pvlib.irradiance.get_total_irradiance(
@@ -701,20 +719,17 @@ def pv_ac_many_kw(
     iam = np.nan_to_num(pvlib.iam.physical(aoi), nan=0.0)
     beam = np.maximum(np.asarray(poa["poa_direct"], dtype=float), 0.0)
     diffuse = np.maximum(np.asarray(poa["poa_diffuse"], dtype=float), 0.0)
-    k = np.asarray(kt, dtype=float)[:, None]
     poa_global = k * (beam + diffuse)
     effective = k * (beam * iam + diffuse)
     prm = pvlib.temperature.TEMPERATURE_MODEL_PARAMETERS["sapm"]["open_rack_glass_polymer"]
     t_cell = pvlib.temperature.sapm_cell(
         poa_global, sky.temp_air_c[:, None], _WIND_M_PER_S, prm["a"], prm["b"], prm["deltaT"]
     ) + _ROOF_MOUNT_EXTRA_K
-    pdc = pvlib.pvsystem.pvwatts_dc(effective, t_cell, pv_kwp[on][None, :], _GAMMA_PDC_PER_K)
+    pdc = pvlib.pvsystem.pvwatts_dc(effective, t_cell, pv_kwp[None, :], _GAMMA_PDC_PER_K)
     pdc = np.maximum(np.asarray(pdc, dtype=float), 0.0) * (1.0 - _SYSTEM_LOSSES)
-    pdc0_inv = inverter_kva[on][None, :] / INVERTER_ETA_NOM  # so that pac0 = inverter_kva
+    pdc0_inv = inverter_kva[None, :] / INVERTER_ETA_NOM  # so that pac0 = inverter_kva
     pac = pvlib.inverter.pvwatts(pdc, pdc0_inv, eta_inv_nom=INVERTER_ETA_NOM)
-    pac = np.clip(np.asarray(pac, dtype=float), 0.0, inverter_kva[on][None, :])
-    out[:, on] = pac
-    return out
+    return np.clip(np.asarray(pac, dtype=float), 0.0, inverter_kva[None, :])
 
 
 def pv_ac_kw(

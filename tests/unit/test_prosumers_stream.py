@@ -413,3 +413,18 @@ def test_step_of_a_new_block_before_its_bids_is_refused():
     role.interval_deviations(0)
     with pytest.raises(RuntimeError, match="before bids"):
         role.step(15)
+
+
+def test_pv_in_chunks_of_systems_equals_each_system_alone():
+    times = pd.date_range("2026-06-21T00:00:00-04:00", periods=96, freq="900s")
+    sky = profiles.sky_state(times, SAN_JUAN)
+    kt = profiles.clear_sky_index(times, cloudiness=0.5, seed=4)
+    m = 2 * profiles._PV_SYSTEM_CHUNK + 5
+    rng = np.random.default_rng(0)
+    kwp = np.where(np.arange(m) % 4 == 0, 0.0, rng.uniform(3.0, 14.0, m))
+    kva, tilt, azim = 1.2 * kwp, rng.uniform(10.0, 20.0, m), rng.uniform(150.0, 210.0, m)
+    many = profiles.pv_ac_many_kw(kwp, kva, tilt, azim, sky, kt)
+    for j in (0, 1, profiles._PV_SYSTEM_CHUNK + 7, m - 1):
+        one = profiles.pv_ac_many_kw(kwp[[j]], kva[[j]], tilt[[j]], azim[[j]], sky, kt)[:, 0]
+        assert np.array_equal(many[:, j], one)
+    assert (many[:, kwp == 0] == 0).all() and many.max() > 0
