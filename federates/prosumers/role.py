@@ -16,11 +16,20 @@ discharging at ``p`` kW removes ``p/eta*dt`` kWh. Initial state of charge
 Call order (as in ``federates.common.timeline``): ``bids(k)`` after ``step`` of the last
 step of interval k-1 and before the first step of k (it needs the real state of charge at
 the start of k); ``step(g)`` once per step, in order.
+
+Memory does not grow with the study's length. Profiles are generated in blocks of whole
+market intervals (``block_intervals``, default one day's worth) when ``bids`` first needs
+them, by ``profiles.LoadBlocks`` / ``CloudBlocks`` / ``sky_state`` and the per-household
+forecast-error generators, all carrying their state from block to block so that every
+number equals the whole-study generation's bit for bit (tests/unit/test_prosumers_stream.py
+checks it against the whole-study reference). A block is dropped once it is played out
+and its rows are drained (:meth:`ProsumersRole.drain_tables`); only then are the rows
+forgotten. A caller that never drains keeps every row, as before, for :meth:`tables`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
@@ -41,12 +50,20 @@ INITIAL_SOC_FRACTION = 0.5
 MIN_ORDER_KWH = 1e-9  # orders below this energy [kWh] are not sent
 
 
-def study_times(cfg: StudyFile) -> pd.DatetimeIndex:
-    """Local start times of all physics steps (site time zone)."""
+def study_times(cfg: StudyFile, first_step: int = 0, n_steps: int | None = None) -> pd.DatetimeIndex:
+    """Local start times (site time zone) of ``n_steps`` physics steps from ``first_step``
+    (default: all steps); the same timestamps as the slice of the whole study's."""
     tl = cfg.timeline
     start = pd.Timestamp(cfg.study.start)
-    times = pd.date_range(start, periods=tl.n_steps, freq=pd.Timedelta(seconds=tl.physics_step_s))
+    dt = pd.Timedelta(seconds=tl.physics_step_s)
+    n = tl.n_steps - first_step if n_steps is None else n_steps
+    times = pd.date_range(start + dt * first_step, periods=n, freq=dt)
     return times.tz_convert(cfg.site.timezone)
+
+
+def default_block_intervals(market_interval_s: float) -> int:
+    """Market intervals per profile block: about one day (at least one interval)."""
+    return max(1, round(86400.0 / market_interval_s))
 
 
 def battery_limits_kw(
@@ -64,12 +81,58 @@ def soc_after(soc_kwh: np.ndarray, p_kw: np.ndarray, capacity_kwh: np.ndarray, d
     return np.clip(soc_kwh + delta, 0.0, capacity_kwh)
 
 
-class ProsumersRole:
-    """All prosumers of a study: specs, precomputed profiles, bids and step deviations."""
+#: dtype pandas gives a column of participant names (``str`` under pandas 3); an empty
+#: drain gets it too, so every drained ``profiles`` frame has the same dtypes
+_NAME_DTYPE = pd.Series(np.array(["p"], dtype=object)).dtype
 
-    def __init__(self, cfg: StudyFile, sites: list[CustomerSite], specs: list[ProsumerSpec] | None = None):
+
+@dataclass
+class _Block:
+    """Profiles, forecasts and results of market intervals ``k0 .. k1-1`` (steps
+    ``g0 .. g1-1``); per-interval arrays are (intervals, participants), per-step arrays
+    (steps, participants)."""
+
+    k0: int
+    k1: int
+    g0: int
+    g1: int
+    load_kw: np.ndarray  # actual demand
+    pv_kw: np.ndarray  # actual PV output
+    load_forecast_kw: np.ndarray
+    pv_forecast_kw: np.ndarray
+    battery_plan_kw: np.ndarray  # NaN until bid
+    forecast_net_kw: np.ndarray  # NaN until bid
+    battery_kw: np.ndarray  # > 0 charging
+    soc_kwh: np.ndarray  # at the end of each step
+    net_kw: np.ndarray
+
+
+class IntervalForecasts:
+    """``role.forecast_net_kw[k]``: the forecast net power [kW] per participant (site
+    order) of market interval ``k``, the bid's (NaN before ``bids(k)``). Available for the
+    intervals the role still holds: the current block's (so always the interval just
+    bid) and every interval with rows not yet drained; KeyError for others."""
+
+    def __init__(self, role: ProsumersRole):
+        self._role = role
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        for blk in self._role._held_blocks():
+            if blk.k0 <= k < blk.k1:
+                return blk.forecast_net_kw[k - blk.k0].copy()
+        raise KeyError(f"forecast of interval {k} is no longer held (drained) or not generated yet")
+
+
+class ProsumersRole:
+    """All prosumers of a study: specs, profiles (generated in blocks), bids and step
+    deviations; ``profiles`` rows are handed over by :meth:`drain_tables`."""
+
+    def __init__(
+        self, cfg: StudyFile, sites: list[CustomerSite], specs: list[ProsumerSpec] | None = None,
+        *, block_intervals: int | None = None,
+    ):
         self.cfg = cfg
-        self.timeline = cfg.timeline
+        self.timeline = tl = cfg.timeline
         self.seed = cfg.study.seed
         # ``specs``: given when these sites are a slice of a larger population (a part of
         # a split prosumers federate), whose specs were drawn over all sites
@@ -77,50 +140,42 @@ class ProsumersRole:
         if len(self.specs) != len(sites):
             raise ValueError(f"{len(self.specs)} specs for {len(sites)} sites")
         self.participants: list[str] = [s.participant for s in self.specs]
+        #: market intervals per profile block (the last block may be shorter)
+        self.block_intervals = (
+            default_block_intervals(tl.market_interval_s) if block_intervals is None else int(block_intervals)
+        )
+        if self.block_intervals < 1:
+            raise ValueError("block_intervals must be >= 1")
         arr = spec_arrays(self.specs)
         self._index = arr["index"]
         self._capacity_kwh = arr["battery_kwh"]
         self._battery_kw = arr["battery_kw"]
+        self._pv_kwp = arr["pv_kwp"]
+        self._inverter_kva = arr["inverter_kva"]
         n = len(self.specs)
-        tl = self.timeline
-        n_steps, n_int, s = tl.n_steps, tl.n_intervals, tl.steps_per_interval
 
-        self.times = study_times(cfg)
-        #: actual demand and PV output [kW] per step g and participant i
-        self.load_kw = profiles.household_loads_kw(
-            arr["daily_load_kwh"], self.times, seed=self.seed, indices=self._index
-        )
         orient = [profiles.pv_orientation(self.seed, int(i)) for i in self._index]
         self.tilt_deg = np.array([o[0] for o in orient], dtype=float)
         self.azimuth_deg = np.array([o[1] for o in orient], dtype=float)
-        if n and (arr["pv_kwp"] > 0).any():
-            sky = profiles.sky_state(self.times, cfg.site)
-            kt = profiles.clear_sky_index(
-                self.times, cloudiness=cfg.prosumers.cloudiness, seed=self.seed
-            )
-            self.pv_kw = profiles.pv_ac_many_kw(
-                arr["pv_kwp"], arr["inverter_kva"], self.tilt_deg, self.azimuth_deg, sky, kt
-            )
-        else:
-            self.pv_kw = np.zeros((n_steps, n))
+        # block generators: each carries its state (generators, filters, events) between blocks
+        self._loads = profiles.LoadBlocks(
+            arr["daily_load_kwh"], self._index, start=study_times(cfg, 0, 1)[0],
+            step_s=tl.physics_step_s, n_steps=tl.n_steps, seed=self.seed,
+        )
+        self._clouds = (
+            profiles.CloudBlocks(cloudiness=cfg.prosumers.cloudiness, step_s=tl.physics_step_s, seed=self.seed)
+            if n and (self._pv_kwp > 0).any()
+            else None
+        )
+        self._forecast_rngs = [stream(self.seed, "forecast", int(i)) for i in self._index]
+        self._block: _Block | None = None  # the block of the interval last bid
+        self._done: list[_Block] = []  # earlier blocks with rows not yet drained
+        self._drained_step = 0  # first step whose profiles row is not yet drained
+        self._prosumers_drained = False
 
-        # interval means and forecasts [kW] per interval k and participant i
-        self.load_mean_kw = self.load_kw.reshape(n_int, s, n).mean(axis=1)
-        self.pv_mean_kw = self.pv_kw.reshape(n_int, s, n).mean(axis=1)
-        sd = cfg.prosumers.forecast_error_pct / 100.0
-        err = np.empty((n_int, n, 2))
-        for j, i in enumerate(self._index):
-            err[:, j, :] = stream(self.seed, "forecast", int(i)).standard_normal((n_int, 2))
-        self.load_forecast_kw = np.maximum(self.load_mean_kw * (1.0 + sd * err[:, :, 0]), 0.0)
-        self.pv_forecast_kw = np.maximum(self.pv_mean_kw * (1.0 + sd * err[:, :, 1]), 0.0)
-
-        # plans and results (NaN = not yet computed)
-        self.battery_plan_kw = np.full((n_int, n), np.nan)
-        self.forecast_net_kw = np.full((n_int, n), np.nan)
-        self.battery_kw = np.zeros((n_steps, n))
-        self.soc_kwh = np.zeros((n_steps, n))  # at the end of each step
-        self.net_kw = np.zeros((n_steps, n))
-        self.deviation_p_kw = np.zeros((n_steps, n))
+        #: ``forecast_net_kw[k]`` [kW] of the current and undrained intervals
+        self.forecast_net_kw = IntervalForecasts(self)
+        #: the market's confirmations of the last interval confirmed: {k: [...]}
         self.confirmations: dict[int, list[Confirmation]] = {}
         self.initial_soc_kwh = INITIAL_SOC_FRACTION * self._capacity_kwh
         self._soc = self.initial_soc_kwh.copy()
@@ -141,6 +196,56 @@ class ProsumersRole:
             else None
         )
 
+    # ---- profile blocks ------------------------------------------------------------
+    def _make_block(self, k0: int) -> _Block:
+        """Generate intervals ``k0 ..`` (the generators' next block)."""
+        tl, n = self.timeline, len(self.specs)
+        s = tl.steps_per_interval
+        k1 = min(k0 + self.block_intervals, tl.n_intervals)
+        g0, g1 = k0 * s, k1 * s
+        n_int, n_steps = k1 - k0, g1 - g0
+        if self._loads.next_step != g0:
+            raise RuntimeError(f"profile block from step {g0}, but the generators are at step {self._loads.next_step}")
+        times = study_times(self.cfg, g0, n_steps)
+        load_kw = self._loads.next(times)
+        if self._clouds is not None:
+            sky = profiles.sky_state(times, self.cfg.site, step_s=tl.physics_step_s)
+            kt = self._clouds.next(n_steps)
+            pv_kw = profiles.pv_ac_many_kw(
+                self._pv_kwp, self._inverter_kva, self.tilt_deg, self.azimuth_deg, sky, kt
+            )
+        else:
+            pv_kw = np.zeros((n_steps, n))
+        # interval means and forecasts [kW] per interval and participant
+        load_mean_kw = load_kw.reshape(n_int, s, n).mean(axis=1)
+        pv_mean_kw = pv_kw.reshape(n_int, s, n).mean(axis=1)
+        sd = self.cfg.prosumers.forecast_error_pct / 100.0
+        err = np.empty((n_int, n, 2))
+        for j, rng in enumerate(self._forecast_rngs):
+            err[:, j, :] = rng.standard_normal((n_int, 2))  # sequential: as one whole-study draw
+        return _Block(
+            k0=k0, k1=k1, g0=g0, g1=g1, load_kw=load_kw, pv_kw=pv_kw,
+            load_forecast_kw=np.maximum(load_mean_kw * (1.0 + sd * err[:, :, 0]), 0.0),
+            pv_forecast_kw=np.maximum(pv_mean_kw * (1.0 + sd * err[:, :, 1]), 0.0),
+            battery_plan_kw=np.full((n_int, n), np.nan), forecast_net_kw=np.full((n_int, n), np.nan),
+            battery_kw=np.zeros((n_steps, n)), soc_kwh=np.zeros((n_steps, n)), net_kw=np.zeros((n_steps, n)),
+        )
+
+    def _block_for_bids(self, k: int) -> _Block:
+        """The block of interval ``k``, generating it if ``k`` starts the next one (the
+        current one is then played out: it is kept only while it has undrained rows)."""
+        blk = self._block
+        if blk is not None and blk.k0 <= k < blk.k1:
+            return blk
+        if blk is not None and self._drained_step < blk.g1:
+            self._done.append(blk)
+        self._block = None
+        self._block = self._make_block(k)
+        return self._block
+
+    def _held_blocks(self) -> list[_Block]:
+        return [*self._done, *([self._block] if self._block is not None else [])]
+
     # ---- market ------------------------------------------------------------------
     def bids(self, k: int) -> list[Order]:
         """Orders for market interval ``k``: one per participant with non-zero forecast net energy.
@@ -157,9 +262,11 @@ class ProsumersRole:
                 f"after step {k * tl.steps_per_interval - 1} and before step "
                 f"{k * tl.steps_per_interval} (next step is {self._next_step})"
             )
+        blk = self._block_for_bids(k)
+        i = k - blk.k0
         dt_h = tl.interval_h
-        load = self.load_forecast_kw[k]
-        pv = self.pv_forecast_kw[k]
+        load = blk.load_forecast_kw[i]
+        pv = blk.pv_forecast_kw[i]
         surplus = pv - load
         # self-consumption: charge from surplus, discharge to cover the deficit
         wanted = np.clip(surplus, -self._battery_kw, self._battery_kw)
@@ -167,8 +274,8 @@ class ProsumersRole:
         net = load - pv + plan
         energy = np.abs(net) * dt_h
         net = np.where(energy < MIN_ORDER_KWH, 0.0, net)
-        self.battery_plan_kw[k] = plan
-        self.forecast_net_kw[k] = net
+        blk.battery_plan_kw[i] = plan
+        blk.forecast_net_kw[i] = net
 
         p, m = self.cfg.prosumers, self.cfg.market
         orders = []
@@ -199,8 +306,9 @@ class ProsumersRole:
         return orders
 
     def on_confirmations(self, k: int, confirmations: list[Confirmation]) -> None:
-        """Keep the market's confirmations of interval ``k``; adaptive bidders learn from them."""
-        self.confirmations[k] = list(confirmations)
+        """The market's confirmations of interval ``k``: adaptive bidders learn from them;
+        only the last interval's are kept (``confirmations``)."""
+        self.confirmations = {k: list(confirmations)}
         if self.adaptive is not None:
             self.adaptive.learn(k, self.confirmations[k])
 
@@ -214,18 +322,19 @@ class ProsumersRole:
         if g >= tl.n_steps:
             raise ValueError(f"step {g} outside 0..{tl.n_steps - 1}")
         k = tl.interval_of_step(g)
-        if np.isnan(self.forecast_net_kw[k]).any():
+        blk = self._block
+        if blk is None or not blk.k0 <= k < blk.k1 or np.isnan(blk.forecast_net_kw[k - blk.k0]).any():
             raise RuntimeError(f"step({g}) before bids({k}): no forecast for interval {k}")
+        i, r = k - blk.k0, g - blk.g0
         dt_h = tl.step_h
-        b = battery_limits_kw(self.battery_plan_kw[k], self._soc, self._capacity_kwh, dt_h)
+        b = battery_limits_kw(blk.battery_plan_kw[i], self._soc, self._capacity_kwh, dt_h)
         self._soc = soc_after(self._soc, b, self._capacity_kwh, dt_h)
-        net = self.load_kw[g] - self.pv_kw[g] + b
-        self.battery_kw[g] = b
-        self.soc_kwh[g] = self._soc
-        self.net_kw[g] = net
-        self.deviation_p_kw[g] = net - self.forecast_net_kw[k]
+        net = blk.load_kw[r] - blk.pv_kw[r] + b
+        blk.battery_kw[r] = b
+        blk.soc_kwh[r] = self._soc
+        blk.net_kw[r] = net
         self._next_step = g + 1
-        return self.deviation_p_kw[g].copy()
+        return net - blk.forecast_net_kw[i]
 
     def interval_deviations(self, k: int) -> np.ndarray:
         """:meth:`step` for every step of interval ``k``, in order: deviations [kW], shape
@@ -239,33 +348,83 @@ class ProsumersRole:
         return out
 
     def pv_step_kw(self, g: int) -> np.ndarray:
-        """Actual PV output [kW] of each participant at step ``g`` (site order)."""
-        return self.pv_kw[g].copy()
+        """Actual PV output [kW] of each participant at step ``g`` (site order), for the
+        steps of a block still held (the current one, or with rows not yet drained)."""
+        for blk in self._held_blocks():
+            if blk.g0 <= g < blk.g1:
+                return blk.pv_kw[g - blk.g0].copy()
+        raise KeyError(f"step {g} is no longer held (drained) or not generated yet")
+
+    @property
+    def soc_kwh_now(self) -> np.ndarray:
+        """State of charge [kWh] per participant after the last step played."""
+        return self._soc.copy()
 
     # ---- outputs -----------------------------------------------------------------
     def tables(self) -> dict[str, pd.DataFrame]:
-        """``prosumers`` (one row per spec) and ``profiles`` (one row per step run and
-        participant: step, t_s, participant, load_kw, pv_kw, battery_kw, soc_kwh, net_kw,
-        forecast_net_kw)."""
-        tl = self.timeline
+        """What has not been drained yet (:meth:`drain_tables`), without forgetting it:
+        ``prosumers`` (one row per spec; empty, same columns and dtypes, once drained) and
+        ``profiles`` (one row per step played and participant: step, t_s, participant,
+        load_kw, pv_kw, battery_kw, soc_kwh, net_kw, forecast_net_kw). A run that never
+        drains gets every row here."""
+        return {
+            "prosumers": self._prosumers_table(),
+            "profiles": self._profiles_table(self._drained_step, self._next_step),
+        }
+
+    def drain_tables(self) -> dict[str, pd.DataFrame]:
+        """The rows recorded since the previous drain (as :meth:`tables`), then forgotten:
+        ``profiles`` of every step played since, ``prosumers`` in the first drain only (an
+        empty frame with the same columns and dtypes afterwards). Concatenating every
+        drain and the final :meth:`tables` (``ignore_index=True``) gives the tables of a
+        run that never drains. Call it at market-interval boundaries (after ``bids(k)`` /
+        ``interval_deviations(k)``): a played-out block is dropped once drained."""
+        out = self.tables()
+        self._drained_step = self._next_step
+        self._prosumers_drained = True
+        self._done = []  # earlier blocks are played out: every row of theirs is drained now
+        return out
+
+    def _prosumers_table(self) -> pd.DataFrame:
         pros = pd.DataFrame([asdict(s) for s in self.specs])
         if len(pros):
             pros["tilt_deg"] = self.tilt_deg
             pros["azimuth_deg"] = self.azimuth_deg
-        n_run, n = self._next_step, len(self.specs)
-        steps = np.arange(n_run)
-        k_of = steps // tl.steps_per_interval
-        profiles_df = pd.DataFrame(
+        return pros.iloc[:0].copy() if self._prosumers_drained else pros
+
+    def _profiles_table(self, first_step: int, end_step: int) -> pd.DataFrame:
+        """``profiles`` rows of steps ``first_step .. end_step-1`` (from the held blocks)."""
+        tl, n = self.timeline, len(self.specs)
+        s = tl.steps_per_interval
+        n_run = end_step - first_step
+        steps = np.arange(first_step, end_step)
+        pieces = [(b, max(first_step, b.g0), min(end_step, b.g1)) for b in self._held_blocks()]
+        pieces = [(b, lo, hi) for b, lo, hi in pieces if lo < hi]
+
+        def column(get) -> np.ndarray:
+            parts = [get(b, lo, hi) for b, lo, hi in pieces]
+            if not parts:
+                return np.zeros(0)
+            return (parts[0] if len(parts) == 1 else np.concatenate(parts)).ravel()
+
+        def rows(name: str):
+            return lambda b, lo, hi: getattr(b, name)[lo - b.g0:hi - b.g0]
+
+        df = pd.DataFrame(
             {
                 "step": np.repeat(steps, n),
                 "t_s": np.repeat(steps * tl.physics_step_s, n),
                 "participant": np.tile(np.array(self.participants, dtype=object), n_run),
-                "load_kw": self.load_kw[:n_run].ravel(),
-                "pv_kw": self.pv_kw[:n_run].ravel(),
-                "battery_kw": self.battery_kw[:n_run].ravel(),
-                "soc_kwh": self.soc_kwh[:n_run].ravel(),
-                "net_kw": self.net_kw[:n_run].ravel(),
-                "forecast_net_kw": self.forecast_net_kw[k_of].ravel(),
+                "load_kw": column(rows("load_kw")),
+                "pv_kw": column(rows("pv_kw")),
+                "battery_kw": column(rows("battery_kw")),
+                "soc_kwh": column(rows("soc_kwh")),
+                "net_kw": column(rows("net_kw")),
+                "forecast_net_kw": column(
+                    lambda b, lo, hi: b.forecast_net_kw[np.arange(lo, hi) // s - b.k0]
+                ),
             }
         )
-        return {"prosumers": pros, "profiles": profiles_df}
+        if len(df) == 0:
+            df["participant"] = df["participant"].astype(_NAME_DTYPE)
+        return df

@@ -30,20 +30,31 @@ def make_cfg(**prosumers) -> StudyFile:
     return StudyFile.model_validate(raw)
 
 
-def run_role(role: ProsumersRole) -> list[list]:
-    orders = []
+def run_role(role: ProsumersRole) -> tuple[list[list], np.ndarray]:
+    """Play the whole study: the orders of every interval and the deviations [kW] of every
+    step, shape (steps, participants)."""
+    orders, deviations = [], []
     tl = role.timeline
     for k in range(tl.n_intervals):
         orders.append(role.bids(k))
         for g in tl.steps_of_interval(k):
-            role.step(g)
-    return orders
+            deviations.append(role.step(g))
+    return orders, np.array(deviations)
+
+
+def played_arrays(role: ProsumersRole) -> dict[str, np.ndarray]:
+    """The ``profiles`` table of a played role as (steps, participants) arrays per column."""
+    p = role.tables()["profiles"]
+    n = len(role.specs)
+    cols = ("load_kw", "pv_kw", "battery_kw", "soc_kwh", "net_kw", "forecast_net_kw")
+    return {c: p[c].to_numpy().reshape(-1, n) for c in cols}
 
 
 @pytest.fixture(scope="module")
-def played_role() -> tuple[ProsumersRole, list[list]]:
+def played_role() -> tuple[ProsumersRole, list[list], np.ndarray, dict[str, np.ndarray]]:
     role = ProsumersRole(make_cfg(count=12, battery_share=0.5, cloudiness=0.4), make_sites(12))
-    return role, run_role(role)
+    orders, deviations = run_role(role)
+    return role, orders, deviations, played_arrays(role)
 
 
 # ---- load ---------------------------------------------------------------------------
@@ -206,29 +217,31 @@ def test_battery_helpers_keep_soc_in_bounds():
 
 
 def test_role_battery_soc_bounds_and_energy_conservation(played_role):
-    role, _ = played_role
+    role, _, _, a = played_role
     cap = np.array([s.battery_kwh for s in role.specs])
     assert (cap > 0).sum() == 6
-    assert (role.soc_kwh >= -1e-12).all() and (role.soc_kwh <= cap + 1e-12).all()
-    b = role.battery_kw
+    assert (a["soc_kwh"] >= -1e-12).all() and (a["soc_kwh"] <= cap + 1e-12).all()
+    b = a["battery_kw"]
     dt_h = role.timeline.step_h
     stored = (np.where(b > 0, b * ETA_ONE_WAY, b / ETA_ONE_WAY) * dt_h).sum(axis=0)
-    assert np.allclose(role.soc_kwh[-1] - role.initial_soc_kwh, stored, atol=1e-9)
+    assert np.allclose(a["soc_kwh"][-1] - role.initial_soc_kwh, stored, atol=1e-9)
+    assert np.array_equal(a["soc_kwh"][-1], role.soc_kwh_now)
     assert (np.abs(b) <= np.array([s.battery_kw for s in role.specs]) + 1e-12).all()
     assert (b[:, cap == 0] == 0).all()
     assert (b > 0).any() and (b < 0).any()  # it charged from PV and discharged at night
-    assert np.allclose(role.net_kw, role.load_kw - role.pv_kw + b)
+    assert np.allclose(a["net_kw"], a["load_kw"] - a["pv_kw"] + b)
 
 
 def test_bid_energy_is_forecast_net_times_interval(played_role):
-    role, orders = played_role
+    role, orders, _, a = played_role
     h = role.timeline.interval_h
     m = role.cfg.market
+    forecast_net_kw = a["forecast_net_kw"][:: role.timeline.steps_per_interval]  # per interval
     n_orders = 0
     for k, ords in enumerate(orders):
         by_id = {o.participant: o for o in ords}
         for j, spec in enumerate(role.specs):
-            net = role.forecast_net_kw[k, j]
+            net = forecast_net_kw[k, j]
             o = by_id.get(spec.participant)
             if net == 0.0:
                 assert o is None
@@ -245,20 +258,22 @@ def test_bid_energy_is_forecast_net_times_interval(played_role):
 
 
 def test_deviation_is_actual_minus_forecast(played_role):
-    role, _ = played_role
-    k_of = np.arange(role.timeline.n_steps) // role.timeline.steps_per_interval
-    assert np.allclose(role.deviation_p_kw, role.net_kw - role.forecast_net_kw[k_of])
+    _, _, deviations, a = played_role
+    assert np.array_equal(deviations, a["net_kw"] - a["forecast_net_kw"])
 
 
 def test_role_deterministic_and_seed_dependent(played_role):
-    role, orders = played_role
+    role, orders, deviations, a = played_role
     again = ProsumersRole(role.cfg, make_sites(12))
-    assert run_role(again) == orders
-    assert np.array_equal(again.deviation_p_kw, role.deviation_p_kw)
-    assert np.array_equal(again.load_kw, role.load_kw) and np.array_equal(again.pv_kw, role.pv_kw)
+    again_orders, again_deviations = run_role(again)
+    assert again_orders == orders and np.array_equal(again_deviations, deviations)
+    b = played_arrays(again)
+    assert all(np.array_equal(a[c], b[c]) for c in a)
     other = ProsumersRole(make_cfg(count=12, battery_share=0.5, cloudiness=0.4, seed=7), make_sites(12))
-    assert not np.array_equal(other.load_kw, role.load_kw)
-    assert not np.array_equal(other.pv_kw, role.pv_kw)
+    run_role(other)
+    c = played_arrays(other)
+    assert not np.array_equal(c["load_kw"], a["load_kw"])
+    assert not np.array_equal(c["pv_kw"], a["pv_kw"])
 
 
 def test_role_call_order_is_enforced():
@@ -274,7 +289,7 @@ def test_role_call_order_is_enforced():
 
 
 def test_tables(played_role):
-    role, _ = played_role
+    role, _, _, a = played_role
     t = role.tables()
     assert len(t["prosumers"]) == 12
     p = t["profiles"]
@@ -283,14 +298,18 @@ def test_tables(played_role):
     assert len(p) == 12 * role.timeline.n_steps
     row = p[(p.step == 100) & (p.participant == "p004")].iloc[0]
     assert row.t_s == 100 * 60.0
-    assert row.net_kw == role.net_kw[100, 4]
-    assert row.forecast_net_kw == role.forecast_net_kw[100 // 15, 4]
+    assert row.net_kw == a["net_kw"][100, 4]
+    assert row.forecast_net_kw == a["forecast_net_kw"][100 // 15 * 15, 4]
+    assert p.groupby([p.step // 15, "participant"]).forecast_net_kw.nunique().max() == 1  # per interval
 
 
-def test_confirmations_are_kept():
+def test_last_confirmations_are_kept_and_only_they():
     from federates.common.messages import Confirmation
 
     role = ProsumersRole(make_cfg(count=2), make_sites(2))
     c = [Confirmation("p000", 0, 1.0, 0.5, 0.0, 0.5, 0.0, 0.2)]
     role.on_confirmations(0, c)
-    assert role.confirmations[0] == c
+    assert role.confirmations == {0: c}
+    c1 = [Confirmation("p000", 1, 1.0, 0.5, 0.0, 0.5, 0.0, 0.2)]
+    role.on_confirmations(1, c1)
+    assert role.confirmations == {1: c1}  # memory does not grow with the study
