@@ -72,13 +72,9 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
     roles = (prosumers, market, feeder, meters, controllers)
     every = study_chunk_intervals(cfg, len(study.sites))
 
-    def drain(final: bool) -> None:
+    def drain() -> None:
         for role in roles:
-            drainer = getattr(role, "drain_tables", None)
-            if drainer is not None:
-                sink.append(drainer())
-            elif final:
-                sink.append(role.tables())
+            sink.append(role.drain_tables())
 
     confirmations: list[Confirmation] = []
     schedule_p_kw = np.zeros(len(study.sites))
@@ -135,7 +131,7 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
         if k == tl.n_intervals:
             break
         if drain_due(tl, k, every):
-            drain(final=False)
+            drain()
             t = times.add("setup", t)
         controllers.on_confirmations(k, confirmations)
         t = times.add("controllers", t)
@@ -156,7 +152,7 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
                 if m is None:
                     break
             times.dso_rounds.append(rounds)
-    drain(final=True)
+    drain()
     times.add("setup", t)
     return sink.tables() if collect else {}
 

@@ -130,11 +130,8 @@ def write_progress_file(run_dir: Path, t_s: float) -> None:
 
 def drain_into(sink, role) -> None:
     """Hand the rows ``role`` recorded since its last drain to ``sink`` (a chunk
-    boundary, federates.common.tables); a role without ``drain_tables`` keeps its rows
-    until its final ``tables()``."""
-    drainer = getattr(role, "drain_tables", None)
-    if drainer is not None:
-        sink.append(drainer())
+    boundary, federates.common.tables)."""
+    sink.append(role.drain_tables())
 
 
 def federate_main(name: str, body: Callable[..., dict[str, pd.DataFrame]]) -> None:
