@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from federates.common.errors import TecosimError
@@ -39,10 +40,13 @@ class ConservationError(TecosimError):
     """A run whose results break a conservation check (energy, money or power)."""
 
 
-#: target rows of the largest table in one chunk of :func:`interval_chunks` (the
-#: post-run memory bound, with one row group of each table being read); a day of
-#: the default study (57,600 ``voltages`` rows) is one chunk
-CHUNK_ROWS = 500_000
+#: target rows of the largest table in one chunk of :func:`interval_chunks`: the
+#: post-run memory is this chunk of each table read, plus one row group of each, plus
+#: the tables' Parquet footers (a few KB per row group and table); a day of the
+#: default study (57,600 ``voltages`` rows) is one chunk, a day at 1000 prosumers
+#: ~15 chunks of 6 intervals. Measured (benchmarks/post_run.py): 5x this costs ~1.6x
+#: the peak memory and saves no time.
+CHUNK_ROWS = 100_000
 
 
 def read_tables(run_dir: Path) -> dict[str, pd.DataFrame]:
@@ -144,6 +148,7 @@ def interval_chunks(run_dir: Path, cfg: StudyFile, columns: Mapping[str, Sequenc
         k1 = min(k0 + span, n)
         end = np.inf if k1 >= n else k1
         yield np.arange(k0, max(k1, k0), dtype=np.int64), {name: r.take(end) for name, r in readers.items()}
+        pa.default_memory_pool().release_unused()  # the chunk is done: hand freed pages back
 
 
 #: the tables and columns :func:`kpis` reads

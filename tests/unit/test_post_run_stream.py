@@ -395,3 +395,49 @@ def test_the_post_run_path_reads_no_table_whole(runs, tmp_path, monkeypatch):
     write_compare([runs["day"], long], tmp_path / "cmp", labels=["day", "long"])
     assert (tmp_path / "cmp" / "compare.html").is_file()
     assert whole and set(whole) == {"kpis.parquet"}, whole
+
+
+# ---- a month of the default study (pytest -m benchmark: minutes) -------------------------
+
+DAYS = 30
+
+
+@pytest.mark.benchmark
+def test_thirty_days_of_the_default_study_are_its_day_repeated_in_bounded_memory(tmp_path):
+    """The default study's real day repeated 30 times (43,200 steps, 1.7 M rows of
+    voltages, meters, profiles and customer_losses each), through tecosim run's
+    post-run path, report and compare: the kpis and loss tables are the day's
+    repeated (exactly), the summary and report KPIs the day's x 30 (1e-12), and the
+    peak memory of each phase, in a fresh process, stays within that of the day plus
+    a margin (it does not grow with the study)."""
+    from benchmarks.post_run import run_phase
+    from runner import report
+    from tests.reference import report_v0
+
+    day = tmp_path / "day"
+    r = tecosim("run", str(DEFAULT), "--engine", "inprocess", "--out", str(day), "--quiet")
+    assert r.returncode == 0, r.stderr
+    long = make_long_run(day, tmp_path / "long", DAYS)
+    cfg = _cfg(day)
+    n, s = cfg.timeline.n_intervals, cfg.timeline.market_interval_s
+    peaks = {}
+    for name, run in (("day", day), ("long", long)):
+        for phase in ("post-run", "report", "compare"):
+            out = run_phase(Path(__file__).resolve().parents[2], phase, run, 8 * 1024, 3600)
+            assert "peak_rss_mib" in out and "failed" not in out and "killed" not in out, out
+            peaks[name, phase] = out["peak_rss_mib"]
+    for name in ("kpis", "loss_allocation", "loss_charges"):
+        expect = tiled(pd.read_parquet(day / "results" / f"{name}.parquet"), DAYS, n, s,
+                       trade_ids=name == "loss_allocation")
+        pd.testing.assert_frame_equal(pd.read_parquet(long / "results" / f"{name}.parquet"), expect,
+                                      check_exact=True)
+    ref = report_v0.report_kpis(day)["value"]
+    got = report.report_kpis(long)["value"]
+    totals = {"energy_traded_kwh", "pv_available_kwh", "curtailed_kwh", "violation_min_before",
+              "violation_min_after", "losses_kwh", "welfare_usd", "mean_bill_saving_usd"}
+    for key in ref.index:
+        assert got[key] == pytest.approx((DAYS if key in totals else 1) * ref[key], rel=1e-12, abs=1e-12,
+                                         nan_ok=True), key
+    assert (long / "report.html").is_file() and len(list((long / "report").glob("*.png"))) == len(report.FIGURE_IDS)
+    for phase in ("post-run", "report", "compare"):
+        assert peaks["long", phase] <= 1.5 * peaks["day", phase] + 100, (phase, peaks)
