@@ -169,6 +169,8 @@ def main() -> int:
     ap.add_argument("--before-commit", default=BEFORE_COMMIT)
     ap.add_argument("--source", type=Path, help="the run to repeat (default: a fresh run of the default study)")
     ap.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
+    ap.add_argument("--rows-per-group", type=int, help="row groups of the synthetic tables (default: one per "
+                    "day-copy, at most pyarrow's 1 Mi rows)")
     ap.add_argument("--max-rss-gib", type=float, default=8.0, help="kill a phase above this resident memory")
     ap.add_argument("--timeout-s", type=float, default=3600.0)
     ap.add_argument("--json", type=Path, help="also write the measurements as JSON")
@@ -187,16 +189,18 @@ def main() -> int:
     try:
         for case in args.cases.split(","):
             days, rep = parse_case(case)
-            run = work / f"run-{days}d-x{rep}"
+            rg = args.rows_per_group
+            run = work / (f"run-{days}d-x{rep}" + (f"-rg{rg}" if rg else ""))
             if not run.exists():
                 t0 = time.perf_counter()
-                make_long_run(src, run, days, replicate=rep)
+                make_long_run(src, run, days, replicate=rep, rows_per_group=rg)
                 print(f"{run.name}: written in {time.perf_counter() - t0:.0f} s "
                       f"({sum(f.stat().st_size for f in (run / 'results').glob('*')) / 2**20:,.0f} MiB of Parquet)",
                       flush=True)
             outputs = {}
             for version in versions:
-                row = {"case": case, "days": days, "prosumers": 40 * rep, "version": version}
+                row = {"case": case, "days": days, "prosumers": 40 * rep, "version": version,
+                       "rows_per_group": rg or "default"}
                 row["baseline"] = run_phase(code[version], "baseline", run, args.max_rss_gib * 1024, args.timeout_s)
                 for phase in PHASES:
                     row[phase] = run_phase(code[version], phase, run, args.max_rss_gib * 1024, args.timeout_s)
@@ -212,10 +216,12 @@ def main() -> int:
     finally:
         if not args.keep and args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    print("\n| case | prosumers | version | imports | post-run (kpis, checks, loss tables, summary) | report | compare |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| case | prosumers | row groups | version | imports | post-run (kpis, checks, loss tables, summary) "
+          "| report | compare |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['days']} d | {r['prosumers']} | {r['version']} | {fmt(r['baseline'])} | {fmt(r.get('post-run'))} "
+        print(f"| {r['days']} d | {r['prosumers']} | {r['rows_per_group']} | {r['version']} | {fmt(r['baseline'])} "
+              f"| {fmt(r.get('post-run'))} "
               f"| {fmt(r.get('report'))} | {fmt(r.get('compare'))} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -110,7 +110,7 @@ class RunData:
 
         path = self.path / "results" / f"{name}.parquet"
         try:
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffered, iter_batches keeps every batch read
             if not {"step", "t_s", column} <= set(pf.schema_arrow.names):
                 return None
             bins = Bins(self.n_steps, MAX_SERIES_POINTS)
