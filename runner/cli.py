@@ -294,16 +294,18 @@ def cmd_collect(args) -> int:
 
 
 def _finish_run(study, engine: str, wall: float, *, quiet: bool, report: bool) -> None:
-    """A complete run's KPIs, conservation check, loss tables, summary and report."""
+    """A complete run's KPIs, conservation check, loss tables, summary and report.
+
+    Each reads the results tables in chunks of whole market intervals (bounded memory
+    for year-long runs), never whole."""
     from runner.losses_table import write_loss_tables
-    from runner.results import check_conservation, format_summary, kpis, read_tables, summary
+    from runner.results import check_conservation, format_summary, run_kpis, summary
 
     cfg = study.cfg
-    tables = read_tables(study.run_dir)
-    k = kpis(cfg, tables)
+    k = run_kpis(cfg, study.run_dir)
     k.to_parquet(study.run_dir / "results" / "kpis.parquet", index=False)
     check_conservation(k, study.run_dir)  # exit 1, manifest failed when a balance is broken
-    write_loss_tables(cfg, study.run_dir, tables)
+    write_loss_tables(cfg, study.run_dir)
     s = summary(k)
     manifest_path = study.run_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())

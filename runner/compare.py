@@ -11,6 +11,12 @@ and ``results/`` (``kpis``, ``voltages``, ``grid``) it writes into one folder:
 A run's label is what sets it apart: the config keys whose values differ between
 the runs (``controllers.enabled=false``), plus ``engine=`` when the engines differ;
 the run folder's name when nothing differs or too much does.
+
+Memory does not grow with the runs' length: the per-step tables (``voltages``,
+``grid``) are read in batches of a few columns and reduced to one value per step, or
+for a run of more than ``runner.report.MAX_SERIES_POINTS`` steps per bin of whole
+steps (:meth:`RunData.step_series`); only the ``kpis`` table (one row per market
+interval) is read whole.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import yaml
 
 from federates.common.errors import ConfigError, Problem
@@ -87,12 +94,40 @@ class RunData:
         times = self.start() + pd.to_timedelta(np.asarray(t_s, dtype=float), unit="s")
         return pd.DatetimeIndex(times).tz_localize(None) if times.tz is not None else pd.DatetimeIndex(times)
 
-    def table(self, name: str, columns: list[str]) -> pd.DataFrame | None:
+    @property
+    def n_steps(self) -> int:
+        study = self.config["study"]
+        return max(1, round(float(study["duration"]) / float(study["physics_step"])))
+
+    def step_series(self, name: str, column: str, how: str) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """``column`` of a per-step table reduced per step with ``how`` (``max``,
+        ``mean``): study times [s] and values, and the steps per point (1, or the bin
+        width of a run longer than ``MAX_SERIES_POINTS`` steps: the points are then the
+        bins' middles and their max / mean); None when the table or column is missing
+        or empty. Read in batches of ``CHUNK_ROWS`` rows, three columns."""
+        from runner.report import MAX_SERIES_POINTS, Binned, Bins
+        from runner.results import CHUNK_ROWS
+
         path = self.path / "results" / f"{name}.parquet"
         try:
-            return pd.read_parquet(path, columns=columns)
+            pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffered, iter_batches keeps every batch read
+            if not {"step", "t_s", column} <= set(pf.schema_arrow.names):
+                return None
+            bins = Bins(self.n_steps, MAX_SERIES_POINTS)
+            t, val = Binned(bins, "min"), Binned(bins, how)
+            for batch in pf.iter_batches(batch_size=CHUNK_ROWS, columns=["step", "t_s", column]):
+                steps = batch.column(0).to_numpy()
+                t.add(steps, batch.column(1).to_numpy(zero_copy_only=False))
+                val.add(steps, batch.column(2).to_numpy(zero_copy_only=False))
         except (OSError, ValueError, KeyError):
             return None
+        present = t.present
+        if not present.any():
+            return None
+        t_s = t.values()[present]
+        if bins.binned:
+            t_s = t_s + (bins.width - 1) * float(self.config["study"]["physics_step"]) / 2.0
+        return t_s, val.values()[present], bins.width
 
 
 def check_run_dirs(paths: Sequence[Path], *, need_kpis: bool = False) -> None:
@@ -335,19 +370,24 @@ def _figures(runs: Sequence[RunData], labels: Sequence[str]) -> list:
 
     def per_step(fig_id, title, ylabel, table, column, how, caption, extra=None):
         fig, ax = _new_axes(title, ylabel)
-        missing = []
+        missing, binned = [], []
         for r, lab, st in zip(runs, labels, styles, strict=True):
-            df = r.table(table, ["step", "t_s", column])
-            if df is None or df.empty:
+            s = r.step_series(table, column, how)
+            if s is None:
                 missing.append(lab)
                 continue
-            s = df.groupby("t_s")[column].agg(how)
-            ax.plot(r.clock(s.index.to_numpy()), s.to_numpy(), label=lab, linewidth=1.2, **st)
+            t_s, y, width = s
+            if width > 1:
+                binned.append(f"{lab} ({width} steps)")
+            ax.plot(r.clock(t_s), y, label=lab, linewidth=1.2, **st)
         if extra is not None:
             extra(ax)
         _time_axis(ax, spans_days)
         ax.legend(**legend_kw)
         note = f" No {table} table in: {', '.join(missing)}." if missing else ""
+        if binned:
+            note += (f" Long runs drawn per bin of whole steps (the {'maximum' if how == 'max' else 'mean'} "
+                     f"over the bin, at its middle): {', '.join(binned)}.")
         figures.append(Figure(fig_id, title, _png(fig), caption + note))
 
     def per_interval(fig_id, title, ylabel, column, caption, fallback=None):

@@ -37,21 +37,40 @@ background is not charged to any customer.
 
 The pricing is ex post: these tables are computed after the run and are not fed back
 into the market's settlement messages, the ``settlements`` table or the ledger.
+
+Everything here is per market interval, so :func:`write_loss_tables` reads the run's
+tables in chunks of whole intervals (:func:`runner.results.interval_chunks`) and
+appends each chunk's rows to the two Parquet files (row group by row group): the
+memory is bounded by the chunk, not the study length, and the tables equal those of
+the whole-table :func:`loss_allocation` / :func:`loss_charges` value for value.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from federates.common.messages import GRID, Trade
 from federates.feeder.losses import BACKGROUND, allocate_losses_to_trades
 from runner.config import StudyFile
+from runner.results import CHUNK_ROWS, interval_chunks, table_file
 
-__all__ = ["LOSS_ALLOCATION_DTYPES", "LOSS_CHARGES_DTYPES", "loss_allocation",
-           "loss_charges", "write_loss_tables"]
+__all__ = ["LOSS_ALLOCATION_DTYPES", "LOSS_CHARGES_DTYPES", "LOSS_COLUMNS", "interval_loss_allocation",
+           "loss_allocation", "loss_charges", "write_loss_tables"]
+
+#: the tables and columns the loss tables are made from
+LOSS_COLUMNS: dict[str, list[str]] = {
+    "customer_losses": ["step", "participant", "loss_kw"],
+    "voltages": ["step", "participant", "p_kw"],
+    "trades": ["interval", "trade_id", "seller", "buyer", "energy_kwh", "price_usd_per_kwh", "kind"],
+    "clearing": ["interval", "price_usd_per_kwh"],
+}
 
 LOSS_ALLOCATION_DTYPES: dict[str, str] = {
     "interval": "int64", "kind": "object", "trade_id": "object", "seller": "object",
@@ -65,7 +84,7 @@ LOSS_CHARGES_DTYPES: dict[str, str] = {
 }
 
 
-def _per_interval_price(cfg: StudyFile, t: dict[str, pd.DataFrame], intervals: np.ndarray) -> np.ndarray:
+def _per_interval_price(cfg: StudyFile, t: Mapping[str, pd.DataFrame], intervals: np.ndarray) -> np.ndarray:
     """The loss price of each interval [USD/kWh] (NaN for ``loss_price: none``)."""
     m = cfg.market
     if m.loss_price == "none":
@@ -87,14 +106,27 @@ def _per_interval_price(cfg: StudyFile, t: dict[str, pd.DataFrame], intervals: n
     return price.fillna(retail).to_numpy(dtype=float)
 
 
-def loss_allocation(cfg: StudyFile, t: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
-    """The ``loss_allocation`` table (see the module doc); None without ``customer_losses``."""
+def loss_allocation(cfg: StudyFile, t: Mapping[str, pd.DataFrame]) -> pd.DataFrame | None:
+    """The ``loss_allocation`` table (see the module doc) from whole tables; None
+    without ``customer_losses``."""
+    cl = t.get("customer_losses")
+    if cl is None or cl.empty:
+        return None
+    return interval_loss_allocation(cfg, t, list(dict.fromkeys(cl["participant"])))
+
+
+def interval_loss_allocation(cfg: StudyFile, t: Mapping[str, pd.DataFrame],
+                             names: Sequence[str]) -> pd.DataFrame | None:
+    """The ``loss_allocation`` rows of the intervals in ``t``'s ``customer_losses``
+    (whole tables, or one chunk of whole intervals); ``names``: the participants of
+    the whole ``customer_losses`` table in order of first appearance (its columns;
+    ``background`` among them). None when the chunk has no ``customer_losses`` row."""
     cl = t.get("customer_losses")
     if cl is None or cl.empty:
         return None
     tl = cfg.timeline
     spi = tl.steps_per_interval
-    names = list(dict.fromkeys(cl["participant"]))
+    names = list(names)
     participants = [p for p in names if p != BACKGROUND]
     k_of = cl["step"].to_numpy() // spi
     loss_kwh = (cl["loss_kw"] * tl.step_h).groupby([k_of, cl["participant"]]).sum().unstack(fill_value=0.0)
@@ -166,12 +198,88 @@ def loss_charges(alloc: pd.DataFrame) -> pd.DataFrame:
     return out.astype(LOSS_CHARGES_DTYPES).reset_index(drop=True)
 
 
-def write_loss_tables(cfg: StudyFile, run_dir: Path, t: dict[str, pd.DataFrame]) -> None:
+def write_loss_tables(cfg: StudyFile, run_dir: Path, t: Mapping[str, pd.DataFrame] | None = None, *,
+                      chunk_rows: int = CHUNK_ROWS) -> None:
     """Write ``results/loss_allocation.parquet`` and ``loss_charges.parquet`` (when the
-    run has ``customer_losses``, i.e. ``feeder.loss_allocation`` is on)."""
-    alloc = loss_allocation(cfg, t)
-    if alloc is None:
-        return
+    run has ``customer_losses``, i.e. ``feeder.loss_allocation`` is on).
+
+    Without ``t`` (the post-run path) the run folder's tables are read in chunks of
+    whole market intervals and each chunk's rows appended (one row group or more per
+    chunk); with ``t`` (whole tables, short runs) they are made at once. Either way
+    the files hold the same rows, values and dtypes.
+    """
     out = Path(run_dir) / "results"
-    alloc.to_parquet(out / "loss_allocation.parquet", index=False)
-    loss_charges(alloc).to_parquet(out / "loss_charges.parquet", index=False)
+    if t is not None:
+        alloc = loss_allocation(cfg, t)
+        if alloc is None:
+            return
+        alloc.to_parquet(out / "loss_allocation.parquet", index=False)
+        loss_charges(alloc).to_parquet(out / "loss_charges.parquet", index=False)
+        return
+    src = table_file(run_dir, "customer_losses")
+    if not src.is_file():
+        return
+    names = _first_seen(src, "participant")
+    if not names:
+        return
+    alloc_w = _AppendWriter(out / "loss_allocation.parquet")
+    charges_w = _AppendWriter(out / "loss_charges.parquet")
+    try:
+        for _, chunk in interval_chunks(run_dir, cfg, LOSS_COLUMNS, chunk_rows=chunk_rows):
+            alloc = interval_loss_allocation(cfg, chunk, names)
+            if alloc is None or alloc.empty:
+                continue
+            alloc_w.write(alloc)
+            charges_w.write(loss_charges(alloc))
+        alloc_w.close()
+        charges_w.close()
+    except BaseException:
+        alloc_w.abort()
+        charges_w.abort()
+        raise
+
+
+def _first_seen(path: Path, column: str) -> list[str]:
+    """The distinct values of a table's column in order of first appearance, read one
+    row group (that column only) at a time."""
+    pf = pq.ParquetFile(path)
+    seen: dict[str, None] = {}
+    for i in range(pf.metadata.num_row_groups):
+        col = pf.read_row_group(i, columns=[column]).column(0)
+        seen.update(dict.fromkeys(pc.unique(col).to_pylist()))
+    return [x for x in seen if x is not None]
+
+
+class _AppendWriter:
+    """One Parquet file written a DataFrame at a time (each a row group or more), into
+    a temporary name renamed over ``path`` at :meth:`close`.
+
+    The schema is the first frame's, with no pandas metadata (as ``pandas.read_parquet``
+    reads back a frame written whole: text columns as ``str``), text columns of that
+    frame that hold only missing values typed as text.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".partial")
+        self.schema: pa.Schema | None = None
+        self.writer: pq.ParquetWriter | None = None
+
+    def write(self, df: pd.DataFrame) -> None:
+        if self.writer is None:
+            schema = pa.Schema.from_pandas(df, preserve_index=False).remove_metadata()
+            self.schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f
+                                     for f in schema])
+            self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        self.writer.write_table(pa.Table.from_pandas(df, schema=self.schema, preserve_index=False))
+
+    def close(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.close()
+        self.tmp.replace(self.path)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.tmp.unlink(missing_ok=True)

@@ -21,6 +21,23 @@ and ``results/*.parquet``. Figures (ids = PNG file stems):
 A figure whose table is missing or empty (e.g. no curtailment) becomes a text block
 saying so, and no PNG. The KPI table's definitions are in :func:`report_kpis`.
 
+**Bounded memory.** The tables are never read whole: :func:`aggregate` reads them in
+chunks of whole market intervals (:func:`runner.results.interval_chunks`) and keeps
+only aggregates whose size does not grow with the study: per-step series reduced into
+at most :data:`MAX_SERIES_POINTS` time bins of whole steps, the heat map into at most
+:data:`MAX_HEATMAP_COLUMNS` time columns, per-interval bars into at most
+:data:`MAX_INTERVAL_BARS` bins of whole intervals, bills and peaks per prosumer /
+element, and running totals for the KPIs (a second pass reads the series of the few
+worst lines and buses). A run with no more steps / intervals than that (a day at
+1-min steps: 1440 steps, 96 intervals) has one step / interval per bin, and its
+figures show exactly the per-step data they always did. Longer runs say so in the
+caption; per bin: the voltage envelope draws the lowest minimum, the highest maximum
+and the mean of the per-step percentiles; the heat map the customer's voltage
+furthest from 1 pu in the bin (its minimum or maximum); unbalance and line loading
+the maximum; substation power and losses the mean (substation power also its
+min-max band); market and curtailment bars the energy summed over the bin, the
+clearing price its mean over the bin's intervals, the peer trade price volume-weighted.
+
 Time axes are local clock hours of ``study.start`` (its UTC offset): 10.5 = 10:30.
 Matplotlib draws on its Agg canvas directly (``Figure`` + ``FigureCanvasAgg``), without
 pyplot: no global backend switch, no figure registry, safe in any host process.
@@ -31,12 +48,13 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
@@ -46,8 +64,7 @@ from matplotlib.ticker import MaxNLocator
 
 from runner import html
 from runner.config import StudyFile, validate
-from runner.results import kpis as kpis_table
-from runner.results import read_tables
+from runner.results import CHUNK_ROWS, interval_chunks, run_kpis, table_file
 
 CONFIG_FILE = "config.resolved.yaml"
 REPORT_FILE = "report.html"
@@ -82,16 +99,415 @@ REFERENCES = (
     "after EN 50160."
 )
 
+#: per-step series of a run with more physics steps than this are drawn per bin of
+#: whole steps (2 days at 1-min steps are drawn step by step)
+MAX_SERIES_POINTS = 2880
+#: time columns of the voltage heat map (a day at 1-min steps: one per step)
+MAX_HEATMAP_COLUMNS = 1440
+#: bars of the per-interval figures (market, curtailment): 10 days at 15 min, one per interval
+MAX_INTERVAL_BARS = 1000
+
+#: the tables and columns the report reads (first pass)
+REPORT_COLUMNS: dict[str, list[str]] = {
+    "voltages": ["step", "t_s", "participant", "bus", "phase", "v_pu", "v_before_pu", "curtailed_p_kw"],
+    "grid": ["step", "t_s", "source_p_kw", "losses_kw"],
+    "customer_losses": ["step", "participant", "loss_kw"],
+    "profiles": ["step", "participant", "load_kw", "pv_kw", "battery_kw"],
+    "settlements": ["interval", "participant", "metered_kwh", "net_cost_usd"],
+    "trades": ["interval", "kind", "energy_kwh", "price_usd_per_kwh"],
+    "clearing": ["interval", "price_usd_per_kwh", "traded_kwh", "unmatched_buy_kwh", "unmatched_sell_kwh",
+                 "welfare_usd"],
+    "curtailment_energy": ["step", "limit", "energy_kwh"],
+    "unbalance": ["step", "t_s", "bus", "vuf_pct"],
+    "lines": ["step", "t_s", "element", "loading_pct"],
+}
+KPI_TABLES = ("voltages", "grid", "clearing", "settlements", "control", "trades")
+
+
+# ---- aggregates ------------------------------------------------------------------------
+
+class Bins:
+    """``n_units`` consecutive physics steps (or market intervals) in bins of ``width``
+    whole units, at most ``max_bins`` bins; width 1: every unit its own bin."""
+
+    def __init__(self, n_units: int, max_bins: int) -> None:
+        n_units = max(int(n_units), 1)
+        self.width = -(-n_units // max(int(max_bins), 1))
+        self.n = -(-n_units // self.width)
+
+    @property
+    def binned(self) -> bool:
+        return self.width > 1
+
+    def of(self, units) -> np.ndarray:
+        return np.asarray(units, dtype=np.int64) // self.width
+
+    def starts(self) -> np.ndarray:
+        """The first unit of every bin."""
+        return np.arange(self.n, dtype=np.int64) * self.width
+
+
+class Binned:
+    """One series over :class:`Bins`: the ``min``, ``max``, ``sum`` or ``mean`` of the
+    values added to each bin (NaN values skipped). With width 1 and one value per unit
+    it is that value, unchanged. Units outside the bins are ignored."""
+
+    def __init__(self, bins: Bins, how: str) -> None:
+        if how not in ("min", "max", "sum", "mean"):
+            raise ValueError(how)
+        self.bins, self.how = bins, how
+        self.acc = np.full(bins.n, np.nan) if how in ("min", "max") else np.zeros(bins.n)
+        self.rows = np.zeros(bins.n, dtype=np.int64)  # values added, NaN or not
+        self.valid = np.zeros(bins.n, dtype=np.int64)
+
+    def add(self, units, values) -> None:
+        b = self.bins.of(units)
+        x = np.asarray(values, dtype=float)
+        inside = (b >= 0) & (b < self.bins.n)
+        if not inside.all():
+            b, x = b[inside], x[inside]
+        np.add.at(self.rows, b, 1)
+        ok = ~np.isnan(x)
+        if not ok.all():
+            b, x = b[ok], x[ok]
+        if self.how == "min":
+            np.fmin.at(self.acc, b, x)
+        elif self.how == "max":
+            np.fmax.at(self.acc, b, x)
+        else:
+            np.add.at(self.acc, b, x)
+        np.add.at(self.valid, b, 1)
+
+    @property
+    def present(self) -> np.ndarray:
+        """Bins that got at least one value (NaN included)."""
+        return self.rows > 0
+
+    def values(self) -> np.ndarray:
+        """Per bin; NaN where no valid value was added (``sum``: 0 there)."""
+        if self.how == "mean":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(self.valid > 0, self.acc / np.maximum(self.valid, 1), np.nan)
+        return self.acc.copy()
+
+
+def _steps_t(df: pd.DataFrame) -> pd.Series:
+    """Each step's time [s] (its first ``t_s``), indexed by step."""
+    return df.groupby("step")["t_s"].first()
+
+
+def _max_by(df: pd.DataFrame, by: str, value: str, acc: pd.Series | None) -> pd.Series:
+    """Running maximum of ``value`` per ``by`` (index sorted as groupby sorts it)."""
+    part = df.groupby(by, observed=True)[value].max()
+    return part if acc is None else pd.concat([acc, part]).groupby(level=0).max()
+
+
+class _Heat:
+    """The heat map's customers x time columns: per customer and column the lowest and
+    highest ``v_pu`` (one array with width 1, where they are the step's value)."""
+
+    def __init__(self, bins: Bins) -> None:
+        self.bins = bins
+        self.rows: dict[str, int] = {}
+        self.bus: list[str] = []
+        self.phase: list[str] = []
+        self.lo = np.full((0, bins.n), np.nan)
+        self.hi = np.full((0, bins.n), np.nan) if bins.binned else None
+        self.t = Binned(bins, "min")
+
+    def add(self, v: pd.DataFrame) -> None:
+        first = v.groupby("participant", observed=True, sort=False)[["bus", "phase"]].first()
+        new = [p for p in first.index if p not in self.rows]
+        if new:
+            for p in new:
+                self.rows[p] = len(self.rows)
+                self.bus.append(str(first.at[p, "bus"]))
+                self.phase.append(str(first.at[p, "phase"]))
+            grow = np.full((len(new), self.bins.n), np.nan)
+            self.lo = np.vstack([self.lo, grow])
+            if self.hi is not None:
+                self.hi = np.vstack([self.hi, grow])
+        rows = pd.Index(list(self.rows)).get_indexer(v["participant"])
+        cols = self.bins.of(v["step"].to_numpy())
+        x = v["v_pu"].to_numpy(dtype=float)
+        ok = (cols >= 0) & (cols < self.bins.n)
+        if not ok.all():
+            rows, cols, x = rows[ok], cols[ok], x[ok]
+        np.fmin.at(self.lo, (rows, cols), x)
+        if self.hi is not None:
+            np.fmax.at(self.hi, (rows, cols), x)
+        st = _steps_t(v)
+        self.t.add(st.index.to_numpy(), st.to_numpy())
+
+    def values(self) -> np.ndarray:
+        """customers (registration order) x bins: the value furthest from 1 pu."""
+        if self.hi is None:
+            return self.lo
+        with np.errstate(invalid="ignore"):
+            return np.where(self.hi - 1.0 >= 1.0 - self.lo, self.hi, self.lo)
+
+
+@dataclass
+class ReportData:
+    """What the figures and the KPI table need, aggregated chunk by chunk (see the module
+    doc): nothing in it grows with the study length."""
+
+    steps: Bins
+    intervals: Bins
+    heat_steps: Bins
+    rows: dict[str, int]  # rows of each table the run has (missing: absent)
+    columns: dict[str, list[str]]  # the columns of each table the run has
+    # voltages
+    phases: dict[str, set] = field(default_factory=dict)  # phase -> its participants
+    envelope: dict[tuple[str, str, int], Binned] = field(default_factory=dict)  # (phase, col, q)
+    v_t: Binned | None = None
+    heat: _Heat | None = None
+    # unbalance, lines (second pass: the series of the worst buses / most loaded elements)
+    ub_t: Binned | None = None
+    ub_max: Binned | None = None
+    ub_peak: pd.Series | None = None
+    ub_series: dict[str, Binned] = field(default_factory=dict)
+    ln_t: Binned | None = None
+    ln_peak: pd.Series | None = None
+    ln_series: dict[str, Binned] = field(default_factory=dict)
+    # grid, losses
+    g_t: Binned | None = None
+    g_p: dict[str, Binned] = field(default_factory=dict)  # mean, min, max, import, export
+    g_loss: dict[str, Binned] = field(default_factory=dict)  # mean, sum of losses_kw
+    c_loss: dict[str, Binned] = field(default_factory=dict)  # customers / background: mean, sum
+    # market, curtailment (per interval bins)
+    cl_rows: Binned | None = None
+    cl: dict[str, Binned] = field(default_factory=dict)  # price (mean), traded, unmatched (sums)
+    peer_rows: int = 0
+    peer_paid: Binned | None = None
+    peer_vol: Binned | None = None
+    curtailed: dict[str, Binned] = field(default_factory=dict)  # cause -> energy per interval bin
+    # totals (KPI table) and per-prosumer bills
+    traded_kwh: float = 0.0
+    total_load: float = 0.0
+    comm: float = 0.0
+    house: float = 0.0
+    pv_sum_kw: float = 0.0
+    curtailed_kwh: float = 0.0
+    vuf_max_pct: float = np.nan
+    losses_sum_kw: float = 0.0
+    import_sum_kw: float = 0.0
+    welfare_usd: float = 0.0
+    bill_sums: pd.DataFrame | None = None
+
+    def has(self, name: str) -> bool:
+        """The run has the table and it has rows (as ``_Run.table`` had it)."""
+        return self.rows.get(name, 0) > 0
+
+
+def aggregate(run_dir: Path, cfg: StudyFile, *, chunk_rows: int = CHUNK_ROWS) -> ReportData:
+    """The report's aggregates of a run folder: one pass over the tables in chunks of
+    whole market intervals, and a second over ``unbalance`` / ``lines`` for the series
+    of the worst buses and most loaded elements."""
+    tl = cfg.timeline
+    rows, columns = {}, {}
+    for name in REPORT_COLUMNS:
+        path = table_file(run_dir, name)
+        if path.is_file():
+            pf = pq.ParquetFile(path)
+            rows[name] = pf.metadata.num_rows
+            columns[name] = pf.schema_arrow.names
+    d = ReportData(steps=Bins(tl.n_steps, MAX_SERIES_POINTS), intervals=Bins(tl.n_intervals, MAX_INTERVAL_BARS),
+                   heat_steps=Bins(tl.n_steps, MAX_HEATMAP_COLUMNS), rows=rows, columns=columns)
+    m = cfg.market
+    for _, t in interval_chunks(run_dir, cfg, REPORT_COLUMNS, chunk_rows=chunk_rows):
+        _add_voltages(d, t)
+        _add_grid(d, t)
+        _add_market(d, t, m.retail_usd_per_kwh, m.feed_in_usd_per_kwh)
+        _add_profiles(d, t)
+        _add_curtailment(d, t, tl.steps_per_interval)
+        _add_peaks(d, t)
+    top_buses = [] if d.ub_peak is None else d.ub_peak.sort_values(ascending=False).index[:WORST_BUSES].tolist()
+    top_lines = ([] if d.ln_peak is None else
+                 d.ln_peak.sort_values(ascending=False).index[:TOP_LINES].astype(str).tolist())
+    d.ub_series = {b: Binned(d.steps, "max") for b in top_buses}
+    d.ln_series = {e: Binned(d.steps, "max") for e in top_lines}
+    second = {name: REPORT_COLUMNS[name] for name, top in (("unbalance", top_buses), ("lines", top_lines))
+              if top}
+    if second:
+        for _, t in interval_chunks(run_dir, cfg, second, chunk_rows=chunk_rows):
+            for name, col, value, series in (("unbalance", "bus", "vuf_pct", d.ub_series),
+                                             ("lines", "element", "loading_pct", d.ln_series)):
+                df = t.get(name)
+                if df is None or df.empty or not series:
+                    continue
+                key = df[col].astype(str)
+                for e, s in series.items():
+                    sel = df[key == str(e)]
+                    s.add(sel["step"].to_numpy(), sel[value].to_numpy())
+    return d
+
+
+def _add_voltages(d: ReportData, t: Mapping[str, pd.DataFrame]) -> None:
+    v = t.get("voltages")
+    if v is None or v.empty:
+        return
+    if d.v_t is None:
+        d.v_t = Binned(d.steps, "min")
+        d.heat = _Heat(d.heat_steps)
+    st = _steps_t(v)
+    d.v_t.add(st.index.to_numpy(), st.to_numpy())
+    phase = v["phase"].astype(str)
+    for ph in sorted(phase.unique()):
+        sub = v[phase == ph]
+        d.phases.setdefault(ph, set()).update(sub["participant"].unique().tolist())
+        for col in ("v_before_pu", "v_pu"):
+            arr = sub.pivot(index="step", columns="participant", values=col).reindex(st.index).to_numpy()
+            pct = np.nanpercentile if np.isnan(arr).any() else np.percentile  # nan* is slow
+            for q, values in zip((0, 5, 50, 95, 100), pct(arr, [0, 5, 50, 95, 100], axis=1), strict=True):
+                how = "min" if q == 0 else "max" if q == 100 else "mean"
+                d.envelope.setdefault((ph, col, q), Binned(d.steps, how)).add(st.index.to_numpy(), values)
+    d.heat.add(v)
+
+
+def _add_grid(d: ReportData, t: Mapping[str, pd.DataFrame]) -> None:
+    g = t.get("grid")
+    if g is None or g.empty:
+        return
+    if d.g_t is None:
+        d.g_t = Binned(d.steps, "min")
+        d.g_p = {how: Binned(d.steps, how) for how in ("mean", "min", "max")}
+        d.g_p |= {"import": Binned(d.steps, "sum"), "export": Binned(d.steps, "sum")}
+        d.g_loss = {how: Binned(d.steps, how) for how in ("mean", "sum")}
+        if d.has("customer_losses"):
+            d.c_loss = {f"{who}_{how}": Binned(d.steps, how) for who in ("cust", "back") for how in ("mean", "sum")}
+    steps = g["step"].to_numpy()
+    d.g_t.add(steps, g["t_s"].to_numpy())
+    p = g["source_p_kw"].to_numpy(dtype=float)
+    for how in ("mean", "min", "max"):
+        d.g_p[how].add(steps, p)
+    d.g_p["import"].add(steps, np.clip(p, 0, None))
+    d.g_p["export"].add(steps, np.clip(-p, 0, None))
+    loss = g["losses_kw"].to_numpy(dtype=float)
+    for b in d.g_loss.values():
+        b.add(steps, loss)
+    d.losses_sum_kw += float(g["losses_kw"].sum())
+    d.import_sum_kw += float(np.clip(g["source_p_kw"].to_numpy(dtype=float), 0, None).sum())
+    cl = t.get("customer_losses")
+    if d.c_loss and cl is not None:
+        bg = cl["participant"].astype(str) == "background"
+        cust = cl[~bg].groupby("step")["loss_kw"].sum().reindex(g["step"], fill_value=0.0).to_numpy()
+        back = cl[bg].groupby("step")["loss_kw"].sum().reindex(g["step"], fill_value=0.0).to_numpy()
+        for who, x in (("cust", cust), ("back", back)):
+            d.c_loss[f"{who}_mean"].add(steps, x)
+            d.c_loss[f"{who}_sum"].add(steps, x)
+
+
+def _bill_sums(settlements: pd.DataFrame, retail_usd_per_kwh: float, feed_in_usd_per_kwh: float) -> pd.DataFrame:
+    """Per participant: ``net_cost_usd`` and ``baseline_usd`` summed over the rows."""
+    m = settlements["metered_kwh"].to_numpy(dtype=float)
+    base = np.clip(m, 0, None) * retail_usd_per_kwh - np.clip(-m, 0, None) * feed_in_usd_per_kwh
+    df = pd.DataFrame({"participant": settlements["participant"].astype(str).to_numpy(),
+                       "net_cost_usd": settlements["net_cost_usd"].to_numpy(dtype=float),
+                       "baseline_usd": base})
+    return df.groupby("participant").sum()
+
+
+def _bills(sums: pd.DataFrame) -> pd.DataFrame:
+    out = sums.copy()
+    out["saving_usd"] = out["baseline_usd"] - out["net_cost_usd"]
+    return out.sort_values("saving_usd", ascending=False)
+
+
+def _add_market(d: ReportData, t: Mapping[str, pd.DataFrame], retail: float, feed_in: float) -> None:
+    cl = t.get("clearing")
+    if cl is not None and not cl.empty:
+        if d.cl_rows is None:
+            d.cl_rows = Binned(d.intervals, "sum")
+            d.cl = {"price": Binned(d.intervals, "mean")}
+            d.cl |= {c: Binned(d.intervals, "sum") for c in ("traded_kwh", "unmatched_buy_kwh", "unmatched_sell_kwh")
+                     if c in cl}
+        k = cl["interval"].to_numpy()
+        d.cl_rows.add(k, np.ones(len(k)))
+        d.cl["price"].add(k, cl["price_usd_per_kwh"].to_numpy(dtype=float))
+        for c in ("traded_kwh", "unmatched_buy_kwh", "unmatched_sell_kwh"):
+            if c in d.cl:
+                d.cl[c].add(k, cl[c].to_numpy(dtype=float))
+        d.welfare_usd += float(cl["welfare_usd"].sum())
+    tr = t.get("trades")
+    if tr is not None and not tr.empty:
+        peer = tr[tr["kind"] == "peer"]
+        d.traded_kwh += float(peer["energy_kwh"].sum())
+        if not peer.empty:
+            if d.peer_paid is None:
+                d.peer_paid, d.peer_vol = Binned(d.intervals, "sum"), Binned(d.intervals, "sum")
+            d.peer_rows += len(peer)
+            vol = peer.groupby("interval")["energy_kwh"].sum()
+            paid = (peer["energy_kwh"] * peer["price_usd_per_kwh"]).groupby(peer["interval"]).sum()
+            d.peer_vol.add(vol.index.to_numpy(), vol.to_numpy())
+            d.peer_paid.add(paid.index.to_numpy(), paid.to_numpy())
+    st = t.get("settlements")
+    if st is not None and not st.empty:
+        part = _bill_sums(st, retail, feed_in)
+        d.bill_sums = part if d.bill_sums is None else d.bill_sums.add(part, fill_value=0.0)
+
+
+def _add_profiles(d: ReportData, t: Mapping[str, pd.DataFrame]) -> None:
+    pr = t.get("profiles")
+    if pr is None or pr.empty:
+        return
+    load = pr.pivot(index="step", columns="participant", values="load_kw")
+    supply = (pr.pivot(index="step", columns="participant", values="pv_kw")
+              - pr.pivot(index="step", columns="participant", values="battery_kw"))
+    v = t.get("voltages")
+    if d.has("voltages") and v is not None:
+        curt = v.pivot(index="step", columns="participant", values="curtailed_p_kw")
+        supply = supply - curt.reindex_like(supply).fillna(0.0)
+    d.total_load += float(load.to_numpy().sum())
+    L = load.sum(axis=1).to_numpy()
+    S = supply.sum(axis=1).to_numpy()
+    d.comm += float(np.minimum(L, np.clip(S, 0, None)).sum())
+    d.house += float(np.minimum(load.to_numpy(), np.clip(supply.to_numpy(), 0, None)).sum())
+    d.pv_sum_kw += float(pr["pv_kw"].sum())
+
+
+def _add_curtailment(d: ReportData, t: Mapping[str, pd.DataFrame], steps_per_interval: int) -> None:
+    ce = t.get("curtailment_energy")
+    if ce is None or ce.empty:
+        return
+    d.curtailed_kwh += float(ce["energy_kwh"].sum())
+    k = ce["step"].to_numpy() // steps_per_interval
+    by = ce.groupby([k, ce["limit"].astype(str)])["energy_kwh"].sum()
+    for cause, part in by.groupby(level=1):
+        d.curtailed.setdefault(cause, Binned(d.intervals, "sum")).add(
+            part.index.get_level_values(0).to_numpy(), part.to_numpy())
+
+
+def _add_peaks(d: ReportData, t: Mapping[str, pd.DataFrame]) -> None:
+    ub = t.get("unbalance")
+    if ub is not None and not ub.empty:
+        if d.ub_t is None:
+            d.ub_t, d.ub_max = Binned(d.steps, "min"), Binned(d.steps, "max")
+        st = _steps_t(ub)
+        d.ub_t.add(st.index.to_numpy(), st.to_numpy())
+        per_step = ub.groupby("step")["vuf_pct"].max()
+        d.ub_max.add(per_step.index.to_numpy(), per_step.to_numpy())
+        d.ub_peak = _max_by(ub, "bus", "vuf_pct", d.ub_peak)
+        d.vuf_max_pct = float(np.fmax(d.vuf_max_pct, ub["vuf_pct"].max()))
+    ln = t.get("lines")
+    if ln is not None and not ln.empty:
+        if d.ln_t is None:
+            d.ln_t = Binned(d.steps, "min")
+        st = _steps_t(ln)
+        d.ln_t.add(st.index.to_numpy(), st.to_numpy())
+        d.ln_peak = _max_by(ln, "element", "loading_pct", d.ln_peak)
+
 
 # ---- context -------------------------------------------------------------------------
 
 @dataclass
 class _Run:
-    """Everything the figures need, read once from the run folder."""
+    """Everything the figures need, read once from the run folder (aggregated)."""
 
     run_dir: Path
     cfg: StudyFile
-    tables: dict[str, pd.DataFrame]
+    data: ReportData
+    kpis: pd.DataFrame | None
     manifest: dict
 
     @property
@@ -122,10 +538,29 @@ class _Run:
         """Local clock hours [h] of seconds from the study start."""
         return self.h0 + np.asarray(t_s, dtype=float) / 3600.0
 
-    def table(self, name: str) -> pd.DataFrame | None:
-        """The table, or None when it is missing or empty."""
-        df = self.tables.get(name)
-        return None if df is None or df.empty else df
+    def series_x(self, t: Binned) -> tuple[np.ndarray, np.ndarray]:
+        """(present bins, their x [h]) of a per-step series: the step's time, or the
+        bin's middle when bins hold several steps."""
+        present = t.present
+        t_s = t.values()[present]
+        if t.bins.binned:
+            t_s = t_s + (t.bins.width - 1) * self.cfg.timeline.physics_step_s / 2.0
+        return present, self.hours(t_s)
+
+    def step_bin_note(self, bins: Bins, what: str) -> str:
+        """Caption sentence of a figure drawn per bin of steps ('' when not binned)."""
+        if not bins.binned:
+            return ""
+        minutes = bins.width * self.cfg.timeline.physics_step_s / 60.0
+        return (f" Long run: drawn per bin of {bins.width} physics steps ({minutes:g} min, "
+                f"{bins.n} bins): {what}.")
+
+    def interval_bin_note(self, what: str) -> str:
+        b = self.data.intervals
+        if not b.binned:
+            return ""
+        return (f" Long run: bars per bin of {b.width} market intervals "
+                f"({b.width * self.interval_h:g} h, {b.n} bins): {what}.")
 
     def time_axis(self, ax) -> None:
         ax.set_xlabel(self.time_label)
@@ -134,17 +569,23 @@ class _Run:
         ax.grid(True, alpha=0.3)
 
 
-def load_run(run_dir: Path) -> _Run:
+def load_run(run_dir: Path, *, chunk_rows: int = CHUNK_ROWS) -> _Run:
+    """The run folder's config, manifest, kpis table (computed in chunks when the run
+    has none) and report aggregates; no table is read whole but ``kpis``."""
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
     cfg = validate(yaml.safe_load(path.read_text()), base_dir=run_dir, source=str(path))
-    tables = read_tables(run_dir)
-    if "kpis" not in tables and {"voltages", "grid", "clearing", "settlements", "control",
-                                 "trades"} <= tables.keys():
-        tables["kpis"] = kpis_table(cfg, tables)
+    kpath = table_file(run_dir, "kpis")
+    if kpath.is_file():
+        k = pd.read_parquet(kpath)  # one row per market interval
+    elif all(table_file(run_dir, n).is_file() for n in KPI_TABLES):
+        k = run_kpis(cfg, run_dir, chunk_rows=chunk_rows)
+    else:
+        k = None
     mpath = run_dir / "manifest.json"
     manifest = json.loads(mpath.read_text()) if mpath.is_file() else {}
-    return _Run(run_dir=run_dir, cfg=cfg, tables=tables, manifest=manifest)
+    return _Run(run_dir=run_dir, cfg=cfg, data=aggregate(run_dir, cfg, chunk_rows=chunk_rows), kpis=k,
+                manifest=manifest)
 
 
 @dataclass
@@ -184,29 +625,19 @@ def render_png(fig: MplFigure) -> bytes:
 
 # ---- figures ---------------------------------------------------------------------------
 
-def _pivot(df: pd.DataFrame, column: str, by: str, value: str) -> pd.DataFrame:
-    """step x ``by`` matrix of ``value`` (rows = every step present in ``df``)."""
-    return df.pivot(index=column, columns=by, values=value)
-
-
 def fig_voltage_envelope(r: _Run) -> Plot | html.Text:
-    v = r.table("voltages")
-    if v is None:
+    d = r.data
+    if not d.has("voltages") or d.v_t is None:
         return html.Text("Customer voltage envelope: no voltages table in this run.")
     lim = r.cfg.limits
-    phases = sorted(v["phase"].astype(str).unique())
-    t_of_step = v.groupby("step")["t_s"].first()
-    x = r.hours(t_of_step.to_numpy())
+    phases = sorted(d.phases)
+    present, x = r.series_x(d.v_t)
     fig, axes = _new_figure(0.6 + 2.9 * len(phases), nrows=len(phases))
-    q = [0, 5, 50, 95, 100]
     for ax, ph in zip(axes, phases, strict=True):
-        sub = v[v["phase"].astype(str) == ph]
-        n = sub["participant"].nunique()
+        n = len(d.phases[ph])
         for col, colour, alpha, tag in (("v_before_pu", "#ff7f0e", 0.45, "before control"),
                                         ("v_pu", "#1f77b4", 1.0, "after control")):
-            arr = _pivot(sub, "step", "participant", col).reindex(t_of_step.index).to_numpy()
-            pct = np.nanpercentile if np.isnan(arr).any() else np.percentile  # nan* is slow
-            p0, p5, p50, p95, p100 = pct(arr, q, axis=1)
+            p0, p5, p50, p95, p100 = (d.envelope[(ph, col, q)].values()[present] for q in (0, 5, 50, 95, 100))
             ax.fill_between(x, p5, p95, color=colour, alpha=0.35 * alpha, lw=0,
                             label=f"{tag}: 5th-95th percentile")
             ax.plot(x, p50, color=colour, alpha=alpha, lw=1.4, ls="-" if alpha == 1.0 else "--",
@@ -225,22 +656,24 @@ def fig_voltage_envelope(r: _Run) -> Plot | html.Text:
                 "Per physics step and phase: minimum, 5th / 50th / 95th percentile and maximum of "
                 "the customers' voltage after control (voltages.v_pu, blue) and in the "
                 "uncontrolled solve of the same step (v_before_pu, orange, lighter); dashed red: "
-                f"the limits band ({lim.voltage_band}).", fig)
+                f"the limits band ({lim.voltage_band})."
+                + r.step_bin_note(d.steps, "the lowest minimum, the highest maximum and the mean of each "
+                                  "per-step percentile over the bin"), fig)
 
 
 def fig_voltage_heatmap(r: _Run) -> Plot | html.Text:
-    v = r.table("voltages")
-    if v is None:
+    d = r.data
+    if not d.has("voltages") or d.heat is None:
         return html.Text("Voltage heat map: no voltages table in this run.")
     lim = r.cfg.limits
-    who = (v.groupby("participant", observed=True)[["bus", "phase"]].first()
-           .astype(str).reset_index().sort_values(["phase", "bus", "participant"]))
+    h = d.heat
+    who = (pd.DataFrame({"participant": list(h.rows), "bus": h.bus, "phase": h.phase, "row": list(h.rows.values())})
+           .sort_values(["phase", "bus", "participant"]))
     order = who["participant"].tolist()
-    piv = _pivot(v, "step", "participant", "v_pu")
-    t_of_step = v.groupby("step")["t_s"].first().reindex(piv.index)
-    arr = piv[order].to_numpy().T  # customers x steps
-    x = r.hours(t_of_step.to_numpy())
-    dx = r.step_h
+    present = h.t.present
+    arr = h.values()[who["row"].to_numpy()][:, present]  # customers x steps (or bins of steps)
+    x = r.hours(h.t.values()[present])
+    dx = r.step_h * h.bins.width
     n = len(order)
     fig, (ax,) = _new_figure(max(4.0, min(11.0, 1.6 + 0.13 * n)))
     lo = min(float(np.nanmin(arr)), lim.v_min_pu) - 0.005
@@ -249,7 +682,8 @@ def fig_voltage_heatmap(r: _Run) -> Plot | html.Text:
     im = ax.imshow(arr, aspect="auto", interpolation="nearest", cmap="RdBu_r", norm=norm,
                    extent=(x[0], x[-1] + dx, n - 0.5, -0.5))
     cb = fig.colorbar(im, ax=ax, pad=0.01)
-    cb.set_label("customer voltage (final) [pu]")
+    cb.set_label("customer voltage (final) [pu]" if not h.bins.binned else
+                 "customer voltage (final), furthest from 1 pu in the bin [pu]")
     handles = []
     yy = np.arange(n)
     xc = x + dx / 2
@@ -281,46 +715,53 @@ def fig_voltage_heatmap(r: _Run) -> Plot | html.Text:
     return Plot("voltage_heatmap", "Customer voltage heat map",
                 "Every customer's final voltage (voltages.v_pu) per physics step, customers grouped "
                 "by phase, then bus; red above 1 pu, blue below. Contours mark where the limits "
-                "band is crossed.", fig)
+                "band is crossed."
+                + r.step_bin_note(h.bins, "each column is a bin, its colour the customer's voltage furthest "
+                                  "from 1 pu in the bin (the bin's minimum or maximum), so no excursion "
+                                  "is averaged away"), fig)
 
 
 def fig_market(r: _Run) -> Plot | html.Text:
-    cl = r.table("clearing")
-    if cl is None:
+    d = r.data
+    if not d.has("clearing") or d.cl_rows is None:
         return html.Text("Market: no clearing table in this run.")
     m = r.cfg.market
     tl = r.cfg.timeline
-    k = cl["interval"].to_numpy()
-    x0 = r.h0 + k * tl.interval_h
+    b = d.intervals
+    present = d.cl_rows.present
+    width_h = b.width * tl.interval_h
+    per = "interval" if not b.binned else f"bin of {b.width} intervals"
+    x0 = r.h0 + b.starts()[present] * tl.interval_h
     fig, (ax1, ax2) = _new_figure(6.0, nrows=2)
-    price = cl["price_usd_per_kwh"].to_numpy(dtype=float)
-    ax1.hlines(price, x0, x0 + tl.interval_h, color="#1f77b4", lw=2.0, label="clearing price")
-    tr = r.tables.get("trades")
-    if tr is not None and not tr.empty:
-        peer = tr[tr["kind"] == "peer"]
-        if not peer.empty:
-            vol = peer.groupby("interval")["energy_kwh"].sum()
-            paid = (peer["energy_kwh"] * peer["price_usd_per_kwh"]).groupby(peer["interval"]).sum()
-            mean = (paid / vol.where(vol > 0)).dropna()
-            ax1.plot(r.h0 + (mean.index.to_numpy() + 0.5) * tl.interval_h, mean.to_numpy(), "o",
-                     ms=3, color="#ff7f0e", label="mean peer trade price (volume-weighted)")
+    price = d.cl["price"].values()[present]
+    ax1.hlines(price, x0, x0 + width_h, color="#1f77b4", lw=2.0,
+               label="clearing price" if not b.binned else "clearing price (mean over the bin)")
+    if d.peer_rows:
+        vol, paid = d.peer_vol.values(), d.peer_paid.values()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(vol > 0, paid / np.where(vol > 0, vol, 1.0), np.nan)
+        ok = d.peer_vol.present & ~np.isnan(mean)
+        ax1.plot(r.h0 + (b.starts()[ok] + 0.5 * b.width) * tl.interval_h, mean[ok], "o",
+                 ms=3, color="#ff7f0e", label="mean peer trade price (volume-weighted)")
     ax1.axhline(m.retail_usd_per_kwh, color="#d62728", ls="--", lw=1,
                 label=f"retail tariff {m.retail_usd_per_kwh:.3f}")
     ax1.axhline(m.feed_in_usd_per_kwh, color="#2ca02c", ls="--", lw=1,
                 label=f"feed-in tariff {m.feed_in_usd_per_kwh:.3f}")
     ax1.set_ylabel("price [USD/kWh]")
-    ax1.set_title(f"Clearing price per interval ({m.topology} / {m.mechanism})")
+    ax1.set_title(f"Clearing price per {per} ({m.topology} / {m.mechanism})")
     r.time_axis(ax1)
     _legend(ax1, outside=True)
-    ax2.bar(x0, cl["traded_kwh"].to_numpy(dtype=float), width=tl.interval_h, align="edge",
+    ax2.bar(x0, d.cl["traded_kwh"].values()[present], width=width_h, align="edge",
             color="#1f77b4", edgecolor="white", lw=0.4, label="peer-traded energy")
-    if "unmatched_sell_kwh" in cl and "unmatched_buy_kwh" in cl:
-        ax2.step(np.r_[x0, x0[-1] + tl.interval_h], np.r_[cl["unmatched_sell_kwh"], cl["unmatched_sell_kwh"].iloc[-1]],
+    if "unmatched_sell_kwh" in d.cl and "unmatched_buy_kwh" in d.cl:
+        sell = d.cl["unmatched_sell_kwh"].values()[present]
+        buy = d.cl["unmatched_buy_kwh"].values()[present]
+        ax2.step(np.r_[x0, x0[-1] + width_h], np.r_[sell, sell[-1]],
                  where="post", color="#2ca02c", lw=1, label="unmatched offers (to utility)")
-        ax2.step(np.r_[x0, x0[-1] + tl.interval_h], np.r_[cl["unmatched_buy_kwh"], cl["unmatched_buy_kwh"].iloc[-1]],
+        ax2.step(np.r_[x0, x0[-1] + width_h], np.r_[buy, buy[-1]],
                  where="post", color="#d62728", lw=1, label="unmatched bids (from utility)")
-    ax2.set_ylabel("energy per interval [kWh]")
-    ax2.set_title("Traded energy per market interval")
+    ax2.set_ylabel(f"energy per {per} [kWh]")
+    ax2.set_title(f"Traded energy per market {per}" if not b.binned else f"Traded energy per {per}")
     r.time_axis(ax2)
     _legend(ax2, outside=True)
     fig.suptitle("Market clearing: price and traded energy")
@@ -328,7 +769,10 @@ def fig_market(r: _Run) -> Plot | html.Text:
                 "Top: the interval's clearing price (clearing.price_usd_per_kwh; none without a peer "
                 "trade) and the volume-weighted price of the peer trades, between the utility's "
                 "feed-in and retail tariffs. Bottom: peer-traded energy per interval "
-                "(clearing.traded_kwh) and what was left to the utility.", fig)
+                "(clearing.traded_kwh) and what was left to the utility."
+                + r.interval_bin_note("energies summed over the bin, the clearing price averaged over the "
+                                      "bin's intervals that have one, the peer trade price volume-weighted"),
+                fig)
 
 
 def baseline_bills(settlements: pd.DataFrame, retail_usd_per_kwh: float,
@@ -336,23 +780,16 @@ def baseline_bills(settlements: pd.DataFrame, retail_usd_per_kwh: float,
     """Per participant: ``net_cost_usd`` (with the market, summed over intervals),
     ``baseline_usd`` (no market: the same metered energy ``m`` billed at the tariffs,
     per interval net: ``sum_k max(m_k, 0) * retail - max(-m_k, 0) * feed_in``) and
-    ``saving_usd = baseline_usd - net_cost_usd``; sorted by saving, largest first."""
-    m = settlements["metered_kwh"].to_numpy(dtype=float)
-    base = np.clip(m, 0, None) * retail_usd_per_kwh - np.clip(-m, 0, None) * feed_in_usd_per_kwh
-    df = pd.DataFrame({"participant": settlements["participant"].astype(str).to_numpy(),
-                       "net_cost_usd": settlements["net_cost_usd"].to_numpy(dtype=float),
-                       "baseline_usd": base})
-    out = df.groupby("participant").sum()
-    out["saving_usd"] = out["baseline_usd"] - out["net_cost_usd"]
-    return out.sort_values("saving_usd", ascending=False)
+    ``saving_usd = baseline_usd - net_cost_usd``; sorted by saving, largest first.
+    (The report sums the same per chunk of intervals.)"""
+    return _bills(_bill_sums(settlements, retail_usd_per_kwh, feed_in_usd_per_kwh))
 
 
 def fig_bills(r: _Run) -> Plot | html.Text:
-    st = r.table("settlements")
-    if st is None:
+    d = r.data
+    if not d.has("settlements") or d.bill_sums is None:
         return html.Text("Bills: no settlements in this run.")
-    m = r.cfg.market
-    b = baseline_bills(st, m.retail_usd_per_kwh, m.feed_in_usd_per_kwh)
+    b = _bills(d.bill_sums)
     n = len(b)
     xi = np.arange(n)
     fig, (ax,) = _new_figure(4.6)
@@ -377,18 +814,22 @@ def fig_bills(r: _Run) -> Plot | html.Text:
 
 
 def fig_grid_exchange(r: _Run) -> Plot | html.Text:
-    g = r.table("grid")
-    if g is None:
+    d = r.data
+    if not d.has("grid") or d.g_t is None:
         return html.Text("Grid import / export: no grid table in this run.")
     lim = r.cfg.limits
-    x = r.hours(g["t_s"].to_numpy())
-    p = g["source_p_kw"].to_numpy(dtype=float)
+    present, x = r.series_x(d.g_t)
+    p = d.g_p["mean"].values()[present]
     fig, (ax,) = _new_figure(4.0)
-    ax.plot(x, p, color="black", lw=1.0, label="substation active power")
+    ax.plot(x, p, color="black", lw=1.0,
+            label="substation active power" + (" (mean over the bin)" if d.steps.binned else ""))
     if (p > 0).any():
         ax.fill_between(x, 0, p, where=p >= 0, color="#1f77b4", alpha=0.35, lw=0, label="import")
     if (p < 0).any():
         ax.fill_between(x, 0, p, where=p < 0, color="#2ca02c", alpha=0.45, lw=0, label="export")
+    if d.steps.binned:
+        ax.fill_between(x, d.g_p["min"].values()[present], d.g_p["max"].values()[present], color="0.25",
+                        alpha=0.35, lw=0, label="min - max over the bin")
     if lim.substation_import_max_kw is not None:
         ax.axhline(lim.substation_import_max_kw, color="#d62728", ls="--",
                    label=f"import cap {lim.substation_import_max_kw:g} kW")
@@ -397,8 +838,8 @@ def fig_grid_exchange(r: _Run) -> Plot | html.Text:
                    label=f"export cap {lim.substation_export_max_kw:g} kW")
     ax.axhline(0, color="black", lw=0.5)
     ax.set_ylabel("substation P (+ import, - export) [kW]")
-    imp = float(np.clip(p, 0, None).sum() * r.step_h)
-    exp = float(np.clip(-p, 0, None).sum() * r.step_h)
+    imp = float(d.g_p["import"].values()[present].sum() * r.step_h)
+    exp = float(d.g_p["export"].values()[present].sum() * r.step_h)
     ax.set_title(f"Grid import / export at the substation: {imp:,.0f} kWh in, {exp:,.0f} kWh out")
     r.time_axis(ax)
     _legend(ax, outside=True)
@@ -406,29 +847,30 @@ def fig_grid_exchange(r: _Run) -> Plot | html.Text:
         " Dashed: the configured substation caps."
     return Plot("grid_exchange", "Grid import / export at the substation",
                 "Active power through the feeder's source (grid.source_p_kw) per physics step, "
-                "positive = import from the upstream grid." + caps, fig)
+                "positive = import from the upstream grid." + caps
+                + r.step_bin_note(d.steps, "the mean over the bin (its energy), with the bin's minimum - "
+                                  "maximum as a grey band"), fig)
 
 
 def fig_curtailment(r: _Run) -> Plot | html.Text:
-    ce = r.table("curtailment_energy")
-    if ce is None or float(ce["energy_kwh"].sum()) <= 0:
+    d = r.data
+    if not d.has("curtailment_energy") or d.curtailed_kwh <= 0:
         why = "controllers disabled" if not r.cfg.controllers.enabled else "no limit needed it"
         return html.Text(f"Curtailment by cause: no PV energy was curtailed or held back in this run ({why}).")
     tl = r.cfg.timeline
-    k = ce["step"].to_numpy() // tl.steps_per_interval
-    by = ce.groupby([k, ce["limit"].astype(str)])["energy_kwh"].sum().unstack(fill_value=0.0)
-    by = by.reindex(np.arange(tl.n_intervals), fill_value=0.0)
-    causes = [c for c in CAUSE_COLOURS if c in by.columns] + sorted(set(by.columns) - set(CAUSE_COLOURS))
-    x0 = r.h0 + by.index.to_numpy() * tl.interval_h
+    b = d.intervals
+    causes = [c for c in CAUSE_COLOURS if c in d.curtailed] + sorted(set(d.curtailed) - set(CAUSE_COLOURS))
+    x0 = r.h0 + b.starts() * tl.interval_h
     fig, (ax,) = _new_figure(4.0)
-    bottom = np.zeros(len(by))
+    bottom = np.zeros(b.n)
     for c in causes:
-        vals = by[c].to_numpy()
-        ax.bar(x0, vals, bottom=bottom, width=tl.interval_h, align="edge", lw=0.3, edgecolor="white",
+        vals = d.curtailed[c].values()
+        ax.bar(x0, vals, bottom=bottom, width=b.width * tl.interval_h, align="edge", lw=0.3, edgecolor="white",
                color=CAUSE_COLOURS.get(c, "#17becf"),
                label=f"{CAUSE_LABELS.get(c, c)}: {vals.sum():.1f} kWh")
         bottom += vals
-    ax.set_ylabel("curtailed PV energy per interval [kWh]")
+    ax.set_ylabel("curtailed PV energy per interval [kWh]" if not b.binned else
+                  f"curtailed PV energy per bin of {b.width} intervals [kWh]")
     ax.set_title(f"Curtailment by cause: {bottom.sum():.1f} kWh in total")
     r.time_axis(ax)
     _legend(ax, outside=True)
@@ -436,23 +878,20 @@ def fig_curtailment(r: _Run) -> Plot | html.Text:
                 "PV energy held back per market interval (curtailment_energy), stacked by the limit "
                 "that caused it: DSO curtailment for over-voltage, thermal, unbalance or the "
                 "substation export cap, the inverters' Volt-Watt, and energy held back ex ante by "
-                "operating envelopes.", fig)
+                "operating envelopes." + r.interval_bin_note("energy summed over the bin"), fig)
 
 
 def fig_line_loading(r: _Run) -> Plot | html.Text:
-    ln = r.table("lines")
-    if ln is None:
+    d = r.data
+    if not d.has("lines") or d.ln_peak is None:
         return html.Text("Line loading: no lines table in this run (feeder.lines_top_n = 0?).")
     lim = r.cfg.limits
-    peak = ln.groupby("element", observed=True)["loading_pct"].max().sort_values(ascending=False)
+    peak = d.ln_peak.sort_values(ascending=False)
     top = peak.index[:TOP_LINES].astype(str).tolist()
-    steps = np.sort(ln["step"].unique())
-    t_of_step = ln.groupby("step")["t_s"].first().reindex(steps)
-    piv = _pivot(ln[ln["element"].astype(str).isin(top)], "step", "element", "loading_pct").reindex(steps)
-    x = r.hours(t_of_step.to_numpy())
+    present, x = r.series_x(d.ln_t)
     fig, (ax,) = _new_figure(4.0)
     for e in top:
-        ax.plot(x, piv[e].to_numpy(), lw=1.2, label=f"{e} (peak {peak[e]:.0f} %)")
+        ax.plot(x, d.ln_series[e].values()[present], lw=1.2, label=f"{e} (peak {peak[e]:.0f} %)")
     ax.axhline(100.0, color="#d62728", ls="--", lw=1, label="100 % of rating")
     if abs(lim.thermal_max_pct - 100.0) > 1e-9:
         ax.axhline(lim.thermal_max_pct, color="#9467bd", ls=":", lw=1,
@@ -466,23 +905,22 @@ def fig_line_loading(r: _Run) -> Plot | html.Text:
                 f"The {len(top)} elements with the highest peak loading (lines.loading_pct: max phase "
                 "current / NormAmps for lines, kVA / rated kVA for transformers). The lines table "
                 f"keeps the {r.cfg.feeder.lines_top_n} most loaded elements of each step; a gap "
-                "means the element was not among them.", fig)
+                "means the element was not among them."
+                + r.step_bin_note(d.steps, "the maximum over the bin"), fig)
 
 
 def fig_unbalance(r: _Run) -> Plot | html.Text:
-    ub = r.table("unbalance")
-    if ub is None:
+    d = r.data
+    if not d.has("unbalance") or d.ub_peak is None:
         return html.Text("Voltage unbalance: no three-phase buses in this run (unbalance table empty).")
     lim = r.cfg.limits
-    piv = _pivot(ub, "step", "bus", "vuf_pct")
-    t_of_step = ub.groupby("step")["t_s"].first().reindex(piv.index)
-    x = r.hours(t_of_step.to_numpy())
-    peak = piv.max().sort_values(ascending=False)
+    present, x = r.series_x(d.ub_t)
+    peak = d.ub_peak.sort_values(ascending=False)
     fig, (ax,) = _new_figure(4.0)
-    ax.plot(x, piv.max(axis=1).to_numpy(), color="black", lw=2.0, alpha=0.5,
-            label=f"max over {piv.shape[1]} three-phase buses")
+    ax.plot(x, d.ub_max.values()[present], color="black", lw=2.0, alpha=0.5,
+            label=f"max over {len(d.ub_peak)} three-phase buses")
     for b in peak.index[:WORST_BUSES]:
-        ax.plot(x, piv[b].to_numpy(), lw=1.0, label=f"bus {b} (peak {peak[b]:.2f} %)")
+        ax.plot(x, d.ub_series[b].values()[present], lw=1.0, label=f"bus {b} (peak {peak[b]:.2f} %)")
     ax.axhline(lim.vuf_max_pct, color="#d62728", ls="--", lw=1, label=f"limit {lim.vuf_max_pct:g} %")
     ax.set_ylim(0, max(lim.vuf_max_pct * 1.15, float(peak.iloc[0]) * 1.1))
     ax.set_ylabel("voltage unbalance factor [%]")
@@ -492,24 +930,25 @@ def fig_unbalance(r: _Run) -> Plot | html.Text:
     return Plot("unbalance", "Voltage unbalance",
                 "Voltage unbalance factor (negative- over positive-sequence voltage, IEC 61000-4-30) of "
                 "every three-phase bus after control (unbalance.vuf_pct): the maximum over the buses "
-                f"and the {WORST_BUSES} buses with the highest peak, against limits.vuf_max_pct.", fig)
+                f"and the {WORST_BUSES} buses with the highest peak, against limits.vuf_max_pct."
+                + r.step_bin_note(d.steps, "the maximum over the bin"), fig)
 
 
 def fig_losses(r: _Run) -> Plot | html.Text:
-    g = r.table("grid")
-    if g is None:
+    d = r.data
+    if not d.has("grid") or d.g_t is None:
         return html.Text("Losses: no grid table in this run.")
-    x = r.hours(g["t_s"].to_numpy())
-    loss = g["losses_kw"].to_numpy(dtype=float)
-    total_kwh = float(loss.sum() * r.step_h)
+    present, x = r.series_x(d.g_t)
+    loss = d.g_loss["mean"].values()[present]
+    total_kwh = float(d.g_loss["sum"].values()[present].sum() * r.step_h)
     fig, (ax,) = _new_figure(4.0)
-    cl = r.table("customer_losses")
     caption = "Feeder losses per physics step (grid.losses_kw, OpenDSS)."
-    if cl is not None:
-        bg = cl["participant"].astype(str) == "background"
-        cust = cl[~bg].groupby("step")["loss_kw"].sum().reindex(g["step"], fill_value=0.0).to_numpy()
-        back = cl[bg].groupby("step")["loss_kw"].sum().reindex(g["step"], fill_value=0.0).to_numpy()
-        share = 100.0 * cust.sum() / max(cust.sum() + back.sum(), 1e-12)
+    if d.c_loss:
+        cust = d.c_loss["cust_mean"].values()[present]
+        back = d.c_loss["back_mean"].values()[present]
+        cust_sum = d.c_loss["cust_sum"].values()[present].sum()
+        back_sum = d.c_loss["back_sum"].values()[present].sum()
+        share = 100.0 * cust_sum / max(cust_sum + back_sum, 1e-12)
         ax.stackplot(x, cust, back, colors=["#1f77b4", "#bbbbbb"], alpha=0.7,
                      labels=[f"allocated to prosumers ({share:.0f} %)",
                              f"allocated to background load ({100 - share:.0f} %)"])
@@ -521,7 +960,7 @@ def fig_losses(r: _Run) -> Plot | html.Text:
     ax.set_title(f"Feeder losses: {total_kwh:,.1f} kWh over the study")
     r.time_axis(ax)
     _legend(ax, outside=True)
-    return Plot("losses", "Feeder losses", caption, fig)
+    return Plot("losses", "Feeder losses", caption + r.step_bin_note(d.steps, "the mean over the bin"), fig)
 
 
 BUILDERS: dict[str, Callable[[_Run], Plot | html.Text]] = {
@@ -564,9 +1003,13 @@ def report_kpis(run: Path | _Run) -> pd.DataFrame:
     - ``mean_bill_saving_usd``: mean over prosumers of ``baseline - net cost`` (see
       :func:`baseline_bills`); ``mean_bill_saving_pct``: total saving / total
       ``|baseline|`` x 100.
+
+    Sums run chunk by chunk (:func:`aggregate`): a run read in one chunk (a day of the
+    default study) gives the numbers of the whole tables exactly; over several chunks a
+    sum is the sum of the chunks' sums (equal within float rounding, ~1e-15 relative).
     """
     r = run if isinstance(run, _Run) else load_run(Path(run))
-    t = r.tables
+    d = r.data
     cfg = r.cfg
     step_h = r.step_h
     rows: list[tuple[str, str, float, str, str]] = []
@@ -574,26 +1017,13 @@ def report_kpis(run: Path | _Run) -> pd.DataFrame:
     def add(key, name, value, unit, definition):
         rows.append((key, name, float(value), unit, definition))
 
-    tr = t.get("trades")
-    traded = float(tr.loc[tr["kind"] == "peer", "energy_kwh"].sum()) if tr is not None and not tr.empty else 0.0
+    traded = d.traded_kwh if d.has("trades") else 0.0
     add("energy_traded_kwh", "energy traded peer-to-peer", traded, "kWh", "sum of the peer trades' energy")
 
-    pr = r.table("profiles")
-    v = r.table("voltages")
     comm = house = total_load = pv_kwh = np.nan
-    if pr is not None:
-        load = pr.pivot(index="step", columns="participant", values="load_kw")
-        supply = (pr.pivot(index="step", columns="participant", values="pv_kw")
-                  - pr.pivot(index="step", columns="participant", values="battery_kw"))
-        if v is not None:
-            curt = v.pivot(index="step", columns="participant", values="curtailed_p_kw")
-            supply = supply - curt.reindex_like(supply).fillna(0.0)
-        total_load = float(load.to_numpy().sum())
-        L = load.sum(axis=1).to_numpy()
-        S = supply.sum(axis=1).to_numpy()
-        comm = float(np.minimum(L, np.clip(S, 0, None)).sum())
-        house = float(np.minimum(load.to_numpy(), np.clip(supply.to_numpy(), 0, None)).sum())
-        pv_kwh = float(pr["pv_kw"].sum() * step_h)
+    if d.has("profiles"):
+        comm, house, total_load = d.comm, d.house, d.total_load
+        pv_kwh = float(d.pv_sum_kw * step_h)
     add("self_sufficiency_community_pct", "self-sufficiency, community",
         100.0 * comm / total_load if total_load > 0 else np.nan, "%",
         "sum over steps of min(load, local supply) / load, all prosumers as one community; "
@@ -602,40 +1032,35 @@ def report_kpis(run: Path | _Run) -> pd.DataFrame:
     add("self_sufficiency_households_pct", "self-sufficiency, households alone",
         100.0 * house / total_load if total_load > 0 else np.nan, "%",
         "the same per household before summing (no sharing between prosumers)")
-    ce = t.get("curtailment_energy")
-    curtailed = float(ce["energy_kwh"].sum()) if ce is not None and not ce.empty else 0.0
+    curtailed = d.curtailed_kwh if d.has("curtailment_energy") else 0.0
     add("pv_available_kwh", "PV energy available", pv_kwh, "kWh", "sum of profiles.pv_kw x step")
     add("curtailed_kwh", "PV energy curtailed or held back", curtailed, "kWh",
         "sum of curtailment_energy, every cause (DSO, Volt-Watt, envelopes)")
     add("curtailed_share_pct", "curtailed share", 100.0 * curtailed / pv_kwh if pv_kwh > 0 else np.nan, "%",
         "curtailed PV energy / PV energy available")
 
-    k = t.get("kpis")
+    k = r.kpis
     for when in ("before", "after"):
         val = float(k[f"violation_min_{when}"].sum()) if k is not None else np.nan
         add(f"violation_min_{when}", f"voltage violation minutes {when} control", val, "min",
             f"steps with a customer voltage outside [{cfg.limits.v_min_pu:g}, {cfg.limits.v_max_pu:g}] pu "
             f"x step length ({'uncontrolled solve' if when == 'before' else 'final solve'})")
-    ub = r.table("unbalance")
-    add("vuf_max_pct", "worst voltage unbalance factor", float(ub["vuf_pct"].max()) if ub is not None else np.nan,
+    add("vuf_max_pct", "worst voltage unbalance factor", d.vuf_max_pct if d.has("unbalance") else np.nan,
         "%", f"max over three-phase buses and steps, after control (limit {cfg.limits.vuf_max_pct:g} %)")
 
-    g = r.table("grid")
-    if g is not None:
-        losses = float(g["losses_kw"].sum() * step_h)
-        imported = float(np.clip(g["source_p_kw"].to_numpy(dtype=float), 0, None).sum() * step_h)
+    if d.has("grid"):
+        losses = float(d.losses_sum_kw * step_h)
+        imported = float(d.import_sum_kw * step_h)
     else:
         losses = imported = np.nan
     add("losses_kwh", "feeder losses", losses, "kWh", "sum of grid.losses_kw x step")
     add("losses_pct_of_import", "losses / energy imported", 100.0 * losses / imported if imported > 0 else np.nan,
         "%", "losses over the substation import (sum of max(source_p_kw, 0) x step)")
 
-    cl = r.table("clearing")
-    add("welfare_usd", "peer welfare", float(cl["welfare_usd"].sum()) if cl is not None else np.nan, "USD",
+    add("welfare_usd", "peer welfare", d.welfare_usd if d.has("clearing") else np.nan, "USD",
         "sum of the clearing's welfare over the intervals")
-    st = r.table("settlements")
-    if st is not None:
-        b = baseline_bills(st, cfg.market.retail_usd_per_kwh, cfg.market.feed_in_usd_per_kwh)
+    if d.has("settlements") and d.bill_sums is not None:
+        b = _bills(d.bill_sums)
         saving = float(b["saving_usd"].mean())
         denom = float(b["baseline_usd"].abs().sum())
         pct = 100.0 * float(b["saving_usd"].sum()) / denom if denom > 0 else np.nan
@@ -703,17 +1128,17 @@ def _blocks(r: _Run) -> dict[str, Plot | html.Text]:
     return {fid: BUILDERS[fid](r) for fid in FIGURE_IDS}
 
 
-def make_figures(run_dir: Path) -> list[Plot]:
+def make_figures(run_dir: Path, *, chunk_rows: int = CHUNK_ROWS) -> list[Plot]:
     """Every figure the run has data for, in report order, not yet rendered: id, title,
     caption and the matplotlib figure (for inspection; :meth:`Plot.to_html` renders it)."""
-    return [b for b in _blocks(load_run(run_dir)).values() if isinstance(b, Plot)]
+    return [b for b in _blocks(load_run(run_dir, chunk_rows=chunk_rows)).values() if isinstance(b, Plot)]
 
 
-def write_report(run_dir: Path, *, quiet: bool = False) -> Path:
+def write_report(run_dir: Path, *, quiet: bool = False, chunk_rows: int = CHUNK_ROWS) -> Path:
     """Write ``<run>/report/<figure-id>.png`` and the self-contained ``<run>/report.html``;
-    returns the HTML path."""
+    returns the HTML path. The tables are read in chunks (:func:`aggregate`)."""
     t0 = time.perf_counter()
-    r = load_run(run_dir)
+    r = load_run(run_dir, chunk_rows=chunk_rows)
     fig_dir = r.run_dir / FIGURE_DIR
     fig_dir.mkdir(exist_ok=True)
     for fid in FIGURE_IDS:  # no stale figure from an earlier report
