@@ -17,7 +17,9 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -281,13 +283,40 @@ class NoopProc(Proc):
 @dataclass
 class FederationRun:
     """What a federation run left for the split: wall [s], and per process its start and
-    end [s, perf_counter] and the HELICS profile (None without the profiler)."""
+    end [s, perf_counter], when its log says it entered executing mode (perf_counter, to
+    the log's millisecond) and the HELICS profile (None without the profiler)."""
 
     wall_s: float
     t_begin: float  # perf_counter when the run was asked for
     starts: dict[str, float]
     ends: dict[str, float | None]
+    executing: dict[str, float]
     profile: dict[str, FederateProfile] | None
+
+    @property
+    def startup_log(self) -> float | None:
+        """Run asked for -> the first federate's ``executing`` log line [s] (to 1 ms)."""
+        return min(self.executing.values()) - self.t_begin if self.executing else None
+
+
+LOG_EXECUTING = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ INFO executing\s*$", re.M)
+
+
+def executing_from_logs(logs: Path, names: list[str]) -> dict[str, float]:
+    """When each federate logged ``executing`` (``Door.enter``, after entering executing
+    mode) [s, perf_counter]: the log's local time stamp (1 ms), moved to perf_counter by
+    the present offset between the two clocks."""
+    offset = time.time() - time.perf_counter()
+    out = {}
+    for name in names:
+        try:
+            m = LOG_EXECUTING.search((logs / f"{name}.log").read_text(errors="replace"))
+        except OSError:
+            continue
+        if m:
+            stamp = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            out[name] = stamp - offset
+    return out
 
 
 def broker_binary() -> Path:
@@ -329,9 +358,14 @@ def floor_helics(study: Study, plan: Plan, launch: str = "fork", direct_broker: 
     t_begin = time.perf_counter()
     fed.run(study.cfg.federation.timeout_s)
     wall = time.perf_counter() - t_begin
+    return _run(study, wall, t_begin, procs)
+
+
+def _run(study: Study, wall: float, t_begin: float, procs: list[Proc]) -> FederationRun:
+    names = [p.name for p in procs if p.name != "broker"]
     return FederationRun(wall, t_begin, {p.name: p.t0 for p in procs},
                          {p.name: None if p.wall_s is None else p.t0 + p.wall_s for p in procs},
-                         _profile(study))
+                         executing_from_logs(study.run_dir / "logs", names), _profile(study))
 
 
 def _profile(study: Study) -> dict[str, FederateProfile] | None:
@@ -364,9 +398,7 @@ def real_federation(study: Study) -> FederationRun:
     with watching_procs() as procs:
         t_begin = time.perf_counter()
         wall = run_study(study, "federation")
-    return FederationRun(wall, t_begin, {p.name: p.t0 for p in procs},
-                         {p.name: None if p.wall_s is None else p.t0 + p.wall_s for p in procs},
-                         _profile(study))
+    return _run(study, wall, t_begin, procs)
 
 
 def run_subprocess(argv: list[str], timeout_s: float, cwd: Path) -> tuple[int, str]:

@@ -54,6 +54,17 @@ OUT = REPO / "BENCHMARKS.md"
 ROLES = (keys.PROSUMERS, keys.MARKET, keys.FEEDER, keys.METERS, keys.CONTROLLERS)
 KEPT = (("<!-- scale:begin -->", "<!-- scale:end -->"),)  # sections other benchmarks own
 LOAD_LIMIT = 2.0  # load average above which the figures of a case are inflated (2 CPUs)
+#: the cases of one round, in their order: (key, label)
+ROUND = (
+    ("inprocess", "in-process"),
+    ("federation", "federation (profiler on)"),
+    ("federation_plain", "federation (profiler off)"),
+    ("floor_b", "floor (b) (profiler on)"),
+    ("floor_b_plain", "floor (b) (profiler off)"),
+    ("floor_b_exec", "floor (b) exec'd (profiler on)"),
+    ("floor_b_direct", "floor (b) with the broker binary (profiler on)"),
+    ("floor_a", "floor (a)"),
+)
 
 
 # ---- one case of each kind ------------------------------------------------------------------
@@ -84,13 +95,13 @@ def federation(cfg, run_dir: Path, study=None) -> dict:
     if study is None:
         study, _ = _prepare(cfg, run_dir)
     run = floors.real_federation(study)
-    return {"wall": run.wall_s, "split": _split(run), "run_dir": run_dir}
+    return {"wall": run.wall_s, "split": _split(run), "startup_log": run.startup_log, "run_dir": run_dir}
 
 
 def floor_b(cfg, run_dir: Path, plan, launch: str = "fork", direct_broker: bool = False) -> dict:
     study, _ = _prepare(cfg, run_dir)
     run = floors.floor_helics(study, plan, launch, direct_broker=direct_broker)
-    return {"wall": run.wall_s, "split": _split(run)}
+    return {"wall": run.wall_s, "split": _split(run), "startup_log": run.startup_log}
 
 
 def floor_a(cfg, run_dir: Path, results: Path) -> dict:
@@ -130,9 +141,11 @@ def k_split(args, bench_dir: Path, measured) -> dict:
         (d / CONFIG_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
         return Study.load(d)
 
-    for k in args.k:
-        study = copy(f"k{k}", k)
-        out["runs"][k] = measured(f"K={k} prosumer federates", lambda s=study: federation(None, s.run_dir, s))
+    for i in range(1, args.k_repeat + 1):
+        for k in args.k:
+            study = copy(f"k{k}-{i}", k)
+            out["runs"].setdefault(k, []).append(
+                measured(f"K={k} prosumer federates {i}", lambda s=study: federation(None, s.run_dir, s)))
     if args.k_inprocess:
         study = copy("k-inprocess", 1)
         out["inprocess"] = measured("K study in process", lambda: {"wall": run_study(study, "inprocess")})
@@ -217,30 +230,56 @@ def load_rows(loads: list[Load]) -> list[list[str]]:
     return rows
 
 
+def _get(xs: list[dict], key: str) -> list:
+    return [x.get(key) for x in xs]
+
+
+def _sp(xs: list[dict], attr: str) -> float | None:
+    """Median of a RunSplit attribute over the profiled runs of ``xs``."""
+    return med([getattr(x["split"], attr) for x in xs if x.get("split") is not None])
+
+
 def report(R: dict, cfg, args, started: dt.datetime, elapsed_s: float) -> str:
     tl = cfg.timeline
     n_steps = tl.n_steps
-    ip, fe, fe0, fb, fa = R["inprocess"], R["federation"], R["federation_plain"], R["floor_b"], R["floor_a"]
+    ip, fa = R["inprocess"], R["floor_a"]
+    fe, fe0, fb, fb0 = R["federation"], R["federation_plain"], R["floor_b"], R["floor_b_plain"]
     roles = {r: med([x["engine_seconds"].get(r, 0.0) for x in ip]) or 0.0 for r in (*ROLES, "setup")}
     engine_total = sum(roles.values())
     cp = critical_path_s(roles)
-    ip_wall = med([x["wall"] for x in ip])
+    ip_wall = med(_get(ip, "wall"))
     fa_all, fa_one = med([x["all"].loop_s for x in fa]), med([x["one"].loop_s for x in fa])
     fe_s = [x["split"] for x in fe if x["split"] is not None]
     fb_s = [x["split"] for x in fb if x["split"] is not None]
-    fe_wall, fe0_wall = med([x["wall"] for x in fe]), med([x["wall"] for x in fe0])
-    fe_start, fe_loop, fe_after = (med([getattr(s, a) for s in fe_s]) for a in ("startup", "loop", "after"))
-    fb_wall = med([x["wall"] for x in fb])
-    fb_start, fb_loop, fb_after = (med([getattr(s, a) for s in fb_s]) for a in ("startup", "loop", "after"))
-    fe_busy, fb_busy = _busy(fe_s, 1), _busy(fb_s, 1)
-    fe_wait, fb_wait = _busy(fe_s, 0), _busy(fb_s, 0)
-    fe_wait = None if fe_wait is None or fe_busy is None else fe_wait - fe_busy  # m == 0 alone
-    fb_wait = None if fb_wait is None or fb_busy is None else fb_wait - fb_busy
+    # profiler off: wall, start-up from the logs, the rest
+    fe0_wall, fb0_wall = med(_get(fe0, "wall")), med(_get(fb0, "wall"))
+    fe0_start, fb0_start = med(_get(fe0, "startup_log")), med(_get(fb0, "startup_log"))
+    fe0_rest = med([x["wall"] - x["startup_log"] for x in fe0 if x["startup_log"] is not None])
+    fb0_rest = med([x["wall"] - x["startup_log"] for x in fb0 if x["startup_log"] is not None])
+    # profiler on: the profile's split
+    fe_wall, fb_wall = med(_get(fe, "wall")), med(_get(fb, "wall"))
+    fe_start, fe_loop, fe_after = _sp(fe, "startup"), _sp(fe, "loop"), _sp(fe, "after")
+    fb_start, fb_loop, fb_after = _sp(fb, "startup"), _sp(fb, "loop"), _sp(fb, "after")
+    fe_busy = _busy(fe_s, 1)
+    fe_wait, fb_wait = med([s.busy.get(0, 0.0) for s in fe_s]), med([s.busy.get(0, 0.0) for s in fb_s])
     plan = R["plan"]
     eq = R["equal"]
-    ms = lambda s: None if s is None else 1000 * s / n_steps  # noqa: E731
-    over = [ld.label for ld in R["loads"] if ld.load_max > LOAD_LIMIT]
     n = args.repeat
+
+    def ms(x: float | None) -> float | None:
+        return None if x is None else 1000 * x / n_steps
+
+    def plus(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a + b
+
+    def minus(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a - b
+
+    over = [ld for ld in R["loads"] if ld.load_max > LOAD_LIMIT]
+    others = med([ld.others_cores for ld in R["loads"]])
+    prof_cost_fe, prof_cost_fb = minus(fe_wall, fe0_wall), minus(fb_wall, fb0_wall)
+    noise = max((max(v) - min(v) for v in (_get(fe0, "wall"), _get(fb0, "wall")) if len(v) > 1), default=0.0)
+    prof_free = prof_cost_fe is not None and prof_cost_fe <= noise
 
     out = [
         "# Benchmarks",
@@ -250,12 +289,14 @@ def report(R: dict, cfg, args, started: dt.datetime, elapsed_s: float) -> str:
         "below was measured in that one run, on the machine below; compare ratios and shares rather than "
         "absolute seconds across machines.",
         "",
-        ("**Machine load.** " + (
-            f"The 1-minute load average exceeded {LOAD_LIMIT:g} (the machine's CPU count) during "
-            f"{len(over)} of {len(R['loads'])} cases ({', '.join(over)}): other jobs shared the CPUs and "
-            "those figures are inflated; the last column of the load table says by how many cores' worth. "
-            if over else f"The 1-minute load average stayed at or below {LOAD_LIMIT:g} in every case. ")
-         + "Per case in [Machine load per case](#machine-load-per-case)."),
+        "**Machine load.** " + (
+            f"The 1-minute load average exceeded {LOAD_LIMIT:g} (the machine's CPU count) during {len(over)} of "
+            f"{len(R['loads'])} cases: **the figures are inflated**. Other jobs used {f(others, 1)} of the 2 CPUs "
+            "(median over the cases; /proc/stat busy time minus this benchmark's own); the processes of a case "
+            "competed with them for the rest. "
+            if over else
+            f"The 1-minute load average stayed at or below {LOAD_LIMIT:g} in every case (other jobs: {f(others, 1)} "
+            "cores, median). ") + "Per case in [Machine load per case](#machine-load-per-case).",
         "",
         "## Machine",
         "",
@@ -274,72 +315,81 @@ def report(R: dict, cfg, args, started: dt.datetime, elapsed_s: float) -> str:
             ["controllers", "enabled" if cfg.controllers.enabled else "disabled"],
             ["DSO rounds", f"{sum(plan.rounds)} in {sum(1 for r in plan.rounds if r)} of {n_steps} steps "
                            f"(most in a step: {max(plan.rounds, default=0)}); {len(plan.capped)} steps ended capped"],
-            ["solves", f"{R['solves']} power flows ({R['solves'] / n_steps:.2f} per step)"],
-            ["messages", f"{plan.n_messages()} HELICS messages, {plan.n_bytes() / 1e6:.1f} MB; values: "
-                         f"`dso_view` {plan.view_size} doubles per control round, `meter_block` "
-                         f"{1 + 3 * tl.steps_per_interval * plan.n} per interval"],
-            ["repeats", f"{n} rounds of: in-process, federation (profiler on), federation (profiler off), "
-                        "floor (b), floor (a)"],
+            ["power flows", f"{R['solves']} ({R['solves'] / n_steps:.2f} per step)"],
+            ["HELICS traffic", f"{plan.n_messages()} messages, {plan.n_bytes() / 1e6:.1f} MB; values: `dso_view` "
+                               f"{plan.view_size} doubles per control round, `meter_block` "
+                               f"{1 + 3 * tl.steps_per_interval * plan.n} per interval"],
+            ["repeats", f"{n} rounds of: " + ", ".join(label for _, label in ROUND)],
         ], numeric=False),
         "",
         "## The comparison: each engine against its floor",
         "",
-        "Medians over the repeats; *ms/step* divides by the study's physics steps.",
+        f"Medians over the {n} rounds; *ms/step* divides by the study's {n_steps} physics steps.",
         "",
         "### In-process engine against floor (a), the physics",
         "",
         table(["", "s", "ms/step", "× floor (a)"], [
             ["in-process wall (`run_study`)", f(ip_wall), f(ms(ip_wall)), ratio(ip_wall, fa_all)],
-            ["of which the engine (`run_inprocess`, all roles and setup)", f(engine_total), f(ms(engine_total)),
+            ["of which the engine (`run_inprocess`: roles and setup)", f(engine_total), f(ms(engine_total)),
              ratio(engine_total, fa_all)],
-            ["of which the feeder role (OpenDSS and all its bookkeeping)", f(roles[keys.FEEDER]),
+            ["of which the feeder role (OpenDSS and its bookkeeping)", f(roles[keys.FEEDER]),
              f(ms(roles[keys.FEEDER])), ratio(roles[keys.FEEDER], fa_all)],
-            [f"**floor (a)**: bare OpenDSS loop, the run's {R['solves']} solves", f(fa_all), f(ms(fa_all)), "1.00×"],
-            ["floor (a) with one solve per step", f(fa_one), f(ms(fa_one)), ratio(fa_one, fa_all)],
+            [f"**floor (a)**: bare OpenDSS loop, the run's {R['solves']} solves", f(fa_all, 3), f(ms(fa_all)),
+             "1.00×"],
+            ["floor (a) with one solve per step", f(fa_one, 3), f(ms(fa_one)), ratio(fa_one, fa_all)],
         ]),
         "",
-        f"- Target *in process ≤ 3 s*: {'**reached**' if ip_wall <= 3 else '**not reached**'} "
-        f"({f(ip_wall)} s). The roles' own work is {f(engine_total - fa_all)} s above the physics floor: "
-        + ", ".join(f"{r} {f(roles[r])} s" for r in (*ROLES, "setup")) + ".",
+        f"- Target *in process ≤ 3 s*: {'**reached**' if ip_wall <= 3 else '**not reached**'} ({f(ip_wall)} s). "
+        f"Above the physics floor: {f(minus(engine_total, fa_all))} s of role work: "
+        + ", ".join(f"{r} {f(roles[r])} s" for r in (*ROLES, "setup"))
+        + f"; the feeder role alone is {ratio(roles[keys.FEEDER], fa_all, 1)} floor (a).",
         "",
         "### Federation against floor (b), HELICS",
         "",
-        table(["", "s", "ms/step", "note"], [
-            ["federation wall (`run_study`, profiler on)", f(fe_wall), f(ms(fe_wall)),
-             f"profiler off: {f(fe0_wall)} s"],
-            ["start-up: run asked for → first federate executing", f(fe_start), "", ""],
-            ["time loop: first federate executing → last one closing", f(fe_loop), f(ms(fe_loop)), ""],
-            ["after: closing, tables, exit, manifest", f(fe_after), "", ""],
-            ["**floor (b)** wall: no-op federation, forked", f(fb_wall), f(ms(fb_wall)), ""],
-            ["floor (b) start-up", f(fb_start), "", ""],
-            ["**floor (b) time loop**", f(fb_loop), f(ms(fb_loop)), ""],
-            ["floor (b) after", f(fb_after), "", ""],
-            ["in-process role work on the critical path", f(cp), f(ms(cp)),
-             "feeder + controllers + market + max(prosumers, meters)"],
-            ["critical path + floor (b) loop", f(None if fb_loop is None else cp + fb_loop),
-             f(ms(None if fb_loop is None else cp + fb_loop)), ""],
+        "Without the profiler: wall time and start-up (to the first federate's `executing` log line, 1 ms); "
+        "with it: the profile's split.",
+        "",
+        table(["", "federation s", "floor (b) s", "difference s", "federation / floor (b)"], [
+            ["**wall, profiler off**", f(fe0_wall), f(fb0_wall), f(minus(fe0_wall, fb0_wall)), ratio(fe0_wall, fb0_wall)],
+            ["start-up (run asked for → first federate executing)", f(fe0_start), f(fb0_start),
+             f(minus(fe0_start, fb0_start)), ratio(fe0_start, fb0_start)],
+            ["time loop + after", f(fe0_rest), f(fb0_rest), f(minus(fe0_rest, fb0_rest)), ratio(fe0_rest, fb0_rest)],
+            ["wall, profiler on", f(fe_wall), f(fb_wall), f(minus(fe_wall, fb_wall)), ratio(fe_wall, fb_wall)],
+            ["start-up (to the first EXIT in `executing`)", f(fe_start), f(fb_start), f(minus(fe_start, fb_start)),
+             ratio(fe_start, fb_start)],
+            ["**time loop** (→ the last federate's closing ENTRY)", f(fe_loop), f(fb_loop), f(minus(fe_loop, fb_loop)),
+             ratio(fe_loop, fb_loop)],
+            ["after (disconnect, tables, exit, manifest)", f(fe_after), f(fb_after), f(minus(fe_after, fb_after)),
+             ratio(fe_after, fb_after)],
+            ["the profiler's cost (wall on − off)", f(prof_cost_fe), f(prof_cost_fb), "", ""],
         ]),
         "",
-        table(["ratio", "value", "target"], [
-            ["federation time loop / floor (b) time loop", ratio(fe_loop, fb_loop), ""],
-            ["federation time loop / (critical path + floor (b) loop)",
-             ratio(fe_loop, None if fb_loop is None else cp + fb_loop), ""],
-            ["federation start-up / floor (b) start-up", ratio(fe_start, fb_start), ""],
-            ["**federation wall / in-process wall**", ratio(fe_wall, ip_wall),
-             "≤ 1.5×: " + ("**reached**" if fe_wall <= 1.5 * ip_wall else "**not reached**")],
-            ["federation wall (profiler off) / in-process wall", ratio(fe0_wall, ip_wall), ""],
+        table(["against the in-process engine", "s", "federation / this", "target"], [
+            ["in-process wall", f(ip_wall), ratio(fe0_wall, ip_wall),
+             "**≤ 1.5×: " + ("reached**" if fe0_wall is not None and fe0_wall <= 1.5 * ip_wall else "not reached**")],
+            ["in-process wall (federation with the profiler)", f(ip_wall), ratio(fe_wall, ip_wall), ""],
+            ["in-process role work on the critical path (cp)", f(cp), "", ""],
+            ["cp + floor (b) wall, profiler off", f(plus(cp, fb0_wall)), ratio(fe0_wall, plus(cp, fb0_wall)), ""],
+            ["cp + floor (b) time loop (profiler on: federation time loop / this)", f(plus(cp, fb_loop)),
+             ratio(fe_loop, plus(cp, fb_loop)), ""],
         ], numeric=False),
         "",
+        "- *cp* (critical path): " + critical_path_s.__doc__.split(":", 1)[1].strip().replace("\n    ", " ")
+        + f" = {f(cp)} s. A federation doing the same work with nothing but HELICS's floor as overhead would "
+        "take cp + floor (b).",
         "- Federation tables equal the in-process tables: "
-        + (f"yes ({eq[0]} tables, first repeat, profiler on and off)." if not eq[1]
-           else f"**no**: {', '.join(eq[1])} differ (first repeat)."),
-        f"- The profiler: federation {spread([x['wall'] for x in fe])} s with it, "
-        f"{spread([x['wall'] for x in fe0])} s without (median (min–max) of {n}); floor (b) "
-        f"{f(fb_wall)} s with, {f(R['floor_b_plain']['wall'])} s without. "
-        + ("Its cost is within the run-to-run spread, so it is on in every repeat."
-           if fe_wall is not None and fe0_wall is not None
-           and fe_wall - fe0_wall <= max(x["wall"] for x in fe0) - min(x["wall"] for x in fe0) + 0.05 * fe0_wall
-           else "It costs more than the run-to-run spread: the profiled figures carry that cost."),
+        + (f"yes ({eq[0]} tables, first round, profiler on and off)." if not eq[1]
+           else f"**no**: {', '.join(eq[1])} differ (first round)."),
+        f"- The profiler (`federation.helics_profiler: true`: every ENTRY and EXIT is a message to the broker, "
+        f"which writes it): federation {spread(_get(fe, 'wall'))} s with it, {spread(_get(fe0, 'wall'))} s "
+        f"without; floor (b) {spread(_get(fb, 'wall'))} s with, {spread(_get(fb0, 'wall'))} s without (median "
+        f"(min–max)). " + (
+            "Its cost is within the run-to-run spread: the profiled runs' split stands for the unprofiled ones."
+            if prof_free else
+            f"**It is not free**: {f(prof_cost_fe)} s on the federation, {f(prof_cost_fb)} s on floor (b), more "
+            "than the run-to-run spread; so the wall times above are the runs without it, and the profile's split "
+            "(this table's lower half, the tables below) is of runs that carry its cost, mostly as time inside "
+            "HELICS."),
         "",
         "### Where the federation's time goes (HELICS's own profile)",
         "",
@@ -352,45 +402,46 @@ def report(R: dict, cfg, args, started: dt.datetime, elapsed_s: float) -> str:
         "",
         table(["federates outside HELICS", "s", "% of loop"], busy_rows(fe_s)),
         "",
-        f"- Work on the critical path as the federation ran it (some federate outside HELICS): "
-        f"{f(fe_busy)} s, against {f(cp)} s of the same roles' work in process; time with every "
-        f"federate waiting inside HELICS (the coordination itself: broker, zmq, wake-ups): {f(fe_wait)} s, "
-        f"against {f(fb_wait)} s in floor (b).",
+        f"- Work on the critical path as the federation ran it (time with some federate outside HELICS): "
+        f"{f(fe_busy)} s, against {f(cp)} s of the same roles' work in process (cp). Time with every federate "
+        f"waiting inside HELICS (the coordination itself: broker, zmq, wake-ups, and the profiler's messages): "
+        f"{f(fe_wait)} s, against {f(fb_wait)} s in floor (b).",
         "",
         "## Floor (b): the no-op federation",
         "",
         f"The same 5 federates and broker with the same interfaces, HELICS times, control rounds and "
         f"message sizes ({plan.n_messages()} messages, {plan.n_bytes() / 1e6:.1f} MB) and no domain work "
-        "(`benchmarks/noop_federate.py`).",
+        "(`benchmarks/noop_federate.py`); forked as the real federates are. Profiled runs:",
         "",
         table([*FED_HEADER], fed_rows(fb_s, list(keys.FEDERATES), None)),
         "",
         table(["federates outside HELICS", "s", "% of loop"], busy_rows(fb_s)),
         "",
-        "How it is launched (one run each, profiler on but the first):",
+        "How it is launched:",
         "",
-        table(["launch", "wall s", "start-up s", "time loop s", "after s"], [
-            [f"forked from this process (median of {len(fb)})", f(fb_wall), f(fb_start), f(fb_loop), f(fb_after)],
-            ["forked, profiler off", f(R["floor_b_plain"]["wall"]), DASH, DASH, DASH],
-            *[[label, f(x["wall"]), f(x["split"].startup if x["split"] else None),
-               f(x["split"].loop if x["split"] else None), f(x["split"].after if x["split"] else None)]
-              for label, x in (("exec'd: `python benchmarks/noop_federate.py`", R["floor_b_exec"]),
-                               ("forked, broker binary started directly", R["floor_b_direct"]))],
-        ]),
+        table(["launch", "profiler", "wall s", "start-up s", "time loop s", "after s"], [
+            ["forked from this process (as `federation.launch: fork`)", "off", spread(_get(fb0, "wall")),
+             f(fb0_start), f"{f(fb0_rest)} (with after)", ""],
+            ["forked from this process", "on", spread(_get(fb, "wall")), f(fb_start), f(fb_loop), f(fb_after)],
+            *[[label, "on", spread(_get(R[key], "wall")), f(_sp(R[key], "startup")), f(_sp(R[key], "loop")),
+               f(_sp(R[key], "after"))]
+              for label, key in (("exec'd: `python benchmarks/noop_federate.py`", "floor_b_exec"),
+                                 ("forked, broker binary started directly", "floor_b_direct"))],
+        ], numeric=False),
         "",
-        "- The real federation forks its federates (`federation.launch: fork`, the default), so floor (b) does too. "
-        "The broker is the same command as a real run's (`runner.launch.helics_bin('helics_broker')`): a Python "
-        "console script of the helics package that starts the broker binary as a subprocess; the last row runs "
-        "that binary directly with the same arguments.",
+        "- The broker is the same command as a real run's (`runner.launch.helics_bin('helics_broker')`): the "
+        "helics package's `helics_broker` console script, a Python program that imports helics and runs the "
+        "broker binary as a subprocess. The last row runs that binary directly with the same arguments: the "
+        "start-up it saves is the script's.",
         "",
         "## Floor (a): the physics",
         "",
         table(["variant", "solves", "loop s", "ms/step", "set s", "solve s", "read s", "build s"], [
-            [label, str(x[0][key].solves), spread([r[key].loop_s for r in x]),
-             f(ms(med([r[key].loop_s for r in x]))), f(med([r[key].set_s for r in x])),
-             f(med([r[key].solve_s for r in x])), f(med([r[key].read_s for r in x])),
-             f(med([r[key].build_s for r in x]))]
-            for label, key, x in (("the run's solves per step", "all", fa), ("one solve per step", "one", fa))
+            [label, str(fa[0][key].solves), spread([r[key].loop_s for r in fa], 3),
+             f(ms(med([r[key].loop_s for r in fa]))), f(med([r[key].set_s for r in fa]), 3),
+             f(med([r[key].solve_s for r in fa]), 3), f(med([r[key].read_s for r in fa]), 3),
+             f(med([r[key].build_s for r in fa]), 3)]
+            for label, key in (("the run's solves per step", "all"), ("one solve per step", "one"))
         ]),
         "",
         "## In-process engine: time per role",
@@ -398,7 +449,7 @@ def report(R: dict, cfg, args, started: dt.datetime, elapsed_s: float) -> str:
         table(["role", "s", "ms/step", "% of engine"], [
             *[[r, f(roles[r]), f(ms(roles[r])), pct(roles[r] / engine_total)] for r in (*ROLES, "setup")],
             ["**total (`run_inprocess`)**", f(engine_total), f(ms(engine_total)), "100 %"],
-            ["wall (`run_study`: engine + manifest)", spread([x["wall"] for x in ip]), f(ms(ip_wall)), ""],
+            ["wall (`run_study`: engine + manifest)", spread(_get(ip, "wall")), f(ms(ip_wall)), ""],
         ]),
         "",
     ]
@@ -426,10 +477,12 @@ def report(R: dict, cfg, args, started: dt.datetime, elapsed_s: float) -> str:
         "The runner's `Proc.start` is wrapped in this process only, to note each process's start "
         "(`time.perf_counter`, the profile's clock: CLOCK_MONOTONIC; checked against the profile's MARKERs: "
         f"{R['clock_check']}).",
-        "- **start-up / time loop / after** (run): from the run being asked for to the first HELICS CODE EXIT in "
-        "state `executing` of any federate (`helicsFederateEnterExecutingMode` returned: all have joined); from "
-        "there to the last federate's closing HELICS CODE ENTRY (the disconnect, which has no EXIT); the rest of "
-        "the wall time.",
+        "- **start-up / time loop / after** (run, profiler on): from the run being asked for to the first HELICS "
+        "CODE EXIT in state `executing` of any federate (`helicsFederateEnterExecutingMode` returned: all have "
+        "joined); from there to the last federate's closing HELICS CODE ENTRY (the disconnect, which has no "
+        "EXIT); the rest of the wall time. Profiler off: start-up to the first federate's `executing` log line "
+        "(`Door.enter`, just after; log time stamps to the millisecond, moved to `perf_counter` by the clocks' "
+        "offset), and the rest.",
         "- **per federate**: *start-up* from its process start to its own first EXIT in `executing`; *to MARKER*: "
         "to its profiling MARKER (its HELICS federate created and known to the broker: after interpreter start "
         "(exec only), loading the study and building its role); *inside HELICS*: the sum of ENTRY → EXIT of its "
@@ -459,8 +512,9 @@ def report(R: dict, cfg, args, started: dt.datetime, elapsed_s: float) -> str:
         "`Timeline` times as its `federate.py`, publishing and reading vectors of the real lengths and sending "
         "messages of the real sizes, receiving everything, doing nothing else. Started and watched by "
         "`runner.launch.Federation.run` with the real broker command.",
-        f"- **repeats**: the engines and floors alternate within each of the {n} rounds, so a change of machine "
-        "load hits them alike; `spread` cells are median (min–max).",
+        f"- **repeats**: the engines and floors alternate within each of the {n} rounds (in the order of the "
+        "study table's *repeats*), so a change of machine load hits them alike; cells with a range are median "
+        "(min–max).",
         "",
     ]
     return "\n".join(out)
@@ -469,18 +523,22 @@ def report(R: dict, cfg, args, started: dt.datetime, elapsed_s: float) -> str:
 def k_section(k: dict | None) -> list[str]:
     if not k:
         return []
-    runs = k["runs"]
+    runs: dict[int, list[dict]] = k["runs"]
     base = runs.get(1)
+    b_wall, b_loop = (med(_get(base, "wall")), _sp(base, "loop")) if base else (None, None)
     rows = []
-    for parts, r in runs.items():
-        s: RunSplit | None = r["split"]
-        pros = [v for name, v in (s.federates.items() if s else []) if name.startswith(keys.PROSUMERS)]
-        rows.append([str(parts), f(r["wall"], 1), ratio(base["wall"], r["wall"]) if base else DASH,
-                     f(s.startup if s else None, 1), f(s.loop if s else None, 1),
-                     ratio(base["split"].loop, s.loop) if base and base["split"] and s else DASH,
-                     f(max((v.outside or 0 for v in pros), default=None), 1),
-                     f(sum(v.outside or 0 for v in pros), 1),
-                     f(s.busy.get(0) if s else None, 1)])
+    for parts, rs in runs.items():
+        splits = [r["split"] for r in rs if r["split"] is not None]
+
+        def own(fn, splits=splits):
+            return med([fn([v.outside or 0.0 for name, v in s.federates.items() if name.startswith(keys.PROSUMERS)])
+                        for s in splits])
+
+        wall, loop = med(_get(rs, "wall")), _sp(rs, "loop")
+        rows.append([str(parts), spread(_get(rs, "wall"), 1), ratio(b_wall, wall), f(_sp(rs, "startup"), 1),
+                     f(loop, 1), ratio(b_loop, loop), f(own(max), 2), f(own(sum), 2),
+                     f(med([s.federates[keys.FEEDER].outside for s in splits if keys.FEEDER in s.federates]), 1),
+                     f(med([s.busy.get(0, 0.0) for s in splits]), 1)])
     ip = k.get("inprocess")
     return [
         "## K prosumer federates",
@@ -488,17 +546,19 @@ def k_section(k: dict | None) -> list[str]:
         f"`configs/default.yaml` on the synthetic feeder with {k['prosumers']} prosumers and "
         f"`feeder.synthetic.n_loads: {k['n_loads']}` (`benchmarks/scale.py` `case_config`), {k['duration']} from "
         f"{k['start'][11:16]} ({k['n_steps']} physics steps), `prosumers.federates: K`, profiler on; prepared once "
-        f"({f(k['prepare'], 1)} s: placement and the DSO's sensitivities). In process the same study takes "
-        f"{f(ip['wall'], 1) if ip else DASH} s.",
+        f"({f(k['prepare'], 1)} s: placement and the DSO's sensitivities); {len(base or [])} runs per K, the Ks "
+        f"alternating. In process the same study takes {f(ip['wall'], 1) if ip else DASH} s.",
         "",
         table(["K", "wall s", "speed-up", "start-up s", "time loop s", "loop speed-up",
-               "prosumers' own work, slowest part s", "prosumers' own work, all parts s",
+               "prosumers' own work, slowest part s", "prosumers' own work, all parts s", "feeder's own work s",
                "all federates waiting s"], rows),
         "",
-        f"- The machine has {os.cpu_count()} CPUs. The prosumer parts bid at the same HELICS time (report "
-        "time), so K parts can only run side by side on K free CPUs: here at most 2, shared with the meters, "
-        "which report at that time too, and with the broker that relays every message; the speed-up is bounded "
-        "by that, not by the federation. *own work* is the parts' time outside HELICS (profile).",
+        f"- *own work*: time outside HELICS in the loop (profile). The machine has {os.cpu_count()} CPUs. The "
+        "prosumer parts bid at the same HELICS time (report time), so K parts run side by side only on K free "
+        "CPUs: here at most 2, shared with the meters (which report at that time too), the broker (which relays "
+        "every message) and the other jobs on the machine (see the load table). And the prosumers' work is a "
+        "small part of the loop next to the feeder's, which no K splits: the speed-up is bounded by the cores "
+        "and by that share, not by the federation.",
         "",
     ]
 
@@ -531,10 +591,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Both engines on configs/default.yaml beside their floors; "
                                              "writes BENCHMARKS.md.")
     ap.add_argument("--duration", default="24h", help="study.duration of the default study (default 24h)")
-    ap.add_argument("--repeat", type=int, default=3, help="rounds of engines and floors (default 3)")
+    ap.add_argument("--repeat", type=int, default=5, help="rounds of engines and floors (default 5)")
     ap.add_argument("--k", default="1,2,4", help="prosumer federate counts to compare ('' for none)")
     ap.add_argument("--k-prosumers", type=int, default=1000)
     ap.add_argument("--k-duration", default="2h", help="study.duration of the K study (from 11:00)")
+    ap.add_argument("--k-repeat", type=int, default=2, help="rounds of the K cases (default 2)")
     ap.add_argument("--no-k-inprocess", dest="k_inprocess", action="store_false",
                     help="skip the K study in process")
     ap.add_argument("--no-market", dest="market", action="store_false")
@@ -563,8 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     t_start = time.perf_counter()
     bench_dir = REPO / "runs" / f"bench-{started:%Y%m%dT%H%M%SZ}"
-    R: dict = {"loads": [], "inprocess": [], "federation": [], "federation_plain": [], "floor_b": [],
-               "floor_a": []}
+    R: dict = {"loads": []}
 
     def measured(label: str, fn):
         print(f"bench: {label} ...", end=" ", flush=True)
@@ -581,25 +641,25 @@ def main(argv: list[str] | None = None) -> int:
                                     lambda: floors.trace_plan(trace_study))
         trace_results = trace_study.run_dir / "results"
         R["plan"] = plan
+        cases = {
+            "inprocess": lambda d: inprocess(cfg, d),
+            "federation": lambda d: federation(cfg, d),
+            "federation_plain": lambda d: federation(cfg_plain, d),
+            "floor_b": lambda d: floor_b(cfg, d, plan),
+            "floor_b_plain": lambda d: floor_b(cfg_plain, d, plan),
+            "floor_b_exec": lambda d: floor_b(cfg, d, plan, launch="exec"),
+            "floor_b_direct": lambda d: floor_b(cfg, d, plan, direct_broker=True),
+            "floor_a": lambda d: floor_a(cfg, d, trace_results),
+        }
         for i in range(1, args.repeat + 1):
-            R["inprocess"].append(measured(f"in-process {i}", lambda i=i: inprocess(cfg, bench_dir / f"inprocess-{i}")))
-            R["federation"].append(measured(f"federation {i}", lambda i=i: federation(cfg, bench_dir / f"federation-{i}")))
-            R["federation_plain"].append(measured(f"federation, profiler off {i}", lambda i=i: federation(
-                cfg_plain, bench_dir / f"federation-plain-{i}")))
-            R["floor_b"].append(measured(f"floor (b) {i}", lambda i=i: floor_b(cfg, bench_dir / f"floor-b-{i}", plan)))
-            R["floor_a"].append(measured(f"floor (a) {i}", lambda i=i: floor_a(cfg, bench_dir / f"floor-a-{i}",
-                                                                            trace_results)))
-        R["floor_b_plain"] = measured("floor (b), profiler off", lambda: floor_b(cfg_plain, bench_dir / "floor-b-plain",
-                                                                                 plan))
-        R["floor_b_exec"] = measured("floor (b), exec'd", lambda: floor_b(cfg, bench_dir / "floor-b-exec", plan,
-                                                                         launch="exec"))
-        R["floor_b_direct"] = measured("floor (b), broker binary", lambda: floor_b(
-            cfg, bench_dir / "floor-b-direct", plan, direct_broker=True))
+            for key, label in ROUND:
+                d = bench_dir / f"{key}-{i}"
+                R.setdefault(key, []).append(measured(f"{label} {i}", lambda key=key, d=d: cases[key](d)))
         R["solves"] = R["floor_a"][0]["all"].solves
         eq1 = same_tables(R["inprocess"][0]["run_dir"], R["federation"][0]["run_dir"])
         eq2 = same_tables(R["inprocess"][0]["run_dir"], R["federation_plain"][0]["run_dir"])
         R["equal"] = (eq1[0], sorted(set(eq1[1]) | set(eq2[1])))
-        R["clock_check"] = clock_check(R["federation"][0]["split"], bench_dir / "federation-1")
+        R["clock_check"] = clock_check(R["federation"][0]["split"], R["federation"][0]["run_dir"])
         if args.k:
             R["k"] = k_split(args, bench_dir, measured)
         if args.market:
