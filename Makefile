@@ -23,8 +23,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# both engines on the default study beside their floors, K prosumer federates, market; writes BENCHMARKS.md
+# (~15 min on 2 cores); BENCH_ARGS e.g. "--repeat 1 --duration 2h --k ''" for a quick look
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 # prosumer count / feeder size / split prosumer federates; writes its section of BENCHMARKS.md
 bench-scale: $(STAMP)

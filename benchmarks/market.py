@@ -1,6 +1,7 @@
 """Market micro-benchmarks: clearing, one market time of the role, P2P ADMM, ledger size.
 
     .venv/bin/python benchmarks/market.py [--only clear,role,admm,ledger] [--repeat N]
+        [--ledger-sizes 40,1000] [--no-admm-reference] [--json PATH]
 
 * ``clear``: one community book of 10,000 orders (10,000 participants, one order each,
   energies U(0.01, 10) kWh, limits U(0, 0.4) USD/kWh), each mechanism through
@@ -10,14 +11,14 @@
   ledger blocks), with the time per market time split into verify / clear / record /
   settle / ledger by wrapping the role's calls.
 * ``admm``: ``tecosim clear``'s P2P ADMM of a 1000-order book against the P2P LP
-  (welfare, iterations, seconds).
+  (welfare, iterations, seconds; ``--no-admm-reference`` skips the LP, about 30 s).
 * ``ledger``: the ledger of a synthetic day of 1000 and of 40 participants (bids,
   trades, curtailments, curtailed trades and settlements as the role makes them) in
   MB, and the time of ``verify_ledger`` on it.
 
-Prints one line per measurement; wall times are the minimum over ``--repeat`` runs
-(the machine may be shared). Nothing is asserted: tests check results, this reports
-speed.
+Prints one line per measurement (``--json``: also the lines and their figures, for
+``benchmarks/run.py``); wall times are the minimum over ``--repeat`` runs (the machine
+may be shared). Nothing is asserted: tests check results, this reports speed.
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ from federates.market.ledger import KeyRing, sign_order, verify_ledger
 
 RETAIL, FEED_IN = 0.26, 0.08
 TARIFFS = {"retail_usd_per_kwh": RETAIL, "feed_in_usd_per_kwh": FEED_IN}
+#: what was measured: (key, printed line, figures), in order (``--json``)
+RESULTS: list[tuple[str, str, dict]] = []
+
+
+def emit(key: str, line: str, **figures) -> None:
+    """Print ``line`` and keep it with its figures."""
+    print(line, flush=True)
+    RESULTS.append((key, line, figures))
 
 
 # ------------------------------------------------------------------------ inputs
@@ -148,16 +157,18 @@ def bench_clear(repeat: int) -> None:
     book = random_book(10_000)
     for mech in ("uniform_price", "pay_as_bid", "lp"):
         t, r = best_of(lambda m=mech: clear("community", m, book, interval=0, **TARIFFS), repeat)
-        print(f"clear community/{mech:13s} 10k orders: {t * 1e3:7.1f} ms wall, {CPU['last'] * 1e3:7.1f} ms CPU  "
-              f"({len(r.trades)} trades, {len(r.confirmations)} confirmations)")
+        emit(f"clear/{mech}", f"clear community/{mech:13s} 10k orders: {t * 1e3:7.1f} ms wall, "
+             f"{CPU['last'] * 1e3:7.1f} ms CPU  ({len(r.trades)} trades, {len(r.confirmations)} confirmations)",
+             wall_ms=t * 1e3, cpu_ms=CPU["last"] * 1e3)
     from federates.market.lp import clear_lp_reference
     from federates.market.pay_as_bid import clear_pay_as_bid_reference
 
     for name, fn in (("uniform_price", clear_uniform_price_reference),
                      ("pay_as_bid", clear_pay_as_bid_reference), ("lp", clear_lp_reference)):
         t, _ = best_of(lambda f=fn: f(book, interval=0, **TARIFFS), 1)
-        print(f"clear community/{name:13s} 10k orders, reference (Fraction walk{', pyomo' if name == 'lp' else ''}): "
-              f"{t * 1e3:7.1f} ms wall, {CPU['last'] * 1e3:7.1f} ms CPU")
+        emit(f"clear/{name}/reference", f"clear community/{name:13s} 10k orders, reference (Fraction walk"
+             f"{', pyomo' if name == 'lp' else ''}): {t * 1e3:7.1f} ms wall, {CPU['last'] * 1e3:7.1f} ms CPU",
+             wall_ms=t * 1e3, cpu_ms=CPU["last"] * 1e3)
 
 
 @contextmanager
@@ -205,8 +216,10 @@ def bench_role(repeat: int, n: int = 40) -> None:
     m = len(day)
     split = "  ".join(f"{k} {v / m * 1e3:.2f}" for k, v in parts.items())
     other = best - sum(parts.values())
-    print(f"role {n} prosumers: {best / m * 1e3:.2f} ms per market time wall, "
-          f"{best_cpu / m * 1e3:.2f} ms CPU ({m} market times); {split}  other {other / m * 1e3:.2f} ms")
+    emit("role", f"role {n} prosumers: {best / m * 1e3:.2f} ms per market time wall, "
+         f"{best_cpu / m * 1e3:.2f} ms CPU ({m} market times); {split}  other {other / m * 1e3:.2f} ms",
+         wall_ms=best / m * 1e3, cpu_ms=best_cpu / m * 1e3, other_ms=other / m * 1e3,
+         **{f"{k}_ms": v / m * 1e3 for k, v in parts.items()})
     # the floor: the Ed25519 operations a market time needs, at this machine's speed now
     keys = KeyRing.from_seed(7, ["a"])
     msg = b"x" * 300
@@ -221,24 +234,29 @@ def bench_role(repeat: int, n: int = 40) -> None:
         blocks = read_blocks(Path(tmp) / "ledger.zst")
     n_sign = sum(len(b["acks"]) + 1 for b in blocks[1:]) / m  # acknowledgements + seals
     floor = n_verify * t_verify / 200 + n_sign * t_sign / 200
-    print(f"  Ed25519 floor: {n_verify:.1f} verifies x {t_verify / 200 * 1e6:.0f} us + {n_sign:.1f} signs x "
-          f"{t_sign / 200 * 1e6:.0f} us = {floor * 1e3:.2f} ms per market time")
+    emit("role/ed25519", f"  Ed25519 floor: {n_verify:.1f} verifies x {t_verify / 200 * 1e6:.0f} us + "
+         f"{n_sign:.1f} signs x {t_sign / 200 * 1e6:.0f} us = {floor * 1e3:.2f} ms per market time",
+         floor_ms=floor * 1e3)
 
 
-def bench_admm(repeat: int) -> None:
+def bench_admm(repeat: int, reference: bool = True) -> None:
     from federates.market.mechanisms import clear
 
     book = random_book(1000, seed=3)
-    t_lp, lp = best_of(lambda: clear("p2p", "lp", book, interval=0, **TARIFFS), 1)
     t, r = best_of(lambda: clear("p2p", "admm", book, interval=0, **TARIFFS), repeat)
-    gap = (lp.welfare_usd - r.welfare_usd) / lp.welfare_usd * 100
-    print(f"p2p admm 1000 orders: {t:.2f} s wall, {CPU['last']:.2f} s CPU, {r.iterations} iterations, converged {r.converged}, "
-          f"welfare {r.welfare_usd:.4f} USD vs LP {lp.welfare_usd:.4f} ({gap:+.3f} % below), "
-          f"LP {t_lp:.2f} s")
+    cpu = CPU["last"]
+    vs = ""
+    if reference:
+        t_lp, lp = best_of(lambda: clear("p2p", "lp", book, interval=0, **TARIFFS), 1)
+        gap = (lp.welfare_usd - r.welfare_usd) / lp.welfare_usd * 100
+        vs = f" vs LP {lp.welfare_usd:.4f} ({gap:+.3f} % below), LP {t_lp:.2f} s"
+    emit("admm", f"p2p admm 1000 orders: {t:.2f} s wall, {cpu:.2f} s CPU, {r.iterations} iterations, "
+         f"converged {r.converged}, welfare {r.welfare_usd:.4f} USD{vs}",
+         wall_s=t, cpu_s=cpu, iterations=r.iterations, converged=bool(r.converged))
 
 
-def bench_ledger(repeat: int) -> None:
-    for n in (40, 1000):
+def bench_ledger(repeat: int, sizes: tuple[int, ...] = (40, 1000)) -> None:
+    for n in sizes:
         names, day = synthetic_day(n)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
@@ -247,19 +265,30 @@ def bench_ledger(repeat: int) -> None:
             path = Path(tmp) / "ledger.zst"
             size = path.stat().st_size
             t, res = best_of(lambda p=path: verify_ledger(p), 1)
-            print(f"ledger {n} participants, 96 intervals: {size / 1e6:.2f} MB, "
-                  f"{res.n_blocks} blocks, {res.n_records} records, verify {t:.2f} s "
-                  f"({'ok' if res.ok else res.first_bad}); market day {t_run:.1f} s")
+            emit(f"ledger/{n}", f"ledger {n} participants, 96 intervals: {size / 1e6:.2f} MB, "
+                 f"{res.n_blocks} blocks, {res.n_records} records, verify {t:.2f} s "
+                 f"({'ok' if res.ok else res.first_bad}); market day {t_run:.1f} s",
+                 mb=size / 1e6, blocks=res.n_blocks, records=res.n_records, verify_s=t, day_s=t_run)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="clear,role,admm,ledger")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--ledger-sizes", default="40,1000", help="participants of the ledger days (default 40,1000)")
+    ap.add_argument("--no-admm-reference", action="store_true", help="skip the P2P LP the ADMM is compared with")
+    ap.add_argument("--json", type=Path, help="also write the lines and figures here")
     args = ap.parse_args()
-    benches = {"clear": bench_clear, "role": bench_role, "admm": bench_admm, "ledger": bench_ledger}
+    sizes = tuple(int(x) for x in args.ledger_sizes.split(","))
+    benches = {"clear": bench_clear, "role": bench_role,
+               "admm": lambda r: bench_admm(r, reference=not args.no_admm_reference),
+               "ledger": lambda r: bench_ledger(r, sizes)}
     for name in args.only.split(","):
         benches[name](args.repeat)
+    if args.json:
+        import json
+
+        args.json.write_text(json.dumps([{"key": k, "line": line, **v} for k, line, v in RESULTS], indent=1))
 
 
 if __name__ == "__main__":

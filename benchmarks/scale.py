@@ -139,18 +139,27 @@ def loop_s(log: Path) -> float | None:
     return None
 
 
-def run_case(case: dict, duration: str, run_dir: Path) -> dict:
-    from federates.feeder.sensitivity import SENSITIVITIES_FILE
+def case_config(case: dict, duration: str, extra: list[str] | None = None):
+    """The config of ``case`` (label, prosumers, n_loads, k) for ``duration``: the default
+    study on the synthetic feeder; shorter than a day, from MIDDAY_START_H (the costliest
+    hours). ``extra``: more ``--set`` overrides. (benchmarks/run.py's K split uses it too.)"""
     from runner.config import load_config
-    from runner.launch import prepare_run, run_study
 
     overrides = [f"study.duration={duration}", f"study.name={case['label']}", "feeder.model=synthetic",
                  f"feeder.synthetic.n_loads={case['n_loads']}", f"prosumers.count={case['prosumers']}",
-                 f"prosumers.federates={case['k']}"]
+                 f"prosumers.federates={case['k']}", *(extra or [])]
     cfg = load_config(CONFIG, overrides)
     if cfg.study.duration_s < 86400:  # a window: the midday one, the costliest
         start = dt.datetime.fromisoformat(str(cfg.study.start)) + dt.timedelta(hours=MIDDAY_START_H)
         cfg = load_config(CONFIG, [*overrides, f"study.start={start.isoformat()}"])
+    return cfg
+
+
+def run_case(case: dict, duration: str, run_dir: Path) -> dict:
+    from federates.feeder.sensitivity import SENSITIVITIES_FILE
+    from runner.launch import prepare_run, run_study
+
+    cfg = case_config(case, duration)
     import runner.engine  # noqa: F401  (imports before timing)
 
     t0 = time.perf_counter()
