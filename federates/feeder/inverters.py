@@ -149,6 +149,7 @@ class InverterFleet:
         self._vw_start = self.vw_cap_kw.copy()
         self._alpha_vv = 1.0  # lag factors of the step (module doc)
         self._alpha_vw = 1.0
+        self._alpha_dt_s = -1.0  # the time since the previous step they were computed for [s]
         self._resend = np.zeros(n, dtype=bool)  # caps the feeder cleared at the interval start
         #: after :meth:`on_solve` returned None: whether the DSO gets its turn now
         self.dso_may_act = False
@@ -239,8 +240,10 @@ class InverterFleet:
             # the feeder clears all its caps; Volt-Watt caps and envelopes are re-applied
             self._resend = np.isfinite(self._vw_cap_in_force()) | np.isfinite(self.env_cap_kw)
         dt_s = (g - prev if prev is not None else 1) * self.timeline.physics_step_s
-        self._alpha_vv = response_alpha(dt_s, self.ctl.volt_var.open_loop_response_time_s)
-        self._alpha_vw = response_alpha(dt_s, self.ctl.volt_watt.open_loop_response_time_s)
+        if dt_s != self._alpha_dt_s:  # the same every step but after a skipped one
+            self._alpha_dt_s = dt_s
+            self._alpha_vv = response_alpha(dt_s, self.ctl.volt_var.open_loop_response_time_s)
+            self._alpha_vw = response_alpha(dt_s, self.ctl.volt_watt.open_loop_response_time_s)
         self._q_start = self.q_kvar.copy()
         self._vw_start = self.vw_cap_kw.copy()
         self._g = g
@@ -330,7 +333,8 @@ class InverterFleet:
             return None
         self.q_kvar = np.where(q_changed, q_new, self.q_kvar)
         self.vw_cap_kw = np.where(vw_changed, vw_new, self.vw_cap_kw)
-        self._record_volt_watt(g, vw_changed, v, p, curtailed)
+        if vw_changed.any():
+            self._record_volt_watt(g, vw_changed, v, p, curtailed)
         rec.n_q[r] += int(q_changed.sum())
         rec.n_cap[r] += int(vw_changed.sum())
         self._resend = np.zeros(self.n, dtype=bool)

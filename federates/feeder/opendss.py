@@ -325,6 +325,7 @@ class OpenDSSFeeder:
         self._regulators: list[str] = list(self._dss.RegControls.AllNames()) if self._dss.RegControls.Count() else []
         self._reg_batch = _Batch.of_class(self._dss, "RegControl") if self._regulators else None
         self._cap_batch: _Batch | None = None
+        self._capacitor_names: list[str] | None = None
         self._held: set[str] = set()
         self.sites: list[CustomerSite] = []
         self._cust_load_idx: np.ndarray = np.zeros(0, dtype=np.int64)
@@ -661,8 +662,9 @@ class OpenDSSFeeder:
         n = len(self.sites)
         if p.shape != (n,) or q.shape != (n,):
             raise ValueError(f"expected {n} customer powers, got p {p.shape} and q {q.shape}")
-        if not (np.all(np.isfinite(p)) and np.all(np.isfinite(q))):
-            raise ValueError("customer powers must be finite")
+        if not np.isfinite(p @ p + q @ q):  # NaN or inf anywhere makes the sum non-finite
+            if not (np.isfinite(p).all() and np.isfinite(q).all()):
+                raise ValueError("customer powers must be finite")
         return p, q
 
     def _set_customer_powers_per_load(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> None:
@@ -720,8 +722,11 @@ class OpenDSSFeeder:
 
     @property
     def capacitor_names(self) -> list[str]:
-        """Names of the model's Capacitors, in model order."""
-        return list(self._dss.Capacitors.AllNames()) if self._dss.Capacitors.Count() else []
+        """Names of the model's Capacitors, in model order (read once: customers are
+        Loads, so attaching them adds none)."""
+        if self._capacitor_names is None:
+            self._capacitor_names = list(self._dss.Capacitors.AllNames()) if self._dss.Capacitors.Count() else []
+        return list(self._capacitor_names)
 
     def capacitor_steps(self) -> dict[str, int]:
         """Steps in service of every Capacitor [-] (0 = switched off; a one-step bank: 0/1),

@@ -273,6 +273,8 @@ class FeederRole:
             va = np.asarray(va, dtype=float)
             with np.errstate(invalid="ignore"):
                 bad = (vb > bound) | (va > bound) if over else (vb < bound) | (va < bound)
+            if not bad.any():
+                return
             for i in np.flatnonzero(bad):
                 kind_i = kind if isinstance(kind, str) else kind[i]
                 rows.append((g, t_s, names[i], kind_i, limit, bound, float(vb[i]), float(va[i])))
