@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 
-.PHONY: run test bench bench-scale install lint clean
+.PHONY: run test bench bench-scale bench-long install lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,10 @@ bench: $(STAMP)
 # prosumer count / feeder size / split prosumer federates; writes its section of BENCHMARKS.md
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py $(SCALE_ARGS)
+
+# IEEE 8500 (1177 and 3000 prosumers, a day, federation) and the default study over 7 / 30 / 365 days
+bench-long: $(STAMP)
+	$(BIN)/python benchmarks/long.py $(LONG_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

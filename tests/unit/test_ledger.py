@@ -103,9 +103,12 @@ def test_keys_sign_and_verify() -> None:
 
 def test_signatures_are_rfc8032_ed25519() -> None:
     """PyNaCl (libsodium) signs as any RFC 8032 implementation: the same deterministic
-    signature as OpenSSL's (through the cryptography package, where installed)."""
-    crypto = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.ed25519")
+    signature as OpenSSL's (through the cryptography package, a test dependency)."""
     import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric import (
+        ed25519 as crypto,  # the test extra installs it
+    )
 
     keys = KeyRing.from_seed(SEED, PEOPLE)
     seed = hashlib.sha256(f"{SEED}:p001".encode()).digest()
