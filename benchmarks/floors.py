@@ -136,7 +136,7 @@ def trace_plan(study: Study) -> tuple[Plan, list[int], float]:
         with TableWriter(study.run_dir) as writer:
             run_inprocess(study, times, sink=writer)
         wall = time.perf_counter() - t0
-    if plan.rounds != times.dso_rounds:
+    if list(plan.rounds) != list(times.dso_rounds):
         raise RuntimeError("the DSO replies noted differ from EngineTimes.dso_rounds")
     return plan, list(times.dso_rounds), wall
 

@@ -14,6 +14,7 @@ to do.
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,7 +39,7 @@ class EngineTimes:
 
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("setup", "prosumers", "market", "feeder", "meters", "controllers"), 0.0))
-    dso_rounds: list[int] = field(default_factory=list)
+    dso_rounds: array = field(default_factory=lambda: array("H"))  # 2 bytes a step: a year is 1 MB
 
     def add(self, name: str, t0: float) -> float:
         t1 = time.perf_counter()
