@@ -3,7 +3,7 @@
 * :func:`trace_plan`: one in-process run of the study (its tables written as usual) with
   the roles' message-making calls wrapped to note the byte size of every message the
   federation would send (``federates.common.messages.encode``, as the federates call it)
-  and the DSO rounds of every step (``runner.engine.EngineTimes.dso_rounds``): the
+  and the views the DSO was shown in every step (``runner.engine.EngineTimes.dso_views``): the
   :class:`~benchmarks.noop_federate.Plan` of the no-op federation, and the inputs of the
   physics floor. Not timed.
 * :func:`floor_physics`, floor (a): the bare OpenDSS loop on the same model and customers,
@@ -38,7 +38,7 @@ from runner.launch import HELICS_PROFILE_FILE, ForkedProcess, Proc
 NOOP_SCRIPT = Path(noop_federate.__file__).resolve()
 
 
-# ---- the plan: message sizes and DSO rounds of an in-process run -----------------------
+# ---- the plan: message sizes and DSO views of an in-process run -----------------------
 @contextlib.contextmanager
 def _wrapped(cls, name: str, after):
     """``cls.name`` calls ``after(self, result, *args)`` once it returns (restored on exit)."""
@@ -58,9 +58,9 @@ def _wrapped(cls, name: str, after):
 
 def trace_plan(study: Study) -> tuple[Plan, list[int], float]:
     """Run ``study`` in process (tables to its run folder) and note what the federation
-    would send; returns (the plan, ``EngineTimes.dso_rounds``, wall time [s] of this run,
+    would send; returns (the plan, ``EngineTimes.dso_views``, wall time [s] of this run,
     slowed by the noting)."""
-    from federates.common.messages import encode
+    from federates.common.messages import ViewsDone, encode
     from federates.common.tables import TableWriter
     from federates.controllers.role import ControllersRole
     from federates.feeder.role import FeederRole
@@ -75,9 +75,9 @@ def trace_plan(study: Study) -> tuple[Plan, list[int], float]:
     comms, seed, m = cfg.comms, cfg.study.seed, tl.n_intervals
     plan = Plan(duration_s=tl.duration_s, market_interval_s=tl.market_interval_s,
                 physics_step_s=tl.physics_step_s, n=len(study.sites), view_size=0,
-                caps=[[] for _ in range(tl.n_steps)], **{k: [0] * m for k in (
+                replies=[[] for _ in range(tl.n_steps)], **{k: [0] * m for k in (
                     "orders", "confirmations", "market_envelopes", "envelopes", "feeder_envelopes",
-                    "grid_constraints", "ami", "interval_energy", "curtailments")},
+                    "grid_constraints", "ami", "interval_energy", "curtailments", "views_done")},
                 bids_latency_s=comms.latency_of("bids"), energy_latency_s=comms.latency_of("interval_energy"))
 
     def size(items, **header) -> int:
@@ -112,12 +112,12 @@ def trace_plan(study: Study) -> tuple[Plan, list[int], float]:
         plan.grid_constraints[k] = size(out, kind="grid_constraints", interval=k)
 
     def on_view(self, reply, view):
-        if reply:
-            plan.caps[view.step].append(size(reply.caps, kind="dso_caps", step=view.step, capped=reply.capped))
-            if reply.capped:
-                plan.capped.append(view.step)
+        plan.replies[view.step].append(size(reply.caps, kind="dso_caps", step=view.step, capped=reply.capped,
+                                            quiet=reply.quiet))
 
-    def dso_view(self, view, g):
+    def dso_view(self, view, g, **kw):
+        if view is None:
+            return
         n = len(view.to_vector())
         if plan.view_size not in (0, n):
             raise RuntimeError(f"the DSO view changed length: {plan.view_size} -> {n}")
@@ -136,9 +136,12 @@ def trace_plan(study: Study) -> tuple[Plan, list[int], float]:
         with TableWriter(study.run_dir) as writer:
             run_inprocess(study, times, sink=writer)
         wall = time.perf_counter() - t0
-    if list(plan.rounds) != list(times.dso_rounds):
-        raise RuntimeError("the DSO replies noted differ from EngineTimes.dso_rounds")
-    return plan, list(times.dso_rounds), wall
+    if plan.views != list(times.dso_views):
+        raise RuntimeError("the DSO replies noted differ from EngineTimes.dso_views")
+    for k in range(m):
+        views = sum(plan.views[g] for g in tl.steps_of_interval(k))
+        plan.views_done[k] = size([ViewsDone(interval=k, views=views)])
+    return plan, list(times.dso_views), wall
 
 
 # ---- floor (a): the physics --------------------------------------------------------------

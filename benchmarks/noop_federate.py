@@ -6,8 +6,8 @@ real federate's name, core, flags and heartbeat, registers the same publications
 subscriptions and endpoints (same keys, same vector lengths), enters executing mode and
 runs the real federate's time loop (``federates/<role>/federate.py``) on the same
 ``federates.common.timeline.Timeline``: the same HELICS times requested in the same order,
-the control rounds of every physics step replayed from the in-process run
-(``runner.engine.EngineTimes.dso_rounds``), vectors of the real lengths published and
+the DSO's views of every physics step replayed from the in-process run
+(``runner.engine.EngineTimes.dso_views``), vectors of the real lengths published and
 read, and messages of the real sizes in bytes (measured on the in-process run:
 ``benchmarks/floors.py`` ``trace_plan``) sent to the same endpoints at the same times and
 received. No domain work: no roles, no OpenDSS, no JSON, no tables.
@@ -33,25 +33,23 @@ if __package__ in (None, ""):  # run as a script: the repo's packages
 
 from federates.common import keys
 from federates.common.door import Door
-from federates.common.timeline import MAX_ROUNDS, Timeline
+from federates.common.timeline import Timeline
 
 ROLES = keys.FEDERATES
 
 
 @dataclass
 class Plan:
-    """What the no-op federates replay: the study's clock and sizes, the DSO rounds of
-    every step and the byte size of every message, by interval or step."""
+    """What the no-op federates replay: the study's clock and sizes, the views the DSO
+    was shown in every step and the byte size of every message, by interval or step."""
 
     duration_s: float
     market_interval_s: float
     physics_step_s: float
     n: int  # customers
     view_size: int  # feeder/dso_view vector length
-    #: per step: the sizes [bytes] of the DSO's replies with caps (one per control round)
-    caps: list[list[int]] = field(default_factory=list)
-    #: steps whose last reply was ``capped`` (the DSO stops without a round of no reply)
-    capped: list[int] = field(default_factory=list)
+    #: per step: the sizes [bytes] of the DSO's replies, one per view it was shown
+    replies: list[list[int]] = field(default_factory=list)
     # per interval k (0..n_intervals-1), bytes of each message; 0: not sent
     orders: list[int] = field(default_factory=list)  # prosumers -> market at report_time(k)
     confirmations: list[int] = field(default_factory=list)  # market -> prosumers, controllers
@@ -63,6 +61,8 @@ class Plan:
     ami: list[int] = field(default_factory=list)  # meters -> controllers at ami_time(k)
     interval_energy: list[int] = field(default_factory=list)  # meters -> market at report_time(k)
     curtailments: list[int] = field(default_factory=list)  # feeder -> market at report_time(k)
+    # per interval k, bytes: feeder -> controllers after the interval's views ("views_done")
+    views_done: list[int] = field(default_factory=list)
     bids_latency_s: float = 0.0
     energy_latency_s: float = 0.0
 
@@ -71,8 +71,8 @@ class Plan:
         return Timeline(self.duration_s, self.market_interval_s, self.physics_step_s)
 
     @property
-    def rounds(self) -> list[int]:
-        return [len(c) for c in self.caps]
+    def views(self) -> list[int]:
+        return [len(r) for r in self.replies]
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self)))
@@ -88,14 +88,14 @@ class Plan:
         return (m + 2 * len(self.confirmations) + sum(1 for x in self.market_envelopes if x)
                 + 2 * (m - 1) + sum(1 for x in self.feeder_envelopes[1:] if x)
                 + len(self.ami) + len(self.interval_energy) + len(self.curtailments)
-                + sum(len(c) for c in self.caps))
+                + sum(len(r) for r in self.replies) + len(self.views_done))
 
     def n_bytes(self) -> int:
         """Bytes of those messages."""
         return (sum(self.orders) + 2 * sum(self.confirmations) + sum(self.market_envelopes)
                 + sum(self.envelopes[1:]) + sum(self.feeder_envelopes[1:]) + sum(self.grid_constraints[1:])
                 + sum(self.ami) + sum(self.interval_energy) + sum(self.curtailments)
-                + sum(map(sum, self.caps)))
+                + sum(map(sum, self.replies)) + sum(self.views_done))
 
 
 _TEXT: dict[int, str] = {}
@@ -158,7 +158,6 @@ def run(role: str, plan: Plan, broker: str, log: logging.Logger) -> int:
         ep = door.endpoint(keys.FEEDER)
         view = np.zeros(plan.view_size)
         block = np.zeros(1 + 3 * s * n)
-        capped = set(plan.capped)
         door.enter()
         try:
             for k in range(tl.n_intervals + 1):
@@ -167,21 +166,21 @@ def run(role: str, plan: Plan, broker: str, log: logging.Logger) -> int:
                     door.send(ep, keys.MARKET, payload(plan.curtailments[k - 1]))
                 if k == tl.n_intervals:
                     break
-                for i, g in enumerate(tl.steps_of_interval(k)):
-                    door.advance(tl.solve_time(g, 0))
-                    door.receive(ep)
-                    if i == 0:
-                        door.vector(sub_schedule, n)
-                        door.vector(sub_deviation, s * n)
-                    view[0] = g
-                    door.publish(pub_view, view)
-                    replies = len(plan.caps[g])
-                    for j in range(1, MAX_ROUNDS + 1):
-                        door.advance(tl.solve_time(g, j))
-                        door.receive(ep)
-                        if j > replies or (j == replies and g in capped):
-                            break  # no reply, or the DSO's last one (capped)
+                door.advance(tl.view_time(k, 0))
+                door.receive(ep)
+                door.vector(sub_schedule, n)
+                door.vector(sub_deviation, s * n)
+                v = 0
+                for g in tl.steps_of_interval(k):
+                    door.working(tl.step_t_s(g))
+                    for _ in plan.replies[g]:
+                        view[0], view[1] = g, v
                         door.publish(pub_view, view)
+                        v += 1
+                        door.advance(tl.view_time(k, v))
+                        if len(door.receive(ep)) != 1:
+                            raise RuntimeError(f"interval {k} view {v - 1}: no reply from the no-op DSO")
+                door.send(ep, keys.CONTROLLERS, payload(plan.views_done[k]))
                 block[0] = k
                 door.publish(pub_block, block)
         finally:
@@ -204,7 +203,9 @@ def run(role: str, plan: Plan, broker: str, log: logging.Logger) -> int:
     elif role == keys.CONTROLLERS:
         sub_view = door.subscription(*keys.FEEDER_DSO_VIEW)
         ep = door.endpoint(keys.CONTROLLERS)
-        capped = set(plan.capped)
+
+        replies = [[size for g in tl.steps_of_interval(k) for size in plan.replies[g]]
+                   for k in range(tl.n_intervals)]
         door.enter()
         try:
             for k in range(tl.n_intervals + 1):
@@ -218,17 +219,14 @@ def run(role: str, plan: Plan, broker: str, log: logging.Logger) -> int:
                         door.send(ep, keys.MARKET, payload(plan.grid_constraints[k]))
                 if k == tl.n_intervals:
                     break
-                for g in tl.steps_of_interval(k):
-                    caps = plan.caps[g]
-                    for j in range(MAX_ROUNDS + 1):
-                        door.advance(tl.decide_time(g, j))
-                        door.receive(ep)
+                for v in range(len(replies[k]) + 1):
+                    door.advance(tl.answer_time(k, v))
+                    door.receive(ep)
+                    if v < len(replies[k]):
+                        if not door.updated(sub_view):
+                            raise RuntimeError(f"interval {k}: no view {v} from the no-op feeder")
                         door.vector(sub_view, plan.view_size)
-                        if j >= len(caps):
-                            break  # nothing to do: the step is over
-                        door.send(ep, keys.FEEDER, payload(caps[j]))
-                        if j == len(caps) - 1 and g in capped:
-                            break
+                        door.send(ep, keys.FEEDER, payload(replies[k][v]))
         finally:
             door.close()
     else:

@@ -3,7 +3,7 @@
 In one run, on one machine, each case under a load monitor (benchmarks/machine.py):
 
 1. a traced in-process run of ``configs/default.yaml`` (not timed): the byte size of every
-   message the federation would send and the DSO rounds of every step
+   message the federation would send and the views the DSO was shown in every step
    (``benchmarks/floors.py`` ``trace_plan``), and the applied powers and solves of every
    step for floor (a);
 2. ``--repeat`` rounds of: the in-process engine (``run_study``, manifest ``engine_seconds``),
@@ -313,11 +313,12 @@ def report(R: dict, cfg, args, started: dt.datetime, elapsed_s: float) -> str:
             ["prosumers", f"{cfg.prosumers.count}"],
             ["market", f"{cfg.market.topology}, {cfg.market.mechanism}"],
             ["controllers", "enabled" if cfg.controllers.enabled else "disabled"],
-            ["DSO rounds", f"{sum(plan.rounds)} in {sum(1 for r in plan.rounds if r)} of {n_steps} steps "
-                           f"(most in a step: {max(plan.rounds, default=0)}); {len(plan.capped)} steps ended capped"],
+            ["DSO views", f"{sum(plan.views)} in {sum(1 for r in plan.views if r)} of {n_steps} steps "
+                          f"(most in a step: {max(plan.views, default=0)}; reported by exception, "
+                          "`federates/common/alarms.py`)"],
             ["power flows", f"{R['solves']} ({R['solves'] / n_steps:.2f} per step)"],
             ["HELICS traffic", f"{plan.n_messages()} messages, {plan.n_bytes() / 1e6:.1f} MB; values: `dso_view` "
-                               f"{plan.view_size} doubles per control round, `meter_block` "
+                               f"{plan.view_size} doubles per view, `meter_block` "
                                f"{1 + 3 * tl.steps_per_interval * plan.n} per interval"],
             ["repeats", f"{n} rounds of: " + ", ".join(label for _, label in ROUND)],
         ], numeric=False),
@@ -409,7 +410,7 @@ def report(R: dict, cfg, args, started: dt.datetime, elapsed_s: float) -> str:
         "",
         "## Floor (b): the no-op federation",
         "",
-        f"The same 5 federates and broker with the same interfaces, HELICS times, control rounds and "
+        f"The same 5 federates and broker with the same interfaces, HELICS times, DSO views and "
         f"message sizes ({plan.n_messages()} messages, {plan.n_bytes() / 1e6:.1f} MB) and no domain work "
         "(`benchmarks/noop_federate.py`); forked as the real federates are. Profiled runs:",
         "",
@@ -506,8 +507,9 @@ def report(R: dict, cfg, args, started: dt.datetime, elapsed_s: float) -> str:
         "run (where the inverters move between solves): a floor.",
         "- **floor (b)** (`benchmarks/noop_federate.py`, `floors.floor_helics`): the in-process run traced once "
         "(`floors.trace_plan`: the roles' message-making calls wrapped to note `len(encode(...))` of every "
-        "message as the federates encode it, and `EngineTimes.dso_rounds`); each no-op federate is a "
-        "`federates.common.door.Door` named as the real one (zmq core, uninterruptible, heartbeat), with the "
+        "message as the federates encode it, and `EngineTimes.dso_views`); each no-op federate is a "
+        "`federates.common.door.Door` named as the real one (zmq core, uninterruptible, "
+        "heartbeat), with the "
         "same publications, subscriptions and endpoints and vector lengths, looping over the same "
         "`Timeline` times as its `federate.py`, publishing and reading vectors of the real lengths and sending "
         "messages of the real sizes, receiving everything, doing nothing else. Started and watched by "

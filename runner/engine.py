@@ -8,7 +8,8 @@ confirmations of k-1, bid for k and play out k's steps; the meters record k-1 an
 report it, the feeder reports the curtailment of k-1, the DSO takes the AMI data and
 gives envelopes for k; the market settles k-1 and clears k; then each physics step
 runs feeder (solve, inverters settle) -> (DSO -> feeder)* until the DSO has nothing
-to do.
+to do; the feeder shows the DSO a view only when it must (report by exception,
+federates.common.alarms; ``poll_dso`` shows it every view, with the same results).
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ from federates.prosumers.role import ProsumersRole
 
 @dataclass
 class EngineTimes:
-    """Wall time [s] spent in each role, and the DSO rounds of every physics step (the
-    federation's timeline of hops: benchmarks/ replays it in a no-op federation)."""
+    """Wall time [s] spent in each role, and the views the DSO was shown in every
+    physics step (the federation's timeline of hops: benchmarks/ replays it in a no-op
+    federation)."""
 
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("setup", "prosumers", "market", "feeder", "meters", "controllers"), 0.0))
-    dso_rounds: array = field(default_factory=lambda: array("H"))  # 2 bytes a step: a year is 1 MB
+    dso_views: array = field(default_factory=lambda: array("H"))  # 2 bytes a step: a year is 1 MB
 
     def add(self, name: str, t0: float) -> float:
         t1 = time.perf_counter()
@@ -49,14 +51,17 @@ class EngineTimes:
 
 def run_inprocess(study: Study, times: EngineTimes | None = None,
                   progress: Callable[[float], None] | None = None,
-                  sink: TableWriter | TableCollector | None = None) -> dict[str, pd.DataFrame]:
+                  sink: TableWriter | TableCollector | None = None, *,
+                  poll_dso: bool = False) -> dict[str, pd.DataFrame]:
     """Run the study in this process; return every federate's tables.
 
     ``progress`` (optional) is called with the simulated time reached [s] once per
     market interval (the study's duration once the last physics step is done).
     ``sink`` takes the tables chunk by chunk (federates.common.tables: every role
     drains at the same market times as in the federation); with a ``TableWriter``
-    nothing is returned, without one the chunks are concatenated and returned."""
+    nothing is returned, without one the chunks are concatenated and returned.
+    ``poll_dso``: the DSO is shown the feeder's view after every control round, not
+    only by exception (a check: the results are the same)."""
     times = times or EngineTimes()
     t = time.perf_counter()
     cfg, tl = study.cfg, study.cfg.timeline
@@ -139,20 +144,18 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
         # the inverters hold the export envelopes: the DSO's, or what the constrained clearing accepted
         feeder.on_envelopes(k, market.last_envelopes if constraints else envelopes)
         for j, g in enumerate(tl.steps_of_interval(k)):
-            m = feeder.begin_step(g, schedule_p_kw, deviation_p_kw[j])
+            feeder.begin_step(g, schedule_p_kw, deviation_p_kw[j])
             t = times.add("feeder", t)
-            rounds = 0
-            while True:
-                reply = controllers.on_view(feeder.dso_view(g))
+            views = 0
+            while (view := feeder.dso_view(g, every=poll_dso)) is not None:
+                views += 1
+                reply = controllers.on_view(view)
                 t = times.add("controllers", t)
-                if not reply:
-                    break
-                rounds += 1
                 m = feeder.apply(g, reply)
                 t = times.add("feeder", t)
                 if m is None:
                     break
-            times.dso_rounds.append(rounds)
+            times.dso_views.append(views)
     drain()
     times.add("setup", t)
     return sink.tables() if collect else {}

@@ -11,8 +11,9 @@ Heartbeat: with ``TECOSIM_HEARTBEAT_DIR`` set (the runner sets it to ``<run>/log
 door keeps ``<dir>/<name>.heartbeat``, one fixed-width line overwritten in place (no
 fsync): ``grnt`` and the time granted once a request returns (and on entering
 executing mode), ``reqt`` with the time requested before each request, ``done`` on
-close. The runner reads them to find a federate that stopped requesting time
-(``runner.launch.HangWatch``).
+close; ``work`` with the study time reached (:meth:`Door.working`) from a federate
+that works through many steps between two requests. The runner reads them to find a
+federate that stopped requesting time (``runner.launch.HangWatch``).
 
 Across hosts the runner also sets ``TECOSIM_LOCAL_INTERFACE``: the address the core
 listens on for the broker (``--local_interface``).
@@ -165,6 +166,10 @@ class Door:
                 raise RuntimeError(f"{self.name}: granted {t} beyond requested {target}")
             self.granted = t
             self._beat("grnt", target)
+
+    def working(self, t_s: float) -> None:
+        """Heartbeat while working between requests: the study time [s] reached."""
+        self._beat("work", t_s)
 
     def close(self) -> None:
         self._beat("done", self.granted)

@@ -3,7 +3,7 @@
 Values (physical quantities, vectors in customer order, with units):
 ``market/schedule_p_kw`` (per customer, once per interval), ``prosumers/deviation_p_kw``
 (per step of the interval and customer, row-major, once per interval),
-``feeder/dso_view`` (the DSO's view after each control round,
+``feeder/dso_view`` (the DSO's view of a control round, by exception,
 :class:`federates.common.messages.DsoView`), ``feeder/meter_block`` (v, p, q of every
 step of the interval just finished, for the meters).
 Endpoints (messages): one per federate, named after it.

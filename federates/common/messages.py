@@ -306,6 +306,15 @@ class DsoView:
                    p_kw=x[3 + n:3 + 2 * n], scada=scada)
 
 
+@dataclass
+class ViewsDone:
+    """The feeder's word to the DSO that interval ``interval`` has no more views: it
+    showed ``views`` (federates.common.timeline: view_time)."""
+
+    interval: int
+    views: int
+
+
 _KINDS: dict[str, type] = {
     "orders": Order,
     "trades": Trade,
@@ -318,6 +327,7 @@ _KINDS: dict[str, type] = {
     "curtailments": CurtailmentNotice,
     "envelopes": OperatingEnvelope,
     "grid_constraints": GridConstraint,
+    "views_done": ViewsDone,
 }
 _KIND_OF: dict[type, str] = {v: k for k, v in _KINDS.items()}
 

@@ -6,11 +6,11 @@ global step index is ``g = k*S + n`` with ``S = M/dt`` steps per interval.
 
 The federation runs on HELICS time = study time + fixed phase offsets, so that each
 exchange happens at a time strictly after the one it depends on (no same-time races),
-including the control loop inside a physics step, which runs in explicit rounds of
-two hops. (HELICS iterative time requests were the first design; with HELICS 3.6.1
-they deadlocked as soon as a round ended with no federate sending anything, reproduced
-with three minimal federates; explicit rounds are deterministic and give the engine
-the same call order.)
+including the control loop of the physics steps, which runs in explicit exchanges.
+(HELICS iterative time requests were the first design; with HELICS 3.6.1 they
+deadlocked as soon as a round ended with no federate sending anything, reproduced with
+three minimal federates; explicit rounds are deterministic and give the engine the
+same call order.)
 
     k*M + 0.125  meters send the AMI readings of k-1 to the controllers (DSO), from the
                  feeder's meter block of k-1
@@ -22,18 +22,28 @@ the same call order.)
     k*M + 0.50   market settles k-1 and clears k: confirmations (to the prosumers and
                  the controllers), schedule values; with grid constraints the export
                  envelopes it set (to the feeder)
-    t + 1.00     physics step at study time t, in control rounds j = 0, 1, ...:
-                 solve_time(g, j)  = t + 1 + 2*j*HOP   feeder solves (j = 0) or applies
-                                                        the DSO's caps and re-solves; the
-                                                        inverters settle in its own loop;
-                                                        it publishes the DSO's view
-                 decide_time(g, j) = solve_time + HOP  the DSO sends caps or nothing; a
-                                                        round without caps ends the step
+    t + 1.00     the physics steps of the interval, worked through by the feeder at
+                 this one HELICS time (study time t = k*M + n*dt lives in the step
+                 index the messages carry, not in HELICS time); the feeder stops only
+                 to show the DSO a view (report by exception, federates.common.alarms)
+                 and ends the interval with a last value:
+                 view_time(k, s)   = t + 1 + 2*s*HOP  the feeder shows the DSO its view
+                                                      number s of the interval (the
+                                                      step and control round inside),
+                                                      or that there are no more
+                 answer_time(k, s) = view_time + HOP  the DSO answers the view (its caps
+                                                      and whether it is quiet); the
+                                                      feeder reads the answer at
+                                                      view_time(k, s + 1)
                  after the last step of interval k the feeder publishes its meter block
 
-A federate wakes only when it has something to do: per step the feeder twice (solve,
-then the DSO's reply) and the DSO once, plus one round of both per DSO action; the
-prosumers, meters and market once or twice per market interval.
+Every federate is uninterruptible (granted exactly the times it asks for), and each
+exchange is a sender's time followed by a receiver's strictly later one. A federate
+wakes only when it has something to do: the feeder and the DSO once per interval and
+once per view, the prosumers, meters and market once or twice per market interval.
+(A DSO woken by the view itself, an interruptible HELICS federate, was tried first:
+with HELICS 3.6.1 the federation deadlocked at time 0 in a run with a delay filter on
+the bids (comms.latency_s), every federate waiting for a grant.)
 
 After the last interval, the reports and settlement of the last interval happen at
 ``duration_s + 0.125``, ``duration_s + 0.25`` and ``duration_s + 0.5``. A physics
@@ -123,15 +133,25 @@ class Timeline:
     def step_time(self, g: int) -> float:
         return self.step_t_s(g) + PHASE_STEP_S
 
-    def solve_time(self, g: int, j: int) -> float:
-        """Control round ``j`` of step ``g``: the feeder solves (j = 0) or re-solves."""
-        if not 0 <= j <= MAX_ROUNDS:
-            raise ValueError(f"control round {j} outside 0..{MAX_ROUNDS}")
-        return self.step_time(g) + 2 * j * HOP_S
+    def view_time(self, k: int, s: int) -> float:
+        """View ``s`` of interval ``k``: the feeder shows the DSO a view (or that there
+        are no more); the DSO answers at :meth:`answer_time`."""
+        if s < 0 or s > self.max_views(k):
+            raise ValueError(f"interval {k}: DSO view {s} outside 0..{self.max_views(k)} (the views of an "
+                             f"interval must end before its next AMI time)")
+        return self.interval_start_s(k) + PHASE_STEP_S + 2 * s * HOP_S
 
-    def decide_time(self, g: int, j: int) -> float:
-        """Control round ``j`` of step ``g``: the DSO decides on the feeder's view."""
-        return self.solve_time(g, j) + HOP_S
+    def answer_time(self, k: int, s: int) -> float:
+        """The DSO answers view ``s`` of interval ``k``; the feeder reads the answer at
+        ``view_time(k, s + 1)``."""
+        return self.view_time(k, s) + HOP_S
+
+    def max_views(self, k: int) -> int:
+        """The most views interval ``k`` has room for before the next AMI time (the
+        control rounds of all its steps fit: at least half a million in a 15-min
+        interval)."""
+        room = self.ami_time(k + 1) - self.interval_start_s(k) - PHASE_STEP_S - 2 * HOP_S
+        return int(room / (2 * HOP_S))
 
     @property
     def final_time(self) -> float:

@@ -103,6 +103,11 @@ class DsoAgent:
         self._last.clear()
         self._cut.clear()
 
+    @property
+    def checking(self) -> bool:
+        """Whether the next view checks the relief of the last cuts (:meth:`plan`)."""
+        return bool(self._last)
+
     # ------------------------------------------------------------------ decisions
     def plan(self, v_pu: np.ndarray, p_kw: np.ndarray, scada) -> CurtailmentPlan | None:
         """Ex-post cuts [kW] for the limits violated now (None: nothing violated)."""

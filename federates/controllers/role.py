@@ -19,6 +19,9 @@ The decision is a :class:`DsoReply`: the DSO caps that changed (each a
 :class:`~federates.common.messages.DsoCap`), after which the feeder re-solves and the
 inverters settle again, or ``capped`` when the DSO wanted to act but the step had used
 its ``feeder.max_control_iterations`` rounds (the step is recorded as not converged).
+It also says whether the DSO is ``quiet``: whether a view crossing none of its alarm
+limits would change nothing (:mod:`federates.common.alarms`; the feeder shows the DSO
+only the views that cross one, or every view while it is not quiet).
 
 DSO caps last one market interval: they are cleared at the first view of each
 interval. Per interval the DSO also takes the AMI readings and the market's
@@ -50,10 +53,13 @@ LIMIT_V_MAX = "v_max"
 @dataclass
 class DsoReply:
     """The DSO's decision in one round: ``caps`` that changed, or ``capped`` (it wanted
-    to act but the step's rounds are used up). Falsy when there is nothing to do."""
+    to act but the step's rounds are used up). Falsy when there is nothing to do.
+    ``quiet``: until the interval ends, only a view crossing an alarm limit could make
+    the DSO act (:mod:`federates.common.alarms`)."""
 
     caps: list[DsoCap] = field(default_factory=list)
     capped: bool = False
+    quiet: bool = True
 
     def __bool__(self) -> bool:
         return bool(self.caps) or self.capped
@@ -117,6 +123,23 @@ class ControllersRole:
 
     def on_view(self, view: DsoView) -> DsoReply:
         """The DSO's decision for one control round of step ``view.step`` (module doc)."""
+        reply = self._decide(view)
+        reply.quiet = self.quiet
+        return reply
+
+    @property
+    def quiet(self) -> bool:
+        """Whether a view crossing no alarm limit would leave everything as it is: no cut
+        whose relief is still to be checked, no cap set for a limit found ineffective
+        (to be lifted). Only the sensitivity policies keep such business."""
+        dso = self.dso
+        if dso is None or not self.ctl.curtailment.enabled:
+            return True
+        if dso.checking:
+            return False
+        return not (np.isin(self.dso_reason, list(dso.ignored)) & np.isfinite(self.dso_cap_kw)).any()
+
+    def _decide(self, view: DsoView) -> DsoReply:
         g = view.step
         if not 0 <= g < self.timeline.n_steps:
             raise ValueError(f"step {g} is outside the study (0..{self.timeline.n_steps - 1})")

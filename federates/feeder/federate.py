@@ -1,7 +1,10 @@
 """Feeder federate: applies schedules plus real deviations, solves OpenDSS, lets the
-customers' inverters settle, shows the DSO its view after every control round and
-re-solves with the DSO's caps; per interval it reports the curtailment to the market
-and publishes the meters' block."""
+customers' inverters settle, shows the DSO its view of a control round when it must
+(report by exception, federates.common.alarms) and re-solves with the DSO's caps;
+per interval it reports the curtailment to the market and publishes the meters'
+block. It asks HELICS for time only when it exchanges something: at the start of the
+interval's steps (schedule, deviations, envelopes) and for the DSO's answer to each
+view it shows (federates.common.timeline: view_time)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import numpy as np
 from federates.common import keys
 from federates.common.door import Door
 from federates.common.errors import PowerFlowNotConverged
-from federates.common.messages import decode, encode
+from federates.common.messages import ViewsDone, decode, encode
 from federates.common.runtime import Study, drain_into, federate_main, write_progress_file
 from federates.common.tables import drain_due, study_chunk_intervals
 from federates.common.timeline import MAX_ROUNDS
@@ -40,19 +43,24 @@ def run(study: Study, broker: str, log: logging.Logger, sink):
         blocks = [door.vector(sub, s * m).reshape(s, m) for sub, m in zip(sub_deviation, part_sizes, strict=True)]
         return blocks[0] if parts == 1 else np.concatenate(blocks, axis=1)
 
-    def inbox(g: int, j: int, k: int) -> DsoReply:
-        """Envelopes of interval ``k`` (to the inverters) and the DSO's reply to round ``j-1``."""
-        reply = DsoReply()
+    def inbox(k: int) -> None:
+        """Envelopes of interval ``k`` (to the inverters), at its first step."""
         for text in door.receive(ep):
             env = decode(text)
-            if env.kind == "envelopes" and j == 0:
-                role.on_envelopes(k, env.items)
-            elif env.kind == "dso_caps" and j > 0 and int(env.header["step"]) == g:
-                reply = DsoReply(env.items, capped=bool(env.header["capped"]))
-            else:
-                raise RuntimeError(f"step {g} round {j}: unexpected {env.kind!r} message "
-                                   f"({ {k: v for k, v in env.header.items()} })")
-        return reply
+            if env.kind != "envelopes":
+                raise RuntimeError(f"interval {k}: unexpected {env.kind!r} message ({env.header})")
+            role.on_envelopes(k, env.items)
+
+    def ask_dso(k: int, v: int, view) -> DsoReply:
+        """Show the DSO ``view``, view ``v`` of interval ``k``; its reply."""
+        door.publish(pub_view, view.to_vector())  # at view_time(k, v)
+        door.advance(tl.view_time(k, v + 1))  # the DSO answered at answer_time(k, v)
+        replies = [decode(text) for text in door.receive(ep)]
+        if len(replies) != 1 or replies[0].kind != "dso_caps" or int(replies[0].header["step"]) != view.step:
+            raise RuntimeError(f"step {view.step}: expected the DSO's one reply, got "
+                               f"{[(e.kind, e.header) for e in replies]}")
+        env = replies[0]
+        return DsoReply(env.items, capped=bool(env.header["capped"]), quiet=bool(env.header["quiet"]))
 
     door.enter()
     try:
@@ -65,21 +73,22 @@ def run(study: Study, broker: str, log: logging.Logger, sink):
                 break
             if drain_due(tl, k, every):
                 drain_into(sink, role)
+            door.advance(tl.view_time(k, 0))
+            inbox(k)
+            schedule_p_kw, deviation_p_kw = door.vector(sub_schedule, n), deviations()
+            v = 0  # the views of the interval shown so far
             for i, g in enumerate(tl.steps_of_interval(k)):
-                door.advance(tl.solve_time(g, 0))
-                inbox(g, 0, k)
-                if i == 0:
-                    schedule_p_kw, deviation_p_kw = door.vector(sub_schedule, n), deviations()
+                door.working(tl.step_t_s(g))
                 role.begin_step(g, schedule_p_kw, deviation_p_kw[i])
-                door.publish(pub_view, role.dso_view(g).to_vector())
-                for j in range(1, MAX_ROUNDS + 1):
-                    door.advance(tl.solve_time(g, j))  # the DSO's reply to round j-1 is in by now
-                    reply = inbox(g, j, k)
-                    if not reply or role.apply(g, reply) is None:
+                rounds = 0
+                while (view := role.dso_view(g)) is not None:
+                    if rounds == MAX_ROUNDS:
+                        raise RuntimeError(f"step {g}: the DSO still capping after {MAX_ROUNDS} rounds")
+                    reply = ask_dso(k, v, view)
+                    v, rounds = v + 1, rounds + 1
+                    if role.apply(g, reply) is None:
                         break
-                    door.publish(pub_view, role.dso_view(g).to_vector())
-                else:
-                    raise RuntimeError(f"step {g}: the DSO still capping after {MAX_ROUNDS} rounds")
+            door.send(ep, keys.CONTROLLERS, encode([ViewsDone(interval=k, views=v)]))
             door.publish(pub_block, np.concatenate([[float(k)], *(a.ravel() for a in role.meter_block(k))]))
             write_progress_file(study.run_dir, tl.interval_start_s(k + 1))
     except PowerFlowNotConverged as e:

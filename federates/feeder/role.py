@@ -10,7 +10,8 @@ Each step ``g``:
    export cap applied), and lets the customers' inverters settle (IEEE 1547 Volt-VAR
    and Volt-Watt, :mod:`federates.feeder.inverters`; one re-solve per round). It
    returns that :class:`Measurement`; :meth:`FeederRole.dso_view` is what the DSO
-   (the controllers) sees of it.
+   (the controllers) sees of it, when it must see it: the views are reported by
+   exception (:mod:`federates.common.alarms`), None when the DSO would do nothing.
 2. :meth:`FeederRole.apply` takes the DSO's reply (its export caps), re-solves, lets
    the inverters settle again and returns the new Measurement (None when the DSO had
    nothing to do or the step used up its rounds); the last solve of a step is what
@@ -51,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from federates.common.alarms import Alarms
 from federates.common.errors import PowerFlowNotConverged
 from federates.common.grid import CustomerSite
 from federates.common.messages import (
@@ -210,6 +212,8 @@ class FeederRole:
             inverter_kva = np.array([s.inverter_kva for s in make_specs(cfg, self.sites)], dtype=float)
         self.inverters = InverterFleet(cfg, self.sites, inverter_kva)
         self._settled: Measurement | None = None  # the Measurement the DSO is shown
+        self.alarms = Alarms.from_config(cfg)
+        self._dso_quiet = True  # the DSO's last reply (DsoReply.quiet); true at each interval start
 
     # ------------------------------------------------------------------ helpers
     def background_mult(self, g: int) -> float:
@@ -504,6 +508,7 @@ class FeederRole:
         self._finalize_grid()
         if g % self.timeline.steps_per_interval == 0:
             self._cap_kw[:] = np.nan
+            self._dso_quiet = True
         self._requested = sched + dev
         self._step = g
         self._n_solves = 0
@@ -552,25 +557,33 @@ class FeederRole:
         self._cap_kw = np.where(which, np.where(np.isinf(cap), np.nan, cap), self._cap_kw)
         return self._controlled_solve(g)
 
-    def dso_view(self, g: int) -> DsoView:
+    def dso_view(self, g: int, *, every: bool = False) -> DsoView | None:
         """What the DSO sees of step ``g`` now that the inverters have settled: the
         customers' telemetry (the inverters' local measurement), the SCADA view (when
-        the DSO's policy needs it), the rounds used and whether the DSO may act."""
+        the DSO's policy needs it), the rounds used and whether the DSO may act.
+
+        Reported by exception (:mod:`federates.common.alarms`): None unless the DSO may
+        act and the view crosses an alarm limit or the DSO's last reply was not quiet.
+        ``every``: the view regardless (a DSO polled every round; the same results)."""
         m = self._settled
         if g != self._step or m is None:
             raise ValueError(f"DSO view of step {g}, but the step in progress is {self._step}")
         inv = self.inverters
         v, p = inv.sensed
-        return DsoView(step=g, rounds=inv.rounds, may_act=inv.dso_may_act, v_pu=v, p_kw=p,
+        view = DsoView(step=g, rounds=inv.rounds, may_act=inv.dso_may_act, v_pu=v, p_kw=p,
                        scada=m.scada if self.want_scada else None)
+        if every or (view.may_act and (not self._dso_quiet or self.alarms.raised(view))):
+            return view
+        return None
 
     def apply(self, g: int, reply) -> Measurement | None:
         """The DSO's reply (:class:`federates.controllers.role.DsoReply`: its changed
-        export caps, or ``capped``) to the last :meth:`dso_view` of step ``g``: apply
-        the caps, re-solve and let the inverters settle again. None when there is
-        nothing to apply (the step is over)."""
+        export caps, or ``capped``, and whether it is quiet) to the last
+        :meth:`dso_view` of step ``g``: apply the caps, re-solve and let the inverters
+        settle again. None when there is nothing to apply (the step is over)."""
         if g != self._step:
             raise ValueError(f"apply for step {g}, but the step in progress is {self._step}")
+        self._dso_quiet = bool(reply.quiet)
         which = self.inverters.apply_dso(g, reply.caps, capped=reply.capped)
         if which is None:
             return None

@@ -33,7 +33,7 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
-def _start(run_dir, duration: str = "6h") -> subprocess.Popen:
+def _start(run_dir, duration: str = "7d") -> subprocess.Popen:
     """`tecosim run` in the background; returns once the feeder is executing."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "runner.cli", "run", str(DEFAULT), "--out", str(run_dir),

@@ -26,11 +26,11 @@ HANG_TIMEOUT_S = 5
 
 
 def _start(run_dir, *extra: str) -> subprocess.Popen:
-    """`tecosim run` of a 6 h study in the background; returns once the feeder is executing
+    """`tecosim run` of a 7-day study in the background; returns once the feeder is executing
     (as test_failure's, with ``extra`` options)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "runner.cli", "run", str(DEFAULT), "--out", str(run_dir), "--quiet", "--no-report",
-         "--set", "study.duration=6h", *extra],
+         "--set", "study.duration=7d", *extra],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = run_dir / "logs" / "feeder.log"
     deadline = time.monotonic() + 400  # generous: see test_failure._start

@@ -44,14 +44,14 @@ def test_critical_path_overlaps_prosumers_and_meters_only():
 def test_noop_plan_counts_what_the_federates_send():
     from benchmarks.noop_federate import Plan
 
-    # 2 intervals, 4 steps; the DSO replies twice in step 1 (the second capped) and once in step 3
+    # 2 intervals, 4 steps; the DSO is shown two views in step 1 and one in step 3
     plan = Plan(duration_s=240, market_interval_s=120, physics_step_s=60, n=3, view_size=9,
-                caps=[[], [10, 11], [], [12]], capped=[1], orders=[100, 101], confirmations=[50, 51],
+                replies=[[], [10, 11], [], [12]], orders=[100, 101], confirmations=[50, 51],
                 market_envelopes=[0, 0], envelopes=[7, 8], feeder_envelopes=[0, 8], grid_constraints=[5, 6],
-                ami=[30, 31], interval_energy=[20, 21], curtailments=[3, 4])
-    assert plan.rounds == [0, 2, 0, 1]
+                ami=[30, 31], interval_energy=[20, 21], curtailments=[3, 4], views_done=[40, 41])
+    assert plan.views == [0, 2, 0, 1]
     # orders 2 + confirmations 2 x 2 + envelopes, constraints from interval 1 on: 1 + 1 + feeder
-    # envelopes 1 + ami 2 + energy 2 + curtailments 2 + caps 3 = 18
-    assert plan.n_messages() == 18
-    assert plan.n_bytes() == 201 + 2 * 101 + 8 + 8 + 6 + 61 + 41 + 7 + 33
+    # envelopes 1 + ami 2 + energy 2 + curtailments 2 + replies 3 + views done 2 = 20
+    assert plan.n_messages() == 20
+    assert plan.n_bytes() == 201 + 2 * 101 + 8 + 8 + 6 + 61 + 41 + 7 + 33 + 81
     assert plan.timeline.n_steps == 4
