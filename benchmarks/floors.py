@@ -322,27 +322,21 @@ def executing_from_logs(logs: Path, names: list[str]) -> dict[str, float]:
     return out
 
 
-def broker_binary() -> Path:
-    """The ``helics_broker`` executable inside the helics package: what the
-    ``helics_broker`` console script (a Python program: ``helics.bin``) runs as a
-    subprocess. Found without importing helics."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("helics")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("no helics package")
-    path = Path(next(iter(spec.submodule_search_locations))) / "install" / "bin" / "helics_broker"
+def broker_script() -> Path:
+    """The helics package's ``helics_broker`` console script: a Python program
+    (``helics.bin``) that imports helics and runs the broker binary as a child."""
+    path = Path(sys.executable).parent / "helics_broker"
     if not path.is_file():
         raise FileNotFoundError(path)
     return path
 
 
-def floor_helics(study: Study, plan: Plan, launch: str = "fork", direct_broker: bool = False) -> FederationRun:
+def floor_helics(study: Study, plan: Plan, launch: str = "fork", script_broker: bool = False) -> FederationRun:
     """Floor (b): the no-op federation of ``plan`` on ``study``'s federation config
     (``federation.helics_profiler`` decides the profile), started and watched by
-    ``Federation.run`` with ``federation.timeout_s``. ``direct_broker``: the broker
-    binary exec'd directly instead of through the ``helics_broker`` Python script (what
-    ``runner.launch.helics_bin`` finds), same arguments."""
+    ``Federation.run`` with ``federation.timeout_s``. ``script_broker``: the broker
+    started through the ``helics_broker`` console script instead of as the binary
+    ``runner.launch.helics_bin`` finds, same arguments."""
     from runner.launch import Federation
 
     if launch not in ("fork", "exec"):
@@ -351,8 +345,8 @@ def floor_helics(study: Study, plan: Plan, launch: str = "fork", direct_broker: 
     plan.save(plan_path)
     fed = Federation.build(study)
     broker = fed.procs[0]  # as for a real run
-    if direct_broker:
-        broker.argv = [str(broker_binary()), *broker.argv[1:]]
+    if script_broker:
+        broker.argv = [str(broker_script()), *broker.argv[1:]]
     procs: list[Proc] = [broker]
     for p in fed.procs[1:]:
         procs.append(NoopProc(p.name, [sys.executable, str(NOOP_SCRIPT), "--role", p.name, "--plan", str(plan_path),

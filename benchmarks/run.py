@@ -12,8 +12,8 @@ In one run, on one machine, each case under a load monitor (benchmarks/machine.p
    profiler costs), floor (b) (the no-op federation, ``benchmarks/noop_federate.py``, forked
    as the real federates are) and floor (a) (the bare OpenDSS loop, the run's solves and one
    solve per step);
-3. floor (b) once more without the profiler, once exec'd, once with the broker binary
-   started directly (what the ``helics_broker`` Python script costs);
+3. floor (b) once more without the profiler, once exec'd, once with the broker started
+   through the ``helics_broker`` console script (what that Python wrapper costs);
 4. the federation with K prosumer federates (``--k``) on a study where the prosumers'
    work matters (``--k-prosumers`` on the synthetic feeder, ``--k-duration`` from 11:00;
    ``benchmarks/scale.py`` ``case_config``), and that study in process;
@@ -62,7 +62,7 @@ ROUND = (
     ("floor_b", "floor (b) (profiler on)"),
     ("floor_b_plain", "floor (b) (profiler off)"),
     ("floor_b_exec", "floor (b) exec'd (profiler on)"),
-    ("floor_b_direct", "floor (b) with the broker binary (profiler on)"),
+    ("floor_b_script", "floor (b) with the broker's console script (profiler on)"),
     ("floor_a", "floor (a)"),
 )
 
@@ -98,9 +98,9 @@ def federation(cfg, run_dir: Path, study=None) -> dict:
     return {"wall": run.wall_s, "split": _split(run), "startup_log": run.startup_log, "run_dir": run_dir}
 
 
-def floor_b(cfg, run_dir: Path, plan, launch: str = "fork", direct_broker: bool = False) -> dict:
+def floor_b(cfg, run_dir: Path, plan, launch: str = "fork", script_broker: bool = False) -> dict:
     study, _ = _prepare(cfg, run_dir)
-    run = floors.floor_helics(study, plan, launch, direct_broker=direct_broker)
+    run = floors.floor_helics(study, plan, launch, script_broker=script_broker)
     return {"wall": run.wall_s, "split": _split(run), "startup_log": run.startup_log}
 
 
@@ -427,13 +427,13 @@ def report(R: dict, cfg, args, started: dt.datetime, elapsed_s: float) -> str:
             *[[label, "on", spread(_get(R[key], "wall")), f(_sp(R[key], "startup")), f(_sp(R[key], "loop")),
                f(_sp(R[key], "after"))]
               for label, key in (("exec'd: `python benchmarks/noop_federate.py`", "floor_b_exec"),
-                                 ("forked, broker binary started directly", "floor_b_direct"))],
+                                 ("forked, broker through its console script", "floor_b_script"))],
         ], numeric=False),
         "",
         "- The broker is the same command as a real run's (`runner.launch.helics_bin('helics_broker')`): the "
-        "helics package's `helics_broker` console script, a Python program that imports helics and runs the "
-        "broker binary as a subprocess. The last row runs that binary directly with the same arguments: the "
-        "start-up it saves is the script's.",
+        "binary inside the helics package. The last row starts it, with the same arguments, through the "
+        "package's `helics_broker` console script (a Python program that imports helics and runs the binary "
+        "as a child), as runs did before: the start-up it adds is the script's.",
         "",
         "## Floor (a): the physics",
         "",
@@ -650,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
             "floor_b": lambda d: floor_b(cfg, d, plan),
             "floor_b_plain": lambda d: floor_b(cfg_plain, d, plan),
             "floor_b_exec": lambda d: floor_b(cfg, d, plan, launch="exec"),
-            "floor_b_direct": lambda d: floor_b(cfg, d, plan, direct_broker=True),
+            "floor_b_script": lambda d: floor_b(cfg, d, plan, script_broker=True),
             "floor_a": lambda d: floor_a(cfg, d, trace_results),
         }
         for i in range(1, args.repeat + 1):

@@ -239,7 +239,18 @@ def free_port_block(width: int = 20, tries: int = 200, rng: random.Random | None
 
 
 def helics_bin(name: str) -> str:
-    """Path of a HELICS executable shipped with the helics wheel (next to python)."""
+    """Path of a HELICS executable shipped with the helics wheel: the binary in the
+    package's ``install/bin`` (found without importing helics), else the console script
+    of that name next to python or on PATH. The console scripts are Python programs
+    that import helics and run the binary as a child: 0.3 s more start-up per run
+    (BENCHMARKS.md, floor (b) "broker binary started directly") and a second process."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("helics")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        binary = Path(folder) / "install" / "bin" / name
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return str(binary)
     candidate = Path(sys.executable).parent / name
     if candidate.exists():
         return str(candidate)
