@@ -19,8 +19,9 @@ In one run, on one machine, each case under a load monitor (benchmarks/machine.p
    ``benchmarks/scale.py`` ``case_config``), and that study in process;
 5. ``benchmarks/market.py`` (clearing, a default-day market time, ADMM, the default day's ledger).
 
-The figures are written to BENCHMARKS.md (its section between ``<!-- scale:begin -->`` and
-``<!-- scale:end -->``, written by ``make bench-scale``, is kept). Run folders go to
+The figures are written to BENCHMARKS.md (its sections between ``<!-- scale:begin -->`` and
+``<!-- scale:end -->``, written by ``make bench-scale``, and between ``<!-- long:begin -->``
+and ``<!-- long:end -->``, written by ``make bench-long``, are kept). Run folders go to
 ``runs/bench-<UTC stamp>/`` and are deleted unless ``--keep`` or something failed.
 
     .venv/bin/python benchmarks/run.py [--duration 24h] [--repeat 3] [--k 1,2,4] [--keep]
@@ -52,7 +53,8 @@ from federates.common.errors import TecosimError  # noqa: E402
 CONFIG = REPO / "configs" / "default.yaml"
 OUT = REPO / "BENCHMARKS.md"
 ROLES = (keys.PROSUMERS, keys.MARKET, keys.FEEDER, keys.METERS, keys.CONTROLLERS)
-KEPT = (("<!-- scale:begin -->", "<!-- scale:end -->"),)  # sections other benchmarks own
+KEPT = (("<!-- scale:begin -->", "<!-- scale:end -->"),  # sections other benchmarks own
+        ("<!-- long:begin -->", "<!-- long:end -->"))
 LOAD_LIMIT = 2.0  # load average above which the figures of a case are inflated (2 CPUs)
 #: the cases of one round, in their order: (key, label)
 ROUND = (
