@@ -133,7 +133,7 @@ class ControllersRole:
         whose relief is still to be checked, no cap set for a limit found ineffective
         (to be lifted). Only the sensitivity policies keep such business."""
         dso = self.dso
-        if dso is None or not self.ctl.curtailment.enabled:
+        if not self.want_scada:  # group_voltage, or no curtailment: no business kept
             return True
         if dso.checking:
             return False
@@ -152,8 +152,10 @@ class ControllersRole:
         if v.shape != (self.n,) or p.shape != (self.n,):
             raise ValueError(f"DSO view of step {g}: v_pu {v.shape} / p_kw {p.shape}, expected ({self.n},)")
         cur = self.ctl.curtailment
-        if cur.enabled and self.dso is not None:
-            if self.want_scada and view.scada is None:
+        # the sensitivity policies (the DSO also exists for group_voltage when the
+        # market is network-aware: its envelopes and constraints, not its cuts)
+        if self.want_scada:
+            if view.scada is None:
                 raise ValueError(f"step {g}: the DSO needs the feeder's SCADA values")
             plan = self.dso.plan(v, p, view.scada)
             # caps set for a limit the cuts proved unable to relieve are lifted again
