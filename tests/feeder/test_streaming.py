@@ -53,8 +53,8 @@ def test_writer_appends_one_row_group_per_chunk_and_reads_back(tmp_path):
 
 def test_chunk_length_bounds_the_customer_steps():
     tl = Timeline(duration_s=366 * 86400.0, market_interval_s=900.0, physics_step_s=60.0)
-    assert chunk_intervals(tl, 40) * 15 * 40 <= 1_000_000 < (chunk_intervals(tl, 40) + 1) * 15 * 40
-    assert chunk_intervals(tl, 3000) == 22  # 330 steps x 3000 customers
+    assert chunk_intervals(tl, 40) * 15 * 40 <= 250_000 < (chunk_intervals(tl, 40) + 1) * 15 * 40
+    assert chunk_intervals(tl, 3000) == 5  # 75 steps x 3000 customers
     assert chunk_intervals(tl, 10**7) == 1  # at least one interval
 
 
