@@ -315,7 +315,7 @@ def section(results: list[dict], failed: dict[str, str], duration: str, started:
         "- **peak RSS**: VmHWM from /proc. In-process: of the case's process after prepare_run and "
         "at the end (prepare_run runs in the same process, so the second is max(prepare, run)). "
         f"Federation: of each federate process, sampled every {SAMPLE_S * 1000:.0f} ms while it "
-        "runs (broker: wrapper plus binary).",
+        "runs (broker: the helics_broker binary).",
     ]
     if failed:
         out += ["", "Not run / failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()) + "."]
