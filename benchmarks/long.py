@@ -108,21 +108,11 @@ class Peaks:
         self._thread.join()
 
     def _loop(self) -> None:
+        from benchmarks.scale import descendants
+
         me = os.getpid()
         while not self._stop.wait(SAMPLE_S):
-            parent = {}
-            for entry in os.scandir("/proc"):
-                if entry.name.isdigit():
-                    try:
-                        parent[int(entry.name)] = int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[1])
-                    except (OSError, IndexError, ValueError):
-                        continue
-            mine, grew = {me}, True
-            while grew:
-                new = {p for p, pp in parent.items() if pp in mine and p not in mine}
-                mine |= new
-                grew = bool(new)
-            for pid in mine - {me}:
+            for pid in descendants(me):
                 st, name = _status(pid), _name(pid)
                 if not st:
                     continue

@@ -82,6 +82,23 @@ def vm_hwm_kib(pid: int | str) -> int:
     return 0
 
 
+def descendants(root: int) -> dict[int, int]:
+    """The processes descended from ``root`` now, each with its parent (from /proc)."""
+    ppid_of = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                ppid_of[int(entry.name)] = int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    mine, grew = {root}, True
+    while grew:
+        new = {p for p, pp in ppid_of.items() if pp in mine and p not in mine}
+        mine |= new
+        grew = bool(new)
+    return {p: ppid_of[p] for p in mine - {root}}
+
+
 class PeakRss:
     """Largest VmHWM [KiB] seen of each descendant of this process, sampled every SAMPLE_S."""
 
@@ -102,21 +119,8 @@ class PeakRss:
     def _loop(self) -> None:
         me = os.getpid()
         while not self._stop.wait(SAMPLE_S):
-            ppid_of = {}
-            for entry in os.scandir("/proc"):
-                if entry.name.isdigit():
-                    try:
-                        ppid_of[int(entry.name)] = int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[1])
-                    except (OSError, IndexError, ValueError):
-                        continue
-            mine = {me}
-            grew = True
-            while grew:
-                new = {p for p, pp in ppid_of.items() if pp in mine and p not in mine}
-                mine |= new
-                grew = bool(new)
-            for pid in mine - {me}:
-                self.parent[pid] = ppid_of[pid]
+            for pid, ppid in descendants(me).items():
+                self.parent[pid] = ppid
                 self.peak[pid] = max(self.peak.get(pid, 0), vm_hwm_kib(pid))
 
     def of(self, pid: int) -> int:
