@@ -33,7 +33,7 @@ from benchmarks import noop_federate
 from benchmarks.helics_profile import FederateProfile, read_profile
 from benchmarks.noop_federate import Plan
 from federates.common.runtime import Study
-from runner.launch import HELICS_PROFILE_FILE, ForkedProcess, Proc
+from runner.launch import HELICS_PROFILE_FILE, ForkedProcess, Proc, fork_main
 
 NOOP_SCRIPT = Path(noop_federate.__file__).resolve()
 
@@ -222,50 +222,8 @@ def floor_physics(study: Study, results: Path, *, one_solve: bool = False) -> Ph
 # ---- floor (b): the no-op federation -------------------------------------------------------
 def _fork_noop(argv: list[str], log: Path, cwd: Path) -> ForkedProcess:
     """``benchmarks/noop_federate.py``'s main in a child forked from this process, as
-    ``runner.launch.fork_federate`` starts a real federate: a new session, output to
-    ``log``, its command line shown as ``argv``; the child leaves with ``os._exit``."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    pid = os.fork()
-    if pid:
-        os.close(fd)
-        return ForkedProcess(pid)
-    code = 1
-    try:  # the child
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-        os.close(null)
-        sys.stdout = open(1, "w", buffering=1, closefd=False)
-        sys.stderr = open(2, "w", buffering=1, closefd=False)
-        os.chdir(cwd)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-        import logging
-
-        import setproctitle
-
-        logging.root.handlers.clear()
-        setproctitle.setproctitle(" ".join(argv))
-        try:
-            noop_federate.main(argv[2:])
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+    ``runner.launch.fork_federate`` starts a real federate (``runner.launch.fork_main``)."""
+    return fork_main(argv, log, cwd, lambda: noop_federate.main(argv[2:]))
 
 
 @dataclass

@@ -301,13 +301,30 @@ def preimport_federates() -> None:
 
 def fork_federate(argv: list[str], log: Path, cwd: Path) -> ForkedProcess:
     """Run ``argv`` (``python -m federates.<name>.federate ...``, as an exec'd federate
-    would be started) in a child forked from this runner: a new session (killed as a
-    process group), stdout and stderr to ``log``, the command line shown as ``argv``
-    (setproctitle), the module's ``main()`` run from the modules this runner imported
-    (:func:`preimport_federates`). The child never returns into the runner's code: it
-    leaves with ``os._exit`` and the federate's exit code."""
+    would be started) in a child forked from this runner (:func:`fork_main`), the
+    module's ``main()`` run from the modules this runner imported
+    (:func:`preimport_federates`)."""
     if argv[1:2] != ["-m"] or argv[2] not in FEDERATE_MODULES:
         raise ValueError(f"not a federate command: {argv}")
+    module = argv[2]
+
+    def main() -> None:
+        import importlib
+
+        sys.argv = [str(cwd / (module.replace(".", "/") + ".py")), *argv[3:]]
+        importlib.import_module(module).main()  # what `python -m module` runs
+
+    return fork_main(argv, log, cwd, main)
+
+
+def fork_main(argv: list[str], log: Path, cwd: Path, main: Callable[[], None]) -> ForkedProcess:
+    """``main()`` in a child forked from this process, as if ``argv`` had been exec'd:
+    a new session (killed as a process group), stdin from /dev/null, stdout and stderr
+    to ``log``, working directory ``cwd``, default SIGINT / SIGTERM handling, the
+    command line shown as ``argv`` (setproctitle). The child never returns into the
+    caller's code: it leaves with ``os._exit`` and ``main``'s exit code (0 when it
+    returns, its SystemExit code, 1 on any other exception, whose traceback goes to
+    ``log``)."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -329,17 +346,14 @@ def fork_federate(argv: list[str], log: Path, cwd: Path) -> ForkedProcess:
         os.chdir(cwd)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
-        import importlib
         import logging
 
         import setproctitle
 
-        logging.root.handlers.clear()  # the federate configures its own log
+        logging.root.handlers.clear()  # the child configures its own log
         setproctitle.setproctitle(" ".join(argv))
-        module = argv[2]
-        sys.argv = [str(cwd / (module.replace(".", "/") + ".py")), *argv[3:]]
         try:
-            importlib.import_module(module).main()  # what `python -m module` runs
+            main()
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
