@@ -29,13 +29,14 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from benchmarks.scale import DescendantSampler  # noqa: E402
 
 OUT = REPO / "BENCHMARKS.md"
 BEGIN, END = "<!-- long:begin -->", "<!-- long:end -->"
@@ -89,37 +90,24 @@ def _name(pid: int) -> str:
     return cmd.split()[0] if cmd else "?"
 
 
-class Peaks:
+class Peaks(DescendantSampler):
     """Largest VmHWM, and the PSS at the largest RSS, of every descendant of this process."""
 
     def __init__(self) -> None:
+        super().__init__(SAMPLE_S)
         self.hwm: dict[str, int] = {}
         self.pss: dict[str, int] = {}
         self._rss: dict[int, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> Peaks:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        from benchmarks.scale import descendants
-
-        me = os.getpid()
-        while not self._stop.wait(SAMPLE_S):
-            for pid in descendants(me):
-                st, name = _status(pid), _name(pid)
-                if not st:
-                    continue
-                self.hwm[name] = max(self.hwm.get(name, 0), st.get("VmHWM", 0))
-                if st.get("VmRSS", 0) > self._rss.get(pid, 0):
-                    self._rss[pid] = st["VmRSS"]
-                    self.pss[name] = max(self.pss.get(name, 0), _pss_kib(pid))
+    def sample(self, procs: dict[int, int]) -> None:
+        for pid in procs:
+            st, name = _status(pid), _name(pid)
+            if not st:
+                continue
+            self.hwm[name] = max(self.hwm.get(name, 0), st.get("VmHWM", 0))
+            if st.get("VmRSS", 0) > self._rss.get(pid, 0):
+                self._rss[pid] = st["VmRSS"]
+                self.pss[name] = max(self.pss.get(name, 0), _pss_kib(pid))
 
 
 def run_case(label: str, overrides: list[str], engine: str, extra: list[str], root: Path) -> dict:

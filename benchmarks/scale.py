@@ -99,16 +99,16 @@ def descendants(root: int) -> dict[int, int]:
     return {p: ppid_of[p] for p in mine - {root}}
 
 
-class PeakRss:
-    """Largest VmHWM [KiB] seen of each descendant of this process, sampled every SAMPLE_S."""
+class DescendantSampler:
+    """Calls :meth:`sample` with every descendant of this process (pid -> parent) every
+    ``period_s`` seconds, in a thread, while the ``with`` block runs."""
 
-    def __init__(self) -> None:
-        self.peak: dict[int, int] = {}
-        self.parent: dict[int, int] = {}
+    def __init__(self, period_s: float = SAMPLE_S) -> None:
+        self.period_s = period_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> PeakRss:
+    def __enter__(self):
         self._thread.start()
         return self
 
@@ -118,13 +118,28 @@ class PeakRss:
 
     def _loop(self) -> None:
         me = os.getpid()
-        while not self._stop.wait(SAMPLE_S):
-            for pid, ppid in descendants(me).items():
-                self.parent[pid] = ppid
-                self.peak[pid] = max(self.peak.get(pid, 0), vm_hwm_kib(pid))
+        while not self._stop.wait(self.period_s):
+            self.sample(descendants(me))
+
+    def sample(self, procs: dict[int, int]) -> None:
+        raise NotImplementedError
+
+
+class PeakRss(DescendantSampler):
+    """Largest VmHWM [KiB] seen of each descendant of this process, sampled every SAMPLE_S."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peak: dict[int, int] = {}
+        self.parent: dict[int, int] = {}
+
+    def sample(self, procs: dict[int, int]) -> None:
+        for pid, ppid in procs.items():
+            self.parent[pid] = ppid
+            self.peak[pid] = max(self.peak.get(pid, 0), vm_hwm_kib(pid))
 
     def of(self, pid: int) -> int:
-        """Peak of ``pid`` plus that of its own children (the broker wrapper runs a binary)."""
+        """Peak of ``pid`` plus that of its own children."""
         return self.peak.get(pid, 0) + sum(v for p, v in self.peak.items() if self.parent.get(p) == pid)
 
 
