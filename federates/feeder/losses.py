@@ -199,35 +199,60 @@ class PhaseLossIncidence:
         (not in the ``background_layers`` it was built with) is ignored.
         """
         loss = np.asarray(layer_losses_kw, dtype=float)
+        bw = None if background_layer_kw is None else np.asarray(background_layer_kw, dtype=float)[None]
+        flat, out = self._shares(loss[None], np.asarray(p_kw, dtype=float)[None], bw)
+        flat, out = flat[0], out[0]
+        cust, bg = out[:self.n_customers], out[self.n_customers:]
+        return PhaseLossAllocation(customer_kw=cust, background_load_kw=bg,
+                                   unused_kw=float(flat.sum() - out.sum()))
+
+    def allocate_many(self, layer_losses_kw: np.ndarray, p_kw: np.ndarray,
+                      background_layer_kw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`allocate` of ``T`` solves at once: ``layer_losses_kw`` (T, elements, 4),
+        ``p_kw`` (T, customers), ``background_layer_kw`` (T, background Loads, 4) give
+        the customers' losses (T, customers) and the background's (T,) [kW], each step
+        bit for bit what :meth:`allocate` gives for it alone."""
+        loss = np.asarray(layer_losses_kw, dtype=float)
+        flat, out = self._shares(loss, np.asarray(p_kw, dtype=float), background_layer_kw)
+        cust = out[:, :self.n_customers]
+        return cust, flat.sum(axis=1) - cust.sum(axis=1)
+
+    def _shares(self, loss: np.ndarray, p_kw: np.ndarray,
+                background_layer_kw: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The losses flat (T, cells) and every user's share (T, customers + background
+        Loads) of ``T`` steps (shapes as :meth:`allocate_many`), checked."""
         n_layers = len(LAYERS)
-        if loss.shape != (self.n_elements, n_layers):
-            raise ValueError(f"expected layer losses of shape {(self.n_elements, n_layers)}, got {loss.shape}")
-        w = np.abs(np.asarray(p_kw, dtype=float))
-        if w.shape != (self.n_customers,):
-            raise ValueError(f"expected {self.n_customers} customer powers, got shape {w.shape}")
+        n_t = loss.shape[0]
+        if loss.shape[1:] != (self.n_elements, n_layers):
+            raise ValueError(f"expected layer losses of shape {(self.n_elements, n_layers)}, got {loss.shape[1:]}")
+        w = np.abs(p_kw)
+        if w.shape != (n_t, self.n_customers):
+            raise ValueError(f"expected {self.n_customers} customer powers, got shape {w.shape[1:]}")
         if not np.all(np.isfinite(w)):
             raise ValueError("customer powers must be finite")
         if background_layer_kw is None:
             if self.n_background:
                 raise ValueError(f"the incidence has {self.n_background} background loads: give their layer weights")
-            bw = np.zeros(0)
+            bw = np.zeros((n_t, 0))
         else:
             bw = np.abs(np.asarray(background_layer_kw, dtype=float))
-            if bw.shape != (self.n_background, n_layers):
+            if bw.shape != (n_t, self.n_background, n_layers):
                 raise ValueError(f"expected background weights of shape {(self.n_background, n_layers)}, "
-                                 f"got {bw.shape}")
+                                 f"got {bw.shape[1:]}")
             if not np.all(np.isfinite(bw)):
                 raise ValueError("background load weights must be finite")
-            bw = bw.reshape(-1)
-        flat = loss.reshape(-1)
-        wj = np.concatenate([w, bw])[self._all_weight]
-        users_w = np.bincount(self._all_cell, weights=wj, minlength=flat.size)
+            bw = bw.reshape(n_t, -1)
+        flat = loss.reshape(n_t, -1)
+        n_cells, n_users = flat.shape[1], self.n_customers + self.n_background
+        row = np.arange(n_t)[:, None]
+        wj = np.concatenate([w, bw], axis=1)[:, self._all_weight]
+        users_w = np.bincount((self._all_cell[None, :] + row * n_cells).reshape(-1), weights=wj.reshape(-1),
+                              minlength=n_t * n_cells).reshape(n_t, n_cells)
         per_w = np.divide(flat, users_w, out=np.zeros_like(flat), where=users_w > 0)
-        out = np.bincount(self._all_row, weights=per_w[self._all_cell] * wj,
-                          minlength=self.n_customers + self.n_background)
-        cust, bg = out[:self.n_customers], out[self.n_customers:]
-        return PhaseLossAllocation(customer_kw=cust, background_load_kw=bg,
-                                   unused_kw=float(flat.sum() - out.sum()))
+        out = np.bincount((self._all_row[None, :] + row * n_users).reshape(-1),
+                          weights=(per_w[:, self._all_cell] * wj).reshape(-1),
+                          minlength=n_t * n_users).reshape(n_t, n_users)
+        return flat, out
 
 
 def allocate_phase_losses_to_customers(

@@ -1457,30 +1457,57 @@ class OpenDSSFeeder:
         ``Circuit.Losses``) up to rounding. Two bulk reads: ``PDElements.AllPowers``
         and ``Circuit.AllBusVolts``.
         """
+        return self.phase_losses_kw_of(self._bulk("powers")[None], self._bulk("volts")[None])[0]
+
+    def loss_snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What the last solve's per-phase losses and background Load weights are
+        computed from, for :meth:`phase_losses_kw_of` and :meth:`background_layer_kw_of`:
+        ``PDElements.AllPowers`` [kW + j kvar], ``Circuit.AllBusVolts`` [V] (both complex,
+        read-only, the solve's own bulk reads) and the background Loads' (kW, kvar) per
+        conductor (empty without background Loads). The feeder role keeps a few steps'
+        snapshots and computes their losses at once (per-step numpy calls cost more
+        than the arithmetic on a small feeder)."""
+        bg = self._background_load_powers() if self._background_load_index().names else np.zeros(0)
+        return self._bulk("powers"), self._bulk("volts"), bg
+
+    def phase_losses_kw_of(self, powers: np.ndarray, volts: np.ndarray) -> np.ndarray:
+        """:meth:`phase_losses_kw` of ``T`` solutions at once (T, elements, 4) [kW], from
+        their ``powers`` (T, PD conductor values) and ``volts`` (T, nodes), complex, as
+        :meth:`loss_snapshot` gives them. Each step's figures are exactly (bit for bit)
+        those :meth:`phase_losses_kw` gives for that step alone: every operation runs
+        per step in the same order (tests/feeder/test_losses.py checks it)."""
         from federates.feeder.losses import LAYERS
 
         ix = self._phase_loss_index()
-        s = self._bulk("powers")  # kW + j kvar per terminal conductor
-        if len(s) != ix.n_flat:
+        s = np.asarray(powers)
+        n_t = s.shape[0]
+        if s.ndim != 2 or s.shape[1] != ix.n_flat:
             raise FeederModelError(f"{self.master}: the PD element list changed; call attach_customers only")
         ne = len(ix.names)
         n_cells = ne * len(LAYERS) + 1  # + the dummy cell
-        out = np.bincount(ix.lin_cell, weights=s.real, minlength=n_cells)
-        v = np.append(self._bulk("volts"), 0.0)  # V, + ground
+        row = np.arange(n_t)[:, None]
+
+        def per_step(index: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
+            # np.bincount of each step's weights (T, len(index)) into (T, size)
+            flat = (index[None, :] + row * size).reshape(-1)
+            return np.bincount(flat, weights=weights.reshape(-1), minlength=n_t * size).reshape(n_t, size)
+
+        out = per_step(ix.lin_cell, s.real, n_cells)
+        v = np.concatenate([np.asarray(volts), np.zeros((n_t, 1))], axis=1)  # V, + ground
         if ix.xfd_ncell.size:
-            total = out[ix.xfd_ncell]  # all of each delta transformer's loss sits in its n cell
-            v2 = np.abs(v[ix.xfd_node]) ** 2
-            w = np.divide(np.abs(s[ix.xfd_pos]) ** 2 * ix.xfd_base2, v2, out=np.zeros_like(v2), where=v2 > 0)
-            w_el = np.bincount(ix.xfd_loc, weights=w, minlength=total.size)[ix.xfd_loc]
-            part = np.divide(w * total[ix.xfd_loc], w_el, out=np.zeros_like(w), where=w_el > 0)
-            out += np.bincount(ix.xfd_cell, weights=part, minlength=n_cells)
-            out[ix.xfd_ncell] -= np.bincount(ix.xfd_loc, weights=part, minlength=total.size)
+            total = out[:, ix.xfd_ncell]  # all of each delta transformer's loss sits in its n cell
+            v2 = np.abs(v[:, ix.xfd_node]) ** 2
+            w = np.divide(np.abs(s[:, ix.xfd_pos]) ** 2 * ix.xfd_base2, v2, out=np.zeros_like(v2), where=v2 > 0)
+            w_el = per_step(ix.xfd_loc, w, total.shape[1])[:, ix.xfd_loc]
+            part = np.divide(w * total[:, ix.xfd_loc], w_el, out=np.zeros_like(w), where=w_el > 0)
+            out += per_step(ix.xfd_cell, part, n_cells)
+            out[:, ix.xfd_ncell] -= per_step(ix.xfd_loc, part, total.shape[1])
         if ix.ln_ncell.size:
-            i_s = ix.ln_ys @ (v[ix.ln_n1] - v[ix.ln_n2])[..., None]  # A
+            i_s = ix.ln_ys @ (v[:, ix.ln_n1] - v[:, ix.ln_n2])[..., None]  # A
             loss_kw = (np.conj(i_s) * (ix.ln_r @ i_s)).real[..., 0] / 1000.0
-            out += np.bincount(ix.ln_cell.reshape(-1), weights=loss_kw.reshape(-1), minlength=n_cells)
-            out[ix.ln_ncell] -= loss_kw.sum(axis=1)
-        return out[:-1].reshape(ne, len(LAYERS))
+            out += per_step(ix.ln_cell.reshape(-1), loss_kw, n_cells)
+            out[:, ix.ln_ncell] -= loss_kw.sum(axis=2)
+        return out[:, :-1].reshape(n_t, ne, len(LAYERS))
 
     def element_phase_losses_kw(self) -> dict[str, dict[str, float]]:
         """:meth:`phase_losses_kw` as element -> {layer: kW} (layers a, b, c, n)."""
@@ -1649,20 +1676,33 @@ class OpenDSSFeeder:
         weighs its ``|p|`` on x and on n alike). One bulk read
         (:meth:`_background_load_powers`) and a few numpy operations.
         """
+        if not self._background_load_index().names:
+            return self.background_layer_kw_of(np.zeros((1, 0)))[0]
+        return self.background_layer_kw_of(self._background_load_powers()[None])[0]
+
+    def background_layer_kw_of(self, load_powers: np.ndarray) -> np.ndarray:
+        """:meth:`background_layer_kw` of ``T`` solutions at once (T, Loads, 4) [kW] from
+        the background Loads' (kW, kvar) per conductor (T, values), as
+        :meth:`loss_snapshot` gives them; each step bit for bit as alone."""
         from federates.feeder.losses import LAYERS, NEUTRAL
 
         bx = self._background_load_index()
         n, n_lay = len(bx.names), len(LAYERS)
+        s = np.asarray(load_powers, dtype=float)
+        n_t = s.shape[0]
         if not n:
-            return np.zeros((0, n_lay))
-        p = self._background_load_powers()[0::2]
-        total = np.abs(np.bincount(bx.cond_load, weights=p, minlength=n))
-        per = np.bincount(bx.cond_cell, weights=np.abs(p), minlength=n * n_lay).reshape(n, n_lay)
+            return np.zeros((n_t, 0, n_lay))
+        row = np.arange(n_t)[:, None]
+        p = s[:, 0::2]
+        load = (bx.cond_load[None, :] + row * n).reshape(-1)
+        total = np.abs(np.bincount(load, weights=p.reshape(-1), minlength=n_t * n)).reshape(n_t, n)
+        cell = (bx.cond_cell[None, :] + row * (n * n_lay)).reshape(-1)
+        per = np.bincount(cell, weights=np.abs(p).reshape(-1), minlength=n_t * n * n_lay).reshape(n_t, n, n_lay)
         k_n = LAYERS.index(NEUTRAL)
-        per[:, k_n] = 0.0
-        phase_sum = per.sum(axis=1)
-        per *= np.divide(total, phase_sum, out=np.zeros(n), where=phase_sum > 0)[:, None]
-        per[:, k_n] = total
+        per[:, :, k_n] = 0.0
+        phase_sum = per.sum(axis=2)
+        per *= np.divide(total, phase_sum, out=np.zeros((n_t, n)), where=phase_sum > 0)[:, :, None]
+        per[:, :, k_n] = total
         return per
     # ---- end of loss allocation (per phase) ----
 

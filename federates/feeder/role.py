@@ -87,6 +87,12 @@ OPENDSS_DEFAULT_DAILY_SHAPE: tuple[float, ...] = (
 CURTAIL_IMPORT_SCALES: tuple[float, ...] = (0.5, 0.25, 0.0)
 CURTAIL_LEVELS = 1 + len(CURTAIL_IMPORT_SCALES)
 
+#: the loss allocation of the kept steps is computed once this many steps, or this many
+#: bytes of bulk arrays, are kept (FeederRole._record_losses): a market interval of a
+#: small feeder at once; on IEEE 8500 (0.6 MB a step) about 25 steps
+LOSS_BATCH_STEPS = 64
+LOSS_BATCH_BYTES = 16 * 2**20
+
 
 def daily_shape_mult(hour_of_day: float, shape: tuple[float, ...] = OPENDSS_DEFAULT_DAILY_SHAPE) -> float:
     """The hourly ``shape`` at local clock time ``hour_of_day`` [h], linear between hours [-]."""
@@ -205,6 +211,8 @@ class FeederRole:
                                                    background_paths=self.feeder.background_load_paths(),
                                                    background_layers=self.feeder.background_load_layers())
                           if cfg.feeder.loss_allocation else None)
+        self._loss_pending: list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = []  # _record_losses
+        self._loss_pending_bytes = 0
         # the customers' inverters (Volt-VAR, Volt-Watt, the caps they hold)
         if inverter_kva is None:
             from federates.prosumers.agents import make_specs
@@ -275,8 +283,7 @@ class FeederRole:
         def add(names, kind, limit, bound, vb, va, over: bool) -> None:
             vb = np.asarray(vb, dtype=float)
             va = np.asarray(va, dtype=float)
-            with np.errstate(invalid="ignore"):
-                bad = (vb > bound) | (va > bound) if over else (vb < bound) | (va < bound)
+            bad = (vb > bound) | (va > bound) if over else (vb < bound) | (va < bound)  # NaN: False
             if not bad.any():
                 return
             for i in np.flatnonzero(bad):
@@ -371,6 +378,7 @@ class FeederRole:
         """Step ``g`` takes the record of step ``self._last_good``; its Measurement."""
         h = self._last_good
         assert h is not None
+        self._flush_losses()  # the last good step's losses, before they are copied
         rec, r = self._rec, self._rec.row(g)
         for name in self._HELD:
             if name in rec._arrays:
@@ -455,20 +463,37 @@ class FeederRole:
         """Per-phase GBLA of step ``g``'s losses: each customer's share and the background [kW].
 
         The (element, layer) incidence of the customers and the background Loads is
-        fixed in ``__init__``; here three bulk OpenDSS reads
-        (:meth:`OpenDSSFeeder.phase_losses_kw`, :meth:`OpenDSSFeeder.background_layer_kw`)
-        and a few numpy operations (no loop over elements, customers or Loads).
-        Weights: the customer powers applied in the final solve (``|p_kw|``) and the
-        background Loads' per-phase powers of that solve. The background row is the
-        background Loads' shares plus what no user carries.
+        fixed in ``__init__``. Here only the solve's bulk arrays are kept
+        (:meth:`OpenDSSFeeder.loss_snapshot`); :meth:`_flush_losses` computes the losses
+        of the kept steps at once (:meth:`OpenDSSFeeder.phase_losses_kw_of`,
+        :meth:`OpenDSSFeeder.background_layer_kw_of`, ``PhaseLossIncidence.allocate_many``),
+        each step bit for bit as on its own, before anything reads the rows: the
+        tables, a held step. Weights: the customer powers applied in the final solve
+        (``|p_kw|``) and the background Loads' per-phase powers of that solve. The
+        background row is the background Loads' shares plus what no user carries.
         """
         if self._loss_inc is None:
             return
-        rec, r = self._rec, self._rec.row(g)
-        cust, background = self._loss_inc.allocate(self.feeder.phase_losses_kw(), rec.p[r],
-                                                   self.feeder.background_layer_kw())
-        rec.cust_loss[r] = cust
-        rec.bg_loss[r] = background
+        snap = self.feeder.loss_snapshot()
+        self._loss_pending.append((g, snap))
+        self._loss_pending_bytes += sum(a.nbytes for a in snap)
+        if len(self._loss_pending) >= LOSS_BATCH_STEPS or self._loss_pending_bytes >= LOSS_BATCH_BYTES:
+            self._flush_losses()
+
+    def _flush_losses(self) -> None:
+        """Compute the customer losses of the steps :meth:`_record_losses` kept."""
+        pending = self._loss_pending
+        if not pending:
+            return
+        self._loss_pending, self._loss_pending_bytes = [], 0
+        rec = self._rec
+        rows = np.asarray([rec.row(g) for g, _ in pending])
+        layers = self.feeder.phase_losses_kw_of(np.stack([x[0] for _, x in pending]),
+                                                np.stack([x[1] for _, x in pending]))
+        weights = self.feeder.background_layer_kw_of(np.stack([x[2] for _, x in pending]))
+        cust, background = self._loss_inc.allocate_many(layers, rec.p[rows], weights)
+        rec.cust_loss[rows] = cust
+        rec.bg_loss[rows] = background
 
     def _customer_losses_table(self, steps: np.ndarray, t_s: np.ndarray) -> pd.DataFrame:
         """``customer_losses``: step x (customers + ``background``) rows, ``loss_kw`` [kW].
@@ -670,6 +695,7 @@ class FeederRole:
         (:meth:`InverterFleet.drain_tables`).
         """
         self._finalize_grid()
+        self._flush_losses()
         rec = self._rec
         local = np.flatnonzero(rec.done)
         steps = local + rec.g0

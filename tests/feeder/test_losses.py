@@ -436,3 +436,34 @@ def test_role_records_customer_losses_each_step():
     off.begin_step(0, np.zeros(N), np.zeros(N))
     empty = off.tables()["customer_losses"]
     assert empty.empty and list(empty.columns) == ["step", "t_s", "participant", "loss_kw"]
+
+
+def test_losses_of_many_steps_at_once_are_bit_for_bit_those_of_each_step():
+    """The feeder role computes a batch of steps' per-phase losses and allocation at
+    once (FeederRole._flush_losses); every step must come out exactly (not within
+    rounding) as computed alone: delta transformer, lines, background Loads."""
+    f = OpenDSSFeeder(MASTER)
+    sites = place_customers(f.load_points(), N, seed=7)
+    f.attach_customers(sites, CustomerConnection(kind="secondary"))
+    inc = PhaseLossIncidence.build(f.phase_loss_elements(), f.customer_paths(), f.customer_layers(),
+                                   background_paths=f.background_load_paths(),
+                                   background_layers=f.background_load_layers())
+    assert inc.n_background > 0
+    rng = np.random.default_rng(5)
+    snaps, ps, alone = [], [], []
+    for t in range(9):
+        p = rng.uniform(-8.0, 6.0, N)
+        f.set_background_scale(0.3 + 0.1 * t)
+        f.set_customer_powers(p, rng.uniform(-1.0, 1.0, N))
+        f.solve(controls=t % 2 == 0)
+        layers, weights = f.phase_losses_kw(), f.background_layer_kw()
+        alone.append((layers, weights, *inc.allocate(layers, p, weights)))
+        snaps.append(tuple(x.copy() for x in f.loss_snapshot()))
+        ps.append(p)
+    layers = f.phase_losses_kw_of(np.stack([s[0] for s in snaps]), np.stack([s[1] for s in snaps]))
+    weights = f.background_layer_kw_of(np.stack([s[2] for s in snaps]))
+    cust, background = inc.allocate_many(layers, np.stack(ps), weights)
+    for t, (l1, w1, c1, b1) in enumerate(alone):
+        assert np.array_equal(layers[t], l1) and np.array_equal(weights[t], w1)
+        assert np.array_equal(cust[t], c1) and background[t] == b1
+    assert len({float(b) for b in background}) == len(background)  # nine different solutions
