@@ -84,8 +84,8 @@ def fortescue_vuf_pct(v_abc: np.ndarray) -> np.ndarray:
     a, a2 = _A, _A * _A
     v1 = np.abs(v[..., 0] + a * v[..., 1] + a2 * v[..., 2])
     v2 = np.abs(v[..., 0] + a2 * v[..., 1] + a * v[..., 2])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(v1 > 0, v2 / np.where(v1 > 0, v1, 1.0) * 100.0, np.nan)
+    ok = v1 > 0  # no division by 0 (and no errstate: its context costs more than this)
+    return np.where(ok, v2 / np.where(ok, v1, 1.0) * 100.0, np.nan)
 
 
 def _as_complex(x: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -572,6 +572,7 @@ class OpenDSSFeeder:
         self.sites = sites
         self._cust_kind = kinds
         self._limits_index = None  # new lines, transformers and buses: index again
+        self._phase_ix = None
         self._cust_bus = [s.bus.lower() for s in sites]
         # the customer Loads: the last len(sites) Loads of the class, in site order
         n_loads = int(self._dss.Loads.Count())
@@ -1294,6 +1295,7 @@ class OpenDSSFeeder:
 
         def __init__(self) -> None:
             self.key: tuple[int, int] = (0, 0)  # (PD elements, nodes) when built
+            self.checked_at = -1  # the solution id at which the key was last checked
             self.names: list[str] = []
             self.n_flat = 0
             self.bus_layers: dict[str, dict[int, str]] = {}
@@ -1333,11 +1335,14 @@ class OpenDSSFeeder:
         """
         from federates.feeder.losses import LAYERS
 
+        ix = self._phase_ix
+        if ix is not None and ix.checked_at == self._solution_id:
+            return ix  # checked since the last solve: a solve is what follows a model change
         dss = self._dss
         pd_el = dss.PDElements
         key = (int(pd_el.Count()), int(dss.Circuit.NumNodes()))
-        ix = self._phase_ix
         if ix is not None and ix.key == key:
+            ix.checked_at = self._solution_id
             return ix
         ix = OpenDSSFeeder._PhaseLossIndex()
         ix.key = key
@@ -1420,6 +1425,7 @@ class OpenDSSFeeder:
             c = len(cells)
             ix.ln_n1[j, :c], ix.ln_n2[j, :c], ix.ln_cell[j, :c] = n1, n2, cells
             ix.ln_ys[j, :c, :c], ix.ln_r[j, :c, :c] = ys, r
+        ix.checked_at = self._solution_id
         self._phase_ix = ix
         return ix
 
