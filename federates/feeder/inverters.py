@@ -183,6 +183,8 @@ class InverterFleet:
     def _limiting_cause(self) -> np.ndarray:
         """CAUSES code of the cap that limits each customer now (0 = none)."""
         vw = self._vw_cap_in_force()
+        if not np.isfinite(np.minimum(np.minimum(vw, self.env_cap_kw), self.dso_cap_kw)).any():
+            return np.zeros(self.n, dtype=np.int8)  # no cap anywhere (most steps)
         caps = np.stack([vw, self.env_cap_kw, self.dso_cap_kw])
         which = np.argmin(caps, axis=0)
         code = np.choose(which, [np.full(self.n, CAUSE_CODE[LIMIT_VOLT_WATT], dtype=np.int8),
