@@ -62,6 +62,7 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from federates.common.messages import GRID_OPERATOR
 from runner import html
 from runner.config import StudyFile, validate
 from runner.results import CHUNK_ROWS, interval_chunks, run_kpis, table_file
@@ -399,7 +400,9 @@ def _add_grid(d: ReportData, t: Mapping[str, pd.DataFrame]) -> None:
 
 
 def _bill_sums(settlements: pd.DataFrame, retail_usd_per_kwh: float, feed_in_usd_per_kwh: float) -> pd.DataFrame:
-    """Per participant: ``net_cost_usd`` and ``baseline_usd`` summed over the rows."""
+    """Per participant: ``net_cost_usd`` and ``baseline_usd`` summed over the rows (the
+    grid operator's rows, which collect network charges, are no prosumer's bill)."""
+    settlements = settlements[settlements["participant"].astype(str) != GRID_OPERATOR]
     m = settlements["metered_kwh"].to_numpy(dtype=float)
     base = np.clip(m, 0, None) * retail_usd_per_kwh - np.clip(-m, 0, None) * feed_in_usd_per_kwh
     df = pd.DataFrame({"participant": settlements["participant"].astype(str).to_numpy(),

@@ -159,7 +159,7 @@ KPI_COLUMNS: dict[str, list[str]] = {
     "clearing": ["interval", "traded_kwh", "price_usd_per_kwh", "welfare_usd"],
     "settlements": ["interval", "curtailed_kwh", "imbalance_kwh", "scheduled_kwh", "metered_kwh",
                     "peer_bought_kwh", "grid_bought_kwh", "peer_sold_kwh", "grid_sold_kwh",
-                    "peer_paid_usd", "peer_received_usd"],
+                    "peer_paid_usd", "peer_received_usd", "charges_paid_usd", "charges_received_usd"],
     "trades": ["interval", "kind", "energy_kwh", "price_usd_per_kwh"],
     "control": ["step", "converged"],
     "violations": ["step", "limit", "limit_value", "value_before", "value"],
@@ -260,8 +260,9 @@ def _conservation_columns(out: pd.DataFrame, t: Mapping[str, pd.DataFrame], g: p
     |scheduled + curtailed + imbalance - metered| and
     |peer_bought + grid_bought - peer_sold - grid_sold - metered| (settlement rules 4
     and the settled-energy identity, federates/market/settlement.py);
-    ``money_balance_error_usd``: |sum peer_paid - sum peer_received - fees| (fees are
-    0: ``Trade.fee_usd`` is not settled); ``power_balance_error_kw``: max over the
+    ``money_balance_error_usd``: |sum (peer_paid + charges_paid) - sum (peer_received +
+    charges_received)| over the interval's rows (the grid operator's row collects the
+    network charges, settlement rule 3a); ``power_balance_error_kw``: max over the
     interval's steps of |source_p_kw - load_kw - losses_kw| (grid table) and
     ``power_balance_error_pct`` the same step's error over max(gross_kw, 1 kW) x 100.
     """
@@ -271,7 +272,10 @@ def _conservation_columns(out: pd.DataFrame, t: Mapping[str, pd.DataFrame], g: p
           - s["metered_kwh"]).abs()
     energy = np.maximum(e1, e2).groupby(s["interval"]).max()
     out["energy_balance_error_kwh"] = energy.reindex(intervals, fill_value=0.0).to_numpy().astype(float)
-    money = (s["peer_paid_usd"] - s["peer_received_usd"]).groupby(s["interval"]).sum().abs()
+    paid, received = s["peer_paid_usd"], s["peer_received_usd"]
+    if "charges_paid_usd" in s:  # runs from before network charges were settled have none
+        paid, received = paid + s["charges_paid_usd"], received + s["charges_received_usd"]
+    money = (paid - received).groupby(s["interval"]).sum().abs()
     out["money_balance_error_usd"] = money.reindex(intervals, fill_value=0.0).to_numpy().astype(float)
     err = (g["source_p_kw"] - g["load_kw"] - g["losses_kw"]).abs().to_numpy()
     base = g["gross_kw"] if "gross_kw" in g else g["load_kw"].abs()  # runs before gross_kw: the net load
@@ -286,7 +290,7 @@ def _conservation_columns(out: pd.DataFrame, t: Mapping[str, pd.DataFrame], g: p
 CONSERVATION_CHECKS: tuple[tuple[str, str, float, str], ...] = (
     ("energy_balance_error_kwh", "energy balance (scheduled + curtailed + imbalance = metered)",
      ENERGY_TOLERANCE_KWH, "kWh"),
-    ("money_balance_error_usd", "money balance (peer payments in = payments out + fees)",
+    ("money_balance_error_usd", "money balance (peer payments and network charges paid = received)",
      MONEY_TOLERANCE_USD, "USD"),
     ("power_balance_error_pct", "feeder power balance (source = load + losses)",
      POWER_TOLERANCE_PCT, "% of the gross load"),

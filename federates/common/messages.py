@@ -17,6 +17,9 @@ from typing import Any, Literal
 import numpy as np
 
 GRID = "grid"  # the utility as a counterparty (retail seller, feed-in buyer)
+#: the grid operator (DSO) as a settlement party: it collects the network charges of
+#: peer trades (``Trade.fee_usd``) and has its own settlement row when it does
+GRID_OPERATOR = "dso"
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,14 @@ class Order:
 
 @dataclass(frozen=True)
 class Trade:
-    """Energy [kWh] delivered from seller to buyer in an interval at a price [USD/kWh]."""
+    """Energy [kWh] delivered from seller to buyer in an interval at a price [USD/kWh].
+
+    ``fee_usd`` [USD, >= 0]: the network charge of the trade (P2P's per-pair charge
+    times the energy, ``market.p2p_charge_usd_per_kwh_per_km``). The buyer pays
+    ``price * energy``; the seller receives that and pays the fee to the grid operator
+    (:data:`GRID_OPERATOR`), so it keeps ``price * energy - fee`` (settlement: a fee
+    is collected in proportion to the energy delivered).
+    """
 
     interval: int
     seller: str

@@ -78,7 +78,7 @@ import nacl.signing
 import numpy as np
 import zstandard
 
-from federates.common.messages import GRID, CurtailmentNotice, Order, Trade
+from federates.common.messages import GRID, GRID_OPERATOR, CurtailmentNotice, Order, Trade
 
 AUTHORITY = "market"
 RECORD_KINDS = ("bid", "trade", "curtailment", "settlement", "envelope", "trade_curtailment")
@@ -162,7 +162,7 @@ class KeyRing:
         SECURITY: anyone who knows the seed and the names can sign as any participant.
         """
         names = list(dict.fromkeys(participants))
-        for reserved in (AUTHORITY, GRID):
+        for reserved in (AUTHORITY, GRID, GRID_OPERATOR):
             if reserved in names:
                 raise ValueError(f"participant name {reserved!r} is reserved")
         private = {n: nacl.signing.SigningKey(hashlib.sha256(f"{seed}:{n}".encode()).digest())

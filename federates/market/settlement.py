@@ -18,6 +18,12 @@ Rules, applied per participant ``p``:
    sales. Curtailed energy is not paid.
 3. A buyer whose peer purchase was cut by rule 2 buys that energy from GRID at retail
    instead; its schedule is unchanged.
+3a. Network charges. A peer trade's ``fee_usd`` (P2P's per-pair grid charge) is paid
+   by its seller to the grid operator (``GRID_OPERATOR``, "dso") for the energy
+   delivered: ``fee * delivered / energy``. The buyer pays the full price, the
+   seller receives it and pays the charge (``charges_paid_usd``), so it keeps price
+   minus charge; the grid operator gets a row of its own with
+   ``charges_received_usd`` (only in an interval where a charge was collected).
 4. Imbalance. ``adjusted schedule = scheduled_kwh + applied curtailment`` (the
    curtailed seller is not penalised for what the DSO curtailed), and
    ``imbalance_kwh = metered_kwh - adjusted schedule``. A positive imbalance is bought
@@ -28,15 +34,16 @@ Rules, applied per participant ``p``:
 
 Consequences (tested): every participant's settled energy
 ``peer_bought + grid_bought - peer_sold - grid_sold`` equals its metered energy, and
-among peers money is conserved: ``sum(peer_paid_usd) == sum(peer_received_usd)``
-(up to float rounding; fees are 0 for now and ``Trade.fee_usd`` is not settled).
+among peers money is conserved: ``sum(peer_paid_usd) == sum(peer_received_usd)``,
+and every charge paid is received: ``sum(charges_paid_usd) ==
+sum(charges_received_usd)`` (up to float rounding).
 
 Arithmetic is exact, converted to float once per reported number. ``settle_interval``
 works in integers: energies in units of 2**-Ee kWh and prices in 2**-Ep USD/kWh, with
 Ee / Ep the most binary places any input has, so sums and products are exact; an
 interval where a seller's peer sales are cut pro rata (rule 2, a true division) is
-settled by ``settle_interval_reference`` (``fractions.Fraction`` throughout), as is any
-non-finite input (it raises the reference's error). Both give equal rows, bit for bit
+settled by ``settle_interval_reference`` (``fractions.Fraction`` throughout), as is an
+interval with a network charge and any non-finite input (it raises the reference's error). Both give equal rows, bit for bit
 (tests/unit/test_settlement.py). ``net_cost_usd`` is + when the participant pays.
 """
 
@@ -46,7 +53,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-from federates.common.messages import GRID, Confirmation, Trade
+from federates.common.messages import GRID, GRID_OPERATOR, Confirmation, Trade
 
 
 @dataclass(frozen=True)
@@ -56,9 +63,11 @@ class SettlementRow:
     Energies [kWh] (``scheduled_kwh``, ``metered_kwh``, ``imbalance_kwh`` + import);
     ``curtailed_kwh`` the applied curtailment (capped at scheduled sales),
     ``curtailed_reported_kwh`` what the notices said; ``peer_*`` / ``grid_*`` the
-    settled energies and money [USD] with peers / the utility; ``net_cost_usd`` [USD]
-    = paid - received (+ pays). ``missing_reading``: no meter reading, metered was set
-    to the adjusted schedule.
+    settled energies and money [USD] with peers / the utility; ``charges_paid_usd``
+    [USD] the network charges a seller pays on its delivered peer sales,
+    ``charges_received_usd`` [USD] what the grid operator (row ``GRID_OPERATOR``)
+    collects; ``net_cost_usd`` [USD] = paid - received (+ pays), charges included.
+    ``missing_reading``: no meter reading, metered was set to the adjusted schedule.
     """
 
     interval: int
@@ -78,6 +87,8 @@ class SettlementRow:
     net_cost_usd: float
     missing_reading: bool
     curtailed_reported_kwh: float = 0.0
+    charges_paid_usd: float = 0.0
+    charges_received_usd: float = 0.0
 
 
 class _Acc:
@@ -93,6 +104,8 @@ class _Acc:
         self.peer_received = z
         self.grid_paid = z
         self.grid_received = z
+        self.charges_paid = z
+        self.charges_received = z
 
 
 def _frac(x: float, what: str) -> Fraction:
@@ -153,6 +166,8 @@ def settle_interval(
     prices = [t.price_usd_per_kwh for t in mine] + [retail_usd_per_kwh, feed_in_usd_per_kwh]
     if not all(_number(v) and math.isfinite(v) for v in (*energies, *prices)):
         return settle_interval_reference(*args, **kw)  # NaN, Fractions, ...: the reference decides
+    if any(t.fee_usd != 0 for t in mine):
+        return settle_interval_reference(*args, **kw)  # network charges (rule 3a)
     ee = max(map(_places, energies), default=0)
     ep = max(map(_places, prices))
     peer = [t for t in mine if t.seller != GRID and t.buyer != GRID]
@@ -341,6 +356,13 @@ def settle_interval_reference(
         s.peer_received += delivered * price
         b.peer_bought += delivered
         b.peer_paid += delivered * price
+        fee = _frac(t.fee_usd, "fee_usd")
+        if fee < 0:
+            raise ValueError(f"a trade's fee_usd must be >= 0, got {t.fee_usd!r}")
+        if fee and e:  # rule 3a: the seller pays the charge of what it delivered
+            charge = fee * delivered / e
+            s.charges_paid += charge
+            get(GRID_OPERATOR).charges_received += charge
         if x:  # the buyer gets the cut energy from the grid at retail
             b.grid_bought += x
             b.grid_paid += x * retail
@@ -373,8 +395,9 @@ def settle_interval_reference(
         scheduled = _frac(conf.scheduled_kwh, f"scheduled_kwh[{p!r}]") if conf else Fraction(0)
         cur = applied.get(p, Fraction(0))
         adjusted = scheduled + cur
-        missing = p not in metered_kwh or not math.isfinite(metered_kwh[p])
-        metered = adjusted if missing else Fraction(metered_kwh[p])
+        # the grid operator has no meter (it only collects charges): metered 0, not missing
+        missing = p != GRID_OPERATOR and (p not in metered_kwh or not math.isfinite(metered_kwh[p]))
+        metered = adjusted if missing or p == GRID_OPERATOR else Fraction(metered_kwh[p])
         imbalance = metered - adjusted
         if imbalance > 0:
             a.grid_bought += imbalance
@@ -382,7 +405,8 @@ def settle_interval_reference(
         elif imbalance < 0:
             a.grid_sold -= imbalance
             a.grid_received -= imbalance * feed_in
-        net = a.peer_paid + a.grid_paid - a.peer_received - a.grid_received
+        net = (a.peer_paid + a.grid_paid + a.charges_paid
+               - a.peer_received - a.grid_received - a.charges_received)
         reported = curtailed_kwh.get(p, 0.0)
         rows.append(SettlementRow(
             interval=interval,
@@ -402,5 +426,7 @@ def settle_interval_reference(
             net_cost_usd=float(net),
             missing_reading=missing,
             curtailed_reported_kwh=float(reported),
+            charges_paid_usd=float(a.charges_paid),
+            charges_received_usd=float(a.charges_received),
         ))
     return rows

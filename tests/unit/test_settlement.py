@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federates.common.messages import GRID, Confirmation, Order, Trade
+from federates.common.messages import GRID, GRID_OPERATOR, Confirmation, Order, Trade
 from federates.market.community import clear_uniform_price
 from federates.market.settlement import SettlementRow, settle_interval
 
@@ -228,3 +228,35 @@ def test_integer_settlement_grid_sale_cut_and_nonfinite_inputs():
     with pytest.raises(ValueError, match="curtailed_kwh"):
         settle_interval(K, confs, trades, {}, {"S": float("inf")},
                         retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN)
+
+
+# ---- network charges (settlement rule 3a) ----------------------------------------------
+def test_network_charge_is_paid_by_the_seller_to_the_grid_operator():
+    """The review's case: a 0.05 USD/kWh charge on 2 kWh at 0.25 USD/kWh. The buyer pays
+    0.50, the seller receives 0.50 and pays 0.10, the grid operator collects 0.10: the
+    seller keeps price minus charge and no money vanishes."""
+    trades = [Trade(K, "S", "B", 2.0, 0.25, fee_usd=0.10)]
+    r = settle(ONE_CONFS, trades, {"S": -2.0, "B": 2.0})
+    s, b, dso = r["S"], r["B"], r[GRID_OPERATOR]
+    assert list(r) == ["B", "S", GRID_OPERATOR]
+    assert b.peer_paid_usd == A(0.50) and b.net_cost_usd == A(0.50) and b.charges_paid_usd == 0.0
+    assert s.peer_received_usd == A(0.50) and s.charges_paid_usd == A(0.10)
+    assert s.net_cost_usd == A(-0.40)  # 0.25 - 0.05 per kWh
+    assert dso.charges_received_usd == A(0.10) and dso.net_cost_usd == A(-0.10)
+    assert not dso.missing_reading and dso.metered_kwh == 0.0 and dso.imbalance_kwh == 0.0
+    assert sum(x.net_cost_usd for x in r.values()) == A(0.0, abs=1e-12)
+
+
+def test_network_charge_follows_the_energy_delivered_when_curtailed():
+    """A seller curtailed by 0.5 of its 2 kWh delivers 1.5 kWh: it pays three quarters
+    of the trade's charge, and what the buyer then buys from the grid carries none."""
+    trades = [Trade(K, "S", "B", 2.0, 0.25, fee_usd=0.10)]
+    r = settle(ONE_CONFS, trades, {"S": -1.5, "B": 2.0}, curtailed={"S": 0.5})
+    assert r["S"].peer_sold_kwh == 1.5 and r["S"].charges_paid_usd == A(0.075)
+    assert r[GRID_OPERATOR].charges_received_usd == A(0.075)
+    assert r["B"].grid_bought_kwh == A(0.5) and r["B"].charges_paid_usd == 0.0
+
+
+def test_negative_fee_is_refused():
+    with pytest.raises(ValueError, match="fee_usd"):
+        settle(ONE_CONFS, [Trade(K, "S", "B", 2.0, 0.25, fee_usd=-0.1)], {"S": -2.0, "B": 2.0})
