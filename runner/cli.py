@@ -222,6 +222,8 @@ def cmd_validate(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     tl = cfg.timeline
+    for note in cfg._notes:
+        print(f"tecosim: note: {note}", file=sys.stderr)
     model = check_feeder(cfg, args.config.parent)
     print(f"{args.config}: ok ({tl.n_intervals} market intervals x {tl.steps_per_interval} steps, "
           f"{cfg.prosumers.count} prosumers, feeder {cfg.feeder.model or cfg.feeder.path}: {model})")
@@ -262,6 +264,8 @@ def cmd_run(args) -> int:
     run_dir = args.out or default_run_dir(cfg)
     study = prepare_run(cfg, run_dir, config_dir=args.config.parent)
     if not args.quiet:
+        for note in cfg._notes:  # also at the top of the run's config.resolved.yaml
+            print(f"tecosim: note: {note}", file=sys.stderr)
         where = "" if federates is None else f" (this host: {', '.join(federates)}" + \
             (", broker" if broker_here else "") + f"; broker {cfg.federation.broker_address})"
         print(f"tecosim: running {cfg.study.name} ({args.engine}) in {study.run_dir}{where}", flush=True)
@@ -388,9 +392,10 @@ def cmd_clear(args) -> int:
     from federates.common.errors import Problem
     from federates.market.mechanisms import allowed_mechanisms, clear, clearing_json
     from federates.market.orders_csv import read_orders_csv
+    from runner.config import DEFAULT_MECHANISM
 
     allowed = allowed_mechanisms()
-    mechanism = args.mechanism or {"community": "uniform_price", "p2p": "lp", "hybrid": "two_level"}.get(args.topology, "")
+    mechanism = args.mechanism or DEFAULT_MECHANISM.get(args.topology, "")
     if args.topology not in allowed:
         raise ConfigError([Problem("--topology", f"unknown {args.topology!r}", ", ".join(allowed))], "arguments")
     if mechanism not in allowed[args.topology]:
@@ -487,6 +492,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tecosim: interrupted; all processes stopped", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (``tecosim clear ... | head``): no traceback,
+        # and nothing more to stdout (Python's docs on SIGPIPE)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -149,6 +150,14 @@ class SyntheticFeederConfig(_Strict):
 class FeederConfig(_Strict):
     model: str | None = "ieee13"
     path: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_without_model(cls, data: Any) -> Any:
+        # a feeder given by path alone is that model: the bundled default does not apply
+        if isinstance(data, dict) and data.get("path") is not None and "model" not in data:
+            return {**data, "model": None}
+        return data
     background_load_scale: NonNegFloat = 1.0
     # model: each original load follows its own OpenDSS daily (else yearly) LoadShape
     background_load_shape: Literal["opendss_default", "flat", "model"] = "opendss_default"
@@ -214,9 +223,14 @@ class ProsumersConfig(_Strict):
     )
 
 
+#: the clearing mechanism of a topology whose config names none
+DEFAULT_MECHANISM = {"community": "uniform_price", "p2p": "lp", "hybrid": "two_level"}
+
+
 class MarketConfig(_Strict):
     topology: Literal["community", "p2p", "hybrid"] = "community"
-    mechanism: str = "uniform_price"
+    mechanism: str | None = Field(default=None, validate_default=False,
+                           description="clearing mechanism; default: the topology's (DEFAULT_MECHANISM)")
     retail_usd_per_kwh: PositiveFloat = 0.26
     feed_in_usd_per_kwh: NonNegFloat = 0.08
     communities: Literal["phase", "bus"] = "phase"
@@ -255,6 +269,12 @@ class MarketConfig(_Strict):
     def _yaml_off(cls, v: Any) -> Any:
         # YAML 1.1 reads a bare ``off`` as false
         return "off" if v is False else v
+
+    @model_validator(mode="after")
+    def _topology_default_mechanism(self) -> MarketConfig:
+        if self.mechanism is None:
+            self.mechanism = DEFAULT_MECHANISM[self.topology]
+        return self
 
 
 class MetersConfig(_Strict):
@@ -596,6 +616,8 @@ class StudyFile(_Strict):
     federation: FederationConfig = FederationConfig()
     comms: CommsConfig = CommsConfig()
     grid_preset: Literal["strong", "weak", "very_weak"] | None = None  # see GRID_PRESETS
+    #: what a later source replaced (runner.config.later_wins), for the resolved config
+    _notes: list[str] = PrivateAttr(default_factory=list)
 
     @field_validator("grid_preset", mode="before")
     @classmethod
@@ -889,8 +911,10 @@ def _grid_checks(cfg: StudyFile) -> list[Problem]:
     return problems
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``raw`` with each ``a.b.c=value`` applied (value parsed as YAML)."""
+def apply_overrides(raw: dict[str, Any], overrides: list[str], notes: list[str] | None = None,
+                    source: str = "the config") -> dict[str, Any]:
+    """``raw`` with each ``a.b.c=value`` applied (value parsed as YAML); an override
+    wins over the pair member it replaces (:func:`later_wins`, told in ``notes``)."""
     if not isinstance(raw, dict):  # a file that is a list or a scalar: nothing to set keys in
         raise ConfigError([Problem("<root>", "the config must be a mapping of sections",
                                    ", ".join(StudyFile.model_fields))], "--set")
@@ -916,7 +940,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = child
         else:
             try:
-                node[parts[-1]] = yaml.safe_load(value)
+                parsed = yaml.safe_load(value)
+                top: dict[str, Any] = {parts[-1]: parsed}
+                for part in reversed(parts[:-1]):
+                    top = {part: top}
+                said = later_wins(out, top, source, f"--set {key.strip()}")
+                if notes is not None:
+                    notes.extend(said)
+                node[parts[-1]] = parsed
             except yaml.YAMLError as e:
                 problems.append(Problem(key, f"value is not valid YAML: {' '.join(str(e).split())}",
                                         "a YAML scalar, list or mapping"))
@@ -990,10 +1021,38 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyFi
     path = Path(path)
     if not path.is_file():
         raise ConfigError([Problem("<file>", f"no such config file: {path}", "a YAML file")], str(path))
-    raw = _read_with_base(path, seen=())
+    notes: list[str] = []
+    raw = _read_with_base(path, seen=(), notes=notes)
     if overrides:
-        raw = apply_overrides(raw, overrides)
-    return validate(raw, base_dir=path.parent, source=str(path))
+        raw = apply_overrides(raw, overrides, notes, str(path))
+    cfg = validate(raw, base_dir=path.parent, source=str(path))
+    cfg._notes = notes
+    return cfg
+
+
+def later_wins(base: dict[str, Any], top: dict[str, Any], base_source: str, top_source: str) -> list[str]:
+    """Drop from ``base`` (in place) what a later source ``top`` replaces by choosing the
+    other of a pair, and say so (one note each, for the resolved config):
+
+    * ``feeder.path`` replaces an earlier ``feeder.model`` and ``feeder.model`` an
+      earlier ``feeder.path`` (they name the feeder two ways; one of them wins);
+    * ``market.topology`` without ``market.mechanism`` drops an earlier mechanism of
+      another topology: the new topology's default applies (``DEFAULT_MECHANISM``).
+    """
+    notes = []
+    bf, tf = base.get("feeder"), top.get("feeder")
+    if isinstance(bf, dict) and isinstance(tf, dict):
+        for new, old in (("path", "model"), ("model", "path")):
+            if tf.get(new) is not None and old not in tf and bf.get(old) is not None:
+                notes.append(f"feeder.{new} ({top_source}) replaces feeder.{old}: {bf.pop(old)} ({base_source})")
+                if new == "path":
+                    bf[old] = None
+    bm, tm = base.get("market"), top.get("market")
+    if isinstance(bm, dict) and isinstance(tm, dict) and "topology" in tm and "mechanism" not in tm:
+        if tm["topology"] != bm.get("topology", "community") and bm.get("mechanism") is not None:
+            notes.append(f"market.topology: {tm['topology']} ({top_source}) drops market.mechanism: "
+                         f"{bm.pop('mechanism')} ({base_source}); the topology's default applies")
+    return notes
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -1006,7 +1065,7 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+def _read_with_base(path: Path, seen: tuple[Path, ...], notes: list[str] | None = None) -> dict[str, Any]:
     """YAML of ``path``; a top-level ``base: other.yaml`` (relative to this file) is read
     first and this file's keys are merged over it, section by section."""
     try:
@@ -1034,7 +1093,11 @@ def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     base = raw.pop("base")
     if not isinstance(base, str):
         raise ConfigError([Problem("base", "must be a file name", "a YAML file next to this one")], str(path))
-    return _deep_merge(_read_with_base(path.parent / base, (*seen, path)), raw)
+    under = _read_with_base(path.parent / base, (*seen, path), notes)
+    said = later_wins(under, raw, str(path.parent / base), str(path))
+    if notes is not None:
+        notes.extend(said)
+    return _deep_merge(under, raw)
 
 
 def resolved_dict(cfg: StudyFile) -> dict[str, Any]:

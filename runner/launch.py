@@ -110,7 +110,8 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
                                    "one_per_load at most one prosumer per load")], "feeder") from None
     if p.pv_penetration_pct is not None and p.pv_penetration_base_kw is None:
         raw["prosumers"]["pv_penetration_base_kw"] = feeder_peak_load_kw(cfg, sites, sum(lp.kw for lp in points))
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
+    said = "".join(f"# {n}\n" for n in cfg._notes)  # what a later source replaced (config.later_wins)
+    (run_dir / CONFIG_FILE).write_text(said + yaml.safe_dump(raw, sort_keys=False))
     write_sites(run_dir, sites)
     if cfg.market.topology in ("p2p", "hybrid"):
         feeder.attach_customers(sites, cfg.feeder.customer_connection)

@@ -13,6 +13,7 @@ the whole tables of a short run.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -369,7 +370,8 @@ def format_summary(s: dict[str, float], wall_s: float, run_dir: Path, engine: st
     lines = [
         f"tecosim run: {run_dir}  (engine: {engine}, wall time {wall_s:.1f} s)",
         f"  energy traded peer-to-peer    {s['energy_traded_kwh']:10.1f} kWh",
-        f"  mean peer trade price         {s['mean_price_usd_per_kwh']:10.4f} USD/kWh",
+        (f"  mean peer trade price         {s['mean_price_usd_per_kwh']:10.4f} USD/kWh"
+         if math.isfinite(s["mean_price_usd_per_kwh"]) else "  mean peer trade price               none (no peer trade)"),
         f"  curtailed energy              {s['curtailed_kwh']:10.1f} kWh",
         f"  violation minutes before ctrl {s['violation_min_before']:10.0f} min",
         f"  violation minutes after ctrl  {s['violation_min_after']:10.0f} min",

@@ -115,3 +115,27 @@ def test_ledger_dump_prints_the_blocks_as_json_lines(tmp_path):
     assert [b["index"] for b in blocks] == [0, 1]
     (rec,) = blocks[1]["records"]
     assert rec["body"]["energy_kwh"] == 2.0 and len(rec["signatures"][0]) == 128
+
+
+def test_clear_into_a_closed_pipe_ends_quietly(tmp_path):
+    """``tecosim clear big.csv | head -c 100``: the reader leaves early; tecosim stops
+    without a BrokenPipeError traceback, with the status of a process SIGPIPE ended."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    rows = ["participant,side,energy_kwh,price_usd_per_kwh"]
+    rows += [f"b{i},buy,1,{0.2 + i * 1e-5:.5f}" for i in range(3000)]
+    rows += [f"s{i},sell,1,{0.1 + i * 1e-5:.5f}" for i in range(3000)]
+    big = tmp_path / "big.csv"
+    big.write_text("\n".join(rows) + "\n")
+    p = subprocess.Popen([sys.executable, "-m", "runner.cli", "clear", str(big)], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head = p.stdout.read(100)
+    p.stdout.close()  # as head does
+    err = p.stderr.read().decode()
+    rc = p.wait(timeout=120)
+    assert head.startswith(b"{")
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert rc == 141

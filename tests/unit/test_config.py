@@ -119,3 +119,52 @@ def test_absurd_sizes_are_refused_naming_the_field_and_the_bound(override, field
 def test_the_bounds_themselves_are_allowed():
     cfg = load_config(DEFAULT, ["prosumers.count=100000", "study.duration=366d"])
     assert cfg.prosumers.count == 100000 and cfg.study.duration_s == 366 * 86400
+
+
+# ---- a later source wins over the pair member it replaces (runner.config.later_wins)
+IEEE34 = str(DEFAULT.parents[1] / "feeders" / "ieee34" / "IEEE34.dss")
+
+
+def test_a_path_on_the_command_line_replaces_the_files_model(tmp_path):
+    cfg = load_config(DEFAULT, [f"feeder.path={IEEE34}"])
+    assert (cfg.feeder.model, cfg.feeder.path) == (None, IEEE34)
+    assert cfg._notes == [f"feeder.path (--set feeder.path) replaces feeder.model: ieee13 ({DEFAULT})"]
+    # and back: a model replaces a path given earlier
+    cfg = load_config(DEFAULT, [f"feeder.path={IEEE34}", "feeder.model=ieee34"])
+    assert (cfg.feeder.model, cfg.feeder.path) == ("ieee34", None)
+    # both in one source is still a mistake, named
+    with pytest.raises(ConfigError, match="not both"):
+        validate({"feeder": {"model": "ieee13", "path": IEEE34}})
+
+
+def test_a_file_that_inherits_a_model_may_name_a_path(tmp_path):
+    child = tmp_path / "mine.yaml"
+    child.write_text(yaml.safe_dump({"base": str(DEFAULT), "feeder": {"path": IEEE34}}))
+    cfg = load_config(child)
+    assert (cfg.feeder.model, cfg.feeder.path) == (None, IEEE34)
+    assert cfg._notes and "replaces feeder.model: ieee13" in cfg._notes[0]
+    # a path alone, no base: the bundled default model does not apply
+    assert validate({"feeder": {"path": IEEE34}}).feeder.model is None
+
+
+def test_a_topology_without_a_mechanism_takes_its_default():
+    for topology, mechanism in (("p2p", "lp"), ("hybrid", "two_level"), ("community", "uniform_price")):
+        cfg = load_config(DEFAULT, [f"market.topology={topology}"])
+        assert cfg.market.mechanism == mechanism
+    assert load_config(DEFAULT, ["market.topology=p2p"])._notes[0].startswith(
+        "market.topology: p2p (--set market.topology) drops market.mechanism: uniform_price")
+    assert load_config(DEFAULT, ["market.topology=p2p", "market.mechanism=admm"]).market.mechanism == "admm"
+    # a mechanism named with the topology is still checked against it
+    with pytest.raises(ConfigError, match="not a p2p mechanism"):
+        load_config(DEFAULT, ["market.topology=p2p", "market.mechanism=uniform_price"])
+
+
+def test_the_run_folder_says_what_was_replaced(tmp_path):
+    out = tmp_path / "run"
+    r = tecosim("run", str(DEFAULT), "--engine", "inprocess", "--out", str(out), "--no-report",
+                "--set", "study.duration=15min", "--set", "market.topology=p2p", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "tecosim: note: market.topology: p2p" in r.stderr
+    head = (out / "config.resolved.yaml").read_text().splitlines()[0]
+    assert head.startswith("# market.topology: p2p (--set market.topology) drops market.mechanism")
+    assert yaml.safe_load((out / "config.resolved.yaml").read_text())["market"]["mechanism"] == "lp"

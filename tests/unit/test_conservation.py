@@ -145,3 +145,18 @@ def test_check_conservation_fails_the_run(tmp_path):
     m = json.loads((tmp_path / "manifest.json").read_text())
     assert m["status"] == "failed" and m["reason"] == str(e.value)
     check_conservation(_kpis(_settlements(), _grid()), tmp_path)  # balanced: no error
+
+
+def test_summary_without_a_peer_trade_says_so_not_nan(tmp_path):
+    from runner.results import format_summary
+
+    s = {"energy_traded_kwh": 0.0, "mean_price_usd_per_kwh": float("nan"), "curtailed_kwh": 0.0,
+         "violation_min_before": 0.0, "violation_min_after": 0.0, "v_min_pu": 0.98, "v_max_pu": 1.03,
+         "v_max_before_pu": 1.04, "grid_import_kwh": 10.0, "grid_export_kwh": 0.0, "losses_kwh": 1.0,
+         "unconverged_steps": 0,
+         **{f"{n}_violation_min_{w}": 0.0 for n in ("thermal", "vuf", "substation") for w in ("before", "after")}}
+    text = format_summary(s, 1.0, tmp_path, "inprocess")
+    assert "nan" not in text.lower()
+    assert "none (no peer trade)" in text
+    s["mean_price_usd_per_kwh"] = 0.1234
+    assert "0.1234 USD/kWh" in format_summary(s, 1.0, tmp_path, "inprocess")
