@@ -123,6 +123,9 @@ class Acceptance:
     objective_usd: float = 0.0
     export_kw: dict[str, float] = field(default_factory=dict)
     clipped_kwh_by_participant: dict[str, float] = field(default_factory=dict)
+    #: the accepted energy [kWh] of every input order, in input order (0 for an invalid
+    #: one): what the market's ``bids`` table shows beside the requested energy
+    accepted_kwh: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -365,8 +368,10 @@ def accept_within_grid(
 
     out: list[Order] = []
     clipped_by: dict[str, float] = {}
-    for j, (_, o) in enumerate(valid):
+    accepted_kwh = [0.0] * len(orders)
+    for j, (pos, o) in enumerate(valid):
         clipped_by[o.participant] = clipped_by.get(o.participant, 0.0) + (q[j] - a[j])
+        accepted_kwh[pos] = float(a[j])
         if a[j] > 0.0:
             out.append(o if a[j] == q[j] else replace(o, energy_kwh=a[j]))
     return Acceptance(
@@ -380,4 +385,5 @@ def accept_within_grid(
         objective_usd=math.fsum(w * a_j for w, a_j in zip(weight, a, strict=True)),
         export_kw=export_kw,
         clipped_kwh_by_participant=clipped_by,
+        accepted_kwh=accepted_kwh,
     )

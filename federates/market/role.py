@@ -56,8 +56,15 @@ MECHANISMS: dict[tuple[str, str], Clearer] = {
 BIDS_DTYPES: dict[str, str] = {
     "interval": "int64", "participant": "object", "side": "object",
     "energy_kwh": "float64", "price_usd_per_kwh": "float64", "bus": "object", "phase": "object",
-    "requested_kwh": "float64",
+    "requested_kwh": "float64", "cut_reason": "object",
 }
+#: why an order's accepted energy (``bids.energy_kwh``) is below what it asked for
+#: (``bids.requested_kwh``): clipped to the DSO's operating envelope, to the grid
+#: constraints' acceptance LP, dropped for a missing or invalid signature, or received
+#: after its interval was cleared (late) / for no interval being cleared now
+CUT_ENVELOPE, CUT_GRID, CUT_SIGNATURE, CUT_LATE, CUT_WRONG_INTERVAL = (
+    "envelope", "grid_constraint", "invalid_signature", "late", "wrong_interval")
+CUT_REASONS = ("", CUT_ENVELOPE, CUT_GRID, CUT_SIGNATURE, CUT_LATE, CUT_WRONG_INTERVAL)
 TRADES_DTYPES: dict[str, str] = {
     "interval": "int64", "trade_id": "object", "seller": "object", "buyer": "object",
     "energy_kwh": "float64",
@@ -259,6 +266,9 @@ class MarketRole:
             return [], schedule_p_kw
 
         raw = [o for o in orders if o.interval == k]
+        # every order received keeps a bids row: (order, energy accepted for clearing, cut reason)
+        rows: list[tuple[Order, float, str]] = [
+            (o, 0.0, CUT_LATE if o.interval < k else CUT_WRONG_INTERVAL) for o in orders if o.interval != k]
         late = len(orders) - len(raw)
         bid_records: list[dict] = []
         if self._keys is not None:  # only orders their participant signed are cleared
@@ -266,16 +276,28 @@ class MarketRole:
             signed = [o for o, rec in zip(raw, checked, strict=True) if rec is not None]
             bid_records = [rec for o, rec in zip(raw, checked, strict=True)
                            if rec is not None and o.participant in self._index]
+            rows += [(o, 0.0, CUT_SIGNATURE) for o, rec in zip(raw, checked, strict=True) if rec is None]
             self._rejected = len(raw) - len(signed)
             raw = signed
         mine = [self._with_community(o) for o in raw]
         requested = [o.energy_kwh for o in mine]
+        reason = [""] * len(mine)
         env_k = [e for e in (envelopes or []) if e.interval == k]
         if env_k:
-            mine = self._clip_to_envelopes(mine, env_k)
+            clipped = self._clip_to_envelopes(mine, env_k)  # aligned with mine
+            reason = [CUT_ENVELOPE if c.energy_kwh != o.energy_kwh else "" for o, c in zip(mine, clipped, strict=True)]
+            mine = clipped
+        accepted = [o.energy_kwh for o in mine]
+        mine = [o for o in mine if o.energy_kwh > 0]
         cons_k = [c for c in (constraints or []) if c.interval == k]
         if cons_k:
-            mine, env_k = self._accept_within_grid(k, mine, cons_k)
+            pos = [j for j, e in enumerate(accepted) if e > 0]
+            mine, env_k, got = self._accept_within_grid(k, mine, cons_k)
+            for j, a in zip(pos, got, strict=True):
+                if a != accepted[j]:
+                    accepted[j] = a
+                    reason[j] = reason[j] or CUT_GRID
+        rows += [(o, a, why) for o, a, why in zip(raw, accepted, reason, strict=True)]
         self.last_envelopes = env_k
         self._envelopes.extend(dict(vars(e)) for e in env_k)
         self._clipped_kwh = float(sum(requested) - sum(o.energy_kwh for o in mine))
@@ -288,7 +310,7 @@ class MarketRole:
             **extra,
         )
         self._pending[k] = result
-        self._record_clearing(k, mine, result, late, requested)
+        self._record_clearing(k, rows, result, late)
         if self._keys is not None:
             opening = bid_records  # the records of the payloads verified above
             opening += [make_record(self._keys, "envelope", k, e) for e in env_k]
@@ -302,7 +324,8 @@ class MarketRole:
         return list(result.confirmations), schedule_p_kw
 
     def _clip_to_envelopes(self, orders: list[Order], envelopes: list[OperatingEnvelope]) -> list[Order]:
-        """Orders with each participant's sell (buy) energy within its envelope [kWh]."""
+        """Orders with each participant's sell (buy) energy within its envelope [kWh], in
+        the order given (an order clipped to nothing has energy 0: the caller drops it)."""
         h = self._timeline.interval_h
         room: dict[tuple[str, str], float] = {}
         for e in envelopes:
@@ -322,11 +345,13 @@ class MarketRole:
             room[key] -= e
             if e != o.energy_kwh:
                 out[i] = _replaced(o, energy_kwh=e)
-        return [o for o in out if o.energy_kwh > 0]
+        return out
 
     def _accept_within_grid(self, k: int, orders: list[Order],
-                            constraints: list[GridConstraint]) -> tuple[list[Order], list[OperatingEnvelope]]:
-        """The orders the grid constraints let through, and an envelope per participant
+                            constraints: list[GridConstraint]
+                            ) -> tuple[list[Order], list[OperatingEnvelope], list[float]]:
+        """The orders the grid constraints let through, the energy accepted of each
+        order given [kWh, in the order given], and an envelope per participant
         whose sales were clipped or who sells into a binding constraint (accepted sales
         and purchases per interval hour; the controllers hold its export to the first). Clipped purchases show in the
         ``bids`` table only (loads are not capped physically)."""
@@ -355,7 +380,7 @@ class MarketRole:
             out.append(OperatingEnvelope(
                 participant=p, interval=k, export_max_kw=accepted.get((p, "sell"), 0.0) / h,
                 import_max_kw=accepted.get((p, "buy"), 0.0) / h, binding=";".join(names)))
-        return acc.orders, out
+        return acc.orders, out, acc.accepted_kwh
 
     def _with_community(self, o: Order) -> Order:
         """The order with its community set from its location where it came without one
@@ -409,19 +434,17 @@ class MarketRole:
         self._curtailed_trades.extend(cut_rows)
         return rows, cut_rows
 
-    def _record_clearing(self, k: int, mine: list[Order], r: ClearingResult, late: int,
-                         requested: list[float]) -> None:
-        bids = sorted(
-            zip(mine, requested if len(requested) == len(mine) else [o.energy_kwh for o in mine],
-                strict=True),
-            key=lambda x: (x[0].participant, x[0].side, x[0].price_usd_per_kwh, x[0].energy_kwh,
-                           x[0].bus, x[0].phase),
-        )
+    def _record_clearing(self, k: int, rows: list[tuple[Order, float, str]], r: ClearingResult,
+                         late: int) -> None:
+        """``rows``: every order received at market time ``k`` as submitted, the energy
+        accepted for clearing [kWh] and why it was cut (``CUT_REASONS``; "" = not cut)."""
+        bids = sorted(rows, key=lambda x: (x[0].interval, x[0].participant, x[0].side,
+                                           x[0].price_usd_per_kwh, x[1], x[0].bus, x[0].phase))
         self._bids.extend(
-            {"interval": k, "participant": o.participant, "side": o.side,
-             "energy_kwh": o.energy_kwh, "price_usd_per_kwh": o.price_usd_per_kwh,
-             "bus": o.bus, "phase": o.phase, "requested_kwh": req}
-            for o, req in bids
+            {"interval": o.interval, "participant": o.participant, "side": o.side,
+             "energy_kwh": accepted, "price_usd_per_kwh": o.price_usd_per_kwh,
+             "bus": o.bus, "phase": o.phase, "requested_kwh": o.energy_kwh, "cut_reason": why}
+            for o, accepted, why in bids
         )
         ids = self._trade_ids.setdefault(k, {})
         for j, t in enumerate(r.trades):

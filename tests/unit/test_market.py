@@ -321,7 +321,7 @@ def study(**market) -> StudyFile:
 
 def test_role_rejects_unknown_topology():
     with pytest.raises(ValueError, match=r"topology='p2p'.*allowed.*community"):
-        MarketRole(study(topology="p2p"), ["a"])
+        MarketRole(study(topology="p2p", mechanism="uniform_price"), ["a"])
 
 
 def test_role_clears_settles_and_tabulates():
@@ -350,7 +350,9 @@ def test_role_clears_settles_and_tabulates():
     assert t["clearing"]["status"].tolist() == ["cleared", "empty"]
     assert t["clearing"]["late_orders"].tolist() == [1, 0]
     assert math.isnan(t["clearing"]["price_usd_per_kwh"].iloc[1])
-    assert t["bids"]["participant"].tolist() == ["a", "b"]
+    assert t["bids"]["participant"].tolist() == ["a", "b", "c"]  # c's order is for interval 5: kept, cut
+    assert t["bids"]["cut_reason"].tolist() == ["", "", "wrong_interval"]
+    assert t["bids"]["energy_kwh"].tolist() == [1.0, 2.0, 0.0] and t["bids"]["requested_kwh"].tolist()[2] == 1.0
     assert t["trades"]["kind"].tolist() == ["peer", "grid"]
     s = t["settlements"]
     assert s["interval"].tolist() == [0, 0, 0, 1, 1, 1]
@@ -424,3 +426,62 @@ def test_drain_tables_streams_the_same_rows(tmp_path):
         pd.testing.assert_frame_equal(got, df, check_exact=True)
     assert all(len(df) == 0 for df in once.tables().values())  # drained
     assert (tmp_path / "once.jsonl").read_bytes() == (tmp_path / "chunked.jsonl").read_bytes()
+
+
+# ---- every order received keeps one bids row, with why it was cut --------------------
+def _bids(role, t=None) -> dict[tuple[int, str, str], tuple[float, float, str]]:
+    b = (t or role.tables())["bids"]
+    return {(int(r.interval), r.participant, r.side): (r.energy_kwh, r.requested_kwh, r.cut_reason)
+            for r in b.itertuples()}
+
+
+def test_bids_rows_of_orders_clipped_by_envelopes_even_to_nothing():
+    """The review's case: once an order of the interval is clipped to zero, every row
+    showed the accepted energy as requested and the dropped order had no row."""
+    from federates.common.messages import OperatingEnvelope
+
+    role = MarketRole(study(), ["a", "b", "c"])
+    env = [OperatingEnvelope("b", 0, export_max_kw=2.0, import_max_kw=10.0),  # 0.5 kWh in 15 min
+           OperatingEnvelope("c", 0, export_max_kw=0.0, import_max_kw=10.0)]
+    role.on_market_time(0, [buy("a", 3.0, 0.3), sell("b", 2.0, 0.1), sell("c", 1.5, 0.12)], [], [], env)
+    rows = _bids(role)
+    assert rows[(0, "a", "buy")] == (3.0, 3.0, "")
+    assert rows[(0, "b", "sell")] == (0.5, 2.0, "envelope")
+    assert rows[(0, "c", "sell")] == (0.0, 1.5, "envelope")
+
+
+def test_bids_rows_of_orders_cut_by_grid_constraints():
+    from federates.common.messages import GridConstraint
+
+    role = MarketRole(study(), ["a", "b", "c"])
+    # b's and c's export [kW] together at most 4 kW (1 kWh in 15 min)
+    cons = [GridConstraint(0, "thermal:line.x", ("b", "c"), (1.0, 1.0), 4.0)]
+    role.on_market_time(0, [buy("a", 3.0, 0.3), sell("b", 2.0, 0.1), sell("c", 1.5, 0.12)], [], [], None, cons)
+    rows = _bids(role)
+    assert rows[(0, "a", "buy")][2] == ""
+    sold = rows[(0, "b", "sell")][0] + rows[(0, "c", "sell")][0]
+    assert sold == pytest.approx(1.0, abs=1e-9)
+    assert rows[(0, "b", "sell")][1:] == (2.0, "grid_constraint") and rows[(0, "c", "sell")][1:] == (1.5, "grid_constraint")
+
+
+def test_bids_rows_of_unsigned_and_late_orders(tmp_path):
+    from dataclasses import replace
+
+    from federates.market.ledger import KeyRing, sign_order
+
+    names = ["a", "b", "c"]
+    cfg = study()
+    keys = KeyRing.from_seed(cfg.study.seed, names)
+    role = MarketRole(cfg, names, tmp_path / "ledger.zst")
+    good = [sign_order(keys, buy("a", 1.0, 0.3)), sign_order(keys, sell("b", 1.0, 0.1))]
+    forged = replace(sign_order(keys, sell("c", 1.0, 0.05)), energy_kwh=2.0)  # signature no longer fits
+    role.on_market_time(0, [*good, forged], [], [])
+    late = sign_order(keys, buy("c", 0.7, 0.3))  # for interval 0, arriving at market time 1
+    role.on_market_time(1, [late], [], [])
+    t = role.tables()
+    rows = _bids(role, t)
+    assert rows[(0, "c", "sell")] == (0.0, 2.0, "invalid_signature")
+    assert rows[(0, "c", "buy")] == (0.0, 0.7, "late")
+    assert rows[(0, "a", "buy")] == (1.0, 1.0, "") and rows[(0, "b", "sell")] == (1.0, 1.0, "")
+    assert t["clearing"]["late_orders"].tolist() == [0, 1]
+    assert t["clearing"]["rejected_orders"].tolist()[0] == 1
