@@ -199,6 +199,23 @@ class FastBook:
         return "cleared"
 
 
+_SIDE_CODE = {"buy": 1, "sell": 2}  # anything else: 0, not in the book
+
+
+def _ranked(part: list[str]) -> tuple[list[str], np.ndarray]:
+    """(the distinct ids of ``part`` sorted, each element's index into them).
+
+    numpy sorts its fixed-width unicode by code point, as Python sorts str, in about
+    half the time of ``sorted(set(part))`` and a rank dict; but it pads with NUL, so ids
+    holding a NUL are sorted by Python."""
+    if part and "\x00" not in "".join(part):
+        _, first, pid = np.unique(np.array(part), return_index=True, return_inverse=True)
+        return list(map(part.__getitem__, first.tolist())), np.asarray(pid, np.int64).reshape(-1)
+    ordered_by = sorted(set(part))
+    rank = {name: i for i, name in enumerate(ordered_by)}
+    return ordered_by, np.fromiter(map(rank.__getitem__, part), dtype=np.int64, count=len(part))
+
+
 def build(orders: list[Order], *, retail_usd_per_kwh: float,
           feed_in_usd_per_kwh: float) -> FastBook | None:
     """The book of ``orders`` (all of one interval) as ``book.build_book`` sorts and clips
@@ -207,7 +224,8 @@ def build(orders: list[Order], *, retail_usd_per_kwh: float,
     side = [o.side for o in orders]
     q_list = [o.energy_kwh for o in orders]
     p_list = [o.price_usd_per_kwh for o in orders]
-    kinds = set(map(type, q_list)) | set(map(type, p_list))
+    kinds = set(map(type, q_list))
+    kinds.update(map(type, p_list))
     if kinds - {float, int, np.float64}:
         return None
     if int in kinds and any(type(x) is int and abs(x) >= 2**53 for x in (*q_list, *p_list)):
@@ -217,21 +235,22 @@ def build(orders: list[Order], *, retail_usd_per_kwh: float,
     if any(float(t) != t for t in (retail_usd_per_kwh, feed_in_usd_per_kwh)):
         return None
     retail_usd_per_kwh, feed_in_usd_per_kwh = float(retail_usd_per_kwh), float(feed_in_usd_per_kwh)
-    ordered_by = sorted(set(part))
     n = len(orders)
+    try:  # book.valid_order's side test, ``side in ("buy", "sell")``, as a code per order
+        code = np.fromiter(map(_SIDE_CODE.get, side, repeat(0)), dtype=np.int8, count=n)
+    except TypeError:  # an unhashable side
+        return None
     q = np.array(q_list, dtype=np.float64) if n else np.zeros(0)
     p = np.array(p_list, dtype=np.float64) if n else np.zeros(0)
-    is_buy = np.fromiter(map("buy".__eq__, side), dtype=bool, count=n)
-    is_sell = np.fromiter(map("sell".__eq__, side), dtype=bool, count=n)
-    valid = np.isfinite(q) & (q > 0) & np.isfinite(p) & (is_buy | is_sell)
+    is_buy, is_sell = code == 1, code == 2
+    valid = np.isfinite(q) & (q > 0) & np.isfinite(p) & (code != 0)
     ap = np.abs(p[valid])
     if ((ap != 0) & ((ap < _TINY_USD_PER_KWH) | (ap > _HUGE_USD_PER_KWH))).any():
         return None
     for t in (retail_usd_per_kwh, feed_in_usd_per_kwh):
         if not math.isfinite(t) or (t != 0 and not _TINY_USD_PER_KWH <= abs(t) <= _HUGE_USD_PER_KWH):
             return None
-    rank = {name: i for i, name in enumerate(ordered_by)}
-    pid = np.array(list(map(rank.__getitem__, part)), dtype=np.int64) if n else np.zeros(0, np.int64)
+    ordered_by, pid = _ranked(part)
     pos = np.arange(n)
     b = pos[valid & is_buy]
     s = pos[valid & is_sell]

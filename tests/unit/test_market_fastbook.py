@@ -109,6 +109,8 @@ def test_large_books_bit_identical(fast, ref, seed):
     [Order("a", "buy", 0, 2, 0.3), Order("x", "sell", 0, 1, 0)],  # ints
     [Order("a", "buy", 0, 2**60 + 1, 0.3), Order("x", "sell", 0, 1.0, 0.1)],  # not a float64
     [Order("a", "buy", 0, 1.0, 1e-310), Order("x", "sell", 0, 1.0, -1e-310)],  # subnormal
+    [Order("a", "buy", 0, 1.0, 0.2), Order("b", ["sell"], 0, 1.0, 0.1),  # type: ignore[arg-type]
+     Order("c", 1, 0, 1.0, 0.1), Order("x", "sell", 0, 1.0, 0.1)],  # type: ignore[arg-type]
 ])
 def test_edge_books_bit_identical(fast, ref, case):
     same(fast, ref, case)
@@ -135,3 +137,26 @@ def test_fast_objects_equal_constructed_ones():
     (c,) = fastbook.make_confirmations(["a"], 1, [1.0], [1.0], [0.0], [0.0], [0.0], None)
     assert c == Confirmation("a", 1, 1.0, 1.0, 0.0, 0.0, 0.0, None)
     assert repr(c) == repr(Confirmation("a", 1, 1.0, 1.0, 0.0, 0.0, 0.0, None))
+
+
+@pytest.mark.parametrize("names", [
+    ["b", "a", "b", "ab", "a"],
+    ["p1", "p10", "p2", "p1 ", "", "P1"],
+    ["é", "e", "z", "\U0001f600", "\ud800", "Z", "ä", "a"],
+    ["a\x00", "a", "a\x00b", "\x00"],  # NUL: numpy would pad; sorted by Python
+])
+def test_ranked_participants_as_python_sorts(names):
+    """fastbook._ranked (numpy's unicode sort) orders ids as ``sorted(set(...))`` does."""
+    ordered_by, pid = fastbook._ranked(names)
+    assert ordered_by == sorted(set(names))
+    assert [ordered_by[i] for i in pid] == names
+
+
+@pytest.mark.parametrize(("fast", "ref"), PAIRS)
+def test_unicode_and_nul_ids_bit_identical(fast, ref):
+    names = ["é", "e", "z", "\U0001f600", "Z", "a\x00", "a", "", "p10", "p1"]
+    rng = random.Random(5)
+    orders = [Order(rng.choice(names), rng.choice(["buy", "sell"]), 0, rng.uniform(0.1, 3.0),
+                    rng.choice([0.1, 0.15, 0.2])) for _ in range(60)]
+    same(fast, ref, orders)
+    same(fast, ref, [o for o in orders if "\x00" not in o.participant])
