@@ -224,15 +224,27 @@ _SIDE_CODE = {"buy": 1, "sell": 2}  # anything else: 0, not in the book
 def _ranked(part: list[str]) -> tuple[list[str], np.ndarray]:
     """(the distinct ids of ``part`` sorted, each element's index into them).
 
-    numpy sorts its fixed-width unicode by code point, as Python sorts str, in about
-    half the time of ``sorted(set(part))`` and a rank dict; but it pads with NUL, so ids
-    holding a NUL are sorted by Python."""
-    if part and "\x00" not in "".join(part):
-        _, first, pid = np.unique(np.array(part), return_index=True, return_inverse=True)
-        return list(map(part.__getitem__, first.tolist())), np.asarray(pid, np.int64).reshape(-1)
-    ordered_by = sorted(set(part))
-    rank = {name: i for i, name in enumerate(ordered_by)}
-    return ordered_by, np.fromiter(map(rank.__getitem__, part), dtype=np.int64, count=len(part))
+    numpy sorts fixed-width strings by code point, as Python sorts str, in about half
+    the time of ``sorted(set(part))`` and a rank dict (ASCII ids of one length go in as
+    bytes: one encode). It pads with NUL, so ids holding a NUL are sorted by Python."""
+    joined = "".join(part)
+    if not part or "\x00" in joined:
+        ordered_by = sorted(set(part))
+        rank = {name: i for i, name in enumerate(ordered_by)}
+        return ordered_by, np.fromiter(map(rank.__getitem__, part), dtype=np.int64,
+                                       count=len(part))
+    if joined.isascii() and part[0] and len(set(map(len, part))) == 1:
+        ids = np.frombuffer(joined.encode("ascii"), dtype=f"S{len(part[0])}")
+    else:
+        ids = np.array(part)
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    first = np.empty(len(ids), dtype=bool)  # first of its id in sorted order
+    first[0] = True
+    np.not_equal(ids[1:], ids[:-1], out=first[1:])
+    pid = np.empty(len(ids), dtype=np.int64)
+    pid[order] = np.cumsum(first) - 1
+    return list(map(part.__getitem__, order[first].tolist())), pid
 
 
 def build(orders: list[Order], *, retail_usd_per_kwh: float,

@@ -144,6 +144,8 @@ def test_fast_objects_equal_constructed_ones():
     ["p1", "p10", "p2", "p1 ", "", "P1"],
     ["é", "e", "z", "\U0001f600", "\ud800", "Z", "ä", "a"],
     ["a\x00", "a", "a\x00b", "\x00"],  # NUL: numpy would pad; sorted by Python
+    ["b1", "a2", "b1", "a1", "B1", "~~", "  "],  # ASCII of one length: as bytes
+    ["", ""], [],
 ])
 def test_ranked_participants_as_python_sorts(names):
     """fastbook._ranked (numpy's unicode sort) orders ids as ``sorted(set(...))`` does."""
