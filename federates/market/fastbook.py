@@ -226,9 +226,10 @@ def _ranked(part: list[str]) -> tuple[list[str], np.ndarray]:
 
     numpy sorts fixed-width strings by code point, as Python sorts str, in about half
     the time of ``sorted(set(part))`` and a rank dict (ASCII ids of one length go in as
-    bytes: one encode). It pads with NUL, so ids holding a NUL are sorted by Python."""
+    bytes: one encode). It pads with NUL, so ids holding a NUL are sorted by Python, as
+    are fewer than 256 ids (numpy's fixed cost)."""
     joined = "".join(part)
-    if not part or "\x00" in joined:
+    if len(part) < 256 or "\x00" in joined:  # below ~250 ids Python is quicker
         ordered_by = sorted(set(part))
         rank = {name: i for i, name in enumerate(ordered_by)}
         return ordered_by, np.fromiter(map(rank.__getitem__, part), dtype=np.int64,

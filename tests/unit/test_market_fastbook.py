@@ -148,10 +148,12 @@ def test_fast_objects_equal_constructed_ones():
     ["", ""], [],
 ])
 def test_ranked_participants_as_python_sorts(names):
-    """fastbook._ranked (numpy's unicode sort) orders ids as ``sorted(set(...))`` does."""
-    ordered_by, pid = fastbook._ranked(names)
-    assert ordered_by == sorted(set(names))
-    assert [ordered_by[i] for i in pid] == names
+    """fastbook._ranked (numpy's unicode sort from 256 ids) orders ids as
+    ``sorted(set(...))`` does."""
+    for ids in (names, names * (256 // max(len(names), 1) + 1)):
+        ordered_by, pid = fastbook._ranked(ids)
+        assert ordered_by == sorted(set(ids))
+        assert [ordered_by[i] for i in pid] == ids
 
 
 @pytest.mark.parametrize(("fast", "ref"), PAIRS)
@@ -159,6 +161,6 @@ def test_unicode_and_nul_ids_bit_identical(fast, ref):
     names = ["é", "e", "z", "\U0001f600", "Z", "a\x00", "a", "", "p10", "p1"]
     rng = random.Random(5)
     orders = [Order(rng.choice(names), rng.choice(["buy", "sell"]), 0, rng.uniform(0.1, 3.0),
-                    rng.choice([0.1, 0.15, 0.2])) for _ in range(60)]
+                    rng.choice([0.1, 0.15, 0.2])) for _ in range(600)]
     same(fast, ref, orders)
     same(fast, ref, [o for o in orders if "\x00" not in o.participant])
