@@ -211,6 +211,7 @@ def test_integer_settlement_equals_fraction_reference(orders, meters, curtailed,
     b = settle_interval_reference(K, cr.confirmations, cr.trades, metered, curtailed,
                                   trade_cuts=cuts_b if with_cuts else None, **kw)
     assert a == b and repr(a) == repr(b)
+    assert [list(vars(r).items()) for r in a] == [list(vars(r).items()) for r in b]  # ledger bodies
     assert repr(cuts_a) == repr(cuts_b)
 
 
