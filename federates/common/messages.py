@@ -66,6 +66,18 @@ class Confirmation:
 
     ``scheduled_kwh`` is the participant's net scheduled energy (+ import, - export)
     over the interval: peer and grid purchases minus peer and grid sales.
+
+    Two prices [USD/kWh], with one meaning under every topology and mechanism (the
+    market role sets both on what it sends, ``federates/market/prices.py``):
+
+    * ``price_usd_per_kwh``: the participant's own price, the energy-weighted mean
+      price of its peer trades of the interval (what it pays per kWh bought from
+      peers, or receives per kWh sold to peers, before network charges); None when
+      it has no peer trade. Under a uniform price it is that price.
+    * ``market_price_usd_per_kwh``: the interval's market price, the same for every
+      participant: the uniform clearing price, or, where each trade has its own
+      price (pay-as-bid, P2P, hybrid), the energy-weighted mean price of all peer
+      trades; None when nothing traded peer to peer.
     """
 
     participant: str
@@ -76,6 +88,7 @@ class Confirmation:
     grid_bought_kwh: float
     grid_sold_kwh: float
     price_usd_per_kwh: float | None
+    market_price_usd_per_kwh: float | None = None
 
 
 @dataclass(frozen=True)

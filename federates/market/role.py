@@ -43,6 +43,7 @@ from federates.market.ledger import (
 )
 from federates.market.mechanisms import MECHANISMS as REGISTRY
 from federates.market.p2p import electrical_distance_charges
+from federates.market.prices import with_confirmation_prices
 from federates.market.settlement import SettlementRow, settle_interval
 from runner.config import StudyFile
 
@@ -305,10 +306,10 @@ class MarketRole:
         if self._distances is not None:
             known = [o for o in mine if o.participant in self._index]
             extra["charges"] = electrical_distance_charges(known, self._distances, self._charge_rate)
-        result = self._clear(
+        result = with_confirmation_prices(self._clear(
             mine, interval=k, retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
             **extra,
-        )
+        ))
         self._pending[k] = result
         self._record_clearing(k, rows, result, late)
         if self._keys is not None:

@@ -281,10 +281,12 @@ class AdaptiveBidders:
             if pd_ is None:
                 continue
             traded_kwh = c.peer_sold_kwh if pd_.side == "sell" else c.peer_bought_kwh
+            # the price it got when it traded, the market's when it did not (Confirmation)
+            q = c.price_usd_per_kwh if traded_kwh > 0.0 else c.market_price_usd_per_kwh
             if self.strategy == "zip":
-                self._learn_zip(k, c.participant, pd_, traded_kwh, c.price_usd_per_kwh)
+                self._learn_zip(k, c.participant, pd_, traded_kwh, q)
             else:
-                self._learn_roth_erev(c.participant, pd_, traded_kwh, c.price_usd_per_kwh)
+                self._learn_roth_erev(c.participant, pd_, traded_kwh, q)
 
     # ---- learning ------------------------------------------------------------------
     def _learn_zip(

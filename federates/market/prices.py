@@ -1,0 +1,59 @@
+"""The two prices of a confirmation, set the same way whatever mechanism cleared.
+
+Mechanisms fill ``Confirmation.price_usd_per_kwh`` their own way (the uniform price for
+everyone, None under pay-as-bid, a per-participant mean under P2P); the market role
+passes every result through :func:`with_confirmation_prices` before anyone sees it,
+so that the participants and the DSO read one documented meaning
+(``federates.common.messages.Confirmation``):
+
+* own price: the energy-weighted mean price of the participant's peer trades;
+* market price: the uniform clearing price, else the energy-weighted mean price of
+  all peer trades.
+
+A mean of prices that are all equal is that price exactly (no rounding through
+``sum(p * e) / sum(e)``), so under a uniform price both are the clearing price bit
+for bit; other means are ``math.fsum`` sums (exactly rounded). Plain Python.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from federates.common.messages import GRID, Confirmation
+from federates.market.book import ClearingResult
+from federates.market.fastbook import adopt
+
+
+def _mean_price(lots: list[tuple[float, float]]) -> float | None:
+    """Energy-weighted mean price [USD/kWh] of (energy [kWh], price) lots; None if none."""
+    if not lots:
+        return None
+    first = lots[0][1]
+    if all(p == first for _, p in lots):
+        return float(first)
+    energy = math.fsum(e for e, _ in lots)
+    if energy <= 0:
+        return None
+    return math.fsum(e * p for e, p in lots) / energy
+
+
+def with_confirmation_prices(result: ClearingResult) -> ClearingResult:
+    """``result`` with every confirmation's own and market price set (module doc)."""
+    lots: dict[str, list[tuple[float, float]]] = {}
+    market: list[tuple[float, float]] = []
+    for t in result.trades:
+        if GRID in (t.seller, t.buyer) or t.energy_kwh <= 0:
+            continue
+        lot = (t.energy_kwh, t.price_usd_per_kwh)
+        lots.setdefault(t.seller, []).append(lot)
+        lots.setdefault(t.buyer, []).append(lot)
+        market.append(lot)
+    market_price = (float(result.price_usd_per_kwh) if result.price_usd_per_kwh is not None and market
+                    else _mean_price(market))
+    # the fields of each confirmation with the two prices, adopted (no dataclasses.replace
+    # per confirmation: 3 us each, 9 ms a market time at 3000 prosumers)
+    confirmations = adopt(Confirmation, [
+        {**vars(c), "price_usd_per_kwh": _mean_price(lots.get(c.participant, [])),
+         "market_price_usd_per_kwh": market_price} for c in result.confirmations])
+    return replace(result, confirmations=confirmations)
