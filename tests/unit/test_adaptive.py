@@ -51,11 +51,14 @@ def play(strategy: str, seed: int, rounds: int) -> tuple[list[float | None], lis
         p, traded = clear(asks, bids)
         prices.append(p)
         quotes.append([x for _, x in asks + bids])
+        # a uniform price: the own price of who traded, the market price for all (Confirmation)
         conf = [
-            Confirmation(n, k, 1.0, 1.0 if n in traded else 0.0, 0.0, 0.0, 0.0, p) for n, _ in bids
+            Confirmation(n, k, 1.0, 1.0 if n in traded else 0.0, 0.0, 0.0, 0.0,
+                         p if n in traded else None, p) for n, _ in bids
         ]
         conf += [
-            Confirmation(n, k, -1.0, 0.0, 1.0 if n in traded else 0.0, 0.0, 0.0, p) for n, _ in asks
+            Confirmation(n, k, -1.0, 0.0, 1.0 if n in traded else 0.0, 0.0, 0.0,
+                         p if n in traded else None, p) for n, _ in asks
         ]
         ab.learn(k, conf)
     return prices, quotes
@@ -78,10 +81,10 @@ def test_zip_converges_to_competitive_equilibrium(seed):
 def test_zip_margins_move_the_right_way_for_a_lone_seller():
     ab = AdaptiveBidders("zip", retail_usd_per_kwh=R, feed_in_usd_per_kwh=F, seed=3)
     p0 = ab.price(0, "s", "sell", F)
-    ab.learn(0, [Confirmation("s", 0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.2)])  # sold, market at 0.20
+    ab.learn(0, [Confirmation("s", 0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.2, 0.2)])  # sold at 0.20
     p1 = ab.price(1, "s", "sell", F)
     assert p1 > p0
-    ab.learn(1, [Confirmation("s", 1, 0.0, 0.0, 0.0, 0.0, 1.0, 0.09)])  # not sold, 0.09 reachable
+    ab.learn(1, [Confirmation("s", 1, 0.0, 0.0, 0.0, 0.0, 1.0, None, 0.09)])  # not sold, market 0.09 reachable
     assert ab.price(2, "s", "sell", F) < p1
 
 
