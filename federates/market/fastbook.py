@@ -163,7 +163,7 @@ def make_confirmations(participants: list[str], interval: int, scheduled_kwh: li
     return adopt(Confirmation, [
         {"participant": p, "interval": interval, "scheduled_kwh": s, "peer_bought_kwh": pb,
          "peer_sold_kwh": ps, "grid_bought_kwh": gb, "grid_sold_kwh": gs,
-         "price_usd_per_kwh": price_usd_per_kwh, "market_price_usd_per_kwh": price_usd_per_kwh}
+         "price_usd_per_kwh": price_usd_per_kwh, "market_price_usd_per_kwh": None}  # set by the role (prices.py)
         for p, s, pb, ps, gb, gs in zip(participants, scheduled_kwh, peer_bought_kwh,
                                         peer_sold_kwh, grid_bought_kwh, grid_sold_kwh, strict=True)])
 
