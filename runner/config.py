@@ -342,6 +342,9 @@ class VoltVarConfig(_Strict):
     v4_pu: PositiveFloat = 1.08
     q1_pct: float = 44.0
     q4_pct: float = -44.0
+    # the in-step damped iteration x += damping * (x_target - x), until no inverter moves
+    # by more than tolerance_kvar [kvar]; an oscillating settling is accelerated
+    # (ControllersConfig.anderson_depth), the fixed point is the same
     damping: Annotated[float, Field(gt=0, le=1)] = 0.5
     tolerance_kvar: PositiveFloat = 0.01
     # 90 % of a step change within this time [s] (1547-2018 Table 8, Cat B default 5 s;
@@ -355,7 +358,8 @@ class VoltWattConfig(_Strict):
     0`` is the standard's P'2 for DER that can absorb active power), open-loop response
     time 10 s. In tecosim the limit caps the customer's export at ``p_pct / 100 *``
     inverter kVA (federates/feeder/voltwatt.py). ``damping`` and
-    ``tolerance_kw`` [kW] steer the in-step iteration as for Volt-VAR."""
+    ``tolerance_kw`` [kW] steer the in-step iteration as for Volt-VAR (settled together
+    with it, accelerated with it: ``controllers.anderson_depth``)."""
 
     enabled: bool = True
     v1_pu: PositiveFloat = 1.06
@@ -388,11 +392,18 @@ class CurtailmentConfig(_Strict):
 
 class ControllersConfig(_Strict):
     """``v_min_pu`` / ``v_max_pu``: the band the controllers steer to; default (null) =
-    the ``limits`` band."""
+    the ``limits`` band. ``anderson_depth``: once the inverters' damped settling
+    oscillates (the residual of all inverters turns back by half or more in two
+    successive solves), the rest of that settling stage takes Anderson-accelerated
+    moves over this many past iterates; 0 = damped steps only. The fixed point and
+    stop rule are the damped step's (``volt_var.damping`` / ``tolerance_kvar``,
+    ``volt_watt.damping`` / ``tolerance_kw``); see federates/feeder/inverters.py,
+    "Life cycle"."""
 
     enabled: bool = True
     v_min_pu: PositiveFloat | None = None
     v_max_pu: PositiveFloat | None = None
+    anderson_depth: Annotated[int, Field(ge=0)] = 3
     volt_var: VoltVarConfig = VoltVarConfig()
     volt_watt: VoltWattConfig = VoltWattConfig()
     curtailment: CurtailmentConfig = CurtailmentConfig()
