@@ -57,6 +57,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from federates.common.messages import GRID, Trade
+from federates.common.tables import parquet_writer
 from federates.feeder.losses import BACKGROUND, allocate_losses_to_trades
 from runner.config import StudyFile
 from runner.results import CHUNK_ROWS, interval_chunks, table_file
@@ -277,7 +278,7 @@ class _AppendWriter:
             schema = pa.Schema.from_pandas(df, preserve_index=False).remove_metadata()
             self.schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f
                                      for f in schema])
-            self.writer = pq.ParquetWriter(self.tmp, self.schema)
+            self.writer = parquet_writer(self.tmp, self.schema)
         self.writer.write_table(pa.Table.from_pandas(df, schema=self.schema, preserve_index=False))
 
     def close(self) -> None:
