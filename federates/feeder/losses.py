@@ -174,6 +174,11 @@ class PhaseLossIncidence:
         return cls(n_elements=len(elements), n_customers=len(paths), cell=cell, customer=customer,
                    n_background=len(background_paths), bg_cell=bg_cell, bg_slot=bg_slot)
 
+    @property
+    def n_pairs(self) -> int:
+        """Number of (user, cell) pairs: the size of a step's allocation arrays."""
+        return int(self._all_cell.size)
+
     def allocate(self, layer_losses_kw: np.ndarray, p_kw: np.ndarray,
                  background_layer_kw: np.ndarray | None = None) -> tuple[np.ndarray, float]:
         """Per-customer losses [kW] and the background's share [kW] of one solve.
@@ -245,12 +250,16 @@ class PhaseLossIncidence:
         flat = loss.reshape(n_t, -1)
         n_cells, n_users = flat.shape[1], self.n_customers + self.n_background
         row = np.arange(n_t)[:, None]
+
+        def per_step(index: np.ndarray, size: int) -> np.ndarray:
+            # each step's cells offset by step x size (one bincount for all steps)
+            return index if n_t == 1 else (index[None, :] + row * size).reshape(-1)
+
         wj = np.concatenate([w, bw], axis=1)[:, self._all_weight]
-        users_w = np.bincount((self._all_cell[None, :] + row * n_cells).reshape(-1), weights=wj.reshape(-1),
+        users_w = np.bincount(per_step(self._all_cell, n_cells), weights=wj.reshape(-1),
                               minlength=n_t * n_cells).reshape(n_t, n_cells)
         per_w = np.divide(flat, users_w, out=np.zeros_like(flat), where=users_w > 0)
-        out = np.bincount((self._all_row[None, :] + row * n_users).reshape(-1),
-                          weights=(per_w[:, self._all_cell] * wj).reshape(-1),
+        out = np.bincount(per_step(self._all_row, n_users), weights=(per_w[:, self._all_cell] * wj).reshape(-1),
                           minlength=n_t * n_users).reshape(n_t, n_users)
         return flat, out
 

@@ -1465,6 +1465,12 @@ class OpenDSSFeeder:
         """
         return self.phase_losses_kw_of(self._bulk("powers")[None], self._bulk("volts")[None])[0]
 
+    @property
+    def phase_loss_values(self) -> int:
+        """Number of bulk values a step's per-phase losses are computed from (PD element
+        conductors; the feeder role sizes its loss batches by it)."""
+        return int(self._phase_loss_index().n_flat)
+
     def loss_snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What the last solve's per-phase losses and background Load weights are
         computed from, for :meth:`phase_losses_kw_of` and :meth:`background_layer_kw_of`:
@@ -1495,7 +1501,7 @@ class OpenDSSFeeder:
 
         def per_step(index: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
             # np.bincount of each step's weights (T, len(index)) into (T, size)
-            flat = (index[None, :] + row * size).reshape(-1)
+            flat = index if n_t == 1 else (index[None, :] + row * size).reshape(-1)
             return np.bincount(flat, weights=weights.reshape(-1), minlength=n_t * size).reshape(n_t, size)
 
         out = per_step(ix.lin_cell, s.real, n_cells)

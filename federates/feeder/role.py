@@ -87,11 +87,14 @@ OPENDSS_DEFAULT_DAILY_SHAPE: tuple[float, ...] = (
 CURTAIL_IMPORT_SCALES: tuple[float, ...] = (0.5, 0.25, 0.0)
 CURTAIL_LEVELS = 1 + len(CURTAIL_IMPORT_SCALES)
 
-#: the loss allocation of the kept steps is computed once this many steps, or this many
-#: bytes of bulk arrays, are kept (FeederRole._record_losses): a market interval of a
-#: small feeder at once; on IEEE 8500 (0.6 MB a step) about 25 steps
+#: the loss allocation of the kept steps is computed once this many steps are kept
+#: (FeederRole._record_losses), fewer where a step's arrays are large: the batch's
+#: temporaries hold (steps x user-cell pairs) values, kept under LOSS_BATCH_VALUES
+#: (IEEE 13 with 40 customers: 64 steps at once; IEEE 8500 with 1177: 835k pairs, one
+#: step at a time, as before batching, where per-step numpy calls cost nothing next to
+#: the arithmetic; batching it by bytes alone had taken the feeder to 1.4 GiB)
 LOSS_BATCH_STEPS = 64
-LOSS_BATCH_BYTES = 16 * 2**20
+LOSS_BATCH_VALUES = 1_000_000
 
 
 def daily_shape_mult(hour_of_day: float, shape: tuple[float, ...] = OPENDSS_DEFAULT_DAILY_SHAPE) -> float:
@@ -212,7 +215,8 @@ class FeederRole:
                                                    background_layers=self.feeder.background_load_layers())
                           if cfg.feeder.loss_allocation else None)
         self._loss_pending: list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = []  # _record_losses
-        self._loss_pending_bytes = 0
+        per_step = 0 if self._loss_inc is None else self._loss_inc.n_pairs + 2 * self.feeder.phase_loss_values
+        self._loss_batch_steps = max(1, min(LOSS_BATCH_STEPS, LOSS_BATCH_VALUES // max(per_step, 1)))
         # the customers' inverters (Volt-VAR, Volt-Watt, the caps they hold)
         if inverter_kva is None:
             from federates.prosumers.agents import make_specs
@@ -465,7 +469,7 @@ class FeederRole:
         The (element, layer) incidence of the customers and the background Loads is
         fixed in ``__init__``. Here only the solve's bulk arrays are kept
         (:meth:`OpenDSSFeeder.loss_snapshot`); :meth:`_flush_losses` computes the losses
-        of the kept steps at once (:meth:`OpenDSSFeeder.phase_losses_kw_of`,
+        of the kept steps (up to ``_loss_batch_steps``, see LOSS_BATCH_VALUES) at once (:meth:`OpenDSSFeeder.phase_losses_kw_of`,
         :meth:`OpenDSSFeeder.background_layer_kw_of`, ``PhaseLossIncidence.allocate_many``),
         each step bit for bit as on its own, before anything reads the rows: the
         tables, a held step. Weights: the customer powers applied in the final solve
@@ -474,10 +478,8 @@ class FeederRole:
         """
         if self._loss_inc is None:
             return
-        snap = self.feeder.loss_snapshot()
-        self._loss_pending.append((g, snap))
-        self._loss_pending_bytes += sum(a.nbytes for a in snap)
-        if len(self._loss_pending) >= LOSS_BATCH_STEPS or self._loss_pending_bytes >= LOSS_BATCH_BYTES:
+        self._loss_pending.append((g, self.feeder.loss_snapshot()))
+        if len(self._loss_pending) >= self._loss_batch_steps:
             self._flush_losses()
 
     def _flush_losses(self) -> None:
@@ -485,7 +487,7 @@ class FeederRole:
         pending = self._loss_pending
         if not pending:
             return
-        self._loss_pending, self._loss_pending_bytes = [], 0
+        self._loss_pending = []
         rec = self._rec
         rows = np.asarray([rec.row(g) for g, _ in pending])
         layers = self.feeder.phase_losses_kw_of(np.stack([x[0] for _, x in pending]),
