@@ -430,7 +430,10 @@ def test_drain_tables_streams_the_same_rows(tmp_path):
 
 # ---- every order received keeps one bids row, with why it was cut --------------------
 def _bids(role, t=None) -> dict[tuple[int, str, str], tuple[float, float, str]]:
+    from federates.market.role import CUT_REASONS
+
     b = (t or role.tables())["bids"]
+    assert set(b["cut_reason"]) <= set(CUT_REASONS)
     return {(int(r.interval), r.participant, r.side): (r.energy_kwh, r.requested_kwh, r.cut_reason)
             for r in b.itertuples()}
 
