@@ -157,7 +157,7 @@ def run(role: str, plan: Plan, broker: str, log: logging.Logger) -> int:
         pub_block = door.publication(*keys.FEEDER_METER_BLOCK)
         ep = door.endpoint(keys.FEEDER)
         view = np.zeros(plan.view_size)
-        block = np.zeros(1 + 3 * s * n)
+        block = np.zeros(1 + 3 * s * n + n)  # v, p, q of every step; the delivered energy
         door.enter()
         try:
             for k in range(tl.n_intervals + 1):
@@ -194,7 +194,7 @@ def run(role: str, plan: Plan, broker: str, log: logging.Logger) -> int:
         try:
             for k in range(1, tl.n_intervals + 1):
                 door.advance(tl.ami_time(k))
-                door.vector(sub_block, 1 + 3 * s * n)
+                door.vector(sub_block, 1 + 3 * s * n + n)
                 door.send(ep, keys.CONTROLLERS, payload(plan.ami[k - 1]))
                 door.advance(tl.report_time(k))
                 door.send(ep_billing, keys.MARKET, payload(plan.interval_energy[k - 1]))

@@ -321,7 +321,7 @@ def report(R: dict, cfg, args, started: dt.datetime, elapsed_s: float) -> str:
             ["power flows", f"{R['solves']} ({R['solves'] / n_steps:.2f} per step)"],
             ["HELICS traffic", f"{plan.n_messages()} messages, {plan.n_bytes() / 1e6:.1f} MB; values: `dso_view` "
                                f"{plan.view_size} doubles per view, `meter_block` "
-                               f"{1 + 3 * tl.steps_per_interval * plan.n} per interval"],
+                               f"{1 + 3 * tl.steps_per_interval * plan.n + plan.n} per interval"],
             ["repeats", f"{n} rounds of: " + ", ".join(label for _, label in ROUND)],
         ], numeric=False),
         "",

@@ -303,14 +303,27 @@ def _finish_run(study, engine: str, wall: float, *, quiet: bool, report: bool) -
     Each reads the results tables in chunks of whole market intervals (bounded memory
     for year-long runs), never whole."""
     from runner.losses_table import write_loss_tables
-    from runner.results import check_conservation, format_summary, run_kpis, summary
+    from runner.results import (
+        check_conservation,
+        format_summary,
+        live_conservation_rows,
+        run_kpis,
+        summary,
+    )
 
     cfg = study.cfg
     k = run_kpis(cfg, study.run_dir)
     k.to_parquet(study.run_dir / "results" / "kpis.parquet", index=False)
-    check_conservation(k, study.run_dir)  # exit 1, manifest failed when a balance is broken
+    warn = cfg.feeder.conservation == "warn"
+    # exit 1, manifest failed when a balance is broken (feeder.conservation: warn: a warning)
+    post_run = check_conservation(k, study.run_dir, warn=warn)
     write_loss_tables(cfg, study.run_dir)
     s = summary(k)
+    s["conservation_broken"] = broken = live_conservation_rows(study.run_dir)
+    if warn and (broken or post_run):
+        print(f"tecosim: warning: {broken} live conservation check(s) broke (feeder.conservation: warn; "
+              f"rows in {study.run_dir / 'results' / 'conservation.parquet'})"
+              + "".join(f"; after the run: {m}" for m in post_run), file=sys.stderr)
     manifest_path = study.run_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["summary"] = s

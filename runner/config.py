@@ -171,6 +171,10 @@ class FeederConfig(_Strict):
     # on physics the user did not ask for), hold the previous step, or curtail and retry
     # (federates/feeder/role.py, docs/outputs.md "nonconvergence")
     on_nonconvergence: Literal["abort", "hold", "curtail"] = "abort"
+    # a broken live conservation check (energy, money, power, ledger;
+    # federates/common/conservation.py): stop the run at that interval, or record a row
+    # of the conservation table and go on
+    conservation: Literal["fail", "warn"] = "fail"
 
 
 class ProsumersConfig(_Strict):

@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 
 from federates.common import keys
+from federates.common.conservation import merge_tables as merge_conservation_tables
 from federates.common.errors import ConfigError, FederationError, FeederModelError, Problem
 from federates.common.runtime import (
     CONFIG_FILE,
@@ -917,8 +918,10 @@ def run_study(study: Study, engine: str, progress: Callable[[float], None] | Non
             with TableWriter(study.run_dir) as writer:
                 run_inprocess(study, times, progress=progress, sink=writer)
         except Exception as e:
+            merge_conservation_tables(study.run_dir / "results")
             write_manifest(study, engine, "failed", time.perf_counter() - t0, reason=repr(e))
             raise
+        merge_conservation_tables(study.run_dir / "results")
         wall = time.perf_counter() - t0
         write_manifest(study, engine, "ok", wall,
                        extra={"engine_seconds": {k: round(v, 3) for k, v in times.seconds.items()}})
@@ -935,12 +938,15 @@ def run_study(study: Study, engine: str, progress: Callable[[float], None] | Non
     try:
         fed.run(study.cfg.federation.timeout_s, progress=progress)
     except BaseException as e:
+        if fed.local == fed.names:
+            merge_conservation_tables(study.run_dir / "results")
         reason = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e).splitlines()[0]
         write_manifest(study, engine, "failed", time.perf_counter() - t0, reason=reason,
                        federates=[p.record() for p in fed.procs], extra=extra)
         raise
     if fed.local == fed.names:
         merge_part_tables(study.run_dir / "results", study.cfg.prosumers.federates)
+        merge_conservation_tables(study.run_dir / "results")
     wall = time.perf_counter() - t0
     write_manifest(study, engine, "ok", wall, federates=[p.record() for p in fed.procs], extra=extra)
     return wall
@@ -1025,6 +1031,7 @@ def collect_runs(runs: list[Path], out: Path) -> tuple[Study, float]:
     (out / "results").mkdir(exist_ok=True)
     study = Study.load(out)
     merge_part_tables(out / "results", study.cfg.prosumers.federates)
+    merge_conservation_tables(out / "results")
     hosts = [{**m["host"], "run_dir": str(r.resolve()), "wall_s": m["wall_s"]} for r, m in manifests.items()]
     federates = [{**f, "host": m["host"]["name"]} for m in manifests.values() for f in m["federates"]]
     wall = max(float(m["wall_s"]) for m in manifests.values())

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from federates.common.errors import TecosimError
+from federates.common.conservation import ConservationError
 from runner.config import StudyFile
 
 RESULTS = "results"
@@ -38,8 +38,6 @@ MONEY_TOLERANCE_USD = 1e-6
 POWER_TOLERANCE_PCT = 0.1
 
 
-class ConservationError(TecosimError):
-    """A run whose results break a conservation check (energy, money or power)."""
 
 
 #: target rows of the largest table in one chunk of :func:`interval_chunks`: the
@@ -320,17 +318,25 @@ def conservation_failures(k: pd.DataFrame) -> list[str]:
     return out
 
 
-def check_conservation(k: pd.DataFrame, run_dir: Path) -> None:
+def live_conservation_rows(run_dir: Path) -> int:
+    """The live conservation checks that broke in a run with ``feeder.conservation:
+    warn`` (rows of ``results/conservation.parquet``; 0 without the table)."""
+    path = table_file(run_dir, "conservation")
+    return pq.ParquetFile(path).metadata.num_rows if path.is_file() else 0
+
+
+def check_conservation(k: pd.DataFrame, run_dir: Path, *, warn: bool = False) -> list[str]:
     """Fail the run when the kpis break a conservation check.
 
     Raises :class:`ConservationError` naming every broken check and writes the
     run's ``manifest.json`` status ``failed`` with that reason; the result tables stay.
+    ``warn`` (``feeder.conservation: warn``): return the failures instead.
     """
     import json
 
     failures = conservation_failures(k)
-    if not failures:
-        return
+    if not failures or warn:
+        return failures
     msg = "conservation check failed: " + "; ".join(failures)
     path = Path(run_dir) / "manifest.json"
     if path.is_file():
@@ -384,6 +390,8 @@ def format_summary(s: dict[str, float], wall_s: float, run_dir: Path, engine: st
         f"{s['vuf_violation_min_before']:.0f} -> {s['vuf_violation_min_after']:.0f}, "
         f"{s['substation_violation_min_before']:.0f} -> {s['substation_violation_min_after']:.0f} min",
         f"  steps where control did not converge: {s['unconverged_steps']}",
+        *([f"  conservation checks broken:   {s['conservation_broken']} (feeder.conservation: warn; "
+           "rows in results/conservation.parquet)"] if s.get("conservation_broken") else []),
         f"  results: {run_dir / RESULTS}",
     ]
     return "\n".join(lines)

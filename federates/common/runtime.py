@@ -134,6 +134,21 @@ def drain_into(sink, role) -> None:
     sink.append(role.drain_tables())
 
 
+def stop_federate(name: str, log: logging.Logger, sink, error: Exception) -> None:
+    """Stop this federate because the study's own rule stopped the run (a power flow
+    that did not converge under ``feeder.on_nonconvergence: abort``, a broken live
+    conservation check): the error goes to the log, the tables drained so far are
+    closed into their files, and the process exits 1 at once, before its HELICS door
+    closes, so that the other federates wait for it (instead of failing first for want
+    of its values) and the runner names it, with the error in its log's tail."""
+    log.error("%s: %s", name, error)
+    try:
+        sink.close()
+    finally:
+        logging.shutdown()
+        os._exit(1)
+
+
 def federate_main(name: str, body: Callable[..., dict[str, pd.DataFrame]]) -> None:
     """Entry point of a federate process: args, logging, run, write tables, exit code.
 

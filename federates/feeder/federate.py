@@ -9,15 +9,21 @@ view it shows (federates.common.timeline: view_time)."""
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 
 from federates.common import keys
+from federates.common.conservation import ConservationError
 from federates.common.door import Door
 from federates.common.errors import PowerFlowNotConverged
 from federates.common.messages import ViewsDone, decode, encode
-from federates.common.runtime import Study, drain_into, federate_main, write_progress_file
+from federates.common.runtime import (
+    Study,
+    drain_into,
+    federate_main,
+    stop_federate,
+    write_progress_file,
+)
 from federates.common.tables import drain_due, study_chunk_intervals
 from federates.common.timeline import MAX_ROUNDS
 from federates.controllers.role import DsoReply
@@ -91,13 +97,8 @@ def run(study: Study, broker: str, log: logging.Logger, sink):
             door.send(ep, keys.CONTROLLERS, encode([ViewsDone(interval=k, views=v)]))
             door.publish(pub_block, np.concatenate([[float(k)], *(a.ravel() for a in role.meter_block(k))]))
             write_progress_file(study.run_dir, tl.interval_start_s(k + 1))
-    except PowerFlowNotConverged as e:
-        # feeder.on_nonconvergence stopped the run: exit before closing the door, so that
-        # the other federates wait for the feeder (instead of failing first for want of
-        # its values) and the runner names the feeder, with this line in the log's tail
-        log.error("feeder: %s", e)
-        logging.shutdown()
-        os._exit(1)
+    except (PowerFlowNotConverged, ConservationError) as e:
+        stop_federate("feeder", log, sink, e)  # feeder.on_nonconvergence or a conservation check
     finally:
         door.close()
     return role.tables()

@@ -657,6 +657,10 @@ class OpenDSSFeeder:
         self._cust_p = p.copy()
         self._cust_q = q.copy()
 
+    def solution_tolerance(self) -> float:
+        """OpenDSS's power-flow convergence tolerance (``Solution.Convergence``) [pu]."""
+        return float(self._dss.Solution.Convergence())
+
     def _check_customer_powers(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = np.asarray(p_kw, dtype=float)
         q = np.asarray(q_kvar, dtype=float)
@@ -816,7 +820,12 @@ class OpenDSSFeeder:
         return lo, hi
 
     def customer_pq(self) -> tuple[np.ndarray, np.ndarray]:
-        """Power actually drawn by each customer Load [kW], [kvar] (+ consumption); one batch read."""
+        """Power actually drawn by each customer Load [kW], [kvar] (+ consumption) in the
+        last solution, read from the solved circuit, not from the set-points; one batch
+        read. Within :data:`CUSTOMER_VMIN_PU` .. :data:`CUSTOMER_VMAX_PU` a constant-PQ
+        Load draws its set power to the solution tolerance (:meth:`solution_tolerance`
+        of its apparent power); outside it OpenDSS makes it constant Z, and it draws
+        more or less (what the live energy check, federates.common.conservation, catches)."""
         if self._cust_batch is None or not self.sites:
             return np.zeros(0), np.zeros(0)
         s = self._cust_batch.total_powers()

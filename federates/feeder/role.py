@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from federates.common.alarms import Alarms
+from federates.common.conservation import POWER_TOLERANCE_PCT, Conservation, relative_pct
 from federates.common.errors import PowerFlowNotConverged
 from federates.common.grid import CustomerSite
 from federates.common.messages import (
@@ -173,7 +174,7 @@ class FeederRole:
         self._legs = self.feeder.has_split_phase_customers
         rec = self._rec = StepArrays(min(tl.n_steps, chunk_intervals(tl, n) * tl.steps_per_interval))
         rec.add("done", dtype=bool, fill=False)
-        for name in ("v", "v_before", "p", "q", "curt", "cust_loss",
+        for name in ("v", "v_before", "p", "p_delivered", "q", "curt", "cust_loss",
                      *(("v_lo", "v_hi", "v_lo_before", "v_hi_before") if self._legs else ())):
             rec.add(name, (n,))
         for name in ("src_p", "src_q", "loss", "load", "gross", "bg", "bg_loss"):
@@ -226,6 +227,7 @@ class FeederRole:
         self._settled: Measurement | None = None  # the Measurement the DSO is shown
         self.alarms = Alarms.from_config(cfg)
         self._dso_quiet = True  # the DSO's last reply (DsoReply.quiet); true at each interval start
+        self.books = Conservation("feeder", cfg.feeder.conservation)  # the live power check
 
     # ------------------------------------------------------------------ helpers
     def background_mult(self, g: int) -> float:
@@ -396,7 +398,7 @@ class FeederRole:
                            curtailed_p_kw=rec.curt[r].copy(), scada=self._good_scada)
 
     #: what a held step copies from the last good one
-    _HELD = ("v", "v_before", "p", "q", "curt", "src_p", "src_q", "loss", "load", "gross", "taps", "caps", "top_elem",
+    _HELD = ("v", "v_before", "p", "p_delivered", "q", "curt", "src_p", "src_q", "loss", "load", "gross", "taps", "caps", "top_elem",
              "top_load", "vuf", "cust_loss", "bg_loss", "v_lo", "v_hi", "v_lo_before", "v_hi_before")
 
     def _controlled_solve(self, g: int) -> Measurement:
@@ -446,6 +448,8 @@ class FeederRole:
         rec.loss[r] = self.feeder.losses_kw()
         self._record_losses(g)
         rec.load[r], rec.gross[r] = self.feeder.load_and_gross_kw()
+        rec.p_delivered[r] = self.feeder.customer_pq()[0]
+        self._check_power(g, rec.src_p[r], rec.load[r], rec.loss[r], rec.gross[r])
         taps = self.feeder.regulator_taps()
         rec.taps[r] = [taps[x] for x in self.regulators]
         if self.capacitors:
@@ -462,6 +466,20 @@ class FeederRole:
         self._record_violations(g, after)
         self._last_good = g
         self._good_scada = self._step_scada
+
+    def _check_power(self, g: int, src_kw: float, load_kw: float, loss_kw: float, gross_kw: float) -> None:
+        """The live power check of step ``g`` (federates.common.conservation): the
+        source's power = every power-conversion element's + the losses [kW], within
+        POWER_TOLERANCE_PCT of the gross flow."""
+        err_kw = abs(src_kw - load_kw - loss_kw)
+        pct = relative_pct(err_kw, gross_kw)
+        if pct <= POWER_TOLERANCE_PCT:
+            return
+        self.books.check("power", interval=g // self.timeline.steps_per_interval, step=g, subject="feeder",
+                         expected=src_kw, actual=load_kw + loss_kw, error=pct, tolerance=POWER_TOLERANCE_PCT,
+                         unit="% of the gross kW",
+                         detail=(f"source {src_kw:.9g} kW vs loads {load_kw:.9g} kW + losses {loss_kw:.9g} kW: "
+                                 f"{err_kw:.6g} kW off, gross flow {gross_kw:.6g} kW"))
 
     def _record_losses(self, g: int) -> None:
         """Per-phase GBLA of step ``g``'s losses: each customer's share and the background [kW].
@@ -625,14 +643,19 @@ class FeederRole:
         """The energy the caps held back in interval ``k``, per participant and cause."""
         return self.inverters.report(k)
 
-    def meter_block(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def meter_block(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The final solve of every step of interval ``k`` at the customer points, as
         the revenue meters see it: (v_pu [pu], p_kw [kW, + import], q_kvar [kvar]),
-        each (steps of the interval, customers)."""
+        each (steps of the interval, customers); and the feeder's own account of the
+        interval, ``delivered_kwh`` [kWh] per customer: the integral of the power
+        OpenDSS delivered to its Load in each final solve (the meters check their
+        energy against it: federates.common.conservation)."""
+        self._finalize_grid()  # the last step's readouts (delivered power) are taken
         steps = self.timeline.steps_of_interval(k)
         rec = self._rec
         sl = slice(rec.row(steps.start), rec.row(steps.stop - 1) + 1)
-        return rec.v[sl].copy(), rec.p[sl].copy(), rec.q[sl].copy()
+        delivered_kwh = (rec.p_delivered[sl] * self.timeline.step_h).sum(axis=0)
+        return rec.v[sl].copy(), rec.p[sl].copy(), rec.q[sl].copy(), delivered_kwh
 
     def apply_commands(self, g: int, commands: list[ControlCommand]) -> Measurement:
         """Set inverter q [kvar] and export caps [kW] of the named prosumers and re-solve,
@@ -681,6 +704,7 @@ class FeederRole:
                               if name in rec._arrays}
         self._violation_rows = []
         self._nc_rows = []
+        self.books.forget()
         rec.reset(rec.g0 if self._step is None else self._step + 1)
         self.inverters.drain_tables()
         return out
@@ -753,7 +777,7 @@ class FeederRole:
         return {"voltages": voltages, "grid": pd.DataFrame(grid_cols), "lines": lines,
                 "unbalance": unbalance, "violations": self.violations_table(),
                 "customer_losses": self._customer_losses_table(steps, t),
-                "nonconvergence": self.nonconvergence_table(), **self.inverters.tables()}
+                "nonconvergence": self.nonconvergence_table(), **self.inverters.tables(), **self.books.table()}
 
     def nonconvergence_table(self) -> pd.DataFrame:
         """``nonconvergence``: one row per solve that did not converge: step, t_s [s],

@@ -7,9 +7,10 @@ from __future__ import annotations
 import logging
 
 from federates.common import keys
+from federates.common.conservation import ConservationError
 from federates.common.door import Door
 from federates.common.messages import decode, encode
-from federates.common.runtime import Study, drain_into, federate_main
+from federates.common.runtime import Study, drain_into, federate_main, stop_federate
 from federates.common.tables import drain_due, study_chunk_intervals
 from federates.market.role import MarketRole
 
@@ -57,6 +58,8 @@ def run(study: Study, broker: str, log: logging.Logger, sink):
                 door.publish(pub, schedule_p_kw)
                 if drain_due(tl, k, every):
                     drain_into(sink, role)
+    except ConservationError as e:
+        stop_federate("market", log, sink, e)
     finally:
         door.close()
     return role.tables()

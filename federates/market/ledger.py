@@ -710,6 +710,7 @@ class Ledger:
         data = encode_block(block)
         self._write(_U32.pack(len(data)) + data)
         self._last = block
+        self.last_block_bytes = data  # as written: a reader (the market's ledger check) decodes it
         return block
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from federates.common.conservation import ENERGY_TOLERANCE_KWH, MONEY_TOLERANCE_USD, Conservation
 from federates.common.messages import (
     GRID,
     Confirmation,
@@ -30,12 +31,14 @@ from federates.common.messages import (
     Order,
     Trade,
 )
+from federates.market.books import LEDGER_TOTALS, ledger_totals, money_flows, settlement_totals
 from federates.market.community import ClearingResult
 from federates.market.fastbook import adopt
 from federates.market.ledger import (
     KeyRing,
     Ledger,
     curtailment_record,
+    decode_block,
     make_record,
     settlement_record,
     trade_record,
@@ -199,6 +202,7 @@ class MarketRole:
         self._keys: KeyRing | None = None
         self._rejected = 0
         self._ledger: Ledger | None = None
+        self.books = Conservation("market", cfg.feeder.conservation)  # the live money and ledger checks
         if ledger_path is not None and m.ledger:
             self._keys = KeyRing.from_seed(cfg.study.seed, self.participants)
             self._ledger = Ledger(ledger_path, self._keys, difficulty_bits=m.ledger_pow_bits)
@@ -259,6 +263,7 @@ class MarketRole:
                 closing += [make_record(self._keys, "trade_curtailment", k - 1, r) for r in cut_rows]
                 closing += [settlement_record(self._keys, k - 1, r) for r in rows]
                 self._seal(k - 1, closing)
+                self._check_ledger(k - 1, rows)
 
         schedule_p_kw = np.zeros(len(self.participants), dtype=float)
         if k == n:
@@ -395,6 +400,21 @@ class MarketRole:
         if self._ledger is not None:
             self._ledger.append_block(k, records)
 
+    def _check_ledger(self, k: int, rows: list[SettlementRow]) -> None:
+        """The live ledger check (federates.common.conservation): the settlement records
+        of the block just written, decoded again from its bytes, hold one record per
+        settlement row and the rows' totals."""
+        if self._ledger is None:
+            return
+        n, in_ledger = ledger_totals(decode_block(self._ledger.last_block_bytes)["records"])
+        self.books.check("ledger", interval=k, subject="settlement records", expected=len(rows), actual=n,
+                         tolerance=0.0, unit="records")
+        in_rows = settlement_totals(rows)
+        for col, unit in LEDGER_TOTALS:
+            self.books.check("ledger", interval=k, subject=col, expected=in_rows[col], actual=in_ledger[col],
+                             tolerance=ENERGY_TOLERANCE_KWH if unit == "kWh" else MONEY_TOLERANCE_USD,
+                             unit=unit, detail="the ledger's settlement records vs the settlement rows")
+
     def _settle(
         self, k: int, energies: list[IntervalEnergy], notices: list[CurtailmentNotice]
     ) -> tuple[list[SettlementRow], list[dict]]:
@@ -421,6 +441,11 @@ class MarketRole:
             participants=self.participants, trade_cuts=cuts,
         )
         self._settlements.extend(dict(vars(r)) for r in rows)
+        for flow, expected, actual in money_flows(rows, trades, cuts, retail_usd_per_kwh=self._retail,
+                                                  feed_in_usd_per_kwh=self._feed_in):
+            self.books.check("money", interval=k, subject=flow, expected=expected, actual=actual,
+                             tolerance=MONEY_TOLERANCE_USD, unit="USD",
+                             detail="from the clearing's record vs the sum of the parties' settlement rows")
         ids = self._trade_ids.pop(k, {})
         cut_rows = []
         for t, x in cuts:
@@ -480,7 +505,9 @@ class MarketRole:
             "settlements": _frame(self._settlements, SETTLEMENTS_DTYPES),
             "curtailed_trades": _frame(self._curtailed_trades, CURTAILED_TRADES_DTYPES),
             "envelopes": _frame(self._envelopes, ENVELOPES_DTYPES),
+            **self.books.table(),
         }
+        self.books.forget()
         self._bids, self._trades, self._clearing = [], [], []
         self._settlements, self._curtailed_trades, self._envelopes = [], [], []
         return out

@@ -7,9 +7,10 @@ from __future__ import annotations
 import logging
 
 from federates.common import keys
+from federates.common.conservation import ConservationError
 from federates.common.door import Door
 from federates.common.messages import encode
-from federates.common.runtime import Study, drain_into, federate_main
+from federates.common.runtime import Study, drain_into, federate_main, stop_federate
 from federates.common.tables import drain_due, study_chunk_intervals
 from federates.meters.role import MetersRole
 
@@ -32,10 +33,10 @@ def run(study: Study, broker: str, log: logging.Logger, sink):
     try:
         for k in range(1, tl.n_intervals + 1):
             door.advance(tl.ami_time(k))
-            block = door.vector(sub_block, 1 + 3 * s * n)
+            block = door.vector(sub_block, 1 + 3 * s * n + n)
             if int(block[0]) != k - 1:
                 raise RuntimeError(f"the feeder's meter block is of interval {int(block[0])}, expected {k - 1}")
-            role.record_interval(k - 1, *block[1:].reshape(3, s, n))
+            role.record_interval(k - 1, *block[1:1 + 3 * s * n].reshape(3, s, n), block[1 + 3 * s * n:])
             door.send(ep, keys.CONTROLLERS, encode(role.ami(k - 1), kind="ami_readings", interval=k - 1))
             door.advance(tl.report_time(k))
             energies = role.report(k - 1)
@@ -44,6 +45,8 @@ def run(study: Study, broker: str, log: logging.Logger, sink):
             door.send(ep_billing, keys.MARKET, encode(energies, kind="interval_energy", interval=k - 1))
             if drain_due(tl, k, every):
                 drain_into(sink, role)
+    except ConservationError as e:
+        stop_federate("meters", log, sink, e)
     finally:
         door.close()
     return role.tables()

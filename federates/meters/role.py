@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from federates.common.conservation import ENERGY_TOLERANCE_KWH, SOLUTION_TOLERANCE, Conservation
 from federates.common.grid import CustomerSite
 from federates.common.messages import AmiReading, IntervalEnergy
 from federates.common.tables import chunk_intervals
@@ -63,6 +64,7 @@ class MetersRole:
         self._emitted_to = 0  # steps before it are in drained `meters` rows
         self._last_ami = -1  # the last interval ami() / report() was called for
         self._last_report = -1
+        self.books = Conservation("meters", cfg.feeder.conservation)  # the live energy check
 
     def _vector(self, name: str, x: np.ndarray) -> np.ndarray:
         a = np.asarray(x, dtype=float)
@@ -79,9 +81,15 @@ class MetersRole:
         self.register.record(g, self._vector("v_pu", v_pu), self._vector("p_kw", p_kw),
                              self._vector("q_kvar", q_kvar))
 
-    def record_interval(self, k: int, v_pu: np.ndarray, p_kw: np.ndarray, q_kvar: np.ndarray) -> None:
+    def record_interval(self, k: int, v_pu: np.ndarray, p_kw: np.ndarray, q_kvar: np.ndarray,
+                        delivered_kwh: np.ndarray | None = None) -> None:
         """The final solve of every step of interval ``k``: arrays (steps of the
-        interval, meters) of ``v_pu`` [pu], ``p_kw`` [kW], ``q_kvar`` [kvar]."""
+        interval, meters) of ``v_pu`` [pu], ``p_kw`` [kW], ``q_kvar`` [kvar].
+
+        ``delivered_kwh`` [kWh] (one per meter): the feeder's own integral of the power
+        OpenDSS delivered to each customer (``FeederRole.meter_block``); when given, each
+        meter's interval energy is checked against it (the live energy check,
+        federates.common.conservation)."""
         self._check_interval(k)
         steps = self.timeline.steps_of_interval(k)
         shape = (len(steps), self.n)
@@ -91,6 +99,27 @@ class MetersRole:
         for j, g in enumerate(steps):
             self.register.record(g, np.asarray(v_pu[j], dtype=float), np.asarray(p_kw[j], dtype=float),
                                  np.asarray(q_kvar[j], dtype=float))
+        if delivered_kwh is not None:
+            self._check_energy(k, self._vector("delivered_kwh", delivered_kwh))
+
+    def _check_energy(self, k: int, delivered_kwh: np.ndarray) -> None:
+        """Each meter's energy of interval ``k`` (its true register: what settlement
+        uses unless ``meters.settle_on_ami``, whose AMI registers carry the meters'
+        accuracy errors by design) = the energy the feeder delivered [kWh]."""
+        metered_kwh = self.register.energy_kwh(k)
+        steps = self.timeline.steps_of_interval(k)
+        s_kva = np.hypot(self.register.rows("p_kw", steps.start, steps.stop),
+                         self.register.rows("q_kvar", steps.start, steps.stop))
+        gross_kvah = (s_kva * self.timeline.step_h).sum(axis=0)
+        tol_kwh = ENERGY_TOLERANCE_KWH + SOLUTION_TOLERANCE * gross_kvah
+        err = np.abs(metered_kwh - delivered_kwh)
+        bad = np.flatnonzero(~(err <= tol_kwh))  # NaN breaks the check
+        self.books.n_checked += len(err) - len(bad)
+        for i in bad:
+            self.books.check("energy", interval=k, subject=self.meter_ids[i], expected=float(delivered_kwh[i]),
+                             actual=float(metered_kwh[i]), error=float(err[i]), tolerance=float(tol_kwh[i]),
+                             unit="kWh", detail=("metered energy vs the energy OpenDSS delivered to the customer "
+                                                 f"(apparent energy {gross_kvah[i]:.6g} kVAh)"))
 
     def _check_interval(self, k: int) -> None:
         if not 0 <= k < self.timeline.n_intervals:
@@ -173,6 +202,7 @@ class MetersRole:
         out = self.tables()
         steps = self.register.written_steps(self._emitted_to)
         self._ami = {}
+        self.books.forget()
         if len(steps):
             self._emitted_to = int(steps[-1]) + 1
         self.register.drop_before(min(self.ami_meters.reg_at, self._emitted_to))
@@ -194,6 +224,7 @@ class MetersRole:
         steps = reg.written_steps(self._emitted_to)
         n = self.n
         return {
+            **self.books.table(),
             "ami": self._ami_table(),
             "meters": pd.DataFrame({
                 "step": np.repeat(steps, n).astype(np.int64),

@@ -1,0 +1,86 @@
+"""The market's two live conservation checks (federates/common/conservation.py):
+money over every party, and the ledger's settlement records against the settlement.
+
+``money_flows`` computes the interval's money twice. Once from the accounts:
+settlement's per-participant rows (prosumers and the grid operator), summed. Once from
+the clearing's record: each trade at its own price for the energy it delivered (a
+seller's curtailment cut off, as settlement rule 2 cut it), each network charge for the
+energy delivered, and the utility's energy: what it sold in grid trades, the energy
+it replaced for buyers whose peer seller was curtailed (at retail), what it bought in
+grid trades, and every imbalance at the tariff (retail for a shortfall, feed-in for a
+surplus). Rules in federates/market/settlement.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from federates.common.messages import GRID, GRID_OPERATOR, Trade
+from federates.market.settlement import SettlementRow
+
+#: the settlement columns the ledger check totals: (column, unit)
+LEDGER_TOTALS: tuple[tuple[str, str], ...] = (
+    ("scheduled_kwh", "kWh"), ("metered_kwh", "kWh"), ("curtailed_kwh", "kWh"), ("imbalance_kwh", "kWh"),
+    ("peer_bought_kwh", "kWh"), ("peer_sold_kwh", "kWh"), ("grid_bought_kwh", "kWh"), ("grid_sold_kwh", "kWh"),
+    ("peer_paid_usd", "USD"), ("peer_received_usd", "USD"), ("grid_paid_usd", "USD"),
+    ("grid_received_usd", "USD"), ("charges_paid_usd", "USD"), ("charges_received_usd", "USD"),
+    ("net_cost_usd", "USD"),
+)
+
+
+def money_flows(rows: Sequence[SettlementRow], trades: Sequence[Trade],
+                trade_cuts: Sequence[tuple[Trade, float]], *, retail_usd_per_kwh: float,
+                feed_in_usd_per_kwh: float) -> list[tuple[str, float, float]]:
+    """``(flow, from the clearing record, from the accounts)`` [USD] for each money
+    flow of one settled interval: what peers paid and received for peer energy, the
+    network charges paid and collected, what the utility was paid and paid out.
+
+    ``rows``: the interval's settlement rows; ``trades``: its cleared trades;
+    ``trade_cuts``: the ``(trade, curtailed_kwh)`` settlement reported; the tariffs
+    [USD/kWh] the imbalance and replaced energy are priced at."""
+    cut = {id(t): x for t, x in trade_cuts}
+    retail, feed_in = float(retail_usd_per_kwh), float(feed_in_usd_per_kwh)
+    peer_value, charges, utility_sold, utility_bought = [], [], [], []
+    for t in trades:
+        e, price, x = t.energy_kwh, t.price_usd_per_kwh, cut.get(id(t), 0.0)
+        if t.seller == GRID and t.buyer != GRID:
+            utility_sold.append(price * e)
+        elif t.buyer == GRID and t.seller != GRID:
+            utility_bought.append(price * (e - x))
+        elif t.seller != GRID:
+            peer_value.append(price * (e - x))
+            if t.fee_usd and e:
+                charges.append(t.fee_usd * (e - x) / e)
+            utility_sold.append(retail * x)  # the buyer's replacement energy
+    for r in rows:
+        if r.participant == GRID_OPERATOR:
+            continue
+        if r.imbalance_kwh > 0:
+            utility_sold.append(retail * r.imbalance_kwh)
+        elif r.imbalance_kwh < 0:
+            utility_bought.append(-feed_in * r.imbalance_kwh)
+
+    def total(col: str) -> float:
+        return math.fsum(getattr(r, col) for r in rows)
+
+    return [
+        ("peers paid for peer energy", math.fsum(peer_value), total("peer_paid_usd")),
+        ("peers received for peer energy", math.fsum(peer_value), total("peer_received_usd")),
+        ("network charges paid", math.fsum(charges), total("charges_paid_usd")),
+        ("network charges collected by the grid operator", math.fsum(charges), total("charges_received_usd")),
+        ("utility paid (retail and grid sales)", math.fsum(utility_sold), total("grid_paid_usd")),
+        ("utility paid out (feed-in and grid purchases)", math.fsum(utility_bought), total("grid_received_usd")),
+    ]
+
+
+def ledger_totals(records: Sequence[dict]) -> tuple[int, dict[str, float]]:
+    """The number of ``settlement`` records among ledger ``records`` (decoded record
+    dicts) and the total of each :data:`LEDGER_TOTALS` column over their bodies."""
+    bodies = [r["body"] for r in records if r["kind"] == "settlement"]
+    return len(bodies), {col: math.fsum(float(b.get(col, 0.0)) for b in bodies) for col, _ in LEDGER_TOTALS}
+
+
+def settlement_totals(rows: Sequence[SettlementRow]) -> dict[str, float]:
+    """The total of each :data:`LEDGER_TOTALS` column over settlement ``rows``."""
+    return {col: math.fsum(getattr(r, col) for r in rows) for col, _ in LEDGER_TOTALS}
