@@ -248,6 +248,17 @@ class MarketConfig(_Strict):
             "Ex post: not fed back into the market's settlement."
         ),
     )
+    imbalance_price: Literal["tariff", "clearing", "dual"] = Field(
+        default="tariff",
+        description=(
+            "Price of each participant's imbalance (metered - adjusted schedule): 'tariff' = "
+            "retail for a shortfall, feed-in for a surplus; 'clearing' = the interval's market "
+            "price for both; 'dual' = the European two-price rule: the tariff for an imbalance "
+            "in the direction of the participants' net imbalance, the market price for one "
+            "against it (federates/market/settlement.py, rule 4). Without a market price "
+            "(no peer trade) every rule is the tariff."
+        ),
+    )
     p2p_charge_usd_per_kwh_per_km: NonNegFloat = Field(
         default=0.0,
         description=(

@@ -114,7 +114,8 @@ REPORT_COLUMNS: dict[str, list[str]] = {
     "grid": ["step", "t_s", "source_p_kw", "losses_kw"],
     "customer_losses": ["step", "participant", "loss_kw"],
     "profiles": ["step", "participant", "load_kw", "pv_kw", "battery_kw"],
-    "settlements": ["interval", "participant", "metered_kwh", "net_cost_usd"],
+    "settlements": ["interval", "participant", "metered_kwh", "net_cost_usd", "market_cost_usd",
+                    "replacement_cost_usd", "imbalance_cost_usd", "charges_usd"],
     "trades": ["interval", "kind", "energy_kwh", "price_usd_per_kwh"],
     "clearing": ["interval", "price_usd_per_kwh", "traded_kwh", "unmatched_buy_kwh", "unmatched_sell_kwh",
                  "welfare_usd"],
@@ -399,15 +400,28 @@ def _add_grid(d: ReportData, t: Mapping[str, pd.DataFrame]) -> None:
             d.c_loss[f"{who}_sum"].add(steps, x)
 
 
+#: the parts of a bill (settlements, federates/market/settlement.py "Bill split"):
+#: (column, label); they add up to net_cost_usd
+BILL_PARTS: tuple[tuple[str, str], ...] = (
+    ("market_cost_usd", "energy bought / sold in the market"),
+    ("replacement_cost_usd", "replacement of curtailed peer purchases (retail)"),
+    ("imbalance_cost_usd", "imbalance (forecast error)"),
+    ("charges_usd", "network charges"),
+)
+
+
 def _bill_sums(settlements: pd.DataFrame, retail_usd_per_kwh: float, feed_in_usd_per_kwh: float) -> pd.DataFrame:
-    """Per participant: ``net_cost_usd`` and ``baseline_usd`` summed over the rows (the
-    grid operator's rows, which collect network charges, are no prosumer's bill)."""
+    """Per participant: ``net_cost_usd``, its parts (:data:`BILL_PARTS`, in runs that
+    have them) and ``baseline_usd`` summed over the rows (the grid operator's rows,
+    which collect network charges, are no prosumer's bill)."""
     settlements = settlements[settlements["participant"].astype(str) != GRID_OPERATOR]
     m = settlements["metered_kwh"].to_numpy(dtype=float)
     base = np.clip(m, 0, None) * retail_usd_per_kwh - np.clip(-m, 0, None) * feed_in_usd_per_kwh
     df = pd.DataFrame({"participant": settlements["participant"].astype(str).to_numpy(),
                        "net_cost_usd": settlements["net_cost_usd"].to_numpy(dtype=float),
-                       "baseline_usd": base})
+                       "baseline_usd": base,
+                       **{col: settlements[col].to_numpy(dtype=float) for col, _ in BILL_PARTS
+                          if col in settlements}})
     return df.groupby("participant").sum()
 
 
@@ -798,7 +812,20 @@ def fig_bills(r: _Run) -> Plot | html.Text:
     fig, (ax,) = _new_figure(4.6)
     w = 0.4
     ax.bar(xi - w / 2, b["baseline_usd"], width=w, color="#bbbbbb", label="no-market baseline (retail / feed-in)")
-    ax.bar(xi + w / 2, b["net_cost_usd"], width=w, color="#1f77b4", label="with the market (net cost)")
+    parts = [(col, label) for col, label in BILL_PARTS if col in b]
+    if parts:  # the bill with the market, split into its parts: credits below zero, costs above
+        up, down = np.zeros(n), np.zeros(n)
+        for (col, label), color in zip(parts, ("#1f77b4", "#9467bd", "#ff7f0e", "#8c564b"), strict=False):
+            v = b[col].to_numpy(dtype=float)
+            if not np.any(v):
+                continue
+            pos, neg = np.clip(v, 0, None), np.clip(v, None, 0)
+            ax.bar(xi + w / 2, pos, bottom=up, width=w, color=color, label=label)
+            ax.bar(xi + w / 2, neg, bottom=down, width=w, color=color)
+            up, down = up + pos, down + neg
+        ax.plot(xi + w / 2, b["net_cost_usd"], "_", ms=9, mew=2, color="black", label="with the market (net cost)")
+    else:  # a run from before the bill split
+        ax.bar(xi + w / 2, b["net_cost_usd"], width=w, color="#1f77b4", label="with the market (net cost)")
     ax.plot(xi, b["saving_usd"], "D", ms=3.5, color="#2ca02c", label="saving (baseline - market)")
     ax.axhline(0, color="black", lw=0.6)
     if n <= 80:
@@ -806,14 +833,22 @@ def fig_bills(r: _Run) -> Plot | html.Text:
     ax.set_xlim(-0.7, n - 0.3)
     ax.set_xlabel("prosumer [participant, sorted by saving]")
     ax.set_ylabel("bill over the study [USD]")
-    ax.set_title(f"Per-prosumer bills: mean saving {b['saving_usd'].mean():.3f} USD per prosumer")
+    more = int((b["saving_usd"] < 0).sum())
+    ax.set_title(f"Per-prosumer bills: mean saving {b['saving_usd'].mean():.3f} USD per prosumer; "
+                 f"{more} of {n} pay more than the baseline")
     ax.grid(True, axis="y", alpha=0.3)
     _legend(ax)
     return Plot("bills", "Per-prosumer bills against a no-market baseline",
                 "Net cost per prosumer over the study (settlements.net_cost_usd, negative = "
-                "income) against the baseline without the market: the same metered energy "
-                "(settlements.metered_kwh) billed per interval at the retail tariff when "
-                "importing and the feed-in tariff when exporting. Sorted by saving.", fig)
+                "income), split into its parts: energy bought and sold in the market at the "
+                "trades' prices, energy bought at retail to replace a peer purchase the DSO "
+                "curtailed, the imbalance between metered and scheduled energy at the "
+                f"imbalance price (market.imbalance_price: {r.cfg.market.imbalance_price}), and "
+                "network charges; against the baseline without the market: the same metered "
+                "energy (settlements.metered_kwh) billed per interval at the retail tariff when "
+                "importing and the feed-in tariff when exporting. A prosumer pays more than the "
+                "baseline when its imbalance (bought at retail, sold at feed-in under the "
+                "tariff rule) costs more than the market saved it. Sorted by saving.", fig)
 
 
 def fig_grid_exchange(r: _Run) -> Plot | html.Text:
@@ -1005,7 +1040,10 @@ def report_kpis(run: Path | _Run) -> pd.DataFrame:
     - ``welfare_usd``: sum of ``clearing.welfare_usd``.
     - ``mean_bill_saving_usd``: mean over prosumers of ``baseline - net cost`` (see
       :func:`baseline_bills`); ``mean_bill_saving_pct``: total saving / total
-      ``|baseline|`` x 100.
+      ``|baseline|`` x 100; ``prosumers_paying_more_n``: prosumers with a negative
+      saving; ``mean_bill_market_usd``, ``_replacement_usd``, ``_imbalance_usd``,
+      ``_charges_usd``: the mean over prosumers of each part of the bill
+      (:data:`BILL_PARTS`), which add up to the net cost.
 
     Sums run chunk by chunk (:func:`aggregate`): a run read in one chunk (a day of the
     default study) gives the numbers of the whole tables exactly; over several chunks a
@@ -1073,6 +1111,15 @@ def report_kpis(run: Path | _Run) -> pd.DataFrame:
         "mean over prosumers of (no-market baseline - net cost)")
     add("mean_bill_saving_pct", "mean bill saving, relative", pct, "%",
         "total saving / total |baseline bill|")
+    have = d.has("settlements") and d.bill_sums is not None
+    add("prosumers_paying_more_n", "prosumers paying more than the baseline",
+        float((b["saving_usd"] < 0).sum()) if have else np.nan, "-",
+        "prosumers whose net cost exceeds their no-market baseline")
+    for col, label in BILL_PARTS:
+        key = "mean_bill_" + col.removesuffix("_cost_usd").removesuffix("_usd") + "_usd"
+        val = float(d.bill_sums[col].mean()) if have and col in d.bill_sums else np.nan
+        add(key, f"mean bill part: {label}", val, "USD",
+            f"mean over prosumers of sum(settlements.{col}) (+ pays); the parts add up to the net cost")
     df = pd.DataFrame(rows, columns=["key", "kpi", "value", "unit", "definition"]).set_index("key")
     return df
 

@@ -7,8 +7,8 @@ the clearing's record: each trade at its own price for the energy it delivered (
 seller's curtailment cut off, as settlement rule 2 cut it), each network charge for the
 energy delivered, and the utility's energy: what it sold in grid trades, the energy
 it replaced for buyers whose peer seller was curtailed (at retail), what it bought in
-grid trades, and every imbalance at the tariff (retail for a shortfall, feed-in for a
-surplus). Rules in federates/market/settlement.py.
+grid trades, and every imbalance at its imbalance price (``market.imbalance_price``).
+Rules in federates/market/settlement.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 
 from federates.common.messages import GRID, GRID_OPERATOR, Trade
-from federates.market.settlement import SettlementRow
+from federates.market.settlement import SettlementRow, imbalance_price
 
 #: the settlement columns the ledger check totals: (column, unit)
 LEDGER_TOTALS: tuple[tuple[str, str], ...] = (
@@ -25,20 +25,23 @@ LEDGER_TOTALS: tuple[tuple[str, str], ...] = (
     ("peer_bought_kwh", "kWh"), ("peer_sold_kwh", "kWh"), ("grid_bought_kwh", "kWh"), ("grid_sold_kwh", "kWh"),
     ("peer_paid_usd", "USD"), ("peer_received_usd", "USD"), ("grid_paid_usd", "USD"),
     ("grid_received_usd", "USD"), ("charges_paid_usd", "USD"), ("charges_received_usd", "USD"),
-    ("net_cost_usd", "USD"),
+    ("net_cost_usd", "USD"), ("market_cost_usd", "USD"), ("replacement_cost_usd", "USD"),
+    ("imbalance_cost_usd", "USD"), ("charges_usd", "USD"),
 )
 
 
 def money_flows(rows: Sequence[SettlementRow], trades: Sequence[Trade],
                 trade_cuts: Sequence[tuple[Trade, float]], *, retail_usd_per_kwh: float,
-                feed_in_usd_per_kwh: float) -> list[tuple[str, float, float]]:
+                feed_in_usd_per_kwh: float, imbalance_rule: str = "tariff",
+                market_price_usd_per_kwh: float | None = None) -> list[tuple[str, float, float]]:
     """``(flow, from the clearing record, from the accounts)`` [USD] for each money
     flow of one settled interval: what peers paid and received for peer energy, the
     network charges paid and collected, what the utility was paid and paid out.
 
     ``rows``: the interval's settlement rows; ``trades``: its cleared trades;
     ``trade_cuts``: the ``(trade, curtailed_kwh)`` settlement reported; the tariffs
-    [USD/kWh] the imbalance and replaced energy are priced at."""
+    [USD/kWh] the imbalance (with ``imbalance_rule`` and the interval's market price)
+    and the replaced energy are priced at."""
     cut = {id(t): x for t, x in trade_cuts}
     retail, feed_in = float(retail_usd_per_kwh), float(feed_in_usd_per_kwh)
     peer_value, charges, utility_sold, utility_bought = [], [], [], []
@@ -53,13 +56,14 @@ def money_flows(rows: Sequence[SettlementRow], trades: Sequence[Trade],
             if t.fee_usd and e:
                 charges.append(t.fee_usd * (e - x) / e)
             utility_sold.append(retail * x)  # the buyer's replacement energy
-    for r in rows:
-        if r.participant == GRID_OPERATOR:
-            continue
+    mine = [r for r in rows if r.participant != GRID_OPERATOR]
+    system = math.fsum(r.imbalance_kwh for r in mine)  # exactly rounded: its sign is the exact sum's
+    for r in mine:
+        price = imbalance_price(r.imbalance_kwh, system, imbalance_rule, retail, feed_in, market_price_usd_per_kwh)
         if r.imbalance_kwh > 0:
-            utility_sold.append(retail * r.imbalance_kwh)
+            utility_sold.append(price * r.imbalance_kwh)
         elif r.imbalance_kwh < 0:
-            utility_bought.append(-feed_in * r.imbalance_kwh)
+            utility_bought.append(-price * r.imbalance_kwh)
 
     def total(col: str) -> float:
         return math.fsum(getattr(r, col) for r in rows)

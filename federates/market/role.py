@@ -47,7 +47,7 @@ from federates.market.ledger import (
 from federates.market.mechanisms import MECHANISMS as REGISTRY
 from federates.market.p2p import electrical_distance_charges
 from federates.market.prices import with_confirmation_prices
-from federates.market.settlement import SettlementRow, settle_interval
+from federates.market.settlement import SettlementRow, market_price_of, settle_interval
 from runner.config import StudyFile
 
 Clearer = Callable[..., ClearingResult]
@@ -203,6 +203,7 @@ class MarketRole:
         self._rejected = 0
         self._ledger: Ledger | None = None
         self.books = Conservation("market", cfg.feeder.conservation)  # the live money and ledger checks
+        self._imbalance_rule = cfg.market.imbalance_price
         if ledger_path is not None and m.ledger:
             self._keys = KeyRing.from_seed(cfg.study.seed, self.participants)
             self._ledger = Ledger(ledger_path, self._keys, difficulty_bits=m.ledger_pow_bits)
@@ -438,11 +439,12 @@ class MarketRole:
         rows = settle_interval(
             k, list(confs), list(trades), metered, curtailed,
             retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
-            participants=self.participants, trade_cuts=cuts,
+            participants=self.participants, trade_cuts=cuts, imbalance_rule=self._imbalance_rule,
         )
         self._settlements.extend(dict(vars(r)) for r in rows)
-        for flow, expected, actual in money_flows(rows, trades, cuts, retail_usd_per_kwh=self._retail,
-                                                  feed_in_usd_per_kwh=self._feed_in):
+        for flow, expected, actual in money_flows(
+                rows, trades, cuts, retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
+                imbalance_rule=self._imbalance_rule, market_price_usd_per_kwh=market_price_of(list(confs), k)):
             self.books.check("money", interval=k, subject=flow, expected=expected, actual=actual,
                              tolerance=MONEY_TOLERANCE_USD, unit="USD",
                              detail="from the clearing's record vs the sum of the parties' settlement rows")

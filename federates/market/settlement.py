@@ -27,10 +27,27 @@ Rules, applied per participant ``p``:
 4. Imbalance. ``adjusted schedule = scheduled_kwh + applied curtailment`` (the
    curtailed seller is not penalised for what the DSO curtailed), and
    ``imbalance_kwh = metered_kwh - adjusted schedule``. A positive imbalance is bought
-   from GRID at retail, a negative one sold to GRID at feed-in.
+   from GRID, a negative one sold to GRID, at the imbalance price of
+   ``market.imbalance_price`` (:data:`IMBALANCE_PRICES`, :func:`imbalance_price`):
+   ``tariff`` (the default) retail for a shortfall and feed-in for a surplus;
+   ``clearing`` the interval's market price (``Confirmation.market_price_usd_per_kwh``)
+   for both; ``dual`` the two-price rule of European imbalance settlement (ENTSO-E
+   Electricity Balancing guideline, Regulation (EU) 2017/2195, Art. 52-55; the Nordic
+   two-price model until 2021): an imbalance in the direction of the interval's net
+   imbalance of all participants (the community's) pays or gets the tariff, one against
+   it (it helped) the market price. Without a market price (nothing traded peer to
+   peer) every rule is the tariff.
 5. Missing reading. A participant without a (finite) meter reading counts as metered =
    adjusted schedule (= scheduled when not curtailed), i.e. imbalance 0, and its row
    is flagged ``missing_reading``.
+
+Bill split (each row): ``net_cost_usd = market_cost_usd + replacement_cost_usd +
+imbalance_cost_usd + charges_usd``: the energy it bought and sold in the market at the
+trades' prices (peer trades as delivered, its scheduled grid trades), the energy
+bought at retail to replace a peer purchase its seller could not deliver (rule 3),
+its imbalance at the imbalance price (rule 4) and the network charges it paid (less
+those it collected: the grid operator's row). Curtailment is not compensated: the
+seller is not paid for energy the DSO curtailed, and not charged for it either.
 
 Consequences (tested): every participant's settled energy
 ``peer_bought + grid_bought - peer_sold - grid_sold`` equals its metered energy, and
@@ -67,7 +84,9 @@ class SettlementRow:
     settled energies and money [USD] with peers / the utility; ``charges_paid_usd``
     [USD] the network charges a seller pays on its delivered peer sales,
     ``charges_received_usd`` [USD] what the grid operator (row ``GRID_OPERATOR``)
-    collects; ``net_cost_usd`` [USD] = paid - received (+ pays), charges included.
+    collects; ``net_cost_usd`` [USD] = paid - received (+ pays), charges included,
+    split into ``market_cost_usd``, ``replacement_cost_usd``, ``imbalance_cost_usd``
+    and ``charges_usd`` [USD, + pays] (module docstring, "Bill split").
     ``missing_reading``: no meter reading, metered was set to the adjusted schedule.
     """
 
@@ -90,6 +109,10 @@ class SettlementRow:
     curtailed_reported_kwh: float = 0.0
     charges_paid_usd: float = 0.0
     charges_received_usd: float = 0.0
+    market_cost_usd: float = 0.0
+    replacement_cost_usd: float = 0.0
+    imbalance_cost_usd: float = 0.0
+    charges_usd: float = 0.0
 
 
 class _Acc:
@@ -107,6 +130,9 @@ class _Acc:
         self.grid_received = z
         self.charges_paid = z
         self.charges_received = z
+        self.grid_paid_scheduled = z  # grid trades as cleared (less curtailment), not imbalance
+        self.grid_received_scheduled = z
+        self.replacement = z
 
 
 def _frac(x: float, what: str) -> Fraction:
@@ -123,6 +149,34 @@ def _number(x: object) -> bool:
 def _places(x: float) -> int:
     """Binary places of the finite float ``x``: the k with x * 2**k an odd integer (or 0)."""
     return x.as_integer_ratio()[1].bit_length() - 1
+
+
+#: how an imbalance is priced (settlement rule 4)
+IMBALANCE_PRICES = ("tariff", "clearing", "dual")
+
+
+def imbalance_price(imbalance, system, rule: str, retail, feed_in, clearing):
+    """The price of one participant's ``imbalance`` (rule 4; + shortfall) when the
+    participants' imbalances add up to ``system``; ``retail`` / ``feed_in`` the
+    tariffs, ``clearing`` the interval's market price or None. Numbers of one kind:
+    exact integers at one scale, Fractions or floats."""
+    tariff = retail if imbalance > 0 else feed_in
+    if rule == "tariff" or clearing is None:
+        return tariff
+    if rule == "clearing":
+        return clearing
+    if rule != "dual":
+        raise ValueError(f"market.imbalance_price is {rule!r}; allowed: {', '.join(IMBALANCE_PRICES)}")
+    return tariff if system != 0 and (system > 0) == (imbalance > 0) else clearing
+
+
+def market_price_of(confirmations: list[Confirmation], interval: int) -> float | None:
+    """The interval's market price [USD/kWh] (``Confirmation.market_price_usd_per_kwh``,
+    the same on every confirmation of the interval), None if nothing traded peer to peer."""
+    for c in confirmations:
+        if c.interval == interval and c.market_price_usd_per_kwh is not None:
+            return c.market_price_usd_per_kwh
+    return None
 
 
 def _fixed(x: float, places: int) -> int:
@@ -142,13 +196,15 @@ def settle_interval(
     feed_in_usd_per_kwh: float,
     participants: list[str] | None = None,
     trade_cuts: list[tuple[Trade, float]] | None = None,
+    imbalance_rule: str = "tariff",
 ) -> list[SettlementRow]:
     """Settle interval ``interval`` (rules in the module docstring).
 
     ``confirmations`` / ``trades``: the clearing's output (items of another interval
     are ignored). ``metered_kwh`` [kWh, + import] and ``curtailed_kwh`` [kWh, >= 0]
     per participant. ``retail_usd_per_kwh`` / ``feed_in_usd_per_kwh`` [USD/kWh]: the
-    prices of imbalance energy and of replacement purchases. ``participants``: who
+    tariffs of imbalance energy (with ``imbalance_rule``, one of
+    :data:`IMBALANCE_PRICES`) and of replacement purchases. ``participants``: who
     gets a row (default: everyone named by a confirmation, a trade, a reading or a
     curtailment); rows come in this order, or sorted by id by default.
     ``trade_cuts``, when given, receives ``(trade, curtailed_kwh)`` for every trade
@@ -157,7 +213,9 @@ def settle_interval(
     """
     args = (interval, confirmations, trades, metered_kwh, curtailed_kwh)
     kw = {"retail_usd_per_kwh": retail_usd_per_kwh, "feed_in_usd_per_kwh": feed_in_usd_per_kwh,
-          "participants": participants, "trade_cuts": trade_cuts}
+          "participants": participants, "trade_cuts": trade_cuts, "imbalance_rule": imbalance_rule}
+    if imbalance_rule not in IMBALANCE_PRICES:
+        raise ValueError(f"market.imbalance_price is {imbalance_rule!r}; allowed: {', '.join(IMBALANCE_PRICES)}")
     confs = {c.participant: c for c in confirmations if c.interval == interval}
     mine = [t for t in trades if t.interval == interval]
     energies = [t.energy_kwh for t in mine]
@@ -165,6 +223,9 @@ def settle_interval(
     energies += list(curtailed_kwh.values())
     energies += [v for v in metered_kwh.values() if not _number(v) or math.isfinite(v)]
     prices = [t.price_usd_per_kwh for t in mine] + [retail_usd_per_kwh, feed_in_usd_per_kwh]
+    clearing = market_price_of(list(confs.values()), interval) if imbalance_rule != "tariff" else None
+    if clearing is not None:
+        prices.append(clearing)
     if not all(_number(v) and math.isfinite(v) for v in (*energies, *prices)):
         return settle_interval_reference(*args, **kw)  # NaN, Fractions, ...: the reference decides
     if any(t.fee_usd != 0 for t in mine):
@@ -203,11 +264,12 @@ def settle_interval(
         who = list(participants)
     # per participant: peer_bought, peer_sold, grid_bought, grid_sold [2**-ee kWh],
     # peer_paid, peer_received, grid_paid, grid_received [2**-(ee+ep) USD]
-    acc: dict[str, list[int]] = {p: [0] * 8 for p in who}
+    # [8] / [9]: grid_paid / grid_received of the scheduled grid trades (not the imbalance)
+    acc: dict[str, list[int]] = {p: [0] * 10 for p in who}
 
     def get(p: str) -> list[int]:
         if p not in acc:
-            acc[p] = [0] * 8
+            acc[p] = [0] * 10
         return acc[p]
 
     for t in peer:
@@ -226,6 +288,7 @@ def settle_interval(
             b = get(t.buyer)
             b[2] += e
             b[6] += e * price
+            b[8] += e * price
         else:
             x = min(left_grid_cut.get(t.seller, 0), e)
             if x:
@@ -235,13 +298,16 @@ def settle_interval(
             s = get(t.seller)
             s[3] += e - x
             s[7] += (e - x) * price
+            s[9] += (e - x) * price
 
     retail = _fixed(retail_usd_per_kwh, ep)
     feed_in = _fixed(feed_in_usd_per_kwh, ep)
+    clearing_fixed = None if clearing is None else _fixed(clearing, ep)
     one_e, one_m = 1 << ee, 1 << (ee + ep)
-    rows: list[dict] = []  # SettlementRow fields: built at once below
+    # every participant's imbalance first: the dual price needs their sum
+    settled = []
+    system = 0
     for p in [*who, *sorted(set(acc) - set(who))]:
-        a = acc[p]
         conf = confs.get(p)
         scheduled = _fixed(conf.scheduled_kwh, ee) if conf else 0
         cur = applied.get(p, 0)
@@ -249,13 +315,18 @@ def settle_interval(
         reading = metered_kwh.get(p)
         missing = p not in metered_kwh or not math.isfinite(reading)
         metered = adjusted if missing else _fixed(reading, ee)
-        imbalance = metered - adjusted
+        settled.append((p, scheduled, cur, metered, metered - adjusted, missing))
+        system += metered - adjusted
+    rows: list[dict] = []  # SettlementRow fields: built at once below
+    for p, scheduled, cur, metered, imbalance, missing in settled:
+        a = acc[p]
+        price = imbalance_price(imbalance, system, imbalance_rule, retail, feed_in, clearing_fixed)
         if imbalance > 0:
             a[2] += imbalance
-            a[6] += imbalance * retail
+            a[6] += imbalance * price
         elif imbalance < 0:
             a[3] -= imbalance
-            a[7] -= imbalance * feed_in
+            a[7] -= imbalance * price
         net = a[4] + a[6] - a[5] - a[7]
         rows.append({
             "interval": interval,
@@ -277,6 +348,10 @@ def settle_interval(
             "curtailed_reported_kwh": float(curtailed_kwh.get(p, 0.0)),
             "charges_paid_usd": 0.0,  # an interval with a network charge settles by the reference
             "charges_received_usd": 0.0,
+            "market_cost_usd": (a[4] - a[5] + a[8] - a[9]) / one_m,
+            "replacement_cost_usd": 0.0,  # a replacement needs a pro-rata cut: the reference's
+            "imbalance_cost_usd": imbalance * price / one_m,
+            "charges_usd": 0.0,
         })
     # without SettlementRow.__init__'s 19 frozen-field assignments (2.8 -> 0.4 us a row)
     return adopt(SettlementRow, rows)
@@ -293,13 +368,15 @@ def settle_interval_reference(
     feed_in_usd_per_kwh: float,
     participants: list[str] | None = None,
     trade_cuts: list[tuple[Trade, float]] | None = None,
+    imbalance_rule: str = "tariff",
 ) -> list[SettlementRow]:
     """Settle interval ``interval`` (rules in the module docstring).
 
     ``confirmations`` / ``trades``: the clearing's output (items of another interval
     are ignored). ``metered_kwh`` [kWh, + import] and ``curtailed_kwh`` [kWh, >= 0]
     per participant. ``retail_usd_per_kwh`` / ``feed_in_usd_per_kwh`` [USD/kWh]: the
-    prices of imbalance energy and of replacement purchases. ``participants``: who
+    tariffs of imbalance energy (with ``imbalance_rule``, one of
+    :data:`IMBALANCE_PRICES`) and of replacement purchases. ``participants``: who
     gets a row (default: everyone named by a confirmation, a trade, a reading or a
     curtailment); rows come in this order, or sorted by id by default.
     ``trade_cuts``, when given, receives ``(trade, curtailed_kwh)`` for every trade
@@ -309,6 +386,8 @@ def settle_interval_reference(
     retail = _frac(retail_usd_per_kwh, "retail_usd_per_kwh")
     feed_in = _frac(feed_in_usd_per_kwh, "feed_in_usd_per_kwh")
     confs = {c.participant: c for c in confirmations if c.interval == interval}
+    market_price = market_price_of(list(confs.values()), interval) if imbalance_rule != "tariff" else None
+    clearing = None if market_price is None else _frac(market_price, "market_price_usd_per_kwh")
     mine = [t for t in trades if t.interval == interval]
     peer = [t for t in mine if t.seller != GRID and t.buyer != GRID]
     grid = [t for t in mine if (t.seller == GRID) != (t.buyer == GRID)]
@@ -370,6 +449,7 @@ def settle_interval_reference(
         if x:  # the buyer gets the cut energy from the grid at retail
             b.grid_bought += x
             b.grid_paid += x * retail
+            b.replacement += x * retail
             if trade_cuts is not None:
                 trade_cuts.append((t, float(x)))
 
@@ -382,6 +462,7 @@ def settle_interval_reference(
             b = get(t.buyer)
             b.grid_bought += e
             b.grid_paid += e * price
+            b.grid_paid_scheduled += e * price
         else:
             x = min(left_grid_cut.get(t.seller, Fraction(0)), e)
             if x:
@@ -391,10 +472,11 @@ def settle_interval_reference(
             s = get(t.seller)
             s.grid_sold += e - x
             s.grid_received += (e - x) * price
+            s.grid_received_scheduled += (e - x) * price
 
-    rows: list[SettlementRow] = []
+    # every participant's imbalance first: the dual price needs their sum
+    settled = []
     for p in [*who, *sorted(set(acc) - set(who))]:
-        a = acc[p]
         conf = confs.get(p)
         scheduled = _frac(conf.scheduled_kwh, f"scheduled_kwh[{p!r}]") if conf else Fraction(0)
         cur = applied.get(p, Fraction(0))
@@ -402,13 +484,18 @@ def settle_interval_reference(
         # the grid operator has no meter (it only collects charges): metered 0, not missing
         missing = p != GRID_OPERATOR and (p not in metered_kwh or not math.isfinite(metered_kwh[p]))
         metered = adjusted if missing or p == GRID_OPERATOR else Fraction(metered_kwh[p])
-        imbalance = metered - adjusted
+        settled.append((p, scheduled, cur, metered, metered - adjusted, missing))
+    system = sum((x[4] for x in settled), Fraction(0))
+    rows: list[SettlementRow] = []
+    for p, scheduled, cur, metered, imbalance, missing in settled:
+        a = acc[p]
+        price = imbalance_price(imbalance, system, imbalance_rule, retail, feed_in, clearing)
         if imbalance > 0:
             a.grid_bought += imbalance
-            a.grid_paid += imbalance * retail
+            a.grid_paid += imbalance * price
         elif imbalance < 0:
             a.grid_sold -= imbalance
-            a.grid_received -= imbalance * feed_in
+            a.grid_received -= imbalance * price
         net = (a.peer_paid + a.grid_paid + a.charges_paid
                - a.peer_received - a.grid_received - a.charges_received)
         reported = curtailed_kwh.get(p, 0.0)
@@ -432,5 +519,9 @@ def settle_interval_reference(
             curtailed_reported_kwh=float(reported),
             charges_paid_usd=float(a.charges_paid),
             charges_received_usd=float(a.charges_received),
+            market_cost_usd=float(a.peer_paid - a.peer_received + a.grid_paid_scheduled - a.grid_received_scheduled),
+            replacement_cost_usd=float(a.replacement),
+            imbalance_cost_usd=float(imbalance * price),
+            charges_usd=float(a.charges_paid - a.charges_received),
         ))
     return rows

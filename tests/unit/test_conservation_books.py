@@ -27,7 +27,7 @@ from federates.common.conservation import (
 )
 from federates.common.grid import CustomerSite
 from federates.common.messages import CurtailmentNotice, IntervalEnergy, Order
-from federates.market.books import money_flows
+from federates.market.books import LEDGER_TOTALS, money_flows
 from federates.market.ledger import KeyRing, sign_order
 from federates.market.role import MarketRole
 from federates.market.settlement import settle_interval_reference
@@ -37,9 +37,10 @@ from runner.config import validate
 PARTICIPANTS = ["a", "b", "c", "x", "y"]
 
 
-def _p2p_cfg(mode: str = "fail"):
+def _p2p_cfg(mode: str = "fail", imbalance_price: str = "tariff"):
     return validate({"study": {"duration": "30min"},
-                     "market": {"topology": "p2p", "mechanism": "lp", "p2p_charge_usd_per_kwh_per_km": 0.05},
+                     "market": {"topology": "p2p", "mechanism": "lp", "p2p_charge_usd_per_kwh_per_km": 0.05,
+                                "imbalance_price": imbalance_price},
                      "feeder": {"conservation": mode}})
 
 
@@ -55,10 +56,10 @@ def _orders(keys: KeyRing) -> list[Order]:
         Order("x", "sell", 0, 2.5, 0.08), Order("y", "sell", 0, 2.0, 0.10))]
 
 
-def _day(tmp_path, mode: str = "fail") -> MarketRole:
+def _day(tmp_path, mode: str = "fail", imbalance_price: str = "tariff") -> MarketRole:
     """Clear interval 0 (peer trades with network charges), settle it with imbalances
     and a curtailed seller (pro-rata cut of its peer sales, a replacement purchase)."""
-    cfg = _p2p_cfg(mode)
+    cfg = _p2p_cfg(mode, imbalance_price)
     keys = KeyRing.from_seed(cfg.study.seed, PARTICIPANTS)
     market = MarketRole(cfg, PARTICIPANTS, tmp_path / "ledger.zst", distance_km=_distances())
     confirmations, _ = market.on_market_time(0, _orders(keys), [], [])
@@ -70,10 +71,11 @@ def _day(tmp_path, mode: str = "fail") -> MarketRole:
     return market
 
 
-def test_money_and_ledger_hold_on_a_p2p_day_with_charges_and_curtailment(tmp_path):
-    market = _day(tmp_path)
+@pytest.mark.parametrize("imbalance_price", ["tariff", "clearing", "dual"])
+def test_money_and_ledger_hold_on_a_p2p_day_with_charges_and_curtailment(tmp_path, imbalance_price):
+    market = _day(tmp_path, imbalance_price=imbalance_price)
     assert market.books.n_broken == 0
-    assert market.books.n_checked == 6 + 16  # six money flows, the ledger's count and 15 totals
+    assert market.books.n_checked == 6 + 1 + len(LEDGER_TOTALS)  # six money flows, the ledger's count and totals
     s = market.tables()["settlements"]
     assert s["charges_paid_usd"].sum() > 0 and (s["curtailed_kwh"] > 0).any()
     assert len(market.tables()["conservation_market"]) == 0

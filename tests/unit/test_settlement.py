@@ -150,14 +150,26 @@ maybe_meter = st.one_of(st.none(), st.floats(-6.0, 6.0, allow_nan=False))
 
 
 @settings(max_examples=300, deadline=None)
-@given(book, st.dictionaries(ids, maybe_meter), st.dictionaries(ids, st.floats(0.0, 8.0)))
-def test_conservation_on_random_cleared_books(orders, meters, curtailed):
-    cr = clear_uniform_price(orders, interval=K, retail_usd_per_kwh=RETAIL,
-                             feed_in_usd_per_kwh=FEED_IN)
+@given(book, st.dictionaries(ids, maybe_meter), st.dictionaries(ids, st.floats(0.0, 8.0)),
+       st.sampled_from(["tariff", "clearing", "dual"]))
+def test_conservation_on_random_cleared_books(orders, meters, curtailed, rule):
+    from federates.market.prices import with_confirmation_prices
+    from federates.market.settlement import imbalance_price, market_price_of
+
+    cr = with_confirmation_prices(clear_uniform_price(orders, interval=K, retail_usd_per_kwh=RETAIL,
+                                                      feed_in_usd_per_kwh=FEED_IN))
     metered = {p: v for p, v in meters.items() if v is not None}
     rows = settle_interval(K, cr.confirmations, cr.trades, metered, curtailed,
-                           retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN)
+                           retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN, imbalance_rule=rule)
     tol = dict(rel=1e-9, abs=1e-9)
+    # every bill is the sum of its parts; the imbalance is priced by the rule
+    clearing = market_price_of(list(cr.confirmations), K)
+    system = math.fsum(r.imbalance_kwh for r in rows)
+    for r in rows:
+        parts = r.market_cost_usd + r.replacement_cost_usd + r.imbalance_cost_usd + r.charges_usd
+        assert r.net_cost_usd == A(parts, **tol)
+        price = imbalance_price(r.imbalance_kwh, system, rule, RETAIL, FEED_IN, clearing)
+        assert r.imbalance_cost_usd == A(r.imbalance_kwh * price, **tol)
     # money among peers is conserved
     assert math.fsum(r.peer_paid_usd for r in rows) == A(math.fsum(r.peer_received_usd for r in rows), **tol)
     assert math.fsum(r.peer_bought_kwh for r in rows) == A(math.fsum(r.peer_sold_kwh for r in rows), **tol)
@@ -187,22 +199,24 @@ def test_conservation_on_random_cleared_books(orders, meters, curtailed):
 
 # ------------------------------------------- exact integers vs the Fraction reference
 
-from federates.market.settlement import settle_interval_reference  # noqa: E402
+from federates.market.prices import with_confirmation_prices  # noqa: E402
+from federates.market.settlement import IMBALANCE_PRICES, settle_interval_reference  # noqa: E402
 
 nonfinite_or_meter = st.one_of(maybe_meter, st.just(float("nan")), st.sampled_from([0.5, -1.25, 2.0]))
 
 
 @settings(max_examples=400, deadline=None)
 @given(book, st.dictionaries(ids, nonfinite_or_meter), st.dictionaries(ids, st.floats(0.0, 8.0)),
-       st.booleans(), st.booleans())
-def test_integer_settlement_equals_fraction_reference(orders, meters, curtailed, named, with_cuts):
+       st.booleans(), st.booleans(), st.sampled_from(IMBALANCE_PRICES))
+def test_integer_settlement_equals_fraction_reference(orders, meters, curtailed, named, with_cuts, rule):
     """settle_interval (exact integers) == settle_interval_reference (Fraction): every
     row bit for bit (repr), and the same trade cuts; with curtailments that cut peer
-    sales pro rata (the reference path), grid sales only, or none."""
-    cr = clear_uniform_price(orders, interval=K, retail_usd_per_kwh=RETAIL,
-                             feed_in_usd_per_kwh=FEED_IN)
+    sales pro rata (the reference path), grid sales only, or none; under every
+    imbalance price rule."""
+    cr = with_confirmation_prices(clear_uniform_price(orders, interval=K, retail_usd_per_kwh=RETAIL,
+                                                      feed_in_usd_per_kwh=FEED_IN))
     metered = {p: v for p, v in meters.items() if v is not None}
-    kw = {"retail_usd_per_kwh": RETAIL, "feed_in_usd_per_kwh": FEED_IN,
+    kw = {"retail_usd_per_kwh": RETAIL, "feed_in_usd_per_kwh": FEED_IN, "imbalance_rule": rule,
           "participants": ["p4", "p0", "p2"] if named else None}
     cuts_a: list = []
     cuts_b: list = []
@@ -261,3 +275,48 @@ def test_network_charge_follows_the_energy_delivered_when_curtailed():
 def test_negative_fee_is_refused():
     with pytest.raises(ValueError, match="fee_usd"):
         settle(ONE_CONFS, [Trade(K, "S", "B", 2.0, 0.25, fee_usd=-0.1)], {"S": -2.0, "B": 2.0})
+
+
+# ---- imbalance price (settlement rule 4) and the bill split ----------------------------
+def test_imbalance_priced_by_tariff_clearing_or_dual():
+    """S sells 2 kWh to B at 0.17 (the market price); B imports 0.5 kWh more than
+    scheduled and S delivers 0.2 kWh less (both short, with the community: +0.7 - 0.3),
+    C, with no trade, exports 0.3 kWh (against the community's imbalance)."""
+    confs = [Confirmation("S", K, -2.0, 0.0, 2.0, 0.0, 0.0, PRICE, PRICE),
+             Confirmation("B", K, 2.0, 2.0, 0.0, 0.0, 0.0, PRICE, PRICE)]
+    metered = {"S": -1.8, "B": 2.5, "C": -0.3}
+    cost = {}
+    for rule in ("tariff", "clearing", "dual"):
+        rows = settle_interval(K, confs, ONE_TRADE, metered, {}, retail_usd_per_kwh=RETAIL,
+                               feed_in_usd_per_kwh=FEED_IN, imbalance_rule=rule)
+        cost[rule] = {r.participant: r.imbalance_cost_usd for r in rows}
+        for r in rows:  # the split adds up; the market part is the trade
+            assert r.net_cost_usd == A(r.market_cost_usd + r.imbalance_cost_usd, abs=1e-15)
+        assert {r.participant: r.market_cost_usd for r in rows} == {"B": A(0.34), "C": 0.0, "S": A(-0.34)}
+    assert cost["tariff"] == {"B": A(0.5 * RETAIL), "C": A(-0.3 * FEED_IN), "S": A(0.2 * RETAIL)}
+    assert cost["clearing"] == {"B": A(0.5 * PRICE), "C": A(-0.3 * PRICE), "S": A(0.2 * PRICE)}
+    # dual: with the community (short) at the tariff, against it at the market price
+    assert cost["dual"] == {"B": A(0.5 * RETAIL), "C": A(-0.3 * PRICE), "S": A(0.2 * RETAIL)}
+    # without a market price (no peer trade) every rule is the tariff
+    alone = settle_interval(K, [], [], {"C": -0.3}, {}, retail_usd_per_kwh=RETAIL,
+                            feed_in_usd_per_kwh=FEED_IN, imbalance_rule="clearing")
+    assert alone[0].imbalance_cost_usd == A(-0.3 * FEED_IN)
+    with pytest.raises(ValueError, match="market.imbalance_price is 'spot'; allowed: tariff, clearing, dual"):
+        settle_interval(K, confs, ONE_TRADE, metered, {}, retail_usd_per_kwh=RETAIL,
+                        feed_in_usd_per_kwh=FEED_IN, imbalance_rule="spot")
+
+
+def test_bill_split_with_replacement_and_charges():
+    """A curtailed peer seller (pro rata: the buyer replaces the energy at retail) on a
+    trade with a network charge: market + replacement + imbalance + charges = net."""
+    trades = [Trade(K, "S", "B", 2.0, PRICE, fee_usd=0.04)]
+    rows = {r.participant: r for r in settle_interval(
+        K, ONE_CONFS, trades, {"S": -1.5, "B": 2.0}, {"S": 0.5},
+        retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN)}
+    b, s, dso = rows["B"], rows["S"], rows[GRID_OPERATOR]
+    assert b.market_cost_usd == A(1.5 * PRICE) and b.replacement_cost_usd == A(0.5 * RETAIL)
+    assert s.market_cost_usd == A(-1.5 * PRICE) and s.charges_usd == A(0.04 * 1.5 / 2.0)
+    assert dso.charges_usd == A(-0.04 * 1.5 / 2.0) and dso.net_cost_usd == A(dso.charges_usd)
+    for r in rows.values():
+        assert r.net_cost_usd == A(r.market_cost_usd + r.replacement_cost_usd + r.imbalance_cost_usd
+                                   + r.charges_usd, abs=1e-15)
