@@ -301,7 +301,7 @@ def test_imbalance_priced_by_tariff_clearing_or_dual():
     alone = settle_interval(K, [], [], {"C": -0.3}, {}, retail_usd_per_kwh=RETAIL,
                             feed_in_usd_per_kwh=FEED_IN, imbalance_rule="clearing")
     assert alone[0].imbalance_cost_usd == A(-0.3 * FEED_IN)
-    with pytest.raises(ValueError, match="market.imbalance_price is 'spot'; allowed: tariff, clearing, dual"):
+    with pytest.raises(ValueError, match=r"market\.imbalance_price is 'spot'; allowed: tariff, clearing, dual"):
         settle_interval(K, confs, ONE_TRADE, metered, {}, retail_usd_per_kwh=RETAIL,
                         feed_in_usd_per_kwh=FEED_IN, imbalance_rule="spot")
 
