@@ -245,7 +245,7 @@ class MarketConfig(_Strict):
         description=(
             "Price of the losses allocated to trades (results/loss_allocation.parquet, "
             "loss_charges.parquet): the interval's clearing price, the retail tariff or none. "
-            "Ex post: not fed back into the market's settlement."
+            "Ex post, unless market.settle_losses charges them in the settlement."
         ),
     )
     imbalance_price: Literal["tariff", "clearing", "dual"] = Field(
@@ -257,6 +257,15 @@ class MarketConfig(_Strict):
             "in the direction of the participants' net imbalance, the market price for one "
             "against it (federates/market/settlement.py, rule 4). Without a market price "
             "(no peer trade) every rule is the tariff."
+        ),
+    )
+    settle_losses: bool = Field(
+        default=False,
+        description=(
+            "Charge each customer its share of the feeder's losses (the per-phase loss "
+            "allocation, feeder.loss_allocation) at market.loss_price, collected by the grid "
+            "operator in the settlement (settlement rule 3b) and the ledger. false: the loss "
+            "tables price them ex post only."
         ),
     )
     p2p_charge_usd_per_kwh_per_km: NonNegFloat = Field(
@@ -877,6 +886,12 @@ def _cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
     elif m.topology not in allowed:
         problems.append(Problem("market.topology", f"{m.topology!r} has no clearing mechanism yet",
                                 ", ".join(allowed)))
+    if m.settle_losses and m.loss_price == "none":
+        problems.append(Problem("market.settle_losses", "needs a loss price to charge the losses at",
+                                "market.loss_price: clearing or retail"))
+    if m.settle_losses and not cfg.feeder.loss_allocation:
+        problems.append(Problem("market.settle_losses", "needs the per-customer losses",
+                                "feeder.loss_allocation: true"))
     if m.feed_in_usd_per_kwh >= m.retail_usd_per_kwh:
         problems.append(Problem("market.feed_in_usd_per_kwh", "must be below the retail tariff", f"< {m.retail_usd_per_kwh:g}"))
     # meters: AMI periods are whole physics steps and nest with the market intervals

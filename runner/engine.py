@@ -123,6 +123,7 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
             post("interval_energy", k - 1, reports, [e.meter for e in reports], tl.report_time(k))
         t = times.add("meters", t)
         notices = feeder.curtailment_notices(k - 1) if k >= 1 else []
+        losses = feeder.loss_energy(k - 1) if k >= 1 and cfg.market.settle_losses else []
         t = times.add("feeder", t)
         if k >= 1:
             controllers.on_ami(k - 1, ami)
@@ -132,7 +133,7 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
         # market time of k
         orders, energies = deliver("bids", tl.market_time(k)), deliver("interval_energy", tl.market_time(k))
         confirmations, schedule_p_kw = market.on_market_time(k, orders, energies, notices, envelopes,
-                                                             constraints)
+                                                             constraints, losses=losses)
         t = times.add("market", t)
         if k == tl.n_intervals:
             break

@@ -35,8 +35,10 @@ the interval's peer trades; with no peer trade either, the retail tariff) or ``r
 customer the losses it carries over all its rows (``loss_kwh``) and their cost; the
 background is not charged to any customer.
 
-The pricing is ex post: these tables are computed after the run and are not fed back
-into the market's settlement messages, the ``settlements`` table or the ledger.
+The pricing is ex post: these tables are computed after the run. With
+``market.settle_losses`` the market charges the same losses at the same price in the
+settlement (the feeder sends each interval's per-customer loss energy; settlement rule
+3b): each customer's ``loss_charges.loss_cost_usd`` is its ``settlements.charges_usd``.
 
 Everything here is per market interval, so :func:`write_loss_tables` reads the run's
 tables in chunks of whole intervals (:func:`runner.results.interval_chunks`) and

@@ -183,6 +183,17 @@ class CurtailmentNotice:
 
 
 @dataclass(frozen=True)
+class LossEnergy:
+    """A customer's share of the feeder's losses over an interval [kWh] (the per-phase
+    loss allocation, federates/feeder/losses.py), sent by the feeder to the market when
+    ``market.settle_losses`` makes the settlement charge it."""
+
+    participant: str
+    interval: int
+    loss_kwh: float
+
+
+@dataclass(frozen=True)
 class OperatingEnvelope:
     """The DSO's limits on one participant's net power in an interval [kW, >= 0].
 
@@ -348,6 +359,7 @@ _KINDS: dict[str, type] = {
     "commands": ControlCommand,
     "dso_caps": DsoCap,
     "curtailments": CurtailmentNotice,
+    "loss_energy": LossEnergy,
     "envelopes": OperatingEnvelope,
     "grid_constraints": GridConstraint,
     "views_done": ViewsDone,

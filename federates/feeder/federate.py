@@ -75,6 +75,8 @@ def run(study: Study, broker: str, log: logging.Logger, sink):
                 door.advance(tl.report_time(k))
                 door.send(ep, keys.MARKET, encode(role.curtailment_notices(k - 1), kind="curtailments",
                                                   interval=k - 1))
+                if cfg.market.settle_losses:  # each customer's losses of k-1, for the settlement to charge
+                    door.send(ep, keys.MARKET, encode(role.loss_energy(k - 1), kind="loss_energy", interval=k - 1))
             if k == tl.n_intervals:
                 break
             if drain_due(tl, k, every):

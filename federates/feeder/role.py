@@ -60,6 +60,7 @@ from federates.common.messages import (
     ControlCommand,
     CurtailmentNotice,
     DsoView,
+    LossEnergy,
     OperatingEnvelope,
     Scada,
 )
@@ -642,6 +643,21 @@ class FeederRole:
     def curtailment_notices(self, k: int) -> list[CurtailmentNotice]:
         """The energy the caps held back in interval ``k``, per participant and cause."""
         return self.inverters.report(k)
+
+    def loss_energy(self, k: int) -> list[LossEnergy]:
+        """Each customer's share of the feeder's losses over interval ``k`` [kWh]: its
+        ``customer_losses`` rows of the interval x the step (what ``market.settle_losses``
+        charges; empty without ``feeder.loss_allocation``)."""
+        if self._loss_inc is None:
+            return []
+        self._finalize_grid()
+        self._flush_losses()
+        steps = self.timeline.steps_of_interval(k)
+        rec = self._rec
+        sl = slice(rec.row(steps.start), rec.row(steps.stop - 1) + 1)
+        loss_kwh = (rec.cust_loss[sl] * self.timeline.step_h).sum(axis=0)
+        return [LossEnergy(participant=p, interval=k, loss_kwh=float(x))
+                for p, x in zip(self.participants, loss_kwh, strict=True)]
 
     def meter_block(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The final solve of every step of interval ``k`` at the customer points, as

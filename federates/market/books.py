@@ -33,7 +33,8 @@ LEDGER_TOTALS: tuple[tuple[str, str], ...] = (
 def money_flows(rows: Sequence[SettlementRow], trades: Sequence[Trade],
                 trade_cuts: Sequence[tuple[Trade, float]], *, retail_usd_per_kwh: float,
                 feed_in_usd_per_kwh: float, imbalance_rule: str = "tariff",
-                market_price_usd_per_kwh: float | None = None) -> list[tuple[str, float, float]]:
+                market_price_usd_per_kwh: float | None = None,
+                loss_charges_usd: Sequence[float] = ()) -> list[tuple[str, float, float]]:
     """``(flow, from the clearing record, from the accounts)`` [USD] for each money
     flow of one settled interval: what peers paid and received for peer energy, the
     network charges paid and collected, what the utility was paid and paid out.
@@ -41,10 +42,12 @@ def money_flows(rows: Sequence[SettlementRow], trades: Sequence[Trade],
     ``rows``: the interval's settlement rows; ``trades``: its cleared trades;
     ``trade_cuts``: the ``(trade, curtailed_kwh)`` settlement reported; the tariffs
     [USD/kWh] the imbalance (with ``imbalance_rule`` and the interval's market price)
-    and the replaced energy are priced at."""
+    and the replaced energy are priced at; ``loss_charges_usd``: each participant's loss
+    energy x the loss price (``market.settle_losses``)."""
     cut = {id(t): x for t, x in trade_cuts}
     retail, feed_in = float(retail_usd_per_kwh), float(feed_in_usd_per_kwh)
-    peer_value, charges, utility_sold, utility_bought = [], [], [], []
+    peer_value, utility_sold, utility_bought = [], [], []
+    charges = list(loss_charges_usd)
     for t in trades:
         e, price, x = t.energy_kwh, t.price_usd_per_kwh, cut.get(id(t), 0.0)
         if t.seller == GRID and t.buyer != GRID:

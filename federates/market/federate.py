@@ -31,7 +31,7 @@ def run(study: Study, broker: str, log: logging.Logger, sink):
     try:
         for k in range(tl.n_intervals + 1):
             door.advance(tl.market_time(k))
-            inbox: dict[str, list] = {"orders": [], "interval_energy": [], "curtailments": [],
+            inbox: dict[str, list] = {"orders": [], "interval_energy": [], "curtailments": [], "loss_energy": [],
                                       "envelopes": [], "grid_constraints": []}
             for text in door.receive(ep):
                 env = decode(text)
@@ -42,7 +42,7 @@ def run(study: Study, broker: str, log: logging.Logger, sink):
                 inbox["orders"].sort(key=lambda o: position.get(o.participant, len(position)))
             confirmations, schedule_p_kw = role.on_market_time(
                 k, inbox["orders"], inbox["interval_energy"], inbox["curtailments"], inbox["envelopes"],
-                inbox["grid_constraints"],
+                inbox["grid_constraints"], losses=inbox["loss_energy"],
             )
             if k < tl.n_intervals:
                 text = encode(confirmations, kind="confirmations", interval=k)

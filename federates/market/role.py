@@ -27,6 +27,7 @@ from federates.common.messages import (
     CurtailmentNotice,
     GridConstraint,
     IntervalEnergy,
+    LossEnergy,
     OperatingEnvelope,
     Order,
     Trade,
@@ -204,6 +205,7 @@ class MarketRole:
         self._ledger: Ledger | None = None
         self.books = Conservation("market", cfg.feeder.conservation)  # the live money and ledger checks
         self._imbalance_rule = cfg.market.imbalance_price
+        self._loss_price = cfg.market.loss_price
         if ledger_path is not None and m.ledger:
             self._keys = KeyRing.from_seed(cfg.study.seed, self.participants)
             self._ledger = Ledger(ledger_path, self._keys, difficulty_bits=m.ledger_pow_bits)
@@ -220,6 +222,7 @@ class MarketRole:
         notices: list[CurtailmentNotice],
         envelopes: list[OperatingEnvelope] | None = None,
         constraints: list[GridConstraint] | None = None,
+        losses: list[LossEnergy] | None = None,
     ) -> tuple[list[Confirmation], np.ndarray]:
         """Settle ``k-1`` (if ``k >= 1``), then clear ``k`` (if ``k < n_intervals``).
 
@@ -247,6 +250,9 @@ class MarketRole:
         gets an envelope (its accepted sales / purchases per interval hour) in
         :attr:`last_envelopes`, the ``envelopes`` table and the ledger; the
         controllers hold its export to it.
+
+        ``losses`` (``market.settle_losses``): each customer's share of the feeder's
+        losses of ``k-1`` [kWh], charged in its settlement at ``market.loss_price``.
         """
         n = self.n_intervals
         if not 0 <= k <= n:
@@ -258,7 +264,7 @@ class MarketRole:
         # the ledger gets two blocks per market time: the closing block of k-1
         # (curtailments, settlements) and the opening block of k (bids, trades)
         if k >= 1:
-            rows, cut_rows = self._settle(k - 1, energies, notices)
+            rows, cut_rows = self._settle(k - 1, energies, notices, losses or [])
             if self._keys is not None:
                 closing = [curtailment_record(self._keys, nt) for nt in notices if nt.interval == k - 1]
                 closing += [make_record(self._keys, "trade_curtailment", k - 1, r) for r in cut_rows]
@@ -417,7 +423,8 @@ class MarketRole:
                              unit=unit, detail="the ledger's settlement records vs the settlement rows")
 
     def _settle(
-        self, k: int, energies: list[IntervalEnergy], notices: list[CurtailmentNotice]
+        self, k: int, energies: list[IntervalEnergy], notices: list[CurtailmentNotice],
+        losses: list[LossEnergy],
     ) -> tuple[list[SettlementRow], list[dict]]:
         """Settle interval ``k``: its settlement rows and curtailed-trade rows (both also
         kept for the tables)."""
@@ -435,16 +442,26 @@ class MarketRole:
                 curtailed[nt.participant] = curtailed.get(nt.participant, 0.0) + nt.curtailed_kwh
                 lim = by_limit.setdefault(nt.participant, {})
                 lim[nt.limit] = lim.get(nt.limit, 0.0) + nt.curtailed_kwh
+        market_price = market_price_of(list(confs), k)
+        loss_kwh: dict[str, float] = {}
+        for x in losses:
+            if x.interval == k:
+                loss_kwh[x.participant] = loss_kwh.get(x.participant, 0.0) + x.loss_kwh
+        # the loss price: the interval's market price (else retail) or retail (runner/losses_table.py)
+        loss_price = (market_price if self._loss_price == "clearing" and market_price is not None
+                      else self._retail)
         cuts: list[tuple[Trade, float]] = []
         rows = settle_interval(
             k, list(confs), list(trades), metered, curtailed,
             retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
             participants=self.participants, trade_cuts=cuts, imbalance_rule=self._imbalance_rule,
+            loss_kwh=loss_kwh or None, loss_price_usd_per_kwh=loss_price if loss_kwh else None,
         )
         self._settlements.extend(dict(vars(r)) for r in rows)
         for flow, expected, actual in money_flows(
                 rows, trades, cuts, retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
-                imbalance_rule=self._imbalance_rule, market_price_usd_per_kwh=market_price_of(list(confs), k)):
+                imbalance_rule=self._imbalance_rule, market_price_usd_per_kwh=market_price,
+                loss_charges_usd=[x * loss_price for x in loss_kwh.values()]):
             self.books.check("money", interval=k, subject=flow, expected=expected, actual=actual,
                              tolerance=MONEY_TOLERANCE_USD, unit="USD",
                              detail="from the clearing's record vs the sum of the parties' settlement rows")

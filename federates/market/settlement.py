@@ -24,6 +24,10 @@ Rules, applied per participant ``p``:
    seller receives it and pays the charge (``charges_paid_usd``), so it keeps price
    minus charge; the grid operator gets a row of its own with
    ``charges_received_usd`` (only in an interval where a charge was collected).
+3b. Loss charges (``market.settle_losses``). Each participant pays its share of the
+   feeder's losses of the interval (``loss_kwh``, the feeder's per-phase loss
+   allocation) at the loss price to the grid operator, as a charge
+   (``charges_paid_usd``; the grid operator's row collects it).
 4. Imbalance. ``adjusted schedule = scheduled_kwh + applied curtailment`` (the
    curtailed seller is not penalised for what the DSO curtailed), and
    ``imbalance_kwh = metered_kwh - adjusted schedule``. A positive imbalance is bought
@@ -197,6 +201,8 @@ def settle_interval(
     participants: list[str] | None = None,
     trade_cuts: list[tuple[Trade, float]] | None = None,
     imbalance_rule: str = "tariff",
+    loss_kwh: dict[str, float] | None = None,
+    loss_price_usd_per_kwh: float | None = None,
 ) -> list[SettlementRow]:
     """Settle interval ``interval`` (rules in the module docstring).
 
@@ -209,11 +215,16 @@ def settle_interval(
     curtailment); rows come in this order, or sorted by id by default.
     ``trade_cuts``, when given, receives ``(trade, curtailed_kwh)`` for every trade
     that rule 2 cut (peer and grid sales), so that curtailment records can name the
-    trade. Exact integer arithmetic; equal to ``settle_interval_reference``.
+    trade. ``loss_kwh`` [kWh, >= 0] per participant and ``loss_price_usd_per_kwh``:
+    the loss charges of rule 3b. Exact integer arithmetic; equal to
+    ``settle_interval_reference``.
     """
     args = (interval, confirmations, trades, metered_kwh, curtailed_kwh)
     kw = {"retail_usd_per_kwh": retail_usd_per_kwh, "feed_in_usd_per_kwh": feed_in_usd_per_kwh,
-          "participants": participants, "trade_cuts": trade_cuts, "imbalance_rule": imbalance_rule}
+          "participants": participants, "trade_cuts": trade_cuts, "imbalance_rule": imbalance_rule,
+          "loss_kwh": loss_kwh, "loss_price_usd_per_kwh": loss_price_usd_per_kwh}
+    if loss_kwh:
+        return settle_interval_reference(*args, **kw)  # loss charges (rule 3b)
     if imbalance_rule not in IMBALANCE_PRICES:
         raise ValueError(f"market.imbalance_price is {imbalance_rule!r}; allowed: {', '.join(IMBALANCE_PRICES)}")
     confs = {c.participant: c for c in confirmations if c.interval == interval}
@@ -369,6 +380,8 @@ def settle_interval_reference(
     participants: list[str] | None = None,
     trade_cuts: list[tuple[Trade, float]] | None = None,
     imbalance_rule: str = "tariff",
+    loss_kwh: dict[str, float] | None = None,
+    loss_price_usd_per_kwh: float | None = None,
 ) -> list[SettlementRow]:
     """Settle interval ``interval`` (rules in the module docstring).
 
@@ -381,7 +394,8 @@ def settle_interval_reference(
     curtailment); rows come in this order, or sorted by id by default.
     ``trade_cuts``, when given, receives ``(trade, curtailed_kwh)`` for every trade
     that rule 2 cut (peer and grid sales), so that curtailment records can name the
-    trade. In ``fractions.Fraction`` throughout.
+    trade. ``loss_kwh`` [kWh, >= 0] per participant and ``loss_price_usd_per_kwh``:
+    the loss charges of rule 3b. In ``fractions.Fraction`` throughout.
     """
     retail = _frac(retail_usd_per_kwh, "retail_usd_per_kwh")
     feed_in = _frac(feed_in_usd_per_kwh, "feed_in_usd_per_kwh")
@@ -473,6 +487,18 @@ def settle_interval_reference(
             s.grid_sold += e - x
             s.grid_received += (e - x) * price
             s.grid_received_scheduled += (e - x) * price
+
+    if loss_kwh:  # rule 3b: each participant's losses at the loss price, to the grid operator
+        if loss_price_usd_per_kwh is None:
+            raise ValueError("loss_kwh needs loss_price_usd_per_kwh")
+        loss_price = _frac(loss_price_usd_per_kwh, "loss_price_usd_per_kwh")
+        for p, raw in loss_kwh.items():
+            x = _frac(raw, f"loss_kwh[{p!r}]")
+            if x < 0:
+                raise ValueError(f"loss_kwh[{p!r}] must be >= 0, got {raw!r}")
+            if x:
+                get(p).charges_paid += x * loss_price
+                get(GRID_OPERATOR).charges_received += x * loss_price
 
     # every participant's imbalance first: the dual price needs their sum
     settled = []

@@ -320,3 +320,21 @@ def test_bill_split_with_replacement_and_charges():
     for r in rows.values():
         assert r.net_cost_usd == A(r.market_cost_usd + r.replacement_cost_usd + r.imbalance_cost_usd
                                    + r.charges_usd, abs=1e-15)
+
+
+# ---- loss charges (settlement rule 3b, market.settle_losses) ----------------------------
+def test_loss_charges_are_paid_to_the_grid_operator():
+    loss = {"S": 0.02, "B": 0.05}
+    rows = {r.participant: r for r in settle_interval(
+        K, ONE_CONFS, ONE_TRADE, {"S": -2.0, "B": 2.0}, {}, retail_usd_per_kwh=RETAIL,
+        feed_in_usd_per_kwh=FEED_IN, loss_kwh=loss, loss_price_usd_per_kwh=PRICE)}
+    assert rows["S"].charges_paid_usd == A(0.02 * PRICE) and rows["B"].charges_paid_usd == A(0.05 * PRICE)
+    assert rows[GRID_OPERATOR].charges_received_usd == A(0.07 * PRICE)
+    assert rows["B"].net_cost_usd == A(2.0 * PRICE + 0.05 * PRICE)
+    assert rows["B"].charges_usd == A(0.05 * PRICE) and rows["B"].market_cost_usd == A(2.0 * PRICE)
+    with pytest.raises(ValueError, match=r"loss_kwh\['S'\] must be >= 0"):
+        settle_interval(K, ONE_CONFS, ONE_TRADE, {}, {}, retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN,
+                        loss_kwh={"S": -0.1}, loss_price_usd_per_kwh=PRICE)
+    with pytest.raises(ValueError, match="loss_kwh needs loss_price_usd_per_kwh"):
+        settle_interval(K, ONE_CONFS, ONE_TRADE, {}, {}, retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN,
+                        loss_kwh={"S": 0.1})
