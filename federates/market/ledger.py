@@ -68,6 +68,7 @@ import hashlib
 import json
 import os
 import struct
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -280,8 +281,11 @@ def acknowledge_trades(keyring: KeyRing, interval: int, records: list[dict[str, 
     """``[participant, signature]`` of every party of the trades among ``records``: its
     signature of its trades of the block (module docstring), made with ``keyring``."""
     leaves = [record_leaf(r) for r in records] if leaves is None else leaves
-    return [[p, keyring.sign_bytes(p, _ack_message(interval, p, [leaves[j] for j in js]))]
+    todo = [(p, _ack_message(interval, p, [leaves[j] for j in js]))
             for p, js in _trades_by_party(records, leaves).items()]
+    # the many parties of a large block sign on several threads
+    sigs = _parallel_map(lambda pm: keyring.sign_bytes(*pm), todo)
+    return [[p, sig] for (p, _), sig in zip(todo, sigs, strict=True)]
 
 
 def leaf_hash(payload: bytes, signatures: list[bytes]) -> bytes:
@@ -336,14 +340,14 @@ def verify_orders(keyring: KeyRing, orders: list[Order]) -> list[bool]:
     return [r is not None for r in verified_bid_records(keyring, orders)]
 
 
-#: verifications split over threads from this many orders on (libsodium runs outside
-#: the GIL: 40 verifications take 1.3 instead of 2.5 ms on 2 cores)
+#: signatures checked (made) on several threads from this many on (libsodium runs
+#: outside the GIL: 40 verifications take 1.3 instead of 2.5 ms on 2 cores)
 PARALLEL_VERIFY_MIN = 16
 _pool: tuple[int, ThreadPoolExecutor | None, int] = (0, None, 1)  # (pid, pool, threads): per process
 
 
 def _verify_pool() -> tuple[ThreadPoolExecutor | None, int]:
-    """This process's verification threads and their number (None, 1 on one CPU); a
+    """This process's signature threads and their number (None, 1 on one CPU); a
     forked child makes its own."""
     global _pool
     pid = os.getpid()
@@ -353,15 +357,81 @@ def _verify_pool() -> tuple[ThreadPoolExecutor | None, int]:
         except (AttributeError, OSError):
             cpus = os.cpu_count() or 1
         n = min(cpus, 4)
-        _pool = (pid, ThreadPoolExecutor(n, thread_name_prefix="verify") if n > 1 else None, n)
+        _pool = (pid, ThreadPoolExecutor(n - 1, thread_name_prefix="verify") if n > 1 else None, n)
     return _pool[1], _pool[2]
+
+
+def _parallel_map(fn: Any, items: list[Any]) -> list[Any]:
+    """``[fn(x) for x in items]``, on this thread and the signature threads for a list of
+    ``PARALLEL_VERIFY_MIN`` or more. ``fn`` must be a pure function of its item (the
+    same answer, or the same exception, whenever called: an item may be computed
+    twice) and is mostly a libsodium call, which releases the GIL.
+
+    The threads take the next item from one counter, so a thread that gets no CPU (a
+    shared machine) leaves its share to the others; an item a helper still holds when
+    this thread runs out is waited for about twice an item's time, then computed here.
+    So a busy machine costs at most about the serial time, never the time a descheduled
+    helper takes to come back. Each answer goes to its item's place, whoever computed
+    it; a helper's exception is left to this thread to raise (by computing the item)."""
+    pool, n = _verify_pool() if len(items) >= PARALLEL_VERIFY_MIN else (None, 1)
+    if pool is None:
+        return list(map(fn, items))
+    count = len(items)
+    out: list[Any] = [None] * count
+    done = [False] * count
+    state = [0, False]  # the next item to take; closed (no more taking)
+    cond = threading.Condition()
+
+    def take() -> int:
+        with cond:
+            i = state[0]
+            if state[1] or i >= count:
+                return -1
+            state[0] = i + 1
+            return i
+
+    def put(i: int, answer: Any) -> None:
+        with cond:
+            if not done[i]:
+                out[i] = answer
+                done[i] = True
+                cond.notify_all()
+
+    def helper() -> None:
+        while (i := take()) >= 0:
+            try:
+                answer = fn(items[i])
+            except Exception:  # left undone: the calling thread computes it again and raises
+                continue
+            put(i, answer)
+
+    helpers = [pool.submit(helper) for _ in range(n - 1)]
+    try:
+        t0, mine = time.perf_counter(), 0
+        while (i := take()) >= 0:
+            put(i, fn(items[i]))
+            mine += 1
+        patience_s = 2 * (time.perf_counter() - t0) / mine if mine else 1e-3
+        for i in range(count):
+            with cond:
+                if not done[i]:
+                    cond.wait_for(lambda i=i: done[i], timeout=patience_s)
+                if done[i]:
+                    continue
+            put(i, fn(items[i]))
+    finally:
+        with cond:
+            state[1] = True
+        for f in helpers:
+            f.cancel()
+    return out
 
 
 def verified_bid_records(keyring: KeyRing, orders: list[Order]) -> list[dict[str, Any] | None]:
     """Per order its bid record if it carries a valid signature of its participant,
     else None: the payload verified is the one the record keeps (made once). The
-    signatures of a large book are checked on several threads (each answer is its
-    own order's, so the result does not depend on the split)."""
+    signatures of a large book are checked on several threads (``_parallel_map``; the
+    payloads are made here first, so that the threads hold the GIL as little as can be)."""
     made = []
     for o in orders:
         try:
@@ -373,19 +443,11 @@ def verified_bid_records(keyring: KeyRing, orders: list[Order]) -> list[dict[str
         interval = int(o.interval)
         made.append((o.participant, interval, body, sig, record_payload("bid", interval, body)))
 
-    def check(part: list[tuple]) -> list[bool]:
-        return [bool(sig) and keyring.verify_bytes(p, payload, sig) for p, _, _, sig, payload in part]
+    def check(m: tuple) -> bool:
+        p, _, _, sig, payload = m
+        return bool(sig) and keyring.verify_bytes(p, payload, sig)
 
-    pool, n = _verify_pool() if len(made) >= PARALLEL_VERIFY_MIN else (None, 1)
-    if pool is None:
-        ok = check(made)
-    else:
-        futures = [pool.submit(check, made[i::n]) for i in range(1, n)]
-        first = check(made[0::n])  # this thread takes a share too
-        ok = [False] * len(made)
-        ok[0::n] = first
-        for i, f in enumerate(futures, start=1):
-            ok[i::n] = f.result()
+    ok = _parallel_map(check, made)
     return [_record("bid", interval, body, [p], [sig], payload) if good else None
             for (p, interval, body, sig, payload), good in zip(made, ok, strict=True)]
 
