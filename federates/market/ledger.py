@@ -72,6 +72,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,7 @@ _SEAL_DOMAIN = "tecosim-ledger-seal:"
 _ACK_DOMAIN = "tecosim-ledger-trades:"
 _HEADER_KEYS = ("index", "interval", "prev_hash", "difficulty_bits", "sealer", "records_hash")
 _SIG = 64
+_sha256 = hashlib.sha256
 _U32 = struct.Struct(">I")
 
 
@@ -313,6 +315,9 @@ def make_record(keyring: KeyRing, kind: str, interval: int, body: Any) -> dict[s
     interval = int(interval)
     signers = required_signers(kind, b)
     payload = record_payload(kind, interval, b)
+    if not signers:  # the authority's records and trades: the leaf of the payload alone
+        return {"kind": kind, "interval": interval, "body": b, "signers": signers,
+                "signatures": [], "_leaf": _sha256(b"\x00" + payload).digest()}
     sigs = [keyring.sign_bytes(s, payload) for s in signers]
     return _record(kind, interval, b, signers, sigs, payload)
 
@@ -482,29 +487,54 @@ def settlement_record(keyring: KeyRing, interval: int, row: Any) -> dict[str, An
 # ---------------------------------------------------------------- block codec
 
 
-def _column_type(values: list[Any]) -> str:
-    t = {type(v) for v in values}
-    if t == {float}:
-        return "f8"
-    if t == {bool}:
-        return "b"
-    if t == {str}:
-        return "s"
-    if t == {int} and all(-(2**63) <= v < 2**63 for v in values):
-        return "i"
+def _column_type(values: list[Any] | tuple[Any, ...]) -> str:
+    t = set(map(type, values))
+    if len(t) == 1:
+        (t,) = t
+        if t is float:
+            return "f8"
+        if t is bool:
+            return "b"
+        if t is str:
+            return "s"
+        if t is int and -(2**63) <= min(values) and max(values) < 2**63:
+            return "i"
     return "j"
+
+
+_KEY_ORDER: dict[tuple[Any, ...], list[Any]] = {}  # a body's keys as given -> sorted (few shapes)
+
+
+def _sorted_keys(body: dict[str, Any]) -> list[Any]:
+    """``sorted(body)``, remembered per key sequence (the records of a kind share one)."""
+    given = tuple(body)
+    keys = _KEY_ORDER.get(given)
+    if keys is None:
+        keys = sorted(given)
+        if len(_KEY_ORDER) < 1024:
+            _KEY_ORDER[given] = keys
+    return keys
 
 
 def _segments(records: list[dict[str, Any]]) -> list[tuple[str, list[str], list[dict[str, Any]]]]:
     """Runs of records of one kind with the same body keys (in order of appearance)."""
     out: list[tuple[str, list[str], list[dict[str, Any]]]] = []
     for r in records:
-        keys = sorted(r["body"])
+        keys = _sorted_keys(r["body"])
         if out and out[-1][0] == r["kind"] and out[-1][1] == keys:
             out[-1][2].append(r)
         else:
             out.append((r["kind"], keys, [r]))
     return out
+
+
+def _columns(keys: list[Any], bodies: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Per key of ``keys`` the tuple of its values in ``bodies`` (the segment transposed)."""
+    if len(keys) == 1:
+        return [tuple(b[keys[0]] for b in bodies)]
+    if not keys:
+        return []
+    return list(zip(*map(itemgetter(*keys), bodies), strict=True))
 
 
 def encode_block(block: dict[str, Any]) -> bytes:
@@ -514,10 +544,9 @@ def encode_block(block: dict[str, Any]) -> bytes:
     segments = []
     for kind, keys, recs in _segments(block["records"]):
         cols = []
-        for k in keys:
-            vals = [r["body"][k] for r in recs]
+        n = len(recs)
+        for k, vals in zip(keys, _columns(keys, [r["body"] for r in recs]), strict=True):
             t = _column_type(vals)
-            n = len(vals)
             if t == "f8":
                 body.append(struct.pack(f"<{n}d", *vals))
                 cols.append([k, t])
@@ -531,10 +560,10 @@ def encode_block(block: dict[str, Any]) -> bytes:
                 body.append(struct.pack(f"<{n}q", *vals))
                 cols.append([k, t])
             else:
-                cols.append([k, t, vals])
-        sigs = [s for r in recs for s in r["signatures"]]
-        body.append(b"".join(sigs))
-        segments.append([kind, len(recs), cols, [len(r["signatures"]) for r in recs]])
+                cols.append([k, t, list(vals)])
+        n_sigs = [len(r["signatures"]) for r in recs]
+        body.append(b"".join([s for r in recs for s in r["signatures"]]))
+        segments.append([kind, n, cols, n_sigs])
     acks = block.get("acks", [])
     body.append(b"".join(sig for _, sig in acks))
     header = {k: v for k, v in block.items() if k not in ("records", "locators", "acks")}
@@ -762,7 +791,8 @@ class Ledger:
         if acks is None:
             acks = acknowledge_trades(self.keyring, interval, records, leaves) if records else []
         block.update(
-            records=[{k: r[k] for k in ("kind", "interval", "body", "signatures")} for r in records],
+            records=[{"kind": r["kind"], "interval": r["interval"], "body": r["body"],
+                      "signatures": r["signatures"]} for r in records],
             locators=b"".join(leaf[:LOCATOR_BYTES] for leaf in leaves),
             acks=acks,
             seal_signature=seal,
