@@ -68,9 +68,11 @@ import hashlib
 import json
 import os
 import struct
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,7 @@ _SEAL_DOMAIN = "tecosim-ledger-seal:"
 _ACK_DOMAIN = "tecosim-ledger-trades:"
 _HEADER_KEYS = ("index", "interval", "prev_hash", "difficulty_bits", "sealer", "records_hash")
 _SIG = 64
+_sha256 = hashlib.sha256
 _U32 = struct.Struct(">I")
 
 
@@ -280,8 +283,11 @@ def acknowledge_trades(keyring: KeyRing, interval: int, records: list[dict[str, 
     """``[participant, signature]`` of every party of the trades among ``records``: its
     signature of its trades of the block (module docstring), made with ``keyring``."""
     leaves = [record_leaf(r) for r in records] if leaves is None else leaves
-    return [[p, keyring.sign_bytes(p, _ack_message(interval, p, [leaves[j] for j in js]))]
+    todo = [(p, _ack_message(interval, p, [leaves[j] for j in js]))
             for p, js in _trades_by_party(records, leaves).items()]
+    # the many parties of a large block sign on several threads
+    sigs = _parallel_map(lambda pm: keyring.sign_bytes(*pm), todo)
+    return [[p, sig] for (p, _), sig in zip(todo, sigs, strict=True)]
 
 
 def leaf_hash(payload: bytes, signatures: list[bytes]) -> bytes:
@@ -309,6 +315,9 @@ def make_record(keyring: KeyRing, kind: str, interval: int, body: Any) -> dict[s
     interval = int(interval)
     signers = required_signers(kind, b)
     payload = record_payload(kind, interval, b)
+    if not signers:  # the authority's records and trades: the leaf of the payload alone
+        return {"kind": kind, "interval": interval, "body": b, "signers": signers,
+                "signatures": [], "_leaf": _sha256(b"\x00" + payload).digest()}
     sigs = [keyring.sign_bytes(s, payload) for s in signers]
     return _record(kind, interval, b, signers, sigs, payload)
 
@@ -336,14 +345,14 @@ def verify_orders(keyring: KeyRing, orders: list[Order]) -> list[bool]:
     return [r is not None for r in verified_bid_records(keyring, orders)]
 
 
-#: verifications split over threads from this many orders on (libsodium runs outside
-#: the GIL: 40 verifications take 1.3 instead of 2.5 ms on 2 cores)
+#: signatures checked (made) on several threads from this many on (libsodium runs
+#: outside the GIL: 40 verifications take 1.3 instead of 2.5 ms on 2 cores)
 PARALLEL_VERIFY_MIN = 16
 _pool: tuple[int, ThreadPoolExecutor | None, int] = (0, None, 1)  # (pid, pool, threads): per process
 
 
 def _verify_pool() -> tuple[ThreadPoolExecutor | None, int]:
-    """This process's verification threads and their number (None, 1 on one CPU); a
+    """This process's signature threads and their number (None, 1 on one CPU); a
     forked child makes its own."""
     global _pool
     pid = os.getpid()
@@ -353,15 +362,81 @@ def _verify_pool() -> tuple[ThreadPoolExecutor | None, int]:
         except (AttributeError, OSError):
             cpus = os.cpu_count() or 1
         n = min(cpus, 4)
-        _pool = (pid, ThreadPoolExecutor(n, thread_name_prefix="verify") if n > 1 else None, n)
+        _pool = (pid, ThreadPoolExecutor(n - 1, thread_name_prefix="verify") if n > 1 else None, n)
     return _pool[1], _pool[2]
+
+
+def _parallel_map(fn: Any, items: list[Any]) -> list[Any]:
+    """``[fn(x) for x in items]``, on this thread and the signature threads for a list of
+    ``PARALLEL_VERIFY_MIN`` or more. ``fn`` must be a pure function of its item (the
+    same answer, or the same exception, whenever called: an item may be computed
+    twice) and is mostly a libsodium call, which releases the GIL.
+
+    The threads take the next item from one counter, so a thread that gets no CPU (a
+    shared machine) leaves its share to the others; an item a helper still holds when
+    this thread runs out is waited for about twice an item's time, then computed here.
+    So a busy machine costs at most about the serial time, never the time a descheduled
+    helper takes to come back. Each answer goes to its item's place, whoever computed
+    it; a helper's exception is left to this thread to raise (by computing the item)."""
+    pool, n = _verify_pool() if len(items) >= PARALLEL_VERIFY_MIN else (None, 1)
+    if pool is None:
+        return list(map(fn, items))
+    count = len(items)
+    out: list[Any] = [None] * count
+    done = [False] * count
+    state = [0, False]  # the next item to take; closed (no more taking)
+    cond = threading.Condition()
+
+    def take() -> int:
+        with cond:
+            i = state[0]
+            if state[1] or i >= count:
+                return -1
+            state[0] = i + 1
+            return i
+
+    def put(i: int, answer: Any) -> None:
+        with cond:
+            if not done[i]:
+                out[i] = answer
+                done[i] = True
+                cond.notify_all()
+
+    def helper() -> None:
+        while (i := take()) >= 0:
+            try:
+                answer = fn(items[i])
+            except Exception:  # left undone: the calling thread computes it again and raises
+                continue
+            put(i, answer)
+
+    helpers = [pool.submit(helper) for _ in range(n - 1)]
+    try:
+        t0, mine = time.perf_counter(), 0
+        while (i := take()) >= 0:
+            put(i, fn(items[i]))
+            mine += 1
+        patience_s = 2 * (time.perf_counter() - t0) / mine if mine else 1e-3
+        for i in range(count):
+            with cond:
+                if not done[i]:
+                    cond.wait_for(lambda i=i: done[i], timeout=patience_s)
+                if done[i]:
+                    continue
+            put(i, fn(items[i]))
+    finally:
+        with cond:
+            state[1] = True
+        for f in helpers:
+            f.cancel()
+    return out
 
 
 def verified_bid_records(keyring: KeyRing, orders: list[Order]) -> list[dict[str, Any] | None]:
     """Per order its bid record if it carries a valid signature of its participant,
     else None: the payload verified is the one the record keeps (made once). The
-    signatures of a large book are checked on several threads (each answer is its
-    own order's, so the result does not depend on the split)."""
+    signatures of a large book are checked on several threads (``_parallel_map``; the
+    payloads are made here first, so that the threads hold the GIL as little as can be)."""
     made = []
     for o in orders:
         try:
@@ -373,19 +448,11 @@ def verified_bid_records(keyring: KeyRing, orders: list[Order]) -> list[dict[str
         interval = int(o.interval)
         made.append((o.participant, interval, body, sig, record_payload("bid", interval, body)))
 
-    def check(part: list[tuple]) -> list[bool]:
-        return [bool(sig) and keyring.verify_bytes(p, payload, sig) for p, _, _, sig, payload in part]
+    def check(m: tuple) -> bool:
+        p, _, _, sig, payload = m
+        return bool(sig) and keyring.verify_bytes(p, payload, sig)
 
-    pool, n = _verify_pool() if len(made) >= PARALLEL_VERIFY_MIN else (None, 1)
-    if pool is None:
-        ok = check(made)
-    else:
-        futures = [pool.submit(check, made[i::n]) for i in range(1, n)]
-        first = check(made[0::n])  # this thread takes a share too
-        ok = [False] * len(made)
-        ok[0::n] = first
-        for i, f in enumerate(futures, start=1):
-            ok[i::n] = f.result()
+    ok = _parallel_map(check, made)
     return [_record("bid", interval, body, [p], [sig], payload) if good else None
             for (p, interval, body, sig, payload), good in zip(made, ok, strict=True)]
 
@@ -420,29 +487,54 @@ def settlement_record(keyring: KeyRing, interval: int, row: Any) -> dict[str, An
 # ---------------------------------------------------------------- block codec
 
 
-def _column_type(values: list[Any]) -> str:
-    t = {type(v) for v in values}
-    if t == {float}:
-        return "f8"
-    if t == {bool}:
-        return "b"
-    if t == {str}:
-        return "s"
-    if t == {int} and all(-(2**63) <= v < 2**63 for v in values):
-        return "i"
+def _column_type(values: list[Any] | tuple[Any, ...]) -> str:
+    t = set(map(type, values))
+    if len(t) == 1:
+        (t,) = t
+        if t is float:
+            return "f8"
+        if t is bool:
+            return "b"
+        if t is str:
+            return "s"
+        if t is int and -(2**63) <= min(values) and max(values) < 2**63:
+            return "i"
     return "j"
+
+
+_KEY_ORDER: dict[tuple[Any, ...], list[Any]] = {}  # a body's keys as given -> sorted (few shapes)
+
+
+def _sorted_keys(body: dict[str, Any]) -> list[Any]:
+    """``sorted(body)``, remembered per key sequence (the records of a kind share one)."""
+    given = tuple(body)
+    keys = _KEY_ORDER.get(given)
+    if keys is None:
+        keys = sorted(given)
+        if len(_KEY_ORDER) < 1024:
+            _KEY_ORDER[given] = keys
+    return keys
 
 
 def _segments(records: list[dict[str, Any]]) -> list[tuple[str, list[str], list[dict[str, Any]]]]:
     """Runs of records of one kind with the same body keys (in order of appearance)."""
     out: list[tuple[str, list[str], list[dict[str, Any]]]] = []
     for r in records:
-        keys = sorted(r["body"])
+        keys = _sorted_keys(r["body"])
         if out and out[-1][0] == r["kind"] and out[-1][1] == keys:
             out[-1][2].append(r)
         else:
             out.append((r["kind"], keys, [r]))
     return out
+
+
+def _columns(keys: list[Any], bodies: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Per key of ``keys`` the tuple of its values in ``bodies`` (the segment transposed)."""
+    if len(keys) == 1:
+        return [tuple(b[keys[0]] for b in bodies)]
+    if not keys:
+        return []
+    return list(zip(*map(itemgetter(*keys), bodies), strict=True))
 
 
 def encode_block(block: dict[str, Any]) -> bytes:
@@ -452,10 +544,9 @@ def encode_block(block: dict[str, Any]) -> bytes:
     segments = []
     for kind, keys, recs in _segments(block["records"]):
         cols = []
-        for k in keys:
-            vals = [r["body"][k] for r in recs]
+        n = len(recs)
+        for k, vals in zip(keys, _columns(keys, [r["body"] for r in recs]), strict=True):
             t = _column_type(vals)
-            n = len(vals)
             if t == "f8":
                 body.append(struct.pack(f"<{n}d", *vals))
                 cols.append([k, t])
@@ -469,10 +560,10 @@ def encode_block(block: dict[str, Any]) -> bytes:
                 body.append(struct.pack(f"<{n}q", *vals))
                 cols.append([k, t])
             else:
-                cols.append([k, t, vals])
-        sigs = [s for r in recs for s in r["signatures"]]
-        body.append(b"".join(sigs))
-        segments.append([kind, len(recs), cols, [len(r["signatures"]) for r in recs]])
+                cols.append([k, t, list(vals)])
+        n_sigs = [len(r["signatures"]) for r in recs]
+        body.append(b"".join([s for r in recs for s in r["signatures"]]))
+        segments.append([kind, n, cols, n_sigs])
     acks = block.get("acks", [])
     body.append(b"".join(sig for _, sig in acks))
     header = {k: v for k, v in block.items() if k not in ("records", "locators", "acks")}
@@ -700,7 +791,8 @@ class Ledger:
         if acks is None:
             acks = acknowledge_trades(self.keyring, interval, records, leaves) if records else []
         block.update(
-            records=[{k: r[k] for k in ("kind", "interval", "body", "signatures")} for r in records],
+            records=[{"kind": r["kind"], "interval": r["interval"], "body": r["body"],
+                      "signatures": r["signatures"]} for r in records],
             locators=b"".join(leaf[:LOCATOR_BYTES] for leaf in leaves),
             acks=acks,
             seal_signature=seal,

@@ -292,7 +292,7 @@ class MarketRole:
             rows += [(o, 0.0, CUT_SIGNATURE) for o, rec in zip(raw, checked, strict=True) if rec is None]
             self._rejected = len(raw) - len(signed)
             raw = signed
-        mine = [self._with_community(o) for o in raw]
+        mine = self._with_communities(raw)
         requested = [o.energy_kwh for o in mine]
         reason = [""] * len(mine)
         env_k = [e for e in (envelopes or []) if e.interval == k]
@@ -395,13 +395,23 @@ class MarketRole:
                 import_max_kw=accepted.get((p, "buy"), 0.0) / h, binding=";".join(names)))
         return acc.orders, out, acc.accepted_kwh
 
-    def _with_community(self, o: Order) -> Order:
-        """The order with its community set from its location where it came without one
-        (``market.communities``: the feeder phase or bus it sits on; hybrid topology)."""
-        if o.community:
-            return o
-        where = o.phase if self.cfg.market.communities == "phase" else o.bus
-        return _replaced(o, community=where) if where else o
+    def _with_communities(self, orders: list[Order]) -> list[Order]:
+        """The orders, each with its community set from its location where it came
+        without one (``market.communities``: the feeder phase or bus it sits on; hybrid
+        topology); the new orders made at once (``adopt``)."""
+        by_phase = self.cfg.market.communities == "phase"
+        out = list(orders)
+        at, changed = [], []
+        for i, o in enumerate(orders):
+            if o.community:
+                continue
+            where = o.phase if by_phase else o.bus
+            if where:
+                at.append(i)
+                changed.append({**vars(o), "community": where})
+        for i, o in zip(at, adopt(Order, changed), strict=True):
+            out[i] = o
+        return out
 
     def _seal(self, k: int, records: list[dict]) -> None:
         if self._ledger is not None:

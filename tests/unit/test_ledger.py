@@ -177,6 +177,78 @@ def test_mixed_value_types_round_trip(tmp_path: Path) -> None:
     assert verify_ledger(ledger.path).ok
 
 
+def _encode_block_reference(block: dict) -> bytes:
+    """encode_block as the module docstring states it, one value at a time: the writer's
+    columns (transposed, typed per set of types) must give these bytes."""
+    import struct
+
+    from federates.market.ledger import LOCATOR_BYTES, canonical_json
+
+    def column_type(vals: list) -> str:
+        t = {type(v) for v in vals}
+        if t == {float}:
+            return "f8"
+        if t == {bool}:
+            return "b"
+        if t == {str}:
+            return "s"
+        if t == {int} and all(-(2**63) <= v < 2**63 for v in vals):
+            return "i"
+        return "j"
+
+    runs: list[tuple[str, list, list]] = []
+    for r in block["records"]:
+        keys = sorted(r["body"])
+        if runs and runs[-1][0] == r["kind"] and runs[-1][1] == keys:
+            runs[-1][2].append(r)
+        else:
+            runs.append((r["kind"], keys, [r]))
+    strings: dict[str, int] = {}
+    body = [bytes(block["locators"])]
+    segments = []
+    for kind, keys, recs in runs:
+        cols = []
+        for k in keys:
+            vals = [r["body"][k] for r in recs]
+            t = column_type(vals)
+            if t == "j":
+                cols.append([k, t, vals])
+                continue
+            cols.append([k, t])
+            for v in vals:
+                if t == "s":
+                    v = strings.setdefault(v, len(strings))
+                body.append(struct.pack({"f8": "<d", "b": "<?", "s": "<I", "i": "<q"}[t], v))
+        body.append(b"".join(s for r in recs for s in r["signatures"]))
+        segments.append([kind, len(recs), cols, [len(r["signatures"]) for r in recs]])
+    acks = block.get("acks", [])
+    body.append(b"".join(sig for _, sig in acks))
+    header = {k: v for k, v in block.items() if k not in ("records", "locators", "acks")}
+    header["ack_by"] = [p for p, _ in acks]
+    header["n_locators"] = len(block["locators"]) // LOCATOR_BYTES
+    header["segments"] = segments
+    header["strings"] = list(strings)
+    hb = canonical_json(header).encode()
+    return struct.pack(">I", len(hb)) + hb + b"".join(body)
+
+
+def test_block_bytes_equal_the_reference_encoding(ledger_path: Path, tmp_path: Path) -> None:
+    from federates.market.ledger import encode_block
+
+    keys = KeyRing.from_seed(SEED, PEOPLE)
+    ledger = Ledger(tmp_path / "mixed.zst", keys)
+    odd = [{"participant": "p001", "x": 1, "y": None, "z": [1.5, "a"], "w": True, "v": 2**70},
+           {"participant": "p002", "x": 2.5, "y": 0.1, "z": {"k": 1}, "w": False, "v": -1},
+           {"v": -(2**63), "participant": "p003", "x": 2**63 - 1, "y": "", "z": 0.0, "w": True},
+           {"participant": "p001"}, {}, {"only": 3}, {"only": 2**63}]
+    ledger.append_block(0, [settlement_record(keys, 0, b) for b in odd])
+    ledger.close()
+    blocks = read_blocks(ledger_path) + read_blocks(ledger.path)
+    assert len(blocks) == 5 + 2
+    for block in blocks:
+        assert encode_block(block) == _encode_block_reference(block)
+
+
 # ---------------------------------------------------- 1. the file decodes
 
 

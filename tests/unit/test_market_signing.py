@@ -52,3 +52,75 @@ def test_a_large_book_is_verified_on_threads_with_the_same_answer_per_order():
     assert got == [i not in bad for i in range(len(orders))]
     one_by_one = [r is not None for o in orders for r in verified_bid_records(keys, [o])]
     assert got == one_by_one
+
+
+def test_the_acknowledgements_of_a_large_block_made_on_threads_equal_one_by_one(monkeypatch):
+    """acknowledge_trades signs a block of many parties on several threads; each party's
+    signature must be the one it makes alone, in the order of first appearance."""
+    from federates.common.messages import GRID, Trade
+    from federates.market import ledger
+    from federates.market.ledger import acknowledge_trades, trade_record
+
+    names = [f"p{i:02d}" for i in range(40)]
+    keys = KeyRing.from_seed(5, names)
+    trades = [Trade(2, names[i], names[(i * 7 + 3) % 40], 0.5 + i, 0.12) for i in range(40)]
+    trades += [Trade(2, GRID, names[i], 0.25, 0.26) for i in range(0, 40, 3)]
+    records = [trade_record(keys, t) for t in trades]
+    assert len(records) >= ledger.PARALLEL_VERIFY_MIN
+    threaded = acknowledge_trades(keys, 2, records)
+    monkeypatch.setattr(ledger, "PARALLEL_VERIFY_MIN", 10**9)
+    assert threaded == acknowledge_trades(keys, 2, records)
+    assert [p for p, _ in threaded] == list(dict.fromkeys(
+        p for t in trades for p in (t.seller, t.buyer) if p != GRID))
+
+
+def test_parallel_map_keeps_each_answer_in_its_place_and_raises():
+    import time
+
+    import pytest
+
+    from federates.market.ledger import _parallel_map
+
+    def slow_square(x: int) -> int:
+        time.sleep(0.001 * (x % 3))  # releases the GIL: the threads interleave
+        return x * x
+
+    items = list(range(50))
+    assert _parallel_map(slow_square, items) == [x * x for x in items]
+    assert _parallel_map(slow_square, items[:3]) == [0, 1, 4]
+
+    def fails_at_31(x: int) -> int:
+        if x == 31:
+            raise ValueError("31")
+        return slow_square(x)
+
+    with pytest.raises(ValueError, match="31"):
+        _parallel_map(fails_at_31, items)
+
+
+def test_parallel_map_does_not_wait_for_a_stalled_helper(monkeypatch):
+    """A helper that holds an item far longer than an item takes (descheduled on a busy
+    machine) does not hold up the answer: the calling thread computes the item itself."""
+    import threading
+    import time
+
+    from federates.market import ledger
+
+    if ledger._verify_pool()[0] is None:
+        return  # one CPU: no helpers
+    main = threading.get_ident()
+    stalled = []
+
+    def fn(x: int) -> int:
+        if threading.get_ident() != main and not stalled:
+            stalled.append(x)
+            time.sleep(1.0)  # the helper's first item: stalled
+        else:
+            time.sleep(0.0005)
+        return -x
+
+    t0 = time.perf_counter()
+    got = ledger._parallel_map(fn, list(range(20)))
+    assert got == [-x for x in range(20)]
+    assert time.perf_counter() - t0 < 0.5
+    time.sleep(1.0)  # let the stalled helper finish before other tests use the pool
