@@ -81,11 +81,13 @@ def money_flows(rows: Sequence[SettlementRow], trades: Sequence[Trade],
     ]
 
 
-def ledger_totals(records: Sequence[dict]) -> tuple[int, dict[str, float]]:
-    """The number of ``settlement`` records among ledger ``records`` (decoded record
-    dicts) and the total of each :data:`LEDGER_TOTALS` column over their bodies."""
-    bodies = [r["body"] for r in records if r["kind"] == "settlement"]
-    return len(bodies), {col: math.fsum(float(b.get(col, 0.0)) for b in bodies) for col, _ in LEDGER_TOTALS}
+def ledger_totals(segments: Sequence[tuple[str, dict[str, list[float]]]]) -> tuple[int, dict[str, float]]:
+    """The number of ``settlement`` records of a ledger block and the total of each
+    :data:`LEDGER_TOTALS` column over them, from the block's float columns per segment
+    (``federates.market.ledger.block_float_columns``; a column a segment lacks is 0)."""
+    mine = [cols for kind, cols in segments if kind == "settlement"]
+    n = sum(len(cols["metered_kwh"]) for cols in mine)
+    return n, {col: math.fsum(x for cols in mine for x in cols.get(col, ())) for col, _ in LEDGER_TOTALS}
 
 
 def settlement_totals(rows: Sequence[SettlementRow]) -> dict[str, float]:

@@ -575,8 +575,10 @@ def encode_block(block: dict[str, Any]) -> bytes:
     return _U32.pack(len(hb)) + hb + b"".join(body)
 
 
-def decode_block(data: bytes) -> dict[str, Any]:
-    """The block dict ``encode_block`` was given (records without the writer's cache)."""
+def _decode(data: bytes, *, records: bool = True) -> tuple[dict[str, Any], list[tuple[str, dict[str, list]]]]:
+    """The header of an encoded block and its segments as ``(kind, {column: values})``;
+    with ``records`` also the header's ``records``, ``acks`` and ``locators`` (the
+    record dicts built from the columns), else only the columns are read."""
     (n,) = _U32.unpack_from(data, 0)
     header = json.loads(data[4:4 + n])
     pos = 4 + n
@@ -587,7 +589,8 @@ def decode_block(data: bytes) -> dict[str, Any]:
     if len(locators) != LOCATOR_BYTES * n_locators:
         raise ValueError("truncated block (locators)")
     pos += len(locators)
-    records = []
+    out_records = []
+    out_columns = []
     for kind, count, cols, n_sigs in segments:
         columns = {}
         for col in cols:
@@ -604,12 +607,18 @@ def decode_block(data: bytes) -> dict[str, Any]:
             pos += len(raw)
             if t == "f8":
                 columns[name] = np.frombuffer(raw, dtype="<f8").tolist()
+            elif not records:  # only the float columns are asked for
+                continue
             elif t == "b":
                 columns[name] = [bool(x) for x in raw]
             elif t == "s":
                 columns[name] = [strings[i] for i in np.frombuffer(raw, dtype="<u4").tolist()]
             else:
                 columns[name] = np.frombuffer(raw, dtype="<i8").tolist()
+        out_columns.append((kind, columns))
+        if not records:
+            pos += _SIG * sum(n_sigs)
+            continue
         names = [c[0] for c in cols]
         for i in range(count):
             body = {k: columns[k][i] for k in names}
@@ -617,8 +626,8 @@ def decode_block(data: bytes) -> dict[str, Any]:
             for _ in range(n_sigs[i]):
                 sigs.append(data[pos:pos + _SIG])
                 pos += _SIG
-            records.append({"kind": kind, "interval": header["interval"], "body": body,
-                            "signatures": sigs})
+            out_records.append({"kind": kind, "interval": header["interval"], "body": body,
+                                "signatures": sigs})
     acks = []
     for p in header.pop("ack_by"):
         sig = data[pos:pos + _SIG]
@@ -628,10 +637,23 @@ def decode_block(data: bytes) -> dict[str, Any]:
         pos += _SIG
     if pos != len(data):
         raise ValueError(f"block has {len(data) - pos} bytes after its records")
-    header["acks"] = acks
-    header["records"] = records
-    header["locators"] = locators
-    return header
+    if records:
+        header["acks"] = acks
+        header["records"] = out_records
+        header["locators"] = locators
+    return header, out_columns
+
+
+def decode_block(data: bytes) -> dict[str, Any]:
+    """The block dict ``encode_block`` was given (records without the writer's cache)."""
+    return _decode(data)[0]
+
+
+def block_float_columns(data: bytes) -> list[tuple[str, dict[str, list[float]]]]:
+    """The float columns of an encoded block, per segment: ``(record kind, {body field:
+    values})``, read straight from the bytes without building the records (the market's
+    live ledger check totals them)."""
+    return _decode(data, records=False)[1]
 
 
 def _stream_bytes(path: Path) -> bytes:

@@ -38,8 +38,8 @@ from federates.market.fastbook import adopt
 from federates.market.ledger import (
     KeyRing,
     Ledger,
+    block_float_columns,
     curtailment_record,
-    decode_block,
     make_record,
     settlement_record,
     trade_record,
@@ -423,7 +423,7 @@ class MarketRole:
         settlement row and the rows' totals."""
         if self._ledger is None:
             return
-        n, in_ledger = ledger_totals(decode_block(self._ledger.last_block_bytes)["records"])
+        n, in_ledger = ledger_totals(block_float_columns(self._ledger.last_block_bytes))
         self.books.check("ledger", interval=k, subject="settlement records", expected=len(rows), actual=n,
                          tolerance=0.0, unit="records")
         in_rows = settlement_totals(rows)

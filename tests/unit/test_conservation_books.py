@@ -137,19 +137,42 @@ def test_ledger_check_fails_when_a_record_differs_from_its_row(tmp_path, monkeyp
 
 
 def test_ledger_check_fails_when_the_written_block_lacks_a_record(tmp_path, monkeypatch):
-    real = market_role.decode_block
+    real = market_role.block_float_columns
 
     def lossy(data):
-        block = real(data)
-        settled = [j for j, r in enumerate(block["records"]) if r["kind"] == "settlement"]
-        if settled:
-            del block["records"][settled[-1]]
-        return block
+        segments = real(data)
+        _, cols = [s for s in segments if s[0] == "settlement"][-1]
+        for values in cols.values():
+            del values[-1]  # the block as read back lacks its last settlement record
+        return segments
 
-    monkeypatch.setattr(market_role, "decode_block", lossy)
+    monkeypatch.setattr(market_role, "block_float_columns", lossy)
     with pytest.raises(ConservationError, match=r"'ledger' broken at interval 0 \(settlement records\): "
                                                 r"expected 6, got 5"):
         _day(tmp_path)
+
+
+def test_ledger_totals_read_from_the_columns_equal_the_decoded_records(tmp_path):
+    """block_float_columns (the check's fast read) against decode_block's records."""
+    from federates.market.books import ledger_totals
+    from federates.market.ledger import (
+        _split_blocks,
+        _stream_bytes,
+        block_float_columns,
+        decode_block,
+    )
+
+    market = _day(tmp_path)
+    market.on_market_time(2, [], [], [])
+    raw, _ = _split_blocks(_stream_bytes(tmp_path / "ledger.zst"))
+    closing = [b for b in raw if any(r["kind"] == "settlement" for r in decode_block(b)["records"])]
+    assert closing
+    for b in closing:
+        bodies = [r["body"] for r in decode_block(b)["records"] if r["kind"] == "settlement"]
+        n, totals = ledger_totals(block_float_columns(b))
+        assert n == len(bodies)
+        for col, _ in LEDGER_TOTALS:
+            assert totals[col] == math.fsum(x[col] for x in bodies), col
 
 
 def _meters(mode: str = "fail") -> tuple[MetersRole, np.ndarray, np.ndarray, np.ndarray]:
