@@ -1,7 +1,8 @@
 """The ``tecosim`` command.
 
 Exit codes: 0 ok, 1 the run failed (a federate died, hung or a model failed; in a
-sweep: some run failed), 2 bad input (config, arguments), 130 interrupted.
+sweep: some run failed), 2 bad input (config, arguments), 130 interrupted (Ctrl-C),
+143 stopped by SIGTERM (runner.interrupt).
 """
 
 from __future__ import annotations
@@ -210,10 +211,6 @@ def _parser() -> argparse.ArgumentParser:
     fdr_show.add_argument("feeder", metavar="NAME|PATH")
     fdr_show.add_argument("--json", action="store_true", help="print JSON")
     return ap
-
-
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt
 
 
 def cmd_validate(args) -> int:
@@ -483,7 +480,9 @@ def cmd_feeders(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _sigterm)
+    from runner import interrupt
+
+    interrupt.install()  # SIGINT and SIGTERM stop the command (every process) with 128 + the signal
     args = _parser().parse_args(argv)
     from runner import launch
 
@@ -502,9 +501,10 @@ def main(argv: list[str] | None = None) -> int:
     except TecosimError as e:
         print(f"tecosim: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("tecosim: interrupted; all processes stopped", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        code = interrupt.exit_code(e)
+        print(f"tecosim: interrupted ({interrupt.signal_name(code - 128)}); all processes stopped", file=sys.stderr)
+        return code
     except BrokenPipeError:
         # the reader of our output went away (``tecosim clear ... | head``): no traceback,
         # and nothing more to stdout (Python's docs on SIGPIPE)

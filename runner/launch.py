@@ -5,8 +5,10 @@ Across hosts (``federation.broker_address``): each host runs some of the federat
 (``run_study(federates=...)``), one of them the broker too, each in its own run
 folder; ``collect_runs`` joins the folders into one complete run.
 
-No orphan processes: every child runs in its own process group; on any failure,
-timeout or Ctrl-C every group is killed before the error propagates.
+No orphan processes: every child runs in its own process group; on any failure or
+timeout every group is killed before the error propagates. Ctrl-C or SIGTERM
+(``runner.interrupt``) first asks the federates to stop (SIGTERM: each closes its tables
+with the chunks written so far), then kills what is left after ``STOP_GRACE_S``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from federates.common.runtime import (
     write_sites,
 )
 from federates.common.tables import TableWriter
+from runner import interrupt
 from runner.config import (
     GENERATED_FEEDER_DIR,
     HELICS_ZMQ_PORT,
@@ -326,12 +329,24 @@ def fork_main(argv: list[str], log: Path, cwd: Path, main: Callable[[], None]) -
     command line shown as ``argv`` (setproctitle). The child never returns into the
     caller's code: it leaves with ``os._exit`` and ``main``'s exit code (0 when it
     returns, its SystemExit code, 1 on any other exception, whose traceback goes to
-    ``log``)."""
+    ``log``).
+
+    SIGINT and SIGTERM are blocked across the fork: one sent to the child before it
+    has its own handling waits in the kernel and then takes effect, instead of reaching
+    the handler the child inherited from the runner (``runner.interrupt``, which only
+    records it while the runner supervises a federation: the child would run on)."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    pid = os.fork()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, interrupt.STOP_SIGNALS)
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(fd)
+        raise
     if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(fd)
         return ForkedProcess(pid)
     code = 1
@@ -346,8 +361,9 @@ def fork_main(argv: list[str], log: Path, cwd: Path, main: Callable[[], None]) -
         sys.stdout = open(1, "w", buffering=1, closefd=False)  # fds 1, 2 stay open
         sys.stderr = open(2, "w", buffering=1, closefd=False)
         os.chdir(cwd)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in interrupt.STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a stop signal sent meanwhile acts now
         import logging
 
         import setproctitle
@@ -400,15 +416,26 @@ class Proc:
                 self.wall_s = time.perf_counter() - self.t0
         return self.exit_code
 
-    def kill(self) -> None:
+    def send(self, sig: int) -> None:
+        """``sig`` to the process's group; to the process itself when it has no group
+        yet (a forked federate between its fork and its ``setsid``: ``killpg`` finds no
+        such group, and the federate would run on as an orphan)."""
         if self.popen is None or self.poll() is not None:
             return
         try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
+            os.killpg(self.popen.pid, sig)
         except ProcessLookupError:
-            pass
+            try:
+                os.kill(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout: float) -> None:
+        """Wait up to ``timeout`` [s] for the process to exit (and reap it)."""
+        if self.popen is None:
+            return
         try:
-            self.popen.wait(timeout=10)
+            self.popen.wait(timeout=max(0.0, timeout))
         except subprocess.TimeoutExpired:
             pass
         self.poll()
@@ -430,6 +457,9 @@ HELICS_PROFILE_FILE = "helics_profile.txt"
 
 # as in federates/common/door.py (not imported here: it imports helics)
 HEARTBEAT_ENV = "TECOSIM_HEARTBEAT_DIR"
+#: after Ctrl-C / SIGTERM, how long [s] the federates have to close their tables and leave
+#: the federation before they are killed (Federation.stop)
+STOP_GRACE_S = 3.0
 HEARTBEAT_SUFFIX = ".heartbeat"
 INTERFACE_ENV = "TECOSIM_LOCAL_INTERFACE"
 
@@ -494,6 +524,7 @@ def wait_for_broker(ip: str, port: int, timeout_s: float, poll_s: float = 0.5) -
     its address after ``timeout_s`` [s] (``federation.connect_timeout_s``)."""
     deadline = time.monotonic() + timeout_s
     while not broker_listening(ip, port, timeout_s=min(1.0, timeout_s)):
+        interrupt.check()
         if time.monotonic() >= deadline:
             raise FederationError("broker", f"no broker at tcp://{ip}:{port}: nothing accepted a connection "
                                   f"within federation.connect_timeout_s={timeout_s:g} s (start the broker host's "
@@ -705,76 +736,86 @@ class Federation:
                           hang_timeout_s or fc.hang_timeout_s)
         watch.clear()
         joined_since: float | None = None
-        try:
-            if not self.broker_here:
-                wait_for_broker(self.host, self.port, fc.connect_timeout_s)
-            if any(p.fork for p in self.procs):
-                preimport_federates()
-            env = {HEARTBEAT_ENV: str(logs), **self.env}  # inherited by the federates (federates.common.door)
-            before = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
+        with interrupt.deferred():  # a stop signal is raised by interrupt.check() (see runner.interrupt)
             try:
-                for p in self.procs:
-                    p.start(REPO_ROOT)
+                if not self.broker_here:
+                    wait_for_broker(self.host, self.port, fc.connect_timeout_s)
+                if any(p.fork for p in self.procs):
+                    preimport_federates()
+                interrupt.check()
+                env = {HEARTBEAT_ENV: str(logs), **self.env}  # inherited by the federates (federates.common.door)
+                before = {k: os.environ.get(k) for k in env}
+                os.environ.update(env)
+                try:
+                    for p in self.procs:
+                        p.start(REPO_ROOT)
+                        interrupt.check()
+                finally:
+                    for k, v in before.items():
+                        if v is None:
+                            os.environ.pop(k, None)
+                        else:
+                            os.environ[k] = v
+                deadline = time.monotonic() + timeout_s
+                while True:
+                    interrupt.check()
+                    federates = [p for p in self.procs if p.name != "broker"]
+                    for p in self.procs:
+                        code = p.poll()
+                        if code not in (None, 0):
+                            raise FederationError(p.name, f"exited with code {code}{self._when(watch, p.name)}",
+                                                  {p.name: p.tail()})
+                    if all(p.poll() == 0 for p in federates):
+                        broker = next((p for p in self.procs if p.name == "broker"), None)
+                        end = time.monotonic() + 15
+                        while broker is not None and broker.poll() is None and time.monotonic() < end:
+                            interrupt.check()
+                            time.sleep(poll_s)
+                        if broker is not None and broker.poll() is None:
+                            raise FederationError("broker", "did not exit after all federates finished",
+                                                  {"broker": broker.tail()})
+                        return
+                    if self.across_hosts and joined_since is None and self.local != self.names \
+                            and all(path.exists() for path in watch.paths.values()) \
+                            and all(b is None for b in watch.read().values()):
+                        joined_since = time.monotonic()  # every local federate registered, none executing
+                    if joined_since is not None and any(b is not None for b in watch.read().values()):
+                        joined_since = -1.0  # executing: the other hosts' federates joined
+                    if joined_since is not None and joined_since >= 0 \
+                            and time.monotonic() - joined_since > fc.connect_timeout_s:
+                        others = [n for n in self.names if n not in self.local]
+                        raise FederationError(
+                            ", ".join(others), f"did not join the broker at {self.address} within "
+                            f"federation.connect_timeout_s={fc.connect_timeout_s:g} s after this host's federates "
+                            f"({', '.join(self.local)}) had (start the other hosts' `tecosim run ... --federates "
+                            f"{','.join(others)}`)",
+                            {p.name: p.tail(8) for p in self.procs if p.name == "broker"})
+                    if time.monotonic() > deadline:
+                        running = [p for p in federates if p.poll() is None]
+                        raise FederationError(", ".join(p.name for p in running),
+                                              f"still running after timeout_s={timeout_s:g} s"
+                                              f"{self._when(watch, running[0].name if running else '')}",
+                                              {p.name: p.tail(8) for p in running})
+                    hung = watch.check(self.procs, time.monotonic())
+                    if hung is not None and self.across_hosts and hung.federate == "broker":
+                        others = [n for n in self.names if n not in self.local]
+                        raise FederationError(hung.federate + (f" or {', '.join(others)} (another host)" if others
+                                                               else " (another host)"), hung.reason, hung.log_tails)
+                    if hung is not None:
+                        raise hung
+                    if progress is not None:
+                        t_s = read_progress_file(self.study.run_dir)
+                        if t_s is not None and t_s != reached_s:
+                            reached_s = t_s
+                            progress(t_s)
+                    time.sleep(poll_s)
+            except KeyboardInterrupt:  # Ctrl-C, SIGTERM (interrupt.Interrupted)
+                # before executing mode no federate has a table to close: no grace then
+                executing = any(b is not None for b in watch.read().values())
+                self.stop(STOP_GRACE_S if executing else 0.0)
+                raise
             finally:
-                for k, v in before.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
-            deadline = time.monotonic() + timeout_s
-            while True:
-                federates = [p for p in self.procs if p.name != "broker"]
-                for p in self.procs:
-                    code = p.poll()
-                    if code not in (None, 0):
-                        raise FederationError(p.name, f"exited with code {code}{self._when(watch, p.name)}",
-                                              {p.name: p.tail()})
-                if all(p.poll() == 0 for p in federates):
-                    broker = next((p for p in self.procs if p.name == "broker"), None)
-                    end = time.monotonic() + 15
-                    while broker is not None and broker.poll() is None and time.monotonic() < end:
-                        time.sleep(poll_s)
-                    if broker is not None and broker.poll() is None:
-                        raise FederationError("broker", "did not exit after all federates finished",
-                                              {"broker": broker.tail()})
-                    return
-                if self.across_hosts and joined_since is None and self.local != self.names \
-                        and all(path.exists() for path in watch.paths.values()) \
-                        and all(b is None for b in watch.read().values()):
-                    joined_since = time.monotonic()  # every local federate registered, none executing
-                if joined_since is not None and any(b is not None for b in watch.read().values()):
-                    joined_since = -1.0  # executing: the other hosts' federates joined
-                if joined_since is not None and joined_since >= 0 \
-                        and time.monotonic() - joined_since > fc.connect_timeout_s:
-                    others = [n for n in self.names if n not in self.local]
-                    raise FederationError(
-                        ", ".join(others), f"did not join the broker at {self.address} within "
-                        f"federation.connect_timeout_s={fc.connect_timeout_s:g} s after this host's federates "
-                        f"({', '.join(self.local)}) had (start the other hosts' `tecosim run ... --federates "
-                        f"{','.join(others)}`)",
-                        {p.name: p.tail(8) for p in self.procs if p.name == "broker"})
-                if time.monotonic() > deadline:
-                    running = [p for p in federates if p.poll() is None]
-                    raise FederationError(", ".join(p.name for p in running),
-                                          f"still running after timeout_s={timeout_s:g} s"
-                                          f"{self._when(watch, running[0].name if running else '')}",
-                                          {p.name: p.tail(8) for p in running})
-                hung = watch.check(self.procs, time.monotonic())
-                if hung is not None and self.across_hosts and hung.federate == "broker":
-                    others = [n for n in self.names if n not in self.local]
-                    raise FederationError(hung.federate + (f" or {', '.join(others)} (another host)" if others
-                                                           else " (another host)"), hung.reason, hung.log_tails)
-                if hung is not None:
-                    raise hung
-                if progress is not None:
-                    t_s = read_progress_file(self.study.run_dir)
-                    if t_s is not None and t_s != reached_s:
-                        reached_s = t_s
-                        progress(t_s)
-                time.sleep(poll_s)
-        finally:
-            self.kill_all()
+                self.kill_all()
 
     @staticmethod
     def _when(watch: HangWatch, name: str) -> str:
@@ -785,9 +826,31 @@ class Federation:
             return " before entering executing mode (simulated time 0 s)"
         return f" at simulated time {_fmt_s(beat[2])} s"
 
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop the federation asked to stop (Ctrl-C, SIGTERM): SIGTERM every federate
+        (each closes its tables with the chunks written so far and leaves the federation,
+        ``federates.common.runtime.federate_main``), wait up to ``grace_s`` [s] for them,
+        then kill what is left, the broker included (:meth:`kill_all`). A federate
+        blocked in a long call (loading a large feeder, waiting in HELICS for a
+        federate that is gone) is killed at the end of the grace time; a second stop
+        signal ends the wait at once."""
+        federates = [p for p in self.procs if p.name != "broker" and p.popen is not None]  # started
+        for p in federates:
+            p.send(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and interrupt.pending() is None \
+                and any(p.poll() is None for p in federates):
+            time.sleep(0.05)
+        self.kill_all()
+
     def kill_all(self) -> None:
-        for p in reversed(self.procs):
-            p.kill()
+        """SIGKILL every process group left, then wait (10 s at most) until each has exited."""
+        live = [p for p in reversed(self.procs) if p.popen is not None and p.poll() is None]
+        for p in live:
+            p.send(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        for p in live:
+            p.wait(deadline - time.monotonic())
 
 
 def merge_part_tables(results: Path, parts: int) -> None:
@@ -861,6 +924,19 @@ def feeder_record(study: Study) -> dict[str, Any]:
 COMMAND_LINE: list[str] = []
 
 
+def parquet_complete(path: Path) -> bool:
+    """Whether ``path`` ends as a closed Parquet file does (its footer: the ``PAR1`` magic
+    after the metadata). A writer killed mid-run leaves the row groups without it, and
+    no reader opens the file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            f.seek(-4, os.SEEK_END)
+            return head == b"PAR1" and f.read(4) == b"PAR1"
+    except OSError:  # shorter than 4 bytes, gone
+        return False
+
+
 def write_manifest(study: Study, engine: str, status: str, wall_s: float, *, reason: str = "",
                    federates: list[dict] | None = None, extra: dict | None = None) -> Path:
     """``<run>/manifest.json``: what ran, how it ended, and what a rerun needs: the
@@ -892,7 +968,10 @@ def write_manifest(study: Study, engine: str, status: str, wall_s: float, *, rea
     }
     manifest.update(extra or {})
     if status == "failed":  # the results of a failed run are whatever its roles wrote before it stopped
-        manifest["results_written"] = sorted(p.stem for p in (study.run_dir / "results").glob("*.parquet"))
+        tables = sorted((study.run_dir / "results").glob("*.parquet"))
+        manifest["results_written"] = [p.stem for p in tables if parquet_complete(p)]
+        # a table whose writer was killed before closing it: its chunks are there, its footer is not
+        manifest["results_incomplete"] = [p.stem for p in tables if not parquet_complete(p)]
     path = study.run_dir / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2, default=str))
     return path
@@ -917,9 +996,10 @@ def run_study(study: Study, engine: str, progress: Callable[[float], None] | Non
         try:
             with TableWriter(study.run_dir) as writer:
                 run_inprocess(study, times, progress=progress, sink=writer)
-        except Exception as e:
-            merge_conservation_tables(study.run_dir / "results")
-            write_manifest(study, engine, "failed", time.perf_counter() - t0, reason=repr(e))
+        except BaseException as e:
+            merge_conservation_tables(study.run_dir / "results", strict=False)
+            write_manifest(study, engine, "failed", time.perf_counter() - t0,
+                           reason=_interrupted(e) if isinstance(e, KeyboardInterrupt) else repr(e))
             raise
         merge_conservation_tables(study.run_dir / "results")
         wall = time.perf_counter() - t0
@@ -939,8 +1019,8 @@ def run_study(study: Study, engine: str, progress: Callable[[float], None] | Non
         fed.run(study.cfg.federation.timeout_s, progress=progress)
     except BaseException as e:
         if fed.local == fed.names:
-            merge_conservation_tables(study.run_dir / "results")
-        reason = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e).splitlines()[0]
+            merge_conservation_tables(study.run_dir / "results", strict=False)
+        reason = _interrupted(e) if isinstance(e, KeyboardInterrupt) else str(e).splitlines()[0]
         write_manifest(study, engine, "failed", time.perf_counter() - t0, reason=reason,
                        federates=[p.record() for p in fed.procs], extra=extra)
         raise
@@ -950,6 +1030,12 @@ def run_study(study: Study, engine: str, progress: Callable[[float], None] | Non
     wall = time.perf_counter() - t0
     write_manifest(study, engine, "ok", wall, federates=[p.record() for p in fed.procs], extra=extra)
     return wall
+
+
+def _interrupted(e: KeyboardInterrupt) -> str:
+    """A manifest's reason for a run stopped by Ctrl-C or SIGTERM."""
+    by = interrupt.signal_name(e.signum) if isinstance(e, interrupt.Interrupted) else "SIGINT"
+    return f"interrupted ({by})"
 
 
 #: files of a host's run folder that ``collect_runs`` does not copy (it writes its own)

@@ -131,15 +131,22 @@ def relative_pct(error: float, base: float, floor: float = 1.0) -> float:
     return error / max(abs(base), floor) * 100.0 if math.isfinite(base) else math.nan
 
 
-def merge_tables(results: Path) -> None:
+def merge_tables(results: Path, *, strict: bool = True) -> None:
     """The roles' ``conservation_<role>.parquet`` files joined into ``conservation.parquet``
     (sorted by interval, step, check and subject, so that both engines give the same
     table whatever order the roles drained in); the parts are removed. A run folder
-    without parts (its roles predate the live checks) is left as it is."""
+    without parts (its roles predate the live checks) is left as it is. ``strict=False``
+    (a failed or interrupted run): a part that cannot be read (a federate stopped before
+    closing it) leaves every part as it is instead of raising."""
     parts = sorted(Path(results).glob(f"{TABLE}_*.parquet"))
     if not parts:
         return
-    frames = [pd.read_parquet(p) for p in parts]
+    try:
+        frames = [pd.read_parquet(p) for p in parts]
+    except Exception:
+        if strict:
+            raise
+        return
     df = pd.concat([f.astype(DTYPES) for f in frames], ignore_index=True)
     df = df.sort_values(["interval", "step", "check", "subject"], kind="stable", ignore_index=True)
     df.to_parquet(Path(results) / f"{TABLE}.parquet", index=False)

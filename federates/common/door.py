@@ -40,6 +40,20 @@ HEARTBEAT_WIDTH = 48  # bytes of the line, newline included
 INTERFACE_ENV = "TECOSIM_LOCAL_INTERFACE"
 
 
+#: the doors of this process not closed yet (:func:`abort_all`)
+_open: set[Door] = set()
+
+
+def abort_all(reason: str) -> None:
+    """Halt the co-simulation from every open door of this process: a HELICS global
+    error with ``reason``. Every other federate, on this host or another, then fails
+    at its next HELICS call (or the one it waits in) naming ``reason``, instead of going
+    on without this federate: one that merely left would let the others run on with
+    its last values (or none)."""
+    for door in list(_open):
+        door.abort(reason)
+
+
 def heartbeat_line(state: str, requested: float, granted: float) -> bytes:
     """``state requested granted`` [s], padded to HEARTBEAT_WIDTH bytes."""
     text = f"{state} {requested:.6f} {granted:.6f}"
@@ -66,6 +80,7 @@ class Door:
         h.helicsFederateInfoSetFlagOption(fi, h.HELICS_FLAG_UNINTERRUPTIBLE, True)
         self.fed = h.helicsCreateCombinationFederate(name, fi)
         h.helicsFederateInfoFree(fi)
+        _open.add(self)
         self.granted = -1.0
         self.n_requests = 0
         self._beat_fd: int | None = None
@@ -171,7 +186,16 @@ class Door:
         """Heartbeat while working between requests: the study time [s] reached."""
         self._beat("work", t_s)
 
+    def abort(self, reason: str) -> None:
+        """A HELICS global error from this federate (see :func:`abort_all`)."""
+        self.log.warning("halting the co-simulation: %s", reason)
+        try:
+            h.helicsFederateGlobalError(self.fed, 1, reason)
+        except h.HelicsException as e:  # already halted, or never connected
+            self.log.warning("no global error: %s", e)
+
     def close(self) -> None:
+        _open.discard(self)
         self._beat("done", self.granted)
         if self._beat_fd is not None:
             os.close(self._beat_fd)

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -149,6 +150,20 @@ def stop_federate(name: str, log: logging.Logger, sink, error: Exception) -> Non
         os._exit(1)
 
 
+class Stopped(SystemExit):
+    """The runner asked this federate to stop (SIGTERM: ``runner.launch.Federation.stop``)."""
+
+
+def _stop_on(name: str) -> Callable:
+    def stop(signum, frame) -> None:
+        signal.signal(signum, signal.SIG_IGN)  # once: the unwinding that follows is not cut short
+        door = sys.modules.get("federates.common.door")  # not imported: no door open
+        if door is not None:
+            door.abort_all(f"federate {name!r} stopped by {signal.Signals(signum).name}")
+        raise Stopped(128 + signum)
+    return stop
+
+
 def federate_main(name: str, body: Callable[..., dict[str, pd.DataFrame]]) -> None:
     """Entry point of a federate process: args, logging, run, write tables, exit code.
 
@@ -157,6 +172,13 @@ def federate_main(name: str, body: Callable[..., dict[str, pd.DataFrame]]) -> No
     as it goes and returns the rest. Exit 0 on success; on any exception the traceback
     goes to the log and the exit code is 1, so the runner can name the federate and
     show the log's tail.
+
+    SIGTERM (the runner stopping on Ctrl-C or its own SIGTERM) raises :class:`Stopped`
+    where the federate is (once it is back from a call into OpenDSS or HELICS), after a
+    HELICS global error (``door.abort_all``) that stops every other federate in its next
+    or current HELICS call, on this host or another, rather than let them run on
+    without this one; the tables are closed with the chunks written so far, readable;
+    exit 143.
     """
     from federates.common.tables import TableWriter
 
@@ -169,10 +191,15 @@ def federate_main(name: str, body: Callable[..., dict[str, pd.DataFrame]]) -> No
                         format=f"%(asctime)s {name} %(levelname)s %(message)s")
     log = logging.getLogger(name)
     t0 = time.perf_counter()
+    signal.signal(signal.SIGTERM, _stop_on(name))
     try:
         study = Study.load(args.run_dir)
         with TableWriter(args.run_dir) as sink:
             sink.append(body(study, args.broker_address, log, sink))
+    except Stopped:
+        log.warning("stopped by SIGTERM after %.2f s; results/ holds this federate's chunks written so far",
+                    time.perf_counter() - t0)
+        raise
     except Exception:
         log.error("failed:\n%s", traceback.format_exc())
         sys.exit(1)

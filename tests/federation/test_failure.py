@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from runner.sweep import kill_leftovers
 from tests.conftest import DEFAULT, REPO, processes_mentioning
 
 pytestmark = pytest.mark.federation
@@ -101,3 +102,83 @@ def test_global_timeout_names_the_running_federates(tmp_path):
     m = json.loads((run_dir / "manifest.json").read_text())
     assert m["status"] == "failed" and "timeout" in m["reason"]
     assert processes_mentioning(str(run_dir)) == []
+
+
+def _gone(run_dir, port, within_s: float = 10.0) -> list[str]:
+    """The processes of the run (federates: ``--run-dir``; the broker: its name) still
+    alive after ``within_s`` [s]."""
+    deadline = time.monotonic() + within_s
+    while True:
+        left = processes_mentioning(str(run_dir)) + processes_mentioning(f"tecosim_broker_{port}")
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+def test_sigterm_while_the_runner_forks_its_federates(tmp_path):
+    """SIGTERM to the runner as it forks its federates (fourteen here: ten prosumer
+    parts), one after the other, each fork of a runner that holds the prepared study.
+    A signal raised in the middle of a fork was lost: in logging's at-fork hook
+    ("Exception ignored in: _releaseLock") while the run went on to its end with exit 0,
+    or between a fork and the federate's own process group, which orphaned that
+    federate. It must stop everything with 143."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner.cli", "run", str(DEFAULT), "--out", str(run_dir), "--quiet", "--no-report",
+         "--set", "study.duration=7d", "--set", "prosumers.federates=10", "--set", "federation.launch=fork"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = run_dir / "logs" / "prosumers_0.log"  # opened just before the first fork
+    deadline = time.monotonic() + 400  # generous: see _start
+    try:
+        try:
+            while not first.exists():
+                assert proc.poll() is None and time.monotonic() < deadline, "the runner never forked a federate"
+                time.sleep(0.001)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                _, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                pytest.fail("the runner lost the SIGTERM: still running 30 s later")
+        finally:
+            _stop(proc)
+        m = json.loads((run_dir / "manifest.json").read_text())
+        assert _gone(run_dir, m["broker_port"]) == []
+        assert proc.returncode == 143, err
+        assert "interrupted (SIGTERM)" in err and "Exception ignored" not in err
+        assert m["status"] == "failed" and m["reason"] == "interrupted (SIGTERM)"
+    finally:
+        kill_leftovers(run_dir)  # what a failed check above left, not to burden the next tests
+
+
+def test_sigterm_mid_run_keeps_the_tables_written(tmp_path):
+    """SIGTERM to the runner while the federates compute: they close their tables with
+    the chunks written so far (readable Parquet, listed by the manifest), nothing of the
+    run is left, exit 143. Killed outright (SIGKILL, as the runner did), each table lost
+    its footer and with it every chunk."""
+    import pyarrow.parquet as pq
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner.cli", "run", str(DEFAULT), "--out", str(run_dir), "--quiet", "--no-report",
+         "--set", "study.duration=7d", "--set", "study.chunk_intervals=1"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = run_dir / "progress"
+    deadline = time.monotonic() + 400  # generous: see _start
+    try:
+        while not (progress.exists() and float(progress.read_text() or 0) >= 3 * 900):  # 3 chunks in
+            assert proc.poll() is None and time.monotonic() < deadline, "the federation never got going"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        _stop(proc)
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert _gone(run_dir, m["broker_port"]) == []
+    tables = sorted((run_dir / "results").glob("*.parquet"))
+    assert {"meters", "voltages", "trades", "settlements"} <= {p.stem for p in tables}
+    for path in tables:
+        pq.ParquetFile(path)  # readable: closed with its footer
+    assert pq.ParquetFile(run_dir / "results" / "meters.parquet").metadata.num_rows > 0
+    assert m["results_written"] == [p.stem for p in tables] and m["results_incomplete"] == []
+    assert proc.returncode == 143, err
+    assert m["status"] == "failed" and m["reason"] == "interrupted (SIGTERM)"

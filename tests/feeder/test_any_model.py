@@ -212,10 +212,11 @@ def test_feeders_show_counts_what_was_written(any_model) -> None:
 
 @pytest.fixture
 def keep_sigterm():
-    """runner.cli.main installs its own SIGTERM handler; give pytest its own back."""
-    before = signal.getsignal(signal.SIGTERM)
+    """runner.cli.main installs its own SIGINT and SIGTERM handler; give pytest its own back."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     yield
-    signal.signal(signal.SIGTERM, before)
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
 
 
 def test_feeders_list_and_bad_names(capsys, keep_sigterm) -> None:
