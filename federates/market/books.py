@@ -81,15 +81,26 @@ def money_flows(rows: Sequence[SettlementRow], trades: Sequence[Trade],
     ]
 
 
-def ledger_totals(segments: Sequence[tuple[str, dict[str, list[float]]]]) -> tuple[int, dict[str, float]]:
-    """The number of ``settlement`` records of a ledger block and the total of each
-    :data:`LEDGER_TOTALS` column over them, from the block's float columns per segment
-    (``federates.market.ledger.block_float_columns``; a column a segment lacks is 0)."""
+def ledger_differences(segments: Sequence[tuple[str, dict[str, list[float]]]],
+                       rows: Sequence[SettlementRow]) -> tuple[int, list[tuple[str, str, float, float, float]]]:
+    """The ledger block's settlement records against the settlement ``rows`` they were
+    made from: the number of settlement records, and for each :data:`LEDGER_TOTALS`
+    column whose record values differ from the rows' ``(column, unit, rows' total,
+    records' total, largest difference of one record)`` (inf when the counts differ).
+
+    ``segments``: the block's float columns per segment
+    (``federates.market.ledger.block_float_columns``; a column a segment lacks reads 0).
+    Equal columns are found by one list comparison each; only a differing column is
+    totalled (math.fsum, exactly rounded)."""
     mine = [cols for kind, cols in segments if kind == "settlement"]
-    n = sum(len(cols["metered_kwh"]) for cols in mine)
-    return n, {col: math.fsum(x for cols in mine for x in cols.get(col, ())) for col, _ in LEDGER_TOTALS}
-
-
-def settlement_totals(rows: Sequence[SettlementRow]) -> dict[str, float]:
-    """The total of each :data:`LEDGER_TOTALS` column over settlement ``rows``."""
-    return {col: math.fsum(getattr(r, col) for r in rows) for col, _ in LEDGER_TOTALS}
+    n = sum(len(next(iter(cols.values()), ())) for cols in mine)
+    out = []
+    for col, unit in LEDGER_TOTALS:
+        got = [x for cols in mine for x in cols.get(col, [0.0] * len(next(iter(cols.values()), ())))]
+        want = [getattr(r, col) for r in rows]
+        if got == want:
+            continue
+        worst = (max(abs(float(a) - b) for a, b in zip(got, want, strict=True)) if len(got) == len(want)
+                 else math.inf)
+        out.append((col, unit, math.fsum(want), math.fsum(map(float, got)), worst))
+    return n, out

@@ -32,7 +32,7 @@ from federates.common.messages import (
     Order,
     Trade,
 )
-from federates.market.books import LEDGER_TOTALS, ledger_totals, money_flows, settlement_totals
+from federates.market.books import LEDGER_TOTALS, ledger_differences, money_flows
 from federates.market.community import ClearingResult
 from federates.market.fastbook import adopt
 from federates.market.ledger import (
@@ -419,18 +419,19 @@ class MarketRole:
 
     def _check_ledger(self, k: int, rows: list[SettlementRow]) -> None:
         """The live ledger check (federates.common.conservation): the settlement records
-        of the block just written, decoded again from its bytes, hold one record per
-        settlement row and the rows' totals."""
+        of the block just written, read back from its bytes, are one per settlement row
+        and hold the rows' values, so the ledger's totals are the settlement's."""
         if self._ledger is None:
             return
-        n, in_ledger = ledger_totals(block_float_columns(self._ledger.last_block_bytes))
+        n, differ = ledger_differences(block_float_columns(self._ledger.last_block_bytes), rows)
         self.books.check("ledger", interval=k, subject="settlement records", expected=len(rows), actual=n,
                          tolerance=0.0, unit="records")
-        in_rows = settlement_totals(rows)
-        for col, unit in LEDGER_TOTALS:
-            self.books.check("ledger", interval=k, subject=col, expected=in_rows[col], actual=in_ledger[col],
-                             tolerance=ENERGY_TOLERANCE_KWH if unit == "kWh" else MONEY_TOLERANCE_USD,
-                             unit=unit, detail="the ledger's settlement records vs the settlement rows")
+        self.books.n_checked += len(LEDGER_TOTALS) - len(differ)
+        for col, unit, in_rows, in_ledger, worst in differ:
+            self.books.check("ledger", interval=k, subject=col, expected=in_rows, actual=in_ledger, error=worst,
+                             tolerance=ENERGY_TOLERANCE_KWH if unit == "kWh" else MONEY_TOLERANCE_USD, unit=unit,
+                             detail=("totals of the ledger's settlement records vs the settlement rows; "
+                                     f"the largest difference of one record: {worst:.6g} {unit}"))
 
     def _settle(
         self, k: int, energies: list[IntervalEnergy], notices: list[CurtailmentNotice],

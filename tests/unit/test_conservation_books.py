@@ -152,9 +152,12 @@ def test_ledger_check_fails_when_the_written_block_lacks_a_record(tmp_path, monk
         _day(tmp_path)
 
 
-def test_ledger_totals_read_from_the_columns_equal_the_decoded_records(tmp_path):
-    """block_float_columns (the check's fast read) against decode_block's records."""
-    from federates.market.books import ledger_totals
+def test_ledger_columns_read_back_equal_the_decoded_records(tmp_path):
+    """block_float_columns (the check's fast read) against decode_block's records: no
+    difference; a record changed in one column is found, with its difference."""
+    from types import SimpleNamespace
+
+    from federates.market.books import ledger_differences
     from federates.market.ledger import (
         _split_blocks,
         _stream_bytes,
@@ -168,11 +171,12 @@ def test_ledger_totals_read_from_the_columns_equal_the_decoded_records(tmp_path)
     closing = [b for b in raw if any(r["kind"] == "settlement" for r in decode_block(b)["records"])]
     assert closing
     for b in closing:
-        bodies = [r["body"] for r in decode_block(b)["records"] if r["kind"] == "settlement"]
-        n, totals = ledger_totals(block_float_columns(b))
-        assert n == len(bodies)
-        for col, _ in LEDGER_TOTALS:
-            assert totals[col] == math.fsum(x[col] for x in bodies), col
+        rows = [SimpleNamespace(**r["body"]) for r in decode_block(b)["records"] if r["kind"] == "settlement"]
+        assert ledger_differences(block_float_columns(b), rows) == (len(rows), [])
+        rows[1].metered_kwh += 0.25
+        n, differ = ledger_differences(block_float_columns(b), rows)
+        assert n == len(rows) and [(d[0], d[4]) for d in differ] == [("metered_kwh", 0.25)]
+        assert differ[0][2] - differ[0][3] == pytest.approx(0.25)
 
 
 def _meters(mode: str = "fail") -> tuple[MetersRole, np.ndarray, np.ndarray, np.ndarray]:
