@@ -117,8 +117,14 @@ from federates.common.grid import CustomerSite
 from federates.common.messages import CurtailmentNotice, DsoCap, OperatingEnvelope
 from federates.common.rng import stream
 from federates.common.tables import StepArrays, chunk_intervals
-from federates.feeder.voltvar import lagged_target, q_pct_to_q_kvar, response_alpha, volt_var_q_pct
-from federates.feeder.voltwatt import volt_watt_cap_kw
+from federates.feeder.voltvar import (
+    curve_value,
+    lagged_target,
+    q_pct_to_q_kvar,
+    response_alpha,
+    volt_var_points,
+)
+from federates.feeder.voltwatt import p_pct_to_cap_kw, volt_watt_points
 from runner.config import StudyFile
 
 LIMIT_V_MAX = "v_max"
@@ -188,6 +194,9 @@ class InverterFleet:
         self._rounds = 0  # command rounds issued in the step
         self._q_start = self.q_kvar.copy()  # set-points at the end of the previous step
         self._vw_start = self.vw_cap_kw.copy()
+        # the curves' corner points, built once (volt_var_points / volt_watt_points)
+        self._vv_points = volt_var_points(self.ctl.volt_var)
+        self._vw_points = volt_watt_points(self.ctl.volt_watt)
         self._alpha_vv = 1.0  # lag factors of the step (module doc)
         self._alpha_vw = 1.0
         self._alpha_dt_s = -1.0  # the time since the previous step they were computed for [s]
@@ -355,7 +364,7 @@ class InverterFleet:
             vv = ctl.volt_var
             # volt_var_q_pct is in the standard's sign (+ = injection); q_pct_to_q_kvar
             # flips it to tecosim's (q_kvar < 0 = injection).
-            q_curve = q_pct_to_q_kvar(volt_var_q_pct(v, vv), self.inverter_kva)
+            q_curve = q_pct_to_q_kvar(curve_value(v, self._vv_points), self.inverter_kva)
             q_target = lagged_target(self._q_start, q_curve, self._alpha_vv)
             q_res = q_target - self.q_kvar
             q_new = np.where(self.has_inverter,
@@ -365,7 +374,7 @@ class InverterFleet:
         vw_changed = np.zeros(self.n, dtype=bool)
         if ctl.volt_watt.enabled:
             vw = ctl.volt_watt
-            vw_curve = volt_watt_cap_kw(v, vw, self.inverter_kva)
+            vw_curve = p_pct_to_cap_kw(curve_value(v, self._vw_points), self.inverter_kva)
             vw_target = lagged_target(self._vw_start, vw_curve, self._alpha_vw)
             vw_res = vw_target - self.vw_cap_kw
             vw_new = np.where(self.has_inverter,

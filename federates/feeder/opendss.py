@@ -622,6 +622,7 @@ class OpenDSSFeeder:
         Two batch writes (kW, then kvar of every original Load); the classic per-Load
         path is :meth:`_set_background_scale_per_load` (tests/feeder/test_bulk.py
         checks the two give the same solution)."""
+        self._forget_loads_pq()
         mult = float(mult)
         if mult == self._background_mult:
             return
@@ -631,6 +632,7 @@ class OpenDSSFeeder:
 
     def _set_background_scale_per_load(self, mult: float) -> None:
         """:meth:`set_background_scale` through the classic ``Loads`` API, one Load at a time."""
+        self._forget_loads_pq()
         mult = float(mult)
         loads = self._dss.Loads
         for idx, kw, kvar in self._background:
@@ -649,6 +651,7 @@ class OpenDSSFeeder:
         Two batch writes (kW, then kvar) whatever the number of customers; a customer
         whose set-point did not change is skipped (NaN in the batch array). The
         classic per-Load path is :meth:`_set_customer_powers_per_load`."""
+        self._forget_loads_pq()
         p, q = self._check_customer_powers(p_kw, q_kvar)
         changed = (p != self._cust_p) | (q != self._cust_q)
         if changed.any() and self._cust_batch is not None:
@@ -674,6 +677,7 @@ class OpenDSSFeeder:
 
     def _set_customer_powers_per_load(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> None:
         """:meth:`set_customer_powers` through the classic ``Loads`` API, one Load at a time."""
+        self._forget_loads_pq()
         p, q = self._check_customer_powers(p_kw, q_kvar)
         changed = np.flatnonzero((p != self._cust_p) | (q != self._cust_q))
         loads = self._dss.Loads
@@ -828,7 +832,8 @@ class OpenDSSFeeder:
         more or less (what the live energy check, federates.common.conservation, catches)."""
         if self._cust_batch is None or not self.sites:
             return np.zeros(0), np.zeros(0)
-        s = self._cust_batch.total_powers()
+        sol, loads = self._loads_pq  # every Load's, read by load_and_gross_kw from this solution
+        s = loads[-len(self.sites):] if sol == self._solution_id else self._cust_batch.total_powers()
         return s[:, 0].copy(), s[:, 1].copy()
 
     def source_pq(self) -> tuple[float, float]:
@@ -887,11 +892,22 @@ class OpenDSSFeeder:
         feeder whose exports nearly cancel its loads has a net load near zero but still
         carries the gross flows). One batch read per PC class."""
         net, gross = 0.0, 0.0
-        for _, b in self._pc_element_batches():
-            p = b.total_powers()[:, 0]
+        for cls, b in self._pc_element_batches():
+            s = b.total_powers()
+            if cls == "load":  # the customers' Loads are its last ones: customer_pq reads them here
+                self._loads_pq = (self._solution_id, s)
+            p = s[:, 0]
             net += float(np.cumsum(p)[-1])  # as pc_powers_kw: in element order
             gross += float(np.abs(p).sum())
         return net, gross
+
+    #: (solution id, every Load's (kW, kvar)) as load_and_gross_kw read them: customer_pq
+    #: takes the customers' rows instead of a second read of the same solution
+    _loads_pq: tuple[int, np.ndarray] = (-1, np.zeros((0, 2)))
+
+    def _forget_loads_pq(self) -> None:
+        """A set-point changed: the Loads' powers read from the last solve no longer hold."""
+        self._loads_pq = (-1, self._loads_pq[1])
 
     def load_kw(self) -> float:
         """Net active power drawn by every power-conversion element [kW] (+ consumption).
@@ -1902,6 +1918,7 @@ class OpenDSSFeeder:
         kW as set over their total nominal kW [-] (NaN when that is 0): the single
         multiplier that would give the same total.
         """
+        self._forget_loads_pq()
         rows = self._background_loadshapes()
         curves = self._bg_model_curves or {}
         scale = float(scale)

@@ -60,10 +60,14 @@ def volt_var_q_pct(v_pu: np.ndarray, curve: VoltVarConfig) -> np.ndarray:
     V1), ``0`` in the dead band [V2, V3], ``-`` absorption above V3 (down to
     ``q4_pct`` at and beyond V4). Ignores ``curve.enabled`` (the caller decides).
     """
-    v_points_pu, q_points_pct = volt_var_points(curve)
-    v = np.asarray(v_pu, dtype=float)
-    # np.interp holds the end values flat beyond V1 and V4, as the standard does.
-    return np.interp(v, v_points_pu, q_points_pct)
+    return curve_value(v_pu, volt_var_points(curve))
+
+
+def curve_value(v_pu: np.ndarray, points: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The piecewise-linear curve through ``points`` (corner voltages [pu], values) at
+    ``v_pu``, flat beyond its first and last corner (np.interp), as IEEE 1547 holds
+    both the Volt-VAR and the Volt-Watt curve."""
+    return np.interp(np.asarray(v_pu, dtype=float), points[0], points[1])
 
 
 def q_pct_to_q_kvar(q_pct: np.ndarray, inverter_kva: np.ndarray) -> np.ndarray:

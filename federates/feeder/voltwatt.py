@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from federates.feeder.voltvar import curve_value
 from runner.config import VoltWattConfig
 
 
@@ -53,9 +54,7 @@ def volt_watt_p_pct(v_pu: np.ndarray, curve: VoltWattConfig) -> np.ndarray:
     ``p1_pct`` at and below V1, ``p2_pct`` at and above V2, linear in between.
     Ignores ``curve.enabled`` (the caller decides).
     """
-    v_points_pu, p_points_pct = volt_watt_points(curve)
-    # np.interp holds the end values flat below V1 and beyond V2, as the standard does.
-    return np.interp(np.asarray(v_pu, dtype=float), v_points_pu, p_points_pct)
+    return curve_value(v_pu, volt_watt_points(curve))
 
 
 def p_pct_to_cap_kw(p_pct: np.ndarray, inverter_kva: np.ndarray) -> np.ndarray:

@@ -125,3 +125,22 @@ def test_run_on_a_model_with_der_passes_the_balance_check(tmp_path: Path) -> Non
 
     k = pd.read_parquet(run_dir / "results" / "kpis.parquet")
     assert (k["power_balance_error_pct"] <= 1e-3).all(), k["power_balance_error_pct"].max()
+
+
+def test_customer_powers_taken_from_the_loads_read_equal_their_own_read(tmp_path: Path) -> None:
+    """customer_pq reuses load_and_gross_kw's read of every Load (the customers are the
+    last Loads) within one solution: bit for bit its own batch read; a set-point
+    changed since makes it read again."""
+    f = OpenDSSFeeder(write_der_model(tmp_path))
+    sites = [CustomerSite("p0", 0, "b2", "b", "g0", "l2ph"), CustomerSite("p1", 1, "b1", "a", "g1", "l3ph")]
+    f.attach_customers(sites, CustomerConnection(kind="direct"))
+    f.set_customer_powers(np.asarray([-5.0, 3.0]), np.asarray([0.5, 0.0]))
+    f.solve(controls=True)
+    f.load_and_gross_kw()
+    own = f._cust_batch.total_powers()
+    p, q = f.customer_pq()
+    assert np.array_equal(p, own[:, 0]) and np.array_equal(q, own[:, 1])
+    f.set_customer_powers(np.asarray([-1.0, 1.0]), np.asarray([0.0, 0.0]))  # no solve yet
+    assert f._loads_pq[0] == -1
+    p2, _ = f.customer_pq()
+    assert np.array_equal(p2, f._cust_batch.total_powers()[:, 0])
