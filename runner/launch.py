@@ -322,6 +322,23 @@ def fork_federate(argv: list[str], log: Path, cwd: Path) -> ForkedProcess:
     return fork_main(argv, log, cwd, main)
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """In a child of the runner: have the kernel send it SIGTERM when the runner dies,
+    however it dies (SIGKILL, a crash: nothing of the runner's own clean-up runs then),
+    so that no federate or broker outlives it (Linux ``prctl(PR_SET_PDEATHSIG)``; a
+    federate stops on SIGTERM with its tables closed, ``runtime.federate_main``). A
+    runner already gone by now (the race the kernel call cannot see) ends the child at
+    once. Elsewhere than Linux: nothing (the runner's supervision still stops them)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(143)
+
+
 def fork_main(argv: list[str], log: Path, cwd: Path, main: Callable[[], None]) -> ForkedProcess:
     """``main()`` in a child forked from this process, as if ``argv`` had been exec'd:
     a new session (killed as a process group), stdin from /dev/null, stdout and stderr
@@ -338,6 +355,7 @@ def fork_main(argv: list[str], log: Path, cwd: Path, main: Callable[[], None]) -
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    parent = os.getpid()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, interrupt.STOP_SIGNALS)
     try:
         pid = os.fork()
@@ -352,6 +370,7 @@ def fork_main(argv: list[str], log: Path, cwd: Path, main: Callable[[], None]) -
     code = 1
     try:  # the child
         os.setsid()
+        die_with_parent(parent)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(fd, 1)
@@ -404,8 +423,10 @@ class Proc:
             self.popen = fork_federate(self.argv, self.log, cwd)
             return
         fh = open(self.log, "w")
+        parent = os.getpid()
         self.popen = subprocess.Popen(self.argv, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd,
-                                      start_new_session=True, stdin=subprocess.DEVNULL)
+                                      start_new_session=True, stdin=subprocess.DEVNULL,
+                                      preexec_fn=lambda: die_with_parent(parent))
         fh.close()
 
     def poll(self) -> int | None:

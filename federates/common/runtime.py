@@ -164,6 +164,36 @@ def _stop_on(name: str) -> Callable:
     return stop
 
 
+#: how long a federate whose runner died may take to stop by itself on the SIGTERM the
+#: kernel sends it (``runner.launch.die_with_parent``) before it ends at once: the
+#: runner's own grace (``runner.launch.STOP_GRACE_S``)
+ORPHAN_GRACE_S = 3.0
+
+
+def _watch_parent(grace_s: float = ORPHAN_GRACE_S, poll_s: float = 0.25) -> None:
+    """End this federate ``grace_s`` after its parent (the runner) is gone.
+
+    The kernel sends it SIGTERM when the runner dies (``die_with_parent``), which stops
+    it with its tables closed, but only once its main thread is back from a blocking
+    HELICS call, and with the runner dead nobody may ever answer that call. A daemon
+    thread sees the runner gone (this process re-parented) and, if the federate is still
+    there ``grace_s`` later, ends it (exit 143), as the runner's own stop would have
+    killed it after its grace."""
+    import threading
+
+    parent = os.getppid()
+    if parent <= 1:  # started by init or in a container's root: nobody to outlive
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        time.sleep(grace_s)
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="watch-runner", daemon=True).start()
+
+
 def federate_main(name: str, body: Callable[..., dict[str, pd.DataFrame]]) -> None:
     """Entry point of a federate process: args, logging, run, write tables, exit code.
 
@@ -192,6 +222,7 @@ def federate_main(name: str, body: Callable[..., dict[str, pd.DataFrame]]) -> No
     log = logging.getLogger(name)
     t0 = time.perf_counter()
     signal.signal(signal.SIGTERM, _stop_on(name))
+    _watch_parent()
     try:
         study = Study.load(args.run_dir)
         with TableWriter(args.run_dir) as sink:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,3 +183,30 @@ def test_sigterm_mid_run_keeps_the_tables_written(tmp_path):
     assert m["results_written"] == [p.stem for p in tables] and m["results_incomplete"] == []
     assert proc.returncode == 143, err
     assert m["status"] == "failed" and m["reason"] == "interrupted (SIGTERM)"
+
+
+def test_nothing_outlives_a_runner_killed_outright(tmp_path):
+    """SIGKILL to the runner mid-run: none of its own clean-up runs, yet the kernel
+    sends each federate and the broker SIGTERM as their parent dies
+    (``runner.launch.die_with_parent``), so nothing of the run is left."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner.cli", "run", str(DEFAULT), "--out", str(run_dir), "--quiet", "--no-report",
+         "--set", "study.duration=7d"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = run_dir / "progress"
+    deadline = time.monotonic() + 400  # generous: see _start
+    try:
+        while not (progress.exists() and float(progress.read_text() or 0) >= 900):
+            assert proc.poll() is None and time.monotonic() < deadline, "the federation never got going"
+            time.sleep(0.05)
+        federates = processes_mentioning(str(run_dir))
+        ports = {m.group(1) for c in federates for m in [re.search(r"--broker-address \S+:(\d+)", c)] if m}
+        assert len(federates) >= 5 and len(ports) == 1, federates  # the federates are there
+        port = ports.pop()
+        assert processes_mentioning(f"tecosim_broker_{port}"), "the broker is there"
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        _stop(proc)
+    assert _gone(run_dir, port) == []
