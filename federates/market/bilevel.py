@@ -57,7 +57,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-import pyomo.environ as pyo
+from federates.common.lazy import LazyModule
+
+pyo = LazyModule("pyomo.environ")  # imported on first use (federates/common/lazy.py)
+
 
 SOLVER = "appsi_highs"
 BIG_M_MARGIN_USD_PER_KWH = 1.0  # added to 2 * max |pi - v| for M_mu

@@ -53,9 +53,8 @@ from typing import Any
 
 import highspy
 import numpy as np
-import pyomo.environ as pyo
-from pyomo.opt import SolverStatus, TerminationCondition
 
+from federates.common.lazy import LazyModule
 from federates.common.messages import Order
 from federates.market import fastbook
 from federates.market.book import (
@@ -66,6 +65,9 @@ from federates.market.book import (
     build_book,
     match_greedy,
 )
+
+pyo = LazyModule("pyomo.environ")  # imported on first use (federates/common/lazy.py)
+pyomo_opt = LazyModule("pyomo.opt")
 
 SOLVERS = ("appsi_highs", "highs")  # tried in this order
 PRICE_TOL_USD_PER_KWH = 1e-9  # comparing the float dual with exact clipped limits
@@ -107,7 +109,7 @@ def build_model(
     return m
 
 
-def solve(model: pyo.ConcreteModel) -> tuple[SolverStatus, TerminationCondition]:
+def solve(model: pyo.ConcreteModel) -> tuple[pyomo_opt.SolverStatus, pyomo_opt.TerminationCondition]:
     """Solve ``model`` with HiGHS; return (solver status, termination condition).
 
     The solution (primal values and the ``dual`` suffix) is loaded only when the
@@ -124,7 +126,7 @@ def solve(model: pyo.ConcreteModel) -> tuple[SolverStatus, TerminationCondition]
         raise RuntimeError(f"no HiGHS interface available in pyomo; tried {list(SOLVERS)}")
     results = opt.solve(model, load_solutions=False)
     status, tc = results.solver.status, results.solver.termination_condition
-    if tc == TerminationCondition.optimal:
+    if tc == pyomo_opt.TerminationCondition.optimal:
         model.solutions.load_from(results)
     return status, tc
 
@@ -341,6 +343,6 @@ def clear_lp_reference(
         return assemble(interval, book, [], status, lambda _m: Fraction(0), None)
     model = build_model(mine, **tariffs)
     solver_status, tc = solve(model)
-    if tc != TerminationCondition.optimal:
+    if tc != pyomo_opt.TerminationCondition.optimal:
         raise RuntimeError(f"LP clearing of interval {interval}: {solver_status}, {tc}")
     return read_solution(model, mine, interval=interval)

@@ -79,12 +79,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-import pyomo.environ as pyo
-from pyomo.opt import TerminationCondition
-
+from federates.common.lazy import LazyModule
 from federates.common.messages import GridConstraint, Order, _finite
 from federates.market.book import valid_order
 from federates.market.lp import solve as solve_with_highs
+
+pyo = LazyModule("pyomo.environ")  # imported on first use (federates/common/lazy.py)
+pyomo_opt = LazyModule("pyomo.opt")
 
 RC_TOL_USD_PER_KWH = 1e-9  # reduced costs within this are zero (order free on the optimal face)
 DUAL_TOL = 1e-9  # scaled duals [USD per kWh-equivalent] within this are zero
@@ -92,7 +93,9 @@ HEADROOM_TOL_KWH = 1e-9  # scaled headroom [kWh-equivalent] below this: row bind
 SLACK_TOL_KWH = 1e-9  # stage-0 slack [kWh-equivalent] above this: row infeasible
 SNAP_KWH = 1e-9  # accepted energy within this of 0 or of the order's energy is snapped
 CHECK_TOL_KWH = 1e-6  # the result must satisfy every (relaxed) row within this [kWh-eq.]
-_INFEASIBLE = (TerminationCondition.infeasible, TerminationCondition.infeasibleOrUnbounded)
+#: the termination conditions that mean no acceptance satisfies the constraints (names
+#: of pyomo's TerminationCondition members: compared by name, pyomo is imported lazily)
+_INFEASIBLE = ("infeasible", "infeasibleOrUnbounded")
 
 AcceptanceStatus = Literal["unconstrained", "optimal", "relaxed"]
 
@@ -148,7 +151,7 @@ def _lp(
     rows: Sequence[tuple[Terms, str, float]],
     *,
     min_slack: bool = False,
-) -> tuple[TerminationCondition, list[float], list[float], list[float]]:
+) -> tuple[pyomo_opt.TerminationCondition, list[float], list[float], list[float]]:
     """Solve max ``weight . a`` over ``0 <= a <= ub_kwh`` and ``rows`` (terms, "<=" or
     "==", rhs); with ``min_slack`` instead min ``sum s`` over ``A a - s <= rhs``, s >= 0.
 
@@ -177,7 +180,7 @@ def _lp(
     m.row = pyo.Constraint(row_index, rule=row_rule)
     m.dual = pyo.Suffix(direction=pyo.Suffix.IMPORT)
     _status, tc = solve_with_highs(m)
-    if tc != TerminationCondition.optimal:
+    if tc != pyomo_opt.TerminationCondition.optimal:
         return tc, [], [], []
     # a variable in no row and with zero weight is not sent to HiGHS: value None -> 0
     a = [float(pyo.value(m.a_kwh[j], exception=False) or 0.0) for j in var_index]
@@ -294,16 +297,16 @@ def accept_within_grid(
     relaxed: set[str] = set()
     if lp_rows:
         tc, a, _, y = _lp(q, weight, [(r.terms, "<=", r.b) for r in lp_rows])
-        if tc in _INFEASIBLE:
+        if tc.name in _INFEASIBLE:
             tc0, _, s, _ = _lp(q, weight, [(r.terms, "<=", r.b) for r in lp_rows], min_slack=True)
-            if tc0 != TerminationCondition.optimal:
+            if tc0 != pyomo_opt.TerminationCondition.optimal:
                 raise RuntimeError(f"grid acceptance, minimum-violation stage: HiGHS {tc0}")
             for r, s_k in zip(lp_rows, s, strict=True):
                 if s_k > SLACK_TOL_KWH:
                     r.b += s_k
                     relaxed.add(r.constraint.name)
             tc, a, _, y = _lp(q, weight, [(r.terms, "<=", r.b) for r in lp_rows])
-        if tc != TerminationCondition.optimal:
+        if tc != pyomo_opt.TerminationCondition.optimal:
             raise RuntimeError(f"grid acceptance, welfare stage: HiGHS {tc}")
         a = [_snap(a_j, q_j) for a_j, q_j in zip(a, q, strict=True)]
         if min(y) < -DUAL_TOL:
@@ -330,7 +333,7 @@ def accept_within_grid(
                     fixed = math.fsum(t * a[j] for j, t in r.terms.items() if j not in col)
                     rows2.append((ft, "<=", r.b - fixed))
             tc2, a2, _, _ = _lp([q[j] for j in free], [priority[j] for j in free], rows2)
-            if tc2 != TerminationCondition.optimal:
+            if tc2 != pyomo_opt.TerminationCondition.optimal:
                 raise RuntimeError(f"grid acceptance, tie-breaking stage: HiGHS {tc2}")
             for i, j in enumerate(free):
                 a[j] = _snap(a2[i], q[j])

@@ -56,10 +56,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyomo.environ as pyo
 
+from federates.common.lazy import LazyModule
 from federates.common.messages import GRID, Order, Trade
 from federates.market.book import ClearingResult, ClearingStatus, confirmations_from, valid_order
+
+pyo = LazyModule("pyomo.environ")  # imported on first use (federates/common/lazy.py)
 
 Pair = tuple[str, str]  # (seller participant, buyer participant)
 
