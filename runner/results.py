@@ -22,20 +22,22 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from federates.common.conservation import ConservationError
+from federates.common.conservation import POWER_TOLERANCE_PCT, ConservationError
 from runner.config import StudyFile
 
 RESULTS = "results"
 
-#: Conservation checks (:func:`conservation_failures`): an interval breaks a check when
-#: its kpis error exceeds the tolerance. Energy [kWh] and money [USD] are settled
-#: exactly (fractions) and only rounded to float, so their tolerance is float noise;
-#: the feeder's power balance holds to OpenDSS's solution tolerance, so it is relative
-#: to the step's gross power-conversion flow (grid.gross_kw) [%], at least 1 kW: a net
-#: load that exports nearly cancel is no base for a mismatch that scales with the flows.
+#: After-run conservation checks of the kpis (:func:`conservation_failures`; the live
+#: checks while the study runs are federates/common/conservation.py): an interval breaks
+#: a check when its kpis error exceeds the tolerance. Energy [kWh] and money [USD] are
+#: settled exactly (fractions) and only rounded to float; here they are re-added from
+#: the tables' rounded rows, a year's worth per check, hence 1e-6 rather than the live
+#: checks' 1e-9. The feeder's power balance holds to OpenDSS's solution tolerance, so it
+#: is relative to the step's gross power-conversion flow (grid.gross_kw) [%], at least
+#: 1 kW: a net load that exports nearly cancel is no base for a mismatch that scales with
+#: the flows; the same tolerance as the live check's.
 ENERGY_TOLERANCE_KWH = 1e-6
 MONEY_TOLERANCE_USD = 1e-6
-POWER_TOLERANCE_PCT = 0.1
 
 
 

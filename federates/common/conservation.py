@@ -102,6 +102,8 @@ class Conservation:
         """Check that ``actual`` equals ``expected`` within ``tolerance`` [``unit``]
         (``error``: the error to compare, default ``|actual - expected|``; NaN breaks
         the check). Returns whether it held; raises in ``fail`` mode when it did not."""
+        if check not in CHECKS:
+            raise ValueError(f"unknown conservation check {check!r}; allowed: {', '.join(CHECKS)}")
         self.n_checked += 1
         err = abs(actual - expected) if error is None else error
         if err <= tolerance:  # NaN is not <=: a check that cannot be made is broken
