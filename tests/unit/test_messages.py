@@ -34,3 +34,26 @@ def test_dso_caps_travel_as_json_with_their_lift():
     assert env.items[0] == caps[0]
     assert env.items[1].participant == "p002" and env.items[1].cap_kw is None
     assert np.isnan(env.items[1].v_pu)
+
+
+def test_every_message_kind_is_flat_and_encodes_as_asdict_would():
+    """encode writes a message item's instance dict as it is (no dataclasses.asdict deep
+    copy): every kind's fields hold plain values (no dataclass, at any depth of their
+    type), and the text decodes to equal items, as asdict's would."""
+    import dataclasses
+    import json
+    import typing
+
+    from federates.common import messages as m
+
+    def dataclass_inside(tp) -> bool:
+        return dataclasses.is_dataclass(tp) or any(dataclass_inside(a) for a in typing.get_args(tp))
+
+    for kind, cls in m._KINDS.items():
+        hints = typing.get_type_hints(cls)
+        assert not any(dataclass_inside(t) for t in hints.values()), kind
+    items = [m.GridConstraint(interval=3, name="v_max:p1", participants=("p1", "p2"), coef=(0.5, 0.25), rhs=0.02)]
+    for x in [m.Confirmation("p1", 3, 1.0, 1.0, 0.0, 0.0, 0.0, 0.17, 0.17), m.LossEnergy("p1", 3, 0.01), *items]:
+        text = m.encode([x])
+        assert json.loads(text)["items"] == [json.loads(json.dumps(dataclasses.asdict(x)))]
+        assert m.decode(text).items == [x]
