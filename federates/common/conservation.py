@@ -20,7 +20,7 @@ same checks as the in-process engine, in the same federates' processes):
     The per-participant accounts of settlement are summed and compared with the same
     money computed from the clearing's record instead: every peer trade's price x
     delivered energy, every network charge, every grid trade, and the imbalance and
-    replacement energy priced at the tariffs (:func:`federates.market.books.money_errors`),
+    replacement energy at their prices (:func:`federates.market.books.money_flows`),
     within :data:`MONEY_TOLERANCE_USD`.
 ``power`` (feeder role, every physics step)
     The source's power equals the power drawn by every power-conversion element of the
@@ -28,9 +28,11 @@ same checks as the in-process engine, in the same federates' processes):
     :data:`POWER_TOLERANCE_PCT` of the step's gross power-conversion flow (at least
     1 kW): the solution's tolerance, not float noise.
 ``ledger`` (market role, once per settled interval)
-    The settlement records in the ledger block as written (the block's bytes decoded
-    again) hold the same totals as the settlement rows, per money and energy column,
-    within :data:`MONEY_TOLERANCE_USD` / :data:`ENERGY_TOLERANCE_KWH`, one record per row.
+    The settlement records in the ledger block as written (its float columns read back
+    from the block's bytes) are one per settlement row and hold each row's values, so
+    the ledger's totals are the settlement's (:func:`federates.market.books.ledger_differences`;
+    a differing column is reported by its totals and its largest difference of one record,
+    against :data:`MONEY_TOLERANCE_USD` / :data:`ENERGY_TOLERANCE_KWH`).
 
 A broken check stops the run at that interval (:class:`ConservationError`, naming the
 check, the interval or step and the numbers) unless ``feeder.conservation: warn``:
