@@ -60,6 +60,7 @@ def trace_plan(study: Study) -> tuple[Plan, list[int], float]:
     """Run ``study`` in process (tables to its run folder) and note what the federation
     would send; returns (the plan, ``EngineTimes.dso_views``, wall time [s] of this run,
     slowed by the noting)."""
+    from federates.common.comms import CommsLink
     from federates.common.messages import ViewsDone, encode
     from federates.common.tables import TableWriter
     from federates.controllers.role import ControllersRole
@@ -72,7 +73,7 @@ def trace_plan(study: Study) -> tuple[Plan, list[int], float]:
     cfg, tl = study.cfg, study.cfg.timeline
     if cfg.prosumers.federates != 1:
         raise ValueError("the no-op federation has one prosumers federate (prosumers.federates: 1)")
-    comms, seed, m = cfg.comms, cfg.study.seed, tl.n_intervals
+    comms, m = CommsLink.of(cfg.comms), tl.n_intervals
     plan = Plan(duration_s=tl.duration_s, market_interval_s=tl.market_interval_s,
                 physics_step_s=tl.physics_step_s, n=len(study.sites), view_size=0,
                 replies=[[] for _ in range(tl.n_steps)], **{k: [0] * m for k in (
@@ -83,9 +84,8 @@ def trace_plan(study: Study) -> tuple[Plan, list[int], float]:
     def size(items, **header) -> int:
         return len(encode(items, **header).encode("utf-8"))
 
-    def bids(self, out, k):
-        kept = comms.kept(seed, "bids", k, [o.participant for o in out])
-        plan.orders[k] = size([o for o, ok in zip(out, kept, strict=True) if ok], kind="orders", interval=k)
+    def bids(self, out, k):  # out: (the orders sent, the deviations)
+        plan.orders[k] = size(out[0], kind="orders", interval=k)
 
     def market_time(self, out, k, orders, energies, notices, envelopes=None, constraints=None, losses=None):
         # (market.settle_losses' loss_energy message is not in the plan: the bench runs the
@@ -99,9 +99,7 @@ def trace_plan(study: Study) -> tuple[Plan, list[int], float]:
         plan.ami[k] = size(out, kind="ami_readings", interval=k)
 
     def report(self, out, k):
-        kept = comms.kept(seed, "interval_energy", k, [e.meter for e in out])
-        plan.interval_energy[k] = size([e for e, ok in zip(out, kept, strict=True) if ok],
-                                       kind="interval_energy", interval=k)
+        plan.interval_energy[k] = size(out, kind="interval_energy", interval=k)
 
     def notices(self, out, k):
         plan.curtailments[k] = size(out, kind="curtailments", interval=k)
@@ -127,8 +125,8 @@ def trace_plan(study: Study) -> tuple[Plan, list[int], float]:
 
     times = EngineTimes()
     with contextlib.ExitStack() as stack:
-        for cls, name, fn in ((ProsumersRole, "bids", bids), (MarketRole, "on_market_time", market_time),
-                              (MetersRole, "ami", ami), (MetersRole, "report", report),
+        for cls, name, fn in ((ProsumersRole, "bids_sent", bids), (MarketRole, "on_market_time", market_time),
+                              (MetersRole, "ami", ami), (MetersRole, "report_sent", report),
                               (FeederRole, "curtailment_notices", notices),
                               (ControllersRole, "envelopes", envelopes),
                               (ControllersRole, "grid_constraints", constraints),

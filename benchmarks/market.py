@@ -111,7 +111,7 @@ def synthetic_day(n: int, seed: int = 7, n_intervals: int = 96, interval_h: floa
 
 
 def study_config(n_intervals: int = 96):
-    from runner.config import StudyFile
+    from federates.common.config import StudyFile
 
     return StudyFile.model_validate({
         "study": {"duration": f"{n_intervals * 15}min", "market_interval": "15min",

@@ -51,9 +51,9 @@ def peak_rss_mib() -> float:
 def child(src: str, count: int, days: float, setup_only: bool) -> dict:
     """One case, in this (fresh) process: the role imported from ``src``."""
     sys.path.insert(0, src)
+    from federates.common.config import load_config
     from federates.common.grid import CustomerSite
     from federates.prosumers import role as role_module
-    from runner.config import load_config
 
     cfg = load_config(CONFIG, [f"study.duration={round(days * 24 * 3600)}", f"prosumers.count={count}"])
     sites = [CustomerSite(f"p{i:04d}", i, f"bus{i % 7}", "abc"[i % 3], f"t{i // 3}", f"load{i % 7}")

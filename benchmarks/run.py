@@ -611,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
     args.k = [int(x) for x in args.k.split(",") if x.strip()]
-    from runner.config import load_config
+    from federates.common.config import load_config
 
     base = [f"study.duration={args.duration}", "federation.timeout_s=900"]
     try:

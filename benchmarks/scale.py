@@ -162,7 +162,7 @@ def case_config(case: dict, duration: str, extra: list[str] | None = None):
     """The config of ``case`` (label, prosumers, n_loads, k) for ``duration``: the default
     study on the synthetic feeder; shorter than a day, from MIDDAY_START_H (the costliest
     hours). ``extra``: more ``--set`` overrides. (benchmarks/run.py's K split uses it too.)"""
-    from runner.config import load_config
+    from federates.common.config import load_config
 
     overrides = [f"study.duration={duration}", f"study.name={case['label']}", "feeder.model=synthetic",
                  f"feeder.synthetic.n_loads={case['n_loads']}", f"prosumers.count={case['prosumers']}",

@@ -214,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args) -> int:
-    from runner.config import load_config
+    from federates.common.config import load_config
     from runner.launch import check_feeder
 
     cfg = load_config(args.config, args.overrides)
@@ -252,7 +252,7 @@ def _placement(args, cfg) -> tuple[list[str] | None, bool]:
 
 def cmd_run(args) -> int:
     from federates.common import keys
-    from runner.config import load_config
+    from federates.common.config import load_config
     from runner.launch import default_run_dir, prepare_run, run_study
     from runner.progress import Progress
 
@@ -399,10 +399,10 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_clear(args) -> int:
+    from federates.common.config import DEFAULT_MECHANISM
     from federates.common.errors import Problem
     from federates.market.mechanisms import allowed_mechanisms, clear, clearing_json
     from federates.market.orders_csv import read_orders_csv
-    from runner.config import DEFAULT_MECHANISM
 
     allowed = allowed_mechanisms()
     mechanism = args.mechanism or DEFAULT_MECHANISM.get(args.topology, "")

@@ -27,7 +27,6 @@ from federates.common.runtime import Study
 from federates.common.tables import TableCollector, TableWriter, drain_due, study_chunk_intervals
 from federates.controllers.role import ControllersRole
 from federates.feeder.role import FeederRole
-from federates.feeder.sensitivity import needs_sensitivities
 from federates.market.role import MarketRole
 from federates.meters.role import MetersRole
 from federates.prosumers.role import ProsumersRole
@@ -65,13 +64,11 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
     times = times or EngineTimes()
     t = time.perf_counter()
     cfg, tl = study.cfg, study.cfg.timeline
-    prosumers = ProsumersRole(cfg, study.sites)
-    market = MarketRole(cfg, study.participants, study.run_dir / "ledger.zst", distance_km=study.distance_km)
-    inverter_kva = study.inverter_kva
-    feeder = FeederRole(cfg, study.master, study.sites, inverter_kva=inverter_kva)
-    meters = MetersRole(cfg, study.sites, v_base_v=study.v_base_v)
-    controllers = ControllersRole(cfg, study.sites, inverter_kva,
-                                  sensitivities=study.sensitivities() if needs_sensitivities(cfg) else None)
+    prosumers = ProsumersRole.from_study(study)
+    market = MarketRole.from_study(study)
+    feeder = FeederRole.from_study(study)
+    meters = MetersRole.from_study(study)
+    controllers = ControllersRole.from_study(study)
     t = times.add("setup", t)
     collect = sink is None
     sink = TableCollector() if sink is None else sink
@@ -84,15 +81,13 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
 
     confirmations: list[Confirmation] = []
     schedule_p_kw = np.zeros(len(study.sites))
-    # comms (cfg.comms): messages to the market in flight, as the federation's senders
-    # and HELICS delay filter make them: (arrival [ns, HELICS time], kind, kept items)
-    comms, seed = cfg.comms, cfg.study.seed
+    # messages to the market in flight, as the HELICS delay filter makes them (the roles
+    # drop what the comms layer loses): (arrival [ns, HELICS time], kind, items)
+    comms = prosumers.comms
     inflight: list[tuple[int, str, list]] = []
 
-    def post(kind: str, k_about: int, items: list, senders: list[str], send_s: float) -> None:
-        kept = comms.kept(seed, kind, k_about, senders)
-        inflight.append((_ns(send_s) + _ns(comms.latency_of(kind)), kind,
-                         [x for x, ok in zip(items, kept, strict=True) if ok]))
+    def post(kind: str, items: list, send_s: float) -> None:
+        inflight.append((_ns(send_s) + _ns(comms.latency_of(kind)), kind, items))
 
     def deliver(kind: str, t_s: float) -> list:
         """The ``kind`` items that arrived by ``t_s`` (in arrival order); the rest stay in flight."""
@@ -107,20 +102,15 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
         if k >= 1:
             prosumers.on_confirmations(k - 1, confirmations)
         if k < tl.n_intervals:
-            bids = prosumers.bids(k)
-            post("bids", k, bids, [o.participant for o in bids], tl.report_time(k))
-            lost = comms.unscheduled(seed, tl, k, [o.participant for o in bids])
-            unscheduled_kw = np.where(np.isin(prosumers.participants, list(lost)),
-                                      prosumers.forecast_net_kw[k], 0.0)
-            deviation_p_kw = prosumers.interval_deviations(k) + unscheduled_kw  # comms: no schedule, real power
+            bids, deviation_p_kw = prosumers.bids_sent(k)
+            post("bids", bids, tl.report_time(k))
         t = times.add("prosumers", t)
         # AMI time of k, then report time of k
         if k >= 1:
             meters.record_interval(k - 1, *feeder.meter_block(k - 1))
         ami = meters.ami(k - 1) if k >= 1 else []
         if k >= 1:
-            reports = meters.report(k - 1)
-            post("interval_energy", k - 1, reports, [e.meter for e in reports], tl.report_time(k))
+            post("interval_energy", meters.report_sent(k - 1), tl.report_time(k))
         t = times.add("meters", t)
         notices = feeder.curtailment_notices(k - 1) if k >= 1 else []
         losses = feeder.loss_energy(k - 1) if k >= 1 and cfg.market.settle_losses else []

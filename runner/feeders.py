@@ -19,10 +19,10 @@ from typing import Any
 
 import yaml
 
+from federates.common.config import FEEDERS_DIR, bundled_feeders
 from federates.common.errors import ConfigError, PowerFlowNotConverged, Problem
 from federates.common.units import PHASE_TO_NODE, PHASES
 from federates.feeder.opendss import OpenDSSFeeder
-from runner.config import FEEDERS_DIR, bundled_feeders
 
 __all__ = ["bundled_feeder_master", "describe_feeder", "feeder_summaries", "format_feeder",
            "format_feeder_list", "resolve_feeder"]

@@ -35,6 +35,16 @@ import numpy as np
 import yaml
 
 from federates.common import keys
+from federates.common.config import (
+    GENERATED_FEEDER_DIR,
+    HELICS_ZMQ_PORT,
+    REPO_ROOT,
+    StudyFile,
+    config_sha256,
+    feeder_master,
+    generated_feeder_parameters,
+    resolved_dict,
+)
 from federates.common.conservation import merge_tables as merge_conservation_tables
 from federates.common.errors import ConfigError, FederationError, FeederModelError, Problem
 from federates.common.runtime import (
@@ -46,16 +56,6 @@ from federates.common.runtime import (
 )
 from federates.common.tables import TableWriter
 from runner import interrupt
-from runner.config import (
-    GENERATED_FEEDER_DIR,
-    HELICS_ZMQ_PORT,
-    REPO_ROOT,
-    StudyFile,
-    config_sha256,
-    feeder_master,
-    generated_feeder_parameters,
-    resolved_dict,
-)
 
 PACKAGES = ("helics", "opendssdirect.py", "dss-python", "pandas", "numpy", "pyomo", "highspy",
             "pydantic", "pyarrow", "pvlib")
@@ -81,7 +81,7 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
     customers), so this is only to keep those runs unchanged.
 
     A synthetic feeder with other than the bundled parameters is written into
-    ``feeder/`` and named by the resolved config (``runner.config.generated_feeder_parameters``);
+    ``feeder/`` and named by the resolved config (``federates.common.config.generated_feeder_parameters``);
     with ``prosumers.pv_penetration_pct`` the resolved config also gets the peak load
     it refers to (``pv_penetration_base_kw``), so every federate sizes PV alike.
     """

@@ -58,10 +58,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from federates.common.config import StudyFile
 from federates.common.messages import GRID, Trade
 from federates.common.tables import parquet_writer
 from federates.feeder.losses import BACKGROUND, allocate_losses_to_trades
-from runner.config import StudyFile
 from runner.results import CHUNK_ROWS, interval_chunks, table_file
 
 __all__ = ["LOSS_ALLOCATION_DTYPES", "LOSS_CHARGES_DTYPES", "LOSS_COLUMNS", "interval_loss_allocation",

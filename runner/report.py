@@ -62,9 +62,9 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from federates.common.config import StudyFile, validate
 from federates.common.messages import GRID_OPERATOR
 from runner import html
-from runner.config import StudyFile, validate
 from runner.results import CHUNK_ROWS, interval_chunks, run_kpis, table_file
 
 CONFIG_FILE = "config.resolved.yaml"

@@ -22,8 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from federates.common.config import StudyFile
 from federates.common.conservation import POWER_TOLERANCE_PCT, ConservationError
-from runner.config import StudyFile
 
 RESULTS = "results"
 

@@ -166,7 +166,7 @@ def validate_points(config: Path, fixed: list[str], points: list[Point], *, engi
     """Every point's config (and each distinct feeder model once) must load: one
     ConfigError naming every bad point and field. Parallel federations cannot share
     a fixed ``federation.broker_port`` or ``federation.broker_address``."""
-    from runner.config import load_config
+    from federates.common.config import load_config
     from runner.launch import check_feeder
 
     problems: list[Problem] = []
@@ -258,7 +258,7 @@ class Sweep:
         return argv
 
     def start(self, p: Point) -> None:
-        from runner.config import REPO_ROOT
+        from federates.common.config import REPO_ROOT
 
         (p.run_dir / RUN_LOG).parent.mkdir(parents=True, exist_ok=True)
         with open(p.run_dir / RUN_LOG, "w") as log:

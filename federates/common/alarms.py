@@ -45,7 +45,7 @@ class Alarms:
 
     @classmethod
     def from_config(cls, cfg) -> Alarms:
-        """The limits the study's DSO acts on (``cfg``: a ``runner.config.StudyFile``)."""
+        """The limits the study's DSO acts on (``cfg``: a ``federates.common.config.StudyFile``)."""
         ctl, lim = cfg.controllers, cfg.limits
         return cls(enabled=bool(ctl.enabled and ctl.curtailment.enabled),
                    v_max_pu=float(ctl.v_max_pu),

@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from federates.common.config import StudyFile, feeder_master, validate
 from federates.common.grid import CustomerSite
-from runner.config import StudyFile, feeder_master, validate
 
 CONFIG_FILE = "config.resolved.yaml"
 SITES_FILE = "sites.json"

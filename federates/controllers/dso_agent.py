@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from federates.common.config import StudyFile
 from federates.common.messages import AmiReading, Confirmation, GridConstraint, OperatingEnvelope
 from federates.controllers.dso import (
     MIN_EFFECTIVE_SHARE,
@@ -34,7 +35,6 @@ from federates.controllers.dso import (
     violated_constraints,
 )
 from federates.feeder.sensitivity import Sensitivities
-from runner.config import StudyFile
 
 
 class DsoAgent:

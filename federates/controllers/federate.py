@@ -19,13 +19,11 @@ from federates.common.messages import DsoView, Scada, ViewsDone, decode, encode
 from federates.common.runtime import Study, drain_into, federate_main
 from federates.common.tables import drain_due, study_chunk_intervals
 from federates.controllers.role import ControllersRole
-from federates.feeder.sensitivity import needs_sensitivities
 
 
 def run(study: Study, broker: str, log: logging.Logger, sink):
     cfg, tl = study.cfg, study.cfg.timeline
-    sens = study.sensitivities() if needs_sensitivities(cfg) else None
-    role = ControllersRole(cfg, study.sites, study.inverter_kva, sensitivities=sens)
+    role = ControllersRole.from_study(study)
     n = len(study.sites)
     door = Door(keys.CONTROLLERS, broker, log=log)
     sub_view = door.subscription(*keys.FEEDER_DSO_VIEW)

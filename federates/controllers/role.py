@@ -36,16 +36,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
 from federates.common.messages import DsoCap, DsoView, OperatingEnvelope
 from federates.controllers.curtailment import export_caps, group_codes
 from federates.controllers.dso_agent import DsoAgent
-from runner.config import StudyFile
+from federates.feeder.sensitivity import needs_sensitivities
+
+if TYPE_CHECKING:
+    from federates.common.runtime import Study
 
 LIMIT_V_MAX = "v_max"
 
@@ -71,6 +75,13 @@ class ControllersRole:
     ``sites`` fixes the customer order; ``inverter_kva`` [kVA] each customer's inverter
     nameplate (its export cannot exceed it; envelopes use it).
     """
+
+    @classmethod
+    def from_study(cls, study: Study) -> ControllersRole:
+        """The study's DSO, with its linear model of the feeder when its curtailment or
+        the network-aware clearing needs one (``sensitivities.npz`` in the run folder)."""
+        sens = study.sensitivities() if needs_sensitivities(study.cfg) else None
+        return cls(study.cfg, study.sites, study.inverter_kva, sensitivities=sens)
 
     def __init__(self, cfg: StudyFile, sites: Sequence[CustomerSite], inverter_kva: np.ndarray,
                  *, sensitivities=None):

@@ -32,7 +32,7 @@ from federates.feeder.role import FeederRole
 
 def run(study: Study, broker: str, log: logging.Logger, sink):
     cfg, tl = study.cfg, study.cfg.timeline
-    role = FeederRole(cfg, study.master, study.sites, inverter_kva=study.inverter_kva)
+    role = FeederRole.from_study(study)
     n, s = len(study.sites), tl.steps_per_interval
     door = Door(keys.FEEDER, broker, log=log)
     sub_schedule = door.subscription(*keys.SCHEDULE_P_KW)

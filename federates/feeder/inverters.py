@@ -113,6 +113,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
 from federates.common.messages import CurtailmentNotice, DsoCap, OperatingEnvelope
 from federates.common.rng import stream
@@ -125,7 +126,6 @@ from federates.feeder.voltvar import (
     volt_var_points,
 )
 from federates.feeder.voltwatt import p_pct_to_cap_kw, volt_watt_points
-from runner.config import StudyFile
 
 LIMIT_V_MAX = "v_max"
 LIMIT_V_MIN = "v_min"

@@ -34,7 +34,7 @@ from federates.common.grid import CustomerSite, LoadPoint
 from federates.common.units import NODE_TO_PHASE, PHASE_TO_NODE
 
 if TYPE_CHECKING:
-    from runner.config import CustomerConnection
+    from federates.common.config import CustomerConnection
 
 __all__ = ["CUSTOMER_VMAX_PU", "CUSTOMER_VMIN_PU", "OpenDSSFeeder", "fortescue_vuf_pct"]
 
@@ -460,7 +460,7 @@ class OpenDSSFeeder:
     ) -> None:
         """Create the OpenDSS elements that connect each customer (once per feeder).
 
-        ``connection`` is a :class:`runner.config.CustomerConnection`. ``"secondary"``:
+        ``connection`` is a :class:`federates.common.config.CustomerConnection`. ``"secondary"``:
         one single-phase service transformer per distinct ``site.group`` (primary: the
         bus node to neutral at the bus's L-N kV [kV]; secondary: ``secondary_kv`` L-N
         [kV]; ``transformer_kva`` [kVA], ``transformer_pct_r`` / ``_pct_x`` [%] on its

@@ -48,11 +48,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from federates.common.alarms import Alarms
+from federates.common.config import StudyFile
 from federates.common.conservation import POWER_TOLERANCE_PCT, Conservation, relative_pct
 from federates.common.errors import PowerFlowNotConverged
 from federates.common.grid import CustomerSite
@@ -67,7 +69,9 @@ from federates.common.messages import (
 from federates.common.tables import StepArrays, chunk_intervals
 from federates.feeder.inverters import InverterFleet
 from federates.feeder.opendss import OpenDSSFeeder
-from runner.config import StudyFile
+
+if TYPE_CHECKING:
+    from federates.common.runtime import Study
 
 #: Lines and transformers kept per step in the ``lines`` table when the study file
 #: does not say (``feeder.lines_top_n``).
@@ -128,6 +132,11 @@ class Measurement:
 
 class FeederRole:
     """The feeder's work over a study: steps, controls, and the recorded tables."""
+
+    @classmethod
+    def from_study(cls, study: Study) -> FeederRole:
+        """The study's feeder model with its customers and their inverters."""
+        return cls(study.cfg, study.master, study.sites, inverter_kva=study.inverter_kva)
 
     def __init__(self, cfg: StudyFile, master: Path, sites: list[CustomerSite], *,
                  inverter_kva: np.ndarray | None = None) -> None:

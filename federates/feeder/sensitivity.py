@@ -50,8 +50,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from federates.common.config import StudyFile
     from federates.feeder.opendss import OpenDSSFeeder
-    from runner.config import StudyFile
 
 SENSITIVITIES_FILE = "sensitivities.npz"
 

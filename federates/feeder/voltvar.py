@@ -9,7 +9,7 @@ The curve is piecewise linear through four points (V1, Q1), (V2, 0), (V3, 0),
     V3 = VRef + 0.02 VN   Q3 = 0
     V4 = VRef + 0.08 VN   Q4 = 44 % of nameplate apparent power, absorption
 
-which with VRef = VN = 1 pu is what :class:`runner.config.VoltVarConfig` holds by
+which with VRef = VN = 1 pu is what :class:`federates.common.config.VoltVarConfig` holds by
 default. The standard defines V1..V4 relative to VRef; the config gives them for
 VRef = 1.0 pu, so a ``v_ref_pu`` other than 1.0 shifts all four points by
 ``v_ref_pu - 1.0`` [pu].
@@ -37,7 +37,7 @@ import math
 
 import numpy as np
 
-from runner.config import VoltVarConfig
+from federates.common.config import VoltVarConfig
 
 
 def volt_var_points(curve: VoltVarConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ for Category B DER (Table 10) is::
     V2 = 1.10 VN    P2 = min(0.2 Prated, Pmin)   (DER that cannot absorb active power)
                     P'2 = 0                       (DER that can absorb active power)
 
-which is what :class:`runner.config.VoltWattConfig` holds by default (``p2_pct: 0``
+which is what :class:`federates.common.config.VoltWattConfig` holds by default (``p2_pct: 0``
 gives P'2). Unlike Volt-VAR, the curve is defined on the nominal voltage VN, not on
 VRef, so ``volt_var.v_ref_pu`` does not shift it.
 
@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from federates.common.config import VoltWattConfig
 from federates.feeder.voltvar import curve_value
-from runner.config import VoltWattConfig
 
 
 def volt_watt_points(curve: VoltWattConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from federates.market.role import MarketRole
 
 def run(study: Study, broker: str, log: logging.Logger, sink):
     cfg, tl = study.cfg, study.cfg.timeline
-    role = MarketRole(cfg, study.participants, study.run_dir / "ledger.zst", distance_km=study.distance_km)
+    role = MarketRole.from_study(study)
     door = Door(keys.MARKET, broker, log=log)
     pub = door.publication(*keys.SCHEDULE_P_KW)
     ep = door.endpoint(keys.MARKET)

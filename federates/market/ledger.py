@@ -84,6 +84,8 @@ import zstandard
 
 from federates.common.messages import GRID, GRID_OPERATOR, CurtailmentNotice, Order, Trade
 
+#: the ledger's file name in a run folder
+LEDGER_FILE = "ledger.zst"
 AUTHORITY = "market"
 RECORD_KINDS = ("bid", "trade", "curtailment", "settlement", "envelope", "trade_curtailment")
 GENESIS_PREV_HASH = "0" * 64
@@ -701,7 +703,7 @@ def write_blocks(path: str | Path, blocks: list[dict[str, Any]]) -> None:
 
 def _file(path: str | Path) -> Path:
     p = Path(path)
-    return p / "ledger.zst" if p.is_dir() else p
+    return p / LEDGER_FILE if p.is_dir() else p
 
 
 # ---------------------------------------------------------------------- blocks
@@ -731,7 +733,7 @@ class Ledger:
     def __init__(self, path: str | Path, keyring: KeyRing, difficulty_bits: int = 0) -> None:
         """Open or create the ledger at ``path``."""
         p = Path(path)
-        self.path = p / "ledger.zst" if p.is_dir() else p
+        self.path = p / LEDGER_FILE if p.is_dir() else p
         self.keyring = keyring
         self.difficulty_bits = int(difficulty_bits)
         if not 0 <= self.difficulty_bits <= 64:

@@ -16,10 +16,12 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from federates.common.config import StudyFile
 from federates.common.conservation import ENERGY_TOLERANCE_KWH, MONEY_TOLERANCE_USD, Conservation
 from federates.common.messages import (
     GRID,
@@ -36,6 +38,7 @@ from federates.market.books import LEDGER_TOTALS, ledger_differences, money_flow
 from federates.market.community import ClearingResult
 from federates.market.fastbook import adopt
 from federates.market.ledger import (
+    LEDGER_FILE,
     KeyRing,
     Ledger,
     block_float_columns,
@@ -49,7 +52,9 @@ from federates.market.mechanisms import MECHANISMS as REGISTRY
 from federates.market.p2p import electrical_distance_charges
 from federates.market.prices import with_confirmation_prices
 from federates.market.settlement import SettlementRow, market_price_of, settle_interval
-from runner.config import StudyFile
+
+if TYPE_CHECKING:
+    from federates.common.runtime import Study
 
 Clearer = Callable[..., ClearingResult]
 
@@ -144,6 +149,11 @@ class MarketRole:
     (``p2p.electrical_distance_charges``); then ``distance_km`` is required. The
     hybrid topology's upper level trades between aggregators and stays uncharged.
     """
+
+    @classmethod
+    def from_study(cls, study: Study) -> MarketRole:
+        """The study's market, its ledger in the run folder (``ledger.zst``)."""
+        return cls(study.cfg, study.participants, study.run_dir / LEDGER_FILE, distance_km=study.distance_km)
 
     def __init__(
         self,

@@ -69,7 +69,7 @@ from federates.common.timeline import Timeline
 from federates.meters.meter import MeterRegister
 
 if TYPE_CHECKING:
-    from runner.config import MetersConfig
+    from federates.common.config import MetersConfig
 
 ACCURACY_CLASS_PCT: dict[str, float] = {"0.2": 0.2, "0.5": 0.5, "1": 1.0, "2": 2.0}
 DEFAULT_V_BASE_V = 240.0

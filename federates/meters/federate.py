@@ -17,14 +17,14 @@ from federates.meters.role import MetersRole
 
 def run(study: Study, broker: str, log: logging.Logger, sink):
     cfg, tl = study.cfg, study.cfg.timeline
-    role = MetersRole(cfg, study.sites, v_base_v=study.v_base_v)
+    role = MetersRole.from_study(study)
     n, s = len(study.sites), tl.steps_per_interval
     door = Door(keys.METERS, broker, log=log)
     sub_block = door.subscription(*keys.FEEDER_METER_BLOCK)
     ep = door.endpoint(keys.METERS)
     # comms: the billing energy travels on its own delayed endpoint (the AMI data stay
     # on ``ep``); with no latency it shares ``ep``, as without comms
-    latency_s = cfg.comms.latency_of("interval_energy")
+    latency_s = role.comms.latency_of("interval_energy")
     ep_billing = door.endpoint(f"{keys.METERS}/billing") if latency_s > 0 else ep
     door.add_delay_filter(ep_billing, latency_s)
     every = study_chunk_intervals(cfg, n)
@@ -39,10 +39,7 @@ def run(study: Study, broker: str, log: logging.Logger, sink):
             role.record_interval(k - 1, *block[1:1 + 3 * s * n].reshape(3, s, n), block[1 + 3 * s * n:])
             door.send(ep, keys.CONTROLLERS, encode(role.ami(k - 1), kind="ami_readings", interval=k - 1))
             door.advance(tl.report_time(k))
-            energies = role.report(k - 1)
-            kept = cfg.comms.kept(cfg.study.seed, "interval_energy", k - 1, [e.meter for e in energies])
-            energies = [e for e, ok in zip(energies, kept, strict=True) if ok]  # comms: lost readings
-            door.send(ep_billing, keys.MARKET, encode(energies, kind="interval_energy", interval=k - 1))
+            door.send(ep_billing, keys.MARKET, encode(role.report_sent(k - 1), kind="interval_energy", interval=k - 1))
             if drain_due(tl, k, every):
                 drain_into(sink, role)
     except ConservationError as e:

@@ -27,21 +27,31 @@ The inverters act on their own local sensing (``meters.noise_pct``, applied in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from federates.common.comms import CommsLink
+from federates.common.config import StudyFile
 from federates.common.conservation import ENERGY_TOLERANCE_KWH, SOLUTION_TOLERANCE, Conservation
 from federates.common.grid import CustomerSite
 from federates.common.messages import AmiReading, IntervalEnergy
 from federates.common.tables import chunk_intervals
 from federates.meters.ami import DEFAULT_V_BASE_V, AmiBatch, AmiMeters, AmiSpec
 from federates.meters.meter import MeterRegister
-from runner.config import StudyFile
+
+if TYPE_CHECKING:
+    from federates.common.runtime import Study
 
 
 class MetersRole:
     """Smart meters of all customers of one study."""
+
+    @classmethod
+    def from_study(cls, study: Study) -> MetersRole:
+        """The meters of every customer of the study, each on its nominal voltage."""
+        return cls(study.cfg, study.sites, v_base_v=study.v_base_v)
 
     def __init__(self, cfg: StudyFile, sites: Sequence[CustomerSite], *,
                  v_base_v: Sequence[float] | np.ndarray | None = None, ami_errors: bool = True):
@@ -52,6 +62,7 @@ class MetersRole:
         self.cfg = cfg
         self.timeline = cfg.timeline
         self.seed = cfg.study.seed
+        self.comms = CommsLink.of(cfg.comms)
         self.settle_on_ami = bool(cfg.meters.settle_on_ami)
         self.meter_ids: list[str] = [s.participant for s in sites]
         self.n = len(self.meter_ids)
@@ -142,6 +153,13 @@ class MetersRole:
         self._forget()
         return [IntervalEnergy(meter=m, interval=k, energy_kwh=float(energy_kwh[i]))
                 for i, m in enumerate(self.meter_ids)]
+
+    def report_sent(self, k: int) -> list[IntervalEnergy]:
+        """What leaves the meters for the market about interval ``k``: :meth:`report`
+        less the readings the comms layer loses (:class:`CommsLink`)."""
+        energies = self.report(k)
+        kept = self.comms.kept(self.seed, "interval_energy", k, [e.meter for e in energies])
+        return [e for e, ok in zip(energies, kept, strict=True) if ok]
 
     def _forget(self) -> None:
         """Carry the AMI registers past what no later reading or settlement asks for, and

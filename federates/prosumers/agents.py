@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from federates.common.config import ProsumersConfig, StudyFile
 from federates.common.grid import CustomerSite
 from federates.common.rng import stream
 from federates.prosumers.profiles import daily_shape
-from runner.config import ProsumersConfig, StudyFile
 
 _SHAPE_MAX = float(daily_shape(np.arange(0.0, 24.0, 1.0 / 600.0)).max())  # [-], 6 s grid
 

@@ -8,26 +8,12 @@ import sys
 from collections import defaultdict
 from functools import partial
 
-import numpy as np
-
 from federates.common import keys
 from federates.common.door import Door
 from federates.common.messages import Confirmation, decode, encode
 from federates.common.runtime import Study, drain_into, federate_main
 from federates.common.tables import drain_due, study_chunk_intervals
-from federates.prosumers.agents import make_specs
 from federates.prosumers.role import ProsumersRole
-
-
-def part_role(study: Study, part: int, parts: int) -> ProsumersRole:
-    """The prosumers of part ``part`` of ``parts`` (``keys.part_bounds``): a ProsumersRole
-    over that slice of the sites whose specs are the slice of the whole population's
-    (PV/battery ownership and the penetration factor are drawn over all sites)."""
-    if parts == 1:
-        return ProsumersRole(study.cfg, study.sites)
-    lo, hi = keys.part_bounds(len(study.sites), part, parts)
-    specs = make_specs(study.cfg, study.sites)[lo:hi]
-    return ProsumersRole(study.cfg, study.sites[lo:hi], specs=specs)
 
 
 def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, parts: int | None = None):
@@ -36,11 +22,11 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
         raise ValueError(f"--part {part}/{parts} but prosumers.federates is {cfg.prosumers.federates}")
     parts = cfg.prosumers.federates
     name = keys.prosumers_names(parts)[part]
-    role = part_role(study, part, parts)
+    role = ProsumersRole.from_study(study, part, parts)
     door = Door(name, broker, log=log)
     pub = door.publication(*keys.deviation_key(part, parts))
     ep = door.endpoint(name)
-    door.add_delay_filter(ep, cfg.comms.latency_of("bids"))  # comms: bids arrive late
+    door.add_delay_filter(ep, role.comms.latency_of("bids"))  # comms: bids arrive late
     inbox: dict[int, list[Confirmation]] = defaultdict(list)
     every = study_chunk_intervals(cfg, len(study.sites))
     part_sink = sink if parts == 1 else _PartSink(sink, part)
@@ -57,14 +43,9 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
             drain()
             if k >= 1:
                 role.on_confirmations(k - 1, inbox.pop(k - 1, []))
-            orders = role.bids(k)
-            kept = cfg.comms.kept(cfg.study.seed, "bids", k, [o.participant for o in orders])
-            sent = [o for o, ok in zip(orders, kept, strict=True) if ok]  # comms: lost bids
-            door.send(ep, keys.MARKET, encode(sent, kind="orders", interval=k))
-            lost = cfg.comms.unscheduled(cfg.study.seed, tl, k, [o.participant for o in orders])
-            unscheduled_kw = np.where(np.isin(role.participants, list(lost)), role.forecast_net_kw[k], 0.0)
-            # comms: a lost bid has no schedule, its real power is all deviation
-            door.publish(pub, (role.interval_deviations(k) + unscheduled_kw).ravel())
+            orders, deviation_p_kw = role.bids_sent(k)
+            door.send(ep, keys.MARKET, encode(orders, kind="orders", interval=k))
+            door.publish(pub, deviation_p_kw.ravel())
             if drain_due(tl, k, every):
                 drain_into(part_sink, role)
         door.advance(tl.report_time(tl.n_intervals))

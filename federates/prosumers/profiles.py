@@ -88,8 +88,8 @@ import pvlib
 from scipy.signal import lfilter
 from scipy.special import ndtri
 
+from federates.common.config import SiteConfig
 from federates.common.rng import stream
-from runner.config import SiteConfig
 
 # ---- load model parameters -------------------------------------------------------
 _SHAPE_NIGHT_BASE = 0.28  # constant part of the shape (before normalising to mean 1)

@@ -30,11 +30,15 @@ forgotten. A caller that never drains keeps every row, as before, for :meth:`tab
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from federates.common.comms import CommsLink
+from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
+from federates.common.keys import part_bounds
 from federates.common.messages import Confirmation, Order
 from federates.common.rng import stream
 from federates.market.ledger import KeyRing, sign_order
@@ -42,7 +46,9 @@ from federates.prosumers import profiles
 from federates.prosumers.adaptive import ADAPTIVE_STRATEGIES, AdaptiveBidders
 from federates.prosumers.agents import ProsumerSpec, make_specs, spec_arrays
 from federates.prosumers.strategies import limit_price
-from runner.config import StudyFile
+
+if TYPE_CHECKING:
+    from federates.common.runtime import Study
 
 ROUND_TRIP_EFFICIENCY = 0.95
 ETA_ONE_WAY = float(np.sqrt(ROUND_TRIP_EFFICIENCY))
@@ -195,6 +201,18 @@ class ProsumersRole:
             if cfg.prosumers.strategy in ADAPTIVE_STRATEGIES
             else None
         )
+        self.comms = CommsLink.of(cfg.comms)
+
+    @classmethod
+    def from_study(cls, study: Study, part: int = 0, parts: int = 1) -> ProsumersRole:
+        """The prosumers of part ``part`` of ``parts`` of the study (``keys.part_bounds``;
+        the whole population with ``parts=1``): a slice of the sites whose specs are the
+        slice of the whole population's (PV/battery ownership and the penetration factor
+        are drawn over all sites)."""
+        if parts == 1:
+            return cls(study.cfg, study.sites)
+        lo, hi = part_bounds(len(study.sites), part, parts)
+        return cls(study.cfg, study.sites[lo:hi], specs=make_specs(study.cfg, study.sites)[lo:hi])
 
     # ---- profile blocks ------------------------------------------------------------
     def _make_block(self, k0: int) -> _Block:
@@ -304,6 +322,21 @@ class ProsumersRole:
         if self.keys is not None:
             orders = [sign_order(self.keys, o) for o in orders]
         return orders
+
+    def bids_sent(self, k: int) -> tuple[list[Order], np.ndarray]:
+        """What leaves the prosumers at the report time of interval ``k``: the orders the
+        comms layer does not lose (:class:`CommsLink`), and every step's deviation [kW],
+        shape (steps of the interval, participants), for the physics. A bidder whose
+        order is lost or arrives after the market time gets no schedule, so its whole
+        forecast is added to its deviation: the feeder's power (schedule + deviation)
+        stays its real net power."""
+        orders = self.bids(k)
+        senders = [o.participant for o in orders]
+        kept = self.comms.kept(self.seed, "bids", k, senders)
+        lost = self.comms.unscheduled(self.seed, self.timeline, k, senders)
+        unscheduled_kw = np.where(np.isin(self.participants, list(lost)), self.forecast_net_kw[k], 0.0)
+        sent = [o for o, ok in zip(orders, kept, strict=True) if ok]
+        return sent, self.interval_deviations(k) + unscheduled_kw
 
     def on_confirmations(self, k: int, confirmations: list[Confirmation]) -> None:
         """The market's confirmations of interval ``k``: adaptive bidders learn from them;

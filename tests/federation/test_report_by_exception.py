@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from federates.common.alarms import Alarms
+from federates.common.config import load_config
 from federates.common.messages import DsoView, Scada
 from federates.controllers.dso import violated_constraints
 from federates.feeder.sensitivity import Sensitivities
-from runner.config import load_config
 from runner.engine import EngineTimes, run_inprocess
 from runner.launch import prepare_run
 from tests.conftest import DEFAULT, REPO

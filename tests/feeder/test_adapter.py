@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from federates.common.config import CustomerConnection, validate
 from federates.common.messages import ControlCommand
 from federates.feeder.opendss import OpenDSSFeeder
 from federates.feeder.placement import place_customers
 from federates.feeder.role import OPENDSS_DEFAULT_DAILY_SHAPE, FeederRole, daily_shape_mult
-from runner.config import CustomerConnection, validate
 
 pytestmark = pytest.mark.feeder
 

@@ -23,11 +23,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from federates.common.config import bundled_feeders
 from federates.feeder.opendss import OpenDSSFeeder, _phases_of_bus
 from federates.feeder.placement import place_customers
 from federates.feeder.synthetic import write_synthetic_feeder
 from runner.cli import main as cli_main
-from runner.config import bundled_feeders
 from runner.feeders import format_feeder
 from tests.conftest import DEFAULT, tecosim
 

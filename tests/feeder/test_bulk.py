@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from federates.common.config import FEEDERS_DIR, CustomerConnection
 from federates.feeder.opendss import OpenDSSFeeder
 from federates.feeder.placement import place_customers
-from runner.config import FEEDERS_DIR, CustomerConnection
 
 pytestmark = pytest.mark.feeder
 

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from federates.common.config import CustomerConnection
 from federates.common.grid import CustomerSite
 from federates.feeder.opendss import OpenDSSFeeder
 from federates.feeder.placement import place_customers
-from runner.config import CustomerConnection
 from tests.conftest import tecosim
 
 pytestmark = pytest.mark.feeder

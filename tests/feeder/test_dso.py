@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linprog
 
+from federates.common.config import load_config
 from federates.controllers.dso import (
     operating_envelopes,
     plan_curtailment,
@@ -21,7 +22,6 @@ from federates.controllers.dso import (
 )
 from federates.feeder.opendss import OpenDSSFeeder
 from federates.feeder.sensitivity import Sensitivities, compute_sensitivities
-from runner.config import load_config
 from runner.launch import prepare_run
 from tests.conftest import DEFAULT
 
@@ -169,9 +169,9 @@ def test_export_envelopes_keep_voltages_within_the_limit(case):
 def test_closed_loop_response_with_volt_var_matches_opendss(case):
     """Volt-VAR iterated to its fixed point on OpenDSS, before and after more export,
     against closed_loop_dv's prediction (and the open-loop one overshoots)."""
+    from federates.common.config import VoltVarConfig
     from federates.controllers.dso import closed_loop_dv
     from federates.feeder.voltvar import volt_var_q_kvar
-    from runner.config import VoltVarConfig
 
     f, sens, kva = case
     vv = VoltVarConfig()

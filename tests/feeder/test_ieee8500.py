@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from federates.common.config import FEEDERS_DIR, CustomerConnection, bundled_feeders
 from federates.feeder.opendss import OpenDSSFeeder
 from federates.feeder.placement import place_customers
-from runner.config import FEEDERS_DIR, CustomerConnection, bundled_feeders
 from runner.feeders import describe_feeder
 from tests.conftest import DEFAULT, assert_same_tables, tecosim
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from federates.common.config import CustomerConnection, StudyFile, VoltVarConfig
 from federates.common.grid import CustomerSite
 from federates.feeder.opendss import OpenDSSFeeder
 from federates.feeder.voltvar import volt_var_q_kvar
-from runner.config import CustomerConnection, StudyFile, VoltVarConfig
 from tests.control_loop import ControlLoop
 
 pytestmark = pytest.mark.feeder

@@ -40,9 +40,9 @@ import numpy as np
 import opendssdirect
 import pytest
 
+from federates.common.config import CustomerConnection, StudyFile, VoltVarConfig, VoltWattConfig
 from federates.common.grid import CustomerSite
 from federates.feeder.opendss import OpenDSSFeeder
-from runner.config import CustomerConnection, StudyFile, VoltVarConfig, VoltWattConfig
 from tests.control_loop import ControlLoop
 
 pytestmark = pytest.mark.feeder

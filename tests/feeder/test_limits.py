@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import yaml
 
+from federates.common.config import validate
 from federates.feeder.opendss import OpenDSSFeeder, fortescue_vuf_pct
 from federates.feeder.placement import place_customers
 from federates.feeder.role import FeederRole
-from runner.config import validate
 
 pytestmark = pytest.mark.feeder
 

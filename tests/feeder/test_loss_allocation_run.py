@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runner.config import load_config
+from federates.common.config import load_config
 from runner.losses_table import LOSS_ALLOCATION_DTYPES, loss_allocation, loss_charges
 from runner.results import read_tables
 from tests.conftest import DEFAULT, tecosim

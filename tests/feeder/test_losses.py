@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
+from federates.common.config import CustomerConnection, validate
 from federates.common.messages import GRID, Trade
 from federates.feeder.losses import (
     BACKGROUND,
@@ -27,7 +28,6 @@ from federates.feeder.losses import (
 from federates.feeder.opendss import OpenDSSFeeder
 from federates.feeder.placement import place_customers
 from federates.feeder.role import FeederRole
-from runner.config import CustomerConnection, validate
 
 pytestmark = pytest.mark.feeder
 

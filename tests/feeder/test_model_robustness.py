@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import yaml
 
+from federates.common.config import CustomerConnection
 from federates.common.errors import FeederModelError
 from federates.feeder.opendss import OpenDSSFeeder
 from federates.feeder.placement import place_customers
-from runner.config import CustomerConnection
 from tests.conftest import DEFAULT, tecosim
 
 pytestmark = pytest.mark.feeder

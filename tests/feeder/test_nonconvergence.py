@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from federates.common.config import load_config
 from runner.cli import main
-from runner.config import load_config
 from runner.results import (
     ConservationError,
     check_conservation,

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import yaml
 
+from federates.common.config import CustomerConnection
 from federates.common.grid import CustomerSite
 from federates.feeder.opendss import OpenDSSFeeder
-from runner.config import CustomerConnection
 from tests.conftest import DEFAULT, tecosim
 
 pytestmark = pytest.mark.feeder

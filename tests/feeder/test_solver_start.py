@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from federates.common.config import CustomerConnection
 from federates.feeder.opendss import OpenDSSFeeder
 from federates.feeder.placement import place_customers
-from runner.config import CustomerConnection
 
 pytestmark = pytest.mark.feeder
 

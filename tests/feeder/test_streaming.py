@@ -7,9 +7,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from federates.common.config import load_config
 from federates.common.tables import StepArrays, TableWriter, chunk_intervals
 from federates.common.timeline import Timeline
-from runner.config import load_config
 from runner.engine import run_inprocess
 from runner.launch import prepare_run
 from tests.conftest import DEFAULT

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from federates.common.config import CustomerConnection, bundled_feeders
 from federates.feeder.opendss import OpenDSSFeeder
 from federates.feeder.placement import place_customers
 from federates.feeder.synthetic import write_synthetic_feeder
-from runner.config import CustomerConnection, bundled_feeders
 
 pytestmark = pytest.mark.feeder
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from federates.common.config import StudyFile
 from federates.common.messages import GRID, Trade
 from federates.feeder.losses import BACKGROUND, allocate_losses_to_trades
-from runner.config import StudyFile
 
 LOSS_ALLOCATION_DTYPES: dict[str, str] = {
     "interval": "int64", "kind": "object", "trade_id": "object", "seller": "object",

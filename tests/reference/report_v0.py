@@ -48,8 +48,8 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from federates.common.config import StudyFile, validate
 from runner import html
-from runner.config import StudyFile, validate
 from runner.results import read_tables
 from tests.reference.post_run_v0 import kpis as kpis_table
 

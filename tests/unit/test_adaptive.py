@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
 from federates.common.messages import Confirmation
 from federates.common.rng import stream
 from federates.prosumers.adaptive import AdaptiveBidders, RothErev, roth_erev_choice
 from federates.prosumers.role import ProsumersRole
 from federates.prosumers.strategies import STRATEGIES, limit_price
-from runner.config import StudyFile
 
 F, R = 0.08, 0.26  # feed-in and retail tariffs [USD/kWh]
 # supply and demand curves: 10 one-kWh sellers with costs 0.10..0.19, 10 buyers with

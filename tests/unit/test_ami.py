@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 
+from federates.common.config import StudyFile, validate
 from federates.common.errors import ConfigError
 from federates.common.grid import CustomerSite
 from federates.common.messages import AmiReading, decode, encode
 from federates.meters.role import MetersRole
-from runner.config import StudyFile, validate
 
 DT_S = 60.0
 STEP_H = DT_S / 3600.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from federates.common.config import apply_overrides, load_config, validate
 from federates.common.errors import ConfigError
-from runner.config import apply_overrides, load_config, validate
 from tests.conftest import DEFAULT, tecosim
 
 
@@ -121,7 +121,7 @@ def test_the_bounds_themselves_are_allowed():
     assert cfg.prosumers.count == 100000 and cfg.study.duration_s == 366 * 86400
 
 
-# ---- a later source wins over the pair member it replaces (runner.config.later_wins)
+# ---- a later source wins over the pair member it replaces (federates.common.config.later_wins)
 IEEE34 = str(DEFAULT.parents[1] / "feeders" / "ieee34" / "IEEE34.dss")
 
 

@@ -81,7 +81,7 @@ def test_least_cost_and_sensitivity_curtail_differently_under_pay_as_bid(tmp_pat
     """A whole study: the very weak grid at midday under pay-as-bid. With every seller's
     confirmed price None the DSO priced them all at the feed-in tariff and least_cost
     curtailed exactly like sensitivity; with their own trade prices it does not."""
-    from runner.config import load_config
+    from federates.common.config import load_config
     from runner.engine import run_inprocess
     from runner.launch import prepare_run
     from tests.conftest import REPO

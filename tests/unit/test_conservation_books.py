@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import federates.market.role as market_role
+from federates.common.config import validate
 from federates.common.conservation import (
     DTYPES,
     ENERGY_TOLERANCE_KWH,
@@ -32,7 +33,6 @@ from federates.market.ledger import KeyRing, sign_order
 from federates.market.role import MarketRole
 from federates.market.settlement import settle_interval_reference
 from federates.meters.role import MetersRole
-from runner.config import validate
 
 PARTICIPANTS = ["a", "b", "c", "x", "y"]
 

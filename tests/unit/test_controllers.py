@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
 from federates.controllers.curtailment import curtail_fraction, export_caps, group_codes
 from federates.feeder.voltvar import volt_var_q_kvar
 from federates.feeder.voltwatt import volt_watt_cap_kw
 from federates.meters.role import MetersRole
-from runner.config import StudyFile
 from tests.control_loop import ControlLoop
 
 DT_S = 60.0

@@ -1,7 +1,7 @@
 """Bad input, fuzzed: every invalid study config, order CSV or feeder file is a clear error
 (exit 2, a message naming the field / row / column / file), never a traceback.
 
-Most examples go through the parsers in-process (``runner.config.validate``,
+Most examples go through the parsers in-process (``federates.common.config.validate``,
 ``federates.market.orders_csv.read_orders_csv``) and through ``runner.cli.main`` (the
 command's error handling without a process start); a few through the real ``tecosim``
 command as a subprocess. Deterministic (``derandomize``) and bounded: the file runs in
@@ -24,10 +24,10 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from federates.common.config import StudyFile, resolved_dict, validate
 from federates.common.errors import ConfigError
 from federates.market.orders_csv import OPTIONAL, REQUIRED, read_orders_csv
 from runner.cli import main
-from runner.config import StudyFile, resolved_dict, validate
 from tests.conftest import DEFAULT, tecosim
 
 BASE: dict[str, Any] = yaml.safe_load(DEFAULT.read_text())

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from federates.common.config import StudyFile
 from federates.common.messages import GRID, CurtailmentNotice, IntervalEnergy, Order
 from federates.market.community import ClearingResult, clear_uniform_price
 from federates.market.role import MarketRole
-from runner.config import StudyFile
 
 RETAIL = 0.26
 FEED_IN = 0.08

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from federates.common.config import validate
 from federates.common.messages import Order
 from federates.market.ledger import KeyRing, read_blocks, sign_order, verify_ledger
 from federates.market.role import MarketRole
-from runner.config import validate
 
 
 def test_market_rejects_forged_and_unsigned_bids(tmp_path):

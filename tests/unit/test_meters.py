@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
 from federates.feeder.inverters import InverterFleet
 from federates.meters.meter import measure
 from federates.meters.role import MetersRole
-from runner.config import StudyFile
 
 DT_S = 60.0
 STEP_H = DT_S / 3600.0

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from federates.common.config import load_config
 from federates.common.messages import GRID_OPERATOR
-from runner.config import load_config
 from runner.engine import run_inprocess
 from runner.launch import prepare_run
 from tests.conftest import REPO

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from runner.config import validate
+from federates.common.config import validate
 from runner.losses_table import write_loss_tables
 from runner.results import IntervalReader, read_tables, run_kpis, summary
 from tests.conftest import DEFAULT, MIDDAY, tecosim

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from federates.common.config import SiteConfig, StudyFile
 from federates.common.grid import CustomerSite
 from federates.prosumers import profiles
 from federates.prosumers.agents import make_specs
 from federates.prosumers.role import ETA_ONE_WAY, ProsumersRole, battery_limits_kw, soc_after
 from federates.prosumers.strategies import STRATEGIES, limit_price
-from runner.config import SiteConfig, StudyFile
 
 SAN_JUAN = SiteConfig()  # defaults: San Juan, Puerto Rico
 DAY_1MIN = pd.date_range("2026-06-21T00:00:00-04:00", periods=1440, freq="60s")

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from federates.common.config import SiteConfig, StudyFile
 from federates.common.grid import CustomerSite
 from federates.common.messages import Confirmation
 from federates.common.rng import stream
@@ -31,7 +32,6 @@ from federates.prosumers.role import (
     study_times,
 )
 from federates.prosumers.strategies import limit_price
-from runner.config import SiteConfig, StudyFile
 
 SAN_JUAN = SiteConfig()
 

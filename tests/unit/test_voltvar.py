@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from federates.common.config import VoltVarConfig
 from federates.feeder.voltvar import (
     q_pct_to_q_kvar,
     volt_var_points,
     volt_var_q_kvar,
     volt_var_q_pct,
 )
-from runner.config import VoltVarConfig
 
 CAT_B = VoltVarConfig()
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from federates.common.config import StudyFile, VoltVarConfig, VoltWattConfig, validate
 from federates.common.errors import ConfigError
 from federates.common.grid import CustomerSite
 from federates.feeder.voltvar import lagged_target, response_alpha, volt_var_q_kvar
@@ -17,7 +18,6 @@ from federates.feeder.voltwatt import (
     volt_watt_p_pct,
     volt_watt_points,
 )
-from runner.config import StudyFile, VoltVarConfig, VoltWattConfig, validate
 from tests.control_loop import ControlLoop
 
 CAT_B = VoltWattConfig()

@@ -1,40 +1,30 @@
-"""The study config: one schema, validated before anything starts.
+"""The study schema: every section of a study YAML file as a strict pydantic model.
 
-``load_config`` reads YAML, applies ``--set key=value`` overrides, validates with
-pydantic (unknown keys are errors) and with the cross-field rules below, and raises one
-:class:`ConfigError` that lists every problem with its field path and allowed values.
+Unknown keys are errors, every field has its unit in its name or its docstring, and the
+defaults are the bundled default study's. Reading a file, ``--set`` overrides and the
+cross-field rules are :mod:`.loader` and :mod:`.checks`; this module holds no behaviour
+beyond filling defaults that follow from other fields.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import itertools
-import math
-from collections import Counter
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from federates.common.errors import ConfigError, Problem
-from federates.common.rng import stream
+from federates.common.config.presets import GRID_PRESETS
 from federates.common.timeline import Timeline
 from federates.common.units import parse_duration_s
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_DURATION_S = 366 * 86400.0  # study.duration [s]
 MAX_PROSUMERS = 100_000  # prosumers.count
-FEEDERS_DIR = REPO_ROOT / "feeders"
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
@@ -227,6 +217,14 @@ class ProsumersConfig(_Strict):
     )
 
 
+#: the clearing mechanisms a study may name, by topology: the study's vocabulary. Their
+#: code is registered under the same names in ``federates.market.mechanisms.MECHANISMS``
+#: (tests/unit/test_mechanisms.py checks the two agree).
+MECHANISMS_OF_TOPOLOGY: dict[str, tuple[str, ...]] = {
+    "community": ("lp", "pay_as_bid", "uniform_price"),
+    "p2p": ("admm", "lp"),
+    "hybrid": ("two_level",),
+}
 #: the clearing mechanism of a topology whose config names none
 DEFAULT_MECHANISM = {"community": "uniform_price", "p2p": "lp", "hybrid": "two_level"}
 
@@ -600,41 +598,12 @@ class CommsConfig(_Strict):
     inverter terminals, with no communication link. AMI readings to the DSO already
     have their own loss model (``meters.missing_rate``).
 
-    Losses are drawn by the sender from ``stream(study.seed, "comms", what, k)``, one
-    draw per message in send order, so both engines drop the same messages (HELICS's
-    random-drop filter has its own, unseeded RNG); the federation applies the latency
-    with a HELICS delay filter, the in-process engine by delivering at the first market
-    time at or after the arrival. With 0 latency and 0 loss nothing changes.
+    The loss model both engines run is :class:`federates.common.comms.CommsLink`.
     """
 
     latency_s: NonNegFloat = 0.0
     loss_rate: Fraction = 0.0
     applies_to: list[Literal["bids", "interval_energy"]] = ["bids", "interval_energy"]
-
-    def latency_of(self, what: str) -> float:
-        """Latency [s] of the ``what`` messages (0 if the layer does not apply)."""
-        return self.latency_s if what in self.applies_to else 0.0
-
-    def kept(self, seed: int, what: str, k: int, senders: list[str]) -> list[bool]:
-        """Which of the ``what`` messages about interval ``k`` get through, one per
-        entry of ``senders`` (the participant / meter of each message, in send order):
-        the j-th message of a sender is lost when the j-th draw of ``stream(seed,
-        "comms", what, k, sender)`` is below ``loss_rate`` (so the drops do not depend
-        on how the senders are split over federates)."""
-        if self.loss_rate <= 0.0 or what not in self.applies_to:
-            return [True] * len(senders)
-        draws = {s: iter(stream(seed, "comms", what, k, s).random(c)) for s, c in Counter(senders).items()}
-        return [bool(next(draws[s]) >= self.loss_rate) for s in senders]
-
-    def unscheduled(self, seed: int, tl: Timeline, k: int, participants: list[str]) -> set[str]:
-        """The bidders of interval ``k`` (``participants``: one per order, in send order)
-        whose order is lost or reaches the market after its market time: they get no
-        schedule, so the physics adds their forecast to their published deviation (the
-        feeder's power = schedule + deviation stays their real net power)."""
-        late = (round(tl.report_time(k) * 1e9) + round(self.latency_of("bids") * 1e9)
-                > round(tl.market_time(k) * 1e9))  # HELICS time [ns], as runner.engine._ns
-        kept = self.kept(seed, "bids", k, participants)
-        return {p for p, ok in zip(participants, kept, strict=True) if late or not ok}
 
 
 class StudyFile(_Strict):
@@ -651,7 +620,7 @@ class StudyFile(_Strict):
     federation: FederationConfig = FederationConfig()
     comms: CommsConfig = CommsConfig()
     grid_preset: Literal["strong", "weak", "very_weak"] | None = None  # see GRID_PRESETS
-    #: what a later source replaced (runner.config.later_wins), for the resolved config
+    #: what a later source replaced (federates.common.config.later_wins), for the resolved config
     _notes: list[str] = PrivateAttr(default_factory=list)
 
     @field_validator("grid_preset", mode="before")
@@ -664,7 +633,7 @@ class StudyFile(_Strict):
     @model_validator(mode="after")
     def _fill_bands(self) -> StudyFile:
         """Voltage limits from the named band (values given explicitly are kept and
-        checked against it in :func:`_cross_checks`); controller targets default to the
+        checked against it in :func:`federates.common.config.checks.cross_checks`); controller targets default to the
         limits."""
         lim = self.limits
         band = VOLTAGE_BANDS.get(lim.voltage_band)
@@ -687,483 +656,3 @@ class StudyFile(_Strict):
         s = self.study
         return Timeline(s.duration_s, s.market_interval_s, s.physics_step_s)
 
-
-#: ``grid_preset``: the values a preset fills in (see :func:`apply_grid_preset`).
-GRID_PRESETS: dict[str, dict[str, Any]] = {
-    "strong": {
-        "feeder": {
-            "synthetic": {"source_mva_sc": 200.0, "line_length_multiplier": 1.0, "phase_imbalance": 0.0},
-            "customer_connection": {"transformer_kva": 50.0, "service_length_m": 30.0,
-                                    "service_r_ohm_per_km": 1.32, "service_x_ohm_per_km": 0.1},
-        },
-        "prosumers": {"pv_penetration_pct": 30.0},
-    },
-    "weak": {
-        "feeder": {
-            "synthetic": {"source_mva_sc": 30.0, "line_length_multiplier": 2.0, "phase_imbalance": 0.3},
-            "customer_connection": {"transformer_kva": 25.0, "service_length_m": 100.0,
-                                    "service_r_ohm_per_km": 2.09, "service_x_ohm_per_km": 0.1},
-        },
-        "prosumers": {"pv_penetration_pct": 80.0},
-    },
-    "very_weak": {
-        "feeder": {
-            "synthetic": {"source_mva_sc": 8.0, "line_length_multiplier": 3.0, "phase_imbalance": 0.6},
-            "customer_connection": {"transformer_kva": 15.0, "service_length_m": 150.0,
-                                    "service_r_ohm_per_km": 3.33, "service_x_ohm_per_km": 0.1},
-        },
-        "prosumers": {"pv_penetration_pct": 150.0},
-    },
-}
-
-
-def apply_grid_preset(raw: dict[str, Any]) -> dict[str, Any]:
-    """``raw`` with the values of its ``grid_preset`` filled in where ``raw`` has no key.
-
-    ``grid_preset`` is a top-level key, not ``feeder.preset``: a preset sets keys of
-    two sections (``feeder.synthetic``, ``feeder.customer_connection`` and
-    ``prosumers.pv_penetration_pct``), so it describes the study's grid as a whole, and
-    ``--set grid_preset=weak`` says so. Keys given in the study file (or by ``--set``,
-    or by a ``base:`` file) win, an explicit ``null`` included; so a scenario file meant
-    to be re-run under other presets (configs/weak_grid.yaml) sets none of these keys.
-    The ``feeder.synthetic`` values are filled only with ``feeder.model: synthetic``
-    (:func:`_cross_checks` rejects a preset on another bundled model). Unknown names
-    are left to the schema, which lists the allowed ones.
-
-    ===========  =======  =====  =========  =====  ==========================  =======  =========  =======
-    preset       S_sc     lines  imbalance  PV     service transformer, drop   SCR_fdr  SCR_cust   V_noon
-    ===========  =======  =====  =========  =====  ==========================  =======  =========  =======
-    strong       200 MVA  1x     0 (33 %)   30 %   50 kVA, 30 m 1/0 Al         17.5     >= 186     1.041
-    weak          30 MVA  2x     0.3 (53%)  80 %   25 kVA, 100 m #2 Al          2.6     >= 32      1.054
-    very_weak      8 MVA  3x     0.6 (73%)  150 %  15 kVA, 150 m #4 Al          0.7     >= 7.6     1.099
-    ===========  =======  =====  =========  =====  ==========================  =======  =========  =======
-
-    * S_sc (``feeder.synthetic.source_mva_sc``): three- and single-phase short-circuit
-      power at the 12.47 kV source bus; 200 / 30 / 8 MVA are fault currents of 9.3 /
-      1.4 / 0.37 kA. SCR_fdr = S_sc / S_rated, with S_rated the feeder's rated power:
-      its trunk's thermal rating, 336,400 26/7 ACSR at 530 A (W. H. Kersting,
-      "Distribution System Modeling and Analysis", Appendix B): sqrt(3) x 12.47 kV x
-      530 A = 11.4 MVA. IEEE Std 1204-1997 (planning dc links at ac locations with low
-      short-circuit capacity) calls SCR < 3 low and < 2 very low: strong is above 3,
-      weak in 2-3, very_weak below 2. SCR_cust is the same ratio where the inverters
-      connect (NERC's SCR at the point of interconnection: short-circuit power there /
-      the rating of the inverter connected there), computed with OpenDSS for every PV
-      customer of the weak_grid scenario: it stays far above 3 in every preset. The
-      community's PV (<= 0.3 MVA) is small against any of the sources, so what the
-      customers see of a weak grid is its resistance to them: the lines (x ``lines``
-      the bundled 8 km trunk and laterals) and, most of all, the service
-      transformer and drop.
-    * imbalance (``feeder.synthetic.phase_imbalance``): the share of the feeder's
-      single-phase loads, and so of the customers placed on them, on phase a is (1 + 2
-      imbalance) / 3 (in brackets). No standard gives a value; these are choices. The
-      largest voltage unbalance factor of the three-phase buses at noon (weak_grid, no
-      control) is 0.02 / 0.28 / 1.13 %, against the 2 % of EN 50160.
-    * PV (``prosumers.pv_penetration_pct``): installed PV over the feeder's peak load,
-      the definition of Hoke et al., "Steady-State Analysis of Maximum Photovoltaic
-      Penetration Levels on Typical Distribution Feeders", IEEE Trans. Sustainable
-      Energy 4 (2013) 350-357 (peak load as in
-      ``federates.prosumers.agents.feeder_peak_load_kw``).
-    * service (``feeder.customer_connection``): standard single-phase pole-mount
-      transformer sizes (50, 25, 15 kVA; percent R and X left at their defaults) shared
-      by ``customers_per_transformer`` homes, and 240 V aluminium triplex drops whose
-      loop resistance is twice the conductor's dc resistance at 75 degC from NEC
-      (NFPA 70) Chapter 9 Table 8: 1/0 Al 0.201, #2 Al 0.319, #4 Al 0.508 ohm/kft ->
-      1.32, 2.09, 3.33 ohm/km; loop reactance 0.1 ohm/km.
-    * V_noon: the highest customer voltage [pu] of configs/weak_grid.yaml (source
-      1.04 pu) from 11:00 to 13:00 local time with ``controllers.enabled: false``
-      (``tecosim run configs/weak_grid.yaml --engine inprocess --set grid_preset=...``);
-      tests/feeder/test_weak_grid.py checks the order and the ANSI C84.1 Range A limit.
-    """
-    name = raw.get("grid_preset")
-    if not (isinstance(name, str) and name in GRID_PRESETS):
-        return raw
-    preset = copy.deepcopy(GRID_PRESETS[name])
-    feeder = raw.get("feeder")
-    model = feeder.get("model", FeederConfig.model_fields["model"].default) if isinstance(feeder, dict) \
-        else FeederConfig.model_fields["model"].default
-    if model != "synthetic":
-        del preset["feeder"]["synthetic"]
-    return _deep_merge(preset, raw)
-
-
-def generated_feeder_parameters(cfg: StudyFile) -> dict[str, Any] | None:
-    """``write_synthetic_feeder`` arguments when the run needs its own synthetic model.
-
-    None unless ``feeder.model`` is ``synthetic`` and ``feeder.synthetic`` differs from
-    the bundled instance's parameters (feeders/synthetic/feeder.yaml). When it is not
-    None, ``prepare_run`` writes that model to ``<run_dir>/feeder/synthetic.dss`` and
-    puts ``feeder.model: null, feeder.path: feeder/synthetic.dss`` into
-    config.resolved.yaml. Why a relative path and not a run-folder-aware
-    ``feeder_master``: ``Study.load`` already resolves a relative ``feeder.path``
-    against the run folder, so every federate and a moved or copied run folder find the
-    copy with no special case, ``feeder_master`` keeps one meaning of its ``base_dir``,
-    and the model a run used is a plain file in it. ``feeder.synthetic`` stays in the
-    resolved config as the record of how the copy was made. (``tecosim run
-    <run>/config.resolved.yaml`` uses that copy as it would any ``feeder.path``: the new
-    run names it by absolute path.)
-    """
-    f = cfg.feeder
-    if f.path is not None or f.model != "synthetic":
-        return None
-    bundled = yaml.safe_load((FEEDERS_DIR / "synthetic" / "feeder.yaml").read_text())["parameters"]
-    params = {**bundled, **f.synthetic.model_dump()}
-    return None if params == bundled else params
-
-
-#: The folder of the run folder that ``prepare_run`` writes a generated synthetic model into.
-GENERATED_FEEDER_DIR = "feeder"
-
-
-def bundled_feeders() -> list[str]:
-    """Names of the feeders shipped in feeders/ (folders with a feeder.yaml)."""
-    return sorted(p.parent.name for p in FEEDERS_DIR.glob("*/feeder.yaml"))
-
-
-def _field_path(loc: tuple[Any, ...]) -> str:
-    aliases = {"duration_s": "duration", "market_interval_s": "market_interval",
-               "physics_step_s": "physics_step"}
-    return ".".join(aliases.get(str(p), str(p)) for p in loc) or "<root>"
-
-
-def _whole(ratio: float) -> bool:
-    """``ratio`` is a whole number >= 1 (False for inf / NaN, e.g. 1e308 s / 1e-300 s)."""
-    return math.isfinite(ratio) and abs(ratio - round(ratio)) <= 1e-9 and round(ratio) >= 1
-
-
-def _cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
-    problems: list[Problem] = []
-    s = cfg.study
-    if s.physics_step_s < 2.0:
-        problems.append(Problem("study.physics_step", f"{s.physics_step_s:g} s is too short", ">= 2 s"))
-    if not _whole(s.market_interval_s / s.physics_step_s):
-        problems.append(Problem(
-            "study.physics_step",
-            f"{s.physics_step_s:g} s does not divide the market interval {s.market_interval_s:g} s",
-            "a divisor of study.market_interval",
-        ))
-    if not _whole(s.duration_s / s.market_interval_s):
-        problems.append(Problem(
-            "study.market_interval",
-            f"{s.market_interval_s:g} s does not divide the duration {s.duration_s:g} s",
-            "a divisor of study.duration",
-        ))
-    f = cfg.feeder
-    names = bundled_feeders()
-    if f.path is None and f.model is None:
-        problems.append(Problem("feeder", "name a bundled model or a path", f"feeder.model in {names} or feeder.path"))
-    elif f.path is not None and f.model is not None:
-        problems.append(Problem("feeder", "give feeder.model or feeder.path, not both", "one of them; set the other to null"))
-    elif f.path is not None:
-        p = Path(f.path)
-        try:
-            if not p.is_absolute():
-                p = (base_dir / p).resolve()
-            found = p.is_file()
-        except (OSError, ValueError) as e:  # a NUL byte, a name too long for the file system
-            problems.append(Problem("feeder.path", f"not a usable file name: {e}", "an OpenDSS master .dss file"))
-        else:
-            if not found:
-                what = "is a directory" if p.is_dir() else "no such file"
-                problems.append(Problem("feeder.path", f"{what}: {p}", "an OpenDSS master .dss file"))
-    elif f.model not in names:
-        problems.append(Problem("feeder.model", f"unknown feeder {f.model!r}", ", ".join(names)))
-    p = cfg.prosumers
-    if p.pv_kwp_min > p.pv_kwp_max:
-        problems.append(Problem("prosumers.pv_kwp_min", "is larger than prosumers.pv_kwp_max", "<= pv_kwp_max"))
-    if p.daily_load_kwh_min > p.daily_load_kwh_max:
-        problems.append(Problem("prosumers.daily_load_kwh_min", "is larger than daily_load_kwh_max", "<= daily_load_kwh_max"))
-    if p.federates > 1 and p.federates > p.count:
-        problems.append(Problem("prosumers.federates", f"{p.federates} federates for {p.count} prosumers",
-                                f"<= prosumers.count ({p.count})"))
-    problems += _grid_checks(cfg)
-    m = cfg.market
-    from federates.market.mechanisms import allowed_mechanisms
-
-    allowed = allowed_mechanisms()
-    if m.topology in allowed and m.mechanism not in allowed[m.topology]:
-        problems.append(Problem("market.mechanism", f"{m.mechanism!r} is not a {m.topology} mechanism",
-                                ", ".join(allowed[m.topology])))
-    elif m.topology not in allowed:
-        problems.append(Problem("market.topology", f"{m.topology!r} has no clearing mechanism yet",
-                                ", ".join(allowed)))
-    if m.settle_losses and m.loss_price == "none":
-        problems.append(Problem("market.settle_losses", "needs a loss price to charge the losses at",
-                                "market.loss_price: clearing or retail"))
-    if m.settle_losses and not cfg.feeder.loss_allocation:
-        problems.append(Problem("market.settle_losses", "needs the per-customer losses",
-                                "feeder.loss_allocation: true"))
-    if m.feed_in_usd_per_kwh >= m.retail_usd_per_kwh:
-        problems.append(Problem("market.feed_in_usd_per_kwh", "must be below the retail tariff", f"< {m.retail_usd_per_kwh:g}"))
-    # meters: AMI periods are whole physics steps and nest with the market intervals
-    r_s, dt_s, m_s = cfg.meters.reporting_interval_s, s.physics_step_s, s.market_interval_s
-    if not (_whole(r_s / dt_s) and (_whole(m_s / r_s) or _whole(r_s / m_s))):
-        n_dt = round(m_s / dt_s) if _whole(m_s / dt_s) else 1
-        # the divisors of n_dt (at most the first 12: n_dt may be huge)
-        divisors = [f"{i * dt_s:g}" for i in itertools.islice(
-            (i for i in range(1, min(n_dt, 10**6) + 1) if n_dt % i == 0), 12)]
-        problems.append(Problem(
-            "meters.reporting_interval",
-            f"{r_s:g} s is not a whole number of physics steps ({dt_s:g} s) that divides or is a "
-            f"multiple of the market interval ({m_s:g} s)",
-            f"one of {', '.join(divisors)} s, or a multiple of {m_s:g} s",
-        ))
-    lim = cfg.limits
-    band = VOLTAGE_BANDS.get(lim.voltage_band)
-    if band is None and (lim.v_min_pu is None or lim.v_max_pu is None):
-        problems.append(Problem("limits.voltage_band", "custom needs limits.v_min_pu and limits.v_max_pu",
-                                ", ".join(VOLTAGE_BANDS) + ", or custom with both values"))
-        return problems
-    for name, value in zip(("v_min_pu", "v_max_pu"), band or (), strict=False):
-        given = getattr(lim, name)
-        if abs(given - value) > 1e-9:
-            problems.append(Problem(f"limits.{name}", f"{given:g} contradicts voltage_band "
-                                    f"{lim.voltage_band!r} ({value:g})",
-                                    "the band's value, or limits.voltage_band: custom"))
-    if lim.v_min_pu >= lim.v_max_pu:
-        problems.append(Problem("limits.v_min_pu", "must be below limits.v_max_pu", f"< {lim.v_max_pu:g}"))
-    c = cfg.controllers
-    if c.v_min_pu >= c.v_max_pu:
-        problems.append(Problem("controllers.v_min_pu", "must be below v_max_pu", f"< {c.v_max_pu:g}"))
-    vv = c.volt_var
-    if not (vv.v1_pu < vv.v2_pu <= vv.v3_pu < vv.v4_pu):
-        problems.append(Problem("controllers.volt_var", "curve points out of order", "v1_pu < v2_pu <= v3_pu < v4_pu"))
-    if not c.volt_watt.v1_pu < c.volt_watt.v2_pu:
-        problems.append(Problem("controllers.volt_watt", "curve points out of order", "v1_pu < v2_pu"))
-    return problems
-
-
-def _grid_checks(cfg: StudyFile) -> list[Problem]:
-    """Rules of ``grid_preset``, ``feeder.synthetic`` and the PV penetration."""
-    problems: list[Problem] = []
-    f, p = cfg.feeder, cfg.prosumers
-    other_model = f.model is not None and f.model != "synthetic"
-    if other_model and cfg.grid_preset is not None:
-        problems.append(Problem("grid_preset", f"sets the synthetic feeder's source and lines, but feeder.model "
-                                f"is {f.model!r}", "feeder.model: synthetic, or grid_preset: null"))
-    if other_model and f.synthetic != SyntheticFeederConfig():
-        problems.append(Problem("feeder.synthetic", f"is only used with feeder.model: synthetic, not {f.model!r}",
-                                "feeder.model: synthetic, or drop feeder.synthetic"))
-    if p.pv_penetration_base_kw is not None and p.pv_penetration_pct is None:
-        problems.append(Problem("prosumers.pv_penetration_base_kw", "is only used with pv_penetration_pct",
-                                "a pv_penetration_pct, or null"))
-    if p.pv_penetration_pct is not None and (round(p.pv_share * p.count) == 0 or p.pv_kwp_max <= 0):
-        problems.append(Problem("prosumers.pv_penetration_pct", "no prosumer gets PV to scale",
-                                "round(pv_share * count) >= 1 and pv_kwp_max > 0, or null"))
-    return problems
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str], notes: list[str] | None = None,
-                    source: str = "the config") -> dict[str, Any]:
-    """``raw`` with each ``a.b.c=value`` applied (value parsed as YAML); an override
-    wins over the pair member it replaces (:func:`later_wins`, told in ``notes``)."""
-    if not isinstance(raw, dict):  # a file that is a list or a scalar: nothing to set keys in
-        raise ConfigError([Problem("<root>", "the config must be a mapping of sections",
-                                   ", ".join(StudyFile.model_fields))], "--set")
-    out = copy.deepcopy(raw)
-    problems = []
-    for item in overrides:
-        if "=" not in item:
-            problems.append(Problem(f"--set {item}", "must look like key.path=value", "section.key=value"))
-            continue
-        key, value = item.split("=", 1)
-        parts = [k for k in key.strip().split(".") if k]
-        if not parts:
-            problems.append(Problem(f"--set {item}", "empty key", "section.key=value"))
-            continue
-        node = out
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                problems.append(Problem(key, f"{part} is not a section", "a section name"))
-                break
-            node = child
-        else:
-            try:
-                parsed = yaml.safe_load(value)
-                top: dict[str, Any] = {parts[-1]: parsed}
-                for part in reversed(parts[:-1]):
-                    top = {part: top}
-                said = later_wins(out, top, source, f"--set {key.strip()}")
-                if notes is not None:
-                    notes.extend(said)
-                node[parts[-1]] = parsed
-            except yaml.YAMLError as e:
-                problems.append(Problem(key, f"value is not valid YAML: {' '.join(str(e).split())}",
-                                        "a YAML scalar, list or mapping"))
-    if problems:
-        raise ConfigError(problems, "--set")
-    return out
-
-
-def validate(raw: Any, base_dir: Path = Path("."), source: str = "config") -> StudyFile:
-    """A StudyFile from plain data; raises ConfigError listing every problem."""
-    if not isinstance(raw, dict):
-        raise ConfigError([Problem("<root>", "the config must be a mapping of sections",
-                                   ", ".join(StudyFile.model_fields))], source)
-    raw = apply_grid_preset(raw)
-    try:
-        cfg = StudyFile.model_validate(raw)
-    except ValidationError as e:
-        problems = []
-        pruned = copy.deepcopy(raw)
-        for err in e.errors():
-            path = _field_path(err["loc"])
-            if err["type"] == "extra_forbidden":
-                parent = err["loc"][:-1]
-                problems.append(Problem(path, "unknown key", ", ".join(_allowed_keys(parent))))
-            else:
-                problems.append(Problem(path, err["msg"]))
-            _drop(pruned, err["loc"])
-        # the rest of the config still gets its cross-field checks, so that every
-        # problem is reported in one go
-        try:
-            rest = StudyFile.model_validate(pruned)
-        except ValidationError:
-            rest = None
-        if rest is not None:
-            seen = {p.field for p in problems}
-            problems += [p for p in _cross_checks(rest, base_dir) if p.field not in seen]
-        raise ConfigError(problems, source) from None
-    problems = _cross_checks(cfg, base_dir)
-    if problems:
-        raise ConfigError(problems, source)
-    return cfg
-
-
-def _drop(raw: Any, loc: tuple[Any, ...]) -> None:
-    """Remove the key at ``loc`` from nested dicts (so its default applies)."""
-    node = raw
-    for part in loc[:-1]:
-        if not isinstance(node, dict) or part not in node:
-            return
-        node = node[part]
-    if isinstance(node, dict):
-        node.pop(loc[-1], None)
-
-
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = StudyFile
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None:
-            for f in model.model_fields.values():
-                if f.alias == part:
-                    field = f
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return []
-        model = field.annotation
-    return [f.alias or name for name, f in model.model_fields.items()]
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyFile:
-    """Read, override and validate a study YAML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([Problem("<file>", f"no such config file: {path}", "a YAML file")], str(path))
-    notes: list[str] = []
-    raw = _read_with_base(path, seen=(), notes=notes)
-    if overrides:
-        raw = apply_overrides(raw, overrides, notes, str(path))
-    cfg = validate(raw, base_dir=path.parent, source=str(path))
-    cfg._notes = notes
-    return cfg
-
-
-def later_wins(base: dict[str, Any], top: dict[str, Any], base_source: str, top_source: str) -> list[str]:
-    """Drop from ``base`` (in place) what a later source ``top`` replaces by choosing the
-    other of a pair, and say so (one note each, for the resolved config):
-
-    * ``feeder.path`` replaces an earlier ``feeder.model`` and ``feeder.model`` an
-      earlier ``feeder.path`` (they name the feeder two ways; one of them wins);
-    * ``market.topology`` without ``market.mechanism`` drops an earlier mechanism of
-      another topology: the new topology's default applies (``DEFAULT_MECHANISM``).
-    """
-    notes = []
-    bf, tf = base.get("feeder"), top.get("feeder")
-    if isinstance(bf, dict) and isinstance(tf, dict):
-        for new, old in (("path", "model"), ("model", "path")):
-            if tf.get(new) is not None and old not in tf and bf.get(old) is not None:
-                notes.append(f"feeder.{new} ({top_source}) replaces feeder.{old}: {bf.pop(old)} ({base_source})")
-                if new == "path":
-                    bf[old] = None
-    bm, tm = base.get("market"), top.get("market")
-    if isinstance(bm, dict) and isinstance(tm, dict) and "topology" in tm and "mechanism" not in tm:
-        if tm["topology"] != bm.get("topology", "community") and bm.get("mechanism") is not None:
-            notes.append(f"market.topology: {tm['topology']} ({top_source}) drops market.mechanism: "
-                         f"{bm.pop('mechanism')} ({base_source}); the topology's default applies")
-    return notes
-
-
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _read_with_base(path: Path, seen: tuple[Path, ...], notes: list[str] | None = None) -> dict[str, Any]:
-    """YAML of ``path``; a top-level ``base: other.yaml`` (relative to this file) is read
-    first and this file's keys are merged over it, section by section."""
-    try:
-        path = path.resolve()
-    except (OSError, ValueError) as e:  # a NUL byte in a base: name
-        raise ConfigError([Problem("base" if seen else "<file>", f"not a usable file name: {e}", "a YAML file")],
-                          str(seen[-1] if seen else path)) from None
-    if path in seen:
-        raise ConfigError([Problem("base", f"circular base: {' -> '.join(map(str, (*seen, path)))}")], str(path))
-    if not path.is_file():
-        raise ConfigError([Problem("base" if seen else "<file>", f"no such config file: {path}", "a YAML file")],
-                          str(seen[-1] if seen else path))
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError([Problem("<file>", f"not valid YAML: {e}")], str(path)) from None
-    except UnicodeDecodeError as e:
-        raise ConfigError([Problem("<file>", f"not UTF-8 text: {e}", "a UTF-8 YAML file")], str(path)) from None
-    except RecursionError:
-        raise ConfigError([Problem("<file>", "nested too deeply to read", "a study YAML file")], str(path)) from None
-    except OSError as e:
-        raise ConfigError([Problem("<file>", f"cannot be read: {e}", "a readable YAML file")], str(path)) from None
-    if not isinstance(raw, dict) or "base" not in raw:
-        return raw
-    base = raw.pop("base")
-    if not isinstance(base, str):
-        raise ConfigError([Problem("base", "must be a file name", "a YAML file next to this one")], str(path))
-    under = _read_with_base(path.parent / base, (*seen, path), notes)
-    said = later_wins(under, raw, str(path.parent / base), str(path))
-    if notes is not None:
-        notes.extend(said)
-    return _deep_merge(under, raw)
-
-
-def resolved_dict(cfg: StudyFile) -> dict[str, Any]:
-    """The config with every default filled in, keyed as in YAML."""
-    return cfg.model_dump(by_alias=True, mode="json")
-
-
-def config_sha256(cfg: StudyFile) -> str:
-    text = yaml.safe_dump(resolved_dict(cfg), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def feeder_master(cfg: StudyFile, base_dir: Path = Path(".")) -> Path:
-    """Absolute path of the OpenDSS master file of the configured feeder.
-
-    A relative ``feeder.path`` is taken relative to ``base_dir``. A synthetic model with
-    parameters other than the bundled ones has no master file before
-    ``prepare_run`` writes it into the run folder (:func:`generated_feeder_parameters`):
-    ValueError.
-    """
-    if generated_feeder_parameters(cfg) is not None:
-        raise ValueError("feeder.synthetic differs from the bundled model: prepare_run writes it into the run "
-                         "folder, whose config.resolved.yaml then names it in feeder.path")
-    if cfg.feeder.path is not None:
-        p = Path(cfg.feeder.path)
-        return p if p.is_absolute() else (base_dir / p).resolve()
-    meta = yaml.safe_load((FEEDERS_DIR / cfg.feeder.model / "feeder.yaml").read_text())
-    return (FEEDERS_DIR / cfg.feeder.model / meta["master"]).resolve()

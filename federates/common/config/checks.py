@@ -1,0 +1,145 @@
+"""Cross-field rules of a study: what a single field's type cannot say (a physics step
+that divides the market interval, a feeder that exists, a mechanism of the chosen
+topology, ...). Each broken rule is one :class:`Problem` naming the field and the
+allowed values; :func:`federates.common.config.loader.validate` reports them together."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+from federates.common.config.catalog import bundled_feeders
+from federates.common.config.schema import (
+    MECHANISMS_OF_TOPOLOGY,
+    VOLTAGE_BANDS,
+    StudyFile,
+    SyntheticFeederConfig,
+)
+from federates.common.errors import Problem
+
+
+def _whole(ratio: float) -> bool:
+    """``ratio`` is a whole number >= 1 (False for inf / NaN, e.g. 1e308 s / 1e-300 s)."""
+    return math.isfinite(ratio) and abs(ratio - round(ratio)) <= 1e-9 and round(ratio) >= 1
+
+
+def cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
+    problems: list[Problem] = []
+    s = cfg.study
+    if s.physics_step_s < 2.0:
+        problems.append(Problem("study.physics_step", f"{s.physics_step_s:g} s is too short", ">= 2 s"))
+    if not _whole(s.market_interval_s / s.physics_step_s):
+        problems.append(Problem(
+            "study.physics_step",
+            f"{s.physics_step_s:g} s does not divide the market interval {s.market_interval_s:g} s",
+            "a divisor of study.market_interval",
+        ))
+    if not _whole(s.duration_s / s.market_interval_s):
+        problems.append(Problem(
+            "study.market_interval",
+            f"{s.market_interval_s:g} s does not divide the duration {s.duration_s:g} s",
+            "a divisor of study.duration",
+        ))
+    f = cfg.feeder
+    names = bundled_feeders()
+    if f.path is None and f.model is None:
+        problems.append(Problem("feeder", "name a bundled model or a path", f"feeder.model in {names} or feeder.path"))
+    elif f.path is not None and f.model is not None:
+        problems.append(Problem("feeder", "give feeder.model or feeder.path, not both", "one of them; set the other to null"))
+    elif f.path is not None:
+        p = Path(f.path)
+        try:
+            if not p.is_absolute():
+                p = (base_dir / p).resolve()
+            found = p.is_file()
+        except (OSError, ValueError) as e:  # a NUL byte, a name too long for the file system
+            problems.append(Problem("feeder.path", f"not a usable file name: {e}", "an OpenDSS master .dss file"))
+        else:
+            if not found:
+                what = "is a directory" if p.is_dir() else "no such file"
+                problems.append(Problem("feeder.path", f"{what}: {p}", "an OpenDSS master .dss file"))
+    elif f.model not in names:
+        problems.append(Problem("feeder.model", f"unknown feeder {f.model!r}", ", ".join(names)))
+    p = cfg.prosumers
+    if p.pv_kwp_min > p.pv_kwp_max:
+        problems.append(Problem("prosumers.pv_kwp_min", "is larger than prosumers.pv_kwp_max", "<= pv_kwp_max"))
+    if p.daily_load_kwh_min > p.daily_load_kwh_max:
+        problems.append(Problem("prosumers.daily_load_kwh_min", "is larger than daily_load_kwh_max", "<= daily_load_kwh_max"))
+    if p.federates > 1 and p.federates > p.count:
+        problems.append(Problem("prosumers.federates", f"{p.federates} federates for {p.count} prosumers",
+                                f"<= prosumers.count ({p.count})"))
+    problems += _grid_checks(cfg)
+    m = cfg.market
+    allowed = MECHANISMS_OF_TOPOLOGY
+    if m.topology in allowed and m.mechanism not in allowed[m.topology]:
+        problems.append(Problem("market.mechanism", f"{m.mechanism!r} is not a {m.topology} mechanism",
+                                ", ".join(allowed[m.topology])))
+    elif m.topology not in allowed:
+        problems.append(Problem("market.topology", f"{m.topology!r} has no clearing mechanism yet",
+                                ", ".join(allowed)))
+    if m.settle_losses and m.loss_price == "none":
+        problems.append(Problem("market.settle_losses", "needs a loss price to charge the losses at",
+                                "market.loss_price: clearing or retail"))
+    if m.settle_losses and not cfg.feeder.loss_allocation:
+        problems.append(Problem("market.settle_losses", "needs the per-customer losses",
+                                "feeder.loss_allocation: true"))
+    if m.feed_in_usd_per_kwh >= m.retail_usd_per_kwh:
+        problems.append(Problem("market.feed_in_usd_per_kwh", "must be below the retail tariff", f"< {m.retail_usd_per_kwh:g}"))
+    # meters: AMI periods are whole physics steps and nest with the market intervals
+    r_s, dt_s, m_s = cfg.meters.reporting_interval_s, s.physics_step_s, s.market_interval_s
+    if not (_whole(r_s / dt_s) and (_whole(m_s / r_s) or _whole(r_s / m_s))):
+        n_dt = round(m_s / dt_s) if _whole(m_s / dt_s) else 1
+        # the divisors of n_dt (at most the first 12: n_dt may be huge)
+        divisors = [f"{i * dt_s:g}" for i in itertools.islice(
+            (i for i in range(1, min(n_dt, 10**6) + 1) if n_dt % i == 0), 12)]
+        problems.append(Problem(
+            "meters.reporting_interval",
+            f"{r_s:g} s is not a whole number of physics steps ({dt_s:g} s) that divides or is a "
+            f"multiple of the market interval ({m_s:g} s)",
+            f"one of {', '.join(divisors)} s, or a multiple of {m_s:g} s",
+        ))
+    lim = cfg.limits
+    band = VOLTAGE_BANDS.get(lim.voltage_band)
+    if band is None and (lim.v_min_pu is None or lim.v_max_pu is None):
+        problems.append(Problem("limits.voltage_band", "custom needs limits.v_min_pu and limits.v_max_pu",
+                                ", ".join(VOLTAGE_BANDS) + ", or custom with both values"))
+        return problems
+    for name, value in zip(("v_min_pu", "v_max_pu"), band or (), strict=False):
+        given = getattr(lim, name)
+        if abs(given - value) > 1e-9:
+            problems.append(Problem(f"limits.{name}", f"{given:g} contradicts voltage_band "
+                                    f"{lim.voltage_band!r} ({value:g})",
+                                    "the band's value, or limits.voltage_band: custom"))
+    if lim.v_min_pu >= lim.v_max_pu:
+        problems.append(Problem("limits.v_min_pu", "must be below limits.v_max_pu", f"< {lim.v_max_pu:g}"))
+    c = cfg.controllers
+    if c.v_min_pu >= c.v_max_pu:
+        problems.append(Problem("controllers.v_min_pu", "must be below v_max_pu", f"< {c.v_max_pu:g}"))
+    vv = c.volt_var
+    if not (vv.v1_pu < vv.v2_pu <= vv.v3_pu < vv.v4_pu):
+        problems.append(Problem("controllers.volt_var", "curve points out of order", "v1_pu < v2_pu <= v3_pu < v4_pu"))
+    if not c.volt_watt.v1_pu < c.volt_watt.v2_pu:
+        problems.append(Problem("controllers.volt_watt", "curve points out of order", "v1_pu < v2_pu"))
+    return problems
+
+
+def _grid_checks(cfg: StudyFile) -> list[Problem]:
+    """Rules of ``grid_preset``, ``feeder.synthetic`` and the PV penetration."""
+    problems: list[Problem] = []
+    f, p = cfg.feeder, cfg.prosumers
+    other_model = f.model is not None and f.model != "synthetic"
+    if other_model and cfg.grid_preset is not None:
+        problems.append(Problem("grid_preset", f"sets the synthetic feeder's source and lines, but feeder.model "
+                                f"is {f.model!r}", "feeder.model: synthetic, or grid_preset: null"))
+    if other_model and f.synthetic != SyntheticFeederConfig():
+        problems.append(Problem("feeder.synthetic", f"is only used with feeder.model: synthetic, not {f.model!r}",
+                                "feeder.model: synthetic, or drop feeder.synthetic"))
+    if p.pv_penetration_base_kw is not None and p.pv_penetration_pct is None:
+        problems.append(Problem("prosumers.pv_penetration_base_kw", "is only used with pv_penetration_pct",
+                                "a pv_penetration_pct, or null"))
+    if p.pv_penetration_pct is not None and (round(p.pv_share * p.count) == 0 or p.pv_kwp_max <= 0):
+        problems.append(Problem("prosumers.pv_penetration_pct", "no prosumer gets PV to scale",
+                                "round(pv_share * count) >= 1 and pv_kwp_max > 0, or null"))
+    return problems
+
