@@ -37,7 +37,7 @@ import yaml
 
 from federates.common.errors import ConfigError, Problem
 
-CONFIG_FILE = "config.resolved.yaml"  # federates.common.runtime.CONFIG_FILE
+CONFIG_FILE = "config.resolved.yaml"  # federates.runtime.CONFIG_FILE
 MANIFEST_FILE = "manifest.json"
 KPIS_FILE = Path("results") / "kpis.parquet"
 HTML_FILE = "compare.html"

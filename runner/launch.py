@@ -47,14 +47,14 @@ from federates.common.config import (
 )
 from federates.common.conservation import merge_tables as merge_conservation_tables
 from federates.common.errors import ConfigError, FederationError, FeederModelError, Problem
-from federates.common.runtime import (
+from federates.common.tables import TableWriter
+from federates.runtime import (
     CONFIG_FILE,
     V_BASE_FILE,
     Study,
     write_distances,
     write_sites,
 )
-from federates.common.tables import TableWriter
 from runner import interrupt
 
 PACKAGES = ("helics", "opendssdirect.py", "dss-python", "pandas", "numpy", "pyomo", "highspy",
@@ -850,7 +850,7 @@ class Federation:
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """Stop the federation asked to stop (Ctrl-C, SIGTERM): SIGTERM every federate
         (each closes its tables with the chunks written so far and leaves the federation,
-        ``federates.common.runtime.federate_main``), wait up to ``grace_s`` [s] for them,
+        ``federates.runtime.federate_main``), wait up to ``grace_s`` [s] for them,
         then kill what is left, the broker included (:meth:`kill_all`). A federate
         blocked in a long call (loading a large feeder, waiting in HELICS for a
         federate that is gone) is killed at the end of the grace time; a second stop

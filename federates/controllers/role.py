@@ -49,7 +49,7 @@ from federates.controllers.dso_agent import DsoAgent
 from federates.feeder.sensitivity import needs_sensitivities
 
 if TYPE_CHECKING:
-    from federates.common.runtime import Study
+    from federates.runtime import Study
 
 LIMIT_V_MAX = "v_max"
 

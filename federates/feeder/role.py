@@ -71,7 +71,7 @@ from federates.feeder.inverters import InverterFleet
 from federates.feeder.opendss import OpenDSSFeeder
 
 if TYPE_CHECKING:
-    from federates.common.runtime import Study
+    from federates.runtime import Study
 
 #: Lines and transformers kept per step in the ``lines`` table when the study file
 #: does not say (``feeder.lines_top_n``).

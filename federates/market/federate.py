@@ -10,9 +10,9 @@ from federates.common import keys
 from federates.common.conservation import ConservationError
 from federates.common.door import Door
 from federates.common.messages import decode, encode
-from federates.common.runtime import Study, drain_into, federate_main, stop_federate
 from federates.common.tables import drain_due, study_chunk_intervals
 from federates.market.role import MarketRole
+from federates.runtime import Study, drain_into, federate_main, stop_federate
 
 
 def run(study: Study, broker: str, log: logging.Logger, sink):

@@ -54,7 +54,7 @@ from federates.market.prices import with_confirmation_prices
 from federates.market.settlement import SettlementRow, market_price_of, settle_interval
 
 if TYPE_CHECKING:
-    from federates.common.runtime import Study
+    from federates.runtime import Study
 
 Clearer = Callable[..., ClearingResult]
 

@@ -42,7 +42,7 @@ from federates.meters.ami import DEFAULT_V_BASE_V, AmiBatch, AmiMeters, AmiSpec
 from federates.meters.meter import MeterRegister
 
 if TYPE_CHECKING:
-    from federates.common.runtime import Study
+    from federates.runtime import Study
 
 
 class MetersRole:

@@ -5,6 +5,10 @@ connects), written by the runner before anything starts. It may also hold ``dist
 (the customers' electrical distances [km], see ``runner.launch.prepare_run``).
 ``Study.load(run_dir)`` reads them back; ``write_tables`` writes a role's tables as Parquet into
 ``results/``. No HELICS here.
+
+Above the domain packages and below the federate doors and the runner: the study as
+the roles are built from (each role's ``from_study``), and the plumbing every federate
+process shares (:func:`federate_main`, stopping, watching the runner).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import yaml
 
 from federates.common.config import StudyFile, feeder_master, validate
 from federates.common.grid import CustomerSite
+from federates.feeder.sensitivity import SENSITIVITIES_FILE, Sensitivities
 
 CONFIG_FILE = "config.resolved.yaml"
 SITES_FILE = "sites.json"
@@ -71,8 +76,6 @@ class Study:
     def sensitivities(self):
         """The DSO's linear model of the feeder (``sensitivities.npz``, written by
         prepare_run when curtailment or network-aware clearing needs it)."""
-        from federates.feeder.sensitivity import SENSITIVITIES_FILE, Sensitivities
-
         path = self.run_dir / SENSITIVITIES_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no sensitivities in this run folder")
@@ -98,7 +101,7 @@ class Study:
     @property
     def inverter_kva(self) -> np.ndarray:
         """Inverter nameplate [kVA] per customer, from the prosumer specs (registered DER)."""
-        from federates.prosumers.agents import make_specs
+        from federates.prosumers.agents import make_specs  # on use: it imports pvlib (~1 s)
 
         return np.array([s.inverter_kva for s in make_specs(self.cfg, self.sites)], dtype=float)
 
