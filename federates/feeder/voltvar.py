@@ -34,36 +34,46 @@ Open-loop response time
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from federates.common.config import VoltVarConfig
+if TYPE_CHECKING:
+    from federates.common.config import VoltVarConfig
 
 
-def volt_var_points(curve: VoltVarConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The curve's corner points: voltages [pu] and reactive powers [% of nameplate kVA].
+class Curve(NamedTuple):
+    """A piecewise-linear IEEE 1547 curve: its corner voltages [pu] and the values there
+    (Volt-VAR: reactive power [% of nameplate kVA, + = injection]; Volt-Watt: active
+    power limit [% of rated power]); flat beyond the first and last corner."""
 
-    Reactive power in the standard's sign (+ = injection). The voltages include the
-    shift ``curve.v_ref_pu - 1.0`` [pu].
-    """
-    shift_pu = curve.v_ref_pu - 1.0
-    v_points_pu = np.array([curve.v1_pu, curve.v2_pu, curve.v3_pu, curve.v4_pu]) + shift_pu
-    q_points_pct = np.array([curve.q1_pct, 0.0, 0.0, curve.q4_pct])
-    return v_points_pu, q_points_pct
+    v_pu: np.ndarray
+    value: np.ndarray
 
 
-def volt_var_q_pct(v_pu: np.ndarray, curve: VoltVarConfig) -> np.ndarray:
+def volt_var_points(cfg: VoltVarConfig) -> Curve:
+    """The study's Volt-VAR curve (``controllers.volt_var``) as its corner points:
+    voltages [pu] and reactive powers [% of nameplate kVA], in the standard's sign
+    (+ = injection). The voltages include the shift ``v_ref_pu - 1.0`` [pu]. The one
+    place the config is read; the functions below take the points."""
+    shift_pu = cfg.v_ref_pu - 1.0
+    v_points_pu = np.array([cfg.v1_pu, cfg.v2_pu, cfg.v3_pu, cfg.v4_pu]) + shift_pu
+    q_points_pct = np.array([cfg.q1_pct, 0.0, 0.0, cfg.q4_pct])
+    return Curve(v_points_pu, q_points_pct)
+
+
+def volt_var_q_pct(v_pu: np.ndarray, curve: Curve) -> np.ndarray:
     """Reactive power the Volt-VAR curve asks for at voltages ``v_pu`` [pu].
 
     Returns [% of the inverter's nameplate apparent power], same shape as ``v_pu``,
     in the standard's sign: ``+`` injection below V2 (up to ``q1_pct`` at and below
     V1), ``0`` in the dead band [V2, V3], ``-`` absorption above V3 (down to
-    ``q4_pct`` at and beyond V4). Ignores ``curve.enabled`` (the caller decides).
+    ``q4_pct`` at and beyond V4); ``curve`` from :func:`volt_var_points`.
     """
-    return curve_value(v_pu, volt_var_points(curve))
+    return curve_value(v_pu, curve)
 
 
-def curve_value(v_pu: np.ndarray, points: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def curve_value(v_pu: np.ndarray, points: Curve) -> np.ndarray:
     """The piecewise-linear curve through ``points`` (corner voltages [pu], values) at
     ``v_pu``, flat beyond its first and last corner (np.interp), as IEEE 1547 holds
     both the Volt-VAR and the Volt-Watt curve."""
@@ -80,7 +90,7 @@ def q_pct_to_q_kvar(q_pct: np.ndarray, inverter_kva: np.ndarray) -> np.ndarray:
     return -np.asarray(q_pct, dtype=float) / 100.0 * np.asarray(inverter_kva, dtype=float)
 
 
-def volt_var_q_kvar(v_pu: np.ndarray, curve: VoltVarConfig, inverter_kva: np.ndarray) -> np.ndarray:
+def volt_var_q_kvar(v_pu: np.ndarray, curve: Curve, inverter_kva: np.ndarray) -> np.ndarray:
     """Volt-VAR reactive power [kvar] in tecosim's sign (q_kvar < 0 = injected) at ``v_pu`` [pu]."""
     return q_pct_to_q_kvar(volt_var_q_pct(v_pu, curve), inverter_kva)
 

@@ -36,25 +36,31 @@ is a first-order lag applied by the controllers role across physics steps
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from federates.common.config import VoltWattConfig
-from federates.feeder.voltvar import curve_value
+from federates.feeder.voltvar import Curve, curve_value
+
+if TYPE_CHECKING:
+    from federates.common.config import VoltWattConfig
 
 
-def volt_watt_points(curve: VoltWattConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The curve's corner points: voltages [pu of VN] and active-power limits [% of Prated]."""
-    return (np.array([curve.v1_pu, curve.v2_pu]), np.array([curve.p1_pct, curve.p2_pct]))
+def volt_watt_points(cfg: VoltWattConfig) -> Curve:
+    """The study's Volt-Watt curve (``controllers.volt_watt``) as its corner points:
+    voltages [pu of VN] and active-power limits [% of Prated]. The one place the config
+    is read; the functions below take the points."""
+    return Curve(np.array([cfg.v1_pu, cfg.v2_pu]), np.array([cfg.p1_pct, cfg.p2_pct]))
 
 
-def volt_watt_p_pct(v_pu: np.ndarray, curve: VoltWattConfig) -> np.ndarray:
+def volt_watt_p_pct(v_pu: np.ndarray, curve: Curve) -> np.ndarray:
     """Active-power limit the Volt-Watt curve sets at voltages ``v_pu`` [pu].
 
     Returns [% of the inverter's rated active power], same shape as ``v_pu``:
     ``p1_pct`` at and below V1, ``p2_pct`` at and above V2, linear in between.
-    Ignores ``curve.enabled`` (the caller decides).
+    ``curve`` from :func:`volt_watt_points`.
     """
-    return curve_value(v_pu, volt_watt_points(curve))
+    return curve_value(v_pu, curve)
 
 
 def p_pct_to_cap_kw(p_pct: np.ndarray, inverter_kva: np.ndarray) -> np.ndarray:
@@ -66,6 +72,6 @@ def p_pct_to_cap_kw(p_pct: np.ndarray, inverter_kva: np.ndarray) -> np.ndarray:
     return np.asarray(p_pct, dtype=float) / 100.0 * np.asarray(inverter_kva, dtype=float)
 
 
-def volt_watt_cap_kw(v_pu: np.ndarray, curve: VoltWattConfig, inverter_kva: np.ndarray) -> np.ndarray:
+def volt_watt_cap_kw(v_pu: np.ndarray, curve: Curve, inverter_kva: np.ndarray) -> np.ndarray:
     """Volt-Watt export cap [kW] at voltages ``v_pu`` [pu] for inverters of ``inverter_kva`` [kVA]."""
     return p_pct_to_cap_kw(volt_watt_p_pct(v_pu, curve), inverter_kva)

@@ -171,7 +171,7 @@ def test_closed_loop_response_with_volt_var_matches_opendss(case):
     against closed_loop_dv's prediction (and the open-loop one overshoots)."""
     from federates.common.config import VoltVarConfig
     from federates.controllers.dso import closed_loop_dv
-    from federates.feeder.voltvar import volt_var_q_kvar
+    from federates.feeder.voltvar import volt_var_points, volt_var_q_kvar
 
     f, sens, kva = case
     vv = VoltVarConfig()
@@ -182,7 +182,7 @@ def test_closed_loop_response_with_volt_var_matches_opendss(case):
             f.set_customer_powers(p, q)
             f.solve(controls=False)
             v = f.customer_v_pu()
-            q_new = q + 0.5 * (volt_var_q_kvar(v, vv, kva) - q)
+            q_new = q + 0.5 * (volt_var_q_kvar(v, volt_var_points(vv), kva) - q)
             if np.abs(q_new - q).max() < 1e-6:
                 return v
             q = q_new

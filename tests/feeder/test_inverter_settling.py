@@ -27,7 +27,7 @@ import pytest
 from federates.common.config import CustomerConnection, StudyFile, VoltVarConfig
 from federates.common.grid import CustomerSite
 from federates.feeder.opendss import OpenDSSFeeder
-from federates.feeder.voltvar import volt_var_q_kvar
+from federates.feeder.voltvar import volt_var_points, volt_var_q_kvar
 from tests.control_loop import ControlLoop
 
 pytestmark = pytest.mark.feeder
@@ -38,6 +38,7 @@ INVERTER_KVA = np.array([250.0, 300.0, 350.0, 300.0, 250.0, 350.0])  # six on on
 EXPORT_KW = INVERTER_KVA / 1.2  # each PV at its Pmpp (kVA = 1.2 kWp)
 N = len(INVERTER_KVA)
 VV = VoltVarConfig()  # Category B defaults
+VV_CURVE = volt_var_points(VV)
 MAX_ROUNDS = 20  # feeder.max_control_iterations of the default study
 
 NETWORK = f"""\
@@ -117,7 +118,7 @@ def fixed_point_v_pu(master: Path) -> float:
     feeder = feeder_for(master, N)
 
     def residual(v_pu: float) -> float:
-        return node_v_pu(feeder, -EXPORT_KW, volt_var_q_kvar(np.full(N, v_pu), VV, INVERTER_KVA)) - v_pu
+        return node_v_pu(feeder, -EXPORT_KW, volt_var_q_kvar(np.full(N, v_pu), VV_CURVE, INVERTER_KVA)) - v_pu
 
     lo, hi = VV.v3_pu, VV.v4_pu  # the absorbing slope
     assert residual(lo) > 0 > residual(hi)
@@ -137,7 +138,7 @@ def test_the_case_oscillates_under_damped_steps(master, v_star):
     damping 0.5 diverges) and the damped step alone hits the round cap."""
     feeder = feeder_for(master, N)
     slope_kvar_per_pu = float(np.sum(0.01 * VV.q1_pct * INVERTER_KVA / (VV.v4_pu - VV.v3_pu)))
-    q_star = volt_var_q_kvar(np.full(N, v_star), VV, INVERTER_KVA)
+    q_star = volt_var_q_kvar(np.full(N, v_star), VV_CURVE, INVERTER_KVA)
     dq_kvar = 10.0
     dv_dq = (node_v_pu(feeder, -EXPORT_KW, q_star + dq_kvar / N) - node_v_pu(feeder, -EXPORT_KW, q_star)) / dq_kvar
     gain = -slope_kvar_per_pu * dv_dq
@@ -149,7 +150,7 @@ def test_the_case_oscillates_under_damped_steps(master, v_star):
 
 def test_several_inverters_on_one_node_settle_at_the_fixed_point(master, v_star):
     ours = settle(master, INVERTER_KVA, EXPORT_KW, study())
-    q_star = volt_var_q_kvar(np.full(N, v_star), VV, INVERTER_KVA)
+    q_star = volt_var_q_kvar(np.full(N, v_star), VV_CURVE, INVERTER_KVA)
     print(f"{ours['rounds']} rounds, |v - v*| = {abs(ours['v_pu'] - v_star):.2e} pu, "
           f"max |q - q*| = {np.abs(ours['q_kvar'] - q_star).max():.4f} kvar")
     assert ours["converged"] and ours["rounds"] <= 10

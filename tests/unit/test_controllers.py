@@ -14,8 +14,8 @@ import pytest
 from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
 from federates.controllers.curtailment import curtail_fraction, export_caps, group_codes
-from federates.feeder.voltvar import volt_var_q_kvar
-from federates.feeder.voltwatt import volt_watt_cap_kw
+from federates.feeder.voltvar import volt_var_points, volt_var_q_kvar
+from federates.feeder.voltwatt import volt_watt_cap_kw, volt_watt_points
 from federates.meters.role import MetersRole
 from tests.control_loop import ControlLoop
 
@@ -111,7 +111,7 @@ def test_volt_var_converges_to_the_curve():
     assert control["iterations"].iloc[0] == n_solves - 1
     vv = cfg.controllers.volt_var
     # fixed point: the applied q is on the curve at the final voltage, within the stop rule
-    target = volt_var_q_kvar(v, vv, KVA)
+    target = volt_var_q_kvar(v, volt_var_points(vv), KVA)
     assert np.all(np.abs(feeder.q_kvar - target) <= vv.tolerance_kvar / vv.damping + 1e-12)
     assert np.all(feeder.q_kvar[:3] > 0)  # high voltage: inverters absorb (q_kvar > 0)
     assert feeder.q_kvar[5] == 0.0  # no inverter, no reactive power
@@ -281,7 +281,7 @@ def test_volt_watt_caps_exports_on_the_curve():
     t = ctrl.tables()
     assert t["control"]["converged"].tolist() == [True]
     # fixed point: T0's caps are on the curve at the final voltages, within the stop rule
-    cap_curve_kw = volt_watt_cap_kw(v, vw, KVA)
+    cap_curve_kw = volt_watt_cap_kw(v, volt_watt_points(vw), KVA)
     assert v[:3].min() > vw.v1_pu
     np.testing.assert_allclose(feeder.cap_kw[:3], cap_curve_kw[:3], atol=vw.tolerance_kw / vw.damping)
     # ... and bind: the exports sit at the caps, the rest is curtailed
@@ -328,7 +328,7 @@ def test_command_cap_is_the_smaller_of_volt_watt_and_dso():
     v = np.full(N, 1.08)  # Volt-Watt target 60 % of 10 kVA; one damped step: 8 kW
     commands = {c.participant: c for c in ctrl.on_readings(0, v, p, np.zeros(N), np.zeros(N))}
     vw = cfg.controllers.volt_watt
-    vw_step_kw = KVA[0] + vw.damping * (volt_watt_cap_kw(v, vw, KVA)[0] - KVA[0])
+    vw_step_kw = KVA[0] + vw.damping * (volt_watt_cap_kw(v, volt_watt_points(vw), KVA)[0] - KVA[0])
     assert commands["p0"].p_export_cap_kw == pytest.approx(3.0)
     assert commands["p1"].p_export_cap_kw == pytest.approx(vw_step_kw)
     assert "p5" not in commands  # no inverter: neither Volt-VAR nor Volt-Watt

@@ -13,7 +13,7 @@ from federates.feeder.voltvar import (
     volt_var_q_pct,
 )
 
-CAT_B = VoltVarConfig()
+CAT_B = volt_var_points(VoltVarConfig())
 
 # Points of the Category B default curve with VRef = 1.0 pu (IEEE 1547-2018 Table 8:
 # V1 = VRef-0.08, V2 = VRef-0.02, V3 = VRef+0.02, V4 = VRef+0.08; Q1 = 44 % injection,
@@ -26,7 +26,7 @@ ON_SLOPE = [(0.93, 44.0 * 5 / 6), (0.97, 44.0 / 6), (1.03, -44.0 / 6), (1.07, -4
 
 
 def test_defaults_are_category_b():
-    v_pts, q_pts = volt_var_points(CAT_B)
+    v_pts, q_pts = CAT_B
     np.testing.assert_allclose(v_pts, [0.92, 0.98, 1.02, 1.08])
     np.testing.assert_allclose(q_pts, [44.0, 0.0, 0.0, -44.0])
 
@@ -52,7 +52,7 @@ def test_shape_is_kept():
 
 
 def test_v_ref_shifts_the_curve():
-    shifted = VoltVarConfig(v_ref_pu=1.01)
+    shifted = volt_var_points(VoltVarConfig(v_ref_pu=1.01))
     assert volt_var_q_pct(np.array([1.06]), shifted)[0] == pytest.approx(-22.0)
     assert volt_var_q_pct(np.array([1.03]), shifted)[0] == pytest.approx(0.0)
 

@@ -11,7 +11,7 @@ import pytest
 from federates.common.config import StudyFile, VoltVarConfig, VoltWattConfig, validate
 from federates.common.errors import ConfigError
 from federates.common.grid import CustomerSite
-from federates.feeder.voltvar import lagged_target, response_alpha, volt_var_q_kvar
+from federates.feeder.voltvar import lagged_target, response_alpha, volt_var_points, volt_var_q_kvar
 from federates.feeder.voltwatt import (
     p_pct_to_cap_kw,
     volt_watt_cap_kw,
@@ -20,7 +20,8 @@ from federates.feeder.voltwatt import (
 )
 from tests.control_loop import ControlLoop
 
-CAT_B = VoltWattConfig()
+CAT_B_CFG = VoltWattConfig()
+CAT_B = volt_watt_points(CAT_B_CFG)
 
 # IEEE 1547-2018 Table 10, Category B defaults: V1 = 1.06 VN with P1 = Prated,
 # V2 = 1.10 VN with P2 = 0.2 Prated (P'2 = 0 for DER that can absorb active power).
@@ -37,10 +38,10 @@ BEYOND = [(0.90, 100.0), (1.00, 100.0), (1.059, 100.0), (1.11, 20.0), (1.30, 20.
 
 
 def test_defaults_are_table_10():
-    v_pts, p_pts = volt_watt_points(CAT_B)
+    v_pts, p_pts = volt_watt_points(CAT_B_CFG)
     np.testing.assert_allclose(v_pts, [TABLE_10["v1_pu"], TABLE_10["v2_pu"]])
     np.testing.assert_allclose(p_pts, [TABLE_10["p1_pct"], TABLE_10["p2_pct"]])
-    assert CAT_B.open_loop_response_time_s == VW_RESPONSE_S
+    assert CAT_B_CFG.open_loop_response_time_s == VW_RESPONSE_S
     assert VoltVarConfig().open_loop_response_time_s == VV_RESPONSE_S
 
 
@@ -50,7 +51,7 @@ def test_category_b_points(v_pu, p_pct):
 
 
 def test_absorbing_der_goes_to_zero():
-    absorbing = VoltWattConfig(p2_pct=TABLE_10["p2_absorbing_pct"])
+    absorbing = volt_watt_points(VoltWattConfig(p2_pct=TABLE_10["p2_absorbing_pct"]))
     np.testing.assert_allclose(volt_watt_p_pct(np.array([1.06, 1.08, 1.10, 1.2]), absorbing),
                                [100.0, 50.0, 0.0, 0.0], atol=1e-9)
 
@@ -137,8 +138,8 @@ def test_set_points_follow_a_step_change_with_the_first_order_lag():
     ctrl = ControlLoop(cfg, sites(), KVA)
     v = np.full(3, V_HIGH_PU)
     p = np.array([-1.0, -1.0, 1.0])
-    vw_curve_kw = volt_watt_cap_kw(v, cfg.controllers.volt_watt, KVA)
-    q_curve_kvar = volt_var_q_kvar(v, cfg.controllers.volt_var, KVA)
+    vw_curve_kw = volt_watt_cap_kw(v, volt_watt_points(cfg.controllers.volt_watt), KVA)
+    q_curve_kvar = volt_var_q_kvar(v, volt_var_points(cfg.controllers.volt_var), KVA)
     vw_start_kw = KVA.copy()  # Volt-Watt starts at 100 % of rating, Volt-VAR at 0 kvar
     alpha = response_alpha(DT_S, VW_RESPONSE_S)
     n_steps = cfg.timeline.n_steps
@@ -162,7 +163,7 @@ def test_a_skipped_step_lags_for_the_time_elapsed():
     p = np.array([-1.0, -1.0, 1.0])
     settle(ctrl, 0, v, p)
     settle(ctrl, 3, v, p)  # steps 1 and 2 not solved: 3 * dt since step 0
-    vw_curve_kw = volt_watt_cap_kw(v, cfg.controllers.volt_watt, KVA)
+    vw_curve_kw = volt_watt_cap_kw(v, volt_watt_points(cfg.controllers.volt_watt), KVA)
     gap = 1.0 - response_alpha(4 * DT_S, VW_RESPONSE_S)
     np.testing.assert_allclose(ctrl.fleet.vw_cap_kw[:2], vw_curve_kw[:2] + gap * (KVA - vw_curve_kw)[:2])
 
@@ -172,4 +173,4 @@ def test_zero_response_time_is_the_steady_state_at_once():
     ctrl = ControlLoop(cfg, sites(), KVA)
     v = np.full(3, V_HIGH_PU)
     settle(ctrl, 0, v, np.array([-1.0, -1.0, 1.0]))
-    np.testing.assert_allclose(ctrl.fleet.vw_cap_kw[:2], volt_watt_cap_kw(v, cfg.controllers.volt_watt, KVA)[:2])
+    np.testing.assert_allclose(ctrl.fleet.vw_cap_kw[:2], volt_watt_cap_kw(v, volt_watt_points(cfg.controllers.volt_watt), KVA)[:2])
