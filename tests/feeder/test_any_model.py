@@ -24,7 +24,8 @@ import pytest
 import yaml
 
 from federates.common.config import bundled_feeders
-from federates.feeder.opendss import OpenDSSFeeder, _phases_of_bus
+from federates.feeder.opendss import OpenDSSFeeder
+from federates.feeder.opendss.adapter import _phases_of_bus
 from federates.feeder.placement import place_customers
 from federates.feeder.synthetic import write_synthetic_feeder
 from runner.cli import main as cli_main

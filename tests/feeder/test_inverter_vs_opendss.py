@@ -6,7 +6,7 @@ Volt-VAR, Table 10 Volt-Watt) as XYCurves, solved in snapshot mode until its con
 loop converges. That steady state is the fixed point of "set-point = curve(voltage)".
 
 tecosim does the same case its own way: every PV is a constant-PQ negative Load (how
-tecosim connects prosumers, federates/feeder/opendss.py), and the inverters' own control
+tecosim connects prosumers, federates/feeder/opendss/), and the inverters' own control
 (federates/feeder/inverters.py: damped iteration, DSO curtailment off) sets reactive
 power and export caps between power flows. Both must land on the same steady state.
 

@@ -1,4 +1,4 @@
-"""The OpenDSS adapter: the only module of tecosim that imports opendssdirect.
+"""The OpenDSS adapter's stateful core: the model, its customers, set-points, solve and reads.
 
 One :class:`OpenDSSFeeder` owns one OpenDSS engine context (``opendssdirect.NewContext``),
 so several feeders can live in one process without clearing each other.
