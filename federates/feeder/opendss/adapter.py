@@ -32,6 +32,7 @@ import opendssdirect
 from federates.common.errors import FeederModelError, PowerFlowNotConverged
 from federates.common.grid import CustomerSite, LoadPoint
 from federates.common.units import NODE_TO_PHASE, PHASE_TO_NODE
+from federates.feeder.opendss.capi import Batch, as_complex, read_doubles
 
 if TYPE_CHECKING:
     from federates.common.config import CustomerConnection
@@ -88,14 +89,6 @@ def fortescue_vuf_pct(v_abc: np.ndarray) -> np.ndarray:
     return np.where(ok, v2 / np.where(ok, v1, 1.0) * 100.0, np.nan)
 
 
-def _as_complex(x: Sequence[float] | np.ndarray) -> np.ndarray:
-    """OpenDSS (re, im) pairs (or an already complex array) as a complex vector."""
-    a = np.asarray(x)
-    if np.iscomplexobj(a):
-        return a.astype(complex, copy=False)
-    return a.astype(float, copy=False).view(complex)
-
-
 def _phases_of_bus(bus_spec: str, n_phases: int, n_conductors: int | None = None) -> tuple[str, ...]:
     """Phase letters a terminal with bus spec ``bus.1.2`` connects to, as OpenDSS wires it.
 
@@ -132,15 +125,6 @@ class FeederFileError(FeederModelError):
 _FILE_NOT_FOUND_ERRORS = (243,)
 
 
-#: DSS C-API SetterFlags.AvoidFullRecalc: a Load's kW / kvar written through the batch
-#: API is handled as the classic ``Loads.kW`` / ``Loads.kvar`` setters handle it (no
-#: forced YPrim rebuild); tests/feeder/test_bulk.py checks the two give the same solution.
-_AVOID_FULL_RECALC = 0x2
-#: DSS C-API SetterFlags.SkipNA: NaN entries of a batch array leave that object alone
-_SKIP_NA = 0x4
-#: DSS C-API BatchOperation_Set
-_BATCH_SET = 0
-
 #: OpenDSS classes of control and metering elements: circuit elements that neither
 #: convert nor carry power (everything else in ``Circuit.AllElementNames`` that is not
 #: a PD element is a power-conversion (PC) element: Load, Generator, PVSystem, Storage,
@@ -154,117 +138,6 @@ _CONTROL_CLASSES = frozenset({
 #: source_pq`) is the sum over all of them (checked with a second Vsource and an
 #: Isource in tests/feeder/test_power_balance.py), so they are the balance's other side
 _SOURCE_CLASSES = frozenset({"vsource", "isource", "gicsource"})
-
-
-class _Batch:
-    """A DSS C-API batch: pointers to OpenDSS objects of one class, read and written in
-    one call each (``Batch_*`` / ``Alt_CEBatch_*`` of DSS C-API through dss-python's
-    cffi ``dss_lib``). The objects live as long as the circuit (the adapter never
-    clears or recompiles after ``__init__``); cffi frees the pointer array with it."""
-
-    def __init__(self, dss, ptr, n: int) -> None:
-        self._ffi, self._lib = dss.dss_ffi, dss.dss_lib
-        self.ptr = ptr
-        self.n = int(n)
-
-    @classmethod
-    def of_class(cls, dss, class_name: str) -> _Batch:
-        """Every object of OpenDSS class ``class_name``, in the class's order (``Idx`` 1..n)."""
-        ffi, lib = dss.dss_ffi, dss.dss_lib
-        ptr = ffi.new("void***")
-        dims = ffi.new("int32_t[4]")
-        lib.Batch_CreateByClassS(ptr, dims, class_name.encode())
-        if ptr[0] == ffi.NULL:
-            return cls(dss, ffi.NULL, 0)
-        return cls(dss, ffi.gc(ptr[0], lib.Batch_Dispose), int(dims[0]))
-
-    @classmethod
-    def of_index(cls, dss, class_name: str, idx: Sequence[int]) -> _Batch:
-        """The objects of ``class_name`` at class indices ``idx`` (1-based, e.g. ``Loads.Idx``), in that order."""
-        ffi, lib = dss.dss_ffi, dss.dss_lib
-        idx = [int(i) for i in idx]
-        if not idx:
-            return cls(dss, ffi.NULL, 0)
-        ptr = ffi.new("void***")
-        dims = ffi.new("int32_t[4]")
-        lib.Batch_CreateByIndexS(ptr, dims, class_name.encode(), ffi.new("int32_t[]", idx), len(idx))
-        if ptr[0] == ffi.NULL:
-            return cls(dss, ffi.NULL, 0)
-        return cls(dss, ffi.gc(ptr[0], lib.Batch_Dispose), int(dims[0]))
-
-    def names(self) -> list[str]:
-        """Object names (lower case), in batch order (one ``Obj_GetName`` per object: for checks)."""
-        ffi, lib = self._ffi, self._lib
-        return [ffi.string(lib.Obj_GetName(self.ptr[i])).decode().lower() for i in range(self.n)]
-
-    def _doubles(self, fill) -> np.ndarray:
-        ffi, lib = self._ffi, self._lib
-        res = ffi.new("double**")
-        dims = ffi.new("int32_t[4]")
-        fill(res, dims)
-        try:
-            return np.frombuffer(ffi.buffer(res[0], int(dims[0]) * 8), dtype=float).copy()
-        finally:
-            lib.DSS_Dispose_PDouble(res)
-
-    def get_f64(self, prop: str) -> np.ndarray:
-        """Float property ``prop`` of every object [its OpenDSS unit]."""
-        if not self.n:
-            return np.zeros(0)
-        return self._doubles(lambda r, d: self._lib.Batch_GetFloat64S(r, d, self.ptr, self.n, prop.encode()))
-
-    def get_i32(self, prop: str) -> np.ndarray:
-        """Integer property ``prop`` of every object."""
-        if not self.n:
-            return np.zeros(0, dtype=np.int64)
-        ffi, lib = self._ffi, self._lib
-        res = ffi.new("int32_t**")
-        dims = ffi.new("int32_t[4]")
-        lib.Batch_GetInt32S(res, dims, self.ptr, self.n, prop.encode())
-        try:
-            return np.frombuffer(ffi.buffer(res[0], int(dims[0]) * 4), dtype=np.int32).astype(np.int64)
-        finally:
-            lib.DSS_Dispose_PInteger(res)
-
-    def get_str(self, prop: str) -> list[str]:
-        """Property ``prop`` of every object as OpenDSS writes it (``Batch_GetAsString``)."""
-        if not self.n:
-            return []
-        ffi, lib = self._ffi, self._lib
-        res = ffi.new("char***")
-        dims = ffi.new("int32_t[4]")
-        lib.Batch_GetAsStringS(res, dims, self.ptr, self.n, prop.encode())
-        try:
-            return [ffi.string(res[0][i]).decode() for i in range(int(dims[0]))]
-        finally:
-            lib.DSS_Dispose_PPAnsiChar(res, dims[1])
-
-    def set_f64(self, prop: str, values: np.ndarray) -> None:
-        """Write float property ``prop`` of every object (NaN: leave that object as it is)."""
-        if not self.n:
-            return
-        v = np.ascontiguousarray(values, dtype=float)
-        if v.shape != (self.n,):
-            raise ValueError(f"expected {self.n} values for {prop}, got shape {v.shape}")
-        self._lib.Batch_Float64ArrayS(self.ptr, self.n, prop.encode(), _BATCH_SET,
-                                      self._ffi.from_buffer("double[]", v), _AVOID_FULL_RECALC | _SKIP_NA)
-
-    def total_powers(self) -> np.ndarray:
-        """(kW, kvar) into every object, summed over its conductors and terminals (n, 2).
-
-        DSS C-API gives one (kW, kvar) pair per terminal (an Isource has two); the
-        objects of one class have the same number of terminals."""
-        if not self.n:
-            return np.zeros((0, 2))
-        s = self._doubles(lambda r, d: self._lib.Alt_CEBatch_Get_TotalPowers(r, d, self.ptr, self.n))
-        per = s.reshape(self.n, -1, 2)
-        return per[:, 0, :].copy() if per.shape[1] == 1 else per.sum(axis=1)
-
-    def powers(self) -> np.ndarray:
-        """(kW, kvar) per conductor of every object, flat (``CktElement.Powers`` of each, concatenated)."""
-        if not self.n:
-            return np.zeros(0)
-        return self._doubles(lambda r, d: self._lib.Alt_CEBatch_Get_Powers(r, d, self.ptr, self.n))
 
 
 class OpenDSSFeeder:
@@ -313,7 +186,7 @@ class OpenDSSFeeder:
         self._control_mode: int | None = None
         # the model's own Loads (every Load as compiled, disabled ones too): one batch,
         # class order = Loads.Idx 1..n; nominal kW, kvar read once [kW, kvar]
-        self._bg_batch = _Batch.of_class(self._dss, "Load")
+        self._bg_batch = Batch.of_class(self._dss, "Load")
         self._bg_kw0 = self._bg_batch.get_f64("kW")
         self._bg_kvar0 = self._bg_batch.get_f64("kvar")
         self._background: list[tuple[int, float, float]] = [  # (load idx, kW, kvar) nominal
@@ -321,10 +194,10 @@ class OpenDSSFeeder:
         self._background_mult = 1.0
         self._load_points_cache: list[LoadPoint] | None = None
         self._topo: _Topology | None = None
-        self._pc_batches: list[tuple[str, _Batch]] | None = None
+        self._pc_batches: list[tuple[str, Batch]] | None = None
         self._regulators: list[str] = list(self._dss.RegControls.AllNames()) if self._dss.RegControls.Count() else []
-        self._reg_batch = _Batch.of_class(self._dss, "RegControl") if self._regulators else None
-        self._cap_batch: _Batch | None = None
+        self._reg_batch = Batch.of_class(self._dss, "RegControl") if self._regulators else None
+        self._cap_batch: Batch | None = None
         self._capacitor_names: list[str] | None = None
         self._held: set[str] = set()
         self.sites: list[CustomerSite] = []
@@ -337,7 +210,7 @@ class OpenDSSFeeder:
         self._split_node2 = np.zeros(0, dtype=np.int64)
         self._split_leg_base_v = np.zeros(0)
         self._cust_kind: list[str] = []
-        self._cust_batch: _Batch | None = None
+        self._cust_batch: Batch | None = None
         self._cust_bus: list[str] = []
         self._limits_index: _LimitsIndex | None = None
         self._solution_id = 0  # bumped by every solve: the key of the bulk-read cache
@@ -578,7 +451,7 @@ class OpenDSSFeeder:
         n_loads = int(self._dss.Loads.Count())
         first = n_loads - len(sites) + 1
         self._cust_load_idx = np.arange(first, n_loads + 1, dtype=np.int64)
-        self._cust_batch = _Batch.of_index(self._dss, "Load", self._cust_load_idx.tolist())
+        self._cust_batch = Batch.of_index(self._dss, "Load", self._cust_load_idx.tolist())
         if self._cust_batch.names() != [f"cust_{s.participant}".lower() for s in sites]:
             raise FeederModelError(f"{self.master}: the customer Loads are not the last Loads of the model")
         all_nodes = {n.lower(): i for i, n in enumerate(self._dss.Circuit.AllNodeNames())}
@@ -744,7 +617,7 @@ class OpenDSSFeeder:
         if not names:
             return {}
         if self._cap_batch is None:
-            self._cap_batch = _Batch.of_class(self._dss, "Capacitor")
+            self._cap_batch = Batch.of_class(self._dss, "Capacitor")
         states = self._cap_batch.get_str("states")
         return {n: sum(int(x) for x in re.findall(r"-?\d+", st)) for n, st in zip(names, states, strict=True)}
 
@@ -845,7 +718,7 @@ class OpenDSSFeeder:
         """Total active losses of the circuit [kW]."""
         return float(self._dss.Circuit.Losses()[0]) / 1000.0
 
-    def _pc_element_batches(self) -> list[tuple[str, _Batch]]:
+    def _pc_element_batches(self) -> list[tuple[str, Batch]]:
         """One batch per class of power-conversion (PC) element in the circuit, the
         sources (:data:`_SOURCE_CLASSES`, which ``Circuit.TotalPower`` sums) left out.
 
@@ -868,7 +741,7 @@ class OpenDSSFeeder:
         for cls in classes:
             if cls.lower() in _SOURCE_CLASSES:  # the other side of the balance (source_pq)
                 continue
-            b = _Batch.of_class(dss, cls)
+            b = Batch.of_class(dss, cls)
             if b.n:
                 out.append((cls.lower(), b))
         self._pc_batches = out
@@ -950,32 +823,18 @@ class OpenDSSFeeder:
         if hit is not None and hit[0] == self._solution_id:
             return hit[1]
         if what == "powers":
-            a = _as_complex(self._read_doubles("PDElements_Get_AllPowers"))
+            a = as_complex(read_doubles(self._dss, "PDElements_Get_AllPowers"))
         elif what == "max_currents":
-            a = self._read_doubles("PDElements_Get_AllMaxCurrents", 0)  # terminal 1 only
+            a = read_doubles(self._dss, "PDElements_Get_AllMaxCurrents", 0)  # terminal 1 only
         elif what == "volts":
-            a = _as_complex(self._read_doubles("Circuit_Get_AllBusVolts"))
+            a = as_complex(read_doubles(self._dss, "Circuit_Get_AllBusVolts"))
         elif what == "vmag":
-            a = self._read_doubles("Circuit_Get_AllBusVmag")
+            a = read_doubles(self._dss, "Circuit_Get_AllBusVmag")
         else:
             raise ValueError(f"unknown bulk read {what!r}")
         a.flags.writeable = False
         self._bulk_cache[what] = (self._solution_id, a)
         return a
-
-    def _read_doubles(self, fn: str, *args) -> np.ndarray:
-        """A DSS C-API array getter (``PDElements_Get_AllPowers``, ...) straight into a
-        numpy array: the same doubles opendssdirect returns, without its per-value
-        conversion to a Python list (measured: a third of a step's reading time on
-        IEEE 8500)."""
-        ffi, lib = self._dss.dss_ffi, self._dss.dss_lib
-        res = ffi.new("double**")
-        dims = ffi.new("int32_t[4]")
-        getattr(lib, fn)(res, dims, *args)
-        try:
-            return np.frombuffer(ffi.buffer(res[0], int(dims[0]) * 8), dtype=float).copy()
-        finally:
-            lib.DSS_Dispose_PDouble(res)
 
     def _limits(self) -> _LimitsIndex:
         """Element/bus positions in OpenDSS's bulk arrays, built once per model."""
@@ -1201,11 +1060,11 @@ class OpenDSSFeeder:
         topo = _Topology()
         topo.key = key
         topo.names = [n.lower() for n in pd_el.AllNames()]
-        lines = _Batch.of_class(dss, "Line")
+        lines = Batch.of_class(dss, "Line")
         km_per = np.asarray([_KM_PER_UNIT.get(int(u), 1.0) for u in lines.get_i32("units")])
         km = np.where(lines.get_i32("switch") != 0, 0.0, lines.get_f64("length") * km_per)
         line_km = dict(zip((f"line.{x}" for x in lines.names()), km.tolist(), strict=True))
-        xfs = _Batch.of_class(dss, "Transformer")
+        xfs = Batch.of_class(dss, "Transformer")
         xf_phases = xfs.get_i32("phases")
         xf_delta = [any(c.startswith("d") or c == "ll" for c in re.findall(r"[a-z]+", x.lower()))
                     for x in xfs.get_str("conns")]
@@ -1424,7 +1283,7 @@ class OpenDSSFeeder:
             else:  # line
                 lin_cell[span] = ncell
                 dss.Circuit.SetActiveElement(ix.names[k])
-                y = _as_complex(dss.CktElement.YPrim()).reshape(2 * nc, 2 * nc)
+                y = as_complex(dss.CktElement.YPrim()).reshape(2 * nc, 2 * nc)
                 ys = -y[:nc, nc:]
                 try:
                     r = np.linalg.inv(ys).real
