@@ -25,7 +25,7 @@ import yaml
 
 from federates.common.config import bundled_feeders
 from federates.feeder.opendss import OpenDSSFeeder
-from federates.feeder.opendss.adapter import _phases_of_bus
+from federates.feeder.opendss.topology import phases_of_bus
 from federates.feeder.placement import place_customers
 from federates.feeder.synthetic import write_synthetic_feeder
 from runner.cli import main as cli_main
@@ -144,7 +144,7 @@ def test_phases_of_bus_follows_opendss_wiring(tmp_path: Path) -> None:
         for node in el.NodeOrder():
             if 1 <= node <= 3 and "abc"[node - 1] not in wired:
                 wired.append("abc"[node - 1])
-        assert _phases_of_bus(el.BusNames()[0], el.NumPhases(), el.NumConductors()) == tuple(wired), specs[k]
+        assert phases_of_bus(el.BusNames()[0], el.NumPhases(), el.NumConductors()) == tuple(wired), specs[k]
         assert points[f"l{k}"].phases == tuple(wired), specs[k]
 
 

@@ -19,7 +19,6 @@ import into the circuit is positive.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -33,6 +32,14 @@ from federates.common.errors import FeederModelError, PowerFlowNotConverged
 from federates.common.grid import CustomerSite, LoadPoint
 from federates.common.units import NODE_TO_PHASE, PHASE_TO_NODE
 from federates.feeder.opendss.capi import Batch, as_complex, read_doubles
+from federates.feeder.opendss.topology import (
+    Topology,
+    distances_km,
+    path_elements,
+    paths_from_source,
+    phases_of_bus,
+    topology_key,
+)
 
 if TYPE_CHECKING:
     from federates.common.config import CustomerConnection
@@ -58,13 +65,6 @@ _CONTROL_STATIC = 0
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
 
-#: OpenDSS line length unit codes (``Lines.Units``) -> km per unit. Code 0 ("none"):
-#: OpenDSS then takes the length in whatever unit the impedances are per; tecosim
-#: reads such lengths as km (the convention of every length it writes itself).
-_KM_PER_UNIT = {0: 1.0, 1: 1.609344, 2: 0.3048, 3: 1.0, 4: 1e-3, 5: 0.3048e-3, 6: 0.0254e-3,
-                7: 1e-5, 8: 1e-6}
-
-
 #: Fortescue operator a = exp(j 2 pi / 3)
 _A = complex(math.cos(2 * math.pi / 3), math.sin(2 * math.pi / 3))
 
@@ -87,32 +87,6 @@ def fortescue_vuf_pct(v_abc: np.ndarray) -> np.ndarray:
     v2 = np.abs(v[..., 0] + a2 * v[..., 1] + a * v[..., 2])
     ok = v1 > 0  # no division by 0 (and no errstate: its context costs more than this)
     return np.where(ok, v2 / np.where(ok, v1, 1.0) * 100.0, np.nan)
-
-
-def _phases_of_bus(bus_spec: str, n_phases: int, n_conductors: int | None = None) -> tuple[str, ...]:
-    """Phase letters a terminal with bus spec ``bus.1.2`` connects to, as OpenDSS wires it.
-
-    OpenDSS's rule for the conductors a spec does not name: conductor ``k`` (from 0)
-    goes to node ``k + 1`` while ``k < n_phases`` and to node 0 (ground) after that;
-    ``n_conductors`` (``CktElement.NumConductors``: phases + 1 for a wye Load, 2 for a
-    single-phase delta Load, the phase count for other delta Loads) defaults to
-    ``n_phases``. So ``bus`` of a three-phase Load is a, b, c; ``bus.1.2`` of a
-    single-phase delta Load is a, b (line to line); ``bus.3`` of a single-phase delta
-    Load is c (to ground, nodes 3.0); ``bus.2`` of a three-phase Load is nodes 2.2.3,
-    phases b, c. Node 0 and nodes above 3 (neutrals) are no phase. Phases in wiring
-    order without repeats (``692.3.1`` -> c, a). tests/feeder/test_any_model.py checks
-    the rule against OpenDSS's own ``CktElement.NodeOrder``.
-    """
-    parts = bus_spec.split(".")
-    nodes = [int(p) for p in parts[1:] if p.isdigit()]
-    n_cond = n_phases if n_conductors is None else n_conductors
-    nodes = nodes[:n_cond] + [k + 1 if k < n_phases else 0 for k in range(len(nodes), n_cond)]
-    phases: list[str] = []
-    for n in nodes:
-        ph = NODE_TO_PHASE.get(n)
-        if ph is not None and ph not in phases:
-            phases.append(ph)
-    return tuple(phases)
 
 
 class FeederFileError(FeederModelError):
@@ -193,7 +167,7 @@ class OpenDSSFeeder:
             (k + 1, float(kw), float(kvar)) for k, (kw, kvar) in enumerate(zip(self._bg_kw0, self._bg_kvar0, strict=True))]
         self._background_mult = 1.0
         self._load_points_cache: list[LoadPoint] | None = None
-        self._topo: _Topology | None = None
+        self._topo: Topology | None = None
         self._pc_batches: list[tuple[str, Batch]] | None = None
         self._regulators: list[str] = list(self._dss.RegControls.AllNames()) if self._dss.RegControls.Count() else []
         self._reg_batch = Batch.of_class(self._dss, "RegControl") if self._regulators else None
@@ -226,7 +200,7 @@ class OpenDSSFeeder:
 
         Any connection: wye or delta, one to three phases, line-to-line single-phase
         (``bus.1.2``, declared delta or wye): its phases are those of its bus nodes
-        by OpenDSS's wiring (:func:`_phases_of_bus`). A Load on a **split-phase
+        by OpenDSS's wiring (:func:`~federates.feeder.opendss.topology.phases_of_bus`). A Load on a **split-phase
         secondary** (two phase conductors whose bus nodes both hang, through a
         single-phase transformer, off the same primary phase: the two 120 V legs of a
         center-tapped 120/240 V service, ``bus.1.2`` as in IEEE 8500) has that one
@@ -253,7 +227,7 @@ class OpenDSSFeeder:
             dss.Circuit.SetActiveElement(f"Load.{name}")
             bus_spec = bus1[k]
             bus = bus_spec.split(".")[0].lower()
-            phases = _phases_of_bus(bus_spec, int(n_ph[k]), el.NumConductors())
+            phases = phases_of_bus(bus_spec, int(n_ph[k]), el.NumConductors())
             nodes = tuple(int(x) for x in el.NodeOrder() if x in (1, 2, 3))
             split = False
             if len(set(nodes)) >= 2:
@@ -928,69 +902,29 @@ class OpenDSSFeeder:
 
         The path length along the feeder between the customers' buses (``cust_<id>``
         with a secondary connection, so service drops count; the primary bus with a
-        direct one), on the graph of :meth:`_pd_element_graph` (one node per bus, an
-        edge per enabled series PD element: Lines with their length in km, see
-        :data:`_KM_PER_UNIT`, switches and Transformers 0 km). On a radial feeder the
+        direct one), on the bus graph of :meth:`_topology` (one node per bus, an edge
+        per enabled series PD element: Lines with their length in km, see
+        :data:`~federates.feeder.opendss.topology.KM_PER_UNIT`, switches and
+        Transformers 0 km; :func:`~federates.feeder.opendss.topology.distances_km`). On a radial feeder the
         distance is ``depth(u) + depth(v) - 2 depth(lca(u, v))`` from the source bus,
         each pair set once at its lowest common ancestor: O(n^2 + buses). A meshed
         feeder falls back to Dijkstra from each distinct customer bus (shortest
         path). Symmetric, zero on the diagonal. Raises FeederModelError when a
         customer bus is not connected to the source.
         """
-        import networkx as nx
-
-        n = len(self.sites)
-        if n == 0:
+        if not self.sites:
             return np.zeros((0, 0))
-        dss = self._dss
-        g, root = self._pd_element_graph()
-        if self.sites and self._cust_node_idx.size:
-            cust = [dss.Circuit.AllNodeNames()[k].split(".")[0].lower() for k in self._cust_node_idx.tolist()]
+        if self._cust_node_idx.size:
+            cust = self._customer_node_buses()
         else:  # pragma: no cover - customers are attached whenever sites are set
             cust = list(self._cust_bus)
-        comp = nx.node_connected_component(g, root)
-        lost = sorted({c for c in cust if c not in comp})
-        if lost:
-            raise FeederModelError(f"{self.master.name}: customer buses {lost} are not connected to {root}")
-        tree = g.subgraph(comp)
-        out = np.zeros((n, n))
-        if tree.number_of_edges() == tree.number_of_nodes() - 1:  # radial
-            depth, parent = {root: 0.0}, {root: None}
-            order = [root]
-            for u, v in nx.bfs_edges(tree, root):
-                depth[v] = depth[u] + tree[u][v]["km"]
-                parent[v] = u
-                order.append(v)
-            at: dict[str, list[int]] = {}
-            for k, c in enumerate(cust):
-                at.setdefault(c, []).append(k)
-            d = np.array([depth[c] for c in cust])
-            lca_depth = np.zeros((n, n))
-            below: dict[str, np.ndarray] = {}
-            for w in reversed(order):  # children before parents
-                parts = [np.asarray(at[w], dtype=np.int64)] if w in at else []
-                parts += [below.pop(c) for c in tree.neighbors(w) if parent.get(c) == w and c in below]
-                # each customer at w is its own branch; pairs in different branches meet at w
-                branches = [np.array([k]) for k in parts[0]] + parts[1:] if w in at else parts
-                if len(branches) > 1:
-                    seen = branches[0]
-                    for b in branches[1:]:
-                        lca_depth[np.ix_(seen, b)] = depth[w]
-                        lca_depth[np.ix_(b, seen)] = depth[w]
-                        seen = np.concatenate([seen, b])
-                    below[w] = seen
-                elif branches:
-                    below[w] = branches[0]
-            out = d[:, None] + d[None, :] - 2.0 * lca_depth
-        else:  # meshed: shortest paths
-            rows: dict[str, np.ndarray] = {}
-            for k, c in enumerate(cust):
-                if c not in rows:
-                    dist = nx.single_source_dijkstra_path_length(tree, c, weight="km")
-                    rows[c] = np.array([dist[x] for x in cust])
-                out[k] = rows[c]
-        np.fill_diagonal(out, 0.0)
-        return np.maximum(out, 0.0)
+        return distances_km(self._topology(), cust, self.master.name)
+
+    def _customer_node_buses(self) -> list[str]:
+        """The bus of each customer's node (``cust_<id>`` behind a service drop, else its
+        primary bus), in customer order."""
+        names = self._dss.Circuit.AllNodeNames()
+        return [names[k].split(".")[0].lower() for k in self._cust_node_idx.tolist()]
 
     def customer_buses(self) -> list[str]:
         """Primary bus of each customer, in customer order."""
@@ -1019,115 +953,13 @@ class OpenDSSFeeder:
             i = pd_el.Next()
         return out
 
-    def _pd_element_graph(self):
-        """Bus graph of the enabled PD elements (networkx) and the source bus.
-
-        Same conventions as the graph of :meth:`customer_distances_km` (one node per
-        bus, an edge per Line with its length in km, switches 0 km, Transformers
-        0 km from every winding to the first, parallel elements: the shorter length);
-        each edge also lists the PD elements (lower-case full names) that join its
-        two buses. Shunt PD elements (capacitors, reactors to ground: both terminals
-        on one bus) make no edge. Built once per PD element list (:meth:`_topology`);
-        callers must not modify it.
-        """
-        topo = self._topology()
-        return topo.graph, topo.root
-
-    def _topology(self) -> _Topology:
+    def _topology(self) -> Topology:
         """The model's PD elements, their terminals' buses and nodes, the bus graph and
-        every bus node's primary phase (built once per PD element / node list).
-
-        Phase layers of bus nodes: the source bus's nodes 1, 2, 3 are a, b, c; going
-        out from the source (BFS over the bus graph), a node of the far bus of an
-        element takes the layer of the node its conductor has at the near bus, and
-        every node behind a single-phase transformer takes the layer of its primary
-        phase (so the two 120 V legs, nodes 1 and 2, of a center-tapped service
-        transformer on a phase-b primary are both b). Disabled elements (no nodes)
-        are kind ``off`` and make no edge.
-
-        Cost: Lines and Transformers are read in bulk (one batch call per property);
-        per PD element there remain four calls (``SetActiveElement``, ``Enabled``,
-        ``BusNames``, ``NodeOrder``: DSS C-API has no batch form of NodeOrder).
-        """
-        import networkx as nx
-
-        dss = self._dss
-        pd_el = dss.PDElements
-        key = (int(pd_el.Count()), int(dss.Circuit.NumNodes()))
+        every bus node's phase layer (:class:`~federates.feeder.opendss.topology.Topology`),
+        read again when the PD element or node list changed."""
         topo = self._topo
-        if topo is not None and topo.key == key:
-            return topo
-        topo = _Topology()
-        topo.key = key
-        topo.names = [n.lower() for n in pd_el.AllNames()]
-        lines = Batch.of_class(dss, "Line")
-        km_per = np.asarray([_KM_PER_UNIT.get(int(u), 1.0) for u in lines.get_i32("units")])
-        km = np.where(lines.get_i32("switch") != 0, 0.0, lines.get_f64("length") * km_per)
-        line_km = dict(zip((f"line.{x}" for x in lines.names()), km.tolist(), strict=True))
-        xfs = Batch.of_class(dss, "Transformer")
-        xf_phases = xfs.get_i32("phases")
-        xf_delta = [any(c.startswith("d") or c == "ll" for c in re.findall(r"[a-z]+", x.lower()))
-                    for x in xfs.get_str("conns")]
-        xf_kind = {f"transformer.{x}": ("xf1" if ph == 1 else "xfd" if dl else "cond")
-                   for x, ph, dl in zip(xfs.names(), xf_phases.tolist(), xf_delta, strict=True)}
-        g = nx.Graph()
-        g.add_nodes_from(b.lower() for b in dss.Circuit.AllBusNames())
-        el = dss.CktElement
-        info = topo.info
-        for name in topo.names:
-            dss.Circuit.SetActiveElement(name)
-            if not el.Enabled():
-                info.append(([], [], "off"))
-                continue
-            buses = [b.split(".")[0].lower() for b in el.BusNames()]
-            order = list(el.NodeOrder())
-            nc = len(order) // max(len(buses), 1)
-            nodes = [order[t * nc:(t + 1) * nc] for t in range(len(buses))]
-            cls = name.partition(".")[0]
-            if cls == "transformer":
-                kind = xf_kind.get(name, "cond")
-            elif cls == "line" and len(buses) == 2:
-                kind = "line"
-            else:
-                kind = "cond"
-            info.append((buses, nodes, kind))
-            length = line_km.get(name, 0.0)
-            for other in buses[1:]:
-                a, b = buses[0], other
-                if a == b:
-                    continue
-                if g.has_edge(a, b):
-                    g[a][b]["km"] = min(length, g[a][b]["km"])
-                    g[a][b]["elements"].append(name)
-                else:
-                    g.add_edge(a, b, km=length, elements=[name])
-        dss.Vsources.First()
-        root = dss.CktElement.BusNames()[0].split(".")[0].lower()
-        topo.graph, topo.root = g, root
-        by_name = {x: k for k, x in enumerate(topo.names)}
-        depth = topo.depth
-        depth[root] = 0
-        for u, v in nx.bfs_edges(g, root):
-            depth[v] = depth[u] + 1
-            for e in g[u][v]["elements"]:
-                buses, nodes, kind = info[by_name[e]]
-                if u not in buses or v not in buses:
-                    continue
-                near = nodes[buses.index(u)]
-                far_map = topo.bus_layers.setdefault(v, {})
-                # every terminal on the far bus: a center-tapped transformer has two
-                # (its 120 V windings, nodes 1.0 and 0.2 of the same bus)
-                for far in (nodes[t] for t, bus_t in enumerate(buses) if bus_t == v):
-                    if kind == "xf1":
-                        phases = [topo.layer(u, x) for x in near if topo.layer(u, x) != "n"]
-                        for x in far:
-                            if x != 0:
-                                far_map.setdefault(x, phases[0] if phases else "n")
-                    else:
-                        for x_near, x_far in zip(near, far, strict=False):
-                            if x_far != 0:
-                                far_map.setdefault(x_far, topo.layer(u, x_near))
-        self._topo = topo
+        if topo is None or topo.key != topology_key(self._dss):
+            topo = self._topo = Topology.read(self._dss)
         return topo
 
     def customer_paths(self) -> list[list[str]]:
@@ -1141,25 +973,15 @@ class OpenDSSFeeder:
         length (km). Raises FeederModelError when a customer bus is not connected to
         the source.
         """
-        import networkx as nx
-
         if not self.sites:
             return []
-        g, root = self._pd_element_graph()
-        names = self._dss.Circuit.AllNodeNames()
-        cust = [names[k].split(".")[0].lower() for k in self._cust_node_idx.tolist()]
-        try:
-            bus_paths = nx.single_source_dijkstra_path(g, root, weight="km")
-        except nx.NodeNotFound:  # pragma: no cover - the source bus is always a bus
-            raise FeederModelError(f"{self.master.name}: source bus {root!r} not in the bus graph") from None
+        topo = self._topology()
+        cust = self._customer_node_buses()
+        bus_paths = paths_from_source(topo, self.master.name)
         lost = sorted({c for c in cust if c not in bus_paths})
         if lost:
-            raise FeederModelError(f"{self.master.name}: customer buses {lost} are not connected to {root}")
-        out = []
-        for c in cust:
-            buses = bus_paths[c]
-            out.append([e for a, b in itertools.pairwise(buses) for e in g[a][b]["elements"]])
-        return out
+            raise FeederModelError(f"{self.master.name}: customer buses {lost} are not connected to {topo.root}")
+        return [path_elements(topo, bus_paths[c]) for c in cust]
 
     # ---- loss allocation (per phase) ----
     # Element losses split over the graph layers a, b, c, n for the per-phase GBLA of
@@ -1210,7 +1032,7 @@ class OpenDSSFeeder:
         """The per-layer loss index of the present PD element list (built when it changed).
 
         Phase layers of buses: the source bus's nodes 1, 2, 3 are a, b, c; going out
-        from the source (BFS over :meth:`_pd_element_graph`), a node of the far bus of
+        from the source (BFS over the bus graph of :meth:`_topology`), a node of the far bus of
         an element takes the layer of the node its conductor has at the near bus, and
         every node behind a single-phase transformer takes the layer of its primary
         phase (so a service transformer on 671.2 and the drops and customer buses
@@ -1553,15 +1375,9 @@ class OpenDSSFeeder:
         :meth:`background_load_names` order (as :meth:`customer_paths`: the tree path on
         a radial feeder, the shortest by km on a meshed one; empty for a Load whose
         bus the source does not reach)."""
-        import networkx as nx
-
-        g, root = self._pd_element_graph()
-        bus_paths = nx.single_source_dijkstra_path(g, root, weight="km")
-        out = []
-        for bus in self._background_load_index().buses:
-            buses = bus_paths.get(bus, [])
-            out.append([e for a, b in itertools.pairwise(buses) for e in g[a][b]["elements"]])
-        return out
+        topo = self._topology()
+        bus_paths = paths_from_source(topo, self.master.name)
+        return [path_elements(topo, bus_paths.get(bus, [])) for bus in self._background_load_index().buses]
 
     def background_layer_kw(self) -> np.ndarray:
         """Each background Load's weight in each graph layer a, b, c, n [kW] (Loads x 4).
@@ -1822,30 +1638,6 @@ class OpenDSSFeeder:
         total = float(kw0.sum())
         return float(new[:, 0].sum() / total) if total != 0 else math.nan
     # ---- end of model inventory (feeders show) ----
-
-
-class _Topology:
-    """The PD elements of a model, their wiring, the bus graph and the nodes' phases
-    (see :meth:`OpenDSSFeeder._topology`)."""
-
-    def __init__(self) -> None:
-        self.key: tuple[int, int] = (0, 0)  # (PD elements, nodes) when built
-        self.names: list[str] = []  # PD elements, lower-case full names, PDElements order
-        #: per PD element: (bus per terminal, nodes per terminal, kind): kind ``line``,
-        #: ``xf1`` (single-phase transformer), ``xfd`` (with a delta winding), ``cond``
-        #: (anything else), ``off`` (disabled)
-        self.info: list[tuple[list[str], list[list[int]], str]] = []
-        self.graph = None
-        self.root = ""
-        self.depth: dict[str, int] = {}  # edges from the source bus
-        self.bus_layers: dict[str, dict[int, str]] = {}
-
-    def layer(self, bus: str, node: int) -> str:
-        """Phase layer (a, b, c) of ``bus``.``node``, ``n`` for node 0 and neutrals."""
-        m = self.bus_layers.get(bus)
-        if m is not None and node in m:
-            return m[node]
-        return NODE_TO_PHASE.get(node, "n")
 
 
 class _LimitsIndex:
