@@ -19,7 +19,7 @@ import yaml
 
 from federates.common.config import validate
 from federates.feeder.opendss import OpenDSSFeeder
-from federates.feeder.opendss.adapter import fortescue_vuf_pct
+from federates.feeder.opendss.limits import fortescue_vuf_pct
 from federates.feeder.placement import place_customers
 from federates.feeder.role import FeederRole
 

@@ -32,6 +32,7 @@ from federates.common.errors import FeederModelError, PowerFlowNotConverged
 from federates.common.grid import CustomerSite, LoadPoint
 from federates.common.units import NODE_TO_PHASE, PHASE_TO_NODE
 from federates.feeder.opendss.capi import Batch, as_complex, read_doubles
+from federates.feeder.opendss.limits import LimitsIndex
 from federates.feeder.opendss.topology import (
     Topology,
     distances_km,
@@ -44,7 +45,7 @@ from federates.feeder.opendss.topology import (
 if TYPE_CHECKING:
     from federates.common.config import CustomerConnection
 
-__all__ = ["CUSTOMER_VMAX_PU", "CUSTOMER_VMIN_PU", "OpenDSSFeeder", "fortescue_vuf_pct"]
+__all__ = ["CUSTOMER_VMAX_PU", "CUSTOMER_VMIN_PU", "FeederFileError", "OpenDSSFeeder"]
 
 CUSTOMER_VMIN_PU = 0.7
 CUSTOMER_VMAX_PU = 1.3
@@ -64,30 +65,6 @@ _CONTROL_OFF = -1
 _CONTROL_STATIC = 0
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
-
-#: Fortescue operator a = exp(j 2 pi / 3)
-_A = complex(math.cos(2 * math.pi / 3), math.sin(2 * math.pi / 3))
-
-
-def fortescue_vuf_pct(v_abc: np.ndarray) -> np.ndarray:
-    """Voltage unbalance factor |V2| / |V1| x 100 [%] of phasors ``v_abc`` (..., 3).
-
-    The "true" VUF of IEC 61000-4-30 (Sec. 5.7, supply voltage unbalance) and IEEE
-    1159 (voltage unbalance as the ratio of the negative- to the positive-sequence
-    component): V1 = (Va + a Vb + a^2 Vc) / 3, V2 = (Va + a^2 Vb + a Vc) / 3 with the
-    Fortescue operator a = exp(j 2 pi / 3), phases a, b, c = last axis. Phase-to-
-    neutral phasors give the same V1, V2 as line-to-line ones up to a common factor
-    (zero sequence drops out), so the ratio is the standard's. NaN where V1 = 0.
-    """
-    v = np.asarray(v_abc, dtype=complex)
-    if v.shape[-1] != 3:
-        raise ValueError(f"expected phasors with a last axis of 3 (a, b, c), got shape {v.shape}")
-    a, a2 = _A, _A * _A
-    v1 = np.abs(v[..., 0] + a * v[..., 1] + a2 * v[..., 2])
-    v2 = np.abs(v[..., 0] + a2 * v[..., 1] + a * v[..., 2])
-    ok = v1 > 0  # no division by 0 (and no errstate: its context costs more than this)
-    return np.where(ok, v2 / np.where(ok, v1, 1.0) * 100.0, np.nan)
-
 
 class FeederFileError(FeederModelError):
     """The master file is no OpenDSS model: missing, not a file, empty or garbage (OpenDSS
@@ -186,7 +163,7 @@ class OpenDSSFeeder:
         self._cust_kind: list[str] = []
         self._cust_batch: Batch | None = None
         self._cust_bus: list[str] = []
-        self._limits_index: _LimitsIndex | None = None
+        self._limits_index: LimitsIndex | None = None
         self._solution_id = 0  # bumped by every solve: the key of the bulk-read cache
         self._bulk_cache: dict[str, tuple[int, np.ndarray]] = {}
         try:
@@ -810,11 +787,11 @@ class OpenDSSFeeder:
         self._bulk_cache[what] = (self._solution_id, a)
         return a
 
-    def _limits(self) -> _LimitsIndex:
+    def _limits(self) -> LimitsIndex:
         """Element/bus positions in OpenDSS's bulk arrays, built once per model."""
         ix = self._limits_index
         if ix is None:
-            ix = self._limits_index = _LimitsIndex.build(self._dss)
+            ix = self._limits_index = LimitsIndex.build(self._dss)
         return ix
 
     def line_loading_pct(self) -> tuple[list[str], np.ndarray]:
@@ -825,10 +802,7 @@ class OpenDSSFeeder:
         (lower case, no ``Line.`` prefix) are fixed when first asked for (and again
         after :meth:`attach_customers`). A Line with NormAmps = 0 gives NaN.
         """
-        ix = self._limits()
-        imax = self._bulk("max_currents")
-        ix.check(len(imax))
-        return list(ix.line_names), imax[ix.line_pos] / ix.line_norm_amps * 100.0
+        return self._limits().line_loading_pct(self._bulk("max_currents"))
 
     def transformer_loading_pct(self) -> tuple[list[str], np.ndarray]:
         """Loading of every Transformer [%]: |S| into winding 1 / its rated kVA x 100.
@@ -837,28 +811,17 @@ class OpenDSSFeeder:
         terminal 1 (``PDElements.AllPowers``, one bulk call), rated kVA the kVA of
         winding 1. Names as in :meth:`line_loading_pct`.
         """
-        ix = self._limits()
-        s = self._bulk("powers")  # kW + j kvar per conductor
-        ix.check_powers(len(s))
-        st = s[ix.xf_idx]
-        m = len(ix.xf_names)
-        p = np.bincount(ix.xf_grp, weights=st.real, minlength=m)
-        q = np.bincount(ix.xf_grp, weights=st.imag, minlength=m)
-        return list(ix.xf_names), np.hypot(p, q) / ix.xf_kva * 100.0
+        return self._limits().transformer_loading_pct(self._bulk("powers"))
 
     def vuf_pct(self) -> tuple[list[str], np.ndarray]:
         """Voltage unbalance factor of every bus with nodes 1, 2 and 3 [%].
 
         VUF = |V2| / |V1| x 100, negative over positive sequence of the three phase-
         to-neutral phasors (IEC 61000-4-30 / IEEE 1159 definition; see
-        :func:`fortescue_vuf_pct`). One bulk read of ``Circuit.AllBusVolts``. Bus
-        names fixed when first asked for.
+        :func:`~federates.feeder.opendss.limits.fortescue_vuf_pct`). One bulk read of
+        ``Circuit.AllBusVolts``. Bus names fixed when first asked for.
         """
-        ix = self._limits()
-        v = self._bulk("volts")
-        if len(v) != ix.n_nodes:
-            raise FeederModelError(f"{self.master}: the node list changed; call attach_customers only")
-        return list(ix.bus3_names), fortescue_vuf_pct(v[ix.bus3_nodes])
+        return self._limits().vuf_pct(self._bulk("volts"), self.master)
 
     def element_p_kw(self) -> tuple[list[str], np.ndarray]:
         """Active power into terminal 1 of every Line, then every Transformer [kW].
@@ -869,12 +832,7 @@ class OpenDSSFeeder:
         ``line.<name>`` / ``transformer.<name>``, the order of :meth:`line_loading_pct`
         followed by :meth:`transformer_loading_pct`. One bulk call.
         """
-        ix = self._limits()
-        s = self._bulk("powers")
-        ix.check_powers(len(s))
-        p_line = np.bincount(ix.line_grp, weights=s.real[ix.line_idx], minlength=len(ix.line_names))
-        p_xf = np.bincount(ix.xf_grp, weights=s.real[ix.xf_idx], minlength=len(ix.xf_names))
-        return list(ix.element_names), np.concatenate([p_line, p_xf])
+        return self._limits().element_p_kw(self._bulk("powers"))
 
     def element_loading_pct(self) -> tuple[list[str], np.ndarray]:
         """:meth:`line_loading_pct` then :meth:`transformer_loading_pct` as one vector [%],
@@ -1638,81 +1596,3 @@ class OpenDSSFeeder:
         total = float(kw0.sum())
         return float(new[:, 0].sum() / total) if total != 0 else math.nan
     # ---- end of model inventory (feeders show) ----
-
-
-class _LimitsIndex:
-    """Where each Line, Transformer and three-phase bus sits in OpenDSS's bulk arrays."""
-
-    def __init__(self) -> None:
-        self.n_pd = 0
-        self.n_cond_total = 0
-        self.line_names: list[str] = []
-        self.line_pos = np.zeros(0, dtype=np.int64)
-        self.line_norm_amps = np.zeros(0)
-        self.line_idx = np.zeros(0, dtype=np.int64)  # flat conductor positions, terminal 1
-        self.line_grp = np.zeros(0, dtype=np.int64)  # line of each position
-        self.xf_names: list[str] = []
-        self.xf_idx = np.zeros(0, dtype=np.int64)  # flat conductor positions, terminal 1
-        self.xf_grp = np.zeros(0, dtype=np.int64)  # transformer of each position
-        self.xf_kva = np.zeros(0)
-        self.n_nodes = 0
-        self.bus3_names: list[str] = []
-        self.bus3_nodes = np.zeros((0, 3), dtype=np.int64)
-        self.element_names: list[str] = []  # line.<name>..., then transformer.<name>...
-
-    @classmethod
-    def build(cls, dss) -> _LimitsIndex:
-        ix = cls()
-        pd_el = dss.PDElements
-        names = [n.lower() for n in pd_el.AllNames()]
-        n_cond = np.asarray(pd_el.AllNumConductors(), dtype=np.int64)
-        n_term = np.asarray(pd_el.AllNumTerminals(), dtype=np.int64)
-        ix.n_pd = len(names)
-        ix.n_cond_total = int(np.sum(n_cond * n_term))
-        offset = np.concatenate([[0], np.cumsum(n_cond * n_term)[:-1]]).astype(np.int64)
-        line_pos, norm, xf_pos = [], [], []
-        for k, full in enumerate(names):
-            cls_name, _, name = full.partition(".")
-            if cls_name == "line":
-                dss.Lines.Name(name)
-                line_pos.append(k)
-                norm.append(float(dss.Lines.NormAmps()))
-                ix.line_names.append(name)
-            elif cls_name == "transformer":
-                dss.Transformers.Name(name)
-                dss.Transformers.Wdg(1)
-                xf_pos.append(k)
-                ix.xf_kva = np.append(ix.xf_kva, float(dss.Transformers.kVA()))
-                ix.xf_names.append(name)
-        ix.line_pos = np.asarray(line_pos, dtype=np.int64)
-        lpos = [np.arange(offset[k], offset[k] + n_cond[k]) for k in line_pos]
-        ix.line_idx = np.concatenate(lpos).astype(np.int64) if lpos else np.zeros(0, dtype=np.int64)
-        ix.line_grp = np.repeat(np.arange(len(line_pos)), [len(p) for p in lpos]).astype(np.int64)
-        na = np.asarray(norm, dtype=float)
-        ix.line_norm_amps = np.where(na > 0, na, np.nan)
-        ix.xf_kva = np.where(ix.xf_kva > 0, ix.xf_kva, np.nan)
-        # terminal 1 of transformer j: flat positions offset[k] .. offset[k] + n_cond[k]
-        pos = [np.arange(offset[k], offset[k] + n_cond[k]) for k in xf_pos]
-        ix.xf_idx = np.concatenate(pos).astype(np.int64) if pos else np.zeros(0, dtype=np.int64)
-        ix.xf_grp = np.repeat(np.arange(len(xf_pos)), [len(p) for p in pos]).astype(np.int64)
-        node_names = [n.lower() for n in dss.Circuit.AllNodeNames()]
-        ix.n_nodes = len(node_names)
-        where = {n: i for i, n in enumerate(node_names)}
-        rows = []
-        for bus in dss.Circuit.AllBusNames():
-            b = bus.lower()
-            idx = [where.get(f"{b}.{k}") for k in (1, 2, 3)]
-            if all(i is not None for i in idx):
-                ix.bus3_names.append(b)
-                rows.append(idx)
-        ix.bus3_nodes = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
-        ix.element_names = [f"line.{x}" for x in ix.line_names] + [f"transformer.{x}" for x in ix.xf_names]
-        return ix
-
-    def check(self, n_elements: int) -> None:
-        if n_elements != self.n_pd:
-            raise FeederModelError("the PD element list changed; call attach_customers only")
-
-    def check_powers(self, n_values: int) -> None:
-        if n_values != self.n_cond_total:
-            raise FeederModelError("the PD element list changed; call attach_customers only")
