@@ -30,9 +30,11 @@ import opendssdirect
 
 from federates.common.errors import FeederModelError, PowerFlowNotConverged
 from federates.common.grid import CustomerSite, LoadPoint
-from federates.common.units import NODE_TO_PHASE, PHASE_TO_NODE
+from federates.common.units import PHASE_TO_NODE
+from federates.feeder.losses import LAYERS
 from federates.feeder.opendss.capi import Batch, as_complex, read_doubles
 from federates.feeder.opendss.limits import LimitsIndex
+from federates.feeder.opendss.loss_index import BackgroundLoadIndex, PhaseLossIndex
 from federates.feeder.opendss.topology import (
     Topology,
     distances_km,
@@ -164,6 +166,7 @@ class OpenDSSFeeder:
         self._cust_batch: Batch | None = None
         self._cust_bus: list[str] = []
         self._limits_index: LimitsIndex | None = None
+        self._phase_ix: PhaseLossIndex | None = None
         self._solution_id = 0  # bumped by every solve: the key of the bulk-read cache
         self._bulk_cache: dict[str, tuple[int, np.ndarray]] = {}
         try:
@@ -943,154 +946,18 @@ class OpenDSSFeeder:
 
     # ---- loss allocation (per phase) ----
     # Element losses split over the graph layers a, b, c, n for the per-phase GBLA of
-    # federates/feeder/losses.py. The index is built once per PD element list (again
-    # after attach_customers); each call then makes two bulk reads and ~20 numpy ops.
-    _phase_ix: OpenDSSFeeder._PhaseLossIndex | None = None
-
-    class _PhaseLossIndex:
-        """Where each PD element's per-layer losses come from in the bulk arrays.
-
-        Cells: ``element * 4 + layer`` (layers a, b, c, n), plus one dummy cell at the
-        end for padding. ``lin_cell`` sends every terminal conductor's Re(S) to a cell:
-        per-conductor elements to the conductor's layer, single-phase transformers to
-        their phase, Lines and delta transformers to their ``n`` cell (their total,
-        from which the resistive / current-weighted split is then moved out).
-        """
-
-        def __init__(self) -> None:
-            self.key: tuple[int, int] = (0, 0)  # (PD elements, nodes) when built
-            self.checked_at = -1  # the solution id at which the key was last checked
-            self.names: list[str] = []
-            self.n_flat = 0
-            self.bus_layers: dict[str, dict[int, str]] = {}
-            self.lin_cell = np.zeros(0, dtype=np.int64)
-            # transformers with a delta winding: split by per-unit current squared
-            self.xfd_ncell = np.zeros(0, dtype=np.int64)  # n cell of each such transformer
-            self.xfd_loc = np.zeros(0, dtype=np.int64)  # its transformer, per phase conductor
-            self.xfd_pos = np.zeros(0, dtype=np.int64)  # flat position
-            self.xfd_node = np.zeros(0, dtype=np.int64)  # node index
-            self.xfd_base2 = np.zeros(0)  # (terminal kV base)^2
-            self.xfd_cell = np.zeros(0, dtype=np.int64)
-            # lines: I_s = Y_s (V1 - V2), loss_x = Re(conj(I_s,x) (R I_s)_x), padded
-            self.ln_n1 = np.zeros((0, 0), dtype=np.int64)  # node index (n_nodes = ground)
-            self.ln_n2 = np.zeros((0, 0), dtype=np.int64)
-            self.ln_ys = np.zeros((0, 0, 0), dtype=complex)  # series admittance [S]
-            self.ln_r = np.zeros((0, 0, 0))  # series resistance [ohm]
-            self.ln_cell = np.zeros((0, 0), dtype=np.int64)  # padding: the dummy cell
-            self.ln_ncell = np.zeros(0, dtype=np.int64)
-            self.bg: OpenDSSFeeder._BackgroundLoadIndex | None = None  # built on first use
-
-        def layer(self, bus: str, node: int) -> str:
-            m = self.bus_layers.get(bus)
-            if m is not None and node in m:
-                return m[node]
-            return NODE_TO_PHASE.get(node, "n")
-
-    def _phase_loss_index(self) -> OpenDSSFeeder._PhaseLossIndex:
-        """The per-layer loss index of the present PD element list (built when it changed).
-
-        Phase layers of buses: the source bus's nodes 1, 2, 3 are a, b, c; going out
-        from the source (BFS over the bus graph of :meth:`_topology`), a node of the far bus of
-        an element takes the layer of the node its conductor has at the near bus, and
-        every node behind a single-phase transformer takes the layer of its primary
-        phase (so a service transformer on 671.2 and the drops and customer buses
-        behind it are phase b). Node 0 and nodes without a layer (neutrals) are ``n``.
-        Each element's conductors take their layers from its terminal nearest the source.
-        """
-        from federates.feeder.losses import LAYERS
-
+    # federates/feeder/losses.py (the index and the arithmetic: loss_index.py). The
+    # index is built once per PD element list (again after attach_customers); each call
+    # then makes two bulk reads and ~20 numpy ops.
+    def _phase_loss_index(self) -> PhaseLossIndex:
+        """The per-layer loss index of the present PD element list (built when it changed;
+        layers from :meth:`_topology`)."""
         ix = self._phase_ix
         if ix is not None and ix.checked_at == self._solution_id:
             return ix  # checked since the last solve: a solve is what follows a model change
-        dss = self._dss
-        pd_el = dss.PDElements
-        key = (int(pd_el.Count()), int(dss.Circuit.NumNodes()))
-        if ix is not None and ix.key == key:
-            ix.checked_at = self._solution_id
-            return ix
-        ix = OpenDSSFeeder._PhaseLossIndex()
-        ix.key = key
-        n_lay = len(LAYERS)
-        lay = {x: i for i, x in enumerate(LAYERS)}
-        n_of = lay["n"]
-        ix.names = [n.lower() for n in pd_el.AllNames()]
-        ne = len(ix.names)
-        dummy = ne * n_lay
-        n_cond = np.asarray(pd_el.AllNumConductors(), dtype=np.int64)
-        n_term = np.asarray(pd_el.AllNumTerminals(), dtype=np.int64)
-        ix.n_flat = int(np.sum(n_cond * n_term))
-        offset = np.concatenate([[0], np.cumsum(n_cond * n_term)]).astype(np.int64)
-        node_names = [x.lower() for x in dss.Circuit.AllNodeNames()]
-        node_idx = {x: i for i, x in enumerate(node_names)}
-        ground = len(node_names)
-        topo = self._topology()
-        if topo.names != ix.names:  # pragma: no cover - both read PDElements.AllNames
-            raise FeederModelError(f"{self.master}: the PD element list changed while indexing")
-        info = topo.info
-        depth = topo.depth
-        ix.bus_layers = topo.bus_layers
-        lin_cell = np.full(ix.n_flat, dummy, dtype=np.int64)
-        xfd_ncell, xfd_loc, xfd_pos, xfd_node, xfd_base2, xfd_cell = [], [], [], [], [], []
-        lines = []  # (n1, n2, ys, r, cells, n cell)
-        for k, (buses, nodes, kind) in enumerate(info):
-            if kind == "off":  # disabled: no conductors carry anything (its cells stay empty)
-                continue
-            t0 = min(range(len(buses)), key=lambda t: depth.get(buses[t], 1 << 30))
-            cells = [k * n_lay + lay[ix.layer(buses[t0], x)] for x in nodes[t0]]
-            ncell = k * n_lay + n_of
-            nc = len(nodes[t0])
-            span = slice(int(offset[k]), int(offset[k + 1]))
-            if kind == "cond":  # per conductor, Re(S) summed over the terminals
-                lin_cell[span] = np.tile(cells, len(buses))
-            elif kind == "xf1":  # all of it to the primary phase
-                phase_cells = [c for c in cells if c % n_lay != n_of]
-                lin_cell[span] = phase_cells[0] if phase_cells else ncell
-            elif kind == "xfd":
-                lin_cell[span] = ncell
-                loc = len(xfd_ncell)
-                xfd_ncell.append(ncell)
-                for t in range(len(buses)):
-                    dss.Circuit.SetActiveBus(buses[t])
-                    base = float(dss.Bus.kVBase()) or 1.0
-                    for x in range(nc):
-                        node = nodes[t][x]
-                        if cells[x] % n_lay != n_of and node:
-                            xfd_loc.append(loc)
-                            xfd_pos.append(offset[k] + t * nc + x)
-                            xfd_node.append(node_idx.get(f"{buses[t]}.{node}", ground))
-                            xfd_base2.append(base * base)
-                            xfd_cell.append(cells[x])
-            else:  # line
-                lin_cell[span] = ncell
-                dss.Circuit.SetActiveElement(ix.names[k])
-                y = as_complex(dss.CktElement.YPrim()).reshape(2 * nc, 2 * nc)
-                ys = -y[:nc, nc:]
-                try:
-                    r = np.linalg.inv(ys).real
-                except np.linalg.LinAlgError:
-                    r = np.linalg.pinv(ys).real
-                n1 = [node_idx.get(f"{buses[0]}.{x}", ground) if x else ground for x in nodes[0]]
-                n2 = [node_idx.get(f"{buses[1]}.{x}", ground) if x else ground for x in nodes[1]]
-                lines.append((n1, n2, ys, r, cells, ncell))
-        i64 = np.int64
-        ix.lin_cell = lin_cell
-        ix.xfd_ncell, ix.xfd_loc = np.asarray(xfd_ncell, dtype=i64), np.asarray(xfd_loc, dtype=i64)
-        ix.xfd_pos, ix.xfd_node = np.asarray(xfd_pos, dtype=i64), np.asarray(xfd_node, dtype=i64)
-        ix.xfd_base2, ix.xfd_cell = np.asarray(xfd_base2, dtype=float), np.asarray(xfd_cell, dtype=i64)
-        m = max((len(ln[4]) for ln in lines), default=0)
-        nl = len(lines)
-        ix.ln_n1 = np.full((nl, m), ground, dtype=i64)
-        ix.ln_n2 = np.full((nl, m), ground, dtype=i64)
-        ix.ln_ys = np.zeros((nl, m, m), dtype=complex)
-        ix.ln_r = np.zeros((nl, m, m))
-        ix.ln_cell = np.full((nl, m), dummy, dtype=i64)
-        ix.ln_ncell = np.asarray([ln[5] for ln in lines], dtype=i64)
-        for j, (n1, n2, ys, r, cells, _) in enumerate(lines):
-            c = len(cells)
-            ix.ln_n1[j, :c], ix.ln_n2[j, :c], ix.ln_cell[j, :c] = n1, n2, cells
-            ix.ln_ys[j, :c, :c], ix.ln_r[j, :c, :c] = ys, r
+        if ix is None or ix.key != topology_key(self._dss):
+            ix = self._phase_ix = PhaseLossIndex.build(self._dss, self._topology(), self.master)
         ix.checked_at = self._solution_id
-        self._phase_ix = ix
         return ix
 
     def phase_loss_elements(self) -> list[str]:
@@ -1152,43 +1019,10 @@ class OpenDSSFeeder:
         :meth:`loss_snapshot` gives them. Each step's figures are exactly (bit for bit)
         those :meth:`phase_losses_kw` gives for that step alone: every operation runs
         per step in the same order (tests/feeder/test_losses.py checks it)."""
-        from federates.feeder.losses import LAYERS
-
-        ix = self._phase_loss_index()
-        s = np.asarray(powers)
-        n_t = s.shape[0]
-        if s.ndim != 2 or s.shape[1] != ix.n_flat:
-            raise FeederModelError(f"{self.master}: the PD element list changed; call attach_customers only")
-        ne = len(ix.names)
-        n_cells = ne * len(LAYERS) + 1  # + the dummy cell
-        row = np.arange(n_t)[:, None]
-
-        def per_step(index: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
-            # np.bincount of each step's weights (T, len(index)) into (T, size)
-            flat = index if n_t == 1 else (index[None, :] + row * size).reshape(-1)
-            return np.bincount(flat, weights=weights.reshape(-1), minlength=n_t * size).reshape(n_t, size)
-
-        out = per_step(ix.lin_cell, s.real, n_cells)
-        v = np.concatenate([np.asarray(volts), np.zeros((n_t, 1))], axis=1)  # V, + ground
-        if ix.xfd_ncell.size:
-            total = out[:, ix.xfd_ncell]  # all of each delta transformer's loss sits in its n cell
-            v2 = np.abs(v[:, ix.xfd_node]) ** 2
-            w = np.divide(np.abs(s[:, ix.xfd_pos]) ** 2 * ix.xfd_base2, v2, out=np.zeros_like(v2), where=v2 > 0)
-            w_el = per_step(ix.xfd_loc, w, total.shape[1])[:, ix.xfd_loc]
-            part = np.divide(w * total[:, ix.xfd_loc], w_el, out=np.zeros_like(w), where=w_el > 0)
-            out += per_step(ix.xfd_cell, part, n_cells)
-            out[:, ix.xfd_ncell] -= per_step(ix.xfd_loc, part, total.shape[1])
-        if ix.ln_ncell.size:
-            i_s = ix.ln_ys @ (v[:, ix.ln_n1] - v[:, ix.ln_n2])[..., None]  # A
-            loss_kw = (np.conj(i_s) * (ix.ln_r @ i_s)).real[..., 0] / 1000.0
-            out += per_step(ix.ln_cell.reshape(-1), loss_kw, n_cells)
-            out[:, ix.ln_ncell] -= loss_kw.sum(axis=2)
-        return out[:, :-1].reshape(n_t, ne, len(LAYERS))
+        return self._phase_loss_index().losses_kw(powers, volts, self.master)
 
     def element_phase_losses_kw(self) -> dict[str, dict[str, float]]:
         """:meth:`phase_losses_kw` as element -> {layer: kW} (layers a, b, c, n)."""
-        from federates.feeder.losses import LAYERS
-
         rows = zip(self.phase_loss_elements(), self.phase_losses_kw(), strict=True)
         return {e: dict(zip(LAYERS, map(float, row), strict=True)) for e, row in rows}
 
@@ -1207,116 +1041,21 @@ class OpenDSSFeeder:
             out.append(ix.layer(bus, int(node)))
         return out
 
-    class _BackgroundLoadIndex:
-        """The model's own (background) Loads as users of the loss graph.
-
-        Per Load (the enabled Loads of the model as compiled, :meth:`load_points`
-        order): its name, bus, phase layers and ``Loads.Idx``; per conductor (in
-        ``CktElement.Powers`` order) the cell ``load * 4 + layer`` its power goes to.
-        ``batch``: a DSS C-API batch of these Loads, so that
-        ``Alt_CEBatch_Get_Powers`` reads every conductor's power in one call; None
-        when the engine has no batch API (then one ``CktElement.Powers`` per Load).
-        """
-
-        def __init__(self) -> None:
-            self.names: list[str] = []
-            self.buses: list[str] = []
-            self.layers: list[tuple[str, ...]] = []
-            self.load_idx: list[int] = []
-            self.cond_cell = np.zeros(0, dtype=np.int64)
-            self.cond_load = np.zeros(0, dtype=np.int64)
-            self.n_values = 0  # floats per read: (kW, kvar) per conductor
-            self.batch = None
-
-    def _background_load_index(self) -> OpenDSSFeeder._BackgroundLoadIndex:
-        """The background Loads' index (built once per :meth:`_phase_loss_index`).
-
-        A conductor's layer is its node's layer at the Load's bus (as propagated from
-        the source; node 0 and neutral nodes: ``n``), so a Load behind a wye-wye
-        transformer or a single-phase service transformer takes the phase it hangs
-        off.
-        """
-        from federates.feeder.losses import LAYERS
-
+    def _background_load_index(self) -> BackgroundLoadIndex:
+        """The background Loads' index (built once per :meth:`_phase_loss_index`)."""
         ix = self._phase_loss_index()
-        if ix.bg is not None:
-            return ix.bg
-        bx = OpenDSSFeeder._BackgroundLoadIndex()
-        lay = {x: i for i, x in enumerate(LAYERS)}
-        loads, el = self._dss.Loads, self._dss.CktElement
-        cells: list[int] = []
-        owner: list[int] = []
-        for j, lp in enumerate(self._load_points):
-            loads.Name(lp.name)
-            bx.names.append(lp.name.lower())
-            bx.load_idx.append(int(loads.Idx()))
-            bus = el.BusNames()[0].split(".")[0].lower()
-            bx.buses.append(bus)
-            conductor_layers = [ix.layer(bus, int(x)) if x else "n" for x in el.NodeOrder()]
-            bx.layers.append(tuple(dict.fromkeys(x for x in conductor_layers if x != "n")))
-            cells += [j * len(LAYERS) + lay[x] for x in conductor_layers]
-            owner += [j] * len(conductor_layers)
-        bx.cond_cell = np.asarray(cells, dtype=np.int64)
-        bx.cond_load = np.asarray(owner, dtype=np.int64)
-        bx.n_values = 2 * len(cells)
-        bx.batch = self._load_batch(bx.load_idx, bx.names)
-        ix.bg = bx
-        return bx
-
-    def _load_batch(self, load_idx: list[int], names: list[str]):
-        """A DSS C-API batch of the Loads ``load_idx`` (``Loads.Idx``), or None.
-
-        None when there are no Loads, when the engine lacks the batch API, or when the
-        batch does not hold exactly ``names`` in this order (checked once here, by
-        ``Obj_GetName``). The batch holds pointers to the Load objects, which live as
-        long as the circuit (this adapter never clears or recompiles it after
-        ``__init__``); cffi frees the batch array with the adapter.
-        """
-        if not load_idx:
-            return None
-        try:
-            ffi, lib = self._dss.dss_ffi, self._dss.dss_lib
-            ptr = ffi.new("void***")
-            dims = ffi.new("int32_t[4]")
-            lib.Batch_CreateByIndexS(ptr, dims, b"Load", ffi.new("int32_t[]", load_idx), len(load_idx))
-            if ptr[0] == ffi.NULL:
-                return None
-            batch = ffi.gc(ptr[0], lib.Batch_Dispose)
-            n = int(dims[0])
-            got = [ffi.string(lib.Obj_GetName(batch[i])).decode().lower() for i in range(n)]
-        except Exception:  # pragma: no cover - engines without the batch API: per-Load reads
-            return None
-        return batch if got == names else None
+        if ix.bg is None:
+            ix.bg = BackgroundLoadIndex.build(self._dss, self._load_points, ix)
+        return ix.bg
 
     def _background_load_powers(self) -> np.ndarray:
         """(kW, kvar) of every background Load conductor, flat, in one bulk read when
         the batch API is there (else one ``CktElement.Powers`` per Load)."""
-        bx = self._background_load_index()
-        if bx.batch is not None:
-            ffi, lib = self._dss.dss_ffi, self._dss.dss_lib
-            res = ffi.new("double**")
-            dims = ffi.new("int32_t[4]")
-            lib.Alt_CEBatch_Get_Powers(res, dims, bx.batch, len(bx.names))
-            try:
-                s = np.frombuffer(ffi.buffer(res[0], int(dims[0]) * 8), dtype=float).copy()
-            finally:
-                lib.DSS_Dispose_PDouble(res)
-        else:
-            s = self._background_load_powers_per_load()
-        if s.size != bx.n_values:
-            raise FeederModelError(f"{self.master}: read {s.size} background load power values, "
-                                   f"expected {bx.n_values}")
-        return s
+        return self._background_load_index().read_powers(self._dss, self.master)
 
     def _background_load_powers_per_load(self) -> np.ndarray:
         """As :meth:`_background_load_powers`, one ``CktElement.Powers`` per Load."""
-        bx = self._background_load_index()
-        loads, el = self._dss.Loads, self._dss.CktElement
-        parts = []
-        for i in bx.load_idx:
-            loads.Idx(i)
-            parts.append(np.asarray(el.Powers(), dtype=float))
-        return np.concatenate(parts) if parts else np.zeros(0)
+        return self._background_load_index().read_powers_per_load(self._dss)
 
     def background_load_names(self) -> list[str]:
         """The model's own enabled Loads (lower case), rows of :meth:`background_layer_kw`."""
@@ -1354,26 +1093,7 @@ class OpenDSSFeeder:
         """:meth:`background_layer_kw` of ``T`` solutions at once (T, Loads, 4) [kW] from
         the background Loads' (kW, kvar) per conductor (T, values), as
         :meth:`loss_snapshot` gives them; each step bit for bit as alone."""
-        from federates.feeder.losses import LAYERS, NEUTRAL
-
-        bx = self._background_load_index()
-        n, n_lay = len(bx.names), len(LAYERS)
-        s = np.asarray(load_powers, dtype=float)
-        n_t = s.shape[0]
-        if not n:
-            return np.zeros((n_t, 0, n_lay))
-        row = np.arange(n_t)[:, None]
-        p = s[:, 0::2]
-        load = (bx.cond_load[None, :] + row * n).reshape(-1)
-        total = np.abs(np.bincount(load, weights=p.reshape(-1), minlength=n_t * n)).reshape(n_t, n)
-        cell = (bx.cond_cell[None, :] + row * (n * n_lay)).reshape(-1)
-        per = np.bincount(cell, weights=np.abs(p).reshape(-1), minlength=n_t * n * n_lay).reshape(n_t, n, n_lay)
-        k_n = LAYERS.index(NEUTRAL)
-        per[:, :, k_n] = 0.0
-        phase_sum = per.sum(axis=2)
-        per *= np.divide(total, phase_sum, out=np.zeros((n_t, n)), where=phase_sum > 0)[:, :, None]
-        per[:, :, k_n] = total
-        return per
+        return self._background_load_index().layer_kw(load_powers)
     # ---- end of loss allocation (per phase) ----
 
     # ---- model inventory (feeders show) ----
