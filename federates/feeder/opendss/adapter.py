@@ -32,6 +32,7 @@ from federates.common.errors import FeederModelError, PowerFlowNotConverged
 from federates.common.grid import CustomerSite, LoadPoint
 from federates.common.units import PHASE_TO_NODE
 from federates.feeder.losses import LAYERS
+from federates.feeder.opendss import inventory
 from federates.feeder.opendss.capi import Batch, as_complex, read_doubles
 from federates.feeder.opendss.limits import LimitsIndex
 from federates.feeder.opendss.loss_index import BackgroundLoadIndex, PhaseLossIndex
@@ -1098,97 +1099,29 @@ class OpenDSSFeeder:
 
     # ---- model inventory (feeders show) ----
     # Read-only facts of the compiled model for ``tecosim feeders show``
-    # (runner/feeders.py), and the model's own loadshapes for
-    # ``feeder.background_load_shape: model`` (set_background_time).
-
-    #: OpenDSS's NormAmps of a Line whose data give none [A]
-    OPENDSS_DEFAULT_NORMAMPS = 400.0
-
+    # (runner/feeders.py); computed in inventory.py.
     def bus_kv_bases(self) -> dict[str, float]:
         """Nominal line-to-neutral voltage (OpenDSS kVBase) of every bus [kV]; 0 = none set."""
-        dss = self._dss
-        out = {}
-        for i, name in enumerate(dss.Circuit.AllBusNames()):
-            dss.Circuit.SetActiveBusi(i)
-            out[name.lower()] = float(dss.Bus.kVBase())
-        return out
+        return inventory.bus_kv_bases(self._dss)
 
     def phase_node_v_pu(self) -> tuple[list[str], np.ndarray]:
         """Phase nodes ``bus.1`` .. ``bus.3`` of the buses with a kV base and their voltage
         magnitude [pu of the bus's L-N base] in the last solution (neutral nodes 0, 4+
         and buses without a base left out)."""
-        bases = self.bus_kv_bases()
-        names = [n.lower() for n in self._dss.Circuit.AllNodeNames()]
-        vmag = np.asarray(self._dss.Circuit.AllBusVMag(), dtype=float)
-        keep, base_v = [], []
-        for k, n in enumerate(names):
-            bus, _, node = n.rpartition(".")
-            kv = bases.get(bus, 0.0)
-            if node in ("1", "2", "3") and kv > 0:
-                keep.append(k)
-                base_v.append(kv * 1000.0)
-        ix = np.asarray(keep, dtype=np.int64)
-        return [names[k] for k in keep], vmag[ix] / np.asarray(base_v, dtype=float)
+        return inventory.phase_node_v_pu(self._dss)
 
     def element_counts(self) -> dict[str, int]:
-        """How many of each element class the circuit has [-].
-
-        ``lines`` includes ``switches`` (Lines with switch=yes); ``transformers``
-        includes the regulator transformers; ``regulators`` counts RegControls;
-        ``loads`` every Load, ``loads_disabled`` those with enabled=no.
-        """
-        dss = self._dss
-        switches = disabled = 0
-        i = dss.Lines.First()
-        while i > 0:
-            switches += bool(dss.Lines.IsSwitch())
-            i = dss.Lines.Next()
-        for name in dss.Loads.AllNames():  # Loads.First/Next skip disabled ones
-            dss.Loads.Name(name)
-            disabled += not dss.CktElement.Enabled()
-        return {
-            "lines": int(dss.Lines.Count()), "switches": switches,
-            "transformers": int(dss.Transformers.Count()), "regulators": int(dss.RegControls.Count()),
-            "capacitors": int(dss.Capacitors.Count()), "loads": int(dss.Loads.Count()),
-            "loads_disabled": disabled, "generators": int(dss.Generators.Count()),
-            "pv_systems": int(dss.PVsystems.Count()), "storage": int(dss.Storages.Count()),
-        }
+        """How many of each element class the circuit has [-]: ``lines`` (``switches``
+        included), ``transformers`` (regulators' included), ``regulators``,
+        ``capacitors``, ``loads``, ``loads_disabled``, ``generators``, ``pv_systems``,
+        ``storage``."""
+        return inventory.element_counts(self._dss)
 
     def lines_without_normamps(self) -> list[str]:
-        """Lines (lower-case names, switches left out) with no current rating of their own.
-
-        A Line has none when its NormAmps is 0 (no loading: NaN in the lines table)
-        or when neither the Line nor its LineCode gives NormAmps, so that OpenDSS's
-        default :data:`OPENDSS_DEFAULT_NORMAMPS` applies (loading is then relative to
-        that default). Whether a property was given is read from the element's
-        ``ToJSON`` (which lists the properties that were set).
-        """
-        import json
-
-        dss = self._dss
-        code_rated: dict[str, bool] = {}
-        names = []
-        for name in dss.Lines.AllNames():
-            dss.Lines.Name(name)
-            if dss.Lines.IsSwitch():
-                continue
-            amps = float(dss.Lines.NormAmps())
-            if amps <= 0:
-                names.append(name.lower())
-                continue
-            data = json.loads(dss.Element.ToJSON())
-            code = str(data.get("LineCode", "")).lower()
-            if not code:
-                rated = "NormAmps" in data
-            else:
-                if code not in code_rated:
-                    dss.Circuit.SetActiveClass("LineCode")
-                    dss.ActiveClass.Name(code)
-                    code_rated[code] = "NormAmps" in json.loads(dss.Element.ToJSON())
-                rated = code_rated[code] or amps != self.OPENDSS_DEFAULT_NORMAMPS
-            if not rated:
-                names.append(name.lower())
-        return names
+        """Lines (lower-case names, switches left out) with no current rating of their own
+        (:func:`~federates.feeder.opendss.inventory.lines_without_normamps`)."""
+        return inventory.lines_without_normamps(self._dss)
+    # ---- end of model inventory (feeders show) ----
 
     # background loads following the model's own loadshapes
     #: per original Load: (Loads.Idx, nominal kW, nominal kvar, shape key or "", yearly?)
@@ -1315,4 +1248,3 @@ class OpenDSSFeeder:
         self._background_mult = math.nan  # no single multiplier any more
         total = float(kw0.sum())
         return float(new[:, 0].sum() / total) if total != 0 else math.nan
-    # ---- end of model inventory (feeders show) ----
