@@ -35,6 +35,7 @@ from federates.feeder.losses import LAYERS
 from federates.feeder.opendss import inventory
 from federates.feeder.opendss.capi import Batch, as_complex, read_doubles
 from federates.feeder.opendss.limits import LimitsIndex
+from federates.feeder.opendss.loadshapes import ModelLoadShapes
 from federates.feeder.opendss.loss_index import BackgroundLoadIndex, PhaseLossIndex
 from federates.feeder.opendss.topology import (
     Topology,
@@ -170,6 +171,10 @@ class OpenDSSFeeder:
         self._phase_ix: PhaseLossIndex | None = None
         self._solution_id = 0  # bumped by every solve: the key of the bulk-read cache
         self._bulk_cache: dict[str, tuple[int, np.ndarray]] = {}
+        # background_load_shape: model (set_background_time): the shapes, read on first use,
+        # and the (kW, kvar) last written per original Load
+        self._bg_shapes: ModelLoadShapes | None = None
+        self._bg_model_written: np.ndarray | None = None
         try:
             self.solve(controls=True)
         except PowerFlowNotConverged as e:
@@ -472,6 +477,50 @@ class OpenDSSFeeder:
     @property
     def background_scale(self) -> float:
         return self._background_mult
+
+    def set_background_time(self, hour_of_day: float, scale: float, *,
+                            hour_of_year: float | None = None) -> float:
+        """Set every original (non-customer) Load from its own OpenDSS loadshape, x ``scale``.
+
+        Each Load follows its ``daily`` LoadShape at ``hour_of_day`` [h: local clock
+        hours since midnight of the study's first day; may exceed 24, each shape wraps
+        at its own period], or, with no daily, its ``yearly`` one at ``hour_of_year``
+        [h since 1 January 00:00 local; ``hour_of_day`` when not given]; a Load with
+        neither keeps its nominal kW, kvar (x ``scale``). Between the shape's points
+        the multiplier is linear in time (placement:
+        :func:`~federates.feeder.opendss.loadshapes.read_loadshape`; at a point's own
+        hour it is OpenDSS's daily/yearly-mode value). kW = nominal kW x
+        P(t) x scale, kvar = nominal kvar x Q(t) x scale; a ``UseActual`` shape gives
+        kW = P(t) x scale directly and kvar = Q(t) x scale (without QMult: kW at the
+        Load's nominal power factor). Shapes are read at the first call; later calls
+        write only the Loads whose power changed. Returns the original Loads' total
+        kW as set over their total nominal kW [-] (NaN when that is 0): the single
+        multiplier that would give the same total.
+        """
+        self._forget_loads_pq()
+        if self._bg_shapes is None:  # read at the first call
+            self._bg_shapes = ModelLoadShapes.read(self._dss, self._background, self.master.name)
+        new, kw0 = self._bg_shapes.powers_at(hour_of_day, scale, hour_of_year)
+        n = len(new)
+        old = self._bg_model_written
+        # set_background_scale writes these loads too (and sets a finite multiplier):
+        # the cache is only valid when it has not run since the last call here
+        if old is None or not math.isnan(self._background_mult):
+            changed = list(range(n))
+        else:
+            changed = np.flatnonzero(np.any(new != old, axis=1)).tolist()
+        if changed:  # two batch writes; NaN leaves a Load as it is
+            ix = np.asarray(changed, dtype=np.int64)
+            kw_set = np.full(n, np.nan)
+            kvar_set = np.full(n, np.nan)
+            kw_set[ix] = new[ix, 0]
+            kvar_set[ix] = new[ix, 1]
+            self._bg_batch.set_f64("kW", kw_set)
+            self._bg_batch.set_f64("kvar", kvar_set)
+        self._bg_model_written = new
+        self._background_mult = math.nan  # no single multiplier any more
+        total = float(kw0.sum())
+        return float(new[:, 0].sum() / total) if total != 0 else math.nan
 
     def set_customer_powers(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> None:
         """Set each customer Load's power [kW, kvar] (p_kw > 0 consumption, < 0 export).
@@ -1122,129 +1171,3 @@ class OpenDSSFeeder:
         (:func:`~federates.feeder.opendss.inventory.lines_without_normamps`)."""
         return inventory.lines_without_normamps(self._dss)
     # ---- end of model inventory (feeders show) ----
-
-    # background loads following the model's own loadshapes
-    #: per original Load: (Loads.Idx, nominal kW, nominal kvar, shape key or "", yearly?)
-    _bg_model_loads: list[tuple[int, float, float, str, bool]] | None = None
-    #: per shape key: (hours incl. hour 0, P, Q or None, period [h], UseActual)
-    _bg_model_curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None, float, bool]] | None = None
-    _bg_model_written: np.ndarray | None = None  # (kW, kvar) last written per original Load
-
-    def _read_loadshape(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float, bool]:
-        """One LoadShape as a periodic curve: (hours, P, Q or None, period [h], UseActual).
-
-        OpenDSS's time placement: point k (1, 2, ...) of a fixed-interval shape
-        (``interval`` / ``minterval`` / ``sinterval``) sits at hour k x interval and the
-        shape repeats every npts x interval hours, so the last point is also hour 0;
-        an explicit-hour shape (``hour=(...)``) has its points at those hours and
-        repeats every last-hour hours (OpenDSS wraps at the last point). When the first
-        point is after hour 0, hour 0 takes the last point's value. Without QMult, Q
-        follows P (as in OpenDSS).
-        """
-        ls = self._dss.LoadShape
-        try:
-            ls.Name(name)
-        except Exception:
-            raise FeederModelError(f"{self.master.name}: a Load names LoadShape {name!r}, which is not defined") from None
-        n = int(ls.Npts())
-        p = np.asarray(ls.PMult(), dtype=float)[:n]
-        q_all = np.asarray(ls.QMult(), dtype=float)
-        q = q_all[:n] if len(q_all) >= n and not (n == 1 and q_all.tolist() == [0.0]) else None
-        interval_h = float(ls.HrInterval())
-        if interval_h > 0:
-            hours = np.arange(1, n + 1, dtype=float) * interval_h
-        else:
-            hours = np.asarray(ls.TimeArray(), dtype=float)[:n]
-        if n < 1 or len(p) != n or len(hours) != n or np.any(np.diff(hours) <= 0) or hours[0] < 0:
-            raise FeederModelError(
-                f"{self.master.name}: LoadShape {name!r} has no usable points "
-                f"(npts {n}, {len(p)} multipliers, {len(hours)} hours; hours must increase from >= 0)"
-            )
-        period_h = float(hours[-1])
-        if hours[0] > 0:  # hour 0 = the end of the previous period = the last point
-            hours = np.concatenate([[0.0], hours])
-            p = np.concatenate([p[-1:], p])
-            q = None if q is None else np.concatenate([q[-1:], q])
-        return hours, p, q, period_h, bool(ls.UseActual())
-
-    def _background_loadshapes(self) -> list[tuple[int, float, float, str, bool]]:
-        """Each original Load's shape (its ``daily``, else its ``yearly``), read once."""
-        if self._bg_model_loads is not None:
-            return self._bg_model_loads
-        loads = self._dss.Loads
-        curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None, float, bool]] = {}
-        rows = []
-        for idx, kw, kvar in self._background:
-            loads.Idx(idx)
-            daily = loads.Daily().strip().lower()
-            yearly = loads.Yearly().strip().lower()
-            key, use_yearly = (daily, False) if daily else (yearly, bool(yearly))
-            if key and key not in curves:
-                curves[key] = self._read_loadshape(key)
-            rows.append((idx, float(kw), float(kvar), key, use_yearly))
-        self._bg_model_curves = curves
-        self._bg_model_loads = rows
-        return rows
-
-    def set_background_time(self, hour_of_day: float, scale: float, *,
-                            hour_of_year: float | None = None) -> float:
-        """Set every original (non-customer) Load from its own OpenDSS loadshape, x ``scale``.
-
-        Each Load follows its ``daily`` LoadShape at ``hour_of_day`` [h: local clock
-        hours since midnight of the study's first day; may exceed 24, each shape wraps
-        at its own period], or, with no daily, its ``yearly`` one at ``hour_of_year``
-        [h since 1 January 00:00 local; ``hour_of_day`` when not given]; a Load with
-        neither keeps its nominal kW, kvar (x ``scale``). Between the shape's points
-        the multiplier is linear in time (placement: :meth:`_read_loadshape`; at a
-        point's own hour it is OpenDSS's daily/yearly-mode value). kW = nominal kW x
-        P(t) x scale, kvar = nominal kvar x Q(t) x scale; a ``UseActual`` shape gives
-        kW = P(t) x scale directly and kvar = Q(t) x scale (without QMult: kW at the
-        Load's nominal power factor). Shapes are read at the first call; later calls
-        write only the Loads whose power changed. Returns the original Loads' total
-        kW as set over their total nominal kW [-] (NaN when that is 0): the single
-        multiplier that would give the same total.
-        """
-        self._forget_loads_pq()
-        rows = self._background_loadshapes()
-        curves = self._bg_model_curves or {}
-        scale = float(scale)
-        at: dict[tuple[str, bool], tuple[float, float]] = {}
-        for key, use_yearly in {(r[3], r[4]) for r in rows if r[3]}:
-            hours, p, q, period_h, _ = curves[key]
-            t = float(hour_of_year) if (use_yearly and hour_of_year is not None) else float(hour_of_day)
-            tau = t % period_h if period_h > 0 else 0.0
-            mp = float(np.interp(tau, hours, p))
-            at[(key, use_yearly)] = (mp, mp if q is None else float(np.interp(tau, hours, q)))
-        n = len(rows)
-        new = np.empty((n, 2))
-        kw0 = np.empty(n)
-        for k, (_, kw, kvar, key, use_yearly) in enumerate(rows):
-            kw0[k] = kw
-            if not key:
-                new[k] = (kw * scale, kvar * scale)
-                continue
-            mp, mq = at[(key, use_yearly)]
-            if curves[key][4]:  # UseActual: the shape is the power itself [kW, kvar]
-                q_kvar = mq if curves[key][2] is not None else (mp * kvar / kw if kw else 0.0)
-                new[k] = (mp * scale, q_kvar * scale)
-            else:
-                new[k] = (kw * mp * scale, kvar * mq * scale)
-        old = self._bg_model_written
-        # set_background_scale writes these loads too (and sets a finite multiplier):
-        # the cache is only valid when it has not run since the last call here
-        if old is None or not math.isnan(self._background_mult):
-            changed = list(range(n))
-        else:
-            changed = np.flatnonzero(np.any(new != old, axis=1)).tolist()
-        if changed:  # two batch writes; NaN leaves a Load as it is
-            ix = np.asarray(changed, dtype=np.int64)
-            kw_set = np.full(n, np.nan)
-            kvar_set = np.full(n, np.nan)
-            kw_set[ix] = new[ix, 0]
-            kvar_set[ix] = new[ix, 1]
-            self._bg_batch.set_f64("kW", kw_set)
-            self._bg_batch.set_f64("kvar", kvar_set)
-        self._bg_model_written = new
-        self._background_mult = math.nan  # no single multiplier any more
-        total = float(kw0.sum())
-        return float(new[:, 0].sum() / total) if total != 0 else math.nan
