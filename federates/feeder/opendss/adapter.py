@@ -1,15 +1,17 @@
-"""The OpenDSS adapter's stateful core: the model, its customers, set-points, solve and reads.
+"""The OpenDSS adapter's stateful core: :class:`OpenDSSFeeder`.
 
-One :class:`OpenDSSFeeder` owns one OpenDSS engine context (``opendssdirect.NewContext``),
-so several feeders can live in one process without clearing each other.
+Owns the model's life in one OpenDSS engine context (``opendssdirect.NewContext``, so
+several feeders can live in one process without clearing each other): compiling it,
+its load points, attaching the customers, the set-points of every step, the solve,
+regulators and capacitors, and reading a solution (customer voltages and powers,
+source power, losses, the bulk arrays with their per-solve cache). It keeps the
+indexes the other modules of the package build (topology, limits, loss index) and
+hands them the arrays of a solution; its methods are the adapter's whole API.
 
 Customers (prosumers) are OpenDSS Loads with ``model=1`` (constant P, Q) whose kW and
-kvar are set every step. OpenDSS accepts a negative Load kW: a negative load injects
-active power, which is how export is modelled (no Generator needed; checked in
-tests/feeder/test_adapter.py). A constant-PQ Load keeps its set power only within
-``vminpu`` .. ``vmaxpu``; customer loads use :data:`CUSTOMER_VMIN_PU` ..
-:data:`CUSTOMER_VMAX_PU` so that they stay constant PQ over any voltage a study can
-reach while OpenDSS still has a constant-Z fallback for a collapsing solution.
+kvar are set every step (how they are connected: customers.py). OpenDSS accepts a
+negative Load kW: a negative load injects active power, which is how export is
+modelled (no Generator needed; checked in tests/feeder/test_adapter.py).
 
 Sign convention (federates/common/units.py): customer ``p_kw > 0`` is consumption;
 an OpenDSS Load's kW has the same sign, so no flip here. ``source_pq`` flips the sign
@@ -30,10 +32,10 @@ import opendssdirect
 
 from federates.common.errors import FeederModelError, PowerFlowNotConverged
 from federates.common.grid import CustomerSite, LoadPoint
-from federates.common.units import PHASE_TO_NODE
 from federates.feeder.losses import LAYERS
 from federates.feeder.opendss import inventory
 from federates.feeder.opendss.capi import Batch, as_complex, read_doubles
+from federates.feeder.opendss.customers import check_sites, plan_connection
 from federates.feeder.opendss.limits import LimitsIndex
 from federates.feeder.opendss.loadshapes import ModelLoadShapes
 from federates.feeder.opendss.loss_index import BackgroundLoadIndex, PhaseLossIndex
@@ -49,10 +51,8 @@ from federates.feeder.opendss.topology import (
 if TYPE_CHECKING:
     from federates.common.config import CustomerConnection
 
-__all__ = ["CUSTOMER_VMAX_PU", "CUSTOMER_VMIN_PU", "FeederFileError", "OpenDSSFeeder"]
+__all__ = ["FeederFileError", "OpenDSSFeeder"]
 
-CUSTOMER_VMIN_PU = 0.7
-CUSTOMER_VMAX_PU = 1.3
 MAX_CONTROL_ITERATIONS = 50  # OpenDSS control iterations per snapshot solve (regulators, capacitors)
 MAX_POWER_FLOW_ITERATIONS = 100
 
@@ -68,7 +68,6 @@ MAX_POWER_FLOW_ITERATIONS = 100
 _CONTROL_OFF = -1
 _CONTROL_STATIC = 0
 
-_NAME_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 class FeederFileError(FeederModelError):
     """The master file is no OpenDSS model: missing, not a file, empty or garbage (OpenDSS
@@ -318,92 +317,20 @@ class OpenDSSFeeder:
         if self.sites:
             raise RuntimeError("customers are already attached to this feeder")
         sites = list(sites)
-        names = [s.participant for s in sites]
-        if len(set(names)) != len(names):
-            raise ValueError("participant names must be unique")
-        for s in sites:
-            if not _NAME_OK.match(s.participant) or not _NAME_OK.match(s.group):
-                raise ValueError(f"participant/group names must be letters, digits, _ or -: {s}")
-            if s.phase not in PHASE_TO_NODE:
-                raise ValueError(f"{s.participant}: phase {s.phase!r} is not one of a, b, c")
-        kind = connection.kind
-        if kind not in ("secondary", "direct"):
-            raise ValueError(f"unknown customer connection kind {kind!r}; allowed: secondary, direct")
+        check_sites(sites, connection.kind)
         points = {lp.name.lower(): lp for lp in self._load_points}
-        split = [bool(s.load) and points.get(s.load.lower()) is not None and points[s.load.lower()].split_phase
-                 for s in sites]
-        commands: list[str] = []
-        new_bases: dict[str, float] = {}
-        node_names: list[str] = []
-        node2_names: dict[int, str] = {}  # customer position -> second leg node (split-phase)
-        base_kv: list[float] = []
-        leg_kv: dict[int, float] = {}
-        kinds: list[str] = []
-        if kind == "secondary":
-            groups: dict[str, tuple[str, str]] = {}
-            for s, sp in zip(sites, split, strict=True):
-                if sp:
-                    continue
-                where = (s.bus.lower(), s.phase)
-                if groups.setdefault(s.group, where) != where:
-                    raise ValueError(f"group {s.group!r} mixes buses/phases: {groups[s.group]} and {where}")
-            v_sec = float(connection.secondary_kv)
-            half_r = float(connection.transformer_pct_r) / 2.0
-            for group, (bus, phase) in groups.items():
-                kv_prim = self.bus_kv_ln(bus)
-                node = PHASE_TO_NODE[phase]
-                commands.append(
-                    f"New Transformer.svc_{group} phases=1 windings=2 "
-                    f"buses=[{bus}.{node} svc_{group}.1] conns=[wye wye] "
-                    f"kVs=[{kv_prim!r} {v_sec!r}] kVAs=[{connection.transformer_kva!r} {connection.transformer_kva!r}] "
-                    f"%Rs=[{half_r!r} {half_r!r}] XHL={float(connection.transformer_pct_x)!r}"
-                )
-                new_bases[f"svc_{group}"] = v_sec
-            length_km = float(connection.service_length_m) / 1000.0
-            r = float(connection.service_r_ohm_per_km)
-            x = float(connection.service_x_ohm_per_km)
-        for k, (s, sp) in enumerate(zip(sites, split, strict=True)):
-            if sp:  # across the two 120 V legs of the model's own split-phase service
-                lp = points[s.load.lower()]
-                bus = lp.bus
-                kv_leg = self.bus_kv_ln(bus)
-                n1, n2 = lp.nodes[0], lp.nodes[1]
-                commands.append(self._load_command(s.participant, f"{bus}.{n1}.{n2}", 2.0 * kv_leg))
-                node_names.append(f"{bus}.{n1}")
-                node2_names[k] = f"{bus}.{n2}"
-                base_kv.append(2.0 * kv_leg)
-                leg_kv[k] = kv_leg
-                kinds.append("split_phase")
-            elif kind == "secondary":
-                cb = f"cust_{s.participant}"
-                commands.append(
-                    f"New Line.drop_{s.participant} phases=1 bus1=svc_{s.group}.1 bus2={cb}.1 "
-                    f"r1={r!r} x1={x!r} r0={r!r} x0={x!r} c1=0 c0=0 length={length_km!r} units=km"
-                )
-                commands.append(self._load_command(s.participant, f"{cb}.1", v_sec))
-                new_bases[cb] = v_sec
-                node_names.append(f"{cb}.1")
-                base_kv.append(v_sec)
-                kinds.append("secondary")
-            else:
-                bus = s.bus.lower()
-                kv = self.bus_kv_ln(bus)
-                node = f"{bus}.{PHASE_TO_NODE[s.phase]}"
-                commands.append(self._load_command(s.participant, node, kv))
-                node_names.append(node)
-                base_kv.append(kv)
-                kinds.append("direct")
+        plan = plan_connection(sites, points, connection, self.bus_kv_ln)
         try:
-            for c in commands:
+            for c in plan.commands:
                 self._dss.Text.Command(c)
             self._dss.Text.Command("MakeBusList")
-            for bus, kv in new_bases.items():
+            for bus, kv in plan.new_bases.items():
                 self._dss.Text.Command(f"SetkVBase bus={bus} kVLN={kv!r}")
             self._dss.Text.Command("Init")  # the new buses have no starting voltage
         except Exception as e:
             raise FeederModelError(f"{self.master}: could not attach customers: {e}") from None
         self.sites = sites
-        self._cust_kind = kinds
+        self._cust_kind = plan.kinds
         self._limits_index = None  # new lines, transformers and buses: index again
         self._phase_ix = None
         self._cust_bus = [s.bus.lower() for s in sites]
@@ -416,14 +343,14 @@ class OpenDSSFeeder:
             raise FeederModelError(f"{self.master}: the customer Loads are not the last Loads of the model")
         all_nodes = {n.lower(): i for i, n in enumerate(self._dss.Circuit.AllNodeNames())}
         try:
-            self._cust_node_idx = np.asarray([all_nodes[n.lower()] for n in node_names], dtype=np.int64)
-            pos = sorted(node2_names)
+            self._cust_node_idx = np.asarray([all_nodes[n.lower()] for n in plan.node_names], dtype=np.int64)
+            pos = sorted(plan.node2_names)
             self._split_pos = np.asarray(pos, dtype=np.int64)
-            self._split_node2 = np.asarray([all_nodes[node2_names[k].lower()] for k in pos], dtype=np.int64)
+            self._split_node2 = np.asarray([all_nodes[plan.node2_names[k].lower()] for k in pos], dtype=np.int64)
         except KeyError as e:
             raise FeederModelError(f"{self.master}: customer node {e} not found after attaching") from None
-        self._split_leg_base_v = np.asarray([leg_kv[k] for k in sorted(leg_kv)], dtype=float) * 1000.0
-        self._cust_base_v = np.asarray(base_kv, dtype=float) * 1000.0
+        self._split_leg_base_v = np.asarray([plan.leg_kv[k] for k in sorted(plan.leg_kv)], dtype=float) * 1000.0
+        self._cust_base_v = np.asarray(plan.base_kv, dtype=float) * 1000.0
         self._cust_p = np.zeros(len(sites))
         self._cust_q = np.zeros(len(sites))
         self.solve(controls=True)
@@ -440,13 +367,6 @@ class OpenDSSFeeder:
         """Nominal voltage of each customer's :meth:`customer_v_pu` [V]: its node's L-N
         base, or 240 V (2 x the legs' base) across a split-phase service."""
         return self._cust_base_v.copy()
-
-    @staticmethod
-    def _load_command(participant: str, node: str, kv_ln: float) -> str:
-        return (
-            f"New Load.cust_{participant} bus1={node} phases=1 conn=wye model=1 "
-            f"kV={kv_ln!r} kW=0 kvar=0 vminpu={CUSTOMER_VMIN_PU} vmaxpu={CUSTOMER_VMAX_PU}"
-        )
 
     # ------------------------------------------------------------------ set-points
     def set_background_scale(self, mult: float) -> None:
@@ -703,10 +623,11 @@ class OpenDSSFeeder:
     def customer_pq(self) -> tuple[np.ndarray, np.ndarray]:
         """Power actually drawn by each customer Load [kW], [kvar] (+ consumption) in the
         last solution, read from the solved circuit, not from the set-points; one batch
-        read. Within :data:`CUSTOMER_VMIN_PU` .. :data:`CUSTOMER_VMAX_PU` a constant-PQ
-        Load draws its set power to the solution tolerance (:meth:`solution_tolerance`
-        of its apparent power); outside it OpenDSS makes it constant Z, and it draws
-        more or less (what the live energy check, federates.common.conservation, catches)."""
+        read. Within its ``vminpu`` .. ``vmaxpu`` (``CUSTOMER_VMIN_PU`` ..
+        ``CUSTOMER_VMAX_PU`` of customers.py) a constant-PQ Load draws its set power to
+        the solution tolerance (:meth:`solution_tolerance` of its apparent power);
+        outside it OpenDSS makes it constant Z, and it draws more or less (what the live
+        energy check, federates.common.conservation, catches)."""
         if self._cust_batch is None or not self.sites:
             return np.zeros(0), np.zeros(0)
         sol, loads = self._loads_pq  # every Load's, read by load_and_gross_kw from this solution
