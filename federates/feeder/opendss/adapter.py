@@ -286,7 +286,7 @@ class OpenDSSFeeder:
     def n_customers(self) -> int:
         return len(self.sites)
 
-    # ------------------------------------------------------------------ customers
+    # ------------------------------------------------------------------ customers (customers.py)
     def attach_customers(
         self, sites: Sequence[CustomerSite], connection: CustomerConnection
     ) -> None:
@@ -730,7 +730,20 @@ class OpenDSSFeeder:
                 total += dss.CktElement.TotalPowers()[0]
         return total
 
-    # ------------------------------------------------------------------ limits
+    def element_currents_a(self, element: str) -> np.ndarray:
+        """Current magnitude of each conductor of terminal 1 of ``element`` [A] (e.g. ``Line.650632``)."""
+        if self._dss.Circuit.SetActiveElement(element) < 0:
+            raise ValueError(f"{self.master.name}: no element {element!r}")
+        el = self._dss.CktElement
+        n = el.NumConductors()
+        return np.asarray(el.CurrentsMagAng(), dtype=float)[0 : 2 * n : 2]
+
+    def node_v_pu(self) -> dict[str, float]:
+        """Voltage magnitude of every node ``bus.node`` [pu of the bus's L-N base]."""
+        names = self._dss.Circuit.AllNodeNames()
+        return dict(zip(names, (float(v) for v in self._dss.Circuit.AllBusMagPu()), strict=True))
+
+    # ------------------------------------------------------------------ bulk reads
     @property
     def solution_id(self) -> int:
         """A number that changes with every solve: values read from one solution can be
@@ -761,6 +774,7 @@ class OpenDSSFeeder:
         self._bulk_cache[what] = (self._solution_id, a)
         return a
 
+    # ------------------------------------------------------------------ limits (limits.py)
     def _limits(self) -> LimitsIndex:
         """Element/bus positions in OpenDSS's bulk arrays, built once per model."""
         ix = self._limits_index
@@ -816,18 +830,25 @@ class OpenDSSFeeder:
         _, xf = self.transformer_loading_pct()
         return list(ix.element_names), np.concatenate([line, xf])
 
-    def element_currents_a(self, element: str) -> np.ndarray:
-        """Current magnitude of each conductor of terminal 1 of ``element`` [A] (e.g. ``Line.650632``)."""
-        if self._dss.Circuit.SetActiveElement(element) < 0:
-            raise ValueError(f"{self.master.name}: no element {element!r}")
-        el = self._dss.CktElement
-        n = el.NumConductors()
-        return np.asarray(el.CurrentsMagAng(), dtype=float)[0 : 2 * n : 2]
+    # ------------------------------------------------------------------ topology (topology.py)
+    def _topology(self) -> Topology:
+        """The model's PD elements, their terminals' buses and nodes, the bus graph and
+        every bus node's phase layer (:class:`~federates.feeder.opendss.topology.Topology`),
+        read again when the PD element or node list changed."""
+        topo = self._topo
+        if topo is None or topo.key != topology_key(self._dss):
+            topo = self._topo = Topology.read(self._dss)
+        return topo
 
-    def node_v_pu(self) -> dict[str, float]:
-        """Voltage magnitude of every node ``bus.node`` [pu of the bus's L-N base]."""
+    def customer_buses(self) -> list[str]:
+        """Primary bus of each customer, in customer order."""
+        return list(self._cust_bus)
+
+    def _customer_node_buses(self) -> list[str]:
+        """The bus of each customer's node (``cust_<id>`` behind a service drop, else its
+        primary bus), in customer order."""
         names = self._dss.Circuit.AllNodeNames()
-        return dict(zip(names, (float(v) for v in self._dss.Circuit.AllBusMagPu()), strict=True))
+        return [names[k].split(".")[0].lower() for k in self._cust_node_idx.tolist()]
 
     def customer_distances_km(self) -> np.ndarray:
         """Electrical distance between every pair of customers [km], in customer order.
@@ -852,17 +873,28 @@ class OpenDSSFeeder:
             cust = list(self._cust_bus)
         return distances_km(self._topology(), cust, self.master.name)
 
-    def _customer_node_buses(self) -> list[str]:
-        """The bus of each customer's node (``cust_<id>`` behind a service drop, else its
-        primary bus), in customer order."""
-        names = self._dss.Circuit.AllNodeNames()
-        return [names[k].split(".")[0].lower() for k in self._cust_node_idx.tolist()]
+    def customer_paths(self) -> list[list[str]]:
+        """PD elements on each customer's path from the source bus, in customer order.
 
-    def customer_buses(self) -> list[str]:
-        """Primary bus of each customer, in customer order."""
-        return list(self._cust_bus)
+        Element names as in :meth:`element_losses_kw`, ordered from the source towards
+        the customer bus (``cust_<id>`` with a secondary connection, so the service
+        transformer and drop are on the path; the primary bus with a direct one).
+        Parallel elements between the same two buses are all listed. On a radial
+        feeder the path is the unique tree path; on a meshed one, the shortest path by
+        length (km). Raises FeederModelError when a customer bus is not connected to
+        the source.
+        """
+        if not self.sites:
+            return []
+        topo = self._topology()
+        cust = self._customer_node_buses()
+        bus_paths = paths_from_source(topo, self.master.name)
+        lost = sorted({c for c in cust if c not in bus_paths})
+        if lost:
+            raise FeederModelError(f"{self.master.name}: customer buses {lost} are not connected to {topo.root}")
+        return [path_elements(topo, bus_paths[c]) for c in cust]
 
-    # ------------------------------------------------------------------ loss allocation
+    # ------------------------------------------------------------------ losses
     def element_losses_kw(self) -> dict[str, float]:
         """Active losses of every enabled PD element of the last solution [kW].
 
@@ -885,41 +917,10 @@ class OpenDSSFeeder:
             i = pd_el.Next()
         return out
 
-    def _topology(self) -> Topology:
-        """The model's PD elements, their terminals' buses and nodes, the bus graph and
-        every bus node's phase layer (:class:`~federates.feeder.opendss.topology.Topology`),
-        read again when the PD element or node list changed."""
-        topo = self._topo
-        if topo is None or topo.key != topology_key(self._dss):
-            topo = self._topo = Topology.read(self._dss)
-        return topo
-
-    def customer_paths(self) -> list[list[str]]:
-        """PD elements on each customer's path from the source bus, in customer order.
-
-        Element names as in :meth:`element_losses_kw`, ordered from the source towards
-        the customer bus (``cust_<id>`` with a secondary connection, so the service
-        transformer and drop are on the path; the primary bus with a direct one).
-        Parallel elements between the same two buses are all listed. On a radial
-        feeder the path is the unique tree path; on a meshed one, the shortest path by
-        length (km). Raises FeederModelError when a customer bus is not connected to
-        the source.
-        """
-        if not self.sites:
-            return []
-        topo = self._topology()
-        cust = self._customer_node_buses()
-        bus_paths = paths_from_source(topo, self.master.name)
-        lost = sorted({c for c in cust if c not in bus_paths})
-        if lost:
-            raise FeederModelError(f"{self.master.name}: customer buses {lost} are not connected to {topo.root}")
-        return [path_elements(topo, bus_paths[c]) for c in cust]
-
-    # ---- loss allocation (per phase) ----
+    # ------------------------------------------------------------------ per-phase losses (loss_index.py)
     # Element losses split over the graph layers a, b, c, n for the per-phase GBLA of
-    # federates/feeder/losses.py (the index and the arithmetic: loss_index.py). The
-    # index is built once per PD element list (again after attach_customers); each call
-    # then makes two bulk reads and ~20 numpy ops.
+    # federates/feeder/losses.py. The index is built once per PD element list (again
+    # after attach_customers); each call then makes two bulk reads and ~20 numpy ops.
     def _phase_loss_index(self) -> PhaseLossIndex:
         """The per-layer loss index of the present PD element list (built when it changed;
         layers from :meth:`_topology`)."""
@@ -1065,11 +1066,9 @@ class OpenDSSFeeder:
         the background Loads' (kW, kvar) per conductor (T, values), as
         :meth:`loss_snapshot` gives them; each step bit for bit as alone."""
         return self._background_load_index().layer_kw(load_powers)
-    # ---- end of loss allocation (per phase) ----
 
-    # ---- model inventory (feeders show) ----
-    # Read-only facts of the compiled model for ``tecosim feeders show``
-    # (runner/feeders.py); computed in inventory.py.
+    # ------------------------------------------------------------------ inventory (inventory.py)
+    # Read-only facts of the compiled model for ``tecosim feeders show`` (runner/feeders.py)
     def bus_kv_bases(self) -> dict[str, float]:
         """Nominal line-to-neutral voltage (OpenDSS kVBase) of every bus [kV]; 0 = none set."""
         return inventory.bus_kv_bases(self._dss)
@@ -1091,4 +1090,3 @@ class OpenDSSFeeder:
         """Lines (lower-case names, switches left out) with no current rating of their own
         (:func:`~federates.feeder.opendss.inventory.lines_without_normamps`)."""
         return inventory.lines_without_normamps(self._dss)
-    # ---- end of model inventory (feeders show) ----
