@@ -17,6 +17,19 @@ DEFAULT = REPO / "configs" / "default.yaml"
 # control loop and curtailment have work to do.
 MIDDAY = ["--set", "study.start=2026-06-21T11:00:00-04:00", "--set", "study.duration=2h"]
 
+#: a test in one of these folders that carries neither marker gets its folder's: a new
+#: file there stays out of the fast tier (``make test-fast``) without remembering to mark it
+FOLDER_MARKERS = {"feeder": "feeder", "federation": "federation"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        rel = Path(item.path).relative_to(REPO) if Path(item.path).is_relative_to(REPO) else Path()
+        mark = FOLDER_MARKERS.get(rel.parts[1]) if len(rel.parts) > 2 and rel.parts[0] == "tests" else None
+        if mark and not any(item.get_closest_marker(name) for name in FOLDER_MARKERS.values()):
+            item.add_marker(mark)
+
 
 def tecosim(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "runner.cli", *args], cwd=REPO,
