@@ -70,6 +70,7 @@ def two_runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProc
     return out
 
 
+@pytest.mark.feeder
 def test_run_progress_lines_end_at_100_and_quiet_prints_nothing(two_runs):
     _, r = two_runs["on"]
     assert r.returncode == 0, r.stderr
@@ -84,6 +85,7 @@ def test_run_progress_lines_end_at_100_and_quiet_prints_nothing(two_runs):
     assert (off / "report.html").is_file()  # written at the end of the run, quietly
 
 
+@pytest.mark.feeder
 def test_a_failing_report_does_not_fail_the_run(two_runs):
     run_dir, r = two_runs["on"]
     assert r.returncode == 0
@@ -95,6 +97,7 @@ def test_a_failing_report_does_not_fail_the_run(two_runs):
     assert not (run_dir / "report.html").exists()
 
 
+@pytest.mark.feeder
 def test_compare_two_runs_labels_from_the_config_diff(two_runs, tmp_path):
     on, off = two_runs["on"][0], two_runs["off"][0]
     out = tmp_path / "cmp"
@@ -117,6 +120,7 @@ def test_compare_two_runs_labels_from_the_config_diff(two_runs, tmp_path):
         assert (out / f"{png}.png").stat().st_size > 1000
 
 
+@pytest.mark.feeder
 def test_compare_with_labels_and_a_bad_path(two_runs, tmp_path):
     on, off = two_runs["on"][0], two_runs["off"][0]
     r = tecosim("compare", str(on), str(tmp_path), "--out", str(tmp_path / "x"), timeout=120)
@@ -126,6 +130,7 @@ def test_compare_with_labels_and_a_bad_path(two_runs, tmp_path):
     assert r.returncode == 2 and "--labels" in r.stderr
 
 
+@pytest.mark.feeder
 def test_report_command(two_runs, tmp_path, monkeypatch):
     r = tecosim("report", str(tmp_path), timeout=120)
     assert r.returncode == 2 and str(tmp_path) in r.stderr and "not a run folder" in r.stderr
@@ -141,6 +146,7 @@ def test_report_command(two_runs, tmp_path, monkeypatch):
     assert calls == [(run_dir, True)]
 
 
+@pytest.mark.feeder
 def test_sweep_grid_of_four(tmp_path):
     out = tmp_path / "sweep"
     r = tecosim("sweep", str(DEFAULT), "--set", "prosumers.count=10,20", "--set", "controllers.enabled=true,false",
@@ -185,6 +191,7 @@ def test_parallel_federations_cannot_share_one_broker(tmp_path, fixed, field):
     assert not out.exists()
 
 
+@pytest.mark.feeder
 def test_sweep_child_killed_mid_run_fails_only_its_point(tmp_path):
     """SIGKILL one child as soon as sweep.json names its pid (seconds before it could
     finish: it is still importing); the other point completes and is compared."""

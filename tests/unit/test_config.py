@@ -159,6 +159,7 @@ def test_a_topology_without_a_mechanism_takes_its_default():
         load_config(DEFAULT, ["market.topology=p2p", "market.mechanism=uniform_price"])
 
 
+@pytest.mark.feeder
 def test_the_run_folder_says_what_was_replaced(tmp_path):
     out = tmp_path / "run"
     r = tecosim("run", str(DEFAULT), "--engine", "inprocess", "--out", str(out), "--no-report",

@@ -32,6 +32,9 @@ REPEATS = 3
 ROWS_PER_GROUP = 997  # voltages: 600 rows per interval, so intervals straddle row groups
 CHUNK_ROWS = (1, 1500, 10**9)  # one interval per chunk, 2 intervals, the whole run
 
+# every test reads the module's in-process run of the default study (OpenDSS solves)
+pytestmark = pytest.mark.feeder
+
 
 def _cfg(run: Path):
     return validate(yaml.safe_load((run / "config.resolved.yaml").read_text()), base_dir=run)

@@ -59,6 +59,7 @@ def _config(run: Path) -> dict:
     return yaml.safe_load((run / "config.resolved.yaml").read_text())
 
 
+@pytest.mark.feeder
 def test_report_is_self_contained(runs, report):
     assert report == runs["ctl"] / REPORT_FILE and report.is_file()
     text = report.read_text(encoding="utf-8")
@@ -74,6 +75,7 @@ def test_report_is_self_contained(runs, report):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.feeder
 def test_every_figure_has_title_units_and_legend(runs):
     plots = make_figures(runs["ctl"])
     assert [p.id for p in plots] == list(FIGURE_IDS)
@@ -95,6 +97,7 @@ def test_every_figure_has_title_units_and_legend(runs):
         fig.clear()
 
 
+@pytest.mark.feeder
 def test_kpis_equal_independent_recomputation(runs, report):
     run = runs["ctl"]
     cfg = _config(run)
@@ -160,6 +163,7 @@ def test_baseline_bills_formula():
     assert list(b.index) == ["a", "b"]  # sorted by saving, largest first
 
 
+@pytest.mark.feeder
 def test_no_curtailment_gives_text_not_figure(runs):
     run = runs["noctl"]
     assert _table(run, "curtailment_energy")["energy_kwh"].sum() == 0
