@@ -86,6 +86,7 @@ def test_unknown_mechanism_lists_the_allowed(book):
     assert "uniform_price" in r.stderr and "lp" in r.stderr
 
 
+@pytest.mark.slow
 def test_ledger_verify_intact_and_tampered(tmp_path):
     keys = KeyRing.from_seed(7, ["p1", "p2"])
     ledger = Ledger(tmp_path, keys)

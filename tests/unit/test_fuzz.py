@@ -167,6 +167,7 @@ def test_validate_command_in_process_exits_0_or_2(capsys, raw, sets):
         assert "tecosim: invalid" in err
 
 
+@pytest.mark.slow
 @SUBPROCESS
 @given(mutated_configs())
 def test_validate_command_exits_0_or_2_without_traceback(raw):
@@ -300,6 +301,7 @@ def test_clear_command_in_process_exits_0_or_2(capsys, content, args):
         assert "tecosim: invalid" in err
 
 
+@pytest.mark.slow
 @SUBPROCESS
 @given(order_files())
 def test_clear_command_exits_0_or_2_without_traceback(content):
@@ -339,6 +341,7 @@ def test_corrupted_feeder_file_is_bad_input_naming_the_file(tmp_path, capsys, ki
         assert "nothere.dss" in err
 
 
+@pytest.mark.slow
 def test_run_with_a_garbage_feeder_exits_2_naming_the_file(tmp_path):
     master = _feeder(tmp_path, "garbage")
     r = tecosim("run", str(DEFAULT), "--engine", "inprocess", "--out", str(tmp_path / "run"),

@@ -53,6 +53,7 @@ clean_order = st.builds(Order, st.sampled_from(["a", "b", "c", "d", "e", "f", "g
                         st.one_of(st.sampled_from([0.05, 0.1, 0.15, 0.2, 0.3]), st.floats(0.0, 0.4)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("fast", "ref"), PAIRS)
 @settings(max_examples=400, deadline=None)
 @given(orders=st.lists(order, max_size=16))
@@ -60,6 +61,7 @@ def test_random_books_bit_identical(fast, ref, orders):
     same(fast, ref, orders)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("fast", "ref"), PAIRS)
 @settings(max_examples=400, deadline=None)
 @given(orders=st.lists(clean_order, max_size=24))
@@ -67,6 +69,7 @@ def test_random_crossing_books_bit_identical(fast, ref, orders):
     same(fast, ref, orders)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("fast", "ref"), PAIRS)
 @settings(max_examples=300, deadline=None)
 @given(sides=st.lists(st.sets(st.sampled_from(["buy", "sell"])), max_size=12),

@@ -286,6 +286,7 @@ lp_order = st.builds(
     st.one_of(st.sampled_from([0.05, 0.08, 0.1, 0.15, 0.2, 0.26, 0.3]), st.floats(0.0, 0.4)))
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(st.lists(lp_order, max_size=16))
 def test_lp_highs_direct_equals_pyomo_reference(orders):

@@ -221,6 +221,7 @@ def reference() -> dict[str, tuple]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "block_intervals", "drain_every"),
     [(name, b, d) for name in CASES for b, d in ((None, 96), (7, 13), (10**6, None), (5, None))]

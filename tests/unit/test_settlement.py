@@ -149,6 +149,7 @@ book = st.lists(st.builds(Order, ids, st.sampled_from(["buy", "sell"]), st.just(
 maybe_meter = st.one_of(st.none(), st.floats(-6.0, 6.0, allow_nan=False))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(book, st.dictionaries(ids, maybe_meter), st.dictionaries(ids, st.floats(0.0, 8.0)),
        st.sampled_from(["tariff", "clearing", "dual"]))
@@ -205,6 +206,7 @@ from federates.market.settlement import IMBALANCE_PRICES, settle_interval_refere
 nonfinite_or_meter = st.one_of(maybe_meter, st.just(float("nan")), st.sampled_from([0.5, -1.25, 2.0]))
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(book, st.dictionaries(ids, nonfinite_or_meter), st.dictionaries(ids, st.floats(0.0, 8.0)),
        st.booleans(), st.booleans(), st.sampled_from(IMBALANCE_PRICES))
