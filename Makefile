@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 
-.PHONY: run test bench bench-scale bench-long install lint clean
+.PHONY: run test test-fast bench bench-scale bench-long install lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the edit-test loop, under a minute: no OpenDSS study, no federation, nothing slow (README)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not federation and not feeder and not slow and not benchmark"
 
 # both engines on the default study beside their floors, K prosumer federates, market; writes BENCHMARKS.md
 # (~15 min on 2 cores); BENCH_ARGS e.g. "--repeat 1 --duration 2h --k ''" for a quick look
