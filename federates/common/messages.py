@@ -50,6 +50,12 @@ class Trade:
     ``price * energy``; the seller receives that and pays the fee to the grid operator
     (:data:`GRID_OPERATOR`), so it keeps ``price * energy - fee`` (settlement: a fee
     is collected in proportion to the energy delivered).
+
+    ``trade_id``: the market's id of the trade, ``"<interval>-<j>"`` with ``j`` its
+    position in the interval's clearing; the market role numbers every trade it
+    cleared (``trades.trade_id``, ``curtailed_trades.trade_id``), "" on a trade a
+    mechanism made and the market has not numbered. The ledger's trade record leaves
+    it out: a trade's id is its position among the block's trade records.
     """
 
     interval: int
@@ -58,6 +64,7 @@ class Trade:
     energy_kwh: float
     price_usd_per_kwh: float
     fee_usd: float = 0.0
+    trade_id: str = ""
 
 
 @dataclass(frozen=True)

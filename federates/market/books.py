@@ -40,16 +40,19 @@ def money_flows(rows: Sequence[SettlementRow], trades: Sequence[Trade],
     network charges paid and collected, what the utility was paid and paid out.
 
     ``rows``: the interval's settlement rows; ``trades``: its cleared trades;
-    ``trade_cuts``: the ``(trade, curtailed_kwh)`` settlement reported; the tariffs
+    ``trade_cuts``: the ``(trade, curtailed_kwh)`` settlement reported, matched to
+    ``trades`` by ``Trade.trade_id``; the tariffs
     [USD/kWh] the imbalance (with ``imbalance_rule`` and the interval's market price)
     and the replaced energy are priced at; ``loss_charges_usd``: each participant's loss
     energy x the loss price (``market.settle_losses``)."""
-    cut = {id(t): x for t, x in trade_cuts}
+    cut = {t.trade_id: x for t, x in trade_cuts}
+    if len(cut) != len(trade_cuts) or "" in cut:
+        raise ValueError("trade_cuts must name numbered trades (Trade.trade_id, set by the market role), each once")
     retail, feed_in = float(retail_usd_per_kwh), float(feed_in_usd_per_kwh)
     peer_value, utility_sold, utility_bought = [], [], []
     charges = list(loss_charges_usd)
     for t in trades:
-        e, price, x = t.energy_kwh, t.price_usd_per_kwh, cut.get(id(t), 0.0)
+        e, price, x = t.energy_kwh, t.price_usd_per_kwh, cut.get(t.trade_id, 0.0)
         if t.seller == GRID and t.buyer != GRID:
             utility_sold.append(price * e)
         elif t.buyer == GRID and t.seller != GRID:

@@ -470,8 +470,12 @@ def bid_record(keyring: KeyRing, order: Order) -> dict[str, Any]:
 
 
 def trade_record(keyring: KeyRing, trade: Trade) -> dict[str, Any]:
-    """A trade record (its parties acknowledge it when its block is sealed)."""
-    return make_record(keyring, "trade", trade.interval, trade)
+    """A trade record (its parties acknowledge it when its block is sealed). The body is
+    the trade without its ``trade_id``: the market's id ``"<interval>-<j>"`` is the
+    record's position ``j`` among the block's trade records."""
+    body = dict(vars(trade))
+    body.pop("trade_id", None)
+    return make_record(keyring, "trade", trade.interval, body)
 
 
 def curtailment_record(keyring: KeyRing, notice: CurtailmentNotice) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +127,13 @@ def _frame(rows: list[dict], dtypes: dict[str, str]) -> pd.DataFrame:
     return df.astype(dtypes).reset_index(drop=True)
 
 
+def _numbered(k: int, trades: list[Trade]) -> list[Trade]:
+    """The trades of interval ``k``'s clearing, each with its ``trade_id`` ``"<k>-<j>"``
+    (``j`` its position in the clearing): the id its rows in ``trades`` and
+    ``curtailed_trades`` carry."""
+    return adopt(Trade, [{**vars(t), "trade_id": f"{k}-{j}"} for j, t in enumerate(trades)])
+
+
 def _replaced(o: Order, **changes: object) -> Order:
     """``dataclasses.replace(o, **changes)`` without re-running Order's __init__
     (a quarter of the time; Order has no __post_init__ to skip)."""
@@ -193,7 +200,6 @@ class MarketRole:
         self._settlements: list[dict] = []
         self._curtailed_trades: list[dict] = []
         self._envelopes: list[dict] = []
-        self._trade_ids: dict[int, dict[int, str]] = {}  # pending interval -> id(Trade) -> trade id
         self._clipped_kwh = 0.0
         #: the envelopes the clearing of the last market time used or set
         self.last_envelopes: list[OperatingEnvelope] = []
@@ -322,6 +328,7 @@ class MarketRole:
             mine, interval=k, retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
             **extra,
         ))
+        result = replace(result, trades=_numbered(k, result.trades))
         self._pending[k] = result
         self._record_clearing(k, rows, result, late)
         if self._keys is not None:
@@ -476,12 +483,11 @@ class MarketRole:
             self.books.check("money", interval=k, subject=flow, expected=expected, actual=actual,
                              tolerance=MONEY_TOLERANCE_USD, unit="USD",
                              detail="from the clearing's record vs the sum of the parties' settlement rows")
-        ids = self._trade_ids.pop(k, {})
         cut_rows = []
         for t, x in cuts:
             limits = by_limit.get(t.seller, {})
             cut_rows.append({
-                "interval": k, "trade_id": ids.get(id(t), ""), "seller": t.seller, "buyer": t.buyer,
+                "interval": k, "trade_id": t.trade_id, "seller": t.seller, "buyer": t.buyer,
                 "kind": "grid" if GRID in (t.seller, t.buyer) else "peer",
                 "scheduled_kwh": t.energy_kwh, "curtailed_kwh": x,
                 # the seller's curtailment by limit: the largest names the trade's cut
@@ -502,15 +508,12 @@ class MarketRole:
              "bus": o.bus, "phase": o.phase, "requested_kwh": o.energy_kwh, "cut_reason": why}
             for o, accepted, why in bids
         )
-        ids = self._trade_ids.setdefault(k, {})
-        for j, t in enumerate(r.trades):
-            ids[id(t)] = f"{k}-{j}"
         self._trades.extend(
-            {"interval": t.interval, "trade_id": f"{k}-{j}", "seller": t.seller, "buyer": t.buyer,
+            {"interval": t.interval, "trade_id": t.trade_id, "seller": t.seller, "buyer": t.buyer,
              "energy_kwh": t.energy_kwh, "price_usd_per_kwh": t.price_usd_per_kwh,
              "fee_usd": t.fee_usd,
              "kind": "grid" if GRID in (t.seller, t.buyer) else "peer"}
-            for j, t in enumerate(r.trades)
+            for t in r.trades
         )
         self._clearing.append({
             "interval": k, "status": r.status,
