@@ -40,11 +40,11 @@ def money_flows(rows: Sequence[SettlementRow], trades: Sequence[Trade],
     network charges paid and collected, what the utility was paid and paid out.
 
     ``rows``: the interval's settlement rows; ``trades``: its cleared trades;
-    ``trade_cuts``: the ``(trade, curtailed_kwh)`` settlement reported, matched to
-    ``trades`` by ``Trade.trade_id``; the tariffs
-    [USD/kWh] the imbalance (with ``imbalance_rule`` and the interval's market price)
-    and the replaced energy are priced at; ``loss_charges_usd``: each participant's loss
-    energy x the loss price (``market.settle_losses``)."""
+    ``trade_cuts``: the ``(trade, curtailed_kwh)`` settlement reported
+    (``Settlement.trade_cuts``), matched to ``trades`` by ``Trade.trade_id``; the
+    tariffs [USD/kWh] the imbalance (with ``imbalance_rule`` and the interval's market
+    price) and the replaced energy are priced at; ``loss_charges_usd``: each
+    participant's loss energy x the loss price (``market.settle_losses``)."""
     cut = {t.trade_id: x for t, x in trade_cuts}
     if len(cut) != len(trade_cuts) or "" in cut:
         raise ValueError("trade_cuts must name numbered trades (Trade.trade_id, set by the market role), each once")

@@ -468,13 +468,13 @@ class MarketRole:
         # the loss price: the interval's market price (else retail) or retail (runner/losses_table.py)
         loss_price = (market_price if self._loss_price == "clearing" and market_price is not None
                       else self._retail)
-        cuts: list[tuple[Trade, float]] = []
-        rows = settle_interval(
+        settled = settle_interval(
             k, list(confs), list(trades), metered, curtailed,
             retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
-            participants=self.participants, trade_cuts=cuts, imbalance_rule=self._imbalance_rule,
+            participants=self.participants, imbalance_rule=self._imbalance_rule,
             loss_kwh=loss_kwh or None, loss_price_usd_per_kwh=loss_price if loss_kwh else None,
         )
+        rows, cuts = settled.rows, settled.trade_cuts
         self._settlements.extend(dict(vars(r)) for r in rows)
         for flow, expected, actual in money_flows(
                 rows, trades, cuts, retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,

@@ -119,6 +119,17 @@ class SettlementRow:
     charges_usd: float = 0.0
 
 
+@dataclass(frozen=True)
+class Settlement:
+    """What settling one interval gives: ``rows``, one :class:`SettlementRow` per
+    participant (in the order ``settle_interval`` documents), and ``trade_cuts``,
+    ``(trade, curtailed_kwh)`` for every trade rule 2 cut (peer and grid sales, in
+    trade order, each once): what the curtailed-trade records and the money check name."""
+
+    rows: list[SettlementRow]
+    trade_cuts: list[tuple[Trade, float]]
+
+
 class _Acc:
     """Exact running totals of one participant."""
 
@@ -199,11 +210,10 @@ def settle_interval(
     retail_usd_per_kwh: float,
     feed_in_usd_per_kwh: float,
     participants: list[str] | None = None,
-    trade_cuts: list[tuple[Trade, float]] | None = None,
     imbalance_rule: str = "tariff",
     loss_kwh: dict[str, float] | None = None,
     loss_price_usd_per_kwh: float | None = None,
-) -> list[SettlementRow]:
+) -> Settlement:
     """Settle interval ``interval`` (rules in the module docstring).
 
     ``confirmations`` / ``trades``: the clearing's output (items of another interval
@@ -213,15 +223,13 @@ def settle_interval(
     :data:`IMBALANCE_PRICES`) and of replacement purchases. ``participants``: who
     gets a row (default: everyone named by a confirmation, a trade, a reading or a
     curtailment); rows come in this order, or sorted by id by default.
-    ``trade_cuts``, when given, receives ``(trade, curtailed_kwh)`` for every trade
-    that rule 2 cut (peer and grid sales), so that curtailment records can name the
-    trade. ``loss_kwh`` [kWh, >= 0] per participant and ``loss_price_usd_per_kwh``:
-    the loss charges of rule 3b. Exact integer arithmetic; equal to
+    ``loss_kwh`` [kWh, >= 0] per participant and ``loss_price_usd_per_kwh``: the loss
+    charges of rule 3b. Returns the rows and the trades rule 2 cut (:class:`Settlement`). Exact integer arithmetic; equal to
     ``settle_interval_reference``.
     """
     args = (interval, confirmations, trades, metered_kwh, curtailed_kwh)
     kw = {"retail_usd_per_kwh": retail_usd_per_kwh, "feed_in_usd_per_kwh": feed_in_usd_per_kwh,
-          "participants": participants, "trade_cuts": trade_cuts, "imbalance_rule": imbalance_rule,
+          "participants": participants, "imbalance_rule": imbalance_rule,
           "loss_kwh": loss_kwh, "loss_price_usd_per_kwh": loss_price_usd_per_kwh}
     if loss_kwh:
         return settle_interval_reference(*args, **kw)  # loss charges (rule 3b)
@@ -292,6 +300,7 @@ def settle_interval(
         b[0] += e
         b[4] += m
     left_grid_cut = dict(cut_grid)
+    cuts: list[tuple[Trade, float]] = []
     for t in grid:
         e = _fixed(t.energy_kwh, ee)
         price = _fixed(t.price_usd_per_kwh, ep)
@@ -304,8 +313,7 @@ def settle_interval(
             x = min(left_grid_cut.get(t.seller, 0), e)
             if x:
                 left_grid_cut[t.seller] -= x
-                if trade_cuts is not None:
-                    trade_cuts.append((t, x / (1 << ee)))
+                cuts.append((t, x / (1 << ee)))
             s = get(t.seller)
             s[3] += e - x
             s[7] += (e - x) * price
@@ -365,7 +373,7 @@ def settle_interval(
             "charges_usd": 0.0,
         })
     # without SettlementRow.__init__'s 19 frozen-field assignments (2.8 -> 0.4 us a row)
-    return adopt(SettlementRow, rows)
+    return Settlement(adopt(SettlementRow, rows), cuts)
 
 
 def settle_interval_reference(
@@ -378,11 +386,10 @@ def settle_interval_reference(
     retail_usd_per_kwh: float,
     feed_in_usd_per_kwh: float,
     participants: list[str] | None = None,
-    trade_cuts: list[tuple[Trade, float]] | None = None,
     imbalance_rule: str = "tariff",
     loss_kwh: dict[str, float] | None = None,
     loss_price_usd_per_kwh: float | None = None,
-) -> list[SettlementRow]:
+) -> Settlement:
     """Settle interval ``interval`` (rules in the module docstring).
 
     ``confirmations`` / ``trades``: the clearing's output (items of another interval
@@ -392,10 +399,8 @@ def settle_interval_reference(
     :data:`IMBALANCE_PRICES`) and of replacement purchases. ``participants``: who
     gets a row (default: everyone named by a confirmation, a trade, a reading or a
     curtailment); rows come in this order, or sorted by id by default.
-    ``trade_cuts``, when given, receives ``(trade, curtailed_kwh)`` for every trade
-    that rule 2 cut (peer and grid sales), so that curtailment records can name the
-    trade. ``loss_kwh`` [kWh, >= 0] per participant and ``loss_price_usd_per_kwh``:
-    the loss charges of rule 3b. In ``fractions.Fraction`` throughout.
+    ``loss_kwh`` [kWh, >= 0] per participant and ``loss_price_usd_per_kwh``: the loss
+    charges of rule 3b. Returns the rows and the trades rule 2 cut (:class:`Settlement`). In ``fractions.Fraction`` throughout.
     """
     retail = _frac(retail_usd_per_kwh, "retail_usd_per_kwh")
     feed_in = _frac(feed_in_usd_per_kwh, "feed_in_usd_per_kwh")
@@ -442,6 +447,7 @@ def settle_interval_reference(
         cut_grid[p] = a - cut_peer[p]
 
     # Peer trades, with the seller's curtailment removed pro rata.
+    cuts: list[tuple[Trade, float]] = []
     for t in peer:
         e = Fraction(t.energy_kwh)
         price = Fraction(t.price_usd_per_kwh)
@@ -464,8 +470,7 @@ def settle_interval_reference(
             b.grid_bought += x
             b.grid_paid += x * retail
             b.replacement += x * retail
-            if trade_cuts is not None:
-                trade_cuts.append((t, float(x)))
+            cuts.append((t, float(x)))
 
     # Scheduled grid trades, with the seller's remaining curtailment removed.
     left_grid_cut = dict(cut_grid)
@@ -481,8 +486,7 @@ def settle_interval_reference(
             x = min(left_grid_cut.get(t.seller, Fraction(0)), e)
             if x:
                 left_grid_cut[t.seller] -= x
-                if trade_cuts is not None:
-                    trade_cuts.append((t, float(x)))
+                cuts.append((t, float(x)))
             s = get(t.seller)
             s.grid_sold += e - x
             s.grid_received += (e - x) * price
@@ -550,4 +554,4 @@ def settle_interval_reference(
             imbalance_cost_usd=float(imbalance * price),
             charges_usd=float(a.charges_paid - a.charges_received),
         ))
-    return rows
+    return Settlement(rows, cuts)
