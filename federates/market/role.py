@@ -13,7 +13,7 @@ Meters are named after participants: ``IntervalEnergy.meter`` is the participant
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -45,18 +45,11 @@ from federates.market.ledger import (
     trade_record,
     verified_bid_records,
 )
-from federates.market.mechanisms import MECHANISMS as REGISTRY
+from federates.market.mechanisms import MECHANISMS
 from federates.market.p2p import electrical_distance_charges
 from federates.market.prices import with_confirmation_prices
 from federates.market.settlement import SettlementRow, market_price_of, settle_interval
 from runner.config import StudyFile
-
-Clearer = Callable[..., ClearingResult]
-
-#: (topology, mechanism) -> clearing function, from federates.market.mechanisms.
-MECHANISMS: dict[tuple[str, str], Clearer] = {
-    (t, m): fn for t, by_name in REGISTRY.items() for m, fn in by_name.items()
-}
 
 BIDS_DTYPES: dict[str, str] = {
     "interval": "int64", "participant": "object", "side": "object",
@@ -161,9 +154,10 @@ class MarketRole:
         distance_km: np.ndarray | None = None,
     ):
         m = cfg.market
-        key = (m.topology, m.mechanism)
-        if key not in MECHANISMS:
-            allowed = ", ".join(f"topology={t!r} with mechanism={k!r}" for t, k in MECHANISMS)
+        by_name = MECHANISMS.get(m.topology, {})
+        if m.mechanism not in by_name:
+            allowed = ", ".join(f"topology={t!r} with mechanism={k!r}" for t, names in MECHANISMS.items()
+                                for k in names)
             raise ValueError(
                 f"market topology={m.topology!r} with mechanism={m.mechanism!r} is not "
                 f"implemented; allowed: {allowed}"
@@ -175,7 +169,7 @@ class MarketRole:
         self.cfg = cfg
         self.participants: list[str] = list(participants)
         self._index = {p: i for i, p in enumerate(self.participants)}
-        self._clear = MECHANISMS[key]
+        self._clear = by_name[m.mechanism]  # the clearing function (federates.market.mechanisms)
         self._charge_rate = float(m.p2p_charge_usd_per_kwh_per_km)
         self._distances: _PairDistances | None = None
         if m.topology == "p2p" and self._charge_rate > 0:
