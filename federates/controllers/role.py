@@ -42,12 +42,11 @@ import numpy as np
 import pandas as pd
 
 from federates.common.grid import CustomerSite
+from federates.common.limits import Limit, limit_key
 from federates.common.messages import DsoCap, DsoView, OperatingEnvelope
 from federates.controllers.curtailment import export_caps, group_codes
 from federates.controllers.dso_agent import DsoAgent
 from runner.config import StudyFile
-
-LIMIT_V_MAX = "v_max"
 
 
 @dataclass
@@ -178,7 +177,7 @@ class ControllersRole:
                     caps.append(DsoCap(participant=self.participants[i], cap_kw=float(new_cap[i]),
                                        limit=plan.limit[i], element=plan.element[i], v_pu=float(v[i]),
                                        export_kw=float(export_kw[i])))
-                    self.dso_reason[i] = f"{plan.limit[i]}:{plan.element[i]}"
+                    self.dso_reason[i] = limit_key(plan.limit[i], plan.element[i])
                 self.dso_cap_kw = np.where(changed, new_cap, self.dso_cap_kw)
                 return DsoReply(caps)
         elif cur.enabled and (v > self.ctl.v_max_pu).any():
@@ -188,7 +187,7 @@ class ControllersRole:
                 if view.rounds >= self.max_iterations:
                     return DsoReply(capped=True)
                 caps = [DsoCap(participant=self.participants[i], cap_kw=float(decision.cap_kw[i]),
-                               limit=LIMIT_V_MAX, element=self.group_names[i],
+                               limit=Limit.V_MAX, element=self.group_names[i],
                                v_pu=float(decision.v_violation_pu[i]),
                                export_kw=float(decision.export_kw[i]))
                         for i in np.flatnonzero(decision.changed)]

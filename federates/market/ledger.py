@@ -492,9 +492,9 @@ def settlement_record(keyring: KeyRing, interval: int, row: Any) -> dict[str, An
 
 
 def _column_type(values: list[Any] | tuple[Any, ...]) -> str:
-    t = set(map(type, values))
-    if len(t) == 1:
-        (t,) = t
+    types = set(map(type, values))
+    if len(types) == 1:
+        (t,) = types
         if t is float:
             return "f8"
         if t is bool:
@@ -503,6 +503,10 @@ def _column_type(values: list[Any] | tuple[Any, ...]) -> str:
             return "s"
         if t is int and -(2**63) <= min(values) and max(values) < 2**63:
             return "i"
+    if types and all(issubclass(t, str) for t in types):
+        # a str subclass (a limit name, federates.common.limits.Limit) is written as its
+        # text: the same bytes whether it came as the member or as the plain string
+        return "s"
     return "j"
 
 
