@@ -243,6 +243,63 @@ def _common_limit(headroom: float, a: np.ndarray, baseline: np.ndarray) -> tuple
     return idx, (headroom + float(a[idx] @ baseline[idx])) / s
 
 
+def _tighten(limits: np.ndarray, binding: list[str], idx: np.ndarray, level: float, name: str) -> None:
+    """Lower ``limits`` of ``idx`` to ``level`` (at least 0) where it is below, naming ``name`` as binding."""
+    level = max(level, 0.0)
+    for i in idx:
+        if level < limits[i]:
+            limits[i] = level
+            binding[i] = name
+
+
+def _thermal_envelopes(sens: Sensitivities, e_max: np.ndarray, i_max: np.ndarray, bind_e: list[str],
+                       bind_i: list[str], export_now: np.ndarray, import_now: np.ndarray,
+                       loading_pct: np.ndarray, flow_kw: np.ndarray, thermal_max_pct: float) -> None:
+    """Tighten the envelopes to every element with a measured loading: reverse flow
+    limits export, forward flow import (module doc)."""
+    ld = np.asarray(loading_pct, dtype=float)
+    fl = np.asarray(flow_kw, dtype=float)
+    for e in np.flatnonzero(np.isfinite(ld) & (np.abs(fl) > 1e-6)):
+        share = np.clip(-sens.dflow_kw_per_kw[e], 0, None)  # of a kW export, kW reverse flow
+        per_kw = ld[e] / abs(fl[e])  # % loading per kW of flow, at the measured point
+        a = share * per_kw
+        # flow is f_e; net export x moves it by -share @ dx. Reverse flow loads it with export,
+        # forward flow with import.
+        headroom = thermal_max_pct - ld[e]
+        if fl[e] < 0:
+            idx, level = _common_limit(headroom, a, export_now - import_now)
+            _tighten(e_max, bind_e, idx, level, limit_key(Limit.THERMAL, sens.elements[e]))
+        else:
+            idx, level = _common_limit(headroom, a, import_now - export_now)
+            _tighten(i_max, bind_i, idx, level, limit_key(Limit.THERMAL, sens.elements[e]))
+
+
+def _correct_voltages(v: np.ndarray, dv: np.ndarray, e_max: np.ndarray, i_max: np.ndarray,
+                      net_now: np.ndarray, v_min_pu: float, v_max_pu: float, margin_pu: float) -> None:
+    """The common levels move only each constraint's contributors; everyone moving to
+    their envelope at once adds the small effects of the others. Correct on the full
+    linear model: lower the contributors of any voltage still predicted out of bounds
+    by the excess, until none is (a few passes)."""
+    dv_pos = np.clip(dv, 0, None)
+    for _ in range(20):
+        v_hi = v + dv_pos @ (e_max - net_now)  # everyone at its export envelope
+        v_lo = v - dv_pos @ (i_max + net_now)  # everyone at its import envelope
+        hi = np.flatnonzero(v_hi > v_max_pu - margin_pu + 1e-6)
+        lo = np.flatnonzero(v_lo < v_min_pu + margin_pu - 1e-6)
+        if hi.size == 0 and lo.size == 0:
+            break
+        for j in hi:
+            idx, _ = _common_limit(0.0, dv_pos[j], net_now)
+            idx = idx[e_max[idx] > 0]
+            if idx.size:
+                e_max[idx] = np.clip(e_max[idx] - (v_hi[j] - v_max_pu + margin_pu) / dv_pos[j, idx].sum(), 0, None)
+        for j in lo:
+            idx, _ = _common_limit(0.0, dv_pos[j], -net_now)
+            idx = idx[i_max[idx] > 0]
+            if idx.size:
+                i_max[idx] = np.clip(i_max[idx] - (v_min_pu + margin_pu - v_lo[j]) / dv_pos[j, idx].sum(), 0, None)
+
+
 def operating_envelopes(sens: Sensitivities, *, v_pu: np.ndarray, p_kw: np.ndarray,
                         inverter_kva: np.ndarray, import_cap_kw: np.ndarray,
                         v_min_pu: float, v_max_pu: float, margin_pu: float,
@@ -272,69 +329,27 @@ def operating_envelopes(sens: Sensitivities, *, v_pu: np.ndarray, p_kw: np.ndarr
     bind_i = [""] * n
     dv = sens.dv_pu_per_kw if dv_pu_per_kw is None else np.asarray(dv_pu_per_kw, dtype=float)
 
-    def tighten(limits: np.ndarray, binding: list[str], idx: np.ndarray, level: float, name: str) -> None:
-        level = max(level, 0.0)
-        for i in idx:
-            if level < limits[i]:
-                limits[i] = level
-                binding[i] = name
-
     # net export x_i = export_i - import_i moves voltages by dv @ dx
     for j in range(n):
         a = np.clip(dv[j], 0, None)
         # over-voltage against more export: v_j + sum a_i (E - x_i) <= v_max - margin, x = net export
         idx, level = _common_limit(v_max_pu - margin_pu - v[j], a, export_now - import_now)
-        tighten(e_max, bind_e, idx, level, limit_key(Limit.V_MAX, sens.participants[j]))
+        _tighten(e_max, bind_e, idx, level, limit_key(Limit.V_MAX, sens.participants[j]))
         # under-voltage against more import: v_j - sum a_i (I - m_i) >= v_min + margin
         idx, level = _common_limit(v[j] - (v_min_pu + margin_pu), a, import_now - export_now)
-        tighten(i_max, bind_i, idx, level, limit_key(Limit.V_MIN, sens.participants[j]))
+        _tighten(i_max, bind_i, idx, level, limit_key(Limit.V_MIN, sens.participants[j]))
     if thermal_max_pct is not None and loading_pct is not None and flow_kw is not None:
-        ld = np.asarray(loading_pct, dtype=float)
-        fl = np.asarray(flow_kw, dtype=float)
-        for e in np.flatnonzero(np.isfinite(ld) & (np.abs(fl) > 1e-6)):
-            share = np.clip(-sens.dflow_kw_per_kw[e], 0, None)  # of a kW export, kW reverse flow
-            per_kw = ld[e] / abs(fl[e])  # % loading per kW of flow, at the measured point
-            a = share * per_kw
-            # flow is f_e; net export x moves it by -share @ dx. Reverse flow loads it with export,
-            # forward flow with import.
-            headroom = thermal_max_pct - ld[e]
-            if fl[e] < 0:
-                idx, level = _common_limit(headroom, a, export_now - import_now)
-                tighten(e_max, bind_e, idx, level, limit_key(Limit.THERMAL, sens.elements[e]))
-            else:
-                idx, level = _common_limit(headroom, a, import_now - export_now)
-                tighten(i_max, bind_i, idx, level, limit_key(Limit.THERMAL, sens.elements[e]))
-    # The common levels above move only each constraint's contributors; everyone moving
-    # to their envelope at once adds the small effects of the others. Correct on the
-    # full linear model: lower the contributors of any voltage still predicted out of
-    # bounds by the excess, until none is (a few passes).
-    net_now = export_now - import_now
-    dv_pos = np.clip(dv, 0, None)
-    for _ in range(20):
-        v_hi = v + dv_pos @ (e_max - net_now)  # everyone at its export envelope
-        v_lo = v - dv_pos @ (i_max + net_now)  # everyone at its import envelope
-        hi = np.flatnonzero(v_hi > v_max_pu - margin_pu + 1e-6)
-        lo = np.flatnonzero(v_lo < v_min_pu + margin_pu - 1e-6)
-        if hi.size == 0 and lo.size == 0:
-            break
-        for j in hi:
-            idx, _ = _common_limit(0.0, dv_pos[j], net_now)
-            idx = idx[e_max[idx] > 0]
-            if idx.size:
-                e_max[idx] = np.clip(e_max[idx] - (v_hi[j] - v_max_pu + margin_pu) / dv_pos[j, idx].sum(), 0, None)
-        for j in lo:
-            idx, _ = _common_limit(0.0, dv_pos[j], -net_now)
-            idx = idx[i_max[idx] > 0]
-            if idx.size:
-                i_max[idx] = np.clip(i_max[idx] - (v_min_pu + margin_pu - v_lo[j]) / dv_pos[j, idx].sum(), 0, None)
+        _thermal_envelopes(sens, e_max, i_max, bind_e, bind_i, export_now, import_now, loading_pct, flow_kw,
+                           thermal_max_pct)
+    _correct_voltages(v, dv, e_max, i_max, export_now - import_now, v_min_pu, v_max_pu, margin_pu)
     if source_p_kw is not None:
         ones = np.clip(-sens.dsource_kw_per_kw, 0, None)
         if export_max_kw is not None:
             idx, level = _common_limit(export_max_kw + source_p_kw, ones, export_now - import_now)
-            tighten(e_max, bind_e, idx, level, limit_key(Limit.EXPORT, "source"))
+            _tighten(e_max, bind_e, idx, level, limit_key(Limit.EXPORT, "source"))
         if import_max_kw is not None:
             idx, level = _common_limit(import_max_kw - source_p_kw, ones, import_now - export_now)
-            tighten(i_max, bind_i, idx, level, limit_key(Limit.IMPORT, "source"))
+            _tighten(i_max, bind_i, idx, level, limit_key(Limit.IMPORT, "source"))
     return Envelopes(export_max_kw=np.clip(e_max, 0, None), import_max_kw=np.clip(i_max, 0, None),
                      binding_export=bind_e, binding_import=bind_i)
 
