@@ -63,6 +63,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from federates.common.config import StudyFile, validate
+from federates.common.limits import Limit
 from federates.common.messages import GRID_OPERATOR
 from runner import html
 from runner.results import CHUNK_ROWS, interval_chunks, run_kpis, table_file
@@ -81,13 +82,13 @@ FIGURE_IDS = ("voltage_envelope", "voltage_heatmap", "unbalance", "market", "bil
 
 #: curtailment causes (``curtailment_energy.limit``) in stacking order, with colours
 CAUSE_COLOURS = {
-    "v_max": "#d62728", "thermal": "#ff7f0e", "vuf": "#9467bd", "export": "#8c564b",
-    "volt_watt": "#1f77b4", "envelope": "#7f7f7f",
+    Limit.V_MAX: "#d62728", Limit.THERMAL: "#ff7f0e", Limit.VUF: "#9467bd", Limit.EXPORT: "#8c564b",
+    Limit.VOLT_WATT: "#1f77b4", Limit.ENVELOPE: "#7f7f7f",
 }
 CAUSE_LABELS = {
-    "v_max": "over-voltage (DSO)", "thermal": "thermal (DSO)", "vuf": "unbalance (DSO)",
-    "export": "substation export cap (DSO)", "volt_watt": "Volt-Watt (inverter)",
-    "envelope": "held back by envelope (ex ante)",
+    Limit.V_MAX: "over-voltage (DSO)", Limit.THERMAL: "thermal (DSO)", Limit.VUF: "unbalance (DSO)",
+    Limit.EXPORT: "substation export cap (DSO)", Limit.VOLT_WATT: "Volt-Watt (inverter)",
+    Limit.ENVELOPE: "held back by envelope (ex ante)",
 }
 
 REFERENCES = (
@@ -704,7 +705,7 @@ def fig_voltage_heatmap(r: _Run) -> Plot | html.Text:
     handles = []
     yy = np.arange(n)
     xc = x + dx / 2
-    for level, name, colour in ((lim.v_max_pu, "v_max", "black"), (lim.v_min_pu, "v_min", "#2ca02c")):
+    for level, name, colour in ((lim.v_max_pu, Limit.V_MAX, "black"), (lim.v_min_pu, Limit.V_MIN, "#2ca02c")):
         reached = bool((arr > level).any() and (arr < level).any())
         if reached and arr.shape[1] > 1 and n > 1:
             ax.contour(xc, yy, arr, levels=[level], colors=colour, linewidths=0.9)

@@ -50,6 +50,12 @@ class Trade:
     ``price * energy``; the seller receives that and pays the fee to the grid operator
     (:data:`GRID_OPERATOR`), so it keeps ``price * energy - fee`` (settlement: a fee
     is collected in proportion to the energy delivered).
+
+    ``trade_id``: the market's id of the trade, ``"<interval>-<j>"`` with ``j`` its
+    position in the interval's clearing; the market role numbers every trade it
+    cleared (``trades.trade_id``, ``curtailed_trades.trade_id``), "" on a trade a
+    mechanism made and the market has not numbered. The ledger's trade record leaves
+    it out: a trade's id is its position among the block's trade records.
     """
 
     interval: int
@@ -58,6 +64,7 @@ class Trade:
     energy_kwh: float
     price_usd_per_kwh: float
     fee_usd: float = 0.0
+    trade_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -158,7 +165,8 @@ class DsoCap:
     """A DSO decision on one customer's export cap, sent to the feeder's inverters.
 
     ``cap_kw`` the new DSO cap [kW, >= 0], or None: the DSO lifts its cap. ``limit``
-    (``v_max``, ``thermal``, ``vuf``, ``export``) and ``element`` (the customer, a
+    (a ``federates.common.limits.Limit``: ``v_max``, ``thermal``, ``vuf``, ``export``)
+    and ``element`` (the customer, a
     ``line.<name>`` / ``transformer.<name>``, a bus, ``source``, or with policy
     ``group_voltage`` the service-transformer group) name why; ``v_pu`` [pu] and
     ``export_kw`` [kW, >= 0] what the DSO saw (the ``curtailments`` row; NaN for a lift).
@@ -174,7 +182,10 @@ class DsoCap:
 
 @dataclass(frozen=True)
 class CurtailmentNotice:
-    """Energy [kWh] a participant could not deliver in an interval because the DSO capped it."""
+    """Energy [kWh] a participant could not deliver in an interval because the DSO capped it.
+
+    ``limit``: the cap's cause (a ``federates.common.limits.Limit``: the DSO's limit or
+    ``volt_watt``)."""
 
     participant: str
     interval: int
@@ -199,7 +210,8 @@ class OperatingEnvelope:
 
     ``export_max_kw`` / ``import_max_kw``: the most it may export / import on average
     over the interval; ``binding`` names the limit that set the export value
-    (e.g. ``v_max:p007``, ``thermal:line.l12``; "" = only the inverter rating).
+    (``federates.common.limits.limit_key``, e.g. ``v_max:p007``, ``thermal:line.l12``;
+    "" = only the inverter rating).
     """
 
     participant: str
@@ -226,8 +238,9 @@ class GridConstraint:
 
     ``x`` [kW] is a participant's average net EXPORT over the interval; ``coef`` [pu or
     % per kW] (negative for import-side limits), ``rhs`` [pu or %] the room at zero net
-    export of every listed participant (module doc). ``name`` e.g. ``v_max:p007``,
-    ``thermal:line.l12``, ``v_min:p003``. Lists (as JSON decodes them) become tuples;
+    export of every listed participant (module doc). ``name`` the limit's
+    ``federates.common.limits.limit_key``, e.g. ``v_max:p007``, ``thermal:line.l12``,
+    ``v_min:p003``. Lists (as JSON decodes them) become tuples;
     raises ValueError naming the field for mismatched lengths, non-finite numbers, an
     empty name or a participant listed twice.
     """

@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from federates.common.limits import Limit, limit_key
 from federates.common.messages import GridConstraint
 from federates.feeder.sensitivity import Sensitivities
 
@@ -79,7 +80,7 @@ MIN_EFFECTIVE_SHARE = 0.25  # observed / predicted relief below this: stop for t
 class Constraint:
     """One violated limit: ``sum_i relief_i x_i >= excess`` (units of the limit)."""
 
-    limit: str  # v_max | thermal | vuf | export
+    limit: Limit  # v_max | thermal | vuf | export
     element: str  # customer, line./transformer., bus or "source"
     excess: float
     severity: float  # excess relative to the limit value, to order constraints
@@ -113,7 +114,7 @@ def violated_constraints(sens: Sensitivities, *, v_pu: np.ndarray, loading_pct: 
     out: list[Constraint] = []
     v = np.asarray(v_pu, dtype=float)
     for j in np.flatnonzero(v > v_max_pu):
-        out.append(Constraint("v_max", sens.participants[j], float(v[j] - (v_max_pu - margin_pu)),
+        out.append(Constraint(Limit.V_MAX, sens.participants[j], float(v[j] - (v_max_pu - margin_pu)),
                               float((v[j] - v_max_pu) / v_max_pu), np.clip(sens.dv_pu_per_kw[j], 0, None)))
     if thermal_max_pct is not None and loading_pct is not None and flow_kw is not None:
         ld = np.asarray(loading_pct, dtype=float)
@@ -123,20 +124,20 @@ def violated_constraints(sens: Sensitivities, *, v_pu: np.ndarray, loading_pct: 
         for e in bad:
             share = np.clip(-sens.dflow_kw_per_kw[e], 0, None)  # reverse flow carried per kW export
             relief = ld[e] * share / max(abs(fl[e]), 1e-9)
-            out.append(Constraint("thermal", sens.elements[e], float(ld[e] - (thermal_max_pct - thermal_margin_pct)),
+            out.append(Constraint(Limit.THERMAL, sens.elements[e], float(ld[e] - (thermal_max_pct - thermal_margin_pct)),
                                   float((ld[e] - thermal_max_pct) / thermal_max_pct), relief))
     if vuf_max_pct is not None and vuf_pct is not None:
         u = np.asarray(vuf_pct, dtype=float)
         with np.errstate(invalid="ignore"):
             bad = np.flatnonzero(u > vuf_max_pct)
         for b in bad:
-            out.append(Constraint("vuf", sens.buses[b], float(u[b] - (vuf_max_pct - vuf_margin_pct)),
+            out.append(Constraint(Limit.VUF, sens.buses[b], float(u[b] - (vuf_max_pct - vuf_margin_pct)),
                                   float((u[b] - vuf_max_pct) / vuf_max_pct),
                                   np.clip(sens.dvuf_pct_per_kw[b], 0, None)))
     if export_max_kw is not None and source_p_kw is not None and -source_p_kw > export_max_kw:
         export = -float(source_p_kw)
         margin_kw = 0.01 * export_max_kw
-        out.append(Constraint("export", "source", export - (export_max_kw - margin_kw),
+        out.append(Constraint(Limit.EXPORT, "source", export - (export_max_kw - margin_kw),
                               (export - export_max_kw) / export_max_kw,
                               np.clip(-sens.dsource_kw_per_kw, 0, None)))
     out.sort(key=lambda c: -c.severity)
@@ -175,7 +176,7 @@ def plan_curtailment(policy: str, constraints: list[Constraint], export_kw: np.n
         top = float(a.max()) if a.size else 0.0
         idx = np.flatnonzero((a >= CONTRIBUTOR_SHARE * top) & (avail > 0)) if top > 0 else np.zeros(0, int)
         if idx.size == 0 or float(a[idx] @ avail[idx]) < MIN_FIXABLE_SHARE * residual:
-            skipped.append(f"{c.limit}:{c.element}")  # not the exports' doing
+            skipped.append(limit_key(c.limit, c.element))  # not the exports' doing
             continue
         x = np.zeros(n)
         if policy == "proportional":
@@ -196,7 +197,7 @@ def plan_curtailment(policy: str, constraints: list[Constraint], export_kw: np.n
         avail -= x
     cut[cut < MIN_CUT_KW] = 0.0
     plan = CurtailmentPlan(cut_kw=cut, constraints=list(constraints), skipped=skipped)
-    plan.predicted_relief = {f"{c.limit}:{c.element}": float(c.relief @ cut) for c in constraints}
+    plan.predicted_relief = {limit_key(c.limit, c.element): float(c.relief @ cut) for c in constraints}
     plan.limit = [w[0] if w else "" for w in why]
     plan.element = [w[1] if w else "" for w in why]
     return plan
@@ -242,6 +243,63 @@ def _common_limit(headroom: float, a: np.ndarray, baseline: np.ndarray) -> tuple
     return idx, (headroom + float(a[idx] @ baseline[idx])) / s
 
 
+def _tighten(limits: np.ndarray, binding: list[str], idx: np.ndarray, level: float, name: str) -> None:
+    """Lower ``limits`` of ``idx`` to ``level`` (at least 0) where it is below, naming ``name`` as binding."""
+    level = max(level, 0.0)
+    for i in idx:
+        if level < limits[i]:
+            limits[i] = level
+            binding[i] = name
+
+
+def _thermal_envelopes(sens: Sensitivities, e_max: np.ndarray, i_max: np.ndarray, bind_e: list[str],
+                       bind_i: list[str], export_now: np.ndarray, import_now: np.ndarray,
+                       loading_pct: np.ndarray, flow_kw: np.ndarray, thermal_max_pct: float) -> None:
+    """Tighten the envelopes to every element with a measured loading: reverse flow
+    limits export, forward flow import (module doc)."""
+    ld = np.asarray(loading_pct, dtype=float)
+    fl = np.asarray(flow_kw, dtype=float)
+    for e in np.flatnonzero(np.isfinite(ld) & (np.abs(fl) > 1e-6)):
+        share = np.clip(-sens.dflow_kw_per_kw[e], 0, None)  # of a kW export, kW reverse flow
+        per_kw = ld[e] / abs(fl[e])  # % loading per kW of flow, at the measured point
+        a = share * per_kw
+        # flow is f_e; net export x moves it by -share @ dx. Reverse flow loads it with export,
+        # forward flow with import.
+        headroom = thermal_max_pct - ld[e]
+        if fl[e] < 0:
+            idx, level = _common_limit(headroom, a, export_now - import_now)
+            _tighten(e_max, bind_e, idx, level, limit_key(Limit.THERMAL, sens.elements[e]))
+        else:
+            idx, level = _common_limit(headroom, a, import_now - export_now)
+            _tighten(i_max, bind_i, idx, level, limit_key(Limit.THERMAL, sens.elements[e]))
+
+
+def _correct_voltages(v: np.ndarray, dv: np.ndarray, e_max: np.ndarray, i_max: np.ndarray,
+                      net_now: np.ndarray, v_min_pu: float, v_max_pu: float, margin_pu: float) -> None:
+    """The common levels move only each constraint's contributors; everyone moving to
+    their envelope at once adds the small effects of the others. Correct on the full
+    linear model: lower the contributors of any voltage still predicted out of bounds
+    by the excess, until none is (a few passes)."""
+    dv_pos = np.clip(dv, 0, None)
+    for _ in range(20):
+        v_hi = v + dv_pos @ (e_max - net_now)  # everyone at its export envelope
+        v_lo = v - dv_pos @ (i_max + net_now)  # everyone at its import envelope
+        hi = np.flatnonzero(v_hi > v_max_pu - margin_pu + 1e-6)
+        lo = np.flatnonzero(v_lo < v_min_pu + margin_pu - 1e-6)
+        if hi.size == 0 and lo.size == 0:
+            break
+        for j in hi:
+            idx, _ = _common_limit(0.0, dv_pos[j], net_now)
+            idx = idx[e_max[idx] > 0]
+            if idx.size:
+                e_max[idx] = np.clip(e_max[idx] - (v_hi[j] - v_max_pu + margin_pu) / dv_pos[j, idx].sum(), 0, None)
+        for j in lo:
+            idx, _ = _common_limit(0.0, dv_pos[j], -net_now)
+            idx = idx[i_max[idx] > 0]
+            if idx.size:
+                i_max[idx] = np.clip(i_max[idx] - (v_min_pu + margin_pu - v_lo[j]) / dv_pos[j, idx].sum(), 0, None)
+
+
 def operating_envelopes(sens: Sensitivities, *, v_pu: np.ndarray, p_kw: np.ndarray,
                         inverter_kva: np.ndarray, import_cap_kw: np.ndarray,
                         v_min_pu: float, v_max_pu: float, margin_pu: float,
@@ -271,69 +329,27 @@ def operating_envelopes(sens: Sensitivities, *, v_pu: np.ndarray, p_kw: np.ndarr
     bind_i = [""] * n
     dv = sens.dv_pu_per_kw if dv_pu_per_kw is None else np.asarray(dv_pu_per_kw, dtype=float)
 
-    def tighten(limits: np.ndarray, binding: list[str], idx: np.ndarray, level: float, name: str) -> None:
-        level = max(level, 0.0)
-        for i in idx:
-            if level < limits[i]:
-                limits[i] = level
-                binding[i] = name
-
     # net export x_i = export_i - import_i moves voltages by dv @ dx
     for j in range(n):
         a = np.clip(dv[j], 0, None)
         # over-voltage against more export: v_j + sum a_i (E - x_i) <= v_max - margin, x = net export
         idx, level = _common_limit(v_max_pu - margin_pu - v[j], a, export_now - import_now)
-        tighten(e_max, bind_e, idx, level, f"v_max:{sens.participants[j]}")
+        _tighten(e_max, bind_e, idx, level, limit_key(Limit.V_MAX, sens.participants[j]))
         # under-voltage against more import: v_j - sum a_i (I - m_i) >= v_min + margin
         idx, level = _common_limit(v[j] - (v_min_pu + margin_pu), a, import_now - export_now)
-        tighten(i_max, bind_i, idx, level, f"v_min:{sens.participants[j]}")
+        _tighten(i_max, bind_i, idx, level, limit_key(Limit.V_MIN, sens.participants[j]))
     if thermal_max_pct is not None and loading_pct is not None and flow_kw is not None:
-        ld = np.asarray(loading_pct, dtype=float)
-        fl = np.asarray(flow_kw, dtype=float)
-        for e in np.flatnonzero(np.isfinite(ld) & (np.abs(fl) > 1e-6)):
-            share = np.clip(-sens.dflow_kw_per_kw[e], 0, None)  # of a kW export, kW reverse flow
-            per_kw = ld[e] / abs(fl[e])  # % loading per kW of flow, at the measured point
-            a = share * per_kw
-            # flow is f_e; net export x moves it by -share @ dx. Reverse flow loads it with export,
-            # forward flow with import.
-            headroom = thermal_max_pct - ld[e]
-            if fl[e] < 0:
-                idx, level = _common_limit(headroom, a, export_now - import_now)
-                tighten(e_max, bind_e, idx, level, f"thermal:{sens.elements[e]}")
-            else:
-                idx, level = _common_limit(headroom, a, import_now - export_now)
-                tighten(i_max, bind_i, idx, level, f"thermal:{sens.elements[e]}")
-    # The common levels above move only each constraint's contributors; everyone moving
-    # to their envelope at once adds the small effects of the others. Correct on the
-    # full linear model: lower the contributors of any voltage still predicted out of
-    # bounds by the excess, until none is (a few passes).
-    net_now = export_now - import_now
-    dv_pos = np.clip(dv, 0, None)
-    for _ in range(20):
-        v_hi = v + dv_pos @ (e_max - net_now)  # everyone at its export envelope
-        v_lo = v - dv_pos @ (i_max + net_now)  # everyone at its import envelope
-        hi = np.flatnonzero(v_hi > v_max_pu - margin_pu + 1e-6)
-        lo = np.flatnonzero(v_lo < v_min_pu + margin_pu - 1e-6)
-        if hi.size == 0 and lo.size == 0:
-            break
-        for j in hi:
-            idx, _ = _common_limit(0.0, dv_pos[j], net_now)
-            idx = idx[e_max[idx] > 0]
-            if idx.size:
-                e_max[idx] = np.clip(e_max[idx] - (v_hi[j] - v_max_pu + margin_pu) / dv_pos[j, idx].sum(), 0, None)
-        for j in lo:
-            idx, _ = _common_limit(0.0, dv_pos[j], -net_now)
-            idx = idx[i_max[idx] > 0]
-            if idx.size:
-                i_max[idx] = np.clip(i_max[idx] - (v_min_pu + margin_pu - v_lo[j]) / dv_pos[j, idx].sum(), 0, None)
+        _thermal_envelopes(sens, e_max, i_max, bind_e, bind_i, export_now, import_now, loading_pct, flow_kw,
+                           thermal_max_pct)
+    _correct_voltages(v, dv, e_max, i_max, export_now - import_now, v_min_pu, v_max_pu, margin_pu)
     if source_p_kw is not None:
         ones = np.clip(-sens.dsource_kw_per_kw, 0, None)
         if export_max_kw is not None:
             idx, level = _common_limit(export_max_kw + source_p_kw, ones, export_now - import_now)
-            tighten(e_max, bind_e, idx, level, "export:source")
+            _tighten(e_max, bind_e, idx, level, limit_key(Limit.EXPORT, "source"))
         if import_max_kw is not None:
             idx, level = _common_limit(import_max_kw - source_p_kw, ones, import_now - export_now)
-            tighten(i_max, bind_i, idx, level, "import:source")
+            _tighten(i_max, bind_i, idx, level, limit_key(Limit.IMPORT, "source"))
     return Envelopes(export_max_kw=np.clip(e_max, 0, None), import_max_kw=np.clip(i_max, 0, None),
                      binding_export=bind_e, binding_import=bind_i)
 
@@ -379,19 +395,19 @@ def grid_constraints(sens: Sensitivities, interval: int, *, v_pu: np.ndarray, p_
 
     for j in range(v.size):
         a = np.clip(dv[j], 0, None)
-        add(f"v_max:{names[j]}", a, +1.0, v_max_pu - margin_pu - v[j])
-        add(f"v_min:{names[j]}", a, -1.0, v[j] - v_min_pu - margin_pu)
+        add(limit_key(Limit.V_MAX, names[j]), a, +1.0, v_max_pu - margin_pu - v[j])
+        add(limit_key(Limit.V_MIN, names[j]), a, -1.0, v[j] - v_min_pu - margin_pu)
     if thermal_max_pct is not None and loading_pct is not None and flow_kw is not None:
         ld = np.asarray(loading_pct, dtype=float)
         fl = np.asarray(flow_kw, dtype=float)
         for e in np.flatnonzero(np.isfinite(ld) & (np.abs(fl) > 1e-6)):
             a = np.clip(-sens.dflow_kw_per_kw[e], 0, None) * ld[e] / abs(fl[e])
             # reverse flow grows with export, forward flow with import
-            add(f"thermal:{sens.elements[e]}", a, +1.0 if fl[e] < 0 else -1.0, thermal_max_pct - ld[e])
+            add(limit_key(Limit.THERMAL, sens.elements[e]), a, +1.0 if fl[e] < 0 else -1.0, thermal_max_pct - ld[e])
     if source_p_kw is not None:
         ones = np.clip(-sens.dsource_kw_per_kw, 0, None)
         if export_max_kw is not None:
-            add("export:source", ones, +1.0, export_max_kw + source_p_kw)
+            add(limit_key(Limit.EXPORT, "source"), ones, +1.0, export_max_kw + source_p_kw)
         if import_max_kw is not None:
-            add("import:source", ones, -1.0, import_max_kw - source_p_kw)
+            add(limit_key(Limit.IMPORT, "source"), ones, -1.0, import_max_kw - source_p_kw)
     return rows

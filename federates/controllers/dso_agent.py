@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from federates.common.config import StudyFile
+from federates.common.limits import Limit, limit_key, limit_of
 from federates.common.messages import AmiReading, Confirmation, GridConstraint, OperatingEnvelope
 from federates.controllers.dso import (
     MIN_EFFECTIVE_SHARE,
@@ -127,11 +128,11 @@ class DsoAgent:
             export_max_kw=lim.substation_export_max_kw)
         # a limit whose excess did not fall by MIN_EFFECTIVE_SHARE of the relief the
         # last cut predicted is not one exports can fix here: stop curtailing for it
-        now = {f"{c.limit}:{c.element}": c.excess for c in cons}
+        now = {limit_key(c.limit, c.element): c.excess for c in cons}
         for name, (excess, relief) in self._last.items():
             if name in now and relief > 0 and excess - now[name] < MIN_EFFECTIVE_SHARE * relief:
                 self.ignored.add(name)
-        cons = [c for c in cons if f"{c.limit}:{c.element}" not in self.ignored]
+        cons = [c for c in cons if limit_key(c.limit, c.element) not in self.ignored]
         self._last = {}
         if not cons:
             return None
@@ -195,8 +196,8 @@ class DsoAgent:
         rows = grid_constraints(self.sens, k, v_pu=v_hi, p_kw=p, **kw)
         if not known.all():  # import-side rows at the conservative low voltages
             low = grid_constraints(self.sens, k, v_pu=v_lo, p_kw=p, **kw)
-            rows = [r for r in rows if not r.name.startswith("v_min:")]
-            rows += [r for r in low if r.name.startswith("v_min:")]
+            rows = [r for r in rows if limit_of(r.name) != Limit.V_MIN]
+            rows += [r for r in low if limit_of(r.name) == Limit.V_MIN]
         return rows
 
     def envelopes(self, k: int) -> list[OperatingEnvelope]:

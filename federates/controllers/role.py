@@ -43,6 +43,7 @@ import pandas as pd
 
 from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
+from federates.common.limits import Limit, limit_key
 from federates.common.messages import DsoCap, DsoView, OperatingEnvelope
 from federates.controllers.curtailment import export_caps, group_codes
 from federates.controllers.dso_agent import DsoAgent
@@ -50,8 +51,6 @@ from federates.feeder.sensitivity import needs_sensitivities
 
 if TYPE_CHECKING:
     from federates.runtime import Study
-
-LIMIT_V_MAX = "v_max"
 
 
 @dataclass
@@ -162,50 +161,61 @@ class ControllersRole:
         p = np.asarray(view.p_kw, dtype=float)
         if v.shape != (self.n,) or p.shape != (self.n,):
             raise ValueError(f"DSO view of step {g}: v_pu {v.shape} / p_kw {p.shape}, expected ({self.n},)")
-        cur = self.ctl.curtailment
         # the sensitivity policies (the DSO also exists for group_voltage when the
         # market is network-aware: its envelopes and constraints, not its cuts)
         if self.want_scada:
-            if view.scada is None:
-                raise ValueError(f"step {g}: the DSO needs the feeder's SCADA values")
-            plan = self.dso.plan(v, p, view.scada)
-            # caps set for a limit the cuts proved unable to relieve are lifted again
-            lift = np.isin(self.dso_reason, list(self.dso.ignored)) & np.isfinite(self.dso_cap_kw)
-            if lift.any():
-                if view.rounds >= self.max_iterations:
-                    return DsoReply(capped=True)
-                self.dso_cap_kw[lift] = np.inf
-                self.dso_reason[lift] = ""
-                return DsoReply([DsoCap(participant=self.participants[i], cap_kw=None)
-                                 for i in np.flatnonzero(lift)])
-            if plan is not None and (plan.cut_kw > 0).any():
-                if view.rounds >= self.max_iterations:
-                    return DsoReply(capped=True)
-                export_kw = np.maximum(-p, 0.0)
-                changed = plan.cut_kw > 0
-                new_cap = np.minimum(self.dso_cap_kw, np.maximum(export_kw - plan.cut_kw, 0.0))
-                caps = []
-                for i in np.flatnonzero(changed):
-                    caps.append(DsoCap(participant=self.participants[i], cap_kw=float(new_cap[i]),
-                                       limit=plan.limit[i], element=plan.element[i], v_pu=float(v[i]),
-                                       export_kw=float(export_kw[i])))
-                    self.dso_reason[i] = f"{plan.limit[i]}:{plan.element[i]}"
-                self.dso_cap_kw = np.where(changed, new_cap, self.dso_cap_kw)
-                return DsoReply(caps)
-        elif cur.enabled and (v > self.ctl.v_max_pu).any():
-            decision = export_caps(v, p, self.dso_cap_kw, self.groups, self.ctl.v_max_pu,
-                                   cur.margin_pu, cur.gain_per_pu)
-            if decision.changed.any():
-                if view.rounds >= self.max_iterations:
-                    return DsoReply(capped=True)
-                caps = [DsoCap(participant=self.participants[i], cap_kw=float(decision.cap_kw[i]),
-                               limit=LIMIT_V_MAX, element=self.group_names[i],
-                               v_pu=float(decision.v_violation_pu[i]),
-                               export_kw=float(decision.export_kw[i]))
-                        for i in np.flatnonzero(decision.changed)]
-                self.dso_cap_kw = decision.cap_kw.copy()
-                return DsoReply(caps)
+            return self._decide_on_sensitivities(view, v, p)
+        if self.ctl.curtailment.enabled and (v > self.ctl.v_max_pu).any():
+            return self._decide_group_voltage(view, v, p)
         return DsoReply()
+
+    def _decide_on_sensitivities(self, view: DsoView, v: np.ndarray, p: np.ndarray) -> DsoReply:
+        """Policies proportional, sensitivity, least_cost: first lift the caps set for a
+        limit the cuts proved unable to relieve, else cut what the DSO's plan says."""
+        if view.scada is None:
+            raise ValueError(f"step {view.step}: the DSO needs the feeder's SCADA values")
+        plan = self.dso.plan(v, p, view.scada)  # also learns which limits the cuts cannot relieve
+        lift = np.isin(self.dso_reason, list(self.dso.ignored)) & np.isfinite(self.dso_cap_kw)
+        if lift.any():
+            if view.rounds >= self.max_iterations:
+                return DsoReply(capped=True)
+            self.dso_cap_kw[lift] = np.inf
+            self.dso_reason[lift] = ""
+            return DsoReply([DsoCap(participant=self.participants[i], cap_kw=None)
+                             for i in np.flatnonzero(lift)])
+        if plan is None or not (plan.cut_kw > 0).any():
+            return DsoReply()
+        if view.rounds >= self.max_iterations:
+            return DsoReply(capped=True)
+        export_kw = np.maximum(-p, 0.0)
+        changed = plan.cut_kw > 0
+        new_cap = np.minimum(self.dso_cap_kw, np.maximum(export_kw - plan.cut_kw, 0.0))
+        caps = []
+        for i in np.flatnonzero(changed):
+            caps.append(DsoCap(participant=self.participants[i], cap_kw=float(new_cap[i]),
+                               limit=plan.limit[i], element=plan.element[i], v_pu=float(v[i]),
+                               export_kw=float(export_kw[i])))
+            self.dso_reason[i] = limit_key(plan.limit[i], plan.element[i])
+        self.dso_cap_kw = np.where(changed, new_cap, self.dso_cap_kw)
+        return DsoReply(caps)
+
+    def _decide_group_voltage(self, view: DsoView, v: np.ndarray, p: np.ndarray) -> DsoReply:
+        """Policy group_voltage, a customer over ``v_max``: the over-voltage heuristic's
+        caps per service-transformer group (federates.controllers.curtailment)."""
+        cur = self.ctl.curtailment
+        decision = export_caps(v, p, self.dso_cap_kw, self.groups, self.ctl.v_max_pu,
+                               cur.margin_pu, cur.gain_per_pu)
+        if not decision.changed.any():
+            return DsoReply()
+        if view.rounds >= self.max_iterations:
+            return DsoReply(capped=True)
+        caps = [DsoCap(participant=self.participants[i], cap_kw=float(decision.cap_kw[i]),
+                       limit=Limit.V_MAX, element=self.group_names[i],
+                       v_pu=float(decision.v_violation_pu[i]),
+                       export_kw=float(decision.export_kw[i]))
+                for i in np.flatnonzero(decision.changed)]
+        self.dso_cap_kw = decision.cap_kw.copy()
+        return DsoReply(caps)
 
     # ------------------------------------------------------------------ the DSO's inputs
     def on_confirmations(self, k: int, confirmations) -> None:

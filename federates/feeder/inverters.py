@@ -115,6 +115,7 @@ import pandas as pd
 
 from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
+from federates.common.limits import Limit
 from federates.common.messages import CurtailmentNotice, DsoCap, OperatingEnvelope
 from federates.common.rng import stream
 from federates.common.tables import StepArrays, chunk_intervals
@@ -127,17 +128,13 @@ from federates.feeder.voltvar import (
 )
 from federates.feeder.voltwatt import p_pct_to_cap_kw, volt_watt_points
 
-LIMIT_V_MAX = "v_max"
-LIMIT_V_MIN = "v_min"
-LIMIT_VOLT_WATT = "volt_watt"
-LIMIT_ENVELOPE = "envelope"
 #: a settling stage oscillates once its residual turns back by at least this fraction of
 #: the previous one: r_n . r_(n-1) <= -OSCILLATION_RATIO |r_(n-1)|^2 (module doc)
 OSCILLATION_RATIO = 0.5
 #: ... in this many successive solves
 OSCILLATION_ROUNDS = 2
 #: causes of curtailed energy, by code (0 = none)
-CAUSES = ("", LIMIT_VOLT_WATT, LIMIT_ENVELOPE, LIMIT_V_MAX, "thermal", "vuf", "export")
+CAUSES = ("", Limit.VOLT_WATT, Limit.ENVELOPE, Limit.V_MAX, Limit.THERMAL, Limit.VUF, Limit.EXPORT)
 CAUSE_CODE = {c: i for i, c in enumerate(CAUSES)}
 
 CURTAILMENT_COLUMNS = {"step": np.int64, "t_s": float, "iteration": np.int64, "participant": str,
@@ -237,8 +234,8 @@ class InverterFleet:
             return np.zeros(self.n, dtype=np.int8)  # no cap anywhere (most steps)
         caps = np.stack([vw, self.env_cap_kw, self.dso_cap_kw])
         which = np.argmin(caps, axis=0)
-        code = np.choose(which, [np.full(self.n, CAUSE_CODE[LIMIT_VOLT_WATT], dtype=np.int8),
-                                 np.full(self.n, CAUSE_CODE[LIMIT_ENVELOPE], dtype=np.int8),
+        code = np.choose(which, [np.full(self.n, CAUSE_CODE[Limit.VOLT_WATT], dtype=np.int8),
+                                 np.full(self.n, CAUSE_CODE[Limit.ENVELOPE], dtype=np.int8),
                                  self.dso_cause])
         return np.where(np.isfinite(caps.min(axis=0)), code, 0).astype(np.int8)
 
@@ -510,7 +507,7 @@ class InverterFleet:
             self._curtailment_rows.append({
                 "step": g, "t_s": t_s, "iteration": self._rounds,
                 "participant": self.participants[i], "group": self.group_names[i],
-                "limit": LIMIT_VOLT_WATT, "element": self.participants[i], "v_pu": float(v[i]),
+                "limit": Limit.VOLT_WATT, "element": self.participants[i], "v_pu": float(v[i]),
                 "export_kw": float(export_kw[i]), "cap_kw": float(cap_kw[i]),
             })
 
@@ -553,9 +550,9 @@ class InverterFleet:
         for i in range(self.n):
             by_cause = np.bincount(cause[:, i], weights=lost_kwh[:, i], minlength=len(CAUSES))
             if lost_kwh[:, i].sum() > 0 and by_cause[0] > 0:
-                by_cause[CAUSE_CODE[LIMIT_V_MAX]] += by_cause[0]  # caps released at the same solve
+                by_cause[CAUSE_CODE[Limit.V_MAX]] += by_cause[0]  # caps released at the same solve
             for c in np.flatnonzero(by_cause > 0):
-                if c == 0 or CAUSES[c] == LIMIT_ENVELOPE:
+                if c == 0 or CAUSES[c] == Limit.ENVELOPE:
                     continue
                 notices.append(CurtailmentNotice(participant=self.participants[i], interval=k,
                                                  curtailed_kwh=float(by_cause[c]), limit=CAUSES[c]))
@@ -570,7 +567,7 @@ class InverterFleet:
         rows, cols = np.nonzero((rec.curtailed_kw > 0) & seen[:, None])
         e = rec.curtailed_kw[rows, cols] * self.timeline.step_h
         cause = rec.cause[rows, cols]
-        cause = np.where(cause == 0, CAUSE_CODE[LIMIT_V_MAX], cause)
+        cause = np.where(cause == 0, CAUSE_CODE[Limit.V_MAX], cause)
         steps = rows + rec.g0
         return pd.DataFrame({
             "step": steps.astype(np.int64),
@@ -613,8 +610,8 @@ class InverterFleet:
         t_s = steps * self.timeline.physics_step_s
         parts = []
         for limit, any_mask, bad in (
-            (LIMIT_V_MAX, rec.over_any, rec.v_last > self.ctl.v_max_pu),
-            (LIMIT_V_MIN, rec.under_any, rec.v_last < self.ctl.v_min_pu),
+            (Limit.V_MAX, rec.over_any, rec.v_last > self.ctl.v_max_pu),
+            (Limit.V_MIN, rec.under_any, rec.v_last < self.ctl.v_min_pu),
         ):
             rows, cols = np.nonzero(any_mask[local])
             lr = local[rows]

@@ -58,6 +58,7 @@ from federates.common.config import StudyFile
 from federates.common.conservation import POWER_TOLERANCE_PCT, Conservation, relative_pct
 from federates.common.errors import PowerFlowNotConverged
 from federates.common.grid import CustomerSite
+from federates.common.limits import Limit
 from federates.common.messages import (
     ControlCommand,
     CurtailmentNotice,
@@ -309,18 +310,18 @@ class FeederRole:
         parts = self.participants
         rec, r = self._rec, self._rec.row(g)
         if self._legs:  # split-phase services: their highest / lowest of 240 V and both legs
-            add(parts, "customer", "v_max", lim.v_max_pu, rec.v_hi_before[r], rec.v_hi[r], True)
-            add(parts, "customer", "v_min", lim.v_min_pu, rec.v_lo_before[r], rec.v_lo[r], False)
+            add(parts, "customer", Limit.V_MAX, lim.v_max_pu, rec.v_hi_before[r], rec.v_hi[r], True)
+            add(parts, "customer", Limit.V_MIN, lim.v_min_pu, rec.v_lo_before[r], rec.v_lo[r], False)
         else:
-            add(parts, "customer", "v_max", lim.v_max_pu, rec.v_before[r], rec.v[r], True)
-            add(parts, "customer", "v_min", lim.v_min_pu, rec.v_before[r], rec.v[r], False)
+            add(parts, "customer", Limit.V_MAX, lim.v_max_pu, rec.v_before[r], rec.v[r], True)
+            add(parts, "customer", Limit.V_MIN, lim.v_min_pu, rec.v_before[r], rec.v[r], False)
         if lim.thermal and before[0].size:
-            add(self.elements, self.element_kind, "thermal", lim.thermal_max_pct, before[0], after[0], True)
-        add(self.vuf_buses, "bus", "vuf", lim.vuf_max_pct, before[1], after[1], True)
+            add(self.elements, self.element_kind, Limit.THERMAL, lim.thermal_max_pct, before[0], after[0], True)
+        add(self.vuf_buses, "bus", Limit.VUF, lim.vuf_max_pct, before[1], after[1], True)
         if lim.substation_import_max_kw is not None:
-            add(["source"], "source", "import", lim.substation_import_max_kw, [before[2]], [after[2]], True)
+            add(["source"], "source", Limit.IMPORT, lim.substation_import_max_kw, [before[2]], [after[2]], True)
         if lim.substation_export_max_kw is not None:
-            add(["source"], "source", "export", lim.substation_export_max_kw, [-before[2]], [-after[2]], True)
+            add(["source"], "source", Limit.EXPORT, lim.substation_export_max_kw, [-before[2]], [-after[2]], True)
 
     def violations_table(self) -> pd.DataFrame:
         """``violations``: one row per step, element and limit violated before or after
@@ -333,7 +334,7 @@ class FeederRole:
         df = pd.DataFrame(self._violation_rows, columns=cols)
         df = df.astype({"step": np.int64, "t_s": float, "element": str, "kind": str, "limit": str,
                         "limit_value": float, "value_before": float, "value": float})
-        lower = df["limit"] == "v_min"
+        lower = df["limit"] == Limit.V_MIN
         df["resolved"] = np.where(lower, df["value"] >= df["limit_value"], df["value"] <= df["limit_value"])
         return df
 

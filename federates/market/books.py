@@ -30,6 +30,14 @@ LEDGER_TOTALS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _cut_by_id(trade_cuts: Sequence[tuple[Trade, float]]) -> dict[str, float]:
+    """``{trade_id: curtailed_kwh}``; ValueError unless every cut names a numbered trade, once."""
+    cut = {t.trade_id: x for t, x in trade_cuts}
+    if len(cut) != len(trade_cuts) or "" in cut:
+        raise ValueError("trade_cuts must name numbered trades (Trade.trade_id, set by the market role), each once")
+    return cut
+
+
 def money_flows(rows: Sequence[SettlementRow], trades: Sequence[Trade],
                 trade_cuts: Sequence[tuple[Trade, float]], *, retail_usd_per_kwh: float,
                 feed_in_usd_per_kwh: float, imbalance_rule: str = "tariff",
@@ -40,16 +48,17 @@ def money_flows(rows: Sequence[SettlementRow], trades: Sequence[Trade],
     network charges paid and collected, what the utility was paid and paid out.
 
     ``rows``: the interval's settlement rows; ``trades``: its cleared trades;
-    ``trade_cuts``: the ``(trade, curtailed_kwh)`` settlement reported; the tariffs
-    [USD/kWh] the imbalance (with ``imbalance_rule`` and the interval's market price)
-    and the replaced energy are priced at; ``loss_charges_usd``: each participant's loss
-    energy x the loss price (``market.settle_losses``)."""
-    cut = {id(t): x for t, x in trade_cuts}
+    ``trade_cuts``: the ``(trade, curtailed_kwh)`` settlement reported
+    (``Settlement.trade_cuts``), matched to ``trades`` by ``Trade.trade_id``; the
+    tariffs [USD/kWh] the imbalance (with ``imbalance_rule`` and the interval's market
+    price) and the replaced energy are priced at; ``loss_charges_usd``: each
+    participant's loss energy x the loss price (``market.settle_losses``)."""
+    cut = _cut_by_id(trade_cuts)
     retail, feed_in = float(retail_usd_per_kwh), float(feed_in_usd_per_kwh)
     peer_value, utility_sold, utility_bought = [], [], []
     charges = list(loss_charges_usd)
     for t in trades:
-        e, price, x = t.energy_kwh, t.price_usd_per_kwh, cut.get(id(t), 0.0)
+        e, price, x = t.energy_kwh, t.price_usd_per_kwh, cut.get(t.trade_id, 0.0)
         if t.seller == GRID and t.buyer != GRID:
             utility_sold.append(price * e)
         elif t.buyer == GRID and t.seller != GRID:

@@ -115,7 +115,7 @@ _new = object.__new__
 _set = object.__setattr__
 assert not hasattr(Trade, "__post_init__") and not hasattr(Confirmation, "__post_init__")
 assert [f.name for f in fields(Trade)] == [
-    "interval", "seller", "buyer", "energy_kwh", "price_usd_per_kwh", "fee_usd"]
+    "interval", "seller", "buyer", "energy_kwh", "price_usd_per_kwh", "fee_usd", "trade_id"]
 assert [f.name for f in fields(Confirmation)] == [
     "participant", "interval", "scheduled_kwh", "peer_bought_kwh", "peer_sold_kwh",
     "grid_bought_kwh", "grid_sold_kwh", "price_usd_per_kwh", "market_price_usd_per_kwh"]
@@ -148,10 +148,10 @@ def adopt(cls: type, dicts: list[dict[str, Any]]) -> list[Any]:
 
 def make_trades(interval: int, sellers: list[str], buyers: list[str], energy_kwh: list[float],
                 price_usd_per_kwh: list[float]) -> list[Trade]:
-    """``[Trade(interval, s, b, e, p) ...]`` (fee 0) from columns of equal length."""
+    """``[Trade(interval, s, b, e, p) ...]`` (fee 0, not numbered) from columns of equal length."""
     return adopt(Trade, [
         {"interval": interval, "seller": s, "buyer": b, "energy_kwh": e, "price_usd_per_kwh": p,
-         "fee_usd": 0.0}
+         "fee_usd": 0.0, "trade_id": ""}
         for s, b, e, p in zip(sellers, buyers, energy_kwh, price_usd_per_kwh, strict=True)])
 
 

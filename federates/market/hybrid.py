@@ -44,7 +44,8 @@ Units: energy [kWh] over the interval, prices [USD/kWh], money [USD].
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 from federates.common.messages import GRID, Order, Trade
@@ -104,6 +105,156 @@ def _take_best_first(res: list[_Residual], volume_kwh: Fraction, buy: bool) -> F
     return value
 
 
+@dataclass
+class _PeerTally:
+    """The peer trades of both levels and what they add up to per participant (exact)."""
+
+    peer_bought: dict[str, Fraction]
+    peer_sold: dict[str, Fraction]
+    money: dict[str, Fraction]  # [USD] paid plus received at the trades' prices
+    trades: list[Trade] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, participants: list[str]) -> _PeerTally:
+        zero = Fraction(0)
+        return cls(dict.fromkeys(participants, zero), dict.fromkeys(participants, zero),
+                   dict.fromkeys(participants, zero))
+
+    def record(self, t: Trade) -> None:
+        q, p = Fraction(t.energy_kwh), Fraction(t.price_usd_per_kwh)
+        self.trades.append(t)
+        self.peer_sold[t.seller] += q
+        self.peer_bought[t.buyer] += q
+        self.money[t.seller] += q * p
+        self.money[t.buyer] += q * p
+
+    def own_price(self, p: str) -> float | None:
+        """``p``'s volume-weighted peer price [USD/kWh], None without peer trades."""
+        vol = self.peer_bought[p] + self.peer_sold[p]
+        return float(self.money[p] / vol) if vol > 0 else None
+
+
+@dataclass
+class _Aggregators:
+    """The aggregators' orders (rule 4) and whose residuals each pools."""
+
+    orders: list[Order] = field(default_factory=list)
+    members: dict[tuple[str, str], dict[str, Fraction]] = field(default_factory=dict)  # (agg, side) -> member -> kWh
+    community: dict[str, str] = field(default_factory=dict)  # agg -> community
+
+
+def _mechanisms(lower: str, upper: str) -> tuple[Callable[..., ClearingResult], Callable[..., ClearingResult]]:
+    """The community mechanism ``lower`` and the P2P mechanism ``upper`` (ValueError
+    listing the allowed names for an unknown one)."""
+    from federates.market.mechanisms import MECHANISMS  # the registry lists hybrid itself
+
+    lower_fn = MECHANISMS["community"].get(lower)
+    if lower_fn is None:
+        raise ValueError(
+            f"unknown lower mechanism {lower!r}; allowed: {sorted(MECHANISMS['community'])}"
+        )
+    upper_fn = MECHANISMS["p2p"].get(upper)
+    if upper_fn is None:
+        raise ValueError(f"unknown upper mechanism {upper!r}; allowed: {sorted(MECHANISMS['p2p'])}")
+    return lower_fn, upper_fn
+
+
+def _aggregator_orders(residual: dict[str, list[_Residual]], interval: int) -> _Aggregators:
+    """Rule 4: per community and side with residual energy, one aggregator order of it
+    all at the conservative limit (offers: the highest residual limit, bids: the lowest)."""
+    zero = Fraction(0)
+    out = _Aggregators()
+    for name, res_list in residual.items():
+        for side in ("sell", "buy"):
+            rs = [r for r in res_list if r.order.side == side and r.left_kwh > 0]
+            if not rs:
+                continue
+            by_member: dict[str, Fraction] = {}
+            for r in rs:
+                by_member[r.order.participant] = (
+                    by_member.get(r.order.participant, zero) + r.left_kwh
+                )
+            limits = [r.order.price_usd_per_kwh for r in rs]
+            price = max(limits) if side == "sell" else min(limits)
+            agg = AGG_PREFIX + name
+            out.members[(agg, side)] = by_member
+            out.community[agg] = name
+            total = sum(by_member.values(), zero)
+            out.orders.append(Order(agg, side, interval, float(total), price))  # type: ignore[arg-type]
+    return out
+
+
+def _map_back(up: ClearingResult, aggs: _Aggregators, interval: int, tally: _PeerTally
+              ) -> tuple[dict[tuple[str, str], Fraction], dict[tuple[str, str], Fraction], Fraction]:
+    """Rule 6: each aggregator trade as member trades, pro rata on both sides (recorded
+    in ``tally``); the energy [kWh] each (community, member) sold and bought at the upper
+    level, and the upper level's traded energy (exact)."""
+    zero = Fraction(0)
+    upper_sold: dict[tuple[str, str], Fraction] = {}
+    upper_bought: dict[tuple[str, str], Fraction] = {}
+    traded = zero
+    for t in up.peer_trades:
+        sellers = aggs.members[(t.seller, "sell")]
+        buyers = aggs.members[(t.buyer, "buy")]
+        u_tot = sum(sellers.values(), zero)
+        v_tot = sum(buyers.values(), zero)
+        q_agg = Fraction(t.energy_kwh)
+        cs, cb = aggs.community[t.seller], aggs.community[t.buyer]
+        for i in sorted(sellers):
+            for j in sorted(buyers):
+                share = sellers[i] / u_tot * buyers[j] / v_tot
+                q = q_agg * share
+                if q <= _EPS_KWH:
+                    continue
+                fee = float(Fraction(t.fee_usd) * share)
+                tally.record(Trade(interval, i, j, float(q), t.price_usd_per_kwh, fee))
+                upper_sold[(cs, i)] = upper_sold.get((cs, i), zero) + q
+                upper_bought[(cb, j)] = upper_bought.get((cb, j), zero) + q
+                traded += q
+    return upper_sold, upper_bought, traded
+
+
+def _upper_welfare(residual: dict[str, list[_Residual]], upper_sold: dict[tuple[str, str], Fraction],
+                   upper_bought: dict[tuple[str, str], Fraction]) -> Fraction:
+    """The upper level's welfare [USD] on the members' own residual orders, best limit
+    first (module doc, "Result"); the residuals are reduced by what the upper level took."""
+    zero = Fraction(0)
+    welfare = zero
+    for name, res_list in residual.items():
+        for p in {r.order.participant for r in res_list}:
+            mine_p = [r for r in res_list if r.order.participant == p]
+            bids_p = [r for r in mine_p if r.order.side == "buy"]
+            offers_p = [r for r in mine_p if r.order.side == "sell"]
+            welfare += _take_best_first(bids_p, upper_bought.get((name, p), zero), buy=True)
+            welfare -= _take_best_first(offers_p, upper_sold.get((name, p), zero), buy=False)
+    return welfare
+
+
+def _grid_residual(residual: dict[str, list[_Residual]], participants: list[str]
+                   ) -> tuple[dict[str, Fraction], dict[str, Fraction]]:
+    """Rule 7: what each participant still has to buy from / sell to GRID [kWh]."""
+    zero = Fraction(0)
+    grid_bought: dict[str, Fraction] = dict.fromkeys(participants, zero)
+    grid_sold: dict[str, Fraction] = dict.fromkeys(participants, zero)
+    for res_list in residual.values():
+        for r in res_list:
+            if r.left_kwh > _EPS_KWH:
+                (grid_bought if r.order.side == "buy" else grid_sold)[r.order.participant] += (
+                    r.left_kwh
+                )
+    return grid_bought, grid_sold
+
+
+def _status(traded: Fraction, n_bids: int, n_offers: int) -> ClearingStatus:
+    if traded > 0:
+        return "cleared"
+    if n_bids == 0 and n_offers == 0:
+        return "empty"
+    if n_bids == 0 or n_offers == 0:
+        return "one_sided"
+    return "no_crossing"
+
+
 def clear_hybrid(
     orders: list[Order],
     *,
@@ -120,16 +271,7 @@ def clear_hybrid(
     utility's tariffs. ``lower``: a community mechanism name, ``upper``: a P2P mechanism
     name (ValueError listing the allowed names otherwise).
     """
-    from federates.market.mechanisms import MECHANISMS  # the registry lists hybrid itself
-
-    lower_fn = MECHANISMS["community"].get(lower)
-    if lower_fn is None:
-        raise ValueError(
-            f"unknown lower mechanism {lower!r}; allowed: {sorted(MECHANISMS['community'])}"
-        )
-    upper_fn = MECHANISMS["p2p"].get(upper)
-    if upper_fn is None:
-        raise ValueError(f"unknown upper mechanism {upper!r}; allowed: {sorted(MECHANISMS['p2p'])}")
+    lower_fn, upper_fn = _mechanisms(lower, upper)
     tariffs = {
         "interval": interval,
         "retail_usd_per_kwh": retail_usd_per_kwh,
@@ -141,22 +283,10 @@ def clear_hybrid(
     for o in mine:
         groups.setdefault(community_of(o), []).append(o)
 
-    zero = Fraction(0)
-    peer_bought: dict[str, Fraction] = dict.fromkeys(participants, zero)
-    peer_sold: dict[str, Fraction] = dict.fromkeys(participants, zero)
-    money: dict[str, Fraction] = dict.fromkeys(participants, zero)
-    trades: list[Trade] = []
+    tally = _PeerTally.of(participants)
     welfare = Fraction(0)
     traded = Fraction(0)
     n_bids = n_offers = 0
-
-    def record(t: Trade) -> None:
-        q, p = Fraction(t.energy_kwh), Fraction(t.price_usd_per_kwh)
-        trades.append(t)
-        peer_sold[t.seller] += q
-        peer_bought[t.buyer] += q
-        money[t.seller] += q * p
-        money[t.buyer] += q * p
 
     # ---- lower level: each community alone, GRID trades stripped
     residual: dict[str, list[_Residual]] = {}
@@ -166,74 +296,21 @@ def clear_hybrid(
         n_offers += res.n_offers
         welfare += Fraction(res.welfare_usd)
         for t in res.peer_trades:
-            record(t)
+            tally.record(t)
             traded += Fraction(t.energy_kwh)
         residual[name] = _residuals(groups[name], res)
 
-    # ---- aggregator orders
-    agg_orders: list[Order] = []
-    members: dict[tuple[str, str], dict[str, Fraction]] = {}  # (agg, side) -> member -> kWh
-    community_of_agg: dict[str, str] = {}
-    for name, res_list in residual.items():
-        for side in ("sell", "buy"):
-            rs = [r for r in res_list if r.order.side == side and r.left_kwh > 0]
-            if not rs:
-                continue
-            by_member: dict[str, Fraction] = {}
-            for r in rs:
-                by_member[r.order.participant] = (
-                    by_member.get(r.order.participant, zero) + r.left_kwh
-                )
-            limits = [r.order.price_usd_per_kwh for r in rs]
-            price = max(limits) if side == "sell" else min(limits)
-            agg = AGG_PREFIX + name
-            members[(agg, side)] = by_member
-            community_of_agg[agg] = name
-            total = sum(by_member.values(), zero)
-            agg_orders.append(Order(agg, side, interval, float(total), price))  # type: ignore[arg-type]
-
-    # ---- upper level and pro-rata mapping back to members
-    # (community, member) -> energy traded at the upper level [kWh]
-    upper_sold: dict[tuple[str, str], Fraction] = {}
-    upper_bought: dict[tuple[str, str], Fraction] = {}
-    if agg_orders:
-        up = upper_fn(agg_orders, **tariffs)
-        for t in up.peer_trades:
-            sellers = members[(t.seller, "sell")]
-            buyers = members[(t.buyer, "buy")]
-            u_tot = sum(sellers.values(), zero)
-            v_tot = sum(buyers.values(), zero)
-            q_agg = Fraction(t.energy_kwh)
-            cs, cb = community_of_agg[t.seller], community_of_agg[t.buyer]
-            for i in sorted(sellers):
-                for j in sorted(buyers):
-                    share = sellers[i] / u_tot * buyers[j] / v_tot
-                    q = q_agg * share
-                    if q <= _EPS_KWH:
-                        continue
-                    fee = float(Fraction(t.fee_usd) * share)
-                    record(Trade(interval, i, j, float(q), t.price_usd_per_kwh, fee))
-                    upper_sold[(cs, i)] = upper_sold.get((cs, i), zero) + q
-                    upper_bought[(cb, j)] = upper_bought.get((cb, j), zero) + q
-                    traded += q
-        # Upper welfare on the members' own residual orders, best limit first.
-        for name, res_list in residual.items():
-            for p in {r.order.participant for r in res_list}:
-                mine_p = [r for r in res_list if r.order.participant == p]
-                bids_p = [r for r in mine_p if r.order.side == "buy"]
-                offers_p = [r for r in mine_p if r.order.side == "sell"]
-                welfare += _take_best_first(bids_p, upper_bought.get((name, p), zero), buy=True)
-                welfare -= _take_best_first(offers_p, upper_sold.get((name, p), zero), buy=False)
+    # ---- aggregator orders, upper level and pro-rata mapping back to members
+    aggs = _aggregator_orders(residual, interval)
+    if aggs.orders:
+        upper_sold, upper_bought, upper_traded = _map_back(upper_fn(aggs.orders, **tariffs), aggs, interval,
+                                                           tally)
+        traded += upper_traded
+        welfare += _upper_welfare(residual, upper_sold, upper_bought)
 
     # ---- grid residual
-    grid_bought: dict[str, Fraction] = dict.fromkeys(participants, zero)
-    grid_sold: dict[str, Fraction] = dict.fromkeys(participants, zero)
-    for res_list in residual.values():
-        for r in res_list:
-            if r.left_kwh > _EPS_KWH:
-                (grid_bought if r.order.side == "buy" else grid_sold)[r.order.participant] += (
-                    r.left_kwh
-                )
+    grid_bought, grid_sold = _grid_residual(residual, participants)
+    trades = tally.trades
     for p in participants:
         if grid_bought[p] > 0:
             trades.append(Trade(interval, GRID, p, float(grid_bought[p]), retail_usd_per_kwh))
@@ -242,22 +319,12 @@ def clear_hybrid(
             trades.append(Trade(interval, p, GRID, float(grid_sold[p]), feed_in_usd_per_kwh))
 
     confirmations = confirmations_from(
-        interval, participants, peer_bought, peer_sold, grid_bought, grid_sold,
-        lambda p: float(money[p] / vol) if (vol := peer_bought[p] + peer_sold[p]) > 0 else None,
+        interval, participants, tally.peer_bought, tally.peer_sold, grid_bought, grid_sold, tally.own_price,
     )
-
-    status: ClearingStatus
-    if traded > 0:
-        status = "cleared"
-    elif n_bids == 0 and n_offers == 0:
-        status = "empty"
-    elif n_bids == 0 or n_offers == 0:
-        status = "one_sided"
-    else:
-        status = "no_crossing"
+    zero = Fraction(0)
     return ClearingResult(
         interval=interval,
-        status=status,
+        status=_status(traded, n_bids, n_offers),
         price_usd_per_kwh=None,
         trades=trades,
         confirmations=confirmations,

@@ -472,8 +472,12 @@ def bid_record(keyring: KeyRing, order: Order) -> dict[str, Any]:
 
 
 def trade_record(keyring: KeyRing, trade: Trade) -> dict[str, Any]:
-    """A trade record (its parties acknowledge it when its block is sealed)."""
-    return make_record(keyring, "trade", trade.interval, trade)
+    """A trade record (its parties acknowledge it when its block is sealed). The body is
+    the trade without its ``trade_id``: the market's id ``"<interval>-<j>"`` is the
+    record's position ``j`` among the block's trade records."""
+    body = dict(vars(trade))
+    body.pop("trade_id", None)
+    return make_record(keyring, "trade", trade.interval, body)
 
 
 def curtailment_record(keyring: KeyRing, notice: CurtailmentNotice) -> dict[str, Any]:
@@ -490,9 +494,9 @@ def settlement_record(keyring: KeyRing, interval: int, row: Any) -> dict[str, An
 
 
 def _column_type(values: list[Any] | tuple[Any, ...]) -> str:
-    t = set(map(type, values))
-    if len(t) == 1:
-        (t,) = t
+    types = set(map(type, values))
+    if len(types) == 1:
+        (t,) = types
         if t is float:
             return "f8"
         if t is bool:
@@ -501,6 +505,10 @@ def _column_type(values: list[Any] | tuple[Any, ...]) -> str:
             return "s"
         if t is int and -(2**63) <= min(values) and max(values) < 2**63:
             return "i"
+    if types and all(issubclass(t, str) for t in types):
+        # a str subclass (a limit name, federates.common.limits.Limit) is written as its
+        # text: the same bytes whether it came as the member or as the plain string
+        return "s"
     return "j"
 
 
@@ -577,6 +585,55 @@ def encode_block(block: dict[str, Any]) -> bytes:
     return _U32.pack(len(hb)) + hb + b"".join(body)
 
 
+_WIDTH = {"f8": 8, "b": 1, "s": 4, "i": 8}  # bytes per value of a column type in the body
+
+
+def _read_columns(data: bytes, pos: int, cols: list[list[Any]], count: int, strings: list[str],
+                  records: bool) -> tuple[dict[str, list], int]:
+    """One segment's columns ``{name: values}`` read from ``data`` at ``pos`` (the "j"
+    columns from the header), and the position after them; without ``records`` only
+    the float and "j" columns are kept."""
+    columns: dict[str, list] = {}
+    for col in cols:
+        name, t = col[0], col[1]
+        width = _WIDTH.get(t)
+        if width is None:
+            if t != "j" or len(col[2]) != count:
+                raise ValueError(f"bad column {name!r} of type {t!r}")
+            columns[name] = col[2]
+            continue
+        raw = data[pos:pos + width * count]
+        if len(raw) != width * count:
+            raise ValueError(f"truncated block (column {name!r})")
+        pos += len(raw)
+        if t == "f8":
+            columns[name] = np.frombuffer(raw, dtype="<f8").tolist()
+        elif not records:  # only the float columns are asked for
+            continue
+        elif t == "b":
+            columns[name] = [bool(x) for x in raw]
+        elif t == "s":
+            columns[name] = [strings[i] for i in np.frombuffer(raw, dtype="<u4").tolist()]
+        else:
+            columns[name] = np.frombuffer(raw, dtype="<i8").tolist()
+    return columns, pos
+
+
+def _read_records(data: bytes, pos: int, header: dict[str, Any], kind: str, count: int, names: list[str],
+                  columns: dict[str, list], n_sigs: list[int]) -> tuple[list[dict[str, Any]], int]:
+    """A segment's ``count`` records, their bodies from ``columns`` and their signatures
+    read from ``data`` at ``pos``, and the position after them."""
+    out = []
+    for i in range(count):
+        body = {k: columns[k][i] for k in names}
+        sigs = []
+        for _ in range(n_sigs[i]):
+            sigs.append(data[pos:pos + _SIG])
+            pos += _SIG
+        out.append({"kind": kind, "interval": header["interval"], "body": body, "signatures": sigs})
+    return out, pos
+
+
 def _decode(data: bytes, *, records: bool = True) -> tuple[dict[str, Any], list[tuple[str, dict[str, list]]]]:
     """The header of an encoded block and its segments as ``(kind, {column: values})``;
     with ``records`` also the header's ``records``, ``acks`` and ``locators`` (the
@@ -594,42 +651,13 @@ def _decode(data: bytes, *, records: bool = True) -> tuple[dict[str, Any], list[
     out_records = []
     out_columns = []
     for kind, count, cols, n_sigs in segments:
-        columns = {}
-        for col in cols:
-            name, t = col[0], col[1]
-            width = {"f8": 8, "b": 1, "s": 4, "i": 8}.get(t)
-            if width is None:
-                if t != "j" or len(col[2]) != count:
-                    raise ValueError(f"bad column {name!r} of type {t!r}")
-                columns[name] = col[2]
-                continue
-            raw = data[pos:pos + width * count]
-            if len(raw) != width * count:
-                raise ValueError(f"truncated block (column {name!r})")
-            pos += len(raw)
-            if t == "f8":
-                columns[name] = np.frombuffer(raw, dtype="<f8").tolist()
-            elif not records:  # only the float columns are asked for
-                continue
-            elif t == "b":
-                columns[name] = [bool(x) for x in raw]
-            elif t == "s":
-                columns[name] = [strings[i] for i in np.frombuffer(raw, dtype="<u4").tolist()]
-            else:
-                columns[name] = np.frombuffer(raw, dtype="<i8").tolist()
+        columns, pos = _read_columns(data, pos, cols, count, strings, records)
         out_columns.append((kind, columns))
         if not records:
             pos += _SIG * sum(n_sigs)
             continue
-        names = [c[0] for c in cols]
-        for i in range(count):
-            body = {k: columns[k][i] for k in names}
-            sigs = []
-            for _ in range(n_sigs[i]):
-                sigs.append(data[pos:pos + _SIG])
-                pos += _SIG
-            out_records.append({"kind": kind, "interval": header["interval"], "body": body,
-                                "signatures": sigs})
+        recs, pos = _read_records(data, pos, header, kind, count, [c[0] for c in cols], columns, n_sigs)
+        out_records += recs
     acks = []
     for p in header.pop("ack_by"):
         sig = data[pos:pos + _SIG]
@@ -937,6 +965,63 @@ def _check_block(block: dict[str, Any], b: int, difficulty: int, keys: KeyRing) 
     return None
 
 
+def _decoded_blocks(raw: list[bytes], problem: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """The blocks decoded up to the first that cannot be (which then is the problem)."""
+    blocks: list[dict[str, Any]] = []
+    for n, data in enumerate(raw):
+        try:
+            blocks.append(decode_block(data))
+        except (ValueError, KeyError, TypeError, IndexError, json.JSONDecodeError) as exc:
+            problem = f"block {n}: cannot be decoded ({exc})"
+            break
+    return blocks, problem
+
+
+def _genesis_problem(genesis: dict[str, Any], trusted_public_keys: dict[str, str] | None) -> str | None:
+    if genesis.get("index") != 0:
+        return f"block 0 missing (first block has index {genesis.get('index')})"
+    if genesis["prev_hash"] != GENESIS_PREV_HASH or genesis["records"]:
+        return "block 0: not a genesis block"
+    if trusted_public_keys is not None and genesis["public_keys"] != trusted_public_keys:
+        return "block 0: public keys differ from the trusted keys"
+    return None
+
+
+def _link_problem(blocks: list[dict[str, Any]], pos: int, indices: list[Any]) -> str | None:
+    """Whether block ``pos`` (> 0) follows block ``pos - 1``: its index and prev_hash."""
+    block, prev = blocks[pos], blocks[pos - 1]
+    b = block["index"]
+    if b != pos:
+        if pos in indices[pos + 1:]:
+            return f"block {pos} out of order (block {b} found in its place, after block {prev['index']})"
+        return f"block {pos} missing (index jumps from {prev['index']} to {b})"
+    if block["prev_hash"] != prev["hash"]:
+        return f"block {b}: prev_hash does not match block {pos - 1}"
+    return None
+
+
+def _chain_problem(blocks: list[dict[str, Any]], trusted_public_keys: dict[str, str] | None) -> str | None:
+    """The first problem of the decoded chain: its genesis, then block by block its
+    link to the one before and its own content (``_check_block``); None if none."""
+    pos = 0
+    try:
+        genesis = blocks[0]
+        msg = _genesis_problem(genesis, trusted_public_keys)
+        if msg:
+            return msg
+        keys = KeyRing.from_public_hex(genesis["public_keys"])
+        difficulty = int(genesis["difficulty_bits"])
+        indices = [blk.get("index") for blk in blocks]
+        for pos, block in enumerate(blocks):
+            b = block["index"]
+            msg = (_link_problem(blocks, pos, indices) if pos > 0 else None) or _check_block(block, b, difficulty, keys)
+            if msg:
+                return msg
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"block {pos}: malformed ({exc!r})"
+    return None
+
+
 def verify_ledger(
     path: str | Path, trusted_public_keys: dict[str, str] | None = None
 ) -> VerifyResult:
@@ -960,47 +1045,9 @@ def verify_ledger(
     except zstandard.ZstdError as exc:
         return VerifyResult(False, f"not a zstd stream ({exc})", 0, 0)
     raw, problem = _split_blocks(stream)
-    blocks: list[dict[str, Any]] = []
-    for n, data in enumerate(raw):
-        try:
-            blocks.append(decode_block(data))
-        except (ValueError, KeyError, TypeError, IndexError, json.JSONDecodeError) as exc:
-            problem = f"block {n}: cannot be decoded ({exc})"
-            break
+    blocks, problem = _decoded_blocks(raw, problem)
     n_records = sum(len(b.get("records", [])) for b in blocks)
-
-    def bad(msg: str) -> VerifyResult:
-        return VerifyResult(False, msg, len(blocks), n_records)
-
     if not blocks:
-        return bad(problem or "ledger is empty (no genesis block)")
-    pos = 0
-    try:
-        genesis = blocks[0]
-        if genesis.get("index") != 0:
-            return bad(f"block 0 missing (first block has index {genesis.get('index')})")
-        if genesis["prev_hash"] != GENESIS_PREV_HASH or genesis["records"]:
-            return bad("block 0: not a genesis block")
-        if trusted_public_keys is not None and genesis["public_keys"] != trusted_public_keys:
-            return bad("block 0: public keys differ from the trusted keys")
-        keys = KeyRing.from_public_hex(genesis["public_keys"])
-        difficulty = int(genesis["difficulty_bits"])
-        indices = [blk.get("index") for blk in blocks]
-        for pos, block in enumerate(blocks):
-            b = block["index"]
-            if pos > 0:
-                prev = blocks[pos - 1]
-                if b != pos:
-                    if pos in indices[pos + 1:]:
-                        return bad(f"block {pos} out of order (block {b} found in its place, after block {prev['index']})")
-                    return bad(f"block {pos} missing (index jumps from {prev['index']} to {b})")
-                if block["prev_hash"] != prev["hash"]:
-                    return bad(f"block {b}: prev_hash does not match block {pos - 1}")
-            msg = _check_block(block, b, difficulty, keys)
-            if msg:
-                return bad(msg)
-    except (KeyError, TypeError, ValueError) as exc:
-        return bad(f"block {pos}: malformed ({exc!r})")
-    if problem:
-        return bad(problem)
-    return VerifyResult(True, None, len(blocks), n_records)
+        return VerifyResult(False, problem or "ledger is empty (no genesis block)", 0, n_records)
+    msg = _chain_problem(blocks, trusted_public_keys) or problem or None
+    return VerifyResult(msg is None, msg, len(blocks), n_records)

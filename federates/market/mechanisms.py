@@ -30,6 +30,9 @@ def _p2p_admm(orders: list[Order], **kw: Any) -> ClearingResult:
     return replace(result, iterations=stats.iterations, converged=stats.converged)
 
 
+#: the registry: topology -> mechanism name -> clearing function (``market.topology`` and
+#: ``market.mechanism``); the config check (allowed_mechanisms), the market role and
+#: hybrid's two levels read it
 MECHANISMS: dict[str, dict[str, Mechanism]] = {
     "community": {
         "uniform_price": clear_uniform_price,

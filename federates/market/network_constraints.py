@@ -230,6 +230,174 @@ def _validate(
     return base
 
 
+@dataclass(frozen=True)
+class _Columns:
+    """The valid orders as LP columns (``j`` indexes ``valid``)."""
+
+    valid: list[tuple[int, Order]]  # (input position, order)
+    q: list[float]  # the order's energy [kWh]: the column's upper bound
+    sign: list[float]  # +1 for an offer (export), -1 for a bid
+    weight: list[float]  # stage 1: welfare per kWh [USD/kWh] (module doc)
+    priority: list[float]  # stage 2: (n - rank) / n (module doc, tie-breaking)
+    by_participant: dict[str, list[int]]
+
+
+def _columns(orders: Sequence[Order], retail: float, feed_in: float) -> _Columns:
+    """The valid orders of ``orders`` with their bounds, weights and priorities."""
+    valid = [(pos, o) for pos, o in enumerate(orders) if valid_order(o)]
+    n = len(valid)
+    weight = [
+        max(0.0, retail - max(o.price_usd_per_kwh, feed_in))
+        if o.side == "sell"
+        else max(0.0, min(o.price_usd_per_kwh, retail) - feed_in)
+        for _, o in valid
+    ]
+    rank_of = sorted(
+        range(n), key=lambda j: (valid[j][1].participant, valid[j][1].side, valid[j][0])
+    )
+    priority = [0.0] * n
+    for r, j in enumerate(rank_of):
+        priority[j] = (n - r) / n
+    by_participant: dict[str, list[int]] = {}
+    for j, (_, o) in enumerate(valid):
+        by_participant.setdefault(o.participant, []).append(j)
+    return _Columns(valid=valid, q=[o.energy_kwh for _, o in valid],
+                    sign=[1.0 if o.side == "sell" else -1.0 for _, o in valid],
+                    weight=weight, priority=priority, by_participant=by_participant)
+
+
+def _rows(constraints: Sequence[GridConstraint], cols: _Columns, ordered: set[str],
+          base: Mapping[str, float], h: float) -> list[_Row]:
+    """Every constraint as a scaled row over the columns; the participants without
+    orders held at their baseline export, folded into the constant."""
+    rows: list[_Row] = []
+    for c in constraints:
+        sigma = max((abs(x) for x in c.coef), default=0.0) / h or 1.0 / h
+        const = math.fsum(
+            x * base.get(p, 0.0)
+            for p, x in zip(c.participants, c.coef, strict=True)
+            if p not in ordered
+        )
+        terms = {
+            j: cols.sign[j] * x / h / sigma
+            for p, x in zip(c.participants, c.coef, strict=True)
+            if x != 0.0
+            for j in cols.by_participant.get(p, ())
+        }
+        rows.append(_Row(c, sigma, const, terms, (c.rhs - const) / sigma))
+    return rows
+
+
+def _relax_infeasible(lp_rows: list[_Row], cols: _Columns) -> set[str]:
+    """Stage 0: relax each row by its slack at the minimum total violation; the names
+    of the rows relaxed."""
+    tc0, _, s, _ = _lp(cols.q, cols.weight, [(r.terms, "<=", r.b) for r in lp_rows], min_slack=True)
+    if tc0 != pyomo_opt.TerminationCondition.optimal:
+        raise RuntimeError(f"grid acceptance, minimum-violation stage: HiGHS {tc0}")
+    relaxed: set[str] = set()
+    for r, s_k in zip(lp_rows, s, strict=True):
+        if s_k > SLACK_TOL_KWH:
+            r.b += s_k
+            relaxed.add(r.constraint.name)
+    return relaxed
+
+
+def _welfare(lp_rows: list[_Row], cols: _Columns) -> tuple[list[float], list[float], set[str]]:
+    """Stage 1 (after stage 0 where the rows are infeasible): the welfare-maximising
+    acceptance [kWh per column, snapped], the rows' scaled duals (>= 0) and the names
+    of the rows stage 0 relaxed."""
+    relaxed: set[str] = set()
+    tc, a, _, y = _lp(cols.q, cols.weight, [(r.terms, "<=", r.b) for r in lp_rows])
+    if tc.name in _INFEASIBLE:
+        relaxed = _relax_infeasible(lp_rows, cols)
+        tc, a, _, y = _lp(cols.q, cols.weight, [(r.terms, "<=", r.b) for r in lp_rows])
+    if tc != pyomo_opt.TerminationCondition.optimal:
+        raise RuntimeError(f"grid acceptance, welfare stage: HiGHS {tc}")
+    a = [_snap(a_j, q_j) for a_j, q_j in zip(a, cols.q, strict=True)]
+    if min(y) < -DUAL_TOL:
+        raise RuntimeError(f"grid acceptance: negative dual {min(y)} (sign convention?)")
+    y = [max(0.0, y_k) if y_k > DUAL_TOL else 0.0 for y_k in y]
+    return a, y, relaxed
+
+
+def _tie_break(lp_rows: list[_Row], y: list[float], a: list[float], cols: _Columns) -> None:
+    """Stage 2: priorities over the welfare-optimal face (complementary slackness, module
+    doc); the columns with zero reduced cost in ``a`` are set to its result."""
+    reduced = list(cols.weight)
+    for r, y_k in zip(lp_rows, y, strict=True):
+        for j, t in r.terms.items():
+            reduced[j] -= y_k * t
+    free = [j for j in range(len(cols.q)) if abs(reduced[j]) <= RC_TOL_USD_PER_KWH]
+    if not free:
+        return
+    col = {j: i for i, j in enumerate(free)}
+    rows2: list[tuple[Terms, str, float]] = []
+    for r, y_k in zip(lp_rows, y, strict=True):
+        ft = {col[j]: t for j, t in r.terms.items() if j in col}
+        if not ft:
+            continue
+        if y_k > 0.0:  # tight in every optimum: keep its free part where it is
+            rows2.append((ft, "==", math.fsum(t * a[free[i]] for i, t in ft.items())))
+        else:
+            fixed = math.fsum(t * a[j] for j, t in r.terms.items() if j not in col)
+            rows2.append((ft, "<=", r.b - fixed))
+    tc2, a2, _, _ = _lp([cols.q[j] for j in free], [cols.priority[j] for j in free], rows2)
+    if tc2 != pyomo_opt.TerminationCondition.optimal:
+        raise RuntimeError(f"grid acceptance, tie-breaking stage: HiGHS {tc2}")
+    for i, j in enumerate(free):
+        a[j] = _snap(a2[i], cols.q[j])
+
+
+def _export_kw(cols: _Columns, a: list[float], ordered: set[str], constraints: Sequence[GridConstraint],
+               base: Mapping[str, float], h: float) -> dict[str, float]:
+    """The net export ``x_i`` [kW] at acceptance ``a`` of every participant that ordered
+    or that a constraint lists (module doc)."""
+    export_kw: dict[str, float] = {}
+    for p, js in cols.by_participant.items():
+        export_kw[p] = math.fsum(cols.sign[j] * a[j] for j in js) / h
+    for p in ordered:
+        export_kw.setdefault(p, 0.0)
+    for c in constraints:
+        for p in c.participants:
+            if p not in export_kw:
+                export_kw[p] = base.get(p, 0.0)
+    return export_kw
+
+
+@dataclass
+class _RowResults:
+    """Per constraint at the result: dual, binding, infeasible and slack (``Acceptance``)."""
+
+    duals: dict[str, float] = field(default_factory=dict)
+    binding: list[str] = field(default_factory=list)
+    infeasible: list[str] = field(default_factory=list)
+    slack: dict[str, float] = field(default_factory=dict)
+
+
+def _checked_rows(rows: list[_Row], export_kw: dict[str, float], y_of: dict[str, float],
+                  relaxed: set[str]) -> _RowResults:
+    """Every (relaxed) row checked at the result (RuntimeError if HiGHS left it violated
+    beyond tolerance), with its dual, whether it binds and whether it was infeasible."""
+    out = _RowResults()
+    for r in rows:
+        c = r.constraint
+        excess = c.lhs(export_kw) - c.rhs  # > 0: violated [constraint units]
+        allowed = (r.b - (c.rhs - r.const) / r.sigma) * r.sigma  # stage-0 relaxation
+        if r.terms and excess > allowed + CHECK_TOL_KWH * r.sigma:
+            raise RuntimeError(
+                f"grid acceptance violates {c.name!r} by {excess} (allowed {allowed}): "
+                "HiGHS result outside tolerance"
+            )
+        y_k = y_of.get(c.name, 0.0)
+        out.duals[c.name] = y_k / r.sigma
+        if y_k > DUAL_TOL or -excess / r.sigma < HEADROOM_TOL_KWH:
+            out.binding.append(c.name)
+        if c.name in relaxed or (not r.terms and excess / r.sigma > SLACK_TOL_KWH):
+            out.infeasible.append(c.name)
+            out.slack[c.name] = max(0.0, excess)
+    return out
+
+
 def accept_within_grid(
     orders: Sequence[Order],
     constraints: Sequence[GridConstraint],
@@ -251,141 +419,38 @@ def accept_within_grid(
         orders, constraints, interval_h, retail_usd_per_kwh, feed_in_usd_per_kwh, baseline_kw
     )
     h = float(interval_h)
-    retail, feed_in = float(retail_usd_per_kwh), float(feed_in_usd_per_kwh)
-
-    valid = [(pos, o) for pos, o in enumerate(orders) if valid_order(o)]
-    n = len(valid)
-    q = [o.energy_kwh for _, o in valid]
-    sign = [1.0 if o.side == "sell" else -1.0 for _, o in valid]
-    weight = [
-        max(0.0, retail - max(o.price_usd_per_kwh, feed_in))
-        if o.side == "sell"
-        else max(0.0, min(o.price_usd_per_kwh, retail) - feed_in)
-        for _, o in valid
-    ]
-    rank_of = sorted(
-        range(n), key=lambda j: (valid[j][1].participant, valid[j][1].side, valid[j][0])
-    )
-    priority = [0.0] * n
-    for r, j in enumerate(rank_of):
-        priority[j] = (n - r) / n
+    cols = _columns(orders, float(retail_usd_per_kwh), float(feed_in_usd_per_kwh))
     ordered = {o.participant for o in orders}
-    by_participant: dict[str, list[int]] = {}
-    for j, (_, o) in enumerate(valid):
-        by_participant.setdefault(o.participant, []).append(j)
-
-    rows: list[_Row] = []
-    for c in constraints:
-        sigma = max((abs(x) for x in c.coef), default=0.0) / h or 1.0 / h
-        const = math.fsum(
-            x * base.get(p, 0.0)
-            for p, x in zip(c.participants, c.coef, strict=True)
-            if p not in ordered
-        )
-        terms = {
-            j: sign[j] * x / h / sigma
-            for p, x in zip(c.participants, c.coef, strict=True)
-            if x != 0.0
-            for j in by_participant.get(p, ())
-        }
-        rows.append(_Row(c, sigma, const, terms, (c.rhs - const) / sigma))
+    rows = _rows(constraints, cols, ordered, base, h)
     lp_rows = [r for r in rows if r.terms]
 
-    # stage 1 (after stage 0 if infeasible): welfare
-    a = list(q)
+    a = list(cols.q)  # no row any order enters: everything accepted
     y_of: dict[str, float] = {}
     relaxed: set[str] = set()
     if lp_rows:
-        tc, a, _, y = _lp(q, weight, [(r.terms, "<=", r.b) for r in lp_rows])
-        if tc.name in _INFEASIBLE:
-            tc0, _, s, _ = _lp(q, weight, [(r.terms, "<=", r.b) for r in lp_rows], min_slack=True)
-            if tc0 != pyomo_opt.TerminationCondition.optimal:
-                raise RuntimeError(f"grid acceptance, minimum-violation stage: HiGHS {tc0}")
-            for r, s_k in zip(lp_rows, s, strict=True):
-                if s_k > SLACK_TOL_KWH:
-                    r.b += s_k
-                    relaxed.add(r.constraint.name)
-            tc, a, _, y = _lp(q, weight, [(r.terms, "<=", r.b) for r in lp_rows])
-        if tc != pyomo_opt.TerminationCondition.optimal:
-            raise RuntimeError(f"grid acceptance, welfare stage: HiGHS {tc}")
-        a = [_snap(a_j, q_j) for a_j, q_j in zip(a, q, strict=True)]
-        if min(y) < -DUAL_TOL:
-            raise RuntimeError(f"grid acceptance: negative dual {min(y)} (sign convention?)")
-        y = [max(0.0, y_k) if y_k > DUAL_TOL else 0.0 for y_k in y]
+        a, y, relaxed = _welfare(lp_rows, cols)
         y_of = {r.constraint.name: y_k for r, y_k in zip(lp_rows, y, strict=True)}
+        _tie_break(lp_rows, y, a, cols)
 
-        # stage 2: priorities over the welfare-optimal face (complementary slackness)
-        reduced = list(weight)
-        for r, y_k in zip(lp_rows, y, strict=True):
-            for j, t in r.terms.items():
-                reduced[j] -= y_k * t
-        free = [j for j in range(n) if abs(reduced[j]) <= RC_TOL_USD_PER_KWH]
-        if free:
-            col = {j: i for i, j in enumerate(free)}
-            rows2: list[tuple[Terms, str, float]] = []
-            for r, y_k in zip(lp_rows, y, strict=True):
-                ft = {col[j]: t for j, t in r.terms.items() if j in col}
-                if not ft:
-                    continue
-                if y_k > 0.0:  # tight in every optimum: keep its free part where it is
-                    rows2.append((ft, "==", math.fsum(t * a[free[i]] for i, t in ft.items())))
-                else:
-                    fixed = math.fsum(t * a[j] for j, t in r.terms.items() if j not in col)
-                    rows2.append((ft, "<=", r.b - fixed))
-            tc2, a2, _, _ = _lp([q[j] for j in free], [priority[j] for j in free], rows2)
-            if tc2 != pyomo_opt.TerminationCondition.optimal:
-                raise RuntimeError(f"grid acceptance, tie-breaking stage: HiGHS {tc2}")
-            for i, j in enumerate(free):
-                a[j] = _snap(a2[i], q[j])
-
-    # the result, checked against every (relaxed) row
-    export_kw: dict[str, float] = {}
-    for p, js in by_participant.items():
-        export_kw[p] = math.fsum(sign[j] * a[j] for j in js) / h
-    for p in ordered:
-        export_kw.setdefault(p, 0.0)
-    for c in constraints:
-        for p in c.participants:
-            if p not in export_kw:
-                export_kw[p] = base.get(p, 0.0)
-    duals: dict[str, float] = {}
-    binding: list[str] = []
-    infeasible: list[str] = []
-    slack: dict[str, float] = {}
-    for r in rows:
-        c = r.constraint
-        excess = c.lhs(export_kw) - c.rhs  # > 0: violated [constraint units]
-        allowed = (r.b - (c.rhs - r.const) / r.sigma) * r.sigma  # stage-0 relaxation
-        if r.terms and excess > allowed + CHECK_TOL_KWH * r.sigma:
-            raise RuntimeError(
-                f"grid acceptance violates {c.name!r} by {excess} (allowed {allowed}): "
-                "HiGHS result outside tolerance"
-            )
-        y_k = y_of.get(c.name, 0.0)
-        duals[c.name] = y_k / r.sigma
-        if y_k > DUAL_TOL or -excess / r.sigma < HEADROOM_TOL_KWH:
-            binding.append(c.name)
-        if c.name in relaxed or (not r.terms and excess / r.sigma > SLACK_TOL_KWH):
-            infeasible.append(c.name)
-            slack[c.name] = max(0.0, excess)
-
+    export_kw = _export_kw(cols, a, ordered, constraints, base, h)
+    checked = _checked_rows(rows, export_kw, y_of, relaxed)
     out: list[Order] = []
     clipped_by: dict[str, float] = {}
     accepted_kwh = [0.0] * len(orders)
-    for j, (pos, o) in enumerate(valid):
-        clipped_by[o.participant] = clipped_by.get(o.participant, 0.0) + (q[j] - a[j])
+    for j, (pos, o) in enumerate(cols.valid):
+        clipped_by[o.participant] = clipped_by.get(o.participant, 0.0) + (cols.q[j] - a[j])
         accepted_kwh[pos] = float(a[j])
         if a[j] > 0.0:
-            out.append(o if a[j] == q[j] else replace(o, energy_kwh=a[j]))
+            out.append(o if a[j] == cols.q[j] else replace(o, energy_kwh=a[j]))
     return Acceptance(
         orders=out,
-        duals=duals,
-        binding=binding,
-        clipped_kwh=math.fsum(q) - math.fsum(a),
-        status="unconstrained" if not constraints else ("relaxed" if infeasible else "optimal"),
-        infeasible=infeasible,
-        slack=slack,
-        objective_usd=math.fsum(w * a_j for w, a_j in zip(weight, a, strict=True)),
+        duals=checked.duals,
+        binding=checked.binding,
+        clipped_kwh=math.fsum(cols.q) - math.fsum(a),
+        status="unconstrained" if not constraints else ("relaxed" if checked.infeasible else "optimal"),
+        infeasible=checked.infeasible,
+        slack=checked.slack,
+        objective_usd=math.fsum(w * a_j for w, a_j in zip(cols.weight, a, strict=True)),
         export_kw=export_kw,
         clipped_kwh_by_participant=clipped_by,
         accepted_kwh=accepted_kwh,

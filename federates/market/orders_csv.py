@@ -75,53 +75,61 @@ def _read_rows(reader: csv.DictReader, interval: int, problems: list[Problem], o
         return
 
     for n, row in enumerate(reader, start=2):
-        if None in row:
-            problems.append(Problem(f"row {n}", "more fields than columns", allowed_cols))
-        cell = {k: (v or "").strip() for k, v in row.items() if k is not None}
-        ok = True
-        if not cell["participant"]:
-            problems.append(Problem(f"row {n}, column participant", "empty", "a non-empty id"))
-            ok = False
-        side = cell["side"].lower()
-        if side not in SIDES:
-            problems.append(
-                Problem(f"row {n}, column side", f"unknown side {cell['side']!r}", "buy, sell")
+        order, found = _row_order(n, row, interval, allowed_cols)
+        problems += found
+        if order is not None:
+            orders.append(order)
+
+
+def _row_order(n: int, row: dict, interval: int, allowed_cols: str) -> tuple[Order | None, list[Problem]]:
+    """The order of row ``n`` (None if it has a problem) and the row's problems."""
+    problems: list[Problem] = []
+    if None in row:
+        problems.append(Problem(f"row {n}", "more fields than columns", allowed_cols))
+    cell = {k: (v or "").strip() for k, v in row.items() if k is not None}
+    ok = True
+    if not cell["participant"]:
+        problems.append(Problem(f"row {n}, column participant", "empty", "a non-empty id"))
+        ok = False
+    side = cell["side"].lower()
+    if side not in SIDES:
+        problems.append(
+            Problem(f"row {n}, column side", f"unknown side {cell['side']!r}", "buy, sell")
+        )
+        ok = False
+    energy = _number(cell["energy_kwh"])
+    if energy is None or not math.isfinite(energy) or energy < 0:
+        what = (
+            "not a number" if energy is None else f"{energy!r} is not a finite value >= 0"
+        )
+        problems.append(
+            Problem(
+                f"row {n}, column energy_kwh",
+                f"{what} ({cell['energy_kwh']!r})",
+                "a finite number >= 0 [kWh]",
             )
-            ok = False
-        energy = _number(cell["energy_kwh"])
-        if energy is None or not math.isfinite(energy) or energy < 0:
-            what = (
-                "not a number" if energy is None else f"{energy!r} is not a finite value >= 0"
+        )
+        ok = False
+    price = _number(cell["price_usd_per_kwh"])
+    if price is None or not math.isfinite(price):
+        what = "not a number" if price is None else f"{price!r} is not finite"
+        problems.append(
+            Problem(
+                f"row {n}, column price_usd_per_kwh",
+                f"{what} ({cell['price_usd_per_kwh']!r})",
+                "a finite number [USD/kWh]",
             )
-            problems.append(
-                Problem(
-                    f"row {n}, column energy_kwh",
-                    f"{what} ({cell['energy_kwh']!r})",
-                    "a finite number >= 0 [kWh]",
-                )
-            )
-            ok = False
-        price = _number(cell["price_usd_per_kwh"])
-        if price is None or not math.isfinite(price):
-            what = "not a number" if price is None else f"{price!r} is not finite"
-            problems.append(
-                Problem(
-                    f"row {n}, column price_usd_per_kwh",
-                    f"{what} ({cell['price_usd_per_kwh']!r})",
-                    "a finite number [USD/kWh]",
-                )
-            )
-            ok = False
-        if ok and energy is not None and price is not None:
-            orders.append(
-                Order(
-                    participant=cell["participant"],
-                    side="buy" if side == "buy" else "sell",
-                    interval=interval,
-                    energy_kwh=energy,
-                    price_usd_per_kwh=price,
-                    bus=cell.get("bus", ""),
-                    phase=cell.get("phase", ""),
-                    community=cell.get("community", ""),
-                )
-            )
+        )
+        ok = False
+    if not (ok and energy is not None and price is not None):
+        return None, problems
+    return Order(
+        participant=cell["participant"],
+        side="buy" if side == "buy" else "sell",
+        interval=interval,
+        energy_kwh=energy,
+        price_usd_per_kwh=price,
+        bus=cell.get("bus", ""),
+        phase=cell.get("phase", ""),
+        community=cell.get("community", ""),
+    ), problems

@@ -13,8 +13,8 @@ Meters are named after participants: ``IntervalEnergy.meter`` is the participant
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import fields
+from collections.abc import Iterator, Mapping
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,20 +48,13 @@ from federates.market.ledger import (
     trade_record,
     verified_bid_records,
 )
-from federates.market.mechanisms import MECHANISMS as REGISTRY
+from federates.market.mechanisms import MECHANISMS
 from federates.market.p2p import electrical_distance_charges
 from federates.market.prices import with_confirmation_prices
 from federates.market.settlement import SettlementRow, market_price_of, settle_interval
 
 if TYPE_CHECKING:
     from federates.runtime import Study
-
-Clearer = Callable[..., ClearingResult]
-
-#: (topology, mechanism) -> clearing function, from federates.market.mechanisms.
-MECHANISMS: dict[tuple[str, str], Clearer] = {
-    (t, m): fn for t, by_name in REGISTRY.items() for m, fn in by_name.items()
-}
 
 BIDS_DTYPES: dict[str, str] = {
     "interval": "int64", "participant": "object", "side": "object",
@@ -132,6 +125,13 @@ def _frame(rows: list[dict], dtypes: dict[str, str]) -> pd.DataFrame:
     return df.astype(dtypes).reset_index(drop=True)
 
 
+def _numbered(k: int, trades: list[Trade]) -> list[Trade]:
+    """The trades of interval ``k``'s clearing, each with its ``trade_id`` ``"<k>-<j>"``
+    (``j`` its position in the clearing): the id its rows in ``trades`` and
+    ``curtailed_trades`` carry."""
+    return adopt(Trade, [{**vars(t), "trade_id": f"{k}-{j}"} for j, t in enumerate(trades)])
+
+
 def _replaced(o: Order, **changes: object) -> Order:
     """``dataclasses.replace(o, **changes)`` without re-running Order's __init__
     (a quarter of the time; Order has no __post_init__ to skip)."""
@@ -164,9 +164,10 @@ class MarketRole:
         distance_km: np.ndarray | None = None,
     ):
         m = cfg.market
-        key = (m.topology, m.mechanism)
-        if key not in MECHANISMS:
-            allowed = ", ".join(f"topology={t!r} with mechanism={k!r}" for t, k in MECHANISMS)
+        by_name = MECHANISMS.get(m.topology, {})
+        if m.mechanism not in by_name:
+            allowed = ", ".join(f"topology={t!r} with mechanism={k!r}" for t, names in MECHANISMS.items()
+                                for k in names)
             raise ValueError(
                 f"market topology={m.topology!r} with mechanism={m.mechanism!r} is not "
                 f"implemented; allowed: {allowed}"
@@ -178,7 +179,7 @@ class MarketRole:
         self.cfg = cfg
         self.participants: list[str] = list(participants)
         self._index = {p: i for i, p in enumerate(self.participants)}
-        self._clear = MECHANISMS[key]
+        self._clear = by_name[m.mechanism]  # the clearing function (federates.market.mechanisms)
         self._charge_rate = float(m.p2p_charge_usd_per_kwh_per_km)
         self._distances: _PairDistances | None = None
         if m.topology == "p2p" and self._charge_rate > 0:
@@ -203,7 +204,6 @@ class MarketRole:
         self._settlements: list[dict] = []
         self._curtailed_trades: list[dict] = []
         self._envelopes: list[dict] = []
-        self._trade_ids: dict[int, dict[int, str]] = {}  # pending interval -> id(Trade) -> trade id
         self._clipped_kwh = 0.0
         #: the envelopes the clearing of the last market time used or set
         self.last_envelopes: list[OperatingEnvelope] = []
@@ -274,45 +274,91 @@ class MarketRole:
         # the ledger gets two blocks per market time: the closing block of k-1
         # (curtailments, settlements) and the opening block of k (bids, trades)
         if k >= 1:
-            rows, cut_rows = self._settle(k - 1, energies, notices, losses or [])
-            if self._keys is not None:
-                closing = [curtailment_record(self._keys, nt) for nt in notices if nt.interval == k - 1]
-                closing += [make_record(self._keys, "trade_curtailment", k - 1, r) for r in cut_rows]
-                closing += [settlement_record(self._keys, k - 1, r) for r in rows]
-                self._seal(k - 1, closing)
-                self._check_ledger(k - 1, rows)
-
+            self._close_interval(k - 1, energies, notices, losses or [])
         schedule_p_kw = np.zeros(len(self.participants), dtype=float)
         if k == n:
             if self._ledger is not None:
                 self._ledger.close()
             return [], schedule_p_kw
+        result = self._open_interval(k, orders, envelopes or [], constraints or [])
+        interval_h = self._timeline.interval_h
+        for c in result.confirmations:
+            i = self._index.get(c.participant)
+            if i is not None:
+                schedule_p_kw[i] = c.scheduled_kwh / interval_h
+        return list(result.confirmations), schedule_p_kw
 
+    def _close_interval(self, k: int, energies: list[IntervalEnergy], notices: list[CurtailmentNotice],
+                        losses: list[LossEnergy]) -> None:
+        """Settle interval ``k`` and seal its closing block: its curtailments, the trades
+        they cut, its settlements (then check the block against the settlement)."""
+        rows, cut_rows = self._settle(k, energies, notices, losses)
+        if self._keys is not None:
+            closing = [curtailment_record(self._keys, nt) for nt in notices if nt.interval == k]
+            closing += [make_record(self._keys, "trade_curtailment", k, r) for r in cut_rows]
+            closing += [settlement_record(self._keys, k, r) for r in rows]
+            self._seal(k, closing)
+            self._check_ledger(k, rows)
+
+    def _open_interval(self, k: int, orders: list[Order], envelopes: list[OperatingEnvelope],
+                       constraints: list[GridConstraint]) -> ClearingResult:
+        """Clear interval ``k`` from the signed orders of ``k`` the grid admits, record
+        every order received, and seal the opening block: the bids, the envelopes the
+        clearing used, the trades."""
         raw = [o for o in orders if o.interval == k]
         # every order received keeps a bids row: (order, energy accepted for clearing, cut reason)
         rows: list[tuple[Order, float, str]] = [
             (o, 0.0, CUT_LATE if o.interval < k else CUT_WRONG_INTERVAL) for o in orders if o.interval != k]
         late = len(orders) - len(raw)
-        bid_records: list[dict] = []
-        if self._keys is not None:  # only orders their participant signed are cleared
-            checked = verified_bid_records(self._keys, raw)
-            signed = [o for o, rec in zip(raw, checked, strict=True) if rec is not None]
-            bid_records = [rec for o, rec in zip(raw, checked, strict=True)
-                           if rec is not None and o.participant in self._index]
-            rows += [(o, 0.0, CUT_SIGNATURE) for o, rec in zip(raw, checked, strict=True) if rec is None]
-            self._rejected = len(raw) - len(signed)
-            raw = signed
-        mine = self._with_communities(raw)
-        requested = [o.energy_kwh for o in mine]
+        raw, unsigned, bid_records = self._signed(raw)
+        self._rejected = len(unsigned)
+        rows += [(o, 0.0, CUT_SIGNATURE) for o in unsigned]
+        mine, accepted, reason, env_k = self._admitted(k, raw, envelopes, constraints)
+        rows += [(o, a, why) for o, a, why in zip(raw, accepted, reason, strict=True)]
+        self.last_envelopes = env_k
+        self._envelopes.extend(dict(vars(e)) for e in env_k)
+        self._clipped_kwh = float(sum(o.energy_kwh for o in raw) - sum(o.energy_kwh for o in mine))
+        result = self._cleared(k, mine)
+        self._pending[k] = result
+        self._record_clearing(k, rows, result, late)
+        if self._keys is not None:
+            opening = bid_records  # the records of the payloads verified in _signed
+            opening += [make_record(self._keys, "envelope", k, e) for e in env_k]
+            opening += [trade_record(self._keys, t) for t in result.trades]
+            self._seal(k, opening)
+        return result
+
+    def _signed(self, orders: list[Order]) -> tuple[list[Order], list[Order], list[dict]]:
+        """With a ledger only the orders their participant signed are cleared: ``(signed,
+        not signed, the bid records of the signed orders of known participants)``;
+        without one every order counts as signed."""
+        if self._keys is None:
+            return orders, [], []
+        checked = verified_bid_records(self._keys, orders)
+        signed = [o for o, rec in zip(orders, checked, strict=True) if rec is not None]
+        unsigned = [o for o, rec in zip(orders, checked, strict=True) if rec is None]
+        records = [rec for o, rec in zip(orders, checked, strict=True)
+                   if rec is not None and o.participant in self._index]
+        return signed, unsigned, records
+
+    def _admitted(self, k: int, orders: list[Order], envelopes: list[OperatingEnvelope],
+                  constraints: list[GridConstraint]
+                  ) -> tuple[list[Order], list[float], list[str], list[OperatingEnvelope]]:
+        """What the clearing of ``k`` takes of ``orders`` (``market.network_aware``): the
+        orders to clear (with their community, clipped to the envelopes of ``k``, then
+        to what the grid constraints of ``k`` accept; none empty); per order given the
+        energy accepted [kWh] and why it was cut (``CUT_REASONS``); the envelopes the
+        clearing used or the grid acceptance set."""
+        mine = self._with_communities(orders)
         reason = [""] * len(mine)
-        env_k = [e for e in (envelopes or []) if e.interval == k]
+        env_k = [e for e in envelopes if e.interval == k]
         if env_k:
             clipped = self._clip_to_envelopes(mine, env_k)  # aligned with mine
             reason = [CUT_ENVELOPE if c.energy_kwh != o.energy_kwh else "" for o, c in zip(mine, clipped, strict=True)]
             mine = clipped
         accepted = [o.energy_kwh for o in mine]
         mine = [o for o in mine if o.energy_kwh > 0]
-        cons_k = [c for c in (constraints or []) if c.interval == k]
+        cons_k = [c for c in constraints if c.interval == k]
         if cons_k:
             pos = [j for j, e in enumerate(accepted) if e > 0]
             mine, env_k, got = self._accept_within_grid(k, mine, cons_k)
@@ -320,31 +366,20 @@ class MarketRole:
                 if a != accepted[j]:
                     accepted[j] = a
                     reason[j] = reason[j] or CUT_GRID
-        rows += [(o, a, why) for o, a, why in zip(raw, accepted, reason, strict=True)]
-        self.last_envelopes = env_k
-        self._envelopes.extend(dict(vars(e)) for e in env_k)
-        self._clipped_kwh = float(sum(requested) - sum(o.energy_kwh for o in mine))
+        return mine, accepted, reason, env_k
+
+    def _cleared(self, k: int, orders: list[Order]) -> ClearingResult:
+        """``orders`` cleared by the study's mechanism (with the P2P distance charges
+        where set), the confirmations' prices set and the trades numbered."""
         extra = {}
         if self._distances is not None:
-            known = [o for o in mine if o.participant in self._index]
+            known = [o for o in orders if o.participant in self._index]
             extra["charges"] = electrical_distance_charges(known, self._distances, self._charge_rate)
         result = with_confirmation_prices(self._clear(
-            mine, interval=k, retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
+            orders, interval=k, retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
             **extra,
         ))
-        self._pending[k] = result
-        self._record_clearing(k, rows, result, late)
-        if self._keys is not None:
-            opening = bid_records  # the records of the payloads verified above
-            opening += [make_record(self._keys, "envelope", k, e) for e in env_k]
-            opening += [trade_record(self._keys, t) for t in result.trades]
-            self._seal(k, opening)
-        interval_h = self._timeline.interval_h
-        for c in result.confirmations:
-            i = self._index.get(c.participant)
-            if i is not None:
-                schedule_p_kw[i] = c.scheduled_kwh / interval_h
-        return list(result.confirmations), schedule_p_kw
+        return replace(result, trades=_numbered(k, result.trades))
 
     def _clip_to_envelopes(self, orders: list[Order], envelopes: list[OperatingEnvelope]) -> list[Order]:
         """Orders with each participant's sell (buy) energy within its envelope [kWh], in
@@ -471,13 +506,13 @@ class MarketRole:
         # the loss price: the interval's market price (else retail) or retail (runner/losses_table.py)
         loss_price = (market_price if self._loss_price == "clearing" and market_price is not None
                       else self._retail)
-        cuts: list[tuple[Trade, float]] = []
-        rows = settle_interval(
+        settled = settle_interval(
             k, list(confs), list(trades), metered, curtailed,
             retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
-            participants=self.participants, trade_cuts=cuts, imbalance_rule=self._imbalance_rule,
+            participants=self.participants, imbalance_rule=self._imbalance_rule,
             loss_kwh=loss_kwh or None, loss_price_usd_per_kwh=loss_price if loss_kwh else None,
         )
+        rows, cuts = settled.rows, settled.trade_cuts
         self._settlements.extend(dict(vars(r)) for r in rows)
         for flow, expected, actual in money_flows(
                 rows, trades, cuts, retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
@@ -486,12 +521,11 @@ class MarketRole:
             self.books.check("money", interval=k, subject=flow, expected=expected, actual=actual,
                              tolerance=MONEY_TOLERANCE_USD, unit="USD",
                              detail="from the clearing's record vs the sum of the parties' settlement rows")
-        ids = self._trade_ids.pop(k, {})
         cut_rows = []
         for t, x in cuts:
             limits = by_limit.get(t.seller, {})
             cut_rows.append({
-                "interval": k, "trade_id": ids.get(id(t), ""), "seller": t.seller, "buyer": t.buyer,
+                "interval": k, "trade_id": t.trade_id, "seller": t.seller, "buyer": t.buyer,
                 "kind": "grid" if GRID in (t.seller, t.buyer) else "peer",
                 "scheduled_kwh": t.energy_kwh, "curtailed_kwh": x,
                 # the seller's curtailment by limit: the largest names the trade's cut
@@ -512,15 +546,12 @@ class MarketRole:
              "bus": o.bus, "phase": o.phase, "requested_kwh": o.energy_kwh, "cut_reason": why}
             for o, accepted, why in bids
         )
-        ids = self._trade_ids.setdefault(k, {})
-        for j, t in enumerate(r.trades):
-            ids[id(t)] = f"{k}-{j}"
         self._trades.extend(
-            {"interval": t.interval, "trade_id": f"{k}-{j}", "seller": t.seller, "buyer": t.buyer,
+            {"interval": t.interval, "trade_id": t.trade_id, "seller": t.seller, "buyer": t.buyer,
              "energy_kwh": t.energy_kwh, "price_usd_per_kwh": t.price_usd_per_kwh,
              "fee_usd": t.fee_usd,
              "kind": "grid" if GRID in (t.seller, t.buyer) else "peer"}
-            for j, t in enumerate(r.trades)
+            for t in r.trades
         )
         self._clearing.append({
             "interval": k, "status": r.status,

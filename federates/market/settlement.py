@@ -119,6 +119,17 @@ class SettlementRow:
     charges_usd: float = 0.0
 
 
+@dataclass(frozen=True)
+class Settlement:
+    """What settling one interval gives: ``rows``, one :class:`SettlementRow` per
+    participant (in the order ``settle_interval`` documents), and ``trade_cuts``,
+    ``(trade, curtailed_kwh)`` for every trade rule 2 cut (peer and grid sales, in
+    trade order, each once): what the curtailed-trade records and the money check name."""
+
+    rows: list[SettlementRow]
+    trade_cuts: list[tuple[Trade, float]]
+
+
 class _Acc:
     """Exact running totals of one participant."""
 
@@ -189,6 +200,124 @@ def _fixed(x: float, places: int) -> int:
     return n << (places - d.bit_length() + 1)
 
 
+def _accounts(who: list[str], trades: list[Trade], new) -> dict:
+    """Participant -> its running totals (``new()``): everyone in ``who``, and every
+    other party of ``trades`` but GRID (named by a trade but not given a row by
+    ``participants``: still settled)."""
+    acc = {p: new() for p in who}
+    for t in trades:
+        for p in (t.seller, t.buyer):
+            if p != GRID and p not in acc:
+                acc[p] = new()
+    return acc
+
+
+def _account(acc: dict[str, _Acc], p: str) -> _Acc:
+    """``p``'s account in ``acc``, made on first use: the grid operator's when it first
+    collects a charge, or a participant's charged losses but given no row."""
+    a = acc.get(p)
+    if a is None:
+        a = acc[p] = _Acc()
+    return a
+
+
+def _named(participants: list[str] | None, confs: dict[str, Confirmation], metered_kwh: dict[str, float],
+           curtailed_kwh: dict[str, float], trades: list[Trade]) -> list[str]:
+    """Who gets a row, in row order: ``participants``, or else everyone named by a
+    confirmation, a reading, a curtailment or a trade (but GRID), by id."""
+    if participants is not None:
+        return list(participants)
+    names = set(confs) | set(metered_kwh) | set(curtailed_kwh)
+    names |= {t.seller for t in trades} | {t.buyer for t in trades}
+    names.discard(GRID)
+    return sorted(names)
+
+
+def _scheduled_sales(peer: list[Trade], grid: list[Trade], energy, zero):
+    """Each seller's scheduled peer sales and grid sales, in ``energy``'s exact numbers
+    (``zero`` their 0): what rule 2 cuts."""
+    peer_sold: dict = {}
+    grid_sold: dict = {}
+    for t in peer:
+        peer_sold[t.seller] = peer_sold.get(t.seller, zero) + energy(t.energy_kwh)
+    for t in grid:
+        if t.buyer == GRID:
+            grid_sold[t.seller] = grid_sold.get(t.seller, zero) + energy(t.energy_kwh)
+    return peer_sold, grid_sold
+
+
+def _split_curtailment(curtailed_kwh: dict[str, float], amount, peer_sold: dict, grid_sold: dict, zero):
+    """Rule 2 per curtailed participant ``p``: the applied curtailment (at most its
+    scheduled sales), the part of it cut from its peer sales and the part cut from its
+    grid sales; ``amount(p, reported)`` the reported curtailment as an exact number."""
+    applied: dict = {}
+    cut_peer: dict = {}
+    cut_grid: dict = {}
+    for p, c_raw in curtailed_kwh.items():
+        c = max(amount(p, c_raw), zero)
+        ps = peer_sold.get(p, zero)
+        a = min(c, ps + grid_sold.get(p, zero))
+        applied[p] = a
+        cut_peer[p] = min(a, ps)
+        cut_grid[p] = a - cut_peer[p]
+    return applied, cut_peer, cut_grid
+
+
+def _dyadic_places(mine: list[Trade], confs: dict[str, Confirmation], metered_kwh: dict[str, float],
+                   curtailed_kwh: dict[str, float], prices: list[float]) -> tuple[int, int] | None:
+    """``(Ee, Ep)``: the most binary places of any energy and of any price (the trades'
+    and ``prices``), None if an input is not a finite float or int (the reference
+    decides). A missing (non-finite) reading does not count."""
+    energies = [t.energy_kwh for t in mine]
+    energies += [c.scheduled_kwh for c in confs.values()]
+    energies += list(curtailed_kwh.values())
+    energies += [v for v in metered_kwh.values() if not _number(v) or math.isfinite(v)]
+    prices = [t.price_usd_per_kwh for t in mine] + prices
+    if not all(_number(v) and math.isfinite(v) for v in (*energies, *prices)):
+        return None
+    return max(map(_places, energies), default=0), max(map(_places, prices))
+
+
+# The integer path's totals of a participant, a list (indexed by literals: the loops run
+# per trade and per participant): peer_bought, peer_sold, grid_bought, grid_sold
+# [2**-ee kWh], peer_paid, peer_received, grid_paid, grid_received [2**-(ee+ep) USD];
+# [8] / [9]: grid_paid / grid_received of the scheduled grid trades (not the imbalance).
+
+
+def _fixed_trades(peer: list[Trade], grid: list[Trade], cut_grid: dict[str, int], acc: dict[str, list[int]],
+                  ee: int, ep: int) -> list[tuple[Trade, float]]:
+    """Rule 1 (and rule 2 on grid sales only) in integers: every trade into ``acc``;
+    the grid sales the curtailment cut, ``(trade, kWh)``."""
+    for t in peer:
+        e = _fixed(t.energy_kwh, ee)
+        m = e * _fixed(t.price_usd_per_kwh, ep)
+        s, b = acc[t.seller], acc[t.buyer]
+        s[1] += e
+        s[5] += m
+        b[0] += e
+        b[4] += m
+    left_grid_cut = dict(cut_grid)
+    cuts: list[tuple[Trade, float]] = []
+    for t in grid:
+        e = _fixed(t.energy_kwh, ee)
+        price = _fixed(t.price_usd_per_kwh, ep)
+        if t.seller == GRID:
+            b = acc[t.buyer]
+            b[2] += e
+            b[6] += e * price
+            b[8] += e * price
+        else:
+            x = min(left_grid_cut.get(t.seller, 0), e)
+            if x:
+                left_grid_cut[t.seller] -= x
+                cuts.append((t, x / (1 << ee)))
+            s = acc[t.seller]
+            s[3] += e - x
+            s[7] += (e - x) * price
+            s[9] += (e - x) * price
+    return cuts
+
+
 def settle_interval(
     interval: int,
     confirmations: list[Confirmation],
@@ -199,11 +328,10 @@ def settle_interval(
     retail_usd_per_kwh: float,
     feed_in_usd_per_kwh: float,
     participants: list[str] | None = None,
-    trade_cuts: list[tuple[Trade, float]] | None = None,
     imbalance_rule: str = "tariff",
     loss_kwh: dict[str, float] | None = None,
     loss_price_usd_per_kwh: float | None = None,
-) -> list[SettlementRow]:
+) -> Settlement:
     """Settle interval ``interval`` (rules in the module docstring).
 
     ``confirmations`` / ``trades``: the clearing's output (items of another interval
@@ -213,15 +341,14 @@ def settle_interval(
     :data:`IMBALANCE_PRICES`) and of replacement purchases. ``participants``: who
     gets a row (default: everyone named by a confirmation, a trade, a reading or a
     curtailment); rows come in this order, or sorted by id by default.
-    ``trade_cuts``, when given, receives ``(trade, curtailed_kwh)`` for every trade
-    that rule 2 cut (peer and grid sales), so that curtailment records can name the
-    trade. ``loss_kwh`` [kWh, >= 0] per participant and ``loss_price_usd_per_kwh``:
-    the loss charges of rule 3b. Exact integer arithmetic; equal to
+    ``loss_kwh`` [kWh, >= 0] per participant and ``loss_price_usd_per_kwh``: the loss
+    charges of rule 3b. Returns the rows and the trades rule 2 cut
+    (:class:`Settlement`). Exact integer arithmetic; equal to
     ``settle_interval_reference``.
     """
     args = (interval, confirmations, trades, metered_kwh, curtailed_kwh)
     kw = {"retail_usd_per_kwh": retail_usd_per_kwh, "feed_in_usd_per_kwh": feed_in_usd_per_kwh,
-          "participants": participants, "trade_cuts": trade_cuts, "imbalance_rule": imbalance_rule,
+          "participants": participants, "imbalance_rule": imbalance_rule,
           "loss_kwh": loss_kwh, "loss_price_usd_per_kwh": loss_price_usd_per_kwh}
     if loss_kwh:
         return settle_interval_reference(*args, **kw)  # loss charges (rule 3b)
@@ -229,87 +356,25 @@ def settle_interval(
         raise ValueError(f"market.imbalance_price is {imbalance_rule!r}; allowed: {', '.join(IMBALANCE_PRICES)}")
     confs = {c.participant: c for c in confirmations if c.interval == interval}
     mine = [t for t in trades if t.interval == interval]
-    energies = [t.energy_kwh for t in mine]
-    energies += [c.scheduled_kwh for c in confs.values()]
-    energies += list(curtailed_kwh.values())
-    energies += [v for v in metered_kwh.values() if not _number(v) or math.isfinite(v)]
-    prices = [t.price_usd_per_kwh for t in mine] + [retail_usd_per_kwh, feed_in_usd_per_kwh]
     clearing = market_price_of(list(confs.values()), interval) if imbalance_rule != "tariff" else None
-    if clearing is not None:
-        prices.append(clearing)
-    if not all(_number(v) and math.isfinite(v) for v in (*energies, *prices)):
+    places = _dyadic_places(mine, confs, metered_kwh, curtailed_kwh,
+                            [retail_usd_per_kwh, feed_in_usd_per_kwh, *([] if clearing is None else [clearing])])
+    if places is None:
         return settle_interval_reference(*args, **kw)  # NaN, Fractions, ...: the reference decides
     if any(t.fee_usd != 0 for t in mine):
         return settle_interval_reference(*args, **kw)  # network charges (rule 3a)
-    ee = max(map(_places, energies), default=0)
-    ep = max(map(_places, prices))
+    ee, ep = places
     peer = [t for t in mine if t.seller != GRID and t.buyer != GRID]
     grid = [t for t in mine if (t.seller == GRID) != (t.buyer == GRID)]
-
-    sched_peer_sold: dict[str, int] = {}
-    sched_grid_sold: dict[str, int] = {}
-    for t in peer:
-        sched_peer_sold[t.seller] = sched_peer_sold.get(t.seller, 0) + _fixed(t.energy_kwh, ee)
-    for t in grid:
-        if t.buyer == GRID:
-            sched_grid_sold[t.seller] = sched_grid_sold.get(t.seller, 0) + _fixed(t.energy_kwh, ee)
-    applied: dict[str, int] = {}
-    cut_peer: dict[str, int] = {}
-    cut_grid: dict[str, int] = {}
-    for p, c_raw in curtailed_kwh.items():
-        c = max(_fixed(c_raw, ee), 0)
-        ps = sched_peer_sold.get(p, 0)
-        a = min(c, ps + sched_grid_sold.get(p, 0))
-        applied[p] = a
-        cut_peer[p] = min(a, ps)
-        cut_grid[p] = a - cut_peer[p]
+    applied, cut_peer, cut_grid = _split_curtailment(
+        curtailed_kwh, lambda _p, x: _fixed(x, ee),
+        *_scheduled_sales(peer, grid, lambda x: _fixed(x, ee), 0), 0)
     if any(cut_peer.values()):
         return settle_interval_reference(*args, **kw)  # a pro-rata cut: not a dyadic number
 
-    if participants is None:
-        names = set(confs) | set(metered_kwh) | set(curtailed_kwh)
-        names |= {t.seller for t in mine} | {t.buyer for t in mine}
-        names.discard(GRID)
-        who = sorted(names)
-    else:
-        who = list(participants)
-    # per participant: peer_bought, peer_sold, grid_bought, grid_sold [2**-ee kWh],
-    # peer_paid, peer_received, grid_paid, grid_received [2**-(ee+ep) USD]
-    # [8] / [9]: grid_paid / grid_received of the scheduled grid trades (not the imbalance)
-    acc: dict[str, list[int]] = {p: [0] * 10 for p in who}
-
-    def get(p: str) -> list[int]:
-        if p not in acc:
-            acc[p] = [0] * 10
-        return acc[p]
-
-    for t in peer:
-        e = _fixed(t.energy_kwh, ee)
-        m = e * _fixed(t.price_usd_per_kwh, ep)
-        s, b = get(t.seller), get(t.buyer)
-        s[1] += e
-        s[5] += m
-        b[0] += e
-        b[4] += m
-    left_grid_cut = dict(cut_grid)
-    for t in grid:
-        e = _fixed(t.energy_kwh, ee)
-        price = _fixed(t.price_usd_per_kwh, ep)
-        if t.seller == GRID:
-            b = get(t.buyer)
-            b[2] += e
-            b[6] += e * price
-            b[8] += e * price
-        else:
-            x = min(left_grid_cut.get(t.seller, 0), e)
-            if x:
-                left_grid_cut[t.seller] -= x
-                if trade_cuts is not None:
-                    trade_cuts.append((t, x / (1 << ee)))
-            s = get(t.seller)
-            s[3] += e - x
-            s[7] += (e - x) * price
-            s[9] += (e - x) * price
+    who = _named(participants, confs, metered_kwh, curtailed_kwh, mine)
+    acc = _accounts(who, mine, lambda: [0] * 10)
+    cuts = _fixed_trades(peer, grid, cut_grid, acc, ee, ep)
 
     retail = _fixed(retail_usd_per_kwh, ep)
     feed_in = _fixed(feed_in_usd_per_kwh, ep)
@@ -365,7 +430,75 @@ def settle_interval(
             "charges_usd": 0.0,
         })
     # without SettlementRow.__init__'s 19 frozen-field assignments (2.8 -> 0.4 us a row)
-    return adopt(SettlementRow, rows)
+    return Settlement(adopt(SettlementRow, rows), cuts)
+
+
+def _reference_trades(peer: list[Trade], grid: list[Trade], cut_peer: dict[str, Fraction],
+                      cut_grid: dict[str, Fraction], peer_sold: dict[str, Fraction], retail: Fraction,
+                      acc: dict[str, _Acc]) -> list[tuple[Trade, float]]:
+    """Rules 1, 2, 3 and 3a in Fractions: every trade into ``acc``, peer trades with the
+    seller's curtailment removed pro rata (the buyer replaces it at ``retail``) and the
+    network charge paid on what was delivered, grid sales with the rest of the
+    curtailment removed; the trades the curtailment cut, ``(trade, kWh)``."""
+    cuts: list[tuple[Trade, float]] = []
+    for t in peer:
+        e = Fraction(t.energy_kwh)
+        price = Fraction(t.price_usd_per_kwh)
+        cp = cut_peer.get(t.seller, Fraction(0))
+        x = cp * e / peer_sold[t.seller] if cp else Fraction(0)
+        delivered = e - x
+        s, b = acc[t.seller], acc[t.buyer]
+        s.peer_sold += delivered
+        s.peer_received += delivered * price
+        b.peer_bought += delivered
+        b.peer_paid += delivered * price
+        fee = _frac(t.fee_usd, "fee_usd")
+        if fee < 0:
+            raise ValueError(f"a trade's fee_usd must be >= 0, got {t.fee_usd!r}")
+        if fee and e:  # rule 3a: the seller pays the charge of what it delivered
+            charge = fee * delivered / e
+            s.charges_paid += charge
+            _account(acc, GRID_OPERATOR).charges_received += charge
+        if x:  # the buyer gets the cut energy from the grid at retail
+            b.grid_bought += x
+            b.grid_paid += x * retail
+            b.replacement += x * retail
+            cuts.append((t, float(x)))
+
+    # Scheduled grid trades, with the seller's remaining curtailment removed.
+    left_grid_cut = dict(cut_grid)
+    for t in grid:
+        e = Fraction(t.energy_kwh)
+        price = Fraction(t.price_usd_per_kwh)
+        if t.seller == GRID:
+            b = acc[t.buyer]
+            b.grid_bought += e
+            b.grid_paid += e * price
+            b.grid_paid_scheduled += e * price
+        else:
+            x = min(left_grid_cut.get(t.seller, Fraction(0)), e)
+            if x:
+                left_grid_cut[t.seller] -= x
+                cuts.append((t, float(x)))
+            s = acc[t.seller]
+            s.grid_sold += e - x
+            s.grid_received += (e - x) * price
+            s.grid_received_scheduled += (e - x) * price
+    return cuts
+
+
+def _charge_losses(loss_kwh: dict[str, float], loss_price_usd_per_kwh: float | None, acc: dict[str, _Acc]) -> None:
+    """Rule 3b: each participant's losses at the loss price, paid to the grid operator."""
+    if loss_price_usd_per_kwh is None:
+        raise ValueError("loss_kwh needs loss_price_usd_per_kwh")
+    loss_price = _frac(loss_price_usd_per_kwh, "loss_price_usd_per_kwh")
+    for p, raw in loss_kwh.items():
+        x = _frac(raw, f"loss_kwh[{p!r}]")
+        if x < 0:
+            raise ValueError(f"loss_kwh[{p!r}] must be >= 0, got {raw!r}")
+        if x:
+            _account(acc, p).charges_paid += x * loss_price
+            _account(acc, GRID_OPERATOR).charges_received += x * loss_price
 
 
 def settle_interval_reference(
@@ -378,11 +511,10 @@ def settle_interval_reference(
     retail_usd_per_kwh: float,
     feed_in_usd_per_kwh: float,
     participants: list[str] | None = None,
-    trade_cuts: list[tuple[Trade, float]] | None = None,
     imbalance_rule: str = "tariff",
     loss_kwh: dict[str, float] | None = None,
     loss_price_usd_per_kwh: float | None = None,
-) -> list[SettlementRow]:
+) -> Settlement:
     """Settle interval ``interval`` (rules in the module docstring).
 
     ``confirmations`` / ``trades``: the clearing's output (items of another interval
@@ -392,10 +524,9 @@ def settle_interval_reference(
     :data:`IMBALANCE_PRICES`) and of replacement purchases. ``participants``: who
     gets a row (default: everyone named by a confirmation, a trade, a reading or a
     curtailment); rows come in this order, or sorted by id by default.
-    ``trade_cuts``, when given, receives ``(trade, curtailed_kwh)`` for every trade
-    that rule 2 cut (peer and grid sales), so that curtailment records can name the
-    trade. ``loss_kwh`` [kWh, >= 0] per participant and ``loss_price_usd_per_kwh``:
-    the loss charges of rule 3b. In ``fractions.Fraction`` throughout.
+    ``loss_kwh`` [kWh, >= 0] per participant and ``loss_price_usd_per_kwh``: the loss
+    charges of rule 3b. Returns the rows and the trades rule 2 cut
+    (:class:`Settlement`). In ``fractions.Fraction`` throughout.
     """
     retail = _frac(retail_usd_per_kwh, "retail_usd_per_kwh")
     feed_in = _frac(feed_in_usd_per_kwh, "feed_in_usd_per_kwh")
@@ -406,99 +537,14 @@ def settle_interval_reference(
     peer = [t for t in mine if t.seller != GRID and t.buyer != GRID]
     grid = [t for t in mine if (t.seller == GRID) != (t.buyer == GRID)]
 
-    if participants is None:
-        names = set(confs) | set(metered_kwh) | set(curtailed_kwh)
-        names |= {t.seller for t in mine} | {t.buyer for t in mine}
-        names.discard(GRID)
-        who = sorted(names)
-    else:
-        who = list(participants)
-    acc: dict[str, _Acc] = {p: _Acc() for p in who}
-
-    def get(p: str) -> _Acc:
-        if p not in acc:  # named by a trade but not in ``participants``: still settled
-            acc[p] = _Acc()
-        return acc[p]
-
-    # Scheduled sales per seller, to apply curtailment.
-    sched_peer_sold: dict[str, Fraction] = {}
-    sched_grid_sold: dict[str, Fraction] = {}
-    for t in peer:
-        sched_peer_sold[t.seller] = sched_peer_sold.get(t.seller, Fraction(0)) + Fraction(t.energy_kwh)
-    for t in grid:
-        if t.buyer == GRID:
-            sched_grid_sold[t.seller] = sched_grid_sold.get(t.seller, Fraction(0)) + Fraction(t.energy_kwh)
-
-    applied: dict[str, Fraction] = {}
-    cut_peer: dict[str, Fraction] = {}  # seller -> energy removed from its peer sales
-    cut_grid: dict[str, Fraction] = {}
-    for p, c_raw in curtailed_kwh.items():
-        c = max(_frac(c_raw, f"curtailed_kwh[{p!r}]"), Fraction(0))
-        ps = sched_peer_sold.get(p, Fraction(0))
-        gs = sched_grid_sold.get(p, Fraction(0))
-        a = min(c, ps + gs)
-        applied[p] = a
-        cut_peer[p] = min(a, ps)
-        cut_grid[p] = a - cut_peer[p]
-
-    # Peer trades, with the seller's curtailment removed pro rata.
-    for t in peer:
-        e = Fraction(t.energy_kwh)
-        price = Fraction(t.price_usd_per_kwh)
-        cp = cut_peer.get(t.seller, Fraction(0))
-        x = cp * e / sched_peer_sold[t.seller] if cp else Fraction(0)
-        delivered = e - x
-        s, b = get(t.seller), get(t.buyer)
-        s.peer_sold += delivered
-        s.peer_received += delivered * price
-        b.peer_bought += delivered
-        b.peer_paid += delivered * price
-        fee = _frac(t.fee_usd, "fee_usd")
-        if fee < 0:
-            raise ValueError(f"a trade's fee_usd must be >= 0, got {t.fee_usd!r}")
-        if fee and e:  # rule 3a: the seller pays the charge of what it delivered
-            charge = fee * delivered / e
-            s.charges_paid += charge
-            get(GRID_OPERATOR).charges_received += charge
-        if x:  # the buyer gets the cut energy from the grid at retail
-            b.grid_bought += x
-            b.grid_paid += x * retail
-            b.replacement += x * retail
-            if trade_cuts is not None:
-                trade_cuts.append((t, float(x)))
-
-    # Scheduled grid trades, with the seller's remaining curtailment removed.
-    left_grid_cut = dict(cut_grid)
-    for t in grid:
-        e = Fraction(t.energy_kwh)
-        price = Fraction(t.price_usd_per_kwh)
-        if t.seller == GRID:
-            b = get(t.buyer)
-            b.grid_bought += e
-            b.grid_paid += e * price
-            b.grid_paid_scheduled += e * price
-        else:
-            x = min(left_grid_cut.get(t.seller, Fraction(0)), e)
-            if x:
-                left_grid_cut[t.seller] -= x
-                if trade_cuts is not None:
-                    trade_cuts.append((t, float(x)))
-            s = get(t.seller)
-            s.grid_sold += e - x
-            s.grid_received += (e - x) * price
-            s.grid_received_scheduled += (e - x) * price
-
-    if loss_kwh:  # rule 3b: each participant's losses at the loss price, to the grid operator
-        if loss_price_usd_per_kwh is None:
-            raise ValueError("loss_kwh needs loss_price_usd_per_kwh")
-        loss_price = _frac(loss_price_usd_per_kwh, "loss_price_usd_per_kwh")
-        for p, raw in loss_kwh.items():
-            x = _frac(raw, f"loss_kwh[{p!r}]")
-            if x < 0:
-                raise ValueError(f"loss_kwh[{p!r}] must be >= 0, got {raw!r}")
-            if x:
-                get(p).charges_paid += x * loss_price
-                get(GRID_OPERATOR).charges_received += x * loss_price
+    who = _named(participants, confs, metered_kwh, curtailed_kwh, mine)
+    acc = _accounts(who, mine, _Acc)
+    peer_sold, grid_sold = _scheduled_sales(peer, grid, Fraction, Fraction(0))
+    applied, cut_peer, cut_grid = _split_curtailment(
+        curtailed_kwh, lambda p, x: _frac(x, f"curtailed_kwh[{p!r}]"), peer_sold, grid_sold, Fraction(0))
+    cuts = _reference_trades(peer, grid, cut_peer, cut_grid, peer_sold, retail, acc)
+    if loss_kwh:
+        _charge_losses(loss_kwh, loss_price_usd_per_kwh, acc)
 
     # every participant's imbalance first: the dual price needs their sum
     settled = []
@@ -550,4 +596,4 @@ def settle_interval_reference(
             imbalance_cost_usd=float(imbalance * price),
             charges_usd=float(a.charges_paid - a.charges_received),
         ))
-    return rows
+    return Settlement(rows, cuts)

@@ -87,9 +87,9 @@ def test_money_flows_name_what_a_broken_settlement_lost():
 
     trades = [Trade(seller="x", buyer="a", energy_kwh=2.0, price_usd_per_kwh=0.2, interval=0, fee_usd=0.1)]
     confs = [Confirmation("a", 0, 2.0, 2.0, 0.0, 0.0, 0.0, 0.2), Confirmation("x", 0, -2.0, 0.0, 2.0, 0.0, 0.0, 0.2)]
-    cuts: list = []
-    rows = settle_interval_reference(0, confs, trades, {"a": 2.0, "x": -2.0}, {}, retail_usd_per_kwh=0.3,
-                                     feed_in_usd_per_kwh=0.05, trade_cuts=cuts)
+    settled = settle_interval_reference(0, confs, trades, {"a": 2.0, "x": -2.0}, {}, retail_usd_per_kwh=0.3,
+                                        feed_in_usd_per_kwh=0.05)
+    rows, cuts = settled.rows, settled.trade_cuts
     flows = money_flows(rows, trades, cuts, retail_usd_per_kwh=0.3, feed_in_usd_per_kwh=0.05)
     assert all(abs(a - b) <= 1e-12 for _, a, b in flows)
     uncollected = [replace(r, charges_paid_usd=0.0, charges_received_usd=0.0) for r in rows]
@@ -110,10 +110,11 @@ def test_money_check_fails_the_interval_when_a_row_loses_a_cent(tmp_path, monkey
     real = market_role.settle_interval
 
     def lossy(*args, **kw):
-        rows = real(*args, **kw)
+        settled = real(*args, **kw)
+        rows = list(settled.rows)
         i = next(j for j, r in enumerate(rows) if getattr(r, column) > 0)
         rows[i] = replace(rows[i], **{column: getattr(rows[i], column) - 0.01})
-        return rows
+        return replace(settled, rows=rows)
 
     monkeypatch.setattr(market_role, "settle_interval", lossy)
     with pytest.raises(ConservationError, match=rf"'money' broken at interval 0 \({re.escape(flow)}\).*error 0\.01 USD"):

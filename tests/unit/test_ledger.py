@@ -79,6 +79,26 @@ def ledger_path(tmp_path: Path) -> Path:
     return build(tmp_path / "ledger.zst")
 
 
+def test_a_limit_member_writes_the_bytes_of_its_plain_name(tmp_path):
+    """In-process a curtailment notice carries a ``Limit`` member, through HELICS its
+    decoded plain string: both ledgers are the same bytes (a str column either way)."""
+    from federates.common.limits import Limit
+
+    keys = KeyRing.from_seed(SEED, PEOPLE)
+    paths = []
+    for name, limits in (("member", [Limit.V_MAX, Limit.THERMAL]), ("plain", ["v_max", "thermal"]),
+                         ("mixed", [Limit.V_MAX, "thermal"])):
+        ledger = Ledger(tmp_path / f"{name}.zst", keys, difficulty_bits=0)
+        ledger.append_block(0, [curtailment_record(keys, CurtailmentNotice("p001", 0, 0.1, lim))
+                                for lim in limits])
+        ledger.close()
+        paths.append(ledger.path)
+    assert paths[0].read_bytes() == paths[1].read_bytes() == paths[2].read_bytes()
+    assert verify_ledger(paths[0]).ok
+    rec_a, rec_b = read_blocks(paths[0])[-1]["records"]
+    assert type(rec_a["body"]["limit"]) is str and rec_b["body"]["limit"] == "thermal"
+
+
 def tampered(path: Path, edit) -> str | None:
     blocks = read_blocks(path)
     edit(blocks)

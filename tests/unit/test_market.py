@@ -410,7 +410,7 @@ def test_drain_tables_streams_the_same_rows(tmp_path):
     for k, orders, energies, notices in _week_of_orders(cfg.study.seed):
         once.on_market_time(k, orders, energies, notices)
         chunked.on_market_time(k, orders, energies, notices)
-        assert len(chunked._pending) <= 1 and len(chunked._trade_ids) <= 1
+        assert len(chunked._pending) <= 1
         if k % 5 == 4:
             chunks.append(chunked.drain_tables())
             assert not (chunked._bids or chunked._trades or chunked._clearing
@@ -426,6 +426,36 @@ def test_drain_tables_streams_the_same_rows(tmp_path):
         pd.testing.assert_frame_equal(got, df, check_exact=True)
     assert all(len(df) == 0 for df in once.tables().values())  # drained
     assert (tmp_path / "once.jsonl").read_bytes() == (tmp_path / "chunked.jsonl").read_bytes()
+
+
+def test_trades_carry_their_id_into_both_tables(tmp_path):
+    """Each cleared trade is numbered ``"<k>-<j>"`` in clearing order; a curtailed trade's
+    row names the trade by that id, seller, buyer and scheduled energy agreeing; the
+    ledger's trade records leave the id out (it is their position in the block)."""
+    from federates.common.messages import Trade
+    from federates.market.books import money_flows
+    from federates.market.ledger import read_blocks
+
+    cfg = StudyFile.model_validate({"study": {"duration": "3h", "market_interval": "15min",
+                                              "physics_step": "60s"}})
+    role = MarketRole(cfg, ["a", "b", "c", "d", "e", "f"], tmp_path / "ledger.zst")
+    for k, orders, energies, notices in _week_of_orders(cfg.study.seed):
+        role.on_market_time(k, orders, energies, notices)
+    t = role.tables()
+    trades, cut = t["trades"], t["curtailed_trades"]
+    for k, ids in trades.groupby("interval")["trade_id"]:
+        assert list(ids) == [f"{k}-{j}" for j in range(len(ids))]
+    assert len(cut) > 0
+    by_id = trades.set_index("trade_id")
+    for r in cut.itertuples():
+        tr = by_id.loc[r.trade_id]
+        assert (tr.interval, tr.seller, tr.buyer, tr.energy_kwh) == (r.interval, r.seller, r.buyer, r.scheduled_kwh)
+    bodies = [r["body"] for b in read_blocks(tmp_path / "ledger.zst") for r in b["records"] if r["kind"] == "trade"]
+    assert len(bodies) == len(trades) and all("trade_id" not in b for b in bodies)
+    # money_flows matches cuts to trades by id: un-numbered trades are refused
+    x = Trade(0, "a", "b", 1.0, 0.1)
+    with pytest.raises(ValueError, match="numbered"):
+        money_flows([], [x], [(x, 0.5)], retail_usd_per_kwh=0.3, feed_in_usd_per_kwh=0.05)
 
 
 # ---- every order received keeps one bids row, with why it was cut --------------------

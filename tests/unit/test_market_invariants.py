@@ -76,7 +76,7 @@ def check_invariants(topology: str, mechanism: str, orders: list[Order]) -> None
         assert r.welfare_usd >= best * (1 - 5e-3) - 1e-6
     # budget balance among peers, through settlement with meters = schedules
     metered = {c.participant: c.scheduled_kwh for c in r.confirmations}
-    rows = settle_interval(0, list(r.confirmations), list(r.trades), metered, {}, **TARIFFS)
+    rows = settle_interval(0, list(r.confirmations), list(r.trades), metered, {}, **TARIFFS).rows
     paid = sum(x.peer_paid_usd for x in rows)
     received = sum(x.peer_received_usd for x in rows)
     fees = sum(t.fee_usd for t in r.trades)

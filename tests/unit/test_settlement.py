@@ -22,7 +22,7 @@ def settle(confs, trades, metered, curtailed=None, participants=None) -> dict[st
     rows = settle_interval(
         K, confs, trades, metered, curtailed or {},
         retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN, participants=participants,
-    )
+    ).rows
     return {r.participant: r for r in rows}
 
 
@@ -161,7 +161,7 @@ def test_conservation_on_random_cleared_books(orders, meters, curtailed, rule):
                                                       feed_in_usd_per_kwh=FEED_IN))
     metered = {p: v for p, v in meters.items() if v is not None}
     rows = settle_interval(K, cr.confirmations, cr.trades, metered, curtailed,
-                           retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN, imbalance_rule=rule)
+                           retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN, imbalance_rule=rule).rows
     tol = dict(rel=1e-9, abs=1e-9)
     # every bill is the sum of its parts; the imbalance is priced by the rule
     clearing = market_price_of(list(cr.confirmations), K)
@@ -209,8 +209,8 @@ nonfinite_or_meter = st.one_of(maybe_meter, st.just(float("nan")), st.sampled_fr
 @pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(book, st.dictionaries(ids, nonfinite_or_meter), st.dictionaries(ids, st.floats(0.0, 8.0)),
-       st.booleans(), st.booleans(), st.sampled_from(IMBALANCE_PRICES))
-def test_integer_settlement_equals_fraction_reference(orders, meters, curtailed, named, with_cuts, rule):
+       st.booleans(), st.sampled_from(IMBALANCE_PRICES))
+def test_integer_settlement_equals_fraction_reference(orders, meters, curtailed, named, rule):
     """settle_interval (exact integers) == settle_interval_reference (Fraction): every
     row bit for bit (repr), and the same trade cuts; with curtailments that cut peer
     sales pro rata (the reference path), grid sales only, or none; under every
@@ -220,28 +220,21 @@ def test_integer_settlement_equals_fraction_reference(orders, meters, curtailed,
     metered = {p: v for p, v in meters.items() if v is not None}
     kw = {"retail_usd_per_kwh": RETAIL, "feed_in_usd_per_kwh": FEED_IN, "imbalance_rule": rule,
           "participants": ["p4", "p0", "p2"] if named else None}
-    cuts_a: list = []
-    cuts_b: list = []
-    a = settle_interval(K, cr.confirmations, cr.trades, metered, curtailed,
-                        trade_cuts=cuts_a if with_cuts else None, **kw)
-    b = settle_interval_reference(K, cr.confirmations, cr.trades, metered, curtailed,
-                                  trade_cuts=cuts_b if with_cuts else None, **kw)
-    assert a == b and repr(a) == repr(b)
-    assert [list(vars(r).items()) for r in a] == [list(vars(r).items()) for r in b]  # ledger bodies
-    assert repr(cuts_a) == repr(cuts_b)
+    a = settle_interval(K, cr.confirmations, cr.trades, metered, curtailed, **kw)
+    b = settle_interval_reference(K, cr.confirmations, cr.trades, metered, curtailed, **kw)
+    assert a == b and repr(a) == repr(b)  # the rows and the trade cuts
+    assert [list(vars(r).items()) for r in a.rows] == [list(vars(r).items()) for r in b.rows]  # ledger bodies
 
 
 def test_integer_settlement_grid_sale_cut_and_nonfinite_inputs():
     confs = [c("S", gs=2.0), c("B", gb=1.0)]
     trades = [Trade(K, "S", GRID, 2.0, FEED_IN), Trade(K, GRID, "B", 1.0, RETAIL)]
     for curtailed in ({"S": 0.3}, {"S": 5.0}, {}):
-        cuts_a: list = []
-        cuts_b: list = []
         kw = {"retail_usd_per_kwh": RETAIL, "feed_in_usd_per_kwh": FEED_IN}
-        a = settle_interval(K, confs, trades, {"S": -1.7, "B": 1.1}, curtailed, trade_cuts=cuts_a, **kw)
-        b = settle_interval_reference(K, confs, trades, {"S": -1.7, "B": 1.1}, curtailed,
-                                      trade_cuts=cuts_b, **kw)
-        assert repr(a) == repr(b) and repr(cuts_a) == repr(cuts_b)
+        a = settle_interval(K, confs, trades, {"S": -1.7, "B": 1.1}, curtailed, **kw)
+        b = settle_interval_reference(K, confs, trades, {"S": -1.7, "B": 1.1}, curtailed, **kw)
+        assert repr(a) == repr(b)  # the rows and the trade cuts
+        assert [x for _, x in a.trade_cuts] == ([min(curtailed["S"], 2.0)] if curtailed else [])
     with pytest.raises(ValueError, match="curtailed_kwh"):
         settle_interval(K, confs, trades, {}, {"S": float("inf")},
                         retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN)
@@ -290,7 +283,7 @@ def test_imbalance_priced_by_tariff_clearing_or_dual():
     cost = {}
     for rule in ("tariff", "clearing", "dual"):
         rows = settle_interval(K, confs, ONE_TRADE, metered, {}, retail_usd_per_kwh=RETAIL,
-                               feed_in_usd_per_kwh=FEED_IN, imbalance_rule=rule)
+                               feed_in_usd_per_kwh=FEED_IN, imbalance_rule=rule).rows
         cost[rule] = {r.participant: r.imbalance_cost_usd for r in rows}
         for r in rows:  # the split adds up; the market part is the trade
             assert r.net_cost_usd == A(r.market_cost_usd + r.imbalance_cost_usd, abs=1e-15)
@@ -301,7 +294,7 @@ def test_imbalance_priced_by_tariff_clearing_or_dual():
     assert cost["dual"] == {"B": A(0.5 * RETAIL), "C": A(-0.3 * PRICE), "S": A(0.2 * RETAIL)}
     # without a market price (no peer trade) every rule is the tariff
     alone = settle_interval(K, [], [], {"C": -0.3}, {}, retail_usd_per_kwh=RETAIL,
-                            feed_in_usd_per_kwh=FEED_IN, imbalance_rule="clearing")
+                            feed_in_usd_per_kwh=FEED_IN, imbalance_rule="clearing").rows
     assert alone[0].imbalance_cost_usd == A(-0.3 * FEED_IN)
     with pytest.raises(ValueError, match=r"market\.imbalance_price is 'spot'; allowed: tariff, clearing, dual"):
         settle_interval(K, confs, ONE_TRADE, metered, {}, retail_usd_per_kwh=RETAIL,
@@ -314,7 +307,7 @@ def test_bill_split_with_replacement_and_charges():
     trades = [Trade(K, "S", "B", 2.0, PRICE, fee_usd=0.04)]
     rows = {r.participant: r for r in settle_interval(
         K, ONE_CONFS, trades, {"S": -1.5, "B": 2.0}, {"S": 0.5},
-        retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN)}
+        retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN).rows}
     b, s, dso = rows["B"], rows["S"], rows[GRID_OPERATOR]
     assert b.market_cost_usd == A(1.5 * PRICE) and b.replacement_cost_usd == A(0.5 * RETAIL)
     assert s.market_cost_usd == A(-1.5 * PRICE) and s.charges_usd == A(0.04 * 1.5 / 2.0)
@@ -329,7 +322,7 @@ def test_loss_charges_are_paid_to_the_grid_operator():
     loss = {"S": 0.02, "B": 0.05}
     rows = {r.participant: r for r in settle_interval(
         K, ONE_CONFS, ONE_TRADE, {"S": -2.0, "B": 2.0}, {}, retail_usd_per_kwh=RETAIL,
-        feed_in_usd_per_kwh=FEED_IN, loss_kwh=loss, loss_price_usd_per_kwh=PRICE)}
+        feed_in_usd_per_kwh=FEED_IN, loss_kwh=loss, loss_price_usd_per_kwh=PRICE).rows}
     assert rows["S"].charges_paid_usd == A(0.02 * PRICE) and rows["B"].charges_paid_usd == A(0.05 * PRICE)
     assert rows[GRID_OPERATOR].charges_received_usd == A(0.07 * PRICE)
     assert rows["B"].net_cost_usd == A(2.0 * PRICE + 0.05 * PRICE)
