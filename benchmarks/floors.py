@@ -92,8 +92,8 @@ def trace_plan(study: Study) -> tuple[Plan, list[int], float]:
         # default study, which does not settle losses)
         if k < m:
             plan.confirmations[k] = size(out[0], kind="confirmations", interval=k)
-            if constraints:
-                plan.market_envelopes[k] = size(self.last_envelopes, kind="envelopes", interval=k)
+            if out.inverter_envelopes is not None:
+                plan.market_envelopes[k] = size(out.inverter_envelopes, kind="envelopes", interval=k)
 
     def ami(self, out, k):
         plan.ami[k] = size(out, kind="ami_readings", interval=k)

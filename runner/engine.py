@@ -122,8 +122,8 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
         t = times.add("controllers", t)
         # market time of k
         orders, energies = deliver("bids", tl.market_time(k)), deliver("interval_energy", tl.market_time(k))
-        confirmations, schedule_p_kw = market.on_market_time(k, orders, energies, notices, envelopes,
-                                                             constraints, losses=losses)
+        confirmations, schedule_p_kw, market_envelopes = market.on_market_time(
+            k, orders, energies, notices, envelopes, constraints, losses=losses)
         t = times.add("market", t)
         if k == tl.n_intervals:
             break
@@ -133,7 +133,7 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
         controllers.on_confirmations(k, confirmations)
         t = times.add("controllers", t)
         # the inverters hold the export envelopes: the DSO's, or what the constrained clearing accepted
-        feeder.on_envelopes(k, market.last_envelopes if constraints else envelopes)
+        feeder.on_envelopes(k, envelopes if market_envelopes is None else market_envelopes)
         for j, g in enumerate(tl.steps_of_interval(k)):
             feeder.begin_step(g, schedule_p_kw, deviation_p_kw[j])
             t = times.add("feeder", t)

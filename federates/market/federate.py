@@ -40,22 +40,22 @@ def run(study: Study, broker: str, log: logging.Logger, sink):
                 inbox[env.kind].extend(env.items)
             if parts > 1:  # parts' orders arrive interleaved: site order, as from one federate
                 inbox["orders"].sort(key=lambda o: position.get(o.participant, len(position)))
-            confirmations, schedule_p_kw = role.on_market_time(
+            out = role.on_market_time(
                 k, inbox["orders"], inbox["interval_energy"], inbox["curtailments"], inbox["envelopes"],
                 inbox["grid_constraints"], losses=inbox["loss_energy"],
             )
             if k < tl.n_intervals:
-                text = encode(confirmations, kind="confirmations", interval=k)
+                text = encode(out.confirmations, kind="confirmations", interval=k)
                 if parts == 1:
                     door.send(ep, keys.PROSUMERS, text)
                 else:  # each prosumer part its own participants' confirmations
                     for i, name in enumerate(names):
-                        mine = [c for c in confirmations if part_of.get(c.participant) == i]
+                        mine = [c for c in out.confirmations if part_of.get(c.participant) == i]
                         door.send(ep, name, encode(mine, kind="confirmations", interval=k))
                 door.send(ep, keys.CONTROLLERS, text)  # the DSO's view of the schedule
-                if inbox["grid_constraints"]:  # the export limits the constrained clearing set
-                    door.send(ep, keys.FEEDER, encode(role.last_envelopes, kind="envelopes", interval=k))
-                door.publish(pub, schedule_p_kw)
+                if out.inverter_envelopes is not None:  # the export limits the constrained clearing set
+                    door.send(ep, keys.FEEDER, encode(out.inverter_envelopes, kind="envelopes", interval=k))
+                door.publish(pub, out.schedule_p_kw)
                 if drain_due(tl, k, every):
                     drain_into(sink, role)
     except ConservationError as e:

@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -139,6 +139,18 @@ def _replaced(o: Order, **changes: object) -> Order:
     return out
 
 
+
+class MarketTime(NamedTuple):
+    """What the market sends at the market time of interval k."""
+
+    #: the confirmations of k, to the prosumers and the DSO
+    confirmations: list[Confirmation]
+    #: each participant's scheduled power of k [kW, + import], to the feeder
+    schedule_p_kw: np.ndarray
+    #: with grid constraints (``market.network_aware: constraints``) the export limits
+    #: the constrained clearing set, to the feeder's inverters; None without them
+    inverter_envelopes: list[OperatingEnvelope] | None
+
 class MarketRole:
     """Clears and settles the market, one market time after the other.
 
@@ -205,8 +217,6 @@ class MarketRole:
         self._curtailed_trades: list[dict] = []
         self._envelopes: list[dict] = []
         self._clipped_kwh = 0.0
-        #: the envelopes the clearing of the last market time used or set
-        self.last_envelopes: list[OperatingEnvelope] = []
         # the signed ledger (ledger.zst): one block per market time. Participant keys
         # are derived from the study seed here, a study simplification: the prosumers
         # should sign their own bids and the market verify them.
@@ -233,7 +243,7 @@ class MarketRole:
         envelopes: list[OperatingEnvelope] | None = None,
         constraints: list[GridConstraint] | None = None,
         losses: list[LossEnergy] | None = None,
-    ) -> tuple[list[Confirmation], np.ndarray]:
+    ) -> MarketTime:
         """Settle ``k-1`` (if ``k >= 1``), then clear ``k`` (if ``k < n_intervals``).
 
         ``orders``: the bids and offers received for ``k`` (orders of another interval
@@ -242,8 +252,9 @@ class MarketRole:
         another interval are ignored; several notices of one participant add up; of
         several readings of one meter the last counts). Returns the confirmations of
         ``k`` and ``schedule_p_kw`` [kW, + import]: scheduled_kwh / interval_h per
-        participant, 0 without a confirmation. At ``k == n_intervals`` only settles
-        and returns ``([], zeros)``. Market times must come in increasing order.
+        participant, 0 without a confirmation (:class:`MarketTime`). At ``k ==
+        n_intervals`` only settles and returns no confirmations and zeros. Market times
+        must come in increasing order.
 
         ``envelopes`` (``market.network_aware: envelopes``): the DSO's operating
         envelopes for ``k``; each participant's offers (bids) are clipped, cheapest
@@ -258,8 +269,8 @@ class MarketRole:
         (:func:`federates.market.network_constraints.accept_within_grid`) before the
         configured mechanism clears them. Every participant whose sales the LP clipped
         gets an envelope (its accepted sales / purchases per interval hour) in
-        :attr:`last_envelopes`, the ``envelopes`` table and the ledger; the
-        controllers hold its export to it.
+        ``MarketTime.inverter_envelopes``, the ``envelopes`` table and the ledger; the
+        feeder's inverters hold its export to it.
 
         ``losses`` (``market.settle_losses``): each customer's share of the feeder's
         losses of ``k-1`` [kWh], charged in its settlement at ``market.loss_price``.
@@ -279,14 +290,14 @@ class MarketRole:
         if k == n:
             if self._ledger is not None:
                 self._ledger.close()
-            return [], schedule_p_kw
-        result = self._open_interval(k, orders, envelopes or [], constraints or [])
+            return MarketTime([], schedule_p_kw, None)
+        result, env_k = self._open_interval(k, orders, envelopes or [], constraints or [])
         interval_h = self._timeline.interval_h
         for c in result.confirmations:
             i = self._index.get(c.participant)
             if i is not None:
                 schedule_p_kw[i] = c.scheduled_kwh / interval_h
-        return list(result.confirmations), schedule_p_kw
+        return MarketTime(list(result.confirmations), schedule_p_kw, env_k if constraints else None)
 
     def _close_interval(self, k: int, energies: list[IntervalEnergy], notices: list[CurtailmentNotice],
                         losses: list[LossEnergy]) -> None:
@@ -301,10 +312,10 @@ class MarketRole:
             self._check_ledger(k, rows)
 
     def _open_interval(self, k: int, orders: list[Order], envelopes: list[OperatingEnvelope],
-                       constraints: list[GridConstraint]) -> ClearingResult:
+                       constraints: list[GridConstraint]) -> tuple[ClearingResult, list[OperatingEnvelope]]:
         """Clear interval ``k`` from the signed orders of ``k`` the grid admits, record
         every order received, and seal the opening block: the bids, the envelopes the
-        clearing used, the trades."""
+        clearing used, the trades. Returns the result and those envelopes."""
         raw = [o for o in orders if o.interval == k]
         # every order received keeps a bids row: (order, energy accepted for clearing, cut reason)
         rows: list[tuple[Order, float, str]] = [
@@ -315,7 +326,6 @@ class MarketRole:
         rows += [(o, 0.0, CUT_SIGNATURE) for o in unsigned]
         mine, accepted, reason, env_k = self._admitted(k, raw, envelopes, constraints)
         rows += [(o, a, why) for o, a, why in zip(raw, accepted, reason, strict=True)]
-        self.last_envelopes = env_k
         self._envelopes.extend(dict(vars(e)) for e in env_k)
         self._clipped_kwh = float(sum(o.energy_kwh for o in raw) - sum(o.energy_kwh for o in mine))
         result = self._cleared(k, mine)
@@ -326,7 +336,7 @@ class MarketRole:
             opening += [make_record(self._keys, "envelope", k, e) for e in env_k]
             opening += [trade_record(self._keys, t) for t in result.trades]
             self._seal(k, opening)
-        return result
+        return result, env_k
 
     def _signed(self, orders: list[Order]) -> tuple[list[Order], list[Order], list[dict]]:
         """With a ledger only the orders their participant signed are cleared: ``(signed,

@@ -62,7 +62,7 @@ def _day(tmp_path, mode: str = "fail", imbalance_price: str = "tariff") -> Marke
     cfg = _p2p_cfg(mode, imbalance_price)
     keys = KeyRing.from_seed(cfg.study.seed, PARTICIPANTS)
     market = MarketRole(cfg, PARTICIPANTS, tmp_path / "ledger.zst", distance_km=_distances())
-    confirmations, _ = market.on_market_time(0, _orders(keys), [], [])
+    confirmations, _, _ = market.on_market_time(0, _orders(keys), [], [])
     assert sum(c.peer_sold_kwh for c in confirmations) > 0
     metered = {"a": 2.2, "b": 1.25, "c": 1.0, "x": -2.0, "y": -1.9}
     energies = [IntervalEnergy(meter=p, interval=0, energy_kwh=e) for p, e in metered.items()]

@@ -332,16 +332,16 @@ def test_role_clears_settles_and_tabulates():
     assert t["settlements"]["missing_reading"].dtype == bool
 
     orders = [buy("a", 1.0, 0.2), sell("b", 2.0, 0.1), buy("c", 1.0, 0.3, k=5)]
-    confs, sched = role.on_market_time(0, orders, [], [])
+    confs, sched, _ = role.on_market_time(0, orders, [], [])
     # a buys 1 kWh from b at (0.2+0.1)/2; b sells 1 more to the grid; c's order is late
     assert [c.participant for c in confs] == ["a", "b"]
     # 15 min = 0.25 h: a +1 kWh -> +4 kW; b -2 kWh -> -8 kW; c none -> 0
     assert sched.tolist() == [-8.0, 4.0, 0.0]
 
     energies = [IntervalEnergy("a", 0, 1.5), IntervalEnergy("b", 0, -2.0), IntervalEnergy("a", 9, 7.0)]
-    confs, sched = role.on_market_time(1, [], energies, [CurtailmentNotice("x", 7, 1.0, "v")])
+    confs, sched, _ = role.on_market_time(1, [], energies, [CurtailmentNotice("x", 7, 1.0, "v")])
     assert confs == [] and sched.tolist() == [0.0, 0.0, 0.0]
-    confs, sched = role.on_market_time(2, [], [], [])
+    confs, sched, _ = role.on_market_time(2, [], [], [])
     assert confs == [] and sched.tolist() == [0.0, 0.0, 0.0]
     with pytest.raises(ValueError):
         role.on_market_time(2, [], [], [])
@@ -476,7 +476,8 @@ def test_bids_rows_of_orders_clipped_by_envelopes_even_to_nothing():
     role = MarketRole(study(), ["a", "b", "c"])
     env = [OperatingEnvelope("b", 0, export_max_kw=2.0, import_max_kw=10.0),  # 0.5 kWh in 15 min
            OperatingEnvelope("c", 0, export_max_kw=0.0, import_max_kw=10.0)]
-    role.on_market_time(0, [buy("a", 3.0, 0.3), sell("b", 2.0, 0.1), sell("c", 1.5, 0.12)], [], [], env)
+    out = role.on_market_time(0, [buy("a", 3.0, 0.3), sell("b", 2.0, 0.1), sell("c", 1.5, 0.12)], [], [], env)
+    assert out.inverter_envelopes is None  # the DSO's envelopes reach the inverters from the DSO
     rows = _bids(role)
     assert rows[(0, "a", "buy")] == (3.0, 3.0, "")
     assert rows[(0, "b", "sell")] == (0.5, 2.0, "envelope")
@@ -489,7 +490,10 @@ def test_bids_rows_of_orders_cut_by_grid_constraints():
     role = MarketRole(study(), ["a", "b", "c"])
     # b's and c's export [kW] together at most 4 kW (1 kWh in 15 min)
     cons = [GridConstraint(0, "thermal:line.x", ("b", "c"), (1.0, 1.0), 4.0)]
-    role.on_market_time(0, [buy("a", 3.0, 0.3), sell("b", 2.0, 0.1), sell("c", 1.5, 0.12)], [], [], None, cons)
+    out = role.on_market_time(0, [buy("a", 3.0, 0.3), sell("b", 2.0, 0.1), sell("c", 1.5, 0.12)], [], [], None, cons)
+    # the export limits the constrained clearing set go to the feeder's inverters
+    held_kw = {e.participant: e.export_max_kw for e in out.inverter_envelopes}
+    assert held_kw["b"] * 0.25 + held_kw["c"] * 0.25 == pytest.approx(1.0, abs=1e-9)
     rows = _bids(role)
     assert rows[(0, "a", "buy")][2] == ""
     sold = rows[(0, "b", "sell")][0] + rows[(0, "c", "sell")][0]

@@ -20,7 +20,7 @@ def test_market_rejects_forged_and_unsigned_bids(tmp_path):
     forged = replace(sign_order(keys, Order("b", "buy", 0, 3.0, 0.12)), price_usd_per_kwh=0.26)
     unsigned = Order("y", "sell", 0, 3.0, 0.09)
     market = MarketRole(cfg, participants, tmp_path / "ledger.zst")
-    confirmations, _ = market.on_market_time(0, [good_buy, good_sell, forged, unsigned], [], [])
+    confirmations, _, _ = market.on_market_time(0, [good_buy, good_sell, forged, unsigned], [], [])
     clearing = market.tables()["clearing"]
     assert int(clearing["rejected_orders"].iloc[0]) == 2
     traded_by = {c.participant for c in confirmations if c.peer_bought_kwh or c.peer_sold_kwh}
