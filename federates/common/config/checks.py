@@ -25,6 +25,20 @@ def _whole(ratio: float) -> bool:
 
 
 def cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
+    """Every broken cross-field rule of ``cfg``, section by section (``base_dir``: what
+    a relative ``feeder.path`` is relative to)."""
+    problems = _study_checks(cfg) + _feeder_checks(cfg, base_dir) + _prosumers_checks(cfg)
+    problems += _grid_checks(cfg) + _market_checks(cfg) + _meters_checks(cfg)
+    lim = cfg.limits
+    if VOLTAGE_BANDS.get(lim.voltage_band) is None and (lim.v_min_pu is None or lim.v_max_pu is None):
+        # no voltage limits: nothing to check the limits and the controllers against
+        return [*problems, Problem("limits.voltage_band", "custom needs limits.v_min_pu and limits.v_max_pu",
+                                   ", ".join(VOLTAGE_BANDS) + ", or custom with both values")]
+    return problems + _limits_checks(cfg) + _controllers_checks(cfg)
+
+
+def _study_checks(cfg: StudyFile) -> list[Problem]:
+    """The clock: a physics step that divides the market interval, which divides the duration."""
     problems: list[Problem] = []
     s = cfg.study
     if s.physics_step_s < 2.0:
@@ -41,6 +55,12 @@ def cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
             f"{s.market_interval_s:g} s does not divide the duration {s.duration_s:g} s",
             "a divisor of study.duration",
         ))
+    return problems
+
+
+def _feeder_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
+    """One feeder, named by a bundled model or a usable file."""
+    problems: list[Problem] = []
     f = cfg.feeder
     names = bundled_feeders()
     if f.path is None and f.model is None:
@@ -61,6 +81,12 @@ def cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
                 problems.append(Problem("feeder.path", f"{what}: {p}", "an OpenDSS master .dss file"))
     elif f.model not in names:
         problems.append(Problem("feeder.model", f"unknown feeder {f.model!r}", ", ".join(names)))
+    return problems
+
+
+def _prosumers_checks(cfg: StudyFile) -> list[Problem]:
+    """Ranges in order; no more prosumer federates than prosumers."""
+    problems: list[Problem] = []
     p = cfg.prosumers
     if p.pv_kwp_min > p.pv_kwp_max:
         problems.append(Problem("prosumers.pv_kwp_min", "is larger than prosumers.pv_kwp_max", "<= pv_kwp_max"))
@@ -69,7 +95,12 @@ def cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
     if p.federates > 1 and p.federates > p.count:
         problems.append(Problem("prosumers.federates", f"{p.federates} federates for {p.count} prosumers",
                                 f"<= prosumers.count ({p.count})"))
-    problems += _grid_checks(cfg)
+    return problems
+
+
+def _market_checks(cfg: StudyFile) -> list[Problem]:
+    """A mechanism of the topology; what settling the losses needs; tariffs in order."""
+    problems: list[Problem] = []
     m = cfg.market
     allowed = MECHANISMS_OF_TOPOLOGY
     if m.topology in allowed and m.mechanism not in allowed[m.topology]:
@@ -86,7 +117,13 @@ def cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
                                 "feeder.loss_allocation: true"))
     if m.feed_in_usd_per_kwh >= m.retail_usd_per_kwh:
         problems.append(Problem("market.feed_in_usd_per_kwh", "must be below the retail tariff", f"< {m.retail_usd_per_kwh:g}"))
-    # meters: AMI periods are whole physics steps and nest with the market intervals
+    return problems
+
+
+def _meters_checks(cfg: StudyFile) -> list[Problem]:
+    """AMI periods: whole physics steps that nest with the market intervals."""
+    problems: list[Problem] = []
+    s = cfg.study
     r_s, dt_s, m_s = cfg.meters.reporting_interval_s, s.physics_step_s, s.market_interval_s
     if not (_whole(r_s / dt_s) and (_whole(m_s / r_s) or _whole(r_s / m_s))):
         n_dt = round(m_s / dt_s) if _whole(m_s / dt_s) else 1
@@ -99,12 +136,14 @@ def cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
             f"multiple of the market interval ({m_s:g} s)",
             f"one of {', '.join(divisors)} s, or a multiple of {m_s:g} s",
         ))
+    return problems
+
+
+def _limits_checks(cfg: StudyFile) -> list[Problem]:
+    """Voltage limits that agree with their named band and are in order."""
+    problems: list[Problem] = []
     lim = cfg.limits
     band = VOLTAGE_BANDS.get(lim.voltage_band)
-    if band is None and (lim.v_min_pu is None or lim.v_max_pu is None):
-        problems.append(Problem("limits.voltage_band", "custom needs limits.v_min_pu and limits.v_max_pu",
-                                ", ".join(VOLTAGE_BANDS) + ", or custom with both values"))
-        return problems
     for name, value in zip(("v_min_pu", "v_max_pu"), band or (), strict=False):
         given = getattr(lim, name)
         if abs(given - value) > 1e-9:
@@ -113,6 +152,12 @@ def cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
                                     "the band's value, or limits.voltage_band: custom"))
     if lim.v_min_pu >= lim.v_max_pu:
         problems.append(Problem("limits.v_min_pu", "must be below limits.v_max_pu", f"< {lim.v_max_pu:g}"))
+    return problems
+
+
+def _controllers_checks(cfg: StudyFile) -> list[Problem]:
+    """Controller targets and curve points in order."""
+    problems: list[Problem] = []
     c = cfg.controllers
     if c.v_min_pu >= c.v_max_pu:
         problems.append(Problem("controllers.v_min_pu", "must be below v_max_pu", f"< {c.v_max_pu:g}"))
