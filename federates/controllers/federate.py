@@ -21,74 +21,90 @@ from federates.controllers.role import ControllersRole
 from federates.runtime import Study, drain_into, federate_main
 
 
-def run(study: Study, broker: str, log: logging.Logger, sink):
-    cfg, tl = study.cfg, study.cfg.timeline
-    role = ControllersRole.from_study(study)
-    n = len(study.sites)
-    door = Door(keys.CONTROLLERS, broker, log=log)
-    sub_view = door.subscription(*keys.FEEDER_DSO_VIEW)
-    view_size = 3 + 2 * n + (0 if role.scada_shape is None else Scada.size(*role.scada_shape))
-    ep = door.endpoint(keys.CONTROLLERS)
-    every = study_chunk_intervals(cfg, n)
+class _ControllersDoor:
+    """The DSO's HELICS interfaces and its exchanges: per interval the AMI readings,
+    the confirmations, envelopes or grid constraints; per view of the feeder, caps."""
 
-    def dispatch() -> ViewsDone | None:
+    def __init__(self, study: Study, role: ControllersRole, broker: str, log: logging.Logger) -> None:
+        self.role, self.tl, self.n = role, study.cfg.timeline, len(study.sites)
+        self.door = door = Door(keys.CONTROLLERS, broker, log=log)
+        self.sub_view = door.subscription(*keys.FEEDER_DSO_VIEW)
+        self.view_size = 3 + 2 * self.n + (0 if role.scada_shape is None else Scada.size(*role.scada_shape))
+        self.ep = door.endpoint(keys.CONTROLLERS)
+
+    def dispatch(self) -> ViewsDone | None:
         """AMI readings and confirmations, in arrival order; the feeder's word that the
         interval has no more views, if it came."""
         done = None
-        for text in door.receive(ep):
+        for text in self.door.receive(self.ep):
             env = decode(text)
             if env.kind == "ami_readings":
-                role.on_ami(int(env.header["interval"]), env.items)
+                self.role.on_ami(int(env.header["interval"]), env.items)
             elif env.kind == "confirmations":
-                role.on_confirmations(int(env.header["interval"]), env.items)
+                self.role.on_confirmations(int(env.header["interval"]), env.items)
             elif env.kind == "views_done":
                 done = env.items[0]
             else:
                 raise ValueError(f"controllers got an unexpected {env.kind!r} message")
         return done
 
-    def serve(k: int) -> None:
+    def plan(self, k: int) -> None:
+        """At the report time of ``k``: the AMI readings of k-1 in; the envelopes and
+        grid constraints of ``k`` out (none at the end of the study)."""
+        self.door.advance(self.tl.report_time(k))
+        if self.dispatch() is not None:  # the AMI readings of k-1
+            raise RuntimeError(f"interval {k - 1}: the feeder ended its views after the interval")
+        if k == self.tl.n_intervals:
+            return
+        envelopes = self.role.envelopes(k)
+        self.door.send(self.ep, keys.MARKET, encode(envelopes, kind="envelopes", interval=k))
+        if envelopes:
+            self.door.send(self.ep, keys.FEEDER, encode(envelopes, kind="envelopes", interval=k))
+        self.door.send(self.ep, keys.MARKET, encode(self.role.grid_constraints(k), kind="grid_constraints",
+                                                    interval=k))
+
+    def serve(self, k: int) -> None:
         """Answer the feeder's views of interval ``k`` until it says there are no more."""
-        for v in range(tl.max_views(k) + 1):
-            door.advance(tl.answer_time(k, v))
-            done = dispatch()  # the confirmations of k come before its first view
-            shown = door.updated(sub_view)
+        for v in range(self.tl.max_views(k) + 1):
+            self.door.advance(self.tl.answer_time(k, v))
+            done = self.dispatch()  # the confirmations of k come before its first view
+            shown = self.door.updated(self.sub_view)
             if done is not None:
                 if shown or done.views != v or done.interval != k:
-                    raise RuntimeError(f"interval {k}: the feeder ended the views of {done.interval} at {done.views}, "
-                                       f"the DSO is at view {v}{' with a new view' if shown else ''}")
+                    raise RuntimeError(f"interval {k}: the feeder ended the views of {done.interval} at "
+                                       f"{done.views}, the DSO is at view {v}{' with a new view' if shown else ''}")
                 return
             if not shown:
                 raise RuntimeError(f"interval {k}: no view {v} from the feeder and no end of its views")
-            view = DsoView.from_vector(door.vector(sub_view, view_size), n, role.scada_shape)
-            if tl.interval_of_step(view.step) != k:
-                raise RuntimeError(f"interval {k}: view {v} is of step {view.step}, outside the interval")
-            reply = role.on_view(view)
-            door.send(ep, keys.FEEDER, encode(reply.caps, kind="dso_caps", step=view.step,
-                                              capped=reply.capped, quiet=reply.quiet))
-        raise RuntimeError(f"interval {k}: more than {tl.max_views(k)} views from the feeder")
+            self._answer(k, v)
+        raise RuntimeError(f"interval {k}: more than {self.tl.max_views(k)} views from the feeder")
 
-    door.enter()
+    def _answer(self, k: int, v: int) -> None:
+        view = DsoView.from_vector(self.door.vector(self.sub_view, self.view_size), self.n, self.role.scada_shape)
+        if self.tl.interval_of_step(view.step) != k:
+            raise RuntimeError(f"interval {k}: view {v} is of step {view.step}, outside the interval")
+        reply = self.role.on_view(view)
+        self.door.send(self.ep, keys.FEEDER, encode(reply.caps, kind="dso_caps", step=view.step,
+                                                    capped=reply.capped, quiet=reply.quiet))
+
+
+def run(study: Study, broker: str, log: logging.Logger, sink):
+    tl = study.cfg.timeline
+    role = ControllersRole.from_study(study)
+    link = _ControllersDoor(study, role, broker, log)
+    every = study_chunk_intervals(study.cfg, len(study.sites))
+    link.door.enter()
     try:
         for k in range(tl.n_intervals + 1):
             if k >= 1:
-                door.advance(tl.report_time(k))
-                if dispatch() is not None:  # the AMI readings of k-1
-                    raise RuntimeError(f"interval {k - 1}: the feeder ended its views after the interval")
-                if k < tl.n_intervals:
-                    envelopes = role.envelopes(k)
-                    door.send(ep, keys.MARKET, encode(envelopes, kind="envelopes", interval=k))
-                    if envelopes:
-                        door.send(ep, keys.FEEDER, encode(envelopes, kind="envelopes", interval=k))
-                    door.send(ep, keys.MARKET, encode(role.grid_constraints(k), kind="grid_constraints",
-                                                      interval=k))
+                link.plan(k)
             if k == tl.n_intervals:
                 break
             if drain_due(tl, k, every):
                 drain_into(sink, role)
-            serve(k)
+            link.serve(k)
     finally:
-        door.close()
+        link.door.close()
     return role.tables()
 
 

@@ -30,79 +30,104 @@ from federates.runtime import (
 )
 
 
-def run(study: Study, broker: str, log: logging.Logger, sink):
-    cfg, tl = study.cfg, study.cfg.timeline
-    role = FeederRole.from_study(study)
-    n, s = len(study.sites), tl.steps_per_interval
-    door = Door(keys.FEEDER, broker, log=log)
-    sub_schedule = door.subscription(*keys.SCHEDULE_P_KW)
-    parts = cfg.prosumers.federates
-    sub_deviation = [door.subscription(*keys.deviation_key(i, parts)) for i in range(parts)]
-    part_sizes = [hi - lo for lo, hi in (keys.part_bounds(n, i, parts) for i in range(parts))]
-    pub_view = door.publication(*keys.FEEDER_DSO_VIEW)
-    pub_block = door.publication(*keys.FEEDER_METER_BLOCK)
-    ep = door.endpoint(keys.FEEDER)
-    every = study_chunk_intervals(cfg, n)
+class _FeederDoor:
+    """The feeder's HELICS interfaces and the exchanges of one market interval."""
 
-    def deviations() -> np.ndarray:
+    def __init__(self, study: Study, role: FeederRole, broker: str, log: logging.Logger) -> None:
+        cfg = study.cfg
+        self.role, self.tl, self.run_dir = role, cfg.timeline, study.run_dir
+        self.n, self.s = len(study.sites), self.tl.steps_per_interval
+        self.settle_losses = cfg.market.settle_losses
+        self.door = door = Door(keys.FEEDER, broker, log=log)
+        self.sub_schedule = door.subscription(*keys.SCHEDULE_P_KW)
+        parts = cfg.prosumers.federates
+        self.sub_deviation = [door.subscription(*keys.deviation_key(i, parts)) for i in range(parts)]
+        self.part_sizes = [hi - lo for lo, hi in (keys.part_bounds(self.n, i, parts) for i in range(parts))]
+        self.pub_view = door.publication(*keys.FEEDER_DSO_VIEW)
+        self.pub_block = door.publication(*keys.FEEDER_METER_BLOCK)
+        self.ep = door.endpoint(keys.FEEDER)
+
+    def report(self, k: int) -> None:
+        """The curtailment (and losses) of interval ``k`` to the market."""
+        self.door.advance(self.tl.report_time(k + 1))
+        self.door.send(self.ep, keys.MARKET, encode(self.role.curtailment_notices(k), kind="curtailments",
+                                                    interval=k))
+        if self.settle_losses:  # each customer's losses of k, for the settlement to charge
+            self.door.send(self.ep, keys.MARKET, encode(self.role.loss_energy(k), kind="loss_energy", interval=k))
+
+    def play(self, k: int) -> None:
+        """Interval ``k``'s steps: schedule + deviations in, every step solved with the
+        DSO asked when it must, the meters' block and the end of the views out."""
+        tl, door, role = self.tl, self.door, self.role
+        door.advance(tl.view_time(k, 0))
+        self._envelopes(k)
+        schedule_p_kw, deviation_p_kw = door.vector(self.sub_schedule, self.n), self._deviations()
+        v = 0  # the views of the interval shown so far
+        for i, g in enumerate(tl.steps_of_interval(k)):
+            door.working(tl.step_t_s(g))
+            role.begin_step(g, schedule_p_kw, deviation_p_kw[i])
+            v = self._control_rounds(k, g, v)
+        door.send(self.ep, keys.CONTROLLERS, encode([ViewsDone(interval=k, views=v)]))
+        door.publish(self.pub_block, np.concatenate([[float(k)], *(a.ravel() for a in role.meter_block(k))]))
+        write_progress_file(self.run_dir, tl.interval_start_s(k + 1))
+
+    def _control_rounds(self, k: int, g: int, v: int) -> int:
+        """Show the DSO step ``g``'s views until it is quiet; the views of ``k`` shown."""
+        rounds = 0
+        while (view := self.role.dso_view(g)) is not None:
+            if rounds == MAX_ROUNDS:
+                raise RuntimeError(f"step {g}: the DSO still capping after {MAX_ROUNDS} rounds")
+            reply = self._ask_dso(k, v, view)
+            v, rounds = v + 1, rounds + 1
+            if self.role.apply(g, reply) is None:
+                break
+        return v
+
+    def _deviations(self) -> np.ndarray:
         """Every prosumer part's deviations of the interval's steps [kW], (steps, sites)."""
-        blocks = [door.vector(sub, s * m).reshape(s, m) for sub, m in zip(sub_deviation, part_sizes, strict=True)]
-        return blocks[0] if parts == 1 else np.concatenate(blocks, axis=1)
+        blocks = [self.door.vector(sub, self.s * m).reshape(self.s, m)
+                  for sub, m in zip(self.sub_deviation, self.part_sizes, strict=True)]
+        return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
 
-    def inbox(k: int) -> None:
+    def _envelopes(self, k: int) -> None:
         """Envelopes of interval ``k`` (to the inverters), at its first step."""
-        for text in door.receive(ep):
+        for text in self.door.receive(self.ep):
             env = decode(text)
             if env.kind != "envelopes":
                 raise RuntimeError(f"interval {k}: unexpected {env.kind!r} message ({env.header})")
-            role.on_envelopes(k, env.items)
+            self.role.on_envelopes(k, env.items)
 
-    def ask_dso(k: int, v: int, view) -> DsoReply:
+    def _ask_dso(self, k: int, v: int, view) -> DsoReply:
         """Show the DSO ``view``, view ``v`` of interval ``k``; its reply."""
-        door.publish(pub_view, view.to_vector())  # at view_time(k, v)
-        door.advance(tl.view_time(k, v + 1))  # the DSO answered at answer_time(k, v)
-        replies = [decode(text) for text in door.receive(ep)]
+        self.door.publish(self.pub_view, view.to_vector())  # at view_time(k, v)
+        self.door.advance(self.tl.view_time(k, v + 1))  # the DSO answered at answer_time(k, v)
+        replies = [decode(text) for text in self.door.receive(self.ep)]
         if len(replies) != 1 or replies[0].kind != "dso_caps" or int(replies[0].header["step"]) != view.step:
             raise RuntimeError(f"step {view.step}: expected the DSO's one reply, got "
                                f"{[(e.kind, e.header) for e in replies]}")
         env = replies[0]
         return DsoReply(env.items, capped=bool(env.header["capped"]), quiet=bool(env.header["quiet"]))
 
-    door.enter()
+
+def run(study: Study, broker: str, log: logging.Logger, sink):
+    tl = study.cfg.timeline
+    role = FeederRole.from_study(study)
+    link = _FeederDoor(study, role, broker, log)
+    every = study_chunk_intervals(study.cfg, len(study.sites))
+    link.door.enter()
     try:
         for k in range(tl.n_intervals + 1):
-            if k >= 1:  # curtailment of k-1 to the market
-                door.advance(tl.report_time(k))
-                door.send(ep, keys.MARKET, encode(role.curtailment_notices(k - 1), kind="curtailments",
-                                                  interval=k - 1))
-                if cfg.market.settle_losses:  # each customer's losses of k-1, for the settlement to charge
-                    door.send(ep, keys.MARKET, encode(role.loss_energy(k - 1), kind="loss_energy", interval=k - 1))
+            if k >= 1:
+                link.report(k - 1)
             if k == tl.n_intervals:
                 break
             if drain_due(tl, k, every):
                 drain_into(sink, role)
-            door.advance(tl.view_time(k, 0))
-            inbox(k)
-            schedule_p_kw, deviation_p_kw = door.vector(sub_schedule, n), deviations()
-            v = 0  # the views of the interval shown so far
-            for i, g in enumerate(tl.steps_of_interval(k)):
-                door.working(tl.step_t_s(g))
-                role.begin_step(g, schedule_p_kw, deviation_p_kw[i])
-                rounds = 0
-                while (view := role.dso_view(g)) is not None:
-                    if rounds == MAX_ROUNDS:
-                        raise RuntimeError(f"step {g}: the DSO still capping after {MAX_ROUNDS} rounds")
-                    reply = ask_dso(k, v, view)
-                    v, rounds = v + 1, rounds + 1
-                    if role.apply(g, reply) is None:
-                        break
-            door.send(ep, keys.CONTROLLERS, encode([ViewsDone(interval=k, views=v)]))
-            door.publish(pub_block, np.concatenate([[float(k)], *(a.ravel() for a in role.meter_block(k))]))
-            write_progress_file(study.run_dir, tl.interval_start_s(k + 1))
+            link.play(k)
     except (PowerFlowNotConverged, ConservationError) as e:
         stop_federate("feeder", log, sink, e)  # feeder.on_nonconvergence or a conservation check
     finally:
-        door.close()
+        link.door.close()
     return role.tables()
 
 

@@ -11,57 +11,75 @@ from federates.common.conservation import ConservationError
 from federates.common.door import Door
 from federates.common.messages import decode, encode
 from federates.common.tables import drain_due, study_chunk_intervals
-from federates.market.role import MarketRole
+from federates.market.role import MarketRole, MarketTime
 from federates.runtime import Study, drain_into, federate_main, stop_federate
+
+#: the messages the market takes at its market time, by kind
+INBOX_KINDS = ("orders", "interval_energy", "curtailments", "loss_energy", "envelopes", "grid_constraints")
+
+
+class _MarketDoor:
+    """The market's HELICS interfaces: what it takes at a market time, what it sends."""
+
+    def __init__(self, study: Study, broker: str, log: logging.Logger) -> None:
+        self.door = door = Door(keys.MARKET, broker, log=log)
+        self.pub = door.publication(*keys.SCHEDULE_P_KW)
+        self.ep = door.endpoint(keys.MARKET)
+        participants = study.participants
+        self.parts = parts = study.cfg.prosumers.federates
+        self.names = keys.prosumers_names(parts)
+        self.position = {p: j for j, p in enumerate(participants)}
+        self.part_of = {p: i for i in range(parts)
+                        for p in participants[slice(*keys.part_bounds(len(participants), i, parts))]}
+
+    def inbox(self) -> dict[str, list]:
+        """Everything received by now, by kind; orders in site order."""
+        inbox: dict[str, list] = {kind: [] for kind in INBOX_KINDS}
+        for text in self.door.receive(self.ep):
+            env = decode(text)
+            if env.kind not in inbox:
+                raise ValueError(f"market got an unexpected {env.kind!r} message")
+            inbox[env.kind].extend(env.items)
+        if self.parts > 1:  # parts' orders arrive interleaved: site order, as from one federate
+            inbox["orders"].sort(key=lambda o: self.position.get(o.participant, len(self.position)))
+        return inbox
+
+    def send(self, k: int, out: MarketTime) -> None:
+        """The confirmations of ``k`` to the prosumers (each part its own) and the DSO,
+        the schedule to the feeder, and the envelopes the clearing set to its inverters."""
+        text = encode(out.confirmations, kind="confirmations", interval=k)
+        if self.parts == 1:
+            self.door.send(self.ep, keys.PROSUMERS, text)
+        else:
+            for i, name in enumerate(self.names):
+                mine = [c for c in out.confirmations if self.part_of.get(c.participant) == i]
+                self.door.send(self.ep, name, encode(mine, kind="confirmations", interval=k))
+        self.door.send(self.ep, keys.CONTROLLERS, text)  # the DSO's view of the schedule
+        if out.inverter_envelopes is not None:
+            self.door.send(self.ep, keys.FEEDER, encode(out.inverter_envelopes, kind="envelopes", interval=k))
+        self.door.publish(self.pub, out.schedule_p_kw)
 
 
 def run(study: Study, broker: str, log: logging.Logger, sink):
-    cfg, tl = study.cfg, study.cfg.timeline
+    tl = study.cfg.timeline
     role = MarketRole.from_study(study)
-    door = Door(keys.MARKET, broker, log=log)
-    pub = door.publication(*keys.SCHEDULE_P_KW)
-    ep = door.endpoint(keys.MARKET)
-    parts = cfg.prosumers.federates
-    every = study_chunk_intervals(cfg, len(study.participants))
-    names = keys.prosumers_names(parts)
-    position = {p: j for j, p in enumerate(study.participants)}
-    part_of = {p: i for i in range(parts)
-               for p in study.participants[slice(*keys.part_bounds(len(study.participants), i, parts))]}
-    door.enter()
+    link = _MarketDoor(study, broker, log)
+    every = study_chunk_intervals(study.cfg, len(study.participants))
+    link.door.enter()
     try:
         for k in range(tl.n_intervals + 1):
-            door.advance(tl.market_time(k))
-            inbox: dict[str, list] = {"orders": [], "interval_energy": [], "curtailments": [], "loss_energy": [],
-                                      "envelopes": [], "grid_constraints": []}
-            for text in door.receive(ep):
-                env = decode(text)
-                if env.kind not in inbox:
-                    raise ValueError(f"market got an unexpected {env.kind!r} message")
-                inbox[env.kind].extend(env.items)
-            if parts > 1:  # parts' orders arrive interleaved: site order, as from one federate
-                inbox["orders"].sort(key=lambda o: position.get(o.participant, len(position)))
-            out = role.on_market_time(
-                k, inbox["orders"], inbox["interval_energy"], inbox["curtailments"], inbox["envelopes"],
-                inbox["grid_constraints"], losses=inbox["loss_energy"],
-            )
+            link.door.advance(tl.market_time(k))
+            inbox = link.inbox()
+            out = role.on_market_time(k, inbox["orders"], inbox["interval_energy"], inbox["curtailments"],
+                                      inbox["envelopes"], inbox["grid_constraints"], losses=inbox["loss_energy"])
             if k < tl.n_intervals:
-                text = encode(out.confirmations, kind="confirmations", interval=k)
-                if parts == 1:
-                    door.send(ep, keys.PROSUMERS, text)
-                else:  # each prosumer part its own participants' confirmations
-                    for i, name in enumerate(names):
-                        mine = [c for c in out.confirmations if part_of.get(c.participant) == i]
-                        door.send(ep, name, encode(mine, kind="confirmations", interval=k))
-                door.send(ep, keys.CONTROLLERS, text)  # the DSO's view of the schedule
-                if out.inverter_envelopes is not None:  # the export limits the constrained clearing set
-                    door.send(ep, keys.FEEDER, encode(out.inverter_envelopes, kind="envelopes", interval=k))
-                door.publish(pub, out.schedule_p_kw)
+                link.send(k, out)
                 if drain_due(tl, k, every):
                     drain_into(sink, role)
     except ConservationError as e:
         stop_federate("market", log, sink, e)
     finally:
-        door.close()
+        link.door.close()
     return role.tables()
 
 
