@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from federates.common.comms import CommsLink
 from federates.common.messages import Confirmation
 from federates.common.tables import TableCollector, TableWriter, drain_due, study_chunk_intervals
 from federates.controllers.role import ControllersRole
@@ -62,94 +63,143 @@ def run_inprocess(study: Study, times: EngineTimes | None = None,
     ``poll_dso``: the DSO is shown the feeder's view after every control round, not
     only by exception (a check: the results are the same)."""
     times = times or EngineTimes()
-    t = time.perf_counter()
-    cfg, tl = study.cfg, study.cfg.timeline
-    prosumers = ProsumersRole.from_study(study)
-    market = MarketRole.from_study(study)
-    feeder = FeederRole.from_study(study)
-    meters = MetersRole.from_study(study)
-    controllers = ControllersRole.from_study(study)
-    t = times.add("setup", t)
+    clock = _Clock(times)
+    engine = _Engine(study, clock, poll_dso)
+    clock.took("setup")
     collect = sink is None
     sink = TableCollector() if sink is None else sink
-    roles = (prosumers, market, feeder, meters, controllers)
-    every = study_chunk_intervals(cfg, len(study.sites))
-
-    def drain() -> None:
-        for role in roles:
-            sink.append(role.drain_tables())
-
-    confirmations: list[Confirmation] = []
-    schedule_p_kw = np.zeros(len(study.sites))
-    # messages to the market in flight, as the HELICS delay filter makes them (the roles
-    # drop what the comms layer loses): (arrival [ns, HELICS time], kind, items)
-    comms = prosumers.comms
-    inflight: list[tuple[int, str, list]] = []
-
-    def post(kind: str, items: list, send_s: float) -> None:
-        inflight.append((_ns(send_s) + _ns(comms.latency_of(kind)), kind, items))
-
-    def deliver(kind: str, t_s: float) -> list:
-        """The ``kind`` items that arrived by ``t_s`` (in arrival order); the rest stay in flight."""
-        due = [m for m in inflight if m[1] == kind and m[0] <= _ns(t_s)]
-        inflight[:] = [m for m in inflight if not (m[1] == kind and m[0] <= _ns(t_s))]
-        return [x for m in sorted(due, key=lambda m: m[0]) for x in m[2]]
-
+    tl = study.cfg.timeline
+    every = study_chunk_intervals(study.cfg, len(study.sites))
     for k in range(tl.n_intervals + 1):
         if progress is not None:
             progress(tl.interval_start_s(k))
-        # report time of k
-        if k >= 1:
-            prosumers.on_confirmations(k - 1, confirmations)
-        if k < tl.n_intervals:
-            bids, deviation_p_kw = prosumers.bids_sent(k)
-            post("bids", bids, tl.report_time(k))
-        t = times.add("prosumers", t)
-        # AMI time of k, then report time of k
-        if k >= 1:
-            meters.record_interval(k - 1, *feeder.meter_block(k - 1))
-        ami = meters.ami(k - 1) if k >= 1 else []
-        if k >= 1:
-            post("interval_energy", meters.report_sent(k - 1), tl.report_time(k))
-        t = times.add("meters", t)
-        notices = feeder.curtailment_notices(k - 1) if k >= 1 else []
-        losses = feeder.loss_energy(k - 1) if k >= 1 and cfg.market.settle_losses else []
-        t = times.add("feeder", t)
-        if k >= 1:
-            controllers.on_ami(k - 1, ami)
-        envelopes = controllers.envelopes(k) if k < tl.n_intervals else []
-        constraints = controllers.grid_constraints(k) if k < tl.n_intervals else []
-        t = times.add("controllers", t)
-        # market time of k
-        orders, energies = deliver("bids", tl.market_time(k)), deliver("interval_energy", tl.market_time(k))
-        confirmations, schedule_p_kw, market_envelopes = market.on_market_time(
-            k, orders, energies, notices, envelopes, constraints, losses=losses)
-        t = times.add("market", t)
+        engine.report_time(k)
+        engine.market_time(k)
         if k == tl.n_intervals:
             break
         if drain_due(tl, k, every):
-            drain()
-            t = times.add("setup", t)
-        controllers.on_confirmations(k, confirmations)
-        t = times.add("controllers", t)
-        # the inverters hold the export envelopes: the DSO's, or what the constrained clearing accepted
-        feeder.on_envelopes(k, envelopes if market_envelopes is None else market_envelopes)
-        for j, g in enumerate(tl.steps_of_interval(k)):
-            feeder.begin_step(g, schedule_p_kw, deviation_p_kw[j])
-            t = times.add("feeder", t)
-            views = 0
-            while (view := feeder.dso_view(g, every=poll_dso)) is not None:
-                views += 1
-                reply = controllers.on_view(view)
-                t = times.add("controllers", t)
-                m = feeder.apply(g, reply)
-                t = times.add("feeder", t)
-                if m is None:
-                    break
-            times.dso_views.append(views)
-    drain()
-    times.add("setup", t)
+            engine.drain(sink)
+            clock.took("setup")
+        engine.play(k)
+    engine.drain(sink)
+    clock.took("setup")
     return sink.tables() if collect else {}
+
+
+class _Clock:
+    """Charges the wall time since the last charge to a role (``EngineTimes``)."""
+
+    def __init__(self, times: EngineTimes) -> None:
+        self.times, self.t = times, time.perf_counter()
+
+    def took(self, name: str) -> None:
+        self.t = self.times.add(name, self.t)
+
+
+class _InFlight:
+    """Messages to the market in flight, as the HELICS delay filter makes them (the roles
+    drop what the comms layer loses): (arrival [ns, HELICS time], kind, items)."""
+
+    def __init__(self, comms: CommsLink) -> None:
+        self.comms = comms
+        self.messages: list[tuple[int, str, list]] = []
+
+    def post(self, kind: str, items: list, send_s: float) -> None:
+        self.messages.append((_ns(send_s) + _ns(self.comms.latency_of(kind)), kind, items))
+
+    def deliver(self, kind: str, t_s: float) -> list:
+        """The ``kind`` items that arrived by ``t_s`` (in arrival order); the rest stay in flight."""
+        due = [m for m in self.messages if m[1] == kind and m[0] <= _ns(t_s)]
+        self.messages[:] = [m for m in self.messages if not (m[1] == kind and m[0] <= _ns(t_s))]
+        return [x for m in sorted(due, key=lambda m: m[0]) for x in m[2]]
+
+
+class _Engine:
+    """The five roles and what passes between them within one market interval k, in
+    the federation's order (the module docstring)."""
+
+    def __init__(self, study: Study, clock: _Clock, poll_dso: bool) -> None:
+        self.tl, self.clock, self.poll_dso = study.cfg.timeline, clock, poll_dso
+        self.settle_losses = study.cfg.market.settle_losses
+        self.prosumers = ProsumersRole.from_study(study)
+        self.market = MarketRole.from_study(study)
+        self.feeder = FeederRole.from_study(study)
+        self.meters = MetersRole.from_study(study)
+        self.controllers = ControllersRole.from_study(study)
+        self.inflight = _InFlight(self.prosumers.comms)
+        # what one time of the interval hands the next
+        self.confirmations: list[Confirmation] = []
+        self.schedule_p_kw = np.zeros(len(study.sites))
+        self.deviation_p_kw = np.zeros((0, len(study.sites)))
+        self.notices: list = []
+        self.losses: list = []
+        self.envelopes: list = []
+        self.constraints: list = []
+        self.inverter_envelopes: list = []
+
+    def drain(self, sink) -> None:
+        for role in (self.prosumers, self.market, self.feeder, self.meters, self.controllers):
+            sink.append(role.drain_tables())
+
+    def report_time(self, k: int) -> None:
+        """The AMI and report times of ``k``: confirmations of k-1 to the prosumers and
+        their bids for k; the meters' readings of k-1; the feeder's curtailments (and
+        losses) of k-1; the DSO's envelopes or grid constraints for k."""
+        tl, last = self.tl, k == self.tl.n_intervals
+        if k >= 1:
+            self.prosumers.on_confirmations(k - 1, self.confirmations)
+        if not last:
+            bids, self.deviation_p_kw = self.prosumers.bids_sent(k)
+            self.inflight.post("bids", bids, tl.report_time(k))
+        self.clock.took("prosumers")
+        ami = []
+        if k >= 1:
+            self.meters.record_interval(k - 1, *self.feeder.meter_block(k - 1))
+            ami = self.meters.ami(k - 1)
+            self.inflight.post("interval_energy", self.meters.report_sent(k - 1), tl.report_time(k))
+        self.clock.took("meters")
+        self.notices = self.feeder.curtailment_notices(k - 1) if k >= 1 else []
+        self.losses = self.feeder.loss_energy(k - 1) if k >= 1 and self.settle_losses else []
+        self.clock.took("feeder")
+        if k >= 1:
+            self.controllers.on_ami(k - 1, ami)
+        self.envelopes = [] if last else self.controllers.envelopes(k)
+        self.constraints = [] if last else self.controllers.grid_constraints(k)
+        self.clock.took("controllers")
+
+    def market_time(self, k: int) -> None:
+        """The market settles k-1 and clears k; the DSO takes the confirmations of k."""
+        t_s = self.tl.market_time(k)
+        out = self.market.on_market_time(k, self.inflight.deliver("bids", t_s),
+                                         self.inflight.deliver("interval_energy", t_s), self.notices,
+                                         self.envelopes, self.constraints, losses=self.losses)
+        self.confirmations, self.schedule_p_kw = out.confirmations, out.schedule_p_kw
+        # the inverters hold the export envelopes: the DSO's, or what the constrained clearing accepted
+        self.inverter_envelopes = self.envelopes if out.inverter_envelopes is None else out.inverter_envelopes
+        self.clock.took("market")
+
+    def play(self, k: int) -> None:
+        """The physics steps of ``k``, each with its control rounds."""
+        self.controllers.on_confirmations(k, self.confirmations)
+        self.clock.took("controllers")
+        self.feeder.on_envelopes(k, self.inverter_envelopes)
+        for j, g in enumerate(self.tl.steps_of_interval(k)):
+            self.feeder.begin_step(g, self.schedule_p_kw, self.deviation_p_kw[j])
+            self.clock.took("feeder")
+            self.clock.times.dso_views.append(self._control_rounds(g))
+
+    def _control_rounds(self, g: int) -> int:
+        """Show the DSO step ``g``'s views until it is quiet; how many it was shown."""
+        views = 0
+        while (view := self.feeder.dso_view(g, every=self.poll_dso)) is not None:
+            views += 1
+            reply = self.controllers.on_view(view)
+            self.clock.took("controllers")
+            m = self.feeder.apply(g, reply)
+            self.clock.took("feeder")
+            if m is None:
+                break
+        return views
 
 
 def _ns(t_s: float) -> int:
