@@ -102,41 +102,41 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], notes: list[str] 
         raise ConfigError([Problem("<root>", "the config must be a mapping of sections",
                                    ", ".join(StudyFile.model_fields))], "--set")
     out = copy.deepcopy(raw)
-    problems = []
-    for item in overrides:
-        if "=" not in item:
-            problems.append(Problem(f"--set {item}", "must look like key.path=value", "section.key=value"))
-            continue
-        key, value = item.split("=", 1)
-        parts = [k for k in key.strip().split(".") if k]
-        if not parts:
-            problems.append(Problem(f"--set {item}", "empty key", "section.key=value"))
-            continue
-        node = out
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                problems.append(Problem(key, f"{part} is not a section", "a section name"))
-                break
-            node = child
-        else:
-            try:
-                parsed = yaml.safe_load(value)
-                top: dict[str, Any] = {parts[-1]: parsed}
-                for part in reversed(parts[:-1]):
-                    top = {part: top}
-                said = later_wins(out, top, source, f"--set {key.strip()}")
-                if notes is not None:
-                    notes.extend(said)
-                node[parts[-1]] = parsed
-            except yaml.YAMLError as e:
-                problems.append(Problem(key, f"value is not valid YAML: {' '.join(str(e).split())}",
-                                        "a YAML scalar, list or mapping"))
+    problems = [problem for item in overrides
+                if (problem := _apply_override(out, item, notes, source)) is not None]
     if problems:
         raise ConfigError(problems, "--set")
     return out
+
+
+def _apply_override(out: dict[str, Any], item: str, notes: list[str] | None, source: str) -> Problem | None:
+    """Apply one ``a.b.c=value`` to ``out`` in place; the problem with it, if any."""
+    if "=" not in item:
+        return Problem(f"--set {item}", "must look like key.path=value", "section.key=value")
+    key, value = item.split("=", 1)
+    parts = [k for k in key.strip().split(".") if k]
+    if not parts:
+        return Problem(f"--set {item}", "empty key", "section.key=value")
+    node = out
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            return Problem(key, f"{part} is not a section", "a section name")
+        node = child
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        return Problem(key, f"value is not valid YAML: {' '.join(str(e).split())}", "a YAML scalar, list or mapping")
+    top: dict[str, Any] = {parts[-1]: parsed}
+    for part in reversed(parts[:-1]):
+        top = {part: top}
+    said = later_wins(out, top, source, f"--set {key.strip()}")
+    if notes is not None:
+        notes.extend(said)
+    node[parts[-1]] = parsed
+    return None
 
 
 def validate(raw: Any, base_dir: Path = Path("."), source: str = "config") -> StudyFile:
@@ -261,16 +261,7 @@ def _read_with_base(path: Path, seen: tuple[Path, ...], notes: list[str] | None 
     if not path.is_file():
         raise ConfigError([Problem("base" if seen else "<file>", f"no such config file: {path}", "a YAML file")],
                           str(seen[-1] if seen else path))
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError([Problem("<file>", f"not valid YAML: {e}")], str(path)) from None
-    except UnicodeDecodeError as e:
-        raise ConfigError([Problem("<file>", f"not UTF-8 text: {e}", "a UTF-8 YAML file")], str(path)) from None
-    except RecursionError:
-        raise ConfigError([Problem("<file>", "nested too deeply to read", "a study YAML file")], str(path)) from None
-    except OSError as e:
-        raise ConfigError([Problem("<file>", f"cannot be read: {e}", "a readable YAML file")], str(path)) from None
+    raw = _read_yaml(path)
     if not isinstance(raw, dict) or "base" not in raw:
         return raw
     base = raw.pop("base")
@@ -281,6 +272,20 @@ def _read_with_base(path: Path, seen: tuple[Path, ...], notes: list[str] | None 
     if notes is not None:
         notes.extend(said)
     return _deep_merge(under, raw)
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML document of ``path`` ({} if empty); ConfigError naming what is wrong."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError([Problem("<file>", f"not valid YAML: {e}")], str(path)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([Problem("<file>", f"not UTF-8 text: {e}", "a UTF-8 YAML file")], str(path)) from None
+    except RecursionError:
+        raise ConfigError([Problem("<file>", "nested too deeply to read", "a study YAML file")], str(path)) from None
+    except OSError as e:
+        raise ConfigError([Problem("<file>", f"cannot be read: {e}", "a readable YAML file")], str(path)) from None
 
 
 def resolved_dict(cfg: StudyFile) -> dict[str, Any]:
