@@ -65,6 +65,37 @@ def collect_runs(runs: list[Path], out: Path) -> tuple[Study, float]:
     manifest lists every host (``hosts``) and federate (with its ``host``)."""
     runs = [Path(r) for r in runs]
     out = Path(out)
+    manifests = _host_manifests(runs)
+    problems = _placement_problems(runs, manifests)
+    files = _collected_files(runs)
+    for rel, where in files.items():
+        if len({_sha256_file(r / rel) for r in where}) > 1:
+            problems.append(Problem(f"RUN {where[1]}", f"{rel} differs from that of {where[0]}",
+                                    "the same prepared inputs on every host (same repo version, config, seed)"))
+    if out.exists() and any(out.iterdir()):
+        problems.append(Problem("--out", f"{out} is not empty", "a new folder"))
+    if problems:
+        raise ConfigError(problems, "arguments")
+    for rel, where in files.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(where[0] / rel, out / rel)
+    (out / "logs").mkdir(exist_ok=True)
+    (out / "results").mkdir(exist_ok=True)
+    study = Study.load(out)
+    merge_part_tables(out / "results", study.cfg.prosumers.federates)
+    merge_conservation_tables(out / "results")
+    first = manifests[runs[0]]
+    hosts = [{**m["host"], "run_dir": str(r.resolve()), "wall_s": m["wall_s"]} for r, m in manifests.items()]
+    federates = [{**f, "host": m["host"]["name"]} for m in manifests.values() for f in m["federates"]]
+    wall = max(float(m["wall_s"]) for m in manifests.values())
+    write_manifest(study, "federation", "ok", wall, federates=federates,
+                   extra={"broker_port": first.get("broker_port"), "hosts": hosts})
+    return study, wall
+
+
+def _host_manifests(runs: list[Path]) -> dict[Path, dict]:
+    """Each folder's manifest; ConfigError naming each folder that is not a finished
+    host part of a federation across hosts, or is listed twice."""
     problems: list[Problem] = []
     manifests: dict[Path, dict] = {}
     for r in runs:
@@ -87,6 +118,13 @@ def collect_runs(runs: list[Path], out: Path) -> tuple[Study, float]:
         problems.append(Problem("RUN", "a folder is listed twice", "each host's folder once"))
     if problems:
         raise ConfigError(problems, "arguments")
+    return manifests
+
+
+def _placement_problems(runs: list[Path], manifests: dict[Path, dict]) -> list[Problem]:
+    """What is wrong with the hosts' parts together: another config than the first
+    folder's, a federate run twice or nowhere, not exactly one broker host."""
+    problems: list[Problem] = []
     first = manifests[runs[0]]
     names = first["host"]["federates"]
     owner: dict[str, Path] = {}
@@ -105,31 +143,15 @@ def collect_runs(runs: list[Path], out: Path) -> tuple[Study, float]:
     if sum(bool(m["host"]["broker_here"]) for m in manifests.values()) != 1:
         problems.append(Problem("RUN", "not exactly one folder is the broker host's (--broker)",
                                 "one broker host"))
+    return problems
+
+
+def _collected_files(runs: list[Path]) -> dict[str, list[Path]]:
+    """Each file to collect (path relative to its run folder) -> the folders that hold it."""
     files: dict[str, list[Path]] = {}
     for r in runs:
         for f in sorted(x for x in r.rglob("*") if x.is_file()):
             rel = f.relative_to(r).as_posix()
             if not any(Path(rel).match(pat) and (rel.count("/") == pat.count("/")) for pat in _NOT_COLLECTED):
                 files.setdefault(rel, []).append(r)
-    for rel, where in files.items():
-        if len({_sha256_file(r / rel) for r in where}) > 1:
-            problems.append(Problem(f"RUN {where[1]}", f"{rel} differs from that of {where[0]}",
-                                    "the same prepared inputs on every host (same repo version, config, seed)"))
-    if out.exists() and any(out.iterdir()):
-        problems.append(Problem("--out", f"{out} is not empty", "a new folder"))
-    if problems:
-        raise ConfigError(problems, "arguments")
-    for rel, where in files.items():
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(where[0] / rel, out / rel)
-    (out / "logs").mkdir(exist_ok=True)
-    (out / "results").mkdir(exist_ok=True)
-    study = Study.load(out)
-    merge_part_tables(out / "results", study.cfg.prosumers.federates)
-    merge_conservation_tables(out / "results")
-    hosts = [{**m["host"], "run_dir": str(r.resolve()), "wall_s": m["wall_s"]} for r, m in manifests.items()]
-    federates = [{**f, "host": m["host"]["name"]} for m in manifests.values() for f in m["federates"]]
-    wall = max(float(m["wall_s"]) for m in manifests.values())
-    write_manifest(study, "federation", "ok", wall, federates=federates,
-                   extra={"broker_port": first.get("broker_port"), "hosts": hosts})
-    return study, wall
+    return files

@@ -6,6 +6,7 @@ failure."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -33,6 +34,21 @@ HELICS_PROFILE_FILE = "helics_profile.txt"
 #: the federation before they are killed (Federation.stop)
 STOP_GRACE_S = 3.0
 INTERFACE_ENV = "TECOSIM_LOCAL_INTERFACE"
+
+
+@contextlib.contextmanager
+def _environ(env: dict[str, str]):
+    """``os.environ`` with ``env`` set meanwhile (children started inherit it), then as before."""
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # ---- a federation across hosts -------------------------------------------------------
@@ -183,89 +199,18 @@ class Federation:
         waits as long for the other hosts' federates (their first heartbeat: entering
         executing mode needs every federate of the run).
         """
-        from runner.progress import PROGRESS_FILE, read_progress_file
+        from runner.progress import PROGRESS_FILE
 
-        reached_s: float | None = None
         fc = self.study.cfg.federation
         (self.study.run_dir / PROGRESS_FILE).unlink(missing_ok=True)  # of an earlier run in this folder
         logs = self.study.run_dir / "logs"
         watch = HangWatch(logs, [p.name for p in self.procs if p.name != "broker"],
                           hang_timeout_s or fc.hang_timeout_s)
         watch.clear()
-        joined_since: float | None = None
         with interrupt.deferred():  # a stop signal is raised by interrupt.check() (see runner.interrupt)
             try:
-                if not self.broker_here:
-                    wait_for_broker(self.host, self.port, fc.connect_timeout_s)
-                if any(p.fork for p in self.procs):
-                    preimport_federates()
-                interrupt.check()
-                env = {HEARTBEAT_ENV: str(logs), **self.env}  # inherited by the federates (federates.common.door)
-                before = {k: os.environ.get(k) for k in env}
-                os.environ.update(env)
-                try:
-                    for p in self.procs:
-                        p.start(REPO_ROOT)
-                        interrupt.check()
-                finally:
-                    for k, v in before.items():
-                        if v is None:
-                            os.environ.pop(k, None)
-                        else:
-                            os.environ[k] = v
-                deadline = time.monotonic() + timeout_s
-                while True:
-                    interrupt.check()
-                    federates = [p for p in self.procs if p.name != "broker"]
-                    for p in self.procs:
-                        code = p.poll()
-                        if code not in (None, 0):
-                            raise FederationError(p.name, f"exited with code {code}{self._when(watch, p.name)}",
-                                                  {p.name: p.tail()})
-                    if all(p.poll() == 0 for p in federates):
-                        broker = next((p for p in self.procs if p.name == "broker"), None)
-                        end = time.monotonic() + 15
-                        while broker is not None and broker.poll() is None and time.monotonic() < end:
-                            interrupt.check()
-                            time.sleep(poll_s)
-                        if broker is not None and broker.poll() is None:
-                            raise FederationError("broker", "did not exit after all federates finished",
-                                                  {"broker": broker.tail()})
-                        return
-                    if self.across_hosts and joined_since is None and self.local != self.names \
-                            and all(path.exists() for path in watch.paths.values()) \
-                            and all(b is None for b in watch.read().values()):
-                        joined_since = time.monotonic()  # every local federate registered, none executing
-                    if joined_since is not None and any(b is not None for b in watch.read().values()):
-                        joined_since = -1.0  # executing: the other hosts' federates joined
-                    if joined_since is not None and joined_since >= 0 \
-                            and time.monotonic() - joined_since > fc.connect_timeout_s:
-                        others = [n for n in self.names if n not in self.local]
-                        raise FederationError(
-                            ", ".join(others), f"did not join the broker at {self.address} within "
-                            f"federation.connect_timeout_s={fc.connect_timeout_s:g} s after this host's federates "
-                            f"({', '.join(self.local)}) had (start the other hosts' `tecosim run ... --federates "
-                            f"{','.join(others)}`)",
-                            {p.name: p.tail(8) for p in self.procs if p.name == "broker"})
-                    if time.monotonic() > deadline:
-                        running = [p for p in federates if p.poll() is None]
-                        raise FederationError(", ".join(p.name for p in running),
-                                              f"still running after timeout_s={timeout_s:g} s"
-                                              f"{self._when(watch, running[0].name if running else '')}",
-                                              {p.name: p.tail(8) for p in running})
-                    hung = watch.check(self.procs, time.monotonic())
-                    if hung is not None and self.across_hosts and hung.federate == "broker":
-                        others = [n for n in self.names if n not in self.local]
-                        raise FederationError(hung.federate + (f" or {', '.join(others)} (another host)" if others
-                                                               else " (another host)"), hung.reason, hung.log_tails)
-                    if hung is not None:
-                        raise hung
-                    if progress is not None:
-                        t_s = read_progress_file(self.study.run_dir)
-                        if t_s is not None and t_s != reached_s:
-                            reached_s = t_s
-                            progress(t_s)
-                    time.sleep(poll_s)
+                self._start(logs)
+                self._supervise(watch, timeout_s, poll_s, progress)
             except KeyboardInterrupt:  # Ctrl-C, SIGTERM (interrupt.Interrupted)
                 # before executing mode no federate has a table to close: no grace then
                 executing = any(b is not None for b in watch.read().values())
@@ -273,6 +218,111 @@ class Federation:
                 raise
             finally:
                 self.kill_all()
+
+    def _start(self, logs: Path) -> None:
+        """Start the broker and the federates (across hosts, once the broker listens),
+        with the heartbeat folder and this host's interface in their environment."""
+        if not self.broker_here:
+            wait_for_broker(self.host, self.port, self.study.cfg.federation.connect_timeout_s)
+        if any(p.fork for p in self.procs):
+            preimport_federates()
+        interrupt.check()
+        env = {HEARTBEAT_ENV: str(logs), **self.env}  # inherited by the federates (federates.common.door)
+        with _environ(env):
+            for p in self.procs:
+                p.start(REPO_ROOT)
+                interrupt.check()
+
+    def _supervise(self, watch: HangWatch, timeout_s: float, poll_s: float,
+                   progress: Callable[[float], None] | None) -> None:
+        """Poll every ``poll_s`` [s] until every federate exited with 0 (and then the
+        broker); a FederationError on the first failure: a process exiting with another
+        code, the other hosts' federates not joining, ``timeout_s``, a hang."""
+        from runner.progress import read_progress_file
+
+        deadline = time.monotonic() + timeout_s
+        joined_since: float | None = None
+        reached_s: float | None = None
+        while True:
+            interrupt.check()
+            self._check_exits(watch)
+            if self._finished(poll_s):
+                return
+            joined_since = self._check_joined(watch, joined_since)
+            if time.monotonic() > deadline:
+                raise self._timed_out(watch, timeout_s)
+            self._check_hung(watch)
+            if progress is not None:
+                t_s = read_progress_file(self.study.run_dir)
+                if t_s is not None and t_s != reached_s:
+                    reached_s = t_s
+                    progress(t_s)
+            time.sleep(poll_s)
+
+    def _check_exits(self, watch: HangWatch) -> None:
+        """FederationError for the first process that exited with a code other than 0."""
+        for p in self.procs:
+            code = p.poll()
+            if code not in (None, 0):
+                raise FederationError(p.name, f"exited with code {code}{self._when(watch, p.name)}",
+                                      {p.name: p.tail()})
+
+    def _finished(self, poll_s: float) -> bool:
+        """Whether every federate exited with 0; then the broker has 15 s to exit too
+        (FederationError when it does not)."""
+        if not all(p.poll() == 0 for p in self.procs if p.name != "broker"):
+            return False
+        broker = next((p for p in self.procs if p.name == "broker"), None)
+        end = time.monotonic() + 15
+        while broker is not None and broker.poll() is None and time.monotonic() < end:
+            interrupt.check()
+            time.sleep(poll_s)
+        if broker is not None and broker.poll() is None:
+            raise FederationError("broker", "did not exit after all federates finished",
+                                  {"broker": broker.tail()})
+        return True
+
+    def _check_joined(self, watch: HangWatch, joined_since: float | None) -> float | None:
+        """Across hosts: when every local federate has registered and none executes yet
+        (``joined_since``, returned), the other hosts' federates have
+        ``federation.connect_timeout_s`` to join (FederationError naming them); -1 once
+        the federation executes."""
+        fc = self.study.cfg.federation
+        if self.across_hosts and joined_since is None and self.local != self.names \
+                and all(path.exists() for path in watch.paths.values()) \
+                and all(b is None for b in watch.read().values()):
+            joined_since = time.monotonic()  # every local federate registered, none executing
+        if joined_since is not None and any(b is not None for b in watch.read().values()):
+            joined_since = -1.0  # executing: the other hosts' federates joined
+        if joined_since is not None and joined_since >= 0 \
+                and time.monotonic() - joined_since > fc.connect_timeout_s:
+            others = [n for n in self.names if n not in self.local]
+            raise FederationError(
+                ", ".join(others), f"did not join the broker at {self.address} within "
+                f"federation.connect_timeout_s={fc.connect_timeout_s:g} s after this host's federates "
+                f"({', '.join(self.local)}) had (start the other hosts' `tecosim run ... --federates "
+                f"{','.join(others)}`)",
+                {p.name: p.tail(8) for p in self.procs if p.name == "broker"})
+        return joined_since
+
+    def _timed_out(self, watch: HangWatch, timeout_s: float) -> FederationError:
+        """The error of a federation still running after ``timeout_s``, naming what runs."""
+        running = [p for p in self.procs if p.name != "broker" and p.poll() is None]
+        return FederationError(", ".join(p.name for p in running),
+                               f"still running after timeout_s={timeout_s:g} s"
+                               f"{self._when(watch, running[0].name if running else '')}",
+                               {p.name: p.tail(8) for p in running})
+
+    def _check_hung(self, watch: HangWatch) -> None:
+        """The hang ``watch`` found, raised; across hosts a hung broker may also be a
+        federate of another host."""
+        hung = watch.check(self.procs, time.monotonic())
+        if hung is not None and self.across_hosts and hung.federate == "broker":
+            others = [n for n in self.names if n not in self.local]
+            raise FederationError(hung.federate + (f" or {', '.join(others)} (another host)" if others
+                                                   else " (another host)"), hung.reason, hung.log_tails)
+        if hung is not None:
+            raise hung
 
     @staticmethod
     def _when(watch: HangWatch, name: str) -> str:
