@@ -379,7 +379,7 @@ def test_the_post_run_path_reads_no_table_whole(runs, tmp_path, monkeypatch):
     row per market interval); read_tables is never called."""
     import pyarrow.parquet as pq_mod
 
-    from runner import cli, results
+    from runner import cli, results, run_folder
     from runner.compare import write_compare
     from runner.launch import Study
 
@@ -406,6 +406,7 @@ def test_the_post_run_path_reads_no_table_whole(runs, tmp_path, monkeypatch):
     monkeypatch.setattr(pq_mod, "read_table", spy_read_table)
     monkeypatch.setattr(pq_mod.ParquetFile, "read", spy_pf_read)
     monkeypatch.setattr(results, "read_tables", no_read_tables)
+    monkeypatch.setattr(run_folder, "read_tables", no_read_tables)
     cli._finish_run(Study.load(long), "inprocess", 0.0, quiet=True, report=True)
     assert (long / "report.html").is_file() and (long / "summary.txt").is_file()
     write_compare([runs["day"], long], tmp_path / "cmp", labels=["day", "long"])
