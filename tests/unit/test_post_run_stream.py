@@ -296,7 +296,7 @@ def test_long_run_report_aggregates_are_the_day_repeated(runs, small_bins):
         np.testing.assert_allclose(d.curtailed[cause].values(), _bin(s, wk, "sum"), rtol=1e-12, atol=1e-15)
 
     m = _cfg(day).market
-    bills = report._bills(d.bill_sums)
+    bills = report.bills(d.bill_sums)
     ref = report.baseline_bills(t["settlements"], m.retail_usd_per_kwh, m.feed_in_usd_per_kwh)
     for col in ("net_cost_usd", "baseline_usd", "saving_usd"):
         np.testing.assert_allclose(bills[col].reindex(ref.index).to_numpy(), REPEATS * ref[col].to_numpy(),
