@@ -1,12 +1,14 @@
 """``tecosim compare``: several runs side by side.
 
-From each run folder's ``manifest.json`` (its ``summary``), ``config.resolved.yaml``
-and ``results/`` (``kpis``, ``voltages``, ``grid``) it writes into one folder:
+From each run folder (``runner.run_folder``): its ``manifest.json`` (its ``summary``),
+``config.resolved.yaml`` and ``results/`` (``kpis``, ``voltages``, ``grid``), it writes
+into one folder:
 
 - ``compare.html``: a self-contained page (``runner.html``): the runs, how their
   configs differ, the KPI table and overlaid figures;
 - one PNG per figure, next to the page;
-- ``compare_kpis.csv``: columns ``kpi``, ``unit`` and one column per run.
+- ``compare_kpis.csv``: columns ``kpi``, ``unit`` and one column per run (the study
+  KPIs of ``runner.kpis``, then the wall time).
 
 A run's label is what sets it apart: the config keys whose values differ between
 the runs (``controllers.enabled=false``), plus ``engine=`` when the engines differ;
@@ -33,13 +35,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import yaml
 
 from federates.common.errors import ConfigError, Problem
+from runner.kpis import STUDY_KPIS, UNCONVERGED, WALL_TIME, name_of, unit_of
+from runner.run_folder import CHUNK_ROWS, RunFolder, check_run_dirs, table_file
 
-CONFIG_FILE = "config.resolved.yaml"  # federates.runtime.CONFIG_FILE
-MANIFEST_FILE = "manifest.json"
-KPIS_FILE = Path("results") / "kpis.parquet"
 HTML_FILE = "compare.html"
 CSV_FILE = "compare_kpis.csv"
 
@@ -49,29 +49,9 @@ MAX_LABEL_KEYS = 3
 DERIVED_KEYS = frozenset({"prosumers.pv_penetration_base_kw"})
 """Resolved-config keys that follow from others (not set by the user): not labels."""
 
-# summary key -> (description, unit); others get their unit from the key's suffix
-KPI_ROWS: dict[str, tuple[str, str]] = {
-    "energy_traded_kwh": ("energy traded peer-to-peer", "kWh"),
-    "mean_price_usd_per_kwh": ("mean peer trade price", "USD/kWh"),
-    "curtailed_kwh": ("curtailed energy", "kWh"),
-    "violation_min_before": ("voltage violation before control", "min"),
-    "violation_min_after": ("voltage violation after control", "min"),
-    "v_min_pu": ("customer voltage min", "pu"),
-    "v_max_pu": ("customer voltage max", "pu"),
-    "v_max_before_pu": ("customer voltage max before control", "pu"),
-    "grid_import_kwh": ("grid import", "kWh"),
-    "grid_export_kwh": ("grid export", "kWh"),
-    "losses_kwh": ("feeder losses", "kWh"),
-    "thermal_violation_min_before": ("thermal violation before control", "min"),
-    "thermal_violation_min_after": ("thermal violation after control", "min"),
-    "vuf_violation_min_before": ("unbalance violation before control", "min"),
-    "vuf_violation_min_after": ("unbalance violation after control", "min"),
-    "substation_violation_min_before": ("substation violation before control", "min"),
-    "substation_violation_min_after": ("substation violation after control", "min"),
-    "unconverged_steps": ("steps where control did not converge", "steps"),
-}
-UNIT_SUFFIXES = (("_usd_per_kwh", "USD/kWh"), ("_kwh", "kWh"), ("_kw", "kW"), ("_kvar", "kvar"),
-                 ("_usd", "USD"), ("_pu", "pu"), ("_pct", "%"), ("_s", "s"), ("_steps", "steps"))
+#: the order of the KPI table: the summary's (``runner.kpis.STUDY_KPIS``), with the steps
+#: where control did not converge after the violation minutes
+KPI_ORDER = (*(kpi.key for kpi in STUDY_KPIS if kpi is not UNCONVERGED), UNCONVERGED.key)
 
 
 @dataclass
@@ -106,9 +86,8 @@ class RunData:
         bins' middles and their max / mean); None when the table or column is missing
         or empty. Read in batches of ``CHUNK_ROWS`` rows, three columns."""
         from runner.report import MAX_SERIES_POINTS, Binned, Bins
-        from runner.results import CHUNK_ROWS
 
-        path = self.path / "results" / f"{name}.parquet"
+        path = table_file(self.path, name)
         try:
             pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffered, iter_batches keeps every batch read
             if not {"step", "t_s", column} <= set(pf.schema_arrow.names):
@@ -130,41 +109,10 @@ class RunData:
         return t_s, val.values()[present], bins.width
 
 
-def check_run_dirs(paths: Sequence[Path], *, need_kpis: bool = False) -> None:
-    """ConfigError (exit 2) naming every path that is not a run folder of ``tecosim run``
-    (with ``need_kpis``: not a completed one)."""
-    problems = []
-    allowed = "a run folder written by tecosim run"
-    for p in paths:
-        p = Path(p)
-        if not p.is_dir():
-            problems.append(Problem(f"RUN {p}", "no such folder", allowed))
-            continue
-        missing = [n for n in (MANIFEST_FILE, CONFIG_FILE) if not (p / n).is_file()]
-        if missing:
-            problems.append(Problem(f"RUN {p}", f"is not a run folder (no {' or '.join(missing)})", allowed))
-            continue
-        try:
-            json.loads((p / MANIFEST_FILE).read_text())
-        except (OSError, ValueError) as e:
-            problems.append(Problem(f"RUN {p}", f"unreadable {MANIFEST_FILE}: {e}", allowed))
-            continue
-        if need_kpis and not (p / KPIS_FILE).is_file():
-            problems.append(Problem(f"RUN {p}", f"has no {KPIS_FILE.as_posix()} (the run failed or did not finish)",
-                                    "a completed run"))
-    if problems:
-        raise ConfigError(problems, "arguments")
-
-
 def load_run(path: Path) -> RunData:
-    from runner.results import summary
-
-    path = Path(path)
-    manifest = json.loads((path / MANIFEST_FILE).read_text())
-    config = yaml.safe_load((path / CONFIG_FILE).read_text()) or {}
-    k = pd.read_parquet(path / KPIS_FILE)
-    s = manifest.get("summary") or summary(k)
-    return RunData(path, manifest, config, k, s)
+    f = RunFolder(path)
+    k = f.kpis()
+    return RunData(f.path, f.manifest, f.config, k, f.summary(k))
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -238,28 +186,17 @@ def unique(labels: list[str], paths: Sequence[Path]) -> list[str]:
     return out
 
 
-def kpi_unit(key: str) -> str:
-    if key in KPI_ROWS:
-        return KPI_ROWS[key][1]
-    if "_min_" in key or key.endswith("_min"):
-        return "min"
-    for suffix, unit in UNIT_SUFFIXES:
-        if key.endswith(suffix):
-            return unit
-    return ""
-
-
 def kpi_table(runs: Sequence[RunData], labels: Sequence[str]) -> pd.DataFrame:
-    """Rows: every summary KPI (the union over runs, known ones first), then the
-    engine and wall time; columns ``kpi``, ``unit``, one per run."""
-    keys = [k for k in KPI_ROWS if any(k in r.summary for r in runs)]
+    """Rows: every summary KPI (the union over runs, known ones first, in
+    :data:`KPI_ORDER`), then the wall time; columns ``kpi``, ``unit``, one per run."""
+    keys = [k for k in KPI_ORDER if any(k in r.summary for r in runs)]
     for r in runs:
         keys += [k for k in r.summary if k not in keys]
     rows = []
     for key in keys:
-        rows.append({"kpi": key, "unit": kpi_unit(key),
+        rows.append({"kpi": key, "unit": unit_of(key),
                      **{lab: _number(r.summary.get(key)) for lab, r in zip(labels, runs, strict=True)}})
-    rows.append({"kpi": "wall_time_s", "unit": "s",
+    rows.append({"kpi": WALL_TIME.key, "unit": WALL_TIME.unit,
                  **{lab: _number(r.manifest.get("wall_s")) for lab, r in zip(labels, runs, strict=True)}})
     return pd.DataFrame(rows, columns=["kpi", "unit", *labels])
 
@@ -481,8 +418,7 @@ def write_compare(run_dirs: Sequence[Path], out_dir: Path, labels: Sequence[str]
     kpis = kpi_table(runs, labels)
     kpis.to_csv(out_dir / CSV_FILE, index=False)
     shown = pd.DataFrame({
-        "KPI": [KPI_ROWS.get(k, (k.replace("_", " "), ""))[0] if k != "wall_time_s" else "wall time"
-                for k in kpis["kpi"]],
+        "KPI": [name_of(k) for k in kpis["kpi"]],
         "unit": kpis["unit"],
         **{lab: [_fmt_kpi(v, u) for v, u in zip(kpis[lab], kpis["unit"], strict=True)] for lab in labels},
     })
