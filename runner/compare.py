@@ -293,22 +293,28 @@ def _interval_steps(run: RunData, column: str) -> tuple[pd.DatetimeIndex, np.nda
     return run.clock(t_s), np.append(y, y[-1]) if len(y) else y
 
 
-def _figures(runs: Sequence[RunData], labels: Sequence[str]) -> list:
-    from runner.html import Figure
+@dataclass
+class _Overlay:
+    """The runs' curves overlaid in one figure each: one colour and line style per run
+    (``styles``), one time axis for all (``spans_days``: dates on it)."""
 
-    styles = _styles(len(runs))
-    starts = [r.start() for r in runs]
-    ends = [r.start() + pd.Timedelta(seconds=float(r.config["study"]["duration"])) for r in runs]
-    spans_days = len({s.tz_localize(None).date() if s.tz else s.date() for s in starts}) > 1 or \
-        any((e - s) > pd.Timedelta(hours=24) for s, e in zip(starts, ends, strict=True))
-    figures = []
-    legend_kw = {"fontsize": "small", "loc": "best"} if len(runs) <= 6 else \
-        {"fontsize": "x-small", "loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
+    runs: Sequence[RunData]
+    labels: Sequence[str]
+    styles: list[dict[str, Any]]
+    spans_days: bool
 
-    def per_step(fig_id, title, ylabel, table, column, how, caption, extra=None):
+    @property
+    def legend_kw(self) -> dict[str, Any]:
+        return {"fontsize": "small", "loc": "best"} if len(self.runs) <= 6 else \
+            {"fontsize": "x-small", "loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
+
+    def per_step(self, fig_id, title, ylabel, table, column, how, caption, extra=None):
+        """``column`` of the per-step ``table`` reduced per step with ``how`` (max, mean)."""
+        from runner.html import Figure
+
         fig, ax = _new_axes(title, ylabel)
         missing, binned = [], []
-        for r, lab, st in zip(runs, labels, styles, strict=True):
+        for r, lab, st in zip(self.runs, self.labels, self.styles, strict=True):
             s = r.step_series(table, column, how)
             if s is None:
                 missing.append(lab)
@@ -319,18 +325,22 @@ def _figures(runs: Sequence[RunData], labels: Sequence[str]) -> list:
             ax.plot(r.clock(t_s), y, label=lab, linewidth=1.2, **st)
         if extra is not None:
             extra(ax)
-        _time_axis(ax, spans_days)
-        ax.legend(**legend_kw)
+        _time_axis(ax, self.spans_days)
+        ax.legend(**self.legend_kw)
         note = f" No {table} table in: {', '.join(missing)}." if missing else ""
         if binned:
             note += (f" Long runs drawn per bin of whole steps (the {'maximum' if how == 'max' else 'mean'} "
                      f"over the bin, at its middle): {', '.join(binned)}.")
-        figures.append(Figure(fig_id, title, _png(fig), caption + note))
+        return Figure(fig_id, title, _png(fig), caption + note)
 
-    def per_interval(fig_id, title, ylabel, column, caption, fallback=None):
+    def per_interval(self, fig_id, title, ylabel, column, caption, fallback=None):
+        """The kpis table's ``column`` as steps over the market intervals (``fallback``
+        for a run whose ``column`` is missing or all NaN)."""
+        from runner.html import Figure
+
         fig, ax = _new_axes(title, ylabel)
         notes = []
-        for r, lab, st in zip(runs, labels, styles, strict=True):
+        for r, lab, st in zip(self.runs, self.labels, self.styles, strict=True):
             col = column
             if fallback is not None and (column not in r.kpis or r.kpis[column].isna().all()):
                 col = fallback
@@ -339,35 +349,48 @@ def _figures(runs: Sequence[RunData], labels: Sequence[str]) -> list:
                 continue
             x, y = _interval_steps(r, col)
             ax.step(x, y, where="post", label=lab, linewidth=1.3, **st)
-        _time_axis(ax, spans_days)
-        ax.legend(**legend_kw)
+        _time_axis(ax, self.spans_days)
+        ax.legend(**self.legend_kw)
         note = (f" Mean peer trade price where the market sets no single clearing price: {', '.join(notes)}."
                 if notes else "")
-        figures.append(Figure(fig_id, title, _png(fig), caption + note))
+        return Figure(fig_id, title, _png(fig), caption + note)
 
+
+def _spans_days(runs: Sequence[RunData]) -> bool:
+    """Whether the runs start on different dates or one lasts more than a day."""
+    starts = [r.start() for r in runs]
+    ends = [r.start() + pd.Timedelta(seconds=float(r.config["study"]["duration"])) for r in runs]
+    return len({s.tz_localize(None).date() if s.tz else s.date() for s in starts}) > 1 or \
+        any((e - s) > pd.Timedelta(hours=24) for s, e in zip(starts, ends, strict=True))
+
+
+def _figures(runs: Sequence[RunData], labels: Sequence[str]) -> list:
+    styles = _styles(len(runs))
+    o = _Overlay(runs, labels, styles, _spans_days(runs))
     v_max = {float(r.config.get("limits", {}).get("v_max_pu", math.nan)) for r in runs}
 
     def band(ax):
         for v in sorted(x for x in v_max if math.isfinite(x)):
             ax.axhline(v, color="0.35", linestyle=":", linewidth=1.0, label=f"upper voltage limit {v:g} pu")
 
-    per_step("voltage_max", "Highest customer voltage after control", "voltage [pu]", "voltages", "v_pu", "max",
-             "Per physics step, the highest customer voltage after Volt-VAR, Volt-Watt and curtailment; "
-             "dotted: the upper limit of the voltage band.", extra=band)
-    per_interval("curtailment", "Curtailed energy per market interval", "curtailed energy [kWh]",
-                 "curtailed_kwh", "Energy the DSO curtailed from sellers' trades, per market interval.")
-    per_step("substation_power", "Substation active power", "active power [kW]", "grid", "source_p_kw", "mean",
-             "Power drawn from the substation per physics step (negative: reverse flow to the grid).",
-             extra=_zero_line_if_negative)
-    per_interval("clearing_price", "Clearing price per market interval", "price [USD/kWh]",
-                 "clearing_price_usd_per_kwh", "Market clearing price of each interval.",
-                 fallback="mean_trade_price_usd_per_kwh")
-    per_interval("energy_traded", "Energy traded peer-to-peer per market interval", "energy [kWh]",
-                 "traded_kwh", "Energy matched between prosumers in each interval.")
-    per_step("losses", "Feeder losses", "losses [kW]", "grid", "losses_kw", "mean",
-             "Total feeder losses (OpenDSS) per physics step.")
-    figures.append(_violation_bars(runs, labels, styles))
-    return figures
+    return [
+        o.per_step("voltage_max", "Highest customer voltage after control", "voltage [pu]", "voltages", "v_pu",
+                   "max", "Per physics step, the highest customer voltage after Volt-VAR, Volt-Watt and "
+                   "curtailment; dotted: the upper limit of the voltage band.", extra=band),
+        o.per_interval("curtailment", "Curtailed energy per market interval", "curtailed energy [kWh]",
+                       "curtailed_kwh", "Energy the DSO curtailed from sellers' trades, per market interval."),
+        o.per_step("substation_power", "Substation active power", "active power [kW]", "grid", "source_p_kw",
+                   "mean", "Power drawn from the substation per physics step (negative: reverse flow to the grid).",
+                   extra=_zero_line_if_negative),
+        o.per_interval("clearing_price", "Clearing price per market interval", "price [USD/kWh]",
+                       "clearing_price_usd_per_kwh", "Market clearing price of each interval.",
+                       fallback="mean_trade_price_usd_per_kwh"),
+        o.per_interval("energy_traded", "Energy traded peer-to-peer per market interval", "energy [kWh]",
+                       "traded_kwh", "Energy matched between prosumers in each interval."),
+        o.per_step("losses", "Feeder losses", "losses [kW]", "grid", "losses_kw", "mean",
+                   "Total feeder losses (OpenDSS) per physics step."),
+        _violation_bars(runs, labels, styles),
+    ]
 
 
 def _zero_line_if_negative(ax) -> None:
