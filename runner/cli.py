@@ -283,8 +283,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_collect(args) -> int:
-    from runner.compare import check_run_dirs
     from runner.launch import collect_runs
+    from runner.run_folder import check_run_dirs
 
     check_run_dirs(args.runs)
     study, wall = collect_runs(args.runs, args.out)
@@ -299,14 +299,9 @@ def _finish_run(study, engine: str, wall: float, *, quiet: bool, report: bool) -
 
     Each reads the results tables in chunks of whole market intervals (bounded memory
     for year-long runs), never whole."""
+    from runner.kpis import run_kpis, summary
     from runner.losses_table import write_loss_tables
-    from runner.results import (
-        check_conservation,
-        format_summary,
-        live_conservation_rows,
-        run_kpis,
-        summary,
-    )
+    from runner.results import check_conservation, format_summary, live_conservation_rows
 
     cfg = study.cfg
     k = run_kpis(cfg, study.run_dir)
@@ -345,7 +340,7 @@ def _report_after_run(run_dir: Path, quiet: bool) -> None:
 
 
 def cmd_report(args) -> int:
-    from runner.compare import check_run_dirs
+    from runner.run_folder import check_run_dirs
 
     check_run_dirs([args.run])
     from runner.report import write_report
@@ -355,7 +350,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from runner.compare import check_run_dirs, default_compare_dir, parse_labels, write_compare
+    from runner.compare import default_compare_dir, parse_labels, write_compare
+    from runner.run_folder import check_run_dirs
 
     labels = parse_labels(args.labels, len(args.runs))
     check_run_dirs(args.runs, need_kpis=True)

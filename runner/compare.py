@@ -1,12 +1,14 @@
 """``tecosim compare``: several runs side by side.
 
-From each run folder's ``manifest.json`` (its ``summary``), ``config.resolved.yaml``
-and ``results/`` (``kpis``, ``voltages``, ``grid``) it writes into one folder:
+From each run folder (``runner.run_folder``): its ``manifest.json`` (its ``summary``),
+``config.resolved.yaml`` and ``results/`` (``kpis``, ``voltages``, ``grid``), it writes
+into one folder:
 
 - ``compare.html``: a self-contained page (``runner.html``): the runs, how their
   configs differ, the KPI table and overlaid figures;
 - one PNG per figure, next to the page;
-- ``compare_kpis.csv``: columns ``kpi``, ``unit`` and one column per run.
+- ``compare_kpis.csv``: columns ``kpi``, ``unit`` and one column per run (the study
+  KPIs of ``runner.kpis``, then the wall time).
 
 A run's label is what sets it apart: the config keys whose values differ between
 the runs (``controllers.enabled=false``), plus ``engine=`` when the engines differ;
@@ -33,13 +35,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import yaml
 
 from federates.common.errors import ConfigError, Problem
+from runner.kpis import STUDY_KPIS, UNCONVERGED, WALL_TIME, name_of, unit_of
+from runner.run_folder import CHUNK_ROWS, RunFolder, check_run_dirs, table_file
 
-CONFIG_FILE = "config.resolved.yaml"  # federates.runtime.CONFIG_FILE
-MANIFEST_FILE = "manifest.json"
-KPIS_FILE = Path("results") / "kpis.parquet"
 HTML_FILE = "compare.html"
 CSV_FILE = "compare_kpis.csv"
 
@@ -49,29 +49,9 @@ MAX_LABEL_KEYS = 3
 DERIVED_KEYS = frozenset({"prosumers.pv_penetration_base_kw"})
 """Resolved-config keys that follow from others (not set by the user): not labels."""
 
-# summary key -> (description, unit); others get their unit from the key's suffix
-KPI_ROWS: dict[str, tuple[str, str]] = {
-    "energy_traded_kwh": ("energy traded peer-to-peer", "kWh"),
-    "mean_price_usd_per_kwh": ("mean peer trade price", "USD/kWh"),
-    "curtailed_kwh": ("curtailed energy", "kWh"),
-    "violation_min_before": ("voltage violation before control", "min"),
-    "violation_min_after": ("voltage violation after control", "min"),
-    "v_min_pu": ("customer voltage min", "pu"),
-    "v_max_pu": ("customer voltage max", "pu"),
-    "v_max_before_pu": ("customer voltage max before control", "pu"),
-    "grid_import_kwh": ("grid import", "kWh"),
-    "grid_export_kwh": ("grid export", "kWh"),
-    "losses_kwh": ("feeder losses", "kWh"),
-    "thermal_violation_min_before": ("thermal violation before control", "min"),
-    "thermal_violation_min_after": ("thermal violation after control", "min"),
-    "vuf_violation_min_before": ("unbalance violation before control", "min"),
-    "vuf_violation_min_after": ("unbalance violation after control", "min"),
-    "substation_violation_min_before": ("substation violation before control", "min"),
-    "substation_violation_min_after": ("substation violation after control", "min"),
-    "unconverged_steps": ("steps where control did not converge", "steps"),
-}
-UNIT_SUFFIXES = (("_usd_per_kwh", "USD/kWh"), ("_kwh", "kWh"), ("_kw", "kW"), ("_kvar", "kvar"),
-                 ("_usd", "USD"), ("_pu", "pu"), ("_pct", "%"), ("_s", "s"), ("_steps", "steps"))
+#: the order of the KPI table: the summary's (``runner.kpis.STUDY_KPIS``), with the steps
+#: where control did not converge after the violation minutes
+KPI_ORDER = (*(kpi.key for kpi in STUDY_KPIS if kpi is not UNCONVERGED), UNCONVERGED.key)
 
 
 @dataclass
@@ -106,9 +86,8 @@ class RunData:
         bins' middles and their max / mean); None when the table or column is missing
         or empty. Read in batches of ``CHUNK_ROWS`` rows, three columns."""
         from runner.report import MAX_SERIES_POINTS, Binned, Bins
-        from runner.results import CHUNK_ROWS
 
-        path = self.path / "results" / f"{name}.parquet"
+        path = table_file(self.path, name)
         try:
             pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffered, iter_batches keeps every batch read
             if not {"step", "t_s", column} <= set(pf.schema_arrow.names):
@@ -130,41 +109,10 @@ class RunData:
         return t_s, val.values()[present], bins.width
 
 
-def check_run_dirs(paths: Sequence[Path], *, need_kpis: bool = False) -> None:
-    """ConfigError (exit 2) naming every path that is not a run folder of ``tecosim run``
-    (with ``need_kpis``: not a completed one)."""
-    problems = []
-    allowed = "a run folder written by tecosim run"
-    for p in paths:
-        p = Path(p)
-        if not p.is_dir():
-            problems.append(Problem(f"RUN {p}", "no such folder", allowed))
-            continue
-        missing = [n for n in (MANIFEST_FILE, CONFIG_FILE) if not (p / n).is_file()]
-        if missing:
-            problems.append(Problem(f"RUN {p}", f"is not a run folder (no {' or '.join(missing)})", allowed))
-            continue
-        try:
-            json.loads((p / MANIFEST_FILE).read_text())
-        except (OSError, ValueError) as e:
-            problems.append(Problem(f"RUN {p}", f"unreadable {MANIFEST_FILE}: {e}", allowed))
-            continue
-        if need_kpis and not (p / KPIS_FILE).is_file():
-            problems.append(Problem(f"RUN {p}", f"has no {KPIS_FILE.as_posix()} (the run failed or did not finish)",
-                                    "a completed run"))
-    if problems:
-        raise ConfigError(problems, "arguments")
-
-
 def load_run(path: Path) -> RunData:
-    from runner.results import summary
-
-    path = Path(path)
-    manifest = json.loads((path / MANIFEST_FILE).read_text())
-    config = yaml.safe_load((path / CONFIG_FILE).read_text()) or {}
-    k = pd.read_parquet(path / KPIS_FILE)
-    s = manifest.get("summary") or summary(k)
-    return RunData(path, manifest, config, k, s)
+    f = RunFolder(path)
+    k = f.kpis()
+    return RunData(f.path, f.manifest, f.config, k, f.summary(k))
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -238,28 +186,17 @@ def unique(labels: list[str], paths: Sequence[Path]) -> list[str]:
     return out
 
 
-def kpi_unit(key: str) -> str:
-    if key in KPI_ROWS:
-        return KPI_ROWS[key][1]
-    if "_min_" in key or key.endswith("_min"):
-        return "min"
-    for suffix, unit in UNIT_SUFFIXES:
-        if key.endswith(suffix):
-            return unit
-    return ""
-
-
 def kpi_table(runs: Sequence[RunData], labels: Sequence[str]) -> pd.DataFrame:
-    """Rows: every summary KPI (the union over runs, known ones first), then the
-    engine and wall time; columns ``kpi``, ``unit``, one per run."""
-    keys = [k for k in KPI_ROWS if any(k in r.summary for r in runs)]
+    """Rows: every summary KPI (the union over runs, known ones first, in
+    :data:`KPI_ORDER`), then the wall time; columns ``kpi``, ``unit``, one per run."""
+    keys = [k for k in KPI_ORDER if any(k in r.summary for r in runs)]
     for r in runs:
         keys += [k for k in r.summary if k not in keys]
     rows = []
     for key in keys:
-        rows.append({"kpi": key, "unit": kpi_unit(key),
+        rows.append({"kpi": key, "unit": unit_of(key),
                      **{lab: _number(r.summary.get(key)) for lab, r in zip(labels, runs, strict=True)}})
-    rows.append({"kpi": "wall_time_s", "unit": "s",
+    rows.append({"kpi": WALL_TIME.key, "unit": WALL_TIME.unit,
                  **{lab: _number(r.manifest.get("wall_s")) for lab, r in zip(labels, runs, strict=True)}})
     return pd.DataFrame(rows, columns=["kpi", "unit", *labels])
 
@@ -356,22 +293,28 @@ def _interval_steps(run: RunData, column: str) -> tuple[pd.DatetimeIndex, np.nda
     return run.clock(t_s), np.append(y, y[-1]) if len(y) else y
 
 
-def _figures(runs: Sequence[RunData], labels: Sequence[str]) -> list:
-    from runner.html import Figure
+@dataclass
+class _Overlay:
+    """The runs' curves overlaid in one figure each: one colour and line style per run
+    (``styles``), one time axis for all (``spans_days``: dates on it)."""
 
-    styles = _styles(len(runs))
-    starts = [r.start() for r in runs]
-    ends = [r.start() + pd.Timedelta(seconds=float(r.config["study"]["duration"])) for r in runs]
-    spans_days = len({s.tz_localize(None).date() if s.tz else s.date() for s in starts}) > 1 or \
-        any((e - s) > pd.Timedelta(hours=24) for s, e in zip(starts, ends, strict=True))
-    figures = []
-    legend_kw = {"fontsize": "small", "loc": "best"} if len(runs) <= 6 else \
-        {"fontsize": "x-small", "loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
+    runs: Sequence[RunData]
+    labels: Sequence[str]
+    styles: list[dict[str, Any]]
+    spans_days: bool
 
-    def per_step(fig_id, title, ylabel, table, column, how, caption, extra=None):
+    @property
+    def legend_kw(self) -> dict[str, Any]:
+        return {"fontsize": "small", "loc": "best"} if len(self.runs) <= 6 else \
+            {"fontsize": "x-small", "loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
+
+    def per_step(self, fig_id, title, ylabel, table, column, how, caption, extra=None):
+        """``column`` of the per-step ``table`` reduced per step with ``how`` (max, mean)."""
+        from runner.html import Figure
+
         fig, ax = _new_axes(title, ylabel)
         missing, binned = [], []
-        for r, lab, st in zip(runs, labels, styles, strict=True):
+        for r, lab, st in zip(self.runs, self.labels, self.styles, strict=True):
             s = r.step_series(table, column, how)
             if s is None:
                 missing.append(lab)
@@ -382,18 +325,22 @@ def _figures(runs: Sequence[RunData], labels: Sequence[str]) -> list:
             ax.plot(r.clock(t_s), y, label=lab, linewidth=1.2, **st)
         if extra is not None:
             extra(ax)
-        _time_axis(ax, spans_days)
-        ax.legend(**legend_kw)
+        _time_axis(ax, self.spans_days)
+        ax.legend(**self.legend_kw)
         note = f" No {table} table in: {', '.join(missing)}." if missing else ""
         if binned:
             note += (f" Long runs drawn per bin of whole steps (the {'maximum' if how == 'max' else 'mean'} "
                      f"over the bin, at its middle): {', '.join(binned)}.")
-        figures.append(Figure(fig_id, title, _png(fig), caption + note))
+        return Figure(fig_id, title, _png(fig), caption + note)
 
-    def per_interval(fig_id, title, ylabel, column, caption, fallback=None):
+    def per_interval(self, fig_id, title, ylabel, column, caption, fallback=None):
+        """The kpis table's ``column`` as steps over the market intervals (``fallback``
+        for a run whose ``column`` is missing or all NaN)."""
+        from runner.html import Figure
+
         fig, ax = _new_axes(title, ylabel)
         notes = []
-        for r, lab, st in zip(runs, labels, styles, strict=True):
+        for r, lab, st in zip(self.runs, self.labels, self.styles, strict=True):
             col = column
             if fallback is not None and (column not in r.kpis or r.kpis[column].isna().all()):
                 col = fallback
@@ -402,35 +349,48 @@ def _figures(runs: Sequence[RunData], labels: Sequence[str]) -> list:
                 continue
             x, y = _interval_steps(r, col)
             ax.step(x, y, where="post", label=lab, linewidth=1.3, **st)
-        _time_axis(ax, spans_days)
-        ax.legend(**legend_kw)
+        _time_axis(ax, self.spans_days)
+        ax.legend(**self.legend_kw)
         note = (f" Mean peer trade price where the market sets no single clearing price: {', '.join(notes)}."
                 if notes else "")
-        figures.append(Figure(fig_id, title, _png(fig), caption + note))
+        return Figure(fig_id, title, _png(fig), caption + note)
 
+
+def _spans_days(runs: Sequence[RunData]) -> bool:
+    """Whether the runs start on different dates or one lasts more than a day."""
+    starts = [r.start() for r in runs]
+    ends = [r.start() + pd.Timedelta(seconds=float(r.config["study"]["duration"])) for r in runs]
+    return len({s.tz_localize(None).date() if s.tz else s.date() for s in starts}) > 1 or \
+        any((e - s) > pd.Timedelta(hours=24) for s, e in zip(starts, ends, strict=True))
+
+
+def _figures(runs: Sequence[RunData], labels: Sequence[str]) -> list:
+    styles = _styles(len(runs))
+    o = _Overlay(runs, labels, styles, _spans_days(runs))
     v_max = {float(r.config.get("limits", {}).get("v_max_pu", math.nan)) for r in runs}
 
     def band(ax):
         for v in sorted(x for x in v_max if math.isfinite(x)):
             ax.axhline(v, color="0.35", linestyle=":", linewidth=1.0, label=f"upper voltage limit {v:g} pu")
 
-    per_step("voltage_max", "Highest customer voltage after control", "voltage [pu]", "voltages", "v_pu", "max",
-             "Per physics step, the highest customer voltage after Volt-VAR, Volt-Watt and curtailment; "
-             "dotted: the upper limit of the voltage band.", extra=band)
-    per_interval("curtailment", "Curtailed energy per market interval", "curtailed energy [kWh]",
-                 "curtailed_kwh", "Energy the DSO curtailed from sellers' trades, per market interval.")
-    per_step("substation_power", "Substation active power", "active power [kW]", "grid", "source_p_kw", "mean",
-             "Power drawn from the substation per physics step (negative: reverse flow to the grid).",
-             extra=_zero_line_if_negative)
-    per_interval("clearing_price", "Clearing price per market interval", "price [USD/kWh]",
-                 "clearing_price_usd_per_kwh", "Market clearing price of each interval.",
-                 fallback="mean_trade_price_usd_per_kwh")
-    per_interval("energy_traded", "Energy traded peer-to-peer per market interval", "energy [kWh]",
-                 "traded_kwh", "Energy matched between prosumers in each interval.")
-    per_step("losses", "Feeder losses", "losses [kW]", "grid", "losses_kw", "mean",
-             "Total feeder losses (OpenDSS) per physics step.")
-    figures.append(_violation_bars(runs, labels, styles))
-    return figures
+    return [
+        o.per_step("voltage_max", "Highest customer voltage after control", "voltage [pu]", "voltages", "v_pu",
+                   "max", "Per physics step, the highest customer voltage after Volt-VAR, Volt-Watt and "
+                   "curtailment; dotted: the upper limit of the voltage band.", extra=band),
+        o.per_interval("curtailment", "Curtailed energy per market interval", "curtailed energy [kWh]",
+                       "curtailed_kwh", "Energy the DSO curtailed from sellers' trades, per market interval."),
+        o.per_step("substation_power", "Substation active power", "active power [kW]", "grid", "source_p_kw",
+                   "mean", "Power drawn from the substation per physics step (negative: reverse flow to the grid).",
+                   extra=_zero_line_if_negative),
+        o.per_interval("clearing_price", "Clearing price per market interval", "price [USD/kWh]",
+                       "clearing_price_usd_per_kwh", "Market clearing price of each interval.",
+                       fallback="mean_trade_price_usd_per_kwh"),
+        o.per_interval("energy_traded", "Energy traded peer-to-peer per market interval", "energy [kWh]",
+                       "traded_kwh", "Energy matched between prosumers in each interval."),
+        o.per_step("losses", "Feeder losses", "losses [kW]", "grid", "losses_kw", "mean",
+                   "Total feeder losses (OpenDSS) per physics step."),
+        _violation_bars(runs, labels, styles),
+    ]
 
 
 def _zero_line_if_negative(ax) -> None:
@@ -481,8 +441,7 @@ def write_compare(run_dirs: Sequence[Path], out_dir: Path, labels: Sequence[str]
     kpis = kpi_table(runs, labels)
     kpis.to_csv(out_dir / CSV_FILE, index=False)
     shown = pd.DataFrame({
-        "KPI": [KPI_ROWS.get(k, (k.replace("_", " "), ""))[0] if k != "wall_time_s" else "wall time"
-                for k in kpis["kpi"]],
+        "KPI": [name_of(k) for k in kpis["kpi"]],
         "unit": kpis["unit"],
         **{lab: [_fmt_kpi(v, u) for v, u in zip(kpis[lab], kpis["unit"], strict=True)] for lab in labels},
     })

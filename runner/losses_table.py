@@ -62,7 +62,7 @@ from federates.common.config import StudyFile
 from federates.common.messages import GRID, Trade
 from federates.common.tables import parquet_writer
 from federates.feeder.losses import BACKGROUND, allocate_losses_to_trades
-from runner.results import CHUNK_ROWS, interval_chunks, table_file
+from runner.run_folder import CHUNK_ROWS, interval_chunks, table_file
 
 __all__ = ["LOSS_ALLOCATION_DTYPES", "LOSS_CHARGES_DTYPES", "LOSS_COLUMNS", "interval_loss_allocation",
            "loss_allocation", "loss_charges", "write_loss_tables"]

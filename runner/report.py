@@ -19,10 +19,11 @@ and ``results/*.parquet``. Figures (ids = PNG file stems):
 =====================  ===============================================================
 
 A figure whose table is missing or empty (e.g. no curtailment) becomes a text block
-saying so, and no PNG. The KPI table's definitions are in :func:`report_kpis`.
+saying so, and no PNG. The KPI table's KPIs are defined in ``runner.kpis``
+(``REPORT_KPIS``).
 
 **Bounded memory.** The tables are never read whole: :func:`aggregate` reads them in
-chunks of whole market intervals (:func:`runner.results.interval_chunks`) and keeps
+chunks of whole market intervals (:func:`runner.run_folder.interval_chunks`) and keeps
 only aggregates whose size does not grow with the study: per-step series reduced into
 at most :data:`MAX_SERIES_POINTS` time bins of whole steps, the heat map into at most
 :data:`MAX_HEATMAP_COLUMNS` time columns, per-interval bars into at most
@@ -46,7 +47,6 @@ pyplot: no global backend switch, no figure registry, safe in any host process.
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,20 +55,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from federates.common.config import StudyFile, validate
+from federates.common.config import StudyFile
 from federates.common.limits import Limit
-from federates.common.messages import GRID_OPERATOR
 from runner import html
-from runner.results import CHUNK_ROWS, interval_chunks, run_kpis, table_file
+from runner.kpis import BILL_PARTS, bill_sums, bills, report_table
+from runner.kpis import baseline_bills as baseline_bills  # where callers import it from
+from runner.run_folder import CHUNK_ROWS, RunFolder, interval_chunks, table_file
 
-CONFIG_FILE = "config.resolved.yaml"
 REPORT_FILE = "report.html"
 FIGURE_DIR = "report"
 DPI = 100
@@ -124,7 +123,6 @@ REPORT_COLUMNS: dict[str, list[str]] = {
     "unbalance": ["step", "t_s", "bus", "vuf_pct"],
     "lines": ["step", "t_s", "element", "loading_pct"],
 }
-KPI_TABLES = ("voltages", "grid", "clearing", "settlements", "control", "trades")
 
 
 # ---- aggregates ------------------------------------------------------------------------
@@ -401,37 +399,6 @@ def _add_grid(d: ReportData, t: Mapping[str, pd.DataFrame]) -> None:
             d.c_loss[f"{who}_sum"].add(steps, x)
 
 
-#: the parts of a bill (settlements, federates/market/settlement.py "Bill split"):
-#: (column, label); they add up to net_cost_usd
-BILL_PARTS: tuple[tuple[str, str], ...] = (
-    ("market_cost_usd", "energy bought / sold in the market"),
-    ("replacement_cost_usd", "replacement of curtailed peer purchases (retail)"),
-    ("imbalance_cost_usd", "imbalance (forecast error)"),
-    ("charges_usd", "network charges"),
-)
-
-
-def _bill_sums(settlements: pd.DataFrame, retail_usd_per_kwh: float, feed_in_usd_per_kwh: float) -> pd.DataFrame:
-    """Per participant: ``net_cost_usd``, its parts (:data:`BILL_PARTS`, in runs that
-    have them) and ``baseline_usd`` summed over the rows (the grid operator's rows,
-    which collect network charges, are no prosumer's bill)."""
-    settlements = settlements[settlements["participant"].astype(str) != GRID_OPERATOR]
-    m = settlements["metered_kwh"].to_numpy(dtype=float)
-    base = np.clip(m, 0, None) * retail_usd_per_kwh - np.clip(-m, 0, None) * feed_in_usd_per_kwh
-    df = pd.DataFrame({"participant": settlements["participant"].astype(str).to_numpy(),
-                       "net_cost_usd": settlements["net_cost_usd"].to_numpy(dtype=float),
-                       "baseline_usd": base,
-                       **{col: settlements[col].to_numpy(dtype=float) for col, _ in BILL_PARTS
-                          if col in settlements}})
-    return df.groupby("participant").sum()
-
-
-def _bills(sums: pd.DataFrame) -> pd.DataFrame:
-    out = sums.copy()
-    out["saving_usd"] = out["baseline_usd"] - out["net_cost_usd"]
-    return out.sort_values("saving_usd", ascending=False)
-
-
 def _add_market(d: ReportData, t: Mapping[str, pd.DataFrame], retail: float, feed_in: float) -> None:
     cl = t.get("clearing")
     if cl is not None and not cl.empty:
@@ -461,7 +428,7 @@ def _add_market(d: ReportData, t: Mapping[str, pd.DataFrame], retail: float, fee
             d.peer_paid.add(paid.index.to_numpy(), paid.to_numpy())
     st = t.get("settlements")
     if st is not None and not st.empty:
-        part = _bill_sums(st, retail, feed_in)
+        part = bill_sums(st, retail, feed_in)
         d.bill_sums = part if d.bill_sums is None else d.bill_sums.add(part, fill_value=0.0)
 
 
@@ -590,19 +557,11 @@ class _Run:
 def load_run(run_dir: Path, *, chunk_rows: int = CHUNK_ROWS) -> _Run:
     """The run folder's config, manifest, kpis table (computed in chunks when the run
     has none) and report aggregates; no table is read whole but ``kpis``."""
-    run_dir = Path(run_dir)
-    path = run_dir / CONFIG_FILE
-    cfg = validate(yaml.safe_load(path.read_text()), base_dir=run_dir, source=str(path))
-    kpath = table_file(run_dir, "kpis")
-    if kpath.is_file():
-        k = pd.read_parquet(kpath)  # one row per market interval
-    elif all(table_file(run_dir, n).is_file() for n in KPI_TABLES):
-        k = run_kpis(cfg, run_dir, chunk_rows=chunk_rows)
-    else:
-        k = None
-    mpath = run_dir / "manifest.json"
-    manifest = json.loads(mpath.read_text()) if mpath.is_file() else {}
-    return _Run(run_dir=run_dir, cfg=cfg, data=aggregate(run_dir, cfg, chunk_rows=chunk_rows), kpis=k,
+    f = RunFolder(run_dir)
+    cfg = f.cfg
+    k = f.kpis(chunk_rows=chunk_rows)  # one row per market interval
+    manifest = f.manifest
+    return _Run(run_dir=f.path, cfg=cfg, data=aggregate(f.path, cfg, chunk_rows=chunk_rows), kpis=k,
                 manifest=manifest)
 
 
@@ -793,21 +752,11 @@ def fig_market(r: _Run) -> Plot | html.Text:
                 fig)
 
 
-def baseline_bills(settlements: pd.DataFrame, retail_usd_per_kwh: float,
-                   feed_in_usd_per_kwh: float) -> pd.DataFrame:
-    """Per participant: ``net_cost_usd`` (with the market, summed over intervals),
-    ``baseline_usd`` (no market: the same metered energy ``m`` billed at the tariffs,
-    per interval net: ``sum_k max(m_k, 0) * retail - max(-m_k, 0) * feed_in``) and
-    ``saving_usd = baseline_usd - net_cost_usd``; sorted by saving, largest first.
-    (The report sums the same per chunk of intervals.)"""
-    return _bills(_bill_sums(settlements, retail_usd_per_kwh, feed_in_usd_per_kwh))
-
-
 def fig_bills(r: _Run) -> Plot | html.Text:
     d = r.data
     if not d.has("settlements") or d.bill_sums is None:
         return html.Text("Bills: no settlements in this run.")
-    b = _bills(d.bill_sums)
+    b = bills(d.bill_sums)
     n = len(b)
     xi = np.arange(n)
     fig, (ax,) = _new_figure(4.6)
@@ -1020,109 +969,16 @@ assert tuple(BUILDERS) == FIGURE_IDS
 
 def report_kpis(run: Path | _Run) -> pd.DataFrame:
     """The KPI table of a run folder (or a loaded run): index = key (name with unit),
-    columns ``kpi``, ``value``, ``unit``, ``definition``. Definitions:
-
-    - ``energy_traded_kwh``: sum of ``trades.energy_kwh`` of kind ``peer``.
-    - ``self_sufficiency_community_pct`` (Luthander et al. 2015, at community level):
-      per step the community's local supply ``S = sum_i (pv_kw - battery_kw) -
-      curtailed_p_kw`` (PV delivered after curtailment, battery discharge adds, charging
-      subtracts) and load ``L = sum_i load_kw``; ``100 * sum_t min(L, max(S, 0)) /
-      sum_t L``: the share of the consumption the community, netted behind one
-      virtual meter, does not draw from the grid (1 - net import / load where S >= 0).
-    - ``self_sufficiency_households_pct``: ``min(load, max(supply, 0))`` per household
-      and step, summed, over the same total load (each household alone, no sharing).
-    - ``curtailed_share_pct``: ``sum(curtailment_energy.energy_kwh)`` (every cause,
-      ex-ante envelopes included) / available PV energy ``sum(profiles.pv_kw) * step_h``.
-    - ``violation_min_before`` / ``_after``: customer-voltage violation minutes, kpis table
-      (steps with any customer outside the limits band x step length).
-    - ``vuf_max_pct``: the maximum of ``unbalance.vuf_pct`` (after control).
-    - ``losses_kwh``: ``sum(grid.losses_kw) * step_h``; ``losses_pct_of_import``: over the
-      substation import ``sum(max(grid.source_p_kw, 0)) * step_h``.
-    - ``welfare_usd``: sum of ``clearing.welfare_usd``.
-    - ``mean_bill_saving_usd``: mean over prosumers of ``baseline - net cost`` (see
-      :func:`baseline_bills`); ``mean_bill_saving_pct``: total saving / total
-      ``|baseline|`` x 100; ``prosumers_paying_more_n``: prosumers with a negative
-      saving; ``mean_bill_market_usd``, ``_replacement_usd``, ``_imbalance_usd``,
-      ``_charges_usd``: the mean over prosumers of each part of the bill
-      (:data:`BILL_PARTS`), which add up to the net cost.
+    columns ``kpi``, ``value``, ``unit``, ``definition``: ``runner.kpis.REPORT_KPIS``,
+    each defined there, computed from the report's aggregates (:func:`aggregate`) and
+    the kpis table (``runner.kpis.report_table``).
 
     Sums run chunk by chunk (:func:`aggregate`): a run read in one chunk (a day of the
     default study) gives the numbers of the whole tables exactly; over several chunks a
     sum is the sum of the chunks' sums (equal within float rounding, ~1e-15 relative).
     """
     r = run if isinstance(run, _Run) else load_run(Path(run))
-    d = r.data
-    cfg = r.cfg
-    step_h = r.step_h
-    rows: list[tuple[str, str, float, str, str]] = []
-
-    def add(key, name, value, unit, definition):
-        rows.append((key, name, float(value), unit, definition))
-
-    traded = d.traded_kwh if d.has("trades") else 0.0
-    add("energy_traded_kwh", "energy traded peer-to-peer", traded, "kWh", "sum of the peer trades' energy")
-
-    comm = house = total_load = pv_kwh = np.nan
-    if d.has("profiles"):
-        comm, house, total_load = d.comm, d.house, d.total_load
-        pv_kwh = float(d.pv_sum_kw * step_h)
-    add("self_sufficiency_community_pct", "self-sufficiency, community",
-        100.0 * comm / total_load if total_load > 0 else np.nan, "%",
-        "sum over steps of min(load, local supply) / load, all prosumers as one community; "
-        "local supply = PV delivered after curtailment + battery discharge - charging "
-        "(Luthander et al. 2015)")
-    add("self_sufficiency_households_pct", "self-sufficiency, households alone",
-        100.0 * house / total_load if total_load > 0 else np.nan, "%",
-        "the same per household before summing (no sharing between prosumers)")
-    curtailed = d.curtailed_kwh if d.has("curtailment_energy") else 0.0
-    add("pv_available_kwh", "PV energy available", pv_kwh, "kWh", "sum of profiles.pv_kw x step")
-    add("curtailed_kwh", "PV energy curtailed or held back", curtailed, "kWh",
-        "sum of curtailment_energy, every cause (DSO, Volt-Watt, envelopes)")
-    add("curtailed_share_pct", "curtailed share", 100.0 * curtailed / pv_kwh if pv_kwh > 0 else np.nan, "%",
-        "curtailed PV energy / PV energy available")
-
-    k = r.kpis
-    for when in ("before", "after"):
-        val = float(k[f"violation_min_{when}"].sum()) if k is not None else np.nan
-        add(f"violation_min_{when}", f"voltage violation minutes {when} control", val, "min",
-            f"steps with a customer voltage outside [{cfg.limits.v_min_pu:g}, {cfg.limits.v_max_pu:g}] pu "
-            f"x step length ({'uncontrolled solve' if when == 'before' else 'final solve'})")
-    add("vuf_max_pct", "worst voltage unbalance factor", d.vuf_max_pct if d.has("unbalance") else np.nan,
-        "%", f"max over three-phase buses and steps, after control (limit {cfg.limits.vuf_max_pct:g} %)")
-
-    if d.has("grid"):
-        losses = float(d.losses_sum_kw * step_h)
-        imported = float(d.import_sum_kw * step_h)
-    else:
-        losses = imported = np.nan
-    add("losses_kwh", "feeder losses", losses, "kWh", "sum of grid.losses_kw x step")
-    add("losses_pct_of_import", "losses / energy imported", 100.0 * losses / imported if imported > 0 else np.nan,
-        "%", "losses over the substation import (sum of max(source_p_kw, 0) x step)")
-
-    add("welfare_usd", "peer welfare", d.welfare_usd if d.has("clearing") else np.nan, "USD",
-        "sum of the clearing's welfare over the intervals")
-    if d.has("settlements") and d.bill_sums is not None:
-        b = _bills(d.bill_sums)
-        saving = float(b["saving_usd"].mean())
-        denom = float(b["baseline_usd"].abs().sum())
-        pct = 100.0 * float(b["saving_usd"].sum()) / denom if denom > 0 else np.nan
-    else:
-        saving = pct = np.nan
-    add("mean_bill_saving_usd", "mean bill saving per prosumer", saving, "USD",
-        "mean over prosumers of (no-market baseline - net cost)")
-    add("mean_bill_saving_pct", "mean bill saving, relative", pct, "%",
-        "total saving / total |baseline bill|")
-    have = d.has("settlements") and d.bill_sums is not None
-    add("prosumers_paying_more_n", "prosumers paying more than the baseline",
-        float((b["saving_usd"] < 0).sum()) if have else np.nan, "-",
-        "prosumers whose net cost exceeds their no-market baseline")
-    for col, label in BILL_PARTS:
-        key = "mean_bill_" + col.removesuffix("_cost_usd").removesuffix("_usd") + "_usd"
-        val = float(d.bill_sums[col].mean()) if have and col in d.bill_sums else np.nan
-        add(key, f"mean bill part: {label}", val, "USD",
-            f"mean over prosumers of sum(settlements.{col}) (+ pays); the parts add up to the net cost")
-    df = pd.DataFrame(rows, columns=["key", "kpi", "value", "unit", "definition"]).set_index("key")
-    return df
+    return report_table(r.data, r.kpis, r.cfg)
 
 
 def _fmt(v) -> str:

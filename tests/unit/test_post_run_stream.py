@@ -296,7 +296,7 @@ def test_long_run_report_aggregates_are_the_day_repeated(runs, small_bins):
         np.testing.assert_allclose(d.curtailed[cause].values(), _bin(s, wk, "sum"), rtol=1e-12, atol=1e-15)
 
     m = _cfg(day).market
-    bills = report._bills(d.bill_sums)
+    bills = report.bills(d.bill_sums)
     ref = report.baseline_bills(t["settlements"], m.retail_usd_per_kwh, m.feed_in_usd_per_kwh)
     for col in ("net_cost_usd", "baseline_usd", "saving_usd"):
         np.testing.assert_allclose(bills[col].reindex(ref.index).to_numpy(), REPEATS * ref[col].to_numpy(),
@@ -379,7 +379,7 @@ def test_the_post_run_path_reads_no_table_whole(runs, tmp_path, monkeypatch):
     row per market interval); read_tables is never called."""
     import pyarrow.parquet as pq_mod
 
-    from runner import cli, results
+    from runner import cli, results, run_folder
     from runner.compare import write_compare
     from runner.launch import Study
 
@@ -406,6 +406,7 @@ def test_the_post_run_path_reads_no_table_whole(runs, tmp_path, monkeypatch):
     monkeypatch.setattr(pq_mod, "read_table", spy_read_table)
     monkeypatch.setattr(pq_mod.ParquetFile, "read", spy_pf_read)
     monkeypatch.setattr(results, "read_tables", no_read_tables)
+    monkeypatch.setattr(run_folder, "read_tables", no_read_tables)
     cli._finish_run(Study.load(long), "inprocess", 0.0, quiet=True, report=True)
     assert (long / "report.html").is_file() and (long / "summary.txt").is_file()
     write_compare([runs["day"], long], tmp_path / "cmp", labels=["day", "long"])
