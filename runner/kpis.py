@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from federates.common.limits import Limit
 from federates.common.messages import GRID_OPERATOR
 from runner.run_folder import CHUNK_ROWS, interval_chunks
 
@@ -143,7 +144,7 @@ def interval_kpis(cfg: StudyFile, t: Mapping[str, pd.DataFrame], intervals: np.n
     out["export_kwh"] = pd.Series(np.clip(-src, 0, None) * tl.step_h).groupby(g_k).sum().reindex(intervals, fill_value=0.0).to_numpy()
     out["losses_kwh"] = pd.Series(g["losses_kw"].to_numpy() * tl.step_h).groupby(g_k).sum().reindex(intervals, fill_value=0.0).to_numpy()
     viol = t.get("violations")
-    for name, limits in (("thermal", ["thermal"]), ("vuf", ["vuf"]), ("substation", ["import", "export"])):
+    for name, limits in (("thermal", [Limit.THERMAL]), ("vuf", [Limit.VUF]), ("substation", [Limit.IMPORT, Limit.EXPORT])):
         for when, col in (("before", "value_before"), ("after", "value")):
             if viol is None or viol.empty:
                 out[f"{name}_violation_min_{when}"] = 0.0
