@@ -37,7 +37,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from federates.common.errors import ConfigError, Problem
-from runner.kpis import STUDY_KPIS, UNCONVERGED, WALL_TIME, name_of, unit_of
+from runner.kpis import STUDY_KPIS, UNCONVERGED, WALL_TIME, kpis_of, name_of, summary_of, unit_of
 from runner.run_folder import CHUNK_ROWS, RunFolder, check_run_dirs, table_file
 
 HTML_FILE = "compare.html"
@@ -111,8 +111,8 @@ class RunData:
 
 def load_run(path: Path) -> RunData:
     f = RunFolder(path)
-    k = f.kpis()
-    return RunData(f.path, f.manifest, f.config, k, f.summary(k))
+    k = kpis_of(f)
+    return RunData(f.path, f.manifest, f.config, k, summary_of(f, k))
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

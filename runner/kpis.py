@@ -31,7 +31,7 @@ import pandas as pd
 
 from federates.common.limits import Limit
 from federates.common.messages import GRID_OPERATOR
-from runner.run_folder import CHUNK_ROWS, interval_chunks
+from runner.run_folder import CHUNK_ROWS, RunFolder, interval_chunks
 
 if TYPE_CHECKING:
     from federates.common.config import StudyFile
@@ -434,3 +434,20 @@ def _bill_values(sums: pd.DataFrame | None) -> dict[str, float]:
         **{kpi.key: float(sums[col].mean()) if col in sums else np.nan
            for kpi, (col, _) in zip(MEAN_BILL_PARTS, BILL_PARTS, strict=True)},
     }
+
+
+def kpis_of(folder: RunFolder, *, chunk_rows: int = CHUNK_ROWS) -> pd.DataFrame | None:
+    """A run's kpis table (one row per market interval): its ``results/kpis.parquet``,
+    else computed from the tables it is made of (:func:`run_kpis`, in chunks), else None
+    (a run that did not write them)."""
+    if folder.has_table("kpis"):
+        return pd.read_parquet(folder.table_file("kpis"))
+    if all(folder.has_table(n) for n in KPI_TABLES):
+        return run_kpis(folder.cfg, folder.path, chunk_rows=chunk_rows)
+    return None
+
+
+def summary_of(folder: RunFolder, k: pd.DataFrame | None = None) -> dict:
+    """A run's totals: its manifest's ``summary``, else :func:`summary` of its kpis table
+    ``k`` (:func:`kpis_of` when not given)."""
+    return folder.manifest.get("summary") or summary(kpis_of(folder) if k is None else k)

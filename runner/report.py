@@ -64,7 +64,7 @@ from matplotlib.ticker import MaxNLocator
 from federates.common.config import StudyFile
 from federates.common.limits import Limit
 from runner import html
-from runner.kpis import BILL_PARTS, bill_sums, bills, report_table
+from runner.kpis import BILL_PARTS, bill_sums, bills, kpis_of, report_table
 from runner.kpis import baseline_bills as baseline_bills  # where callers import it from
 from runner.run_folder import CHUNK_ROWS, RunFolder, interval_chunks, table_file
 
@@ -559,7 +559,7 @@ def load_run(run_dir: Path, *, chunk_rows: int = CHUNK_ROWS) -> _Run:
     has none) and report aggregates; no table is read whole but ``kpis``."""
     f = RunFolder(run_dir)
     cfg = f.cfg
-    k = f.kpis(chunk_rows=chunk_rows)  # one row per market interval
+    k = kpis_of(f, chunk_rows=chunk_rows)  # one row per market interval
     manifest = f.manifest
     return _Run(run_dir=f.path, cfg=cfg, data=aggregate(f.path, cfg, chunk_rows=chunk_rows), kpis=k,
                 manifest=manifest)

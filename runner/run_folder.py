@@ -90,24 +90,6 @@ class RunFolder:
         """The tables in ranges of whole market intervals (:func:`interval_chunks`)."""
         return interval_chunks(self.path, self.cfg, columns, chunk_rows=chunk_rows)
 
-    def kpis(self, *, chunk_rows: int = CHUNK_ROWS) -> pd.DataFrame | None:
-        """The kpis table (one row per market interval): ``results/kpis.parquet``, else
-        computed from the tables it is made of (``runner.kpis.run_kpis``, in chunks),
-        else None (a run that did not write them)."""
-        from runner.kpis import KPI_TABLES, run_kpis
-
-        if self.has_table("kpis"):
-            return pd.read_parquet(self.table_file("kpis"))
-        if all(self.has_table(n) for n in KPI_TABLES):
-            return run_kpis(self.cfg, self.path, chunk_rows=chunk_rows)
-        return None
-
-    def summary(self, k: pd.DataFrame | None = None) -> dict[str, Any]:
-        """The run's totals: the manifest's ``summary``, else computed from its kpis
-        table ``k`` (:meth:`kpis` when not given; ``runner.kpis.summary``)."""
-        from runner.kpis import summary
-
-        return self.manifest.get("summary") or summary(self.kpis() if k is None else k)
 
 
 def check_run_dirs(paths: Sequence[Path], *, need_kpis: bool = False) -> None:

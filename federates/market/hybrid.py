@@ -50,6 +50,8 @@ from fractions import Fraction
 
 from federates.common.messages import GRID, Order, Trade
 from federates.market.book import ClearingResult, ClearingStatus, confirmations_from, valid_order
+from federates.market.community import clear_uniform_price
+from federates.market.p2p import clear_p2p_lp
 
 AGG_PREFIX = "agg:"
 _EPS_KWH = Fraction(1, 10**12)  # residues below this [kWh] count as zero
@@ -141,22 +143,6 @@ class _Aggregators:
     orders: list[Order] = field(default_factory=list)
     members: dict[tuple[str, str], dict[str, Fraction]] = field(default_factory=dict)  # (agg, side) -> member -> kWh
     community: dict[str, str] = field(default_factory=dict)  # agg -> community
-
-
-def _mechanisms(lower: str, upper: str) -> tuple[Callable[..., ClearingResult], Callable[..., ClearingResult]]:
-    """The community mechanism ``lower`` and the P2P mechanism ``upper`` (ValueError
-    listing the allowed names for an unknown one)."""
-    from federates.market.mechanisms import MECHANISMS  # the registry lists hybrid itself
-
-    lower_fn = MECHANISMS["community"].get(lower)
-    if lower_fn is None:
-        raise ValueError(
-            f"unknown lower mechanism {lower!r}; allowed: {sorted(MECHANISMS['community'])}"
-        )
-    upper_fn = MECHANISMS["p2p"].get(upper)
-    if upper_fn is None:
-        raise ValueError(f"unknown upper mechanism {upper!r}; allowed: {sorted(MECHANISMS['p2p'])}")
-    return lower_fn, upper_fn
 
 
 def _aggregator_orders(residual: dict[str, list[_Residual]], interval: int) -> _Aggregators:
@@ -261,17 +247,18 @@ def clear_hybrid(
     interval: int,
     retail_usd_per_kwh: float,
     feed_in_usd_per_kwh: float,
-    lower: str = "uniform_price",
-    upper: str = "lp",
+    lower: Callable[..., ClearingResult] = clear_uniform_price,
+    upper: Callable[..., ClearingResult] = clear_p2p_lp,
 ) -> ClearingResult:
     """Clear one interval of the hybrid market (rule in the module docstring).
 
     ``orders``: bids and offers [kWh, USD/kWh] carrying ``community``; only those of
     ``interval`` count. ``retail_usd_per_kwh`` / ``feed_in_usd_per_kwh`` [USD/kWh]: the
-    utility's tariffs. ``lower``: a community mechanism name, ``upper``: a P2P mechanism
-    name (ValueError listing the allowed names otherwise).
+    utility's tariffs. ``lower``: the communities' clearing (a community mechanism,
+    e.g. ``mechanisms.clearer("community", name)``), ``upper``: the aggregators' (a P2P
+    mechanism).
     """
-    lower_fn, upper_fn = _mechanisms(lower, upper)
+
     tariffs = {
         "interval": interval,
         "retail_usd_per_kwh": retail_usd_per_kwh,
@@ -291,7 +278,7 @@ def clear_hybrid(
     # ---- lower level: each community alone, GRID trades stripped
     residual: dict[str, list[_Residual]] = {}
     for name in sorted(groups):
-        res = lower_fn(groups[name], **tariffs)
+        res = lower(groups[name], **tariffs)
         n_bids += res.n_bids
         n_offers += res.n_offers
         welfare += Fraction(res.welfare_usd)
@@ -303,7 +290,7 @@ def clear_hybrid(
     # ---- aggregator orders, upper level and pro-rata mapping back to members
     aggs = _aggregator_orders(residual, interval)
     if aggs.orders:
-        upper_sold, upper_bought, upper_traded = _map_back(upper_fn(aggs.orders, **tariffs), aggs, interval,
+        upper_sold, upper_bought, upper_traded = _map_back(upper(aggs.orders, **tariffs), aggs, interval,
                                                            tally)
         traded += upper_traded
         welfare += _upper_welfare(residual, upper_sold, upper_bought)

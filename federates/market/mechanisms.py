@@ -54,6 +54,21 @@ def allowed_mechanisms() -> dict[str, list[str]]:
     return {t: sorted(m) for t, m in MECHANISMS.items()}
 
 
+def clearer(topology: str, mechanism: str) -> Mechanism:
+    """The clearing function registered as ``MECHANISMS[topology][mechanism]``
+    (ValueError listing the allowed names for an unknown topology or mechanism)."""
+    by_name = MECHANISMS.get(topology)
+    if by_name is None:
+        raise ValueError(f"unknown market topology {topology!r}; allowed: {sorted(MECHANISMS)}")
+    fn = by_name.get(mechanism)
+    if fn is None:
+        raise ValueError(
+            f"unknown clearing mechanism {mechanism!r} for topology {topology!r}; "
+            f"allowed: {sorted(by_name)}"
+        )
+    return fn
+
+
 def clear(
     topology: str,
     mechanism: str,
@@ -71,15 +86,7 @@ def clear(
     Raises ValueError listing the allowed names for an unknown topology or
     mechanism, or for charges with another topology.
     """
-    by_name = MECHANISMS.get(topology)
-    if by_name is None:
-        raise ValueError(f"unknown market topology {topology!r}; allowed: {sorted(MECHANISMS)}")
-    fn = by_name.get(mechanism)
-    if fn is None:
-        raise ValueError(
-            f"unknown clearing mechanism {mechanism!r} for topology {topology!r}; "
-            f"allowed: {sorted(by_name)}"
-        )
+    fn = clearer(topology, mechanism)
     extra: dict[str, Any] = {}
     if charges:
         if topology != "p2p":

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from federates.common.messages import GRID, Order
 from federates.market.community import ClearingResult, clear_uniform_price
 from federates.market.hybrid import clear_hybrid
+from federates.market.mechanisms import clearer
 
 RETAIL = 0.30
 FEED_IN = 0.04
@@ -102,14 +103,14 @@ def test_status_and_bad_names():
     none = clear_hybrid([order("a", "buy", 1, 0.05, "A"), order("b", "sell", 1, 0.2, "B")], **KW)
     assert none.status == "no_crossing"
     with pytest.raises(ValueError, match="allowed"):
-        clear_hybrid(HAND, lower="nope", **KW)
+        clear_hybrid(HAND, lower=clearer("community", "nope"), **KW)
     with pytest.raises(ValueError, match="allowed"):
-        clear_hybrid(HAND, upper="nope", **KW)
+        clear_hybrid(HAND, upper=clearer("p2p", "nope"), **KW)
 
 
 @pytest.mark.parametrize("lower", ["uniform_price", "pay_as_bid", "lp"])
 def test_lower_mechanisms_same_volume_on_hand_book(lower: str):
-    r = clear_hybrid(HAND, lower=lower, **KW)
+    r = clear_hybrid(HAND, lower=clearer("community", lower), **KW)
     assert r.traded_kwh == pytest.approx(7.0)
     assert r.welfare_usd == pytest.approx(1.12)
 
