@@ -32,7 +32,7 @@ import numpy as np
 from benchmarks import noop_federate
 from benchmarks.helics_profile import FederateProfile, read_profile
 from benchmarks.noop_federate import Plan
-from federates.runtime import Study
+from federates.common.study import Study
 from runner.launch import HELICS_PROFILE_FILE, ForkedProcess, Proc, fork_main
 
 NOOP_SCRIPT = Path(noop_federate.__file__).resolve()

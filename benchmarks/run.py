@@ -125,7 +125,7 @@ def k_split(args, bench_dir: Path, measured) -> dict:
     resolved config: placement and sensitivities do not depend on K)."""
     import yaml
 
-    from federates.runtime import CONFIG_FILE, Study
+    from federates.common.study import CONFIG_FILE, Study
     from runner.launch import run_study
 
     case = {"label": "k-split", "prosumers": args.k_prosumers, "n_loads": scale.n_loads_for(args.k_prosumers), "k": 1}

@@ -24,13 +24,13 @@ import pandas as pd
 
 from federates.common.comms import CommsLink
 from federates.common.messages import Confirmation
+from federates.common.study import Study
 from federates.common.tables import TableCollector, TableWriter, drain_due, study_chunk_intervals
 from federates.controllers.role import ControllersRole
 from federates.feeder.role import FeederRole
 from federates.market.role import MarketRole
 from federates.meters.role import MetersRole
 from federates.prosumers.role import ProsumersRole
-from federates.runtime import Study
 
 
 @dataclass

@@ -5,7 +5,7 @@ On a terminal :class:`Progress` redraws one bar line; otherwise (CI logs, pipes)
 prints a line at every 10 % so that logs stay readable. The ETA is the wall time per
 simulated second so far times the simulated seconds left.
 
-The file is written by the feeder federate (:func:`federates.runtime.write_progress_file`).
+The file is written by the feeder federate (:func:`federates.common.study.write_progress_file`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from federates.runtime import PROGRESS_FILE, write_progress_file
+from federates.common.study import PROGRESS_FILE, write_progress_file
 
 __all__ = ["PROGRESS_FILE", "Progress", "read_progress_file", "write_progress_file"]
 

@@ -35,7 +35,7 @@ from federates.common.errors import ConfigError, Problem
 if TYPE_CHECKING:
     from federates.common.config import StudyFile
 
-CONFIG_FILE = "config.resolved.yaml"  # federates.runtime.CONFIG_FILE
+CONFIG_FILE = "config.resolved.yaml"  # federates.common.study.CONFIG_FILE
 MANIFEST_FILE = "manifest.json"
 RESULTS = "results"
 KPIS_FILE = Path(RESULTS) / "kpis.parquet"

@@ -16,9 +16,10 @@ import logging
 from federates.common import keys
 from federates.common.door import Door
 from federates.common.messages import DsoView, Scada, ViewsDone, decode, encode
+from federates.common.study import Study
 from federates.common.tables import drain_due, study_chunk_intervals
 from federates.controllers.role import ControllersRole
-from federates.runtime import Study, drain_into, federate_main
+from federates.runtime import drain_into, federate_main
 
 
 class _ControllersDoor:

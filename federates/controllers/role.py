@@ -47,10 +47,11 @@ from federates.common.limits import Limit, limit_key
 from federates.common.messages import DsoCap, DsoView, OperatingEnvelope
 from federates.controllers.curtailment import export_caps, group_codes
 from federates.controllers.dso_agent import DsoAgent
-from federates.feeder.sensitivity import needs_sensitivities
+from federates.feeder.sensitivity import load_sensitivities, needs_sensitivities
+from federates.prosumers.agents import inverter_kva_of
 
 if TYPE_CHECKING:
-    from federates.runtime import Study
+    from federates.common.study import Study
 
 
 @dataclass
@@ -79,8 +80,8 @@ class ControllersRole:
     def from_study(cls, study: Study) -> ControllersRole:
         """The study's DSO, with its linear model of the feeder when its curtailment or
         the network-aware clearing needs one (``sensitivities.npz`` in the run folder)."""
-        sens = study.sensitivities() if needs_sensitivities(study.cfg) else None
-        return cls(study.cfg, study.sites, study.inverter_kva, sensitivities=sens)
+        sens = load_sensitivities(study) if needs_sensitivities(study.cfg) else None
+        return cls(study.cfg, study.sites, inverter_kva_of(study.cfg, study.sites), sensitivities=sens)
 
     def __init__(self, cfg: StudyFile, sites: Sequence[CustomerSite], inverter_kva: np.ndarray,
                  *, sensitivities=None):

@@ -17,17 +17,12 @@ from federates.common.conservation import ConservationError
 from federates.common.door import Door
 from federates.common.errors import PowerFlowNotConverged
 from federates.common.messages import ViewsDone, decode, encode
+from federates.common.study import Study, write_progress_file
 from federates.common.tables import drain_due, study_chunk_intervals
 from federates.common.timeline import MAX_ROUNDS
 from federates.controllers.role import DsoReply
 from federates.feeder.role import FeederRole
-from federates.runtime import (
-    Study,
-    drain_into,
-    federate_main,
-    stop_federate,
-    write_progress_file,
-)
+from federates.runtime import drain_into, federate_main, stop_federate
 
 
 class _FeederDoor:

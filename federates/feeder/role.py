@@ -70,9 +70,10 @@ from federates.common.messages import (
 from federates.common.tables import StepArrays, chunk_intervals
 from federates.feeder.inverters import InverterFleet
 from federates.feeder.opendss import OpenDSSFeeder
+from federates.prosumers.agents import inverter_kva_of
 
 if TYPE_CHECKING:
-    from federates.runtime import Study
+    from federates.common.study import Study
 
 #: Lines and transformers kept per step in the ``lines`` table when the study file
 #: does not say (``feeder.lines_top_n``).
@@ -137,7 +138,7 @@ class FeederRole:
     @classmethod
     def from_study(cls, study: Study) -> FeederRole:
         """The study's feeder model with its customers and their inverters."""
-        return cls(study.cfg, study.master, study.sites, inverter_kva=study.inverter_kva)
+        return cls(study.cfg, study.master, study.sites, inverter_kva=inverter_kva_of(study.cfg, study.sites))
 
     def __init__(self, cfg: StudyFile, master: Path, sites: list[CustomerSite], *,
                  inverter_kva: np.ndarray | None = None) -> None:
@@ -231,9 +232,7 @@ class FeederRole:
         self._loss_batch_steps = max(1, min(LOSS_BATCH_STEPS, LOSS_BATCH_VALUES // max(per_step, 1)))
         # the customers' inverters (Volt-VAR, Volt-Watt, the caps they hold)
         if inverter_kva is None:
-            from federates.prosumers.agents import make_specs
-
-            inverter_kva = np.array([s.inverter_kva for s in make_specs(cfg, self.sites)], dtype=float)
+            inverter_kva = inverter_kva_of(cfg, self.sites)
         self.inverters = InverterFleet(cfg, self.sites, inverter_kva)
         self._settled: Measurement | None = None  # the Measurement the DSO is shown
         self.alarms = Alarms.from_config(cfg)

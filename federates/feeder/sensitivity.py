@@ -51,6 +51,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from federates.common.config import StudyFile
+    from federates.common.study import Study
     from federates.feeder.opendss import OpenDSSFeeder
 
 SENSITIVITIES_FILE = "sensitivities.npz"
@@ -173,3 +174,16 @@ def compute_sensitivities(feeder: OpenDSSFeeder, inverter_kva: np.ndarray, *,
         buses=list(buses), v0_pu=v0, loading0_pct=l0, flow0_kw=f0, vuf0_pct=u0, source0_kw=s0,
         dv_pu_per_kw=dv, dloading_pct_per_kw=np.nan_to_num(dl), dflow_kw_per_kw=df,
         dvuf_pct_per_kw=np.nan_to_num(du), dsource_kw_per_kw=ds, dv_pu_per_kvar=dvq)
+
+
+def load_sensitivities(study: Study) -> Sensitivities:
+    """The DSO's linear model of the study's feeder (``sensitivities.npz`` in its run
+    folder, written by prepare_run when curtailment or network-aware clearing needs it),
+    checked to be of the study's customers."""
+    path = study.run_dir / SENSITIVITIES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no sensitivities in this run folder")
+    sens = Sensitivities.load(path)
+    if sens.participants != study.participants:
+        raise ValueError(f"{path}: customers do not match the run folder's sites.json")
+    return sens

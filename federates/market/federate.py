@@ -10,9 +10,10 @@ from federates.common import keys
 from federates.common.conservation import ConservationError
 from federates.common.door import Door
 from federates.common.messages import decode, encode
+from federates.common.study import Study
 from federates.common.tables import drain_due, study_chunk_intervals
 from federates.market.role import MarketRole, MarketTime
-from federates.runtime import Study, drain_into, federate_main, stop_federate
+from federates.runtime import drain_into, federate_main, stop_federate
 
 #: the messages the market takes at its market time, by kind
 INBOX_KINDS = ("orders", "interval_energy", "curtailments", "loss_energy", "envelopes", "grid_constraints")

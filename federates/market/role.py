@@ -54,7 +54,7 @@ from federates.market.prices import with_confirmation_prices
 from federates.market.settlement import SettlementRow, market_price_of, settle_interval
 
 if TYPE_CHECKING:
-    from federates.runtime import Study
+    from federates.common.study import Study
 
 BIDS_DTYPES: dict[str, str] = {
     "interval": "int64", "participant": "object", "side": "object",

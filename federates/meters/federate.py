@@ -10,9 +10,10 @@ from federates.common import keys
 from federates.common.conservation import ConservationError
 from federates.common.door import Door
 from federates.common.messages import encode
+from federates.common.study import Study
 from federates.common.tables import drain_due, study_chunk_intervals
 from federates.meters.role import MetersRole
-from federates.runtime import Study, drain_into, federate_main, stop_federate
+from federates.runtime import drain_into, federate_main, stop_federate
 
 
 def run(study: Study, broker: str, log: logging.Logger, sink):

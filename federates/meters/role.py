@@ -42,7 +42,7 @@ from federates.meters.ami import DEFAULT_V_BASE_V, AmiBatch, AmiMeters, AmiSpec
 from federates.meters.meter import MeterRegister
 
 if TYPE_CHECKING:
-    from federates.runtime import Study
+    from federates.common.study import Study
 
 
 class MetersRole:

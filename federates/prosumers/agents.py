@@ -149,3 +149,9 @@ def spec_arrays(specs: list[ProsumerSpec]) -> dict[str, np.ndarray]:
     out = {k: np.array([getattr(s, k) for s in specs], dtype=float) for k in names}
     out["index"] = np.array([s.index for s in specs], dtype=np.int64)
     return out
+
+
+def inverter_kva_of(cfg: StudyFile, sites: list[CustomerSite]) -> np.ndarray:
+    """Inverter nameplate [kVA] of each customer of ``sites`` (site order), from the
+    prosumer specs: the DER the utility has registered."""
+    return np.array([s.inverter_kva for s in make_specs(cfg, sites)], dtype=float)

@@ -11,9 +11,10 @@ from functools import partial
 from federates.common import keys
 from federates.common.door import Door
 from federates.common.messages import Confirmation, decode, encode
+from federates.common.study import Study
 from federates.common.tables import drain_due, study_chunk_intervals
 from federates.prosumers.role import ProsumersRole
-from federates.runtime import Study, drain_into, federate_main
+from federates.runtime import drain_into, federate_main
 
 
 def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, parts: int | None = None):

@@ -48,7 +48,7 @@ from federates.prosumers.agents import ProsumerSpec, make_specs, spec_arrays
 from federates.prosumers.strategies import limit_price
 
 if TYPE_CHECKING:
-    from federates.runtime import Study
+    from federates.common.study import Study
 
 ROUND_TRIP_EFFICIENCY = 0.95
 ETA_ONE_WAY = float(np.sqrt(ROUND_TRIP_EFFICIENCY))

@@ -25,7 +25,7 @@ One module per step:
 The names below are what callers import from ``runner.launch``.
 """
 
-from federates.runtime import Study
+from federates.common.study import Study
 from runner.launch.collect import collect_runs, merge_part_tables
 from runner.launch.federation import HELICS_PROFILE_FILE, STOP_GRACE_S, Federation
 from runner.launch.hang import HangWatch

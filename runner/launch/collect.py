@@ -10,7 +10,7 @@ from pathlib import Path
 
 from federates.common.conservation import merge_tables as merge_conservation_tables
 from federates.common.errors import ConfigError, Problem
-from federates.runtime import Study
+from federates.common.study import Study
 from runner.launch.manifest import _sha256_file, write_manifest
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from federates.common import keys
 from federates.common.config import HELICS_ZMQ_PORT, REPO_ROOT
 from federates.common.errors import ConfigError, FederationError, Problem
-from federates.runtime import Study
+from federates.common.study import Study
 from runner import interrupt
 from runner.launch.hang import HEARTBEAT_ENV, HangWatch, _fmt_s
 from runner.launch.prepare import free_port_block

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from federates.common.config import REPO_ROOT, config_sha256, feeder_master
-from federates.runtime import CONFIG_FILE, Study
+from federates.common.study import CONFIG_FILE, Study
 
 PACKAGES = ("helics", "opendssdirect.py", "dss-python", "pandas", "numpy", "pyomo", "highspy",
             "pydantic", "pyarrow", "pvlib")

@@ -24,7 +24,7 @@ from federates.common.config import (
     resolved_dict,
 )
 from federates.common.errors import ConfigError, FederationError, FeederModelError, Problem
-from federates.runtime import CONFIG_FILE, V_BASE_FILE, Study, write_distances, write_sites
+from federates.common.study import CONFIG_FILE, V_BASE_FILE, Study, write_distances, write_sites
 
 
 def default_run_dir(cfg: StudyFile, root: Path = Path("runs")) -> Path:
@@ -96,11 +96,12 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
         compute_sensitivities,
         needs_sensitivities,
     )
+    from federates.prosumers.agents import inverter_kva_of
 
     if needs_sensitivities(cfg):
         if not feeder.sites:
             feeder.attach_customers(sites, cfg.feeder.customer_connection)
-        sens = compute_sensitivities(feeder, study.inverter_kva,
+        sens = compute_sensitivities(feeder, inverter_kva_of(study.cfg, study.sites),
                                      background_mult=0.6 * cfg.feeder.background_load_scale)
         sens.save(run_dir / SENSITIVITIES_FILE)
     return study

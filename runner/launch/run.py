@@ -9,8 +9,8 @@ from typing import Any
 
 from federates.common.conservation import merge_tables as merge_conservation_tables
 from federates.common.errors import FederationError
+from federates.common.study import Study
 from federates.common.tables import TableWriter
-from federates.runtime import Study
 from runner import interrupt
 from runner.launch.collect import merge_part_tables
 from runner.launch.federation import Federation

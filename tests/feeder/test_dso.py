@@ -22,6 +22,7 @@ from federates.controllers.dso import (
 )
 from federates.feeder.opendss import OpenDSSFeeder
 from federates.feeder.sensitivity import Sensitivities, compute_sensitivities
+from federates.prosumers.agents import inverter_kva_of
 from runner.launch import prepare_run
 from tests.conftest import DEFAULT
 
@@ -36,7 +37,7 @@ def case(tmp_path_factory):
     study = prepare_run(cfg, tmp_path_factory.mktemp("dso"))
     f = OpenDSSFeeder(study.master)
     f.attach_customers(study.sites, cfg.feeder.customer_connection)
-    kva = study.inverter_kva
+    kva = inverter_kva_of(study.cfg, study.sites)
     sens = compute_sensitivities(f, kva)
     return f, sens, kva
 

@@ -21,10 +21,10 @@ import yaml
 
 from federates.common.config import GRID_PRESETS, SyntheticFeederConfig, load_config, validate
 from federates.common.errors import ConfigError
+from federates.common.study import Study
 from federates.feeder.opendss import OpenDSSFeeder
 from federates.prosumers.agents import make_specs
 from federates.prosumers.profiles import daily_shape
-from federates.runtime import Study
 from runner.engine import run_inprocess
 from runner.launch import prepare_run
 from tests.conftest import REPO, tecosim

@@ -2,7 +2,7 @@
 
     runner/                       the top floor: cli, launch, engine, reports
     federates/*/federate.py       the HELICS doors, one per federate
-    federates/runtime.py          the study the roles are built from, process plumbing
+    federates/runtime.py          the plumbing of a federate process
     federates/<domain>/           prosumers, market, feeder, meters, controllers
     federates/common/             the ground floor: schema, clock, messages, units, ...
 
@@ -95,12 +95,13 @@ def test_imports_point_down(path: Path):
 
 
 #: where one domain uses another's pure code, by design: the prosumers sign their orders
-#: with the market's ledger keys; the DSO plans on the feeder's linear model; a feeder
-#: built without inverter ratings takes the prosumers' registered DER
+#: with the market's ledger keys; the DSO plans on the feeder's linear model; the feeder's
+#: inverters and the DSO know the prosumers' registered DER (its inverter ratings)
 SHARED = {
     ("federates.prosumers", "federates.market.ledger"),
     ("federates.controllers", "federates.feeder.sensitivity"),
     ("federates.feeder.role", "federates.prosumers.agents"),
+    ("federates.controllers.role", "federates.prosumers.agents"),
 }
 
 
