@@ -315,6 +315,12 @@ class Sweep:
             self.wall_s = time.monotonic() - t0
             self.write_json()
             raise
+        return self._finish(t0)
+
+    def _finish(self, t0: float) -> int:
+        """Write the compare page of the runs that ended ok and say which failed; the exit
+        code (0 all ok, 1 some failed or no compare page)."""
+        n = len(self.points)
         ok = [p for p in self.points if p.status == "ok"]
         failed = [p for p in self.points if p.status != "ok"]
         code = 0 if not failed else 1
@@ -416,35 +422,49 @@ def kill_leftovers(run_dir: Path) -> list[int]:
     if not proc.is_dir():
         return []
     run_dir = Path(run_dir).resolve()
-    broker_names = set()
-    try:
-        spec = json.loads((run_dir / "runner.json").read_text())
-        for fed in spec.get("federates", []):
-            broker_names |= {a for a in str(fed.get("exec", "")).split() if a.startswith("--name=tecosim_broker_")}
-    except (OSError, ValueError):
-        pass
+    broker_names = _broker_names(run_dir)
     killed = []
     for d in proc.iterdir():
         if not d.name.isdigit() or int(d.name) == os.getpid():
             continue
-        try:
-            argv = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        ours = any(a == "--run-dir" and i + 1 < len(argv) and argv[i + 1] == str(run_dir)
-                   for i, a in enumerate(argv)) or bool(broker_names & set(argv))
-        if not ours:
-            continue
-        pid = int(d.name)
-        try:
-            pgid = os.getpgid(pid)
-            if pgid == os.getpgrp():  # never our own group
-                raise PermissionError
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                continue
-        killed.append(pid)
+        argv = _argv(d)
+        ours = argv is not None and (
+            any(a == "--run-dir" and i + 1 < len(argv) and argv[i + 1] == str(run_dir) for i, a in enumerate(argv))
+            or bool(broker_names & set(argv)))
+        if ours and _kill_group(int(d.name)):
+            killed.append(int(d.name))
     return killed
+
+
+def _broker_names(run_dir: Path) -> set[str]:
+    """The ``--name=tecosim_broker_...`` arguments of the brokers in ``runner.json``."""
+    try:
+        spec = json.loads((run_dir / "runner.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    return {a for fed in spec.get("federates", []) for a in str(fed.get("exec", "")).split()
+            if a.startswith("--name=tecosim_broker_")}
+
+
+def _argv(proc_dir: Path) -> list[str] | None:
+    """A process's command line (None once it is gone)."""
+    try:
+        return (proc_dir / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+
+
+def _kill_group(pid: int) -> bool:
+    """SIGKILL ``pid``'s process group (never our own), else ``pid`` alone; False if
+    neither could be signalled."""
+    try:
+        pgid = os.getpgid(pid)
+        if pgid == os.getpgrp():  # never our own group
+            raise PermissionError
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return False
+    return True
