@@ -409,6 +409,7 @@ def allocate_losses_to_trades(
     pos = {p: k for k, p in enumerate(participants)}
     if len(pos) != n:
         raise ValueError("participant names must be unique")
+    metered = None
     if customer_energy_kwh is not None:
         metered = np.abs(np.asarray(customer_energy_kwh, dtype=float))
         if metered.shape != (n,):
@@ -417,20 +418,8 @@ def allocate_losses_to_trades(
     seller_kw = np.zeros(m)
     buyer_kw = np.zeros(m)
     is_peer = np.array([tr.seller != GRID and tr.buyer != GRID for tr in trades], dtype=bool)
-    traded = np.zeros(n)
-    sides: list[tuple[int, int, str, float]] = []  # (trade, customer, side, energy)
-    for t, tr in enumerate(trades):
-        if interval is not None and tr.interval != interval:
-            continue
-        e = float(tr.energy_kwh)
-        if e < 0 or not np.isfinite(e):
-            raise ValueError(f"trade {t}: energy must be finite and >= 0, got {e}")
-        for side, who in (("seller", tr.seller), ("buyer", tr.buyer)):
-            k = pos.get(who)
-            if k is not None:
-                sides.append((t, k, side, e))
-                traded[k] += e
-    denom = traded if customer_energy_kwh is None else np.maximum(metered, traded)
+    sides, traded = _trade_sides(trades, pos, interval)
+    denom = traded if metered is None else np.maximum(metered, traded)
     grid_kw = loss.copy()  # what the peer trades do not take
     untraded_kw = loss.copy()  # what no trade takes
     grid_trade_kw = np.zeros(m)
@@ -449,3 +438,23 @@ def allocate_losses_to_trades(
         grid_kw[k] -= share
     return TradeLossAllocation(seller_kw=seller_kw, buyer_kw=buyer_kw, grid_kw=grid_kw, is_peer=is_peer,
                                grid_trade_kw=grid_trade_kw, untraded_kw=untraded_kw)
+
+
+def _trade_sides(trades: Sequence[Trade], pos: dict[str, int],
+                 interval: int | None) -> tuple[list[tuple[int, int, str, float]], np.ndarray]:
+    """Each (trade, customer, side, energy [kWh]) of the customers in ``pos`` (only trades
+    of ``interval`` when given), and each customer's traded energy [kWh]."""
+    traded = np.zeros(len(pos))
+    sides: list[tuple[int, int, str, float]] = []
+    for t, tr in enumerate(trades):
+        if interval is not None and tr.interval != interval:
+            continue
+        e = float(tr.energy_kwh)
+        if e < 0 or not np.isfinite(e):
+            raise ValueError(f"trade {t}: energy must be finite and >= 0, got {e}")
+        for side, who in (("seller", tr.seller), ("buyer", tr.buyer)):
+            k = pos.get(who)
+            if k is not None:
+                sides.append((t, k, side, e))
+                traded[k] += e
+    return sides, traded

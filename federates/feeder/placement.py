@@ -34,6 +34,16 @@ from federates.common.rng import stream
 from federates.common.units import PHASES
 
 
+def _check_arguments(phase: str, count: int, customers_per_transformer: int) -> None:
+    """ValueError for an unknown phase, a negative count or a group size below 1."""
+    if phase != "any" and phase not in PHASES:
+        raise ValueError(f"phase {phase!r} is not allowed; use 'any', 'a', 'b' or 'c'")
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if customers_per_transformer < 1:
+        raise ValueError(f"customers_per_transformer must be >= 1, got {customers_per_transformer}")
+
+
 def place_customers(
     load_points: list[LoadPoint],
     count: int,
@@ -61,12 +71,7 @@ def place_customers(
     Raises ValueError for an unknown phase, a negative count, a group size below 1,
     or when no load is eligible (naming the phase).
     """
-    if phase != "any" and phase not in PHASES:
-        raise ValueError(f"phase {phase!r} is not allowed; use 'any', 'a', 'b' or 'c'")
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    if customers_per_transformer < 1:
-        raise ValueError(f"customers_per_transformer must be >= 1, got {customers_per_transformer}")
+    _check_arguments(phase, count, customers_per_transformer)
     eligible = [
         i for i, lp in enumerate(load_points)
         if lp.kw > 0 and lp.phases and (phase == "any" or phase in lp.phases)
