@@ -515,19 +515,8 @@ def settle_interval_reference(
     loss_kwh: dict[str, float] | None = None,
     loss_price_usd_per_kwh: float | None = None,
 ) -> Settlement:
-    """Settle interval ``interval`` (rules in the module docstring).
-
-    ``confirmations`` / ``trades``: the clearing's output (items of another interval
-    are ignored). ``metered_kwh`` [kWh, + import] and ``curtailed_kwh`` [kWh, >= 0]
-    per participant. ``retail_usd_per_kwh`` / ``feed_in_usd_per_kwh`` [USD/kWh]: the
-    tariffs of imbalance energy (with ``imbalance_rule``, one of
-    :data:`IMBALANCE_PRICES`) and of replacement purchases. ``participants``: who
-    gets a row (default: everyone named by a confirmation, a trade, a reading or a
-    curtailment); rows come in this order, or sorted by id by default.
-    ``loss_kwh`` [kWh, >= 0] per participant and ``loss_price_usd_per_kwh``: the loss
-    charges of rule 3b. Returns the rows and the trades rule 2 cut
-    (:class:`Settlement`). In ``fractions.Fraction`` throughout.
-    """
+    """:func:`settle_interval`, the same arguments and result, computed in
+    ``fractions.Fraction`` throughout: the reference the integer path is checked against."""
     retail = _frac(retail_usd_per_kwh, "retail_usd_per_kwh")
     feed_in = _frac(feed_in_usd_per_kwh, "feed_in_usd_per_kwh")
     confs = {c.participant: c for c in confirmations if c.interval == interval}
