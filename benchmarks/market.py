@@ -1,11 +1,16 @@
 """Market micro-benchmarks: clearing, one market time of the role, P2P ADMM, ledger size.
 
-    .venv/bin/python benchmarks/market.py [--only clear,role,admm,ledger] [--repeat N]
+    .venv/bin/python benchmarks/market.py [--only clear,role10k,role,admm,ledger] [--repeat N]
         [--ledger-sizes 40,1000] [--no-admm-reference] [--json PATH]
 
 * ``clear``: one community book of 10,000 orders (10,000 participants, one order each,
   energies U(0.01, 10) kWh, limits U(0, 0.4) USD/kWh), each mechanism through
   ``federates.market.mechanisms.clear``, and the exact Fraction reference.
+* ``role10k``: the same 10k book through ``MarketRole.on_market_time``, end to end: the
+  market time that clears it (k=0: clear, confirmation prices, trade ids, the bids and
+  trades rows) and the one that settles it (k=1, metered = scheduled +- 10 %), ledger
+  off, then on (orders signed beforehand; verifying and sealing are in the figure).
+  The clearing alone hides what the role then does with each of its objects.
 * ``role``: a default-sized market day (40 prosumers, 96 intervals, synthetic like
   ``synthetic_day``) replayed through ``MarketRole.on_market_time`` (settle k-1, clear k,
   ledger blocks), with the time per market time split into verify / clear / record /
@@ -171,6 +176,43 @@ def bench_clear(repeat: int) -> None:
              wall_ms=t * 1e3, cpu_ms=CPU["last"] * 1e3)
 
 
+def bench_role10k(repeat: int) -> None:
+    from federates.market.ledger import sign_order
+    from federates.market.role import MarketRole
+
+    book = random_book(10_000)
+    names = [o.participant for o in book]
+    rng = random.Random(5)
+    energies = [IntervalEnergy(o.participant, 0, (o.energy_kwh if o.side == "buy" else -o.energy_kwh)
+                               * rng.uniform(0.9, 1.1)) for o in book]
+    for ledger, runs in ((False, repeat), (True, max(1, repeat // 3))):
+        signed = book
+        if ledger:
+            keys = KeyRing.from_seed(7, names)  # the seed study_config gives the role
+            signed = [sign_order(keys, o) for o in book]
+        best = {"open": math.inf, "settle": math.inf, "both": math.inf}
+        cpu = math.inf
+        for _ in range(runs):
+            with tempfile.TemporaryDirectory() as tmp:
+                role = MarketRole(study_config(2), names, Path(tmp) / "ledger.zst" if ledger else None)
+                t0, c0 = time.perf_counter(), time.process_time()
+                role.on_market_time(0, signed, [], [])
+                t1 = time.perf_counter()
+                role.on_market_time(1, [], energies, [])
+                t2, c2 = time.perf_counter(), time.process_time()
+                role.tables()
+            best = {"open": min(best["open"], t1 - t0), "settle": min(best["settle"], t2 - t1),
+                    "both": min(best["both"], t2 - t0)}
+            cpu = min(cpu, c2 - c0)
+        tag = "on " if ledger else "off"
+        emit(f"role10k/ledger_{tag.strip()}",
+             f"role 10k orders, ledger {tag}: clear market time {best['open'] * 1e3:7.1f} ms + settle market "
+             f"time {best['settle'] * 1e3:7.1f} ms = {best['both'] * 1e3:7.1f} ms wall, {cpu * 1e3:7.1f} ms CPU "
+             f"(least of {runs})",
+             open_ms=best["open"] * 1e3, settle_ms=best["settle"] * 1e3, wall_ms=best["both"] * 1e3,
+             cpu_ms=cpu * 1e3)
+
+
 @contextmanager
 def _timed(obj, name: str, acc: dict[str, float], label: str):
     """Add the wall time of every call of ``obj.name`` to ``acc[label]``."""
@@ -273,14 +315,14 @@ def bench_ledger(repeat: int, sizes: tuple[int, ...] = (40, 1000)) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="clear,role,admm,ledger")
+    ap.add_argument("--only", default="clear,role10k,role,admm,ledger")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--ledger-sizes", default="40,1000", help="participants of the ledger days (default 40,1000)")
     ap.add_argument("--no-admm-reference", action="store_true", help="skip the P2P LP the ADMM is compared with")
     ap.add_argument("--json", type=Path, help="also write the lines and figures here")
     args = ap.parse_args()
     sizes = tuple(int(x) for x in args.ledger_sizes.split(","))
-    benches = {"clear": bench_clear, "role": bench_role,
+    benches = {"clear": bench_clear, "role10k": bench_role10k, "role": bench_role,
                "admm": lambda r: bench_admm(r, reference=not args.no_admm_reference),
                "ledger": lambda r: bench_ledger(r, sizes)}
     for name in args.only.split(","):

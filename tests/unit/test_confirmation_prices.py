@@ -95,3 +95,43 @@ def test_least_cost_and_sensitivity_curtail_differently_under_pay_as_bid(tmp_pat
     a, b = curtailments("least_cost"), curtailments("sensitivity")
     assert len(a) and len(b)
     assert not a.equals(b)
+
+
+def _prices_as_lots(result):
+    """The two prices per confirmation from every participant's own lots (the general
+    path, without prices.py's uniform shortcut): ``[(own, market)]``."""
+    from federates.market.prices import _mean_price
+
+    lots, market = {}, []
+    for t in result.trades:
+        if GRID in (t.seller, t.buyer) or t.energy_kwh <= 0:
+            continue
+        lot = (t.energy_kwh, t.price_usd_per_kwh)
+        lots.setdefault(t.seller, []).append(lot)
+        lots.setdefault(t.buyer, []).append(lot)
+        market.append(lot)
+    return [(_mean_price(lots.get(c.participant, [])), _mean_price(market)) for c in result.confirmations]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("mechanism", ["uniform_price", "pay_as_bid"])
+def test_uniform_shortcut_equals_the_lots_bit_for_bit(seed, mechanism):
+    """The uniform-price shortcut (every peer trade at one non-zero price) gives each
+    confirmation the prices its own lots give, bit for bit, the other fields kept."""
+    import math
+    import random
+
+    rng = random.Random(seed)
+    retail, feed_in = (0.26, 0.08) if seed % 3 else (0.0, 0.0)  # seed 0, 3: every price 0.0
+    orders = [Order(f"p{i:03d}", rng.choice(["buy", "sell"]), 0, rng.uniform(0.01, 5),
+                    rng.uniform(0, 0.4) if seed % 3 else 0.0) for i in range(300)]
+    raw = clear("community", mechanism, orders, interval=0, retail_usd_per_kwh=retail, feed_in_usd_per_kwh=feed_in)
+    r = with_confirmation_prices(raw)
+    want = _prices_as_lots(raw)
+    assert len(r.confirmations) == len(raw.confirmations) == len(want)
+    for c, c0, (own, market) in zip(r.confirmations, raw.confirmations, want, strict=True):
+        assert type(c) is type(c0)
+        assert (c.price_usd_per_kwh, c.market_price_usd_per_kwh) == (own, market)
+        for x, y in ((c.price_usd_per_kwh, own), (c.market_price_usd_per_kwh, market)):
+            assert (x is None) == (y is None) and (x is None or math.copysign(1, x) == math.copysign(1, y))
+        assert vars(c) == {**vars(c0), "price_usd_per_kwh": own, "market_price_usd_per_kwh": market}

@@ -522,3 +522,22 @@ def test_bids_rows_of_unsigned_and_late_orders(tmp_path):
     assert rows[(0, "a", "buy")] == (1.0, 1.0, "") and rows[(0, "b", "sell")] == (1.0, 1.0, "")
     assert t["clearing"]["late_orders"].tolist() == [0, 1]
     assert t["clearing"]["rejected_orders"].tolist()[0] == 1
+
+
+def test_numbered_trades_equal_replaced_ones():
+    """role._numbered (the trades' dicts copied, the id set, adopted) equals
+    dataclasses.replace of each trade with its id, bit for bit, and leaves the
+    trades it was given as they were."""
+    from dataclasses import replace
+
+    from federates.common.messages import Trade
+    from federates.market.role import _numbered
+
+    trades = [Trade(4, "a", "b", 1.5, 0.2), Trade(4, "c", GRID, 0.1, 0.08, 0.01), Trade(4, GRID, "a", 2.0, 0.26)]
+    before = [dict(vars(t)) for t in trades]
+    got = _numbered(4, trades)
+    assert got == [replace(t, trade_id=f"4-{j}") for j, t in enumerate(trades)]
+    assert [type(t) for t in got] == [Trade] * 3
+    assert [list(vars(t).items()) for t in got] == [list(vars(replace(t, trade_id=f"4-{j}")).items())
+                                                   for j, t in enumerate(trades)]
+    assert [vars(t) for t in trades] == before and _numbered(4, []) == []

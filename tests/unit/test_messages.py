@@ -57,3 +57,66 @@ def test_every_message_kind_is_flat_and_encodes_as_asdict_would():
         text = m.encode([x])
         assert json.loads(text)["items"] == [json.loads(json.dumps(dataclasses.asdict(x)))]
         assert m.decode(text).items == [x]
+
+
+def _field_values(cls, seed: int) -> list:
+    """One value per field of ``cls``, of the field's kind, distinct per seed."""
+    import dataclasses
+    import typing
+
+    out = []
+    for i, f in enumerate(dataclasses.fields(cls)):
+        tp = typing.get_type_hints(cls)[f.name]
+        out.append(seed * 100 + i if tp is int else f"s{seed}.{i}" if tp is str else
+                   seed + i / 8 if tp is float or float in typing.get_args(tp) else None)
+    return out
+
+
+def test_maker_objects_are_the_dataclass_own_bit_for_bit():
+    """messages.maker (the fast constructor without __init__) gives what the dataclass's
+    __init__ gives: same type, fields, ==, hash, repr, asdict, replace, still frozen;
+    refuses a class with __post_init__ (whose checks it would skip)."""
+    import dataclasses
+
+    from federates.common import messages as m
+
+    for cls in m._KINDS.values():
+        if hasattr(cls, "__post_init__"):
+            with pytest.raises(ValueError, match="__post_init__"):
+                m.maker(cls)
+            continue
+        for seed in range(3):
+            values = _field_values(cls, seed)
+            fast, slow = m.maker(cls)(*values), cls(*values)
+            assert type(fast) is cls and fast == slow and repr(fast) == repr(slow), cls
+            assert vars(fast) == vars(slow) and list(vars(fast)) == list(vars(slow))
+            assert dataclasses.asdict(fast) == dataclasses.asdict(slow)
+            if cls.__hash__ is not None:
+                assert hash(fast) == hash(slow)
+            name = dataclasses.fields(cls)[0].name
+            if cls.__dataclass_params__.frozen:
+                with pytest.raises(dataclasses.FrozenInstanceError):
+                    setattr(fast, name, values[0])
+            assert dataclasses.replace(fast, **{name: values[0]}) == slow
+            assert m.encode([fast], kind=m._KIND_OF[cls]) == m.encode([slow], kind=m._KIND_OF[cls])
+
+
+def test_decode_fast_path_equals_the_constructor():
+    """decode makes items with exactly the fields (as encode writes them) by maker, and
+    others (missing fields: defaults; extra keys: ignored; a __post_init__) through
+    __init__: equal items either way."""
+    import json
+
+    from federates.common import messages as m
+
+    for kind, cls in m._KINDS.items():
+        if hasattr(cls, "__post_init__"):
+            continue
+        items = [cls(*_field_values(cls, s)) for s in range(3)]
+        assert m.decode(m.encode(items, kind=kind)).items == items
+        raw = json.loads(m.encode(items, kind=kind))
+        raw["items"][1]["extra"] = 1  # not a field: the slow path for the whole message
+        assert m.decode(json.dumps(raw)).items == items
+    t = m.decode('{"kind": "trades", "items": [{"interval": 1, "seller": "a", "buyer": "b", '
+                 '"energy_kwh": 1.5, "price_usd_per_kwh": 0.2}]}').items
+    assert t == [m.Trade(1, "a", "b", 1.5, 0.2)]
