@@ -46,6 +46,7 @@ says what happens:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -264,18 +265,20 @@ class FeederRole:
         a = np.asarray(x, dtype=float)
         if a.shape != (self._n,):
             raise ValueError(f"{name} must have one value per customer ({self._n}), got shape {a.shape}")
-        if not np.all(np.isfinite(a)):
+        # NaN or inf anywhere makes the sum of squares non-finite (so may a huge value: then check each)
+        if not math.isfinite(a @ a) and not np.isfinite(a).all():
             raise ValueError(f"{name} must be finite")
         return a
 
     def _limit_values(self) -> tuple[np.ndarray, np.ndarray, float]:
         """Element loading [%], bus VUF [%] and substation import [kW] of the last solve
         (computed once per solve: the DSO's SCADA and the step's record read the same)."""
-        sid = self.feeder.solution_id
+        f = self.feeder
+        sid = f.solution_id
         if self._limits_of is not None and self._limits_of[0] == sid:
             return self._limits_of[1]
-        loading = self.feeder.element_loading_pct()[1] if self.limits.thermal or self._top_n else np.zeros(0)
-        values = (loading, self.feeder.vuf_pct()[1], self.feeder.source_pq()[0])
+        loading = f.element_loading_values_pct() if self.limits.thermal or self._top_n else np.zeros(0)
+        values = (loading, f.vuf_values_pct(), f.source_pq()[0])
         self._limits_of = (sid, values)
         return values
 
@@ -283,8 +286,8 @@ class FeederRole:
         """The SCADA view of the last solve (see :class:`Scada`)."""
         loading, vuf, src_p = self._limit_values()
         if loading.size == 0:
-            loading = self.feeder.element_loading_pct()[1]
-        return Scada(loading_pct=loading, p_kw=self.feeder.element_p_kw()[1], vuf_pct=vuf,
+            loading = self.feeder.element_loading_values_pct()
+        return Scada(loading_pct=loading, p_kw=self.feeder.element_p_values_kw(), vuf_pct=vuf,
                      source_p_kw=src_p)
 
     def _record_violations(self, g: int, after: tuple[np.ndarray, np.ndarray, float]) -> None:
@@ -298,9 +301,9 @@ class FeederRole:
         t_s = self.timeline.step_t_s(g)
 
         def add(names, kind, limit, bound, vb, va, over: bool) -> None:
-            vb = np.asarray(vb, dtype=float)
-            va = np.asarray(va, dtype=float)
-            bad = (vb > bound) | (va > bound) if over else (vb < bound) | (va < bound)  # NaN: False
+            # vb, va: float arrays or lists; NaN compares False
+            bad = np.greater(vb, bound) if over else np.less(vb, bound)
+            bad |= np.greater(va, bound) if over else np.less(va, bound)
             if not bad.any():
                 return
             for i in np.flatnonzero(bad):
@@ -413,13 +416,16 @@ class FeederRole:
              "top_load", "vuf", "cust_loss", "bg_loss", "v_lo", "v_hi", "v_lo_before", "v_hi_before")
 
     def _controlled_solve(self, g: int) -> Measurement:
+        sent: list[np.ndarray] = []  # (capped, applied) of the last attempt: its curtail level
+
         def set_powers() -> None:
-            self.feeder.set_customer_powers(self._shed(self._applied_p()), self._q_kvar)
+            capped = self._applied_p()
+            sent[:] = (capped, self._shed(capped))
+            self.feeder.set_customer_powers(sent[1], self._q_kvar)
 
         if not self._solve(g, True, set_powers):
             return self._hold(g)
-        capped = self._applied_p()
-        applied = self._shed(capped)
+        capped, applied = sent  # the level cannot change after the attempt that converged
         m = Measurement(
             v_pu=self.feeder.customer_v_pu(),
             p_kw=applied.copy(),
@@ -461,11 +467,10 @@ class FeederRole:
         rec.load[r], rec.gross[r] = self.feeder.load_and_gross_kw()
         rec.p_delivered[r] = self.feeder.customer_pq()[0]
         self._check_power(g, rec.src_p[r], rec.load[r], rec.loss[r], rec.gross[r])
-        taps = self.feeder.regulator_taps()
-        rec.taps[r] = [taps[x] for x in self.regulators]
-        if self.capacitors:
-            steps_in = self.feeder.capacitor_steps()
-            rec.caps[r] = [steps_in[c] for c in self.capacitors]
+        if self.regulators:  # regulator_names order, as self.regulators
+            rec.taps[r] = self.feeder.regulator_tap_steps()
+        if self.capacitors:  # capacitor_names order, as self.capacitors
+            rec.caps[r] = self.feeder.capacitor_step_counts()
         after = self._limit_values()
         loading, vuf, _ = after
         if self._top_n:

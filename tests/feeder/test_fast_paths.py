@@ -1,0 +1,99 @@
+"""The feeder's per-step fast paths equal the slow ones they replace, bit for bit.
+
+Each fast path (fewer numpy calls, no names, values read once per model) must give
+exactly the numbers of the plain path: the reference harness compares every table of
+whole runs for equality, and these tests pin each replacement on its own:
+
+* limits (federates/feeder/opendss/limits.py): ``LimitsIndex.loading_pct``,
+  ``flows_kw`` and ``vuf_values_pct`` against the per-kind ``line_loading_pct`` +
+  ``transformer_loading_pct``, ``element_p_kw`` and ``vuf_pct`` (Fortescue);
+* regulator taps and capacitor steps as arrays against the dicts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from federates.common.config import CustomerConnection
+from federates.common.tables import StepArrays
+from federates.feeder.opendss import OpenDSSFeeder
+from federates.feeder.placement import place_customers
+
+pytestmark = pytest.mark.feeder
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _feeder(model: str, n: int) -> OpenDSSFeeder:
+    d = REPO / "feeders" / model
+    meta = yaml.safe_load((d / "feeder.yaml").read_text())
+    f = OpenDSSFeeder(d / meta["master"])
+    sites = place_customers(f.load_points(), n, seed=3)
+    f.attach_customers(sites, CustomerConnection(kind="secondary"))
+    return f
+
+
+@pytest.fixture(scope="module", params=[("ieee13", 40), ("ieee34", 60)], ids=["ieee13", "ieee34"])
+def feeder(request) -> OpenDSSFeeder:
+    return _feeder(*request.param)
+
+
+def _solutions(f: OpenDSSFeeder):
+    """A few solutions of ``f``: exports and imports, controls on and off."""
+    rng = np.random.default_rng(11)
+    n = f.n_customers
+    for k, mult in enumerate((0.3, 0.8, 1.2)):
+        f.set_background_scale(mult)
+        f.set_customer_powers(rng.uniform(-9.0, 6.0, n), rng.uniform(-2.0, 2.0, n))
+        f.solve(controls=bool(k % 2))
+        yield
+
+
+def test_limit_readouts_equal_the_per_kind_ones(feeder):
+    f = feeder
+    ix = f._limits()
+    for _ in _solutions(f):
+        max_i, powers, volts = f._bulk("max_currents"), f._bulk("powers"), f._bulk("volts")
+        slow = np.concatenate([ix.line_loading_pct(max_i)[1], ix.transformer_loading_pct(powers)[1]])
+        assert ix.loading_pct(max_i, powers).tobytes() == slow.tobytes()
+        assert f.element_loading_pct()[1].tobytes() == slow.tobytes()
+        assert f.element_loading_pct()[0] == ix.element_names
+        slow_p = ix.element_p_kw(powers)[1]
+        assert ix.flows_kw(powers).tobytes() == slow_p.tobytes()
+        assert f.element_p_kw()[1].tobytes() == slow_p.tobytes()
+        slow_vuf = ix.vuf_pct(volts, "here")[1]
+        assert ix.vuf_values_pct(volts, "here").tobytes() == slow_vuf.tobytes()
+        assert f.vuf_pct() == (ix.bus3_names, pytest.approx(slow_vuf, rel=0, abs=0))
+
+
+def test_vuf_of_a_dead_bus_is_nan_in_both(feeder):
+    f = feeder
+    ix = f._limits()
+    next(_solutions(f))
+    volts = f._bulk("volts").copy()
+    volts[ix.bus3_nodes[0]] = 0.0  # no positive sequence: NaN
+    fast, slow = ix.vuf_values_pct(volts, "here"), ix.vuf_pct(volts, "here")[1]
+    assert np.isnan(fast[0]) and fast.tobytes() == slow.tobytes()
+
+
+def test_taps_and_capacitor_steps_as_arrays(feeder):
+    f = feeder
+    for _ in _solutions(f):
+        taps = f.regulator_taps()
+        assert f.regulator_tap_steps().tolist() == [taps[r] for r in f.regulator_names]
+        steps = f.capacitor_steps()
+        assert f.capacitor_step_counts().tolist() == [steps[c] for c in f.capacitor_names]
+
+
+def test_step_arrays_refuse_names_of_their_own():
+    a = StepArrays(4)
+    for bad in ("row", "reset", "g0", "capacity", "_specs"):
+        with pytest.raises(ValueError):
+            a.add(bad)
+    a.add("v", (2,))
+    a.row(9)  # grows: the attribute follows the new array
+    assert a.v is a._arrays["v"] and a.v.shape == (16, 2)
