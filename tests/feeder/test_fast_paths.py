@@ -7,7 +7,9 @@ whole runs for equality, and these tests pin each replacement on its own:
 * limits (federates/feeder/opendss/limits.py): ``LimitsIndex.loading_pct``,
   ``flows_kw`` and ``vuf_values_pct`` against the per-kind ``line_loading_pct`` +
   ``transformer_loading_pct``, ``element_p_kw`` and ``vuf_pct`` (Fortescue);
-* regulator taps and capacitor steps as arrays against the dicts.
+* regulator taps and capacitor steps as arrays against the dicts;
+* the inverters' damped moves (federates/feeder/inverters.py) against the curve and
+  lag functions of voltvar.py / voltwatt.py as the loop used them.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ import numpy as np
 import pytest
 import yaml
 
-from federates.common.config import CustomerConnection
+from federates.common.config import CustomerConnection, StudyFile
+from federates.common.grid import CustomerSite
 from federates.common.tables import StepArrays
+from federates.feeder.inverters import InverterFleet
 from federates.feeder.opendss import OpenDSSFeeder
 from federates.feeder.placement import place_customers
+from federates.feeder.voltvar import curve_value, lagged_target, q_pct_to_q_kvar
+from federates.feeder.voltwatt import p_pct_to_cap_kw
 
 pytestmark = pytest.mark.feeder
 
@@ -97,3 +103,52 @@ def test_step_arrays_refuse_names_of_their_own():
     a.add("v", (2,))
     a.row(9)  # grows: the attribute follows the new array
     assert a.v is a._arrays["v"] and a.v.shape == (16, 2)
+
+
+# ------------------------------------------------------------------ the inverters' moves
+def _fleet(lag_s: float, n: int = 12) -> InverterFleet:
+    cfg = StudyFile.model_validate({
+        "study": {"duration": 600, "market_interval": 300, "physics_step": 60},
+        "controllers": {"volt_var": {"open_loop_response_time_s": lag_s},
+                        "volt_watt": {"enabled": True, "open_loop_response_time_s": lag_s}},
+    })
+    sites = [CustomerSite(participant=f"c{i}", index=i, bus="b", phase="a", group=f"g{i}", load="")
+             for i in range(n)]
+    kva = np.where(np.arange(n) % 3 == 0, 0.0, np.linspace(5.0, 16.0, n))  # some without an inverter
+    return InverterFleet(cfg, sites, kva)
+
+
+def _reference_moves(fleet: InverterFleet, v: np.ndarray):
+    """The damped moves as the loop computed them with the curve and lag functions."""
+    ctl, has = fleet.ctl, fleet.has_inverter
+    q_curve = q_pct_to_q_kvar(curve_value(v, fleet._vv_points), fleet.inverter_kva)
+    q_target = lagged_target(fleet._q_start, q_curve, fleet._alpha_vv)
+    q_new = np.where(has, fleet.q_kvar + ctl.volt_var.damping * (q_target - fleet.q_kvar), 0.0)
+    q_changed = has & (np.abs(q_new - fleet.q_kvar) > ctl.volt_var.tolerance_kvar)
+    vw_curve = p_pct_to_cap_kw(curve_value(v, fleet._vw_points), fleet.inverter_kva)
+    vw_target = lagged_target(fleet._vw_start, vw_curve, fleet._alpha_vw)
+    vw_new = np.where(has, fleet.vw_cap_kw + ctl.volt_watt.damping * (vw_target - fleet.vw_cap_kw),
+                      fleet.vw_cap_kw)
+    vw_changed = has & (np.abs(vw_new - fleet.vw_cap_kw) > ctl.volt_watt.tolerance_kw)
+    return (q_new, q_changed, q_target - fleet.q_kvar), (vw_new, vw_changed, vw_target - fleet.vw_cap_kw)
+
+
+@pytest.mark.parametrize("lag_s", [0.0, 5.0, 200.0])
+def test_inverter_moves_equal_the_curve_functions(lag_s):
+    fleet = _fleet(lag_s)
+    n = fleet.n
+    rng = np.random.default_rng(5)
+    compared = 0
+    for g in range(6):
+        for call in range(5):  # a few solves per step, the set-points moving in between
+            v = rng.uniform(1.0, 1.1, n)
+            if call:  # the step has started: its lag start and factors are set
+                fast = fleet._volt_var_moves(v), fleet._volt_watt_moves(v)
+                for got, want in zip(fast, _reference_moves(fleet, v), strict=True):
+                    for a, b in zip(got, want, strict=True):
+                        assert a.tobytes() == b.tobytes()
+                compared += 1
+            if fleet.on_solve(g, v, -rng.uniform(0, 8, n), np.zeros(n), np.zeros(n)) is None:
+                break
+    assert compared >= 6
+    assert (fleet._alpha_vv != 1.0) == (lag_s > 0)  # the lagged branch was taken (alpha < 1)
