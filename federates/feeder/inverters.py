@@ -172,11 +172,12 @@ class InverterFleet:
         vw_cfg = self.ctl.volt_watt
         #: a Volt-Watt cap at or above this is at the rating: no cap [kW] (_vw_cap_in_force)
         self._vw_at_rating_kw = self.inverter_kva - vw_cfg.tolerance_kw / vw_cfg.damping
+        self._vw_in_force: tuple[np.ndarray | None, np.ndarray] = (None, np.zeros(0))  # (set-points, caps)
         self._no_move = np.zeros(n, dtype=bool)  # read-only: "nobody moves"
         self._no_move.flags.writeable = False
         # Anderson acceleration of the settling (module doc, "Life cycle")
         self.anderson_depth = int(self.ctl.anderson_depth)
-        self._hist_x: list[np.ndarray] = []  # the stage's set-points [kvar | kW] ...
+        self._hist_x: list[tuple[np.ndarray, np.ndarray]] = []  # the stage's set-points (q [kvar], cap [kW]) ...
         self._hist_f: list[np.ndarray] = []  # ... and their residuals (target - set-point)
         self._turns_back = 0  # successive solves whose residual turned back (OSCILLATION_RATIO)
         self._accelerating = False  # the stage oscillates: its moves are accelerated
@@ -247,11 +248,19 @@ class InverterFleet:
         """The Volt-Watt caps [kW] that limit anything: inf where Volt-Watt is off, the
         customer has no inverter or the cap is at the inverter's rating (within the stop
         rule of the iteration, ``tolerance_kw / damping``)."""
+        vw_cap = self.vw_cap_kw
+        held = self._vw_in_force
+        if held[0] is vw_cap:  # the set-points are replaced, never written in place
+            return held[1]
         if not self.ctl.volt_watt.enabled:
-            return np.full(self.n, np.inf)
-        binding = self.vw_cap_kw < self._vw_at_rating_kw
-        binding &= self.has_inverter
-        return np.where(binding, self.vw_cap_kw, np.inf)
+            out = np.full(self.n, np.inf)
+        else:
+            binding = vw_cap < self._vw_at_rating_kw
+            binding &= self.has_inverter
+            out = np.where(binding, vw_cap, np.inf)
+        out.flags.writeable = False  # shared by the callers until the set-points move
+        self._vw_in_force = (vw_cap, out)
+        return out
 
     def on_envelopes(self, k: int, envelopes: Sequence[OperatingEnvelope]) -> None:
         """Export envelopes for interval ``k`` (the DSO's ``envelopes``, or the export the
@@ -486,7 +495,6 @@ class InverterFleet:
         idx = self._with_inverter
         k = idx.size
         zero = np.zeros(k)
-        x = np.concatenate([self.q_kvar[idx], self.vw_cap_kw[idx]])
         f = np.concatenate([zero if q_res is None else q_res[idx], zero if vw_res is None else vw_res[idx]])
         if self._hist_f and not self._accelerating:
             f_prev = self._hist_f[-1]
@@ -494,14 +502,18 @@ class InverterFleet:
             turned_back = ff > 0.0 and float(f @ f_prev) <= -OSCILLATION_RATIO * ff
             self._turns_back = self._turns_back + 1 if turned_back else 0
             self._accelerating = self._turns_back >= OSCILLATION_ROUNDS
-        self._hist_x.append(x)
+        # the set-points as they are (replaced, never written in place): stacked only
+        # once the stage accelerates, most stages never do
+        self._hist_x.append((self.q_kvar, self.vw_cap_kw))
         self._hist_f.append(f)
         del self._hist_x[:-(self.anderson_depth + 1)], self._hist_f[:-(self.anderson_depth + 1)]
         if not self._accelerating:
             return q_new, vw_new
         ctl = self.ctl
+        hist_x = [np.concatenate([q[idx], vw[idx]]) for q, vw in self._hist_x]
+        x = hist_x[-1]
         beta = np.concatenate([np.full(k, ctl.volt_var.damping), np.full(k, ctl.volt_watt.damping)])
-        d_x = np.diff(np.array(self._hist_x), axis=0).T  # (2k, m): the last m changes
+        d_x = np.diff(np.array(hist_x), axis=0).T  # (2k, m): the last m changes
         d_f = np.diff(np.array(self._hist_f), axis=0).T
         gamma = np.linalg.lstsq(d_f, f, rcond=None)[0]
         x_new = x + beta * f - (d_x + beta[:, None] * d_f) @ gamma

@@ -742,7 +742,8 @@ class OpenDSSFeeder:
 
     def _forget_loads_pq(self) -> None:
         """A set-point changed: the Loads' powers read from the last solve no longer hold."""
-        self._loads_pq = (-1, self._loads_pq[1])
+        if self._loads_pq[0] != -1:
+            self._loads_pq = (-1, self._loads_pq[1])
 
     def load_kw(self) -> float:
         """Net active power drawn by every power-conversion element [kW] (+ consumption).
