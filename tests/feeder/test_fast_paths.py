@@ -76,6 +76,20 @@ def test_limit_readouts_equal_the_per_kind_ones(feeder):
         assert f.vuf_pct() == (ix.bus3_names, pytest.approx(slow_vuf, rel=0, abs=0))
 
 
+def test_limit_values_of_many_solutions_equal_each_alone(feeder):
+    f = feeder
+    snaps, alone = [], []
+    for _ in _solutions(f):
+        snaps.append(f.limit_snapshot())
+        alone.append((f.element_loading_values_pct(), f.vuf_values_pct()))
+    loading, vuf = f.limit_values_of(*(np.stack([s[k] for s in snaps]) for k in range(3)))
+    for t, (want_loading, want_vuf) in enumerate(alone):
+        assert loading[t].tobytes() == want_loading.tobytes()
+        assert vuf[t].tobytes() == want_vuf.tobytes()
+    no_loading, vuf_only = f.limit_values_of(None, None, np.stack([s[2] for s in snaps]))
+    assert no_loading is None and vuf_only.tobytes() == vuf.tobytes()
+
+
 def test_vuf_of_a_dead_bus_is_nan_in_both(feeder):
     f = feeder
     ix = f._limits()
@@ -84,6 +98,8 @@ def test_vuf_of_a_dead_bus_is_nan_in_both(feeder):
     volts[ix.bus3_nodes[0]] = 0.0  # no positive sequence: NaN
     fast, slow = ix.vuf_values_pct(volts, "here"), ix.vuf_pct(volts, "here")[1]
     assert np.isnan(fast[0]) and fast.tobytes() == slow.tobytes()
+    many = ix.vuf_values_pct_many(np.stack([volts, f._bulk("volts")]), "here")
+    assert many[0].tobytes() == slow.tobytes()
 
 
 def test_taps_and_capacitor_steps_as_arrays(feeder):

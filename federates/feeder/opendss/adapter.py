@@ -875,6 +875,32 @@ class OpenDSSFeeder:
         ix = self._limits()
         return list(ix.element_names), self.element_loading_values_pct()
 
+    def limit_snapshot(self, loading: bool = True) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
+        """What the last solve's element loadings and bus VUF are computed from, for
+        :meth:`limit_values_of`: ``PDElements.AllMaxCurrents`` [A] and
+        ``PDElements.AllPowers`` [kW + j kvar] (None, None when not ``loading``) and
+        ``Circuit.AllBusVolts`` [V] (the solve's own bulk reads, read-only). The feeder
+        role keeps the uncontrolled solves' snapshots and computes their values a
+        batch of steps at once."""
+        if not loading:
+            return None, None, self._bulk("volts")
+        return self._bulk("max_currents"), self._bulk("powers"), self._bulk("volts")
+
+    def limit_values_of(self, max_currents: np.ndarray | None, powers: np.ndarray | None,
+                        volts: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """:meth:`element_loading_values_pct` (None without ``max_currents``) and
+        :meth:`vuf_values_pct` of ``T`` solutions at once, (T, elements) [%] and
+        (T, buses) [%], from their stacked :meth:`limit_snapshot` arrays; each row bit
+        for bit as for that solution alone (tests/feeder/test_fast_paths.py)."""
+        ix = self._limits()
+        loading = None if max_currents is None else ix.loading_pct_many(max_currents, powers)
+        return loading, ix.vuf_values_pct_many(volts, self.master)
+
+    @property
+    def limit_snapshot_values(self) -> int:
+        """Floats in one :meth:`limit_snapshot` (the role sizes its batches by it)."""
+        return self._limits().snapshot_values
+
     def element_loading_values_pct(self) -> np.ndarray:
         """:meth:`element_loading_pct` without the names [%] (bit for bit the same values
         as the two per-kind methods concatenated, :meth:`LimitsIndex.loading_pct`)."""

@@ -175,6 +175,49 @@ class LimitsIndex:
         xf *= 100.0
         return out
 
+    def loading_pct_many(self, max_currents: np.ndarray, powers: np.ndarray) -> np.ndarray:
+        """:meth:`loading_pct` of ``T`` solutions at once (T, elements) [%], from their
+        ``max_currents`` (T, PD elements) and complex ``powers`` (T, PD conductor values);
+        each row bit for bit as alone (the bincount's bins offset per row, each adding
+        the same terms in the same order)."""
+        n_t = max_currents.shape[0]
+        self.check(max_currents.shape[1])
+        self.check_powers(powers.shape[1])
+        nl, m2 = len(self.line_names), self._xf_m2
+        out = np.empty((n_t, nl + len(self.xf_names)))
+        np.divide(max_currents[:, self.line_pos], self.line_norm_amps, out=out[:, :nl])
+        out[:, :nl] *= 100.0
+        bins = (self._xf_grp2[None, :] + np.arange(n_t)[:, None] * m2).reshape(-1)
+        weights = np.ascontiguousarray(powers).view(float)[:, self._xf_idx2].reshape(-1)
+        pq = np.bincount(bins, weights=weights, minlength=n_t * m2).reshape(n_t, m2)
+        xf = out[:, nl:]
+        np.hypot(pq[:, 0::2], pq[:, 1::2], out=xf)
+        xf /= self.xf_kva
+        xf *= 100.0
+        return out
+
+    def vuf_values_pct_many(self, volts: np.ndarray, where: object) -> np.ndarray:
+        """:meth:`vuf_values_pct` of ``T`` solutions at once (T, buses) [%] from their
+        complex ``volts`` (T, nodes); each row bit for bit as alone (elementwise)."""
+        if volts.shape[1] != self.n_nodes:
+            raise FeederModelError(f"{where}: the node list changed; call attach_customers only")
+        va, vb, vc = (volts[:, k] for k in self._bus3)
+        a, a2 = _A, _A * _A
+        v1 = np.abs(va + a * vb + a2 * vc)
+        v2 = np.abs(va + a2 * vb + a * vc)
+        ok = v1 > 0
+        if ok.all():
+            v2 /= v1
+            v2 *= 100.0
+            return v2
+        return np.where(ok, v2 / np.where(ok, v1, 1.0) * 100.0, np.nan)
+
+    @property
+    def snapshot_values(self) -> int:
+        """Floats of one solution's limit snapshot (max currents, complex powers and
+        volts): the feeder role sizes its batches by it."""
+        return self.n_pd + 2 * self.n_cond_total + 2 * self.n_nodes
+
     def flows_kw(self, powers: np.ndarray) -> np.ndarray:
         """:meth:`element_p_kw` without the names, bit for bit (one bincount)."""
         self.check_powers(len(powers))
