@@ -126,6 +126,11 @@ from federates.feeder.voltvar import (
 )
 from federates.feeder.voltwatt import volt_watt_points
 
+try:  # np.interp's compiled core: the wrapper's checks cost more than the interpolation
+    from numpy._core.multiarray import interp as _interp  # (here on 40 values, twice a solve)
+except ImportError:  # pragma: no cover - another numpy layout: the public function
+    _interp = np.interp
+
 #: a settling stage oscillates once its residual turns back by at least this fraction of
 #: the previous one: r_n . r_(n-1) <= -OSCILLATION_RATIO |r_(n-1)|^2 (module doc)
 OSCILLATION_RATIO = 0.5
@@ -401,7 +406,7 @@ class InverterFleet:
         if not vv.enabled:
             return self.q_kvar, self._no_move, None
         # the curve is in the standard's sign (+ = injection); tecosim's q_kvar < 0 is injection
-        q_target = -np.interp(v, self._vv_points[0], self._vv_points[1]) / 100.0 * self.inverter_kva
+        q_target = -_interp(v, self._vv_points[0], self._vv_points[1]) / 100.0 * self.inverter_kva
         alpha = self._alpha_vv
         if alpha != 1.0:
             q_target = self._q_start + alpha * (q_target - self._q_start)
@@ -423,7 +428,7 @@ class InverterFleet:
         vw = self.ctl.volt_watt
         if not vw.enabled:
             return self.vw_cap_kw, self._no_move, None
-        vw_target = np.interp(v, self._vw_points[0], self._vw_points[1]) / 100.0 * self.inverter_kva
+        vw_target = _interp(v, self._vw_points[0], self._vw_points[1]) / 100.0 * self.inverter_kva
         alpha = self._alpha_vw
         if alpha != 1.0:
             vw_target = self._vw_start + alpha * (vw_target - self._vw_start)

@@ -1058,7 +1058,8 @@ class OpenDSSFeeder:
         conductor (empty without background Loads). The feeder role keeps a few steps'
         snapshots and computes their losses at once (per-step numpy calls cost more
         than the arithmetic on a small feeder)."""
-        bg = self._background_load_powers() if self._background_load_index().names else np.zeros(0)
+        bx = self._background_load_index()
+        bg = bx.read_powers(self._dss, self.master) if bx.names else np.zeros(0)  # _background_load_powers
         return self._bulk("powers"), self._bulk("volts"), bg
 
     def phase_losses_kw_of(self, powers: np.ndarray, volts: np.ndarray) -> np.ndarray:
