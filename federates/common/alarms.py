@@ -64,10 +64,11 @@ class Alarms:
         s = view.scada
         if s is None:
             return False
-        with np.errstate(invalid="ignore"):
-            if self.thermal_max_pct is not None and (
-                    (np.asarray(s.loading_pct) > self.thermal_max_pct) & (np.asarray(s.p_kw) < 0)).any():
-                return True
-            if self.vuf_max_pct is not None and (np.asarray(s.vuf_pct) > self.vuf_max_pct).any():
-                return True
+        # comparisons with NaN are False and quiet (no errstate: its context costs more
+        # than the comparisons, and the feeder asks this at every physics step)
+        if self.thermal_max_pct is not None and (
+                (np.asarray(s.loading_pct) > self.thermal_max_pct) & (np.asarray(s.p_kw) < 0)).any():
+            return True
+        if self.vuf_max_pct is not None and (np.asarray(s.vuf_pct) > self.vuf_max_pct).any():
+            return True
         return self.export_max_kw is not None and -float(s.source_p_kw) > self.export_max_kw

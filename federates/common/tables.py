@@ -147,14 +147,16 @@ class StepArrays:
         self._arrays: dict[str, np.ndarray] = {}
 
     def add(self, name: str, shape: tuple[int, ...] = (), dtype=float, fill=np.nan) -> None:
+        if name.startswith("_") or hasattr(type(self), name) or name in ("g0", "capacity"):
+            raise ValueError(f"{name!r} cannot name a record array (taken by StepArrays itself)")
         self._specs[name] = (tuple(shape), dtype, fill)
-        self._arrays[name] = np.full((self.capacity, *shape), fill, dtype=dtype)
+        self._set(name, np.full((self.capacity, *shape), fill, dtype=dtype))
 
-    def __getattr__(self, name: str) -> np.ndarray:
-        try:
-            return self.__dict__["_arrays"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    def _set(self, name: str, a: np.ndarray) -> None:
+        # an instance attribute as well: ``self.<name>`` is then a plain attribute
+        # read (a role reads a few per solve), not a __getattr__ call
+        self._arrays[name] = a
+        self.__dict__[name] = a
 
     def row(self, g: int) -> int:
         """The row of step ``g`` (growing the buffer when needed)."""
@@ -168,7 +170,7 @@ class StepArrays:
             for name, (shape, dtype, fill) in self._specs.items():
                 a = np.full((new, *shape), fill, dtype=dtype)
                 a[:self.capacity] = self._arrays[name]
-                self._arrays[name] = a
+                self._set(name, a)
             self.capacity = new
         return r
 

@@ -53,6 +53,7 @@ step must therefore be at least 2 s long.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 PHASE_AMI_S = 0.125
 PHASE_REPORT_S = 0.25
@@ -81,15 +82,17 @@ class Timeline:
             if abs(ratio - round(ratio)) > 1e-9 or round(ratio) < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {ratio:g}")
 
-    @property
+    # computed once per timeline (it is frozen): the feeder and the inverters ask for
+    # these at every solve
+    @cached_property
     def n_intervals(self) -> int:
         return round(self.duration_s / self.market_interval_s)
 
-    @property
+    @cached_property
     def steps_per_interval(self) -> int:
         return round(self.market_interval_s / self.physics_step_s)
 
-    @property
+    @cached_property
     def n_steps(self) -> int:
         return self.n_intervals * self.steps_per_interval
 

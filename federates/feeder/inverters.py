@@ -120,13 +120,16 @@ from federates.common.messages import CurtailmentNotice, DsoCap, OperatingEnvelo
 from federates.common.rng import stream
 from federates.common.tables import StepArrays, chunk_intervals
 from federates.feeder.voltvar import (
-    curve_value,
-    lagged_target,
     q_pct_to_q_kvar,
     response_alpha,
     volt_var_points,
 )
-from federates.feeder.voltwatt import p_pct_to_cap_kw, volt_watt_points
+from federates.feeder.voltwatt import volt_watt_points
+
+try:  # np.interp's compiled core: the wrapper's checks cost more than the interpolation
+    from numpy._core.multiarray import interp as _interp  # (here on 40 values, twice a solve)
+except ImportError:  # pragma: no cover - another numpy layout: the public function
+    _interp = np.interp
 
 #: a settling stage oscillates once its residual turns back by at least this fraction of
 #: the previous one: r_n . r_(n-1) <= -OSCILLATION_RATIO |r_(n-1)|^2 (module doc)
@@ -170,9 +173,16 @@ class InverterFleet:
             raise ValueError("inverter_kva must be >= 0")
         self.has_inverter = self.inverter_kva > 0
         self._with_inverter = np.flatnonzero(self.has_inverter)
+        self._all_inverters = bool(self.has_inverter.all())
+        vw_cfg = self.ctl.volt_watt
+        #: a Volt-Watt cap at or above this is at the rating: no cap [kW] (_vw_cap_in_force)
+        self._vw_at_rating_kw = self.inverter_kva - vw_cfg.tolerance_kw / vw_cfg.damping
+        self._vw_in_force: tuple[np.ndarray | None, np.ndarray] = (None, np.zeros(0))  # (set-points, caps)
+        self._no_move = np.zeros(n, dtype=bool)  # read-only: "nobody moves"
+        self._no_move.flags.writeable = False
         # Anderson acceleration of the settling (module doc, "Life cycle")
         self.anderson_depth = int(self.ctl.anderson_depth)
-        self._hist_x: list[np.ndarray] = []  # the stage's set-points [kvar | kW] ...
+        self._hist_x: list[tuple[np.ndarray, np.ndarray]] = []  # the stage's set-points (q [kvar], cap [kW]) ...
         self._hist_f: list[np.ndarray] = []  # ... and their residuals (target - set-point)
         self._turns_back = 0  # successive solves whose residual turned back (OSCILLATION_RATIO)
         self._accelerating = False  # the stage oscillates: its moves are accelerated
@@ -197,7 +207,7 @@ class InverterFleet:
         self._alpha_vv = 1.0  # lag factors of the step (module doc)
         self._alpha_vw = 1.0
         self._alpha_dt_s = -1.0  # the time since the previous step they were computed for [s]
-        self._resend = np.zeros(n, dtype=bool)  # caps the feeder cleared at the interval start
+        self._resend = self._no_move  # caps the feeder cleared at the interval start
         #: after :meth:`on_solve` returned None: whether the DSO gets its turn now
         self.dso_may_act = False
         #: the local measurement of the last solve: (v_pu, p_kw) per customer
@@ -243,12 +253,19 @@ class InverterFleet:
         """The Volt-Watt caps [kW] that limit anything: inf where Volt-Watt is off, the
         customer has no inverter or the cap is at the inverter's rating (within the stop
         rule of the iteration, ``tolerance_kw / damping``)."""
-        vw = self.ctl.volt_watt
-        if not vw.enabled:
-            return np.full(self.n, np.inf)
-        at_rating_kw = self.inverter_kva - vw.tolerance_kw / vw.damping
-        binding = self.has_inverter & (self.vw_cap_kw < at_rating_kw)
-        return np.where(binding, self.vw_cap_kw, np.inf)
+        vw_cap = self.vw_cap_kw
+        held = self._vw_in_force
+        if held[0] is vw_cap:  # the set-points are replaced, never written in place
+            return held[1]
+        if not self.ctl.volt_watt.enabled:
+            out = np.full(self.n, np.inf)
+        else:
+            binding = vw_cap < self._vw_at_rating_kw
+            binding &= self.has_inverter
+            out = np.where(binding, vw_cap, np.inf)
+        out.flags.writeable = False  # shared by the callers until the set-points move
+        self._vw_in_force = (vw_cap, out)
+        return out
 
     def on_envelopes(self, k: int, envelopes: Sequence[OperatingEnvelope]) -> None:
         """Export envelopes for interval ``k`` (the DSO's ``envelopes``, or the export the
@@ -332,68 +349,97 @@ class InverterFleet:
                            np.asarray(q_kvar, dtype=float))
         self.sensed = (v, p)
         curtailed = np.asarray(curtailed_p_kw, dtype=float)
-        ctl = self.ctl
-        over = v > ctl.v_max_pu
-        under = v < ctl.v_min_pu
-
-        # record: the last call of the step decides
-        rec, r = self._rec, self._rec.row(g)
-        if self._calls == 0:
-            rec.v_first[r] = v
-            rec.over_any[r] = False
-            rec.under_any[r] = False
-        self._calls += 1
-        rec.v_last[r] = v
-        rec.over_any[r] |= over
-        rec.under_any[r] |= under
-        rec.curtailed_kw[r] = curtailed
-        self._cause_step = g  # which cap limits: from the caps of the step's last solve (_close_step)
-        rec.iterations[r] = self._rounds
-        rec.converged[r] = True
-
-        if not ctl.enabled:
+        r = self._record_solve(g, v, curtailed)
+        if not self.ctl.enabled:
             return None
-
-        q_new = self.q_kvar
-        q_changed = np.zeros(self.n, dtype=bool)
-        q_res = vw_res = None  # residuals target - set-point [kvar], [kW]
-        if ctl.volt_var.enabled:
-            vv = ctl.volt_var
-            # volt_var_q_pct is in the standard's sign (+ = injection); q_pct_to_q_kvar
-            # flips it to tecosim's (q_kvar < 0 = injection).
-            q_curve = q_pct_to_q_kvar(curve_value(v, self._vv_points), self.inverter_kva)
-            q_target = lagged_target(self._q_start, q_curve, self._alpha_vv)
-            q_res = q_target - self.q_kvar
-            q_new = np.where(self.has_inverter,
-                             self.q_kvar + vv.damping * (q_target - self.q_kvar), 0.0)
-            q_changed = self.has_inverter & (np.abs(q_new - self.q_kvar) > vv.tolerance_kvar)
-        vw_new = self.vw_cap_kw
-        vw_changed = np.zeros(self.n, dtype=bool)
-        if ctl.volt_watt.enabled:
-            vw = ctl.volt_watt
-            vw_curve = p_pct_to_cap_kw(curve_value(v, self._vw_points), self.inverter_kva)
-            vw_target = lagged_target(self._vw_start, vw_curve, self._alpha_vw)
-            vw_res = vw_target - self.vw_cap_kw
-            vw_new = np.where(self.has_inverter,
-                              self.vw_cap_kw + vw.damping * (vw_target - self.vw_cap_kw),
-                              self.vw_cap_kw)
-            vw_changed = self.has_inverter & (np.abs(vw_new - self.vw_cap_kw) > vw.tolerance_kw)
+        q_new, q_changed, q_res = self._volt_var_moves(v)
+        vw_new, vw_changed, vw_res = self._volt_watt_moves(v)
         if self.anderson_depth and (q_res is not None or vw_res is not None):
             q_new, vw_new = self._anderson(q_new, vw_new, q_res, vw_res)
-        moves = q_changed | vw_changed | self._resend
-        if not moves.any():
+        moves = q_changed | vw_changed
+        moves |= self._resend
+        if not np.count_nonzero(moves):
             self.dso_may_act = True  # settled: the DSO's turn
             return None
         if not self._may_act():
             return None
         self.q_kvar = np.where(q_changed, q_new, self.q_kvar)
-        self.vw_cap_kw = np.where(vw_changed, vw_new, self.vw_cap_kw)
-        if vw_changed.any():
+        n_cap = np.count_nonzero(vw_changed)
+        if n_cap:
+            self.vw_cap_kw = np.where(vw_changed, vw_new, self.vw_cap_kw)
             self._record_volt_watt(g, vw_changed, v, p, curtailed)
-        rec.n_q[r] += int(q_changed.sum())
-        rec.n_cap[r] += int(vw_changed.sum())
-        self._resend = np.zeros(self.n, dtype=bool)
+        rec = self._rec
+        rec.n_q[r] += np.count_nonzero(q_changed)
+        rec.n_cap[r] += n_cap
+        self._resend = self._no_move
         return self._issue(moves)
+
+    def _record_solve(self, g: int, v: np.ndarray, curtailed: np.ndarray) -> int:
+        """Record what the inverters measured at this solve (the last solve of a step
+        decides; the first one's voltages are kept too); the step's row."""
+        ctl = self.ctl
+        rec, r = self._rec, self._rec.row(g)
+        over_any, under_any = rec.over_any[r], rec.under_any[r]  # views: written in place
+        if self._calls == 0:
+            rec.v_first[r] = v
+            np.greater(v, ctl.v_max_pu, out=over_any)
+            np.less(v, ctl.v_min_pu, out=under_any)
+        else:
+            over_any |= v > ctl.v_max_pu
+            under_any |= v < ctl.v_min_pu
+        self._calls += 1
+        rec.v_last[r] = v
+        rec.curtailed_kw[r] = curtailed
+        self._cause_step = g  # which cap limits: from the caps of the step's last solve (_close_step)
+        rec.iterations[r] = self._rounds
+        rec.converged[r] = True
+        return r
+
+    def _volt_var_moves(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Volt-VAR's damped moves at the sensed voltages ``v`` [pu]: (new q [kvar], which
+        inverters move, residual lagged target - q [kvar]; None when Volt-VAR is off).
+
+        The arithmetic of :func:`~federates.feeder.voltvar.q_pct_to_q_kvar` and
+        :func:`~federates.feeder.voltvar.lagged_target`, term for
+        term (tests/feeder/test_inverter_settling.py checks it against them)."""
+        vv = self.ctl.volt_var
+        if not vv.enabled:
+            return self.q_kvar, self._no_move, None
+        # the curve is in the standard's sign (+ = injection); tecosim's q_kvar < 0 is injection
+        q_target = -_interp(v, self._vv_points[0], self._vv_points[1]) / 100.0 * self.inverter_kva
+        alpha = self._alpha_vv
+        if alpha != 1.0:
+            q_target = self._q_start + alpha * (q_target - self._q_start)
+        q_res = q_target - self.q_kvar
+        q_new = self.q_kvar + vv.damping * q_res
+        if not self._all_inverters:
+            q_new = np.where(self.has_inverter, q_new, 0.0)
+        step = np.abs(q_new - self.q_kvar)
+        q_changed = step > vv.tolerance_kvar
+        if not self._all_inverters:
+            q_changed &= self.has_inverter
+        return q_new, q_changed, q_res
+
+    def _volt_watt_moves(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Volt-Watt's damped moves at the sensed voltages ``v`` [pu]: (new cap [kW], which
+        inverters move, residual lagged target - cap [kW]; None when Volt-Watt is off).
+        As :func:`~federates.feeder.voltwatt.p_pct_to_cap_kw` and
+        :func:`~federates.feeder.voltvar.lagged_target`, term for term."""
+        vw = self.ctl.volt_watt
+        if not vw.enabled:
+            return self.vw_cap_kw, self._no_move, None
+        vw_target = _interp(v, self._vw_points[0], self._vw_points[1]) / 100.0 * self.inverter_kva
+        alpha = self._alpha_vw
+        if alpha != 1.0:
+            vw_target = self._vw_start + alpha * (vw_target - self._vw_start)
+        vw_res = vw_target - self.vw_cap_kw
+        vw_new = self.vw_cap_kw + vw.damping * vw_res
+        if not self._all_inverters:
+            vw_new = np.where(self.has_inverter, vw_new, self.vw_cap_kw)
+        vw_changed = np.abs(vw_new - self.vw_cap_kw) > vw.tolerance_kw
+        if not self._all_inverters:
+            vw_changed &= self.has_inverter
+        return vw_new, vw_changed, vw_res
 
     def apply_dso(self, g: int, caps: Sequence[DsoCap], capped: bool = False) -> np.ndarray | None:
         """The DSO's decision after the inverters settled at step ``g``: its new caps
@@ -454,7 +500,6 @@ class InverterFleet:
         idx = self._with_inverter
         k = idx.size
         zero = np.zeros(k)
-        x = np.concatenate([self.q_kvar[idx], self.vw_cap_kw[idx]])
         f = np.concatenate([zero if q_res is None else q_res[idx], zero if vw_res is None else vw_res[idx]])
         if self._hist_f and not self._accelerating:
             f_prev = self._hist_f[-1]
@@ -462,14 +507,18 @@ class InverterFleet:
             turned_back = ff > 0.0 and float(f @ f_prev) <= -OSCILLATION_RATIO * ff
             self._turns_back = self._turns_back + 1 if turned_back else 0
             self._accelerating = self._turns_back >= OSCILLATION_ROUNDS
-        self._hist_x.append(x)
+        # the set-points as they are (replaced, never written in place): stacked only
+        # once the stage accelerates, most stages never do
+        self._hist_x.append((self.q_kvar, self.vw_cap_kw))
         self._hist_f.append(f)
         del self._hist_x[:-(self.anderson_depth + 1)], self._hist_f[:-(self.anderson_depth + 1)]
         if not self._accelerating:
             return q_new, vw_new
         ctl = self.ctl
+        hist_x = [np.concatenate([q[idx], vw[idx]]) for q, vw in self._hist_x]
+        x = hist_x[-1]
         beta = np.concatenate([np.full(k, ctl.volt_var.damping), np.full(k, ctl.volt_watt.damping)])
-        d_x = np.diff(np.array(self._hist_x), axis=0).T  # (2k, m): the last m changes
+        d_x = np.diff(np.array(hist_x), axis=0).T  # (2k, m): the last m changes
         d_f = np.diff(np.array(self._hist_f), axis=0).T
         gamma = np.linalg.lstsq(d_f, f, rcond=None)[0]
         x_new = x + beta * f - (d_x + beta[:, None] * d_f) @ gamma
@@ -545,17 +594,21 @@ class InverterFleet:
         rec = self._rec
         sl = slice(rec.row(steps.start), rec.row(steps.stop - 1) + 1)
         lost_kwh = rec.curtailed_kw[sl] * self.timeline.step_h
-        cause = rec.cause[sl]
+        # every customer's energy per cause in one bincount: customer-major, so each
+        # (customer, cause) bin adds its steps in step order, as one bincount per customer did
+        n_c = len(CAUSES)
+        bins = (np.arange(self.n)[:, None] * n_c + rec.cause[sl].T).reshape(-1)
+        by_cause = np.bincount(bins, weights=lost_kwh.T.reshape(-1), minlength=self.n * n_c).reshape(self.n, n_c)
+        # caps released at the same solve (cause 0) count as v_max; lost energy is >= 0,
+        # so "any > 0" is "its sum > 0"
+        late = (lost_kwh > 0).any(axis=0) & (by_cause[:, 0] > 0)
+        by_cause[late, CAUSE_CODE[Limit.V_MAX]] += by_cause[late, 0]
         notices = []
-        for i in range(self.n):
-            by_cause = np.bincount(cause[:, i], weights=lost_kwh[:, i], minlength=len(CAUSES))
-            if lost_kwh[:, i].sum() > 0 and by_cause[0] > 0:
-                by_cause[CAUSE_CODE[Limit.V_MAX]] += by_cause[0]  # caps released at the same solve
-            for c in np.flatnonzero(by_cause > 0):
-                if c == 0 or CAUSES[c] == Limit.ENVELOPE:
-                    continue
-                notices.append(CurtailmentNotice(participant=self.participants[i], interval=k,
-                                                 curtailed_kwh=float(by_cause[c]), limit=CAUSES[c]))
+        for i, c in zip(*np.nonzero(by_cause > 0), strict=True):
+            if c == 0 or CAUSES[c] == Limit.ENVELOPE:
+                continue
+            notices.append(CurtailmentNotice(participant=self.participants[i], interval=k,
+                                             curtailed_kwh=float(by_cause[i, c]), limit=CAUSES[c]))
         return notices
 
     def _curtailment_energy(self, local: np.ndarray) -> pd.DataFrame:

@@ -46,6 +46,7 @@ says what happens:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -103,6 +104,10 @@ CURTAIL_LEVELS = 1 + len(CURTAIL_IMPORT_SCALES)
 #: the arithmetic; batching it by bytes alone had taken the feeder to 1.4 GiB)
 LOSS_BATCH_STEPS = 64
 LOSS_BATCH_VALUES = 1_000_000
+#: the violations of the kept steps are checked once this many steps are kept
+#: (FeederRole._flush_violations), fewer where a step's limit snapshot is large (the
+#: kept snapshots hold at most LOSS_BATCH_VALUES floats)
+VIOLATION_BATCH_STEPS = 64
 
 
 def daily_shape_mult(hour_of_day: float, shape: tuple[float, ...] = OPENDSS_DEFAULT_DAILY_SHAPE) -> float:
@@ -211,7 +216,12 @@ class FeederRole:
         #: the controllers' DSO needs SCADA after every solve (thermal, unbalance, substation)
         cur = cfg.controllers.curtailment
         self.want_scada = bool(cfg.controllers.enabled and cur.enabled and cur.policy != "group_voltage")
-        self._before: tuple[np.ndarray, np.ndarray, float] | None = None
+        # the uncontrolled solve's limit readouts (OpenDSSFeeder.limit_snapshot and the
+        # source kW), and the steps whose violations are still to check (_flush_violations)
+        self._before: tuple[np.ndarray | None, np.ndarray | None, np.ndarray, float] | None = None
+        self._viol_pending: list[tuple[int, tuple, tuple[np.ndarray, np.ndarray, float]]] = []
+        self._viol_batch_steps = max(1, min(VIOLATION_BATCH_STEPS,
+                                            LOSS_BATCH_VALUES // max(self.feeder.limit_snapshot_values, 1)))
         self._limits_of: tuple[int, tuple[np.ndarray, np.ndarray, float]] | None = None  # (solution id, values)
         self._violation_rows: list[tuple] = []
         rec.add("top_elem", (self._top_n,), dtype=np.int64, fill=0)
@@ -263,18 +273,20 @@ class FeederRole:
         a = np.asarray(x, dtype=float)
         if a.shape != (self._n,):
             raise ValueError(f"{name} must have one value per customer ({self._n}), got shape {a.shape}")
-        if not np.all(np.isfinite(a)):
+        # NaN or inf anywhere makes the sum of squares non-finite (so may a huge value: then check each)
+        if not math.isfinite(a @ a) and not np.isfinite(a).all():
             raise ValueError(f"{name} must be finite")
         return a
 
     def _limit_values(self) -> tuple[np.ndarray, np.ndarray, float]:
         """Element loading [%], bus VUF [%] and substation import [kW] of the last solve
         (computed once per solve: the DSO's SCADA and the step's record read the same)."""
-        sid = self.feeder.solution_id
+        f = self.feeder
+        sid = f.solution_id
         if self._limits_of is not None and self._limits_of[0] == sid:
             return self._limits_of[1]
-        loading = self.feeder.element_loading_pct()[1] if self.limits.thermal or self._top_n else np.zeros(0)
-        values = (loading, self.feeder.vuf_pct()[1], self.feeder.source_pq()[0])
+        loading = f.element_loading_values_pct() if self.limits.thermal or self._top_n else np.zeros(0)
+        values = (loading, f.vuf_values_pct(), f.source_pq()[0])
         self._limits_of = (sid, values)
         return values
 
@@ -282,45 +294,83 @@ class FeederRole:
         """The SCADA view of the last solve (see :class:`Scada`)."""
         loading, vuf, src_p = self._limit_values()
         if loading.size == 0:
-            loading = self.feeder.element_loading_pct()[1]
-        return Scada(loading_pct=loading, p_kw=self.feeder.element_p_kw()[1], vuf_pct=vuf,
+            loading = self.feeder.element_loading_values_pct()
+        return Scada(loading_pct=loading, p_kw=self.feeder.element_p_values_kw(), vuf_pct=vuf,
                      source_p_kw=src_p)
 
-    def _record_violations(self, g: int, after: tuple[np.ndarray, np.ndarray, float]) -> None:
-        """Rows of the ``violations`` table for step ``g``: every limit violated before
-        control (the uncontrolled solve) or after it (the final solve)."""
-        lim = self.limits
-        rows = self._violation_rows
-        before = self._before
-        if before is None:
+    def _before_snapshot(self) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray, float]:
+        """The uncontrolled solve's readouts for the ``violations`` table's value_before:
+        the limit snapshot (the loading inputs only with thermal limits; read when
+        the loading is, as before) and the source import [kW]."""
+        f = self.feeder
+        read_loading = bool(self.limits.thermal or self._top_n)
+        max_i, powers, volts = f.limit_snapshot(loading=read_loading)
+        if not (self.limits.thermal and self.elements):
+            max_i = powers = None
+        return max_i, powers, volts, f.source_pq()[0]
+
+    def _flush_violations(self) -> None:
+        """Rows of the ``violations`` table for the kept steps: every limit violated
+        before control (the uncontrolled solve) or after it (the final solve). The
+        before values of the batch are computed at once (each step bit for bit as
+        alone); rows in step order, then customers (v_max, v_min), elements, buses,
+        source, as one step at a time gave them."""
+        pending = self._viol_pending
+        if not pending:
             return
+        self._viol_pending = []
+        checks = self._violation_checks(pending)
+        any_bad = np.zeros(len(pending), dtype=bool)
+        bads = []
+        for *_, bound, vb, va, over in checks:
+            bad = np.greater(vb, bound) if over else np.less(vb, bound)  # NaN: False
+            bad |= np.greater(va, bound) if over else np.less(va, bound)
+            any_bad |= bad.any(axis=1)
+            bads.append(bad)
+        for t in np.flatnonzero(any_bad).tolist():
+            self._violation_rows_of(pending[t][0], t, checks, bads)
+
+    def _violation_rows_of(self, g: int, t: int, checks: list[tuple], bads: list[np.ndarray]) -> None:
+        """The ``violations`` rows of step ``g``, row ``t`` of the checked batch."""
+        rows = self._violation_rows
         t_s = self.timeline.step_t_s(g)
-
-        def add(names, kind, limit, bound, vb, va, over: bool) -> None:
-            vb = np.asarray(vb, dtype=float)
-            va = np.asarray(va, dtype=float)
-            bad = (vb > bound) | (va > bound) if over else (vb < bound) | (va < bound)  # NaN: False
-            if not bad.any():
-                return
-            for i in np.flatnonzero(bad):
+        for (names, kind, limit, bound, vb, va, _), bad in zip(checks, bads, strict=True):
+            for i in np.flatnonzero(bad[t]).tolist():
                 kind_i = kind if isinstance(kind, str) else kind[i]
-                rows.append((g, t_s, names[i], kind_i, limit, bound, float(vb[i]), float(va[i])))
+                rows.append((g, t_s, names[i], kind_i, limit, bound, float(vb[t, i]), float(va[t, i])))
 
-        parts = self.participants
-        rec, r = self._rec, self._rec.row(g)
+    def _violation_checks(self, pending: list[tuple]) -> list[tuple]:
+        """The checks of the kept steps, in row order: (names, kind, limit, bound,
+        values before (steps, items), values after, over: bigger is worse)."""
+        lim, rec, parts = self.limits, self._rec, self.participants
+        r = np.asarray([rec.row(g) for g, _, _ in pending])
         if self._legs:  # split-phase services: their highest / lowest of 240 V and both legs
-            add(parts, "customer", Limit.V_MAX, lim.v_max_pu, rec.v_hi_before[r], rec.v_hi[r], True)
-            add(parts, "customer", Limit.V_MIN, lim.v_min_pu, rec.v_lo_before[r], rec.v_lo[r], False)
+            hi_b, hi_a, lo_b, lo_a = rec.v_hi_before[r], rec.v_hi[r], rec.v_lo_before[r], rec.v_lo[r]
         else:
-            add(parts, "customer", Limit.V_MAX, lim.v_max_pu, rec.v_before[r], rec.v[r], True)
-            add(parts, "customer", Limit.V_MIN, lim.v_min_pu, rec.v_before[r], rec.v[r], False)
-        if lim.thermal and before[0].size:
-            add(self.elements, self.element_kind, Limit.THERMAL, lim.thermal_max_pct, before[0], after[0], True)
-        add(self.vuf_buses, "bus", Limit.VUF, lim.vuf_max_pct, before[1], after[1], True)
+            hi_b = lo_b = rec.v_before[r]
+            hi_a = lo_a = rec.v[r]
+        checks = [(parts, "customer", Limit.V_MAX, lim.v_max_pu, hi_b, hi_a, True),
+                  (parts, "customer", Limit.V_MIN, lim.v_min_pu, lo_b, lo_a, False)]
+        before = [b for _, b, _ in pending]
+        after = [a for _, _, a in pending]
+        thermal = before[0][0] is not None
+
+        def stacked(k: int) -> np.ndarray:
+            return np.stack([b[k] for b in before])
+
+        loading_b, vuf_b = self.feeder.limit_values_of(stacked(0) if thermal else None,
+                                                       stacked(1) if thermal else None, stacked(2))
+        if thermal:
+            checks.append((self.elements, self.element_kind, Limit.THERMAL, lim.thermal_max_pct, loading_b,
+                           np.stack([a[0] for a in after]), True))
+        checks.append((self.vuf_buses, "bus", Limit.VUF, lim.vuf_max_pct, vuf_b, np.stack([a[1] for a in after]), True))
+        src_b = np.asarray([[b[3]] for b in before], dtype=float)
+        src_a = np.asarray([[a[2]] for a in after], dtype=float)
         if lim.substation_import_max_kw is not None:
-            add(["source"], "source", Limit.IMPORT, lim.substation_import_max_kw, [before[2]], [after[2]], True)
+            checks.append((["source"], "source", Limit.IMPORT, lim.substation_import_max_kw, src_b, src_a, True))
         if lim.substation_export_max_kw is not None:
-            add(["source"], "source", Limit.EXPORT, lim.substation_export_max_kw, [-before[2]], [-after[2]], True)
+            checks.append((["source"], "source", Limit.EXPORT, lim.substation_export_max_kw, -src_b, -src_a, True))
+        return checks
 
     def violations_table(self) -> pd.DataFrame:
         """``violations``: one row per step, element and limit violated before or after
@@ -329,6 +379,7 @@ class FeederRole:
         bus, source), limit (v_max, v_min [pu]; thermal [% of NormAmps / rated kVA];
         vuf [%]; import, export [kW at the substation]), limit_value, value_before
         (uncontrolled solve), value (final solve), resolved (value within the limit)."""
+        self._flush_violations()
         cols = ["step", "t_s", "element", "kind", "limit", "limit_value", "value_before", "value"]
         df = pd.DataFrame(self._violation_rows, columns=cols)
         df = df.astype({"step": np.int64, "t_s": float, "element": str, "kind": str, "limit": str,
@@ -412,13 +463,16 @@ class FeederRole:
              "top_load", "vuf", "cust_loss", "bg_loss", "v_lo", "v_hi", "v_lo_before", "v_hi_before")
 
     def _controlled_solve(self, g: int) -> Measurement:
+        sent: list[np.ndarray] = []  # (capped, applied) of the last attempt: its curtail level
+
         def set_powers() -> None:
-            self.feeder.set_customer_powers(self._shed(self._applied_p()), self._q_kvar)
+            capped = self._applied_p()
+            sent[:] = (capped, self._shed(capped))
+            self.feeder.set_customer_powers(sent[1], self._q_kvar)
 
         if not self._solve(g, True, set_powers):
             return self._hold(g)
-        capped = self._applied_p()
-        applied = self._shed(capped)
+        capped, applied = sent  # the level cannot change after the attempt that converged
         m = Measurement(
             v_pu=self.feeder.customer_v_pu(),
             p_kw=applied.copy(),
@@ -460,11 +514,10 @@ class FeederRole:
         rec.load[r], rec.gross[r] = self.feeder.load_and_gross_kw()
         rec.p_delivered[r] = self.feeder.customer_pq()[0]
         self._check_power(g, rec.src_p[r], rec.load[r], rec.loss[r], rec.gross[r])
-        taps = self.feeder.regulator_taps()
-        rec.taps[r] = [taps[x] for x in self.regulators]
-        if self.capacitors:
-            steps_in = self.feeder.capacitor_steps()
-            rec.caps[r] = [steps_in[c] for c in self.capacitors]
+        if self.regulators:  # regulator_names order, as self.regulators
+            rec.taps[r] = self.feeder.regulator_tap_steps()
+        if self.capacitors:  # capacitor_names order, as self.capacitors
+            rec.caps[r] = self.feeder.capacitor_step_counts()
         after = self._limit_values()
         loading, vuf, _ = after
         if self._top_n:
@@ -473,7 +526,10 @@ class FeederRole:
             rec.top_elem[r] = top
             rec.top_load[r] = loading[top]
         rec.vuf[r] = vuf
-        self._record_violations(g, after)
+        if self._before is not None:  # the violations of the step, checked a batch at a time
+            self._viol_pending.append((g, self._before, after))
+            if len(self._viol_pending) >= self._viol_batch_steps:
+                self._flush_violations()
         self._last_good = g
         self._good_scada = self._step_scada
 
@@ -588,7 +644,7 @@ class FeederRole:
         rec.v_before[r] = self.feeder.customer_v_pu()
         if self._legs:
             rec.v_lo_before[r], rec.v_hi_before[r] = self.feeder.customer_v_extremes_pu()
-        self._before = self._limit_values()
+        self._before = self._before_snapshot()
         return self._settle(g, self._controlled_solve(g))
 
     def _settle(self, g: int, m: Measurement) -> Measurement:

@@ -34,7 +34,7 @@ from federates.common.errors import FeederModelError, PowerFlowNotConverged
 from federates.common.grid import CustomerSite, LoadPoint
 from federates.feeder.losses import LAYERS
 from federates.feeder.opendss import inventory
-from federates.feeder.opendss.capi import Batch, as_complex, read_doubles
+from federates.feeder.opendss.capi import Batch, read_doubles
 from federates.feeder.opendss.customers import check_sites, plan_connection
 from federates.feeder.opendss.limits import LimitsIndex
 from federates.feeder.opendss.loadshapes import ModelLoadShapes
@@ -88,6 +88,15 @@ _CONTROL_CLASSES = frozenset({
     "relay", "recloser", "fuse", "swtcontrol", "upfccontrol", "espvlcontrol", "monitor",
     "energymeter", "sensor", "dynamicexp",
 })
+#: the bulk arrays of a solution (OpenDSSFeeder._bulk): DSS C-API getter, its arguments,
+#: whether the doubles are (re, im) pairs
+_BULK_READS: dict[str, tuple[str, tuple, bool]] = {
+    "powers": ("PDElements_Get_AllPowers", (), True),
+    "max_currents": ("PDElements_Get_AllMaxCurrents", (0,), False),  # terminal 1 only
+    "volts": ("Circuit_Get_AllBusVolts", (), True),
+    "vmag": ("Circuit_Get_AllBusVmag", (), False),
+}
+
 #: OpenDSS classes of source elements: ``Circuit.TotalPower`` (:meth:`OpenDSSFeeder.
 #: source_pq`) is the sum over all of them (checked with a second Vsource and an
 #: Isource in tests/feeder/test_power_balance.py), so they are the balance's other side
@@ -450,10 +459,16 @@ class OpenDSSFeeder:
         classic per-Load path is :meth:`_set_customer_powers_per_load`."""
         self._forget_loads_pq()
         p, q = self._check_customer_powers(p_kw, q_kvar)
-        changed = (p != self._cust_p) | (q != self._cust_q)
-        if changed.any() and self._cust_batch is not None:
-            self._cust_batch.set_f64("kW", np.where(changed, p, np.nan))
-            self._cust_batch.set_f64("kvar", np.where(changed, q, np.nan))
+        changed = p != self._cust_p
+        changed |= q != self._cust_q
+        k = np.count_nonzero(changed)
+        if self._cust_batch is not None and k:
+            if k == changed.size:  # every customer: the arrays as they are, no NaN to skip
+                self._cust_batch.set_f64("kW", p)
+                self._cust_batch.set_f64("kvar", q)
+            else:
+                self._cust_batch.set_f64("kW", np.where(changed, p, np.nan))
+                self._cust_batch.set_f64("kvar", np.where(changed, q, np.nan))
         self._cust_p = p.copy()
         self._cust_q = q.copy()
 
@@ -467,7 +482,7 @@ class OpenDSSFeeder:
         n = len(self.sites)
         if p.shape != (n,) or q.shape != (n,):
             raise ValueError(f"expected {n} customer powers, got p {p.shape} and q {q.shape}")
-        if not np.isfinite(p @ p + q @ q):  # NaN or inf anywhere makes the sum non-finite
+        if not math.isfinite(p @ p + q @ q):  # NaN or inf anywhere makes the sum non-finite
             if not (np.isfinite(p).all() and np.isfinite(q).all()):
                 raise ValueError("customer powers must be finite")
         return p, q
@@ -517,6 +532,13 @@ class OpenDSSFeeder:
         taps = self._reg_batch.get_i32("TapNum").tolist()
         return dict(zip(self._regulators, (int(t) for t in taps), strict=True))
 
+    def regulator_tap_steps(self) -> np.ndarray:
+        """:meth:`regulator_taps` as an array in :attr:`regulator_names` order [steps from
+        neutral] (what the feeder role records every step; no dict)."""
+        if self._reg_batch is None:
+            return np.zeros(0, dtype=np.int64)
+        return self._reg_batch.get_i32("TapNum")
+
     def _regulator_taps_per_regulator(self) -> dict[str, int]:
         """:meth:`regulator_taps` through the classic ``RegControls`` API, one at a time."""
         out = {}
@@ -544,6 +566,21 @@ class OpenDSSFeeder:
             self._cap_batch = Batch.of_class(self._dss, "Capacitor")
         states = self._cap_batch.get_str("states")
         return {n: sum(int(x) for x in re.findall(r"-?\d+", st)) for n, st in zip(names, states, strict=True)}
+
+    def capacitor_step_counts(self) -> np.ndarray:
+        """:meth:`capacitor_steps` as an array in :attr:`capacitor_names` order [-] (what the
+        feeder role records every step). Read once when the model has no CapControl:
+        then nothing switches a bank (tecosim itself never writes a Capacitor's
+        states), and every step's states are the first ones."""
+        if self._cap_fixed is not None:
+            return self._cap_fixed.copy()
+        steps = self.capacitor_steps()
+        counts = np.asarray([steps[n] for n in self.capacitor_names], dtype=np.int64)
+        if not self._dss.CapControls.Count():
+            self._cap_fixed = counts.copy()
+        return counts
+
+    _cap_fixed: np.ndarray | None = None  # capacitor_step_counts of a model without CapControl
 
     def _capacitor_steps_per_capacitor(self) -> dict[str, int]:
         """:meth:`capacitor_steps` through the classic ``Capacitors`` API, one at a time."""
@@ -705,7 +742,8 @@ class OpenDSSFeeder:
 
     def _forget_loads_pq(self) -> None:
         """A set-point changed: the Loads' powers read from the last solve no longer hold."""
-        self._loads_pq = (-1, self._loads_pq[1])
+        if self._loads_pq[0] != -1:
+            self._loads_pq = (-1, self._loads_pq[1])
 
     def load_kw(self) -> float:
         """Net active power drawn by every power-conversion element [kW] (+ consumption).
@@ -760,16 +798,13 @@ class OpenDSSFeeder:
         hit = self._bulk_cache.get(what)
         if hit is not None and hit[0] == self._solution_id:
             return hit[1]
-        if what == "powers":
-            a = as_complex(read_doubles(self._dss, "PDElements_Get_AllPowers"))
-        elif what == "max_currents":
-            a = read_doubles(self._dss, "PDElements_Get_AllMaxCurrents", 0)  # terminal 1 only
-        elif what == "volts":
-            a = as_complex(read_doubles(self._dss, "Circuit_Get_AllBusVolts"))
-        elif what == "vmag":
-            a = read_doubles(self._dss, "Circuit_Get_AllBusVmag")
-        else:
-            raise ValueError(f"unknown bulk read {what!r}")
+        try:
+            fn, args, is_complex = _BULK_READS[what]
+        except KeyError:
+            raise ValueError(f"unknown bulk read {what!r}") from None
+        a = read_doubles(self._dss, fn, *args)
+        if is_complex:
+            a = a.view(complex)  # (re, im) pairs, as as_complex
         a.flags.writeable = False
         self._bulk_cache[what] = (self._solution_id, a)
         return a
@@ -809,7 +844,13 @@ class OpenDSSFeeder:
         :func:`~federates.feeder.opendss.limits.fortescue_vuf_pct`). One bulk read of
         ``Circuit.AllBusVolts``. Bus names fixed when first asked for.
         """
-        return self._limits().vuf_pct(self._bulk("volts"), self.master)
+        ix = self._limits()
+        return list(ix.bus3_names), self.vuf_values_pct()
+
+    def vuf_values_pct(self) -> np.ndarray:
+        """:meth:`vuf_pct` without the names [%] (the feeder role reads it twice a step;
+        bit for bit the same values, :meth:`LimitsIndex.vuf_values_pct`)."""
+        return self._limits().vuf_values_pct(self._bulk("volts"), self.master)
 
     def element_p_kw(self) -> tuple[list[str], np.ndarray]:
         """Active power into terminal 1 of every Line, then every Transformer [kW].
@@ -820,15 +861,50 @@ class OpenDSSFeeder:
         ``line.<name>`` / ``transformer.<name>``, the order of :meth:`line_loading_pct`
         followed by :meth:`transformer_loading_pct`. One bulk call.
         """
-        return self._limits().element_p_kw(self._bulk("powers"))
+        ix = self._limits()
+        return list(ix.element_names), self.element_p_values_kw()
+
+    def element_p_values_kw(self) -> np.ndarray:
+        """:meth:`element_p_kw` without the names [kW] (bit for bit the same values,
+        :meth:`LimitsIndex.flows_kw`)."""
+        return self._limits().flows_kw(self._bulk("powers"))
 
     def element_loading_pct(self) -> tuple[list[str], np.ndarray]:
         """:meth:`line_loading_pct` then :meth:`transformer_loading_pct` as one vector [%],
         named like :meth:`element_p_kw`."""
         ix = self._limits()
-        _, line = self.line_loading_pct()
-        _, xf = self.transformer_loading_pct()
-        return list(ix.element_names), np.concatenate([line, xf])
+        return list(ix.element_names), self.element_loading_values_pct()
+
+    def limit_snapshot(self, loading: bool = True) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
+        """What the last solve's element loadings and bus VUF are computed from, for
+        :meth:`limit_values_of`: ``PDElements.AllMaxCurrents`` [A] and
+        ``PDElements.AllPowers`` [kW + j kvar] (None, None when not ``loading``) and
+        ``Circuit.AllBusVolts`` [V] (the solve's own bulk reads, read-only). The feeder
+        role keeps the uncontrolled solves' snapshots and computes their values a
+        batch of steps at once."""
+        if not loading:
+            return None, None, self._bulk("volts")
+        return self._bulk("max_currents"), self._bulk("powers"), self._bulk("volts")
+
+    def limit_values_of(self, max_currents: np.ndarray | None, powers: np.ndarray | None,
+                        volts: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """:meth:`element_loading_values_pct` (None without ``max_currents``) and
+        :meth:`vuf_values_pct` of ``T`` solutions at once, (T, elements) [%] and
+        (T, buses) [%], from their stacked :meth:`limit_snapshot` arrays; each row bit
+        for bit as for that solution alone (tests/feeder/test_fast_paths.py)."""
+        ix = self._limits()
+        loading = None if max_currents is None else ix.loading_pct_many(max_currents, powers)
+        return loading, ix.vuf_values_pct_many(volts, self.master)
+
+    @property
+    def limit_snapshot_values(self) -> int:
+        """Floats in one :meth:`limit_snapshot` (the role sizes its batches by it)."""
+        return self._limits().snapshot_values
+
+    def element_loading_values_pct(self) -> np.ndarray:
+        """:meth:`element_loading_pct` without the names [%] (bit for bit the same values
+        as the two per-kind methods concatenated, :meth:`LimitsIndex.loading_pct`)."""
+        return self._limits().loading_pct(self._bulk("max_currents"), self._bulk("powers"))
 
     # ------------------------------------------------------------------ topology (topology.py)
     def _topology(self) -> Topology:
@@ -982,7 +1058,8 @@ class OpenDSSFeeder:
         conductor (empty without background Loads). The feeder role keeps a few steps'
         snapshots and computes their losses at once (per-step numpy calls cost more
         than the arithmetic on a small feeder)."""
-        bg = self._background_load_powers() if self._background_load_index().names else np.zeros(0)
+        bx = self._background_load_index()
+        bg = bx.read_powers(self._dss, self.master) if bx.names else np.zeros(0)  # _background_load_powers
         return self._bulk("powers"), self._bulk("volts"), bg
 
     def phase_losses_kw_of(self, powers: np.ndarray, volts: np.ndarray) -> np.ndarray:

@@ -50,8 +50,15 @@ def read_doubles(dss, fn: str, *args) -> np.ndarray:
     numpy array: the same doubles opendssdirect returns, without its per-value
     conversion to a Python list (measured: a third of a step's reading time on
     IEEE 8500)."""
-    lib = dss.dss_lib
-    return _take_doubles(dss.dss_ffi, lib, lambda r, d: getattr(lib, fn)(r, d, *args))
+    # _take_doubles inlined (no closure, two calls fewer): a step makes a dozen reads
+    ffi, lib = dss.dss_ffi, dss.dss_lib
+    res = ffi.new("double**")
+    dims = ffi.new("int32_t[4]")
+    getattr(lib, fn)(res, dims, *args)
+    try:
+        return np.frombuffer(ffi.buffer(res[0], int(dims[0]) * 8), dtype=float).copy()
+    finally:
+        lib.DSS_Dispose_PDouble(res)
 
 
 class Batch:
