@@ -201,12 +201,9 @@ def validate_points(config: Path, fixed: list[str], points: list[Point], *, engi
 
 
 def default_sweep_dir(config: Path, root: Path = Path("runs")) -> Path:
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    base = root / f"sweep-{config.stem}-{stamp}"
-    path, i = base, 1
-    while path.exists():
-        path, i = Path(f"{base}-{i}"), i + 1
-    return path
+    from runner.launch.prepare import fresh_dir
+
+    return fresh_dir(root, f"sweep-{config.stem}")
 
 
 @dataclass

@@ -28,8 +28,13 @@ from federates.common.study import CONFIG_FILE, V_BASE_FILE, Study, write_distan
 
 
 def default_run_dir(cfg: StudyFile, root: Path = Path("runs")) -> Path:
+    return fresh_dir(root, cfg.study.name)
+
+
+def fresh_dir(root: Path, name: str) -> Path:
+    """``root/<name>-<UTC time stamp>``, with ``-1``, ``-2``, ... added until no such path exists."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    base = root / f"{cfg.study.name}-{stamp}"
+    base = root / f"{name}-{stamp}"
     path, i = base, 1
     while path.exists():
         path, i = Path(f"{base}-{i}"), i + 1
