@@ -112,7 +112,7 @@ def floor_a(cfg, run_dir: Path, results: Path) -> dict:
 
 
 def same_tables(a: Path, b: Path) -> tuple[int, list[str]]:
-    from runner.results import read_tables
+    from runner.run_folder import read_tables
 
     ta, tb = read_tables(a), read_tables(b)
     differ = sorted(n for n in ta.keys() | tb.keys() if n not in ta or n not in tb or not ta[n].equals(tb[n]))

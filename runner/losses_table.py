@@ -41,7 +41,7 @@ settlement (the feeder sends each interval's per-customer loss energy; settlemen
 3b): each customer's ``loss_charges.loss_cost_usd`` is its ``settlements.charges_usd``.
 
 Everything here is per market interval, so :func:`write_loss_tables` reads the run's
-tables in chunks of whole intervals (:func:`runner.results.interval_chunks`) and
+tables in chunks of whole intervals (:func:`runner.run_folder.interval_chunks`) and
 appends each chunk's rows to the two Parquet files (row group by row group): the
 memory is bounded by the chunk, not the study length, and the tables equal those of
 the whole-table :func:`loss_allocation` / :func:`loss_charges` value for value.

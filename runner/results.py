@@ -2,8 +2,7 @@
 
 The run folder is read by ``runner.run_folder`` (whole tables, or chunks of whole
 market intervals for long runs); the KPIs, the per-interval kpis table and the study
-totals of the summary are defined in ``runner.kpis``. Their names are also exported
-here, where callers have imported them from.
+totals of the summary are defined in ``runner.kpis``.
 """
 
 from __future__ import annotations
@@ -16,22 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from federates.common.conservation import POWER_TOLERANCE_PCT, ConservationError
-from runner.kpis import KPI_COLUMNS, _conservation_columns, interval_kpis, kpis, run_kpis, summary
-from runner.run_folder import (
-    CHUNK_ROWS,
-    RESULTS,
-    IntervalReader,
-    interval_chunks,
-    read_tables,
-    table_file,
-)
-
-__all__ = [
-    "CHUNK_ROWS", "CONSERVATION_CHECKS", "ENERGY_TOLERANCE_KWH", "KPI_COLUMNS", "MONEY_TOLERANCE_USD",
-    "POWER_TOLERANCE_PCT", "RESULTS", "ConservationError", "IntervalReader", "_conservation_columns",
-    "check_conservation", "conservation_failures", "format_summary", "interval_chunks", "interval_kpis", "kpis",
-    "live_conservation_rows", "read_tables", "run_kpis", "summary", "table_file",
-]
+from runner.run_folder import RESULTS, table_file
 
 #: After-run conservation checks of the kpis (:func:`conservation_failures`; the live
 #: checks while the study runs are federates/common/conservation.py): an interval breaks

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runner.results import read_tables
+from runner.run_folder import read_tables
 from tests.conftest import DEFAULT, MIDDAY, assert_same_tables, tecosim
 
 pytestmark = pytest.mark.federation

@@ -11,7 +11,7 @@ import yaml
 
 from federates.common.units import SECONDS_PER_HOUR
 from federates.market.ledger import read_blocks
-from runner.results import read_tables
+from runner.run_folder import read_tables
 from tests.conftest import assert_same_tables, processes_mentioning
 
 pytestmark = pytest.mark.federation

@@ -32,7 +32,7 @@ import pytest
 
 from runner.cli import main
 from runner.launch import _sha256_file, free_port_block
-from runner.results import read_tables
+from runner.run_folder import read_tables
 from tests.conftest import DEFAULT, REPO, assert_same_tables
 
 pytestmark = pytest.mark.federation

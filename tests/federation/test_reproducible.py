@@ -20,7 +20,7 @@ import yaml
 
 from runner.cli import main
 from runner.launch import _sha256_file
-from runner.results import read_tables
+from runner.run_folder import read_tables
 from tests.conftest import DEFAULT, REPO, tecosim
 
 pytestmark = pytest.mark.federation

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from runner.results import read_tables
+from runner.run_folder import read_tables
 from tests.conftest import DEFAULT, assert_same_tables, processes_mentioning, tecosim
 
 pytestmark = pytest.mark.federation

@@ -14,7 +14,7 @@ import pytest
 
 from federates.common.config import load_config
 from runner.losses_table import LOSS_ALLOCATION_DTYPES, loss_allocation, loss_charges
-from runner.results import read_tables
+from runner.run_folder import read_tables
 from tests.conftest import DEFAULT, tecosim
 
 pytestmark = pytest.mark.feeder

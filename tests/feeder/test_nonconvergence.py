@@ -22,13 +22,9 @@ import pytest
 
 from federates.common.config import load_config
 from runner.cli import main
-from runner.results import (
-    ConservationError,
-    check_conservation,
-    conservation_failures,
-    kpis,
-    read_tables,
-)
+from runner.kpis import kpis
+from runner.results import ConservationError, check_conservation, conservation_failures
+from runner.run_folder import read_tables
 from tests.conftest import REPO, tecosim
 
 pytestmark = pytest.mark.feeder

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.results import read_tables
+from runner.run_folder import read_tables
 from tests.conftest import DEFAULT, assert_same_tables, tecosim
 
 pytestmark = pytest.mark.feeder

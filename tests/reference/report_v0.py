@@ -50,7 +50,7 @@ from matplotlib.ticker import MaxNLocator
 
 from federates.common.config import StudyFile, validate
 from runner import html
-from runner.results import read_tables
+from runner.run_folder import read_tables
 from tests.reference.post_run_v0 import kpis as kpis_table
 
 CONFIG_FILE = "config.resolved.yaml"

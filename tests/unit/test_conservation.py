@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from runner.kpis import _conservation_columns
 from runner.results import (
     ENERGY_TOLERANCE_KWH,
     MONEY_TOLERANCE_USD,
     POWER_TOLERANCE_PCT,
     ConservationError,
-    _conservation_columns,
     check_conservation,
     conservation_failures,
 )

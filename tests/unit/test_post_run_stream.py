@@ -1,6 +1,6 @@
 """The post-run path reads the results tables in pieces and changes no result.
 
-``runner.results.interval_chunks`` hands out ranges of whole market intervals read
+``runner.run_folder.interval_chunks`` hands out ranges of whole market intervals read
 row group by row group; ``run_kpis`` and the streamed ``write_loss_tables`` must give,
 value for value, the tables of today's whole-table functions, frozen in
 tests/reference/post_run_v0.py (the reference). Checked on a real 2 h in-process run
@@ -22,8 +22,9 @@ import pytest
 import yaml
 
 from federates.common.config import validate
+from runner.kpis import run_kpis, summary
 from runner.losses_table import write_loss_tables
-from runner.results import IntervalReader, read_tables, run_kpis, summary
+from runner.run_folder import IntervalReader, read_tables
 from tests.conftest import DEFAULT, MIDDAY, tecosim
 from tests.longrun import make_long_run, tiled
 from tests.reference import post_run_v0 as v0
@@ -379,7 +380,7 @@ def test_the_post_run_path_reads_no_table_whole(runs, tmp_path, monkeypatch):
     row per market interval); read_tables is never called."""
     import pyarrow.parquet as pq_mod
 
-    from runner import cli, results, run_folder
+    from runner import cli, run_folder
     from runner.compare import write_compare
     from runner.launch import Study
 
@@ -405,7 +406,6 @@ def test_the_post_run_path_reads_no_table_whole(runs, tmp_path, monkeypatch):
     monkeypatch.setattr(pd, "read_parquet", spy_read_parquet)
     monkeypatch.setattr(pq_mod, "read_table", spy_read_table)
     monkeypatch.setattr(pq_mod.ParquetFile, "read", spy_pf_read)
-    monkeypatch.setattr(results, "read_tables", no_read_tables)
     monkeypatch.setattr(run_folder, "read_tables", no_read_tables)
     cli._finish_run(Study.load(long), "inprocess", 0.0, quiet=True, report=True)
     assert (long / "report.html").is_file() and (long / "summary.txt").is_file()
