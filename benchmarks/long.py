@@ -146,7 +146,8 @@ def section(results: list[dict], started: dt.datetime) -> str:
 
     lines = [BEGIN, "## Long studies: IEEE 8500 and a year", "",
              f"Written by `make bench-long` (`benchmarks/long.py`) on {started:%Y-%m-%d %H:%M} UTC, commit "
-             f"{(git_commit() or 'unknown')[:12]}, {os.cpu_count()} logical CPUs. Each case is one "
+             f"{(git_commit() or 'unknown')[:12]}, {os.cpu_count()} logical CPUs (rows of cases not run "
+             "this time, `--only`, are kept from the earlier run). Each case is one "
              "`tecosim run` in its own process; **command** is its whole wall time (preparation: feeder, "
              "customers, the DSO's sensitivities; the run; KPIs, summary, report where made), **run** the "
              "run's own (manifest `wall_s`).", "",
@@ -168,10 +169,28 @@ def section(results: list[dict], started: dt.datetime) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
+def _kept_rows(old_section: str, measured: set[str]) -> list[str]:
+    """The table rows of the section already in BENCHMARKS.md for the cases not run this
+    time (``--only``), so a partial run adds to the table instead of wiping it."""
+    labels = {c[0] for c in CASES} - measured
+    return [line for line in old_section.splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip() in labels]
+
+
+def write_section(text: str, measured: set[str]) -> None:
     old = OUT.read_text() if OUT.is_file() else ""
     if BEGIN in old and END in old:
         head, rest = old.split(BEGIN, 1)
+        kept = _kept_rows(rest.split(END, 1)[0], measured)
+        if kept:
+            order = [c[0] for c in CASES]
+            lines = text.splitlines()
+            rows = [x for x in lines if x.startswith("| ") and x.split("|")[1].strip() in order] + kept
+            rows.sort(key=lambda x: order.index(x.split("|")[1].strip()))
+            first = next(i for i, x in enumerate(lines) if x in rows)
+            lines = [x for x in lines if x not in rows]
+            lines[first:first] = rows
+            text = "\n".join(lines)
         new = head + text + rest.split(END, 1)[1]
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
@@ -204,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(results, started)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(text, {r['label'] for r in results})
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     return 0 if all(r["exit_code"] == 0 for r in results) else 1
