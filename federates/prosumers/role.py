@@ -45,6 +45,7 @@ from federates.market.ledger import KeyRing, sign_order
 from federates.prosumers import profiles
 from federates.prosumers.adaptive import ADAPTIVE_STRATEGIES, AdaptiveBidders
 from federates.prosumers.agents import ProsumerSpec, make_specs, spec_arrays
+from federates.prosumers.flex.demand import FlexDemand
 from federates.prosumers.strategies import limit_price
 
 if TYPE_CHECKING:
@@ -111,6 +112,7 @@ class _Block:
     battery_kw: np.ndarray  # > 0 charging
     soc_kwh: np.ndarray  # at the end of each step
     net_kw: np.ndarray
+    temp_air_c: np.ndarray | None = None  # outdoor air per step [degC], with heat pumps / ACs
 
 
 class IntervalForecasts:
@@ -135,7 +137,7 @@ class ProsumersRole:
 
     def __init__(
         self, cfg: StudyFile, sites: list[CustomerSite], specs: list[ProsumerSpec] | None = None,
-        *, block_intervals: int | None = None,
+        *, block_intervals: int | None = None, population_indices: np.ndarray | None = None, offset: int = 0,
     ):
         self.cfg = cfg
         self.timeline = tl = cfg.timeline
@@ -202,6 +204,14 @@ class ProsumersRole:
             else None
         )
         self.comms = CommsLink.of(cfg.comms)
+        #: EVs and heat pumps / ACs (``prosumers.ev``, ``prosumers.hvac``); None without any.
+        #: On for every part of a split federate alike (its tables exist where a part owns none)
+        self.flex: FlexDemand | None = (
+            FlexDemand(cfg, self._index, self.participants, start=study_times(cfg, 0, 1)[0],
+                       retail_usd_per_kwh=lambda k: m.retail_usd_per_kwh,
+                       population_indices=population_indices, offset=offset)
+            if cfg.prosumers.ev.share > 0 or cfg.prosumers.hvac.share > 0 else None
+        )
 
     @classmethod
     def from_study(cls, study: Study, part: int = 0, parts: int = 1) -> ProsumersRole:
@@ -212,7 +222,8 @@ class ProsumersRole:
         if parts == 1:
             return cls(study.cfg, study.sites)
         lo, hi = part_bounds(len(study.sites), part, parts)
-        return cls(study.cfg, study.sites[lo:hi], specs=make_specs(study.cfg, study.sites)[lo:hi])
+        return cls(study.cfg, study.sites[lo:hi], specs=make_specs(study.cfg, study.sites)[lo:hi],
+                   population_indices=np.array([s.index for s in study.sites]), offset=lo)
 
     # ---- profile blocks ------------------------------------------------------------
     def _make_block(self, k0: int) -> _Block:
@@ -226,8 +237,10 @@ class ProsumersRole:
             raise RuntimeError(f"profile block from step {g0}, but the generators are at step {self._loads.next_step}")
         times = study_times(self.cfg, g0, n_steps)
         load_kw = self._loads.next(times)
-        if self._clouds is not None:
+        sky = None
+        if self._clouds is not None or (self.flex is not None and self.flex.houses is not None):
             sky = profiles.sky_state(times, self.cfg.site, step_s=tl.physics_step_s)
+        if self._clouds is not None:
             kt = self._clouds.next(n_steps)
             pv_kw = profiles.pv_ac_many_kw(
                 self._pv_kwp, self._inverter_kva, self.tilt_deg, self.azimuth_deg, sky, kt
@@ -247,6 +260,7 @@ class ProsumersRole:
             pv_forecast_kw=np.maximum(pv_mean_kw * (1.0 + sd * err[:, :, 1]), 0.0),
             battery_plan_kw=np.full((n_int, n), np.nan), forecast_net_kw=np.full((n_int, n), np.nan),
             battery_kw=np.zeros((n_steps, n)), soc_kwh=np.zeros((n_steps, n)), net_kw=np.zeros((n_steps, n)),
+            temp_air_c=None if sky is None else sky.temp_air_c,
         )
 
     def _block_for_bids(self, k: int) -> _Block:
@@ -284,6 +298,10 @@ class ProsumersRole:
         i = k - blk.k0
         dt_h = tl.interval_h
         load = blk.load_forecast_kw[i]
+        if self.flex is not None:  # the devices' plan for k: what they bid for
+            s = tl.steps_per_interval
+            t_out = blk.temp_air_c[i * s:(i + 1) * s] if blk.temp_air_c is not None else np.zeros(s)
+            load = load + self.flex.plan_kw(k, t_out)
         pv = blk.pv_forecast_kw[i]
         surplus = pv - load
         # self-consumption: charge from surplus, discharge to cover the deficit
@@ -342,6 +360,9 @@ class ProsumersRole:
         """The market's confirmations of interval ``k``: adaptive bidders learn from them;
         only the last interval's are kept (``confirmations``)."""
         self.confirmations = {k: list(confirmations)}
+        if self.flex is not None:
+            seen = [c.market_price_usd_per_kwh for c in confirmations if c.market_price_usd_per_kwh is not None]
+            self.flex.observe(k, seen[0] if seen else None)
         if self.adaptive is not None:
             self.adaptive.learn(k, self.confirmations[k])
 
@@ -362,6 +383,9 @@ class ProsumersRole:
         dt_h = tl.step_h
         b = battery_limits_kw(blk.battery_plan_kw[i], self._soc, self._capacity_kwh, dt_h)
         self._soc = soc_after(self._soc, b, self._capacity_kwh, dt_h)
+        if self.flex is not None:  # the devices draw what they draw: into the household's load
+            t_out = float(blk.temp_air_c[r]) if blk.temp_air_c is not None else 0.0
+            blk.load_kw[r] = blk.load_kw[r] + self.flex.step_kw(g, t_out)
         net = blk.load_kw[r] - blk.pv_kw[r] + b
         blk.battery_kw[r] = b
         blk.soc_kwh[r] = self._soc
@@ -400,10 +424,13 @@ class ProsumersRole:
         ``profiles`` (one row per step played and participant: step, t_s, participant,
         load_kw, pv_kw, battery_kw, soc_kwh, net_kw, forecast_net_kw). A run that never
         drains gets every row here."""
-        return {
+        out = {
             "prosumers": self._prosumers_table(),
             "profiles": self._profiles_table(self._drained_step, self._next_step),
         }
+        if self.flex is not None:
+            out.update(self.flex.tables(final=self._next_step == self.timeline.n_steps))
+        return out
 
     def drain_tables(self) -> dict[str, pd.DataFrame]:
         """The rows recorded since the previous drain (as :meth:`tables`), then forgotten:
@@ -413,6 +440,8 @@ class ProsumersRole:
         run that never drains. Call it at market-interval boundaries (after ``bids(k)`` /
         ``interval_deviations(k)``): a played-out block is dropped once drained."""
         out = self.tables()
+        if self.flex is not None:
+            self.flex.forget()
         self._drained_step = self._next_step
         self._prosumers_drained = True
         self._done = []  # earlier blocks are played out: every row of theirs is drained now

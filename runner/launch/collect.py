@@ -13,13 +13,18 @@ from federates.common.errors import ConfigError, Problem
 from federates.common.study import Study
 from runner.launch.manifest import _sha256_file, write_manifest
 
+#: the column each merged prosumer table is stably sorted by (the parts are in site order)
+_SORT_KEY = {"profiles": "step", "flex": "interval", "ev_sessions": "departure_step"}
+
 
 def merge_part_tables(results: Path, parts: int) -> None:
     """The prosumer parts' tables (``<table>.part<i>.parquet``) into one ``<table>.parquet``
     each, in site order, as one prosumers federate writes them; the parts are removed.
 
     ``profiles`` has a row per step and participant (participants within a step): the
-    parts are concatenated and stably sorted by step. Every part drained at the same
+    parts are concatenated and stably sorted by step; likewise ``flex`` (flexible
+    devices, when the study has any) by interval and ``ev_sessions`` by departure step
+    (each part sorts its sessions by departure step, then site order). Every part drained at the same
     market times (federates.common.tables), so row group j of every part holds the
     same steps: the merge goes one row group at a time (memory bounded by a chunk)."""
     import pandas as pd
@@ -29,20 +34,21 @@ def merge_part_tables(results: Path, parts: int) -> None:
 
     if parts == 1:
         return
+    tables = [t for t in ("prosumers", "profiles", "flex", "ev_sessions") if (results / f"{t}.part0.parquet").is_file()]
     with TableWriter(results.parent) as writer:
-        for table in ("prosumers", "profiles"):
+        for table in tables:
             files = [pq.ParquetFile(results / f"{table}.part{i}.parquet") for i in range(parts)]
             groups = {f.num_row_groups for f in files}
             pieces = ([[f.read_row_group(j) for f in files] for j in range(groups.pop())] if len(groups) == 1
                       else [[f.read() for f in files]])
             for piece in pieces:
                 df = pd.concat([t.to_pandas() for t in piece], ignore_index=True)
-                if table == "profiles":
-                    df = df.sort_values("step", kind="stable", ignore_index=True)
+                if table in _SORT_KEY:
+                    df = df.sort_values(_SORT_KEY[table], kind="stable", ignore_index=True)
                 writer.append({table: df})
             for f in files:
                 f.close()
-    for table in ("prosumers", "profiles"):
+    for table in tables:
         for i in range(parts):
             (results / f"{table}.part{i}.parquet").unlink()
 

@@ -1,7 +1,7 @@
 """docs/outputs.md documents every file and results table of a run, and every column.
 
 A short in-process run (network-aware envelopes, so the envelope tables have rows; the
-DSO and the loss allocation run too) is compared with the doc: every file of the run
+DSO and the loss allocation run too; EVs and air conditioners, for their tables) is compared with the doc: every file of the run
 folder matches a documented file, every table and column of ``results/`` is
 documented with the type the run has, and everything documented as in every run is
 in the run. The run's report is written too (by ``tecosim run`` or here), so
@@ -23,7 +23,9 @@ pytestmark = pytest.mark.feeder
 
 DOC = REPO / "docs" / "outputs.md"
 RUN = ["--set", "study.start=2026-06-21T11:30:00-04:00", "--set", "study.duration=30min",
-       "--set", "market.network_aware=envelopes"]
+       "--set", "market.network_aware=envelopes",
+       # flexible demand, so that its tables (flex, ev_sessions) are checked too
+       "--set", "prosumers.ev.share=0.3", "--set", "prosumers.hvac.share=0.3"]
 TYPES = {"int", "float", "bool", "str", "datetime"}
 
 

@@ -167,6 +167,74 @@ class FeederConfig(_Strict):
     conservation: Literal["fail", "warn"] = "fail"
 
 
+class EvConfig(_Strict):
+    """Electric vehicles charged at home (``federates/prosumers/flex/ev.py``).
+
+    ``share`` of the prosumers own one (0: none, the default). One charging session a
+    day: the car comes home at ``arrival_h`` ~ N(``arrival_h_mean``, ``arrival_h_sd``)
+    [h, local time] and leaves the next morning at ``departure_h`` ~
+    N(``departure_h_mean``, ``departure_h_sd``); it needs the energy of the day's
+    driving, ``km`` ~ lognormal(median ``daily_km_median``, sd of log
+    ``daily_km_sigma``) x ``consumption_kwh_per_km`` [kWh at the battery], at most
+    ``max_need_fraction`` of ``battery_kwh``. ``charger``: level 1 (120 V, 12 A: 1.44 kW)
+    or level 2 (240 V, 30 A: 7.2 kW; SAE J1772), or ``charger_kw`` [kW] if set;
+    ``efficiency`` grid to battery. ``control``: ``uncontrolled`` charges at full power
+    from arrival until full; ``smart`` charges in the cheapest intervals before the
+    departure it expects, at the prices it expects (the tariff, and the market price
+    seen the day before), and at full power once the deadline leaves no slack.
+    """
+
+    share: Fraction = 0.0
+    charger: Literal["level1", "level2"] = "level2"
+    charger_kw: PositiveFloat | None = None
+    battery_kwh: PositiveFloat = 60.0
+    efficiency: Annotated[float, Field(gt=0, le=1)] = 0.9
+    consumption_kwh_per_km: PositiveFloat = 0.18
+    daily_km_median: PositiveFloat = 40.0
+    daily_km_sigma: NonNegFloat = 0.6
+    max_need_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
+    arrival_h_mean: Annotated[float, Field(ge=0, lt=24)] = 18.0
+    arrival_h_sd: NonNegFloat = 1.5
+    departure_h_mean: Annotated[float, Field(ge=0, lt=24)] = 7.5
+    departure_h_sd: NonNegFloat = 1.0
+    control: Literal["uncontrolled", "smart"] = "uncontrolled"
+
+
+class HvacConfig(_Strict):
+    """Heat pumps / air conditioners in first-order (RC) houses
+    (``federates/prosumers/flex/thermal.py``).
+
+    ``share`` of the prosumers have one (0: none, the default). The house: thermal
+    resistance ``r_c_per_kw`` [degC/kW] to the outdoor air (the weather's temperature),
+    capacitance ``c_kwh_per_c`` [kWh/degC], internal gains ``internal_gain_kw`` [kW];
+    each house's R and C are drawn within +-``spread`` of these. The unit:
+    ``mode`` cool or heat, thermal output ``rated_kw_th`` [kW] at ``cop`` (electric
+    power = rated_kw_th / cop), on/off by a thermostat at ``setpoint_c`` with
+    ``deadband_c``. ``control``: ``thermostat`` (the fixed setpoint) or ``transactive``:
+    the setpoint moves with the interval's expected price as in the double-auction HVAC
+    controller of PNNL's Olympic Peninsula demonstration and TESP (Fuller, Schneider and
+    Chassin, "Analysis of residential demand response and double-auction markets",
+    IEEE PES General Meeting 2011): by ``(price - mean) / (ramp x sd)`` x the band, the
+    mean and sd of the prices of the last 24 h, within ``-band_low_c`` ..
+    ``+band_high_c`` (in the direction that saves energy for a high price).
+    """
+
+    share: Fraction = 0.0
+    mode: Literal["cool", "heat"] = "cool"
+    r_c_per_kw: PositiveFloat = 2.5
+    c_kwh_per_c: PositiveFloat = 8.0
+    internal_gain_kw: NonNegFloat = 0.5
+    spread: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    rated_kw_th: PositiveFloat = 10.5
+    cop: PositiveFloat = 3.0
+    setpoint_c: Annotated[float, Field(ge=5, le=35)] = 24.0
+    deadband_c: Annotated[float, Field(gt=0, le=5)] = 1.0
+    control: Literal["thermostat", "transactive"] = "thermostat"
+    ramp: PositiveFloat = 2.0
+    band_high_c: NonNegFloat = 2.0
+    band_low_c: NonNegFloat = 1.0
+
+
 class ProsumersConfig(_Strict):
     # 100 000 at most: 30 x the largest case benchmarked (3000, BENCHMARKS.md); more
     # would be a typo long before it is a study (the DSO's n x n model alone is 40 GB)
@@ -215,6 +283,9 @@ class ProsumersConfig(_Strict):
             "federate. The in-process engine ignores it."
         ),
     )
+    #: flexible demand: EVs and heat pumps / air conditioners (none by default)
+    ev: EvConfig = EvConfig()
+    hvac: HvacConfig = HvacConfig()
 
 
 #: the clearing mechanisms a study may name, by topology: the study's vocabulary. Their

@@ -1,0 +1,252 @@
+"""The prosumers' flexible demand: who owns an EV or a heat pump / air conditioner,
+what each device plans for the interval about to start (the power it bids for) and
+what it draws step by step.
+
+Ownership: ``round(share x n)`` prosumers own an EV (``prosumers.ev``), and likewise a
+heat pump / AC (``prosumers.hvac``), picked by seeded keys per prosumer index (as PV
+and batteries, ``agents.make_specs``).
+
+Prices a device expects (:class:`PriceView`): for interval ``j``, the retail price of
+the tariff, or the community's market price of the same interval a day earlier when
+that was lower (a persistence forecast of the market: a buyer pays the market price
+for what peers sell it, the retail price for the rest). The market price of an interval
+becomes known with its confirmations.
+
+Per interval ``k`` (:meth:`FlexDemand.plan_kw`, at bid time): each EV's command
+(``ev.EvFleet.plan_kw``) and each house's setpoint (the thermostat's, or moved with the
+price of ``k`` by the transactive controller), and the mean power they will draw over
+``k`` as the prosumer can know it then (:meth:`EvFleet.forecast_kw`, and the house
+simulated through the interval's known weather): that goes into the bid. Per step
+(:meth:`FlexDemand.step_kw`) the devices draw what they really draw (an EV that
+arrives within the interval, a house whose thermostat switches, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from federates.common.config import StudyFile
+from federates.common.rng import stream
+from federates.prosumers.flex.ev import EvFleet, EvParams
+from federates.prosumers.flex.thermal import (
+    Houses,
+    HvacParams,
+    bid_price_usd_per_kwh,
+    setpoint_offset_c,
+)
+
+SESSION_COLUMNS = ("participant", "arrival_step", "departure_step", "need_kwh", "delivered_kwh", "unmet_kwh")
+_NAME_DTYPE = pd.Series(np.array(["p"], dtype=object)).dtype  # as the profiles table's names
+FLEX_COLUMNS = ("interval", "participant", "ev_kwh", "hvac_kwh", "indoor_c_min", "indoor_c_max",
+                "setpoint_c", "expected_price_usd_per_kwh", "hvac_bid_usd_per_kwh", "discomfort_c_h")
+
+
+def owners_of(seed: int, indices: np.ndarray, share: float, what: str) -> np.ndarray:
+    """Positions (site order) of the ``round(share x n)`` owners of ``what``: the smallest
+    seeded keys (ties by position)."""
+    n = len(indices)
+    count = round(share * n)
+    if count == 0:
+        return np.zeros(0, dtype=int)
+    keys = np.array([stream(seed, f"{what}_owner", int(i)).random() for i in indices])
+    return np.sort(np.lexsort((np.arange(n), keys))[:count])
+
+
+class PriceView:
+    """The prices [USD/kWh] the devices expect, per market interval (module docstring)."""
+
+    def __init__(self, retail_usd_per_kwh: Callable[[int], float], intervals_per_day: int) -> None:
+        self.retail = retail_usd_per_kwh
+        self.day = int(intervals_per_day)
+        self.market: dict[int, float] = {}  # market price seen per interval (kept a day)
+        self.expected: dict[int, float] = {}  # what was expected per interval (kept a day)
+
+    def observe(self, k: int, market_usd_per_kwh: float | None) -> None:
+        if market_usd_per_kwh is not None and np.isfinite(market_usd_per_kwh):
+            self.market[k] = float(market_usd_per_kwh)
+        for old in [j for j in self.market if j < k - self.day]:
+            del self.market[old]
+
+    def of(self, k: int) -> float:
+        retail = float(self.retail(k))
+        seen = self.market.get(k - self.day)
+        return retail if seen is None else min(retail, seen)
+
+    def window(self, k: int, n: int) -> np.ndarray:
+        return np.array([self.of(j) for j in range(k, k + n)])
+
+    def remember(self, k: int) -> float:
+        """The price expected for ``k``, noted for the statistics of later intervals."""
+        p = self.of(k)
+        self.expected[k] = p
+        for old in [j for j in self.expected if j <= k - self.day]:
+            del self.expected[old]
+        return p
+
+    def stats(self, k: int) -> tuple[float, float]:
+        """Mean and standard deviation of the prices expected for the day up to ``k``."""
+        xs = np.array([v for j, v in self.expected.items() if k - self.day < j <= k])
+        if len(xs) < 2:
+            return (float(xs.mean()) if len(xs) else float("nan")), 0.0
+        return float(xs.mean()), float(xs.std())
+
+
+class FlexDemand:
+    """The EVs and the heat pumps / ACs of one set of prosumers (``specs`` order)."""
+
+    def __init__(self, cfg: StudyFile, indices: np.ndarray, participants: list[str], *,
+                 start: pd.Timestamp, retail_usd_per_kwh: Callable[[int], float],
+                 population_indices: np.ndarray | None = None, offset: int = 0) -> None:
+        """``indices``/``participants``: these prosumers (site order); ``population_indices``:
+        the prosumer indices of the whole study when these are the slice from ``offset``
+        of it (a part of a split prosumers federate: ownership is drawn over everyone)."""
+        tl, p, seed = cfg.timeline, cfg.prosumers, cfg.study.seed
+        self.tl, self.participants = tl, list(participants)
+        indices = np.asarray(indices, dtype=int)
+        self.n = len(indices)
+        self.step_h = tl.step_h
+        pop = indices if population_indices is None else np.asarray(population_indices, dtype=int)
+
+        def mine(at: np.ndarray) -> np.ndarray:
+            at = at[(at >= offset) & (at < offset + self.n)]
+            return at - offset
+
+        ev_at = mine(owners_of(seed, pop, p.ev.share, "ev"))
+        hv_at = mine(owners_of(seed, pop, p.hvac.share, "hvac"))
+        self.ev = (EvFleet(EvParams.of(p.ev), ev_at, indices[ev_at], start=start, step_s=tl.physics_step_s,
+                           seed=seed) if len(ev_at) else None)
+        self.hvac = HvacParams.of(p.hvac)
+        self.houses = Houses(self.hvac, hv_at, indices[hv_at], seed=seed) if len(hv_at) else None
+        self.prices = PriceView(retail_usd_per_kwh, round(86400.0 / tl.market_interval_s))
+        self._ev_cmd = np.zeros(len(ev_at))
+        self._setpoint_c = self.hvac.setpoint_c
+        self._k = -1
+        self._rows: list[dict[str, np.ndarray]] = []
+        self._acc: dict[str, np.ndarray] = {}
+        self._gave_live = self._live_drained = False  # the sessions under way at the end: given once
+
+    @property
+    def any(self) -> bool:
+        return self.ev is not None or self.houses is not None
+
+    def observe(self, k: int, market_usd_per_kwh: float | None) -> None:
+        self.prices.observe(k, market_usd_per_kwh)
+
+    # ---- per interval ----------------------------------------------------------------
+    def plan_kw(self, k: int, t_out_c: np.ndarray) -> np.ndarray:
+        """Commands and setpoint of interval ``k``; the forecast mean power [kW] per
+        prosumer (0 without a device). ``t_out_c``: the interval's outdoor temperature
+        per step [degC]."""
+        s = self.tl.steps_per_interval
+        g0 = k * s
+        out = np.zeros(self.n)
+        price = self.prices.remember(k)
+        mean, sd = self.prices.stats(k)
+        if self.ev is not None:
+            self._ev_cmd = self.ev.plan_kw(g0, s, lambda g, n: self.prices.window(g // s, n))
+            out[self.ev.owners] += self.ev.forecast_kw(self._ev_cmd, g0, s)
+        bid = np.full(0, np.nan)
+        if self.houses is not None:
+            shift = setpoint_offset_c(price, mean, sd, self.hvac) if self.hvac.transactive else 0.0
+            self._setpoint_c = self.hvac.setpoint_c + shift
+            bid = bid_price_usd_per_kwh(self.houses.t_in_c, self._setpoint_c, mean, sd, self.hvac)
+            out[self.houses.owners] += self.houses.preview_kw(t_out_c, self._setpoint_c, self.step_h)
+        self._open_interval(k, price, bid)
+        return out
+
+    def _open_interval(self, k: int, price: float, hvac_bid: np.ndarray) -> None:
+        if self._k >= 0:
+            self._close_interval()
+        self._k = k
+        n = self.n
+        self._acc = {
+            "ev_kwh": np.zeros(n), "hvac_kwh": np.zeros(n),
+            "indoor_c_min": np.full(n, np.inf), "indoor_c_max": np.full(n, -np.inf),
+            "discomfort_c_h": np.zeros(n), "price": np.full(n, price), "bid": np.full(n, np.nan),
+        }
+        if self.houses is not None:
+            self._acc["bid"][self.houses.owners] = hvac_bid
+
+    def _close_interval(self) -> None:
+        a, k = self._acc, self._k
+        owners = np.zeros(self.n, dtype=bool)
+        if self.ev is not None:
+            owners[self.ev.owners] = True
+        has_house = np.zeros(self.n, dtype=bool)
+        if self.houses is not None:
+            owners[self.houses.owners] = True
+            has_house[self.houses.owners] = True
+        j = np.flatnonzero(owners)
+        self._rows.append({
+            "interval": np.full(len(j), k, dtype=np.int64),
+            "participant": np.array(self.participants, dtype=object)[j],
+            "ev_kwh": a["ev_kwh"][j], "hvac_kwh": a["hvac_kwh"][j],
+            "indoor_c_min": np.where(has_house, a["indoor_c_min"], np.nan)[j],
+            "indoor_c_max": np.where(has_house, a["indoor_c_max"], np.nan)[j],
+            "setpoint_c": np.where(has_house, self._setpoint_c, np.nan)[j],
+            "expected_price_usd_per_kwh": a["price"][j],
+            "hvac_bid_usd_per_kwh": a["bid"][j],
+            "discomfort_c_h": np.where(has_house, a["discomfort_c_h"], np.nan)[j],
+        })
+        self._k = -1
+
+    # ---- per step --------------------------------------------------------------------
+    def step_kw(self, g: int, t_out_c: float) -> np.ndarray:
+        """What the devices draw at step ``g`` [kW] per prosumer."""
+        out = np.zeros(self.n)
+        a = self._acc
+        if self.ev is not None:
+            self.ev.begin_step(g)
+            p = self.ev.step_kw(self._ev_cmd)
+            out[self.ev.owners] += p
+            a["ev_kwh"][self.ev.owners] += p * self.step_h
+        if self.houses is not None:
+            h = self.houses
+            p = h.step_kw(t_out_c, self._setpoint_c, self.step_h)
+            out[h.owners] += p
+            a["hvac_kwh"][h.owners] += p * self.step_h
+            t = h.t_in_c
+            a["indoor_c_min"][h.owners] = np.minimum(a["indoor_c_min"][h.owners], t)
+            a["indoor_c_max"][h.owners] = np.maximum(a["indoor_c_max"][h.owners], t)
+            # discomfort: degree-hours beyond the base setpoint's deadband (end of step)
+            half = 0.5 * self.hvac.deadband_c
+            over = (t - (self.hvac.setpoint_c + half)) if self.hvac.cooling else ((self.hvac.setpoint_c - half) - t)
+            a["discomfort_c_h"][h.owners] += np.maximum(over, 0.0) * self.step_h
+        return out
+
+    # ---- tables ------------------------------------------------------------------------
+    def tables(self, *, final: bool = False) -> dict[str, pd.DataFrame]:
+        """What has not been forgotten (:meth:`forget`): ``flex``, one row per interval
+        played and device owner, and ``ev_sessions``, each session ended. With
+        ``final`` (the study's last step played) the last interval is closed too and
+        the sessions under way are added (``unmet_kwh`` NaN)."""
+        if final and self._k >= 0:
+            self._close_interval()
+        rows = self._rows
+        flex = (pd.DataFrame({c: np.concatenate([r[c] for r in rows]) for c in FLEX_COLUMNS}) if rows
+                else pd.DataFrame({c: pd.Series(dtype=("int64" if c == "interval" else
+                                                       "object" if c == "participant" else "float64"))
+                                   for c in FLEX_COLUMNS}))
+        live = final and not self._live_drained
+        self._gave_live = live
+        sessions = [] if self.ev is None else (self.ev.sessions() if live else list(self.ev.ended))
+        sessions = sorted(sessions, key=lambda r: (r["departure_step"], r["owner"]))  # parts merge alike
+        ev = pd.DataFrame(
+            [{"participant": self.participants[r["owner"]], **{c: r[c] for c in SESSION_COLUMNS[1:]}}
+             for r in sessions],
+            columns=list(SESSION_COLUMNS),
+        ).astype({"arrival_step": "int64", "departure_step": "int64", "need_kwh": "float64",
+                  "delivered_kwh": "float64", "unmet_kwh": "float64"})
+        flex["participant"] = flex["participant"].astype(_NAME_DTYPE)
+        ev["participant"] = ev["participant"].astype(_NAME_DTYPE)
+        return {"flex": flex, "ev_sessions": ev}
+
+    def forget(self) -> None:
+        """Forget the rows :meth:`tables` gave (a drain)."""
+        self._rows = []
+        self._live_drained = self._live_drained or self._gave_live
+        if self.ev is not None:
+            self.ev.ended.clear()

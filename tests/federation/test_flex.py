@@ -1,0 +1,45 @@
+"""Flexible demand (EVs charging smart, air conditioners on the transactive setpoint)
+through the federation, its prosumers split in two federates: the tables equal the
+in-process engine's, ``flex`` and ``ev_sessions`` included."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from runner.run_folder import read_tables
+from tests.conftest import DEFAULT, assert_same_tables, tecosim
+
+pytestmark = pytest.mark.federation
+
+EVENING = ["--set", "study.start=2026-06-21T17:00:00-04:00", "--set", "study.duration=2h",
+           "--set", "prosumers.federates=2",
+           "--set", "prosumers.ev.share=0.5", "--set", "prosumers.ev.control=smart",
+           "--set", "prosumers.hvac.share=0.5", "--set", "prosumers.hvac.control=transactive"]
+
+
+@pytest.fixture(scope="module")
+def flex_runs(tmp_path_factory) -> dict:
+    out = {}
+    for engine in ("inprocess", "federation"):
+        run_dir = tmp_path_factory.mktemp("flex") / engine
+        r = tecosim("run", str(DEFAULT), "--engine", engine, "--out", str(run_dir), "--no-report", *EVENING)
+        assert r.returncode == 0, f"{engine} run failed:\n{r.stdout}\n{r.stderr}"
+        out[engine] = run_dir
+    return out
+
+
+def test_flex_federation_equals_inprocess_engine(flex_runs):
+    a = read_tables(flex_runs["inprocess"])
+    b = read_tables(flex_runs["federation"])
+    assert {"flex", "ev_sessions"} <= set(a)
+    assert_same_tables(a, b)
+
+
+def test_evening_arrivals_charge(flex_runs):
+    """Cars come home in the evening window and charge (sessions that began inside it)."""
+    t = read_tables(flex_runs["federation"])
+    ev: pd.DataFrame = t["ev_sessions"]
+    arrived = ev[ev.arrival_step >= 0]
+    assert len(arrived) >= 3 and arrived.delivered_kwh.sum() > 0
+    assert t["flex"].ev_kwh.sum() == pytest.approx(ev.delivered_kwh.sum(), rel=1e-9)
