@@ -136,6 +136,7 @@ class _Engine:
         self.envelopes: list = []
         self.constraints: list = []
         self.inverter_envelopes: list = []
+        self.dr_calls: list = []  # the DSO's demand-response calls for the next interval
 
     def drain(self, sink) -> None:
         for role in (self.prosumers, self.market, self.feeder, self.meters, self.controllers):
@@ -148,6 +149,9 @@ class _Engine:
         tl, last = self.tl, k == self.tl.n_intervals
         if k >= 1:
             self.prosumers.on_confirmations(k - 1, self.confirmations)
+        if self.dr_calls:
+            self.prosumers.on_demand_response(k, self.dr_calls)
+            self.dr_calls = []
         if not last:
             bids, self.deviation_p_kw = self.prosumers.bids_sent(k)
             self.inflight.post("bids", bids, tl.report_time(k))
@@ -187,6 +191,9 @@ class _Engine:
             self.feeder.begin_step(g, self.schedule_p_kw, self.deviation_p_kw[j])
             self.clock.took("feeder")
             self.clock.times.dso_views.append(self._control_rounds(g))
+        if k + 1 < self.tl.n_intervals:  # the views of k are over: the DSO's calls for k+1
+            self.dr_calls = self.controllers.demand_response_calls(k + 1)
+            self.clock.took("controllers")
 
     def _control_rounds(self, g: int) -> int:
         """Show the DSO step ``g``'s views until it is quiet; how many it was shown."""

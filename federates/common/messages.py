@@ -221,6 +221,20 @@ class OperatingEnvelope:
     binding: str = ""
 
 
+@dataclass(frozen=True)
+class DemandResponseCall:
+    """The DSO's call to a customer with flexible demand: cut it by ``reduce_kw`` [kW,
+    > 0] on average over market interval ``interval``, because of ``limit`` (a
+    ``federates.common.limits.Limit``: ``v_min`` or ``thermal``) at ``element`` (the
+    customer, or ``line.<name>`` / ``transformer.<name>``)."""
+
+    participant: str
+    interval: int
+    reduce_kw: float
+    limit: str
+    element: str
+
+
 def _finite(value: object, what: str) -> float:
     """``value`` as a finite float, else ValueError naming ``what``."""
     try:
@@ -376,6 +390,7 @@ _KINDS: dict[str, type] = {
     "envelopes": OperatingEnvelope,
     "grid_constraints": GridConstraint,
     "views_done": ViewsDone,
+    "dr_calls": DemandResponseCall,
 }
 _KIND_OF: dict[type, str] = {v: k for k, v in _KINDS.items()}
 #: message kinds whose fields hold no dataclass (all of them: tests/unit/test_messages.py

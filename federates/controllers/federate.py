@@ -32,6 +32,7 @@ class _ControllersDoor:
         self.sub_view = door.subscription(*keys.FEEDER_DSO_VIEW)
         self.view_size = 3 + 2 * self.n + (0 if role.scada_shape is None else Scada.size(*role.scada_shape))
         self.ep = door.endpoint(keys.CONTROLLERS)
+        self.prosumers = keys.prosumers_names(study.cfg.prosumers.federates)
 
     def dispatch(self) -> ViewsDone | None:
         """AMI readings and confirmations, in arrival order; the feeder's word that the
@@ -74,11 +75,23 @@ class _ControllersDoor:
                 if shown or done.views != v or done.interval != k:
                     raise RuntimeError(f"interval {k}: the feeder ended the views of {done.interval} at "
                                        f"{done.views}, the DSO is at view {v}{' with a new view' if shown else ''}")
+                self._call_demand(k + 1)
                 return
             if not shown:
                 raise RuntimeError(f"interval {k}: no view {v} from the feeder and no end of its views")
             self._answer(k, v)
         raise RuntimeError(f"interval {k}: more than {self.tl.max_views(k)} views from the feeder")
+
+    def _call_demand(self, k: int) -> None:
+        """The demand-response calls for ``k`` to every prosumer part (each takes its own),
+        read at their report time of ``k``; nothing to send without calls."""
+        if k >= self.tl.n_intervals:
+            return
+        calls = self.role.demand_response_calls(k)
+        if calls:
+            text = encode(calls, kind="dr_calls", interval=k)
+            for name in self.prosumers:
+                self.door.send(self.ep, name, text)
 
     def _answer(self, k: int, v: int) -> None:
         view = DsoView.from_vector(self.door.vector(self.sub_view, self.view_size), self.n, self.role.scada_shape)

@@ -41,14 +41,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from federates.common.alarms import dso_curtails_on_sensitivities, dso_wants_scada
 from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
 from federates.common.limits import Limit, limit_key
-from federates.common.messages import DsoCap, DsoView, OperatingEnvelope
+from federates.common.messages import DemandResponseCall, DsoCap, DsoView, OperatingEnvelope
 from federates.controllers.curtailment import export_caps, group_codes
+from federates.controllers.demand_response import DemandResponse
 from federates.controllers.dso_agent import DsoAgent
 from federates.feeder.sensitivity import load_sensitivities, needs_sensitivities
-from federates.prosumers.agents import inverter_kva_of
+from federates.prosumers.agents import flex_kw_of, inverter_kva_of
 
 if TYPE_CHECKING:
     from federates.common.study import Study
@@ -81,10 +83,11 @@ class ControllersRole:
         """The study's DSO, with its linear model of the feeder when its curtailment or
         the network-aware clearing needs one (``sensitivities.npz`` in the run folder)."""
         sens = load_sensitivities(study) if needs_sensitivities(study.cfg) else None
-        return cls(study.cfg, study.sites, inverter_kva_of(study.cfg, study.sites), sensitivities=sens)
+        return cls(study.cfg, study.sites, inverter_kva_of(study.cfg, study.sites), sensitivities=sens,
+                   flex_kw=flex_kw_of(study.cfg, study.sites))
 
     def __init__(self, cfg: StudyFile, sites: Sequence[CustomerSite], inverter_kva: np.ndarray,
-                 *, sensitivities=None):
+                 *, sensitivities=None, flex_kw: np.ndarray | None = None):
         self.cfg = cfg
         self.ctl = cfg.controllers
         self.timeline = cfg.timeline
@@ -101,15 +104,30 @@ class ControllersRole:
             raise ValueError(f"inverter_kva has shape {self.inverter_kva.shape}; expected ({n},)")
 
         cur = self.ctl.curtailment
-        #: the DSO needs the feeder's SCADA view with every round (thermal, unbalance, substation)
-        self.want_scada = bool(self.ctl.enabled and cur.enabled and cur.policy != "group_voltage")
+        #: the DSO curtails by a sensitivity policy (proportional, sensitivity, least_cost)
+        self.curtails = dso_curtails_on_sensitivities(cfg)
+        #: the DSO needs the feeder's SCADA view with every round (thermal, unbalance,
+        #: substation; forward-flow overloads for its demand response)
+        self.want_scada = dso_wants_scada(cfg)
         self.network_aware = cfg.market.network_aware
-        needs_dso = self.want_scada or self.network_aware != "off"
-        if needs_dso and sensitivities is None:
+        needs_dso = self.curtails or self.network_aware != "off"
+        dr = self.ctl.demand_response
+        if (needs_dso or (self.ctl.enabled and dr.enabled)) and sensitivities is None:
             raise ValueError("curtailment policy "
                              f"{cur.policy!r} / market.network_aware {self.network_aware!r} need the "
                              "feeder's sensitivities (sensitivities.npz, written by prepare_run)")
         self.dso = DsoAgent(cfg, self.participants, self.inverter_kva, sensitivities) if needs_dso else None
+        lim = cfg.limits
+        #: demand-response calls for the next interval (``controllers.demand_response``)
+        self.demand_response: DemandResponse | None = (
+            DemandResponse(self.participants, np.zeros(n) if flex_kw is None else flex_kw,
+                           v_min_pu=float(self.ctl.v_min_pu), margin_pu=dr.margin_pu,
+                           dv_pu_per_kw=sensitivities.dv_pu_per_kw,
+                           thermal_max_pct=float(lim.thermal_max_pct) if lim.thermal else None,
+                           thermal_margin_pct=dr.thermal_margin_pct,
+                           dloading_pct_per_kw=sensitivities.dloading_pct_per_kw,
+                           elements=list(sensitivities.elements), release_fraction=dr.release_fraction)
+            if self.ctl.enabled and dr.enabled else None)
         #: (elements, buses) of the SCADA vector, None without SCADA
         self.scada_shape: tuple[int, int] | None = (
             (len(sensitivities.elements), len(sensitivities.buses))
@@ -138,13 +156,18 @@ class ControllersRole:
         reply.quiet = self.quiet
         return reply
 
+    def demand_response_calls(self, k: int) -> list[DemandResponseCall]:
+        """At the end of interval ``k - 1``'s views: the calls for ``k`` (none without
+        ``controllers.demand_response``)."""
+        return [] if self.demand_response is None else self.demand_response.calls(k)
+
     @property
     def quiet(self) -> bool:
         """Whether a view crossing no alarm limit would leave everything as it is: no cut
         whose relief is still to be checked, no cap set for a limit found ineffective
         (to be lifted). Only the sensitivity policies keep such business."""
         dso = self.dso
-        if not self.want_scada:  # group_voltage, or no curtailment: no business kept
+        if not self.curtails:  # group_voltage, or no curtailment: no business kept
             return True
         if dso.checking:
             return False
@@ -156,6 +179,8 @@ class ControllersRole:
             raise ValueError(f"step {g} is outside the study (0..{self.timeline.n_steps - 1})")
         if g != self._g:
             self._start_step(g)
+        if self.demand_response is not None:
+            self.demand_response.observe(view)
         if not view.may_act:
             return DsoReply()
         v = np.asarray(view.v_pu, dtype=float)
@@ -164,7 +189,7 @@ class ControllersRole:
             raise ValueError(f"DSO view of step {g}: v_pu {v.shape} / p_kw {p.shape}, expected ({self.n},)")
         # the sensitivity policies (the DSO also exists for group_voltage when the
         # market is network-aware: its envelopes and constraints, not its cuts)
-        if self.want_scada:
+        if self.curtails:
             return self._decide_on_sensitivities(view, v, p)
         if self.ctl.curtailment.enabled and (v > self.ctl.v_max_pu).any():
             return self._decide_group_voltage(view, v, p)

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from federates.common.alarms import Alarms
+from federates.common.alarms import Alarms, dso_wants_scada
 from federates.common.config import StudyFile
 from federates.common.conservation import POWER_TOLERANCE_PCT, Conservation, relative_pct
 from federates.common.errors import PowerFlowNotConverged
@@ -214,8 +214,7 @@ class FeederRole:
         self.element_kind = np.asarray([e.partition(".")[0] for e in self.elements], dtype=object)
         self.limits = cfg.limits
         #: the controllers' DSO needs SCADA after every solve (thermal, unbalance, substation)
-        cur = cfg.controllers.curtailment
-        self.want_scada = bool(cfg.controllers.enabled and cur.enabled and cur.policy != "group_voltage")
+        self.want_scada = dso_wants_scada(cfg)
         # the uncontrolled solve's limit readouts (OpenDSSFeeder.limit_snapshot and the
         # source kW), and the steps whose violations are still to check (_flush_violations)
         self._before: tuple[np.ndarray | None, np.ndarray | None, np.ndarray, float] | None = None

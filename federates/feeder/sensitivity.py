@@ -58,11 +58,12 @@ SENSITIVITIES_FILE = "sensitivities.npz"
 
 
 def needs_sensitivities(cfg: StudyFile) -> bool:
-    """The DSO's linear model is needed by sensitivity-based curtailment and by
-    network-aware clearing."""
-    cur = cfg.controllers.curtailment
-    curtails = cfg.controllers.enabled and cur.enabled and cur.policy != "group_voltage"
-    return curtails or cfg.market.network_aware != "off"
+    """The DSO's linear model is needed by sensitivity-based curtailment, by its demand
+    response and by network-aware clearing."""
+    ctl = cfg.controllers
+    cur = ctl.curtailment
+    curtails = ctl.enabled and cur.enabled and cur.policy != "group_voltage"
+    return curtails or (ctl.enabled and ctl.demand_response.enabled) or cfg.market.network_aware != "off"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import numpy as np
 from federates.common.config import ProsumersConfig, StudyFile
 from federates.common.grid import CustomerSite
 from federates.common.rng import stream
+from federates.prosumers.flex.demand import flex_ratings_kw
 from federates.prosumers.profiles import daily_shape
 
 _SHAPE_MAX = float(daily_shape(np.arange(0.0, 24.0, 1.0 / 600.0)).max())  # [-], 6 s grid
@@ -155,3 +156,10 @@ def inverter_kva_of(cfg: StudyFile, sites: list[CustomerSite]) -> np.ndarray:
     """Inverter nameplate [kVA] of each customer of ``sites`` (site order), from the
     prosumer specs: the DER the utility has registered."""
     return np.array([s.inverter_kva for s in make_specs(cfg, sites)], dtype=float)
+
+
+def flex_kw_of(cfg: StudyFile, sites: list[CustomerSite]) -> np.ndarray:
+    """Flexible demand [kW] of each customer of ``sites`` (site order): its EV charger's
+    power plus its heat pump / AC's electric power, 0 without either. What a DSO has on
+    its register of loads enrolled for demand response."""
+    return flex_ratings_kw(cfg, np.array([s.index for s in sites], dtype=int))

@@ -10,7 +10,7 @@ from functools import partial
 
 from federates.common import keys
 from federates.common.door import Door
-from federates.common.messages import Confirmation, decode, encode
+from federates.common.messages import Confirmation, DemandResponseCall, decode, encode
 from federates.common.study import Study
 from federates.common.tables import drain_due, study_chunk_intervals
 from federates.prosumers.role import ProsumersRole
@@ -29,13 +29,14 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
     ep = door.endpoint(name)
     door.add_delay_filter(ep, role.comms.latency_of("bids"))  # comms: bids arrive late
     inbox: dict[int, list[Confirmation]] = defaultdict(list)
+    calls: dict[int, list[DemandResponseCall]] = defaultdict(list)  # the DSO's, by interval
     every = study_chunk_intervals(cfg, len(study.sites))
     part_sink = sink if parts == 1 else _PartSink(sink, part)
 
     def drain() -> None:
         for text in door.receive(ep):
             env = decode(text)
-            inbox[int(env.header["interval"])].extend(env.items)
+            (calls if env.kind == "dr_calls" else inbox)[int(env.header["interval"])].extend(env.items)
 
     door.enter()
     try:
@@ -44,6 +45,8 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
             drain()
             if k >= 1:
                 role.on_confirmations(k - 1, inbox.pop(k - 1, []))
+            if k in calls:
+                role.on_demand_response(k, calls.pop(k))
             orders, deviation_p_kw = role.bids_sent(k)
             door.send(ep, keys.MARKET, encode(orders, kind="orders", interval=k))
             door.publish(pub, deviation_p_kw.ravel())

@@ -39,7 +39,7 @@ from federates.common.comms import CommsLink
 from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
 from federates.common.keys import part_bounds
-from federates.common.messages import Confirmation, Order
+from federates.common.messages import Confirmation, DemandResponseCall, Order
 from federates.common.rng import stream
 from federates.market.ledger import KeyRing, sign_order
 from federates.prosumers import profiles
@@ -206,6 +206,7 @@ class ProsumersRole:
         self.comms = CommsLink.of(cfg.comms)
         #: EVs and heat pumps / ACs (``prosumers.ev``, ``prosumers.hvac``); None without any.
         #: On for every part of a split federate alike (its tables exist where a part owns none)
+        self._dr_calls: dict[int, dict[int, tuple[float, str, str]]] = {}  # {k: {site position: call}}
         self.flex: FlexDemand | None = (
             FlexDemand(cfg, self._index, self.participants, start=study_times(cfg, 0, 1)[0],
                        retail_usd_per_kwh=lambda k: m.retail_usd_per_kwh,
@@ -301,7 +302,7 @@ class ProsumersRole:
         if self.flex is not None:  # the devices' plan for k: what they bid for
             s = tl.steps_per_interval
             t_out = blk.temp_air_c[i * s:(i + 1) * s] if blk.temp_air_c is not None else np.zeros(s)
-            load = load + self.flex.plan_kw(k, t_out)
+            load = load + self.flex.plan_kw(k, t_out, self._dr_calls.pop(k, None))
         pv = blk.pv_forecast_kw[i]
         surplus = pv - load
         # self-consumption: charge from surplus, discharge to cover the deficit
@@ -355,6 +356,16 @@ class ProsumersRole:
         unscheduled_kw = np.where(np.isin(self.participants, list(lost)), self.forecast_net_kw[k], 0.0)
         sent = [o for o, ok in zip(orders, kept, strict=True) if ok]
         return sent, self.interval_deviations(k) + unscheduled_kw
+
+    def on_demand_response(self, k: int, calls: list[DemandResponseCall]) -> None:
+        """The DSO's demand-response calls for interval ``k`` (before ``bids(k)``); calls to
+        other participants (another part's) are ignored. Without flexible devices no call
+        can be met (and the DSO calls only enrolled ones)."""
+        pos = {p: j for j, p in enumerate(self.participants)}
+        mine = {pos[c.participant]: (float(c.reduce_kw), str(c.limit), str(c.element))
+                for c in calls if c.participant in pos and c.interval == k}
+        if mine and self.flex is not None:
+            self._dr_calls[k] = mine
 
     def on_confirmations(self, k: int, confirmations: list[Confirmation]) -> None:
         """The market's confirmations of interval ``k``: adaptive bidders learn from them;

@@ -40,6 +40,7 @@ from federates.common.config.schema import (
     ControllersConfig,
     CurtailmentConfig,
     CustomerConnection,
+    DemandResponseConfig,
     EvConfig,
     FederationConfig,
     FeederConfig,
@@ -60,7 +61,7 @@ from federates.common.config.schema import (
 __all__ = [
     "DEFAULT_MECHANISM", "FEEDERS_DIR", "GENERATED_FEEDER_DIR", "GRID_PRESETS", "HELICS_ZMQ_PORT",
     "MAX_DURATION_S", "MAX_PROSUMERS", "MECHANISMS_OF_TOPOLOGY", "REPO_ROOT", "VOLTAGE_BANDS",
-    "CommsConfig", "ControllersConfig", "CurtailmentConfig", "CustomerConnection", "EvConfig", "FederationConfig",
+    "CommsConfig", "ControllersConfig", "CurtailmentConfig", "CustomerConnection", "DemandResponseConfig", "EvConfig", "FederationConfig",
     "FeederConfig", "HvacConfig", "LimitsConfig", "MarketConfig", "MetersConfig", "ProsumersConfig", "SiteConfig",
     "StudyConfig", "StudyFile", "SyntheticFeederConfig", "VoltVarConfig", "VoltWattConfig",
     "apply_grid_preset", "apply_overrides", "bundled_feeders", "config_sha256", "feeder_master",

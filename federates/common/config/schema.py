@@ -483,6 +483,24 @@ class CurtailmentConfig(_Strict):
     gain_per_pu: PositiveFloat = 10.0
 
 
+class DemandResponseConfig(_Strict):
+    """The DSO's demand response (``federates/controllers/demand_response.py``): when a
+    market interval's views show a customer below ``v_min`` + ``margin_pu`` (or, with
+    the DSO's SCADA, a line or transformer loaded above ``thermal_max_pct`` -
+    ``thermal_margin_pct`` with forward flow), the DSO calls the customers with
+    flexible demand (EVs, heat pumps / ACs) to cut it by a kW figure in the next
+    interval, allocated on the feeder's sensitivities; each kWh they cut against their
+    own plan is paid ``price_usd_per_kwh`` (table ``demand_response``). A call stands
+    while the interval it covers still sees a violation, and is released by
+    ``release_fraction`` per interval without one."""
+
+    enabled: bool = False
+    margin_pu: NonNegFloat = 0.005
+    thermal_margin_pct: NonNegFloat = 2.0
+    price_usd_per_kwh: NonNegFloat = 0.50
+    release_fraction: Annotated[float, Field(gt=0, le=1)] = 0.25
+
+
 class ControllersConfig(_Strict):
     """``v_min_pu`` / ``v_max_pu``: the band the controllers steer to; default (null) =
     the ``limits`` band. ``anderson_depth``: once the inverters' damped settling
@@ -500,6 +518,7 @@ class ControllersConfig(_Strict):
     volt_var: VoltVarConfig = VoltVarConfig()
     volt_watt: VoltWattConfig = VoltWattConfig()
     curtailment: CurtailmentConfig = CurtailmentConfig()
+    demand_response: DemandResponseConfig = DemandResponseConfig()
 
 
 #: Customer voltage bands [pu]: ANSI C84.1-2020 Range A and Range B service voltage

@@ -40,6 +40,8 @@ from federates.prosumers.flex.thermal import (
 
 SESSION_COLUMNS = ("participant", "arrival_step", "departure_step", "need_kwh", "delivered_kwh", "unmet_kwh")
 _NAME_DTYPE = pd.Series(np.array(["p"], dtype=object)).dtype  # as the profiles table's names
+DR_COLUMNS = ("interval", "participant", "requested_kw", "limit", "element", "reduced_kwh",
+              "price_usd_per_kwh", "credit_usd")
 FLEX_COLUMNS = ("interval", "participant", "ev_kwh", "hvac_kwh", "indoor_c_min", "indoor_c_max",
                 "setpoint_c", "expected_price_usd_per_kwh", "hvac_bid_usd_per_kwh", "discomfort_c_h")
 
@@ -53,6 +55,16 @@ def owners_of(seed: int, indices: np.ndarray, share: float, what: str) -> np.nda
         return np.zeros(0, dtype=int)
     keys = np.array([stream(seed, f"{what}_owner", int(i)).random() for i in indices])
     return np.sort(np.lexsort((np.arange(n), keys))[:count])
+
+
+def flex_ratings_kw(cfg: StudyFile, indices: np.ndarray) -> np.ndarray:
+    """Each prosumer's flexible demand [kW]: its EV charger plus its heat pump / AC's
+    electric power (``indices``: every prosumer of the study, site order)."""
+    p, seed = cfg.prosumers, cfg.study.seed
+    out = np.zeros(len(indices))
+    out[owners_of(seed, indices, p.ev.share, "ev")] += EvParams.of(p.ev).charger_kw
+    out[owners_of(seed, indices, p.hvac.share, "hvac")] += HvacParams.of(p.hvac).electric_kw
+    return out
 
 
 class PriceView:
@@ -122,7 +134,12 @@ class FlexDemand:
         self.houses = Houses(self.hvac, hv_at, indices[hv_at], seed=seed) if len(hv_at) else None
         self.prices = PriceView(retail_usd_per_kwh, round(86400.0 / tl.market_interval_s))
         self._ev_cmd = np.zeros(len(ev_at))
-        self._setpoint_c = self.hvac.setpoint_c
+        self._setpoint_c = np.full(len(hv_at), self.hvac.setpoint_c)
+        dr = cfg.controllers.demand_response
+        self.dr_on = bool(cfg.controllers.enabled and dr.enabled)
+        self.dr_price = float(dr.price_usd_per_kwh)
+        #: the demand-response calls answered: one row per call (``demand_response`` table)
+        self.dr_rows: list[dict] = []
         self._k = -1
         self._rows: list[dict[str, np.ndarray]] = []
         self._acc: dict[str, np.ndarray] = {}
@@ -136,25 +153,57 @@ class FlexDemand:
         self.prices.observe(k, market_usd_per_kwh)
 
     # ---- per interval ----------------------------------------------------------------
-    def plan_kw(self, k: int, t_out_c: np.ndarray) -> np.ndarray:
-        """Commands and setpoint of interval ``k``; the forecast mean power [kW] per
+    def plan_kw(self, k: int, t_out_c: np.ndarray, calls: dict[int, tuple[float, str, str]] | None = None,
+                ) -> np.ndarray:
+        """Commands and setpoints of interval ``k``; the forecast mean power [kW] per
         prosumer (0 without a device). ``t_out_c``: the interval's outdoor temperature
-        per step [degC]."""
+        per step [degC]. ``calls``: the DSO's demand-response calls for ``k``, {site
+        position: (cut [kW], limit, element)}: each is met first by the EV (its charger
+        turned down by the cut), then, for what is left, by the heat pump / AC (its
+        setpoint moved by ``band_high_c`` the energy-saving way); the cut delivered is
+        the plan without the call minus the plan with it (:attr:`dr_rows`)."""
         s = self.tl.steps_per_interval
         g0 = k * s
         out = np.zeros(self.n)
         price = self.prices.remember(k)
         mean, sd = self.prices.stats(k)
+        calls = calls or {}
+        cut = np.zeros(self.n)
+        for i, (kw, _, _) in calls.items():
+            cut[i] = kw
+        base_kw = np.zeros(self.n)
         if self.ev is not None:
-            self._ev_cmd = self.ev.plan_kw(g0, s, lambda g, n: self.prices.window(g // s, n))
-            out[self.ev.owners] += self.ev.forecast_kw(self._ev_cmd, g0, s)
+            o = self.ev.owners
+            cmd = self.ev.plan_kw(g0, s, lambda g, n: self.prices.window(g // s, n))
+            before = self.ev.forecast_kw(cmd, g0, s)
+            self._ev_cmd = np.maximum(cmd - cut[o], 0.0) if calls else cmd
+            after = self.ev.forecast_kw(self._ev_cmd, g0, s) if calls else before
+            out[o] += after
+            base_kw[o] += before
+            cut[o] = np.maximum(cut[o] - (before - after), 0.0)
         bid = np.full(0, np.nan)
         if self.houses is not None:
+            h, o = self.houses, self.houses.owners
             shift = setpoint_offset_c(price, mean, sd, self.hvac) if self.hvac.transactive else 0.0
-            self._setpoint_c = self.hvac.setpoint_c + shift
-            bid = bid_price_usd_per_kwh(self.houses.t_in_c, self._setpoint_c, mean, sd, self.hvac)
-            out[self.houses.owners] += self.houses.preview_kw(t_out_c, self._setpoint_c, self.step_h)
+            planned = np.full(len(o), self.hvac.setpoint_c + shift)
+            bid = bid_price_usd_per_kwh(h.t_in_c, planned, mean, sd, self.hvac)
+            before = h.preview_kw(t_out_c, planned, self.step_h)
+            self._setpoint_c = planned
+            after = before
+            asked = cut[o] > 0
+            if asked.any():
+                saving = self.hvac.band_high_c if self.hvac.cooling else -self.hvac.band_high_c
+                self._setpoint_c = np.where(asked, planned + saving, planned)
+                after = h.preview_kw(t_out_c, self._setpoint_c, self.step_h)
+            out[o] += after
+            base_kw[o] += before
         self._open_interval(k, price, bid)
+        interval_h = self.tl.interval_h
+        for i, (kw, limit, element) in sorted(calls.items()):
+            reduced_kwh = max(float(base_kw[i] - out[i]), 0.0) * interval_h
+            self.dr_rows.append({"interval": k, "participant": self.participants[i], "requested_kw": kw,
+                                 "limit": limit, "element": element, "reduced_kwh": reduced_kwh,
+                                 "price_usd_per_kwh": self.dr_price, "credit_usd": reduced_kwh * self.dr_price})
         return out
 
     def _open_interval(self, k: int, price: float, hvac_bid: np.ndarray) -> None:
@@ -169,6 +218,12 @@ class FlexDemand:
         }
         if self.houses is not None:
             self._acc["bid"][self.houses.owners] = hvac_bid
+
+    def _setpoints_by_site(self) -> np.ndarray:
+        out = np.full(self.n, np.nan)
+        if self.houses is not None:
+            out[self.houses.owners] = self._setpoint_c
+        return out
 
     def _close_interval(self) -> None:
         a, k = self._acc, self._k
@@ -186,7 +241,7 @@ class FlexDemand:
             "ev_kwh": a["ev_kwh"][j], "hvac_kwh": a["hvac_kwh"][j],
             "indoor_c_min": np.where(has_house, a["indoor_c_min"], np.nan)[j],
             "indoor_c_max": np.where(has_house, a["indoor_c_max"], np.nan)[j],
-            "setpoint_c": np.where(has_house, self._setpoint_c, np.nan)[j],
+            "setpoint_c": self._setpoints_by_site()[j],
             "expected_price_usd_per_kwh": a["price"][j],
             "hvac_bid_usd_per_kwh": a["bid"][j],
             "discomfort_c_h": np.where(has_house, a["discomfort_c_h"], np.nan)[j],
@@ -240,13 +295,21 @@ class FlexDemand:
             columns=list(SESSION_COLUMNS),
         ).astype({"arrival_step": "int64", "departure_step": "int64", "need_kwh": "float64",
                   "delivered_kwh": "float64", "unmet_kwh": "float64"})
-        flex["participant"] = flex["participant"].astype(_NAME_DTYPE)
-        ev["participant"] = ev["participant"].astype(_NAME_DTYPE)
-        return {"flex": flex, "ev_sessions": ev}
+        dr = pd.DataFrame(self.dr_rows, columns=list(DR_COLUMNS)).astype(
+            {"interval": "int64", "requested_kw": "float64", "reduced_kwh": "float64",
+             "price_usd_per_kwh": "float64", "credit_usd": "float64"})
+        for df, col in ((flex, "participant"), (ev, "participant"), (dr, "participant"), (dr, "limit"),
+                        (dr, "element")):
+            df[col] = df[col].astype(_NAME_DTYPE)
+        out = {"flex": flex, "ev_sessions": ev}
+        if self.dr_on:
+            out["demand_response"] = dr
+        return out
 
     def forget(self) -> None:
         """Forget the rows :meth:`tables` gave (a drain)."""
         self._rows = []
+        self.dr_rows = []
         self._live_drained = self._live_drained or self._gave_live
         if self.ev is not None:
             self.ev.ended.clear()

@@ -227,9 +227,9 @@ class EvFleet:
         ``expected_usd_per_kwh(g_from, n)``: the prices [USD/kWh] the cars expect for
         ``n`` consecutive intervals of ``steps`` steps from step ``g_from`` (used by
         ``smart`` cars only)."""
+        if not self.p.smart:  # full power, also for a car that comes home within the interval
+            return np.full(len(self.owners), self.p.charger_kw)
         full = np.where(self.plugged & (self.need_kwh > 0.0), self.p.charger_kw, 0.0)
-        if not self.p.smart:
-            return full
         out = np.zeros_like(full)
         per_interval_kwh = self.p.charger_kw * steps * self.step_h
         for j in np.flatnonzero(full > 0.0):
