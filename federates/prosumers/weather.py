@@ -222,6 +222,51 @@ def _first_data_line(path: Path, fmt: str) -> int:
     return 1
 
 
+#: TMY2 data lines: fixed-width fields (the widths of pvlib's parser), from column 2
+_TMY2_WIDTHS = (2, 2, 2, 2, 4, 4, 4, 1, 1, 4, 1, 1, 4, 1, 1, 4, 1, 1, 4, 1, 1, 4, 1, 1, 4, 1, 1, 2, 1, 1, 2, 1, 1,
+                4, 1, 1, 4, 1, 1, 3, 1, 1, 4, 1, 1, 3, 1, 1, 3, 1, 1, 4, 1, 1, 5, 1, 1, 10, 3, 1, 1, 3, 1, 1, 3, 1,
+                1, 2, 1, 1)
+
+
+def _scan_lines(path: Path, fmt: str, line0: int) -> None:
+    """Every data line whole: as many fields as the header names (CSV formats) or the
+    full fixed width (TMY2). pvlib fails on a line cut short with a parser message
+    naming neither the line nor the column; this names both."""
+    if fmt == "pvgis_tmy" and path.suffix.lower() == ".json":
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    if fmt == "tmy2":
+        width = 1 + sum(_TMY2_WIDTHS)
+        for i, text in enumerate(lines[line0 - 1:], start=line0):
+            if len(text) < width:
+                used = 1
+                for k, w in enumerate(_TMY2_WIDTHS):
+                    used += w
+                    if used > len(text):
+                        break
+                name = _TMY2_FIELDS[k] if k < len(_TMY2_FIELDS) else f"field {k + 1}"
+                raise WeatherFileError(path, f"line cut short ({len(text)} of {width} characters)", line=i,
+                                       column=name)
+        return
+    if fmt == "epw":
+        names = [f"field {k + 1}" for k in range(35)]
+    else:
+        names = [c.strip() for c in lines[line0 - 2].split(",")] if len(lines) >= line0 - 1 else []
+        names = [c for c in names if c]
+    for i, text in enumerate(lines[line0 - 1:], start=line0):
+        if fmt == "pvgis_tmy" and not text.strip():
+            break  # the footer follows a blank line
+        fields = text.split(",")
+        if len(fields) < len(names):
+            raise WeatherFileError(path, f"line cut short ({len(fields)} of {len(names)} fields)", line=i,
+                                   column=names[len(fields) - 1] if fields else names[0])
+
+
+_TMY2_FIELDS = ("year", "month", "day", "hour", "ETR", "ETRN", "GHI", "GHISource", "GHIUncertainty", "DNI",
+                "DNISource", "DNIUncertainty", "DHI", "DHISource", "DHIUncertainty")
+
+
 def _read_raw(path: Path, fmt: str) -> tuple[pd.DataFrame, WeatherHeader, float, float, float]:
     """pvlib's frame with the used columns (pvlib index), the header, and where the
     values lie from pvlib's index: the irradiance interval's start [file steps] plus
@@ -285,6 +330,7 @@ def read_weather_file(path: Path | str, fmt: str = "auto") -> WeatherData:
         raise WeatherFileError(path, f"unknown format {fmt!r}; allowed: auto, {', '.join(FORMATS)}")
     line0 = _first_data_line(path, fmt)
     cols = _FILE_COLUMNS[fmt]
+    _scan_lines(path, fmt, line0)
     try:
         frame, head, irr_steps, irr_extra_s, met_steps = _read_raw(path, fmt)
     except WeatherFileError:
@@ -328,7 +374,7 @@ def read_weather_file(path: Path | str, fmt: str = "auto") -> WeatherData:
         raise WeatherFileError(path, "a Feb 29 row in a 365-day file", line=line0 + int(leap[0]),
                                column=cols["time"])
     doy = np.asarray(pd.to_datetime(pd.DataFrame({"year": np.full(n, cal_year), "month": month, "day": day}))
-                     .dt.dayofyear, dtype=np.int64) - 1
+                     .dt.day_of_year, dtype=np.int64) - 1
     pos = (doy * 86400 + sod + irr_shift_s) % year_s  # interval starts
     gaps = np.diff(pos) % year_s
     bad = np.flatnonzero(gaps != step_s)
@@ -475,9 +521,11 @@ class FileWeather:
             z = np.zeros(0)
             return SkyState(z, z, z, z, z, z, z, z)
         d = self.data
-        t0 = (times[0] - _UNIX0).total_seconds()
-        t = t0 + dt * np.arange(n)
-        mid = t + dt / 2.0
+        t = np.asarray((times - _UNIX0).total_seconds(), dtype=float)
+        t0 = float(t[0])
+        # the steps' places on the lattice t0 + i dt (times need not be consecutive steps)
+        i_step = np.rint((t - t0) / dt).astype(np.int64)
+        mid = t0 + dt * i_step + dt / 2.0
         j_mid = self._interval_of(mid)
         jlo, jhi = int(j_mid.min()) - 1, int(j_mid.max()) + 1
         # the sub-grid: the study's steps whose midpoints lie in intervals jlo..jhi
@@ -501,7 +549,7 @@ class FileWeather:
             irr[name] = _keep_energy(
                 cs[name].to_numpy(float), d.values[name][rows], iv, count, centre, sub_mid, d.step_s, dt
             )
-        take = np.arange(n) - g_lo  # the block's steps within the sub-grid
+        take = i_step - g_lo  # the block's steps within the sub-grid
         # temperature and wind: linear between the file's instants
         jm = np.arange(jlo - 1, jhi + 2)
         rows_m = self._rows(jm)
@@ -523,7 +571,7 @@ class FileWeather:
         if n == 0:
             return np.zeros(0)
         dt = profiles.step_seconds(times) if step_s is None else float(step_s)
-        mid = (times[0] - _UNIX0).total_seconds() + dt * np.arange(n) + dt / 2.0
+        mid = np.asarray((times - _UNIX0).total_seconds(), dtype=float) + dt / 2.0
         j = self._interval_of(mid)
         jm = np.arange(int(j.min()) - 2, int(j.max()) + 3)
         inst = self._interval_start_utc(jm) + self.data.met_lag_s
