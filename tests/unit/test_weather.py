@@ -322,7 +322,8 @@ def test_pv_energy_against_pvlib_modelchain_on_the_hourly_data(month_day):
     physical IAM, SAPM open-rack cell temperature, the same 14 % losses) run on the
     file's 24 hourly rows at the hour midpoints. Differences by construction: tecosim's
     +4 K roof-mount cell temperature (-1.5 % at 1000 W/m2) and hourly vs minute sampling
-    of the sun at low elevation; within 4 %."""
+    of the sun at low elevation. Measured on five days: -0.7 to -1.3 %; asserted: the
+    +4 K makes tecosim lower, by less than 2.5 %."""
     month, day = month_day
     w = _weather(TMY3)
     times = pd.date_range(pd.Timestamp(f"2026-{month:02d}-{day:02d}", tz="Etc/GMT+5"), periods=1440, freq="60s")
@@ -353,7 +354,7 @@ def test_pv_energy_against_pvlib_modelchain_on_the_hourly_data(month_day):
     ref_ac = pvlib.inverter.pvwatts(pdc, kwp * 1.2 * 1000.0 / 0.96, eta_inv_nom=0.96).clip(lower=0)
     ref_kwh = float(ref_ac.sum()) / 1000.0
     assert ref_kwh > 5.0
-    assert ours_kwh == pytest.approx(ref_kwh, rel=0.04)
+    assert -0.025 < ours_kwh / ref_kwh - 1.0 < 0.0  # measured -0.7 .. -1.3 % (5 days)
 
 
 # ---- refusing a bad file ----------------------------------------------------------------
