@@ -130,7 +130,7 @@ class WeatherHeader:
         ValueError for an offset that is not whole hours (no such zone name)."""
         if self.utc_offset_h != round(self.utc_offset_h):
             raise ValueError(f"UTC offset {self.utc_offset_h:g} h is not whole hours: set site.timezone")
-        h = int(round(self.utc_offset_h))
+        h = round(self.utc_offset_h)
         return "UTC" if h == 0 else f"Etc/GMT{-h:+d}"
 
 
@@ -240,11 +240,8 @@ def _scan_lines(path: Path, fmt: str, line0: int) -> None:
         width = 1 + sum(_TMY2_WIDTHS)
         for i, text in enumerate(lines[line0 - 1:], start=line0):
             if len(text) < width:
-                used = 1
-                for k, w in enumerate(_TMY2_WIDTHS):
-                    used += w
-                    if used > len(text):
-                        break
+                # the field the line ends in (field k spans up to 1 + the first k + 1 widths)
+                k = int(np.searchsorted(1 + np.cumsum(_TMY2_WIDTHS), len(text), side="right"))
                 name = _TMY2_FIELDS[k] if k < len(_TMY2_FIELDS) else f"field {k + 1}"
                 raise WeatherFileError(path, f"line cut short ({len(text)} of {width} characters)", line=i,
                                        column=name)
@@ -335,7 +332,7 @@ def read_weather_file(path: Path | str, fmt: str = "auto") -> WeatherData:
         frame, head, irr_steps, irr_extra_s, met_steps = _read_raw(path, fmt)
     except WeatherFileError:
         raise
-    except Exception as e:  # noqa: BLE001 - pvlib raises what pandas / the parser raise
+    except Exception as e:
         raise WeatherFileError(path, f"pvlib.iotools cannot read it as {fmt}: {type(e).__name__}: {e}") from None
     n = len(frame)
     if n < 2:
@@ -345,7 +342,7 @@ def read_weather_file(path: Path | str, fmt: str = "auto") -> WeatherData:
     if idx.tz is None:
         idx = idx.tz_localize("UTC")
     # the file's clock: its header's fixed offset
-    clock = idx.tz_convert(int(round(head.utc_offset_h * 3600))) if fmt != "pvgis_tmy" else idx.tz_convert("UTC")
+    clock = idx.tz_convert(round(head.utc_offset_h * 3600)) if fmt != "pvgis_tmy" else idx.tz_convert("UTC")
     # the file step: the most common spacing of the rows' times of day
     sod = np.asarray(clock.hour * 3600 + clock.minute * 60 + clock.second, dtype=np.int64)
     d = np.diff(sod) % 86400
@@ -353,8 +350,8 @@ def read_weather_file(path: Path | str, fmt: str = "auto") -> WeatherData:
     if len(d) == 0:
         raise WeatherFileError(path, "every row has the same time of day", line=line0 + 1, column=cols["time"])
     step_s = int(np.bincount(d).argmax())
-    irr_shift_s = int(round(irr_steps * step_s + irr_extra_s))
-    met_lag_s = int(round(met_steps * step_s)) - irr_shift_s
+    irr_shift_s = round(irr_steps * step_s + irr_extra_s)
+    met_lag_s = round(met_steps * step_s) - irr_shift_s
     per_day = 86400 // step_s if 86400 % step_s == 0 else None
     if per_day is None:
         raise WeatherFileError(path, f"a step of {step_s} s does not divide a day", line=line0 + 1,
@@ -467,7 +464,7 @@ class FileWeather:
         self.data = data
         self.latitude, self.longitude, self.altitude_m = float(latitude), float(longitude), float(altitude_m)
         self._loc = pvlib.location.Location(self.latitude, self.longitude, tz="UTC", altitude=self.altitude_m)
-        self._offset_s = int(round(data.header.utc_offset_h * 3600)) if data.format != "pvgis_tmy" else 0
+        self._offset_s = round(data.header.utc_offset_h * 3600) if data.format != "pvgis_tmy" else 0
         order = np.argsort(data.key, kind="stable")
         self._keys_sorted = data.key[order]
         self._rows_sorted = order

@@ -147,11 +147,6 @@ def _write_epw(path: Path, rows: pd.DataFrame) -> None:
             out.writerow(fields)
 
 
-def _tmy3_rows_hour_ending_clean(rows: pd.DataFrame) -> pd.DataFrame:
-    """TMY3 rows with hour 24 (as EPW and PSM write midnight), in file order."""
-    return rows
-
-
 def test_epw_written_from_the_tmy3_gives_the_same_hours(tmp_path):
     rows = _tmy3_rows()
     epw = tmp_path / "greensboro.epw"
@@ -160,8 +155,8 @@ def test_epw_written_from_the_tmy3_gives_the_same_hours(tmp_path):
     assert w.data.format == "epw" and w.data.header.latitude == 36.1
     ref = _weather(TMY3)
     for start in ("2026-06-21", "2026-12-31 12:00"):
-        sky_e, hourly_e = _hourly(w, start, 24)
-        sky_t, hourly_t = _hourly(ref, start, 24)
+        sky_e, _ = _hourly(w, start, 24)
+        sky_t, _ = _hourly(ref, start, 24)
         for c in COMPONENTS:
             np.testing.assert_allclose(getattr(sky_e, c), getattr(sky_t, c), rtol=1e-12, atol=1e-9)
         # EPW's and TMY3's temperature are both at the hour end
@@ -420,7 +415,7 @@ def test_rows_out_of_order_are_refused(tmp_path):
 def test_garbage_is_refused_with_the_file_named(tmp_path):
     p = tmp_path / "x.csv"
     p.write_text("hello\nworld\n")
-    with pytest.raises(WeatherFileError, match="x.csv"):
+    with pytest.raises(WeatherFileError, match=r"x\.csv"):
         read_weather_file(p)
 
 
@@ -438,13 +433,13 @@ def test_default_weather_is_synthetic_and_its_sky_is_profiles():
 
 
 def test_config_file_source_needs_an_existing_path(tmp_path):
-    with pytest.raises(ConfigError, match="site.weather.path"):
+    with pytest.raises(ConfigError, match=r"site\.weather\.path"):
         validate({"site": {"weather": {"source": "file"}}}, base_dir=tmp_path)
     with pytest.raises(ConfigError, match="no such file"):
         validate({"site": {"weather": {"source": "file", "path": "none.csv"}}}, base_dir=tmp_path)
-    with pytest.raises(ConfigError, match="only used with site.weather.source: file"):
+    with pytest.raises(ConfigError, match=r"only used with site\.weather\.source: file"):
         validate({"site": {"weather": {"path": "x.csv"}}}, base_dir=tmp_path)
-    with pytest.raises(ConfigError, match="site.weather.format"):
+    with pytest.raises(ConfigError, match=r"site\.weather\.format"):
         validate({"site": {"weather": {"source": "file", "path": "x.csv", "format": "csv"}}}, base_dir=tmp_path)
     shutil.copy(TMY3, tmp_path / "w.csv")
     cfg = validate({"site": {"weather": {"source": "file", "path": "w.csv"}}}, base_dir=tmp_path)
@@ -474,3 +469,23 @@ def test_example_config_validates_and_resolves_the_shipped_file():
     said = check_weather(cfg, REPO / "configs")
     assert "723170TYA.CSV (tmy3) at 36.1, -79.95, America/New_York" == said
     assert (REPO / "data" / "weather" / "723170TYA.CSV").read_bytes() == TMY3.read_bytes()
+
+
+def test_tmy2_line_cut_short_names_its_field(tmp_path):
+    lines = TMY2.read_text().splitlines(keepends=True)
+    lines[10] = lines[10][:20] + "\n"  # line 11 ends inside GHI (characters 18-21)
+    p = _write(tmp_path, lines, "bad.tm2")
+    with pytest.raises(WeatherFileError) as e:
+        read_weather_file(p)
+    assert (e.value.line, e.value.column) == (11, "GHI") and "cut short" in str(e.value)
+
+
+def test_cli_refuses_a_bad_weather_file_with_exit_2(tmp_path):
+    from tests.conftest import tecosim
+
+    lines = TMY3.read_text().splitlines(keepends=True)
+    lines[1234] = _set_field(lines[1234], 4, "1700")
+    bad = _write(tmp_path, lines)
+    r = tecosim("validate", str(REPO / "configs" / "tmy3_year.yaml"), "--set", f"site.weather.path={bad}")
+    assert r.returncode == 2
+    assert f"{bad}, line 1235, column 'GHI (W/m^2)': 1700 outside the physical range" in r.stderr

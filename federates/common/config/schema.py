@@ -202,6 +202,8 @@ class ProsumersConfig(_Strict):
     daily_load_kwh_min: PositiveFloat = 8.0
     daily_load_kwh_max: PositiveFloat = 25.0
     load_model: Literal["stochastic_household"] = "stochastic_household"
+    # fraction of time the synthetic sky's sun is obscured (profiles.clear_sky_index);
+    # ignored with site.weather.source: file (the file's irradiance carries the clouds)
     cloudiness: Fraction = 0.2
     forecast_error_pct: NonNegFloat = 10.0
     strategy: Literal["limit_price_uniform", "truthful_tariff", "zip", "roth_erev"] = "limit_price_uniform"
