@@ -71,7 +71,9 @@ PV model (:func:`pv_ac_kw`)
       "open_rack_glass_polymer") plus 4 K for a stand-off roof mount (the difference of
       the PVWatts v5 INOCT of roof-mount and open-rack arrays, 49 vs 45 degC); air
       temperature a fixed cosine cycle 26-31 degC (coolest 02:00, warmest 14:00; about
-      San Juan in June), wind 2 m/s.
+      San Juan in June), wind 2 m/s; with ``site.weather.source: file`` the file's
+      irradiance, air temperature and wind replace the clear sky, the clouds and these
+      (``federates/prosumers/weather.py``).
     * DC: ``pvlib.pvsystem.pvwatts_dc`` (gamma -0.37 %/K) times (1 - 14 %) PVWatts
       default system losses (Dobos, "PVWatts Version 5 Manual", NREL/TP-6A20-62641,
       2014). AC: ``pvlib.inverter.pvwatts`` with nominal efficiency 0.96, clipped at the

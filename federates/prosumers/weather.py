@@ -116,21 +116,26 @@ class WeatherFileError(ValueError):
 @dataclass(frozen=True)
 class WeatherHeader:
     """What a file's header says of its site: ``latitude`` / ``longitude`` [deg],
-    ``altitude_m`` [m], ``utc_offset_h`` [h] of the file's clock, ``name``."""
+    ``altitude_m`` [m], ``utc_offset_h`` [h] of the file's clock, ``name``, and
+    ``local_offset_h`` [h]: the site's standard time (NSRDB's "Local Time Zone", which
+    may differ from the data's; None when the file names none: PVGIS, in UTC)."""
 
     latitude: float
     longitude: float
     altitude_m: float
     utc_offset_h: float
     name: str
+    local_offset_h: float | None = None
 
     @property
-    def timezone(self) -> str:
-        """The file's fixed offset as a time zone name (``Etc/GMT+5`` for UTC-5).
-        ValueError for an offset that is not whole hours (no such zone name)."""
-        if self.utc_offset_h != round(self.utc_offset_h):
-            raise ValueError(f"UTC offset {self.utc_offset_h:g} h is not whole hours: set site.timezone")
-        h = round(self.utc_offset_h)
+    def timezone(self) -> str | None:
+        """The site's standard time as a fixed-offset zone name (``Etc/GMT+5`` for
+        UTC-5); None when the file names none or its offset is not whole hours (no such
+        zone name): the config must then set ``site.timezone``."""
+        h = self.local_offset_h
+        if h is None or h != round(h):
+            return None
+        h = round(h)
         return "UTC" if h == 0 else f"Etc/GMT{-h:+d}"
 
 
@@ -274,20 +279,20 @@ def _read_raw(path: Path, fmt: str) -> tuple[pd.DataFrame, WeatherHeader, float,
         data, meta = io.read_tmy3(path, map_variables=True)
         frame = data[["ghi", "dni", "dhi", "temp_air", "wind_speed"]]
         head = WeatherHeader(meta["latitude"], meta["longitude"], meta["altitude"], meta["TZ"],
-                             str(meta.get("Name", "")).strip('"'))
+                             str(meta.get("Name", "")).strip('"'), meta["TZ"])
         irr, met = -1.0, 0.0  # interval ends at the index
     elif fmt == "tmy2":
         data, meta = io.read_tmy2(str(path))
         frame = pd.DataFrame({"ghi": data["GHI"], "dni": data["DNI"], "dhi": data["DHI"],
                               "temp_air": data["DryBulb"] / 10.0, "wind_speed": data["Wspd"] / 10.0})
         head = WeatherHeader(meta["latitude"], meta["longitude"], meta["altitude"], meta["TZ"],
-                             str(meta.get("City", "")).strip())
+                             str(meta.get("City", "")).strip(), meta["TZ"])
         irr, met = 0.0, 1.0
     elif fmt == "epw":
         data, meta = io.read_epw(path)
         frame = data[["ghi", "dni", "dhi", "temp_air", "wind_speed"]]
         head = WeatherHeader(meta["latitude"], meta["longitude"], meta["altitude"], meta["TZ"],
-                             str(meta.get("city", "")))
+                             str(meta.get("city", "")), meta["TZ"])
         irr, met = 0.0, 1.0
     elif fmt == "pvgis_tmy":
         data, meta = io.read_pvgis_tmy(path, map_variables=True)
@@ -303,7 +308,8 @@ def _read_raw(path: Path, fmt: str) -> tuple[pd.DataFrame, WeatherHeader, float,
         data, meta = io.read_nsrdb_psm4(path, map_variables=True)
         frame = data[["ghi", "dni", "dhi", "temp_air", "wind_speed"]]
         head = WeatherHeader(meta["latitude"], meta["longitude"], float(meta["altitude"]),
-                             float(meta["Time Zone"]), str(meta.get("City", "")))
+                             float(meta["Time Zone"]), str(meta.get("City", "")),
+                             float(meta.get("Local Time Zone", meta["Time Zone"])))
         irr, met = -0.5, 0.0
     else:
         raise ValueError(f"unknown weather format {fmt!r}; allowed: {', '.join(FORMATS)}")
@@ -435,14 +441,15 @@ class SiteFromFile:
     latitude: float
     longitude: float
     altitude_m: float
-    timezone: str
+    timezone: str | None
     source: dict[str, str]
 
 
 def site_values(site, header: WeatherHeader) -> SiteFromFile:
     """Latitude, longitude, altitude and time zone: those the config sets explicitly
-    (pydantic's ``model_fields_set``), else the file header's. ValueError when the time
-    zone would come from a header offset that is not whole hours."""
+    (pydantic's ``model_fields_set``), else the file header's. ``timezone`` is None
+    when the config sets none and the header names no whole-hour offset (PVGIS files
+    are in UTC and name none): the run then asks for ``site.timezone``."""
     given = site.model_fields_set
     out, src = {}, {}
     for name, from_file in (("latitude", header.latitude), ("longitude", header.longitude),
@@ -595,8 +602,8 @@ def _keep_energy(
     k_own_f = np.where(np.isnan(k_own), np.where(np.isnan(k_nb), 1.0, k_nb), k_own)
     k_nb_f = np.where(np.isnan(k_nb), k_own_f, k_nb)
     raw = shape * ((1.0 - w) * k_own_f + w * k_nb_f)
-    target = value * file_step_s / (count * dt)  # the interval mean the steps must have
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):  # intervals without a step: unused
+        target = value * file_step_s / (count * dt)  # the interval mean the steps must have
         c = target / (np.bincount(iv, raw, minlength=n_iv) / count)
     ok = np.isfinite(c)
     return np.where(ok[iv], raw * np.where(ok, c, 0.0)[iv], target[iv])

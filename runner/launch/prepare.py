@@ -156,6 +156,9 @@ def resolve_weather(cfg: StudyFile, config_dir: Path) -> tuple[dict, list[str]]:
         used = site_values(cfg.site, data.header)
     except (WeatherFileError, ValueError) as e:
         raise ConfigError([Problem("site.weather.path", str(e), allowed)], "weather") from None
+    if used.timezone is None:
+        raise ConfigError([Problem("site.timezone", f"{path.name} names no whole-hour time zone of its site",
+                                   "an IANA time zone, e.g. Europe/Berlin")], "weather")
     site = resolved_dict(cfg)["site"]
     site.update(latitude=used.latitude, longitude=used.longitude, altitude_m=used.altitude_m,
                 timezone=used.timezone)

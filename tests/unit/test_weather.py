@@ -183,7 +183,7 @@ def test_nsrdb_psm_written_from_the_tmy3_gives_the_same_hours(tmp_path):
     psm = tmp_path / "psm.csv"
     _write_psm(psm, rows)
     w = _weather(psm)
-    assert w.data.format == "nsrdb_psm" and w.data.step_s == 3600
+    assert w.data.format == "nsrdb_psm" and w.data.step_s == 3600 and w.data.header.timezone == "Etc/GMT+5"
     _, hourly = _hourly(w, "2026-06-21", 24)
     ref = _file_hours(rows, 6, 21)
     for c in COMPONENTS:
@@ -222,6 +222,15 @@ def test_pvgis_tmy_written_from_the_tmy3_gives_the_same_hours(tmp_path):
     s_t, _ = _hourly(ref, "2026-06-21", 24)
     for c in COMPONENTS:
         np.testing.assert_allclose(getattr(s_p, c), getattr(s_t, c), rtol=1e-12, atol=1e-9)
+    # PVGIS names no time zone of its site: a run asks for site.timezone
+    from runner.launch.prepare import resolve_weather
+
+    raw = {"site": {"weather": {"source": "file", "path": pv.name}}}
+    with pytest.raises(ConfigError, match=r"site\.timezone"):
+        resolve_weather(validate(raw, base_dir=tmp_path), tmp_path)
+    raw["site"]["timezone"] = "America/New_York"
+    site, _ = resolve_weather(validate(raw, base_dir=tmp_path), tmp_path)
+    assert (site["latitude"], site["timezone"], site["weather"]["format"]) == (36.1, "America/New_York", "pvgis_tmy")
 
 
 # ---- the study's calendar -------------------------------------------------------------
@@ -489,3 +498,16 @@ def test_cli_refuses_a_bad_weather_file_with_exit_2(tmp_path):
     r = tecosim("validate", str(REPO / "configs" / "tmy3_year.yaml"), "--set", f"site.weather.path={bad}")
     assert r.returncode == 2
     assert f"{bad}, line 1235, column 'GHI (W/m^2)': 1700 outside the physical range" in r.stderr
+
+
+def test_a_whole_leap_year_at_hourly_steps_holds_the_files_year_plus_feb_28():
+    """366 days of 2028 at 1-h steps: every file hour once, Feb 28's twice (leap day
+    rule), so the year's irradiation is the file's plus Feb 28's (conservation)."""
+    w = _weather(TMY3)
+    rows = _tmy3_rows()
+    times = pd.date_range(pd.Timestamp("2028-01-01", tz="Etc/GMT+5"), periods=366 * 24, freq="3600s")
+    sky = w.at(times)
+    feb28 = _file_hours(rows, 2, 28)
+    for c in COMPONENTS:
+        assert getattr(sky, c).sum() == pytest.approx(rows[c].sum() + feb28[c].sum(), rel=1e-12)
+    assert np.isfinite(sky.temp_air_c).all() and (sky.wind_m_per_s >= 0).all()
