@@ -215,15 +215,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_validate(args) -> int:
     from federates.common.config import load_config
-    from runner.launch import check_feeder
+    from runner.launch import check_feeder, check_weather
 
     cfg = load_config(args.config, args.overrides)
     tl = cfg.timeline
     for note in cfg._notes:
         print(f"tecosim: note: {note}", file=sys.stderr)
     model = check_feeder(cfg, args.config.parent)
+    weather = check_weather(cfg, args.config.parent)
     print(f"{args.config}: ok ({tl.n_intervals} market intervals x {tl.steps_per_interval} steps, "
-          f"{cfg.prosumers.count} prosumers, feeder {cfg.feeder.model or cfg.feeder.path}: {model})")
+          f"{cfg.prosumers.count} prosumers, feeder {cfg.feeder.model or cfg.feeder.path}: {model}"
+          + (f", weather {weather}" if weather else "") + ")")
     return 0
 
 

@@ -71,7 +71,9 @@ PV model (:func:`pv_ac_kw`)
       "open_rack_glass_polymer") plus 4 K for a stand-off roof mount (the difference of
       the PVWatts v5 INOCT of roof-mount and open-rack arrays, 49 vs 45 degC); air
       temperature a fixed cosine cycle 26-31 degC (coolest 02:00, warmest 14:00; about
-      San Juan in June), wind 2 m/s.
+      San Juan in June), wind 2 m/s; with ``site.weather.source: file`` the file's
+      irradiance, air temperature and wind replace the clear sky, the clouds and these
+      (``federates/prosumers/weather.py``).
     * DC: ``pvlib.pvsystem.pvwatts_dc`` (gamma -0.37 %/K) times (1 - 14 %) PVWatts
       default system losses (Dobos, "PVWatts Version 5 Manual", NREL/TP-6A20-62641,
       2014). AC: ``pvlib.inverter.pvwatts`` with nominal efficiency 0.96, clipped at the
@@ -510,7 +512,9 @@ class SkyState:
     """Sun position and clear-sky irradiance at the step midpoints.
 
     ``zenith_deg``, ``azimuth_deg`` apparent solar position [deg]; ``ghi``, ``dni``,
-    ``dhi`` clear-sky irradiance [W/m2]; ``dni_extra`` [W/m2]; ``temp_air_c`` [degC].
+    ``dhi`` irradiance [W/m2] (clear sky here; a weather file's in
+    ``federates.prosumers.weather``); ``dni_extra`` [W/m2]; ``temp_air_c`` air
+    temperature [degC]; ``wind_m_per_s`` wind speed at 10 m [m/s].
     """
 
     zenith_deg: np.ndarray
@@ -520,6 +524,7 @@ class SkyState:
     dhi: np.ndarray
     dni_extra: np.ndarray
     temp_air_c: np.ndarray
+    wind_m_per_s: np.ndarray
 
 
 def _location(site: SiteConfig) -> pvlib.location.Location:
@@ -549,6 +554,7 @@ def sky_state(times: pd.DatetimeIndex, site: SiteConfig, *, step_s: float | None
         dhi=cs["dhi"].to_numpy(float),
         dni_extra=np.asarray(pvlib.irradiance.get_extra_radiation(mid), dtype=float),
         temp_air_c=temp,
+        wind_m_per_s=np.full(len(mid), _WIND_M_PER_S),
     )
 
 
@@ -722,8 +728,12 @@ def _pv_ac_kw(
     poa_global = k * (beam + diffuse)
     effective = k * (beam * iam + diffuse)
     prm = pvlib.temperature.TEMPERATURE_MODEL_PARAMETERS["sapm"]["open_rack_glass_polymer"]
+    # a wind that is one value (the synthetic model's) stays a scalar: exp() of a scalar
+    # and of an array need not agree to the last bit, and the tables must not move
+    w = sky.wind_m_per_s
+    wind = float(w[0]) if len(w) and np.all(w == w[0]) else w[:, None]
     t_cell = pvlib.temperature.sapm_cell(
-        poa_global, sky.temp_air_c[:, None], _WIND_M_PER_S, prm["a"], prm["b"], prm["deltaT"]
+        poa_global, sky.temp_air_c[:, None], wind, prm["a"], prm["b"], prm["deltaT"]
     ) + _ROOF_MOUNT_EXTRA_K
     pdc = pvlib.pvsystem.pvwatts_dc(effective, t_cell, pv_kwp[None, :], _GAMMA_PDC_PER_K)
     pdc = np.maximum(np.asarray(pdc, dtype=float), 0.0) * (1.0 - _SYSTEM_LOSSES)

@@ -19,7 +19,7 @@ the start of k); ``step(g)`` once per step, in order.
 
 Memory does not grow with the study's length. Profiles are generated in blocks of whole
 market intervals (``block_intervals``, default one day's worth) when ``bids`` first needs
-them, by ``profiles.LoadBlocks`` / ``CloudBlocks`` / ``sky_state`` and the per-household
+them, by ``profiles.LoadBlocks`` / ``CloudBlocks`` / the weather's ``at`` (``weather.py``) and the per-household
 forecast-error generators, all carrying their state from block to block so that every
 number equals the whole-study generation's bit for bit (tests/unit/test_prosumers_stream.py
 checks it against the whole-study reference). A block is dropped once it is played out
@@ -47,6 +47,7 @@ from federates.prosumers.adaptive import ADAPTIVE_STRATEGIES, AdaptiveBidders
 from federates.prosumers.agents import ProsumerSpec, make_specs, spec_arrays
 from federates.prosumers.flex.demand import FlexDemand
 from federates.prosumers.strategies import limit_price
+from federates.prosumers.weather import Weather, weather_of
 
 if TYPE_CHECKING:
     from federates.common.study import Study
@@ -170,9 +171,13 @@ class ProsumersRole:
             arr["daily_load_kwh"], self._index, start=study_times(cfg, 0, 1)[0],
             step_s=tl.physics_step_s, n_steps=tl.n_steps, seed=self.seed,
         )
+        self._has_pv = bool(n and (self._pv_kwp > 0).any())
+        #: the study's sky (``site.weather``): irradiance, air temperature and wind per step
+        self.weather: Weather = weather_of(cfg.site)
+        # the synthetic sky's clouds; a weather file's irradiance carries its own
         self._clouds = (
             profiles.CloudBlocks(cloudiness=cfg.prosumers.cloudiness, step_s=tl.physics_step_s, seed=self.seed)
-            if n and (self._pv_kwp > 0).any()
+            if self._has_pv and cfg.site.weather.source == "synthetic"
             else None
         )
         self._forecast_rngs = [stream(self.seed, "forecast", int(i)) for i in self._index]
@@ -239,10 +244,10 @@ class ProsumersRole:
         times = study_times(self.cfg, g0, n_steps)
         load_kw = self._loads.next(times)
         sky = None
-        if self._clouds is not None or (self.flex is not None and self.flex.houses is not None):
-            sky = profiles.sky_state(times, self.cfg.site, step_s=tl.physics_step_s)
-        if self._clouds is not None:
-            kt = self._clouds.next(n_steps)
+        if self._has_pv or (self.flex is not None and self.flex.houses is not None):
+            sky = self.weather.at(times, step_s=tl.physics_step_s)
+        if self._has_pv:
+            kt = self._clouds.next(n_steps) if self._clouds is not None else np.ones(n_steps)
             pv_kw = profiles.pv_ac_many_kw(
                 self._pv_kwp, self._inverter_kva, self.tilt_deg, self.azimuth_deg, sky, kt
             )

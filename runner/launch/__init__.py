@@ -40,6 +40,7 @@ from runner.launch.manifest import (
 )
 from runner.launch.prepare import (
     check_feeder,
+    check_weather,
     default_run_dir,
     free_port_block,
     open_feeder,
@@ -69,6 +70,7 @@ __all__ = [
     "Study",
     "_sha256_file",
     "check_feeder",
+    "check_weather",
     "collect_runs",
     "default_run_dir",
     "die_with_parent",

@@ -75,6 +75,23 @@ def feeder_record(study: Study) -> dict[str, Any]:
     return out
 
 
+def weather_record(study: Study) -> dict[str, Any]:
+    """The weather a run used: ``site.weather``'s source and, with a file, its absolute
+    path, format and sha256, and the coordinates and time zone the run used (the
+    resolved config's: the file header's unless the config set them)."""
+    site = study.cfg.site
+    w = site.weather
+    out: dict[str, Any] = {"source": w.source}
+    if w.source == "file":
+        out.update(path=w.path, format=w.format, latitude=site.latitude, longitude=site.longitude,
+                   altitude_m=site.altitude_m, timezone=site.timezone)
+        try:
+            out["sha256"] = _sha256_file(Path(w.path))
+        except OSError as e:
+            out["error"] = str(e)
+    return out
+
+
 #: the command line recorded in manifests: ``tecosim`` and the arguments ``runner.cli.main``
 #: was given (set there; also right when main() is called from Python, where sys.argv
 #: is the caller's); empty: sys.argv
@@ -117,6 +134,7 @@ def write_manifest(study: Study, engine: str, status: str, wall_s: float, *, rea
                    "executable": sys.executable},
         "command_line": list(COMMAND_LINE or sys.argv),
         "feeder": feeder_record(study),
+        "weather": weather_record(study),
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "wall_s": round(wall_s, 3),
         "federates": federates or [],

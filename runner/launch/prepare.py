@@ -85,7 +85,11 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
                                    "one_per_load at most one prosumer per load")], "feeder") from None
     if p.pv_penetration_pct is not None and p.pv_penetration_base_kw is None:
         raw["prosumers"]["pv_penetration_base_kw"] = feeder_peak_load_kw(cfg, sites, sum(lp.kw for lp in points))
-    said = "".join(f"# {n}\n" for n in cfg._notes)  # what a later source replaced (config.later_wins)
+    notes = list(cfg._notes)
+    if cfg.site.weather.source == "file":
+        raw["site"], said_weather = resolve_weather(cfg, config_dir)
+        notes += said_weather
+    said = "".join(f"# {n}\n" for n in notes)  # what a later source replaced (config.later_wins)
     (run_dir / CONFIG_FILE).write_text(said + yaml.safe_dump(raw, sort_keys=False))
     write_sites(run_dir, sites)
     if cfg.market.topology in ("p2p", "hybrid"):
@@ -133,6 +137,47 @@ def open_feeder(cfg: StudyFile, master: Path):
         raise ConfigError([Problem(field_, str(e), "a model that sets VoltageBases and runs CalcVoltageBases")],
                           "feeder") from None
     return feeder
+
+
+def resolve_weather(cfg: StudyFile, config_dir: Path) -> tuple[dict, list[str]]:
+    """The ``site`` section a run with a weather file records: the file's absolute path
+    (the run folder stands alone), its format, and the coordinates and time zone used
+    (the config's where it sets them, else the file header's:
+    ``federates.prosumers.weather.site_values``); with notes for the resolved config.
+    A file that cannot be used is ConfigError (exit 2) on ``site.weather.path``."""
+    from federates.prosumers.weather import WeatherFileError, read_weather_file, site_values
+
+    w = cfg.site.weather
+    path = Path(w.path)
+    path = (path if path.is_absolute() else config_dir / path).resolve()
+    allowed = "a whole year of weather (TMY3, TMY2, EPW, PVGIS TMY, NSRDB PSM CSV) with physical values"
+    try:
+        data = read_weather_file(path, w.format)
+        used = site_values(cfg.site, data.header)
+    except (WeatherFileError, ValueError) as e:
+        raise ConfigError([Problem("site.weather.path", str(e), allowed)], "weather") from None
+    if used.timezone is None:
+        raise ConfigError([Problem("site.timezone", f"{path.name} names no whole-hour time zone of its site",
+                                   "an IANA time zone, e.g. Europe/Berlin")], "weather")
+    site = resolved_dict(cfg)["site"]
+    site.update(latitude=used.latitude, longitude=used.longitude, altitude_m=used.altitude_m,
+                timezone=used.timezone)
+    site["weather"].update(path=str(path), format=data.format)
+    from_file = [k for k, v in used.source.items() if v == "file"]
+    notes = [f"site.{k} from the weather file's header ({path.name})" for k in from_file]
+    if "cloudiness" in cfg.prosumers.model_fields_set:
+        notes.append(f"prosumers.cloudiness ({cfg.prosumers.cloudiness:g}) is ignored: the weather file's "
+                     "irradiance carries the clouds")
+    return site, notes
+
+
+def check_weather(cfg: StudyFile, config_dir: Path) -> str | None:
+    """What ``tecosim validate`` checks of a weather file (None without one)."""
+    if cfg.site.weather.source != "file":
+        return None
+    site, _ = resolve_weather(cfg, config_dir)
+    return (f"{Path(site['weather']['path']).name} ({site['weather']['format']}) at "
+            f"{site['latitude']:g}, {site['longitude']:g}, {site['timezone']}")
 
 
 def check_feeder(cfg: StudyFile, config_dir: Path) -> str:

@@ -28,6 +28,7 @@ def cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
     """Every broken cross-field rule of ``cfg``, section by section (``base_dir``: what
     a relative ``feeder.path`` is relative to)."""
     problems = _study_checks(cfg) + _feeder_checks(cfg, base_dir) + _prosumers_checks(cfg)
+    problems += _weather_checks(cfg, base_dir)
     problems += _grid_checks(cfg) + _market_checks(cfg) + _meters_checks(cfg)
     lim = cfg.limits
     if VOLTAGE_BANDS.get(lim.voltage_band) is None and (lim.v_min_pu is None or lim.v_max_pu is None):
@@ -82,6 +83,30 @@ def _feeder_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
     elif f.model not in names:
         problems.append(Problem("feeder.model", f"unknown feeder {f.model!r}", ", ".join(names)))
     return problems
+
+
+def _weather_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
+    """A weather file that exists with ``source: file``, no path without it (the file's
+    content is checked when a run is prepared: ``runner.launch.prepare.check_weather``)."""
+    w = cfg.site.weather
+    allowed = "a weather file (TMY3, TMY2, EPW, PVGIS TMY, NSRDB PSM CSV), relative to the config's folder"
+    if w.source == "synthetic":
+        if w.path is not None:
+            return [Problem("site.weather.path", "is only used with site.weather.source: file",
+                            "site.weather.source: file, or no path")]
+        return []
+    if w.path is None:
+        return [Problem("site.weather.path", "site.weather.source: file needs a file", allowed)]
+    p = Path(w.path)
+    try:
+        if not p.is_absolute():
+            p = (base_dir / p).resolve()
+        found = p.is_file()
+    except (OSError, ValueError) as e:
+        return [Problem("site.weather.path", f"not a usable file name: {e}", allowed)]
+    if not found:
+        return [Problem("site.weather.path", f"{'is a directory' if p.is_dir() else 'no such file'}: {p}", allowed)]
+    return []
 
 
 def _prosumers_checks(cfg: StudyFile) -> list[Problem]:

@@ -86,11 +86,32 @@ class StudyConfig(_Strict):
         return v
 
 
+class WeatherConfig(_Strict):
+    """Where the study's irradiance, air temperature and wind come from.
+
+    ``source: synthetic`` (default): pvlib's clear sky times the synthetic cloud process
+    of ``prosumers.cloudiness``, a fixed temperature cycle and 2 m/s wind
+    (``federates/prosumers/profiles.py``). ``source: file``: the weather file ``path``
+    (relative to the config file's folder) in ``format``: tmy3, tmy2, epw, pvgis_tmy
+    (csv or json), nsrdb_psm (NSRDB PSM3 / PSM4 SAM CSV), or auto. The file's irradiance
+    carries its clouds: ``prosumers.cloudiness`` is then ignored (a note in the run's
+    resolved config says so). ``site.latitude`` / ``longitude`` / ``altitude_m`` /
+    ``timezone`` come from the file's header unless the config sets them; the run's
+    resolved config records the values used. How the file is mapped onto the study's
+    year and steps: ``federates/prosumers/weather.py``.
+    """
+
+    source: Literal["synthetic", "file"] = "synthetic"
+    path: str | None = None
+    format: Literal["auto", "tmy3", "tmy2", "epw", "pvgis_tmy", "nsrdb_psm"] = "auto"
+
+
 class SiteConfig(_Strict):
     latitude: Annotated[float, Field(ge=-90, le=90)] = 18.4655
     longitude: Annotated[float, Field(ge=-180, le=180)] = -66.1057
     altitude_m: float = 10.0
     timezone: str = "America/Puerto_Rico"
+    weather: WeatherConfig = WeatherConfig()
 
 
 class CustomerConnection(_Strict):
@@ -249,6 +270,8 @@ class ProsumersConfig(_Strict):
     daily_load_kwh_min: PositiveFloat = 8.0
     daily_load_kwh_max: PositiveFloat = 25.0
     load_model: Literal["stochastic_household"] = "stochastic_household"
+    # fraction of time the synthetic sky's sun is obscured (profiles.clear_sky_index);
+    # ignored with site.weather.source: file (the file's irradiance carries the clouds)
     cloudiness: Fraction = 0.2
     forecast_error_pct: NonNegFloat = 10.0
     strategy: Literal["limit_price_uniform", "truthful_tariff", "zip", "roth_erev"] = "limit_price_uniform"
