@@ -63,8 +63,9 @@ from federates.common.errors import ConfigError, Problem
 
 #: unit suffix of a column name (lower case) -> unit
 UNIT_SUFFIXES = {"w": "W", "kw": "kW", "wh": "Wh", "kwh": "kWh"}
-#: unit -> (factor to kW or kWh, is energy per interval)
-_UNITS = {"W": (1e-3, False), "kW": (1.0, False), "Wh": (1e-3, True), "kWh": (1.0, True)}
+#: unit -> (divisor to kW or kWh, is energy per interval): a division is correctly
+#: rounded, so 2118 W gives the double nearest 2.118 kW, as the literal 2.118 does
+_UNITS = {"W": (1000.0, False), "kW": (1.0, False), "Wh": (1000.0, True), "kWh": (1.0, True)}
 _ALLOWED_UNITS = "W, kW, Wh, kWh"
 _FIELD = "prosumers.profiles"
 
@@ -186,7 +187,7 @@ def interval_means(values: np.ndarray, t0_ns: int, res_ns: int, edges_ns: np.nda
     np.cumsum(v[lo:hi] * res_s, axis=0, out=cum[1:])  # energy [kW s] from the start of interval lo
     energy = (cum[ib - lo] - cum[ia - lo]) + v[ib] * (fb / 1e9)[:, None] - v[ia] * (fa / 1e9)[:, None]
     out = energy / (np.diff(edges) / 1e9)[:, None]
-    inside = (ia == ib) | ((fa == 0) & (fb == 0) & (ib == ia + 1))
+    inside = (ia == ib) | ((fb == 0) & (ib == ia + 1))  # the step lies in interval ia
     out[inside] = v[ia[inside]]
     return out
 
@@ -261,7 +262,7 @@ def _numbers(path: Path, df: pd.DataFrame, column: str, at: int | None, what: st
     neg = np.flatnonzero(np.isinf(x) | (x < 0))
     for r in neg[:5]:
         problems.append(Problem(f"{_where(at, int(df.index[r]))}, column {column}",
-                                f"{x[r]!r} is {'not finite' if np.isinf(x[r]) else 'negative'}",
+                                f"{x[r]:g} is {'not finite' if np.isinf(x[r]) else 'negative'}",
                                 f"a finite {what} >= 0 (gross load and PV, not net metering data)"))
     _fail(path, problems)
     return x
@@ -291,6 +292,11 @@ def _times_ns(path: Path, df: pd.DataFrame, column: str, groups: np.ndarray, tz:
             _fail(path, [Problem(f"{_where(at, int(df.index[r]))}, column {column}", "no timestamp",
                                  "an ISO 8601 time") for r in missing[:5]])
         aware = strings.str.contains(_OFFSET, regex=True).to_numpy()
+        bad = np.flatnonzero(pd.to_datetime(strings, format="ISO8601", errors="coerce", utc=True).isna().to_numpy()[codes])
+        if len(bad):
+            _fail(path, [Problem(f"{_where(at, int(df.index[r]))}, column {column}",
+                                 f"{col.iloc[r]!r} is not a timestamp", "ISO 8601, e.g. 2026-06-21T00:15:00-04:00")
+                         for r in bad[:5]])
         if aware.any() and not aware.all():
             r = int(np.flatnonzero(~aware[codes] if aware.sum() > len(aware) / 2 else aware[codes])[0])
             _fail(path, [Problem(f"{_where(at, int(df.index[r]))}, column {column}",
@@ -314,7 +320,7 @@ def _times_ns(path: Path, df: pd.DataFrame, column: str, groups: np.ndarray, tz:
         codes = pd.Index(cats).get_indexer(pd.DatetimeIndex(col))
     dst = cats.tz_localize(tz, ambiguous=np.ones(len(cats), dtype=bool), nonexistent="NaT")
     std = cats.tz_localize(tz, ambiguous=np.zeros(len(cats), dtype=bool), nonexistent="NaT")
-    skipped = np.flatnonzero(dst.isna().to_numpy()[codes])
+    skipped = np.flatnonzero(np.asarray(dst.isna())[codes])
     if len(skipped):
         _fail(path, [Problem(f"{_where(at, int(df.index[r]))}, column {column}",
                              f"{col.iloc[r]!r} does not exist in {tz} (skipped when DST starts)",
@@ -458,8 +464,8 @@ def _read_table(path: Path, spec: ProfileSpec, start_ns: int, end_ns: int, wide_
     hi = min(n_grid, -((t0 - end_ns) // res) + margin)
     kw, peak, mean = {}, {}, {}
     for base, (who, vals, unit, _colname) in series.items():
-        factor, energy = _UNITS[unit]
-        scale = factor / (res / 3.6e12) if energy else factor  # energy per interval -> mean kW
+        divisor, energy = _UNITS[unit]
+        divisor = divisor * (res / 3.6e12) if energy else divisor  # energy per interval -> mean kW
         win = np.full((hi - lo, len(names)), np.nan)
         if fmt == "long":
             dup = pd.DataFrame({"c": who, "g": gi}).duplicated().to_numpy()
@@ -469,8 +475,8 @@ def _read_table(path: Path, spec: ProfileSpec, start_ns: int, end_ns: int, wide_
                                      f"{df[tcol].iloc[r]!r} is given twice for customer {names[who[r]]!r}",
                                      "one row per customer and interval")])
             keep = (gi >= lo) & (gi < hi)
-            win[gi[keep] - lo, who[keep]] = vals[keep] * scale
-            x = vals * scale
+            win[gi[keep] - lo, who[keep]] = vals[keep] / divisor
+            x = vals / divisor
             s = pd.Series(x).groupby(who)
             peak[base] = s.max().reindex(range(len(names))).fillna(0.0).to_numpy()
             mean[base] = s.mean().reindex(range(len(names))).fillna(0.0).to_numpy()
@@ -483,14 +489,14 @@ def _read_table(path: Path, spec: ProfileSpec, start_ns: int, end_ns: int, wide_
                 _fail(path, [Problem(f"{_where(at, int(df.index[r]))}, column {tcol}",
                                      f"{df[tcol].iloc[r]!r} is given twice", "one row per interval")])
             keep = (gi >= lo) & (gi < hi)
-            win[gi[keep] - lo] = vals[keep] * scale
+            win[gi[keep] - lo] = vals[keep] / divisor
             with np.errstate(all="ignore"):
                 import warnings
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    peak[base] = np.where(who, np.nanmax(np.where(np.isnan(vals), -np.inf, vals), axis=0) * scale,
+                    peak[base] = np.where(who, np.nanmax(np.where(np.isnan(vals), -np.inf, vals), axis=0) / divisor,
                                           np.nan)
-                    mean[base] = np.nan_to_num(np.nanmean(vals, axis=0) * scale)
+                    mean[base] = np.nan_to_num(np.nanmean(vals, axis=0) / divisor)
             win[:, ~who] = np.nan
         kw[base] = win
     return _Table(names=names, t0_ns=t0, res_ns=res, n_grid=n_grid, kw=kw, lo=int(lo), peak_kw=peak,
