@@ -205,11 +205,14 @@ def _where(first_line: int | None, row: int) -> str:
     return f"line {first_line + row}" if first_line is not None else f"row {row + 1}"
 
 
-def _read_frame(path: Path) -> tuple[pd.DataFrame, int | None]:
+def _read_frame(path: Path, customers: list[str] | None = None) -> tuple[pd.DataFrame, int | None]:
     """The file's rows and the line of the first data row (CSV; None for Parquet). CSV:
     ``#`` lines before the header are comments; time and customer are read as
     categories (each distinct text parsed once); blank lines keep their place as
-    all-empty rows (dropped by the caller), so a row's index gives its line."""
+    all-empty rows (dropped by the caller), so a row's index gives its line. A long
+    Parquet file is read for ``customers`` only, when given (pyarrow filters; its row
+    numbers are then those of the rows read: the whole file was checked by
+    ``prepare_run`` already)."""
     try:
         if path.suffix.lower() == ".csv":
             lead = 0
@@ -222,6 +225,12 @@ def _read_frame(path: Path) -> tuple[pd.DataFrame, int | None]:
             dtypes = {c: "category" for c in head.columns if str(c).lower() in ("time", "customer")}
             df = pd.read_csv(path, dtype=dtypes, skiprows=lead, skip_blank_lines=False)
             return df, lead + 2
+        if customers is not None:
+            import pyarrow.parquet as pq
+
+            names = {str(c).lower(): c for c in pq.read_schema(path).names}
+            if "customer" in names:
+                return pd.read_parquet(path, filters=[(names["customer"], "in", sorted(set(customers)))]), None
         return pd.read_parquet(path), None
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise ConfigError([Problem(_FIELD, f"cannot be read: {' '.join(str(e).split())[:300]}",
@@ -341,7 +350,7 @@ def _times_ns(path: Path, df: pd.DataFrame, column: str, groups: np.ndarray, tz:
 
 def _grid(path: Path, t_ns: np.ndarray, df: pd.DataFrame, at: int | None, column: str) -> tuple[int, int, int]:
     """(first timestamp, resolution, number of grid intervals) [ns]; error for a timestamp off the grid."""
-    uniq = np.unique(t_ns)
+    uniq = np.sort(pd.unique(t_ns))  # hashing, then sorting the few distinct times
     if len(uniq) < 2:
         _fail(path, [Problem(f"column {column}", "needs at least two different timestamps to tell the resolution",
                              "a series of at least two intervals")])
@@ -373,9 +382,11 @@ class _Table:
     mean_kw: dict[str, np.ndarray]
 
 
-def _read_table(path: Path, spec: ProfileSpec, start_ns: int, end_ns: int, wide_pv: bool) -> _Table:
-    """Read one file (``wide_pv``: the wide PV file of ``pv_path``)."""
-    df, at = _read_frame(path)
+def _read_table(path: Path, spec: ProfileSpec, start_ns: int, end_ns: int, wide_pv: bool,
+                customers: list[str] | None = None) -> _Table:
+    """Read one file (``wide_pv``: the wide PV file of ``pv_path``; ``customers``: the
+    ones needed, None: all)."""
+    df, at = _read_frame(path, customers)
     df = df.dropna(how="all") if at is not None else df
     cols = {c.lower(): c for c in df.columns}
     fmt = spec.format if not wide_pv else "wide"
@@ -391,15 +402,18 @@ def _read_table(path: Path, spec: ProfileSpec, start_ns: int, end_ns: int, wide_
             _fail(path, [Problem("columns", "the long format needs a customer column", "time, customer, load_kw [, pv_kw]")])
         ccol = cols["customer"]
         cust = df[ccol].astype("category") if not isinstance(df[ccol].dtype, pd.CategoricalDtype) else df[ccol]
-        cust = cust.cat.remove_unused_categories()
         codes = cust.cat.codes.to_numpy()
         if (codes < 0).any():
             r = int(np.flatnonzero(codes < 0)[0])
             _fail(path, [Problem(f"{_where(at, int(df.index[r]))}, column {ccol}", "no customer name", "a name")])
-        # customers in order of first appearance
-        first = pd.unique(codes)
+        # customers in order of first appearance (O(rows), no sort)
+        k = len(cust.cat.categories)
+        first_row = np.full(k, len(codes), dtype=np.int64)
+        np.minimum.at(first_row, codes, np.arange(len(codes), dtype=np.int64))
+        first = np.flatnonzero(first_row < len(codes))
+        first = first[np.argsort(first_row[first], kind="stable")]
         names = [str(cust.cat.categories[c]).strip() for c in first]
-        remap = np.empty(len(cust.cat.categories), dtype=np.int64)
+        remap = np.full(k, -1, dtype=np.int64)
         remap[first] = np.arange(len(first))
         codes = remap[codes]
         value_cols = {}
@@ -467,36 +481,31 @@ def _read_table(path: Path, spec: ProfileSpec, start_ns: int, end_ns: int, wide_
         divisor, energy = _UNITS[unit]
         divisor = divisor * (res / 3.6e12) if energy else divisor  # energy per interval -> mean kW
         win = np.full((hi - lo, len(names)), np.nan)
+        keep = np.flatnonzero((gi >= lo) & (gi < hi))
+        cell = (gi[keep] - lo) * (len(names) if fmt == "long" else 1) + (who[keep] if fmt == "long" else 0)
+        twice = np.flatnonzero(np.bincount(cell) > 1)
+        if len(twice):  # a row given twice in the study period (and its margin)
+            r = int(keep[np.flatnonzero(cell == twice[0])[1]])
+            whom = f" for customer {names[who[r]]!r}" if fmt == "long" else ""
+            _fail(path, [Problem(f"{_where(at, int(df.index[r]))}, column {tcol}",
+                                 f"{df[tcol].iloc[r]!r} is given twice{whom}", "one row per customer and interval")])
         if fmt == "long":
-            dup = pd.DataFrame({"c": who, "g": gi}).duplicated().to_numpy()
-            if dup.any():
-                r = int(np.flatnonzero(dup)[0])
-                _fail(path, [Problem(f"{_where(at, int(df.index[r]))}, column {tcol}",
-                                     f"{df[tcol].iloc[r]!r} is given twice for customer {names[who[r]]!r}",
-                                     "one row per customer and interval")])
-            keep = (gi >= lo) & (gi < hi)
             win[gi[keep] - lo, who[keep]] = vals[keep] / divisor
-            x = vals / divisor
-            s = pd.Series(x).groupby(who)
-            peak[base] = s.max().reindex(range(len(names))).fillna(0.0).to_numpy()
-            mean[base] = s.mean().reindex(range(len(names))).fillna(0.0).to_numpy()
-            if base == "pv":  # customers whose pv is empty throughout have no PV in the file
-                has = s.count().reindex(range(len(names))).fillna(0).to_numpy() > 0
-                peak[base] = np.where(has, peak[base], np.nan)
+            ok = ~np.isnan(vals)
+            count = np.bincount(who[ok], minlength=len(names))
+            total = np.bincount(who[ok], weights=vals[ok], minlength=len(names))
+            top = np.full(len(names), -np.inf)
+            np.maximum.at(top, who[ok], vals[ok])
         else:
-            if len(np.unique(t_ns)) != len(t_ns):
-                r = int(np.flatnonzero(pd.Series(t_ns).duplicated().to_numpy())[0])
-                _fail(path, [Problem(f"{_where(at, int(df.index[r]))}, column {tcol}",
-                                     f"{df[tcol].iloc[r]!r} is given twice", "one row per interval")])
-            keep = (gi >= lo) & (gi < hi)
             win[gi[keep] - lo] = vals[keep] / divisor
-            with np.errstate(all="ignore"):
-                import warnings
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    peak[base] = np.where(who, np.nanmax(np.where(np.isnan(vals), -np.inf, vals), axis=0) / divisor,
-                                          np.nan)
-                    mean[base] = np.nan_to_num(np.nanmean(vals, axis=0) / divisor)
+            ok = ~np.isnan(vals)
+            count = np.where(who, ok.sum(axis=0), 0)
+            total = np.where(ok, vals, 0.0).sum(axis=0)
+            top = np.where(ok, vals, -np.inf).max(axis=0, initial=-np.inf)
+        # a customer without a single value has no such series in the file (NaN)
+        peak[base] = np.where(count > 0, top / divisor, np.nan)
+        mean[base] = np.where(count > 0, total / np.maximum(count, 1) / divisor, np.nan)
+        if fmt == "wide":
             win[:, ~who] = np.nan
         kw[base] = win
     return _Table(names=names, t0_ns=t0, res_ns=res, n_grid=n_grid, kw=kw, lo=int(lo), peak_kw=peak,
@@ -575,13 +584,17 @@ def _fill(path: Path, spec: ProfileSpec, table: _Table, base: str, start_ns: int
 
 
 def read_measured(spec: ProfileSpec, start_ns: int, end_ns: int, customers: list[str] | None = None,
-                  count: int | None = None) -> MeasuredSeries:
+                  count: int | None = None, *, skip_others: bool = False) -> MeasuredSeries:
     """The measured series of ``customers`` for the study period ``[start_ns, end_ns)``
     (UTC ns). ``customers`` None: the first ``count`` customers of the file in file order
     (every customer with ``count`` None); fewer than ``count`` is an error unless
     ``spec.reuse`` (then they are used again, in order). ConfigError naming the file,
-    line and column of what is wrong (module docstring)."""
-    table = _read_table(spec.path, spec, start_ns, end_ns, wide_pv=False)
+    line and column of what is wrong (module docstring). ``skip_others``: a long Parquet
+    file's other customers are not read at all (a prosumer federate's part, once
+    ``prepare_run`` has checked the whole file: row numbers in errors are then those of
+    the rows read)."""
+    table = _read_table(spec.path, spec, start_ns, end_ns, wide_pv=False,
+                        customers=customers if skip_others else None)
     pv_table = table if "pv" in table.kw else None
     if spec.pv_path is not None:
         pv_table = _read_table(spec.pv_path, spec, start_ns, end_ns, wide_pv=True)

@@ -174,7 +174,7 @@ class ProsumersRole:
                 raise ValueError("measured profiles need each site's profile name (runner.launch.prepare_run sets it)")
             self._measured = measured.read_measured(
                 measured.ProfileSpec.from_config(cfg.prosumers.profiles),
-                *measured.study_span_ns(cfg.study.start, cfg.study.duration_s), customers=names,
+                *measured.study_span_ns(cfg.study.start, cfg.study.duration_s), customers=names, skip_others=True,
             )
             self._pv_model_kwp = np.where(self._measured.has_pv, 0.0, self._pv_kwp)
         # block generators: each carries its state (generators, filters, events) between blocks

@@ -223,6 +223,9 @@ def test_offsets_that_change_with_dst_and_end_labels(tmp_path):
      r"line 4, column load_kw: -0.5 is negative"),
     ("time,customer,load_kw\n2026-06-21T00:00-04:00,h,1\n2026-06-21T00:15-04:00,h,abc\n",
      r"line 3, column load_kw: 'abc' is not a number"),
+    ("time,customer,load_kw\n2026-06-21T06:00-04:00,h,1\n2026-06-21T06:15-04:00,h,1\n2026-06-21T06:00-04:00,h,2\n"
+     "2026-06-21T10:00-04:00,h,1\n",
+     r"line 4, column time: '2026-06-21T06:00-04:00' is given twice for customer 'h'"),
     ("time,customer,load_kw,tariff\n2026-06-21T00:00-04:00,h,1,2\n", r"column tariff: unknown column"),
     ("time,customer,load_kw\n2026-06-21T00:00-04:00,h,1\n2026-06-21T00:15-04:00,h,1\n2026-06-21T00:30-04:00,h,1\n"
      "2026-06-21T00:40-04:00,h,1\n2026-06-21T00:45-04:00,h,1\n",
@@ -268,3 +271,27 @@ def test_config_fields_and_missing_file(tmp_path):
         validate({"prosumers": {"profiles": {"path": str(f), "timezone": "Mars/Base"}}})
     with pytest.raises(ConfigError, match=r"prosumers.sites: no such file"):
         validate({"prosumers": {"sites": "sites.csv"}}, base_dir=tmp_path)
+
+
+def test_a_long_parquet_file_read_for_some_customers_gives_their_series(tmp_path):
+    f = _long(tmp_path / "l.parquet", QUARTERS, {**LOADS, "h3": LOADS["h1"] * 2})
+    s0, s1 = study_span_ns(START, 3600)
+    whole, _ = read_measured(ProfileSpec(path=f), s0, s1).block(_steps(START, 1))
+    some = read_measured(ProfileSpec(path=f), s0, s1, customers=["h3", "h1"], skip_others=True)
+    load, _ = some.block(_steps(START, 1))
+    assert some.load.customers == ["h3", "h1"]  # only these were read
+    assert np.array_equal(load, whole[:, [2, 0]])
+
+
+def test_naive_parquet_timestamps_with_a_stated_zone(tmp_path):
+    # the same instants as the long CSV's, stored as naive local Parquet timestamps
+    local = QUARTERS.tz_localize(None)
+    f = tmp_path / "naive.parquet"
+    pd.DataFrame({"time": local, **LOADS}).to_parquet(f, index=False)
+    s0, s1 = study_span_ns(START, 2 * 3600)
+    ref, _ = read_measured(ProfileSpec(path=_long(tmp_path / "a.csv", QUARTERS, LOADS)), s0, s1).block(_steps(START, 2))
+    got, _ = read_measured(ProfileSpec(path=f, units="kW", timezone="America/Puerto_Rico"), s0, s1).block(
+        _steps(START, 2))
+    assert np.array_equal(got, ref)
+    with pytest.raises(ConfigError, match=r"row 1, column time: .* has no UTC offset"):
+        read_measured(ProfileSpec(path=f, units="kW"), s0, s1)
