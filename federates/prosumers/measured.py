@@ -396,7 +396,8 @@ def _read_table(path: Path, spec: ProfileSpec, start_ns: int, end_ns: int, wide_
         _fail(path, [Problem("columns", f"no time column (has {', '.join(map(str, df.columns[:8]))})",
                              "time, customer, load_kw [, pv_kw] (long) or time, <customer>... (wide)")])
     tcol = cols["time"]
-    series: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (customer codes, values)
+    # series -> (customer of each row, or which columns a wide file has; values; unit; column)
+    series: dict[str, tuple[np.ndarray, np.ndarray, str, str | None]] = {}
     if fmt == "long":
         if "customer" not in cols:
             _fail(path, [Problem("columns", "the long format needs a customer column", "time, customer, load_kw [, pv_kw]")])
