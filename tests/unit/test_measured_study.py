@@ -5,6 +5,7 @@ the sites come from a sites file, or from the seeded placement in file order."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -15,6 +16,7 @@ from federates.common.config import load_config
 from federates.common.errors import ConfigError
 from runner.engine import run_inprocess
 from runner.launch import prepare_run
+from runner.launch.manifest import write_manifest
 from tests.conftest import DEFAULT
 
 pytestmark = pytest.mark.feeder
@@ -54,6 +56,10 @@ def test_measured_profiles_and_sites_file_in_a_study(tmp_path):
     assert study.cfg.prosumers.count == 3  # the sites file's, noted in the resolved config
     assert "# prosumers.count: 3" in (tmp_path / "run" / "config.resolved.yaml").read_text()
     t = run_inprocess(study)
+    write_manifest(study, "inprocess", "ok", 0.0)
+    inputs = json.loads((tmp_path / "run" / "manifest.json").read_text())["inputs"]
+    assert inputs["prosumers.profiles.path"] == {"path": str(prof), "sha256": hashlib.sha256(prof.read_bytes()).hexdigest()}
+    assert inputs["prosumers.sites"]["path"] == str(sites)
     p = t["profiles"]
     for c in ("m1", "m2", "m3"):
         rows = p[p["participant"] == c]
@@ -83,7 +89,8 @@ def test_placed_prosumers_take_the_profiles_in_file_order(tmp_path):
 
 def test_default_sites_json_has_no_new_keys(tmp_path):
     cfg = load_config(DEFAULT, ["study.duration=1h"])
-    prepare_run(cfg, tmp_path / "run")
+    study = prepare_run(cfg, tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "sites.json").read_text())
     assert set(saved[0]) == {"participant", "index", "bus", "phase", "group", "load"}
     assert not (tmp_path / "run" / "results" / "profile_gaps.parquet").exists()
+    assert "inputs" not in json.loads(write_manifest(study, "inprocess", "ok", 0.0).read_text())
