@@ -295,3 +295,20 @@ def test_naive_parquet_timestamps_with_a_stated_zone(tmp_path):
     assert np.array_equal(got, ref)
     with pytest.raises(ConfigError, match=r"row 1, column time: .* has no UTC offset"):
         read_measured(ProfileSpec(path=f, units="kW"), s0, s1)
+
+
+def test_a_1s_file_of_energies_read_and_averaged_to_minutes_keeps_every_interval_energy(tmp_path):
+    # 1-s energy per interval in Wh (a fast logger), 2 h, wide; the minutes' energy [kWh]
+    # must be the sum of their 60 source energies, and the total the file's total
+    rng = np.random.default_rng(5)
+    t = pd.date_range(START, periods=2 * 3600, freq="1s")
+    wh = np.round(rng.uniform(0.0, 1.5, (len(t), 2)), 4)  # up to 5.4 kW
+    f = tmp_path / "fast.csv"
+    pd.DataFrame({"time": [x.isoformat() for x in t], "a": wh[:, 0], "b": wh[:, 1]}).to_csv(f, index=False)
+    s0, s1 = study_span_ns(START, 2 * 3600)
+    m = read_measured(ProfileSpec(path=f, units="Wh", max_gap_s=0), s0, s1)
+    assert m.load.res_ns == 10**9 and m.gaps == []
+    load, _ = m.block(_steps(START, 2))
+    minute_kwh = load / 60.0
+    np.testing.assert_allclose(minute_kwh, wh.reshape(120, 60, 2).sum(axis=1) / 1000.0, rtol=1e-12)
+    np.testing.assert_allclose(minute_kwh.sum(axis=0), wh.sum(axis=0) / 1000.0, rtol=1e-12)
