@@ -37,7 +37,13 @@ class CustomerSite:
     of that phase, or, on a split-phase load, the primary phase of the load's service
     transformer; such a customer connects across the load's two 120 V legs);
     ``group``: the service transformer it shares with neighbours (same group = same
-    transformer); ``load``: the model load it was placed on.
+    transformer); ``load``: the model load it was placed on ("" when a sites file puts
+    it on a bus without one).
+
+    Set only by a sites file or measured profiles (None otherwise, and then left out of
+    ``sites.json``): ``pv_kwp`` [kWp], ``battery_kwh`` [kWh] and ``daily_load_kwh``
+    [kWh/day] replace the prosumer's seeded draws; ``profile`` names its customer in
+    the measured profiles file.
     """
 
     participant: str
@@ -46,3 +52,7 @@ class CustomerSite:
     phase: str
     group: str
     load: str
+    pv_kwp: float | None = None
+    battery_kwh: float | None = None
+    daily_load_kwh: float | None = None
+    profile: str | None = None

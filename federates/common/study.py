@@ -79,7 +79,9 @@ class Study:
 
 
 def write_sites(run_dir: Path, sites: list[CustomerSite]) -> None:
-    (Path(run_dir) / SITES_FILE).write_text(json.dumps([asdict(s) for s in sites], indent=1))
+    """``sites.json``: one object per site; the optional fields that are None are left out."""
+    rows = [{k: v for k, v in asdict(s).items() if v is not None} for s in sites]
+    (Path(run_dir) / SITES_FILE).write_text(json.dumps(rows, indent=1))
 
 
 def write_distances(run_dir: Path, distance_km: np.ndarray) -> None:

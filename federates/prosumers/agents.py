@@ -60,6 +60,9 @@ def make_specs(cfg: StudyFile, sites: list[CustomerSite]) -> list[ProsumerSpec]:
     [daily_load_kwh_min, daily_load_kwh_max]) come from streams keyed by its site index.
     With ``pv_penetration_pct`` every kWp drawn is then multiplied by one common factor
     so that their sum is ``pv_penetration_pct / 100 * pv_penetration_base_kw``.
+    A site's own ``pv_kwp``, ``battery_kwh`` (with the configured ``battery_kw``) or
+    ``daily_load_kwh`` (a sites file's, or measured profiles') replaces its draw, as is
+    (not scaled by the penetration).
     """
     p = cfg.prosumers
     seed = cfg.study.seed
@@ -77,11 +80,14 @@ def make_specs(cfg: StudyFile, sites: list[CustomerSite]) -> list[ProsumerSpec]:
 
     specs = []
     for j, site in enumerate(sites):
-        kwp = kwp_of[j]
+        kwp = kwp_of[j] if site.pv_kwp is None else float(site.pv_kwp)
         daily = _daily_load_kwh(cfg, site)
         bat = j in bat_owners and has_battery_equipment
         b_kwh = p.battery_kwh if bat else 0.0
         b_kw = p.battery_kw if bat else 0.0
+        if site.battery_kwh is not None:  # a sites file's battery: the configured power rating
+            b_kwh = float(site.battery_kwh)
+            b_kw = p.battery_kw if b_kwh > 0.0 else 0.0
         inverter = float(max(kwp * p.inverter_kva_per_kwp, b_kw))
         specs.append(
             ProsumerSpec(
@@ -126,7 +132,9 @@ def feeder_peak_load_kw(cfg: StudyFile, sites: list[CustomerSite], model_load_kw
 
 
 def _daily_load_kwh(cfg: StudyFile, site: CustomerSite) -> float:
-    """The prosumer's expected daily load [kWh], drawn from its own stream."""
+    """The prosumer's expected daily load [kWh]: its site's, else drawn from its own stream."""
+    if site.daily_load_kwh is not None:
+        return float(site.daily_load_kwh)
     p = cfg.prosumers
     return float(stream(cfg.study.seed, "daily_load", site.index).uniform(p.daily_load_kwh_min, p.daily_load_kwh_max))
 

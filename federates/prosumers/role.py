@@ -42,7 +42,7 @@ from federates.common.keys import part_bounds
 from federates.common.messages import Confirmation, DemandResponseCall, Order
 from federates.common.rng import stream
 from federates.market.ledger import KeyRing, sign_order
-from federates.prosumers import profiles
+from federates.prosumers import measured, profiles
 from federates.prosumers.adaptive import ADAPTIVE_STRATEGIES, AdaptiveBidders
 from federates.prosumers.agents import ProsumerSpec, make_specs, spec_arrays
 from federates.prosumers.flex.demand import FlexDemand
@@ -166,12 +166,26 @@ class ProsumersRole:
         orient = [profiles.pv_orientation(self.seed, int(i)) for i in self._index]
         self.tilt_deg = np.array([o[0] for o in orient], dtype=float)
         self.azimuth_deg = np.array([o[1] for o in orient], dtype=float)
+        #: measured load (and PV) series of ``prosumers.profiles``, None: the synthetic model
+        self._measured: measured.MeasuredSeries | None = None
+        self._pv_model_kwp = self._pv_kwp  # the PV the pvlib model computes
+        self._start_ns, _ = measured.study_span_ns(cfg.study.start, cfg.study.duration_s)
+        self._step_ns = round(tl.physics_step_s * 1e9)
+        if cfg.prosumers.profiles is not None:
+            names = [s.profile for s in sites]
+            if any(name is None for name in names):
+                raise ValueError("measured profiles need each site's profile name (runner.launch.prepare_run sets it)")
+            self._measured = measured.read_measured(
+                measured.ProfileSpec.from_config(cfg.prosumers.profiles),
+                *measured.study_span_ns(cfg.study.start, cfg.study.duration_s), customers=names, skip_others=True,
+            )
+            self._pv_model_kwp = np.where(self._measured.has_pv, 0.0, self._pv_kwp)
         # block generators: each carries its state (generators, filters, events) between blocks
         self._loads = profiles.LoadBlocks(
             arr["daily_load_kwh"], self._index, start=study_times(cfg, 0, 1)[0],
             step_s=tl.physics_step_s, n_steps=tl.n_steps, seed=self.seed,
-        )
-        self._has_pv = bool(n and (self._pv_kwp > 0).any())
+        ) if self._measured is None else None
+        self._has_pv = bool(n and (self._pv_model_kwp > 0).any())  # PV the model computes
         #: the study's sky (``site.weather``): irradiance, air temperature and wind per step
         self.weather: Weather = weather_of(cfg.site)
         # the synthetic sky's clouds; a weather file's irradiance carries its own
@@ -239,20 +253,27 @@ class ProsumersRole:
         k1 = min(k0 + self.block_intervals, tl.n_intervals)
         g0, g1 = k0 * s, k1 * s
         n_int, n_steps = k1 - k0, g1 - g0
-        if self._loads.next_step != g0:
-            raise RuntimeError(f"profile block from step {g0}, but the generators are at step {self._loads.next_step}")
         times = study_times(self.cfg, g0, n_steps)
-        load_kw = self._loads.next(times)
+        measured_pv = None
+        if self._measured is None:
+            if self._loads.next_step != g0:
+                raise RuntimeError(f"profile block from step {g0}, but the generators are at step {self._loads.next_step}")
+            load_kw = self._loads.next(times)
+        else:  # the file's series, energy-preserving means over the steps
+            edges_ns = self._start_ns + np.arange(g0, g1 + 1, dtype=np.int64) * self._step_ns
+            load_kw, measured_pv = self._measured.block(edges_ns)
         sky = None
         if self._has_pv or (self.flex is not None and self.flex.houses is not None):
             sky = self.weather.at(times, step_s=tl.physics_step_s)
         if self._has_pv:
             kt = self._clouds.next(n_steps) if self._clouds is not None else np.ones(n_steps)
             pv_kw = profiles.pv_ac_many_kw(
-                self._pv_kwp, self._inverter_kva, self.tilt_deg, self.azimuth_deg, sky, kt
+                self._pv_model_kwp, self._inverter_kva, self.tilt_deg, self.azimuth_deg, sky, kt
             )
         else:
             pv_kw = np.zeros((n_steps, n))
+        if measured_pv is not None:
+            pv_kw = np.where(self._measured.has_pv[None, :], measured_pv, pv_kw)
         # interval means and forecasts [kW] per interval and participant
         load_mean_kw = load_kw.reshape(n_int, s, n).mean(axis=1)
         pv_mean_kw = pv_kw.reshape(n_int, s, n).mean(axis=1)

@@ -92,6 +92,25 @@ def weather_record(study: Study) -> dict[str, Any]:
     return out
 
 
+def input_files_record(study: Study) -> dict[str, Any]:
+    """The prosumers' input files a run read (``prosumers.profiles`` path and pv_path,
+    ``prosumers.sites``): each config field with the file's absolute path and sha256;
+    empty without any."""
+    p = study.cfg.prosumers
+    named = {"prosumers.sites": p.sites}
+    if p.profiles is not None:
+        named.update({"prosumers.profiles.path": p.profiles.path, "prosumers.profiles.pv_path": p.profiles.pv_path})
+    out: dict[str, Any] = {}
+    for field_, path in named.items():
+        if path is None:
+            continue
+        try:
+            out[field_] = {"path": str(path), "sha256": _sha256_file(Path(path))}
+        except OSError as e:
+            out[field_] = {"path": str(path), "error": str(e)}
+    return out
+
+
 #: the command line recorded in manifests: ``tecosim`` and the arguments ``runner.cli.main``
 #: was given (set there; also right when main() is called from Python, where sys.argv
 #: is the caller's); empty: sys.argv
@@ -141,6 +160,9 @@ def write_manifest(study: Study, engine: str, status: str, wall_s: float, *, rea
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "rerun": f"tecosim run {study.run_dir / CONFIG_FILE} --engine {engine}",
     }
+    inputs = input_files_record(study)
+    if inputs:
+        manifest["inputs"] = inputs
     manifest.update(extra or {})
     if status == "failed":  # the results of a failed run are whatever its roles wrote before it stopped
         tables = sorted((study.run_dir / "results").glob("*.parquet"))

@@ -9,6 +9,7 @@ import datetime as dt
 import os
 import random
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -75,17 +76,30 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
     feeder = open_feeder(cfg, master)
     points = feeder.load_points()
     p = cfg.prosumers
-    try:
-        sites = place_customers(points, p.count, seed=cfg.study.seed, phase=p.phases,
-                                customers_per_transformer=cfg.feeder.customer_connection.customers_per_transformer,
-                                spread=p.placement)
-    except ValueError as e:
-        raise ConfigError([Problem("prosumers", f"cannot place {p.count} prosumers on {master.name}: {e}",
-                                   "a feeder with loads on the requested phases, and with prosumers.placement "
-                                   "one_per_load at most one prosumer per load")], "feeder") from None
+    notes: list[str] = []  # what the run's inputs replace in the config, for the resolved config
+    if p.sites is not None:  # named customers at given buses and phases
+        from federates.feeder.sites_file import bus_phases_of_nodes, read_sites_file
+
+        sites = read_sites_file(Path(p.sites), points, bus_phases_of_nodes(list(feeder.node_v_pu())),
+                                cfg.feeder.customer_connection.customers_per_transformer)
+        if len(sites) != p.count:
+            raw["prosumers"]["count"] = len(sites)
+            notes.append(f"prosumers.count: {len(sites)}, the customers of prosumers.sites "
+                              f"({p.sites}), replaces {p.count}")
+    else:
+        try:
+            sites = place_customers(points, p.count, seed=cfg.study.seed, phase=p.phases,
+                                    customers_per_transformer=cfg.feeder.customer_connection.customers_per_transformer,
+                                    spread=p.placement)
+        except ValueError as e:
+            raise ConfigError([Problem("prosumers", f"cannot place {p.count} prosumers on {master.name}: {e}",
+                                       "a feeder with loads on the requested phases, and with prosumers.placement "
+                                       "one_per_load at most one prosumer per load")], "feeder") from None
+    if p.profiles is not None:
+        sites = _with_measured_profiles(cfg, sites, run_dir)
     if p.pv_penetration_pct is not None and p.pv_penetration_base_kw is None:
         raw["prosumers"]["pv_penetration_base_kw"] = feeder_peak_load_kw(cfg, sites, sum(lp.kw for lp in points))
-    notes = list(cfg._notes)
+    notes = [*cfg._notes, *notes]
     if cfg.site.weather.source == "file":
         raw["site"], said_weather = resolve_weather(cfg, config_dir)
         notes += said_weather
@@ -114,6 +128,44 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
                                      background_mult=0.6 * cfg.feeder.background_load_scale)
         sens.save(run_dir / SENSITIVITIES_FILE)
     return study
+
+
+def _with_measured_profiles(cfg: StudyFile, sites: list, run_dir: Path) -> list:
+    """``sites`` linked to their measured series (``prosumers.profiles``): a sites file's
+    customers by name, placed prosumers to the file's customers in file order. The file
+    is read and checked once here (coverage, units, gaps: ConfigError before anything
+    starts); a customer's PV size is its PV series' peak (unless its site gives one) and
+    its daily load the file's mean. Gaps go to ``results/profile_gaps.parquet`` and a
+    warning line."""
+    from dataclasses import replace
+
+    from federates.common.study import write_tables
+    from federates.prosumers import measured
+
+    p = cfg.prosumers
+    spec = measured.ProfileSpec.from_config(p.profiles)
+    start_ns, end_ns = measured.study_span_ns(cfg.study.start, cfg.study.duration_s)
+    given = [s.daily_load_kwh is not None for s in sites]
+    if any(given):
+        raise ConfigError([Problem("prosumers.sites", f"gives daily_load_kwh for {sites[given.index(True)].participant}, "
+                                   "whose load comes from the measured profiles",
+                                   "no daily_load_kwh column with prosumers.profiles")], str(p.sites))
+    series = measured.read_measured(spec, start_ns, end_ns,
+                                    customers=[s.participant for s in sites] if p.sites is not None else None,
+                                    count=len(sites))
+    peak, daily = series.pv_peak_kw(), series.daily_load_kwh()
+    out = []
+    for j, s in enumerate(sites):
+        kwp = s.pv_kwp if s.pv_kwp is not None or not series.has_pv[j] else float(peak[j])
+        out.append(replace(s, profile=series.customers[j], pv_kwp=kwp, daily_load_kwh=float(daily[j])))
+    write_tables(run_dir, {"profile_gaps": measured.gaps_frame(series.gaps)})
+    if series.gaps:
+        worst = max(series.gaps, key=lambda g: g.longest_gap_s)
+        print(f"tecosim: warning: measured profiles {spec.path.name}: {sum(g.missing_intervals for g in series.gaps)} "
+              f"missing interval(s) in {len(series.gaps)} series (longest {worst.longest_gap_s:g} s, {worst.customer} "
+              f"{worst.series} from {worst.longest_from}), filled by gap_fill: {spec.gap_fill} "
+              f"(results/profile_gaps.parquet)", file=sys.stderr)
+    return out
 
 
 def open_feeder(cfg: StudyFile, master: Path):

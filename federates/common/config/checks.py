@@ -29,6 +29,7 @@ def cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
     a relative ``feeder.path`` is relative to)."""
     problems = _study_checks(cfg) + _feeder_checks(cfg, base_dir) + _prosumers_checks(cfg)
     problems += _weather_checks(cfg, base_dir)
+    problems += _input_file_checks(cfg, base_dir)
     problems += _grid_checks(cfg) + _market_checks(cfg) + _meters_checks(cfg)
     lim = cfg.limits
     if VOLTAGE_BANDS.get(lim.voltage_band) is None and (lim.v_min_pu is None or lim.v_max_pu is None):
@@ -120,6 +121,41 @@ def _prosumers_checks(cfg: StudyFile) -> list[Problem]:
     if p.federates > 1 and p.federates > p.count:
         problems.append(Problem("prosumers.federates", f"{p.federates} federates for {p.count} prosumers",
                                 f"<= prosumers.count ({p.count})"))
+    return problems
+
+
+def input_file(path: str, base_dir: Path) -> Path:
+    """A study's input file: ``path`` itself if absolute, else relative to ``base_dir``
+    (the config file's folder)."""
+    p = Path(path)
+    return p if p.is_absolute() else (base_dir / p).resolve()
+
+
+def _input_file_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
+    """Measured profiles and a sites file that exist (their content is checked when the
+    run is prepared, against the feeder model and the study period)."""
+    p = cfg.prosumers
+    named = [("prosumers.sites", p.sites, "a CSV file of customer, bus, phase")]
+    if p.profiles is not None:
+        named += [("prosumers.profiles.path", p.profiles.path, "a CSV or Parquet file of load series"),
+                  ("prosumers.profiles.pv_path", p.profiles.pv_path, "a CSV or Parquet file of PV series")]
+        if p.profiles.pv_path is not None and p.profiles.format == "long":
+            return [Problem("prosumers.profiles.pv_path", "is for the wide format (long files carry a pv column)",
+                            "format: wide or auto, or pv_path: null")]
+    problems = []
+    for field_, path, what in named:
+        if path is None:
+            continue
+        try:
+            f = input_file(path, base_dir)
+            found = f.is_file()
+        except (OSError, ValueError) as e:
+            problems.append(Problem(field_, f"not a usable file name: {e}", what))
+            continue
+        if not found:
+            problems.append(Problem(field_, f"{'is a directory' if f.is_dir() else 'no such file'}: {f}", what))
+        elif field_ != "prosumers.sites" and f.suffix.lower() not in (".csv", ".parquet", ".pq"):
+            problems.append(Problem(field_, f"{f.name}: unknown file type {f.suffix!r}", ".csv, .parquet"))
     return problems
 
 

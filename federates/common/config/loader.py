@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from federates.common.config.checks import cross_checks
+from federates.common.config.checks import cross_checks, input_file
 from federates.common.config.presets import GRID_PRESETS
 from federates.common.config.schema import FeederConfig, StudyFile
 from federates.common.errors import ConfigError, Problem
@@ -171,7 +171,20 @@ def validate(raw: Any, base_dir: Path = Path("."), source: str = "config") -> St
     problems = cross_checks(cfg, base_dir)
     if problems:
         raise ConfigError(problems, source)
+    _absolute_input_files(cfg, base_dir)
     return cfg
+
+
+def _absolute_input_files(cfg: StudyFile, base_dir: Path) -> None:
+    """Make the prosumers' input files (measured profiles, sites) absolute, so that the
+    resolved config in a run folder names them wherever it is read from."""
+    p = cfg.prosumers
+    if p.sites is not None:
+        p.sites = str(input_file(p.sites, base_dir))
+    if p.profiles is not None:
+        p.profiles.path = str(input_file(p.profiles.path, base_dir))
+        if p.profiles.pv_path is not None:
+            p.profiles.pv_path = str(input_file(p.profiles.pv_path, base_dir))
 
 
 def _drop(raw: Any, loc: tuple[Any, ...]) -> None:

@@ -256,6 +256,56 @@ class HvacConfig(_Strict):
     band_low_c: NonNegFloat = 1.0
 
 
+class MeasuredProfilesConfig(_Strict):
+    """Measured per-customer load (and optionally PV) time series that replace the
+    synthetic household model (``federates/prosumers/measured.py`` reads them; README
+    "Load profiles").
+
+    ``path``: a CSV or Parquet file (relative: to the config file's folder). ``format``:
+    ``long`` (columns ``time``, ``customer``, a load column and optionally a PV column)
+    or ``wide`` (``time`` and one column per customer; PV in columns ``<pv_prefix><customer>``
+    or in a second file ``pv_path`` of the same layout); ``auto``: long when there is a
+    ``customer`` column. ``units``: ``W``, ``kW`` (mean power over the interval) or
+    ``Wh``, ``kWh`` (energy per interval); ``auto`` reads it from the column names
+    (``load_kw``, ``load_w``, ``load_kwh``, ``load_wh``, ``pv_kw``, ...). ``timezone``: the
+    IANA zone of naive timestamps (null: every timestamp must carry a UTC offset).
+    ``label``: a timestamp marks the ``start`` (default) or the ``end`` of its interval.
+    ``gap_fill``: how missing intervals (absent timestamps or empty values) are filled:
+    ``linear`` in time between the neighbours, ``previous`` value, ``zero``, or
+    ``error``; a gap longer than ``max_gap`` [s; "1h"] is an error. ``reuse``: without a
+    sites file, profiles are handed to the placed prosumers in file order; fewer
+    profiles than prosumers is an error unless ``reuse`` cycles through them.
+    """
+
+    path: str
+    format: Literal["auto", "long", "wide"] = "auto"
+    units: Literal["auto", "W", "kW", "Wh", "kWh"] = "auto"
+    timezone: str | None = None
+    label: Literal["start", "end"] = "start"
+    pv_prefix: str = "pv_"
+    pv_path: str | None = None
+    gap_fill: Literal["linear", "previous", "zero", "error"] = "linear"
+    max_gap_s: NonNegFloat = Field(3600.0, alias="max_gap")
+    reuse: bool = False
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+
+    _d = field_validator("max_gap_s", mode="before")(classmethod(lambda cls, v: _duration(v)))
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}; an IANA name such as Europe/Berlin or UTC") from None
+        return v
+
+
 class ProsumersConfig(_Strict):
     # 100 000 at most: 30 x the largest case benchmarked (3000, BENCHMARKS.md); more
     # would be a typo long before it is a study (the DSO's n x n model alone is 40 GB)
@@ -279,6 +329,13 @@ class ProsumersConfig(_Strict):
     # how prosumers spread over the model's loads (federates.feeder.placement): drawn by
     # load kW, a load may get several ("weighted"), or at most one each ("one_per_load")
     placement: Literal["weighted", "one_per_load"] = "weighted"
+    # measured load / PV series (MeasuredProfilesConfig; a bare path is read as
+    # {path: ...}); null: the synthetic household model (federates/prosumers/profiles.py)
+    profiles: MeasuredProfilesConfig | None = None
+    # a CSV file placing named customers at given buses and phases (columns customer,
+    # bus, phase; optional group, pv_kwp, battery_kwh, daily_load_kwh; relative: to the
+    # config file's folder; federates/feeder/sites_file.py); null: seeded placement
+    sites: str | None = None
     pv_penetration_pct: PositiveFloat | None = Field(
         default=None,
         description=(
@@ -309,6 +366,11 @@ class ProsumersConfig(_Strict):
     #: flexible demand: EVs and heat pumps / air conditioners (none by default)
     ev: EvConfig = EvConfig()
     hvac: HvacConfig = HvacConfig()
+
+    @field_validator("profiles", mode="before")
+    @classmethod
+    def _profiles_path(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str) else v
 
 
 #: the clearing mechanisms a study may name, by topology: the study's vocabulary. Their
