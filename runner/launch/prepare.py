@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -24,7 +25,16 @@ from federates.common.config import (
     resolved_dict,
 )
 from federates.common.errors import ConfigError, FederationError, FeederModelError, Problem
-from federates.common.study import CONFIG_FILE, V_BASE_FILE, Study, write_distances, write_sites
+from federates.common.study import (
+    CONFIG_FILE,
+    TARIFF_PRICES_FILE,
+    V_BASE_FILE,
+    Study,
+    write_distances,
+    write_sites,
+    write_tables,
+)
+from federates.common.tariff import TABLE as TARIFF_TABLE
 
 
 def default_run_dir(cfg: StudyFile, root: Path = Path("runs")) -> Path:
@@ -54,7 +64,10 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
     A synthetic feeder with other than the bundled parameters is written into
     ``feeder/`` and named by the resolved config (``federates.common.config.generated_feeder_parameters``);
     with ``prosumers.pv_penetration_pct`` the resolved config also gets the peak load
-    it refers to (``pv_penetration_base_kw``), so every federate sizes PV alike.
+    it refers to (``pv_penetration_base_kw``), so every federate sizes PV alike. A
+    dynamic tariff's CSV is copied in (``tariff_prices.csv``, so the run folder stands
+    alone), and ``results/tariff.parquet`` holds every interval's retail and feed-in
+    prices (``federates.common.tariff``).
     """
     from federates.feeder.placement import place_customers
     from federates.feeder.synthetic import write_synthetic_feeder
@@ -85,6 +98,9 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
                                    "one_per_load at most one prosumer per load")], "feeder") from None
     if p.pv_penetration_pct is not None and p.pv_penetration_base_kw is None:
         raw["prosumers"]["pv_penetration_base_kw"] = feeder_peak_load_kw(cfg, sites, sum(lp.kw for lp in points))
+    if cfg.market.tariff.path is not None:  # a dynamic tariff's prices: a copy in the run folder, named relative to it
+        shutil.copyfile(cfg.market.tariff.path, run_dir / TARIFF_PRICES_FILE)
+        raw["market"]["tariff"]["path"] = TARIFF_PRICES_FILE
     said = "".join(f"# {n}\n" for n in cfg._notes)  # what a later source replaced (config.later_wins)
     (run_dir / CONFIG_FILE).write_text(said + yaml.safe_dump(raw, sort_keys=False))
     write_sites(run_dir, sites)
@@ -96,6 +112,8 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
             feeder.attach_customers(sites, cfg.feeder.customer_connection)
         np.save(run_dir / V_BASE_FILE, feeder.customer_v_base_v())
     study = Study.load(run_dir)
+    # the prices of every interval, for the post-run code (runner.kpis, report, losses)
+    write_tables(run_dir, {TARIFF_TABLE: study.cfg.tariff.table()})
     from federates.feeder.sensitivity import (
         SENSITIVITIES_FILE,
         compute_sensitivities,
