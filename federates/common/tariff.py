@@ -217,7 +217,7 @@ def tou_period_index(periods: Sequence[TouPeriod], holidays: Sequence[dt.date],
         for m in p.months:
             for d in p.days:
                 table[m, DAY_TYPES.index(d), hours] = i
-    day = np.where(local.dayofweek.to_numpy() >= 5, 1, 0)
+    day = np.where(local.day_of_week.to_numpy() >= 5, 1, 0)
     if holidays:
         hol = np.isin(np.asarray(local.date, dtype="datetime64[D]"),
                       np.asarray(sorted(holidays), dtype="datetime64[D]"))
@@ -339,7 +339,7 @@ def interval_means(series: PriceSeries, t0_s: float, interval_s: float, n: int, 
     s, e = series.start_s, series.end_s
     # uncovered stretches of the study
     problems: list[Problem] = []
-    tz = tz or dt.timezone.utc
+    tz = tz or dt.UTC
 
     def at(x: float) -> str:
         return dt.datetime.fromtimestamp(x, tz).isoformat()
