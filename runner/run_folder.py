@@ -135,14 +135,18 @@ def table_file(run_dir: Path, name: str) -> Path:
 
 def run_tariff(run_dir: Path, cfg: StudyFile) -> Tariff:
     """The retail and feed-in prices [USD/kWh] of every interval of a run: its
-    ``results/tariff.parquet`` (written by ``prepare_run``), or, in a run from before
-    that table, the study's tariff (``StudyFile.tariff``)."""
+    ``results/tariff.parquet`` (the market's record of the prices it cleared and settled
+    each interval at), or the study's tariff (``StudyFile.tariff``) in a run from
+    before that table or one that stopped before its last interval."""
     from federates.common.tariff import TABLE, Tariff
 
     path = table_file(run_dir, TABLE)
     if not path.is_file():
         return cfg.tariff
-    return Tariff.from_table(pd.read_parquet(path), cfg.study.market_interval_s, kind=cfg.market.tariff.kind)
+    df = pd.read_parquet(path)
+    if len(df) != cfg.timeline.n_intervals:
+        return cfg.tariff
+    return Tariff.from_table(df, cfg.study.market_interval_s, kind=cfg.market.tariff.kind)
 
 
 class IntervalReader:

@@ -34,6 +34,7 @@ from federates.common.messages import (
     Order,
     Trade,
 )
+from federates.common.tariff import TABLE as TARIFF_TABLE
 from federates.market.books import LEDGER_TOTALS, ledger_differences, money_flows
 from federates.market.community import ClearingResult
 from federates.market.fastbook import adopt
@@ -211,6 +212,7 @@ class MarketRole:
         self._timeline = cfg.timeline
         #: the utility's retail and feed-in prices of each interval (market.tariff)
         self.tariff = cfg.tariff
+        self._tariff_rows: list[int] = []  # intervals cleared, for the ``tariff`` table
         self._last_k: int | None = None
         self._pending: dict[int, ClearingResult] = {}
         self._bids: list[dict] = []
@@ -567,6 +569,7 @@ class MarketRole:
              "kind": "grid" if GRID in (t.seller, t.buyer) else "peer"}
             for t in r.trades
         )
+        self._tariff_rows.append(k)
         self._clearing.append({
             "interval": k, "status": r.status,
             "price_usd_per_kwh": math.nan if r.price_usd_per_kwh is None else r.price_usd_per_kwh,
@@ -590,9 +593,12 @@ class MarketRole:
             "settlements": _frame(self._settlements, SETTLEMENTS_DTYPES),
             "curtailed_trades": _frame(self._curtailed_trades, CURTAILED_TRADES_DTYPES),
             "envelopes": _frame(self._envelopes, ENVELOPES_DTYPES),
+            # the prices each cleared interval was cleared and settled at
+            TARIFF_TABLE: self.tariff.table().iloc[self._tariff_rows].reset_index(drop=True),
             **self.books.table(),
         }
         self.books.forget()
+        self._tariff_rows = []
         self._bids, self._trades, self._clearing = [], [], []
         self._settlements, self._curtailed_trades, self._envelopes = [], [], []
         return out
@@ -600,7 +606,8 @@ class MarketRole:
     def tables(self) -> dict[str, pd.DataFrame]:
         """``bids``, ``trades``, ``clearing``, ``settlements``, ``curtailed_trades``
         (each trade the DSO's curtailment cut: interval, trade_id, seller, buyer, kind,
-        scheduled_kwh, curtailed_kwh [kWh], limit) and ``envelopes`` (the operating
-        envelopes the clearing used), in interval order: every row not yet drained by
+        scheduled_kwh, curtailed_kwh [kWh], limit), ``envelopes`` (the operating
+        envelopes the clearing used) and ``tariff`` (each cleared interval's retail and
+        feed-in prices, ``federates.common.tariff.Tariff.table``), in interval order: every row not yet drained by
         :meth:`drain_tables` (all of them if it was never called); drains them."""
         return self.drain_tables()

@@ -32,9 +32,7 @@ from federates.common.study import (
     Study,
     write_distances,
     write_sites,
-    write_tables,
 )
-from federates.common.tariff import TABLE as TARIFF_TABLE
 
 
 def default_run_dir(cfg: StudyFile, root: Path = Path("runs")) -> Path:
@@ -66,8 +64,7 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
     with ``prosumers.pv_penetration_pct`` the resolved config also gets the peak load
     it refers to (``pv_penetration_base_kw``), so every federate sizes PV alike. A
     dynamic tariff's CSV is copied in (``tariff_prices.csv``, so the run folder stands
-    alone), and ``results/tariff.parquet`` holds every interval's retail and feed-in
-    prices (``federates.common.tariff``).
+    alone); building the study (``Study.load``) checks the tariff covers the study.
     """
     from federates.feeder.placement import place_customers
     from federates.feeder.synthetic import write_synthetic_feeder
@@ -112,8 +109,6 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
             feeder.attach_customers(sites, cfg.feeder.customer_connection)
         np.save(run_dir / V_BASE_FILE, feeder.customer_v_base_v())
     study = Study.load(run_dir)
-    # the prices of every interval, for the post-run code (runner.kpis, report, losses)
-    write_tables(run_dir, {TARIFF_TABLE: study.cfg.tariff.table()})
     from federates.feeder.sensitivity import (
         SENSITIVITIES_FILE,
         compute_sensitivities,
