@@ -756,7 +756,8 @@ def fig_market(r: _Run) -> Plot | html.Text:
     return Plot("market", "Clearing price and traded energy",
                 "Top: the interval's clearing price (clearing.price_usd_per_kwh; none without a peer "
                 "trade) and the volume-weighted price of the peer trades, between the utility's "
-                "feed-in and retail tariffs. Bottom: peer-traded energy per interval "
+                "feed-in and retail tariffs (market.tariff; per interval from results/tariff.parquet, "
+                "stepped when they vary). Bottom: peer-traded energy per interval "
                 "(clearing.traded_kwh) and what was left to the utility."
                 + r.interval_bin_note("energies summed over the bin, the clearing price averaged over the "
                                       "bin's intervals that have one, the peer trade price volume-weighted"),
@@ -827,8 +828,8 @@ def fig_bills(r: _Run) -> Plot | html.Text:
                 "curtailed, the imbalance between metered and scheduled energy at the "
                 f"imbalance price (market.imbalance_price: {r.cfg.market.imbalance_price}), and "
                 "network charges; against the baseline without the market: the same metered "
-                "energy (settlements.metered_kwh) billed per interval at the retail tariff when "
-                "importing and the feed-in tariff when exporting. A prosumer pays more than the "
+                "energy (settlements.metered_kwh) billed per interval at the interval's retail "
+                "price when importing and its feed-in price when exporting (results/tariff.parquet). A prosumer pays more than the "
                 "baseline when its imbalance (bought at retail, sold at feed-in under the "
                 "tariff rule) costs more than the market saved it. Sorted by saving.", fig)
 

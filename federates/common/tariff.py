@@ -345,36 +345,36 @@ def interval_means(series: PriceSeries, t0_s: float, interval_s: float, n: int, 
         return dt.datetime.fromtimestamp(x, tz).isoformat()
 
     study_a, study_b = float(a[0]), float(b[-1])
-    holes = []
-    cur = study_a
-    for i in range(len(s)):
-        if e[i] <= cur:
-            continue
-        if s[i] >= study_b:
-            break
-        if s[i] > cur:
-            holes.append((cur, float(s[i])))
-        cur = max(cur, float(e[i]))
-        if cur >= study_b:
-            break
-    if cur < study_b:
-        holes.append((cur, study_b))
+    # what the pieces cover, as disjoint stretches: a piece starting after every
+    # earlier one ended opens a new stretch
+    reach = np.maximum.accumulate(e)
+    new = np.r_[True, s[1:] > reach[:-1]]
+    cov_a, cov_b = s[new], reach[np.r_[np.flatnonzero(new)[1:] - 1, len(s) - 1]]
+    holes = [(max(x, study_a), min(y, study_b)) for x, y in zip(np.r_[-np.inf, cov_b], np.r_[cov_a, np.inf],
+                                                                 strict=True)
+             if max(x, study_a) < min(y, study_b)]
     for x, y in holes[:10]:
         problems.append(Problem(field, f"{path}: no price from {at(x)} to {at(y)}; the study runs from "
                                 f"{at(study_a)} to {at(study_b)}",
                                 "rows covering the whole study at the series' resolution"))
+    if len(holes) > 10:
+        problems.append(Problem(field, f"{path}: and {len(holes) - 10} more stretches without a price"))
     if problems:
         raise ConfigError(problems, "tariff")
     i0 = np.searchsorted(s, a, side="right") - 1  # the piece holding each interval's start
     i1 = np.searchsorted(s, b, side="left")  # first piece starting at or after its end
-    retail = series.retail[i0].copy()
-    feed_in = series.feed_in[i0].copy()
-    for k in np.flatnonzero(i1 - i0 > 1):
-        j = slice(int(i0[k]), int(i1[k]))
-        w = np.minimum(e[j], b[k]) - np.maximum(s[j], a[k])
-        for arr, v in ((retail, series.retail[j]), (feed_in, series.feed_in[j])):
-            arr[k] = v[0] if (v == v[0]).all() else math.fsum(v * w) / interval_s
-    return retail, feed_in
+    count = i1 - i0
+    # every (interval, piece) overlap, flattened: interval ``rep``, piece ``j``, ``w`` [s]
+    rep = np.repeat(np.arange(n), count)
+    first = np.cumsum(count) - count
+    j = i0[rep] + (np.arange(len(rep)) - first[rep])
+    w = np.minimum(e[j], b[rep]) - np.maximum(s[j], a[rep])
+    out = []
+    for v in (series.retail, series.feed_in):
+        mean = np.bincount(rep, weights=v[j] * w, minlength=n) / interval_s
+        one = (np.minimum.reduceat(v[j], first) == np.maximum.reduceat(v[j], first))
+        out.append(np.where(one, v[i0], mean))  # one price over the interval: that price exactly
+    return out[0], out[1]
 
 
 def tou_series(periods: Sequence[TouPeriod], holidays: Sequence[dt.date], timezone: str,

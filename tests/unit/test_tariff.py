@@ -245,3 +245,9 @@ def test_dynamic_negative_prices_need_the_option_and_a_non_learning_strategy(tmp
            "prosumers": {"strategy": "zip"}, "market": {"tariff": {**tariff, "allow_negative_prices": True}}}
     with pytest.raises(ConfigError, match=r"prosumers\.strategy: zip learns margins on prices >= 0"):
         validate(raw)
+
+
+def test_a_broken_clock_is_reported_once_not_as_a_tariff_error():
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "configs" / "tou.yaml", ["study.physics_step=1s"])
+    assert [p.field for p in e.value.problems] == ["study.physics_step"]

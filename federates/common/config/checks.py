@@ -129,8 +129,10 @@ def _tariff_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
         return []
     from federates.common.tariff import build_tariff
 
-    if not _whole(cfg.study.duration_s / cfg.study.market_interval_s):
-        return []  # no intervals to price (reported by _study_checks)
+    try:
+        cfg.timeline  # noqa: B018 - a clock with whole intervals to price
+    except ValueError:
+        return []  # reported by _study_checks
     try:
         tariff = build_tariff(cfg, base_dir)
     except ConfigError as e:
