@@ -756,8 +756,10 @@ def fig_market(r: _Run) -> Plot | html.Text:
     return Plot("market", "Clearing price and traded energy",
                 "Top: the interval's clearing price (clearing.price_usd_per_kwh; none without a peer "
                 "trade) and the volume-weighted price of the peer trades, between the utility's "
-                "feed-in and retail tariffs (market.tariff; per interval from results/tariff.parquet, "
-                "stepped when they vary). Bottom: peer-traded energy per interval "
+                "feed-in and retail tariffs"
+                + ("" if d.tariff.get("flat", True) else
+                   " (market.tariff, per interval: results/tariff.parquet, averaged over a bin)")
+                + ". Bottom: peer-traded energy per interval "
                 "(clearing.traded_kwh) and what was left to the utility."
                 + r.interval_bin_note("energies summed over the bin, the clearing price averaged over the "
                                       "bin's intervals that have one, the peer trade price volume-weighted"),
