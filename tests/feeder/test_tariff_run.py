@@ -114,3 +114,37 @@ def test_loss_prices_are_the_interval_retail(run):
     ta = t["tariff"].set_index("interval")
     assert np.array_equal(la["loss_price_usd_per_kwh"].to_numpy(),
                           ta["retail_usd_per_kwh"].reindex(la["interval"]).to_numpy())
+
+
+def test_dynamic_tariff_with_negative_feed_in_runs_and_its_folder_stands_alone(tmp_path):
+    """A 20-min price series with a negative feed-in at midday (a wholesale-indexed
+    tariff, allow_negative_prices), named relative to its config: the run prices every
+    15-min interval at the time-weighted mean, the money books balance (no conservation
+    row), a seller to the grid pays for a negative feed-in, and the run folder keeps
+    its own copy of the series (the report runs after the original is gone)."""
+    times = [f"2026-06-21T{11 + m // 60:02d}:{m % 60:02d}:00-04:00" for m in range(0, 80, 20)]
+    feed_in = [0.01, -0.02, -0.05, 0.03]
+    (tmp_path / "prices.csv").write_text("time,retail_usd_per_kwh,feed_in_usd_per_kwh\n" + "".join(
+        f"{t},{f + 0.15:.2f},{f}\n" for t, f in zip(times, feed_in, strict=True)))
+    (tmp_path / "dyn.yaml").write_text(
+        f"base: {REPO / 'configs' / 'default.yaml'}\n"
+        "study: {start: '2026-06-21T11:00:00-04:00', duration: 1h}\n"
+        "market: {tariff: {kind: dynamic, path: prices.csv, allow_negative_prices: true}}\n")
+    out = tmp_path / "run"
+    r = tecosim("run", str(tmp_path / "dyn.yaml"), "--engine", "inprocess", "--out", str(out), "--no-report")
+    assert r.returncode == 0, r.stdout + r.stderr
+    t = read_tables(out)
+    # 15-min intervals over 20-min prices: k=0 [0,15) in row 1; k=1 [15,30): 5 min row 1,
+    # 10 min row 2 -> (5*0.01 + 10*-0.02)/15 = -0.01; k=2 [30,45): 10 min row 2, 5 min
+    # row 3 -> (10*-0.02 + 5*-0.05)/15 = -0.03; k=3 [45,60): row 3 -> -0.05
+    np.testing.assert_allclose(t["tariff"]["feed_in_usd_per_kwh"], [0.01, -0.01, -0.03, -0.05], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(t["tariff"]["retail_usd_per_kwh"], [0.16, 0.14, 0.12, 0.10], rtol=0, atol=1e-15)
+    assert len(t["conservation"]) == 0
+    s = t["settlements"]
+    neg = s[s["interval"] >= 1]
+    assert neg["grid_sold_kwh"].sum() > 0
+    assert (neg.loc[neg["grid_sold_kwh"] > 0, "grid_received_usd"] < 0).all()  # exporting costs money
+    assert (out / "tariff_prices.csv").is_file()
+    (tmp_path / "prices.csv").unlink()
+    r = tecosim("report", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -251,3 +251,36 @@ def test_a_broken_clock_is_reported_once_not_as_a_tariff_error():
     with pytest.raises(ConfigError) as e:
         load_config(REPO / "configs" / "tou.yaml", ["study.physics_step=1s"])
     assert [p.field for p in e.value.problems] == ["study.physics_step"]
+
+
+# ---- the roles take the interval's prices ----------------------------------------------
+
+def test_dso_least_cost_prices_an_unsold_export_at_the_interval_feed_in():
+    from federates.common.messages import Confirmation
+    from federates.controllers.dso_agent import DsoAgent
+
+    cfg = load_config(REPO / "configs" / "tou.yaml")  # feed-in 0.08 off peak, 0.12 in 16:00-21:00
+    dso = DsoAgent(cfg, ["p1", "p2"], np.array([5.0, 5.0]), None)
+    sold = Confirmation("p2", 70, -1.0, 0.0, 1.0, 0.0, 0.0, 0.15)  # p2 sold to a peer at 0.15
+    dso.on_confirmations(70, [sold])  # interval 70: 17:30, the peak
+    assert list(dso.price_usd_per_kwh) == [0.12, 0.15]
+    dso.on_confirmations(10, [])  # 02:30, off peak
+    assert list(dso.price_usd_per_kwh) == [0.08, 0.08]
+
+
+@pytest.mark.parametrize("strategy", ["zip", "roth_erev"])
+def test_adaptive_bidders_stay_within_each_interval_tariffs(strategy):
+    from federates.prosumers.adaptive import AdaptiveBidders
+
+    cfg = load_config(REPO / "configs" / "tou.yaml")
+    t = cfg.tariff
+    ab = AdaptiveBidders(strategy, retail_usd_per_kwh=t.retail_usd_per_kwh,
+                         feed_in_usd_per_kwh=t.feed_in_usd_per_kwh, seed=1)
+    for k in (10, 70):  # off peak [0.08, 0.21], peak [0.12, 0.42]
+        f, r = t.feed_in(k), t.retail(k)
+        assert ab.tariffs(k) == (f, r)
+        for side, value in (("buy", r), ("sell", f)):
+            p = ab.price(k, "p1", side, value, energy_kwh=1.0)
+            assert f <= p <= r
+    with pytest.raises(ValueError, match="outside the tariffs"):  # the peak's retail is no off-peak value
+        ab.price(10, "p2", "buy", 0.42)
