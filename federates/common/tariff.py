@@ -193,16 +193,22 @@ def tou_coverage_problems(periods: Sequence[TouPeriod], field: str = "market.tar
                 names = cover.get((m, d, h), [])
                 if len(names) > 1:
                     doubles.setdefault((d, h, tuple(names)), []).append(m)
+    allowed = "periods that cover every hour of every day type and month exactly once"
+    by_days: dict[tuple[tuple[int, ...], tuple[int, ...]], list[str]] = {}  # (hours, months) -> day types
     for (d, hours), months in gaps.items():
-        problems.append(Problem(field, f"{d} {_hours(hours)} of {_months(months)}: covered by no period",
-                                "periods that cover every hour of every day type and month exactly once"))
-    merged: dict[tuple[str, tuple[str, ...], tuple[int, ...]], list[int]] = {}
+        by_days.setdefault((hours, tuple(months)), []).append(d)
+    for (hours, months), days in by_days.items():
+        problems.append(Problem(field, f"{', '.join(days)} {_hours(hours)} of {_months(months)}: covered by no "
+                                "period", allowed))
+    merged: dict[tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]], list[str]] = {}
+    hours_of: dict[tuple[str, tuple[str, ...], tuple[int, ...]], list[int]] = {}
     for (d, h, names), months in doubles.items():
-        merged.setdefault((d, names, tuple(months)), []).append(h)
-    for (d, names, months), hours in merged.items():
-        problems.append(Problem(field, f"{d} {_hours(hours)} of {_months(months)}: covered by "
-                                f"{len(names)} periods ({', '.join(names)})",
-                                "periods that cover every hour of every day type and month exactly once"))
+        hours_of.setdefault((d, names, tuple(months)), []).append(h)
+    for (d, names, months), hours in hours_of.items():
+        merged.setdefault((names, tuple(hours), months), []).append(d)
+    for (names, hours, months), days in merged.items():
+        problems.append(Problem(field, f"{', '.join(days)} {_hours(hours)} of {_months(months)}: covered by "
+                                f"{len(names)} periods ({', '.join(names)})", allowed))
     return problems
 
 
