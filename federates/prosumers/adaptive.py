@@ -187,15 +187,17 @@ class AdaptiveBidders:
 
     Call :meth:`price` for each order of interval ``k``, then :meth:`learn` with the
     market's confirmations of ``k``. Learning only touches participants that were
-    priced in ``k``; a confirmation for an unpriced participant is ignored.
+    priced in ``k``; a confirmation for an unpriced participant is ignored. The tariffs
+    [USD/kWh] are one price each, or arrays of every interval's (a time-varying tariff,
+    ``federates.common.tariff.Tariff``): interval ``k`` is priced and learnt within its own.
     """
 
     def __init__(
         self,
         strategy: str,
         *,
-        retail_usd_per_kwh: float,
-        feed_in_usd_per_kwh: float,
+        retail_usd_per_kwh: float | np.ndarray,
+        feed_in_usd_per_kwh: float | np.ndarray,
         seed: int,
         indices: Mapping[str, int] | None = None,
         zip_beta: float = 0.3,
