@@ -302,19 +302,30 @@ BILL_PARTS: tuple[tuple[str, str], ...] = (
 )
 
 
-def bill_sums(settlements: pd.DataFrame, retail_usd_per_kwh: float, feed_in_usd_per_kwh: float) -> pd.DataFrame:
+def bill_sums(settlements: pd.DataFrame, retail_usd_per_kwh: float | np.ndarray,
+              feed_in_usd_per_kwh: float | np.ndarray) -> pd.DataFrame:
     """Per participant: ``net_cost_usd``, its parts (:data:`BILL_PARTS`, in runs that
     have them) and ``baseline_usd`` summed over the rows (the grid operator's rows,
-    which collect network charges, are no prosumer's bill)."""
+    which collect network charges, are no prosumer's bill). The tariffs [USD/kWh]: one
+    price, or an array of every interval's (``Tariff.retail_usd_per_kwh``, indexed by
+    the rows' ``interval``)."""
     settlements = settlements[settlements["participant"].astype(str) != GRID_OPERATOR]
     m = settlements["metered_kwh"].to_numpy(dtype=float)
-    base = np.clip(m, 0, None) * retail_usd_per_kwh - np.clip(-m, 0, None) * feed_in_usd_per_kwh
+    retail, feed_in = _per_row(settlements, retail_usd_per_kwh), _per_row(settlements, feed_in_usd_per_kwh)
+    base = np.clip(m, 0, None) * retail - np.clip(-m, 0, None) * feed_in
     df = pd.DataFrame({"participant": settlements["participant"].astype(str).to_numpy(),
                        "net_cost_usd": settlements["net_cost_usd"].to_numpy(dtype=float),
                        "baseline_usd": base,
                        **{col: settlements[col].to_numpy(dtype=float) for col, _ in BILL_PARTS
                           if col in settlements}})
     return df.groupby("participant").sum()
+
+
+def _per_row(rows: pd.DataFrame, price: float | np.ndarray) -> float | np.ndarray:
+    """``price`` [USD/kWh] of each row's interval (a scalar stays one)."""
+    if np.ndim(price) == 0:
+        return price
+    return np.asarray(price, dtype=float)[rows["interval"].to_numpy(dtype=np.int64)]
 
 
 def bills(sums: pd.DataFrame) -> pd.DataFrame:
@@ -325,11 +336,12 @@ def bills(sums: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("saving_usd", ascending=False)
 
 
-def baseline_bills(settlements: pd.DataFrame, retail_usd_per_kwh: float,
-                   feed_in_usd_per_kwh: float) -> pd.DataFrame:
+def baseline_bills(settlements: pd.DataFrame, retail_usd_per_kwh: float | np.ndarray,
+                   feed_in_usd_per_kwh: float | np.ndarray) -> pd.DataFrame:
     """Per participant: ``net_cost_usd`` (with the market, summed over intervals),
     ``baseline_usd`` (no market: the same metered energy ``m`` billed at the tariffs,
-    per interval net: ``sum_k max(m_k, 0) * retail - max(-m_k, 0) * feed_in``) and
+    per interval net: ``sum_k max(m_k, 0) * retail_k - max(-m_k, 0) * feed_in_k``, the
+    prices one number or per interval as in :func:`bill_sums`) and
     ``saving_usd = baseline_usd - net_cost_usd``; sorted by saving, largest first.
     (The report sums the same per chunk of intervals.)"""
     return bills(bill_sums(settlements, retail_usd_per_kwh, feed_in_usd_per_kwh))

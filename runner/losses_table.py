@@ -30,7 +30,7 @@ So per interval ``sum(loss_kwh)`` = the interval's feeder losses (sum of
 Pricing (``market.loss_price``): ``none`` (``loss_cost_usd`` NaN), ``clearing`` (the
 interval's clearing price; where the mechanism sets none, the volume-weighted price of
 the interval's peer trades; with no peer trade either, the retail tariff) or ``retail``
-(``market.retail_usd_per_kwh``). ``loss_price_usd_per_kwh`` records the price used,
+(the interval's retail price, ``results/tariff.parquet``; ``market.tariff``). ``loss_price_usd_per_kwh`` records the price used,
 ``loss_cost_usd`` = ``loss_kwh`` x that price. ``loss_charges``: per interval and
 customer the losses it carries over all its rows (``loss_kwh``) and their cost; the
 background is not charged to any customer.
@@ -73,6 +73,7 @@ LOSS_COLUMNS: dict[str, list[str]] = {
     "voltages": ["step", "participant", "p_kw"],
     "trades": ["interval", "trade_id", "seller", "buyer", "energy_kwh", "price_usd_per_kwh", "kind"],
     "clearing": ["interval", "price_usd_per_kwh"],
+    "tariff": ["interval", "retail_usd_per_kwh"],
 }
 
 LOSS_ALLOCATION_DTYPES: dict[str, str] = {
@@ -92,9 +93,9 @@ def _per_interval_price(cfg: StudyFile, t: Mapping[str, pd.DataFrame], intervals
     m = cfg.market
     if m.loss_price == "none":
         return np.full(len(intervals), np.nan)
-    retail = float(m.retail_usd_per_kwh)
+    retail = _retail(cfg, t, intervals)
     if m.loss_price == "retail":
-        return np.full(len(intervals), retail)
+        return retail
     cl = t.get("clearing")
     price = pd.Series(np.nan, index=intervals)
     if cl is not None and len(cl):
@@ -106,7 +107,16 @@ def _per_interval_price(cfg: StudyFile, t: Mapping[str, pd.DataFrame], intervals
         paid = (peer["energy_kwh"] * peer["price_usd_per_kwh"]).groupby(peer["interval"]).sum()
         vwap = (paid / vol.where(vol > 0)).reindex(intervals)
         price = price.fillna(vwap)
-    return price.fillna(retail).to_numpy(dtype=float)
+    return price.fillna(pd.Series(retail, index=intervals)).to_numpy(dtype=float)
+
+
+def _retail(cfg: StudyFile, t: Mapping[str, pd.DataFrame], intervals: np.ndarray) -> np.ndarray:
+    """The retail price of each interval [USD/kWh]: the run's ``tariff`` table (in
+    ``t``), else the study's tariff (a run from before the table)."""
+    ta = t.get("tariff")
+    if ta is not None and len(ta):
+        return ta.set_index("interval")["retail_usd_per_kwh"].reindex(intervals).to_numpy(dtype=float)
+    return cfg.tariff.retail_usd_per_kwh[np.asarray(intervals, dtype=np.int64)].copy()
 
 
 def loss_allocation(cfg: StudyFile, t: Mapping[str, pd.DataFrame]) -> pd.DataFrame | None:

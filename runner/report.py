@@ -63,10 +63,11 @@ from matplotlib.ticker import MaxNLocator
 
 from federates.common.config import StudyFile
 from federates.common.limits import Limit
+from federates.common.tariff import Tariff
 from runner import html
 from runner.kpis import BILL_PARTS, bill_sums, bills, kpis_of, report_table
 from runner.kpis import baseline_bills as baseline_bills  # where callers import it from
-from runner.run_folder import CHUNK_ROWS, RunFolder, interval_chunks, table_file
+from runner.run_folder import CHUNK_ROWS, RunFolder, interval_chunks, run_tariff, table_file
 
 REPORT_FILE = "report.html"
 FIGURE_DIR = "report"
@@ -295,6 +296,8 @@ class ReportData:
     import_sum_kw: float = 0.0
     welfare_usd: float = 0.0
     bill_sums: pd.DataFrame | None = None
+    # the run's tariff: retail and feed-in per interval bin (Binned, mean), flat or not
+    tariff: dict = field(default_factory=dict)
 
     def has(self, name: str) -> bool:
         """The run has the table and it has rows (as ``_Run.table`` had it)."""
@@ -315,11 +318,12 @@ def aggregate(run_dir: Path, cfg: StudyFile, *, chunk_rows: int = CHUNK_ROWS) ->
             columns[name] = pf.schema_arrow.names
     d = ReportData(steps=Bins(tl.n_steps, MAX_SERIES_POINTS), intervals=Bins(tl.n_intervals, MAX_INTERVAL_BARS),
                    heat_steps=Bins(tl.n_steps, MAX_HEATMAP_COLUMNS), rows=rows, columns=columns)
-    m = cfg.market
+    tariff = run_tariff(run_dir, cfg)
+    _add_tariff(d, tariff)
     for _, t in interval_chunks(run_dir, cfg, REPORT_COLUMNS, chunk_rows=chunk_rows):
         _add_voltages(d, t)
         _add_grid(d, t)
-        _add_market(d, t, m.retail_usd_per_kwh, m.feed_in_usd_per_kwh)
+        _add_market(d, t, tariff.retail_usd_per_kwh, tariff.feed_in_usd_per_kwh)
         _add_profiles(d, t)
         _add_curtailment(d, t, tl.steps_per_interval)
         _add_peaks(d, t)
@@ -399,7 +403,17 @@ def _add_grid(d: ReportData, t: Mapping[str, pd.DataFrame]) -> None:
             d.c_loss[f"{who}_sum"].add(steps, x)
 
 
-def _add_market(d: ReportData, t: Mapping[str, pd.DataFrame], retail: float, feed_in: float) -> None:
+def _add_tariff(d: ReportData, tariff: Tariff) -> None:
+    """The retail and feed-in prices per interval bin (their mean over a bin's intervals)."""
+    k = np.arange(tariff.n_intervals)
+    d.tariff = {"flat": bool(len(np.unique(tariff.retail_usd_per_kwh)) <= 1
+                             and len(np.unique(tariff.feed_in_usd_per_kwh)) <= 1)}
+    for name, v in (("retail", tariff.retail_usd_per_kwh), ("feed_in", tariff.feed_in_usd_per_kwh)):
+        d.tariff[name] = Binned(d.intervals, "mean")
+        d.tariff[name].add(k, v)
+
+
+def _add_market(d: ReportData, t: Mapping[str, pd.DataFrame], retail: np.ndarray, feed_in: np.ndarray) -> None:
     cl = t.get("clearing")
     if cl is not None and not cl.empty:
         if d.cl_rows is None:
@@ -720,10 +734,7 @@ def fig_market(r: _Run) -> Plot | html.Text:
         ok = d.peer_vol.present & ~np.isnan(mean)
         ax1.plot(r.h0 + (b.starts()[ok] + 0.5 * b.width) * tl.interval_h, mean[ok], "o",
                  ms=3, color="#ff7f0e", label="mean peer trade price (volume-weighted)")
-    ax1.axhline(m.retail_usd_per_kwh, color="#d62728", ls="--", lw=1,
-                label=f"retail tariff {m.retail_usd_per_kwh:.3f}")
-    ax1.axhline(m.feed_in_usd_per_kwh, color="#2ca02c", ls="--", lw=1,
-                label=f"feed-in tariff {m.feed_in_usd_per_kwh:.3f}")
+    _tariff_lines(r, ax1)
     ax1.set_ylabel("price [USD/kWh]")
     ax1.set_title(f"Clearing price per {per} ({m.topology} / {m.mechanism})")
     r.time_axis(ax1)
@@ -745,11 +756,35 @@ def fig_market(r: _Run) -> Plot | html.Text:
     return Plot("market", "Clearing price and traded energy",
                 "Top: the interval's clearing price (clearing.price_usd_per_kwh; none without a peer "
                 "trade) and the volume-weighted price of the peer trades, between the utility's "
-                "feed-in and retail tariffs. Bottom: peer-traded energy per interval "
+                "feed-in and retail tariffs"
+                + ("" if d.tariff.get("flat", True) else
+                   " (market.tariff, per interval: results/tariff.parquet, averaged over a bin)")
+                + ". Bottom: peer-traded energy per interval "
                 "(clearing.traded_kwh) and what was left to the utility."
                 + r.interval_bin_note("energies summed over the bin, the clearing price averaged over the "
                                       "bin's intervals that have one, the peer trade price volume-weighted"),
                 fig)
+
+
+def _tariff_lines(r: _Run, ax) -> None:
+    """The run's retail and feed-in tariffs on a price axis: two lines when flat, else
+    their steps over the study (per interval, or the mean over each bin)."""
+    d, tl = r.data, r.cfg.timeline
+    if not d.tariff:
+        return
+    retail, feed_in = d.tariff["retail"].values(), d.tariff["feed_in"].values()
+    if d.tariff["flat"]:
+        ax.axhline(retail[0], color="#d62728", ls="--", lw=1, label=f"retail tariff {retail[0]:.3f}")
+        ax.axhline(feed_in[0], color="#2ca02c", ls="--", lw=1, label=f"feed-in tariff {feed_in[0]:.3f}")
+        return
+    b = d.intervals
+    x = r.h0 + np.r_[b.starts(), b.n * b.width] * tl.interval_h
+    x[-1] = min(x[-1], r.h0 + tl.n_intervals * tl.interval_h)
+    kind = r.cfg.market.tariff.kind
+    ax.step(x, np.r_[retail, retail[-1]], where="post", color="#d62728", ls="--", lw=1,
+            label=f"retail tariff ({kind})")
+    ax.step(x, np.r_[feed_in, feed_in[-1]], where="post", color="#2ca02c", ls="--", lw=1,
+            label=f"feed-in tariff ({kind})")
 
 
 def fig_bills(r: _Run) -> Plot | html.Text:
@@ -795,8 +830,8 @@ def fig_bills(r: _Run) -> Plot | html.Text:
                 "curtailed, the imbalance between metered and scheduled energy at the "
                 f"imbalance price (market.imbalance_price: {r.cfg.market.imbalance_price}), and "
                 "network charges; against the baseline without the market: the same metered "
-                "energy (settlements.metered_kwh) billed per interval at the retail tariff when "
-                "importing and the feed-in tariff when exporting. A prosumer pays more than the "
+                "energy (settlements.metered_kwh) billed per interval at the interval's retail "
+                "price when importing and its feed-in price when exporting (results/tariff.parquet). A prosumer pays more than the "
                 "baseline when its imbalance (bought at retail, sold at feed-in under the "
                 "tariff rule) costs more than the market saved it. Sorted by saving.", fig)
 

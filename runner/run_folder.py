@@ -34,6 +34,7 @@ from federates.common.errors import ConfigError, Problem
 
 if TYPE_CHECKING:
     from federates.common.config import StudyFile
+    from federates.common.tariff import Tariff
 
 CONFIG_FILE = "config.resolved.yaml"  # federates.common.study.CONFIG_FILE
 MANIFEST_FILE = "manifest.json"
@@ -85,6 +86,11 @@ class RunFolder:
         """Every results table whole (:func:`read_tables`)."""
         return read_tables(self.path)
 
+    @cached_property
+    def tariff(self) -> Tariff:
+        """The run's retail and feed-in prices per interval (:func:`run_tariff`)."""
+        return run_tariff(self.path, self.cfg)
+
     def chunks(self, columns: Mapping[str, Sequence[str] | None], *,
                chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[np.ndarray, dict[str, pd.DataFrame]]]:
         """The tables in ranges of whole market intervals (:func:`interval_chunks`)."""
@@ -125,6 +131,22 @@ def read_tables(run_dir: Path) -> dict[str, pd.DataFrame]:
 
 def table_file(run_dir: Path, name: str) -> Path:
     return Path(run_dir) / RESULTS / f"{name}.parquet"
+
+
+def run_tariff(run_dir: Path, cfg: StudyFile) -> Tariff:
+    """The retail and feed-in prices [USD/kWh] of every interval of a run: its
+    ``results/tariff.parquet`` (the market's record of the prices it cleared and settled
+    each interval at), or the study's tariff (``StudyFile.tariff``) in a run from
+    before that table or one that stopped before its last interval."""
+    from federates.common.tariff import TABLE, Tariff
+
+    path = table_file(run_dir, TABLE)
+    if not path.is_file():
+        return cfg.tariff
+    df = pd.read_parquet(path)
+    if len(df) != cfg.timeline.n_intervals:
+        return cfg.tariff
+    return Tariff.from_table(df, cfg.study.market_interval_s, kind=cfg.market.tariff.kind)
 
 
 class IntervalReader:

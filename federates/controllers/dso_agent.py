@@ -56,8 +56,9 @@ class DsoAgent:
         self.cur = cfg.controllers.curtailment
         self.v_max_pu = float(cfg.controllers.v_max_pu)
         self.v_min_pu = float(cfg.controllers.v_min_pu)
-        self.feed_in = float(cfg.market.feed_in_usd_per_kwh)
-        self.price_usd_per_kwh = np.full(n, self.feed_in)
+        #: the feed-in price of each interval [USD/kWh] (market.tariff): what an unsold export is worth
+        self.tariff = cfg.tariff
+        self.price_usd_per_kwh = np.full(n, self.tariff.feed_in(0))
         conn = cfg.feeder.customer_connection
         #: each customer's own import limit for envelopes: its share of the service transformer
         self.import_cap_kw = np.full(n, conn.transformer_kva / conn.customers_per_transformer
@@ -73,8 +74,9 @@ class DsoAgent:
 
     # ------------------------------------------------------------------ inputs
     def on_confirmations(self, k: int, confirmations: Sequence[Confirmation]) -> None:
-        """The schedule of ``k``: a seller's peer price is what curtailing it loses."""
-        self.price_usd_per_kwh[:] = self.feed_in
+        """The schedule of ``k``: a seller's peer price is what curtailing it loses, the
+        interval's feed-in price for one without a peer sale."""
+        self.price_usd_per_kwh[:] = self.tariff.feed_in(k)
         for c in confirmations:
             i = self._index.get(c.participant)
             if i is not None and c.interval == k and c.peer_sold_kwh > 0 and c.price_usd_per_kwh is not None:

@@ -34,6 +34,7 @@ from federates.common.messages import (
     Order,
     Trade,
 )
+from federates.common.tariff import TABLE as TARIFF_TABLE
 from federates.market.books import LEDGER_TOTALS, ledger_differences, money_flows
 from federates.market.community import ClearingResult
 from federates.market.fastbook import adopt
@@ -209,8 +210,9 @@ class MarketRole:
                 raise ValueError(f"distance_km has shape {d.shape}, expected ({n}, {n})")
             self._distances = _PairDistances(self._index, d)
         self._timeline = cfg.timeline
-        self._retail = m.retail_usd_per_kwh
-        self._feed_in = m.feed_in_usd_per_kwh
+        #: the utility's retail and feed-in prices of each interval (market.tariff)
+        self.tariff = cfg.tariff
+        self._tariff_rows: list[int] = []  # intervals cleared, for the ``tariff`` table
         self._last_k: int | None = None
         self._pending: dict[int, ClearingResult] = {}
         self._bids: list[dict] = []
@@ -389,7 +391,7 @@ class MarketRole:
             known = [o for o in orders if o.participant in self._index]
             extra["charges"] = electrical_distance_charges(known, self._distances, self._charge_rate)
         result = with_confirmation_prices(self._clear(
-            orders, interval=k, retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
+            orders, interval=k, retail_usd_per_kwh=self.tariff.retail(k), feed_in_usd_per_kwh=self.tariff.feed_in(k),
             **extra,
         ))
         return replace(result, trades=_numbered(k, result.trades))
@@ -429,7 +431,7 @@ class MarketRole:
         from federates.market.network_constraints import accept_within_grid
 
         acc = accept_within_grid(orders, constraints, interval_h=self._timeline.interval_h,
-                                 retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in)
+                                 retail_usd_per_kwh=self.tariff.retail(k), feed_in_usd_per_kwh=self.tariff.feed_in(k))
         h = self._timeline.interval_h
         accepted: dict[tuple[str, str], float] = {}
         for o in acc.orders:
@@ -517,18 +519,19 @@ class MarketRole:
             if x.interval == k:
                 loss_kwh[x.participant] = loss_kwh.get(x.participant, 0.0) + x.loss_kwh
         # the loss price: the interval's market price (else retail) or retail (runner/losses_table.py)
+        retail, feed_in = self.tariff.retail(k), self.tariff.feed_in(k)
         loss_price = (market_price if self._loss_price == "clearing" and market_price is not None
-                      else self._retail)
+                      else retail)
         settled = settle_interval(
             k, list(confs), list(trades), metered, curtailed,
-            retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
+            retail_usd_per_kwh=retail, feed_in_usd_per_kwh=feed_in,
             participants=self.participants, imbalance_rule=self._imbalance_rule,
             loss_kwh=loss_kwh or None, loss_price_usd_per_kwh=loss_price if loss_kwh else None,
         )
         rows, cuts = settled.rows, settled.trade_cuts
         self._settlements.extend(dict(vars(r)) for r in rows)
         for flow, expected, actual in money_flows(
-                rows, trades, cuts, retail_usd_per_kwh=self._retail, feed_in_usd_per_kwh=self._feed_in,
+                rows, trades, cuts, retail_usd_per_kwh=retail, feed_in_usd_per_kwh=feed_in,
                 imbalance_rule=self._imbalance_rule, market_price_usd_per_kwh=market_price,
                 loss_charges_usd=[x * loss_price for x in loss_kwh.values()]):
             self.books.check("money", interval=k, subject=flow, expected=expected, actual=actual,
@@ -566,6 +569,7 @@ class MarketRole:
              "kind": "grid" if GRID in (t.seller, t.buyer) else "peer"}
             for t in r.trades
         )
+        self._tariff_rows.append(k)
         self._clearing.append({
             "interval": k, "status": r.status,
             "price_usd_per_kwh": math.nan if r.price_usd_per_kwh is None else r.price_usd_per_kwh,
@@ -589,9 +593,12 @@ class MarketRole:
             "settlements": _frame(self._settlements, SETTLEMENTS_DTYPES),
             "curtailed_trades": _frame(self._curtailed_trades, CURTAILED_TRADES_DTYPES),
             "envelopes": _frame(self._envelopes, ENVELOPES_DTYPES),
+            # the prices each cleared interval was cleared and settled at
+            TARIFF_TABLE: self.tariff.table().iloc[self._tariff_rows].reset_index(drop=True),
             **self.books.table(),
         }
         self.books.forget()
+        self._tariff_rows = []
         self._bids, self._trades, self._clearing = [], [], []
         self._settlements, self._curtailed_trades, self._envelopes = [], [], []
         return out
@@ -599,7 +606,8 @@ class MarketRole:
     def tables(self) -> dict[str, pd.DataFrame]:
         """``bids``, ``trades``, ``clearing``, ``settlements``, ``curtailed_trades``
         (each trade the DSO's curtailment cut: interval, trade_id, seller, buyer, kind,
-        scheduled_kwh, curtailed_kwh [kWh], limit) and ``envelopes`` (the operating
-        envelopes the clearing used), in interval order: every row not yet drained by
+        scheduled_kwh, curtailed_kwh [kWh], limit), ``envelopes`` (the operating
+        envelopes the clearing used) and ``tariff`` (each cleared interval's retail and
+        feed-in prices, ``federates.common.tariff.Tariff.table``), in interval order: every row not yet drained by
         :meth:`drain_tables` (all of them if it was never called); drains them."""
         return self.drain_tables()

@@ -60,9 +60,19 @@ def _check_side(side: str) -> None:
         raise ValueError(f"unknown side {side!r}; allowed: {', '.join(SIDES)}")
 
 
-def _check_tariffs(retail_usd_per_kwh: float, feed_in_usd_per_kwh: float) -> None:
-    if feed_in_usd_per_kwh < 0 or feed_in_usd_per_kwh > retail_usd_per_kwh:
-        raise ValueError("need 0 <= feed_in_usd_per_kwh <= retail_usd_per_kwh")
+def _check_tariffs(retail_usd_per_kwh, feed_in_usd_per_kwh) -> None:
+    r, f = np.asarray(retail_usd_per_kwh, dtype=float), np.asarray(feed_in_usd_per_kwh, dtype=float)
+    if r.shape != f.shape or np.any(f < 0) or np.any(f > r):
+        raise ValueError("need 0 <= feed_in_usd_per_kwh <= retail_usd_per_kwh (in every interval)")
+
+
+def _tariff_value(v) -> float | np.ndarray:
+    """A tariff as a float, or a read-only per-interval array."""
+    if np.ndim(v) == 0:
+        return float(v)
+    a = np.array(v, dtype=float)
+    a.flags.writeable = False
+    return a
 
 
 def zip_initial_margin(seed: int, key: int | str, side: str) -> float:
@@ -177,15 +187,17 @@ class AdaptiveBidders:
 
     Call :meth:`price` for each order of interval ``k``, then :meth:`learn` with the
     market's confirmations of ``k``. Learning only touches participants that were
-    priced in ``k``; a confirmation for an unpriced participant is ignored.
+    priced in ``k``; a confirmation for an unpriced participant is ignored. The tariffs
+    [USD/kWh] are one price each, or arrays of every interval's (a time-varying tariff,
+    ``federates.common.tariff.Tariff``): interval ``k`` is priced and learnt within its own.
     """
 
     def __init__(
         self,
         strategy: str,
         *,
-        retail_usd_per_kwh: float,
-        feed_in_usd_per_kwh: float,
+        retail_usd_per_kwh: float | np.ndarray,
+        feed_in_usd_per_kwh: float | np.ndarray,
         seed: int,
         indices: Mapping[str, int] | None = None,
         zip_beta: float = 0.3,
@@ -206,8 +218,9 @@ class AdaptiveBidders:
         if any(not 0.0 <= m <= 1.0 for m in markups):
             raise ValueError("markups must lie in [0, 1]")
         self.strategy = strategy
-        self.retail_usd_per_kwh = float(retail_usd_per_kwh)
-        self.feed_in_usd_per_kwh = float(feed_in_usd_per_kwh)
+        #: the tariffs [USD/kWh]: floats, or per-interval arrays (a time-varying tariff)
+        self.retail_usd_per_kwh = _tariff_value(retail_usd_per_kwh)
+        self.feed_in_usd_per_kwh = _tariff_value(feed_in_usd_per_kwh)
         self.seed = int(seed)
         self.indices = dict(indices or {})
         self.zip_beta = float(zip_beta)
@@ -222,6 +235,11 @@ class AdaptiveBidders:
         self._pending: dict[int, dict[str, _Pending]] = {}
 
     # ---- helpers -------------------------------------------------------------------
+    def tariffs(self, k: int) -> tuple[float, float]:
+        """(feed-in, retail) of interval ``k`` [USD/kWh]."""
+        f, r = self.feed_in_usd_per_kwh, self.retail_usd_per_kwh
+        return (f if isinstance(f, float) else float(f[k]), r if isinstance(r, float) else float(r[k]))
+
     def _key(self, participant: str) -> int | str:
         return self.indices.get(participant, participant)
 
@@ -257,7 +275,7 @@ class AdaptiveBidders:
         Roth-Erev profit into a per-kWh reward. The result lies in [feed-in, retail].
         """
         _check_side(side)
-        f, r = self.feed_in_usd_per_kwh, self.retail_usd_per_kwh
+        f, r = self.tariffs(k)
         if not f - 1e-12 <= value_usd_per_kwh <= r + 1e-12:
             raise ValueError(f"value {value_usd_per_kwh} outside the tariffs [{f}, {r}] USD/kWh")
         v = float(np.clip(value_usd_per_kwh, f, r))
@@ -286,7 +304,7 @@ class AdaptiveBidders:
             if self.strategy == "zip":
                 self._learn_zip(k, c.participant, pd_, traded_kwh, q)
             else:
-                self._learn_roth_erev(c.participant, pd_, traded_kwh, q)
+                self._learn_roth_erev(k, c.participant, pd_, traded_kwh, q)
 
     # ---- learning ------------------------------------------------------------------
     def _learn_zip(
@@ -304,7 +322,7 @@ class AdaptiveBidders:
         (nothing cleared) -> lower toward ``R p - A``. Buyers mirror this.
         """
         side, p, v = pd_.side, pd_.price_usd_per_kwh, pd_.value_usd_per_kwh
-        f, r = self.feed_in_usd_per_kwh, self.retail_usd_per_kwh
+        f, r = self.tariffs(k)
         rng = stream(self.seed, "zip_target", self._key(participant), side, k)
         r_up, r_down = rng.uniform(1.0, 1.05), rng.uniform(0.95, 1.0)
         a = rng.uniform(0.0, self.perturbation_fraction * (r - f))
@@ -340,12 +358,14 @@ class AdaptiveBidders:
             st.margin = float(np.clip(1.0 - new_p / v, 0.0, hi)) if v > 0 else 0.0
 
     def _learn_roth_erev(
-        self, participant: str, pd_: _Pending, traded_kwh: float, q: float | None
+        self, k: int, participant: str, pd_: _Pending, traded_kwh: float, q: float | None
     ) -> None:
-        """Reward = profit against the grid per kWh offered / tariff span, in [0, 1]."""
+        """Reward = profit against the grid per kWh offered / the tariff span of
+        interval ``k``, in [0, 1]."""
         if pd_.action is None:
             return
-        span = self.retail_usd_per_kwh - self.feed_in_usd_per_kwh
+        f, r = self.tariffs(k)
+        span = r - f
         reward = 0.0
         if q is not None and traded_kwh > 0.0 and span > 0.0:
             unit = (

@@ -208,6 +208,8 @@ class ProsumersRole:
         self._soc = self.initial_soc_kwh.copy()
         self._next_step = 0
         m = cfg.market
+        #: the utility's retail and feed-in prices of each interval (market.tariff)
+        self.tariff = cfg.tariff
         #: each prosumer's own Ed25519 key; bids leave here signed (market.ledger)
         self.keys: KeyRing | None = (
             KeyRing.from_seed(self.seed, self.participants) if m.ledger else None
@@ -215,8 +217,8 @@ class ProsumersRole:
         #: learning bidders when the strategy is adaptive (``zip``, ``roth_erev``), else None
         self.adaptive: AdaptiveBidders | None = (
             AdaptiveBidders(
-                cfg.prosumers.strategy, retail_usd_per_kwh=m.retail_usd_per_kwh,
-                feed_in_usd_per_kwh=m.feed_in_usd_per_kwh, seed=self.seed,
+                cfg.prosumers.strategy, retail_usd_per_kwh=self.tariff.retail_usd_per_kwh,
+                feed_in_usd_per_kwh=self.tariff.feed_in_usd_per_kwh, seed=self.seed,
                 indices={s.participant: int(s.index) for s in self.specs},
             )
             if cfg.prosumers.strategy in ADAPTIVE_STRATEGIES
@@ -228,7 +230,7 @@ class ProsumersRole:
         self._dr_calls: dict[int, dict[int, tuple[float, str, str]]] = {}  # {k: {site position: call}}
         self.flex: FlexDemand | None = (
             FlexDemand(cfg, self._index, self.participants, start=study_times(cfg, 0, 1)[0],
-                       retail_usd_per_kwh=lambda k: m.retail_usd_per_kwh,
+                       retail_usd_per_kwh=self.tariff.retail,
                        population_indices=population_indices, offset=offset)
             if cfg.prosumers.ev.share > 0 or cfg.prosumers.hvac.share > 0 else None
         )
@@ -340,21 +342,22 @@ class ProsumersRole:
         blk.battery_plan_kw[i] = plan
         blk.forecast_net_kw[i] = net
 
-        p, m = self.cfg.prosumers, self.cfg.market
+        p = self.cfg.prosumers
+        retail, feed_in = self.tariff.retail(k), self.tariff.feed_in(k)
         orders = []
         for j, spec in enumerate(self.specs):
             if net[j] == 0.0:
                 continue
             side = "buy" if net[j] > 0 else "sell"
             if self.adaptive is not None:
-                value = m.retail_usd_per_kwh if side == "buy" else m.feed_in_usd_per_kwh
+                value = retail if side == "buy" else feed_in
                 price = self.adaptive.price(
                     k, spec.participant, side, value, energy_kwh=float(abs(net[j]) * dt_h)
                 )
             else:
                 price = limit_price(
-                    p.strategy, side=side, retail_usd_per_kwh=m.retail_usd_per_kwh,
-                    feed_in_usd_per_kwh=m.feed_in_usd_per_kwh, seed=self.seed,
+                    p.strategy, side=side, retail_usd_per_kwh=retail,
+                    feed_in_usd_per_kwh=feed_in, seed=self.seed,
                     index=spec.index, interval=k,
                 )
             orders.append(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
+import shutil
 import socket
 import sys
 import time
@@ -25,7 +26,14 @@ from federates.common.config import (
     resolved_dict,
 )
 from federates.common.errors import ConfigError, FederationError, FeederModelError, Problem
-from federates.common.study import CONFIG_FILE, V_BASE_FILE, Study, write_distances, write_sites
+from federates.common.study import (
+    CONFIG_FILE,
+    TARIFF_PRICES_FILE,
+    V_BASE_FILE,
+    Study,
+    write_distances,
+    write_sites,
+)
 
 
 def default_run_dir(cfg: StudyFile, root: Path = Path("runs")) -> Path:
@@ -55,7 +63,9 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
     A synthetic feeder with other than the bundled parameters is written into
     ``feeder/`` and named by the resolved config (``federates.common.config.generated_feeder_parameters``);
     with ``prosumers.pv_penetration_pct`` the resolved config also gets the peak load
-    it refers to (``pv_penetration_base_kw``), so every federate sizes PV alike.
+    it refers to (``pv_penetration_base_kw``), so every federate sizes PV alike. A
+    dynamic tariff's CSV is copied in (``tariff_prices.csv``, so the run folder stands
+    alone); building the study (``Study.load``) checks the tariff covers the study.
     """
     from federates.feeder.placement import place_customers
     from federates.feeder.synthetic import write_synthetic_feeder
@@ -99,6 +109,9 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
         sites = _with_measured_profiles(cfg, sites, run_dir)
     if p.pv_penetration_pct is not None and p.pv_penetration_base_kw is None:
         raw["prosumers"]["pv_penetration_base_kw"] = feeder_peak_load_kw(cfg, sites, sum(lp.kw for lp in points))
+    if cfg.market.tariff.path is not None:  # a dynamic tariff's prices: a copy in the run folder, named relative to it
+        shutil.copyfile(cfg.market.tariff.path, run_dir / TARIFF_PRICES_FILE)
+        raw["market"]["tariff"]["path"] = TARIFF_PRICES_FILE
     notes = [*cfg._notes, *notes]
     if cfg.site.weather.source == "file":
         raw["site"], said_weather = resolve_weather(cfg, config_dir)

@@ -376,8 +376,8 @@ def load_compare_run_with_kpis(run: Path):
 
 def test_the_post_run_path_reads_no_table_whole(runs, tmp_path, monkeypatch):
     """tecosim run's post-run (kpis, conservation, loss tables, summary, report) and
-    tecosim compare on the long run: no results table is read whole but ``kpis`` (one
-    row per market interval); read_tables is never called."""
+    tecosim compare on the long run: no results table is read whole but ``kpis`` and
+    ``tariff`` (one row per market interval each); read_tables is never called."""
     import pyarrow.parquet as pq_mod
 
     from runner import cli, run_folder
@@ -411,7 +411,7 @@ def test_the_post_run_path_reads_no_table_whole(runs, tmp_path, monkeypatch):
     assert (long / "report.html").is_file() and (long / "summary.txt").is_file()
     write_compare([runs["day"], long], tmp_path / "cmp", labels=["day", "long"])
     assert (tmp_path / "cmp" / "compare.html").is_file()
-    assert whole and set(whole) == {"kpis.parquet"}, whole
+    assert whole and set(whole) == {"kpis.parquet", "tariff.parquet"}, whole
 
 
 # ---- a month of the default study (pytest -m benchmark: minutes) -------------------------

@@ -16,7 +16,7 @@ from federates.common.config.schema import (
     StudyFile,
     SyntheticFeederConfig,
 )
-from federates.common.errors import Problem
+from federates.common.errors import ConfigError, Problem
 
 
 def _whole(ratio: float) -> bool:
@@ -30,7 +30,7 @@ def cross_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
     problems = _study_checks(cfg) + _feeder_checks(cfg, base_dir) + _prosumers_checks(cfg)
     problems += _weather_checks(cfg, base_dir)
     problems += _input_file_checks(cfg, base_dir)
-    problems += _grid_checks(cfg) + _market_checks(cfg) + _meters_checks(cfg)
+    problems += _grid_checks(cfg) + _market_checks(cfg, base_dir) + _meters_checks(cfg)
     lim = cfg.limits
     if VOLTAGE_BANDS.get(lim.voltage_band) is None and (lim.v_min_pu is None or lim.v_max_pu is None):
         # no voltage limits: nothing to check the limits and the controllers against
@@ -159,7 +159,7 @@ def _input_file_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
     return problems
 
 
-def _market_checks(cfg: StudyFile) -> list[Problem]:
+def _market_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
     """A mechanism of the topology; what settling the losses needs; tariffs in order."""
     problems: list[Problem] = []
     m = cfg.market
@@ -178,6 +178,32 @@ def _market_checks(cfg: StudyFile) -> list[Problem]:
                                 "feeder.loss_allocation: true"))
     if m.feed_in_usd_per_kwh >= m.retail_usd_per_kwh:
         problems.append(Problem("market.feed_in_usd_per_kwh", "must be below the retail tariff", f"< {m.retail_usd_per_kwh:g}"))
+    return problems + _tariff_checks(cfg, base_dir)
+
+
+def _tariff_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
+    """A time-varying tariff is built here (TOU coverage, the CSV's rows and coverage of
+    the study, prices per interval) and kept on ``cfg`` (``StudyFile.tariff``); learning
+    bidders need prices >= 0 (their margins are fractions of the prices)."""
+    tc = cfg.market.tariff
+    if tc.kind == "flat":
+        return []
+    from federates.common.tariff import build_tariff
+
+    try:
+        cfg.timeline  # noqa: B018 - a clock with whole intervals to price
+    except ValueError:
+        return []  # reported by _study_checks
+    try:
+        tariff = build_tariff(cfg, base_dir)
+    except ConfigError as e:
+        return e.problems
+    cfg._tariff = (cfg.tariff_key(), tariff)  # StudyFile.tariff builds it again only if the config changes
+    problems = []
+    negative = bool((tariff.retail_usd_per_kwh < 0).any() or (tariff.feed_in_usd_per_kwh < 0).any())
+    if negative and cfg.prosumers.strategy in ("zip", "roth_erev"):
+        problems.append(Problem("prosumers.strategy", f"{cfg.prosumers.strategy} learns margins on prices >= 0; "
+                                "the tariff has negative prices", "truthful or random with negative prices"))
     return problems
 
 

@@ -168,6 +168,7 @@ def validate(raw: Any, base_dir: Path = Path("."), source: str = "config") -> St
             seen = {p.field for p in problems}
             problems += [p for p in cross_checks(rest, base_dir) if p.field not in seen]
         raise ConfigError(problems, source) from None
+    _absolute_tariff_path(cfg, base_dir)
     problems = cross_checks(cfg, base_dir)
     if problems:
         raise ConfigError(problems, source)
@@ -185,6 +186,14 @@ def _absolute_input_files(cfg: StudyFile, base_dir: Path) -> None:
         p.profiles.path = str(input_file(p.profiles.path, base_dir))
         if p.profiles.pv_path is not None:
             p.profiles.pv_path = str(input_file(p.profiles.pv_path, base_dir))
+
+
+def _absolute_tariff_path(cfg: StudyFile, base_dir: Path) -> None:
+    """A dynamic tariff's CSV relative to ``base_dir`` made absolute, so that the
+    resolved config in a run folder names the file wherever the run starts."""
+    t = cfg.market.tariff
+    if t.path is not None and not Path(t.path).is_absolute():
+        t.path = str((Path(base_dir) / t.path).resolve())
 
 
 def _drop(raw: Any, loc: tuple[Any, ...]) -> None:

@@ -8,6 +8,7 @@ beyond filling defaults that follow from other fields.
 
 from __future__ import annotations
 
+import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -385,12 +386,76 @@ MECHANISMS_OF_TOPOLOGY: dict[str, tuple[str, ...]] = {
 DEFAULT_MECHANISM = {"community": "uniform_price", "p2p": "lp", "hybrid": "two_level"}
 
 
+class TouPeriod(_Strict):
+    """One period of a time-of-use tariff: the local hours (``site.timezone``, DST-aware)
+    of the day types and months it holds, and its prices [USD/kWh]."""
+
+    name: str = Field(min_length=1)
+    hours: list[str] = Field(
+        min_length=1,
+        description=("hour ranges 'H1-H2' of local time, H1 inclusive, H2 exclusive (0..24); "
+                     "'21-7' wraps past midnight, '0-24' is the whole day"),
+    )
+    days: list[Literal["weekday", "weekend", "holiday"]] = Field(
+        default=["weekday", "weekend"], min_length=1,
+        description=("day types: weekday (Mon-Fri), weekend (Sat, Sun); holiday (the dates of "
+                     "market.tariff.holidays) once a period names it, else holidays are weekends"),
+    )
+    months: list[Annotated[int, Field(ge=1, le=12)]] = Field(
+        default=list(range(1, 13)), min_length=1, description="months 1..12 (a season)")
+    retail_usd_per_kwh: float = Field(description="retail price in the period [USD/kWh]")
+    feed_in_usd_per_kwh: float = Field(description="feed-in price in the period [USD/kWh]")
+
+
+class TariffConfig(_Strict):
+    """The utility's tariffs over time (``federates/common/tariff.py``).
+
+    * ``flat``: market.retail_usd_per_kwh / market.feed_in_usd_per_kwh in every interval.
+    * ``tou``: ``periods`` covering every hour of every day type and month exactly once
+      (``holidays``: local dates priced as the ``holiday`` day type, or as weekends when
+      no period names it).
+    * ``dynamic``: ``path``, a CSV ``time,retail_usd_per_kwh,feed_in_usd_per_kwh`` (ISO
+      8601 times with offset, any resolution, relative to the config file), mapped to
+      each market interval by the time-weighted mean; it must cover the study.
+
+    Every interval's feed-in must be below its retail; prices are >= 0 unless
+    ``allow_negative_prices`` (wholesale-indexed tariffs can go negative)."""
+
+    kind: Literal["flat", "tou", "dynamic"] = "flat"
+    periods: list[TouPeriod] = Field(default_factory=list, description="tou: the periods")
+    holidays: list[datetime.date] = Field(default_factory=list, description="tou: local dates priced as holidays")
+    path: str | None = Field(default=None, description="dynamic: the CSV file of prices")
+    allow_negative_prices: bool = Field(
+        default=False, description="allow retail / feed-in prices < 0 (tou, dynamic)")
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> TariffConfig:
+        if self.kind != "tou" and (self.periods or self.holidays):
+            raise ValueError(f"periods and holidays belong to a tou tariff, not {self.kind}")
+        if self.kind != "dynamic" and self.path is not None:
+            raise ValueError(f"path belongs to a dynamic tariff, not {self.kind}")
+        if self.kind == "dynamic" and self.path is None:
+            raise ValueError("a dynamic tariff needs path: its CSV file")
+        if self.kind == "tou" and not self.periods:
+            raise ValueError("a tou tariff needs periods")
+        if self.kind == "flat" and self.allow_negative_prices:
+            raise ValueError("allow_negative_prices applies to tou and dynamic tariffs")
+        names = [p.name for p in self.periods]
+        if len(set(names)) != len(names):
+            raise ValueError(f"period names must be unique: {', '.join(names)}")
+        return self
+
+
 class MarketConfig(_Strict):
     topology: Literal["community", "p2p", "hybrid"] = "community"
     mechanism: str | None = Field(default=None, validate_default=False,
                            description="clearing mechanism; default: the topology's (DEFAULT_MECHANISM)")
-    retail_usd_per_kwh: PositiveFloat = 0.26
-    feed_in_usd_per_kwh: NonNegFloat = 0.08
+    retail_usd_per_kwh: PositiveFloat = Field(0.26, description="flat retail tariff [USD/kWh] (tariff.kind flat)")
+    feed_in_usd_per_kwh: NonNegFloat = Field(0.08, description="flat feed-in tariff [USD/kWh] (tariff.kind flat)")
+    tariff: TariffConfig = Field(
+        default_factory=TariffConfig,
+        description="the tariffs over time: flat (the two fields above), tou or dynamic (TariffConfig)",
+    )
     communities: Literal["phase", "bus"] = "phase"
     ledger: bool = True
     ledger_pow_bits: Annotated[int, Field(ge=0, le=32)] = 0
@@ -797,6 +862,8 @@ class StudyFile(_Strict):
     grid_preset: Literal["strong", "weak", "very_weak"] | None = None  # see GRID_PRESETS
     #: what a later source replaced (federates.common.config.later_wins), for the resolved config
     _notes: list[str] = PrivateAttr(default_factory=list)
+    #: the tariff per market interval, built once (:attr:`tariff`)
+    _tariff: Any = PrivateAttr(default=None)
 
     @field_validator("grid_preset", mode="before")
     @classmethod
@@ -830,4 +897,24 @@ class StudyFile(_Strict):
     def timeline(self) -> Timeline:
         s = self.study
         return Timeline(s.duration_s, s.market_interval_s, s.physics_step_s)
+
+    @property
+    def tariff(self):  # -> federates.common.tariff.Tariff
+        """The retail and feed-in prices of every market interval
+        (:func:`federates.common.tariff.build_tariff`), built on first use and kept; a
+        relative ``market.tariff.path`` is relative to the working directory here (the
+        loader makes it absolute). Rebuilt when what it depends on changed (a
+        ``model_copy`` with another market or clock)."""
+        key = self.tariff_key()
+        if self._tariff is None or self._tariff[0] != key:
+            from federates.common.tariff import build_tariff
+
+            self._tariff = (key, build_tariff(self))
+        return self._tariff[1]
+
+    def tariff_key(self) -> tuple:
+        """What :attr:`tariff` depends on."""
+        m, s = self.market, self.study
+        return (m.tariff.model_dump_json(), m.retail_usd_per_kwh, m.feed_in_usd_per_kwh, s.start,
+                s.duration_s, s.market_interval_s, self.site.timezone)
 

@@ -70,9 +70,11 @@ def flex_ratings_kw(cfg: StudyFile, indices: np.ndarray) -> np.ndarray:
 class PriceView:
     """The prices [USD/kWh] the devices expect, per market interval (module docstring)."""
 
-    def __init__(self, retail_usd_per_kwh: Callable[[int], float], intervals_per_day: int) -> None:
+    def __init__(self, retail_usd_per_kwh: Callable[[int], float], intervals_per_day: int,
+                 n_intervals: int) -> None:
         self.retail = retail_usd_per_kwh
         self.day = int(intervals_per_day)
+        self.n_intervals = int(n_intervals)
         self.market: dict[int, float] = {}  # market price seen per interval (kept a day)
         self.expected: dict[int, float] = {}  # what was expected per interval (kept a day)
 
@@ -82,8 +84,18 @@ class PriceView:
         for old in [j for j in self.market if j < k - self.day]:
             del self.market[old]
 
+    def _in_study(self, k: int) -> int:
+        """An interval past the study's end stands for the same time of day of its last
+        day (a car may leave after the study ends; the tariff is known only within it)."""
+        n, day = self.n_intervals, self.day
+        if k < n:
+            return k
+        if day <= n:
+            return k - day * ((k - n) // day + 1)
+        return n - 1
+
     def of(self, k: int) -> float:
-        retail = float(self.retail(k))
+        retail = float(self.retail(self._in_study(k)))
         seen = self.market.get(k - self.day)
         return retail if seen is None else min(retail, seen)
 
@@ -132,7 +144,7 @@ class FlexDemand:
                            seed=seed) if len(ev_at) else None)
         self.hvac = HvacParams.of(p.hvac)
         self.houses = Houses(self.hvac, hv_at, indices[hv_at], seed=seed) if len(hv_at) else None
-        self.prices = PriceView(retail_usd_per_kwh, round(86400.0 / tl.market_interval_s))
+        self.prices = PriceView(retail_usd_per_kwh, round(86400.0 / tl.market_interval_s), tl.n_intervals)
         self._ev_cmd = np.zeros(len(ev_at))
         self._setpoint_c = np.full(len(hv_at), self.hvac.setpoint_c)
         dr = cfg.controllers.demand_response
