@@ -122,7 +122,16 @@ def interval_months(cfg: StudyFile) -> tuple[np.ndarray, pd.DatetimeIndex]:
 
 
 def _per_interval(k: np.ndarray, x, intervals: np.ndarray) -> np.ndarray:
-    return pd.Series(np.asarray(x, dtype=float)).groupby(k).sum().reindex(intervals, fill_value=0.0).to_numpy()
+    """Sums of ``x`` per interval ``k`` over the consecutive ``intervals`` (rows of other
+    intervals, beyond the study, are left out)."""
+    if not len(intervals):
+        return np.zeros(0)
+    k0, n = int(intervals[0]), len(intervals)
+    x = np.asarray(x, dtype=float)
+    inside = (k >= k0) & (k < k0 + n)
+    if not inside.all():
+        k, x = k[inside], x[inside]
+    return np.bincount(k - k0, weights=x, minlength=n)[:n]
 
 
 def interval_sums(cfg: StudyFile, t: Mapping[str, pd.DataFrame], intervals: np.ndarray) -> pd.DataFrame:
@@ -133,6 +142,8 @@ def interval_sums(cfg: StudyFile, t: Mapping[str, pd.DataFrame], intervals: np.n
     tl = cfg.timeline
     spi, step_h, step_min = tl.steps_per_interval, tl.step_h, tl.physics_step_s / 60.0
     intervals = np.asarray(intervals, dtype=np.int64)
+    if len(intervals) and not (np.diff(intervals) == 1).all():
+        raise ValueError("interval_sums needs consecutive intervals")
     out = pd.DataFrame({kpi.key: np.nan for kpi in _SUMMED}, index=intervals)
     pr = t.get("profiles")
     if pr is not None:
