@@ -987,8 +987,9 @@ MONTH_PANELS: tuple[tuple[str, str, tuple], ...] = (
      tuple(kpi for kpi in (*ENERGY_KPIS, CURTAILMENT_KPIS[0]) if kpi not in FEEDER_ENERGY)),
     ("Feeder (prosumers and the model's own loads)", "energy per month [kWh]", FEEDER_ENERGY),
     ("Prosumers' bills", "USD per month", BILL_KPIS[:1] + BILL_KPIS[-2:]),
-    ("Violations after control", "minutes per month",
-     tuple(kpi for kpi in VIOLATION_KPIS if kpi.unit == "min" and not kpi.key.endswith("_before"))),
+    ("Violations (after control, and voltage before control)", "minutes per month",
+     tuple(kpi for kpi in VIOLATION_KPIS
+           if kpi.unit == "min" and (kpi.key == "violation_min_before" or not kpi.key.endswith("_before")))),
 )
 
 
@@ -1035,8 +1036,8 @@ def fig_months(r: _Run) -> Plot | html.Text:
                 "available, substation import / export, battery charging / discharging, feeder losses, "
                 "peer-traded and curtailed energy), the prosumers' bills with the market summed, the "
                 "no-market baseline and the saving, and the violation minutes after control (customer-"
-                "minutes outside the voltage band; steps with any violation x step length). A partial "
-                "month has less energy for fewer days.", fig)
+                "minutes outside the voltage band; steps with any violation x step length; voltage also "
+                "before control). A partial month has less energy for fewer days.", fig)
 
 
 # ---- KPIs ------------------------------------------------------------------------------
