@@ -35,6 +35,8 @@ ACROSS = ["--set", "study.start=2026-06-30T14:00:00-04:00", "--set", "study.dura
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
+    """The default study across midnight 30 June (a 20 h study in process, ~10 s: its
+    tests are marked ``feeder``, as every study's, and stay out of the fast tier)."""
     out = tmp_path_factory.mktemp("monthly") / "run"
     r = tecosim("run", str(DEFAULT), "--engine", "inprocess", "--out", str(out), "--quiet", "--no-report", *ACROSS)
     assert r.returncode == 0, r.stderr
