@@ -1013,7 +1013,7 @@ def fig_months(r: _Run) -> Plot | html.Text:
     m = r.months
     if m is None or len(m) < 2:
         return html.Text("Months: the study lies within one calendar month (see the table).")
-    labels = [lab.replace(" (", "\n(") for lab in m["label"]]
+    labels = [lab.replace(" ", "\n", 1).replace(" (", "\n(").replace(", ", ",\n") for lab in m["label"]]
     x = np.arange(len(m))
     fig, axes = _new_figure(3.0 * len(MONTH_PANELS) + 0.8, nrows=len(MONTH_PANELS), sharex=False)
     for ax, (title, ylabel, kpis) in zip(axes, MONTH_PANELS, strict=True):
