@@ -297,12 +297,13 @@ def cmd_collect(args) -> int:
 
 
 def _finish_run(study, engine: str, wall: float, *, quiet: bool, report: bool) -> None:
-    """A complete run's KPIs, conservation check, loss tables, summary and report.
+    """A complete run's KPIs, conservation check, loss and monthly tables, summary and report.
 
     Each reads the results tables in chunks of whole market intervals (bounded memory
     for year-long runs), never whole."""
     from runner.kpis import run_kpis, summary
     from runner.losses_table import write_loss_tables
+    from runner.months import write_monthly
     from runner.results import check_conservation, format_summary, live_conservation_rows
 
     cfg = study.cfg
@@ -312,6 +313,7 @@ def _finish_run(study, engine: str, wall: float, *, quiet: bool, report: bool) -
     # exit 1, manifest failed when a balance is broken (feeder.conservation: warn: a warning)
     post_run = check_conservation(k, study.run_dir, warn=warn)
     write_loss_tables(cfg, study.run_dir)
+    write_monthly(cfg, study.run_dir, k)
     s = summary(k)
     s["conservation_broken"] = broken = live_conservation_rows(study.run_dir)
     if warn and (broken or post_run):

@@ -463,3 +463,36 @@ def summary_of(folder: RunFolder, k: pd.DataFrame | None = None) -> dict:
     """A run's totals: its manifest's ``summary``, else :func:`summary` of its kpis table
     ``k`` (:func:`kpis_of` when not given)."""
     return folder.manifest.get("summary") or summary(kpis_of(folder) if k is None else k)
+
+
+# ---- per calendar month: the monthly table (runner/months.py) ----------------------------
+
+LOAD = Kpi("load_kwh", "prosumer load", "kWh", "sum of profiles.load_kw x step")
+BATTERY_CHARGE = Kpi("battery_charge_kwh", "battery charging", "kWh", "sum of max(profiles.battery_kw, 0) x step")
+BATTERY_DISCHARGE = Kpi("battery_discharge_kwh", "battery discharging", "kWh",
+                        "sum of max(-profiles.battery_kw, 0) x step")
+#: curtailment causes (``curtailment_energy.limit``) with a column of their own
+CURTAILMENT_CAUSES = (Limit.V_MAX, Limit.THERMAL, Limit.VUF, Limit.EXPORT, Limit.VOLT_WATT, Limit.ENVELOPE)
+CURTAILED_BY_CAUSE = tuple(
+    Kpi(f"curtailed_{cause}_kwh", f"PV energy curtailed or held back: {cause}", "kWh",
+        f"sum of curtailment_energy.energy_kwh with limit {cause}")
+    for cause in CURTAILMENT_CAUSES)
+VOLTAGE_OVER = Kpi("voltage_over_customer_min", "customer-minutes above the voltage band", "min",
+                   "customers x steps with voltages.v_pu > {limits.v_max_pu:g} pu (after control) x step length")
+VOLTAGE_UNDER = Kpi("voltage_under_customer_min", "customer-minutes below the voltage band", "min",
+                    "customers x steps with voltages.v_pu < {limits.v_min_pu:g} pu (after control) x step length")
+BILL = Kpi("bill_usd", "prosumers' bills with the market", "USD",
+           "sum over prosumers of settlements.net_cost_usd (+ paid, - received)")
+BILL_PAID = Kpi("bill_paid_usd", "paid by prosumers with a net cost", "USD",
+                "sum over prosumers of max(net cost in the period, 0)")
+BILL_RECEIVED = Kpi("bill_received_usd", "received by prosumers with a net income", "USD",
+                    "sum over prosumers of max(-net cost in the period, 0)")
+BASELINE_BILL = Kpi("baseline_bill_usd", "prosumers' bills without the market", "USD",
+                    "sum over prosumers of the no-market baseline (baseline_bills)")
+BILL_SAVING = Kpi("bill_saving_usd", "prosumers' saving with the market", "USD",
+                  "baseline_bill_usd - bill_usd")
+#: each part of the prosumers' bills (:data:`BILL_PARTS`), summed over prosumers
+BILL_PART_TOTALS = tuple(
+    Kpi("bill_" + col.removesuffix("_cost_usd").removesuffix("_usd") + "_usd", f"bill part: {label}", "USD",
+        f"sum over prosumers of settlements.{col} (+ pays)")
+    for col, label in BILL_PARTS)

@@ -16,6 +16,8 @@ and ``results/*.parquet``. Figures (ids = PNG file stems):
 ``unbalance``          VUF of three-phase buses: max over buses, the 3 worst, the limit
 ``losses``             feeder losses; customers' vs background share (``customer_losses``)
 ``bills``              per-prosumer net cost with the market vs the no-market baseline
+``months``             per calendar month: energy, bills, violations (``monthly``
+                       table; only when the study spans more than one month)
 =====================  ===============================================================
 
 A figure whose table is missing or empty (e.g. no curtailment) becomes a text block
@@ -67,6 +69,14 @@ from federates.common.tariff import Tariff
 from runner import html
 from runner.kpis import BILL_PARTS, bill_sums, bills, kpis_of, report_table
 from runner.kpis import baseline_bills as baseline_bills  # where callers import it from
+from runner.months import (
+    BILL_KPIS,
+    CURTAILMENT_KPIS,
+    ENERGY_KPIS,
+    MONTHLY_KPIS,
+    VIOLATION_KPIS,
+    monthly_of,
+)
 from runner.run_folder import CHUNK_ROWS, RunFolder, interval_chunks, run_tariff, table_file
 
 REPORT_FILE = "report.html"
@@ -508,6 +518,7 @@ class _Run:
     data: ReportData
     kpis: pd.DataFrame | None
     manifest: dict
+    months: pd.DataFrame | None = None  # the monthly table (runner/months.py)
 
     @property
     def start(self) -> pd.Timestamp:
@@ -569,14 +580,15 @@ class _Run:
 
 
 def load_run(run_dir: Path, *, chunk_rows: int = CHUNK_ROWS) -> _Run:
-    """The run folder's config, manifest, kpis table (computed in chunks when the run
-    has none) and report aggregates; no table is read whole but ``kpis``."""
+    """The run folder's config, manifest, kpis and monthly tables (computed in chunks
+    when the run has none) and report aggregates; no table is read whole but ``kpis``
+    and ``monthly``."""
     f = RunFolder(run_dir)
     cfg = f.cfg
     k = kpis_of(f, chunk_rows=chunk_rows)  # one row per market interval
     manifest = f.manifest
     return _Run(run_dir=f.path, cfg=cfg, data=aggregate(f.path, cfg, chunk_rows=chunk_rows), kpis=k,
-                manifest=manifest)
+                manifest=manifest, months=monthly_of(f, k=k, chunk_rows=chunk_rows))
 
 
 @dataclass
@@ -1000,6 +1012,69 @@ BUILDERS: dict[str, Callable[[_Run], Plot | html.Text]] = {
 assert tuple(BUILDERS) == FIGURE_IDS
 
 
+# ---- months ----------------------------------------------------------------------------
+
+MONTHS_FIGURE = "months"
+FEEDER_ENERGY = tuple(kpi for kpi in ENERGY_KPIS if kpi.key in ("grid_import_kwh", "grid_export_kwh", "losses_kwh"))
+#: the bars of the months figure: (panel title, y label, KPIs)
+MONTH_PANELS: tuple[tuple[str, str, tuple], ...] = (
+    ("Prosumers' energy", "energy per month [kWh]",
+     tuple(kpi for kpi in (*ENERGY_KPIS, CURTAILMENT_KPIS[0]) if kpi not in FEEDER_ENERGY)),
+    ("Feeder (prosumers and the model's own loads)", "energy per month [kWh]", FEEDER_ENERGY),
+    ("Prosumers' bills", "USD per month", BILL_KPIS[:1] + BILL_KPIS[-2:]),
+    ("Violations (after control, and voltage before control)", "minutes per month",
+     tuple(kpi for kpi in VIOLATION_KPIS
+           if kpi.unit == "min" and (kpi.key == "violation_min_before" or not kpi.key.endswith("_before")))),
+)
+
+
+def months_table(r: _Run) -> html.Table | html.Text:
+    """The monthly table, one column per month, one row per KPI (name, unit)."""
+    m = r.months
+    if m is None or m.empty:
+        return html.Text("Months: no monthly table for this run.")
+    rows = {"days covered": [_fmt(v) for v in m["days"]]}
+    for kpi in MONTHLY_KPIS:
+        rows[f"{kpi.name} [{kpi.unit}]"] = [_fmt(v) for v in m[kpi.key]]
+    df = pd.DataFrame(rows, index=m["label"].tolist()).T.reset_index(names="quantity")
+    return html.Table("Per calendar month", df,
+                      f"results/monthly.parquet: one column per calendar month in the site's time zone "
+                      f"({r.cfg.site.timezone}); a partial month is labelled with the days it covers. Each "
+                      "market interval counts in the month it starts in; the months add up to the study "
+                      "(paid / received: per prosumer and month). Definitions: docs/outputs.md, monthly.")
+
+
+def fig_months(r: _Run) -> Plot | html.Text:
+    m = r.months
+    if m is None or len(m) < 2:
+        return html.Text("Months: the study lies within one calendar month (see the table).")
+    labels = [lab.replace(" ", "\n", 1).replace(" (", "\n(").replace(", ", ",\n") for lab in m["label"]]
+    x = np.arange(len(m))
+    fig, axes = _new_figure(3.0 * len(MONTH_PANELS) + 0.8, nrows=len(MONTH_PANELS), sharex=False)
+    for ax, (title, ylabel, kpis) in zip(axes, MONTH_PANELS, strict=True):
+        kpis = [kpi for kpi in kpis if m[kpi.key].notna().any()]
+        w = 0.8 / max(len(kpis), 1)
+        for i, kpi in enumerate(kpis):
+            ax.bar(x - 0.4 + (i + 0.5) * w, m[kpi.key].to_numpy(dtype=float), width=w, label=kpi.name)
+        ax.axhline(0, color="black", lw=0.5)
+        if not kpis or not np.nanmax(np.abs(m[[kpi.key for kpi in kpis]].to_numpy(dtype=float))) > 0:
+            ax.set_ylim(0, 1)
+            title += ": none"
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, axis="y", alpha=0.3)
+        _legend(ax, outside=True)
+    fig.suptitle("Per calendar month")
+    return Plot(MONTHS_FIGURE, "Energy, bills and violations per calendar month",
+                "Per calendar month of the study (results/monthly.parquet): energy (prosumers' load, PV "
+                "available, substation import / export, battery charging / discharging, feeder losses, "
+                "peer-traded and curtailed energy), the prosumers' bills with the market summed, the "
+                "no-market baseline and the saving, and the violation minutes after control (customer-"
+                "minutes outside the voltage band; steps with any violation x step length; voltage also "
+                "before control). A partial month has less energy for fewer days.", fig)
+
+
 # ---- KPIs ------------------------------------------------------------------------------
 
 def report_kpis(run: Path | _Run) -> pd.DataFrame:
@@ -1083,7 +1158,7 @@ def write_report(run_dir: Path, *, quiet: bool = False, chunk_rows: int = CHUNK_
     r = load_run(run_dir, chunk_rows=chunk_rows)
     fig_dir = r.run_dir / FIGURE_DIR
     fig_dir.mkdir(exist_ok=True)
-    for fid in FIGURE_IDS:  # no stale figure from an earlier report
+    for fid in (*FIGURE_IDS, MONTHS_FIGURE):  # no stale figure from an earlier report
         (fig_dir / f"{fid}.png").unlink(missing_ok=True)
     rendered: dict[str, html.Block] = {}
     for fid, b in _blocks(r).items():
@@ -1103,6 +1178,12 @@ def write_report(run_dir: Path, *, quiet: bool = False, chunk_rows: int = CHUNK_
         _run_table(r),
     ]
     sections = [("Key performance indicators and run summary", key_blocks)]
+    months = fig_months(r)
+    if isinstance(months, Plot):
+        rendered[MONTHS_FIGURE] = months.to_html()
+        (fig_dir / f"{MONTHS_FIGURE}.png").write_bytes(rendered[MONTHS_FIGURE].png)
+        months.fig.clear()
+    sections.append(("Months", [months_table(r), rendered.get(MONTHS_FIGURE, months)]))
     sections += [(name, [rendered[f] for f in ids]) for name, ids in SECTIONS]
     c = r.cfg
     subtitle = (f"{r.run_dir.name}: {c.study.start}, {c.study.duration_s / 3600:g} h, "

@@ -1,7 +1,7 @@
 """A run folder, read: its resolved config, its manifest and its results tables.
 
 The one reader of a finished run for everything after it (``runner.results``,
-``runner.kpis``, ``runner.report``, ``runner.compare``, ``runner.losses_table``):
+``runner.kpis``, ``runner.report``, ``runner.compare``, ``runner.losses_table``, ``runner.months``):
 :class:`RunFolder` opens one (each file read on first use), :func:`check_run_dirs`
 says which paths are none.
 

@@ -13,7 +13,7 @@ repeated ``replicate`` times within its step / interval, the copies renamed
 ``<name>r<i>`` (the feeder-wide tables, ``grid``, ``lines``, ``unbalance``,
 ``control``, ``clearing``, and the ``background`` loss row stay as they are).
 
-The post-run tables (``kpis``, ``loss_allocation``, ``loss_charges``) are not copied:
+The post-run tables (``kpis``, ``loss_allocation``, ``loss_charges``, ``monthly``) are not copied:
 they are what is computed on the result. Its reference is the source's own: the
 per-interval KPIs and loss rows of the long run are the source's, repeated with the
 shifts (tests/unit/test_post_run_stream.py).
@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-POST_RUN_TABLES = ("kpis", "loss_allocation", "loss_charges")
+POST_RUN_TABLES = ("kpis", "loss_allocation", "loss_charges", "monthly")
 #: columns naming a participant, per table (replicated with ``replicate`` > 1)
 PARTICIPANT_COLUMNS = {
     "voltages": ["participant"], "profiles": ["participant"], "customer_losses": ["participant"],

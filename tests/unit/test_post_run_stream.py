@@ -375,9 +375,10 @@ def load_compare_run_with_kpis(run: Path):
 
 
 def test_the_post_run_path_reads_no_table_whole(runs, tmp_path, monkeypatch):
-    """tecosim run's post-run (kpis, conservation, loss tables, summary, report) and
-    tecosim compare on the long run: no results table is read whole but ``kpis`` and
-    ``tariff`` (one row per market interval each); read_tables is never called."""
+    """tecosim run's post-run (kpis, conservation, loss and monthly tables, summary,
+    report) and tecosim compare on the long run: no results table is read whole but
+    ``kpis`` and ``tariff`` (one row per market interval each) and ``monthly`` (one row
+    per calendar month); read_tables is never called."""
     import pyarrow.parquet as pq_mod
 
     from runner import cli, run_folder
@@ -411,7 +412,7 @@ def test_the_post_run_path_reads_no_table_whole(runs, tmp_path, monkeypatch):
     assert (long / "report.html").is_file() and (long / "summary.txt").is_file()
     write_compare([runs["day"], long], tmp_path / "cmp", labels=["day", "long"])
     assert (tmp_path / "cmp" / "compare.html").is_file()
-    assert whole and set(whole) == {"kpis.parquet", "tariff.parquet"}, whole
+    assert whole and set(whole) == {"kpis.parquet", "tariff.parquet", "monthly.parquet"}, whole
 
 
 # ---- a month of the default study (pytest -m benchmark: minutes) -------------------------
@@ -455,6 +456,11 @@ def test_thirty_days_of_the_default_study_are_its_day_repeated_in_bounded_memory
     for key in ref.index:
         assert got[key] == pytest.approx((DAYS if key in totals else 1) * ref[key], rel=1e-12, abs=1e-12,
                                          nan_ok=True), key
-    assert (long / "report.html").is_file() and len(list((long / "report").glob("*.png"))) == len(report.FIGURE_IDS)
+    assert (long / "report.html").is_file()  # 21 June + 30 days: June and July, so the months figure too
+    assert {p.stem for p in (long / "report").glob("*.png")} == {*report.FIGURE_IDS, report.MONTHS_FIGURE}
+    months = pd.read_parquet(long / "results" / "monthly.parquet")
+    assert list(months["label"]) == ["Jun 2026 (days 21-30, 10 d)", "Jul 2026 (days 1-20, 20 d)"]
+    for key in ("pv_available_kwh", "curtailed_kwh", "losses_kwh"):
+        assert months[key].sum() == pytest.approx(got[key], rel=1e-12), key
     for phase in ("post-run", "report", "compare"):
         assert peaks["long", phase] <= 1.5 * peaks["day", phase] + 100, (phase, peaks)
