@@ -42,7 +42,7 @@ from federates.common.keys import part_bounds
 from federates.common.messages import Confirmation, DemandResponseCall, Order
 from federates.common.rng import stream
 from federates.market.ledger import KeyRing, sign_order
-from federates.prosumers import measured, profiles
+from federates.prosumers import battery, measured, profiles
 from federates.prosumers.adaptive import ADAPTIVE_STRATEGIES, AdaptiveBidders
 from federates.prosumers.agents import ProsumerSpec, make_specs, spec_arrays
 from federates.prosumers.flex.demand import FlexDemand
@@ -210,6 +210,7 @@ class ProsumersRole:
         m = cfg.market
         #: the utility's retail and feed-in prices of each interval (market.tariff)
         self.tariff = cfg.tariff
+        self._battery_by_price = cfg.prosumers.battery_control == "price"
         #: each prosumer's own Ed25519 key; bids leave here signed (market.ledger)
         self.keys: KeyRing | None = (
             KeyRing.from_seed(self.seed, self.participants) if m.ledger else None
@@ -333,8 +334,19 @@ class ProsumersRole:
             load = load + self.flex.plan_kw(k, t_out, self._dr_calls.pop(k, None))
         pv = blk.pv_forecast_kw[i]
         surplus = pv - load
-        # self-consumption: charge from surplus, discharge to cover the deficit
-        wanted = np.clip(surplus, -self._battery_kw, self._battery_kw)
+        if self._battery_by_price:  # shaped by the day's expected prices (prosumers.battery_control)
+            day = self.tariff.retail_usd_per_kwh
+            idx = battery.day_ahead(k, round(86400.0 / tl.market_interval_s), tl.n_intervals)
+            held = (idx >= k) & (idx < blk.k1)  # the intervals whose forecasts this block holds
+            surplus_day = np.zeros((len(idx), len(surplus)))
+            surplus_day[held] = blk.pv_forecast_kw[idx[held] - blk.k0] - blk.load_forecast_kw[idx[held] - blk.k0]
+            wanted = battery.price_wanted_kw(surplus, self._battery_kw, retail_now=float(day[k]),
+                                             feed_in_now=float(self.tariff.feed_in_usd_per_kwh[k]),
+                                             retail_day=day[idx], round_trip=ROUND_TRIP_EFFICIENCY,
+                                             soc_kwh=self._soc, capacity_kwh=self._capacity_kwh,
+                                             surplus_day_kw=surplus_day, interval_h=dt_h)
+        else:  # self-consumption: charge from surplus, discharge to cover the deficit
+            wanted = battery.self_consumption_kw(surplus, self._battery_kw)
         plan = battery_limits_kw(wanted, self._soc, self._capacity_kwh, dt_h)
         net = load - pv + plan
         energy = np.abs(net) * dt_h

@@ -364,6 +364,10 @@ class ProsumersConfig(_Strict):
             "federate. The in-process engine ignores it."
         ),
     )
+    #: how batteries are planned: ``self_consumption`` (charge from the PV surplus, cover the
+    #: deficit) or ``price`` (also shaped by the day's expected tariff prices:
+    #: federates/prosumers/battery.py)
+    battery_control: Literal["self_consumption", "price"] = "self_consumption"
     #: flexible demand: EVs and heat pumps / air conditioners (none by default)
     ev: EvConfig = EvConfig()
     hvac: HvacConfig = HvacConfig()
