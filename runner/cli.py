@@ -301,10 +301,11 @@ def _finish_run(study, engine: str, wall: float, *, quiet: bool, report: bool) -
 
     Each reads the results tables in chunks of whole market intervals (bounded memory
     for year-long runs), never whole."""
-    from runner.kpis import run_kpis, summary
+    from runner.kpis import flex_summary, run_kpis, summary
     from runner.losses_table import write_loss_tables
     from runner.months import write_monthly
     from runner.results import check_conservation, format_summary, live_conservation_rows
+    from runner.run_folder import RunFolder
 
     cfg = study.cfg
     k = run_kpis(cfg, study.run_dir)
@@ -315,6 +316,7 @@ def _finish_run(study, engine: str, wall: float, *, quiet: bool, report: bool) -
     write_loss_tables(cfg, study.run_dir)
     write_monthly(cfg, study.run_dir, k)
     s = summary(k)
+    s.update(flex_summary(RunFolder(study.run_dir)))  # with EVs, heat pumps / ACs
     s["conservation_broken"] = broken = live_conservation_rows(study.run_dir)
     if warn and (broken or post_run):
         print(f"tecosim: warning: {broken} live conservation check(s) broke (feeder.conservation: warn; "

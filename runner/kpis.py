@@ -496,3 +496,42 @@ BILL_PART_TOTALS = tuple(
     Kpi("bill_" + col.removesuffix("_cost_usd").removesuffix("_usd") + "_usd", f"bill part: {label}", "USD",
         f"sum over prosumers of settlements.{col} (+ pays)")
     for col, label in BILL_PARTS)
+
+
+# ---- flexible demand (runs with EVs, heat pumps / ACs: the flex, ev_sessions and ----------
+# ---- demand_response tables, one row per interval and owner, session or call) ------------
+
+EV_CHARGED = Kpi("ev_charged_kwh", "EV charging", "kWh", "sum of flex.ev_kwh")
+EV_UNMET = Kpi("ev_unmet_kwh", "EV energy missing at departure", "kWh",
+               "sum of ev_sessions.unmet_kwh over the sessions that ended: the charging-deadline cost")
+HVAC_ENERGY = Kpi("hvac_kwh", "heat pump / AC energy", "kWh", "sum of flex.hvac_kwh")
+DISCOMFORT = Kpi("discomfort_c_h", "discomfort", "degC h",
+                 "sum of flex.discomfort_c_h: indoor temperature beyond the base setpoint's deadband x time")
+DR_CALLED = Kpi("dr_requested_kwh", "demand response asked for", "kWh",
+                "sum of demand_response.requested_kw x interval length")
+DR_CUT = Kpi("dr_cut_kwh", "demand response delivered", "kWh",
+             "sum of demand_response.reduced_kwh: what the devices cut against their plan")
+DR_PAID = Kpi("dr_paid_usd", "demand response paid to prosumers", "USD", "sum of demand_response.credit_usd")
+FLEX_KPIS: tuple[Kpi, ...] = (EV_CHARGED, EV_UNMET, HVAC_ENERGY, DISCOMFORT, DR_CALLED, DR_CUT, DR_PAID)
+_BY_KEY.update({kpi.key: kpi for kpi in FLEX_KPIS})
+
+
+def flex_summary(folder: RunFolder) -> dict[str, float]:
+    """:data:`FLEX_KPIS` of a run with flexible devices (empty without the ``flex``
+    table; the demand-response ones only with ``demand_response``). The tables are one
+    row per interval and device owner, session or call: read whole."""
+    if not folder.has_table("flex"):
+        return {}
+    flex = pd.read_parquet(folder.table_file("flex"), columns=["ev_kwh", "hvac_kwh", "discomfort_c_h"])
+    out = {EV_CHARGED.key: float(flex["ev_kwh"].sum()), HVAC_ENERGY.key: float(flex["hvac_kwh"].sum()),
+           DISCOMFORT.key: float(flex["discomfort_c_h"].sum())}  # NaN rows (no AC) skipped
+    ev = pd.read_parquet(folder.table_file("ev_sessions"), columns=["unmet_kwh"]) \
+        if folder.has_table("ev_sessions") else pd.DataFrame({"unmet_kwh": []})
+    out[EV_UNMET.key] = float(ev["unmet_kwh"].sum())  # the sessions under way at the end: NaN, skipped
+    if folder.has_table("demand_response"):
+        dr = pd.read_parquet(folder.table_file("demand_response"),
+                             columns=["requested_kw", "reduced_kwh", "credit_usd"])
+        out[DR_CALLED.key] = float(dr["requested_kw"].sum() * folder.cfg.timeline.interval_h)
+        out[DR_CUT.key] = float(dr["reduced_kwh"].sum())
+        out[DR_PAID.key] = float(dr["credit_usd"].sum())
+    return out

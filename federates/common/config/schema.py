@@ -644,7 +644,7 @@ class DemandResponseConfig(_Strict):
     ``thermal_margin_pct`` with forward flow), the DSO calls the customers with
     flexible demand (EVs, heat pumps / ACs) to cut it by a kW figure in the next
     interval, allocated on the feeder's sensitivities; each kWh they cut against their
-    own plan is paid ``price_usd_per_kwh`` (table ``demand_response``). A call stands
+    own plan, up to what was asked, is paid ``price_usd_per_kwh`` (table ``demand_response``). A call stands
     while the interval it covers still sees a violation, and is released by
     ``release_fraction`` per interval without one."""
 

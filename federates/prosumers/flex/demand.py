@@ -215,7 +215,9 @@ class FlexDemand:
             reduced_kwh = max(float(base_kw[i] - out[i]), 0.0) * interval_h
             self.dr_rows.append({"interval": k, "participant": self.participants[i], "requested_kw": kw,
                                  "limit": limit, "element": element, "reduced_kwh": reduced_kwh,
-                                 "price_usd_per_kwh": self.dr_price, "credit_usd": reduced_kwh * self.dr_price})
+                                 "price_usd_per_kwh": self.dr_price,
+                                 # paid up to what was asked: more is not bought
+                                 "credit_usd": min(reduced_kwh, kw * interval_h) * self.dr_price})
         return out
 
     def _open_interval(self, k: int, price: float, hvac_bid: np.ndarray) -> None:
