@@ -6,7 +6,10 @@ BENCHMARKS.md.
   one prosumer on each of its 1177 houses (``prosumers.placement: one_per_load``), and
   3000 prosumers (``weighted``: several on some houses);
 * the default study (IEEE 13, 40 prosumers) in process for 7 days, 30 days and a year,
-  to show that time grows with the length and memory does not.
+  to show that time grows with the length and memory does not;
+* the same grid over the calendar year 2026 under the bundled TMY3 weather file
+  (``configs/tmy3_year.yaml``): a year on a weather file's whole year, with its monthly
+  report.
 
 For every case: wall time of the whole command (preparation, run, KPIs, summary,
 report), the run's own wall time (manifest), the preparation time, and the peak
@@ -51,7 +54,11 @@ CASES = [
     ("default-7d", "default study, 7 days, in process", ["study.duration=7d"], "inprocess", []),
     ("default-30d", "default study, 30 days, in process", ["study.duration=30d"], "inprocess", []),
     ("default-365d", "default study, 365 days, in process", ["study.duration=365d"], "inprocess", []),
+    ("tmy3-365d", "the default grid under the Greensboro TMY3 year (configs/tmy3_year.yaml), 2026, in process",
+     ["study.start=2026-01-01T00:00:00-05:00", "study.duration=365d"], "inprocess", []),
 ]
+#: the config of a case, when not configs/default.yaml
+CONFIG_OF = {"tmy3-365d": "tmy3_year.yaml"}
 
 
 def _status(pid: int) -> dict[str, int]:
@@ -112,7 +119,8 @@ class Peaks(DescendantSampler):
 
 def run_case(label: str, overrides: list[str], engine: str, extra: list[str], root: Path) -> dict:
     run_dir = root / label
-    argv = [sys.executable, "-m", "runner.cli", "run", str(REPO / "configs" / "default.yaml"), "--out", str(run_dir),
+    config = REPO / "configs" / CONFIG_OF.get(label, "default.yaml")
+    argv = [sys.executable, "-m", "runner.cli", "run", str(config), "--out", str(run_dir),
             "--engine", engine, "--quiet", *extra, *(x for o in overrides for x in ("--set", o))]
     t0 = time.perf_counter()
     with Peaks() as peaks:
