@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from federates.common.csvfiles import leading_comment_lines
 from federates.common.errors import ConfigError, Problem
 from federates.common.grid import CustomerSite, LoadPoint
 from federates.common.units import NODE_TO_PHASE, PHASES
@@ -60,12 +61,7 @@ def read_sites_file(path: Path, load_points: list[LoadPoint], bus_phases: dict[s
     path = Path(path)
     src = str(path)
     try:
-        lead = 0
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if not line.lstrip().startswith("#"):
-                    break
-                lead += 1
+        lead = leading_comment_lines(path)
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skiprows=lead, skip_blank_lines=False)
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise ConfigError([Problem("prosumers.sites", f"cannot be read: {' '.join(str(e).split())[:300]}",

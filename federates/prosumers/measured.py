@@ -59,6 +59,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from federates.common.csvfiles import leading_comment_lines
 from federates.common.errors import ConfigError, Problem
 
 #: unit suffix of a column name (lower case) -> unit
@@ -215,12 +216,7 @@ def _read_frame(path: Path, customers: list[str] | None = None) -> tuple[pd.Data
     ``prepare_run`` already)."""
     try:
         if path.suffix.lower() == ".csv":
-            lead = 0
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    if not line.lstrip().startswith("#"):
-                        break
-                    lead += 1
+            lead = leading_comment_lines(path)
             head = pd.read_csv(path, nrows=0, skiprows=lead)
             dtypes = {c: "category" for c in head.columns if str(c).lower() in ("time", "customer")}
             df = pd.read_csv(path, dtype=dtypes, skiprows=lead, skip_blank_lines=False)
