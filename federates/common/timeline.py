@@ -35,7 +35,10 @@ same call order.)
                                                       and whether it is quiet); the
                                                       feeder reads the answer at
                                                       view_time(k, s + 1)
-                 after the last step of interval k the feeder publishes its meter block
+                 after the last step of interval k the feeder publishes its meter block;
+                 when the feeder says the interval has no more views, the DSO sends
+                 its demand-response calls for k+1 (controllers.demand_response), which
+                 the prosumers read at their report time of k+1
 
 Every federate is uninterruptible (granted exactly the times it asks for), and each
 exchange is a sender's time followed by a receiver's strictly later one. A federate
