@@ -1075,6 +1075,103 @@ def fig_months(r: _Run) -> Plot | html.Text:
                 "before control). A partial month has less energy for fewer days.", fig)
 
 
+# ---- flexible demand ---------------------------------------------------------------------
+
+FLEX_FIGURE = "flex"
+
+
+@dataclass
+class FlexSeries:
+    """The flexible devices per market interval, summed over their owners (from the
+    ``flex`` and ``demand_response`` tables, read in row groups)."""
+
+    ev_kw: np.ndarray
+    hvac_kw: np.ndarray
+    dr_requested_kw: np.ndarray
+    dr_cut_kw: np.ndarray
+    indoor_min_c: np.ndarray
+    indoor_max_c: np.ndarray
+    setpoint_mean_c: np.ndarray
+
+
+def flex_series(run_dir: Path, cfg: StudyFile) -> FlexSeries | None:
+    """:class:`FlexSeries` of a run with flexible devices (None without the ``flex``
+    table). Memory: a few arrays of the study's intervals."""
+    path = table_file(run_dir, "flex")
+    if not path.is_file():
+        return None
+    tl = cfg.timeline
+    n = tl.n_intervals
+    ev, hv = np.zeros(n), np.zeros(n)
+    lo, hi = np.full(n, np.inf), np.full(n, -np.inf)
+    sp_sum, sp_n = np.zeros(n), np.zeros(n)
+    with pq.ParquetFile(path) as f:
+        for b in f.iter_batches(columns=["interval", "ev_kwh", "hvac_kwh", "indoor_c_min", "indoor_c_max",
+                                         "setpoint_c"]):
+            d = b.to_pandas()
+            k = d["interval"].to_numpy(dtype=np.int64)
+            np.add.at(ev, k, d["ev_kwh"].to_numpy(dtype=float))
+            np.add.at(hv, k, d["hvac_kwh"].to_numpy(dtype=float))
+            has = d["setpoint_c"].notna().to_numpy()
+            np.minimum.at(lo, k[has], d["indoor_c_min"].to_numpy(dtype=float)[has])
+            np.maximum.at(hi, k[has], d["indoor_c_max"].to_numpy(dtype=float)[has])
+            np.add.at(sp_sum, k[has], d["setpoint_c"].to_numpy(dtype=float)[has])
+            np.add.at(sp_n, k[has], 1.0)
+    req, cut = np.zeros(n), np.zeros(n)
+    dr_path = table_file(run_dir, "demand_response")
+    if dr_path.is_file():
+        dr = pd.read_parquet(dr_path, columns=["interval", "requested_kw", "reduced_kwh"])
+        k = dr["interval"].to_numpy(dtype=np.int64)
+        np.add.at(req, k, dr["requested_kw"].to_numpy(dtype=float))
+        np.add.at(cut, k, dr["reduced_kwh"].to_numpy(dtype=float) / tl.interval_h)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sp = np.where(sp_n > 0, sp_sum / sp_n, np.nan)
+    return FlexSeries(ev_kw=ev / tl.interval_h, hvac_kw=hv / tl.interval_h, dr_requested_kw=req, dr_cut_kw=cut,
+                      indoor_min_c=np.where(np.isfinite(lo), lo, np.nan),
+                      indoor_max_c=np.where(np.isfinite(hi), hi, np.nan), setpoint_mean_c=sp)
+
+
+def fig_flex(r: _Run, f: FlexSeries) -> Plot:
+    tl = r.cfg.timeline
+    x = r.hours(np.arange(tl.n_intervals) * tl.market_interval_s + tl.market_interval_s / 2.0)
+    has_houses = np.isfinite(f.setpoint_mean_c).any()
+    fig, axes = _new_figure(6.5 if has_houses else 3.5, nrows=2 if has_houses else 1)
+    axes = np.atleast_1d(axes)
+    ax = axes[0]
+    ax.plot(x, f.ev_kw, label="EV charging", drawstyle="steps-mid")
+    ax.plot(x, f.hvac_kw, label="heat pumps / ACs", drawstyle="steps-mid")
+    if f.dr_requested_kw.any():
+        ax.plot(x, f.dr_requested_kw, label="demand response asked", drawstyle="steps-mid", ls="--")
+        ax.plot(x, f.dr_cut_kw, label="demand response cut", drawstyle="steps-mid", ls=":")
+    ax.set_ylabel("power, interval mean [kW]")
+    ax.set_title("Flexible demand, summed over the owners")
+    _legend(ax, outside=True)
+    r.time_axis(ax)
+    if has_houses:
+        ax = axes[1]
+        ax.fill_between(x, f.indoor_min_c, f.indoor_max_c, step="mid", alpha=0.3, label="indoor, lowest to highest")
+        ax.plot(x, f.setpoint_mean_c, label="setpoint, mean", drawstyle="steps-mid")
+        ax.set_ylabel("temperature [degC]")
+        ax.set_title("Houses with a heat pump / AC")
+        _legend(ax, outside=True)
+        r.time_axis(ax)
+    return Plot(FLEX_FIGURE, "Flexible demand: EVs, heat pumps / ACs and demand response",
+                "Per market interval (results/flex and demand_response): the power the owners' EV chargers "
+                "and heat pumps / ACs drew, summed; the DSO's demand-response calls (the cut asked for) and "
+                "what the devices cut against their plan; the lowest and highest indoor temperature of the "
+                "houses and their mean setpoint (moved by the price under hvac.control: transactive, and by "
+                "demand-response calls).", fig)
+
+
+def flex_table(r: _Run) -> html.Table:
+    from runner.kpis import FLEX_KPIS
+
+    s = r.manifest.get("summary") or {}
+    rows = [(kpi.name, _fmt(s.get(kpi.key, np.nan)), kpi.unit, kpi.definition) for kpi in FLEX_KPIS]
+    return html.Table("Flexible demand", pd.DataFrame(rows, columns=["kpi", "value", "unit", "definition"]),
+                      "The comfort and charging-deadline costs, and the demand response (manifest summary).")
+
+
 # ---- KPIs ------------------------------------------------------------------------------
 
 def report_kpis(run: Path | _Run) -> pd.DataFrame:
@@ -1184,6 +1281,14 @@ def write_report(run_dir: Path, *, quiet: bool = False, chunk_rows: int = CHUNK_
         (fig_dir / f"{MONTHS_FIGURE}.png").write_bytes(rendered[MONTHS_FIGURE].png)
         months.fig.clear()
     sections.append(("Months", [months_table(r), rendered.get(MONTHS_FIGURE, months)]))
+    (fig_dir / f"{FLEX_FIGURE}.png").unlink(missing_ok=True)
+    flex = flex_series(r.run_dir, r.cfg)
+    if flex is not None:  # EVs, heat pumps / ACs
+        plot = fig_flex(r, flex)
+        rendered[FLEX_FIGURE] = plot.to_html()
+        (fig_dir / f"{FLEX_FIGURE}.png").write_bytes(rendered[FLEX_FIGURE].png)
+        plot.fig.clear()
+        sections.append(("Flexible demand", [flex_table(r), rendered[FLEX_FIGURE]]))
     sections += [(name, [rendered[f] for f in ids]) for name, ids in SECTIONS]
     c = r.cfg
     subtitle = (f"{r.run_dir.name}: {c.study.start}, {c.study.duration_s / 3600:g} h, "

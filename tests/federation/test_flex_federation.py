@@ -89,3 +89,23 @@ def test_demand_response_pays_what_was_cut_and_lifts_the_voltages(dr_runs):
         return int((v.limit == "v_min").sum())
 
     assert low(dr_runs["inprocess"]) < 0.8 * low(dr_runs["no_dr"])
+
+
+def test_report_has_the_flexible_demand_section(dr_runs):
+    """The report's flexible-demand figure sums the flex and demand_response tables per
+    interval (the same energy), and its section and table are in report.html."""
+    from federates.common.config import load_config
+    from runner.report import flex_series, write_report
+
+    run = dr_runs["inprocess"]
+    t = read_tables(run)
+    cfg = load_config(run / "config.resolved.yaml")
+    f = flex_series(run, cfg)
+    h = cfg.timeline.interval_h
+    assert f.ev_kw.sum() * h == pytest.approx(t["flex"].ev_kwh.sum(), rel=1e-12)
+    assert f.hvac_kw.sum() * h == pytest.approx(t["flex"].hvac_kwh.sum(), rel=1e-12)
+    assert f.dr_cut_kw.sum() * h == pytest.approx(t["demand_response"].reduced_kwh.sum(), rel=1e-12)
+    out = write_report(run, quiet=True)
+    text = out.read_text()
+    assert "Flexible demand" in text and "EV energy missing at departure" in text
+    assert (run / "report" / "flex.png").is_file()
