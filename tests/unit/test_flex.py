@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy.integrate import solve_ivp
 
-from federates.common.config import EvConfig, HvacConfig
+from federates.common.config import EvConfig, HvacConfig, StudyFile
 from federates.prosumers.flex.ev import CHARGER_KW, EvFleet, EvParams, session
 from federates.prosumers.flex.thermal import (
     Houses,
@@ -293,3 +293,28 @@ def test_split_parts_own_the_same_devices_as_the_whole():
         joined = pd.concat([p[table] for p in parts], ignore_index=True).sort_values(key, kind="stable",
                                                                                      ignore_index=True)
         pd.testing.assert_frame_equal(joined, whole[table])
+
+
+def test_smart_cars_wait_for_the_end_of_the_tou_peak_in_the_role():
+    """In the prosumers role under configs/tou.yaml's tariff (16-21 h peak at twice the
+    off-peak price), smart cars that come home in the evening wait for 21:00: they draw
+    under 5 % of their energy in the peak, uncontrolled ones most of it (they come home
+    around 18:00), and every smart session that ended got its energy."""
+    from federates.prosumers.role import ProsumersRole
+    from tests.unit.test_battery_price import TOU
+    from tests.unit.test_prosumers import make_sites
+
+    def peak_share(control: str) -> tuple[float, pd.DataFrame]:
+        raw = {"study": {"duration": "48h"}, "market": {"tariff": TOU},
+               "prosumers": {"count": 20, "ev": {"share": 1.0, "control": control}}}
+        role = ProsumersRole(StudyFile.model_validate(raw), make_sites(20))
+        (t,) = _play(role)
+        f = t["flex"]
+        peak = role.tariff.retail_usd_per_kwh[f["interval"].to_numpy()] > 0.3
+        return float(f.ev_kwh[peak].sum() / f.ev_kwh.sum()), t["ev_sessions"]
+
+    smart, sessions = peak_share("smart")
+    dumb, _ = peak_share("uncontrolled")
+    assert smart < 0.05 < 0.5 < dumb
+    ended = sessions[sessions.departure_step < 2 * 1440]
+    assert len(ended) >= 20 and np.allclose(ended.unmet_kwh, 0.0, atol=1e-9)
