@@ -507,12 +507,16 @@ EV_UNMET = Kpi("ev_unmet_kwh", "EV energy missing at departure", "kWh",
 HVAC_ENERGY = Kpi("hvac_kwh", "heat pump / AC energy", "kWh", "sum of flex.hvac_kwh")
 DISCOMFORT = Kpi("discomfort_c_h", "discomfort", "degC h",
                  "sum of flex.discomfort_c_h: indoor temperature beyond the base setpoint's deadband x time")
+WH_ENERGY = Kpi("wh_kwh", "water heater energy", "kWh", "sum of flex.wh_kwh")
+HOT_WATER_SHORT = Kpi("hot_water_short_kwh", "hot water short", "kWh",
+                      "sum of flex.hot_water_short_kwh: heat the draws lacked below water_heater.use_c")
 DR_CALLED = Kpi("dr_requested_kwh", "demand response asked for", "kWh",
                 "sum of demand_response.requested_kw x interval length")
 DR_CUT = Kpi("dr_cut_kwh", "demand response delivered", "kWh",
              "sum of demand_response.reduced_kwh: what the devices cut against their plan")
 DR_PAID = Kpi("dr_paid_usd", "demand response paid to prosumers", "USD", "sum of demand_response.credit_usd")
-FLEX_KPIS: tuple[Kpi, ...] = (EV_CHARGED, EV_UNMET, HVAC_ENERGY, DISCOMFORT, DR_CALLED, DR_CUT, DR_PAID)
+FLEX_KPIS: tuple[Kpi, ...] = (EV_CHARGED, EV_UNMET, HVAC_ENERGY, DISCOMFORT, WH_ENERGY, HOT_WATER_SHORT,
+                              DR_CALLED, DR_CUT, DR_PAID)
 _BY_KEY.update({kpi.key: kpi for kpi in FLEX_KPIS})
 
 
@@ -522,9 +526,11 @@ def flex_summary(folder: RunFolder) -> dict[str, float]:
     row per interval and device owner, session or call: read whole."""
     if not folder.has_table("flex"):
         return {}
-    flex = pd.read_parquet(folder.table_file("flex"), columns=["ev_kwh", "hvac_kwh", "discomfort_c_h"])
+    flex = pd.read_parquet(folder.table_file("flex"), columns=["ev_kwh", "hvac_kwh", "discomfort_c_h", "wh_kwh",
+                                                               "hot_water_short_kwh"])
     out = {EV_CHARGED.key: float(flex["ev_kwh"].sum()), HVAC_ENERGY.key: float(flex["hvac_kwh"].sum()),
-           DISCOMFORT.key: float(flex["discomfort_c_h"].sum())}  # NaN rows (no AC) skipped
+           DISCOMFORT.key: float(flex["discomfort_c_h"].sum()),  # NaN rows (no AC) skipped
+           WH_ENERGY.key: float(flex["wh_kwh"].sum()), HOT_WATER_SHORT.key: float(flex["hot_water_short_kwh"].sum())}
     ev = pd.read_parquet(folder.table_file("ev_sessions"), columns=["unmet_kwh"]) \
         if folder.has_table("ev_sessions") else pd.DataFrame({"unmet_kwh": []})
     out[EV_UNMET.key] = float(ev["unmet_kwh"].sum())  # the sessions under way at the end: NaN, skipped

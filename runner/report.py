@@ -1087,6 +1087,7 @@ class FlexSeries:
 
     ev_kw: np.ndarray
     hvac_kw: np.ndarray
+    wh_kw: np.ndarray
     dr_requested_kw: np.ndarray
     dr_cut_kw: np.ndarray
     indoor_min_c: np.ndarray
@@ -1102,16 +1103,17 @@ def flex_series(run_dir: Path, cfg: StudyFile) -> FlexSeries | None:
         return None
     tl = cfg.timeline
     n = tl.n_intervals
-    ev, hv = np.zeros(n), np.zeros(n)
+    ev, hv, wh = np.zeros(n), np.zeros(n), np.zeros(n)
     lo, hi = np.full(n, np.inf), np.full(n, -np.inf)
     sp_sum, sp_n = np.zeros(n), np.zeros(n)
     with pq.ParquetFile(path) as f:
         for b in f.iter_batches(columns=["interval", "ev_kwh", "hvac_kwh", "indoor_c_min", "indoor_c_max",
-                                         "setpoint_c"]):
+                                         "setpoint_c", "wh_kwh"]):
             d = b.to_pandas()
             k = d["interval"].to_numpy(dtype=np.int64)
             np.add.at(ev, k, d["ev_kwh"].to_numpy(dtype=float))
             np.add.at(hv, k, d["hvac_kwh"].to_numpy(dtype=float))
+            np.add.at(wh, k, d["wh_kwh"].to_numpy(dtype=float))
             has = d["setpoint_c"].notna().to_numpy()
             np.minimum.at(lo, k[has], d["indoor_c_min"].to_numpy(dtype=float)[has])
             np.maximum.at(hi, k[has], d["indoor_c_max"].to_numpy(dtype=float)[has])
@@ -1126,7 +1128,8 @@ def flex_series(run_dir: Path, cfg: StudyFile) -> FlexSeries | None:
         np.add.at(cut, k, dr["reduced_kwh"].to_numpy(dtype=float) / tl.interval_h)
     with np.errstate(invalid="ignore", divide="ignore"):
         sp = np.where(sp_n > 0, sp_sum / sp_n, np.nan)
-    return FlexSeries(ev_kw=ev / tl.interval_h, hvac_kw=hv / tl.interval_h, dr_requested_kw=req, dr_cut_kw=cut,
+    return FlexSeries(ev_kw=ev / tl.interval_h, hvac_kw=hv / tl.interval_h, wh_kw=wh / tl.interval_h,
+                      dr_requested_kw=req, dr_cut_kw=cut,
                       indoor_min_c=np.where(np.isfinite(lo), lo, np.nan),
                       indoor_max_c=np.where(np.isfinite(hi), hi, np.nan), setpoint_mean_c=sp)
 
@@ -1140,6 +1143,8 @@ def fig_flex(r: _Run, f: FlexSeries) -> Plot:
     ax = axes[0]
     ax.plot(x, f.ev_kw, label="EV charging", drawstyle="steps-mid")
     ax.plot(x, f.hvac_kw, label="heat pumps / ACs", drawstyle="steps-mid")
+    if f.wh_kw.any():
+        ax.plot(x, f.wh_kw, label="water heaters", drawstyle="steps-mid")
     if f.dr_requested_kw.any():
         ax.plot(x, f.dr_requested_kw, label="demand response asked", drawstyle="steps-mid", ls="--")
         ax.plot(x, f.dr_cut_kw, label="demand response cut", drawstyle="steps-mid", ls=":")
@@ -1156,8 +1161,8 @@ def fig_flex(r: _Run, f: FlexSeries) -> Plot:
         _legend(ax, outside=True)
         r.time_axis(ax)
     return Plot(FLEX_FIGURE, "Flexible demand: EVs, heat pumps / ACs and demand response",
-                "Per market interval (results/flex and demand_response): the power the owners' EV chargers "
-                "and heat pumps / ACs drew, summed; the DSO's demand-response calls (the cut asked for) and "
+                "Per market interval (results/flex and demand_response): the power the owners' EV chargers, "
+                "heat pumps / ACs and water heaters drew, summed; the DSO's demand-response calls (the cut asked for) and "
                 "what the devices cut against their plan; the lowest and highest indoor temperature of the "
                 "houses and their mean setpoint (moved by the price under hvac.control: transactive, and by "
                 "demand-response calls).", fig)

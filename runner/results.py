@@ -112,7 +112,8 @@ def format_summary(s: dict[str, float], wall_s: float, run_dir: Path, engine: st
         f"{s['substation_violation_min_before']:.0f} -> {s['substation_violation_min_after']:.0f} min",
         f"  steps where control did not converge: {s['unconverged_steps']}",
         *([f"  EV charging {s['ev_charged_kwh']:.1f} kWh, missing at departure {s['ev_unmet_kwh']:.1f} kWh; "
-           f"heat pumps / ACs {s['hvac_kwh']:.1f} kWh, discomfort {s['discomfort_c_h']:.1f} degC h"]
+           f"heat pumps / ACs {s['hvac_kwh']:.1f} kWh, discomfort {s['discomfort_c_h']:.1f} degC h; "
+           f"water heaters {s.get('wh_kwh', 0.0):.1f} kWh, hot water short {s.get('hot_water_short_kwh', 0.0):.1f} kWh"]
           if "ev_charged_kwh" in s else []),
         *([f"  demand response: {s['dr_requested_kwh']:.1f} kWh asked, {s['dr_cut_kwh']:.1f} kWh cut, "
            f"{s['dr_paid_usd']:.2f} USD paid"] if "dr_cut_kwh" in s else []),

@@ -233,7 +233,7 @@ class ProsumersRole:
             FlexDemand(cfg, self._index, self.participants, start=study_times(cfg, 0, 1)[0],
                        retail_usd_per_kwh=self.tariff.retail,
                        population_indices=population_indices, offset=offset)
-            if cfg.prosumers.ev.share > 0 or cfg.prosumers.hvac.share > 0 else None
+            if cfg.prosumers.has_flex else None
         )
 
     @classmethod

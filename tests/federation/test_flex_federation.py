@@ -49,7 +49,7 @@ def test_evening_arrivals_charge(flex_runs):
 VERY_WEAK = DEFAULT.parent / "very_weak_grid.yaml"
 DR_EVENING = ["--set", "study.start=2026-06-21T17:00:00-04:00", "--set", "study.duration=2h",
               "--set", "prosumers.federates=2", "--set", "prosumers.ev.share=0.4",
-              "--set", "prosumers.hvac.share=0.3"]
+              "--set", "prosumers.hvac.share=0.3", "--set", "prosumers.water_heater.share=0.3"]
 
 
 @pytest.fixture(scope="module")

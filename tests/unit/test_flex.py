@@ -230,7 +230,8 @@ def _play(role, drain_every: int | None = None) -> list[dict[str, pd.DataFrame]]
     return chunks
 
 
-FLEX = {"ev": {"share": 0.5, "control": "smart"}, "hvac": {"share": 0.5, "control": "transactive"}}
+FLEX = {"ev": {"share": 0.5, "control": "smart"}, "hvac": {"share": 0.5, "control": "transactive"},
+        "water_heater": {"share": 0.5}}
 
 
 def test_devices_add_to_the_household_load_and_their_tables_add_up():
@@ -254,12 +255,15 @@ def test_devices_add_to_the_household_load_and_their_tables_add_up():
     got = np.zeros_like(per_interval_kwh)
     idx = {p: j for j, p in enumerate(with_flex.participants)}
     for row in flex.itertuples():
-        got[row.interval, idx[row.participant]] = row.ev_kwh + row.hvac_kwh
+        got[row.interval, idx[row.participant]] = row.ev_kwh + row.hvac_kwh + row.wh_kwh
     assert np.allclose(got, per_interval_kwh, atol=1e-9)
     assert f["ev_sessions"].delivered_kwh.sum() == pytest.approx(flex.ev_kwh.sum(), rel=1e-12)
     assert np.allclose(pf.net_kw, pf.load_kw - pf.pv_kw + pf.battery_kw, atol=1e-12)
     # six owners of each kind; the devices' owners are the only rows of flex
-    assert flex.groupby("interval").size().iloc[0] == len(set(with_flex.flex.ev.owners) | set(with_flex.flex.houses.owners))
+    f = with_flex.flex
+    owners = set(f.ev.owners) | set(f.houses.owners) | set(f.water_heaters.owners)
+    assert flex.groupby("interval").size().iloc[0] == len(owners)
+    assert flex.wh_kwh.sum() > 0
 
 
 def test_drained_chunks_equal_the_whole_run():
@@ -318,3 +322,70 @@ def test_smart_cars_wait_for_the_end_of_the_tou_peak_in_the_role():
     assert smart < 0.05 < 0.5 < dumb
     ended = sessions[sessions.departure_step < 2 * 1440]
     assert len(ended) >= 20 and np.allclose(ended.unmet_kwh, 0.0, atol=1e-9)
+
+
+
+# ---- water heaters -------------------------------------------------------------------------
+def _tanks(n=1, **kw):
+    from federates.common.config import WaterHeaterConfig
+    from federates.prosumers.flex.water_heater import WaterHeaterParams, WaterHeaters
+
+    p = WaterHeaterParams.of(WaterHeaterConfig(share=1.0, **kw))
+    return WaterHeaters(p, np.arange(n), np.arange(n), start=pd.Timestamp("2026-01-05 00:00", tz=TZ),
+                        step_s=60.0, seed=4)
+
+
+def test_tank_step_is_the_exact_solution_of_its_ode():
+    """Element on, 3 L drawn in the minute: the step's end temperature equals scipy's
+    RK45 integration of C dT/dt = P - UA (T - T_amb) - m c (T - T_in) to 1e-7 degC."""
+    from federates.prosumers.flex.water_heater import KWH_PER_L_K
+
+    w = _tanks()
+    w.t_c[:] = 40.0
+    p = w.p
+    c = p.tank_l * KWH_PER_L_K
+    mc = 3.0 * KWH_PER_L_K * 60.0  # kW/K over a 1-min step
+    w.step_kw(np.array([3.0]), 55.0)
+    sol = solve_ivp(lambda _, y: [(p.element_kw - p.ua_w_per_k / 1000 * (y[0] - p.ambient_c)
+                                   - mc * (y[0] - p.inlet_c)) / c], (0.0, 1 / 60), [40.0], rtol=1e-11, atol=1e-12)
+    assert w.on[0] and w.t_c[0] == pytest.approx(sol.y[0, -1], abs=1e-7)
+
+
+def test_draws_and_heat_balance_over_ten_days():
+    """Twenty tanks over ten days: the draws average the configured 200 L a day (within
+    the sampling error of a Poisson count of lognormal volumes), and the element's energy
+    is the heat the draws took from the inlet temperature plus the standby loss plus
+    the change stored, each summed with the tank's temperature at the step (1 %)."""
+    from federates.prosumers.flex.water_heater import KWH_PER_L_K
+
+    w = _tanks(n=20)
+    p = w.p
+    t0 = w.t_c.copy()
+    drawn = element = to_draws = standby = 0.0
+    for g in range(10 * 1440):
+        v = w.drawn_l(g * 60.0)
+        t_before = w.t_c.copy()
+        kw, _ = w.step_kw(v, 55.0)
+        t_mid = 0.5 * (t_before + w.t_c)
+        drawn += v.sum()
+        element += kw.sum() / 60.0
+        to_draws += (v * KWH_PER_L_K * (t_mid - p.inlet_c)).sum()
+        standby += (p.ua_w_per_k / 1000 * (t_mid - p.ambient_c)).sum() / 60.0
+    stored = (w.t_c - t0).sum() * p.tank_l * KWH_PER_L_K
+    assert drawn / 200.0 == pytest.approx(200.0, rel=0.08)  # litres per tank-day
+    assert element == pytest.approx(to_draws + standby + stored, rel=0.01)
+    assert 45.0 < w.t_c.mean() < 56.0
+
+
+def test_a_shed_tank_keeps_the_water_usable():
+    """Shed (setpoint -inf unless below use_c, as a demand-response call does), a tank
+    draws nothing while above 45 degC and comes back on below it."""
+    w = _tanks()
+    w.t_c[:] = 47.0
+    on_at = []
+    for _ in range(6 * 60):
+        sp = np.where(w.t_c >= w.p.use_c, -np.inf, 55.0)
+        kw, _ = w.step_kw(np.array([2.0]), sp)
+        on_at.append(kw[0] > 0)
+    assert not on_at[0] and any(on_at)
+    assert w.t_c[0] > 44.0

@@ -26,6 +26,7 @@ RUN = ["--set", "study.start=2026-06-21T11:30:00-04:00", "--set", "study.duratio
        "--set", "market.network_aware=envelopes",
        # flexible demand, so that its tables (flex, ev_sessions) are checked too
        "--set", "prosumers.ev.share=0.3", "--set", "prosumers.hvac.share=0.3",
+       "--set", "prosumers.water_heater.share=0.3",
        "--set", "controllers.demand_response.enabled=true"]
 TYPES = {"int", "float", "bool", "str", "datetime"}
 

@@ -56,6 +56,7 @@ from federates.common.config.schema import (
     SyntheticFeederConfig,
     VoltVarConfig,
     VoltWattConfig,
+    WaterHeaterConfig,
     WeatherConfig,
     split_broker_address,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "SyntheticFeederConfig",
     "VoltVarConfig",
     "VoltWattConfig",
+    "WaterHeaterConfig",
     "WeatherConfig",
     "apply_grid_preset",
     "apply_overrides",

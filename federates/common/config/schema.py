@@ -307,6 +307,33 @@ class MeasuredProfilesConfig(_Strict):
         return v
 
 
+class WaterHeaterConfig(_Strict):
+    """Electric resistance water heaters (``federates/prosumers/flex/water_heater.py``):
+    ``share`` of the prosumers have one (0: none, the default); a fully mixed tank of
+    ``tank_l`` litres with an ``element_kw`` element, standby loss ``ua_w_per_k``
+    [W/K] to a room at ``ambient_c``, mains water at ``inlet_c``, a thermostat at
+    ``setpoint_c`` with ``deadband_c``; about ``daily_draw_l`` litres drawn a day in
+    morning and evening draws; water below ``use_c`` counts as hot water short.
+    ``control``: ``thermostat``, or ``transactive``: the setpoint moves down with the
+    expected price by ``(price - mean) / (ramp x sd)`` x ``band_c`` (within
+    ``+-band_c``; up for a low price). A demand-response call sheds the element for the
+    interval unless the tank falls below ``use_c``."""
+
+    share: Fraction = 0.0
+    tank_l: PositiveFloat = 190.0
+    element_kw: PositiveFloat = 4.5
+    ua_w_per_k: NonNegFloat = 2.5
+    setpoint_c: Annotated[float, Field(ge=30, le=90)] = 55.0
+    deadband_c: Annotated[float, Field(gt=0, le=20)] = 5.0
+    inlet_c: Annotated[float, Field(ge=0, le=30)] = 15.0
+    ambient_c: Annotated[float, Field(ge=0, le=40)] = 20.0
+    use_c: Annotated[float, Field(ge=20, le=70)] = 45.0
+    daily_draw_l: NonNegFloat = 200.0
+    control: Literal["thermostat", "transactive"] = "thermostat"
+    ramp: PositiveFloat = 2.0
+    band_c: NonNegFloat = 5.0
+
+
 class ProsumersConfig(_Strict):
     # 100 000 at most: 30 x the largest case benchmarked (3000, BENCHMARKS.md); more
     # would be a typo long before it is a study (the DSO's n x n model alone is 40 GB)
@@ -371,6 +398,12 @@ class ProsumersConfig(_Strict):
     #: flexible demand: EVs and heat pumps / air conditioners (none by default)
     ev: EvConfig = EvConfig()
     hvac: HvacConfig = HvacConfig()
+    water_heater: WaterHeaterConfig = WaterHeaterConfig()
+
+    @property
+    def has_flex(self) -> bool:
+        """Whether any prosumer may own a flexible device (EV, heat pump / AC, water heater)."""
+        return self.ev.share > 0 or self.hvac.share > 0 or self.water_heater.share > 0
 
     @field_validator("profiles", mode="before")
     @classmethod

@@ -37,13 +37,15 @@ from federates.prosumers.flex.thermal import (
     bid_price_usd_per_kwh,
     setpoint_offset_c,
 )
+from federates.prosumers.flex.water_heater import KWH_PER_L_K, WaterHeaterParams, WaterHeaters
 
 SESSION_COLUMNS = ("participant", "arrival_step", "departure_step", "need_kwh", "delivered_kwh", "unmet_kwh")
 _NAME_DTYPE = pd.Series(np.array(["p"], dtype=object)).dtype  # as the profiles table's names
 DR_COLUMNS = ("interval", "participant", "requested_kw", "limit", "element", "reduced_kwh",
               "price_usd_per_kwh", "credit_usd")
 FLEX_COLUMNS = ("interval", "participant", "ev_kwh", "hvac_kwh", "indoor_c_min", "indoor_c_max",
-                "setpoint_c", "expected_price_usd_per_kwh", "hvac_bid_usd_per_kwh", "discomfort_c_h")
+                "setpoint_c", "expected_price_usd_per_kwh", "hvac_bid_usd_per_kwh", "discomfort_c_h",
+                "wh_kwh", "hot_water_short_kwh")
 
 
 def owners_of(seed: int, indices: np.ndarray, share: float, what: str) -> np.ndarray:
@@ -64,6 +66,7 @@ def flex_ratings_kw(cfg: StudyFile, indices: np.ndarray) -> np.ndarray:
     out = np.zeros(len(indices))
     out[owners_of(seed, indices, p.ev.share, "ev")] += EvParams.of(p.ev).charger_kw
     out[owners_of(seed, indices, p.hvac.share, "hvac")] += HvacParams.of(p.hvac).electric_kw
+    out[owners_of(seed, indices, p.water_heater.share, "water_heater")] += p.water_heater.element_kw
     return out
 
 
@@ -144,6 +147,15 @@ class FlexDemand:
                            seed=seed) if len(ev_at) else None)
         self.hvac = HvacParams.of(p.hvac)
         self.houses = Houses(self.hvac, hv_at, indices[hv_at], seed=seed) if len(hv_at) else None
+        wh_at = mine(owners_of(seed, pop, p.water_heater.share, "water_heater"))
+        self.wh_params = WaterHeaterParams.of(p.water_heater)
+        self.water_heaters = (WaterHeaters(self.wh_params, wh_at, indices[wh_at], start=start,
+                                           step_s=tl.physics_step_s, seed=seed) if len(wh_at) else None)
+        self._wh_setpoint_c = np.full(len(wh_at), self.wh_params.setpoint_c)
+        self._wh_shed = np.zeros(len(wh_at), dtype=bool)
+        #: each tank's energy per interval of the last day, for its persistence forecast
+        self._wh_history: dict[int, np.ndarray] = {}
+        self._per_day = round(86400.0 / tl.market_interval_s)
         self.prices = PriceView(retail_usd_per_kwh, round(86400.0 / tl.market_interval_s), tl.n_intervals)
         self._ev_cmd = np.zeros(len(ev_at))
         self._setpoint_c = np.full(len(hv_at), self.hvac.setpoint_c)
@@ -159,7 +171,18 @@ class FlexDemand:
 
     @property
     def any(self) -> bool:
-        return self.ev is not None or self.houses is not None
+        return self.ev is not None or self.houses is not None or self.water_heaters is not None
+
+    def _wh_forecast_kw(self, k: int) -> np.ndarray:
+        """A tank's expected power in interval ``k`` [kW]: what it drew in the same
+        interval a day earlier, or (the first day) its daily mean: the day's draws heated
+        from the inlet to the setpoint plus the standby loss at the setpoint."""
+        seen = self._wh_history.get(k - self._per_day)
+        if seen is not None:
+            return seen / self.tl.interval_h
+        w = self.wh_params
+        heat_kw = w.daily_draw_l * KWH_PER_L_K * (w.setpoint_c - w.inlet_c) / 24.0
+        return np.full(len(self.water_heaters.owners), heat_kw + w.ua_w_per_k / 1000.0 * (w.setpoint_c - w.ambient_c))
 
     def observe(self, k: int, market_usd_per_kwh: float | None) -> None:
         self.prices.observe(k, market_usd_per_kwh)
@@ -209,6 +232,19 @@ class FlexDemand:
                 after = h.preview_kw(t_out_c, self._setpoint_c, self.step_h)
             out[o] += after
             base_kw[o] += before
+            cut[o] = np.maximum(cut[o] - (before - after), 0.0)
+        if self.water_heaters is not None:
+            o = self.water_heaters.owners
+            w = self.wh_params
+            shift = 0.0
+            if w.transactive and sd > 0 and np.isfinite(sd):
+                shift = -float(np.clip((price - mean) / (w.ramp * sd) * w.band_c, -w.band_c, w.band_c))
+            self._wh_setpoint_c = np.full(len(o), w.setpoint_c + shift)
+            before = self._wh_forecast_kw(k)
+            self._wh_shed = cut[o] > 0  # called: the element shed for the interval (comfort kept)
+            after = np.where(self._wh_shed, 0.0, before)
+            out[o] += after
+            base_kw[o] += before
         self._open_interval(k, price, bid)
         interval_h = self.tl.interval_h
         for i, (kw, limit, element) in sorted(calls.items()):
@@ -229,6 +265,7 @@ class FlexDemand:
             "ev_kwh": np.zeros(n), "hvac_kwh": np.zeros(n),
             "indoor_c_min": np.full(n, np.inf), "indoor_c_max": np.full(n, -np.inf),
             "discomfort_c_h": np.zeros(n), "price": np.full(n, price), "bid": np.full(n, np.nan),
+            "wh_kwh": np.zeros(n), "hot_water_short_kwh": np.zeros(n),
         }
         if self.houses is not None:
             self._acc["bid"][self.houses.owners] = hvac_bid
@@ -248,6 +285,10 @@ class FlexDemand:
         if self.houses is not None:
             owners[self.houses.owners] = True
             has_house[self.houses.owners] = True
+        if self.water_heaters is not None:
+            owners[self.water_heaters.owners] = True
+            self._wh_history[k] = a["wh_kwh"][self.water_heaters.owners].copy()
+            self._wh_history.pop(k - self._per_day, None)
         j = np.flatnonzero(owners)
         self._rows.append({
             "interval": np.full(len(j), k, dtype=np.int64),
@@ -259,6 +300,7 @@ class FlexDemand:
             "expected_price_usd_per_kwh": a["price"][j],
             "hvac_bid_usd_per_kwh": a["bid"][j],
             "discomfort_c_h": np.where(has_house, a["discomfort_c_h"], np.nan)[j],
+            "wh_kwh": a["wh_kwh"][j], "hot_water_short_kwh": a["hot_water_short_kwh"][j],
         })
         self._k = -1
 
@@ -284,6 +326,14 @@ class FlexDemand:
             half = 0.5 * self.hvac.deadband_c
             over = (t - (self.hvac.setpoint_c + half)) if self.hvac.cooling else ((self.hvac.setpoint_c - half) - t)
             a["discomfort_c_h"][h.owners] += np.maximum(over, 0.0) * self.step_h
+        if self.water_heaters is not None:
+            w = self.water_heaters
+            # a shed element comes back on only for a tank that fell below the use temperature
+            sp = np.where(self._wh_shed & (w.t_c >= self.wh_params.use_c), -np.inf, self._wh_setpoint_c)
+            p, short = w.step_kw(w.drawn_l(g * self.tl.physics_step_s), sp)
+            out[w.owners] += p
+            a["wh_kwh"][w.owners] += p * self.step_h
+            a["hot_water_short_kwh"][w.owners] += short
         return out
 
     # ---- tables ------------------------------------------------------------------------
