@@ -209,7 +209,12 @@ class FlexDemand:
         base_kw = np.zeros(self.n)
         if self.ev is not None:
             o = self.ev.owners
-            cmd = self.ev.plan_kw(g0, s, lambda g, n: self.prices.window(g // s, n))
+            horizon = self.prices.window(k, 2 * self._per_day)  # once per interval, not per car
+
+            def expected(g: int, n: int) -> np.ndarray:
+                return horizon[:n] if n <= len(horizon) else self.prices.window(g // s, n)
+
+            cmd = self.ev.plan_kw(g0, s, expected)
             before = self.ev.forecast_kw(cmd, g0, s)
             self._ev_cmd = np.maximum(cmd - cut[o], 0.0) if calls else cmd
             after = self.ev.forecast_kw(self._ev_cmd, g0, s) if calls else before
