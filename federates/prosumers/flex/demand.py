@@ -169,10 +169,6 @@ class FlexDemand:
         self._acc: dict[str, np.ndarray] = {}
         self._gave_live = self._live_drained = False  # the sessions under way at the end: given once
 
-    @property
-    def any(self) -> bool:
-        return self.ev is not None or self.houses is not None or self.water_heaters is not None
-
     def _wh_forecast_kw(self, k: int) -> np.ndarray:
         """A tank's expected power in interval ``k`` [kW]: what it drew in the same
         interval a day earlier, or (the first day) its daily mean: the day's draws heated

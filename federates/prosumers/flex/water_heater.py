@@ -103,12 +103,6 @@ class WaterHeaters:
         #: before, (tanks, most draws), padded with empty draws
         self._starts = self._ends = np.zeros((n, 0))
 
-    def state(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.t_c.copy(), self.on.copy()
-
-    def restore(self, state: tuple[np.ndarray, np.ndarray]) -> None:
-        self.t_c, self.on = state[0].copy(), state[1].copy()
-
     def _load_days(self, t_s: float) -> None:
         """The draws of the local day of study time ``t_s`` and of the day before (a draw
         may run past midnight)."""
