@@ -389,3 +389,32 @@ def test_a_shed_tank_keeps_the_water_usable():
         on_at.append(kw[0] > 0)
     assert not on_at[0] and any(on_at)
     assert w.t_c[0] > 44.0
+
+
+def test_auto_heat_pump_heats_in_winter_cools_in_summer_and_floats_between():
+    """``mode: auto`` (heat below 20 degC, cool above 24 degC, 1 degC deadband): at 0 degC
+    outside it heats and holds the heating band, at 35 degC it cools and holds the
+    cooling band, at 21 degC outside (with 0.5 kW of gains: the house settles about
+    22 degC) it does neither. The same house in ``cool`` mode at 35 degC gives the
+    same temperatures as ``auto`` (one thermostat path is the other's)."""
+    def settle(t_out: float, mode: str = "auto") -> tuple[np.ndarray, float]:
+        h = _houses(n=4, spread=0.2, mode=mode, setpoint_c=24.0, heat_setpoint_c=20.0, deadband_c=1.0)
+        temps, kwh = [], 0.0
+        for _ in range(2 * 1440):
+            kwh += h.step_kw(t_out, 24.0, 1 / 60, 20.0).sum() / 60
+            temps.append(h.t_in_c.copy())
+        return np.array(temps[1440:]), kwh
+
+    cold, heat_kwh = settle(0.0)
+    hot, cool_kwh = settle(35.0)
+    mild, mild_kwh = settle(21.0)
+    assert 19.4 < cold.min() and cold.max() < 20.6 and heat_kwh > 0
+    assert 23.4 < hot.min() and hot.max() < 24.6 and cool_kwh > 0
+    assert mild_kwh == 0.0 and 20.5 < mild.min() and mild.max() < 23.5
+    cool_only, _ = settle(35.0, mode="cool")
+    assert np.allclose(hot, cool_only)
+
+
+def test_auto_mode_refuses_overlapping_bands():
+    with pytest.raises(ValueError, match="heat_setpoint_c"):
+        HvacConfig(mode="auto", setpoint_c=21.0, heat_setpoint_c=20.5, deadband_c=1.0)

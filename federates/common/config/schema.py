@@ -230,9 +230,10 @@ class HvacConfig(_Strict):
     resistance ``r_c_per_kw`` [degC/kW] to the outdoor air (the weather's temperature),
     capacitance ``c_kwh_per_c`` [kWh/degC], internal gains ``internal_gain_kw`` [kW];
     each house's R and C are drawn within +-``spread`` of these. The unit:
-    ``mode`` cool or heat, thermal output ``rated_kw_th`` [kW] at ``cop`` (electric
-    power = rated_kw_th / cop), on/off by a thermostat at ``setpoint_c`` with
-    ``deadband_c``. ``control``: ``thermostat`` (the fixed setpoint) or ``transactive``:
+    ``mode`` cool or heat, or ``auto`` (a heat pump that heats below
+    ``heat_setpoint_c`` and cools above ``setpoint_c``: a year's seasons), thermal output
+    ``rated_kw_th`` [kW] at ``cop`` (electric power = rated_kw_th / cop), on/off by a
+    thermostat at ``setpoint_c`` with ``deadband_c``. ``control``: ``thermostat`` (the fixed setpoint) or ``transactive``:
     the setpoint moves with the interval's expected price as in the double-auction HVAC
     controller of PNNL's Olympic Peninsula demonstration and TESP (Fuller, Schneider and
     Chassin, "Analysis of residential demand response and double-auction markets",
@@ -242,7 +243,8 @@ class HvacConfig(_Strict):
     """
 
     share: Fraction = 0.0
-    mode: Literal["cool", "heat"] = "cool"
+    mode: Literal["cool", "heat", "auto"] = "cool"
+    heat_setpoint_c: Annotated[float, Field(ge=5, le=35)] = 20.0
     r_c_per_kw: PositiveFloat = 2.5
     c_kwh_per_c: PositiveFloat = 8.0
     internal_gain_kw: NonNegFloat = 0.5
@@ -255,6 +257,14 @@ class HvacConfig(_Strict):
     ramp: PositiveFloat = 2.0
     band_high_c: NonNegFloat = 2.0
     band_low_c: NonNegFloat = 1.0
+
+    @model_validator(mode="after")
+    def _auto_band(self) -> HvacConfig:
+        if self.mode == "auto" and self.heat_setpoint_c + self.deadband_c > self.setpoint_c:
+            raise ValueError(f"mode auto: heat_setpoint_c ({self.heat_setpoint_c}) + deadband_c "
+                             f"({self.deadband_c}) must not exceed setpoint_c ({self.setpoint_c}), the cooling "
+                             "setpoint: the unit would heat and cool in turn")
+        return self
 
 
 class MeasuredProfilesConfig(_Strict):

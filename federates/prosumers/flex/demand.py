@@ -159,6 +159,7 @@ class FlexDemand:
         self.prices = PriceView(retail_usd_per_kwh, round(86400.0 / tl.market_interval_s), tl.n_intervals)
         self._ev_cmd = np.zeros(len(ev_at))
         self._setpoint_c = np.full(len(hv_at), self.hvac.setpoint_c)
+        self._heat_setpoint_c = np.full(len(hv_at), self.hvac.heat_setpoint_c)  # mode auto
         dr = cfg.controllers.demand_response
         self.dr_on = bool(cfg.controllers.enabled and dr.enabled)
         self.dr_price = float(dr.price_usd_per_kwh)
@@ -222,15 +223,18 @@ class FlexDemand:
             h, o = self.houses, self.houses.owners
             shift = setpoint_offset_c(price, mean, sd, self.hvac) if self.hvac.transactive else 0.0
             planned = np.full(len(o), self.hvac.setpoint_c + shift)
-            bid = bid_price_usd_per_kwh(h.t_in_c, planned, mean, sd, self.hvac)
-            before = h.preview_kw(t_out_c, planned, self.step_h)
-            self._setpoint_c = planned
+            # auto: the heating setpoint moves the other way (down for a high price)
+            planned_heat = np.full(len(o), self.hvac.heat_setpoint_c - shift)
+            bid = bid_price_usd_per_kwh(h.t_in_c, planned, mean, sd, self.hvac, planned_heat)
+            before = h.preview_kw(t_out_c, planned, self.step_h, planned_heat)
+            self._setpoint_c, self._heat_setpoint_c = planned, planned_heat
             after = before
             asked = cut[o] > 0
             if asked.any():
                 saving = self.hvac.band_high_c if self.hvac.cooling else -self.hvac.band_high_c
                 self._setpoint_c = np.where(asked, planned + saving, planned)
-                after = h.preview_kw(t_out_c, self._setpoint_c, self.step_h)
+                self._heat_setpoint_c = np.where(asked, planned_heat - self.hvac.band_high_c, planned_heat)
+                after = h.preview_kw(t_out_c, self._setpoint_c, self.step_h, self._heat_setpoint_c)
             out[o] += after
             base_kw[o] += before
             cut[o] = np.maximum(cut[o] - (before - after), 0.0)
@@ -317,7 +321,7 @@ class FlexDemand:
             a["ev_kwh"][self.ev.owners] += p * self.step_h
         if self.houses is not None:
             h = self.houses
-            p = h.step_kw(t_out_c, self._setpoint_c, self.step_h)
+            p = h.step_kw(t_out_c, self._setpoint_c, self.step_h, self._heat_setpoint_c)
             out[h.owners] += p
             a["hvac_kwh"][h.owners] += p * self.step_h
             t = h.t_in_c
@@ -325,7 +329,12 @@ class FlexDemand:
             a["indoor_c_max"][h.owners] = np.maximum(a["indoor_c_max"][h.owners], t)
             # discomfort: degree-hours beyond the base setpoint's deadband (end of step)
             half = 0.5 * self.hvac.deadband_c
-            over = (t - (self.hvac.setpoint_c + half)) if self.hvac.cooling else ((self.hvac.setpoint_c - half) - t)
+            if self.hvac.auto:  # too warm above the cooling band, too cold below the heating band
+                over = np.maximum(t - (self.hvac.setpoint_c + half), (self.hvac.heat_setpoint_c - half) - t)
+            elif self.hvac.cooling:
+                over = t - (self.hvac.setpoint_c + half)
+            else:
+                over = (self.hvac.setpoint_c - half) - t
             a["discomfort_c_h"][h.owners] += np.maximum(over, 0.0) * self.step_h
         if self.water_heaters is not None:
             w = self.water_heaters

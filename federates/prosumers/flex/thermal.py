@@ -48,7 +48,9 @@ from federates.common.rng import stream
 class HvacParams:
     """The units' common parameters (plain numbers: the config is read at the edge)."""
 
-    cooling: bool
+    cooling: bool  # cool, or auto (whose setpoint shift is reckoned as cooling's)
+    auto: bool
+    heat_setpoint_c: float
     r_c_per_kw: float
     c_kwh_per_c: float
     internal_gain_kw: float
@@ -64,7 +66,8 @@ class HvacParams:
 
     @classmethod
     def of(cls, h: HvacConfig) -> HvacParams:
-        return cls(cooling=h.mode == "cool", r_c_per_kw=h.r_c_per_kw, c_kwh_per_c=h.c_kwh_per_c,
+        return cls(cooling=h.mode in ("cool", "auto"), auto=h.mode == "auto", heat_setpoint_c=h.heat_setpoint_c,
+                   r_c_per_kw=h.r_c_per_kw, c_kwh_per_c=h.c_kwh_per_c,
                    internal_gain_kw=h.internal_gain_kw, spread=h.spread, rated_kw_th=h.rated_kw_th,
                    cop=h.cop, setpoint_c=h.setpoint_c, deadband_c=h.deadband_c,
                    transactive=h.control == "transactive", ramp=h.ramp,
@@ -87,12 +90,16 @@ def setpoint_offset_c(price: float, mean: float, sd: float, p: HvacParams) -> fl
 
 
 def bid_price_usd_per_kwh(t_in_c: np.ndarray, setpoint_c: float, mean: float, sd: float,
-                          p: HvacParams) -> np.ndarray:
+                          p: HvacParams, heat_setpoint_c: np.ndarray | float | None = None) -> np.ndarray:
     """The controller's bid [USD/kWh] for running now: the recent mean price, plus
     ``ramp x sd`` per ``band`` degC the house is on the uncomfortable side of the
-    setpoint (warmer when cooling, colder when heating)."""
+    setpoint (warmer when cooling, colder when heating; ``auto``: of the nearer of its
+    two setpoints, ``heat_setpoint_c`` the heating one)."""
     t = np.asarray(t_in_c, dtype=float)
-    dev = (t - setpoint_c) if p.cooling else (setpoint_c - t)
+    if p.auto:
+        dev = np.maximum(t - setpoint_c, heat_setpoint_c - t)
+    else:
+        dev = (t - setpoint_c) if p.cooling else (setpoint_c - t)
     band = np.where(dev > 0, p.band_high_c, p.band_low_c)
     band = np.where(band > 0, band, 1.0)
     sd = sd if np.isfinite(sd) else 0.0
@@ -112,19 +119,24 @@ class Houses:
         self.c_kwh_per_c = params.c_kwh_per_c * (lo + (hi - lo) * u[:, 1])
         self.t_in_c = params.setpoint_c + params.deadband_c * (u[:, 2] - 0.5)
         self.running = np.zeros(n, dtype=bool)
+        self.heating = np.zeros(n, dtype=bool)  # auto: which way the unit runs
         self.sign = -1.0 if params.cooling else 1.0
 
-    def state(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.t_in_c.copy(), self.running.copy()
+    def state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.t_in_c.copy(), self.running.copy(), self.heating.copy()
 
-    def restore(self, state: tuple[np.ndarray, np.ndarray]) -> None:
-        self.t_in_c, self.running = state[0].copy(), state[1].copy()
+    def restore(self, state: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        self.t_in_c, self.running, self.heating = state[0].copy(), state[1].copy(), state[2].copy()
 
-    def step_kw(self, t_out_c: float, setpoint_c: np.ndarray | float, step_h: float) -> np.ndarray:
+    def step_kw(self, t_out_c: float, setpoint_c: np.ndarray | float, step_h: float,
+                heat_setpoint_c: np.ndarray | float | None = None) -> np.ndarray:
         """One physics step at outdoor ``t_out_c`` [degC] and ``setpoint_c`` [degC]: the
-        thermostat decides, the house moves; the electric power [kW] per unit."""
+        thermostat decides, the house moves; the electric power [kW] per unit. ``auto``:
+        ``setpoint_c`` is the cooling setpoint, ``heat_setpoint_c`` the heating one."""
         half = 0.5 * self.p.deadband_c
         t, sp = self.t_in_c, np.broadcast_to(np.asarray(setpoint_c, dtype=float), self.t_in_c.shape)
+        if self.p.auto:
+            return self._step_auto(t_out_c, sp, heat_setpoint_c, half, step_h)
         if self.p.cooling:
             start, stop = t > sp + half, t < sp - half
         else:
@@ -135,13 +147,27 @@ class Houses:
         self.t_in_c = t_eq + (t - t_eq) * np.exp(-step_h / (self.r_c_per_kw * self.c_kwh_per_c))
         return np.where(self.running, self.p.electric_kw, 0.0)
 
-    def preview_kw(self, t_out_c: np.ndarray, setpoint_c: np.ndarray | float, step_h: float) -> np.ndarray:
+    def _step_auto(self, t_out_c: float, sp_cool: np.ndarray, sp_heat, half: float, step_h: float) -> np.ndarray:
+        """``step_kw`` of a heat pump that heats and cools: two thermostats, one unit
+        (a heating and a cooling band that do not overlap, HvacConfig checks it)."""
+        t = self.t_in_c
+        sp_heat = np.broadcast_to(np.asarray(sp_heat, dtype=float), t.shape)
+        cooling = ((self.running & ~self.heating) | (t > sp_cool + half)) & ~(t < sp_cool - half)
+        heating = ((self.running & self.heating) | (t < sp_heat - half)) & ~(t > sp_heat + half) & ~cooling
+        self.running, self.heating = cooling | heating, heating
+        q_kw = self.p.internal_gain_kw + self.p.rated_kw_th * (heating.astype(float) - cooling)
+        t_eq = t_out_c + self.r_c_per_kw * q_kw
+        self.t_in_c = t_eq + (t - t_eq) * np.exp(-step_h / (self.r_c_per_kw * self.c_kwh_per_c))
+        return np.where(self.running, self.p.electric_kw, 0.0)
+
+    def preview_kw(self, t_out_c: np.ndarray, setpoint_c: np.ndarray | float, step_h: float,
+                   heat_setpoint_c: np.ndarray | float | None = None) -> np.ndarray:
         """The mean electric power [kW] per unit over the steps at outdoor temperatures
         ``t_out_c`` [degC] (one per step), from the present state, which is left as it
         is (the forecast of an interval with a known weather)."""
         saved = self.state()
         total = np.zeros(len(self.owners))
         for t_out in t_out_c:
-            total += self.step_kw(float(t_out), setpoint_c, step_h)
+            total += self.step_kw(float(t_out), setpoint_c, step_h, heat_setpoint_c)
         self.restore(saved)
         return total / max(len(t_out_c), 1)
