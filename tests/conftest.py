@@ -51,6 +51,19 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def run_both_engines(folder: Path, config: Path, *args: str) -> dict[str, Path]:
+    """``tecosim run config args`` once in process and once as a federation, into
+    ``folder/inprocess`` and ``folder/federation``; the two run folders (each run must
+    succeed)."""
+    out = {}
+    for engine in ("inprocess", "federation"):
+        run_dir = Path(folder) / engine
+        r = tecosim("run", str(config), "--engine", engine, "--out", str(run_dir), *args)
+        assert r.returncode == 0, f"{engine} run failed:\n{r.stdout}\n{r.stderr}"
+        out[engine] = run_dir
+    return out
+
+
 @pytest.fixture(scope="session")
 def midday_runs(tmp_path_factory) -> dict[str, Path]:
     """The default study over the midday window, once with each engine. The federation

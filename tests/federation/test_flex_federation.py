@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from runner.run_folder import read_tables
-from tests.conftest import DEFAULT, assert_same_tables, tecosim
+from tests.conftest import DEFAULT, assert_same_tables, run_both_engines, tecosim
 
 pytestmark = pytest.mark.federation
 
@@ -21,13 +21,7 @@ EVENING = ["--set", "study.start=2026-06-21T17:00:00-04:00", "--set", "study.dur
 
 @pytest.fixture(scope="module")
 def flex_runs(tmp_path_factory) -> dict:
-    out = {}
-    for engine in ("inprocess", "federation"):
-        run_dir = tmp_path_factory.mktemp("flex") / engine
-        r = tecosim("run", str(DEFAULT), "--engine", engine, "--out", str(run_dir), "--no-report", *EVENING)
-        assert r.returncode == 0, f"{engine} run failed:\n{r.stdout}\n{r.stderr}"
-        out[engine] = run_dir
-    return out
+    return run_both_engines(tmp_path_factory.mktemp("flex"), DEFAULT, "--no-report", *EVENING)
 
 
 def test_flex_federation_equals_inprocess_engine(flex_runs):

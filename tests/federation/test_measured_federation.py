@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from runner.run_folder import read_tables
-from tests.conftest import REPO, assert_same_tables, tecosim
+from tests.conftest import REPO, assert_same_tables, run_both_engines
 
 pytestmark = pytest.mark.federation
 
@@ -18,13 +18,7 @@ WINDOW = ["--set", "study.start=2026-06-21T11:00:00-04:00", "--set", "study.dura
 
 @pytest.fixture(scope="module")
 def measured_runs(tmp_path_factory) -> dict:
-    out = {}
-    for engine in ("inprocess", "federation"):
-        run_dir = tmp_path_factory.mktemp("measured") / engine
-        r = tecosim("run", str(MEASURED), "--engine", engine, "--out", str(run_dir), "--no-report", *WINDOW)
-        assert r.returncode == 0, f"{engine} run failed:\n{r.stdout}\n{r.stderr}"
-        out[engine] = run_dir
-    return out
+    return run_both_engines(tmp_path_factory.mktemp("measured"), MEASURED, "--no-report", *WINDOW)
 
 
 def test_measured_federation_equals_inprocess_engine(measured_runs):

@@ -8,7 +8,12 @@ import json
 import pytest
 
 from runner.run_folder import read_tables
-from tests.conftest import DEFAULT, assert_same_tables, processes_mentioning, tecosim
+from tests.conftest import (
+    DEFAULT,
+    assert_same_tables,
+    processes_mentioning,
+    run_both_engines,
+)
 
 pytestmark = pytest.mark.federation
 
@@ -18,13 +23,7 @@ WINDOW = ["--set", "study.start=2026-06-21T11:00:00-04:00", "--set", "study.dura
 
 @pytest.fixture(scope="module")
 def split_runs(tmp_path_factory) -> dict:
-    out = {}
-    for engine in ("inprocess", "federation"):
-        run_dir = tmp_path_factory.mktemp("split") / engine
-        r = tecosim("run", str(DEFAULT), "--engine", engine, "--out", str(run_dir), *WINDOW)
-        assert r.returncode == 0, f"{engine} run failed:\n{r.stdout}\n{r.stderr}"
-        out[engine] = run_dir
-    return out
+    return run_both_engines(tmp_path_factory.mktemp("split"), DEFAULT, *WINDOW)
 
 
 def test_manifest_lists_the_three_prosumer_parts(split_runs):

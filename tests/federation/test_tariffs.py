@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from runner.run_folder import read_tables
-from tests.conftest import REPO, assert_same_tables, tecosim
+from tests.conftest import REPO, assert_same_tables, run_both_engines
 
 pytestmark = pytest.mark.federation
 
@@ -18,13 +18,8 @@ WINDOW = ["--set", "study.start=2026-06-21T15:00:00-04:00", "--set", "study.dura
 
 
 def test_federation_equals_inprocess_under_a_tou_tariff(tmp_path):
-    out = {}
-    for engine in ("inprocess", "federation"):
-        run = tmp_path / engine
-        r = tecosim("run", str(REPO / "configs" / "tou.yaml"), "--engine", engine, "--out", str(run),
-                    "--no-report", *WINDOW)
-        assert r.returncode == 0, r.stdout + r.stderr
-        out[engine] = read_tables(run)
+    out = {engine: read_tables(run)
+           for engine, run in run_both_engines(tmp_path, REPO / "configs" / "tou.yaml", "--no-report", *WINDOW).items()}
     a, b = out["inprocess"], out["federation"]
     # the window spans both periods, and the DSO curtailed someone
     assert sorted(set(a["tariff"]["retail_usd_per_kwh"])) == [0.21, 0.42]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from runner.run_folder import read_tables
-from tests.conftest import REPO, assert_same_tables, tecosim
+from tests.conftest import REPO, assert_same_tables, run_both_engines
 
 pytestmark = pytest.mark.federation
 
@@ -15,12 +15,7 @@ WINDOW = ["--set", "study.start=2026-06-21T10:00:00-04:00", "--set", "study.dura
 
 
 def test_weather_file_gives_equal_tables_in_both_engines(tmp_path):
-    runs = {}
-    for engine in ("inprocess", "federation"):
-        runs[engine] = tmp_path / engine
-        r = tecosim("run", str(REPO / "configs" / "tmy3_year.yaml"), "--engine", engine,
-                    "--out", str(runs[engine]), *WINDOW)
-        assert r.returncode == 0, f"{engine}:\n{r.stdout}\n{r.stderr}"
+    runs = run_both_engines(tmp_path, REPO / "configs" / "tmy3_year.yaml", *WINDOW)
     a, b = read_tables(runs["inprocess"]), read_tables(runs["federation"])
     assert a["profiles"]["pv_kw"].sum() > 0  # midday: the file's sun shines
     assert_same_tables(a, b)
