@@ -214,3 +214,84 @@ def test_files_from_a_task_stay_in_their_run_folder(tmp_path):
     with pytest.raises(ValueError, match="outside its run folder"):
         write_files(tmp_path / "run", {"../escape.txt": b"x"})
     assert not (tmp_path / "escape.txt").exists()
+
+
+# ---------------------------------------------------------------------------- a real sweep: 2 points x 3 seeds
+
+SHORT = ["study.start=2026-06-21T11:00:00-04:00", "study.duration=30min"]
+
+
+@pytest.fixture(scope="module")
+def mc_sweep(tmp_path_factory):
+    """The default study over 30 min at noon, with and without control, 3 seeds each,
+    in process, 2 at a time, through the Python function."""
+    import io
+
+    from runner.sweep import run_sweep
+
+    out = tmp_path_factory.mktemp("mc") / "sweep"
+    log = io.StringIO()
+    sweep = run_sweep(DEFAULT, ["controllers.enabled=true,false", *SHORT], seeds=3, jobs=2, engine="inprocess",
+                      out=out, report=False, stream=log)
+    assert sweep.exit_code == 0, log.getvalue()
+    return sweep
+
+
+@pytest.mark.feeder
+@pytest.mark.slow
+def test_sweep_parquet_rows_are_each_runs_kpis(mc_sweep):
+    from runner.kpis import run_kpis, summary
+    from runner.run_folder import RunFolder
+
+    out = mc_sweep.out_dir
+    df = pd.read_parquet(out / "sweep.parquet")
+    names = [f"controllers.enabled={c}_seed={s}" for c in ("true", "false") for s in (42, 43, 44)]
+    assert df["run"].tolist() == names and df["status"].tolist() == ["ok"] * 6
+    assert df["point"].tolist() == ["controllers.enabled=true"] * 3 + ["controllers.enabled=false"] * 3
+    assert df["controllers.enabled"].tolist() == [True] * 3 + [False] * 3
+    assert df["seed"].tolist() == [42, 43, 44] * 2
+    for _, row in df.iterrows():
+        folder = RunFolder(out / row["run"])
+        assert folder.cfg.study.seed == row["seed"]
+        # the KPIs recomputed from the run's results tables, as runner/kpis.py defines them
+        expected = summary(run_kpis(folder.cfg, folder.path))
+        assert {k: row[k] for k in expected} == pytest.approx(expected, rel=1e-12, abs=1e-12), row["run"]
+    # the seeds do draw other prosumers: the interval is not a degenerate one
+    assert df.loc[df["controllers.enabled"], "energy_traded_kwh"].nunique() == 3
+
+
+@pytest.mark.feeder
+@pytest.mark.slow
+def test_the_sweep_report_shows_mean_and_interval_per_point(mc_sweep):
+    out = mc_sweep.out_dir
+    df = pd.read_parquet(out / "sweep.parquet")
+    ci = pd.read_csv(out / "compare_ci.csv")
+    assert list(ci["group"].unique()) == ["controllers.enabled=true", "controllers.enabled=false"]
+    for (group, enabled) in (("controllers.enabled=true", True), ("controllers.enabled=false", False)):
+        for kpi in ("energy_traded_kwh", "violation_min_after", "losses_kwh", "v_max_pu"):
+            x = df.loc[df["controllers.enabled"] == enabled, kpi].to_numpy()
+            row = ci[(ci["group"] == group) & (ci["kpi"] == kpi)].iloc[0]
+            s = float(np.std(x, ddof=1))
+            assert row["n"] == 3 and row["mean"] == pytest.approx(x.mean(), rel=1e-12)
+            assert row["half_width"] == pytest.approx(4.303 * s / math.sqrt(3), rel=1e-4, abs=1e-12)
+    page = (out / "compare.html").read_text()
+    assert "mean ± t(0.975, n-1) · s/√n" in page and "(n=3)" in page
+    assert "band: the 95 % confidence interval" in page
+    doc = __import__("json").loads((out / "sweep.json").read_text())
+    assert doc["seeds"] == [42, 43, 44] and [p["seed"] for p in doc["points"]] == [42, 43, 44] * 2
+    assert doc["table"] == str(out / "sweep.parquet")
+
+
+@pytest.mark.feeder
+@pytest.mark.slow
+def test_compare_finds_the_seeds_of_one_point(mc_sweep, tmp_path):
+    runs = [mc_sweep.out_dir / f"controllers.enabled=false_seed={s}" for s in (42, 43, 44)]
+    r = tecosim("compare", *map(str, runs), "--out", str(tmp_path / "cmp"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    ci = pd.read_csv(tmp_path / "cmp" / "compare_ci.csv")
+    assert set(ci["group"]) == {"default"} and set(ci["n"]) == {3}
+    mc = pd.read_csv(mc_sweep.out_dir / "compare_ci.csv")
+    same = mc[mc["group"] == "controllers.enabled=false"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(ci.drop(columns="group"), same.drop(columns="group"))
+    kpis = pd.read_csv(tmp_path / "cmp" / "compare_kpis.csv")
+    assert len(kpis.columns) == 2 + 3  # still a column per run
