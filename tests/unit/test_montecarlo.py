@@ -9,6 +9,7 @@ The t quantiles are those of any printed table of Student's t distribution (two-
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -21,7 +22,6 @@ from runner.compare import RunData, seed_groups
 from runner.confidence import band, interval_table, t_interval, t_quantile
 from runner.sweep import (
     Axis,
-    Point,
     axis_column,
     log_error,
     make_points,
@@ -105,7 +105,7 @@ def test_seeds_follow_the_study_seed_and_name_the_runs(tmp_path):
 def test_bad_seeds_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match="--seeds: must be at least 1"):
         plan_sweep(DEFAULT, ["prosumers.count=10,20"], seeds=0, out=tmp_path / "a")
-    with pytest.raises(ConfigError, match="study.seed: is an axis"):
+    with pytest.raises(ConfigError, match=r"study\.seed: is an axis"):
         plan_sweep(DEFAULT, ["study.seed=1,2"], seeds=3, out=tmp_path / "b")
     r = tecosim("sweep", str(DEFAULT), "--seeds", "0", "--out", str(tmp_path / "c"), timeout=120)
     assert r.returncode == 2 and "--seeds" in r.stderr
@@ -123,7 +123,7 @@ def test_a_sweep_plan_validates_each_seed_and_records_it(tmp_path):
 
 
 def test_parallel_dask_federations_cannot_share_one_broker(tmp_path):
-    with pytest.raises(ConfigError, match="federation.broker_port") as e:
+    with pytest.raises(ConfigError, match=r"federation\.broker_port") as e:
         plan_sweep(DEFAULT, ["controllers.enabled=true,false", "federation.broker_port=23500"], dask=True,
                    out=tmp_path / "s")
     assert "Dask" in str(e.value) and "--jobs 1" not in str(e.value)
@@ -277,7 +277,7 @@ def test_the_sweep_report_shows_mean_and_interval_per_point(mc_sweep):
     page = (out / "compare.html").read_text()
     assert "mean ± t(0.975, n-1) · s/√n" in page and "(n=3)" in page
     assert "band: the 95 % confidence interval" in page
-    doc = __import__("json").loads((out / "sweep.json").read_text())
+    doc = json.loads((out / "sweep.json").read_text())
     assert doc["seeds"] == [42, 43, 44] and [p["seed"] for p in doc["points"]] == [42, 43, 44] * 2
     assert doc["table"] == str(out / "sweep.parquet")
 
