@@ -8,8 +8,9 @@ The interval is Student's t interval of the mean of n independent runs,
 with ``s`` the sample standard deviation (n - 1 in its denominator) and
 ``t_{0.975, n-1}`` the 97.5 % quantile of Student's t distribution with n - 1 degrees
 of freedom (``scipy.stats.t.ppf``; 12.706 for n = 2, 4.303 for n = 3, 2.776 for n = 5).
-The seeds make the runs independent (each seed draws its own placement, PV and battery
-sizes, loads, clouds and forecast errors: ``federates/common/rng.py``); that the KPI is
+The seeds make the runs independent (every random draw follows the study seed:
+placement, PV and battery owners, PV sizes, loads, clouds, bid prices;
+``federates/common/rng.py``); that the KPI is
 about normal over the seeds is the interval's assumption, which matters less as n
 grows. One run gives no interval (NaN); values that are not finite (a KPI a run has no
 value for) are left out and ``n`` counts the rest.
