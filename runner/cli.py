@@ -85,7 +85,6 @@ SWEEP_EXAMPLES = """examples:
       --set controllers.enabled=true,false --set study.duration=6h --jobs 3 --engine inprocess
   tecosim sweep configs/weak_grid.yaml --set market.network_aware=off,envelopes,constraints \\
       --out runs/network-aware
-
   tecosim sweep configs/default.yaml --set controllers.enabled=true,false --seeds 5 --jobs 2
   tecosim sweep configs/default.yaml --set prosumers.count=20,40 --dask tcp://scheduler:8786
 

@@ -47,7 +47,9 @@ if TYPE_CHECKING:
     from runner.sweep import Sweep
 
 POLL_S = 0.5
-"""How often a task looks at its run and at the stop event [s]."""
+"""How often a task looks whether its run ended [s]."""
+STOP_POLL_S = 2.0
+"""How often a task asks the scheduler whether the sweep was stopped [s]."""
 CONNECT_TIMEOUT_S = 30.0
 SCHEDULER_SILENCE_S = 60.0
 """A task whose scheduler has not answered for this long stops its run [s]."""
@@ -209,11 +211,13 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
                                     cwd=REPO_ROOT, start_new_session=True)
         stopped = False
         unheard_since: float | None = None  # since when the scheduler has not answered
+        asked = time.monotonic()
         try:
             while proc.poll() is None:
                 time.sleep(POLL_S)
-                if stop is None:
+                if stop is None or time.monotonic() - asked < STOP_POLL_S:
                     continue
+                asked = time.monotonic()
                 try:
                     stopped = bool(stop.is_set())
                     unheard_since = None
