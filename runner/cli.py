@@ -85,12 +85,18 @@ SWEEP_EXAMPLES = """examples:
       --set controllers.enabled=true,false --set study.duration=6h --jobs 3 --engine inprocess
   tecosim sweep configs/weak_grid.yaml --set market.network_aware=off,envelopes,constraints \\
       --out runs/network-aware
+  tecosim sweep configs/default.yaml --set controllers.enabled=true,false --seeds 5 --jobs 2
+  tecosim sweep configs/default.yaml --set prosumers.count=20,40 --dask tcp://scheduler:8786
 
 Every point of the grid is validated before any run starts (exit 2 names each bad
 point and field). Each point is a `tecosim run` subprocess writing DIR/<key>=<value>_...
 (console output in its logs/run.log); DIR/sweep.json records each point's status,
-pid, exit code and wall time; DIR/compare.html compares the successful runs. Exit 1
-names the points that failed (the others still complete); Ctrl-C stops every run.
+pid, exit code and wall time; DIR/sweep.parquet has a row per run (point, axes, seed,
+status, KPIs); DIR/compare.html compares the successful runs. --seeds N runs each
+point with N study seeds (DIR/<point>_seed=<s>) and shows each KPI's mean and 95 %
+t interval per point. --dask runs each point as a task on a Dask cluster, each in a
+temporary folder of its worker, the run folder copied back into DIR. Exit 1 names
+the points that failed (the others still complete); Ctrl-C stops every run.
 """
 
 VALIDATE_EXAMPLES = """examples:
@@ -169,6 +175,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="an axis of the grid (values split on commas, each parsed as YAML), or with one "
                      "value an override for every point (repeatable)")
     swp.add_argument("--jobs", type=int, default=1, metavar="N", help="runs at a time (default 1)")
+    swp.add_argument("--seeds", type=int, metavar="N", help="Monte Carlo: run each point with the study seeds "
+                     "S..S+N-1 (S: study.seed) and report each KPI's mean and 95 %% confidence interval")
+    swp.add_argument("--dask", metavar="tcp://HOST:8786", help="run each point as a task on this Dask "
+                     "scheduler's workers (tecosim installed on each); --jobs does not apply")
     swp.add_argument("--engine", choices=("federation", "inprocess"), default="federation",
                      help="engine of every run (default federation)")
     swp.add_argument("--out", type=Path, metavar="DIR",
@@ -369,35 +379,17 @@ def cmd_compare(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from federates.common.errors import Problem
-    from runner.sweep import (
-        SWEEP_FILE,
-        Sweep,
-        default_sweep_dir,
-        make_points,
-        parse_sets,
-        validate_points,
-    )
+    from runner.sweep import plan_sweep
 
-    problems = []
-    if args.jobs < 1:
-        problems.append(Problem("--jobs", f"must be at least 1, got {args.jobs}", "1, 2, ..."))
-    if not args.config.is_file():
-        problems.append(Problem("CONFIG", f"no such config file: {args.config}", "a YAML file"))
-    if problems:
-        raise ConfigError(problems, "arguments")
-    config = args.config.resolve()
-    fixed, axes = parse_sets(args.sets)
-    out = (args.out or default_sweep_dir(config)).resolve()
-    points = make_points(axes, out)
-    taken = [str(p.run_dir) for p in points if p.run_dir.exists()]
-    if (out / SWEEP_FILE).exists() or taken:
-        raise ConfigError([Problem("--out", f"{out} already holds a sweep or its run folders "
-                                   f"({', '.join(taken) or SWEEP_FILE})", "a new folder")], "arguments")
-    validate_points(config, fixed, points, engine=args.engine, jobs=args.jobs)
-    sweep = Sweep(config, out, fixed, axes, points, engine=args.engine, jobs=args.jobs,
-                  report=not args.no_report, quiet=args.quiet)
-    return sweep.run()
+    sweep = plan_sweep(args.config, args.sets, seeds=args.seeds, jobs=args.jobs, engine=args.engine,
+                       out=args.out, dask=args.dask is not None, report=not args.no_report, quiet=args.quiet)
+    if args.dask is None:
+        return sweep.run()
+    from runner.sweep_dask import connect
+
+    with connect(args.dask) as client:
+        sweep.client = client
+        return sweep.run()
 
 
 def cmd_clear(args) -> int:

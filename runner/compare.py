@@ -8,7 +8,17 @@ into one folder:
   configs differ, the KPI table and overlaid figures;
 - one PNG per figure, next to the page;
 - ``compare_kpis.csv``: columns ``kpi``, ``unit`` and one column per run (the study
-  KPIs of ``runner.kpis``, then the wall time).
+  KPIs of ``runner.kpis``, then the wall time);
+- with seed groups (below) also ``compare_ci.csv``: per group and KPI its mean over the
+  group's runs and 95 % confidence interval (``runner.confidence``).
+
+Seed groups (Monte Carlo): runs whose resolved configs and engines differ only in
+``study.seed`` form a group (:func:`seed_groups`; ``tecosim sweep --seeds N`` names its
+points as the groups). When some group has runs of two or more seeds, the page shows
+each KPI's mean and Student's t 95 % interval per group (mean ± t(0.975, n-1) · s/√n,
+stated on the page) before the runs' own KPIs, and the figures draw per group the mean
+over its runs with that interval as a band at each time (the violation bars: the mean
+with the interval as error bars).
 
 A run's label is what sets it apart: the config keys whose values differ between
 the runs (``controllers.enabled=false``), plus ``engine=`` when the engines differ;
@@ -37,11 +47,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from federates.common.errors import ConfigError, Problem
+from runner.confidence import LEVEL, STATED, band, interval_table
 from runner.kpis import STUDY_KPIS, UNCONVERGED, WALL_TIME, kpis_of, name_of, summary_of, unit_of
 from runner.run_folder import CHUNK_ROWS, RunFolder, check_run_dirs, table_file
 
 HTML_FILE = "compare.html"
 CSV_FILE = "compare_kpis.csv"
+CI_FILE = "compare_ci.csv"
+SEED_KEY = "study.seed"
 
 MAX_LABEL_KEYS = 3
 """More differing config keys than this and a run is labelled by its folder name."""
@@ -184,6 +197,34 @@ def unique(labels: list[str], paths: Sequence[Path]) -> list[str]:
         if seen[lab] > 1:
             out[i] = f"{lab} #{seen[lab]}"
     return out
+
+
+def _seed(run: RunData) -> Any:
+    return run.config.get("study", {}).get("seed")
+
+
+def seed_groups(runs: Sequence[RunData]) -> list[str] | None:
+    """A group label per run when some runs differ only in their study seed (the same
+    resolved config otherwise, the same engine) and such a group holds two seeds or
+    more; else None (no Monte Carlo). Groups are labelled by the config keys in which
+    they differ (as :func:`default_labels`), a single group by its study name."""
+    keys = []
+    for r in runs:
+        flat = {k: format_value(v) for k, v in flatten(r.config).items() if k != SEED_KEY and k not in DERIVED_KEYS}
+        keys.append(json.dumps([r.engine, flat], sort_keys=True))
+    order = list(dict.fromkeys(keys))
+    seeds = {key: {format_value(_seed(r)) for r, k in zip(runs, keys, strict=True) if k == key} for key in order}
+    if all(len(s) < 2 for s in seeds.values()):
+        return None
+    reps = [runs[keys.index(key)] for key in order]
+    if len(reps) == 1:
+        names = [str(reps[0].config.get("study", {}).get("name", reps[0].path.name))]
+    else:
+        diff = {k: v for k, v in config_differences(reps).items() if k != SEED_KEY}
+        names = ([", ".join(f"{k}={vals[i]}" for k, vals in diff.items()) for i in range(len(reps))]
+                 if diff and len(diff) <= MAX_LABEL_KEYS else [f"group of {r.path.name}" for r in reps])
+        names = unique(names, [r.path for r in reps])
+    return [names[order.index(k)] for k in keys]
 
 
 def kpi_table(runs: Sequence[RunData], labels: Sequence[str]) -> pd.DataFrame:
@@ -356,6 +397,86 @@ class _Overlay:
         return Figure(fig_id, title, _png(fig), caption + note)
 
 
+BAND_NOTE = (" Line: the mean over each group's runs (seeds); band: the 95 % confidence interval of that mean "
+             "at each time, mean ± t(0.975, n-1) · s/√n (none where a group has one run).")
+
+
+@dataclass
+class _Bands:
+    """The seed groups' curves, one figure each: per group the mean over its runs and
+    the t interval of the mean at each time as a band (``runner.confidence.band``);
+    the same figures as :class:`_Overlay`."""
+
+    groups: list[tuple[str, list[RunData]]]
+    styles: list[dict[str, Any]]
+    spans_days: bool
+
+    @property
+    def legend_kw(self) -> dict[str, Any]:
+        return {"fontsize": "small", "loc": "best"} if len(self.groups) <= 6 else \
+            {"fontsize": "x-small", "loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
+
+    def _draw(self, ax, rep: RunData, b: pd.DataFrame, lab: str, st: dict[str, Any], step: bool) -> None:
+        x = rep.clock(b.index.to_numpy(dtype=float))
+        n = int(b["n"].max())
+        kw = {"label": f"{lab} (mean of {n})", "linewidth": 1.3, **st}
+        if step:
+            ax.step(x, b["mean"], where="post", **kw)
+            ax.fill_between(x, b["low"], b["high"], step="post", color=st["color"], alpha=0.2, linewidth=0)
+        else:
+            ax.plot(x, b["mean"], **kw)
+            ax.fill_between(x, b["low"], b["high"], color=st["color"], alpha=0.2, linewidth=0)
+
+    def per_step(self, fig_id, title, ylabel, table, column, how, caption, extra=None):
+        from runner.html import Figure
+
+        fig, ax = _new_axes(title, ylabel)
+        missing = []
+        for (lab, runs), st in zip(self.groups, self.styles, strict=True):
+            curves = []
+            for r in runs:
+                s = r.step_series(table, column, how)
+                if s is not None:
+                    curves.append(pd.Series(s[1], index=s[0]))
+            if not curves:
+                missing.append(lab)
+                continue
+            self._draw(ax, runs[0], band(curves), lab, st, step=False)
+        if extra is not None:
+            extra(ax)
+        _time_axis(ax, self.spans_days)
+        ax.legend(**self.legend_kw)
+        note = f" No {table} table in: {', '.join(missing)}." if missing else ""
+        return Figure(fig_id, title, _png(fig), caption + BAND_NOTE + note)
+
+    def per_interval(self, fig_id, title, ylabel, column, caption, fallback=None):
+        from runner.html import Figure
+
+        fig, ax = _new_axes(title, ylabel)
+        notes = []
+        for (lab, runs), st in zip(self.groups, self.styles, strict=True):
+            curves = []
+            for r in runs:
+                col = column
+                if fallback is not None and (column not in r.kpis or r.kpis[column].isna().all()):
+                    col = fallback
+                    notes.append(r.path.name)
+                if col not in r.kpis or not len(r.kpis):
+                    continue
+                interval_s = float(r.config["study"]["market_interval"])
+                t_s = r.kpis["t_s"].to_numpy(dtype=float)
+                y = r.kpis[col].to_numpy(dtype=float)
+                # the last interval drawn to its end, as _interval_steps does
+                curves.append(pd.Series(np.append(y, y[-1]), index=np.append(t_s, t_s[-1] + interval_s)))
+            if curves:
+                self._draw(ax, runs[0], band(curves), lab, st, step=True)
+        _time_axis(ax, self.spans_days)
+        ax.legend(**self.legend_kw)
+        note = (f" Mean peer trade price where the market sets no single clearing price: {', '.join(notes)}."
+                if notes else "")
+        return Figure(fig_id, title, _png(fig), caption + BAND_NOTE + note)
+
+
 def _spans_days(runs: Sequence[RunData]) -> bool:
     """Whether the runs start on different dates or one lasts more than a day."""
     starts = [r.start() for r in runs]
@@ -364,9 +485,23 @@ def _spans_days(runs: Sequence[RunData]) -> bool:
         any((e - s) > pd.Timedelta(hours=24) for s, e in zip(starts, ends, strict=True))
 
 
-def _figures(runs: Sequence[RunData], labels: Sequence[str]) -> list:
-    styles = _styles(len(runs))
-    o = _Overlay(runs, labels, styles, _spans_days(runs))
+def _grouped(runs: Sequence[RunData], groups: Sequence[str]) -> list[tuple[str, list[RunData]]]:
+    """(group label, its runs) in order of first appearance."""
+    out: dict[str, list[RunData]] = {}
+    for r, g in zip(runs, groups, strict=True):
+        out.setdefault(g, []).append(r)
+    return list(out.items())
+
+
+def _figures(runs: Sequence[RunData], labels: Sequence[str], groups: Sequence[str] | None = None) -> list:
+    """The overlaid figures: one curve per run, or with ``groups`` one mean and band per group."""
+    if groups is None:
+        styles = _styles(len(runs))
+        o = _Overlay(runs, labels, styles, _spans_days(runs))
+    else:
+        grouped = _grouped(runs, groups)
+        styles = _styles(len(grouped))
+        o = _Bands(grouped, styles, _spans_days(runs))
     v_max = {float(r.config.get("limits", {}).get("v_max_pu", math.nan)) for r in runs}
 
     def band(ax):
@@ -389,7 +524,7 @@ def _figures(runs: Sequence[RunData], labels: Sequence[str]) -> list:
                        "traded_kwh", "Energy matched between prosumers in each interval."),
         o.per_step("losses", "Feeder losses", "losses [kW]", "grid", "losses_kw", "mean",
                    "Total feeder losses (OpenDSS) per physics step."),
-        _violation_bars(runs, labels, styles),
+        _violation_bars(runs, labels, styles) if groups is None else _violation_bars_ci(o.groups, styles),
     ]
 
 
@@ -399,11 +534,14 @@ def _zero_line_if_negative(ax) -> None:
         ax.axhline(0.0, color="0.5", linewidth=0.8)
 
 
+VIOLATION_KINDS = [("violation_min", "voltage"), ("thermal_violation_min", "thermal"),
+                   ("vuf_violation_min", "unbalance"), ("substation_violation_min", "substation")]
+
+
 def _violation_bars(runs: Sequence[RunData], labels: Sequence[str], styles: list[dict[str, Any]]):
     from runner.html import Figure
 
-    kinds = [("violation_min", "voltage"), ("thermal_violation_min", "thermal"),
-             ("vuf_violation_min", "unbalance"), ("substation_violation_min", "substation")]
+    kinds = VIOLATION_KINDS
     title = "Violation minutes before and after control"
     fig, ax = _new_axes(title, "violation time [min]")
     n = len(runs)
@@ -421,12 +559,43 @@ def _violation_bars(runs: Sequence[RunData], labels: Sequence[str], styles: list
                   "(before) and after control.")
 
 
+def _violation_bars_ci(groups: list[tuple[str, list[RunData]]], styles: list[dict[str, Any]]):
+    """The violation minutes per seed group: the mean over its runs, the 95 % t interval
+    of the mean as error bars."""
+    from runner.confidence import t_interval
+    from runner.html import Figure
+
+    title = "Violation minutes before and after control"
+    fig, ax = _new_axes(title, "violation time [min]")
+    n = len(groups)
+    width = 0.8 / max(1, n)
+    x = np.arange(2 * len(VIOLATION_KINDS))
+    for i, ((lab, runs), st) in enumerate(zip(groups, styles, strict=True)):
+        ivs = [t_interval([_number(r.summary.get(f"{key}_{when}")) for r in runs])
+               for key, _ in VIOLATION_KINDS for when in ("before", "after")]
+        ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num([iv.mean for iv in ivs]), width,
+               yerr=np.nan_to_num([iv.half_width for iv in ivs]), capsize=3, label=f"{lab} (mean of {len(runs)})",
+               color=st["color"])
+    ax.set_xticks(x, [f"{name}\n{when}" for _, name in VIOLATION_KINDS for when in ("before", "after")])
+    ax.set_xlabel("limit, before / after control [-]")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize="small" if n <= 6 else "x-small")
+    return Figure("violations", title, _png(fig),
+                  "Minutes with at least one violation of each limit, in the uncontrolled solve "
+                  "(before) and after control: the mean over each group's runs (seeds); error bars: the 95 % "
+                  "confidence interval of that mean, mean ± t(0.975, n-1) · s/√n (none for one run).")
+
+
 # ---------------------------------------------------------------------------- page
 
 
-def write_compare(run_dirs: Sequence[Path], out_dir: Path, labels: Sequence[str] | None = None) -> Path:
+def write_compare(run_dirs: Sequence[Path], out_dir: Path, labels: Sequence[str] | None = None,
+                  groups: Sequence[str] | None = None) -> Path:
     """Write ``compare.html``, its PNGs and ``compare_kpis.csv`` into ``out_dir``;
-    returns the HTML path. ConfigError (exit 2) names a path that is not a completed run."""
+    returns the HTML path. ``groups``: a seed group label per run (default: found by
+    :func:`seed_groups`); when a group holds two runs or more, also ``compare_ci.csv``
+    and the Monte Carlo page (module docstring). ConfigError (exit 2) names a path that
+    is not a completed run."""
     from runner.html import Table, Text, page
 
     run_dirs = [Path(p) for p in run_dirs]
@@ -435,6 +604,11 @@ def write_compare(run_dirs: Sequence[Path], out_dir: Path, labels: Sequence[str]
     labels = list(labels) if labels is not None else default_labels(runs)
     if len(labels) != len(runs):
         raise ConfigError([Problem("--labels", f"{len(labels)} label(s) for {len(runs)} run(s)")], "arguments")
+    groups = list(groups) if groups is not None else seed_groups(runs)
+    if groups is not None and len(groups) != len(runs):
+        raise ConfigError([Problem("groups", f"{len(groups)} group(s) for {len(runs)} run(s)")], "arguments")
+    if groups is not None and len(set(groups)) == len(groups):
+        groups = None  # one run per group: nothing to average
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -448,6 +622,7 @@ def write_compare(run_dirs: Sequence[Path], out_dir: Path, labels: Sequence[str]
 
     runs_df = pd.DataFrame({
         "label": labels,
+        **({} if groups is None else {"group": groups, "seed": [format_value(_seed(r)) for r in runs]}),
         "run folder": [str(r.path) for r in runs],
         "engine": [r.engine for r in runs],
         "status": [str(r.manifest.get("status", "?")) for r in runs],
@@ -463,13 +638,20 @@ def write_compare(run_dirs: Sequence[Path], out_dir: Path, labels: Sequence[str]
             "From each run's config.resolved.yaml (engine: from its manifest).")
     else:
         diff_block = Text("The runs have the same resolved configuration and engine.")
-    figures = _figures(runs, labels)
+    figures = _figures(runs, labels, groups)
     for f in figures:
         (out_dir / f"{f.id}.png").write_bytes(f.png)
+    kpi_blocks = [Table("KPIs over each study", shown, f"Also in {CSV_FILE} (full precision). From each "
+                        "run's manifest summary (results/kpis.parquet totals).")]
+    if groups is not None:
+        ci = ci_table(kpis, labels, groups)
+        ci.to_csv(out_dir / CI_FILE, index=False)
+        kpi_blocks.insert(0, Table(f"KPIs: mean and {LEVEL:.0%} confidence interval over the seeds",
+                                   _ci_shown(ci), f"Each cell: {STATED} (n runs; n/a: one run). Also in "
+                                   f"{CI_FILE} (full precision, with s and t)."))
     sections = [
         ("Runs", [Table("Runs", runs_df, float_format="{:,.2f}"), diff_block]),
-        ("KPIs", [Table("KPIs over each study", shown, f"Also in {CSV_FILE} (full precision). From each "
-                        "run's manifest summary (results/kpis.parquet totals).")]),
+        ("KPIs", kpi_blocks),
         ("Figures", figures),
     ]
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -477,3 +659,29 @@ def write_compare(run_dirs: Sequence[Path], out_dir: Path, labels: Sequence[str]
     html_path.write_text(page(f"tecosim compare: {len(runs)} run(s)", f"written {stamp}", sections),
                          encoding="utf-8")
     return html_path
+
+
+def ci_table(kpis: pd.DataFrame, labels: Sequence[str], groups: Sequence[str]) -> pd.DataFrame:
+    """:func:`kpi_table`'s values per seed group: ``compare_ci.csv`` (columns ``group``
+    then ``runner.confidence.INTERVAL_COLUMNS``), KPIs in the table's order."""
+    per_run = kpis.set_index("kpi")[list(labels)].T
+    per_run.insert(0, "group", list(groups))
+    return interval_table(per_run, "group", list(kpis["kpi"]), list(kpis["unit"]))
+
+
+def _ci_shown(ci: pd.DataFrame) -> pd.DataFrame:
+    """The CI table for the page: a row per KPI, a column per group: ``mean ± half (n=k)``."""
+    def cell(r) -> str:
+        if r["n"] == 0:
+            return "n/a"
+        if r["n"] < 2:
+            return f"{_fmt_kpi(r['mean'], r['unit'])} (n=1, no interval)"
+        unit = "" if r["unit"] in ("min", "steps") else r["unit"]  # counts: their mean and interval to 0.01
+        return f"{_fmt_kpi(r['mean'], unit)} ± {_fmt_kpi(r['half_width'], unit)} (n={r['n']})"
+
+    order = list(dict.fromkeys(ci["group"]))
+    kpis = list(dict.fromkeys(ci["kpi"]))
+    table = ci.assign(cell=ci.apply(cell, axis=1)).pivot(index="kpi", columns="group", values="cell")
+    units = ci.drop_duplicates("kpi").set_index("kpi")["unit"]
+    return pd.DataFrame({"KPI": [name_of(k) for k in kpis], "unit": [units[k] for k in kpis],
+                         **{g: [table.loc[k, g] for k in kpis] for g in order}})
