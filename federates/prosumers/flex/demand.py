@@ -364,29 +364,29 @@ class FlexDemand:
             by_pos: dict[int, list[tuple[int, str]]] = {}
             for key in self._bids:
                 by_pos.setdefault(key[0], []).append(key)
-            deferred_houses = []
             for pos, keys in sorted(by_pos.items()):
                 room = float(room_kw[pos])
                 if not np.isfinite(room):
                     continue
-                fits = fill_envelope(room, [planned[key] for key in keys],
-                                     [self._bids[key].price_usd_per_kwh for key in keys])
-                for key, ok in zip(keys, fits, strict=True):
-                    if ok:
+                bids = [np.inf if key[1] == "ev" and self._ev_must[ev_j[key[0]]] else
+                        self._bids[key].price_usd_per_kwh for key in keys]
+                kept = fill_envelope(room, [planned[key] for key in keys], bids, [key[1] == "ev" for key in keys])
+                for key, keep_kw in zip(keys, kept, strict=True):
+                    if keep_kw >= planned[key]:
                         continue
                     dev, pos_ = key[1], key[0]
                     if dev == "ev" and not self._ev_must[ev_j[pos_]]:
-                        self._ev_cmd[ev_j[pos_]] = 0.0
+                        j = ev_j[pos_]  # the charger turned down to the room's mean power
+                        home_h = np.clip(self.ev.leave_step[j] - g0, 0, s) * self.step_h
+                        self._ev_cmd[j] = keep_kw * self.tl.interval_h / home_h if home_h > 0 else 0.0
                     elif dev == "hvac":
                         j = hv_j[pos_]
                         saving = hv.band_high_c if hv.cooling else -hv.band_high_c
                         self._setpoint_c[j] = hv.setpoint_c + saving
                         self._heat_setpoint_c[j] = hv.heat_setpoint_c - hv.band_high_c
-                        deferred_houses.append(key)
                     elif dev == "water_heater":
                         self._wh_shed[wh_j[pos_]] = True
-            if deferred_houses or room_kw is not None:
-                planned = self._planned_kw(g0, s, t_out_c)
+            planned = self._planned_kw(g0, s, t_out_c)
             for pos, keys in by_pos.items():
                 room = float(room_kw[pos])
                 if not np.isfinite(room):

@@ -53,8 +53,9 @@ Import envelope (``market.network_aware: envelopes``; :func:`fill_envelope`)
     The DSO's envelopes of k reach the prosumers before the dispatch time. The room a
     customer's envelope leaves above its base forecast (``import_max_kw`` - (forecast
     load - PV + battery)) is filled by its devices' planned mean power, dearest bid
-    first (price takers first); a device beyond the room is deferred: the EV waits
-    (unless it has no slack: then it charges), the heat pump / AC's setpoint moves by
+    first (a car without slack before all); a device beyond the room is deferred: the
+    EV's charger turns down to what room is left (none: it waits; without slack it
+    charges all the same), the heat pump / AC's setpoint moves by
     ``band_high_c`` the energy-saving way (the edge of the comfort band), the water
     heater's element is shed (back on below the use temperature). What is still
     planned above the envelope is recorded (``flex_bids.over_envelope_kwh``).
@@ -108,22 +109,19 @@ def paid_prices(buys: list[Order], confirmation: Confirmation | None, retail_usd
     return out
 
 
-def fill_envelope(room_kw: float, planned_kw: list[float], bids: list[float]) -> list[bool]:
-    """Which devices of one customer fit its envelope's ``room_kw`` [kW]: their planned
-    mean powers ``planned_kw`` [kW] added dearest bid ``bids`` first (ties in the order
-    given) while the sum stays within the room; True: it fits (module docstring)."""
-    fits = [True] * len(planned_kw)
-    used = 0.0
+def fill_envelope(room_kw: float, planned_kw: list[float], bids: list[float], divisible: list[bool]) -> list[float]:
+    """The mean power [kW] each device of one customer keeps within its envelope's
+    ``room_kw`` [kW]: the devices' planned mean powers ``planned_kw`` [kW] taken dearest
+    bid ``bids`` first (ties in the order given); a ``divisible`` device (an EV's
+    charger) takes what room is left up to its plan, another (a thermostat) all its plan
+    if it fits, else nothing (module docstring)."""
+    out = [0.0] * len(planned_kw)
+    left = max(float(room_kw), 0.0)
     for i in sorted(range(len(bids)), key=lambda i: (-bids[i], i)):
-        if planned_kw[i] <= 0.0:
-            continue
-        if used + planned_kw[i] <= room_kw + 1e-12:
-            used += planned_kw[i]
-        else:
-            fits[i] = False
-    return fits
-
-
-def hvac_bid_kw(kw: np.ndarray) -> np.ndarray:
-    """The houses' bid energy rates [kW] (the simulated mean power, never negative)."""
-    return np.maximum(np.asarray(kw, dtype=float), 0.0)
+        want = max(planned_kw[i], 0.0)
+        if want <= left + 1e-12:
+            out[i] = want
+        elif divisible[i]:
+            out[i] = left
+        left = max(left - out[i], 0.0)
+    return out
