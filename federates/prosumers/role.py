@@ -337,6 +337,7 @@ class ProsumersRole:
         dt_h = tl.interval_h
         load = blk.load_forecast_kw[i]
         device_bids = []
+        planned_kw = 0.0  # the devices' plan at the expected prices (the battery plans around it)
         if self.flex is not None:  # the devices' plan for k: what they bid for
             t_out = self._t_out(blk, i)
             planned_kw = self.flex.plan_kw(k, t_out, self._dr_calls.pop(k, None))
@@ -345,7 +346,7 @@ class ProsumersRole:
             else:
                 load = load + planned_kw
         pv = blk.pv_forecast_kw[i]
-        surplus = pv - load
+        surplus = pv - (load + planned_kw if self.cleared else load)
         if self._battery_by_price:  # shaped by the day's expected prices (prosumers.battery_control)
             day = self.tariff.retail_usd_per_kwh
             idx = battery.day_ahead(k, round(86400.0 / tl.market_interval_s), tl.n_intervals)
@@ -423,8 +424,10 @@ class ProsumersRole:
                 out.append(base[spec.participant])
             for b in by_pos.get(j, []):
                 self._device_of[len(out)] = (j, b.device)
+                # a bid below the retail price takes no backstop: what peers do not sell it is not scheduled
                 out.append(Order(participant=spec.participant, side="buy", interval=k, energy_kwh=b.kw * dt_h,
-                                 price_usd_per_kwh=b.price_usd_per_kwh, bus=spec.bus, phase=spec.phase))
+                                 price_usd_per_kwh=b.price_usd_per_kwh, bus=spec.bus, phase=spec.phase,
+                                 backstop=b.price_usd_per_kwh >= self.tariff.retail(k)))
         return out
 
     def bids_sent(self, k: int) -> tuple[list[Order], np.ndarray]:

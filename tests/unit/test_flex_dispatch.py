@@ -197,3 +197,25 @@ def test_cleared_needs_a_greedy_community_mechanism():
     with pytest.raises(Exception, match="flex_dispatch"):
         StudyFile.model_validate({"prosumers": {"flex_dispatch": "sometimes"}})
     assert ConfigError  # the CLI reports the problem as a ConfigError (test_config checks the CLI path)
+
+
+def test_a_device_bid_without_backstop_is_not_scheduled_beyond_what_peers_sold_it():
+    """Community uniform price, retail 0.30: a seller offers 1.5 kWh at 0.10; prosumer p
+    bids 1 kWh for its house at 0.26 (backstop) and 2 kWh for its car at 0.20 without
+    backstop. The walk matches p's 0.26 bid (1 kWh), then 0.5 kWh of the car's; the
+    price is (0.20 + 0.10) / 2 = 0.15. The car's unmatched 1.5 kWh comes off p's grid
+    purchase and schedule: p is scheduled 1.5 kWh, all of it from the peer, and its
+    car pays (0.5 x 0.15 + 1.5 x 0.30) / 2 = 0.2625 for its whole bid."""
+    from federates.market.community import clear_uniform_price
+    from federates.market.role import _without_backstop
+
+    orders = [Order("s", "sell", 0, 1.5, 0.10), Order("p", "buy", 0, 1.0, 0.26),
+              Order("p", "buy", 0, 2.0, 0.20, backstop=False)]
+    r = clear_uniform_price(orders, interval=0, retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=0.08)
+    (before,) = [c for c in r.confirmations if c.participant == "p"]
+    assert (before.peer_bought_kwh, before.grid_bought_kwh) == (1.5, 1.5)
+    out = _without_backstop(r, orders, RETAIL)
+    (c,) = [c for c in out.confirmations if c.participant == "p"]
+    assert (c.peer_bought_kwh, c.grid_bought_kwh, c.scheduled_kwh) == (1.5, 0.0, 1.5)
+    assert [t for t in out.trades if t.buyer == "p" and t.seller == "grid"] == []
+    assert paid_prices(orders[1:], c, RETAIL) == pytest.approx([0.15, (0.5 * 0.15 + 1.5 * RETAIL) / 2], abs=1e-15)

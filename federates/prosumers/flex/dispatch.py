@@ -34,10 +34,18 @@ The price a device pays (:func:`paid_prices`)
     price (its own price). It gives that peer energy to its buy orders in the order
     the greedy community mechanisms walk the book, dearest effective limit
     (``min(limit, retail)``) first, ties in send order; the rest of each order is
-    priced at the retail price (the utility's backstop serves it: unmatched, or lost,
-    late, or clipped by an envelope). A device pays the energy-weighted mean of its
-    two lots. Exact for the uniform price (every peer kWh at one price); under
-    pay-as-bid the own price is the mean over all of the prosumer's peer trades.
+    priced at the retail price. A device pays the energy-weighted mean of its two lots.
+    Exact for the uniform price (every peer kWh at one price); under pay-as-bid the own
+    price is the mean over all of the prosumer's peer trades.
+
+    The rest is not scheduled ahead: a device's order below the retail price takes no
+    backstop (``Order.backstop`` False; the market role takes what peers did not sell
+    it off the prosumer's grid purchase and schedule), since the device itself decides
+    after clearing whether to draw it. What a device then draws beyond its schedule is
+    the prosumer's imbalance, bought from the utility at the imbalance price: the
+    retail price under ``market.imbalance_price: tariff`` (the default), the price
+    the device's rule assumes. A price taker (bid at retail) keeps the backstop: it
+    runs whatever the price, and its energy is scheduled.
 
 Dispatch (k*M + 0.75, after the confirmations of k; :meth:`FlexDemand.dispatch`)
     * EV: charges at its command iff its bid >= the price it pays, else waits.
@@ -70,7 +78,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from federates.common.messages import Confirmation, Order
+from federates.common.messages import Confirmation, Order, peer_energy_by_order
 
 DEVICES = ("ev", "hvac", "water_heater")
 FLEX_BIDS_COLUMNS = ("interval", "participant", "device", "bid_kwh", "bid_usd_per_kwh", "paid_usd_per_kwh",
@@ -92,21 +100,14 @@ class DeviceBid:
 def paid_prices(buys: list[Order], confirmation: Confirmation | None, retail_usd_per_kwh: float) -> list[float]:
     """The mean price [USD/kWh] each of one participant's buy orders ``buys`` (in send
     order) pays: its confirmed peer energy given to the orders dearest effective limit
-    first (ties in send order) at its own price, the rest at ``retail_usd_per_kwh``
-    (module docstring)."""
-    peer_kwh = 0.0 if confirmation is None else max(float(confirmation.peer_bought_kwh), 0.0)
+    first (ties in send order, ``messages.peer_energy_by_order``) at its own price, the
+    rest at ``retail_usd_per_kwh`` (module docstring)."""
     own = None if confirmation is None else confirmation.price_usd_per_kwh
     if own is None or not math.isfinite(own):
-        peer_kwh = 0.0
-    order = sorted(range(len(buys)), key=lambda i: (-min(buys[i].price_usd_per_kwh, retail_usd_per_kwh), i))
-    out = [retail_usd_per_kwh] * len(buys)
-    for i in order:
-        e = buys[i].energy_kwh
-        m = min(e, peer_kwh)
-        peer_kwh -= m
-        if e > 0.0 and m > 0.0:
-            out[i] = (m * own + (e - m) * retail_usd_per_kwh) / e
-    return out
+        return [retail_usd_per_kwh] * len(buys)
+    got = peer_energy_by_order(buys, confirmation.peer_bought_kwh, retail_usd_per_kwh)
+    return [(m * own + (o.energy_kwh - m) * retail_usd_per_kwh) / o.energy_kwh if o.energy_kwh > 0.0 and m > 0.0
+            else retail_usd_per_kwh for o, m in zip(buys, got, strict=True)]
 
 
 def fill_envelope(room_kw: float, planned_kw: list[float], bids: list[float], divisible: list[bool]) -> list[float]:
