@@ -12,7 +12,13 @@ from functools import partial
 
 from federates.common import keys
 from federates.common.door import Door
-from federates.common.messages import Confirmation, DemandResponseCall, OperatingEnvelope, decode, encode
+from federates.common.messages import (
+    Confirmation,
+    DemandResponseCall,
+    OperatingEnvelope,
+    decode,
+    encode,
+)
 from federates.common.study import Study
 from federates.common.tables import drain_due, study_chunk_intervals
 from federates.prosumers.role import ProsumersRole

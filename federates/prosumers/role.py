@@ -15,7 +15,10 @@ discharging at ``p`` kW removes ``p/eta*dt`` kWh. Initial state of charge
 
 Call order (as in ``federates.common.timeline``): ``bids(k)`` after ``step`` of the last
 step of interval k-1 and before the first step of k (it needs the real state of charge at
-the start of k); ``step(g)`` once per step, in order.
+the start of k); ``step(g)`` once per step, in order. With ``prosumers.flex_dispatch:
+cleared`` the flexible devices bid in orders of their own (:meth:`orders_sent`) and the
+steps of k are played only after k's confirmations (:meth:`dispatch_sent`,
+``federates/prosumers/flex/dispatch.py``).
 
 Memory does not grow with the study's length. Profiles are generated in blocks of whole
 market intervals (``block_intervals``, default one day's worth) when ``bids`` first needs

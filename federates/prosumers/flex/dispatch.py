@@ -76,8 +76,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from federates.common.messages import Confirmation, Order, peer_energy_by_order
 
 DEVICES = ("ev", "hvac", "water_heater")
