@@ -10,6 +10,9 @@ gives envelopes for k; the market settles k-1 and clears k; then each physics st
 runs feeder (solve, inverters settle) -> (DSO -> feeder)* until the DSO has nothing
 to do; the feeder shows the DSO a view only when it must (report by exception,
 federates.common.alarms; ``poll_dso`` shows it every view, with the same results).
+With ``prosumers.flex_dispatch: cleared`` the prosumers only bid at the report time;
+after the market time they take the confirmations (and the DSO's envelopes) of k and
+play out k's steps (the dispatch time, ``Timeline.dispatch_time``).
 """
 
 from __future__ import annotations
@@ -137,6 +140,7 @@ class _Engine:
         self.constraints: list = []
         self.inverter_envelopes: list = []
         self.dr_calls: list = []  # the DSO's demand-response calls for the next interval
+        self.cleared = study.cfg.prosumers.flex_dispatch == "cleared"
 
     def drain(self, sink) -> None:
         for role in (self.prosumers, self.market, self.feeder, self.meters, self.controllers):
@@ -147,12 +151,14 @@ class _Engine:
         their bids for k; the meters' readings of k-1; the feeder's curtailments (and
         losses) of k-1; the DSO's envelopes or grid constraints for k."""
         tl, last = self.tl, k == self.tl.n_intervals
-        if k >= 1:
+        if k >= 1 and not self.cleared:  # cleared: taken at the dispatch time of k-1
             self.prosumers.on_confirmations(k - 1, self.confirmations)
         if self.dr_calls:
             self.prosumers.on_demand_response(k, self.dr_calls)
             self.dr_calls = []
-        if not last:
+        if not last and self.cleared:
+            self.inflight.post("bids", self.prosumers.orders_sent(k), tl.report_time(k))
+        elif not last:
             bids, self.deviation_p_kw = self.prosumers.bids_sent(k)
             self.inflight.post("bids", bids, tl.report_time(k))
         self.clock.took("prosumers")
@@ -183,7 +189,14 @@ class _Engine:
         self.clock.took("market")
 
     def play(self, k: int) -> None:
-        """The physics steps of ``k``, each with its control rounds."""
+        """The physics steps of ``k``, each with its control rounds (with ``cleared``,
+        first the prosumers' dispatch time: confirmations and envelopes of k in, k's
+        steps played)."""
+        if self.cleared:
+            self.prosumers.on_confirmations(k, self.confirmations)
+            self.prosumers.on_envelopes(k, self.envelopes)
+            self.deviation_p_kw = self.prosumers.dispatch_sent(k)
+            self.clock.took("prosumers")
         self.controllers.on_confirmations(k, self.confirmations)
         self.clock.took("controllers")
         self.feeder.on_envelopes(k, self.inverter_envelopes)

@@ -28,6 +28,12 @@ class Order:
 
     ``energy_kwh`` >= 0 [kWh] over the interval; ``price_usd_per_kwh`` is the limit
     price: the most a buyer pays, the least a seller accepts.
+
+    ``backstop``: whether the utility serves what the peers do not take of a bid (at
+    retail, as the confirmation's grid purchase). False: a price-responsive bid (a
+    flexible device's, ``prosumers.flex_dispatch: cleared``) whose unmatched energy is
+    not scheduled: the device decides after clearing whether to draw it
+    (:func:`peer_energy_by_order`; the market role removes it from the schedule).
     """
 
     participant: str
@@ -39,6 +45,21 @@ class Order:
     phase: str = ""
     community: str = ""
     signature: str = ""  # hex Ed25519 signature by the participant (federates/market/ledger.py)
+    backstop: bool = True
+
+
+def peer_energy_by_order(buys: list[Order], peer_bought_kwh: float, retail_usd_per_kwh: float) -> list[float]:
+    """A participant's confirmed peer purchase [kWh] given to its buy orders ``buys``
+    (in the order it sent them) as the greedy community mechanisms match them: dearest
+    effective limit (``min(limit, retail)``) first, ties in send order; per order the
+    energy [kWh] it got from peers (the rest of it was the utility's backstop, or not
+    scheduled when ``backstop`` is False)."""
+    left = max(float(peer_bought_kwh), 0.0)
+    out = [0.0] * len(buys)
+    for i in sorted(range(len(buys)), key=lambda i: (-min(buys[i].price_usd_per_kwh, retail_usd_per_kwh), i)):
+        out[i] = min(max(buys[i].energy_kwh, 0.0), left)
+        left -= out[i]
+    return out
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,12 @@ same call order.)
     k*M + 0.50   market settles k-1 and clears k: confirmations (to the prosumers and
                  the controllers), schedule values; with grid constraints the export
                  envelopes it set (to the feeder)
+    k*M + 0.75   only with ``prosumers.flex_dispatch: cleared``: the prosumers read the
+                 confirmations of k (and the DSO's envelopes of k, which the DSO then
+                 sends them too), set their flexible devices' power from the price they
+                 pay and publish the deviations of every step of k (instead of at
+                 k*M + 0.25, where they then send only their bids). With ``planned``
+                 nothing happens at this time: the other times and exchanges are the same
     t + 1.00     the physics steps of the interval, worked through by the feeder at
                  this one HELICS time (study time t = k*M + n*dt lives in the step
                  index the messages carry, not in HELICS time); the feeder stops only
@@ -61,6 +67,7 @@ from functools import cached_property
 PHASE_AMI_S = 0.125
 PHASE_REPORT_S = 0.25
 PHASE_MARKET_S = 0.5
+PHASE_DISPATCH_S = 0.75  # prosumers.flex_dispatch: cleared only
 PHASE_STEP_S = 1.0
 HOP_S = 0.001
 TIME_TOL_S = 1e-6  # HELICS keeps time in integer ns; compare granted times with this
@@ -135,6 +142,11 @@ class Timeline:
     def market_time(self, k: int) -> float:
         """Settle k-1, clear k (k may equal n_intervals: final settlement)."""
         return k * self.market_interval_s + PHASE_MARKET_S
+
+    def dispatch_time(self, k: int) -> float:
+        """The prosumers read k's confirmations and publish k's deviations
+        (``prosumers.flex_dispatch: cleared`` only)."""
+        return k * self.market_interval_s + PHASE_DISPATCH_S
 
     def step_time(self, g: int) -> float:
         return self.step_t_s(g) + PHASE_STEP_S

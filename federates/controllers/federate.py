@@ -33,6 +33,7 @@ class _ControllersDoor:
         self.view_size = 3 + 2 * self.n + (0 if role.scada_shape is None else Scada.size(*role.scada_shape))
         self.ep = door.endpoint(keys.CONTROLLERS)
         self.prosumers = keys.prosumers_names(study.cfg.prosumers.federates)
+        self.cleared = study.cfg.prosumers.flex_dispatch == "cleared"  # envelopes to the prosumers too
 
     def dispatch(self) -> ViewsDone | None:
         """AMI readings and confirmations, in arrival order; the feeder's word that the
@@ -62,6 +63,10 @@ class _ControllersDoor:
         self.door.send(self.ep, keys.MARKET, encode(envelopes, kind="envelopes", interval=k))
         if envelopes:
             self.door.send(self.ep, keys.FEEDER, encode(envelopes, kind="envelopes", interval=k))
+        if envelopes and self.cleared:  # the devices keep to the import envelope at dispatch
+            text = encode(envelopes, kind="envelopes", interval=k)
+            for name in self.prosumers:
+                self.door.send(self.ep, name, text)
         self.door.send(self.ep, keys.MARKET, encode(self.role.grid_constraints(k), kind="grid_constraints",
                                                     interval=k))
 

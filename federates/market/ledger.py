@@ -324,8 +324,18 @@ def make_record(keyring: KeyRing, kind: str, interval: int, body: Any) -> dict[s
     return _record(kind, interval, b, signers, sigs, payload)
 
 
-def _order_payload(order: Order) -> bytes:
+def _order_body(order: Order) -> dict[str, Any]:
+    """A bid record's body: the order's fields, ``backstop`` only where it is not the
+    default (a price-responsive bid: the records of every other order are as before it
+    existed), the signature kept for the caller to take out."""
     body = dict(vars(order))
+    if body.get("backstop", True):
+        body.pop("backstop", None)
+    return body
+
+
+def _order_payload(order: Order) -> bytes:
+    body = _order_body(order)
     del body["signature"]  # the signature covers everything else
     return record_payload("bid", int(order.interval), body)
 
@@ -445,7 +455,7 @@ def verified_bid_records(keyring: KeyRing, orders: list[Order]) -> list[dict[str
             sig = bytes.fromhex(o.signature) if o.signature else b""
         except (ValueError, TypeError):
             sig = b""
-        body = dict(vars(o))
+        body = _order_body(o)
         del body["signature"]
         interval = int(o.interval)
         made.append((o.participant, interval, body, sig, record_payload("bid", interval, body)))
@@ -464,7 +474,7 @@ def bid_record(keyring: KeyRing, order: Order) -> dict[str, Any]:
     re-signed), or made with the participant's key in ``keyring`` if it has none."""
     if not order.signature:
         order = sign_order(keyring, order)
-    body = dict(vars(order))
+    body = _order_body(order)
     sig = bytes.fromhex(body.pop("signature"))
     interval = int(order.interval)
     return _record("bid", interval, body, [order.participant], [sig],

@@ -33,6 +33,7 @@ from federates.common.messages import (
     OperatingEnvelope,
     Order,
     Trade,
+    peer_energy_by_order,
 )
 from federates.common.tariff import TABLE as TARIFF_TABLE
 from federates.market.books import LEDGER_TOTALS, ledger_differences, money_flows
@@ -142,6 +143,43 @@ def _replaced(o: Order, **changes: object) -> Order:
     (out,) = adopt(Order, [{**vars(o), **changes}])
     return out
 
+
+
+def _without_backstop(result: ClearingResult, orders: list[Order], retail_usd_per_kwh: float) -> ClearingResult:
+    """``result`` without the utility's backstop for the bids that want none
+    (``Order.backstop`` False, the flexible devices' of ``prosumers.flex_dispatch:
+    cleared``): each participant's confirmed peer purchase is given to its bids as the
+    greedy community mechanisms matched them (``peer_energy_by_order``); what its
+    no-backstop bids did not get comes off its grid purchase (trade and confirmation)
+    and so off its schedule. The ``clearing`` table still counts it unmatched."""
+    buys: dict[str, list[Order]] = {}
+    for o in orders:
+        if o.side == "buy":
+            buys.setdefault(o.participant, []).append(o)
+    cut: dict[str, float] = {}
+    for c in result.confirmations:
+        mine = buys.get(c.participant, [])
+        if all(o.backstop for o in mine):
+            continue
+        got = peer_energy_by_order(mine, c.peer_bought_kwh, retail_usd_per_kwh)
+        u = math.fsum(o.energy_kwh - g for o, g in zip(mine, got, strict=True) if not o.backstop)
+        u = min(u, c.grid_bought_kwh)
+        if u > 0.0:
+            cut[c.participant] = u
+    if not cut:
+        return result
+    confirmations = [replace(c, grid_bought_kwh=c.grid_bought_kwh - cut[c.participant],
+                             scheduled_kwh=c.scheduled_kwh - cut[c.participant])
+                     if c.participant in cut else c for c in result.confirmations]
+    trades = []
+    for t in result.trades:
+        if t.seller == GRID and t.buyer in cut:
+            left = t.energy_kwh - cut[t.buyer]
+            if left <= 1e-12:
+                continue
+            t = replace(t, energy_kwh=left)
+        trades.append(t)
+    return replace(result, confirmations=confirmations, trades=trades)
 
 
 class MarketTime(NamedTuple):
@@ -390,10 +428,12 @@ class MarketRole:
         if self._distances is not None:
             known = [o for o in orders if o.participant in self._index]
             extra["charges"] = electrical_distance_charges(known, self._distances, self._charge_rate)
-        result = with_confirmation_prices(self._clear(
-            orders, interval=k, retail_usd_per_kwh=self.tariff.retail(k), feed_in_usd_per_kwh=self.tariff.feed_in(k),
-            **extra,
-        ))
+        retail = self.tariff.retail(k)
+        result = self._clear(orders, interval=k, retail_usd_per_kwh=retail,
+                             feed_in_usd_per_kwh=self.tariff.feed_in(k), **extra)
+        if any(not o.backstop for o in orders):
+            result = _without_backstop(result, orders, retail)
+        result = with_confirmation_prices(result)
         return replace(result, trades=_numbered(k, result.trades))
 
     def _clip_to_envelopes(self, orders: list[Order], envelopes: list[OperatingEnvelope]) -> list[Order]:

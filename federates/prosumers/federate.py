@@ -1,5 +1,7 @@
 """Prosumers federate: per market interval the bids (one message to the market) and the
-real deviations of every step of the interval (one value)."""
+real deviations of every step of the interval (one value). With
+``prosumers.flex_dispatch: cleared`` the deviations leave at the dispatch time, after
+the confirmations (and the DSO's envelopes) of the interval came in."""
 
 from __future__ import annotations
 
@@ -10,7 +12,13 @@ from functools import partial
 
 from federates.common import keys
 from federates.common.door import Door
-from federates.common.messages import Confirmation, DemandResponseCall, decode, encode
+from federates.common.messages import (
+    Confirmation,
+    DemandResponseCall,
+    OperatingEnvelope,
+    decode,
+    encode,
+)
 from federates.common.study import Study
 from federates.common.tables import drain_due, study_chunk_intervals
 from federates.prosumers.role import ProsumersRole
@@ -30,23 +38,35 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
     door.add_delay_filter(ep, role.comms.latency_of("bids"))  # comms: bids arrive late
     inbox: dict[int, list[Confirmation]] = defaultdict(list)
     calls: dict[int, list[DemandResponseCall]] = defaultdict(list)  # the DSO's, by interval
+    envelopes: dict[int, list[OperatingEnvelope]] = defaultdict(list)  # the DSO's (cleared only)
+    boxes = {"dr_calls": calls, "envelopes": envelopes}
     every = study_chunk_intervals(cfg, len(study.sites))
     part_sink = sink if parts == 1 else _PartSink(sink, part)
 
     def drain() -> None:
         for text in door.receive(ep):
             env = decode(text)
-            (calls if env.kind == "dr_calls" else inbox)[int(env.header["interval"])].extend(env.items)
+            boxes.get(env.kind, inbox)[int(env.header["interval"])].extend(env.items)
 
     door.enter()
     try:
         for k in range(tl.n_intervals):
             door.advance(tl.report_time(k))
             drain()
-            if k >= 1:
+            if k >= 1 and not role.cleared:  # cleared: taken at the dispatch time of k-1
                 role.on_confirmations(k - 1, inbox.pop(k - 1, []))
             if k in calls:
                 role.on_demand_response(k, calls.pop(k))
+            if role.cleared:
+                door.send(ep, keys.MARKET, encode(role.orders_sent(k), kind="orders", interval=k))
+                if drain_due(tl, k, every):
+                    drain_into(part_sink, role)
+                door.advance(tl.dispatch_time(k))
+                drain()
+                role.on_confirmations(k, inbox.pop(k, []))
+                role.on_envelopes(k, envelopes.pop(k, []))
+                door.publish(pub, role.dispatch_sent(k).ravel())
+                continue
             orders, deviation_p_kw = role.bids_sent(k)
             door.send(ep, keys.MARKET, encode(orders, kind="orders", interval=k))
             door.publish(pub, deviation_p_kw.ravel())
@@ -54,7 +74,8 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
                 drain_into(part_sink, role)
         door.advance(tl.report_time(tl.n_intervals))
         drain()
-        role.on_confirmations(tl.n_intervals - 1, inbox.pop(tl.n_intervals - 1, []))
+        if not role.cleared:
+            role.on_confirmations(tl.n_intervals - 1, inbox.pop(tl.n_intervals - 1, []))
     finally:
         door.close()
     if parts == 1:

@@ -15,7 +15,10 @@ discharging at ``p`` kW removes ``p/eta*dt`` kWh. Initial state of charge
 
 Call order (as in ``federates.common.timeline``): ``bids(k)`` after ``step`` of the last
 step of interval k-1 and before the first step of k (it needs the real state of charge at
-the start of k); ``step(g)`` once per step, in order.
+the start of k); ``step(g)`` once per step, in order. With ``prosumers.flex_dispatch:
+cleared`` the flexible devices bid in orders of their own (:meth:`orders_sent`) and the
+steps of k are played only after k's confirmations (:meth:`dispatch_sent`,
+``federates/prosumers/flex/dispatch.py``).
 
 Memory does not grow with the study's length. Profiles are generated in blocks of whole
 market intervals (``block_intervals``, default one day's worth) when ``bids`` first needs
@@ -39,13 +42,14 @@ from federates.common.comms import CommsLink
 from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
 from federates.common.keys import part_bounds
-from federates.common.messages import Confirmation, DemandResponseCall, Order
+from federates.common.messages import Confirmation, DemandResponseCall, OperatingEnvelope, Order
 from federates.common.rng import stream
 from federates.market.ledger import KeyRing, sign_order
 from federates.prosumers import battery, measured, profiles
 from federates.prosumers.adaptive import ADAPTIVE_STRATEGIES, AdaptiveBidders
 from federates.prosumers.agents import ProsumerSpec, make_specs, spec_arrays
 from federates.prosumers.flex.demand import FlexDemand
+from federates.prosumers.flex.dispatch import paid_prices
 from federates.prosumers.strategies import limit_price
 from federates.prosumers.weather import Weather, weather_of
 
@@ -235,6 +239,13 @@ class ProsumersRole:
                        population_indices=population_indices, offset=offset)
             if cfg.prosumers.has_flex else None
         )
+        #: ``prosumers.flex_dispatch: cleared``: the devices bid on their own and are
+        #: dispatched after the confirmations (:meth:`orders_sent`, :meth:`dispatch_sent`)
+        self.cleared = cfg.prosumers.flex_dispatch == "cleared"
+        self._orders_k: list[Order] = []  # every order of the interval last bid, as sent or lost
+        self._device_of: dict[int, tuple[int, str]] = {}  # order position -> (site position, device)
+        self._base_net_kw = np.zeros(n)  # the interval's forecast net without the bidding devices
+        self._import_max_kw: dict[int, dict[int, float]] = {}  # {k: {site position: envelope [kW]}}
 
     @classmethod
     def from_study(cls, study: Study, part: int = 0, parts: int = 1) -> ProsumersRole:
@@ -328,12 +339,17 @@ class ProsumersRole:
         i = k - blk.k0
         dt_h = tl.interval_h
         load = blk.load_forecast_kw[i]
+        device_bids = []
+        planned_kw = 0.0  # the devices' plan at the expected prices (the battery plans around it)
         if self.flex is not None:  # the devices' plan for k: what they bid for
-            s = tl.steps_per_interval
-            t_out = blk.temp_air_c[i * s:(i + 1) * s] if blk.temp_air_c is not None else np.zeros(s)
-            load = load + self.flex.plan_kw(k, t_out, self._dr_calls.pop(k, None))
+            t_out = self._t_out(blk, i)
+            planned_kw = self.flex.plan_kw(k, t_out, self._dr_calls.pop(k, None))
+            if self.cleared:  # each device its own order (flex/dispatch.py)
+                device_bids = self.flex.offers(k, t_out, self.tariff.retail(k))
+            else:
+                load = load + planned_kw
         pv = blk.pv_forecast_kw[i]
-        surplus = pv - load
+        surplus = pv - (load + planned_kw if self.cleared else load)
         if self._battery_by_price:  # shaped by the day's expected prices (prosumers.battery_control)
             day = self.tariff.retail_usd_per_kwh
             idx = battery.day_ahead(k, round(86400.0 / tl.market_interval_s), tl.n_intervals)
@@ -353,6 +369,10 @@ class ProsumersRole:
         net = np.where(energy < MIN_ORDER_KWH, 0.0, net)
         blk.battery_plan_kw[i] = plan
         blk.forecast_net_kw[i] = net
+        if self.cleared:
+            self._base_net_kw = net.copy()
+            for b in device_bids:
+                blk.forecast_net_kw[i][b.position] += b.kw
 
         p = self.cfg.prosumers
         retail, feed_in = self.tariff.retail(k), self.tariff.feed_in(k)
@@ -379,9 +399,39 @@ class ProsumersRole:
                     bus=spec.bus, phase=spec.phase,
                 )
             )
+        if self.cleared:
+            orders = self._with_device_orders(k, orders, device_bids)
         if self.keys is not None:
             orders = [sign_order(self.keys, o) for o in orders]
+        if self.cleared:
+            self._orders_k = orders
         return orders
+
+    def _t_out(self, blk: _Block, i: int) -> np.ndarray:
+        """Outdoor air [degC] of each step of the block's interval ``i`` (0 without a sky)."""
+        s = self.timeline.steps_per_interval
+        return blk.temp_air_c[i * s:(i + 1) * s] if blk.temp_air_c is not None else np.zeros(s)
+
+    def _with_device_orders(self, k: int, orders: list[Order], device_bids: list) -> list[Order]:
+        """Each prosumer's order followed by one buy order per bidding device (site order);
+        notes which order is which device's (``prosumers.flex_dispatch: cleared``)."""
+        dt_h = self.timeline.interval_h
+        by_pos: dict[int, list] = {}
+        for b in device_bids:
+            by_pos.setdefault(b.position, []).append(b)
+        base = {o.participant: o for o in orders}
+        out: list[Order] = []
+        self._device_of = {}
+        for j, spec in enumerate(self.specs):
+            if spec.participant in base:
+                out.append(base[spec.participant])
+            for b in by_pos.get(j, []):
+                self._device_of[len(out)] = (j, b.device)
+                # a bid below the retail price takes no backstop: what peers do not sell it is not scheduled
+                out.append(Order(participant=spec.participant, side="buy", interval=k, energy_kwh=b.kw * dt_h,
+                                 price_usd_per_kwh=b.price_usd_per_kwh, bus=spec.bus, phase=spec.phase,
+                                 backstop=b.price_usd_per_kwh >= self.tariff.retail(k)))
+        return out
 
     def bids_sent(self, k: int) -> tuple[list[Order], np.ndarray]:
         """What leaves the prosumers at the report time of interval ``k``: the orders the
@@ -397,6 +447,56 @@ class ProsumersRole:
         unscheduled_kw = np.where(np.isin(self.participants, list(lost)), self.forecast_net_kw[k], 0.0)
         sent = [o for o, ok in zip(orders, kept, strict=True) if ok]
         return sent, self.interval_deviations(k) + unscheduled_kw
+
+    def orders_sent(self, k: int) -> list[Order]:
+        """``prosumers.flex_dispatch: cleared``: what leaves the prosumers at the report
+        time of ``k``, the orders the comms layer does not lose; the steps of ``k`` are
+        played at the dispatch time (:meth:`dispatch_sent`)."""
+        orders = self.bids(k)
+        kept = self.comms.kept(self.seed, "bids", k, [o.participant for o in orders])
+        return [o for o, ok in zip(orders, kept, strict=True) if ok]
+
+    def on_envelopes(self, k: int, envelopes: list[OperatingEnvelope]) -> None:
+        """The DSO's operating envelopes of ``k`` (``market.network_aware: envelopes``,
+        with ``prosumers.flex_dispatch: cleared``); other participants' are ignored."""
+        pos = {p: j for j, p in enumerate(self.participants)}
+        mine = {pos[e.participant]: float(e.import_max_kw) for e in envelopes
+                if e.interval == k and e.participant in pos}
+        if mine:
+            self._import_max_kw[k] = mine
+
+    def dispatch_sent(self, k: int) -> np.ndarray:
+        """``prosumers.flex_dispatch: cleared``, after :meth:`on_confirmations` of ``k``
+        (and :meth:`on_envelopes`): each bidding device's power set from the price it
+        pays (flex/dispatch.py), within the customer's import envelope, then every step
+        of ``k`` played: deviations [kW] (steps, participants) from each participant's
+        schedule (its confirmation's energy / interval_h, 0 without one), so that the
+        feeder's schedule + deviation is its real net power."""
+        tl = self.timeline
+        h = tl.interval_h
+        conf = {c.participant: c for c in self.confirmations.get(k, [])}
+        if self.flex is not None:
+            blk = self._block
+            retail = self.tariff.retail(k)
+            buys: dict[str, list[int]] = {}
+            for at, o in enumerate(self._orders_k):
+                if o.side == "buy":
+                    buys.setdefault(o.participant, []).append(at)
+            paid: dict[tuple[int, str], float] = {}
+            for who, ats in buys.items():
+                for at, price in zip(ats, paid_prices([self._orders_k[a] for a in ats], conf.get(who), retail),
+                                     strict=True):
+                    if at in self._device_of:
+                        paid[self._device_of[at]] = price
+            room = None
+            envelopes = self._import_max_kw.pop(k, None)
+            if envelopes:
+                room = np.full(len(self.specs), np.nan)
+                for j, imp in envelopes.items():
+                    room[j] = imp - self._base_net_kw[j]
+            self.flex.dispatch(k, self._t_out(blk, k - blk.k0), paid, room)
+        scheduled = np.array([conf[p].scheduled_kwh / h if p in conf else 0.0 for p in self.participants])
+        return self.interval_deviations(k, reference_kw=scheduled)
 
     def on_demand_response(self, k: int, calls: list[DemandResponseCall]) -> None:
         """The DSO's demand-response calls for interval ``k`` (before ``bids(k)``); calls to
@@ -419,9 +519,10 @@ class ProsumersRole:
             self.adaptive.learn(k, self.confirmations[k])
 
     # ---- physics -----------------------------------------------------------------
-    def step(self, g: int) -> np.ndarray:
+    def step(self, g: int, reference_kw: np.ndarray | None = None) -> np.ndarray:
         """Deviation [kW] of each participant's actual net power at step ``g`` from the
-        forecast net power of the step's interval (site order; > 0 = more import)."""
+        forecast net power of the step's interval (site order; > 0 = more import), or
+        from ``reference_kw`` [kW] where given (the schedule, ``dispatch_sent``)."""
         tl = self.timeline
         if g != self._next_step:
             raise RuntimeError(f"step({g}) called out of order; next step is {self._next_step}")
@@ -443,9 +544,9 @@ class ProsumersRole:
         blk.soc_kwh[r] = self._soc
         blk.net_kw[r] = net
         self._next_step = g + 1
-        return net - blk.forecast_net_kw[i]
+        return net - (blk.forecast_net_kw[i] if reference_kw is None else reference_kw)
 
-    def interval_deviations(self, k: int) -> np.ndarray:
+    def interval_deviations(self, k: int, reference_kw: np.ndarray | None = None) -> np.ndarray:
         """:meth:`step` for every step of interval ``k``, in order: deviations [kW], shape
         (steps of the interval, participants). Call after :meth:`bids` of ``k``; the
         prosumers need nothing from the grid within an interval, so the whole interval
@@ -453,7 +554,7 @@ class ProsumersRole:
         steps = self.timeline.steps_of_interval(k)
         out = np.empty((len(steps), len(self.specs)))
         for j, g in enumerate(steps):
-            out[j] = self.step(g)
+            out[j] = self.step(g, reference_kw)
         return out
 
     def pv_step_kw(self, g: int) -> np.ndarray:

@@ -14,7 +14,8 @@ from federates.common.study import Study
 from runner.launch.manifest import _sha256_file, write_manifest
 
 #: the column each merged prosumer table is stably sorted by (the parts are in site order)
-_SORT_KEY = {"profiles": "step", "flex": "interval", "ev_sessions": "departure_step", "demand_response": "interval"}
+_SORT_KEY = {"profiles": "step", "flex": "interval", "ev_sessions": "departure_step", "demand_response": "interval",
+             "flex_bids": "interval"}
 
 
 def merge_part_tables(results: Path, parts: int) -> None:
@@ -23,7 +24,7 @@ def merge_part_tables(results: Path, parts: int) -> None:
 
     ``profiles`` has a row per step and participant (participants within a step): the
     parts are concatenated and stably sorted by step; likewise ``flex`` (flexible
-    devices, when the study has any) and ``demand_response`` by interval and ``ev_sessions`` by departure step
+    devices, when the study has any), ``demand_response`` and ``flex_bids`` by interval and ``ev_sessions`` by departure step
     (each part sorts its sessions by departure step, then site order). Every part drained at the same
     market times (federates.common.tables), so row group j of every part holds the
     same steps: the merge goes one row group at a time (memory bounded by a chunk)."""
@@ -34,7 +35,7 @@ def merge_part_tables(results: Path, parts: int) -> None:
 
     if parts == 1:
         return
-    tables = [t for t in ("prosumers", "profiles", "flex", "ev_sessions", "demand_response")
+    tables = [t for t in ("prosumers", "profiles", "flex", "ev_sessions", "demand_response", "flex_bids")
               if (results / f"{t}.part0.parquet").is_file()]
     with TableWriter(results.parent) as writer:
         for table in tables:

@@ -103,3 +103,22 @@ def test_report_has_the_flexible_demand_section(dr_runs):
     text = out.read_text()
     assert "Flexible demand" in text and "EV energy missing at departure" in text
     assert (run / "report" / "flex.png").is_file()
+
+
+CLEARED = ["--set", "study.start=2026-06-21T17:30:00-04:00", "--set", "study.duration=2h",
+           "--set", "prosumers.federates=2", "--set", "prosumers.ev.share=0.5", "--set", "prosumers.ev.control=smart",
+           "--set", "prosumers.hvac.share=0.5", "--set", "prosumers.hvac.control=transactive",
+           "--set", "prosumers.water_heater.share=0.3", "--set", "prosumers.water_heater.control=transactive",
+           "--set", "prosumers.flex_dispatch=cleared", "--set", "market.network_aware=envelopes"]
+
+
+def test_cleared_dispatch_federation_equals_inprocess_engine(tmp_path):
+    """``prosumers.flex_dispatch: cleared`` on the very weak feeder with the DSO's
+    envelopes, the prosumers split in two: the dispatch time (confirmations and
+    envelopes in at k*M + 0.75, the deviations out) gives the engine's tables, with
+    devices deferred by their import envelope."""
+    runs = run_both_engines(tmp_path, VERY_WEAK, "--no-report", *CLEARED)
+    a = read_tables(runs["inprocess"])
+    b = read_tables(runs["federation"])
+    assert len(a["flex_bids"]) > 0 and a["flex_bids"].deferred_kwh.sum() > 0 and a["flex"].ev_kwh.sum() > 0
+    assert_same_tables(a, b)

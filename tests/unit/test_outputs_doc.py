@@ -27,7 +27,9 @@ RUN = ["--set", "study.start=2026-06-21T11:30:00-04:00", "--set", "study.duratio
        # flexible demand, so that its tables (flex, ev_sessions) are checked too
        "--set", "prosumers.ev.share=0.3", "--set", "prosumers.hvac.share=0.3",
        "--set", "prosumers.water_heater.share=0.3",
-       "--set", "controllers.demand_response.enabled=true"]
+       "--set", "controllers.demand_response.enabled=true",
+       # the devices dispatched from the cleared price, for the flex_bids table
+       "--set", "prosumers.flex_dispatch=cleared"]
 TYPES = {"int", "float", "bool", "str", "datetime"}
 
 

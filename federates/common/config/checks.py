@@ -121,7 +121,18 @@ def _prosumers_checks(cfg: StudyFile) -> list[Problem]:
     if p.federates > 1 and p.federates > p.count:
         problems.append(Problem("prosumers.federates", f"{p.federates} federates for {p.count} prosumers",
                                 f"<= prosumers.count ({p.count})"))
+    m = cfg.market
+    if p.flex_dispatch == "cleared" and not (m.topology == "community" and m.mechanism in CLEARED_MECHANISMS):
+        # the devices' own buy orders: one participant with several orders (and a sell
+        # and a buy at once), which the greedy community mechanisms clear order by order
+        problems.append(Problem("prosumers.flex_dispatch", f"'cleared' with market.topology {m.topology!r} "
+                                f"and mechanism {m.mechanism!r}",
+                                "market.topology: community with mechanism " + " or ".join(CLEARED_MECHANISMS)))
     return problems
+
+
+#: the mechanisms whose clearing the devices' dispatch reads (prosumers.flex_dispatch: cleared)
+CLEARED_MECHANISMS = ("uniform_price", "pay_as_bid")
 
 
 def input_file(path: str, base_dir: Path) -> Path:

@@ -409,6 +409,19 @@ class ProsumersConfig(_Strict):
     ev: EvConfig = EvConfig()
     hvac: HvacConfig = HvacConfig()
     water_heater: WaterHeaterConfig = WaterHeaterConfig()
+    flex_dispatch: Literal["planned", "cleared"] = Field(
+        default="planned",
+        description=(
+            "When the flexible devices (EVs, heat pumps / ACs, water heaters) set their power "
+            "for a market interval. planned: at bid time, from the prices they expect; their "
+            "plan is part of the prosumer's one order. cleared: each device bids for its energy "
+            "in its own buy order at its own price (federates/prosumers/flex/dispatch.py) and "
+            "sets its power only after the market's confirmations of the interval, from the "
+            "price it pays, within the DSO's import envelope when there is one "
+            "(federates.common.timeline: the dispatch time k*M + 0.75). Needs market.topology: "
+            "community with uniform_price or pay_as_bid."
+        ),
+    )
 
     @property
     def has_flex(self) -> bool:

@@ -30,6 +30,7 @@ import pandas as pd
 
 from federates.common.config import StudyFile
 from federates.common.rng import stream
+from federates.prosumers.flex.dispatch import FLEX_BIDS_COLUMNS, DeviceBid, fill_envelope
 from federates.prosumers.flex.ev import EvFleet, EvParams
 from federates.prosumers.flex.thermal import (
     Houses,
@@ -169,6 +170,15 @@ class FlexDemand:
         self._rows: list[dict[str, np.ndarray]] = []
         self._acc: dict[str, np.ndarray] = {}
         self._gave_live = self._live_drained = False  # the sessions under way at the end: given once
+        #: prosumers.flex_dispatch: cleared (federates/prosumers/flex/dispatch.py): the
+        #: devices bid on their own and are dispatched from the price they pay
+        self.cleared = p.flex_dispatch == "cleared"
+        self._calls_kw = np.zeros(self.n)  # the demand-response cut asked of each prosumer for k [kW]
+        self._hvac_asked = np.zeros(len(hv_at), dtype=bool)
+        self._bids: dict[tuple[int, str], DeviceBid] = {}  # k's device bids by (site position, device)
+        self._ev_cap = np.zeros(len(ev_at))  # each car's command if it runs [kW]
+        self._ev_must = np.zeros(len(ev_at), dtype=bool)  # no slack: it charges whatever the price
+        self.bid_rows: list[dict] = []  # the ``flex_bids`` table
 
     def _wh_forecast_kw(self, k: int) -> np.ndarray:
         """A tank's expected power in interval ``k`` [kW]: what it drew in the same
@@ -203,6 +213,7 @@ class FlexDemand:
         cut = np.zeros(self.n)
         for i, (kw, _, _) in calls.items():
             cut[i] = kw
+        self._calls_kw = cut.copy()
         base_kw = np.zeros(self.n)
         if self.ev is not None:
             o = self.ev.owners
@@ -230,6 +241,7 @@ class FlexDemand:
             self._setpoint_c, self._heat_setpoint_c = planned, planned_heat
             after = before
             asked = cut[o] > 0
+            self._hvac_asked = asked
             if asked.any():
                 saving = self.hvac.band_high_c if self.hvac.cooling else -self.hvac.band_high_c
                 self._setpoint_c = np.where(asked, planned + saving, planned)
@@ -260,6 +272,157 @@ class FlexDemand:
                                  # paid up to what was asked: more is not bought
                                  "credit_usd": min(reduced_kwh, kw * interval_h) * self.dr_price})
         return out
+
+    # ---- prosumers.flex_dispatch: cleared (flex/dispatch.py) --------------------------
+    def _ev_expected(self, k: int):
+        s = self.tl.steps_per_interval
+        horizon = self.prices.window(k, 2 * self._per_day)
+
+        def expected(g: int, n: int) -> np.ndarray:
+            return horizon[:n] if n <= len(horizon) else self.prices.window(g // s, n)
+
+        return expected
+
+    def offers(self, k: int, t_out_c: np.ndarray, retail_usd_per_kwh: float) -> list[DeviceBid]:
+        """Each device's bid for interval ``k`` (after :meth:`plan_kw` of ``k``, which
+        answered the demand-response calls): the mean power [kW] it would draw over
+        ``k`` and its limit price (flex/dispatch.py), for the devices that want energy."""
+        s = self.tl.steps_per_interval
+        g0 = k * s
+        retail = float(retail_usd_per_kwh)
+        mean, sd = self.prices.stats(k)
+        out: list[DeviceBid] = []
+        if self.ev is not None:
+            ev, o = self.ev, self.ev.owners
+            self._ev_cap = np.maximum(ev.p.charger_kw - self._calls_kw[o], 0.0)
+            kw = ev.forecast_kw(self._ev_cap, g0, s)
+            if ev.p.smart:
+                thr = ev.threshold_usd_per_kwh(g0, s, self._ev_expected(k))
+                self._ev_must = np.isinf(thr)
+                price = np.where(self._ev_must, retail, thr)
+            else:
+                self._ev_must = np.zeros(len(o), dtype=bool)
+                price = np.full(len(o), retail)
+            out += [DeviceBid(int(o[j]), "ev", float(kw[j]), float(price[j])) for j in np.flatnonzero(kw > 0.0)]
+        if self.houses is not None:
+            h, o, hv = self.houses, self.houses.owners, self.hvac
+            asked = self._hvac_asked
+            if hv.transactive:  # on the base setpoints, TESP's bid; a house under a call keeps the call's
+                base, base_heat = np.full(len(o), hv.setpoint_c), np.full(len(o), hv.heat_setpoint_c)
+                sp, sp_heat = np.where(asked, self._setpoint_c, base), np.where(asked, self._heat_setpoint_c, base_heat)
+                price = np.where(asked, retail, bid_price_usd_per_kwh(h.t_in_c, base, mean, sd, hv, base_heat))
+            else:
+                sp, sp_heat, price = self._setpoint_c, self._heat_setpoint_c, np.full(len(o), retail)
+            kw = h.preview_kw(t_out_c, sp, self.step_h, sp_heat)
+            self._setpoint_c, self._heat_setpoint_c = np.asarray(sp, dtype=float), np.asarray(sp_heat, dtype=float)
+            out += [DeviceBid(int(o[j]), "hvac", float(kw[j]), float(price[j])) for j in np.flatnonzero(kw > 0.0)]
+        if self.water_heaters is not None:
+            w, o = self.wh_params, self.water_heaters.owners
+            kw = np.where(self._wh_shed, 0.0, self._wh_forecast_kw(k))
+            if w.transactive and w.band_c > 0 and np.isfinite(sd) and np.isfinite(mean):
+                price = np.maximum(mean + w.ramp * sd * (w.setpoint_c - self.water_heaters.t_c) / w.band_c, 0.0)
+            else:
+                price = np.full(len(o), retail)
+            self._wh_setpoint_c = np.full(len(o), w.setpoint_c)
+            out += [DeviceBid(int(o[j]), "water_heater", float(kw[j]), float(price[j]))
+                    for j in np.flatnonzero(kw > 0.0)]
+        self._bids = {(b.position, b.device): b for b in out}
+        return out
+
+    def dispatch(self, k: int, t_out_c: np.ndarray, paid: dict[tuple[int, str], float],
+                 room_kw: np.ndarray | None = None) -> None:
+        """Set the devices' power for interval ``k`` from the price each pays ``paid``
+        [USD/kWh] by (site position, device), then keep each customer's devices within
+        the room its import envelope leaves, ``room_kw`` [kW] per prosumer (NaN: no
+        envelope; None: none at all); rows of the ``flex_bids`` table (flex/dispatch.py)."""
+        mean, sd = self.prices.stats(k)
+        s = self.tl.steps_per_interval
+        g0 = k * s
+        hv, w = self.hvac, self.wh_params
+        ev_j = {} if self.ev is None else {int(p): j for j, p in enumerate(self.ev.owners)}
+        hv_j = {} if self.houses is None else {int(p): j for j, p in enumerate(self.houses.owners)}
+        wh_j = {} if self.water_heaters is None else {int(p): j for j, p in enumerate(self.water_heaters.owners)}
+        runs: dict[tuple[int, str], bool] = {}
+        for key, b in self._bids.items():
+            pos, dev = key
+            price = paid.get(key, np.inf)
+            runs[key] = bool(b.price_usd_per_kwh >= price)
+            if dev == "ev":
+                j = ev_j[pos]
+                self._ev_cmd[j] = self._ev_cap[j] if runs[key] or self._ev_must[j] else 0.0
+            elif dev == "hvac" and hv.transactive and not self._hvac_asked[hv_j[pos]]:
+                shift = setpoint_offset_c(price, mean, sd, hv)
+                self._setpoint_c[hv_j[pos]] = hv.setpoint_c + shift
+                self._heat_setpoint_c[hv_j[pos]] = hv.heat_setpoint_c - shift
+            elif dev == "water_heater" and w.transactive and np.isfinite(sd) and sd > 0 and np.isfinite(price):
+                shift = -float(np.clip((price - mean) / (w.ramp * sd) * w.band_c, -w.band_c, w.band_c))
+                self._wh_setpoint_c[wh_j[pos]] = w.setpoint_c + shift
+        planned = self._planned_kw(g0, s, t_out_c)
+        before = dict(planned)
+        over: dict[tuple[int, str], float] = {}
+        if room_kw is not None:
+            by_pos: dict[int, list[tuple[int, str]]] = {}
+            for key in self._bids:
+                by_pos.setdefault(key[0], []).append(key)
+            for pos, keys in sorted(by_pos.items()):
+                room = float(room_kw[pos])
+                if not np.isfinite(room):
+                    continue
+                bids = [np.inf if key[1] == "ev" and self._ev_must[ev_j[key[0]]] else
+                        self._bids[key].price_usd_per_kwh for key in keys]
+                kept = fill_envelope(room, [planned[key] for key in keys], bids, [key[1] == "ev" for key in keys])
+                for key, keep_kw in zip(keys, kept, strict=True):
+                    if keep_kw >= planned[key]:
+                        continue
+                    dev, pos_ = key[1], key[0]
+                    if dev == "ev" and not self._ev_must[ev_j[pos_]]:
+                        j = ev_j[pos_]  # the charger turned down to the room's mean power
+                        home_h = np.clip(self.ev.leave_step[j] - g0, 0, s) * self.step_h
+                        self._ev_cmd[j] = keep_kw * self.tl.interval_h / home_h if home_h > 0 else 0.0
+                    elif dev == "hvac":
+                        j = hv_j[pos_]
+                        saving = hv.band_high_c if hv.cooling else -hv.band_high_c
+                        self._setpoint_c[j] = hv.setpoint_c + saving
+                        self._heat_setpoint_c[j] = hv.heat_setpoint_c - hv.band_high_c
+                    elif dev == "water_heater":
+                        self._wh_shed[wh_j[pos_]] = True
+            planned = self._planned_kw(g0, s, t_out_c)
+            for pos, keys in by_pos.items():
+                room = float(room_kw[pos])
+                if not np.isfinite(room):
+                    continue
+                excess = max(sum(planned[key] for key in keys) - max(room, 0.0), 0.0)
+                for key in sorted(keys, key=lambda key: (self._bids[key].price_usd_per_kwh, key[1])):
+                    take = min(excess, planned[key])
+                    over[key] = take
+                    excess -= take
+        h = self.tl.interval_h
+        for key, b in sorted(self._bids.items()):
+            self.bid_rows.append({
+                "interval": k, "participant": self.participants[key[0]], "device": key[1],
+                "bid_kwh": b.kw * h, "bid_usd_per_kwh": b.price_usd_per_kwh,
+                "paid_usd_per_kwh": float(paid.get(key, np.inf)), "runs": runs[key],
+                "planned_kwh": planned[key] * h, "deferred_kwh": max(before[key] - planned[key], 0.0) * h,
+                "over_envelope_kwh": over.get(key, 0.0) * h,
+            })
+
+    def _planned_kw(self, g0: int, s: int, t_out_c: np.ndarray) -> dict[tuple[int, str], float]:
+        """The mean power [kW] each bidding device will draw over the interval under its
+        present command / setpoint, as the prosumer can know it (EV: its session; house:
+        simulated through the interval's weather; tank: its forecast, 0 shed)."""
+        out: dict[tuple[int, str], float] = {}
+        kinds = {d for _, d in self._bids}
+        if "ev" in kinds:
+            kw = self.ev.forecast_kw(self._ev_cmd, g0, s)
+            out.update({(int(p), "ev"): float(x) for p, x in zip(self.ev.owners, kw, strict=True)})
+        if "hvac" in kinds:
+            kw = self.houses.preview_kw(t_out_c, self._setpoint_c, self.step_h, self._heat_setpoint_c)
+            out.update({(int(p), "hvac"): float(x) for p, x in zip(self.houses.owners, kw, strict=True)})
+        if "water_heater" in kinds:
+            kw = np.where(self._wh_shed, 0.0, self._wh_forecast_kw(g0 // s))
+            out.update({(int(p), "water_heater"): float(x)
+                        for p, x in zip(self.water_heaters.owners, kw, strict=True)})
+        return {key: out[key] for key in self._bids}
 
     def _open_interval(self, k: int, price: float, hvac_bid: np.ndarray) -> None:
         if self._k >= 0:
@@ -378,12 +541,20 @@ class FlexDemand:
         out = {"flex": flex, "ev_sessions": ev}
         if self.dr_on:
             out["demand_response"] = dr
+        if self.cleared:
+            out["flex_bids"] = pd.DataFrame(self.bid_rows, columns=list(FLEX_BIDS_COLUMNS)).astype(
+                {"interval": "int64", "bid_kwh": "float64", "bid_usd_per_kwh": "float64",
+                 "paid_usd_per_kwh": "float64", "runs": "bool", "planned_kwh": "float64",
+                 "deferred_kwh": "float64", "over_envelope_kwh": "float64"})
+            for col in ("participant", "device"):
+                out["flex_bids"][col] = out["flex_bids"][col].astype(_NAME_DTYPE)
         return out
 
     def forget(self) -> None:
         """Forget the rows :meth:`tables` gave (a drain)."""
         self._rows = []
         self.dr_rows = []
+        self.bid_rows = []
         self._live_drained = self._live_drained or self._gave_live
         if self.ev is not None:
             self.ev.ended.clear()

@@ -254,6 +254,36 @@ class EvFleet:
             out[j] = self.p.charger_kw if 0 in chosen else 0.0
         return out
 
+    def threshold_usd_per_kwh(self, g0: int, steps: int, expected_usd_per_kwh) -> np.ndarray:
+        """What each car is willing to pay [USD/kWh] for charging in the interval of
+        ``steps`` steps from ``g0`` (``prosumers.flex_dispatch: cleared``): the dearest
+        expected price among the cheapest intervals that together deliver what it still
+        needs before its departure (the choice of :meth:`plan_kw`), so the bid rises as
+        the departure nears and the intervals left grow fewer; +inf with no slack (the
+        intervals after this one could no longer deliver it: it must charge now); NaN
+        for a car not plugged in or full."""
+        out = np.full(len(self.owners), np.nan)
+        per_interval_kwh = self.p.charger_kw * steps * self.step_h
+        for j in np.flatnonzero(self.plugged & (self.need_kwh > 0.0)):
+            left = int(self.leave_step[j]) - g0
+            n_int = max(int(np.ceil(left / steps)), 1)
+            room = np.full(n_int, per_interval_kwh)
+            room[-1] = self.p.charger_kw * (left - (n_int - 1) * steps) * self.step_h if left > 0 else 0.0
+            need = float(self.need_kwh[j])
+            if room[1:].sum() < need - 1e-9:
+                out[j] = np.inf
+                continue
+            prices = np.asarray(expected_usd_per_kwh(g0, n_int), dtype=float)
+            covered, dearest = 0.0, -np.inf
+            for i in np.lexsort((np.arange(n_int), prices)):
+                if covered >= need - 1e-9:
+                    break
+                if room[i] > 0.0:
+                    covered += room[i]
+                    dearest = max(dearest, float(prices[i]))
+            out[j] = dearest
+        return out
+
     def forecast_kw(self, command_kw: np.ndarray, g0: int, steps: int) -> np.ndarray:
         """The mean power [kW] per car over the interval of ``steps`` steps from ``g0``
         under ``command_kw``, as the car can know it now: its current session only (no
