@@ -8,7 +8,7 @@ for each code version, each of these phases runs in a fresh Python process on ea
 folder, and the process's peak resident memory (``VmHWM`` of /proc/self/status) is
 recorded:
 
-* ``post-run``: what ``tecosim run`` does after the federates (``runner.cli._finish_run``
+* ``post-run``: what ``tecosim run`` does after the federates (``runner.api.finish_run``
   without the report): kpis, conservation checks, loss_allocation / loss_charges,
   summary;
 * ``report``: ``runner.report.write_report`` (report.html and its PNGs);
@@ -55,7 +55,7 @@ import json, sys, time
 from pathlib import Path
 phase, run = sys.argv[1], Path(sys.argv[2])
 import pandas, pyarrow, matplotlib  # the imports' own memory is in 'baseline'
-from runner.cli import _finish_run
+from runner.api import finish_run as _finish_run
 from runner.launch import Study
 from runner.compare import write_compare
 from runner.report import write_report

@@ -239,140 +239,46 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def _placement(args, cfg) -> tuple[list[str] | None, bool]:
-    """``--federates`` / ``--broker``: the federates to run here (None: all) and
-    whether the broker runs here; ConfigError (exit 2) naming the flag."""
-    from federates.common.errors import Problem
-    from runner.launch import select_federates
-
-    if args.federates is None and not args.broker:
-        return None, True
-    problems = []
-    if args.engine != "federation":
-        problems.append(Problem("--federates/--broker", f"only with --engine federation, not {args.engine}",
-                                "--engine federation"))
-    if cfg.federation.broker_address is None:
-        problems.append(Problem("federation.broker_address", "is null: the broker listens on 127.0.0.1 only, "
-                                "so --federates / --broker cannot join hosts",
-                                "HOST[:PORT] of the broker host (in the config or --set)"))
-    if problems:
-        raise ConfigError(problems, "arguments")
-    wanted = None if args.federates is None else [n.strip() for n in args.federates.split(",") if n.strip()]
-    chosen = select_federates(cfg, wanted)
-    return (None if wanted is None else chosen), bool(args.broker or wanted is None)
+def _federates(args) -> list[str] | None:
+    """``--federates a,b``: the names (None: the flag not given)."""
+    return None if args.federates is None else [n.strip() for n in args.federates.split(",") if n.strip()]
 
 
 def cmd_run(args) -> int:
-    from federates.common import keys
-    from federates.common.config import load_config
-    from runner.launch import default_run_dir, prepare_run, run_study
-    from runner.progress import Progress
+    from runner import api
 
-    cfg = load_config(args.config, args.overrides)
-    federates, broker_here = _placement(args, cfg)
-    run_dir = args.out or default_run_dir(cfg)
-    study = prepare_run(cfg, run_dir, config_dir=args.config.parent)
-    if not args.quiet:
-        for note in cfg._notes:  # also at the top of the run's config.resolved.yaml
-            print(f"tecosim: note: {note}", file=sys.stderr)
-        where = "" if federates is None else f" (this host: {', '.join(federates)}" + \
-            (", broker" if broker_here else "") + f"; broker {cfg.federation.broker_address})"
-        print(f"tecosim: running {cfg.study.name} ({args.engine}) in {study.run_dir}{where}", flush=True)
-    bar = Progress(cfg.timeline.duration_s, label="tecosim run", enabled=not args.quiet)
-    try:
-        wall = run_study(study, args.engine, progress=bar.update, federates=federates, broker_here=broker_here)
-        bar.finish()
-    finally:
-        bar.close()
-    if federates is not None and len(federates) < len(keys.federate_names(cfg.prosumers.federates)):
-        if not args.quiet:
-            print(f"tecosim: this host's federates ({', '.join(federates)}) finished in {wall:.1f} s; "
-                  f"results in {study.run_dir / 'results'}. Join every host's run folder into one run with: "
-                  f"tecosim collect RUN_A RUN_B ... --out RUN", flush=True)
-        return 0
-    _finish_run(study, args.engine, wall, quiet=args.quiet, report=not args.no_report)
+    api.run(args.config, overrides=args.overrides, out=args.out, engine=args.engine,
+            report=not args.no_report, quiet=args.quiet, federates=_federates(args), broker=args.broker)
     return 0
 
 
 def cmd_collect(args) -> int:
-    from runner.launch import collect_runs
-    from runner.run_folder import check_run_dirs
+    from runner import api
 
-    check_run_dirs(args.runs)
-    study, wall = collect_runs(args.runs, args.out)
-    if not args.quiet:
-        print(f"tecosim collect: {len(args.runs)} host folders joined into {study.run_dir}", flush=True)
-    _finish_run(study, "federation", wall, quiet=args.quiet, report=not args.no_report)
+    api.collect(args.runs, args.out, report=not args.no_report, quiet=args.quiet)
     return 0
 
 
 def _finish_run(study, engine: str, wall: float, *, quiet: bool, report: bool) -> None:
-    """A complete run's KPIs, conservation check, loss and monthly tables, summary and report.
+    """After a complete run: ``runner.api.finish_run`` (the one post-run path)."""
+    from runner.api import finish_run
 
-    Each reads the results tables in chunks of whole market intervals (bounded memory
-    for year-long runs), never whole."""
-    from runner.kpis import flex_summary, run_kpis, summary
-    from runner.losses_table import write_loss_tables
-    from runner.months import write_monthly
-    from runner.results import check_conservation, format_summary, live_conservation_rows
-    from runner.run_folder import RunFolder
-
-    cfg = study.cfg
-    k = run_kpis(cfg, study.run_dir)
-    k.to_parquet(study.run_dir / "results" / "kpis.parquet", index=False)
-    warn = cfg.feeder.conservation == "warn"
-    # exit 1, manifest failed when a balance is broken (feeder.conservation: warn: a warning)
-    post_run = check_conservation(k, study.run_dir, warn=warn)
-    write_loss_tables(cfg, study.run_dir)
-    write_monthly(cfg, study.run_dir, k)
-    s = summary(k)
-    s.update(flex_summary(RunFolder(study.run_dir)))  # with EVs, heat pumps / ACs
-    s["conservation_broken"] = broken = live_conservation_rows(study.run_dir)
-    if warn and (broken or post_run):
-        print(f"tecosim: warning: {broken} live conservation check(s) broke (feeder.conservation: warn; "
-              f"rows in {study.run_dir / 'results' / 'conservation.parquet'})"
-              + "".join(f"; after the run: {m}" for m in post_run), file=sys.stderr)
-    manifest_path = study.run_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["summary"] = s
-    manifest_path.write_text(json.dumps(manifest, indent=2, default=str))
-    text = format_summary(s, wall, study.run_dir, engine)
-    (study.run_dir / "summary.txt").write_text(text + "\n")
-    if not quiet:
-        print(text, flush=True)
-    if report:
-        _report_after_run(study.run_dir, quiet)
-
-
-def _report_after_run(run_dir: Path, quiet: bool) -> None:
-    """The run is complete and its folder written: a report that fails is a warning."""
-    try:
-        from runner.report import write_report
-
-        write_report(run_dir, quiet=quiet)  # prints its path unless quiet
-    except Exception as e:
-        print(f"tecosim: warning: the run is complete, but its report could not be written ({e!r}); "
-              f"retry with: tecosim report {run_dir}", file=sys.stderr)
+    finish_run(study, engine, wall, quiet=quiet, report=report)
 
 
 def cmd_report(args) -> int:
-    from runner.run_folder import check_run_dirs
+    from runner import api
 
-    check_run_dirs([args.run])
-    from runner.report import write_report
-
-    write_report(args.run, quiet=args.quiet)  # prints its path unless quiet
+    api.open_run(args.run).report(quiet=args.quiet)  # prints its path unless quiet
     return 0
 
 
 def cmd_compare(args) -> int:
-    from runner.compare import default_compare_dir, parse_labels, write_compare
-    from runner.run_folder import check_run_dirs
+    from runner import api
+    from runner.compare import parse_labels
 
     labels = parse_labels(args.labels, len(args.runs))
-    check_run_dirs(args.runs, need_kpis=True)
-    out = args.out or default_compare_dir()
-    path = write_compare(args.runs, out, labels=labels)
+    path = api.compare(args.runs, args.out, labels=labels).html
     if not args.quiet:
         print(f"tecosim compare: {path} ({len(args.runs)} runs; KPIs in {path.parent / 'compare_kpis.csv'})")
     return 0

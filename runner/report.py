@@ -604,6 +604,10 @@ class Plot:
         """The HTML block, with the figure rendered to PNG."""
         return html.Figure(self.id, self.title, render_png(self.fig), self.caption)
 
+    def _repr_png_(self) -> bytes:
+        """A notebook (IPython) shows the figure as its PNG."""
+        return render_png(self.fig)
+
 
 def _new_figure(height_in: float = 4.0, nrows: int = 1, sharex: bool = True):
     fig = MplFigure(figsize=(WIDTH_IN, height_in), dpi=DPI, layout="constrained")

@@ -82,6 +82,14 @@ class RunFolder:
     def has_table(self, name: str) -> bool:
         return self.table_file(name).is_file()
 
+    def table_names(self) -> list[str]:
+        """The names of the results tables the run has (``results/<name>.parquet``), sorted."""
+        return sorted(p.stem for p in (self.path / RESULTS).glob("*.parquet"))
+
+    def read_table(self, name: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """One results table whole (:func:`read_table`)."""
+        return read_table(self.path, name, columns)
+
     def tables(self) -> dict[str, pd.DataFrame]:
         """Every results table whole (:func:`read_tables`)."""
         return read_tables(self.path)
@@ -126,7 +134,12 @@ def check_run_dirs(paths: Sequence[Path], *, need_kpis: bool = False) -> None:
 
 def read_tables(run_dir: Path) -> dict[str, pd.DataFrame]:
     """Every results table whole (short runs; the post-run path reads pieces)."""
-    return {p.stem: pd.read_parquet(p) for p in sorted((Path(run_dir) / RESULTS).glob("*.parquet"))}
+    return {p.stem: read_table(run_dir, p.stem) for p in sorted((Path(run_dir) / RESULTS).glob("*.parquet"))}
+
+
+def read_table(run_dir: Path, name: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Results table ``name`` whole, with only ``columns`` (None: all)."""
+    return pd.read_parquet(table_file(run_dir, name), columns=None if columns is None else list(columns))
 
 
 def table_file(run_dir: Path, name: str) -> Path:

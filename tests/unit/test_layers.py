@@ -1,6 +1,7 @@
 """Layers point down (docs/architecture.md), read from every module's imports.
 
-    runner/                       the top floor: cli, launch, engine, reports
+    tecosim/                      the Python API's name: re-exports runner/api.py
+    runner/                       cli, api, launch, engine, reports
     federates/*/federate.py       the HELICS doors, one per federate
     federates/runtime.py          the plumbing of a federate process
     federates/<domain>/           prosumers, market, feeder, meters, controllers
@@ -22,8 +23,11 @@ DOMAINS = ("prosumers", "market", "feeder", "meters", "controllers")
 
 
 def floor(module: str) -> int:
-    """0 ground floor, 1 a domain, 2 runtime, 3 a federate door, 4 the runner."""
+    """0 ground floor, 1 a domain, 2 runtime, 3 a federate door, 4 the runner, 5 the
+    ``tecosim`` package (the API's name, above the CLI that calls the API in runner/api.py)."""
     parts = module.split(".")
+    if parts[0] == "tecosim":
+        return 5
     if parts[0] == "runner":
         return 4
     if parts[0] != "federates" or len(parts) == 1:
@@ -77,7 +81,8 @@ def imported_module(name: str) -> str:
     return ".".join(parts) or name
 
 
-SOURCES = sorted([*(ROOT / "federates").rglob("*.py"), *(ROOT / "runner").rglob("*.py")])
+SOURCES = sorted([*(ROOT / "federates").rglob("*.py"), *(ROOT / "runner").rglob("*.py"),
+                  *(ROOT / "tecosim").rglob("*.py")])
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -114,4 +119,5 @@ def test_the_floors_are_checked():
     tree = ast.parse("from runner.cli import main\nif TYPE_CHECKING:\n    from runner.engine import x\n")
     assert [imported_module(n) for _, n in runtime_imports(tree)] == ["runner.cli"]
     assert floor("federates.common.config.schema") < floor("federates.market.role") < floor("federates.runtime") \
-        < floor("federates.market.federate") < floor("runner.engine")
+        < floor("federates.market.federate") < floor("runner.engine") < floor("tecosim")
+    assert any(p.parts[-2] == "tecosim" for p in SOURCES)  # the API package is read too

@@ -25,6 +25,7 @@ from federates.common.config.loader import (
     config_sha256,
     later_wins,
     load_config,
+    load_config_dict,
     resolved_dict,
     validate,
 )
@@ -102,6 +103,7 @@ __all__ = [
     "generated_feeder_parameters",
     "later_wins",
     "load_config",
+    "load_config_dict",
     "resolved_dict",
     "split_broker_address",
     "validate",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,14 +95,23 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str], notes: list[str] | None = None,
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | Mapping[str, Any], notes: list[str] | None = None,
                     source: str = "the config") -> dict[str, Any]:
-    """``raw`` with each ``a.b.c=value`` applied (value parsed as YAML); an override
-    wins over the pair member it replaces (:func:`later_wins`, told in ``notes``)."""
+    """``raw`` with each override applied: ``a.b.c=value`` strings (``--set``; value
+    parsed as YAML) or a mapping ``{"a.b.c": value}`` of Python values (the Python API;
+    taken as they are). An override wins over the pair member it replaces
+    (:func:`later_wins`, told in ``notes``)."""
     if not isinstance(raw, dict):  # a file that is a list or a scalar: nothing to set keys in
         raise ConfigError([Problem("<root>", "the config must be a mapping of sections",
                                    ", ".join(StudyFile.model_fields))], "--set")
     out = copy.deepcopy(raw)
+    if isinstance(overrides, Mapping):
+        problems = [problem for key, value in overrides.items()
+                    if (problem := _set_key(out, str(key), copy.deepcopy(value), notes, source,
+                                            f"overrides[{str(key).strip()!r}]")) is not None]
+        if problems:
+            raise ConfigError(problems, "overrides")
+        return out
     problems = [problem for item in overrides
                 if (problem := _apply_override(out, item, notes, source)) is not None]
     if problems:
@@ -114,9 +124,34 @@ def _apply_override(out: dict[str, Any], item: str, notes: list[str] | None, sou
     if "=" not in item:
         return Problem(f"--set {item}", "must look like key.path=value", "section.key=value")
     key, value = item.split("=", 1)
+    target = _section_of(out, key, f"--set {item}")
+    if isinstance(target, Problem):
+        return target
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        return Problem(key, f"value is not valid YAML: {' '.join(str(e).split())}", "a YAML scalar, list or mapping")
+    _put(out, target, key, parsed, notes, source, f"--set {key.strip()}")
+    return None
+
+
+def _set_key(out: dict[str, Any], key: str, value: Any, notes: list[str] | None, source: str,
+             said_as: str) -> Problem | None:
+    """Set the dotted ``key`` of ``out`` to ``value`` in place; the problem, if any
+    (``said_as``: how the override is named in a problem with its key)."""
+    target = _section_of(out, key, said_as)
+    if isinstance(target, Problem):
+        return target
+    _put(out, target, key, value, notes, source, said_as)
+    return None
+
+
+def _section_of(out: dict[str, Any], key: str, said_as: str) -> dict[str, Any] | Problem:
+    """The section of ``out`` that holds the dotted ``key``'s last part (sections on
+    the way made when missing), or the problem with the key."""
     parts = [k for k in key.strip().split(".") if k]
     if not parts:
-        return Problem(f"--set {item}", "empty key", "section.key=value")
+        return Problem(said_as, "empty key", "section.key=value")
     node = out
     for part in parts[:-1]:
         child = node.get(part)
@@ -125,18 +160,19 @@ def _apply_override(out: dict[str, Any], item: str, notes: list[str] | None, sou
         if not isinstance(child, dict):
             return Problem(key, f"{part} is not a section", "a section name")
         node = child
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError as e:
-        return Problem(key, f"value is not valid YAML: {' '.join(str(e).split())}", "a YAML scalar, list or mapping")
-    top: dict[str, Any] = {parts[-1]: parsed}
+    return node
+
+
+def _put(out: dict[str, Any], node: dict[str, Any], key: str, value: Any, notes: list[str] | None,
+         source: str, said_as: str) -> None:
+    parts = [k for k in key.strip().split(".") if k]
+    top: dict[str, Any] = {parts[-1]: value}
     for part in reversed(parts[:-1]):
         top = {part: top}
-    said = later_wins(out, top, source, f"--set {key.strip()}")
+    said = later_wins(out, top, source, said_as)
     if notes is not None:
         notes.extend(said)
-    node[parts[-1]] = parsed
-    return None
+    node[parts[-1]] = value
 
 
 def validate(raw: Any, base_dir: Path = Path("."), source: str = "config") -> StudyFile:
@@ -221,16 +257,43 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items()]
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyFile:
+def load_config(path: str | Path, overrides: list[str] | Mapping[str, Any] | None = None) -> StudyFile:
     """Read, override and validate a study YAML file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError([Problem("<file>", f"no such config file: {path}", "a YAML file")], str(path))
     notes: list[str] = []
     raw = _read_with_base(path, seen=(), notes=notes)
+    return _override_and_validate(raw, overrides, notes, path.parent, str(path))
+
+
+def load_config_dict(raw: Mapping[str, Any], overrides: list[str] | Mapping[str, Any] | None = None, *,
+                     base_dir: str | Path = ".", source: str = "config (dict)") -> StudyFile:
+    """Override and validate a study given as plain data (the sections of a study
+    file), as :func:`load_config` does a file's: the same ConfigError naming each field.
+    A top-level ``base:`` names a study file (relative to ``base_dir``) read first;
+    the dict's keys are merged over it, section by section. Relative input files (a
+    feeder path, profiles, a tariff CSV) are relative to ``base_dir``."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError([Problem("<root>", "the config must be a mapping of sections",
+                                   ", ".join(StudyFile.model_fields))], source)
+    notes: list[str] = []
+    data = copy.deepcopy(dict(raw))
+    if "base" in data:
+        base = data.pop("base")
+        if not isinstance(base, (str, Path)):
+            raise ConfigError([Problem("base", "must be a file name", "a study YAML file")], source)
+        under = _read_with_base(Path(base_dir) / base, seen=(), notes=notes)
+        notes.extend(later_wins(under, data, str(Path(base_dir) / base), source))
+        data = _deep_merge(under, data)
+    return _override_and_validate(data, overrides, notes, Path(base_dir), source)
+
+
+def _override_and_validate(raw: Any, overrides: list[str] | Mapping[str, Any] | None, notes: list[str],
+                           base_dir: Path, source: str) -> StudyFile:
     if overrides:
-        raw = apply_overrides(raw, overrides, notes, str(path))
-    cfg = validate(raw, base_dir=path.parent, source=str(path))
+        raw = apply_overrides(raw, overrides, notes, source)
+    cfg = validate(raw, base_dir=base_dir, source=source)
     cfg._notes = notes
     return cfg
 
