@@ -47,6 +47,7 @@ __all__ = [
     "Engine",
     "Overrides",
     "Run",
+    "SweepResult",
     "Tables",
     "collect",
     "compare",
@@ -54,6 +55,7 @@ __all__ = [
     "load",
     "open_run",
     "run",
+    "sweep",
 ]
 
 #: a study: the path of a study YAML file, or its sections as a dict
@@ -466,30 +468,63 @@ def compare(runs: Sequence[Run | str | os.PathLike[str]], out: str | os.PathLike
     dirs = [r.path if isinstance(r, Run) else Path(r) for r in runs]
     check_run_dirs(dirs, need_kpis=True)
     folder = Path(out) if out is not None else default_compare_dir()
-    with _same_matplotlib_backend():
-        return Comparison(write_compare(dirs, folder, labels=None if labels is None else list(labels)))
+    return Comparison(write_compare(dirs, folder, labels=None if labels is None else list(labels)))
 
 
-@contextmanager
-def _same_matplotlib_backend() -> Iterator[None]:
-    """The caller's matplotlib backend, kept: ``runner.compare`` draws with pyplot after
-    ``matplotlib.use("Agg")``, which in a notebook would turn off the inline figures of
-    every later cell. (Drawing on ``Figure`` + ``FigureCanvasAgg`` as ``runner.report``
-    does would need no switch.) A backend module not imported yet (a notebook's inline
-    one before its first figure) is imported first, while it is still the backend: the
-    inline one hooks itself into IPython at import only if it is."""
-    import importlib
+# ---------------------------------------------------------------------------- sweeping
 
-    import matplotlib
 
-    backend = matplotlib.get_backend()
-    if backend.startswith("module://"):
-        try:
-            importlib.import_module(backend.removeprefix("module://"))
-        except ImportError:
-            pass
-    try:
-        yield
-    finally:
-        if matplotlib.get_backend() != backend:
-            matplotlib.use(backend)
+@dataclass(frozen=True)
+class SweepResult:
+    """What :func:`sweep` ran: one run folder per point (and seed) under ``folder``,
+    ``sweep.json`` (status of every run) and ``sweep.parquet`` (a row per run: point,
+    the axes' values, seed, status, KPIs; docs/outputs.md)."""
+
+    folder: Path
+    exit_code: int
+    """0 when every run ended ok, 1 when some failed (their errors in :attr:`table`)."""
+    compare_html: Path | None
+
+    @cached_property
+    def table(self) -> pd.DataFrame:
+        """``sweep.parquet`` as a DataFrame: a row per run, KPI columns."""
+        return pd.read_parquet(self.folder / "sweep.parquet")
+
+    @property
+    def runs(self) -> list[Run]:
+        """The runs that ended ok, in the sweep's order."""
+        t = self.table
+        return [open_run(self.folder / name) for name, status in zip(t["run"], t["status"], strict=True)
+                if status == "ok"]
+
+
+def _axis_text(value: Any) -> str:
+    """A Python value as the YAML text a ``--set`` value is parsed from (JSON is YAML)."""
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def sweep(config: str | os.PathLike[str], axes: Mapping[str, Sequence[Any]] | Sequence[str] = (), *,
+          seeds: int | None = None, jobs: int = 1, engine: Engine = "federation",
+          out: str | os.PathLike[str] | None = None, client: Any = None, report: bool = True,
+          quiet: bool = True) -> SweepResult:
+    """Run the cartesian grid of ``axes`` over the study file ``config`` (``tecosim
+    sweep``): ``axes`` as ``{"prosumers.count": [20, 40], "controllers.enabled": [True,
+    False]}`` (one value = an override common to every point) or ``--set`` strings
+    ``["prosumers.count=20,40"]``; ``seeds`` N runs every point with the study seeds
+    S..S+N-1 (S the config's ``study.seed``) and the comparison shows each KPI's mean
+    and 95 % Student-t interval; ``jobs`` runs at a time on this machine, or ``client``
+    (a ``dask.distributed.Client``) runs each as a task on its cluster. Every point is
+    validated before anything runs (ConfigError names them all). KeyboardInterrupt
+    stops every run and propagates."""
+    from runner.sweep import run_sweep
+
+    if isinstance(axes, Mapping):
+        sets = [f"{key}={','.join(_axis_text(v) for v in values)}" if not isinstance(values, str)
+                else f"{key}={values}" for key, values in axes.items()]
+    else:
+        sets = list(axes)
+    done = run_sweep(Path(config), sets, seeds=seeds, jobs=jobs, engine=_engine(engine),
+                     out=None if out is None else Path(out), client=client, report=report, quiet=quiet)
+    return SweepResult(done.out_dir, int(done.exit_code or 0), done.compare_html)

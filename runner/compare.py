@@ -284,23 +284,20 @@ def parse_labels(text: str | None, n_runs: int) -> list[str] | None:
 
 
 def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
 def _styles(n: int) -> list[dict[str, Any]]:
     """A colour and a line style per run (styles cycle so that equal curves stay visible)."""
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
 
     dashes = ["-", "--", "-.", ":"]
     if n <= 10:
-        cmap = plt.get_cmap("tab10")
+        cmap = colormaps["tab10"]
         return [{"color": cmap(i), "linestyle": dashes[i % 4]} for i in range(n)]
-    cmap = plt.get_cmap("viridis")
+    cmap = colormaps["viridis"]
     return [{"color": cmap(i / (n - 1)), "linestyle": dashes[i % 4]} for i in range(n)]
 
 
@@ -314,12 +311,14 @@ def _time_axis(ax, spans_days: bool) -> None:
 
 
 def _new_axes(title: str, ylabel: str):
-    import matplotlib
+    """A figure on its own Agg canvas (no pyplot: the caller's backend, e.g. a notebook's
+    inline one, is left alone, and nothing is kept in pyplot's figure registry)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9.5, 3.8))
+    fig = MplFigure(figsize=(9.5, 3.8))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     return fig, ax

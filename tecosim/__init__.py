@@ -8,6 +8,7 @@ write reports, compare runs (docs/api.md).
     run.tables["voltages"]          # a pandas DataFrame, read from Parquet when asked
     run.kpis["v_min_pu"]            # KPI totals over the study [units in the keys]
     tecosim.compare([run, tecosim.open_run("runs/other")], out="runs/cmp")
+    tecosim.sweep("configs/default.yaml", {"prosumers.count": [20, 40]}, seeds=5)
 
 The ``tecosim`` command is a thin layer over these functions (``runner/cli.py``);
 they live in ``runner/api.py`` so that the command can call them, and this package
@@ -22,12 +23,14 @@ from runner.api import (
     Engine,
     Overrides,
     Run,
+    SweepResult,
     Tables,
     collect,
     compare,
     load,
     open_run,
     run,
+    sweep,
 )
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "Overrides",
     "Problem",
     "Run",
+    "SweepResult",
     "Tables",
     "TecosimError",
     "collect",
@@ -47,4 +51,5 @@ __all__ = [
     "load",
     "open_run",
     "run",
+    "sweep",
 ]

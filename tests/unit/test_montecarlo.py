@@ -224,16 +224,15 @@ SHORT = ["study.start=2026-06-21T11:00:00-04:00", "study.duration=30min"]
 @pytest.fixture(scope="module")
 def mc_sweep(tmp_path_factory):
     """The default study over 30 min at noon, with and without control, 3 seeds each,
-    in process, 2 at a time, through the Python function."""
-    import io
-
-    from runner.sweep import run_sweep
+    in process, 2 at a time, through the Python API (``tecosim.sweep``, which calls
+    ``runner.sweep.run_sweep`` as the command does)."""
+    import tecosim
 
     out = tmp_path_factory.mktemp("mc") / "sweep"
-    log = io.StringIO()
-    sweep = run_sweep(DEFAULT, ["controllers.enabled=true,false", *SHORT], seeds=3, jobs=2, engine="inprocess",
-                      out=out, report=False, stream=log)
-    assert sweep.exit_code == 0, log.getvalue()
+    axes = {"controllers.enabled": [True, False], **dict(s.split("=", 1) for s in SHORT)}
+    sweep = tecosim.sweep(DEFAULT, axes, seeds=3, jobs=2, engine="in_process", out=out, report=False)
+    assert sweep.exit_code == 0, sweep.table[["run", "status", "error"]].to_string()
+    assert [r.path.name for r in sweep.runs] == sweep.table["run"].tolist()
     return sweep
 
 
@@ -243,7 +242,7 @@ def test_sweep_parquet_rows_are_each_runs_kpis(mc_sweep):
     from runner.kpis import run_kpis, summary
     from runner.run_folder import RunFolder
 
-    out = mc_sweep.out_dir
+    out = mc_sweep.folder
     df = pd.read_parquet(out / "sweep.parquet")
     names = [f"controllers.enabled={c}_seed={s}" for c in ("true", "false") for s in (42, 43, 44)]
     assert df["run"].tolist() == names and df["status"].tolist() == ["ok"] * 6
@@ -263,7 +262,7 @@ def test_sweep_parquet_rows_are_each_runs_kpis(mc_sweep):
 @pytest.mark.feeder
 @pytest.mark.slow
 def test_the_sweep_report_shows_mean_and_interval_per_point(mc_sweep):
-    out = mc_sweep.out_dir
+    out = mc_sweep.folder
     df = pd.read_parquet(out / "sweep.parquet")
     ci = pd.read_csv(out / "compare_ci.csv")
     assert list(ci["group"].unique()) == ["controllers.enabled=true", "controllers.enabled=false"]
@@ -285,12 +284,12 @@ def test_the_sweep_report_shows_mean_and_interval_per_point(mc_sweep):
 @pytest.mark.feeder
 @pytest.mark.slow
 def test_compare_finds_the_seeds_of_one_point(mc_sweep, tmp_path):
-    runs = [mc_sweep.out_dir / f"controllers.enabled=false_seed={s}" for s in (42, 43, 44)]
+    runs = [mc_sweep.folder / f"controllers.enabled=false_seed={s}" for s in (42, 43, 44)]
     r = tecosim("compare", *map(str, runs), "--out", str(tmp_path / "cmp"), timeout=300)
     assert r.returncode == 0, r.stderr
     ci = pd.read_csv(tmp_path / "cmp" / "compare_ci.csv")
     assert set(ci["group"]) == {"default"} and set(ci["n"]) == {3}
-    mc = pd.read_csv(mc_sweep.out_dir / "compare_ci.csv")
+    mc = pd.read_csv(mc_sweep.folder / "compare_ci.csv")
     same = mc[mc["group"] == "controllers.enabled=false"].reset_index(drop=True)
     pd.testing.assert_frame_equal(ci.drop(columns="group"), same.drop(columns="group"))
     kpis = pd.read_csv(tmp_path / "cmp" / "compare_kpis.csv")
