@@ -1,6 +1,6 @@
 """The pieces of P2P consensus ADMM (Sorin, Bobo & Pinson 2019) that a peer and the
 market share: the projection of a peer's proposals onto its order, one peer's local
-step, and what travels between the market and the peers every half-round of the
+step, and what travels between the market and the peers every round of the
 distributed clearing (``market.mechanism: admm_distributed``).
 
 Plain Python and numpy, on the ground floor so that the market (the coordinator,
@@ -132,8 +132,9 @@ def local_step(side: str, price_usd_per_kwh: float, cap_kwh: float, charge_usd_p
 
 @dataclass(frozen=True)
 class AdmmRequest:
-    """Market -> the peer ``participant``, half-round ``half_round`` of ``interval``:
-    take your step on your order ``order`` (its index in the market's book of offers
+    """Market -> the peer ``participant``, step ``step`` of the clearing of ``interval``
+    (even: the sellers' step of iteration step/2 + 1, odd: the buyers'): take your step
+    on your order ``order`` (its index in the market's book of offers
     (``side="sell"``) or bids (``"buy"``)) over its ``pairs`` (pair ids).
 
     ``price_usd_per_kwh``: the order's limit as the market received it (the peer finds
@@ -143,7 +144,7 @@ class AdmmRequest:
     ``pair_price_usd_per_kwh`` (pi)."""
 
     interval: int
-    half_round: int
+    step: int
     participant: str
     side: str
     order: int
@@ -158,10 +159,10 @@ class AdmmRequest:
 @dataclass(frozen=True)
 class AdmmReply:
     """Peer -> market: the proposals [kWh] of ``participant``'s order ``order`` over its
-    ``pairs``, the answer to the request of ``half_round``."""
+    ``pairs``, the answer to the request of step ``step``."""
 
     interval: int
-    half_round: int
+    step: int
     participant: str
     side: str
     order: int

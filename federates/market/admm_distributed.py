@@ -4,18 +4,21 @@ admm_distributed``): it coordinates, the peers compute.
 The iterations are those of :func:`federates.market.p2p.clear_p2p_admm` (Sorin, Bobo &
 Pinson 2019 consensus ADMM, over-relaxed), but every seller's and buyer's projection runs
 in its prosumer agent (``federates.prosumers.admm_agents``) on its own order: the market
-sends each peer, per half-round (``federates.common.timeline.admm_time``), the
+sends each peer, per step, in rounds (``federates.common.timeline.admm_time``), the
 counterparts' latest proposals and the pair prices of its order's pairs
 (:class:`~federates.common.admm.AdmmRequest`) and keeps the proposals that come back
 (:class:`~federates.common.admm.AdmmReply`). It holds the pair list, the consensus
 values x (the sellers'), y (the buyers'), the pair prices pi and their update, and the
-stopping test. One iteration is two half-rounds:
+stopping test. One iteration is two steps:
 
-- even half-round 2(i-1): to every seller order, y and pi; the sellers reply with x;
-- odd half-round 2i-1: with the x that arrived, xr = relax*x + (1-relax)*y; to every
-  buyer order, xr and pi; the buyers reply with y;
-- at half-round 2i the market reads the y that arrived, updates
-  ``pi += rho * (y - xr)`` and tests.
+- step 2(i-1): to every seller order, y and pi; the sellers reply with x;
+- step 2i-1: with the x held, xr = relax*x + (1-relax)*y; to every buyer order, xr and
+  pi; the buyers reply with y;
+- then the market updates ``pi += rho * (y - xr)`` with the y held and tests.
+
+A step ends at the first round at which every order's reply to it has arrived, or
+``market.admm_patience_rounds`` rounds after its requests went out; with perfect comms
+that is the next round (an iteration takes 2 rounds).
 
 Comms (``comms.applies_to`` with ``admm``): every request and reply is lost with
 ``comms.loss_rate`` (drawn per peer, :class:`~federates.common.comms.LossDraws`) and
@@ -63,7 +66,7 @@ ADMM_ROUNDS_DTYPES: dict[str, str] = {
 
 class AdmmCoordinator:
     """The distributed clearing of one interval's book (module docstring), driven one
-    half-round at a time by :meth:`half_round`."""
+    round at a time by :meth:`on_round`."""
 
     def __init__(self, book: P2PBook, *, comms: CommsLink, seed: int, max_iterations: int, patience: int,
                  gate_round: int = 2 * ADMM_MAX_ITERATIONS) -> None:
@@ -96,7 +99,7 @@ class AdmmCoordinator:
     def done(self) -> bool:
         return self.result is not None
 
-    def half_round(self, h: int, replies: list[AdmmReply]) -> list[AdmmRequest]:
+    def on_round(self, h: int, replies: list[AdmmReply]) -> list[AdmmRequest]:
         """At round ``h`` (``timeline.admm_time``): take the ``replies`` that have arrived
         (of this interval; others are ignored, and a reply older than the value held is
         dropped); once every order of the step under way has answered, or after
@@ -107,12 +110,12 @@ class AdmmCoordinator:
         if self.done:
             raise RuntimeError(f"interval {self.k}: the distributed clearing is over")
         self.rounds = h
-        for r in sorted((r for r in replies if r.interval == self.k), key=lambda r: r.half_round):
+        for r in sorted((r for r in replies if r.interval == self.k), key=lambda r: r.step):
             self.received += 1
             key = (r.side, r.order)
-            if r.half_round <= self._held.get(key, -1):
+            if r.step <= self._held.get(key, -1):
                 continue
-            self._held[key] = r.half_round
+            self._held[key] = r.step
             (self.x if r.side == "sell" else self.y)[r.pairs] = r.proposal_kwh
             (self._fresh_s if r.side == "sell" else self._fresh_b).add(r.order)
         if not self.book.pairs:

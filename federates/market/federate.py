@@ -55,12 +55,12 @@ class _MarketDoor:
 
     def admm(self, k: int, role: MarketRole, tl) -> MarketTime:
         """The distributed clearing of ``k`` (``market.mechanism: admm_distributed``), one
-        half-round at a time (``timeline.admm_time``): the replies that have arrived in,
+        round at a time (``timeline.admm_time``): the replies that have arrived in,
         each part's requests out; once done, the word to every part."""
         for h in range(2 * ADMM_MAX_ITERATIONS + 1):
             self.door.advance(tl.admm_time(k, h))
             replies = [r for text in self.door.receive(self.admm_ep) for r in decode_admm(text)[2]]
-            requests, out = role.admm_half_round(k, h, replies)
+            requests, out = role.admm_round(k, h, replies)
             if out is not None:
                 for name in self.names:
                     self.door.send(self.admm_ep, keys.admm_endpoint(name), encode_admm(k, [], done=True))

@@ -293,7 +293,7 @@ class MarketRole:
         losses of ``k-1`` [kWh], charged in its settlement at ``market.loss_price``.
 
         With ``market.mechanism: admm_distributed`` (k < n_intervals) the clearing of
-        ``k`` only begins here and None is returned: :meth:`admm_half_round` drives it
+        ``k`` only begins here and None is returned: :meth:`admm_round` drives it
         and returns the MarketTime when it is over.
         """
         n = self.n_intervals
@@ -313,12 +313,12 @@ class MarketRole:
                 self._ledger.close()
             return MarketTime([], schedule_p_kw, None)
         opened = self._open_interval(k, orders, envelopes or [], constraints or [])
-        if opened is None:  # the distributed clearing has begun: admm_half_round ends it
+        if opened is None:  # the distributed clearing has begun: admm_round ends it
             self._admm_constraints = bool(constraints)
             return None
         return self._market_time_out(*opened, bool(constraints))
 
-    def admm_half_round(self, k: int, h: int, replies: list[AdmmReply]) -> tuple[list[AdmmRequest], MarketTime | None]:
+    def admm_round(self, k: int, h: int, replies: list[AdmmReply]) -> tuple[list[AdmmRequest], MarketTime | None]:
         """Half-round ``h`` of the distributed clearing of ``k`` (``market.mechanism:
         admm_distributed``, begun by :meth:`on_market_time`, which then returned None;
         federates.market.admm_distributed): take the peers' ``replies`` that have
@@ -327,7 +327,7 @@ class MarketRole:
         admm = self._admm
         if admm is None or admm.k != k:
             raise RuntimeError(f"interval {k}: no distributed clearing under way")
-        requests = admm.half_round(h, replies)
+        requests = admm.on_round(h, replies)
         if not admm.done:
             return requests, None
         self._admm = None
@@ -363,7 +363,7 @@ class MarketRole:
         """Clear interval ``k`` from the signed orders of ``k`` the grid admits, record
         every order received, and seal the opening block: the bids, the envelopes the
         clearing used, the trades. Returns the result and those envelopes (None when the
-        distributed clearing begins: :meth:`admm_half_round` finishes)."""
+        distributed clearing begins: :meth:`admm_round` finishes)."""
         raw = [o for o in orders if o.interval == k]
         # every order received keeps a bids row: (order, energy accepted for clearing, cut reason)
         rows: list[tuple[Order, float, str]] = [

@@ -49,7 +49,7 @@ class AdmmAgents:
         for r in requests:
             key = (r.participant, r.side, r.order)
             if r.interval == k and r.participant in self.mine and (key not in latest
-                                                                   or r.half_round > latest[key].half_round):
+                                                                   or r.step > latest[key].step):
                 latest[key] = r
         out = []
         for key in sorted(latest):
@@ -63,5 +63,5 @@ class AdmmAgents:
                                                  self.tau.get(key))
             self.steps += 1
             if self._up is not None and self._up.kept(r.participant):
-                out.append(AdmmReply(k, r.half_round, r.participant, r.side, r.order, r.pairs, proposal))
+                out.append(AdmmReply(k, r.step, r.participant, r.side, r.order, r.pairs, proposal))
         return out

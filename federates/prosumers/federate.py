@@ -14,7 +14,7 @@ from federates.common.door import Door
 from federates.common.messages import Confirmation, DemandResponseCall, decode, encode
 from federates.common.study import Study
 from federates.common.tables import drain_due, study_chunk_intervals
-from federates.common.timeline import ADMM_POLL_HALF_ROUNDS
+from federates.common.timeline import ADMM_POLL_ROUNDS
 from federates.prosumers.role import ProsumersRole
 from federates.runtime import drain_into, federate_main
 
@@ -75,7 +75,7 @@ def _admm_steps(door: Door, ep, role: ProsumersRole, tl, k: int) -> None:
     (``timeline.admm_reply_time``) the market's requests that have arrived, the replies
     out, until the market's word that it is done (or the last reply time)."""
     market = keys.admm_endpoint(keys.MARKET)
-    for h in range(ADMM_POLL_HALF_ROUNDS):
+    for h in range(ADMM_POLL_ROUNDS):
         door.advance(tl.admm_reply_time(k, h))
         requests, done = [], False
         for text in door.receive(ep):

@@ -20,7 +20,7 @@ from federates.common.errors import ConfigError
 from federates.common.messages import GRID, Order
 from federates.common.timeline import (
     ADMM_MAX_ITERATIONS,
-    ADMM_POLL_HALF_ROUNDS,
+    ADMM_POLL_ROUNDS,
     PHASE_ADMM_GATE_S,
     PHASE_MARKET_S,
     Timeline,
@@ -44,7 +44,10 @@ def random_orders(seed: int, n: int = 40) -> list[Order]:
     return out
 
 
-def distributed(orders: list[Order], *, comms: CommsLink = CommsLink(), seed: int = 7,
+PERFECT = CommsLink()
+
+
+def distributed(orders: list[Order], *, comms: CommsLink = PERFECT, seed: int = 7,
                 max_iterations: int = ADMM_MAX_ITERATIONS, patience: int = 4, parts: int = 1,
                 charges=None, wire: bool = False) -> AdmmCoordinator:
     """The coordinator and the agents (in ``parts`` groups) exchanging one round at a
@@ -58,7 +61,7 @@ def distributed(orders: list[Order], *, comms: CommsLink = CommsLink(), seed: in
         g.hold(3, orders)
     replies = []
     for h in range(2 * ADMM_MAX_ITERATIONS + 1):
-        requests = coord.half_round(h, replies)
+        requests = coord.on_round(h, replies)
         if coord.done:
             return coord
         if wire:
@@ -142,7 +145,7 @@ def test_no_test_of_convergence_until_every_order_has_answered():
     silent = book.offers[0].participant
     replies = []
     for h in range(2 * ADMM_MAX_ITERATIONS + 1):
-        requests = coord.half_round(h, replies)
+        requests = coord.on_round(h, replies)
         if coord.done:
             break
         replies = [r for r in agents.replies(3, requests) if r.participant != silent]
@@ -157,7 +160,7 @@ def test_an_agent_steps_only_on_an_order_it_sent():
     agents = AdmmAgents(sorted({o.participant for o in orders}), CommsLink(), 7)
     agents.hold(3, [o for o in orders if o.side == "buy"])  # the offers were never sent
     with pytest.raises(ValueError, match="did not send"):
-        agents.replies(3, coord.half_round(0, []))
+        agents.replies(3, coord.on_round(0, []))
 
 
 def test_the_rounds_fit_between_the_market_time_and_the_next_phase():
@@ -166,7 +169,7 @@ def test_the_rounds_fit_between_the_market_time_and_the_next_phase():
         t0 = k * 900
         assert tl.admm_time(k, 0) == tl.market_time(k)
         assert tl.admm_time(k, 2 * ADMM_MAX_ITERATIONS) - t0 == pytest.approx(PHASE_ADMM_GATE_S, abs=1e-9)
-        last = tl.admm_reply_time(k, ADMM_POLL_HALF_ROUNDS - 1) - t0
+        last = tl.admm_reply_time(k, ADMM_POLL_ROUNDS - 1) - t0
         assert PHASE_MARKET_S < last < 0.75 - 1e-5  # +0.75 is the prosumers' dispatch phase
         with pytest.raises(ValueError, match="gate"):
             tl.admm_time(k, 2 * ADMM_MAX_ITERATIONS + 1)

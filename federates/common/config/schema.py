@@ -557,8 +557,8 @@ class MarketConfig(_Strict):
     admm_max_iterations: Annotated[int, Field(ge=1, le=ADMM_MAX_ITERATIONS)] = Field(
         default=ADMM_MAX_ITERATIONS,
         description=(
-            "mechanism admm_distributed: the gate closure, in ADMM iterations (each 2 "
-            "half-rounds of messages market -> peers -> market, federates.common.timeline); "
+            "mechanism admm_distributed: the most ADMM iterations (each a sellers' and a "
+            "buyers' step, messages market -> peers -> market, federates.common.timeline); "
             "an interval not converged by then goes to the grid at retail / feed-in "
             f"(at most {ADMM_MAX_ITERATIONS}: what fits before k*M + 0.7)."
         ),
@@ -900,8 +900,10 @@ class CommsConfig(_Strict):
     and ``interval_energy`` (each meter's billing energy, meters -> market, sent at
     ``k*M + 0.25``), and, when listed, ``admm`` (every iterate of the distributed P2P
     clearing, ``market.mechanism: admm_distributed``, both ways, per peer: a lost or late
-    iterate leaves the receiver with the last one it had; half-rounds are 2e-4 s apart,
-    so a latency of 1e-4 s already delays each iterate by a half-round). A message arriving after its interval's market time (``k*M + 0.5``,
+    iterate leaves the receiver with the last one it had; rounds are 2e-4 s apart, 1e-4 s a
+    hop, so a latency up to 1e-4 s costs nothing and a longer one makes the replies of a
+    step wait for later rounds, ``market.admm_patience_rounds``). A message arriving after its interval's market
+    time (``k*M + 0.5``,
     i.e. ``latency_s >= 0.25``) is seen at a later market time: a late order (counted,
     ignored) or a missing reading (the settlement's ``missing_reading`` rule). The
     per-solve control readings are not affected: Volt-VAR / Volt-Watt measure at the
