@@ -206,3 +206,9 @@ def test_the_p2p_study_clears_as_the_central_admm_and_near_the_lp(tmp_path):
                           feed_in_usd_per_kwh=cfg.tariff.feed_in(int(k)))
         got = float(t["clearing"].loc[t["clearing"]["interval"] == k, "welfare_usd"].iloc[0])
         assert lp.welfare_usd * 0.995 <= got <= lp.welfare_usd + 1e-9, k
+    # docs/outputs.md documents the table this mechanism adds, column by column, with its types
+    from tests.unit.test_outputs_doc import DOC, Doc, _type
+
+    documented = Doc(DOC.read_text()).columns["admm_rounds"]
+    assert {c: _type(rounds[c]) for c in rounds.columns} == documented
+    assert list(rounds.columns) == list(documented)
