@@ -183,6 +183,10 @@ def test_config_names_the_gate_field_and_its_bound():
     with pytest.raises(ConfigError) as e:
         validate({"comms": {"applies_to": ["admm", "votes"]}})
     assert "comms.applies_to" in str(e.value) and "admm" in str(e.value)
+    with pytest.raises(ConfigError) as e:  # no iterates to delay without the distributed clearing
+        validate({"market": {"topology": "p2p", "mechanism": "admm"}, "comms": {"applies_to": ["admm"]}})
+    assert "comms.applies_to" in str(e.value) and "admm_distributed" in str(e.value)
+    validate({"market": {"topology": "p2p", "mechanism": "admm_distributed"}, "comms": {"applies_to": ["admm"]}})
 
 
 @pytest.mark.feeder
