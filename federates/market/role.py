@@ -302,16 +302,17 @@ class MarketRole:
         if self._last_k is not None and k <= self._last_k:
             raise ValueError(f"market time k={k} after k={self._last_k}: must increase")
         self._last_k = k
+        if self._admm is not None:
+            raise RuntimeError(f"market time k={k}: the distributed clearing of {self._admm.k} is not over")
 
         # the ledger gets two blocks per market time: the closing block of k-1
         # (curtailments, settlements) and the opening block of k (bids, trades)
         if k >= 1:
             self._close_interval(k - 1, energies, notices, losses or [])
-        schedule_p_kw = np.zeros(len(self.participants), dtype=float)
         if k == n:
             if self._ledger is not None:
                 self._ledger.close()
-            return MarketTime([], schedule_p_kw, None)
+            return MarketTime([], np.zeros(len(self.participants), dtype=float), None)
         opened = self._open_interval(k, orders, envelopes or [], constraints or [])
         if opened is None:  # the distributed clearing has begun: admm_round ends it
             self._admm_constraints = bool(constraints)
@@ -319,7 +320,7 @@ class MarketRole:
         return self._market_time_out(*opened, bool(constraints))
 
     def admm_round(self, k: int, h: int, replies: list[AdmmReply]) -> tuple[list[AdmmRequest], MarketTime | None]:
-        """Half-round ``h`` of the distributed clearing of ``k`` (``market.mechanism:
+        """Round ``h`` of the distributed clearing of ``k`` (``market.mechanism:
         admm_distributed``, begun by :meth:`on_market_time`, which then returned None;
         federates.market.admm_distributed): take the peers' ``replies`` that have
         arrived; the requests to send, and, once the clearing is over, what the market
@@ -337,6 +338,8 @@ class MarketRole:
 
     def _market_time_out(self, result: ClearingResult, env_k: list[OperatingEnvelope],
                          constrained: bool) -> MarketTime:
+        """What the market sends once ``k`` is cleared: the confirmations, the schedule,
+        and with grid constraints the envelopes the clearing set."""
         schedule_p_kw = np.zeros(len(self.participants), dtype=float)
         interval_h = self._timeline.interval_h
         for c in result.confirmations:
