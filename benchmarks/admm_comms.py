@@ -15,7 +15,7 @@ converged, how many fell back to the grid at the gate, the iterations and rounds
 (median, max), the iterates lost, and the welfare of the clearing against the LP's on
 the same accepted orders (``clear_p2p_lp`` on the run's ``bids`` table): the total, and
 the worst converged interval. The in-process engine gives the federation's tables
-(tests/federation/test_admm_distributed.py), so these are the federation's figures too.
+(tests/federation/test_distributed_p2p.py), so these are the federation's figures too.
 Nothing is asserted: the tests check the results, this reports the effect.
 """
 
