@@ -29,9 +29,10 @@ from federates.common.comms import CommsLink
 from federates.common.messages import Confirmation
 from federates.common.study import Study
 from federates.common.tables import TableCollector, TableWriter, drain_due, study_chunk_intervals
+from federates.common.timeline import ADMM_POLL_ROUNDS
 from federates.controllers.role import ControllersRole
 from federates.feeder.role import FeederRole
-from federates.market.role import MarketRole
+from federates.market.role import MarketRole, MarketTime
 from federates.meters.role import MetersRole
 from federates.prosumers.role import ProsumersRole
 
@@ -183,10 +184,41 @@ class _Engine:
         out = self.market.on_market_time(k, self.inflight.deliver("bids", t_s),
                                          self.inflight.deliver("interval_energy", t_s), self.notices,
                                          self.envelopes, self.constraints, losses=self.losses)
+        if out is None:  # the distributed P2P clearing (market.mechanism admm_distributed)
+            out = self._admm_rounds(k)
         self.confirmations, self.schedule_p_kw = out.confirmations, out.schedule_p_kw
         # the inverters hold the export envelopes: the DSO's, or what the constrained clearing accepted
         self.inverter_envelopes = self.envelopes if out.inverter_envelopes is None else out.inverter_envelopes
         self.clock.took("market")
+
+    def _admm_rounds(self, k: int) -> MarketTime:
+        """The rounds of the distributed clearing of ``k``, as the market and the
+        prosumers federates go through them (federates.common.timeline: admm_time,
+        admm_reply_time): the market reads the replies that have arrived and sends
+        requests, or its word that it is done; the prosumers read the requests that have
+        arrived and reply, until they have the word. ``comms.latency_s`` delays each way
+        (the HELICS delay filters of the two ADMM endpoints)."""
+        tl, latency_ns = self.tl, _ns(self.prosumers.comms.latency_of("admm"))
+        down: list[tuple[int, list, bool]] = []  # (arrival ns, requests, done) to the prosumers
+        up: list[tuple[int, list]] = []  # (arrival ns, replies) to the market
+        out = None
+        for h in range(ADMM_POLL_ROUNDS):
+            if out is None:
+                t_m = _ns(tl.admm_time(k, h))
+                replies = [r for at, items in up if at <= t_m for r in items]
+                up = [m for m in up if m[0] > t_m]
+                requests, out = self.market.admm_round(k, h, replies)
+                down.append((t_m + latency_ns, requests, out is not None))
+            t_p = _ns(tl.admm_reply_time(k, h))
+            due = [m for m in down if m[0] <= t_p]
+            down = [m for m in down if m[0] > t_p]
+            requests = [r for _, items, _ in due for r in items]
+            if requests:
+                up.append((t_p + latency_ns, self.prosumers.admm_replies(k, requests)))
+            if any(done for _, _, done in due):
+                break
+        self.clock.took("market")
+        return out
 
     def play(self, k: int) -> None:
         """The physics steps of ``k``, each with its control rounds (with ``cleared``,

@@ -3,7 +3,8 @@ messages arrive late and which are lost (``comms`` in the study).
 
 ``latency_s`` [s] delays and ``loss_rate`` drops the messages named in ``applies_to``:
 ``bids`` (each order, prosumers -> market) and ``interval_energy`` (each meter's billing
-energy, meters -> market). Losses are drawn by the sender from ``stream(seed, "comms",
+energy, meters -> market) and ``admm`` (the iterates of the distributed P2P clearing,
+both ways, :class:`LossDraws`). Losses are drawn by the sender from ``stream(seed, "comms",
 what, k, sender)``, one draw per message in send order, so both engines drop the same
 messages (HELICS's random-drop filter has its own, unseeded RNG); the federation applies
 the latency with a HELICS delay filter, the in-process engine by delivering at the first
@@ -58,3 +59,24 @@ class CommsLink:
                 > round(tl.market_time(k) * 1e9))  # HELICS time [ns], as runner.engine._ns
         kept = self.kept(seed, "bids", k, participants)
         return {p for p, ok in zip(participants, kept, strict=True) if late or not ok}
+
+
+class LossDraws:
+    """The losses of the ``what`` messages of interval ``k`` decided one message at a
+    time, as the senders send them (the iterates of the distributed ADMM clearing): the
+    j-th message of ``sender`` is lost when the j-th draw of ``stream(seed, "comms",
+    what, k, sender)`` is below ``loss_rate`` (as :meth:`CommsLink.kept`, so the drops
+    depend neither on the engine nor on how the senders are split over federates)."""
+
+    def __init__(self, link: CommsLink, seed: int, what: str, k: int) -> None:
+        self.seed, self.what, self.k = seed, what, k
+        self.rate = link.loss_rate if what in link.applies_to else 0.0
+        self._streams: dict[str, object] = {}
+
+    def kept(self, sender: str) -> bool:
+        if self.rate <= 0.0:
+            return True
+        g = self._streams.get(sender)
+        if g is None:
+            g = self._streams[sender] = stream(self.seed, "comms", self.what, self.k, sender)
+        return bool(g.random() >= self.rate)

@@ -46,3 +46,10 @@ def part_bounds(n: int, part: int, parts: int) -> tuple[int, int]:
 def federate_names(parts: int) -> list[str]:
     """Every federate of a run with ``parts`` prosumer parts (FEDERATES for one part)."""
     return [*prosumers_names(parts), *FEDERATES[1:]]
+
+
+def admm_endpoint(name: str) -> str:
+    """The endpoint of federate ``name`` (the market or a prosumers part) for the
+    iterates of the distributed P2P clearing (``market.mechanism: admm_distributed``;
+    registered only then, with the ``comms`` delay of ``admm``)."""
+    return f"{name}/admm"

@@ -54,6 +54,26 @@ once per view, the prosumers, meters and market once or twice per market interva
 with HELICS 3.6.1 the federation deadlocked at time 0 in a run with a delay filter on
 the bids (comms.latency_s), every federate waiting for a grant.)
 
+With ``market.mechanism: admm_distributed`` (and only then) the market clears k in
+explicit ADMM rounds r = 0, 1, ... after its market time, the peers' steps in the
+prosumers federates (federates.market.admm_distributed):
+
+                 admm_time(k, r)       = k*M + 0.5 + 2*r*ADMM_HOP_S   the market reads
+                                          the replies that have arrived; once a step's
+                                          replies are all in (or after its patience) it
+                                          ends the step (after a buyers' step: the price
+                                          update and the stopping test) and sends the
+                                          requests of the next (to the sellers, then to
+                                          the buyers), or, once done, its word that the
+                                          clearing is over, the confirmations and the
+                                          schedule
+                 admm_reply_time(k, r) = admm_time(k, r) + ADMM_HOP_S  the prosumers read
+                                          the requests (and the word) that have arrived
+                                          and reply
+                 the gate closes at round 2*ADMM_MAX_ITERATIONS, k*M + PHASE_ADMM_GATE_S;
+                 the prosumers listen for the word for ADMM_POLL_ROUNDS rounds at most
+                 (their last at k*M + 0.7399, before the dispatch phase at k*M + 0.75)
+
 After the last interval, the reports and settlement of the last interval happen at
 ``duration_s + 0.125``, ``duration_s + 0.25`` and ``duration_s + 0.5``. A physics
 step must therefore be at least 2 s long.
@@ -70,6 +90,15 @@ PHASE_MARKET_S = 0.5
 PHASE_DISPATCH_S = 0.75  # prosumers.flex_dispatch: cleared only
 PHASE_STEP_S = 1.0
 HOP_S = 0.001
+#: the distributed ADMM clearing (market.mechanism admm_distributed): one round is 2
+#: hops of ADMM_HOP_S [s] (market -> peers -> market); with perfect comms an iteration
+#: takes 2 rounds, and the gate at k*M + PHASE_ADMM_GATE_S is round 2*ADMM_MAX_ITERATIONS;
+#: the peers listen for the market's word that it is done for at most ADMM_POLL_ROUNDS
+#: rounds (their last at k*M + 0.7399)
+ADMM_HOP_S = 1e-4
+PHASE_ADMM_GATE_S = 0.7
+ADMM_MAX_ITERATIONS = 500  # (PHASE_ADMM_GATE_S - PHASE_MARKET_S) / (4 * ADMM_HOP_S)
+ADMM_POLL_ROUNDS = 1200
 TIME_TOL_S = 1e-6  # HELICS keeps time in integer ns; compare granted times with this
 MAX_ROUNDS = 100
 
@@ -170,6 +199,22 @@ class Timeline:
         interval)."""
         room = self.ami_time(k + 1) - self.interval_start_s(k) - PHASE_STEP_S - 2 * HOP_S
         return int(room / (2 * HOP_S))
+
+    def admm_time(self, k: int, h: int) -> float:
+        """Round ``h`` of the distributed ADMM clearing of ``k``: the market reads the
+        replies that have arrived and sends requests (or its word that it is done); at
+        most 2 * ADMM_MAX_ITERATIONS, the gate."""
+        if not 0 <= h <= 2 * ADMM_MAX_ITERATIONS:
+            raise ValueError(f"interval {k}: ADMM round {h} outside 0..{2 * ADMM_MAX_ITERATIONS} "
+                             f"(the gate closes at k*M + {PHASE_ADMM_GATE_S})")
+        return self.market_time(k) + 2 * h * ADMM_HOP_S
+
+    def admm_reply_time(self, k: int, h: int) -> float:
+        """The prosumers read the requests of round ``h`` of ``k`` that have arrived
+        (and the market's word that it is done) and reply."""
+        if not 0 <= h < ADMM_POLL_ROUNDS:
+            raise ValueError(f"interval {k}: ADMM reply {h} outside 0..{ADMM_POLL_ROUNDS - 1}")
+        return self.market_time(k) + 2 * h * ADMM_HOP_S + ADMM_HOP_S
 
     @property
     def final_time(self) -> float:

@@ -7,11 +7,14 @@ from __future__ import annotations
 import logging
 
 from federates.common import keys
+from federates.common.admm import decode_admm, encode_admm
+from federates.common.comms import CommsLink
 from federates.common.conservation import ConservationError
 from federates.common.door import Door
 from federates.common.messages import decode, encode
 from federates.common.study import Study
 from federates.common.tables import drain_due, study_chunk_intervals
+from federates.common.timeline import ADMM_MAX_ITERATIONS
 from federates.market.role import MarketRole, MarketTime
 from federates.runtime import drain_into, federate_main, stop_federate
 
@@ -32,6 +35,11 @@ class _MarketDoor:
         self.position = {p: j for j, p in enumerate(participants)}
         self.part_of = {p: i for i in range(parts)
                         for p in participants[slice(*keys.part_bounds(len(participants), i, parts))]}
+        self.admm_ep = None
+        m = study.cfg.market
+        if m.topology == "p2p" and m.mechanism == "admm_distributed":
+            self.admm_ep = door.endpoint(keys.admm_endpoint(keys.MARKET))
+            door.add_delay_filter(self.admm_ep, CommsLink.of(study.cfg.comms).latency_of("admm"))
 
     def inbox(self) -> dict[str, list]:
         """Everything received by now, by kind; orders in site order."""
@@ -44,6 +52,25 @@ class _MarketDoor:
         if self.parts > 1:  # parts' orders arrive interleaved: site order, as from one federate
             inbox["orders"].sort(key=lambda o: self.position.get(o.participant, len(self.position)))
         return inbox
+
+    def admm(self, k: int, role: MarketRole, tl) -> MarketTime:
+        """The distributed clearing of ``k`` (``market.mechanism: admm_distributed``), one
+        round at a time (``timeline.admm_time``): the replies that have arrived in,
+        each part's requests out; once done, the word to every part."""
+        for h in range(2 * ADMM_MAX_ITERATIONS + 1):
+            self.door.advance(tl.admm_time(k, h))
+            replies = [r for text in self.door.receive(self.admm_ep) for r in decode_admm(text)[2]]
+            requests, out = role.admm_round(k, h, replies)
+            if out is not None:
+                for name in self.names:
+                    self.door.send(self.admm_ep, keys.admm_endpoint(name), encode_admm(k, [], done=True))
+                return out
+            by_part: dict[int, list] = {}
+            for r in requests:
+                by_part.setdefault(self.part_of.get(r.participant, 0), []).append(r)
+            for i, mine in sorted(by_part.items()):
+                self.door.send(self.admm_ep, keys.admm_endpoint(self.names[i]), encode_admm(k, mine))
+        raise RuntimeError(f"interval {k}: the distributed clearing did not end by its gate")
 
     def send(self, k: int, out: MarketTime) -> None:
         """The confirmations of ``k`` to the prosumers (each part its own) and the DSO,
@@ -73,6 +100,8 @@ def run(study: Study, broker: str, log: logging.Logger, sink):
             inbox = link.inbox()
             out = role.on_market_time(k, inbox["orders"], inbox["interval_energy"], inbox["curtailments"],
                                       inbox["envelopes"], inbox["grid_constraints"], losses=inbox["loss_energy"])
+            if out is None:  # market.mechanism admm_distributed: the peers clear k
+                out = link.admm(k, role, tl)
             if k < tl.n_intervals:
                 link.send(k, out)
                 if drain_due(tl, k, every):

@@ -42,6 +42,9 @@ MECHANISMS: dict[str, dict[str, Mechanism]] = {
     "p2p": {
         "lp": clear_p2p_lp,
         "admm": _p2p_admm,
+        # in a study the peers run the iterations (federates.market.admm_distributed, the
+        # same iterates); called alone, with no peers to ask, it is the central one
+        "admm_distributed": _p2p_admm,
     },
     "hybrid": {
         "two_level": clear_hybrid,

@@ -57,6 +57,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from federates.common.admm import Groups as _Groups
+from federates.common.admm import norm as _norm
+from federates.common.admm import project_groups as _project_groups
 from federates.common.lazy import LazyModule
 from federates.common.messages import GRID, Order, Trade
 from federates.market.book import ClearingResult, ClearingStatus, confirmations_from, valid_order
@@ -376,84 +379,6 @@ def _project_capped(v: np.ndarray, cap: float) -> np.ndarray:
     rho_idx = np.nonzero(u - css / k > 0)[0][-1]
     tau = css[rho_idx] / (rho_idx + 1)
     return np.maximum(v - tau, 0.0)
-
-
-@dataclass(frozen=True)
-class _Groups:
-    """Pairs grouped by one side's order: ``perm`` puts the pairs in group order (stable),
-    ``member`` is each of those entries' group, ``starts`` the groups' first entries,
-    ``cap`` their energies [kWh]."""
-
-    perm: np.ndarray
-    inverse: np.ndarray
-    member: np.ndarray
-    starts: np.ndarray
-    cap: np.ndarray
-
-    @classmethod
-    def of(cls, idx: np.ndarray, cap_kwh: list[float]) -> _Groups:
-        perm = np.argsort(idx, kind="stable")
-        inverse = np.empty_like(perm)
-        inverse[perm] = np.arange(len(perm))
-        g = idx[perm]
-        new = np.r_[True, g[1:] != g[:-1]]
-        starts = np.flatnonzero(new)
-        return cls(perm, inverse, np.cumsum(new) - 1, starts,
-                   np.asarray(cap_kwh, dtype=float)[g[starts]])
-
-
-def _project_groups(v: np.ndarray, gr: _Groups,
-                    tau: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """``_project_capped`` of every group of ``v`` (in group order) at once: (x, tau).
-
-    x = max(v - tau_g, 0) with tau_g = 0 where the group's positive part fits its cap,
-    else the root of sum max(v - tau, 0) = cap. Only positive entries can be non-zero, so
-    the root is found on those alone: Newton steps on the active set (Michelot's
-    iteration), started from the previous call's ``tau`` (ADMM moves it little) and
-    restarted from Michelot's lower bound if that start leaves a group empty; each group
-    stops when its tau no longer changes, i.e. at the exact root of its final active set.
-    """
-    n_g = len(gr.starts)
-    x = np.zeros(len(v))
-    pos = np.flatnonzero(v > 0.0)
-    if not len(pos):
-        return x, np.zeros(n_g)
-    vp = v[pos]
-    gp = gr.member[pos]
-    total = np.bincount(gp, weights=vp, minlength=n_g)
-    need = total > gr.cap
-    t = np.zeros(n_g)
-    if need.any():
-        count = np.bincount(gp, minlength=n_g)
-        low = (total - gr.cap) / np.maximum(count, 1)  # Michelot's start: <= the root
-        t = np.where(need, low if tau is None else np.maximum(tau, low), 0.0)
-        todo = np.flatnonzero(need)
-        sub = need[gp]  # entries of the groups still iterating
-        vs, gs = vp[sub], gp[sub]
-        for _ in range(4 * len(vp) + 2):  # finite: Newton on a piecewise-linear root
-            act = vs > t[gs]
-            cnt = np.bincount(gs[act], minlength=n_g)
-            sm = np.bincount(gs[act], weights=vs[act], minlength=n_g)
-            cur = t[todo]
-            new = np.where(cnt[todo] > 0, (sm[todo] - gr.cap[todo]) / np.maximum(cnt[todo], 1),
-                           low[todo])
-            moved = new != cur
-            if not moved.any():
-                break
-            t[todo] = new
-            todo = todo[moved]
-            keep = np.zeros(n_g, dtype=bool)
-            keep[todo] = True
-            sub = keep[gs]
-            vs, gs = vs[sub], gs[sub]
-    x[pos] = np.maximum(vp - t[gp], 0.0)
-    return x, t
-
-
-def _norm(v: np.ndarray) -> float:
-    """Euclidean norm without BLAS (whose threads, on a busy 2-core machine, cost more
-    than the sum: 15 ms instead of 0.1 ms for 100k entries)."""
-    return math.sqrt(float(np.add.reduce(v * v)))
 
 
 def clear_p2p_admm(

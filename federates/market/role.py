@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pandas as pd
 
+from federates.common.admm import AdmmReply, AdmmRequest
+from federates.common.comms import CommsLink
 from federates.common.config import StudyFile
 from federates.common.conservation import ENERGY_TOLERANCE_KWH, MONEY_TOLERANCE_USD, Conservation
 from federates.common.messages import (
@@ -36,6 +38,7 @@ from federates.common.messages import (
     peer_energy_by_order,
 )
 from federates.common.tariff import TABLE as TARIFF_TABLE
+from federates.market.admm_distributed import ADMM_ROUNDS_DTYPES, AdmmCoordinator
 from federates.market.books import LEDGER_TOTALS, ledger_differences, money_flows
 from federates.market.community import ClearingResult
 from federates.market.fastbook import adopt
@@ -51,7 +54,7 @@ from federates.market.ledger import (
     verified_bid_records,
 )
 from federates.market.mechanisms import MECHANISMS
-from federates.market.p2p import electrical_distance_charges
+from federates.market.p2p import build_book, electrical_distance_charges
 from federates.market.prices import with_confirmation_prices
 from federates.market.settlement import SettlementRow, market_price_of, settle_interval
 
@@ -268,6 +271,15 @@ class MarketRole:
         self._ledger: Ledger | None = None
         self.books = Conservation("market", cfg.feeder.conservation)  # the live money and ledger checks
         self._imbalance_rule = cfg.market.imbalance_price
+        # the distributed P2P clearing (market.mechanism admm_distributed): its gate
+        # closure in iterations, the clearing under way and what it will finish with
+        self._admm_max_iterations = (m.admm_max_iterations if m.topology == "p2p" and m.mechanism == "admm_distributed"
+                                     else None)
+        self._comms = CommsLink.of(cfg.comms)
+        self._admm: AdmmCoordinator | None = None
+        self._admm_open: tuple = ()
+        self._admm_constraints = False
+        self._admm_rows: list[dict] = []
         self._loss_price = cfg.market.loss_price
         if ledger_path is not None and m.ledger:
             self._keys = KeyRing.from_seed(cfg.study.seed, self.participants)
@@ -286,7 +298,7 @@ class MarketRole:
         envelopes: list[OperatingEnvelope] | None = None,
         constraints: list[GridConstraint] | None = None,
         losses: list[LossEnergy] | None = None,
-    ) -> MarketTime:
+    ) -> MarketTime | None:
         """Settle ``k-1`` (if ``k >= 1``), then clear ``k`` (if ``k < n_intervals``).
 
         ``orders``: the bids and offers received for ``k`` (orders of another interval
@@ -317,6 +329,10 @@ class MarketRole:
 
         ``losses`` (``market.settle_losses``): each customer's share of the feeder's
         losses of ``k-1`` [kWh], charged in its settlement at ``market.loss_price``.
+
+        With ``market.mechanism: admm_distributed`` (k < n_intervals) the clearing of
+        ``k`` only begins here and None is returned: :meth:`admm_round` drives it
+        and returns the MarketTime when it is over.
         """
         n = self.n_intervals
         if not 0 <= k <= n:
@@ -324,23 +340,51 @@ class MarketRole:
         if self._last_k is not None and k <= self._last_k:
             raise ValueError(f"market time k={k} after k={self._last_k}: must increase")
         self._last_k = k
+        if self._admm is not None:
+            raise RuntimeError(f"market time k={k}: the distributed clearing of {self._admm.k} is not over")
 
         # the ledger gets two blocks per market time: the closing block of k-1
         # (curtailments, settlements) and the opening block of k (bids, trades)
         if k >= 1:
             self._close_interval(k - 1, energies, notices, losses or [])
-        schedule_p_kw = np.zeros(len(self.participants), dtype=float)
         if k == n:
             if self._ledger is not None:
                 self._ledger.close()
-            return MarketTime([], schedule_p_kw, None)
-        result, env_k = self._open_interval(k, orders, envelopes or [], constraints or [])
+            return MarketTime([], np.zeros(len(self.participants), dtype=float), None)
+        opened = self._open_interval(k, orders, envelopes or [], constraints or [])
+        if opened is None:  # the distributed clearing has begun: admm_round ends it
+            self._admm_constraints = bool(constraints)
+            return None
+        return self._market_time_out(*opened, bool(constraints))
+
+    def admm_round(self, k: int, h: int, replies: list[AdmmReply]) -> tuple[list[AdmmRequest], MarketTime | None]:
+        """Round ``h`` of the distributed clearing of ``k`` (``market.mechanism:
+        admm_distributed``, begun by :meth:`on_market_time`, which then returned None;
+        federates.market.admm_distributed): take the peers' ``replies`` that have
+        arrived; the requests to send, and, once the clearing is over, what the market
+        sends at its market time (then no requests)."""
+        admm = self._admm
+        if admm is None or admm.k != k:
+            raise RuntimeError(f"interval {k}: no distributed clearing under way")
+        requests = admm.on_round(h, replies)
+        if not admm.done:
+            return requests, None
+        self._admm = None
+        self._admm_rows.append(admm.row)
+        result = self._finish_open(k, self._numbered_result(admm.result), *self._admm_open)
+        return [], self._market_time_out(result, self._admm_open[-1], self._admm_constraints)
+
+    def _market_time_out(self, result: ClearingResult, env_k: list[OperatingEnvelope],
+                         constrained: bool) -> MarketTime:
+        """What the market sends once ``k`` is cleared: the confirmations, the schedule,
+        and with grid constraints the envelopes the clearing set."""
+        schedule_p_kw = np.zeros(len(self.participants), dtype=float)
         interval_h = self._timeline.interval_h
         for c in result.confirmations:
             i = self._index.get(c.participant)
             if i is not None:
                 schedule_p_kw[i] = c.scheduled_kwh / interval_h
-        return MarketTime(list(result.confirmations), schedule_p_kw, env_k if constraints else None)
+        return MarketTime(list(result.confirmations), schedule_p_kw, env_k if constrained else None)
 
     def _close_interval(self, k: int, energies: list[IntervalEnergy], notices: list[CurtailmentNotice],
                         losses: list[LossEnergy]) -> None:
@@ -355,10 +399,12 @@ class MarketRole:
             self._check_ledger(k, rows)
 
     def _open_interval(self, k: int, orders: list[Order], envelopes: list[OperatingEnvelope],
-                       constraints: list[GridConstraint]) -> tuple[ClearingResult, list[OperatingEnvelope]]:
+                       constraints: list[GridConstraint]
+                       ) -> tuple[ClearingResult, list[OperatingEnvelope]] | None:
         """Clear interval ``k`` from the signed orders of ``k`` the grid admits, record
         every order received, and seal the opening block: the bids, the envelopes the
-        clearing used, the trades. Returns the result and those envelopes."""
+        clearing used, the trades. Returns the result and those envelopes (None when the
+        distributed clearing begins: :meth:`admm_round` finishes)."""
         raw = [o for o in orders if o.interval == k]
         # every order received keeps a bids row: (order, energy accepted for clearing, cut reason)
         rows: list[tuple[Order, float, str]] = [
@@ -371,7 +417,20 @@ class MarketRole:
         rows += [(o, a, why) for o, a, why in zip(raw, accepted, reason, strict=True)]
         self._envelopes.extend(dict(vars(e)) for e in env_k)
         self._clipped_kwh = float(sum(o.energy_kwh for o in raw) - sum(o.energy_kwh for o in mine))
-        result = self._cleared(k, mine)
+        if self._admm_max_iterations is not None:
+            self._admm = AdmmCoordinator(
+                build_book(mine, interval=k, retail_usd_per_kwh=self.tariff.retail(k),
+                           feed_in_usd_per_kwh=self.tariff.feed_in(k), **self._charges(mine)),
+                comms=self._comms, seed=self.cfg.study.seed, max_iterations=self._admm_max_iterations,
+                patience=self.cfg.market.admm_patience_rounds)
+            self._admm_open = (rows, late, bid_records, env_k)
+            return None
+        return self._finish_open(k, self._cleared(k, mine), rows, late, bid_records, env_k), env_k
+
+    def _finish_open(self, k: int, result: ClearingResult, rows: list[tuple[Order, float, str]], late: int,
+                     bid_records: list[dict], env_k: list[OperatingEnvelope]) -> ClearingResult:
+        """The rest of :meth:`_open_interval` once ``k`` is cleared: keep the result for
+        the settlement, record the clearing, seal the opening block."""
         self._pending[k] = result
         self._record_clearing(k, rows, result, late)
         if self._keys is not None:
@@ -379,7 +438,7 @@ class MarketRole:
             opening += [make_record(self._keys, "envelope", k, e) for e in env_k]
             opening += [trade_record(self._keys, t) for t in result.trades]
             self._seal(k, opening)
-        return result, env_k
+        return result
 
     def _signed(self, orders: list[Order]) -> tuple[list[Order], list[Order], list[dict]]:
         """With a ledger only the orders their participant signed are cleared: ``(signed,
@@ -424,17 +483,25 @@ class MarketRole:
     def _cleared(self, k: int, orders: list[Order]) -> ClearingResult:
         """``orders`` cleared by the study's mechanism (with the P2P distance charges
         where set), the confirmations' prices set and the trades numbered."""
-        extra = {}
-        if self._distances is not None:
-            known = [o for o in orders if o.participant in self._index]
-            extra["charges"] = electrical_distance_charges(known, self._distances, self._charge_rate)
         retail = self.tariff.retail(k)
         result = self._clear(orders, interval=k, retail_usd_per_kwh=retail,
-                             feed_in_usd_per_kwh=self.tariff.feed_in(k), **extra)
+                             feed_in_usd_per_kwh=self.tariff.feed_in(k), **self._charges(orders))
         if any(not o.backstop for o in orders):
             result = _without_backstop(result, orders, retail)
-        result = with_confirmation_prices(result)
-        return replace(result, trades=_numbered(k, result.trades))
+        return self._numbered_result(result)
+
+    def _charges(self, orders: list[Order]) -> dict:
+        """The P2P distance charges of ``orders`` as a keyword argument, where set."""
+        if self._distances is None:
+            return {}
+        known = [o for o in orders if o.participant in self._index]
+        return {"charges": electrical_distance_charges(known, self._distances, self._charge_rate)}
+
+    @staticmethod
+    def _numbered_result(cleared: ClearingResult) -> ClearingResult:
+        """The confirmations' prices set and the trades numbered."""
+        result = with_confirmation_prices(cleared)
+        return replace(result, trades=_numbered(result.interval, result.trades))
 
     def _clip_to_envelopes(self, orders: list[Order], envelopes: list[OperatingEnvelope]) -> list[Order]:
         """Orders with each participant's sell (buy) energy within its envelope [kWh], in
@@ -637,6 +704,9 @@ class MarketRole:
             TARIFF_TABLE: self.tariff.table().iloc[self._tariff_rows].reset_index(drop=True),
             **self.books.table(),
         }
+        if self._admm_max_iterations is not None:  # only a distributed clearing has it
+            out["admm_rounds"] = _frame(self._admm_rows, ADMM_ROUNDS_DTYPES)
+            self._admm_rows = []
         self.books.forget()
         self._tariff_rows = []
         self._bids, self._trades, self._clearing = [], [], []

@@ -11,6 +11,7 @@ from collections import defaultdict
 from functools import partial
 
 from federates.common import keys
+from federates.common.admm import decode_admm, encode_admm
 from federates.common.door import Door
 from federates.common.messages import (
     Confirmation,
@@ -21,6 +22,7 @@ from federates.common.messages import (
 )
 from federates.common.study import Study
 from federates.common.tables import drain_due, study_chunk_intervals
+from federates.common.timeline import ADMM_POLL_ROUNDS
 from federates.prosumers.role import ProsumersRole
 from federates.runtime import drain_into, federate_main
 
@@ -36,6 +38,10 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
     pub = door.publication(*keys.deviation_key(part, parts))
     ep = door.endpoint(name)
     door.add_delay_filter(ep, role.comms.latency_of("bids"))  # comms: bids arrive late
+    admm_ep = None
+    if role.admm is not None:  # market.mechanism admm_distributed: the agents step here
+        admm_ep = door.endpoint(keys.admm_endpoint(name))
+        door.add_delay_filter(admm_ep, role.comms.latency_of("admm"))
     inbox: dict[int, list[Confirmation]] = defaultdict(list)
     calls: dict[int, list[DemandResponseCall]] = defaultdict(list)  # the DSO's, by interval
     envelopes: dict[int, list[OperatingEnvelope]] = defaultdict(list)  # the DSO's (cleared only)
@@ -70,6 +76,8 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
             orders, deviation_p_kw = role.bids_sent(k)
             door.send(ep, keys.MARKET, encode(orders, kind="orders", interval=k))
             door.publish(pub, deviation_p_kw.ravel())
+            if admm_ep is not None:
+                _admm_steps(door, admm_ep, role, tl, k)
             if drain_due(tl, k, every):
                 drain_into(part_sink, role)
         door.advance(tl.report_time(tl.n_intervals))
@@ -81,6 +89,25 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
     if parts == 1:
         return role.tables()
     return {f"{table}.part{part}": df for table, df in role.tables().items()}  # runner.launch merges
+
+
+def _admm_steps(door: Door, ep, role: ProsumersRole, tl, k: int) -> None:
+    """The agents' steps in the distributed clearing of ``k``: at each reply time
+    (``timeline.admm_reply_time``) the market's requests that have arrived, the replies
+    out, until the market's word that it is done (or the last reply time)."""
+    market = keys.admm_endpoint(keys.MARKET)
+    for h in range(ADMM_POLL_ROUNDS):
+        door.advance(tl.admm_reply_time(k, h))
+        requests, done = [], False
+        for text in door.receive(ep):
+            interval, over, items = decode_admm(text)
+            if interval == k:  # words of an earlier interval came after its part stopped listening
+                requests += items
+                done = done or over
+        if requests:
+            door.send(ep, market, encode_admm(k, role.admm_replies(k, requests)))
+        if done:
+            return
 
 
 class _PartSink:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from federates.common.admm import AdmmReply, AdmmRequest
 from federates.common.comms import CommsLink
 from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
@@ -47,6 +48,7 @@ from federates.common.rng import stream
 from federates.market.ledger import KeyRing, sign_order
 from federates.prosumers import battery, measured, profiles
 from federates.prosumers.adaptive import ADAPTIVE_STRATEGIES, AdaptiveBidders
+from federates.prosumers.admm_agents import AdmmAgents
 from federates.prosumers.agents import ProsumerSpec, make_specs, spec_arrays
 from federates.prosumers.flex.demand import FlexDemand
 from federates.prosumers.flex.dispatch import paid_prices
@@ -230,6 +232,12 @@ class ProsumersRole:
             else None
         )
         self.comms = CommsLink.of(cfg.comms)
+        #: the agents' side of the distributed P2P clearing (``market.mechanism:
+        #: admm_distributed``), else None
+        self.admm: AdmmAgents | None = (
+            AdmmAgents(self.participants, self.comms, self.seed)
+            if m.topology == "p2p" and m.mechanism == "admm_distributed" else None
+        )
         #: EVs and heat pumps / ACs (``prosumers.ev``, ``prosumers.hvac``); None without any.
         #: On for every part of a split federate alike (its tables exist where a part owns none)
         self._dr_calls: dict[int, dict[int, tuple[float, str, str]]] = {}  # {k: {site position: call}}
@@ -446,6 +454,8 @@ class ProsumersRole:
         lost = self.comms.unscheduled(self.seed, self.timeline, k, senders)
         unscheduled_kw = np.where(np.isin(self.participants, list(lost)), self.forecast_net_kw[k], 0.0)
         sent = [o for o, ok in zip(orders, kept, strict=True) if ok]
+        if self.admm is not None:
+            self.admm.hold(k, sent)
         return sent, self.interval_deviations(k) + unscheduled_kw
 
     def orders_sent(self, k: int) -> list[Order]:
@@ -497,6 +507,14 @@ class ProsumersRole:
             self.flex.dispatch(k, self._t_out(blk, k - blk.k0), paid, room)
         scheduled = np.array([conf[p].scheduled_kwh / h if p in conf else 0.0 for p in self.participants])
         return self.interval_deviations(k, reference_kw=scheduled)
+
+    def admm_replies(self, k: int, requests: list[AdmmRequest]) -> list[AdmmReply]:
+        """The agents' steps on the market's ADMM requests of interval ``k`` that have
+        arrived, the replies the comms layer does not lose (``market.mechanism:
+        admm_distributed``; :class:`AdmmAgents`)."""
+        if self.admm is None:
+            raise RuntimeError("ADMM requests without market.mechanism admm_distributed")
+        return self.admm.replies(k, requests)
 
     def on_demand_response(self, k: int, calls: list[DemandResponseCall]) -> None:
         """The DSO's demand-response calls for interval ``k`` (before ``bids(k)``); calls to

@@ -22,4 +22,4 @@ def test_unknown_mechanism_names_the_allowed_ones():
     with pytest.raises(ConfigError) as e:
         validate({"market": {"topology": "p2p", "mechanism": "uniform_price"}})
     text = str(e.value)
-    assert "market.mechanism" in text and "admm, lp" in text
+    assert "market.mechanism" in text and "admm, admm_distributed, lp" in text

@@ -187,6 +187,10 @@ def _market_checks(cfg: StudyFile, base_dir: Path) -> list[Problem]:
     if m.settle_losses and not cfg.feeder.loss_allocation:
         problems.append(Problem("market.settle_losses", "needs the per-customer losses",
                                 "feeder.loss_allocation: true"))
+    if "admm" in cfg.comms.applies_to and m.mechanism != "admm_distributed":
+        problems.append(Problem("comms.applies_to", "'admm' names the iterates of the distributed P2P clearing, "
+                                f"which market.mechanism {m.mechanism!r} does not send",
+                                "market.topology: p2p, market.mechanism: admm_distributed"))
     if m.feed_in_usd_per_kwh >= m.retail_usd_per_kwh:
         problems.append(Problem("market.feed_in_usd_per_kwh", "must be below the retail tariff", f"< {m.retail_usd_per_kwh:g}"))
     return problems + _tariff_checks(cfg, base_dir)

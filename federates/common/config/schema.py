@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from federates.common.config.presets import GRID_PRESETS
-from federates.common.timeline import Timeline
+from federates.common.timeline import ADMM_MAX_ITERATIONS, Timeline
 from federates.common.units import parse_duration_s
 
 MAX_DURATION_S = 366 * 86400.0  # study.duration [s]
@@ -439,7 +439,7 @@ class ProsumersConfig(_Strict):
 #: (tests/unit/test_mechanisms.py checks the two agree).
 MECHANISMS_OF_TOPOLOGY: dict[str, tuple[str, ...]] = {
     "community": ("lp", "pay_as_bid", "uniform_price"),
-    "p2p": ("admm", "lp"),
+    "p2p": ("admm", "admm_distributed", "lp"),
     "hybrid": ("two_level",),
 }
 #: the clearing mechanism of a topology whose config names none
@@ -564,6 +564,26 @@ class MarketConfig(_Strict):
             "sends linearised voltage, thermal and substation constraints and a "
             "welfare-maximising LP accepts the orders the grid can take before the "
             "clearing; 'off' = none."
+        ),
+    )
+
+    admm_max_iterations: Annotated[int, Field(ge=1, le=ADMM_MAX_ITERATIONS)] = Field(
+        default=ADMM_MAX_ITERATIONS,
+        description=(
+            "mechanism admm_distributed: the most ADMM iterations (each a sellers' and a "
+            "buyers' step, messages market -> peers -> market, federates.common.timeline); "
+            "an interval not converged by then goes to the grid at retail / feed-in "
+            f"(at most {ADMM_MAX_ITERATIONS}: what fits before k*M + 0.7)."
+        ),
+    )
+
+    admm_patience_rounds: Annotated[int, Field(ge=1, le=2 * ADMM_MAX_ITERATIONS)] = Field(
+        default=4,
+        description=(
+            "mechanism admm_distributed: how many rounds (2e-4 s apart, "
+            "federates.common.timeline.admm_time) the market waits for the peers' replies "
+            "to a step before it goes on with the last values it has (a lost or late "
+            "iterate); with perfect comms every reply is in after 1 round."
         ),
     )
 
@@ -891,7 +911,12 @@ class CommsConfig(_Strict):
     ``latency_s`` [s] delays and ``loss_rate`` drops the messages named in
     ``applies_to``: ``bids`` (each order, prosumers -> market, sent at ``k*M + 0.25``)
     and ``interval_energy`` (each meter's billing energy, meters -> market, sent at
-    ``k*M + 0.25``). A message arriving after its interval's market time (``k*M + 0.5``,
+    ``k*M + 0.25``), and, when listed, ``admm`` (every iterate of the distributed P2P
+    clearing, ``market.mechanism: admm_distributed``, both ways, per peer: a lost or late
+    iterate leaves the receiver with the last one it had; rounds are 2e-4 s apart, 1e-4 s a
+    hop, so a latency up to 1e-4 s costs nothing and a longer one makes the replies of a
+    step wait for later rounds, ``market.admm_patience_rounds``). A message arriving after its interval's market
+    time (``k*M + 0.5``,
     i.e. ``latency_s >= 0.25``) is seen at a later market time: a late order (counted,
     ignored) or a missing reading (the settlement's ``missing_reading`` rule). The
     per-solve control readings are not affected: Volt-VAR / Volt-Watt measure at the
@@ -903,7 +928,7 @@ class CommsConfig(_Strict):
 
     latency_s: NonNegFloat = 0.0
     loss_rate: Fraction = 0.0
-    applies_to: list[Literal["bids", "interval_energy"]] = ["bids", "interval_energy"]
+    applies_to: list[Literal["bids", "interval_energy", "admm"]] = ["bids", "interval_energy"]
 
 
 class StudyFile(_Strict):
