@@ -133,6 +133,7 @@ class _Engine:
         self.deviation_p_kw = np.zeros((0, len(study.sites)))
         self.notices: list = []
         self.losses: list = []
+        self.deliveries: list = []  # what the demand-response calls of k-1 got, to the market
         self.envelopes: list = []
         self.constraints: list = []
         self.inverter_envelopes: list = []
@@ -144,7 +145,7 @@ class _Engine:
 
     def report_time(self, k: int) -> None:
         """The AMI and report times of ``k``: confirmations of k-1 to the prosumers and
-        their bids for k; the meters' readings of k-1; the feeder's curtailments (and
+        their bids for k (and what the demand-response calls of k-1 got); the meters' readings of k-1; the feeder's curtailments (and
         losses) of k-1; the DSO's envelopes or grid constraints for k."""
         tl, last = self.tl, k == self.tl.n_intervals
         if k >= 1:
@@ -152,6 +153,7 @@ class _Engine:
         if self.dr_calls:
             self.prosumers.on_demand_response(k, self.dr_calls)
             self.dr_calls = []
+        self.deliveries = self.prosumers.dr_deliveries(k - 1) if k >= 1 else []
         if not last:
             bids, self.deviation_p_kw = self.prosumers.bids_sent(k)
             self.inflight.post("bids", bids, tl.report_time(k))
@@ -176,7 +178,8 @@ class _Engine:
         t_s = self.tl.market_time(k)
         out = self.market.on_market_time(k, self.inflight.deliver("bids", t_s),
                                          self.inflight.deliver("interval_energy", t_s), self.notices,
-                                         self.envelopes, self.constraints, losses=self.losses)
+                                         self.envelopes, self.constraints, losses=self.losses,
+                                         deliveries=self.deliveries)
         self.confirmations, self.schedule_p_kw = out.confirmations, out.schedule_p_kw
         # the inverters hold the export envelopes: the DSO's, or what the constrained clearing accepted
         self.inverter_envelopes = self.envelopes if out.inverter_envelopes is None else out.inverter_envelopes

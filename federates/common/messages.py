@@ -235,6 +235,23 @@ class DemandResponseCall:
     element: str
 
 
+@dataclass(frozen=True)
+class DemandResponseDelivery:
+    """What a called customer's devices cut in market interval ``interval``: the call
+    (``requested_kw`` [kW] on average over the interval, its ``limit`` and ``element``)
+    and the energy they cut against their own plan (``reduced_kwh`` [kWh, >= 0]). Sent
+    by the prosumers to the market at the report time of ``interval + 1``, as the
+    feeder's curtailment notices; the settlement pays up to the call
+    (``federates/market/settlement.py``, rule 3c)."""
+
+    participant: str
+    interval: int
+    requested_kw: float
+    reduced_kwh: float
+    limit: str
+    element: str
+
+
 def _finite(value: object, what: str) -> float:
     """``value`` as a finite float, else ValueError naming ``what``."""
     try:
@@ -391,6 +408,7 @@ _KINDS: dict[str, type] = {
     "grid_constraints": GridConstraint,
     "views_done": ViewsDone,
     "dr_calls": DemandResponseCall,
+    "dr_delivered": DemandResponseDelivery,
 }
 _KIND_OF: dict[type, str] = {v: k for k, v in _KINDS.items()}
 #: message kinds whose fields hold no dataclass (all of them: tests/unit/test_messages.py

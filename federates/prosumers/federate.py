@@ -1,5 +1,7 @@
 """Prosumers federate: per market interval the bids (one message to the market) and the
-real deviations of every step of the interval (one value)."""
+real deviations of every step of the interval (one value); with demand response, what
+the last interval's calls got (one message to the market, from an endpoint of its own:
+the comms layer's delay filter is the bids')."""
 
 from __future__ import annotations
 
@@ -28,6 +30,11 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
     pub = door.publication(*keys.deviation_key(part, parts))
     ep = door.endpoint(name)
     door.add_delay_filter(ep, role.comms.latency_of("bids"))  # comms: bids arrive late
+    dr_ep = door.endpoint(f"{name}.dr") if role.dr_on else None
+
+    def send_deliveries(k: int) -> None:  # what the calls of k got, at the report time of k + 1
+        if dr_ep is not None:
+            door.send(dr_ep, keys.MARKET, encode(role.dr_deliveries(k), kind="dr_delivered", interval=k))
     inbox: dict[int, list[Confirmation]] = defaultdict(list)
     calls: dict[int, list[DemandResponseCall]] = defaultdict(list)  # the DSO's, by interval
     every = study_chunk_intervals(cfg, len(study.sites))
@@ -47,6 +54,8 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
                 role.on_confirmations(k - 1, inbox.pop(k - 1, []))
             if k in calls:
                 role.on_demand_response(k, calls.pop(k))
+            if k >= 1:
+                send_deliveries(k - 1)
             orders, deviation_p_kw = role.bids_sent(k)
             door.send(ep, keys.MARKET, encode(orders, kind="orders", interval=k))
             door.publish(pub, deviation_p_kw.ravel())
@@ -55,6 +64,7 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
         door.advance(tl.report_time(tl.n_intervals))
         drain()
         role.on_confirmations(tl.n_intervals - 1, inbox.pop(tl.n_intervals - 1, []))
+        send_deliveries(tl.n_intervals - 1)
     finally:
         door.close()
     if parts == 1:

@@ -39,7 +39,7 @@ from federates.common.comms import CommsLink
 from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
 from federates.common.keys import part_bounds
-from federates.common.messages import Confirmation, DemandResponseCall, Order
+from federates.common.messages import Confirmation, DemandResponseCall, DemandResponseDelivery, Order
 from federates.common.rng import stream
 from federates.market.ledger import KeyRing, sign_order
 from federates.prosumers import battery, measured, profiles
@@ -407,6 +407,17 @@ class ProsumersRole:
                 for c in calls if c.participant in pos and c.interval == k}
         if mine and self.flex is not None:
             self._dr_calls[k] = mine
+
+    def dr_deliveries(self, k: int) -> list[DemandResponseDelivery]:
+        """What the demand-response calls of interval ``k`` got (site order): sent to the
+        market at the report time of ``k + 1``, which pays them in ``k``'s settlement
+        (``federates/market/settlement.py``, rule 3c). Empty without a call; given once."""
+        return [] if self.flex is None else self.flex.deliveries(k)
+
+    @property
+    def dr_on(self) -> bool:
+        """Whether the DSO's demand response runs (its deliveries go to the market)."""
+        return self.flex is not None and self.flex.dr_on
 
     def on_confirmations(self, k: int, confirmations: list[Confirmation]) -> None:
         """The market's confirmations of interval ``k``: adaptive bidders learn from them;

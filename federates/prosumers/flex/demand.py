@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from federates.common.config import StudyFile
+from federates.common.messages import DemandResponseDelivery
 from federates.common.rng import stream
 from federates.prosumers.flex.ev import EvFleet, EvParams
 from federates.prosumers.flex.thermal import (
@@ -42,7 +43,7 @@ from federates.prosumers.flex.water_heater import KWH_PER_L_K, WaterHeaterParams
 SESSION_COLUMNS = ("participant", "arrival_step", "departure_step", "need_kwh", "delivered_kwh", "unmet_kwh")
 _NAME_DTYPE = pd.Series(np.array(["p"], dtype=object)).dtype  # as the profiles table's names
 DR_COLUMNS = ("interval", "participant", "requested_kw", "limit", "element", "reduced_kwh",
-              "price_usd_per_kwh", "credit_usd")
+              "price_usd_per_kwh", "credit_usd", "delivered_kw", "paid_kwh")
 FLEX_COLUMNS = ("interval", "participant", "ev_kwh", "hvac_kwh", "indoor_c_min", "indoor_c_max",
                 "setpoint_c", "expected_price_usd_per_kwh", "hvac_bid_usd_per_kwh", "discomfort_c_h",
                 "wh_kwh", "hot_water_short_kwh")
@@ -165,6 +166,8 @@ class FlexDemand:
         self.dr_price = float(dr.price_usd_per_kwh)
         #: the demand-response calls answered: one row per call (``demand_response`` table)
         self.dr_rows: list[dict] = []
+        #: what the called devices cut, by interval, until the market is told (``deliveries``)
+        self._delivered: dict[int, list[DemandResponseDelivery]] = {}
         self._k = -1
         self._rows: list[dict[str, np.ndarray]] = []
         self._acc: dict[str, np.ndarray] = {}
@@ -254,12 +257,18 @@ class FlexDemand:
         interval_h = self.tl.interval_h
         for i, (kw, limit, element) in sorted(calls.items()):
             reduced_kwh = max(float(base_kw[i] - out[i]), 0.0) * interval_h
+            paid_kwh = min(reduced_kwh, kw * interval_h)  # paid up to what was asked: more is not bought
             self.dr_rows.append({"interval": k, "participant": self.participants[i], "requested_kw": kw,
                                  "limit": limit, "element": element, "reduced_kwh": reduced_kwh,
-                                 "price_usd_per_kwh": self.dr_price,
-                                 # paid up to what was asked: more is not bought
-                                 "credit_usd": min(reduced_kwh, kw * interval_h) * self.dr_price})
+                                 "price_usd_per_kwh": self.dr_price, "credit_usd": paid_kwh * self.dr_price,
+                                 "delivered_kw": reduced_kwh / interval_h, "paid_kwh": paid_kwh})
+            self._delivered.setdefault(k, []).append(
+                DemandResponseDelivery(self.participants[i], k, float(kw), reduced_kwh, limit, element))
         return out
+
+    def deliveries(self, k: int) -> list[DemandResponseDelivery]:
+        """What the calls of interval ``k`` got (site order), for the market to pay; given once."""
+        return self._delivered.pop(k, [])
 
     def _open_interval(self, k: int, price: float, hvac_bid: np.ndarray) -> None:
         if self._k >= 0:
@@ -371,7 +380,8 @@ class FlexDemand:
                   "delivered_kwh": "float64", "unmet_kwh": "float64"})
         dr = pd.DataFrame(self.dr_rows, columns=list(DR_COLUMNS)).astype(
             {"interval": "int64", "requested_kw": "float64", "reduced_kwh": "float64",
-             "price_usd_per_kwh": "float64", "credit_usd": "float64"})
+             "price_usd_per_kwh": "float64", "credit_usd": "float64", "delivered_kw": "float64",
+             "paid_kwh": "float64"})
         for df, col in ((flex, "participant"), (ev, "participant"), (dr, "participant"), (dr, "limit"),
                         (dr, "element")):
             df[col] = df[col].astype(_NAME_DTYPE)
