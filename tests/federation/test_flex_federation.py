@@ -60,10 +60,16 @@ def dr_runs(tmp_path_factory) -> dict:
 
 
 def test_demand_response_federation_equals_inprocess_engine(dr_runs):
+    """The same tables, the DR payments in settlement included (the deliveries reach the
+    market from both prosumer parts at the report time of k+1), and the same ledger,
+    byte for byte (its demand_response records and settlement records with DR columns)."""
     a = read_tables(dr_runs["inprocess"])
     b = read_tables(dr_runs["federation"])
     assert len(a["demand_response"]) > 0
+    assert a["settlements"].dr_paid_usd.sum() > 0
+    assert a["settlements"].dr_paid_usd.sum() == pytest.approx(a["demand_response"].credit_usd.sum(), rel=1e-12)
     assert_same_tables(a, b)
+    assert (dr_runs["inprocess"] / "ledger.zst").read_bytes() == (dr_runs["federation"] / "ledger.zst").read_bytes()
 
 
 def test_demand_response_pays_what_was_cut_and_lifts_the_voltages(dr_runs):
