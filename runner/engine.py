@@ -194,9 +194,12 @@ class _Engine:
             self.feeder.begin_step(g, self.schedule_p_kw, self.deviation_p_kw[j])
             self.clock.took("feeder")
             self.clock.times.dso_views.append(self._control_rounds(g))
-        if k + 1 < self.tl.n_intervals:  # the views of k are over: the DSO's calls for k+1
+        if k + 1 < self.tl.n_intervals:  # the views of k are over: the DSO's calls (and load limits) for k+1
             self.dr_calls = self.controllers.demand_response_calls(k + 1)
+            limits = self.controllers.load_limits(k + 1)
             self.clock.took("controllers")
+            self.feeder.on_load_limits(k + 1, limits)
+            self.clock.took("feeder")
 
     def _control_rounds(self, g: int) -> int:
         """Show the DSO step ``g``'s views until it is quiet; how many it was shown."""

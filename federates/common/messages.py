@@ -252,6 +252,24 @@ class DemandResponseDelivery:
     element: str
 
 
+@dataclass(frozen=True)
+class LoadLimit:
+    """The DSO's involuntary import limit on a customer for market interval
+    ``interval`` (a smart meter's load limiter, ``controllers.demand_response.load_limit``):
+    its import above ``import_max_kw`` [kW] is not served. Why: ``limit`` (``v_min`` or
+    ``thermal``) at ``element``, seen in the interval before with demand response in
+    force, when the customer imported ``import_kw`` [kW] and its voltage was ``v_pu``
+    [pu]. Sent by the DSO to the feeder with its demand-response calls."""
+
+    participant: str
+    interval: int
+    import_max_kw: float
+    limit: str
+    element: str
+    import_kw: float
+    v_pu: float
+
+
 def _finite(value: object, what: str) -> float:
     """``value`` as a finite float, else ValueError naming ``what``."""
     try:
@@ -409,6 +427,7 @@ _KINDS: dict[str, type] = {
     "views_done": ViewsDone,
     "dr_calls": DemandResponseCall,
     "dr_delivered": DemandResponseDelivery,
+    "load_limits": LoadLimit,
 }
 _KIND_OF: dict[type, str] = {v: k for k, v in _KINDS.items()}
 #: message kinds whose fields hold no dataclass (all of them: tests/unit/test_messages.py

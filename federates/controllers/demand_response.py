@@ -97,6 +97,11 @@ class DemandResponse:
             if e not in self._thermal or need > self._thermal[e].need:
                 self._thermal[int(e)] = _Seen(need, imports.copy())
 
+    @property
+    def in_force(self) -> bool:
+        """Whether calls are in force: those of the last :meth:`calls` (before the next)."""
+        return bool((self._standing > _TOL).any())
+
     def calls(self, interval: int) -> list[DemandResponseCall]:
         """The calls for ``interval`` from what was noted since the last call; forgets it."""
         violated = bool(self._voltage or self._thermal)
