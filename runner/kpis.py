@@ -514,9 +514,17 @@ DR_CALLED = Kpi("dr_requested_kwh", "demand response asked for", "kWh",
                 "sum of demand_response.requested_kw x interval length")
 DR_CUT = Kpi("dr_cut_kwh", "demand response delivered", "kWh",
              "sum of demand_response.reduced_kwh: what the devices cut against their plan")
-DR_PAID = Kpi("dr_paid_usd", "demand response paid to prosumers", "USD", "sum of demand_response.credit_usd")
+DR_PAID = Kpi("dr_paid_usd", "demand response paid to prosumers", "USD",
+              "sum of demand_response.credit_usd (= the DSO's settlements.dr_paid_usd)")
+UNSERVED = Kpi("unserved_kwh", "load not served (load limits)", "kWh",
+               "sum of curtailment_energy.energy_kwh with limit load_limit: import the DSO's load limiters cut")
+UNDER_BEFORE = Kpi("voltage_under_before_customer_min", "customer-minutes below v_min before control", "min",
+                   "customers x steps with voltages.v_before_pu < {limits.v_min_pu:g} pu x step length "
+                   "(demand response's cuts are in the demand already)")
+UNDER_AFTER = Kpi("voltage_under_after_customer_min", "customer-minutes below v_min after control", "min",
+                  "customers x steps with voltages.v_pu < {limits.v_min_pu:g} pu x step length (after the load limits)")
 FLEX_KPIS: tuple[Kpi, ...] = (EV_CHARGED, EV_UNMET, HVAC_ENERGY, DISCOMFORT, WH_ENERGY, HOT_WATER_SHORT,
-                              DR_CALLED, DR_CUT, DR_PAID)
+                              DR_CALLED, DR_CUT, DR_PAID, UNSERVED, UNDER_BEFORE, UNDER_AFTER)
 _BY_KEY.update({kpi.key: kpi for kpi in FLEX_KPIS})
 
 
@@ -540,4 +548,24 @@ def flex_summary(folder: RunFolder) -> dict[str, float]:
         out[DR_CALLED.key] = float(dr["requested_kw"].sum() * folder.cfg.timeline.interval_h)
         out[DR_CUT.key] = float(dr["reduced_kwh"].sum())
         out[DR_PAID.key] = float(dr["credit_usd"].sum())
+        out.update(_demand_side_grid(folder))
+    return out
+
+
+def _demand_side_grid(folder: RunFolder) -> dict[str, float]:
+    """With demand response: :data:`UNSERVED` and the customer-minutes below ``v_min``
+    before and after control (the voltages read in row groups)."""
+    import pyarrow.parquet as pq
+
+    out = {UNSERVED.key: 0.0}
+    if folder.has_table("curtailment_energy"):
+        ce = pd.read_parquet(folder.table_file("curtailment_energy"), columns=["limit", "energy_kwh"])
+        out[UNSERVED.key] = float(ce.loc[ce["limit"] == str(Limit.LOAD_LIMIT), "energy_kwh"].sum())
+    if folder.has_table("voltages"):
+        v_min, step_min = folder.cfg.limits.v_min_pu, folder.cfg.timeline.physics_step_s / 60.0
+        before = after = 0
+        for batch in pq.ParquetFile(folder.table_file("voltages")).iter_batches(columns=["v_pu", "v_before_pu"]):
+            before += int((batch.column("v_before_pu").to_numpy() < v_min).sum())
+            after += int((batch.column("v_pu").to_numpy() < v_min).sum())
+        out[UNDER_BEFORE.key], out[UNDER_AFTER.key] = before * step_min, after * step_min
     return out

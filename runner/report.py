@@ -479,6 +479,9 @@ def _add_curtailment(d: ReportData, t: Mapping[str, pd.DataFrame], steps_per_int
     ce = t.get("curtailment_energy")
     if ce is None or ce.empty:
         return
+    unserved = ce["limit"].astype(str) == str(Limit.LOAD_LIMIT)
+    if unserved.any():  # import the DSO's load limits cut: no PV energy (the Flexible demand section)
+        ce = ce[~unserved]
     d.curtailed_kwh += float(ce["energy_kwh"].sum())
     k = ce["step"].to_numpy() // steps_per_interval
     by = ce.groupby([k, ce["limit"].astype(str)])["energy_kwh"].sum()

@@ -71,6 +71,11 @@ class LoadLimiter:
         self._limited = np.zeros(n, dtype=bool)  # the limits in force
         self._why: list[tuple[str, str, float, float]] = [("", "", 0.0, 0.0)] * n  # limit, element, import, v
 
+    @property
+    def in_force(self) -> bool:
+        """Whether limits are in force: those of the last :meth:`limits` (before the next)."""
+        return bool(self._limited.any())
+
     def observe(self, view: DsoView) -> None:
         """Note the view's customers below ``v_min`` and elements above the thermal
         limit with forward flow (the worst of each in the interval)."""

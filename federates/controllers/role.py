@@ -45,7 +45,13 @@ from federates.common.alarms import dso_curtails_on_sensitivities, dso_wants_sca
 from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
 from federates.common.limits import Limit, limit_key
-from federates.common.messages import DemandResponseCall, DsoCap, DsoView, LoadLimit, OperatingEnvelope
+from federates.common.messages import (
+    DemandResponseCall,
+    DsoCap,
+    DsoView,
+    LoadLimit,
+    OperatingEnvelope,
+)
 from federates.controllers.curtailment import export_caps, group_codes
 from federates.controllers.demand_response import DemandResponse
 from federates.controllers.dso_agent import DsoAgent
@@ -174,7 +180,8 @@ class ControllersRole:
         if self.demand_response is None:
             return []
         in_force = self.demand_response.in_force  # the calls of k - 1, before they are renewed
-        calls = self.demand_response.calls(k)
+        limited = self.load_limiter is not None and self.load_limiter.in_force
+        calls = self.demand_response.calls(k, hold=limited)
         if self.load_limiter is not None:
             self._load_limits[k] = self.load_limiter.limits(k, in_force)
         return calls

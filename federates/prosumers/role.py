@@ -39,7 +39,12 @@ from federates.common.comms import CommsLink
 from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
 from federates.common.keys import part_bounds
-from federates.common.messages import Confirmation, DemandResponseCall, DemandResponseDelivery, Order
+from federates.common.messages import (
+    Confirmation,
+    DemandResponseCall,
+    DemandResponseDelivery,
+    Order,
+)
 from federates.common.rng import stream
 from federates.market.ledger import KeyRing, sign_order
 from federates.prosumers import battery, measured, profiles

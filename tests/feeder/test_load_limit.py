@@ -60,6 +60,6 @@ def test_a_load_limit_serves_up_to_its_cap_for_its_interval():
     assert list(rows.participant) == who and (rows.cap_kw == 5.0).all() and (rows.step == 0).all()
     assert (rows.export_kw == -9.0).all() and (rows.element.str.startswith("v_min:")).all()
     # the meters see what was served; OpenDSS delivered the same energy to the Loads
-    v_pu, p_kw, _, delivered_kwh = role.meter_block(0)
+    _, p_kw, _, delivered_kwh = role.meter_block(0)
     np.testing.assert_allclose(p_kw.sum(axis=0) * role.timeline.step_h, delivered_kwh, rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(p_kw.sum(axis=0) * role.timeline.step_h, served * 0.25, rtol=1e-12)

@@ -162,13 +162,13 @@ def test_ledger_columns_read_back_equal_the_decoded_records(tmp_path):
     from types import SimpleNamespace
 
     from federates.market.books import ledger_differences
-    from federates.market.settlement import DR_COLUMNS
     from federates.market.ledger import (
         _split_blocks,
         _stream_bytes,
         block_float_columns,
         decode_block,
     )
+    from federates.market.settlement import DR_COLUMNS
 
     market = _day(tmp_path)
     market.on_market_time(2, [], [], [])

@@ -163,3 +163,16 @@ def test_forward_overload_limits_the_customers_behind_it():
     got = lim.limits(0, dr_in_force=True)
     # need 104 - 98 = 6 %: p0 gives 2 x 3 = 6 % alone; p2 is not behind the transformer
     assert [(x.participant, x.limit, x.element) for x in got] == [("p0", "thermal", "transformer.t1")]
+
+
+def test_calls_stand_whole_while_load_limits_are_in_force():
+    """An interval quiet because load limits held the imports down does not wind the
+    paid calls down (their voltages are with the limits, not without them)."""
+    dr = _dr()
+    dr.observe(_view([0.94, 0.96, 0.99, 1.0], [8.0, 9.0, 1.0, 2.0]))
+    first = {c.participant: c.reduce_kw for c in dr.calls(1)}
+    assert dr.in_force
+    held = {c.participant: c.reduce_kw for c in dr.calls(2, hold=True)}
+    assert held == first
+    assert {c.participant: c.reduce_kw for c in dr.calls(3)} == pytest.approx(
+        {p: 0.75 * x for p, x in first.items() if 0.75 * x >= 0.05 * 7.2})
