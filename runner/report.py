@@ -1175,9 +1175,11 @@ def flex_table(r: _Run) -> html.Table:
     from runner.kpis import FLEX_KPIS
 
     s = r.manifest.get("summary") or {}
-    rows = [(kpi.name, _fmt(s.get(kpi.key, np.nan)), kpi.unit, kpi.definition) for kpi in FLEX_KPIS]
+    rows = [(kpi.name, _fmt(s.get(kpi.key, np.nan)), kpi.unit, kpi.describe(r.cfg)) for kpi in FLEX_KPIS]
     return html.Table("Flexible demand", pd.DataFrame(rows, columns=["kpi", "value", "unit", "definition"]),
-                      "The comfort and charging-deadline costs, and the demand response (manifest summary).")
+                      "The comfort and charging-deadline costs, the demand response the DSO paid in "
+                      "settlement (settlements.dr_paid_usd), the load its load limiters left unserved and "
+                      "the under-voltage left before and after control (manifest summary).")
 
 
 # ---- KPIs ------------------------------------------------------------------------------
