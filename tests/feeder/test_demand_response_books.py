@@ -92,3 +92,26 @@ def test_the_ledger_signs_the_deliveries_and_the_payments(evening):
     assert got == sorted(zip(dr.interval.tolist(), dr.participant.tolist(), dr.reduced_kwh.tolist(), strict=True))
     paid = math.fsum(r["body"]["dr_paid_usd"] for r in records if r["kind"] == "settlement")
     assert paid == pytest.approx(math.fsum(t["settlements"].dr_paid_usd), rel=1e-15)
+
+
+def test_the_kpis_of_the_evening(evening):
+    """The configured evening limits loads after demand response (load_limit: on): the
+    KPIs read the unserved import, the DSO's DR payment and the customers' DR credit from
+    the tables, and unserved import is not PV curtailment."""
+    from runner.kpis import flex_summary
+    from runner.run_folder import RunFolder
+
+    t = read_tables(evening)
+    s = flex_summary(RunFolder(evening))
+    ce = t["curtailment_energy"]
+    unserved = ce[ce.limit == "load_limit"].energy_kwh
+    assert len(unserved) > 0 and s["unserved_kwh"] == pytest.approx(math.fsum(unserved), rel=1e-12)
+    assert s["dr_paid_usd"] == pytest.approx(math.fsum(t["settlements"].dr_paid_usd), rel=1e-12)
+    customers = t["settlements"][t["settlements"].participant != GRID_OPERATOR]
+    assert s["mean_bill_dr_usd"] == pytest.approx(-s["dr_paid_usd"] / customers.participant.nunique(), rel=1e-12)
+    v = t["voltages"]
+    assert s["voltage_under_after_customer_min"] == (v.v_pu < 0.95).sum()  # 1-min steps
+    assert s["voltage_under_before_customer_min"] == (v.v_before_pu < 0.95).sum()
+    # the monthly table's PV curtailment: every cause but load_limit
+    assert t["monthly"].curtailed_kwh.sum() == pytest.approx(math.fsum(ce[ce.limit != "load_limit"].energy_kwh),
+                                                             abs=1e-12)
