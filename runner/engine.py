@@ -138,6 +138,7 @@ class _Engine:
         self.constraints: list = []
         self.inverter_envelopes: list = []
         self.dr_calls: list = []  # the DSO's demand-response calls for the next interval
+        self.load_limits: list = []  # the DSO's load limits for the next interval
 
     def drain(self, sink) -> None:
         for role in (self.prosumers, self.market, self.feeder, self.meters, self.controllers):
@@ -153,6 +154,9 @@ class _Engine:
         if self.dr_calls:
             self.prosumers.on_demand_response(k, self.dr_calls)
             self.dr_calls = []
+        if self.load_limits:
+            self.prosumers.on_load_limits(k, self.load_limits)
+            self.load_limits = []
         self.deliveries = self.prosumers.dr_deliveries(k - 1) if k >= 1 else []
         if not last:
             bids, self.deviation_p_kw = self.prosumers.bids_sent(k)
@@ -196,7 +200,7 @@ class _Engine:
             self.clock.times.dso_views.append(self._control_rounds(g))
         if k + 1 < self.tl.n_intervals:  # the views of k are over: the DSO's calls (and load limits) for k+1
             self.dr_calls = self.controllers.demand_response_calls(k + 1)
-            limits = self.controllers.load_limits(k + 1)
+            self.load_limits = limits = self.controllers.load_limits(k + 1)
             self.clock.took("controllers")
             self.feeder.on_load_limits(k + 1, limits)
             self.clock.took("feeder")

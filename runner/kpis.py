@@ -518,7 +518,8 @@ DR_CUT = Kpi("dr_cut_kwh", "demand response delivered", "kWh",
 DR_PAID = Kpi("dr_paid_usd", "demand response paid to prosumers", "USD",
               "sum of demand_response.credit_usd (= the DSO's settlements.dr_paid_usd)")
 UNSERVED = Kpi("unserved_kwh", "load not served (load limits)", "kWh",
-               "sum of curtailment_energy.energy_kwh with limit load_limit: import the DSO's load limiters cut")
+               "import the DSO's load limiters cut: sum of flex.load_limited_kwh (the devices, first) and of "
+               "curtailment_energy.energy_kwh with limit load_limit (the rest, cut by the feeder)")
 UNDER_BEFORE = Kpi("voltage_under_before_customer_min", "customer-minutes below v_min before control", "min",
                    "customers x steps with voltages.v_before_pu < {limits.v_min_pu:g} pu x step length "
                    "(demand response's cuts are in the demand already)")
@@ -561,13 +562,15 @@ def _demand_side_grid(folder: RunFolder) -> dict[str, float]:
     import pyarrow.parquet as pq
 
     out = {UNSERVED.key: 0.0}
+    if folder.has_table("flex"):
+        out[UNSERVED.key] += float(pd.read_parquet(folder.table_file("flex"), columns=["load_limited_kwh"]).sum().iloc[0])
     if folder.has_table("settlements"):
         s = pd.read_parquet(folder.table_file("settlements"), columns=["participant", "dr_usd"])
         s = s[s["participant"].astype(str) != GRID_OPERATOR]
         out[MEAN_BILL_DR.key] = float(s.groupby("participant")["dr_usd"].sum().mean()) if len(s) else 0.0
     if folder.has_table("curtailment_energy"):
         ce = pd.read_parquet(folder.table_file("curtailment_energy"), columns=["limit", "energy_kwh"])
-        out[UNSERVED.key] = float(ce.loc[ce["limit"] == str(Limit.LOAD_LIMIT), "energy_kwh"].sum())
+        out[UNSERVED.key] += float(ce.loc[ce["limit"] == str(Limit.LOAD_LIMIT), "energy_kwh"].sum())
     if folder.has_table("voltages"):
         v_min, step_min = folder.cfg.limits.v_min_pu, folder.cfg.timeline.physics_step_s / 60.0
         before = after = 0

@@ -42,8 +42,8 @@ same call order.)
                  when the feeder says the interval has no more views, the DSO sends
                  its demand-response calls for k+1 (controllers.demand_response), which
                  the prosumers read at their report time of k+1, and its load limits
-                 for k+1 (demand_response.load_limit), which the feeder reads at its
-                 first step of k+1 (t + 1.00 of k+1)
+                 for k+1 (demand_response.load_limit), which the prosumers read with
+                 the calls and the feeder at its first step of k+1 (t + 1.00 of k+1)
 
 Every federate is uninterruptible (granted exactly the times it asks for), and each
 exchange is a sender's time followed by a receiver's strictly later one. A federate

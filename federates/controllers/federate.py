@@ -85,7 +85,8 @@ class _ControllersDoor:
     def _call_demand(self, k: int) -> None:
         """The demand-response calls for ``k`` to every prosumer part (each takes its own),
         read at their report time of ``k``, and the load limits for ``k`` to the feeder,
-        read at its first step of ``k``; nothing to send without calls or limits."""
+        read at its first step of ``k``, and to the prosumers, with the calls; nothing to
+        send without calls or limits."""
         if k >= self.tl.n_intervals:
             return
         calls = self.role.demand_response_calls(k)
@@ -95,7 +96,10 @@ class _ControllersDoor:
                 self.door.send(self.ep, name, text)
         limits = self.role.load_limits(k)
         if limits:
-            self.door.send(self.ep, keys.FEEDER, encode(limits, kind="load_limits", interval=k))
+            text = encode(limits, kind="load_limits", interval=k)
+            self.door.send(self.ep, keys.FEEDER, text)
+            for name in self.prosumers:  # their devices lose the import above a limit first
+                self.door.send(self.ep, name, text)
 
     def _answer(self, k: int, v: int) -> None:
         view = DsoView.from_vector(self.door.vector(self.sub_view, self.view_size), self.n, self.role.scada_shape)

@@ -21,9 +21,10 @@ with forward flow, with every customer's import at that moment; at the end of ``
   relief covers the violation back to its margin (``v_min + margin_pu``, ``thermal_max
   - thermal_margin_pct``); later violations count the relief already given.
 
-A limited customer's import above ``cap_kw`` is not served for the whole interval, at
-every controlled solve of the feeder (``federates.feeder.role``), and recorded there
-(``curtailments`` and ``curtailment_energy``, cause ``load_limit``).
+A limited customer's import above ``cap_kw`` is not served for the whole interval: its
+devices give way first (``federates.prosumers.flex.demand``, ``flex.load_limited_kwh``)
+and the feeder cuts what is left at every controlled solve (``federates.feeder.role``,
+recorded as ``curtailments`` and ``curtailment_energy``, cause ``load_limit``).
 """
 
 from __future__ import annotations

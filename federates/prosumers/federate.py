@@ -12,7 +12,7 @@ from functools import partial
 
 from federates.common import keys
 from federates.common.door import Door
-from federates.common.messages import Confirmation, DemandResponseCall, decode, encode
+from federates.common.messages import Confirmation, DemandResponseCall, LoadLimit, decode, encode
 from federates.common.study import Study
 from federates.common.tables import drain_due, study_chunk_intervals
 from federates.prosumers.role import ProsumersRole
@@ -37,13 +37,15 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
             door.send(dr_ep, keys.MARKET, encode(role.dr_deliveries(k), kind="dr_delivered", interval=k))
     inbox: dict[int, list[Confirmation]] = defaultdict(list)
     calls: dict[int, list[DemandResponseCall]] = defaultdict(list)  # the DSO's, by interval
+    limits: dict[int, list[LoadLimit]] = defaultdict(list)  # the DSO's load limits, by interval
     every = study_chunk_intervals(cfg, len(study.sites))
     part_sink = sink if parts == 1 else _PartSink(sink, part)
 
     def drain() -> None:
         for text in door.receive(ep):
             env = decode(text)
-            (calls if env.kind == "dr_calls" else inbox)[int(env.header["interval"])].extend(env.items)
+            box = calls if env.kind == "dr_calls" else limits if env.kind == "load_limits" else inbox
+            box[int(env.header["interval"])].extend(env.items)
 
     door.enter()
     try:
@@ -54,6 +56,8 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
                 role.on_confirmations(k - 1, inbox.pop(k - 1, []))
             if k in calls:
                 role.on_demand_response(k, calls.pop(k))
+            if k in limits:
+                role.on_load_limits(k, limits.pop(k))
             if k >= 1:
                 send_deliveries(k - 1)
             orders, deviation_p_kw = role.bids_sent(k)

@@ -697,10 +697,11 @@ class DemandResponseConfig(_Strict):
     ``v_min`` (or, with SCADA, an element overloaded by forward flow), the customers
     whose import relieves it most (on the sensitivities, worst violation first, until
     the linear estimate covers it) get a smart-meter load limiter for the next interval:
-    their import above ``load_limit_kw`` [kW] is not served, applied by the feeder at
-    every controlled solve (tables ``curtailments`` and ``curtailment_energy``, cause
-    ``load_limit``). The limits stand while each interval still sees such a violation
-    and are lifted after one without. ``off`` (default): no involuntary action."""
+    their import above ``load_limit_kw`` [kW] is not served: their devices lose it first
+    (``flex.load_limited_kwh``), the feeder cuts the rest at every controlled solve
+    (tables ``curtailments`` and ``curtailment_energy``, cause ``load_limit``). The
+    limits stand while each interval still sees such a violation and are lifted after
+    one without. ``off`` (default): no involuntary action."""
 
     enabled: bool = False
     margin_pu: NonNegFloat = 0.005
