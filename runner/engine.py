@@ -137,11 +137,13 @@ class _Engine:
         self.deviation_p_kw = np.zeros((0, len(study.sites)))
         self.notices: list = []
         self.losses: list = []
+        self.deliveries: list = []  # what the demand-response calls of k-1 got, to the market
         self.envelopes: list = []
         self.constraints: list = []
         self.inverter_envelopes: list = []
         self.dr_calls: list = []  # the DSO's demand-response calls for the next interval
         self.cleared = study.cfg.prosumers.flex_dispatch == "cleared"
+        self.load_limits: list = []  # the DSO's load limits for the next interval
 
     def drain(self, sink) -> None:
         for role in (self.prosumers, self.market, self.feeder, self.meters, self.controllers):
@@ -149,7 +151,7 @@ class _Engine:
 
     def report_time(self, k: int) -> None:
         """The AMI and report times of ``k``: confirmations of k-1 to the prosumers and
-        their bids for k; the meters' readings of k-1; the feeder's curtailments (and
+        their bids for k (and what the demand-response calls of k-1 got); the meters' readings of k-1; the feeder's curtailments (and
         losses) of k-1; the DSO's envelopes or grid constraints for k."""
         tl, last = self.tl, k == self.tl.n_intervals
         if k >= 1 and not self.cleared:  # cleared: taken at the dispatch time of k-1
@@ -157,6 +159,10 @@ class _Engine:
         if self.dr_calls:
             self.prosumers.on_demand_response(k, self.dr_calls)
             self.dr_calls = []
+        if self.load_limits:
+            self.prosumers.on_load_limits(k, self.load_limits)
+            self.load_limits = []
+        self.deliveries = self.prosumers.dr_deliveries(k - 1) if k >= 1 else []
         if not last and self.cleared:
             self.inflight.post("bids", self.prosumers.orders_sent(k), tl.report_time(k))
         elif not last:
@@ -183,7 +189,8 @@ class _Engine:
         t_s = self.tl.market_time(k)
         out = self.market.on_market_time(k, self.inflight.deliver("bids", t_s),
                                          self.inflight.deliver("interval_energy", t_s), self.notices,
-                                         self.envelopes, self.constraints, losses=self.losses)
+                                         self.envelopes, self.constraints, losses=self.losses,
+                                         deliveries=self.deliveries)
         if out is None:  # the distributed P2P clearing (market.mechanism admm_distributed)
             out = self._admm_rounds(k)
         self.confirmations, self.schedule_p_kw = out.confirmations, out.schedule_p_kw
@@ -236,9 +243,12 @@ class _Engine:
             self.feeder.begin_step(g, self.schedule_p_kw, self.deviation_p_kw[j])
             self.clock.took("feeder")
             self.clock.times.dso_views.append(self._control_rounds(g))
-        if k + 1 < self.tl.n_intervals:  # the views of k are over: the DSO's calls for k+1
+        if k + 1 < self.tl.n_intervals:  # the views of k are over: the DSO's calls (and load limits) for k+1
             self.dr_calls = self.controllers.demand_response_calls(k + 1)
+            self.load_limits = limits = self.controllers.load_limits(k + 1)
             self.clock.took("controllers")
+            self.feeder.on_load_limits(k + 1, limits)
+            self.clock.took("feeder")
 
     def _control_rounds(self, g: int) -> int:
         """Show the DSO step ``g``'s views until it is quiet; how many it was shown."""

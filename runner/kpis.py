@@ -357,7 +357,7 @@ SELF_SUFFICIENCY_HOUSEHOLDS = Kpi(
     "the same per household before summing (no sharing between prosumers)")
 PV_AVAILABLE = Kpi("pv_available_kwh", "PV energy available", "kWh", "sum of profiles.pv_kw x step")
 CURTAILED_ALL_CAUSES = Kpi("curtailed_kwh", "PV energy curtailed or held back", "kWh",
-                           "sum of curtailment_energy, every cause (DSO, Volt-Watt, envelopes)")
+                           "sum of curtailment_energy, every PV cause (DSO, Volt-Watt, envelopes; not load_limit)")
 CURTAILED_SHARE = Kpi("curtailed_share_pct", "curtailed share", "%", "curtailed PV energy / PV energy available")
 VUF_MAX = Kpi("vuf_max_pct", "worst voltage unbalance factor", "%",
               "max over three-phase buses and steps, after control (limit {limits.vuf_max_pct:g} %)")
@@ -373,7 +373,8 @@ PROSUMERS_PAYING_MORE = Kpi("prosumers_paying_more_n", "prosumers paying more th
 #: the mean over prosumers of each part of the bill (:data:`BILL_PARTS`)
 MEAN_BILL_PARTS = tuple(
     Kpi("mean_bill_" + col.removesuffix("_cost_usd").removesuffix("_usd") + "_usd", f"mean bill part: {label}",
-        "USD", f"mean over prosumers of sum(settlements.{col}) (+ pays); the parts add up to the net cost")
+        "USD", f"mean over prosumers of sum(settlements.{col}) (+ pays); the parts add up to the net cost "
+        "(with demand response, with the mean demand-response part)")
     for col, label in BILL_PARTS)
 
 #: the report's KPI table, in its order
@@ -514,9 +515,20 @@ DR_CALLED = Kpi("dr_requested_kwh", "demand response asked for", "kWh",
                 "sum of demand_response.requested_kw x interval length")
 DR_CUT = Kpi("dr_cut_kwh", "demand response delivered", "kWh",
              "sum of demand_response.reduced_kwh: what the devices cut against their plan")
-DR_PAID = Kpi("dr_paid_usd", "demand response paid to prosumers", "USD", "sum of demand_response.credit_usd")
+DR_PAID = Kpi("dr_paid_usd", "demand response paid to prosumers", "USD",
+              "sum of demand_response.credit_usd (= the DSO's settlements.dr_paid_usd)")
+UNSERVED = Kpi("unserved_kwh", "load not served (load limits)", "kWh",
+               "import the DSO's load limiters cut: sum of flex.load_limited_kwh (the devices, first) and of "
+               "curtailment_energy.energy_kwh with limit load_limit (the rest, cut by the feeder)")
+UNDER_BEFORE = Kpi("voltage_under_before_customer_min", "customer-minutes below v_min before control", "min",
+                   "customers x steps with voltages.v_before_pu < {limits.v_min_pu:g} pu x step length "
+                   "(demand response's cuts are in the demand already)")
+UNDER_AFTER = Kpi("voltage_under_after_customer_min", "customer-minutes below v_min after control", "min",
+                  "customers x steps with voltages.v_pu < {limits.v_min_pu:g} pu x step length (after the load limits)")
+MEAN_BILL_DR = Kpi("mean_bill_dr_usd", "mean bill part: demand response", "USD",
+                   "mean over prosumers of sum(settlements.dr_usd) (+ pays: a credit is negative)")
 FLEX_KPIS: tuple[Kpi, ...] = (EV_CHARGED, EV_UNMET, HVAC_ENERGY, DISCOMFORT, WH_ENERGY, HOT_WATER_SHORT,
-                              DR_CALLED, DR_CUT, DR_PAID)
+                              DR_CALLED, DR_CUT, DR_PAID, MEAN_BILL_DR, UNSERVED, UNDER_BEFORE, UNDER_AFTER)
 _BY_KEY.update({kpi.key: kpi for kpi in FLEX_KPIS})
 
 
@@ -540,4 +552,30 @@ def flex_summary(folder: RunFolder) -> dict[str, float]:
         out[DR_CALLED.key] = float(dr["requested_kw"].sum() * folder.cfg.timeline.interval_h)
         out[DR_CUT.key] = float(dr["reduced_kwh"].sum())
         out[DR_PAID.key] = float(dr["credit_usd"].sum())
+        out.update(_demand_side_grid(folder))
+    return out
+
+
+def _demand_side_grid(folder: RunFolder) -> dict[str, float]:
+    """With demand response: :data:`UNSERVED` and the customer-minutes below ``v_min``
+    before and after control (the voltages read in row groups)."""
+    import pyarrow.parquet as pq
+
+    out = {UNSERVED.key: 0.0}
+    if folder.has_table("flex"):
+        out[UNSERVED.key] += float(pd.read_parquet(folder.table_file("flex"), columns=["load_limited_kwh"]).sum().iloc[0])
+    if folder.has_table("settlements"):
+        s = pd.read_parquet(folder.table_file("settlements"), columns=["participant", "dr_usd"])
+        s = s[s["participant"].astype(str) != GRID_OPERATOR]
+        out[MEAN_BILL_DR.key] = float(s.groupby("participant")["dr_usd"].sum().mean()) if len(s) else 0.0
+    if folder.has_table("curtailment_energy"):
+        ce = pd.read_parquet(folder.table_file("curtailment_energy"), columns=["limit", "energy_kwh"])
+        out[UNSERVED.key] += float(ce.loc[ce["limit"] == str(Limit.LOAD_LIMIT), "energy_kwh"].sum())
+    if folder.has_table("voltages"):
+        v_min, step_min = folder.cfg.limits.v_min_pu, folder.cfg.timeline.physics_step_s / 60.0
+        before = after = 0
+        for batch in pq.ParquetFile(folder.table_file("voltages")).iter_batches(columns=["v_pu", "v_before_pu"]):
+            before += int((batch.column("v_before_pu").to_numpy() < v_min).sum())
+            after += int((batch.column("v_pu").to_numpy() < v_min).sum())
+        out[UNDER_BEFORE.key], out[UNDER_AFTER.key] = before * step_min, after * step_min
     return out

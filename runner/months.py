@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from federates.common.limits import Limit
 from runner.kpis import (
     BASELINE_BILL,
     BATTERY_CHARGE,
@@ -162,8 +163,9 @@ def interval_sums(cfg: StudyFile, t: Mapping[str, pd.DataFrame], intervals: np.n
     if ce is not None:
         k = ce["step"].to_numpy() // spi
         e = ce["energy_kwh"].to_numpy(dtype=float)
-        out[CURTAILED_ALL_CAUSES.key] = _per_interval(k, e, intervals)
         cause = ce["limit"].astype(str).to_numpy()
+        pv = cause != str(Limit.LOAD_LIMIT)  # unserved load (load limits) is no PV energy
+        out[CURTAILED_ALL_CAUSES.key] = _per_interval(k[pv], e[pv], intervals)
         for c, kpi in zip(CURTAILMENT_CAUSES, CURTAILED_BY_CAUSE, strict=True):
             sel = cause == str(c)
             out[kpi.key] = _per_interval(k[sel], e[sel], intervals)

@@ -479,6 +479,9 @@ def _add_curtailment(d: ReportData, t: Mapping[str, pd.DataFrame], steps_per_int
     ce = t.get("curtailment_energy")
     if ce is None or ce.empty:
         return
+    unserved = ce["limit"].astype(str) == str(Limit.LOAD_LIMIT)
+    if unserved.any():  # import the DSO's load limits cut: no PV energy (the Flexible demand section)
+        ce = ce[~unserved]
     d.curtailed_kwh += float(ce["energy_kwh"].sum())
     k = ce["step"].to_numpy() // steps_per_interval
     by = ce.groupby([k, ce["limit"].astype(str)])["energy_kwh"].sum()
@@ -1176,9 +1179,11 @@ def flex_table(r: _Run) -> html.Table:
     from runner.kpis import FLEX_KPIS
 
     s = r.manifest.get("summary") or {}
-    rows = [(kpi.name, _fmt(s.get(kpi.key, np.nan)), kpi.unit, kpi.definition) for kpi in FLEX_KPIS]
+    rows = [(kpi.name, _fmt(s.get(kpi.key, np.nan)), kpi.unit, kpi.describe(r.cfg)) for kpi in FLEX_KPIS]
     return html.Table("Flexible demand", pd.DataFrame(rows, columns=["kpi", "value", "unit", "definition"]),
-                      "The comfort and charging-deadline costs, and the demand response (manifest summary).")
+                      "The comfort and charging-deadline costs, the demand response the DSO paid in "
+                      "settlement (settlements.dr_paid_usd), the load its load limiters left unserved and "
+                      "the under-voltage left before and after control (manifest summary).")
 
 
 # ---- KPIs ------------------------------------------------------------------------------

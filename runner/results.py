@@ -116,7 +116,9 @@ def format_summary(s: dict[str, float], wall_s: float, run_dir: Path, engine: st
            f"water heaters {s.get('wh_kwh', 0.0):.1f} kWh, hot water short {s.get('hot_water_short_kwh', 0.0):.1f} kWh"]
           if "ev_charged_kwh" in s else []),
         *([f"  demand response: {s['dr_requested_kwh']:.1f} kWh asked, {s['dr_cut_kwh']:.1f} kWh cut, "
-           f"{s['dr_paid_usd']:.2f} USD paid"] if "dr_cut_kwh" in s else []),
+           f"{s['dr_paid_usd']:.2f} USD paid; load not served (load limits) {s.get('unserved_kwh', 0.0):.1f} kWh; "
+           f"customer-minutes below v_min {s.get('voltage_under_before_customer_min', 0.0):.0f} before, "
+           f"{s.get('voltage_under_after_customer_min', 0.0):.0f} after control"] if "dr_cut_kwh" in s else []),
         *([f"  conservation checks broken:   {s['conservation_broken']} (feeder.conservation: warn; "
            "rows in results/conservation.parquet)"] if s.get("conservation_broken") else []),
         f"  results: {run_dir / RESULTS}",

@@ -17,7 +17,9 @@ Who names what:
   the ``curtailments`` and ``curtailment_energy`` tables and
   ``CurtailmentNotice.limit``, which the market's ``curtailed_trades.limit`` repeats;
   and v_max / v_min in ``control_violations``;
-* the feeder (federates/feeder/role.py): every limit in the ``violations`` table;
+* the feeder (federates/feeder/role.py): every limit in the ``violations`` table, and
+  the import it did not serve under a load limit (``load_limit``, in ``curtailments``
+  and ``curtailment_energy``);
 * the report (runner/report.py): the colour and label of each curtailment cause.
 """
 
@@ -37,6 +39,9 @@ class Limit(StrEnum):
     IMPORT = "import"  #: substation import cap [kW]
     VOLT_WATT = "volt_watt"  #: the inverter's own Volt-Watt curve (not a DSO decision)
     ENVELOPE = "envelope"  #: the DSO's ex-ante operating envelope (``market.network_aware``)
+    #: the DSO's involuntary import limit (a smart meter's load limiter) after demand
+    #: response failed (``controllers.demand_response.load_limit``): unserved import
+    LOAD_LIMIT = "load_limit"
 
 
 def limit_key(limit: str, element: str) -> str:

@@ -256,6 +256,41 @@ class DemandResponseCall:
     element: str
 
 
+@dataclass(frozen=True)
+class DemandResponseDelivery:
+    """What a called customer's devices cut in market interval ``interval``: the call
+    (``requested_kw`` [kW] on average over the interval, its ``limit`` and ``element``)
+    and the energy they cut against their own plan (``reduced_kwh`` [kWh, >= 0]). Sent
+    by the prosumers to the market at the report time of ``interval + 1``, as the
+    feeder's curtailment notices; the settlement pays up to the call
+    (``federates/market/settlement.py``, rule 3c)."""
+
+    participant: str
+    interval: int
+    requested_kw: float
+    reduced_kwh: float
+    limit: str
+    element: str
+
+
+@dataclass(frozen=True)
+class LoadLimit:
+    """The DSO's involuntary import limit on a customer for market interval
+    ``interval`` (a smart meter's load limiter, ``controllers.demand_response.load_limit``):
+    its import above ``import_max_kw`` [kW] is not served. Why: ``limit`` (``v_min`` or
+    ``thermal``) at ``element``, seen in the interval before with demand response in
+    force, when the customer imported ``import_kw`` [kW] and its voltage was ``v_pu``
+    [pu]. Sent by the DSO to the feeder with its demand-response calls."""
+
+    participant: str
+    interval: int
+    import_max_kw: float
+    limit: str
+    element: str
+    import_kw: float
+    v_pu: float
+
+
 def _finite(value: object, what: str) -> float:
     """``value`` as a finite float, else ValueError naming ``what``."""
     try:
@@ -412,6 +447,8 @@ _KINDS: dict[str, type] = {
     "grid_constraints": GridConstraint,
     "views_done": ViewsDone,
     "dr_calls": DemandResponseCall,
+    "dr_delivered": DemandResponseDelivery,
+    "load_limits": LoadLimit,
 }
 _KIND_OF: dict[type, str] = {v: k for k, v in _KINDS.items()}
 #: message kinds whose fields hold no dataclass (all of them: tests/unit/test_messages.py

@@ -15,11 +15,14 @@ same call order.)
     k*M + 0.125  meters send the AMI readings of k-1 to the controllers (DSO), from the
                  feeder's meter block of k-1
     k*M + 0.25   prosumers send bids for k and publish the deviations of every step of
-                 k (one vector); meters send the interval energy of k-1 and the feeder
-                 the curtailment notices of k-1 to the market; controllers send, with
+                 k (one vector), and with demand response what the calls of k-1 got
+                 (dr_delivered, from an endpoint without the bids' comms delay); meters
+                 send the interval energy of k-1 and the feeder the curtailment notices
+                 of k-1 to the market; controllers send, with
                  network-aware clearing, the operating envelopes (market, feeder) or
                  grid constraints (market) of k
-    k*M + 0.50   market settles k-1 and clears k: confirmations (to the prosumers and
+    k*M + 0.50   market settles k-1 (demand response paid by the DSO, from the
+                 deliveries) and clears k: confirmations (to the prosumers and
                  the controllers), schedule values; with grid constraints the export
                  envelopes it set (to the feeder)
     k*M + 0.75   only with ``prosumers.flex_dispatch: cleared``: the prosumers read the
@@ -44,7 +47,9 @@ same call order.)
                  after the last step of interval k the feeder publishes its meter block;
                  when the feeder says the interval has no more views, the DSO sends
                  its demand-response calls for k+1 (controllers.demand_response), which
-                 the prosumers read at their report time of k+1
+                 the prosumers read at their report time of k+1, and its load limits
+                 for k+1 (demand_response.load_limit), which the prosumers read with
+                 the calls and the feeder at its first step of k+1 (t + 1.00 of k+1)
 
 Every federate is uninterruptible (granted exactly the times it asks for), and each
 exchange is a sender's time followed by a receiver's strictly later one. A federate

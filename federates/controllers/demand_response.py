@@ -17,7 +17,10 @@ and at the end of ``k`` (:meth:`DemandResponse.calls`) it turns them into calls 
 ``k + 1``. The cuts in force in ``k`` are kept whole while ``k`` still saw a violation
 (the voltages it saw are with them in place) and otherwise released by
 ``release_fraction`` each interval (a demand-response event winds down rather than
-ending at once: the deferred demand would all come back in one interval). Then, for the
+ending at once: the deferred demand would all come back in one interval); they are
+also kept whole through an interval the DSO's load limits were in force in
+(``federates.controllers.load_limit``: it saw the voltages with the limits, not without
+them; the paid calls are not swapped for involuntary ones). Then, for the
 worst violation first, the further cut that brings it back to its margin on
 the DSO's linear model (the feeder's sensitivities, ``federates.feeder.sensitivity``:
 a kW less import at customer ``i`` raises customer ``j``'s voltage by
@@ -97,9 +100,16 @@ class DemandResponse:
             if e not in self._thermal or need > self._thermal[e].need:
                 self._thermal[int(e)] = _Seen(need, imports.copy())
 
-    def calls(self, interval: int) -> list[DemandResponseCall]:
-        """The calls for ``interval`` from what was noted since the last call; forgets it."""
-        violated = bool(self._voltage or self._thermal)
+    @property
+    def in_force(self) -> bool:
+        """Whether calls are in force: those of the last :meth:`calls` (before the next)."""
+        return bool((self._standing > _TOL).any())
+
+    def calls(self, interval: int, *, hold: bool = False) -> list[DemandResponseCall]:
+        """The calls for ``interval`` from what was noted since the last call; forgets it.
+        ``hold``: the standing calls are kept whole even without a violation seen (load
+        limits were in force: the interval's voltages are with them, not without them)."""
+        violated = bool(self._voltage or self._thermal) or hold
         standing = self._standing.copy()
         if not violated:  # wind down; a call below 5 % of the customer's flexible rating ends
             standing *= 1.0 - self.release_fraction

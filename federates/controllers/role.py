@@ -45,10 +45,17 @@ from federates.common.alarms import dso_curtails_on_sensitivities, dso_wants_sca
 from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
 from federates.common.limits import Limit, limit_key
-from federates.common.messages import DemandResponseCall, DsoCap, DsoView, OperatingEnvelope
+from federates.common.messages import (
+    DemandResponseCall,
+    DsoCap,
+    DsoView,
+    LoadLimit,
+    OperatingEnvelope,
+)
 from federates.controllers.curtailment import export_caps, group_codes
 from federates.controllers.demand_response import DemandResponse
 from federates.controllers.dso_agent import DsoAgent
+from federates.controllers.load_limit import LoadLimiter
 from federates.feeder.sensitivity import load_sensitivities, needs_sensitivities
 from federates.prosumers.agents import flex_kw_of, inverter_kva_of
 
@@ -128,6 +135,16 @@ class ControllersRole:
                            dloading_pct_per_kw=sensitivities.dloading_pct_per_kw,
                            elements=list(sensitivities.elements), release_fraction=dr.release_fraction)
             if self.ctl.enabled and dr.enabled else None)
+        #: involuntary load limits after demand response (``demand_response.load_limit``)
+        self.load_limiter: LoadLimiter | None = (
+            LoadLimiter(self.participants, dr.load_limit_kw, v_min_pu=float(self.ctl.v_min_pu),
+                        margin_pu=dr.margin_pu, dv_pu_per_kw=sensitivities.dv_pu_per_kw,
+                        thermal_max_pct=float(lim.thermal_max_pct) if lim.thermal else None,
+                        thermal_margin_pct=dr.thermal_margin_pct,
+                        dloading_pct_per_kw=sensitivities.dloading_pct_per_kw,
+                        elements=list(sensitivities.elements))
+            if self.demand_response is not None and dr.load_limit == "on" else None)
+        self._load_limits: dict[int, list[LoadLimit]] = {}
         #: (elements, buses) of the SCADA vector, None without SCADA
         self.scada_shape: tuple[int, int] | None = (
             (len(sensitivities.elements), len(sensitivities.buses))
@@ -158,8 +175,22 @@ class ControllersRole:
 
     def demand_response_calls(self, k: int) -> list[DemandResponseCall]:
         """At the end of interval ``k - 1``'s views: the calls for ``k`` (none without
-        ``controllers.demand_response``)."""
-        return [] if self.demand_response is None else self.demand_response.calls(k)
+        ``controllers.demand_response``); with ``load_limit: on`` also decides the load
+        limits for ``k`` (:meth:`load_limits`)."""
+        if self.demand_response is None:
+            return []
+        in_force = self.demand_response.in_force  # the calls of k - 1, before they are renewed
+        limited = self.load_limiter is not None and self.load_limiter.in_force
+        calls = self.demand_response.calls(k, hold=limited)
+        if self.load_limiter is not None:
+            self._load_limits[k] = self.load_limiter.limits(k, in_force)
+        return calls
+
+    def load_limits(self, k: int) -> list[LoadLimit]:
+        """The load limits for ``k`` (``controllers.demand_response.load_limit``), decided
+        with the calls for ``k`` (:meth:`demand_response_calls`, called first): to the
+        feeder, which holds each limited customer's import to its limit through ``k``."""
+        return self._load_limits.pop(k, [])
 
     @property
     def quiet(self) -> bool:
@@ -181,6 +212,8 @@ class ControllersRole:
             self._start_step(g)
         if self.demand_response is not None:
             self.demand_response.observe(view)
+        if self.load_limiter is not None:
+            self.load_limiter.observe(view)
         if not view.may_act:
             return DsoReply()
         v = np.asarray(view.v_pu, dtype=float)

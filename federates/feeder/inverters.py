@@ -228,6 +228,8 @@ class InverterFleet:
             rec.add(name, dtype=np.int64, fill=0)
         rec.add("converged", dtype=bool, fill=False)
         self._curtailment_rows: list[dict[str, Any]] = []
+        #: the import the DSO's load limits left unserved: (step, sites, kWh) per step
+        self._unserved: list[tuple[int, np.ndarray, np.ndarray]] = []
         self._cause_step: int | None = None  # the step whose limiting cause is still to record
 
     # ------------------------------------------------------------------ caps
@@ -611,9 +613,32 @@ class InverterFleet:
                                              curtailed_kwh=float(by_cause[i, c]), limit=CAUSES[c]))
         return notices
 
+    def note_load_limits(self, g: int, limits) -> None:
+        """``curtailments`` rows for the DSO's load limits that start at step ``g``
+        (``federates.common.messages.LoadLimit``: limit ``load_limit``, element the
+        violation's, v_pu the customer's voltage the DSO saw, export_kw the negative of
+        the import it saw, cap_kw the import cap)."""
+        t_s = self.timeline.step_t_s(g)
+        for x in limits:
+            self._curtailment_rows.append({
+                "step": g, "t_s": t_s, "iteration": 0, "participant": x.participant,
+                "group": self.group_names[self._index[x.participant]], "limit": Limit.LOAD_LIMIT,
+                "element": f"{x.limit}:{x.element}", "v_pu": float(x.v_pu), "export_kw": -float(x.import_kw),
+                "cap_kw": float(x.import_max_kw),
+            })
+
+    def note_unserved(self, g: int, unserved_kw: np.ndarray) -> None:
+        """The import [kW] the load limits left unserved in step ``g``'s final solve:
+        ``curtailment_energy`` rows (limit ``load_limit``) for those > 0."""
+        at = np.flatnonzero(unserved_kw > 0)
+        if len(at):
+            self._unserved.append((g, at, unserved_kw[at] * self.timeline.step_h))
+
     def _curtailment_energy(self, local: np.ndarray) -> pd.DataFrame:
         """``curtailment_energy``: per step, participant and cause the PV energy held back
-        [kWh] (step, t_s, participant, limit, energy_kwh), rows > 0 only."""
+        [kWh] (step, t_s, participant, limit, energy_kwh), rows > 0 only; and the import
+        the DSO's load limits left unserved (limit ``load_limit``) after each step's PV
+        rows."""
         rec = self._rec
         seen = np.zeros(len(rec.seen), dtype=bool)
         seen[local] = True
@@ -622,18 +647,30 @@ class InverterFleet:
         cause = rec.cause[rows, cols]
         cause = np.where(cause == 0, CAUSE_CODE[Limit.V_MAX], cause)
         steps = rows + rec.g0
-        return pd.DataFrame({
+        out = pd.DataFrame({
             "step": steps.astype(np.int64),
             "t_s": (steps * self.timeline.physics_step_s).astype(float),
             "participant": np.asarray(self.participants, dtype=object)[cols].astype(str),
             "limit": np.asarray(CAUSES, dtype=object)[cause].astype(str),
             "energy_kwh": e.astype(float),
         })
+        if not self._unserved:
+            return out
+        g = np.concatenate([np.full(len(at), step) for step, at, _ in self._unserved]).astype(np.int64)
+        at = np.concatenate([at for _, at, _ in self._unserved])
+        unserved = pd.DataFrame({
+            "step": g, "t_s": (g * self.timeline.physics_step_s).astype(float),
+            "participant": np.asarray(self.participants, dtype=object)[at].astype(str),
+            "limit": str(Limit.LOAD_LIMIT), "energy_kwh": np.concatenate([e for _, _, e in self._unserved]),
+        })
+        both = pd.concat([out, unserved], ignore_index=True)
+        return both.sort_values("step", kind="stable").reset_index(drop=True).astype(out.dtypes.to_dict())
 
     def drain_tables(self) -> dict[str, pd.DataFrame]:
         """:meth:`tables`, then forgotten (call between steps; federates.common.tables)."""
         out = self.tables()
         self._curtailment_rows = []
+        self._unserved = []
         self._rec.reset(self._rec.g0 if self._g is None else self._g + 1)
         return out
 

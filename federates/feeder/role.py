@@ -25,6 +25,14 @@ bus (IEC 61000-4-30 / IEEE 1159 VUF), read lazily like the grid row.
 Export caps last one market interval: they are cleared at the first step of each
 interval. Inverter q set-points persist until a new command.
 
+Load limits (``controllers.demand_response.load_limit``, :meth:`FeederRole.on_load_limits`):
+the DSO's import caps for one market interval, a smart meter's load limiter: at every
+controlled solve of the interval a limited customer's import above its cap is not
+served (the uncontrolled solve, "before control", serves it). The cap change is a
+``curtailments`` row (limit ``load_limit``), the import not served in each step's final
+solve a ``curtailment_energy`` row (limit ``load_limit``, kWh); the meters meter what
+was served.
+
 A solve that does not converge (:class:`PowerFlowNotConverged`) is never skipped: it
 gets a row in the ``nonconvergence`` table (step, t_s, solve, action, detail), the
 grid table's ``converged`` is false for its step, and ``feeder.on_nonconvergence``
@@ -64,6 +72,7 @@ from federates.common.messages import (
     ControlCommand,
     CurtailmentNotice,
     DsoView,
+    LoadLimit,
     LossEnergy,
     OperatingEnvelope,
     Scada,
@@ -171,6 +180,9 @@ class FeederRole:
         self._n = n
         self._q_kvar = np.zeros(n)
         self._cap_kw = np.full(n, np.nan)  # NaN = no cap
+        self._import_cap_kw = np.full(n, np.nan)  # the DSO's load limits (NaN = none)
+        self._load_limit_k = -1  # the interval they hold for
+        self._unserved: tuple[int, np.ndarray] | None = None  # (step, kW) of the last controlled solve
         self._requested = np.zeros(n)
         self._step: int | None = None
         self._pending_grid: int | None = None
@@ -393,6 +405,19 @@ class FeederRole:
         capped = np.where(np.isnan(self._cap_kw), self._requested, capped)
         return np.maximum(capped, 0.0) if self._nc_level >= 1 else capped
 
+    def _limit_imports(self, p: np.ndarray) -> np.ndarray:
+        """``p`` with each load-limited customer's import held to its cap [kW]."""
+        if self._load_limit_k < 0:
+            return p
+        return np.where(np.isnan(self._import_cap_kw), p, np.minimum(p, self._import_cap_kw))
+
+    def _flush_unserved(self) -> None:
+        """The import the load limits left unserved in the last step's final solve, to
+        the ``curtailment_energy`` table."""
+        if self._unserved is not None:
+            self.inverters.note_unserved(*self._unserved)
+            self._unserved = None
+
     def _shed(self, p: np.ndarray) -> np.ndarray:
         """``p`` with the imports scaled by the curtail level of the step [kW]."""
         if self._nc_level < 2:
@@ -466,12 +491,15 @@ class FeederRole:
 
         def set_powers() -> None:
             capped = self._applied_p()
-            sent[:] = (capped, self._shed(capped))
-            self.feeder.set_customer_powers(sent[1], self._q_kvar)
+            limited = self._limit_imports(capped)
+            sent[:] = (capped, limited, self._shed(limited))
+            self.feeder.set_customer_powers(sent[2], self._q_kvar)
 
         if not self._solve(g, True, set_powers):
             return self._hold(g)
-        capped, applied = sent  # the level cannot change after the attempt that converged
+        capped, limited, applied = sent  # the level cannot change after the attempt that converged
+        if self._load_limit_k >= 0:
+            self._unserved = (g, capped - limited)
         m = Measurement(
             v_pu=self.feeder.customer_v_pu(),
             p_kw=applied.copy(),
@@ -616,9 +644,13 @@ class FeederRole:
         sched = self._vector("schedule_p_kw", schedule_p_kw)
         dev = self._vector("deviation_p_kw", deviation_p_kw)
         self._finalize_grid()
+        self._flush_unserved()
         if g % self.timeline.steps_per_interval == 0:
             self._cap_kw[:] = np.nan
             self._dso_quiet = True
+            if self._load_limit_k >= 0 and self._load_limit_k != self.timeline.interval_of_step(g):
+                self._import_cap_kw[:] = np.nan  # the limits of an earlier interval are over
+                self._load_limit_k = -1
         self._requested = sched + dev
         self._step = g
         self._n_solves = 0
@@ -703,6 +735,24 @@ class FeederRole:
         """Export envelopes of interval ``k`` for the inverters to hold (see
         :meth:`InverterFleet.on_envelopes`)."""
         self.inverters.on_envelopes(k, envelopes)
+
+    def on_load_limits(self, k: int, limits: list[LoadLimit]) -> None:
+        """The DSO's load limits for interval ``k`` (module docstring), before its first
+        step: they replace any earlier ones; each is a ``curtailments`` row at the
+        interval's first step."""
+        if not limits:
+            return
+        g = k * self.timeline.steps_per_interval
+        self._import_cap_kw[:] = np.nan
+        for x in limits:
+            i = self._index.get(x.participant)
+            if i is None:
+                raise ValueError(f"load limit for unknown participant {x.participant!r}")
+            if x.interval != k:
+                raise ValueError(f"load limit of interval {x.interval} given for interval {k}")
+            self._import_cap_kw[i] = float(x.import_max_kw)
+        self._load_limit_k = k
+        self.inverters.note_load_limits(g, limits)
 
     def curtailment_notices(self, k: int) -> list[CurtailmentNotice]:
         """The energy the caps held back in interval ``k``, per participant and cause."""
@@ -802,6 +852,7 @@ class FeederRole:
         """
         self._finalize_grid()
         self._flush_losses()
+        self._flush_unserved()
         rec = self._rec
         local = np.flatnonzero(rec.done)
         steps = local + rec.g0

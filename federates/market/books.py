@@ -7,7 +7,9 @@ the clearing's record: each trade at its own price for the energy it delivered (
 seller's curtailment cut off, as settlement rule 2 cut it), each network charge for the
 energy delivered, and the utility's energy: what it sold in grid trades, the energy
 it replaced for buyers whose peer seller was curtailed (at retail), what it bought in
-grid trades, and every imbalance at its imbalance price (``market.imbalance_price``).
+grid trades, and every imbalance at its imbalance price (``market.imbalance_price``);
+with demand response, what the grid operator paid for the energy its calls cut (from
+the prosumers' deliveries, each up to its call).
 Rules in federates/market/settlement.py.
 """
 
@@ -27,6 +29,7 @@ LEDGER_TOTALS: tuple[tuple[str, str], ...] = (
     ("grid_received_usd", "USD"), ("charges_paid_usd", "USD"), ("charges_received_usd", "USD"),
     ("net_cost_usd", "USD"), ("market_cost_usd", "USD"), ("replacement_cost_usd", "USD"),
     ("imbalance_cost_usd", "USD"), ("charges_usd", "USD"),
+    ("dr_kwh", "kWh"), ("dr_received_usd", "USD"), ("dr_paid_usd", "USD"), ("dr_usd", "USD"),
 )
 
 
@@ -42,7 +45,8 @@ def money_flows(rows: Sequence[SettlementRow], trades: Sequence[Trade],
                 trade_cuts: Sequence[tuple[Trade, float]], *, retail_usd_per_kwh: float,
                 feed_in_usd_per_kwh: float, imbalance_rule: str = "tariff",
                 market_price_usd_per_kwh: float | None = None,
-                loss_charges_usd: Sequence[float] = ()) -> list[tuple[str, float, float]]:
+                loss_charges_usd: Sequence[float] = (),
+                dr_payments_usd: Sequence[float] | None = None) -> list[tuple[str, float, float]]:
     """``(flow, from the clearing record, from the accounts)`` [USD] for each money
     flow of one settled interval: what peers paid and received for peer energy, the
     network charges paid and collected, what the utility was paid and paid out.
@@ -52,7 +56,9 @@ def money_flows(rows: Sequence[SettlementRow], trades: Sequence[Trade],
     (``Settlement.trade_cuts``), matched to ``trades`` by ``Trade.trade_id``; the
     tariffs [USD/kWh] the imbalance (with ``imbalance_rule`` and the interval's market
     price) and the replaced energy are priced at; ``loss_charges_usd``: each
-    participant's loss energy x the loss price (``market.settle_losses``)."""
+    participant's loss energy x the loss price (``market.settle_losses``);
+    ``dr_payments_usd``: each demand-response payment (paid energy x price), None
+    without demand response (its two flows are then not listed)."""
     cut = _cut_by_id(trade_cuts)
     retail, feed_in = float(retail_usd_per_kwh), float(feed_in_usd_per_kwh)
     peer_value, utility_sold, utility_bought = [], [], []
@@ -80,6 +86,10 @@ def money_flows(rows: Sequence[SettlementRow], trades: Sequence[Trade],
     def total(col: str) -> float:
         return math.fsum(getattr(r, col) for r in rows)
 
+    dr = [] if dr_payments_usd is None else [
+        ("demand response paid by the grid operator", math.fsum(dr_payments_usd), total("dr_paid_usd")),
+        ("demand response received by the customers", math.fsum(dr_payments_usd), total("dr_received_usd")),
+    ]
     return [
         ("peers paid for peer energy", math.fsum(peer_value), total("peer_paid_usd")),
         ("peers received for peer energy", math.fsum(peer_value), total("peer_received_usd")),
@@ -87,6 +97,7 @@ def money_flows(rows: Sequence[SettlementRow], trades: Sequence[Trade],
         ("network charges collected by the grid operator", math.fsum(charges), total("charges_received_usd")),
         ("utility paid (retail and grid sales)", math.fsum(utility_sold), total("grid_paid_usd")),
         ("utility paid out (feed-in and grid purchases)", math.fsum(utility_bought), total("grid_received_usd")),
+        *dr,
     ]
 
 

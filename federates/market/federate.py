@@ -1,6 +1,6 @@
-"""Market federate: orders, meter energy and curtailment notices in; confirmations
-(messages) and per-prosumer scheduled kW (a value) out; with grid constraints the
-export envelopes it set go to the feeder's inverters."""
+"""Market federate: orders, meter energy, curtailment notices and demand-response
+deliveries in; confirmations (messages) and per-prosumer scheduled kW (a value) out;
+with grid constraints the export envelopes it set go to the feeder's inverters."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from federates.market.role import MarketRole, MarketTime
 from federates.runtime import drain_into, federate_main, stop_federate
 
 #: the messages the market takes at its market time, by kind
-INBOX_KINDS = ("orders", "interval_energy", "curtailments", "loss_energy", "envelopes", "grid_constraints")
+INBOX_KINDS = ("orders", "interval_energy", "curtailments", "loss_energy", "envelopes", "grid_constraints",
+               "dr_delivered")
 
 
 class _MarketDoor:
@@ -99,7 +100,8 @@ def run(study: Study, broker: str, log: logging.Logger, sink):
             link.door.advance(tl.market_time(k))
             inbox = link.inbox()
             out = role.on_market_time(k, inbox["orders"], inbox["interval_energy"], inbox["curtailments"],
-                                      inbox["envelopes"], inbox["grid_constraints"], losses=inbox["loss_energy"])
+                                      inbox["envelopes"], inbox["grid_constraints"], losses=inbox["loss_energy"],
+                                      deliveries=inbox["dr_delivered"])
             if out is None:  # market.mechanism admm_distributed: the peers clear k
                 out = link.admm(k, role, tl)
             if k < tl.n_intervals:

@@ -14,8 +14,10 @@ Records
     * ``trade``: a ``Trade``, acknowledged by its seller and its buyer (GRID's side is the
       market's): each party signs once per block the list of its trades in the block
       (``acknowledge_trades``), as a participant would sign its confirmation;
-    * ``curtailment`` (a ``CurtailmentNotice``), ``settlement`` (e.g. a
-      ``SettlementRow``), ``envelope`` and ``trade_curtailment``: the market's.
+    * ``curtailment`` (a ``CurtailmentNotice``), ``demand_response`` (a
+      ``DemandResponseDelivery``: what a called customer cut, paid in its settlement),
+      ``settlement`` (e.g. a ``SettlementRow``), ``envelope`` and ``trade_curtailment``:
+      the market's.
 
     The market's part of a record is not a second signature by the key that seals the
     block: the block seal signs the Merkle root over every record of the block, which
@@ -87,7 +89,7 @@ from federates.common.messages import GRID, GRID_OPERATOR, CurtailmentNotice, Or
 #: the ledger's file name in a run folder
 LEDGER_FILE = "ledger.zst"
 AUTHORITY = "market"
-RECORD_KINDS = ("bid", "trade", "curtailment", "settlement", "envelope", "trade_curtailment")
+RECORD_KINDS = ("bid", "trade", "curtailment", "settlement", "envelope", "trade_curtailment", "demand_response")
 GENESIS_PREV_HASH = "0" * 64
 MAGIC = b"tecosim-ledger 2\n"
 LOCATOR_BYTES = 4
@@ -249,7 +251,7 @@ def required_signers(kind: str, body: dict[str, Any]) -> list[str]:
     ``trade_parties``) or for the authority's records (the seal covers them)."""
     if kind == "bid":
         return [str(body["participant"])]
-    if kind in ("trade", "curtailment", "settlement", "envelope", "trade_curtailment"):
+    if kind in ("trade", "curtailment", "settlement", "envelope", "trade_curtailment", "demand_response"):
         return []
     raise ValueError(f"unknown record kind {kind!r}; allowed: {list(RECORD_KINDS)}")
 

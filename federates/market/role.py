@@ -29,6 +29,7 @@ from federates.common.messages import (
     GRID,
     Confirmation,
     CurtailmentNotice,
+    DemandResponseDelivery,
     GridConstraint,
     IntervalEnergy,
     LossEnergy,
@@ -56,7 +57,13 @@ from federates.market.ledger import (
 from federates.market.mechanisms import MECHANISMS
 from federates.market.p2p import build_book, electrical_distance_charges
 from federates.market.prices import with_confirmation_prices
-from federates.market.settlement import SettlementRow, market_price_of, settle_interval
+from federates.market.settlement import (
+    DR_COLUMNS,
+    SettlementRow,
+    dr_paid_kwh,
+    market_price_of,
+    settle_interval,
+)
 
 if TYPE_CHECKING:
     from federates.common.study import Study
@@ -94,9 +101,19 @@ ENVELOPES_DTYPES: dict[str, str] = {
     "import_max_kw": "float64", "binding": "object",
 }
 _ROW_DTYPES = {"int": "int64", "float": "float64", "str": "object", "bool": "bool"}
+#: the settlements table's columns with demand response on; without it the
+#: demand-response ones (``settlement.DR_COLUMNS``) are left out
 SETTLEMENTS_DTYPES: dict[str, str] = {
     f.name: _ROW_DTYPES[str(f.type)] for f in fields(SettlementRow)
 }
+
+
+def _without_dr(row: SettlementRow) -> dict:
+    """A settlement row's fields but the demand-response ones (demand response off)."""
+    body = dict(vars(row))
+    for c in DR_COLUMNS:
+        del body[c]
+    return body
 
 
 class _PairDistances(Mapping[tuple[str, str], float]):
@@ -281,6 +298,12 @@ class MarketRole:
         self._admm_constraints = False
         self._admm_rows: list[dict] = []
         self._loss_price = cfg.market.loss_price
+        dr = cfg.controllers.demand_response
+        #: demand response (``controllers.demand_response``): its deliveries are paid in
+        #: settlement (rule 3c); without it the settlements and the ledger have no DR columns
+        self._dr_price: float | None = float(dr.price_usd_per_kwh) if cfg.controllers.enabled and dr.enabled else None
+        self._settlement_dtypes = (SETTLEMENTS_DTYPES if self._dr_price is not None else
+                                   {c: t for c, t in SETTLEMENTS_DTYPES.items() if c not in DR_COLUMNS})
         if ledger_path is not None and m.ledger:
             self._keys = KeyRing.from_seed(cfg.study.seed, self.participants)
             self._ledger = Ledger(ledger_path, self._keys, difficulty_bits=m.ledger_pow_bits)
@@ -298,6 +321,7 @@ class MarketRole:
         envelopes: list[OperatingEnvelope] | None = None,
         constraints: list[GridConstraint] | None = None,
         losses: list[LossEnergy] | None = None,
+        deliveries: list[DemandResponseDelivery] | None = None,
     ) -> MarketTime | None:
         """Settle ``k-1`` (if ``k >= 1``), then clear ``k`` (if ``k < n_intervals``).
 
@@ -330,6 +354,10 @@ class MarketRole:
         ``losses`` (``market.settle_losses``): each customer's share of the feeder's
         losses of ``k-1`` [kWh], charged in its settlement at ``market.loss_price``.
 
+        ``deliveries`` (``controllers.demand_response``): what the customers the DSO
+        called cut in ``k-1``, paid in its settlement (up to each call) at the
+        demand-response price by the grid operator, and signed into its closing block.
+
         With ``market.mechanism: admm_distributed`` (k < n_intervals) the clearing of
         ``k`` only begins here and None is returned: :meth:`admm_round` drives it
         and returns the MarketTime when it is over.
@@ -346,7 +374,7 @@ class MarketRole:
         # the ledger gets two blocks per market time: the closing block of k-1
         # (curtailments, settlements) and the opening block of k (bids, trades)
         if k >= 1:
-            self._close_interval(k - 1, energies, notices, losses or [])
+            self._close_interval(k - 1, energies, notices, losses or [], deliveries or [])
         if k == n:
             if self._ledger is not None:
                 self._ledger.close()
@@ -387,16 +415,30 @@ class MarketRole:
         return MarketTime(list(result.confirmations), schedule_p_kw, env_k if constrained else None)
 
     def _close_interval(self, k: int, energies: list[IntervalEnergy], notices: list[CurtailmentNotice],
-                        losses: list[LossEnergy]) -> None:
+                        losses: list[LossEnergy], deliveries: list[DemandResponseDelivery]) -> None:
         """Settle interval ``k`` and seal its closing block: its curtailments, the trades
-        they cut, its settlements (then check the block against the settlement)."""
-        rows, cut_rows = self._settle(k, energies, notices, losses)
+        they cut, the demand-response deliveries, its settlements (then check the block
+        against the settlement)."""
+        deliveries = self._deliveries_of(k, deliveries)
+        rows, cut_rows = self._settle(k, energies, notices, losses, deliveries)
         if self._keys is not None:
             closing = [curtailment_record(self._keys, nt) for nt in notices if nt.interval == k]
             closing += [make_record(self._keys, "trade_curtailment", k, r) for r in cut_rows]
-            closing += [settlement_record(self._keys, k, r) for r in rows]
+            closing += [make_record(self._keys, "demand_response", k, d) for d in deliveries]
+            if self._dr_price is not None:
+                closing += [settlement_record(self._keys, k, r) for r in rows]
+            else:  # the settlement records as before demand response existed
+                closing += [settlement_record(self._keys, k, _without_dr(r)) for r in rows]
             self._seal(k, closing)
             self._check_ledger(k, rows)
+
+    def _deliveries_of(self, k: int, deliveries: list[DemandResponseDelivery]) -> list[DemandResponseDelivery]:
+        """The demand-response deliveries of ``k`` in site order (a split prosumers
+        federate's parts send theirs separately), none without demand response."""
+        if self._dr_price is None:
+            return []
+        mine = [d for d in deliveries if d.interval == k]
+        return sorted(mine, key=lambda d: (self._index.get(d.participant, len(self._index)), d.participant))
 
     def _open_interval(self, k: int, orders: list[Order], envelopes: list[OperatingEnvelope],
                        constraints: list[GridConstraint]
@@ -602,7 +644,7 @@ class MarketRole:
 
     def _settle(
         self, k: int, energies: list[IntervalEnergy], notices: list[CurtailmentNotice],
-        losses: list[LossEnergy],
+        losses: list[LossEnergy], deliveries: list[DemandResponseDelivery],
     ) -> tuple[list[SettlementRow], list[dict]]:
         """Settle interval ``k``: its settlement rows and curtailed-trade rows (both also
         kept for the tables)."""
@@ -629,18 +671,22 @@ class MarketRole:
         retail, feed_in = self.tariff.retail(k), self.tariff.feed_in(k)
         loss_price = (market_price if self._loss_price == "clearing" and market_price is not None
                       else retail)
+        dr_kwh = dr_paid_kwh(deliveries, k, self._timeline.interval_h) if self._dr_price is not None else {}
         settled = settle_interval(
             k, list(confs), list(trades), metered, curtailed,
             retail_usd_per_kwh=retail, feed_in_usd_per_kwh=feed_in,
             participants=self.participants, imbalance_rule=self._imbalance_rule,
             loss_kwh=loss_kwh or None, loss_price_usd_per_kwh=loss_price if loss_kwh else None,
+            dr_kwh=dr_kwh or None, dr_price_usd_per_kwh=self._dr_price,
         )
         rows, cuts = settled.rows, settled.trade_cuts
         self._settlements.extend(dict(vars(r)) for r in rows)
         for flow, expected, actual in money_flows(
                 rows, trades, cuts, retail_usd_per_kwh=retail, feed_in_usd_per_kwh=feed_in,
                 imbalance_rule=self._imbalance_rule, market_price_usd_per_kwh=market_price,
-                loss_charges_usd=[x * loss_price for x in loss_kwh.values()]):
+                loss_charges_usd=[x * loss_price for x in loss_kwh.values()],
+                dr_payments_usd=(None if self._dr_price is None else
+                                 [x * self._dr_price for x in dr_kwh.values()])):
             self.books.check("money", interval=k, subject=flow, expected=expected, actual=actual,
                              tolerance=MONEY_TOLERANCE_USD, unit="USD",
                              detail="from the clearing's record vs the sum of the parties' settlement rows")
@@ -697,7 +743,7 @@ class MarketRole:
             "bids": _frame(self._bids, BIDS_DTYPES),
             "trades": _frame(self._trades, TRADES_DTYPES),
             "clearing": _frame(self._clearing, CLEARING_DTYPES),
-            "settlements": _frame(self._settlements, SETTLEMENTS_DTYPES),
+            "settlements": _frame(self._settlements, self._settlement_dtypes),
             "curtailed_trades": _frame(self._curtailed_trades, CURTAILED_TRADES_DTYPES),
             "envelopes": _frame(self._envelopes, ENVELOPES_DTYPES),
             # the prices each cleared interval was cleared and settled at

@@ -28,6 +28,13 @@ Rules, applied per participant ``p``:
    feeder's losses of the interval (``loss_kwh``, the feeder's per-phase loss
    allocation) at the loss price to the grid operator, as a charge
    (``charges_paid_usd``; the grid operator's row collects it).
+3c. Demand response (``controllers.demand_response``). A customer the DSO called to cut
+   its demand is paid for the energy its devices cut against their plan, up to what
+   was asked (``dr_kwh``: :func:`dr_paid_kwh` of its deliveries), at the demand-response
+   price, by the grid operator (the DSO that called it): ``dr_received_usd`` on the
+   customer's row, ``dr_paid_usd`` on the grid operator's. The cut energy is not an
+   energy flow of the settlement (the meter already shows the lower import); this is a
+   transfer from the DSO to the customer.
 4. Imbalance. ``adjusted schedule = scheduled_kwh + applied curtailment`` (the
    curtailed seller is not penalised for what the DSO curtailed), and
    ``imbalance_kwh = metered_kwh - adjusted schedule``. A positive imbalance is bought
@@ -46,25 +53,27 @@ Rules, applied per participant ``p``:
    is flagged ``missing_reading``.
 
 Bill split (each row): ``net_cost_usd = market_cost_usd + replacement_cost_usd +
-imbalance_cost_usd + charges_usd``: the energy it bought and sold in the market at the
+imbalance_cost_usd + charges_usd + dr_usd``: the energy it bought and sold in the market at the
 trades' prices (peer trades as delivered, its scheduled grid trades), the energy
 bought at retail to replace a peer purchase its seller could not deliver (rule 3),
-its imbalance at the imbalance price (rule 4) and the network charges it paid (less
-those it collected: the grid operator's row). Curtailment is not compensated: the
+its imbalance at the imbalance price (rule 4), the network charges it paid (less
+those it collected: the grid operator's row) and the demand-response payments it made
+(the grid operator) less those it received (rule 3c). Curtailment is not compensated: the
 seller is not paid for energy the DSO curtailed, and not charged for it either.
 
 Consequences (tested): every participant's settled energy
 ``peer_bought + grid_bought - peer_sold - grid_sold`` equals its metered energy, and
 among peers money is conserved: ``sum(peer_paid_usd) == sum(peer_received_usd)``,
 and every charge paid is received: ``sum(charges_paid_usd) ==
-sum(charges_received_usd)`` (up to float rounding).
+sum(charges_received_usd)``, and every demand-response payment is received:
+``sum(dr_paid_usd) == sum(dr_received_usd)`` (up to float rounding).
 
 Arithmetic is exact, converted to float once per reported number. ``settle_interval``
 works in integers: energies in units of 2**-Ee kWh and prices in 2**-Ep USD/kWh, with
 Ee / Ep the most binary places any input has, so sums and products are exact; an
 interval where a seller's peer sales are cut pro rata (rule 2, a true division) is
 settled by ``settle_interval_reference`` (``fractions.Fraction`` throughout), as is an
-interval with a network charge and any non-finite input (it raises the reference's error). Both give equal rows, bit for bit
+interval with a network charge or a demand-response payment, and any non-finite input (it raises the reference's error). Both give equal rows, bit for bit
 (tests/unit/test_settlement.py). ``net_cost_usd`` is + when the participant pays.
 """
 
@@ -90,7 +99,10 @@ class SettlementRow:
     ``charges_received_usd`` [USD] what the grid operator (row ``GRID_OPERATOR``)
     collects; ``net_cost_usd`` [USD] = paid - received (+ pays), charges included,
     split into ``market_cost_usd``, ``replacement_cost_usd``, ``imbalance_cost_usd``
-    and ``charges_usd`` [USD, + pays] (module docstring, "Bill split").
+    and ``charges_usd`` [USD, + pays] (module docstring, "Bill split"). Demand
+    response (rule 3c): ``dr_kwh`` [kWh] the cut energy paid for, ``dr_received_usd``
+    [USD] what the customer is paid, ``dr_paid_usd`` [USD] what the grid operator pays,
+    ``dr_usd`` [USD, + pays] = ``dr_paid_usd - dr_received_usd``, the bill's fifth part.
     ``missing_reading``: no meter reading, metered was set to the adjusted schedule.
     """
 
@@ -117,6 +129,28 @@ class SettlementRow:
     replacement_cost_usd: float = 0.0
     imbalance_cost_usd: float = 0.0
     charges_usd: float = 0.0
+    dr_kwh: float = 0.0
+    dr_received_usd: float = 0.0
+    dr_paid_usd: float = 0.0
+    dr_usd: float = 0.0
+
+
+#: the demand-response columns of a settlement row (rule 3c): in the ``settlements``
+#: table and the ledger's settlement records only when demand response is on
+DR_COLUMNS = ("dr_kwh", "dr_received_usd", "dr_paid_usd", "dr_usd")
+
+
+def dr_paid_kwh(deliveries, interval: int, interval_h: float) -> dict[str, float]:
+    """Rule 3c's energy [kWh] per participant: what its devices cut in ``interval``
+    (``DemandResponseDelivery.reduced_kwh``), each delivery up to its call
+    (``requested_kw`` x ``interval_h`` [h]); a cut beyond the call is not bought.
+    Deliveries of another interval are ignored; several of one participant add up."""
+    out: dict[str, float] = {}
+    for d in deliveries:
+        if d.interval == interval:
+            paid = min(max(float(d.reduced_kwh), 0.0), max(float(d.requested_kw), 0.0) * interval_h)
+            out[d.participant] = out.get(d.participant, 0.0) + paid
+    return out
 
 
 @dataclass(frozen=True)
@@ -148,6 +182,9 @@ class _Acc:
         self.grid_paid_scheduled = z  # grid trades as cleared (less curtailment), not imbalance
         self.grid_received_scheduled = z
         self.replacement = z
+        self.dr_kwh = z
+        self.dr_received = z
+        self.dr_paid = z
 
 
 def _frac(x: float, what: str) -> Fraction:
@@ -331,6 +368,8 @@ def settle_interval(
     imbalance_rule: str = "tariff",
     loss_kwh: dict[str, float] | None = None,
     loss_price_usd_per_kwh: float | None = None,
+    dr_kwh: dict[str, float] | None = None,
+    dr_price_usd_per_kwh: float | None = None,
 ) -> Settlement:
     """Settle interval ``interval`` (rules in the module docstring).
 
@@ -342,16 +381,18 @@ def settle_interval(
     gets a row (default: everyone named by a confirmation, a trade, a reading or a
     curtailment); rows come in this order, or sorted by id by default.
     ``loss_kwh`` [kWh, >= 0] per participant and ``loss_price_usd_per_kwh``: the loss
-    charges of rule 3b. Returns the rows and the trades rule 2 cut
+    charges of rule 3b. ``dr_kwh`` [kWh, >= 0] per participant (:func:`dr_paid_kwh`) and
+    ``dr_price_usd_per_kwh``: the demand-response payments of rule 3c. Returns the rows and the trades rule 2 cut
     (:class:`Settlement`). Exact integer arithmetic; equal to
     ``settle_interval_reference``.
     """
     args = (interval, confirmations, trades, metered_kwh, curtailed_kwh)
     kw = {"retail_usd_per_kwh": retail_usd_per_kwh, "feed_in_usd_per_kwh": feed_in_usd_per_kwh,
           "participants": participants, "imbalance_rule": imbalance_rule,
-          "loss_kwh": loss_kwh, "loss_price_usd_per_kwh": loss_price_usd_per_kwh}
-    if loss_kwh:
-        return settle_interval_reference(*args, **kw)  # loss charges (rule 3b)
+          "loss_kwh": loss_kwh, "loss_price_usd_per_kwh": loss_price_usd_per_kwh,
+          "dr_kwh": dr_kwh, "dr_price_usd_per_kwh": dr_price_usd_per_kwh}
+    if loss_kwh or dr_kwh:
+        return settle_interval_reference(*args, **kw)  # loss charges (rule 3b), demand response (3c)
     if imbalance_rule not in IMBALANCE_PRICES:
         raise ValueError(f"market.imbalance_price is {imbalance_rule!r}; allowed: {', '.join(IMBALANCE_PRICES)}")
     confs = {c.participant: c for c in confirmations if c.interval == interval}
@@ -428,6 +469,10 @@ def settle_interval(
             "replacement_cost_usd": 0.0,  # a replacement needs a pro-rata cut: the reference's
             "imbalance_cost_usd": imbalance * price / one_m,
             "charges_usd": 0.0,
+            "dr_kwh": 0.0,  # an interval with a demand-response payment settles by the reference
+            "dr_received_usd": 0.0,
+            "dr_paid_usd": 0.0,
+            "dr_usd": 0.0,
         })
     # without SettlementRow.__init__'s 19 frozen-field assignments (2.8 -> 0.4 us a row)
     return Settlement(adopt(SettlementRow, rows), cuts)
@@ -501,6 +546,24 @@ def _charge_losses(loss_kwh: dict[str, float], loss_price_usd_per_kwh: float | N
             _account(acc, GRID_OPERATOR).charges_received += x * loss_price
 
 
+def _pay_demand_response(dr_kwh: dict[str, float], dr_price_usd_per_kwh: float | None,
+                         acc: dict[str, _Acc]) -> None:
+    """Rule 3c: each participant's demand-response energy at the DR price, paid by the
+    grid operator."""
+    if dr_price_usd_per_kwh is None:
+        raise ValueError("dr_kwh needs dr_price_usd_per_kwh")
+    price = _frac(dr_price_usd_per_kwh, "dr_price_usd_per_kwh")
+    for p, raw in dr_kwh.items():
+        x = _frac(raw, f"dr_kwh[{p!r}]")
+        if x < 0:
+            raise ValueError(f"dr_kwh[{p!r}] must be >= 0, got {raw!r}")
+        if x:
+            a = _account(acc, p)
+            a.dr_kwh += x
+            a.dr_received += x * price
+            _account(acc, GRID_OPERATOR).dr_paid += x * price
+
+
 def settle_interval_reference(
     interval: int,
     confirmations: list[Confirmation],
@@ -514,6 +577,8 @@ def settle_interval_reference(
     imbalance_rule: str = "tariff",
     loss_kwh: dict[str, float] | None = None,
     loss_price_usd_per_kwh: float | None = None,
+    dr_kwh: dict[str, float] | None = None,
+    dr_price_usd_per_kwh: float | None = None,
 ) -> Settlement:
     """:func:`settle_interval`, the same arguments and result, computed in
     ``fractions.Fraction`` throughout: the reference the integer path is checked against."""
@@ -534,6 +599,8 @@ def settle_interval_reference(
     cuts = _reference_trades(peer, grid, cut_peer, cut_grid, peer_sold, retail, acc)
     if loss_kwh:
         _charge_losses(loss_kwh, loss_price_usd_per_kwh, acc)
+    if dr_kwh:
+        _pay_demand_response(dr_kwh, dr_price_usd_per_kwh, acc)
 
     # every participant's imbalance first: the dual price needs their sum
     settled = []
@@ -557,8 +624,8 @@ def settle_interval_reference(
         elif imbalance < 0:
             a.grid_sold -= imbalance
             a.grid_received -= imbalance * price
-        net = (a.peer_paid + a.grid_paid + a.charges_paid
-               - a.peer_received - a.grid_received - a.charges_received)
+        net = (a.peer_paid + a.grid_paid + a.charges_paid + a.dr_paid
+               - a.peer_received - a.grid_received - a.charges_received - a.dr_received)
         reported = curtailed_kwh.get(p, 0.0)
         rows.append(SettlementRow(
             interval=interval,
@@ -584,5 +651,9 @@ def settle_interval_reference(
             replacement_cost_usd=float(a.replacement),
             imbalance_cost_usd=float(imbalance * price),
             charges_usd=float(a.charges_paid - a.charges_received),
+            dr_kwh=float(a.dr_kwh),
+            dr_received_usd=float(a.dr_received),
+            dr_paid_usd=float(a.dr_paid),
+            dr_usd=float(a.dr_paid - a.dr_received),
         ))
     return Settlement(rows, cuts)

@@ -1,7 +1,9 @@
 """Prosumers federate: per market interval the bids (one message to the market) and the
-real deviations of every step of the interval (one value). With
-``prosumers.flex_dispatch: cleared`` the deviations leave at the dispatch time, after
-the confirmations (and the DSO's envelopes) of the interval came in."""
+real deviations of every step of the interval (one value); with demand response, what
+the last interval's calls got (one message to the market, from an endpoint of its own:
+the comms layer's delay filter is the bids'). With ``prosumers.flex_dispatch: cleared``
+the deviations leave at the dispatch time, after the confirmations (and the DSO's
+envelopes) of the interval came in."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from federates.common.door import Door
 from federates.common.messages import (
     Confirmation,
     DemandResponseCall,
+    LoadLimit,
     OperatingEnvelope,
     decode,
     encode,
@@ -42,10 +45,16 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
     if role.admm is not None:  # market.mechanism admm_distributed: the agents step here
         admm_ep = door.endpoint(keys.admm_endpoint(name))
         door.add_delay_filter(admm_ep, role.comms.latency_of("admm"))
+    dr_ep = door.endpoint(f"{name}.dr") if role.dr_on else None
+
+    def send_deliveries(k: int) -> None:  # what the calls of k got, at the report time of k + 1
+        if dr_ep is not None:
+            door.send(dr_ep, keys.MARKET, encode(role.dr_deliveries(k), kind="dr_delivered", interval=k))
     inbox: dict[int, list[Confirmation]] = defaultdict(list)
     calls: dict[int, list[DemandResponseCall]] = defaultdict(list)  # the DSO's, by interval
     envelopes: dict[int, list[OperatingEnvelope]] = defaultdict(list)  # the DSO's (cleared only)
-    boxes = {"dr_calls": calls, "envelopes": envelopes}
+    limits: dict[int, list[LoadLimit]] = defaultdict(list)  # the DSO's load limits, by interval
+    boxes = {"dr_calls": calls, "envelopes": envelopes, "load_limits": limits}
     every = study_chunk_intervals(cfg, len(study.sites))
     part_sink = sink if parts == 1 else _PartSink(sink, part)
 
@@ -63,6 +72,10 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
                 role.on_confirmations(k - 1, inbox.pop(k - 1, []))
             if k in calls:
                 role.on_demand_response(k, calls.pop(k))
+            if k in limits:
+                role.on_load_limits(k, limits.pop(k))
+            if k >= 1:
+                send_deliveries(k - 1)
             if role.cleared:
                 door.send(ep, keys.MARKET, encode(role.orders_sent(k), kind="orders", interval=k))
                 if drain_due(tl, k, every):
@@ -84,6 +97,7 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
         drain()
         if not role.cleared:
             role.on_confirmations(tl.n_intervals - 1, inbox.pop(tl.n_intervals - 1, []))
+        send_deliveries(tl.n_intervals - 1)
     finally:
         door.close()
     if parts == 1:

@@ -43,7 +43,14 @@ from federates.common.comms import CommsLink
 from federates.common.config import StudyFile
 from federates.common.grid import CustomerSite
 from federates.common.keys import part_bounds
-from federates.common.messages import Confirmation, DemandResponseCall, OperatingEnvelope, Order
+from federates.common.messages import (
+    Confirmation,
+    DemandResponseCall,
+    DemandResponseDelivery,
+    LoadLimit,
+    OperatingEnvelope,
+    Order,
+)
 from federates.common.rng import stream
 from federates.market.ledger import KeyRing, sign_order
 from federates.prosumers import battery, measured, profiles
@@ -241,6 +248,8 @@ class ProsumersRole:
         #: EVs and heat pumps / ACs (``prosumers.ev``, ``prosumers.hvac``); None without any.
         #: On for every part of a split federate alike (its tables exist where a part owns none)
         self._dr_calls: dict[int, dict[int, tuple[float, str, str]]] = {}  # {k: {site position: call}}
+        #: the DSO's load limits by interval: each household's import cap [kW] (inf: none)
+        self._load_limits: dict[int, np.ndarray] = {}
         self.flex: FlexDemand | None = (
             FlexDemand(cfg, self._index, self.participants, start=study_times(cfg, 0, 1)[0],
                        retail_usd_per_kwh=self.tariff.retail,
@@ -526,6 +535,34 @@ class ProsumersRole:
         if mine and self.flex is not None:
             self._dr_calls[k] = mine
 
+    def on_load_limits(self, k: int, limits: list[LoadLimit]) -> None:
+        """The DSO's load limits for interval ``k`` (before ``bids(k)``; others' ignored):
+        a limited household's import above its cap is not served (the feeder holds it),
+        and its devices are the first to lose it (``FlexDemand.step_kw``: the EV charger
+        turned down, then the heat pump / AC and the water heater off for a step), so
+        that what they record is what they got."""
+        pos = {p: j for j, p in enumerate(self.participants)}
+        mine = [(pos[x.participant], float(x.import_max_kw)) for x in limits
+                if x.participant in pos and x.interval == k]
+        for old in [j for j in self._load_limits if j < k]:
+            del self._load_limits[old]
+        if mine and self.flex is not None:
+            cap = np.full(len(self.participants), np.inf)
+            for j, kw in mine:
+                cap[j] = kw
+            self._load_limits[k] = cap
+
+    def dr_deliveries(self, k: int) -> list[DemandResponseDelivery]:
+        """What the demand-response calls of interval ``k`` got (site order): sent to the
+        market at the report time of ``k + 1``, which pays them in ``k``'s settlement
+        (``federates/market/settlement.py``, rule 3c). Empty without a call; given once."""
+        return [] if self.flex is None else self.flex.deliveries(k)
+
+    @property
+    def dr_on(self) -> bool:
+        """Whether the DSO's demand response runs (its deliveries go to the market)."""
+        return self.flex is not None and self.flex.dr_on
+
     def on_confirmations(self, k: int, confirmations: list[Confirmation]) -> None:
         """The market's confirmations of interval ``k``: adaptive bidders learn from them;
         only the last interval's are kept (``confirmations``)."""
@@ -556,7 +593,9 @@ class ProsumersRole:
         self._soc = soc_after(self._soc, b, self._capacity_kwh, dt_h)
         if self.flex is not None:  # the devices draw what they draw: into the household's load
             t_out = float(blk.temp_air_c[r]) if blk.temp_air_c is not None else 0.0
-            blk.load_kw[r] = blk.load_kw[r] + self.flex.step_kw(g, t_out)
+            cap = self._load_limits.get(k)  # under a load limit the devices lose the import above it first
+            headroom = None if cap is None else cap - (blk.load_kw[r] - blk.pv_kw[r] + b)
+            blk.load_kw[r] = blk.load_kw[r] + self.flex.step_kw(g, t_out, headroom)
         net = blk.load_kw[r] - blk.pv_kw[r] + b
         blk.battery_kw[r] = b
         blk.soc_kwh[r] = self._soc

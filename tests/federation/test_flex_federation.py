@@ -49,21 +49,33 @@ DR_EVENING = ["--set", "study.start=2026-06-21T17:00:00-04:00", "--set", "study.
 @pytest.fixture(scope="module")
 def dr_runs(tmp_path_factory) -> dict:
     out = {}
-    for name, engine, dr in (("inprocess", "inprocess", "true"), ("federation", "federation", "true"),
-                             ("no_dr", "inprocess", "false")):
+    for name, engine, dr, limit in (("inprocess", "inprocess", "true", "on"),
+                                    ("federation", "federation", "true", "on"),
+                                    ("no_dr", "inprocess", "false", "off")):
         run_dir = tmp_path_factory.mktemp("dr") / name
         r = tecosim("run", str(VERY_WEAK), "--engine", engine, "--out", str(run_dir), "--no-report", *DR_EVENING,
-                    "--set", f"controllers.demand_response.enabled={dr}")
+                    "--set", f"controllers.demand_response.enabled={dr}",
+                    "--set", f"controllers.demand_response.load_limit={limit}")
         assert r.returncode == 0, f"{name} run failed:\n{r.stdout}\n{r.stderr}"
         out[name] = run_dir
     return out
 
 
 def test_demand_response_federation_equals_inprocess_engine(dr_runs):
+    """The same tables, the DR payments in settlement included (the deliveries reach the
+    market from both prosumer parts at the report time of k+1) and the load limits that
+    follow a failed demand response (the DSO's limits reach the feeder with its calls),
+    and the same ledger, byte for byte (its demand_response records and settlement
+    records with DR columns)."""
     a = read_tables(dr_runs["inprocess"])
     b = read_tables(dr_runs["federation"])
     assert len(a["demand_response"]) > 0
+    assert (a["curtailments"].limit == "load_limit").sum() > 0
+    assert a["curtailment_energy"][a["curtailment_energy"].limit == "load_limit"].energy_kwh.sum() > 0
+    assert a["settlements"].dr_paid_usd.sum() > 0
+    assert a["settlements"].dr_paid_usd.sum() == pytest.approx(a["demand_response"].credit_usd.sum(), rel=1e-12)
     assert_same_tables(a, b)
+    assert (dr_runs["inprocess"] / "ledger.zst").read_bytes() == (dr_runs["federation"] / "ledger.zst").read_bytes()
 
 
 def test_demand_response_pays_what_was_cut_and_lifts_the_voltages(dr_runs):

@@ -169,3 +169,18 @@ def test_the_run_folder_says_what_was_replaced(tmp_path):
     head = (out / "config.resolved.yaml").read_text().splitlines()[0]
     assert head.startswith("# market.topology: p2p (--set market.topology) drops market.mechanism")
     assert yaml.safe_load((out / "config.resolved.yaml").read_text())["market"]["mechanism"] == "lp"
+
+
+def test_load_limit_needs_demand_response_and_reads_bare_on_off():
+    """``controllers.demand_response.load_limit: on`` acts only after demand response:
+    refused without it, naming the field and what is allowed; YAML's bare on / off
+    (booleans in YAML 1.1) read as the words."""
+    found = problems_of({"controllers": {"demand_response": {"load_limit": "on"}}})
+    msg = found["controllers.demand_response.load_limit"]
+    assert "demand response" in msg and "controllers.demand_response.enabled" in msg
+    raw = apply_overrides({}, ["controllers.demand_response.enabled=true", "controllers.demand_response.load_limit=on"])
+    assert validate(raw).controllers.demand_response.load_limit == "on"
+    assert validate(apply_overrides({}, ["controllers.demand_response.load_limit=off"])
+                    ).controllers.demand_response.load_limit == "off"
+    assert "controllers.demand_response.load_limit" in problems_of(
+        {"controllers": {"demand_response": {"enabled": True, "load_limit": "sometimes"}}})

@@ -129,8 +129,11 @@ def test_money_check_fails_the_interval_when_a_row_loses_a_cent(tmp_path, monkey
 def test_ledger_check_fails_when_a_record_differs_from_its_row(tmp_path, monkeypatch):
     real = market_role.settlement_record
 
-    def altered(keys, k, row):
-        return real(keys, k, replace(row, net_cost_usd=row.net_cost_usd + 1e-6) if row.participant == "b" else row)
+    def altered(keys, k, row):  # a row's fields (without the demand-response ones: DR is off)
+        body = dict(row)
+        if body["participant"] == "b":
+            body["net_cost_usd"] += 1e-6
+        return real(keys, k, body)
 
     monkeypatch.setattr(market_role, "settlement_record", altered)
     with pytest.raises(ConservationError, match=r"'ledger' broken at interval 0 \(net_cost_usd\).*error 1e-06 USD"):
@@ -165,6 +168,7 @@ def test_ledger_columns_read_back_equal_the_decoded_records(tmp_path):
         block_float_columns,
         decode_block,
     )
+    from federates.market.settlement import DR_COLUMNS
 
     market = _day(tmp_path)
     market.on_market_time(2, [], [], [])
@@ -172,7 +176,9 @@ def test_ledger_columns_read_back_equal_the_decoded_records(tmp_path):
     closing = [b for b in raw if any(r["kind"] == "settlement" for r in decode_block(b)["records"])]
     assert closing
     for b in closing:
-        rows = [SimpleNamespace(**r["body"]) for r in decode_block(b)["records"] if r["kind"] == "settlement"]
+        # demand response off: the records have no DR columns, the rows hold 0 there
+        rows = [SimpleNamespace(**dict.fromkeys(DR_COLUMNS, 0.0), **r["body"])
+                for r in decode_block(b)["records"] if r["kind"] == "settlement"]
         assert ledger_differences(block_float_columns(b), rows) == (len(rows), [])
         rows[1].metered_kwh += 0.25
         n, differ = ledger_differences(block_float_columns(b), rows)

@@ -109,3 +109,70 @@ def test_under_voltage_alarm_only_with_demand_response():
     assert Alarms.from_config(on).raised(low)
     assert Alarms.from_config(only).raised(low)
     assert not Alarms.from_config(only).raised(_view([1.2, 1.0], [-5.0, 0.0]))  # no curtailment: no v_max
+
+
+# ---- load limits after demand response (controllers.demand_response.load_limit) -----------
+def _limiter(**kw):
+    from federates.controllers.load_limit import LoadLimiter
+
+    return LoadLimiter(NAMES, 5.0, v_min_pu=0.95, margin_pu=0.005, dv_pu_per_kw=DV, **kw)
+
+
+def test_no_load_limit_before_demand_response_had_its_chance():
+    lim = _limiter()
+    lim.observe(_view([0.94, 0.96, 0.99, 1.0], [8.0, 9.0, 1.0, 2.0]))
+    assert lim.limits(3, dr_in_force=False) == []
+    # a voltage below the demand response's margin but above v_min is no reason
+    lim.observe(_view([0.953, 0.96, 0.99, 1.0], [8.0, 9.0, 1.0, 2.0]))
+    assert lim.limits(4, dr_in_force=True) == []
+
+
+def test_load_limits_by_relief_until_the_violation_is_covered():
+    """Hand case: p0 at 0.94 pu needs 0.955 - 0.94 = 0.015 pu. Import above the 5 kW
+    limiter: p0 3 kW, p1 4 kW, p2 none (1 kW), p3 1 kW (no sensitivity to p0). Relief on
+    the linear model: p0 0.004 x 3 = 0.012, p1 0.003 x 4 = 0.012: p0 first (ties keep site
+    order), 0.003 left, then p1. p2 and p3 stay unlimited."""
+    lim = _limiter()
+    lim.observe(_view([0.94, 0.96, 0.99, 1.0], [8.0, 9.0, 1.0, 6.0]))
+    got = lim.limits(3, dr_in_force=True)
+    assert [x.participant for x in got] == ["p0", "p1"]
+    assert all(x.interval == 3 and x.import_max_kw == 5.0 and x.limit == "v_min" and x.element == "p0" for x in got)
+    assert [x.import_kw for x in got] == [8.0, 9.0] and [x.v_pu for x in got] == [0.94, 0.96]
+    # a small violation is covered by p0 alone (0.012 >= 0.955 - 0.945)
+    lim2 = _limiter()
+    lim2.observe(_view([0.945, 0.96, 0.99, 1.0], [8.0, 9.0, 1.0, 6.0]))
+    assert [x.participant for x in lim2.limits(3, dr_in_force=True)] == ["p0"]
+
+
+def test_load_limits_stand_while_violated_and_lift_after_a_quiet_interval():
+    lim = _limiter()
+    lim.observe(_view([0.945, 0.96, 0.99, 1.0], [8.0, 9.0, 1.0, 6.0]))
+    assert [x.participant for x in lim.limits(3, dr_in_force=True)] == ["p0"]
+    # still violated (p0 limited to 5 kW now): p0 stands, p1 added; no DR needed any more
+    lim.observe(_view([0.946, 0.96, 0.99, 1.0], [5.0, 9.0, 1.0, 6.0]))
+    assert [x.participant for x in lim.limits(4, dr_in_force=False)] == ["p0", "p1"]
+    assert lim.limits(5, dr_in_force=True) == []  # an interval without a violation: all lifted
+
+
+def test_forward_overload_limits_the_customers_behind_it():
+    dloading = np.array([[-2.0, -2.0, 0.0, 0.0]])
+    lim = _limiter(thermal_max_pct=100.0, thermal_margin_pct=2.0, dloading_pct_per_kw=dloading,
+                   elements=["transformer.t1"])
+    scada = Scada(loading_pct=np.array([104.0]), p_kw=np.array([30.0]), vuf_pct=np.zeros(0), source_p_kw=50.0)
+    lim.observe(_view([0.99] * 4, [8.0, 7.0, 9.0, 1.0], scada=scada))
+    got = lim.limits(0, dr_in_force=True)
+    # need 104 - 98 = 6 %: p0 gives 2 x 3 = 6 % alone; p2 is not behind the transformer
+    assert [(x.participant, x.limit, x.element) for x in got] == [("p0", "thermal", "transformer.t1")]
+
+
+def test_calls_stand_whole_while_load_limits_are_in_force():
+    """An interval quiet because load limits held the imports down does not wind the
+    paid calls down (their voltages are with the limits, not without them)."""
+    dr = _dr()
+    dr.observe(_view([0.94, 0.96, 0.99, 1.0], [8.0, 9.0, 1.0, 2.0]))
+    first = {c.participant: c.reduce_kw for c in dr.calls(1)}
+    assert dr.in_force
+    held = {c.participant: c.reduce_kw for c in dr.calls(2, hold=True)}
+    assert held == first
+    assert {c.participant: c.reduce_kw for c in dr.calls(3)} == pytest.approx(
+        {p: 0.75 * x for p, x in first.items() if 0.75 * x >= 0.05 * 7.2})

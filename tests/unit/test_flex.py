@@ -418,3 +418,40 @@ def test_auto_heat_pump_heats_in_winter_cools_in_summer_and_floats_between():
 def test_auto_mode_refuses_overlapping_bands():
     with pytest.raises(ValueError, match="heat_setpoint_c"):
         HvacConfig(mode="auto", setpoint_c=21.0, heat_setpoint_c=20.5, deadband_c=1.0)
+
+
+def test_under_a_load_limit_the_devices_lose_the_import_first():
+    """Every household limited to 3 kW for the whole day (the DSO's load limits): the
+    devices never take the import above the limit (an EV charger turned down to what the
+    rest of the household leaves, a heat pump / AC or water heater off for the step when
+    that is less than its rating), so the household's import exceeds 3 kW only where its
+    load without the devices does; what the limit withheld from the devices is recorded
+    (``flex.load_limited_kwh``), and the EV sessions delivered what ``flex`` says."""
+    from federates.common.messages import LoadLimit
+    from federates.prosumers.role import ProsumersRole
+    from tests.unit.test_prosumers import make_sites
+
+    flex = {"ev": {"share": 0.5, "control": "uncontrolled"}, "hvac": {"share": 0.5},
+            "water_heater": {"share": 0.5}}
+    base = ProsumersRole(_role_cfg(), make_sites(12))
+    limited = ProsumersRole(_role_cfg(**flex), make_sites(12))
+    (b,) = _play(base)
+    tl = limited.timeline
+    for k in range(tl.n_intervals):
+        limited.on_load_limits(k, [LoadLimit(p, k, 3.0, "v_min", p, 8.0, 0.93) for p in limited.participants])
+        limited.bids(k)
+        limited.interval_deviations(k)
+    f = limited.tables()
+    pl, pb = f["profiles"], b["profiles"]
+    device_kw = (pl.load_kw - pb.load_kw).to_numpy()
+    assert (device_kw >= -1e-12).all() and device_kw.sum() > 0
+    net = pl.net_kw.to_numpy()
+    without_devices = net - device_kw
+    assert (net <= np.maximum(3.0, without_devices) + 1e-9).all()
+    assert f["flex"].load_limited_kwh.sum() > 1.0
+    assert f["ev_sessions"].delivered_kwh.sum() == pytest.approx(f["flex"].ev_kwh.sum(), rel=1e-12)
+    # unlimited, the same devices go above the limit
+    free = ProsumersRole(_role_cfg(**flex), make_sites(12))
+    (u,) = _play(free)
+    assert (u["profiles"].net_kw.to_numpy() > 3.0 + 1e-9).sum() > (net > 3.0 + 1e-9).sum()
+    assert (u["flex"].load_limited_kwh == 0).all()

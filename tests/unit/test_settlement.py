@@ -333,3 +333,58 @@ def test_loss_charges_are_paid_to_the_grid_operator():
     with pytest.raises(ValueError, match="loss_kwh needs loss_price_usd_per_kwh"):
         settle_interval(K, ONE_CONFS, ONE_TRADE, {}, {}, retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN,
                         loss_kwh={"S": 0.1})
+
+
+# ---- demand response (settlement rule 3c, controllers.demand_response) -----------------
+def test_demand_response_is_paid_by_the_grid_operator_up_to_the_call():
+    """Hand case, 15-min interval, DR price 0.50 USD/kWh. B was asked 2 kW (0.5 kWh) and
+    cut 0.3 kWh: paid 0.3 x 0.5 = 0.15 USD. C was asked 1 kW (0.25 kWh) and cut 0.4 kWh:
+    paid only the 0.25 kWh asked, 0.125 USD. The grid operator pays both, 0.275 USD; B's
+    bill is its peer purchase 2 x 0.17 = 0.34 less 0.15 = 0.19 USD."""
+    from federates.common.messages import DemandResponseDelivery
+    from federates.market.books import money_flows
+    from federates.market.settlement import dr_paid_kwh
+
+    deliveries = [DemandResponseDelivery("B", K, 2.0, 0.3, "v_min", "B"),
+                  DemandResponseDelivery("C", K, 1.0, 0.4, "thermal", "line.l1"),
+                  DemandResponseDelivery("B", K + 1, 5.0, 1.0, "v_min", "B")]  # another interval
+    dr = dr_paid_kwh(deliveries, K, 0.25)
+    assert dr == {"B": A(0.3), "C": A(0.25)}
+    settled = settle_interval(K, ONE_CONFS, ONE_TRADE, {"S": -2.0, "B": 2.0, "C": 0.0}, {},
+                              retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN, participants=["S", "B", "C"],
+                              dr_kwh=dr, dr_price_usd_per_kwh=0.5)
+    rows = {r.participant: r for r in settled.rows}
+    assert list(rows) == ["S", "B", "C", GRID_OPERATOR]
+    b, cc, s, dso = rows["B"], rows["C"], rows["S"], rows[GRID_OPERATOR]
+    assert (b.dr_kwh, b.dr_received_usd, b.dr_paid_usd, b.dr_usd) == (A(0.3), A(0.15), 0.0, A(-0.15))
+    assert (cc.dr_kwh, cc.dr_received_usd, cc.net_cost_usd) == (A(0.25), A(0.125), A(-0.125))
+    assert b.net_cost_usd == A(0.34 - 0.15) and b.market_cost_usd == A(0.34)
+    assert s.dr_kwh == 0.0 and s.net_cost_usd == A(-0.34)
+    # the grid operator: no meter, no energy, pays both
+    assert (dso.metered_kwh, dso.imbalance_kwh, dso.missing_reading) == (0.0, 0.0, False)
+    assert dso.dr_paid_usd == A(0.275) and dso.net_cost_usd == A(0.275) and dso.dr_usd == A(0.275)
+    for r in rows.values():  # the bill's five parts
+        assert r.net_cost_usd == A(r.market_cost_usd + r.replacement_cost_usd + r.imbalance_cost_usd
+                                   + r.charges_usd + r.dr_usd, abs=1e-15)
+    # every DR dollar paid is received, and the whole interval's bills sum to what the utility nets
+    assert sum(r.dr_paid_usd for r in rows.values()) == A(sum(r.dr_received_usd for r in rows.values()))
+    flows = money_flows(settled.rows, ONE_TRADE, [], retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN,
+                        dr_payments_usd=[0.3 * 0.5, 0.25 * 0.5])
+    for flow, expected, actual in flows:
+        assert actual == A(expected, abs=1e-12), flow
+    assert {f for f, _, _ in flows} >= {"demand response paid by the grid operator",
+                                        "demand response received by the customers"}
+    # the same interval without demand response: the integer path, no DR money, no DSO row
+    plain = settle_interval(K, ONE_CONFS, ONE_TRADE, {"S": -2.0, "B": 2.0, "C": 0.0}, {},
+                            retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN, participants=["S", "B", "C"])
+    assert [r.participant for r in plain.rows] == ["S", "B", "C"]
+    assert all(r.dr_kwh == r.dr_usd == 0.0 for r in plain.rows)
+
+
+def test_demand_response_inputs_are_checked():
+    with pytest.raises(ValueError, match="dr_kwh needs dr_price_usd_per_kwh"):
+        settle_interval(K, ONE_CONFS, ONE_TRADE, {}, {}, retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN,
+                        dr_kwh={"B": 0.1})
+    with pytest.raises(ValueError, match=r"dr_kwh\['B'\] must be >= 0"):
+        settle_interval(K, ONE_CONFS, ONE_TRADE, {}, {}, retail_usd_per_kwh=RETAIL, feed_in_usd_per_kwh=FEED_IN,
+                        dr_kwh={"B": -0.1}, dr_price_usd_per_kwh=0.5)

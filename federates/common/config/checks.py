@@ -268,6 +268,11 @@ def _controllers_checks(cfg: StudyFile) -> list[Problem]:
         problems.append(Problem("controllers.volt_var", "curve points out of order", "v1_pu < v2_pu <= v3_pu < v4_pu"))
     if not c.volt_watt.v1_pu < c.volt_watt.v2_pu:
         problems.append(Problem("controllers.volt_watt", "curve points out of order", "v1_pu < v2_pu"))
+    dr = c.demand_response
+    if dr.load_limit == "on" and not (c.enabled and dr.enabled):
+        problems.append(Problem("controllers.demand_response.load_limit",
+                                "limits loads only after demand response has had its chance",
+                                "off, or controllers.enabled and controllers.demand_response.enabled true"))
     return problems
 
 

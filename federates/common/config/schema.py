@@ -720,15 +720,35 @@ class DemandResponseConfig(_Strict):
     ``thermal_margin_pct`` with forward flow), the DSO calls the customers with
     flexible demand (EVs, heat pumps / ACs) to cut it by a kW figure in the next
     interval, allocated on the feeder's sensitivities; each kWh they cut against their
-    own plan, up to what was asked, is paid ``price_usd_per_kwh`` (table ``demand_response``). A call stands
-    while the interval it covers still sees a violation, and is released by
-    ``release_fraction`` per interval without one."""
+    own plan, up to what was asked, is paid ``price_usd_per_kwh`` by the DSO in the
+    market's settlement of the interval (tables ``demand_response``, ``settlements``). A
+    call stands while the interval it covers still sees a violation, and is released by
+    ``release_fraction`` per interval without one.
+
+    ``load_limit``: ``on`` lets the DSO limit loads involuntarily once demand response
+    has had its chance: when an interval with calls in force still sees a customer below
+    ``v_min`` (or, with SCADA, an element overloaded by forward flow), the customers
+    whose import relieves it most (on the sensitivities, worst violation first, until
+    the linear estimate covers it) get a smart-meter load limiter for the next interval:
+    their import above ``load_limit_kw`` [kW] is not served: their devices lose it first
+    (``flex.load_limited_kwh``), the feeder cuts the rest at every controlled solve
+    (tables ``curtailments`` and ``curtailment_energy``, cause ``load_limit``). The
+    limits stand while each interval still sees such a violation and are lifted after
+    one without. ``off`` (default): no involuntary action."""
 
     enabled: bool = False
     margin_pu: NonNegFloat = 0.005
     thermal_margin_pct: NonNegFloat = 2.0
     price_usd_per_kwh: NonNegFloat = 0.50
     release_fraction: Annotated[float, Field(gt=0, le=1)] = 0.25
+    load_limit: Literal["off", "on"] = "off"
+    load_limit_kw: PositiveFloat = 5.0
+
+    @field_validator("load_limit", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare ``on`` / ``off`` as true / false
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class ControllersConfig(_Strict):

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from federates.common.config import StudyFile
+from federates.common.messages import DemandResponseDelivery
 from federates.common.rng import stream
 from federates.prosumers.flex.dispatch import FLEX_BIDS_COLUMNS, DeviceBid, fill_envelope
 from federates.prosumers.flex.ev import EvFleet, EvParams
@@ -43,10 +44,10 @@ from federates.prosumers.flex.water_heater import KWH_PER_L_K, WaterHeaterParams
 SESSION_COLUMNS = ("participant", "arrival_step", "departure_step", "need_kwh", "delivered_kwh", "unmet_kwh")
 _NAME_DTYPE = pd.Series(np.array(["p"], dtype=object)).dtype  # as the profiles table's names
 DR_COLUMNS = ("interval", "participant", "requested_kw", "limit", "element", "reduced_kwh",
-              "price_usd_per_kwh", "credit_usd")
+              "price_usd_per_kwh", "credit_usd", "delivered_kw", "paid_kwh")
 FLEX_COLUMNS = ("interval", "participant", "ev_kwh", "hvac_kwh", "indoor_c_min", "indoor_c_max",
                 "setpoint_c", "expected_price_usd_per_kwh", "hvac_bid_usd_per_kwh", "discomfort_c_h",
-                "wh_kwh", "hot_water_short_kwh")
+                "wh_kwh", "hot_water_short_kwh", "load_limited_kwh")
 
 
 def owners_of(seed: int, indices: np.ndarray, share: float, what: str) -> np.ndarray:
@@ -166,6 +167,8 @@ class FlexDemand:
         self.dr_price = float(dr.price_usd_per_kwh)
         #: the demand-response calls answered: one row per call (``demand_response`` table)
         self.dr_rows: list[dict] = []
+        #: what the called devices cut, by interval, until the market is told (``deliveries``)
+        self._delivered: dict[int, list[DemandResponseDelivery]] = {}
         self._k = -1
         self._rows: list[dict[str, np.ndarray]] = []
         self._acc: dict[str, np.ndarray] = {}
@@ -266,12 +269,18 @@ class FlexDemand:
         interval_h = self.tl.interval_h
         for i, (kw, limit, element) in sorted(calls.items()):
             reduced_kwh = max(float(base_kw[i] - out[i]), 0.0) * interval_h
+            paid_kwh = min(reduced_kwh, kw * interval_h)  # paid up to what was asked: more is not bought
             self.dr_rows.append({"interval": k, "participant": self.participants[i], "requested_kw": kw,
                                  "limit": limit, "element": element, "reduced_kwh": reduced_kwh,
-                                 "price_usd_per_kwh": self.dr_price,
-                                 # paid up to what was asked: more is not bought
-                                 "credit_usd": min(reduced_kwh, kw * interval_h) * self.dr_price})
+                                 "price_usd_per_kwh": self.dr_price, "credit_usd": paid_kwh * self.dr_price,
+                                 "delivered_kw": reduced_kwh / interval_h, "paid_kwh": paid_kwh})
+            self._delivered.setdefault(k, []).append(
+                DemandResponseDelivery(self.participants[i], k, float(kw), reduced_kwh, limit, element))
         return out
+
+    def deliveries(self, k: int) -> list[DemandResponseDelivery]:
+        """What the calls of interval ``k`` got (site order), for the market to pay; given once."""
+        return self._delivered.pop(k, [])
 
     # ---- prosumers.flex_dispatch: cleared (flex/dispatch.py) --------------------------
     def _ev_expected(self, k: int):
@@ -433,7 +442,7 @@ class FlexDemand:
             "ev_kwh": np.zeros(n), "hvac_kwh": np.zeros(n),
             "indoor_c_min": np.full(n, np.inf), "indoor_c_max": np.full(n, -np.inf),
             "discomfort_c_h": np.zeros(n), "price": np.full(n, price), "bid": np.full(n, np.nan),
-            "wh_kwh": np.zeros(n), "hot_water_short_kwh": np.zeros(n),
+            "wh_kwh": np.zeros(n), "hot_water_short_kwh": np.zeros(n), "load_limited_kwh": np.zeros(n),
         }
         if self.houses is not None:
             self._acc["bid"][self.houses.owners] = hvac_bid
@@ -469,22 +478,45 @@ class FlexDemand:
             "hvac_bid_usd_per_kwh": a["bid"][j],
             "discomfort_c_h": np.where(has_house, a["discomfort_c_h"], np.nan)[j],
             "wh_kwh": a["wh_kwh"][j], "hot_water_short_kwh": a["hot_water_short_kwh"][j],
+            "load_limited_kwh": a["load_limited_kwh"][j],
         })
         self._k = -1
 
     # ---- per step --------------------------------------------------------------------
-    def step_kw(self, g: int, t_out_c: float) -> np.ndarray:
-        """What the devices draw at step ``g`` [kW] per prosumer."""
+    def step_kw(self, g: int, t_out_c: float, headroom_kw: np.ndarray | None = None) -> np.ndarray:
+        """What the devices draw at step ``g`` [kW] per prosumer. ``headroom_kw``: under
+        the DSO's load limits, what each household may still import after the rest of
+        its load (inf: no limit; None: nobody limited). The import above a limit is not
+        served: the devices lose it first, the EV charger turned down to what is left,
+        then the heat pump / AC and then the water heater's element switched off for the
+        step when what is left cannot run them."""
         out = np.zeros(self.n)
         a = self._acc
+        left = None if headroom_kw is None else np.asarray(headroom_kw, dtype=float).copy()
         if self.ev is not None:
             self.ev.begin_step(g)
-            p = self.ev.step_kw(self._ev_cmd)
+            cmd = self._ev_cmd
+            if left is not None:
+                free = self.ev.would_draw_kw(cmd)
+                cmd = np.minimum(cmd, np.maximum(left[self.ev.owners], 0.0))
+            p = self.ev.step_kw(cmd)
             out[self.ev.owners] += p
             a["ev_kwh"][self.ev.owners] += p * self.step_h
+            if left is not None:
+                left[self.ev.owners] -= p
+                a["load_limited_kwh"][self.ev.owners] += (free - p) * self.step_h
         if self.houses is not None:
             h = self.houses
-            p = h.step_kw(t_out_c, self._setpoint_c, self.step_h, self._heat_setpoint_c)
+            sp, sp_heat = self._setpoint_c, self._heat_setpoint_c
+            if left is not None:
+                off = (left[h.owners] < self.hvac.electric_kw - 1e-9) & h.would_run(sp, sp_heat)
+                a["load_limited_kwh"][h.owners] += np.where(off, self.hvac.electric_kw * self.step_h, 0.0)
+                sp, sp_heat = np.where(off, np.inf, sp), np.where(off, -np.inf, sp_heat)
+                if not self.hvac.auto and not self.hvac.cooling:
+                    sp = np.where(off, -np.inf, self._setpoint_c)
+            p = h.step_kw(t_out_c, sp, self.step_h, sp_heat)
+            if left is not None:
+                left[h.owners] -= p
             out[h.owners] += p
             a["hvac_kwh"][h.owners] += p * self.step_h
             t = h.t_in_c
@@ -503,6 +535,10 @@ class FlexDemand:
             w = self.water_heaters
             # a shed element comes back on only for a tank that fell below the use temperature
             sp = np.where(self._wh_shed & (w.t_c >= self.wh_params.use_c), -np.inf, self._wh_setpoint_c)
+            if left is not None:
+                off = (left[w.owners] < self.wh_params.element_kw - 1e-9) & w.would_heat(sp)
+                a["load_limited_kwh"][w.owners] += np.where(off, self.wh_params.element_kw * self.step_h, 0.0)
+                sp = np.where(off, -np.inf, sp)
             p, short = w.step_kw(w.drawn_l(g * self.tl.physics_step_s), sp)
             out[w.owners] += p
             a["wh_kwh"][w.owners] += p * self.step_h
@@ -534,7 +570,8 @@ class FlexDemand:
                   "delivered_kwh": "float64", "unmet_kwh": "float64"})
         dr = pd.DataFrame(self.dr_rows, columns=list(DR_COLUMNS)).astype(
             {"interval": "int64", "requested_kw": "float64", "reduced_kwh": "float64",
-             "price_usd_per_kwh": "float64", "credit_usd": "float64"})
+             "price_usd_per_kwh": "float64", "credit_usd": "float64", "delivered_kw": "float64",
+             "paid_kwh": "float64"})
         for df, col in ((flex, "participant"), (ev, "participant"), (dr, "participant"), (dr, "limit"),
                         (dr, "element")):
             df[col] = df[col].astype(_NAME_DTYPE)

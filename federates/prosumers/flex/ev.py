@@ -210,6 +210,12 @@ class EvFleet:
             self._next[j] = nxt
             self._next_step[j] = self._steps_of(nxt)[0]
 
+    def would_draw_kw(self, command_kw: np.ndarray) -> np.ndarray:
+        """What :meth:`step_kw` would draw at ``command_kw`` [kW] per car, the state left
+        as it is."""
+        cap = np.minimum(self.need_kwh / self.step_h, self.p.charger_kw)
+        return np.where(self.plugged, np.clip(command_kw, 0.0, cap), 0.0)
+
     def step_kw(self, command_kw: np.ndarray) -> np.ndarray:
         """Charge every car for one step at ``command_kw`` [kW], within its charger and
         what it still needs; the power drawn [kW] per car."""

@@ -147,6 +147,21 @@ class Houses:
         self.t_in_c = t_eq + (t - t_eq) * np.exp(-step_h / (self.r_c_per_kw * self.c_kwh_per_c))
         return np.where(self.running, self.p.electric_kw, 0.0)
 
+    def would_run(self, setpoint_c: np.ndarray | float, heat_setpoint_c: np.ndarray | float | None = None
+                  ) -> np.ndarray:
+        """Whether each unit's thermostat would run it in the next :meth:`step_kw` at these
+        setpoints [degC] (the state left as it is)."""
+        half = 0.5 * self.p.deadband_c
+        t, sp = self.t_in_c, np.broadcast_to(np.asarray(setpoint_c, dtype=float), self.t_in_c.shape)
+        if self.p.auto:
+            sp_heat = np.broadcast_to(np.asarray(heat_setpoint_c, dtype=float), t.shape)
+            cooling = ((self.running & ~self.heating) | (t > sp + half)) & ~(t < sp - half)
+            heating = ((self.running & self.heating) | (t < sp_heat - half)) & ~(t > sp_heat + half) & ~cooling
+            return cooling | heating
+        if self.p.cooling:
+            return (self.running | (t > sp + half)) & ~(t < sp - half)
+        return (self.running | (t < sp - half)) & ~(t > sp + half)
+
     def _step_auto(self, t_out_c: float, sp_cool: np.ndarray, sp_heat, half: float, step_h: float) -> np.ndarray:
         """``step_kw`` of a heat pump that heats and cools: two thermostats, one unit
         (a heating and a cooling band that do not overlap, HvacConfig checks it)."""

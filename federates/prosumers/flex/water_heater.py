@@ -137,6 +137,12 @@ class WaterHeaters:
         overlap_s = np.minimum(self._ends, b) - np.maximum(self._starts, a)
         return flow * np.clip(overlap_s, 0.0, None).sum(axis=1)
 
+    def would_heat(self, setpoint_c: np.ndarray | float) -> np.ndarray:
+        """Whether each element would be on in the next :meth:`step_kw` at ``setpoint_c``
+        [degC] (the state left as it is)."""
+        sp = np.broadcast_to(np.asarray(setpoint_c, dtype=float), self.t_c.shape)
+        return (self.on | (self.t_c < sp - self.p.deadband_c)) & ~(self.t_c >= sp)
+
     def step_kw(self, drawn_l: np.ndarray, setpoint_c: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
         """One step with ``drawn_l`` [L] drawn: (element power [kW], hot water short [kWh])."""
         p = self.p
