@@ -329,6 +329,12 @@ def cmd_clear(args) -> int:
     return 0
 
 
+def _hex(obj: object) -> str:
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return bytes(obj).hex()
+    raise TypeError(f"{type(obj).__name__} in a ledger block")
+
+
 def cmd_ledger(args) -> int:
     from federates.market.ledger import read_blocks, verify_ledger
 
@@ -343,11 +349,8 @@ def cmd_ledger(args) -> int:
             print(f"tecosim: {path}: {exc}", file=sys.stderr)
             return 1
         try:
-            for b in blocks:
-                b["locators"] = b["locators"].hex()
-                for r in b["records"]:
-                    r["signatures"] = [sig.hex() for sig in r["signatures"]]
-                print(json.dumps(b, sort_keys=True, separators=(",", ":")))
+            for b in blocks:  # signatures, acknowledgements and locators are bytes: hex
+                print(json.dumps(b, sort_keys=True, separators=(",", ":"), default=_hex))
             sys.stdout.flush()
         except BrokenPipeError:  # e.g. `| head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -109,13 +109,17 @@ def test_ledger_dump_prints_the_blocks_as_json_lines(tmp_path):
     keys = KeyRing.from_seed(7, ["p1", "p2"])
     ledger = Ledger(tmp_path, keys)
     ledger.append_block(0, [bid_record(keys, Order("p1", "sell", 0, 2.0, 0.1))])
+    # a block with a trade carries its parties' acknowledgements (bytes in the file)
+    ledger.append_block(0, [trade_record(keys, Trade(0, "p1", "p2", 1.0, 0.2))])
     ledger.close()
     r = tecosim("ledger", "dump", str(tmp_path), timeout=120)
     assert r.returncode == 0, r.stderr
     blocks = [json.loads(line) for line in r.stdout.splitlines()]
-    assert [b["index"] for b in blocks] == [0, 1]
+    assert [b["index"] for b in blocks] == [0, 1, 2]
     (rec,) = blocks[1]["records"]
     assert rec["body"]["energy_kwh"] == 2.0 and len(rec["signatures"][0]) == 128
+    assert [p for p, _ in blocks[2]["acks"]] == ["p1", "p2"]
+    assert all(len(sig) == 128 and int(sig, 16) >= 0 for _, sig in blocks[2]["acks"])  # Ed25519, hex
 
 
 def test_clear_into_a_closed_pipe_ends_quietly(tmp_path):
