@@ -5,7 +5,8 @@
 
 * ``clear``: one community book of 10,000 orders (10,000 participants, one order each,
   energies U(0.01, 10) kWh, limits U(0, 0.4) USD/kWh), each mechanism through
-  ``federates.market.mechanisms.clear``, and the exact Fraction reference.
+  ``federates.market.mechanisms.clear``, the part of it that only makes the result's
+  20k Trade and Confirmation objects, and the exact Fraction reference.
 * ``role10k``: the same 10k book through ``MarketRole.on_market_time``, end to end: the
   market time that clears it (k=0: clear, confirmation prices, trade ids, the bids and
   trades rows) and the one that settles it (k=1, metered = scheduled +- 10 %), ledger
@@ -165,6 +166,24 @@ def bench_clear(repeat: int) -> None:
         emit(f"clear/{mech}", f"clear community/{mech:13s} 10k orders: {t * 1e3:7.1f} ms wall, "
              f"{CPU['last'] * 1e3:7.1f} ms CPU  ({len(r.trades)} trades, {len(r.confirmations)} confirmations)",
              wall_ms=t * 1e3, cpu_ms=CPU["last"] * 1e3)
+    # what the result type costs: its trades and confirmations made from their own
+    # fields as ``fastbook.assemble`` makes them (GC paused), a part of each line above
+    from federates.market.fastbook import _gc_paused, make_confirmations, make_trades
+
+    r = clear("community", "uniform_price", book, interval=0, **TARIFFS)
+    tcols = [[getattr(x, f) for x in r.trades] for f in ("seller", "buyer", "energy_kwh", "price_usd_per_kwh")]
+    ccols = [[getattr(x, f) for x in r.confirmations] for f in (
+        "participant", "scheduled_kwh", "peer_bought_kwh", "peer_sold_kwh", "grid_bought_kwh", "grid_sold_kwh")]
+
+    def objects():
+        with _gc_paused():
+            return (make_trades(0, *tcols),
+                    make_confirmations(ccols[0], 0, *ccols[1:], r.price_usd_per_kwh))
+
+    t, _ = best_of(objects, repeat)
+    emit("clear/objects", f"  of which the result as objects ({len(r.trades)} Trade + {len(r.confirmations)} "
+         f"Confirmation, fastbook.instances): {t * 1e3:7.1f} ms wall, {CPU['last'] * 1e3:7.1f} ms CPU",
+         wall_ms=t * 1e3, cpu_ms=CPU["last"] * 1e3)
     from federates.market.lp import clear_lp_reference
     from federates.market.pay_as_bid import clear_pay_as_bid_reference
 

@@ -36,11 +36,11 @@ from __future__ import annotations
 import gc
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, make_dataclass
 from fractions import Fraction
-from itertools import repeat
+from itertools import islice, repeat
 from typing import Any, Literal
 
 import numpy as np
@@ -108,8 +108,13 @@ def _ints_at(n: np.ndarray, e_from: int, e_to: int) -> np.ndarray:
 # ---------------------------------------------------------------- object construction
 # Trades and confirmations are frozen dataclasses; their generated __init__ assigns every
 # field through object.__setattr__ (8 calls for a Confirmation), ~1.5 us an object here.
-# Setting the instance dict in one assignment, with the loops in C (map), gives equal
-# objects (same fields, ==, hash, repr, asdict, replace) in about half the time. Only for
+# Two ways around it give equal objects (same fields in the same order, ==, hash, repr,
+# asdict, replace, pickle). ``adopt``: set the instance dict in one assignment, with
+# the loops in C (map). ``instances``: from columns, made as instances of a plain
+# (not frozen) twin class with the same fields, whose __init__ stores them as ordinary
+# attributes, then given the frozen class (``__class__`` assignment, which CPython
+# allows between classes of one layout and makes keep the attributes): no dict is
+# built per object first; 10k trades and 10k confirmations 11.8 -> 9.6 ms. Only for
 # classes without __post_init__ (checked here).
 _new = object.__new__
 _set = object.__setattr__
@@ -146,26 +151,68 @@ def adopt(cls: type, dicts: list[dict[str, Any]]) -> list[Any]:
     return objs
 
 
+_TWINS: dict[type, type | None] = {}  # frozen dataclass -> its plain twin (None: adopt instead)
+
+
+def _twin(cls: type) -> type | None:
+    """The plain twin of the frozen dataclass ``cls`` (module comment above), or None if
+    CPython will not move its instances to ``cls`` (then ``instances`` adopts)."""
+    if cls not in _TWINS:
+        assert not hasattr(cls, "__post_init__"), cls
+        names = [f.name for f in fields(cls)]
+        twin = make_dataclass(f"_{cls.__name__}Columns", names, eq=False, repr=False,
+                              match_args=False)
+        try:
+            probe = twin(*range(len(names)))
+            _set(probe, "__class__", cls)
+            ok = vars(probe) == dict(zip(names, range(len(names)), strict=True))
+        except TypeError:  # another layout (e.g. slots): not assignable
+            ok = False
+        _TWINS[cls] = twin if ok else None
+    return _TWINS[cls]
+
+
+def instances(cls: type, n: int, *columns: Iterable[Any]) -> list[Any]:
+    """``n`` instances of the frozen dataclass ``cls`` (no __post_init__), field ``j``
+    of the i-th from the i-th item of ``columns[j]`` (a sequence of ``n`` values, or
+    ``itertools.repeat(x)`` for one value in all), without ``cls.__init__``."""
+    twin = _twin(cls)
+    if twin is None:
+        names = [f.name for f in fields(cls)]
+        rows = [dict(zip(names, row, strict=True)) for row in islice(zip(*columns, strict=False), n)]
+    else:
+        rows = list(islice(map(twin, *columns), n))
+    if len(rows) != n:
+        raise ValueError(f"{cls.__name__} columns shorter than {n}")
+    if twin is None:
+        return adopt(cls, rows)
+    deque(map(_set, rows, repeat("__class__"), repeat(cls, n)), maxlen=0)
+    return rows
+
+
 def make_trades(interval: int, sellers: list[str], buyers: list[str], energy_kwh: list[float],
                 price_usd_per_kwh: list[float]) -> list[Trade]:
     """``[Trade(interval, s, b, e, p) ...]`` (fee 0, not numbered) from columns of equal length."""
-    return adopt(Trade, [
-        {"interval": interval, "seller": s, "buyer": b, "energy_kwh": e, "price_usd_per_kwh": p,
-         "fee_usd": 0.0, "trade_id": ""}
-        for s, b, e, p in zip(sellers, buyers, energy_kwh, price_usd_per_kwh, strict=True)])
+    n = len(sellers)
+    if not len(buyers) == len(energy_kwh) == len(price_usd_per_kwh) == n:
+        raise ValueError("trade columns of different lengths")
+    return instances(Trade, n, repeat(interval), sellers, buyers, energy_kwh, price_usd_per_kwh,
+                     repeat(0.0), repeat(""))
 
 
 def make_confirmations(participants: list[str], interval: int, scheduled_kwh: list[float],
                        peer_bought_kwh: list[float], peer_sold_kwh: list[float],
                        grid_bought_kwh: list[float], grid_sold_kwh: list[float],
                        price_usd_per_kwh: float | None) -> list[Confirmation]:
-    """``[Confirmation(p, interval, ...) ...]`` from columns of equal length."""
-    return adopt(Confirmation, [
-        {"participant": p, "interval": interval, "scheduled_kwh": s, "peer_bought_kwh": pb,
-         "peer_sold_kwh": ps, "grid_bought_kwh": gb, "grid_sold_kwh": gs,
-         "price_usd_per_kwh": price_usd_per_kwh, "market_price_usd_per_kwh": None}  # set by the role (prices.py)
-        for p, s, pb, ps, gb, gs in zip(participants, scheduled_kwh, peer_bought_kwh,
-                                        peer_sold_kwh, grid_bought_kwh, grid_sold_kwh, strict=True)])
+    """``[Confirmation(p, interval, ...) ...]`` from columns of equal length; the market
+    price None (set by the role, prices.py)."""
+    n = len(participants)
+    if not all(len(c) == n for c in (scheduled_kwh, peer_bought_kwh, peer_sold_kwh,
+                                     grid_bought_kwh, grid_sold_kwh)):
+        raise ValueError("confirmation columns of different lengths")
+    return instances(Confirmation, n, participants, repeat(interval), scheduled_kwh,
+                     peer_bought_kwh, peer_sold_kwh, grid_bought_kwh, grid_sold_kwh,
+                     repeat(price_usd_per_kwh), repeat(None))
 
 
 # ------------------------------------------------------------------------ the book
