@@ -1,4 +1,5 @@
-"""The vectorised clearing (fastbook.py) against the exact step-by-step walk (book.py).
+"""The vectorised clearing (fastbook.py: arrays, and lists for small books) against the
+exact step-by-step walk (book.py), and the two fast paths against each other.
 
 Reference: ``clear_uniform_price_reference`` / ``clear_pay_as_bid_reference`` (exact
 ``fractions.Fraction`` arithmetic). Tolerance: none. Every result must be equal, bit for
@@ -94,6 +95,42 @@ def test_large_books_bit_identical(fast, ref, seed):
                     rng.choice([rng.uniform(0.0, 0.4), round(rng.uniform(0.0, 0.4), 2)]))
               for _ in range(n)]
     same(fast, ref, orders)
+
+
+def _on_arrays(orders, pricing, **tariffs):
+    book = fastbook.build(orders, **tariffs)
+    w = fastbook.walk(book)
+    price = fastbook.uniform_price(book, w) if pricing == "uniform" else None
+    return fastbook.assemble(0, book, w, book.status(), pricing, price)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_small_books_on_lists_as_on_arrays(seed):
+    """fastbook.clear_small (the walk on lists, for books up to SMALL_BOOK orders) gives
+    the arrays' result bit for bit (repr equal), on books of 0 to SMALL_BOOK orders with
+    ties, repeated participants, invalid orders, self-trades and extreme energies
+    (the hypothesis tests above compare both with book.py through the mechanisms)."""
+    rng = random.Random(seed)
+    energies = [0.0, -1.0, float("nan"), float("inf"), 0.5, 1.0, 0.1, 0.2, 0.3]
+    prices = [0.0, -0.0, 0.05, 0.08, 0.1, 0.2, 0.26, 0.3, float("nan")]
+    for _ in range(150):
+        n = rng.choice([0, 1, 2, 3, 5, 8, 13, 40, fastbook.SMALL_BOOK])
+        people = [f"p{i}" for i in range(rng.choice([1, 2, 3, 5, 40, 200]))]
+        orders = [Order(rng.choice(people), rng.choice(["buy", "sell", "buy", "sell", "hold"]), 0,
+                        rng.choice([*energies, rng.uniform(0.01, 10), rng.uniform(1e-300, 1e-250),
+                                    rng.uniform(1e250, 1e300)]),
+                        rng.choice([*prices, rng.uniform(-0.1, 0.5)]))
+                  for _ in range(n)]
+        tariffs = {"retail_usd_per_kwh": rng.choice([0.26, 0.3, 0.0]),
+                   "feed_in_usd_per_kwh": rng.choice([0.08, 0.0])}
+        for pricing in ("uniform", "midpoint"):
+            small = fastbook.clear_small(orders, interval=0, pricing=pricing, **tariffs)
+            arrays = _on_arrays(orders, pricing, **tariffs)
+            assert small == arrays and repr(small) == repr(arrays)
+    too_many = [Order(f"p{i}", "buy", 0, 1.0, 0.2) for i in range(fastbook.SMALL_BOOK + 1)]
+    assert fastbook.clear_small(too_many, interval=0, pricing="uniform", **TARIFFS) is None
+    assert fastbook.clear_small([Order("a", "buy", 0, 2, 0.3)], interval=0, pricing="uniform",
+                                **TARIFFS) is None  # an int energy: the arrays decide
 
 
 @pytest.mark.parametrize(("fast", "ref"), PAIRS)
