@@ -582,8 +582,9 @@ def market_section(m: dict | None) -> list[str]:
         "```",
         "",
         "- `clear`: one community book of 10 000 orders per mechanism (and the exact Fraction / pyomo "
-        "references); `role`: a default-sized market day replayed through `MarketRole.on_market_time`, per "
-        "market time, split into verify / clear / record / ledger / settle; the Ed25519 floor is the "
+        "references), and the part of a clearing that only makes its result's 20 000 Python objects; `role`: a default-sized market day replayed through `MarketRole.on_market_time`, per "
+        "market time, split into verify / clear / record / ledger / settle, in wall time and in CPU time (all "
+        "threads: on a busy machine the signature threads do not run side by side); the Ed25519 floor is the "
         "signatures such a market time needs at this machine's speed; `admm`: P2P ADMM of 1000 orders; "
         "`ledger`: the default day's ledger (40 participants) size and `verify_ledger` time.",
         "",

@@ -74,10 +74,14 @@ def clear_uniform_price(
     ``orders``: bids and offers [kWh, USD/kWh]; only those with ``interval`` count.
     ``retail_usd_per_kwh`` / ``feed_in_usd_per_kwh`` [USD/kWh]: the utility's selling
     and buying prices (feed-in <= retail). Never raises on a book that cannot clear:
-    returns a status instead. Vectorised (``fastbook``); equal to
+    returns a status instead. Vectorised (``fastbook``; a small book on lists); equal to
     ``clear_uniform_price_reference``.
     """
     mine = [o for o in orders if o.interval == interval]
+    small = fastbook.clear_small(mine, interval=interval, retail_usd_per_kwh=retail_usd_per_kwh,
+                                 feed_in_usd_per_kwh=feed_in_usd_per_kwh, pricing="uniform")
+    if small is not None:  # a small book: the same walk on lists
+        return small
     book = fastbook.build(mine, retail_usd_per_kwh=retail_usd_per_kwh,
                           feed_in_usd_per_kwh=feed_in_usd_per_kwh)
     if book is None:  # not exactly representable in fastbook's integers: the reference

@@ -53,9 +53,13 @@ def clear_pay_as_bid(
 
     Same arguments and conventions as ``community.clear_uniform_price``; energies
     [kWh], prices [USD/kWh]. ``price_usd_per_kwh`` of the result is always None.
-    Vectorised (``fastbook``); equal to ``clear_pay_as_bid_reference``.
+    Vectorised (``fastbook``; a small book on lists); equal to ``clear_pay_as_bid_reference``.
     """
     mine = [o for o in orders if o.interval == interval]
+    small = fastbook.clear_small(mine, interval=interval, retail_usd_per_kwh=retail_usd_per_kwh,
+                                 feed_in_usd_per_kwh=feed_in_usd_per_kwh, pricing="midpoint")
+    if small is not None:  # a small book: the same walk on lists
+        return small
     book = fastbook.build(mine, retail_usd_per_kwh=retail_usd_per_kwh,
                           feed_in_usd_per_kwh=feed_in_usd_per_kwh)
     if book is None:

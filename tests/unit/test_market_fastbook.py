@@ -1,4 +1,5 @@
-"""The vectorised clearing (fastbook.py) against the exact step-by-step walk (book.py).
+"""The vectorised clearing (fastbook.py: arrays, and lists for small books) against the
+exact step-by-step walk (book.py), and the two fast paths against each other.
 
 Reference: ``clear_uniform_price_reference`` / ``clear_pay_as_bid_reference`` (exact
 ``fractions.Fraction`` arithmetic). Tolerance: none. Every result must be equal, bit for
@@ -96,6 +97,42 @@ def test_large_books_bit_identical(fast, ref, seed):
     same(fast, ref, orders)
 
 
+def _on_arrays(orders, pricing, **tariffs):
+    book = fastbook.build(orders, **tariffs)
+    w = fastbook.walk(book)
+    price = fastbook.uniform_price(book, w) if pricing == "uniform" else None
+    return fastbook.assemble(0, book, w, book.status(), pricing, price)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_small_books_on_lists_as_on_arrays(seed):
+    """fastbook.clear_small (the walk on lists, for books up to SMALL_BOOK orders) gives
+    the arrays' result bit for bit (repr equal), on books of 0 to SMALL_BOOK orders with
+    ties, repeated participants, invalid orders, self-trades and extreme energies
+    (the hypothesis tests above compare both with book.py through the mechanisms)."""
+    rng = random.Random(seed)
+    energies = [0.0, -1.0, float("nan"), float("inf"), 0.5, 1.0, 0.1, 0.2, 0.3]
+    prices = [0.0, -0.0, 0.05, 0.08, 0.1, 0.2, 0.26, 0.3, float("nan")]
+    for _ in range(150):
+        n = rng.choice([0, 1, 2, 3, 5, 8, 13, 40, fastbook.SMALL_BOOK])
+        people = [f"p{i}" for i in range(rng.choice([1, 2, 3, 5, 40, 200]))]
+        orders = [Order(rng.choice(people), rng.choice(["buy", "sell", "buy", "sell", "hold"]), 0,
+                        rng.choice([*energies, rng.uniform(0.01, 10), rng.uniform(1e-300, 1e-250),
+                                    rng.uniform(1e250, 1e300)]),
+                        rng.choice([*prices, rng.uniform(-0.1, 0.5)]))
+                  for _ in range(n)]
+        tariffs = {"retail_usd_per_kwh": rng.choice([0.26, 0.3, 0.0]),
+                   "feed_in_usd_per_kwh": rng.choice([0.08, 0.0])}
+        for pricing in ("uniform", "midpoint"):
+            small = fastbook.clear_small(orders, interval=0, pricing=pricing, **tariffs)
+            arrays = _on_arrays(orders, pricing, **tariffs)
+            assert small == arrays and repr(small) == repr(arrays)
+    too_many = [Order(f"p{i}", "buy", 0, 1.0, 0.2) for i in range(fastbook.SMALL_BOOK + 1)]
+    assert fastbook.clear_small(too_many, interval=0, pricing="uniform", **TARIFFS) is None
+    assert fastbook.clear_small([Order("a", "buy", 0, 2, 0.3)], interval=0, pricing="uniform",
+                                **TARIFFS) is None  # an int energy: the arrays decide
+
+
 @pytest.mark.parametrize(("fast", "ref"), PAIRS)
 @pytest.mark.parametrize("case", [
     [],
@@ -140,6 +177,39 @@ def test_fast_objects_equal_constructed_ones():
     (c,) = fastbook.make_confirmations(["a"], 1, [1.0], [1.0], [0.0], [0.0], [0.0], None)
     assert c == Confirmation("a", 1, 1.0, 1.0, 0.0, 0.0, 0.0, None)
     assert repr(c) == repr(Confirmation("a", 1, 1.0, 1.0, 0.0, 0.0, 0.0, None))
+
+
+def test_instances_from_columns_are_the_frozen_class(monkeypatch):
+    """fastbook.instances (made as a plain twin class, then given the frozen class) gives
+    objects equal to the constructed ones in everything a caller sees: type, fields in
+    field order, ==, hash, repr, asdict, replace, pickle, frozen; and the same through
+    its fallback (adopt) when a class cannot take the twin's instances."""
+    import pickle
+    from dataclasses import FrozenInstanceError, asdict, replace
+    from itertools import repeat
+
+    from federates.common.messages import Confirmation, Trade
+    made = fastbook.instances(Trade, 2, repeat(4), ["a", "c"], ["b", "d"], [1.5, 0.25],
+                              [0.2, 0.1], repeat(0.0), ["4-0", "4-1"])
+    want = [Trade(4, "a", "b", 1.5, 0.2, 0.0, "4-0"), Trade(4, "c", "d", 0.25, 0.1, 0.0, "4-1")]
+    for got, ref in zip(made, want, strict=True):
+        assert type(got) is Trade and got == ref and hash(got) == hash(ref)
+        assert repr(got) == repr(ref) and asdict(got) == asdict(ref)
+        assert list(vars(got)) == list(vars(ref))  # the field order (record bodies, rows)
+        assert replace(got, energy_kwh=9.0) == replace(ref, energy_kwh=9.0)
+        assert pickle.loads(pickle.dumps(got)) == ref
+        with pytest.raises(FrozenInstanceError):
+            got.energy_kwh = 1.0  # type: ignore[misc]
+    (c,) = fastbook.make_confirmations(["a"], 1, [1.0], [1.0], [0.0], [0.0], [0.0], 0.2)
+    assert type(c) is Confirmation and c == Confirmation("a", 1, 1.0, 1.0, 0.0, 0.0, 0.0, 0.2)
+    with pytest.raises(ValueError):
+        fastbook.make_trades(0, ["a", "b"], ["c"], [1.0, 2.0], [0.1, 0.1])
+    with pytest.raises(ValueError):
+        fastbook.instances(Trade, 3, repeat(4), ["a", "c"], ["b", "d"], [1.5, 0.25],
+                           [0.2, 0.1], repeat(0.0), repeat(""))
+    monkeypatch.setitem(fastbook._TWINS, Trade, None)  # the fallback
+    assert fastbook.instances(Trade, 2, repeat(4), ["a", "c"], ["b", "d"], [1.5, 0.25],
+                              [0.2, 0.1], repeat(0.0), ["4-0", "4-1"]) == want
 
 
 @pytest.mark.parametrize("names", [
