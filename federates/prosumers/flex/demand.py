@@ -119,6 +119,8 @@ class PriceView:
         xs = np.array([v for j, v in self.expected.items() if k - self.day < j <= k])
         if len(xs) < 2:
             return (float(xs.mean()) if len(xs) else float("nan")), 0.0
+        if xs.min() == xs.max():  # no spread: exactly 0 (numpy's std of 5 x 0.21 is 2.8e-17)
+            return float(xs[0]), 0.0
         return float(xs.mean()), float(xs.std())
 
 
