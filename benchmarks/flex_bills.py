@@ -13,8 +13,8 @@ metered energy, the bills and the absolute imbalance, then the bills split into
 * ``imbalance``: metered - scheduled at the imbalance price (retail for a shortfall,
   feed-in for a surplus),
 
-with the energy of each part, and the same split of the devices' bids (``flex_bids``:
-the energy that ran matched, ran unmatched, did not run).
+with the energy of each part, and the devices' bids (``flex_bids``: the energy bid for,
+what the owner's own surplus covered, what was planned once dispatched).
 
     .venv/bin/python benchmarks/flex_bills.py [--modes planned,cleared] [--out DIR] [--reuse]
 
@@ -90,13 +90,11 @@ def figures(run_dir: Path) -> dict[str, float]:
     }
     if "flex_bids" in t:
         fb = t["flex_bids"]
-        retail = tariff.retail_usd_per_kwh.reindex(fb.interval).to_numpy()
-        unmatched = fb.paid_usd_per_kwh.to_numpy() >= retail - 1e-12
         for dev in ("ev", "hvac", "water_heater"):
-            d = (fb.device == dev).to_numpy()
+            d = fb.device == dev
             out[f"bids_{dev}_kwh"] = float(fb.bid_kwh[d].sum())
-            out[f"runs_unmatched_{dev}_kwh"] = float(fb.planned_kwh[d & fb.runs.to_numpy() & unmatched].sum())
-            out[f"off_unmatched_{dev}_kwh"] = float(fb.planned_kwh[d & ~fb.runs.to_numpy() & unmatched].sum())
+            out[f"own_supply_{dev}_kwh"] = float(fb.own_kwh[d].sum()) if "own_kwh" in fb else 0.0
+            out[f"planned_{dev}_kwh"] = float(fb.planned_kwh[d].sum())
     return out
 
 

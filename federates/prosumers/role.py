@@ -506,16 +506,15 @@ class ProsumersRole:
         if self.flex is not None:
             blk = self._block
             retail = self.tariff.retail(k)
-            paid, share = device_prices(self._orders_k, self._device_of, conf,
-                                        {key: kw * h for key, kw in self._own_kw.items()},
-                                        retail, self.tariff.feed_in(k))
+            own_kwh = {key: kw * h for key, kw in self._own_kw.items()}
+            paid, share = device_prices(self._orders_k, self._device_of, conf, own_kwh, retail, self.tariff.feed_in(k))
             room = None
             envelopes = self._import_max_kw.pop(k, None)
             if envelopes:
                 room = np.full(len(self.specs), np.nan)
                 for j, imp in envelopes.items():
                     room[j] = imp - self._base_net_kw[j]
-            self.flex.dispatch(k, self._t_out(blk, k - blk.k0), paid, room, scheduled=share)
+            self.flex.dispatch(k, self._t_out(blk, k - blk.k0), paid, room, scheduled=share, own_kwh=own_kwh)
         scheduled = np.array([conf[p].scheduled_kwh / h if p in conf else 0.0 for p in self.participants])
         return self.interval_deviations(k, reference_kw=scheduled)
 

@@ -337,14 +337,16 @@ class FlexDemand:
         return out
 
     def dispatch(self, k: int, t_out_c: np.ndarray, paid: dict[tuple[int, str], float],
-                 room_kw: np.ndarray | None = None, scheduled: dict[tuple[int, str], float] | None = None) -> None:
+                 room_kw: np.ndarray | None = None, scheduled: dict[tuple[int, str], float] | None = None,
+                 own_kwh: dict[tuple[int, str], float] | None = None) -> None:
         """Set the devices' power for interval ``k`` from the price each pays ``paid``
         [USD/kWh] by (site position, device), then keep each customer's devices within
         the room its import envelope leaves, ``room_kw`` [kW] per prosumer (NaN: no
         envelope; None: none at all); rows of the ``flex_bids`` table (flex/dispatch.py).
         ``scheduled``: the share of each device's energy its owner is scheduled for (its
         own supply, peer energy, a backstop); a thermostat then sets its setpoint at
-        :func:`dispatch.setpoint_price` (None: at the price it pays)."""
+        :func:`dispatch.setpoint_price` (None: at the price it pays). ``own_kwh``: what
+        its owner's own surplus covers of each device's energy [kWh] (recorded)."""
         mean, sd = self.prices.stats(k)
         retail = float(self.prices.retail(k))
         s = self.tl.steps_per_interval
@@ -413,7 +415,7 @@ class FlexDemand:
         for key, b in sorted(self._bids.items()):
             self.bid_rows.append({
                 "interval": k, "participant": self.participants[key[0]], "device": key[1],
-                "bid_kwh": b.kw * h, "bid_usd_per_kwh": b.price_usd_per_kwh,
+                "bid_kwh": b.kw * h, "own_kwh": (own_kwh or {}).get(key, 0.0), "bid_usd_per_kwh": b.price_usd_per_kwh,
                 "paid_usd_per_kwh": float(paid.get(key, np.inf)), "runs": runs[key],
                 "planned_kwh": planned[key] * h, "deferred_kwh": max(before[key] - planned[key], 0.0) * h,
                 "over_envelope_kwh": over.get(key, 0.0) * h,
@@ -556,7 +558,7 @@ class FlexDemand:
             out["demand_response"] = dr
         if self.cleared:
             out["flex_bids"] = pd.DataFrame(self.bid_rows, columns=list(FLEX_BIDS_COLUMNS)).astype(
-                {"interval": "int64", "bid_kwh": "float64", "bid_usd_per_kwh": "float64",
+                {"interval": "int64", "bid_kwh": "float64", "own_kwh": "float64", "bid_usd_per_kwh": "float64",
                  "paid_usd_per_kwh": "float64", "runs": "bool", "planned_kwh": "float64",
                  "deferred_kwh": "float64", "over_envelope_kwh": "float64"})
             for col in ("participant", "device"):

@@ -102,8 +102,8 @@ from federates.common.messages import Confirmation, Order, peer_energy_by_order
 
 DEVICES = ("ev", "hvac", "water_heater")
 Key = tuple[int, str]  # a device of a prosumer: (site position, device)
-FLEX_BIDS_COLUMNS = ("interval", "participant", "device", "bid_kwh", "bid_usd_per_kwh", "paid_usd_per_kwh",
-                     "runs", "planned_kwh", "deferred_kwh", "over_envelope_kwh")
+FLEX_BIDS_COLUMNS = ("interval", "participant", "device", "bid_kwh", "own_kwh", "bid_usd_per_kwh",
+                     "paid_usd_per_kwh", "runs", "planned_kwh", "deferred_kwh", "over_envelope_kwh")
 
 
 @dataclass(frozen=True)
