@@ -304,3 +304,15 @@ def test_a_scheduled_heat_pump_draws_what_it_bid_an_unmatched_one_sets_its_setpo
         assert drawn == pytest.approx(bid.kw * h, rel=1e-12)
     else:
         assert drawn < bid.kw * h - 0.1
+
+
+def test_a_day_of_one_price_has_no_spread_and_moves_no_setpoint():
+    """Five intervals expected at 0.21 (numpy's std of them is 2.8e-17, not 0, and
+    0.21 - their mean -2.8e-17: a ramp offset of -0.5 x band): the spread is exactly 0
+    and the transactive AC keeps its base setpoint, 24 degC."""
+    assert np.array([0.21] * 5).std() > 0.0  # the float noise this guards against
+    flex, cfg = _flex([0.21], hvac={"share": 1.0, "control": "transactive"})
+    flex.prices.expected.update({j: 0.21 for j in range(-4, 0)})
+    flex.plan_kw(0, np.full(cfg.timeline.steps_per_interval, 30.0))
+    assert flex.prices.stats(0) == (0.21, 0.0)
+    assert flex._setpoint_c[0] == 24.0
