@@ -32,6 +32,7 @@ forgotten. A caller that never drains keeps every row, as before, for :meth:`tab
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -58,7 +59,7 @@ from federates.prosumers.adaptive import ADAPTIVE_STRATEGIES, AdaptiveBidders
 from federates.prosumers.admm_agents import AdmmAgents
 from federates.prosumers.agents import ProsumerSpec, make_specs, spec_arrays
 from federates.prosumers.flex.demand import FlexDemand
-from federates.prosumers.flex.dispatch import paid_prices
+from federates.prosumers.flex.dispatch import device_prices, own_supply_kw
 from federates.prosumers.strategies import limit_price
 from federates.prosumers.weather import Weather, weather_of
 
@@ -262,6 +263,7 @@ class ProsumersRole:
         self._orders_k: list[Order] = []  # every order of the interval last bid, as sent or lost
         self._device_of: dict[int, tuple[int, str]] = {}  # order position -> (site position, device)
         self._base_net_kw = np.zeros(n)  # the interval's forecast net without the bidding devices
+        self._own_kw: dict[tuple[int, str], float] = {}  # what each device takes of its owner's surplus [kW]
         self._import_max_kw: dict[int, dict[int, float]] = {}  # {k: {site position: envelope [kW]}}
 
     @classmethod
@@ -386,13 +388,15 @@ class ProsumersRole:
         net = np.where(energy < MIN_ORDER_KWH, 0.0, net)
         blk.battery_plan_kw[i] = plan
         blk.forecast_net_kw[i] = net
+        p = self.cfg.prosumers
+        retail, feed_in = self.tariff.retail(k), self.tariff.feed_in(k)
         if self.cleared:
             self._base_net_kw = net.copy()
             for b in device_bids:
                 blk.forecast_net_kw[i][b.position] += b.kw
+            net = self._net_of_own_supply(net, device_bids, feed_in)
+            net = np.where(np.abs(net) * dt_h < MIN_ORDER_KWH, 0.0, net)
 
-        p = self.cfg.prosumers
-        retail, feed_in = self.tariff.retail(k), self.tariff.feed_in(k)
         orders = []
         for j, spec in enumerate(self.specs):
             if net[j] == 0.0:
@@ -429,6 +433,27 @@ class ProsumersRole:
         s = self.timeline.steps_per_interval
         return blk.temp_air_c[i * s:(i + 1) * s] if blk.temp_air_c is not None else np.zeros(s)
 
+    def _net_of_own_supply(self, net_kw: np.ndarray, device_bids: list, feed_in_usd_per_kwh: float) -> np.ndarray:
+        """``prosumers.flex_dispatch: cleared``: each prosumer's devices served first by
+        its own expected surplus (``-net_kw`` [kW] > 0: PV and battery beyond the rest of
+        its load), as a home energy manager nets them before it trades
+        (``dispatch.own_supply_kw``); the energy they take leaves the prosumer's own sale
+        and their orders (``_own_kw``). The net [kW] the prosumer's own order then bids."""
+        out = net_kw.copy()
+        self._own_kw = {}
+        by_pos: dict[int, list] = {}
+        for b in device_bids:
+            by_pos.setdefault(b.position, []).append(b)
+        for j, bs in by_pos.items():
+            if out[j] >= 0.0:
+                continue
+            took = own_supply_kw(-out[j], [b.kw for b in bs], [b.price_usd_per_kwh for b in bs], feed_in_usd_per_kwh)
+            for b, kw in zip(bs, took, strict=True):
+                if kw > 0.0:
+                    self._own_kw[(j, b.device)] = kw
+            out[j] = min(out[j] + math.fsum(took), 0.0)
+        return out
+
     def _with_device_orders(self, k: int, orders: list[Order], device_bids: list) -> list[Order]:
         """Each prosumer's order followed by one buy order per bidding device (site order);
         notes which order is which device's (``prosumers.flex_dispatch: cleared``)."""
@@ -443,9 +468,12 @@ class ProsumersRole:
             if spec.participant in base:
                 out.append(base[spec.participant])
             for b in by_pos.get(j, []):
+                energy = (b.kw - self._own_kw.get((j, b.device), 0.0)) * dt_h  # the rest of its own supply
+                if energy < MIN_ORDER_KWH:
+                    continue
                 self._device_of[len(out)] = (j, b.device)
                 # a bid below the retail price takes no backstop: what peers do not sell it is not scheduled
-                out.append(Order(participant=spec.participant, side="buy", interval=k, energy_kwh=b.kw * dt_h,
+                out.append(Order(participant=spec.participant, side="buy", interval=k, energy_kwh=energy,
                                  price_usd_per_kwh=b.price_usd_per_kwh, bus=spec.bus, phase=spec.phase,
                                  backstop=b.price_usd_per_kwh >= self.tariff.retail(k)))
         return out
@@ -497,23 +525,15 @@ class ProsumersRole:
         if self.flex is not None:
             blk = self._block
             retail = self.tariff.retail(k)
-            buys: dict[str, list[int]] = {}
-            for at, o in enumerate(self._orders_k):
-                if o.side == "buy":
-                    buys.setdefault(o.participant, []).append(at)
-            paid: dict[tuple[int, str], float] = {}
-            for who, ats in buys.items():
-                for at, price in zip(ats, paid_prices([self._orders_k[a] for a in ats], conf.get(who), retail),
-                                     strict=True):
-                    if at in self._device_of:
-                        paid[self._device_of[at]] = price
+            own_kwh = {key: kw * h for key, kw in self._own_kw.items()}
+            paid, share = device_prices(self._orders_k, self._device_of, conf, own_kwh, retail, self.tariff.feed_in(k))
             room = None
             envelopes = self._import_max_kw.pop(k, None)
             if envelopes:
                 room = np.full(len(self.specs), np.nan)
                 for j, imp in envelopes.items():
                     room[j] = imp - self._base_net_kw[j]
-            self.flex.dispatch(k, self._t_out(blk, k - blk.k0), paid, room)
+            self.flex.dispatch(k, self._t_out(blk, k - blk.k0), paid, room, scheduled=share, own_kwh=own_kwh)
         scheduled = np.array([conf[p].scheduled_kwh / h if p in conf else 0.0 for p in self.participants])
         return self.interval_deviations(k, reference_kw=scheduled)
 

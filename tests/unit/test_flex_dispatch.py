@@ -14,10 +14,19 @@ import pytest
 
 from federates.common.config import StudyFile
 from federates.common.errors import ConfigError
+from federates.common.grid import CustomerSite
 from federates.common.messages import Confirmation, Order
 from federates.prosumers.flex.demand import FlexDemand
-from federates.prosumers.flex.dispatch import fill_envelope, paid_prices
+from federates.prosumers.flex.dispatch import (
+    DeviceBid,
+    device_prices,
+    fill_envelope,
+    own_supply_kw,
+    paid_prices,
+    setpoint_price,
+)
 from federates.prosumers.flex.ev import Session
+from federates.prosumers.role import ProsumersRole
 
 RETAIL = 0.30
 
@@ -219,3 +228,91 @@ def test_a_device_bid_without_backstop_is_not_scheduled_beyond_what_peers_sold_i
     assert (c.peer_bought_kwh, c.grid_bought_kwh, c.scheduled_kwh) == (1.5, 0.0, 1.5)
     assert [t for t in out.trades if t.buyer == "p" and t.seller == "grid"] == []
     assert paid_prices(orders[1:], c, RETAIL) == pytest.approx([0.15, (0.5 * 0.15 + 1.5 * RETAIL) / 2], abs=1e-15)
+
+
+# ---- own supply first, and the schedule the thermostat keeps ----------------------------------
+def test_own_surplus_serves_the_dearest_device_first():
+    """3 kW of the prosumer's own surplus, devices planning 2, 2 and 1.5 kW bidding 0.20,
+    0.30 and 0.05, feed-in 0.08: the 0.30 one takes its 2 kW, the 0.20 one the 1 kW left;
+    the 0.05 one bids below what the surplus fetches at feed-in and takes none. No
+    surplus: nothing."""
+    assert own_supply_kw(3.0, [2.0, 2.0, 1.5], [0.20, 0.30, 0.05], 0.08) == [1.0, 2.0, 0.0]
+    assert own_supply_kw(5.0, [2.0, 2.0, 1.5], [0.20, 0.30, 0.05], 0.08) == [2.0, 2.0, 0.0]
+    assert own_supply_kw(0.0, [2.0], [0.30], 0.08) == [0.0]
+    assert own_supply_kw(-1.0, [2.0], [0.30], 0.08) == [0.0]
+
+
+def test_a_prosumer_nets_its_devices_against_its_own_surplus_before_it_trades():
+    """One prosumer whose own order would sell 2 kW (15 min: 0.5 kWh), an AC bidding 1 kW
+    at 0.30 and a car 1.5 kW at 0.21 (default tariff: retail 0.26, feed-in 0.08). The AC
+    takes 1 kW of the surplus, the car the 1 kW left: the prosumer sells nothing, the
+    AC sends no order, the car bids for the rest, 0.5 kW x 0.25 h = 0.125 kWh at 0.21,
+    without backstop. Unmatched, the car pays (0.25 kWh x 0.08 + 0.125 x 0.26) / 0.375 =
+    0.14 and is scheduled for 2/3 of its energy (its own supply); 0.125 kWh from peers
+    at 0.15: (0.02 + 0.125 x 0.15) / 0.375, all of it scheduled. The AC pays the
+    feed-in price, all of it scheduled. Without the netting the prosumer offered 0.5
+    kWh while its devices bid for 0.625 kWh."""
+    cfg = StudyFile.model_validate({"study": {"duration": "1h"}, "prosumers": {"count": 1, "flex_dispatch": "cleared"}})
+    role = ProsumersRole(cfg, [CustomerSite("p000", 0, "bus0", "a", "t0", "load0")])
+    bids = [DeviceBid(0, "ev", 1.5, 0.21), DeviceBid(0, "hvac", 1.0, 0.30)]
+    net = role._net_of_own_supply(np.array([-2.0]), bids, 0.08)
+    assert net.tolist() == [0.0]
+    assert role._own_kw == {(0, "ev"): 1.0, (0, "hvac"): 1.0}
+    (order,) = role._with_device_orders(0, [], bids)
+    assert (order.side, order.energy_kwh, order.price_usd_per_kwh, order.backstop) == ("buy", 0.125, 0.21, False)
+    assert role._device_of == {0: (0, "ev")}
+    own = {key: kw * 0.25 for key, kw in role._own_kw.items()}
+    unmatched = Confirmation(participant="p000", interval=0, scheduled_kwh=0.0, peer_bought_kwh=0.0,
+                             peer_sold_kwh=0.0, grid_bought_kwh=0.0, grid_sold_kwh=0.0, price_usd_per_kwh=None)
+    paid, share = device_prices([order], role._device_of, {"p000": unmatched}, own, 0.26, 0.08)
+    assert paid == pytest.approx({(0, "ev"): 0.14, (0, "hvac"): 0.08}, abs=1e-15)
+    assert share == pytest.approx({(0, "ev"): 2.0 / 3.0, (0, "hvac"): 1.0}, abs=1e-15)
+    matched = Confirmation(participant="p000", interval=0, scheduled_kwh=0.125, peer_bought_kwh=0.125,
+                           peer_sold_kwh=0.0, grid_bought_kwh=0.0, grid_sold_kwh=0.0, price_usd_per_kwh=0.15)
+    paid, share = device_prices([order], role._device_of, {"p000": matched}, own, 0.26, 0.08)
+    assert paid[(0, "ev")] == pytest.approx((0.25 * 0.08 + 0.125 * 0.15) / 0.375, abs=1e-15)
+    assert share[(0, "ev")] == pytest.approx(1.0, abs=1e-15)
+
+
+@pytest.mark.parametrize("scheduled_share", [1.0, 0.0])
+def test_a_scheduled_heat_pump_draws_what_it_bid_an_unmatched_one_sets_its_setpoint_at_retail(scheduled_share):
+    """The AC of the TESP case above, its plan made at 0.20 (the market price of the same
+    interval a day earlier, below the 0.30 retail; expected prices of the day 0.10, 0.20,
+    0.30, 0.20: mean 0.20, the plan's setpoint the base 24 degC): it bids the energy it
+    draws on that setpoint. It pays a peer price of 0.12. Scheduled for all of it, it
+    keeps its plan's setpoint (setpoint_price: 0.20) and draws exactly what it bid (a
+    setpoint for 0.12 would pre-cool, and the extra kWh would be imbalance at retail);
+    scheduled for none, it sets its setpoint at retail, 24 + (0.30 - 0.20) / (2 sd) x 2
+    degC (sd = 0.0707), and draws less."""
+    flex, cfg = _flex([RETAIL], hvac={"share": 1.0, "control": "transactive"})
+    flex.prices.expected.update({-3: 0.10, -2: 0.20, -1: 0.30})
+    flex.prices.market[-flex.prices.day] = 0.20
+    flex.houses.t_in_c[:] = 25.5
+    s, h = cfg.timeline.steps_per_interval, cfg.timeline.interval_h
+    t_out = np.full(s, 33.0)
+    flex.plan_kw(0, t_out)
+    assert flex._setpoint_c[0] == 24.0
+    (bid,) = flex.offers(0, t_out, RETAIL)
+    assert setpoint_price(scheduled_share, 0.20, RETAIL) == pytest.approx(0.30 - 0.10 * scheduled_share, abs=1e-15)
+    flex.dispatch(0, t_out, {(0, "hvac"): 0.12}, scheduled={(0, "hvac"): scheduled_share})
+    sd = np.array([0.10, 0.20, 0.30, 0.20]).std()
+    want = 24.0 if scheduled_share == 1.0 else 24.0 + (0.30 - 0.20) / (2.0 * sd) * 2.0
+    assert flex._setpoint_c[0] == pytest.approx(want, abs=1e-12)
+    _play_interval(flex, 0, s)
+    drawn = flex._acc["hvac_kwh"][0]
+    if scheduled_share == 1.0:
+        assert drawn == pytest.approx(bid.kw * h, rel=1e-12)
+    else:
+        assert drawn < bid.kw * h - 0.1
+
+
+def test_a_day_of_one_price_has_no_spread_and_moves_no_setpoint():
+    """Five intervals expected at 0.21 (numpy's std of them is 2.8e-17, not 0, and
+    0.21 - their mean -2.8e-17: a ramp offset of -0.5 x band): the spread is exactly 0
+    and the transactive AC keeps its base setpoint, 24 degC."""
+    assert np.array([0.21] * 5).std() > 0.0  # the float noise this guards against
+    flex, cfg = _flex([0.21], hvac={"share": 1.0, "control": "transactive"})
+    flex.prices.expected.update({j: 0.21 for j in range(-4, 0)})
+    flex.plan_kw(0, np.full(cfg.timeline.steps_per_interval, 30.0))
+    assert flex.prices.stats(0) == (0.21, 0.0)
+    assert flex._setpoint_c[0] == 24.0

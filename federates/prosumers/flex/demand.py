@@ -31,7 +31,12 @@ import pandas as pd
 from federates.common.config import StudyFile
 from federates.common.messages import DemandResponseDelivery
 from federates.common.rng import stream
-from federates.prosumers.flex.dispatch import FLEX_BIDS_COLUMNS, DeviceBid, fill_envelope
+from federates.prosumers.flex.dispatch import (
+    FLEX_BIDS_COLUMNS,
+    DeviceBid,
+    fill_envelope,
+    setpoint_price,
+)
 from federates.prosumers.flex.ev import EvFleet, EvParams
 from federates.prosumers.flex.thermal import (
     Houses,
@@ -120,6 +125,8 @@ class PriceView:
         xs = np.array([v for j, v in self.expected.items() if k - self.day < j <= k])
         if len(xs) < 2:
             return (float(xs.mean()) if len(xs) else float("nan")), 0.0
+        if xs.min() == xs.max():  # no spread: exactly 0 (numpy's std of 5 x 0.21 is 2.8e-17)
+            return float(xs[0]), 0.0
         return float(xs.mean()), float(xs.std())
 
 
@@ -211,6 +218,7 @@ class FlexDemand:
         g0 = k * s
         out = np.zeros(self.n)
         price = self.prices.remember(k)
+        self._plan_price = price  # the price the plan of k is made at (cleared: the thermostats' schedule)
         mean, sd = self.prices.stats(k)
         calls = calls or {}
         cut = np.zeros(self.n)
@@ -316,14 +324,14 @@ class FlexDemand:
         if self.houses is not None:
             h, o, hv = self.houses, self.houses.owners, self.hvac
             asked = self._hvac_asked
-            if hv.transactive:  # on the base setpoints, TESP's bid; a house under a call keeps the call's
+            if hv.transactive:  # TESP's bid on the base setpoints; a house under a call bids retail
                 base, base_heat = np.full(len(o), hv.setpoint_c), np.full(len(o), hv.heat_setpoint_c)
-                sp, sp_heat = np.where(asked, self._setpoint_c, base), np.where(asked, self._heat_setpoint_c, base_heat)
                 price = np.where(asked, retail, bid_price_usd_per_kwh(h.t_in_c, base, mean, sd, hv, base_heat))
             else:
-                sp, sp_heat, price = self._setpoint_c, self._heat_setpoint_c, np.full(len(o), retail)
-            kw = h.preview_kw(t_out_c, sp, self.step_h, sp_heat)
-            self._setpoint_c, self._heat_setpoint_c = np.asarray(sp, dtype=float), np.asarray(sp_heat, dtype=float)
+                price = np.full(len(o), retail)
+            # energy: what it draws on the setpoints of plan_kw (the price it expects to pay, or
+            # the call's), so that the schedule is what the meter sees when it pays that price
+            kw = h.preview_kw(t_out_c, self._setpoint_c, self.step_h, self._heat_setpoint_c)
             out += [DeviceBid(int(o[j]), "hvac", float(kw[j]), float(price[j])) for j in np.flatnonzero(kw > 0.0)]
         if self.water_heaters is not None:
             w, o = self.wh_params, self.water_heaters.owners
@@ -332,19 +340,24 @@ class FlexDemand:
                 price = np.maximum(mean + w.ramp * sd * (w.setpoint_c - self.water_heaters.t_c) / w.band_c, 0.0)
             else:
                 price = np.full(len(o), retail)
-            self._wh_setpoint_c = np.full(len(o), w.setpoint_c)
             out += [DeviceBid(int(o[j]), "water_heater", float(kw[j]), float(price[j]))
                     for j in np.flatnonzero(kw > 0.0)]
         self._bids = {(b.position, b.device): b for b in out}
         return out
 
     def dispatch(self, k: int, t_out_c: np.ndarray, paid: dict[tuple[int, str], float],
-                 room_kw: np.ndarray | None = None) -> None:
+                 room_kw: np.ndarray | None = None, scheduled: dict[tuple[int, str], float] | None = None,
+                 own_kwh: dict[tuple[int, str], float] | None = None) -> None:
         """Set the devices' power for interval ``k`` from the price each pays ``paid``
         [USD/kWh] by (site position, device), then keep each customer's devices within
         the room its import envelope leaves, ``room_kw`` [kW] per prosumer (NaN: no
-        envelope; None: none at all); rows of the ``flex_bids`` table (flex/dispatch.py)."""
+        envelope; None: none at all); rows of the ``flex_bids`` table (flex/dispatch.py).
+        ``scheduled``: the share of each device's energy its owner is scheduled for (its
+        own supply, peer energy, a backstop); a thermostat then sets its setpoint at
+        :func:`dispatch.setpoint_price` (None: at the price it pays). ``own_kwh``: what
+        its owner's own surplus covers of each device's energy [kWh] (recorded)."""
         mean, sd = self.prices.stats(k)
+        retail = float(self.prices.retail(k))
         s = self.tl.steps_per_interval
         g0 = k * s
         hv, w = self.hvac, self.wh_params
@@ -356,6 +369,8 @@ class FlexDemand:
             pos, dev = key
             price = paid.get(key, np.inf)
             runs[key] = bool(b.price_usd_per_kwh >= price)
+            if scheduled is not None and dev != "ev":
+                price = setpoint_price(scheduled.get(key, 0.0), self._plan_price, retail)
             if dev == "ev":
                 j = ev_j[pos]
                 self._ev_cmd[j] = self._ev_cap[j] if runs[key] or self._ev_must[j] else 0.0
@@ -409,7 +424,7 @@ class FlexDemand:
         for key, b in sorted(self._bids.items()):
             self.bid_rows.append({
                 "interval": k, "participant": self.participants[key[0]], "device": key[1],
-                "bid_kwh": b.kw * h, "bid_usd_per_kwh": b.price_usd_per_kwh,
+                "bid_kwh": b.kw * h, "own_kwh": (own_kwh or {}).get(key, 0.0), "bid_usd_per_kwh": b.price_usd_per_kwh,
                 "paid_usd_per_kwh": float(paid.get(key, np.inf)), "runs": runs[key],
                 "planned_kwh": planned[key] * h, "deferred_kwh": max(before[key] - planned[key], 0.0) * h,
                 "over_envelope_kwh": over.get(key, 0.0) * h,
@@ -580,7 +595,7 @@ class FlexDemand:
             out["demand_response"] = dr
         if self.cleared:
             out["flex_bids"] = pd.DataFrame(self.bid_rows, columns=list(FLEX_BIDS_COLUMNS)).astype(
-                {"interval": "int64", "bid_kwh": "float64", "bid_usd_per_kwh": "float64",
+                {"interval": "int64", "bid_kwh": "float64", "own_kwh": "float64", "bid_usd_per_kwh": "float64",
                  "paid_usd_per_kwh": "float64", "runs": "bool", "planned_kwh": "float64",
                  "deferred_kwh": "float64", "over_envelope_kwh": "float64"})
             for col in ("participant", "device"):

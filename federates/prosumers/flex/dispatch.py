@@ -17,7 +17,9 @@ Bids (k*M + 0.25)
     * heat pump / AC, transactive: TESP's bid ``mean + ramp x sd x (T - setpoint) /
       band`` [USD/kWh] at the base setpoint (``thermal.bid_price_usd_per_kwh``, the
       mean and sd of the prices expected over the last day); energy: the house
-      simulated through ``k`` on its base setpoint.
+      simulated through ``k`` on the setpoint of its plan (``FlexDemand.plan_kw``: the
+      base setpoint moved by the price it expects, as with ``planned``), so that the
+      energy it bids is what it draws when it gets it.
     * EV, smart: the dearest expected price among the cheapest intervals that together
       deliver what the car still needs before its departure
       (``EvFleet.threshold_usd_per_kwh``): the bid rises as the departure nears and the
@@ -29,12 +31,24 @@ Bids (k*M + 0.25)
     * a device on a plain thermostat or an uncontrolled EV bids the retail price: a
       price taker, it runs whatever the price.
 
+Own supply first (:func:`own_supply_kw`)
+    A home energy manager nets its own devices against its own surplus before it
+    trades. When the prosumer's own order would sell (PV and battery beyond the rest of
+    its load: ``-net``), that surplus serves its devices first, dearest bid first, each
+    up to its planned mean power, only a device whose bid covers the feed-in price
+    (what the surplus fetches when nobody takes it). What they take leaves both the
+    prosumer's sale and their orders (a device served in full sends none). Without it,
+    the sale could go to the grid at feed-in while the device, bidding below the
+    prosumer's own ask, was unmatched and drew the same kWh from its own roof as
+    imbalance at retail. The served energy is priced at the feed-in price.
+
 The price a device pays (:func:`paid_prices`)
     The confirmation tells the prosumer how much it bought from peers and at what mean
     price (its own price). It gives that peer energy to its buy orders in the order
     the greedy community mechanisms walk the book, dearest effective limit
     (``min(limit, retail)``) first, ties in send order; the rest of each order is
-    priced at the retail price. A device pays the energy-weighted mean of its two lots.
+    priced at the retail price. A device pays the energy-weighted mean of its lots
+    (its own supply at the feed-in price, peer energy, the rest at retail).
     Exact for the uniform price (every peer kWh at one price); under pay-as-bid the own
     price is the mean over all of the prosumer's peer trades.
 
@@ -49,11 +63,19 @@ The price a device pays (:func:`paid_prices`)
 
 Dispatch (k*M + 0.75, after the confirmations of k; :meth:`FlexDemand.dispatch`)
     * EV: charges at its command iff its bid >= the price it pays, else waits.
-    * heat pump / AC, transactive: setpoint = base setpoint + the TESP ramp offset at
-      the price it pays (``thermal.setpoint_offset_c``: within the comfort band), as
-      the controller sets its setpoint from the clearing price; the thermostat then
-      runs the unit (on exactly when its bid at the new temperature exceeds that price).
-    * water heater, transactive: setpoint moved by its ramp at the price it pays.
+    * heat pump / AC, transactive: setpoint = base setpoint + the TESP ramp offset
+      (``thermal.setpoint_offset_c``: within the comfort band) at the price of the
+      energy it would draw (:func:`setpoint_price`): for the share of its bid its owner
+      is scheduled for (own supply, peer energy, a backstop), the price of its plan, at
+      which it computed that energy; for the rest, retail. Under the settlement's
+      imbalance rule (``tariff``) a kWh drawn beyond the schedule costs retail and one
+      not drawn of it fetches feed-in, whatever the schedule cost: so a house whose
+      energy is scheduled draws it (a lower setpoint for a cheap peer price would buy
+      the extra at retail; a higher one would resell what it bought at feed-in), and
+      one left unmatched sets its setpoint at retail, which it pays. With every price
+      expected at retail (a study's first day: no market price seen a day earlier) the
+      houses so draw as with ``planned``; the loop moves them from the second day.
+    * water heater, transactive: setpoint moved by its ramp at the same price.
     * a device without an order (nothing foreseen for k) or under a demand-response
       call keeps its plan of bid time.
 
@@ -79,8 +101,9 @@ from dataclasses import dataclass
 from federates.common.messages import Confirmation, Order, peer_energy_by_order
 
 DEVICES = ("ev", "hvac", "water_heater")
-FLEX_BIDS_COLUMNS = ("interval", "participant", "device", "bid_kwh", "bid_usd_per_kwh", "paid_usd_per_kwh",
-                     "runs", "planned_kwh", "deferred_kwh", "over_envelope_kwh")
+Key = tuple[int, str]  # a device of a prosumer: (site position, device)
+FLEX_BIDS_COLUMNS = ("interval", "participant", "device", "bid_kwh", "own_kwh", "bid_usd_per_kwh",
+                     "paid_usd_per_kwh", "runs", "planned_kwh", "deferred_kwh", "over_envelope_kwh")
 
 
 @dataclass(frozen=True)
@@ -106,6 +129,64 @@ def paid_prices(buys: list[Order], confirmation: Confirmation | None, retail_usd
     got = peer_energy_by_order(buys, confirmation.peer_bought_kwh, retail_usd_per_kwh)
     return [(m * own + (o.energy_kwh - m) * retail_usd_per_kwh) / o.energy_kwh if o.energy_kwh > 0.0 and m > 0.0
             else retail_usd_per_kwh for o, m in zip(buys, got, strict=True)]
+
+
+def device_prices(orders: list[Order], device_of: dict[int, Key], confirmations: dict[str, Confirmation],
+                  own_kwh: dict[Key, float], retail_usd_per_kwh: float, feed_in_usd_per_kwh: float,
+                  ) -> tuple[dict[Key, float], dict[Key, float]]:
+    """What each device pays and how much of it is scheduled, from the orders of one
+    interval as sent (``orders``; ``device_of``: the position of each device's order ->
+    its key), the participants' ``confirmations`` and the energy [kWh] each device takes
+    of its owner's own supply (``own_kwh``, :func:`own_supply_kw`): per device key, the
+    mean price [USD/kWh] it pays (own supply at ``feed_in_usd_per_kwh``, peer energy at
+    its owner's own price, the rest at ``retail_usd_per_kwh``: :func:`paid_prices`) and
+    the share of its energy its owner is scheduled for (own supply, peer energy, and the
+    rest of an order with the utility's backstop; 0 without a confirmation)."""
+    buys: dict[str, list[int]] = {}
+    for at, o in enumerate(orders):
+        if o.side == "buy":
+            buys.setdefault(o.participant, []).append(at)
+    ordered: dict[Key, tuple[float, float, float]] = {}  # key -> (energy, price, scheduled) [kWh, USD/kWh, kWh]
+    for who, ats in buys.items():
+        mine, c = [orders[a] for a in ats], confirmations.get(who)
+        priced = c is not None and c.price_usd_per_kwh is not None and math.isfinite(c.price_usd_per_kwh)
+        got = peer_energy_by_order(mine, c.peer_bought_kwh, retail_usd_per_kwh) if priced else [0.0] * len(mine)
+        for at, o, m, price in zip(ats, mine, got, paid_prices(mine, c, retail_usd_per_kwh), strict=True):
+            if at in device_of:
+                ordered[device_of[at]] = (o.energy_kwh, price, o.energy_kwh if c is not None and o.backstop else m)
+    paid = {key: price for key, (_, price, _) in ordered.items()}
+    share = {key: sched / e for key, (e, _, sched) in ordered.items()}
+    for key, own in own_kwh.items():
+        e, price, sched = ordered.get(key, (0.0, feed_in_usd_per_kwh, 0.0))
+        paid[key] = (own * feed_in_usd_per_kwh + e * price) / (own + e)
+        share[key] = (own + sched) / (own + e)
+    return paid, share
+
+
+def setpoint_price(scheduled_share: float, plan_usd_per_kwh: float, retail_usd_per_kwh: float) -> float:
+    """The price [USD/kWh] a thermostat (heat pump / AC, water heater) sets its setpoint
+    at: its plan's price ``plan_usd_per_kwh`` (the price it expected, at which it
+    computed the energy it bid) for the share ``scheduled_share`` of that energy its
+    owner is scheduled for, ``retail_usd_per_kwh`` for the rest (module docstring)."""
+    f = min(max(float(scheduled_share), 0.0), 1.0)
+    return f * plan_usd_per_kwh + (1.0 - f) * retail_usd_per_kwh
+
+
+def own_supply_kw(surplus_kw: float, kw: list[float], bids: list[float], value_usd_per_kwh: float) -> list[float]:
+    """The mean power [kW] each of one prosumer's devices (planned mean powers ``kw``
+    [kW], bids ``bids`` [USD/kWh]) takes from its owner's own expected surplus
+    ``surplus_kw`` [kW] (PV and battery beyond the rest of its load) before bidding in
+    the market: dearest bid first (ties in the order given), only a device whose bid
+    covers ``value_usd_per_kwh`` [USD/kWh], what the surplus fetches when nobody else
+    takes it (the feed-in price), each up to its plan (module docstring)."""
+    out = [0.0] * len(kw)
+    left = max(float(surplus_kw), 0.0)
+    for i in sorted(range(len(bids)), key=lambda i: (-bids[i], i)):
+        if left <= 0.0 or not bids[i] >= value_usd_per_kwh:
+            continue
+        out[i] = min(max(kw[i], 0.0), left)
+        left -= out[i]
+    return out
 
 
 def fill_envelope(room_kw: float, planned_kw: list[float], bids: list[float], divisible: list[bool]) -> list[float]:
