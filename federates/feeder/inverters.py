@@ -710,9 +710,10 @@ class InverterFleet:
         curtailments: one row per DSO cap change (limit v_max, thermal, vuf or export;
         element the customer, line/transformer, bus or "source" whose limit caused it;
         with policy group_voltage the group and v_pu its worst voltage) and per binding
-        Volt-Watt cap change (limit "volt_watt"): step, t_s, iteration, participant,
-        group, limit, element, v_pu [pu], export_kw [kW, measured], cap_kw [kW, the new
-        cap of that limit].
+        Volt-Watt cap change (limit "volt_watt"), and one per DSO load limit
+        (:meth:`note_load_limits`) and demand-response call (:meth:`note_demand_response`):
+        step, t_s, iteration, participant, group, limit, element, v_pu [pu], export_kw
+        [kW, measured], cap_kw [kW, the new cap of that limit; the import cap; the cut asked].
         control: one row per step: step, t_s, iterations, converged, n_q_changes,
         n_cap_changes (DSO and Volt-Watt caps).
         """
