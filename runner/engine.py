@@ -248,6 +248,7 @@ class _Engine:
             self.load_limits = limits = self.controllers.load_limits(k + 1)
             self.clock.took("controllers")
             self.feeder.on_load_limits(k + 1, limits)
+            self.feeder.on_demand_response(k + 1, self.dr_calls)  # recorded in curtailments
             self.clock.took("feeder")
 
     def _control_rounds(self, g: int) -> int:

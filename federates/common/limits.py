@@ -19,7 +19,8 @@ Who names what:
   and v_max / v_min in ``control_violations``;
 * the feeder (federates/feeder/role.py): every limit in the ``violations`` table, and
   the import it did not serve under a load limit (``load_limit``, in ``curtailments``
-  and ``curtailment_energy``);
+  and ``curtailment_energy``) and the DSO's demand-response calls (``demand_response``,
+  in ``curtailments`` only);
 * the report (runner/report.py): the colour and label of each curtailment cause.
 """
 
@@ -42,6 +43,10 @@ class Limit(StrEnum):
     #: the DSO's involuntary import limit (a smart meter's load limiter) after demand
     #: response failed (``controllers.demand_response.load_limit``): unserved import
     LOAD_LIMIT = "load_limit"
+    #: the DSO's demand-response call (``controllers.demand_response``): a voluntary import
+    #: cut, recorded in ``curtailments`` (no energy of its own in ``curtailment_energy``:
+    #: the cut is the prosumers' ``demand_response.reduced_kwh``, paid in settlement)
+    DEMAND_RESPONSE = "demand_response"
 
 
 def limit_key(limit: str, element: str) -> str:

@@ -47,7 +47,8 @@ same call order.)
                  after the last step of interval k the feeder publishes its meter block;
                  when the feeder says the interval has no more views, the DSO sends
                  its demand-response calls for k+1 (controllers.demand_response), which
-                 the prosumers read at their report time of k+1, and its load limits
+                 the prosumers read at their report time of k+1 (and the feeder, which
+                 records them, at its first step of k+1), and its load limits
                  for k+1 (demand_response.load_limit), which the prosumers read with
                  the calls and the feeder at its first step of k+1 (t + 1.00 of k+1)
 

@@ -89,15 +89,16 @@ class _ControllersDoor:
 
     def _call_demand(self, k: int) -> None:
         """The demand-response calls for ``k`` to every prosumer part (each takes its own),
-        read at their report time of ``k``, and the load limits for ``k`` to the feeder,
-        read at its first step of ``k``, and to the prosumers, with the calls; nothing to
-        send without calls or limits."""
+        read at their report time of ``k``, and to the feeder (it records them, read at its
+        first step of ``k``), and the load limits for ``k`` to the feeder, read at its
+        first step of ``k``, and to the prosumers, with the calls; nothing to send without
+        calls or limits."""
         if k >= self.tl.n_intervals:
             return
         calls = self.role.demand_response_calls(k)
         if calls:
             text = encode(calls, kind="dr_calls", interval=k)
-            for name in self.prosumers:
+            for name in (*self.prosumers, keys.FEEDER):  # the feeder records them (curtailments)
                 self.door.send(self.ep, name, text)
         limits = self.role.load_limits(k)
         if limits:

@@ -85,14 +85,16 @@ class _FeederDoor:
         return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
 
     def _envelopes(self, k: int) -> None:
-        """Envelopes (to the inverters) and the DSO's load limits of interval ``k``, at its
-        first step."""
+        """Envelopes (to the inverters) and the DSO's load limits and demand-response calls
+        of interval ``k``, at its first step."""
         for text in self.door.receive(self.ep):
             env = decode(text)
             if env.kind == "envelopes":
                 self.role.on_envelopes(k, env.items)
             elif env.kind == "load_limits" and int(env.header["interval"]) == k:
                 self.role.on_load_limits(k, env.items)
+            elif env.kind == "dr_calls" and int(env.header["interval"]) == k:
+                self.role.on_demand_response(k, env.items)
             else:
                 raise RuntimeError(f"interval {k}: unexpected {env.kind!r} message ({env.header})")
 

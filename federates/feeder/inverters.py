@@ -627,6 +627,29 @@ class InverterFleet:
                 "cap_kw": float(x.import_max_kw),
             })
 
+    def note_demand_response(self, g: int, calls, v_pu: np.ndarray, p_kw: np.ndarray) -> None:
+        """``curtailments`` rows for the DSO's demand-response calls of the interval that
+        starts at step ``g`` (``federates.common.messages.DemandResponseCall``: limit
+        ``demand_response``, iteration 0, element the call's ``<limit>:<element>``, v_pu
+        and export_kw = -p_kw the customer's at step ``g``'s final solve [pu, kW; NaN
+        when not at hand], cap_kw the import cut asked [kW]). Noted once step ``g`` is
+        over: placed after the step's ``load_limit`` rows and before its other rows."""
+        t_s = self.timeline.step_t_s(g)
+        rows = []
+        for c in calls:
+            i = self._index[c.participant]
+            rows.append({
+                "step": g, "t_s": t_s, "iteration": 0, "participant": c.participant,
+                "group": self.group_names[i], "limit": Limit.DEMAND_RESPONSE,
+                "element": f"{c.limit}:{c.element}", "v_pu": float(v_pu[i]), "export_kw": -float(p_kw[i]),
+                "cap_kw": float(c.reduce_kw),
+            })
+        old = self._curtailment_rows
+        at = len(old)
+        while at and (old[at - 1]["step"] > g or (old[at - 1]["step"] == g and old[at - 1]["limit"] != Limit.LOAD_LIMIT)):
+            at -= 1
+        old[at:at] = rows
+
     def note_unserved(self, g: int, unserved_kw: np.ndarray) -> None:
         """The import [kW] the load limits left unserved in step ``g``'s final solve:
         ``curtailment_energy`` rows (limit ``load_limit``) for those > 0."""
@@ -687,9 +710,10 @@ class InverterFleet:
         curtailments: one row per DSO cap change (limit v_max, thermal, vuf or export;
         element the customer, line/transformer, bus or "source" whose limit caused it;
         with policy group_voltage the group and v_pu its worst voltage) and per binding
-        Volt-Watt cap change (limit "volt_watt"): step, t_s, iteration, participant,
-        group, limit, element, v_pu [pu], export_kw [kW, measured], cap_kw [kW, the new
-        cap of that limit].
+        Volt-Watt cap change (limit "volt_watt"), and one per DSO load limit
+        (:meth:`note_load_limits`) and demand-response call (:meth:`note_demand_response`):
+        step, t_s, iteration, participant, group, limit, element, v_pu [pu], export_kw
+        [kW, measured], cap_kw [kW, the new cap of that limit; the import cap; the cut asked].
         control: one row per step: step, t_s, iterations, converged, n_q_changes,
         n_cap_changes (DSO and Volt-Watt caps).
         """

@@ -33,6 +33,12 @@ served (the uncontrolled solve, "before control", serves it). The cap change is 
 solve a ``curtailment_energy`` row (limit ``load_limit``, kWh); the meters meter what
 was served.
 
+Demand-response calls (``controllers.demand_response``, :meth:`FeederRole.on_demand_response`):
+the feeder gets the DSO's calls with its load limits and only records them: one
+``curtailments`` row per call (limit ``demand_response``) at the interval's first step,
+with the customer's voltage and import of that step's final solve. The cut itself is the
+prosumers' (their devices plan less), metered, and paid in settlement.
+
 A solve that does not converge (:class:`PowerFlowNotConverged`) is never skipped: it
 gets a row in the ``nonconvergence`` table (step, t_s, solve, action, detail), the
 grid table's ``converged`` is false for its step, and ``feeder.on_nonconvergence``
@@ -71,6 +77,7 @@ from federates.common.limits import Limit
 from federates.common.messages import (
     ControlCommand,
     CurtailmentNotice,
+    DemandResponseCall,
     DsoView,
     LoadLimit,
     LossEnergy,
@@ -183,6 +190,8 @@ class FeederRole:
         self._import_cap_kw = np.full(n, np.nan)  # the DSO's load limits (NaN = none)
         self._load_limit_k = -1  # the interval they hold for
         self._unserved: tuple[int, np.ndarray] | None = None  # (step, kW) of the last controlled solve
+        #: the DSO's demand-response calls to record once their first step is over: (step, calls)
+        self._dr_calls: tuple[int, list[DemandResponseCall]] | None = None
         self._requested = np.zeros(n)
         self._step: int | None = None
         self._pending_grid: int | None = None
@@ -418,6 +427,20 @@ class FeederRole:
             self.inverters.note_unserved(*self._unserved)
             self._unserved = None
 
+    def _flush_demand_response(self) -> None:
+        """The demand-response calls whose first step is over, to the ``curtailments``
+        table with that step's final voltage and power (NaN for a step not recorded)."""
+        if self._dr_calls is None or self._step is None or self._step < self._dr_calls[0]:
+            return
+        g, calls = self._dr_calls
+        self._dr_calls = None
+        rec = self._rec
+        if g >= rec.g0 and rec.done[rec.row(g)]:
+            v, p = rec.v[rec.row(g)], rec.p[rec.row(g)]
+        else:
+            v = p = np.full(self._n, np.nan)
+        self.inverters.note_demand_response(g, calls, v, p)
+
     def _shed(self, p: np.ndarray) -> np.ndarray:
         """``p`` with the imports scaled by the curtail level of the step [kW]."""
         if self._nc_level < 2:
@@ -645,6 +668,7 @@ class FeederRole:
         dev = self._vector("deviation_p_kw", deviation_p_kw)
         self._finalize_grid()
         self._flush_unserved()
+        self._flush_demand_response()
         if g % self.timeline.steps_per_interval == 0:
             self._cap_kw[:] = np.nan
             self._dso_quiet = True
@@ -754,6 +778,19 @@ class FeederRole:
         self._load_limit_k = k
         self.inverters.note_load_limits(g, limits)
 
+    def on_demand_response(self, k: int, calls: list[DemandResponseCall]) -> None:
+        """The DSO's demand-response calls for interval ``k``, before its first step: each
+        a ``curtailments`` row at that step once it is over (module docstring)."""
+        if not calls:
+            return
+        for c in calls:
+            if c.participant not in self._index:
+                raise ValueError(f"demand-response call to unknown participant {c.participant!r}")
+            if c.interval != k:
+                raise ValueError(f"demand-response call of interval {c.interval} given for interval {k}")
+        self._flush_demand_response()
+        self._dr_calls = (k * self.timeline.steps_per_interval, list(calls))
+
     def curtailment_notices(self, k: int) -> list[CurtailmentNotice]:
         """The energy the caps held back in interval ``k``, per participant and cause."""
         return self.inverters.report(k)
@@ -853,6 +890,7 @@ class FeederRole:
         self._finalize_grid()
         self._flush_losses()
         self._flush_unserved()
+        self._flush_demand_response()
         rec = self._rec
         local = np.flatnonzero(rec.done)
         steps = local + rec.g0

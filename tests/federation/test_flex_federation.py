@@ -65,12 +65,18 @@ def test_demand_response_federation_equals_inprocess_engine(dr_runs):
     """The same tables, the DR payments in settlement included (the deliveries reach the
     market from both prosumer parts at the report time of k+1) and the load limits that
     follow a failed demand response (the DSO's limits reach the feeder with its calls),
-    and the same ledger, byte for byte (its demand_response records and settlement
-    records with DR columns)."""
+    the calls recorded by the feeder (``curtailments`` rows ``demand_response``, one per
+    call the prosumers answered), and the same ledger, byte for byte (its
+    demand_response records and settlement records with DR columns)."""
     a = read_tables(dr_runs["inprocess"])
     b = read_tables(dr_runs["federation"])
     assert len(a["demand_response"]) > 0
     assert (a["curtailments"].limit == "load_limit").sum() > 0
+    for t in (a, b):
+        calls = t["curtailments"][t["curtailments"].limit == "demand_response"]
+        assert sorted(zip(calls.step // 15, calls.participant, calls.cap_kw, strict=True)) == sorted(
+            zip(t["demand_response"].interval, t["demand_response"].participant,
+                t["demand_response"].requested_kw, strict=True))
     assert a["curtailment_energy"][a["curtailment_energy"].limit == "load_limit"].energy_kwh.sum() > 0
     assert a["settlements"].dr_paid_usd.sum() > 0
     assert a["settlements"].dr_paid_usd.sum() == pytest.approx(a["demand_response"].credit_usd.sum(), rel=1e-12)
@@ -95,6 +101,7 @@ def test_demand_response_pays_what_was_cut_and_lifts_the_voltages(dr_runs):
         return int((v.limit == "v_min").sum())
 
     assert low(dr_runs["inprocess"]) < 0.8 * low(dr_runs["no_dr"])
+    assert not (read_tables(dr_runs["no_dr"])["curtailments"].limit == "demand_response").any()
 
 
 def test_report_has_the_flexible_demand_section(dr_runs):

@@ -116,3 +116,30 @@ def test_the_kpis_of_the_evening(evening):
     # the monthly table's PV curtailment: every cause but load_limit
     assert t["monthly"].curtailed_kwh.sum() == pytest.approx(math.fsum(ce[ce.limit != "load_limit"].energy_kwh),
                                                              abs=1e-12)
+
+
+def test_every_call_is_a_curtailments_row(evening):
+    """The feeder's ``curtailments`` rows with limit ``demand_response`` are the calls the
+    DSO sent it, recorded independently of the prosumers' ``demand_response`` table (which
+    is made where the devices answer them): one to one, interval, participant, asked cut
+    and cause equal; each at its interval's first step, iteration 0, with the customer's
+    voltage and power of that step's final solve (the ``voltages`` table). No DR energy in
+    ``curtailment_energy``, so the PV curtailment KPIs do not see the calls."""
+    t = read_tables(evening)
+    dr, c, v = t["demand_response"], t["curtailments"], t["voltages"]
+    rows = c[c.limit == "demand_response"]
+    assert len(rows) == len(dr) > 10
+    steps_per_interval = 15  # 1-min steps, 15-min intervals
+    assert (rows.step % steps_per_interval == 0).all() and (rows.iteration == 0).all()
+    feeder = sorted(zip((rows.step // steps_per_interval).tolist(), rows.participant, rows.cap_kw.tolist(),
+                        rows.element, strict=True))
+    prosumers = sorted(zip(dr.interval.tolist(), dr.participant, dr.requested_kw.tolist(),
+                           (dr.limit + ":" + dr.element), strict=True))
+    assert feeder == prosumers
+    at = v.set_index(["step", "participant"]).loc[list(zip(rows.step, rows.participant, strict=True))]
+    np.testing.assert_array_equal(rows.v_pu.to_numpy(), at.v_pu.to_numpy())
+    np.testing.assert_array_equal(rows.export_kw.to_numpy(), -at.p_kw.to_numpy())
+    assert (rows.group.to_numpy() == t["prosumers"].set_index("participant").group.loc[rows.participant]).all()
+    assert "demand_response" not in set(t["curtailment_energy"].limit)
+    # the rows of a step are in order: the load limits and calls (iteration 0) before the caps
+    assert (c.groupby("step").iteration.apply(lambda s: s.is_monotonic_increasing)).all()

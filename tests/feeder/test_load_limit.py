@@ -63,3 +63,41 @@ def test_a_load_limit_serves_up_to_its_cap_for_its_interval():
     _, p_kw, _, delivered_kwh = role.meter_block(0)
     np.testing.assert_allclose(p_kw.sum(axis=0) * role.timeline.step_h, delivered_kwh, rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(p_kw.sum(axis=0) * role.timeline.step_h, served * 0.25, rtol=1e-12)
+
+
+def test_demand_response_calls_are_recorded_after_their_first_step():
+    """The DSO's calls for interval 1 reach the feeder before its first step and, as the
+    engine does, before a drain of the tables: each becomes one ``curtailments`` row
+    (limit ``demand_response``) at that first step, iteration 0, with the customer's
+    voltage and power of the step's final solve (the ``voltages`` table of the same run)
+    and the cut asked as ``cap_kw``; the feeder serves the import as asked (the cut is the
+    devices', not the feeder's) and no ``curtailment_energy`` row is written."""
+    from federates.common.messages import DemandResponseCall
+
+    role = make_role()
+    n, s = role._n, role.timeline.steps_per_interval
+    requested = np.array([9.0, 3.0, -2.0, 8.0, 1.0, 6.0])
+    for g in range(s):
+        role.begin_step(g, requested, np.zeros(n))
+    calls = [DemandResponseCall(role.participants[3], 1, 2.5, "v_min", role.participants[0]),
+             DemandResponseCall(role.participants[1], 1, 0.75, "thermal", "line.650632")]
+    role.on_demand_response(1, calls)
+    first = role.drain_tables()  # drained before interval 1 is played: the calls wait for its first step
+    assert not (first["curtailments"].limit == "demand_response").any()
+    for g in range(s, 2 * s):
+        role.begin_step(g, requested, np.zeros(n))
+    t = role.tables()
+    rows = t["curtailments"][t["curtailments"].limit == "demand_response"]
+    assert list(rows.participant) == [role.participants[3], role.participants[1]]
+    assert (rows.step == s).all() and (rows.iteration == 0).all() and (rows.t_s == s * 300.0).all()
+    assert list(rows.element) == [f"v_min:{role.participants[0]}", "thermal:line.650632"]
+    assert list(rows.cap_kw) == [2.5, 0.75]
+    v = t["voltages"].set_index(["step", "participant"])
+    at = v.loc[[(s, p) for p in rows.participant]]
+    np.testing.assert_array_equal(rows.v_pu.to_numpy(), at.v_pu.to_numpy())
+    np.testing.assert_array_equal(rows.export_kw.to_numpy(), -at.p_kw.to_numpy())
+    assert list(rows.export_kw) == [-8.0, -3.0]  # served as requested
+    assert (t["voltages"].p_kw.to_numpy() == np.tile(requested, s)).all()
+    assert t["curtailment_energy"].empty
+    with pytest.raises(ValueError, match="unknown participant"):
+        role.on_demand_response(2, [DemandResponseCall("nobody", 2, 1.0, "v_min", "nobody")])

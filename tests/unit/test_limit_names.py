@@ -9,7 +9,7 @@ from federates.common.limits import Limit, limit_key, limit_of
 
 def test_limits_are_their_names():
     assert [str(x) for x in Limit] == ["v_max", "v_min", "thermal", "vuf", "export", "import",
-                                       "volt_watt", "envelope", "load_limit"]
+                                       "volt_watt", "envelope", "load_limit", "demand_response"]
     assert Limit.V_MAX == "v_max" and {"v_max": 1}[Limit.V_MAX] == 1
     assert limit_key(Limit.THERMAL, "line.l12") == "thermal:line.l12"
     assert limit_of("v_min:p003") == Limit.V_MIN and limit_of(limit_key(Limit.EXPORT, "source")) == "export"
