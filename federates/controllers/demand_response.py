@@ -50,11 +50,37 @@ _TOL = 1e-9
 
 
 @dataclass
-class _Seen:
-    """The worst of one limit in the interval: how far past its margin, and the imports then."""
+class Seen:
+    """The worst of one limit in the interval: how far past its margin, and every
+    customer's import [kW] and voltage [pu] then."""
 
     need: float  # [pu] or [%] beyond the margin
     import_kw: np.ndarray
+    v_pu: np.ndarray
+
+
+def note_worst(view: DsoView, voltage: dict[int, Seen], thermal: dict[int, Seen], *, v_below_pu: float,
+               v_floor_pu: float, loading_above_pct: float | None, loading_target_pct: float | None) -> None:
+    """Keep in ``voltage`` (``thermal``) the worst of each customer below ``v_below_pu``
+    (each element above ``loading_above_pct`` with forward flow: power towards the
+    customers, the view's SCADA; none without it or with ``loading_above_pct`` None)
+    seen so far, its need the way back to ``v_floor_pu`` [pu] (down to
+    ``loading_target_pct`` [%])."""
+    v = np.asarray(view.v_pu, dtype=float)
+    imports = np.maximum(np.asarray(view.p_kw, dtype=float), 0.0)
+    for j in np.flatnonzero(v < v_below_pu - _TOL):
+        need = v_floor_pu - float(v[j])
+        if j not in voltage or need > voltage[j].need:
+            voltage[int(j)] = Seen(need, imports.copy(), v.copy())
+    s = view.scada
+    if s is None or loading_above_pct is None or loading_target_pct is None:
+        return
+    loading = np.asarray(s.loading_pct, dtype=float)
+    forward = np.asarray(s.p_kw, dtype=float) > 0
+    for e in np.flatnonzero((loading > loading_above_pct + _TOL) & forward):
+        need = float(loading[e]) - loading_target_pct
+        if e not in thermal or need > thermal[e].need:
+            thermal[int(e)] = Seen(need, imports.copy(), v.copy())
 
 
 class DemandResponse:
@@ -75,8 +101,8 @@ class DemandResponse:
                                     else float(thermal_max_pct) - float(thermal_margin_pct))
         self.dloading = None if dloading_pct_per_kw is None else np.asarray(dloading_pct_per_kw, dtype=float)
         self.elements = list(elements or [])
-        self._voltage: dict[int, _Seen] = {}
-        self._thermal: dict[int, _Seen] = {}
+        self._voltage: dict[int, Seen] = {}
+        self._thermal: dict[int, Seen] = {}
         self.release_fraction = float(release_fraction)
         self._standing = np.zeros(len(self.participants))  # the cuts in force [kW]
         self._why: list[tuple[str, str]] = [("", "")] * len(self.participants)
@@ -84,21 +110,8 @@ class DemandResponse:
     def observe(self, view: DsoView) -> None:
         """Note the view's customers below the voltage floor and elements above the
         thermal ceiling with forward flow (the worst of each in the interval)."""
-        v = np.asarray(view.v_pu, dtype=float)
-        imports = np.maximum(np.asarray(view.p_kw, dtype=float), 0.0)
-        for j in np.flatnonzero(v < self.v_floor_pu - _TOL):
-            need = self.v_floor_pu - float(v[j])
-            if j not in self._voltage or need > self._voltage[j].need:
-                self._voltage[int(j)] = _Seen(need, imports.copy())
-        s = view.scada
-        if s is None or self.thermal_ceiling_pct is None:
-            return
-        loading = np.asarray(s.loading_pct, dtype=float)
-        forward = np.asarray(s.p_kw, dtype=float) > 0
-        for e in np.flatnonzero((loading > self.thermal_ceiling_pct + _TOL) & forward):
-            need = float(loading[e]) - self.thermal_ceiling_pct
-            if e not in self._thermal or need > self._thermal[e].need:
-                self._thermal[int(e)] = _Seen(need, imports.copy())
+        note_worst(view, self._voltage, self._thermal, v_below_pu=self.v_floor_pu, v_floor_pu=self.v_floor_pu,
+                   loading_above_pct=self.thermal_ceiling_pct, loading_target_pct=self.thermal_ceiling_pct)
 
     @property
     def in_force(self) -> bool:

@@ -29,24 +29,13 @@ recorded as ``curtailments`` and ``curtailment_energy``, cause ``load_limit``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from federates.common.limits import Limit
 from federates.common.messages import DsoView, LoadLimit
+from federates.controllers.demand_response import Seen, note_worst
 
 _TOL = 1e-9
-
-
-@dataclass
-class _Seen:
-    """The worst of one limit in the interval: how far past its margin, the value then
-    (voltage [pu] or loading [%]) and every customer's import [kW] and voltage [pu] then."""
-
-    need: float
-    import_kw: np.ndarray
-    v_pu: np.ndarray
 
 
 class LoadLimiter:
@@ -66,8 +55,8 @@ class LoadLimiter:
         self.thermal_target_pct = None if self.thermal_max_pct is None else self.thermal_max_pct - thermal_margin_pct
         self.dloading = None if dloading_pct_per_kw is None else np.asarray(dloading_pct_per_kw, dtype=float)
         self.elements = list(elements or [])
-        self._voltage: dict[int, _Seen] = {}
-        self._thermal: dict[int, _Seen] = {}
+        self._voltage: dict[int, Seen] = {}
+        self._thermal: dict[int, Seen] = {}
         n = len(self.participants)
         self._limited = np.zeros(n, dtype=bool)  # the limits in force
         self._why: list[tuple[str, str, float, float]] = [("", "", 0.0, 0.0)] * n  # limit, element, import, v
@@ -80,21 +69,8 @@ class LoadLimiter:
     def observe(self, view: DsoView) -> None:
         """Note the view's customers below ``v_min`` and elements above the thermal
         limit with forward flow (the worst of each in the interval)."""
-        v = np.asarray(view.v_pu, dtype=float)
-        imports = np.maximum(np.asarray(view.p_kw, dtype=float), 0.0)
-        for j in np.flatnonzero(v < self.v_min_pu - _TOL):
-            need = self.v_floor_pu - float(v[j])
-            if j not in self._voltage or need > self._voltage[j].need:
-                self._voltage[int(j)] = _Seen(need, imports.copy(), v.copy())
-        s = view.scada
-        if s is None or self.thermal_max_pct is None:
-            return
-        loading = np.asarray(s.loading_pct, dtype=float)
-        forward = np.asarray(s.p_kw, dtype=float) > 0
-        for e in np.flatnonzero((loading > self.thermal_max_pct + _TOL) & forward):
-            need = float(loading[e]) - self.thermal_target_pct
-            if e not in self._thermal or need > self._thermal[e].need:
-                self._thermal[int(e)] = _Seen(need, imports.copy(), v.copy())
+        note_worst(view, self._voltage, self._thermal, v_below_pu=self.v_min_pu, v_floor_pu=self.v_floor_pu,
+                   loading_above_pct=self.thermal_max_pct, loading_target_pct=self.thermal_target_pct)
 
     def limits(self, interval: int, dr_in_force: bool) -> list[LoadLimit]:
         """The limits for ``interval`` from what was noted since the last call (forgets
