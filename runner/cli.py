@@ -390,6 +390,15 @@ def main(argv: list[str] | None = None) -> int:
     from runner import launch
 
     launch.COMMAND_LINE[:] = ["tecosim", *(sys.argv[1:] if argv is None else argv)]
+    try:
+        return _command(args)
+    finally:  # main() called in a Python process (tests, a notebook) leaves no argv for a later tecosim.run
+        launch.COMMAND_LINE.clear()
+
+
+def _command(args) -> int:
+    from runner import interrupt
+
     commands = {"validate": cmd_validate, "clear": cmd_clear, "feeders": cmd_feeders, "ledger": cmd_ledger,
                 "report": cmd_report, "compare": cmd_compare, "sweep": cmd_sweep, "run": cmd_run,
                 "collect": cmd_collect}

@@ -610,7 +610,9 @@ def report_kpis(run: Path | _Run) -> pd.DataFrame:
     curtailed = float(ce["energy_kwh"].sum()) if ce is not None and not ce.empty else 0.0
     add("pv_available_kwh", "PV energy available", pv_kwh, "kWh", "sum of profiles.pv_kw x step")
     add("curtailed_kwh", "PV energy curtailed or held back", curtailed, "kWh",
-        "sum of curtailment_energy, every cause (DSO, Volt-Watt, envelopes)")
+        # the wording of today's definition (load limits, which v0 did not know, are not PV
+        # curtailment; a run without them has the same sum)
+        "sum of curtailment_energy, every PV cause (DSO, Volt-Watt, envelopes; not load_limit)")
     add("curtailed_share_pct", "curtailed share", 100.0 * curtailed / pv_kwh if pv_kwh > 0 else np.nan, "%",
         "curtailed PV energy / PV energy available")
 

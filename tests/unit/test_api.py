@@ -157,3 +157,14 @@ def test_overrides_as_a_dict_or_as_set_strings_and_a_dict_with_a_base():
 def test_open_run_of_a_folder_that_is_no_run(tmp_path):
     with pytest.raises(tecosim.ConfigError, match="not a run folder"):
         tecosim.open_run(tmp_path)
+
+
+def test_the_command_called_in_process_leaves_no_argv_behind(capsys):
+    """``runner.cli.main`` called in a Python process (a test, a notebook) sets the
+    manifest's command line for its own run only: a later ``tecosim.run`` records its
+    own (this leaked from one test to another in the full suite)."""
+    from runner import launch
+    from runner.cli import main
+
+    assert main(["validate", str(Path(__file__).resolve().parents[2] / "configs" / "default.yaml")]) == 0
+    assert launch.COMMAND_LINE == []
