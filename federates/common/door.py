@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import helics as h
@@ -83,6 +84,9 @@ class Door:
         _open.add(self)
         self.granted = -1.0
         self.n_requests = 0
+        #: wall and main-thread CPU seconds spent in time requests (logged on close)
+        self.waited_s = self.waited_cpu_s = 0.0
+        self._t_enter: tuple[float, float] | None = None
         self._beat_fd: int | None = None
         beat_dir = os.environ.get(HEARTBEAT_ENV)
         if beat_dir:
@@ -120,6 +124,7 @@ class Door:
 
     def enter(self) -> None:
         h.helicsFederateEnterExecutingMode(self.fed)
+        self._t_enter = (time.perf_counter(), time.thread_time())
         self.granted = 0.0
         self._beat("grnt", 0.0)
         self.log.info("executing")
@@ -173,7 +178,10 @@ class Door:
         """Request ``target`` [s] and return once it is granted."""
         while self.granted < target - TIME_TOL_S:
             self._beat("reqt", target)
+            w0, c0 = time.perf_counter(), time.thread_time()
             t = h.helicsFederateRequestTime(self.fed, target)
+            self.waited_s += time.perf_counter() - w0
+            self.waited_cpu_s += time.thread_time() - c0
             self.n_requests += 1
             if self._debug:
                 self.log.debug("request %.6f -> granted %.6f", target, t)
@@ -195,6 +203,11 @@ class Door:
             self.log.warning("no global error: %s", e)
 
     def close(self) -> None:
+        if self._t_enter is not None:
+            loop_s, loop_cpu_s = time.perf_counter() - self._t_enter[0], time.thread_time() - self._t_enter[1]
+            self.log.info("time loop %.3f s: %d time requests waited %.3f s (CPU %.3f s); outside them "
+                          "%.3f s (CPU %.3f s)", loop_s, self.n_requests, self.waited_s, self.waited_cpu_s,
+                          loop_s - self.waited_s, loop_cpu_s - self.waited_cpu_s)
         _open.discard(self)
         self._beat("done", self.granted)
         if self._beat_fd is not None:
