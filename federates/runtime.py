@@ -97,23 +97,30 @@ def _cpu_s() -> tuple[float, float]:
     return time.process_time(), time.thread_time()
 
 
-def _profiled(name: str, body: Callable) -> Callable:
+def _profiled(name: str, body: Callable[[], None]) -> Callable[[], None]:
     """``body`` under cProfile when ``TECOSIM_PROFILE_DIR`` is set (:data:`PROFILE_ENV`),
     writing ``<dir>/<name>.prof`` when it returns or raises; ``body`` itself otherwise."""
     folder = os.environ.get(PROFILE_ENV)
     if not folder:
         return body
 
-    def run(*args, **kwargs):
+    def run() -> None:
         import cProfile
 
         prof = cProfile.Profile()
         try:
-            return prof.runcall(body, *args, **kwargs)
+            prof.runcall(body)
         finally:
             Path(folder).mkdir(parents=True, exist_ok=True)
             prof.dump_stats(Path(folder) / f"{name}.prof")
     return run
+
+
+def _wait_door_closed() -> None:
+    """Wait for HELICS's library to be closed (``door.wait_closed``), when a door was open."""
+    door = sys.modules.get("federates.common.door")
+    if door is not None:
+        door.wait_closed()
 
 
 def federate_main(name: str, body: Callable[..., dict[str, pd.DataFrame]]) -> None:
@@ -133,8 +140,8 @@ def federate_main(name: str, body: Callable[..., dict[str, pd.DataFrame]]) -> No
     exit 143.
 
     The last log line gives the wall time, the CPU time of the process and of its main
-    thread; with ``TECOSIM_PROFILE_DIR`` set the body runs under cProfile
-    (:data:`PROFILE_ENV`).
+    thread; with ``TECOSIM_PROFILE_DIR`` set the federate (from loading the study to its
+    tables closed) runs under cProfile (:data:`PROFILE_ENV`).
     """
     from federates.common.tables import TableWriter
 
@@ -147,13 +154,16 @@ def federate_main(name: str, body: Callable[..., dict[str, pd.DataFrame]]) -> No
                         format=f"%(asctime)s {name} %(levelname)s %(message)s")
     log = logging.getLogger(name)
     t0, cpu0 = time.perf_counter(), _cpu_s()
-    body = _profiled(name, body)
     signal.signal(signal.SIGTERM, _stop_on(name))
     _watch_parent()
-    try:
+
+    def whole() -> None:
         study = Study.load(args.run_dir)
         with TableWriter(args.run_dir) as sink:
             sink.append(body(study, args.broker_address, log, sink))
+
+    try:
+        _profiled(name, whole)()
     except Stopped:
         log.warning("stopped by SIGTERM after %.2f s; results/ holds this federate's chunks written so far",
                     time.perf_counter() - t0)
@@ -161,5 +171,7 @@ def federate_main(name: str, body: Callable[..., dict[str, pd.DataFrame]]) -> No
     except Exception:
         log.error("failed:\n%s", traceback.format_exc())
         sys.exit(1)
+    finally:
+        _wait_door_closed()
     cpu = [b - a for a, b in zip(cpu0, _cpu_s(), strict=True)]
     log.info("done in %.2f s (CPU %.2f s, of which the main thread %.2f s)", time.perf_counter() - t0, *cpu)

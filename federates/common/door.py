@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -41,8 +42,17 @@ HEARTBEAT_WIDTH = 48  # bytes of the line, newline included
 INTERFACE_ENV = "TECOSIM_LOCAL_INTERFACE"
 
 
+# cffi parses a C type from its text the first time it meets it (pycparser, ~10 ms a
+# type) and keeps it: parsed here, at import, the runner that forks the federates
+# (``runner.launch.preimport_federates``) parses them once for all, instead of every
+# federate in its time loop. These are the types pyhelics and this door use per call.
+for _cdecl in ("HelicsError *", "char[]", "double[]", "int[1]"):
+    _ffi.typeof(_cdecl)
+
 #: the doors of this process not closed yet (:func:`abort_all`)
 _open: set[Door] = set()
+#: HELICS's library being closed in the background (:meth:`Door.close`, :func:`wait_closed`)
+_closing: list[threading.Thread] = []
 
 
 def abort_all(reason: str) -> None:
@@ -53,6 +63,13 @@ def abort_all(reason: str) -> None:
     its last values (or none)."""
     for door in list(_open):
         door.abort(reason)
+
+
+def wait_closed() -> None:
+    """Wait until HELICS's library, closed in the background by :meth:`Door.close`, is
+    closed: a federate process calls it last, once its tables are written."""
+    while _closing:
+        _closing.pop().join()
 
 
 def heartbeat_line(state: str, requested: float, granted: float) -> bytes:
@@ -215,4 +232,9 @@ class Door:
             self._beat_fd = None
         h.helicsFederateDisconnect(self.fed)
         h.helicsFederateFree(self.fed)
-        h.helicsCloseLibrary()
+        # closing the library waits (100 ms) for the core's threads to end: in the
+        # background, while the federate writes its tables; the process waits for it
+        # before it exits (wait_closed; exec'd, the interpreter joins the thread anyway)
+        closing = threading.Thread(target=h.helicsCloseLibrary, name="helics-close")
+        closing.start()
+        _closing.append(closing)
