@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import helics as h
@@ -80,6 +81,12 @@ def heartbeat_line(state: str, requested: float, granted: float) -> bytes:
 
 class Door:
     """A HELICS combination federate with tecosim's time discipline."""
+
+    @classmethod
+    def opening(cls, name: str, broker_address: str, *, log: logging.Logger | None = None) -> DoorOpening:
+        """This door opened in the background (:class:`DoorOpening`): the federate
+        builds its role meanwhile and takes the door with ``.door()``."""
+        return DoorOpening(lambda: cls(name, broker_address, log=log))
 
     def __init__(self, name: str, broker_address: str, *, log: logging.Logger | None = None,
                  timeout_s: float = 60.0) -> None:
@@ -238,3 +245,32 @@ class Door:
         closing = threading.Thread(target=h.helicsCloseLibrary, name="helics-close")
         closing.start()
         _closing.append(closing)
+
+
+class DoorOpening:
+    """A :class:`Door` being opened in a background thread. Creating the federate waits
+    for its core to register with the broker (~0.1 s of wall time and a few ms of CPU,
+    measured); the federate builds its role meanwhile (the feeder compiles its OpenDSS
+    model) instead of one after the other. HELICS calls release the GIL."""
+
+    def __init__(self, open_door: Callable[[], Door]) -> None:
+        self._door: Door | None = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._door = open_door()
+            except BaseException as e:  # raised again by door(), in the federate's thread
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="helics-open", daemon=True)
+        self._thread.start()
+
+    def door(self) -> Door:
+        """The door, once open; what opening it raised, raised here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._door is not None
+        return self._door
+

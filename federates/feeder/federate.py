@@ -33,12 +33,12 @@ PROGRESS_EVERY_S = 0.25
 class _FeederDoor:
     """The feeder's HELICS interfaces and the exchanges of one market interval."""
 
-    def __init__(self, study: Study, role: FeederRole, broker: str, log: logging.Logger) -> None:
+    def __init__(self, study: Study, role: FeederRole, door: Door) -> None:
         cfg = study.cfg
         self.role, self.tl, self.run_dir = role, cfg.timeline, study.run_dir
         self.n, self.s = len(study.sites), self.tl.steps_per_interval
         self.settle_losses = cfg.market.settle_losses
-        self.door = door = Door(keys.FEEDER, broker, log=log)
+        self.door = door
         self.sub_schedule = door.subscription(*keys.SCHEDULE_P_KW)
         parts = cfg.prosumers.federates
         self.sub_deviation = [door.subscription(*keys.deviation_key(i, parts)) for i in range(parts)]
@@ -121,8 +121,9 @@ class _FeederDoor:
 
 def run(study: Study, broker: str, log: logging.Logger, sink):
     tl = study.cfg.timeline
+    opening = Door.opening(keys.FEEDER, broker, log=log)  # registers while the role is built
     role = FeederRole.from_study(study)
-    link = _FeederDoor(study, role, broker, log)
+    link = _FeederDoor(study, role, opening.door())
     every = study_chunk_intervals(study.cfg, len(study.sites))
     link.door.enter()
     try:
