@@ -273,4 +273,3 @@ class DoorOpening:
             raise self._error
         assert self._door is not None
         return self._door
-
