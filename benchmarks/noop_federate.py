@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: the repo's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from federates.common import keys
-from federates.common.door import Door
+from federates.common.door import Door, wait_closed
 from federates.common.timeline import Timeline
 
 ROLES = keys.FEDERATES
@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
 
         log.error("failed:\n%s", traceback.format_exc())
         sys.exit(1)
+    wait_closed()  # HELICS's library, closed in the background (as a real federate waits for it)
     log.info("done in %.2f s (%d time requests)", time.perf_counter() - t0, requests)
 
 

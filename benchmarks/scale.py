@@ -56,7 +56,7 @@ SAMPLE_S = 0.2
 #: control rounds and curtailment, so their per-step cost is the day's highest and the
 #: 24 h extrapolation errs high
 MIDDAY_START_H = 11
-LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ INFO (executing|done in ([\d.]+) s)\s*$")
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ INFO (executing|done in ([\d.]+) s)\b.*$")
 
 
 def n_loads_for(count: int) -> int:

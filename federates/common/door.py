@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import helics as h
@@ -40,8 +43,17 @@ HEARTBEAT_WIDTH = 48  # bytes of the line, newline included
 INTERFACE_ENV = "TECOSIM_LOCAL_INTERFACE"
 
 
+# cffi parses a C type from its text the first time it meets it (pycparser, ~10 ms a
+# type) and keeps it: parsed here, at import, the runner that forks the federates
+# (``runner.launch.preimport_federates``) parses them once for all, instead of every
+# federate in its time loop. These are the types pyhelics and this door use per call.
+for _cdecl in ("HelicsError *", "char[]", "double[]", "int[1]"):
+    _ffi.typeof(_cdecl)
+
 #: the doors of this process not closed yet (:func:`abort_all`)
 _open: set[Door] = set()
+#: HELICS's library being closed in the background (:meth:`Door.close`, :func:`wait_closed`)
+_closing: list[threading.Thread] = []
 
 
 def abort_all(reason: str) -> None:
@@ -54,6 +66,13 @@ def abort_all(reason: str) -> None:
         door.abort(reason)
 
 
+def wait_closed() -> None:
+    """Wait until HELICS's library, closed in the background by :meth:`Door.close`, is
+    closed: a federate process calls it last, once its tables are written."""
+    while _closing:
+        _closing.pop().join()
+
+
 def heartbeat_line(state: str, requested: float, granted: float) -> bytes:
     """``state requested granted`` [s], padded to HEARTBEAT_WIDTH bytes."""
     text = f"{state} {requested:.6f} {granted:.6f}"
@@ -62,6 +81,12 @@ def heartbeat_line(state: str, requested: float, granted: float) -> bytes:
 
 class Door:
     """A HELICS combination federate with tecosim's time discipline."""
+
+    @classmethod
+    def opening(cls, name: str, broker_address: str, *, log: logging.Logger | None = None) -> DoorOpening:
+        """This door opened in the background (:class:`DoorOpening`): the federate
+        builds its role meanwhile and takes the door with ``.door()``."""
+        return DoorOpening(lambda: cls(name, broker_address, log=log))
 
     def __init__(self, name: str, broker_address: str, *, log: logging.Logger | None = None,
                  timeout_s: float = 60.0) -> None:
@@ -83,6 +108,9 @@ class Door:
         _open.add(self)
         self.granted = -1.0
         self.n_requests = 0
+        #: wall and main-thread CPU seconds spent in time requests (logged on close)
+        self.waited_s = self.waited_cpu_s = 0.0
+        self._t_enter: tuple[float, float] | None = None
         self._beat_fd: int | None = None
         beat_dir = os.environ.get(HEARTBEAT_ENV)
         if beat_dir:
@@ -120,6 +148,7 @@ class Door:
 
     def enter(self) -> None:
         h.helicsFederateEnterExecutingMode(self.fed)
+        self._t_enter = (time.perf_counter(), time.thread_time())
         self.granted = 0.0
         self._beat("grnt", 0.0)
         self.log.info("executing")
@@ -173,7 +202,10 @@ class Door:
         """Request ``target`` [s] and return once it is granted."""
         while self.granted < target - TIME_TOL_S:
             self._beat("reqt", target)
+            w0, c0 = time.perf_counter(), time.thread_time()
             t = h.helicsFederateRequestTime(self.fed, target)
+            self.waited_s += time.perf_counter() - w0
+            self.waited_cpu_s += time.thread_time() - c0
             self.n_requests += 1
             if self._debug:
                 self.log.debug("request %.6f -> granted %.6f", target, t)
@@ -195,6 +227,11 @@ class Door:
             self.log.warning("no global error: %s", e)
 
     def close(self) -> None:
+        if self._t_enter is not None:
+            loop_s, loop_cpu_s = time.perf_counter() - self._t_enter[0], time.thread_time() - self._t_enter[1]
+            self.log.info("time loop %.3f s: %d time requests waited %.3f s (CPU %.3f s); outside them "
+                          "%.3f s (CPU %.3f s)", loop_s, self.n_requests, self.waited_s, self.waited_cpu_s,
+                          loop_s - self.waited_s, loop_cpu_s - self.waited_cpu_s)
         _open.discard(self)
         self._beat("done", self.granted)
         if self._beat_fd is not None:
@@ -202,4 +239,37 @@ class Door:
             self._beat_fd = None
         h.helicsFederateDisconnect(self.fed)
         h.helicsFederateFree(self.fed)
-        h.helicsCloseLibrary()
+        # closing the library waits (100 ms) for the core's threads to end: in the
+        # background, while the federate writes its tables; the process waits for it
+        # before it exits (wait_closed; exec'd, the interpreter joins the thread anyway)
+        closing = threading.Thread(target=h.helicsCloseLibrary, name="helics-close")
+        closing.start()
+        _closing.append(closing)
+
+
+class DoorOpening:
+    """A :class:`Door` being opened in a background thread. Creating the federate waits
+    for its core to register with the broker (~0.1 s of wall time and a few ms of CPU,
+    measured); the federate builds its role meanwhile (the feeder compiles its OpenDSS
+    model) instead of one after the other. HELICS calls release the GIL."""
+
+    def __init__(self, open_door: Callable[[], Door]) -> None:
+        self._door: Door | None = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._door = open_door()
+            except BaseException as e:  # raised again by door(), in the federate's thread
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="helics-open", daemon=True)
+        self._thread.start()
+
+    def door(self) -> Door:
+        """The door, once open; what opening it raised, raised here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._door is not None
+        return self._door

@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 
 from federates.common.config import StudyFile, feeder_master, validate
+from federates.common.config.catalog import SAFE_LOADER
 from federates.common.grid import CustomerSite
 
 CONFIG_FILE = "config.resolved.yaml"
@@ -51,7 +52,7 @@ class Study:
     @classmethod
     def load(cls, run_dir: Path) -> Study:
         run_dir = Path(run_dir)
-        raw = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+        raw = yaml.load((run_dir / CONFIG_FILE).read_text(), Loader=SAFE_LOADER)
         cfg = validate(raw, base_dir=run_dir, source=str(run_dir / CONFIG_FILE))
         sites = [CustomerSite(**s) for s in json.loads((run_dir / SITES_FILE).read_text())]
         distance_km = None

@@ -26,9 +26,9 @@ class _ControllersDoor:
     """The DSO's HELICS interfaces and its exchanges: per interval the AMI readings,
     the confirmations, envelopes or grid constraints; per view of the feeder, caps."""
 
-    def __init__(self, study: Study, role: ControllersRole, broker: str, log: logging.Logger) -> None:
+    def __init__(self, study: Study, role: ControllersRole, door: Door) -> None:
         self.role, self.tl, self.n = role, study.cfg.timeline, len(study.sites)
-        self.door = door = Door(keys.CONTROLLERS, broker, log=log)
+        self.door = door
         self.sub_view = door.subscription(*keys.FEEDER_DSO_VIEW)
         self.view_size = 3 + 2 * self.n + (0 if role.scada_shape is None else Scada.size(*role.scada_shape))
         self.ep = door.endpoint(keys.CONTROLLERS)
@@ -118,8 +118,9 @@ class _ControllersDoor:
 
 def run(study: Study, broker: str, log: logging.Logger, sink):
     tl = study.cfg.timeline
+    opening = Door.opening(keys.CONTROLLERS, broker, log=log)  # registers while the role is built
     role = ControllersRole.from_study(study)
-    link = _ControllersDoor(study, role, broker, log)
+    link = _ControllersDoor(study, role, opening.door())
     every = study_chunk_intervals(study.cfg, len(study.sites))
     link.door.enter()
     try:

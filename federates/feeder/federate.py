@@ -9,6 +9,8 @@ view it shows (federates.common.timeline: view_time)."""
 from __future__ import annotations
 
 import logging
+import math
+import time
 
 import numpy as np
 
@@ -24,16 +26,19 @@ from federates.controllers.role import DsoReply
 from federates.feeder.role import FeederRole
 from federates.runtime import drain_into, federate_main, stop_federate
 
+#: the least wall time [s] between two writes of the run's progress file
+PROGRESS_EVERY_S = 0.25
+
 
 class _FeederDoor:
     """The feeder's HELICS interfaces and the exchanges of one market interval."""
 
-    def __init__(self, study: Study, role: FeederRole, broker: str, log: logging.Logger) -> None:
+    def __init__(self, study: Study, role: FeederRole, door: Door) -> None:
         cfg = study.cfg
         self.role, self.tl, self.run_dir = role, cfg.timeline, study.run_dir
         self.n, self.s = len(study.sites), self.tl.steps_per_interval
         self.settle_losses = cfg.market.settle_losses
-        self.door = door = Door(keys.FEEDER, broker, log=log)
+        self.door = door
         self.sub_schedule = door.subscription(*keys.SCHEDULE_P_KW)
         parts = cfg.prosumers.federates
         self.sub_deviation = [door.subscription(*keys.deviation_key(i, parts)) for i in range(parts)]
@@ -41,6 +46,7 @@ class _FeederDoor:
         self.pub_view = door.publication(*keys.FEEDER_DSO_VIEW)
         self.pub_block = door.publication(*keys.FEEDER_METER_BLOCK)
         self.ep = door.endpoint(keys.FEEDER)
+        self.progress_at = -math.inf  # when the progress file was last written [s, monotonic]
 
     def report(self, k: int) -> None:
         """The curtailment (and losses) of interval ``k`` to the market."""
@@ -64,7 +70,16 @@ class _FeederDoor:
             v = self._control_rounds(k, g, v)
         door.send(self.ep, keys.CONTROLLERS, encode([ViewsDone(interval=k, views=v)]))
         door.publish(self.pub_block, np.concatenate([[float(k)], *(a.ravel() for a in role.meter_block(k))]))
-        write_progress_file(self.run_dir, tl.interval_start_s(k + 1))
+        self._progress(k)
+
+    def _progress(self, k: int) -> None:
+        """The study time reached to the run's progress file: after the last interval,
+        else at most once per PROGRESS_EVERY_S of wall time (a file replaced costs ~1-2 ms
+        of the feeder's time on the critical path; the runner reads it every 0.1 s)."""
+        now = time.monotonic()
+        if k + 1 == self.tl.n_intervals or now - self.progress_at >= PROGRESS_EVERY_S:
+            write_progress_file(self.run_dir, self.tl.interval_start_s(k + 1))
+            self.progress_at = now
 
     def _control_rounds(self, k: int, g: int, v: int) -> int:
         """Show the DSO step ``g``'s views until it is quiet; the views of ``k`` shown."""
@@ -112,8 +127,9 @@ class _FeederDoor:
 
 def run(study: Study, broker: str, log: logging.Logger, sink):
     tl = study.cfg.timeline
+    opening = Door.opening(keys.FEEDER, broker, log=log)  # registers while the role is built
     role = FeederRole.from_study(study)
-    link = _FeederDoor(study, role, broker, log)
+    link = _FeederDoor(study, role, opening.door())
     every = study_chunk_intervals(study.cfg, len(study.sites))
     link.door.enter()
     try:

@@ -26,8 +26,8 @@ INBOX_KINDS = ("orders", "interval_energy", "curtailments", "loss_energy", "enve
 class _MarketDoor:
     """The market's HELICS interfaces: what it takes at a market time, what it sends."""
 
-    def __init__(self, study: Study, broker: str, log: logging.Logger) -> None:
-        self.door = door = Door(keys.MARKET, broker, log=log)
+    def __init__(self, study: Study, door: Door) -> None:
+        self.door = door
         self.pub = door.publication(*keys.SCHEDULE_P_KW)
         self.ep = door.endpoint(keys.MARKET)
         participants = study.participants
@@ -91,8 +91,9 @@ class _MarketDoor:
 
 def run(study: Study, broker: str, log: logging.Logger, sink):
     tl = study.cfg.timeline
+    opening = Door.opening(keys.MARKET, broker, log=log)  # registers while the role is built
     role = MarketRole.from_study(study)
-    link = _MarketDoor(study, broker, log)
+    link = _MarketDoor(study, opening.door())
     every = study_chunk_intervals(study.cfg, len(study.participants))
     link.door.enter()
     try:

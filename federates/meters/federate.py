@@ -18,9 +18,10 @@ from federates.runtime import drain_into, federate_main, stop_federate
 
 def run(study: Study, broker: str, log: logging.Logger, sink):
     cfg, tl = study.cfg, study.cfg.timeline
+    opening = Door.opening(keys.METERS, broker, log=log)  # registers while the role is built
     role = MetersRole.from_study(study)
     n, s = len(study.sites), tl.steps_per_interval
-    door = Door(keys.METERS, broker, log=log)
+    door = opening.door()
     sub_block = door.subscription(*keys.FEEDER_METER_BLOCK)
     ep = door.endpoint(keys.METERS)
     # comms: the billing energy travels on its own delayed endpoint (the AMI data stay

@@ -36,8 +36,9 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
         raise ValueError(f"--part {part}/{parts} but prosumers.federates is {cfg.prosumers.federates}")
     parts = cfg.prosumers.federates
     name = keys.prosumers_names(parts)[part]
+    opening = Door.opening(name, broker, log=log)  # registers while the role is built
     role = ProsumersRole.from_study(study, part, parts)
-    door = Door(name, broker, log=log)
+    door = opening.door()
     pub = door.publication(*keys.deviation_key(part, parts))
     ep = door.endpoint(name)
     door.add_delay_filter(ep, role.comms.latency_of("bids"))  # comms: bids arrive late

@@ -25,7 +25,7 @@ from federates.common.study import Study
 from runner import interrupt
 from runner.launch.hang import HEARTBEAT_ENV, HangWatch, _fmt_s
 from runner.launch.prepare import free_port_block
-from runner.launch.processes import Proc, helics_bin, preimport_federates
+from runner.launch.processes import Proc, helics_bin, preimport_federates, wait_for_exit
 
 #: HELICS's own profile of the federates (``federation.helics_profiler``), in logs/
 HELICS_PROFILE_FILE = "helics_profile.txt"
@@ -257,7 +257,7 @@ class Federation:
                 if t_s is not None and t_s != reached_s:
                     reached_s = t_s
                     progress(t_s)
-            time.sleep(poll_s)
+            wait_for_exit([p for p in self.procs if p.name != "broker"], poll_s)
 
     def _check_exits(self, watch: HangWatch) -> None:
         """FederationError for the first process that exited with a code other than 0."""
@@ -276,7 +276,7 @@ class Federation:
         end = time.monotonic() + 15
         while broker is not None and broker.poll() is None and time.monotonic() < end:
             interrupt.check()
-            time.sleep(poll_s)
+            wait_for_exit([broker], poll_s)
         if broker is not None and broker.poll() is None:
             raise FederationError("broker", "did not exit after all federates finished",
                                   {"broker": broker.tail()})

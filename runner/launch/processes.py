@@ -5,6 +5,7 @@ the runner (``federation.launch``), in its own process group, killed with the ru
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -180,6 +181,29 @@ def fork_main(argv: list[str], log: Path, cwd: Path, main: Callable[[], None]) -
             sys.stderr.flush()
         finally:
             os._exit(code)
+
+
+def wait_for_exit(procs: list[Proc], timeout_s: float) -> None:
+    """Sleep ``timeout_s`` [s], or less: until one of ``procs`` that runs exits (Linux:
+    its pidfd turns readable; the exit is not reaped: ``Proc.poll`` does that).
+    Elsewhere, or for a process it cannot watch, a plain sleep. The runner notices a
+    federate that finished (or failed) at once instead of at its next poll."""
+    fds = []
+    try:
+        if hasattr(os, "pidfd_open"):
+            for p in procs:
+                if p.popen is not None and p.exit_code is None:
+                    try:
+                        fds.append(os.pidfd_open(p.popen.pid))
+                    except OSError:  # no pidfd here: that one is seen at the next poll
+                        pass
+        if fds:
+            select.select(fds, [], [], timeout_s)
+        else:
+            time.sleep(timeout_s)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 @dataclass

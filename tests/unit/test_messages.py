@@ -37,9 +37,10 @@ def test_dso_caps_travel_as_json_with_their_lift():
 
 
 def test_every_message_kind_is_flat_and_encodes_as_asdict_would():
-    """encode writes a message item's instance dict as it is (no dataclasses.asdict deep
-    copy): every kind's fields hold plain values (no dataclass, at any depth of their
-    type), and the text decodes to equal items, as asdict's would."""
+    """encode writes a message item's instance dict values as they are (no
+    dataclasses.asdict deep copy), one row per item under the kind's field names: every
+    kind's fields hold plain values (no dataclass, at any depth of their type), each row
+    read with the fields is what asdict gives, and the text decodes to equal items."""
     import dataclasses
     import json
     import typing
@@ -55,8 +56,13 @@ def test_every_message_kind_is_flat_and_encodes_as_asdict_would():
     items = [m.GridConstraint(interval=3, name="v_max:p1", participants=("p1", "p2"), coef=(0.5, 0.25), rhs=0.02)]
     for x in [m.Confirmation("p1", 3, 1.0, 1.0, 0.0, 0.0, 0.0, 0.17, 0.17), m.LossEnergy("p1", 3, 0.01), *items]:
         text = m.encode([x])
-        assert json.loads(text)["items"] == [json.loads(json.dumps(dataclasses.asdict(x)))]
+        obj = json.loads(text)
+        assert obj["fields"] == [f.name for f in dataclasses.fields(x)]
+        assert [dict(zip(obj["fields"], r, strict=True)) for r in obj["rows"]] == \
+            [json.loads(json.dumps(dataclasses.asdict(x)))]
         assert m.decode(text).items == [x]
+    with pytest.raises(ValueError, match="'confirmations' message holds Confirmation items, not LossEnergy"):
+        m.encode([m.LossEnergy("p1", 3, 0.01)], kind="confirmations")
 
 
 def _field_values(cls, seed: int) -> list:
@@ -102,9 +108,9 @@ def test_maker_objects_are_the_dataclass_own_bit_for_bit():
 
 
 def test_decode_fast_path_equals_the_constructor():
-    """decode makes items with exactly the fields (as encode writes them) by maker, and
-    others (missing fields: defaults; extra keys: ignored; a __post_init__) through
-    __init__: equal items either way."""
+    """decode makes items with exactly the fields in field order (as encode writes them)
+    by maker, and others (fields in another order; missing fields: defaults; extra
+    fields: ignored; a __post_init__) through __init__: equal items either way."""
     import json
 
     from federates.common import messages as m
@@ -115,8 +121,15 @@ def test_decode_fast_path_equals_the_constructor():
         items = [cls(*_field_values(cls, s)) for s in range(3)]
         assert m.decode(m.encode(items, kind=kind)).items == items
         raw = json.loads(m.encode(items, kind=kind))
-        raw["items"][1]["extra"] = 1  # not a field: the slow path for the whole message
+        raw["fields"].append("extra")  # not a field: the slow path for the whole message
+        for row in raw["rows"]:
+            row.append(1)
         assert m.decode(json.dumps(raw)).items == items
-    t = m.decode('{"kind": "trades", "items": [{"interval": 1, "seller": "a", "buyer": "b", '
-                 '"energy_kwh": 1.5, "price_usd_per_kwh": 0.2}]}').items
-    assert t == [m.Trade(1, "a", "b", 1.5, 0.2)]
+        raw = json.loads(m.encode(items, kind=kind))
+        raw["fields"].reverse()
+        for row in raw["rows"]:
+            row.reverse()
+        assert m.decode(json.dumps(raw)).items == items
+    t = m.decode('{"kind": "trades", "fields": ["interval", "seller", "buyer", "energy_kwh", "price_usd_per_kwh"], '
+                 '"rows": [[1, "a", "b", 1.5, 0.2]], "step": 3}')
+    assert t.items == [m.Trade(1, "a", "b", 1.5, 0.2)] and t.header == {"step": 3}
