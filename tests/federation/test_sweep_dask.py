@@ -110,7 +110,7 @@ def test_ctrl_c_cancels_the_futures_and_stops_the_runs_on_the_workers(client, tm
     out = tmp_path / "sweep"
     before = _task_dirs()
     p = subprocess.Popen([sys.executable, "-m", "runner.cli", "sweep", str(DEFAULT),
-                          "--set", "prosumers.count=10,20,30", "--set", "study.duration=6h",
+                          "--set", "prosumers.count=10,20,30", "--set", "study.duration=7d",
                           "--engine", "federation", "--no-report", "--dask", client.scheduler.address,
                           "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -118,7 +118,7 @@ def test_ctrl_c_cancels_the_futures_and_stops_the_runs_on_the_workers(client, tm
         running = _wait_for(lambda: len({c.split("--run-dir ", 1)[1].split()[0]
                                          for c in processes_mentioning(TASK_DIR) if "--run-dir " in c}) >= 2, 180)
         assert running, "the two tasks never started their federations"
-        time.sleep(2.0)
+        time.sleep(2.0)  # a week of study time: no run can end before the signal (6 h did on a fast runner)
         p.send_signal(signal.SIGINT)
         _, stderr = p.communicate(timeout=120)
     finally:
