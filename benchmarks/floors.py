@@ -87,9 +87,10 @@ def trace_plan(study: Study) -> tuple[Plan, list[int], float]:
     def bids(self, out, k):  # out: (the orders sent, the deviations)
         plan.orders[k] = size(out[0], kind="orders", interval=k)
 
-    def market_time(self, out, k, orders, energies, notices, envelopes=None, constraints=None, losses=None):
-        # (market.settle_losses' loss_energy message is not in the plan: the bench runs the
-        # default study, which does not settle losses)
+    def market_time(self, out, k, orders, energies, notices, envelopes=None, constraints=None, losses=None,
+                    deliveries=None):
+        # (market.settle_losses' loss_energy and demand response's dr_delivered messages are
+        # not in the plan: the bench runs the default study, which has neither)
         if k < m:
             plan.confirmations[k] = size(out[0], kind="confirmations", interval=k)
             if out.inverter_envelopes is not None:
