@@ -24,10 +24,14 @@ EV_EVENING = REPO / "configs" / "ev_evening.yaml"
 PEAK = ["--set", "study.start=2026-06-21T18:00:00-04:00", "--set", "study.duration=2h"]
 
 
-@pytest.fixture(scope="module")
-def evening(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("dr_books") / "run"
-    r = tecosim("run", str(EV_EVENING), "--engine", "inprocess", "--out", str(run_dir), "--no-report", *PEAK)
+@pytest.fixture(scope="module", params=["planned", "cleared"])
+def evening(request, tmp_path_factory) -> Path:
+    """The evening peak with the devices planned at bid time, and with them bidding and
+    dispatched on the cleared price (``prosumers.flex_dispatch: cleared``): the books
+    must hold either way."""
+    run_dir = tmp_path_factory.mktemp(f"dr_books_{request.param}") / "run"
+    r = tecosim("run", str(EV_EVENING), "--engine", "inprocess", "--out", str(run_dir), "--no-report", *PEAK,
+                "--set", f"prosumers.flex_dispatch={request.param}")
     assert r.returncode == 0, r.stdout + r.stderr
     return run_dir
 
