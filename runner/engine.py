@@ -204,7 +204,8 @@ class _Engine:
         admm_reply_time): the market reads the replies that have arrived and sends
         requests, or its word that it is done; the prosumers read the requests that have
         arrived and reply, until they have the word. ``comms.latency_s`` delays each way
-        (the HELICS delay filters of the two ADMM endpoints)."""
+        (in the federation each ADMM endpoint holds what it receives until it arrives:
+        federates.common.door.LateEndpoint)."""
         tl, latency_ns = self.tl, _ns(self.prosumers.comms.latency_of("admm"))
         down: list[tuple[int, list, bool]] = []  # (arrival ns, requests, done) to the prosumers
         up: list[tuple[int, list]] = []  # (arrival ns, replies) to the market

@@ -7,8 +7,9 @@ energy, meters -> market) and ``admm`` (the iterates of the distributed P2P clea
 both ways, :class:`LossDraws`). Losses are drawn by the sender from ``stream(seed, "comms",
 what, k, sender)``, one draw per message in send order, so both engines drop the same
 messages (HELICS's random-drop filter has its own, unseeded RNG); the federation applies
-the latency with a HELICS delay filter, the in-process engine by delivering at the first
-market time at or after the arrival. With 0 latency and 0 loss nothing changes.
+the latency with a HELICS delay filter (the ADMM's iterates: held by the receiving
+federate until they arrive, ``federates.common.door.LateEndpoint``), the in-process engine
+by delivering at the first market time (round) at or after the arrival. With 0 latency and 0 loss nothing changes.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import helics as h
 import numpy as np
@@ -245,6 +246,48 @@ class Door:
         closing = threading.Thread(target=h.helicsCloseLibrary, name="helics-close")
         closing.start()
         _closing.append(closing)
+
+
+def _ns(t_s: float) -> int:
+    """``t_s`` [s] as HELICS time (integer ns, rounded as HELICS converts a double)."""
+    return round(t_s * 1e9)
+
+
+class LateEndpoint:
+    """An endpoint whose messages reach their receivers ``latency_s`` [s] after they were
+    sent, the delay kept by the receiving federate instead of a HELICS delay filter:
+    each message carries its arrival time [ns] (the sender's granted time + the
+    latency, ``<ns>|<text>``) and a receiver hands out only those that have arrived by its
+    granted time, keeping the rest for a later call. The same rule as a delay filter and
+    as the in-process engine (``runner.engine``: arrival = send + latency, in ns), with
+    the delay outside HELICS's time coordination: with a delay filter on the ADMM's
+    iterates (rounds 2e-4 s apart) a federation hung once in a full test run with HELICS
+    3.6.1, every federate waiting for a grant none got. Both ends must be
+    LateEndpoints of the same latency (0: plain messages, nothing held)."""
+
+    def __init__(self, door: Door, ep: Any, latency_s: float) -> None:
+        self.door, self.ep = door, ep
+        self.latency_ns = _ns(latency_s) if latency_s > 0.0 else 0
+        self._held: list[tuple[int, str]] = []  # (arrival [ns], text), in order of receipt
+
+    def send(self, dest: str, text: str) -> None:
+        if self.latency_ns:
+            text = f"{_ns(self.door.granted) + self.latency_ns}|{text}"
+        self.door.send(self.ep, dest, text)
+
+    def receive(self) -> list[str]:
+        """The messages that have arrived by the door's granted time, in order of sending
+        (one latency for all: arrival order is sending order)."""
+        new = self.door.receive(self.ep)
+        if not self.latency_ns:
+            return new
+        for text in new:
+            at, _, body = text.partition("|")
+            self._held.append((int(at), body))
+        now = _ns(self.door.granted)
+        out = [body for at, body in self._held if at <= now]
+        self._held = [(at, body) for at, body in self._held if at > now]
+        return out
 
 
 class DoorOpening:

@@ -10,7 +10,7 @@ from federates.common import keys
 from federates.common.admm import decode_admm, encode_admm
 from federates.common.comms import CommsLink
 from federates.common.conservation import ConservationError
-from federates.common.door import Door
+from federates.common.door import Door, LateEndpoint
 from federates.common.messages import decode, encode
 from federates.common.study import Study
 from federates.common.tables import drain_due, study_chunk_intervals
@@ -39,8 +39,8 @@ class _MarketDoor:
         self.admm_ep = None
         m = study.cfg.market
         if m.topology == "p2p" and m.mechanism == "admm_distributed":
-            self.admm_ep = door.endpoint(keys.admm_endpoint(keys.MARKET))
-            door.add_delay_filter(self.admm_ep, CommsLink.of(study.cfg.comms).latency_of("admm"))
+            self.admm_ep = LateEndpoint(door, door.endpoint(keys.admm_endpoint(keys.MARKET)),
+                                        CommsLink.of(study.cfg.comms).latency_of("admm"))
 
     def inbox(self) -> dict[str, list]:
         """Everything received by now, by kind; orders in site order."""
@@ -60,17 +60,17 @@ class _MarketDoor:
         each part's requests out; once done, the word to every part."""
         for h in range(2 * ADMM_MAX_ITERATIONS + 1):
             self.door.advance(tl.admm_time(k, h))
-            replies = [r for text in self.door.receive(self.admm_ep) for r in decode_admm(text)[2]]
+            replies = [r for text in self.admm_ep.receive() for r in decode_admm(text)[2]]
             requests, out = role.admm_round(k, h, replies)
             if out is not None:
                 for name in self.names:
-                    self.door.send(self.admm_ep, keys.admm_endpoint(name), encode_admm(k, [], done=True))
+                    self.admm_ep.send(keys.admm_endpoint(name), encode_admm(k, [], done=True))
                 return out
             by_part: dict[int, list] = {}
             for r in requests:
                 by_part.setdefault(self.part_of.get(r.participant, 0), []).append(r)
             for i, mine in sorted(by_part.items()):
-                self.door.send(self.admm_ep, keys.admm_endpoint(self.names[i]), encode_admm(k, mine))
+                self.admm_ep.send(keys.admm_endpoint(self.names[i]), encode_admm(k, mine))
         raise RuntimeError(f"interval {k}: the distributed clearing did not end by its gate")
 
     def send(self, k: int, out: MarketTime) -> None:

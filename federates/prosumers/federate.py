@@ -14,7 +14,7 @@ from functools import partial
 
 from federates.common import keys
 from federates.common.admm import decode_admm, encode_admm
-from federates.common.door import Door
+from federates.common.door import Door, LateEndpoint
 from federates.common.messages import (
     Confirmation,
     DemandResponseCall,
@@ -44,8 +44,7 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
     door.add_delay_filter(ep, role.comms.latency_of("bids"))  # comms: bids arrive late
     admm_ep = None
     if role.admm is not None:  # market.mechanism admm_distributed: the agents step here
-        admm_ep = door.endpoint(keys.admm_endpoint(name))
-        door.add_delay_filter(admm_ep, role.comms.latency_of("admm"))
+        admm_ep = LateEndpoint(door, door.endpoint(keys.admm_endpoint(name)), role.comms.latency_of("admm"))
     dr_ep = door.endpoint(f"{name}.dr") if role.dr_on else None
 
     def send_deliveries(k: int) -> None:  # what the calls of k got, at the report time of k + 1
@@ -106,7 +105,7 @@ def run(study: Study, broker: str, log: logging.Logger, sink, part: int = 0, par
     return {f"{table}.part{part}": df for table, df in role.tables().items()}  # runner.launch merges
 
 
-def _admm_steps(door: Door, ep, role: ProsumersRole, tl, k: int) -> None:
+def _admm_steps(door: Door, ep: LateEndpoint, role: ProsumersRole, tl, k: int) -> None:
     """The agents' steps in the distributed clearing of ``k``: at each reply time
     (``timeline.admm_reply_time``) the market's requests that have arrived, the replies
     out, until the market's word that it is done (or the last reply time)."""
@@ -114,13 +113,13 @@ def _admm_steps(door: Door, ep, role: ProsumersRole, tl, k: int) -> None:
     for h in range(ADMM_POLL_ROUNDS):
         door.advance(tl.admm_reply_time(k, h))
         requests, done = [], False
-        for text in door.receive(ep):
+        for text in ep.receive():
             interval, over, items = decode_admm(text)
             if interval == k:  # words of an earlier interval came after its part stopped listening
                 requests += items
                 done = done or over
         if requests:
-            door.send(ep, market, encode_admm(k, role.admm_replies(k, requests)))
+            ep.send(market, encode_admm(k, role.admm_replies(k, requests)))
         if done:
             return
 
