@@ -333,6 +333,12 @@ def _interval_steps(run: RunData, column: str) -> tuple[pd.DatetimeIndex, np.nda
     return run.clock(t_s), np.append(y, y[-1]) if len(y) else y
 
 
+def _legend_kw(n: int) -> dict[str, Any]:
+    """A legend of ``n`` curves: inside the axes, or beside them when there are many."""
+    return {"fontsize": "small", "loc": "best"} if n <= 6 else \
+        {"fontsize": "x-small", "loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
+
+
 @dataclass
 class _Overlay:
     """The runs' curves overlaid in one figure each: one colour and line style per run
@@ -345,8 +351,7 @@ class _Overlay:
 
     @property
     def legend_kw(self) -> dict[str, Any]:
-        return {"fontsize": "small", "loc": "best"} if len(self.runs) <= 6 else \
-            {"fontsize": "x-small", "loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
+        return _legend_kw(len(self.runs))
 
     def per_step(self, fig_id, title, ylabel, table, column, how, caption, extra=None):
         """``column`` of the per-step ``table`` reduced per step with ``how`` (max, mean)."""
@@ -412,8 +417,7 @@ class _Bands:
 
     @property
     def legend_kw(self) -> dict[str, Any]:
-        return {"fontsize": "small", "loc": "best"} if len(self.groups) <= 6 else \
-            {"fontsize": "x-small", "loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
+        return _legend_kw(len(self.groups))
 
     def _draw(self, ax, rep: RunData, b: pd.DataFrame, lab: str, st: dict[str, Any], step: bool) -> None:
         x = rep.clock(b.index.to_numpy(dtype=float))

@@ -737,18 +737,14 @@ def clear_small(orders: list[Order], *, interval: int, retail_usd_per_kwh: float
     prices = [uniform if pricing == "uniform" else g[3] for g in groups.values()]
     cols = [fl(row) for row in zip(*tot.values(), strict=True)] if names else [[]] * 4
     pb, ps, gb, gs = cols
-    for p, x in zip(names, gb, strict=True):
+    # the unmatched energy with the utility: purchases at retail, then sales at feed-in
+    for p, x, buy in [*((p, x, True) for p, x in zip(names, gb, strict=True)),
+                      *((p, x, False) for p, x in zip(names, gs, strict=True))]:
         if x > 0:
-            sellers.append(GRID)
-            buyers.append(p)
+            sellers.append(GRID if buy else p)
+            buyers.append(p if buy else GRID)
             energy.append(x)
-            prices.append(retail)
-    for p, x in zip(names, gs, strict=True):
-        if x > 0:
-            sellers.append(p)
-            buyers.append(GRID)
-            energy.append(x)
-            prices.append(feed_in)
+            prices.append(retail if buy else feed_in)
     sched = fl(t[0] + t[2] - t[1] - t[3] for t in tot.values())
     # welfare: filled energy x submitted price, exact, rounded once
     nb_touched = nb_full + (nb_full < n_b and volume > 0 and b_left[nb_full] < bq[nb_full])

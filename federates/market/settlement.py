@@ -80,6 +80,7 @@ interval with a network charge or a demand-response payment, and any non-finite 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -532,36 +533,37 @@ def _reference_trades(peer: list[Trade], grid: list[Trade], cut_peer: dict[str, 
     return cuts
 
 
+def _priced_kwh(kwh: dict[str, float], price_usd_per_kwh: float | None, name: str,
+                price_name: str) -> Iterator[tuple[str, Fraction, Fraction]]:
+    """(participant, energy, money) of each non-zero entry of ``kwh`` at the price,
+    exact; a missing price or a negative energy is a ValueError naming it."""
+    if price_usd_per_kwh is None:
+        raise ValueError(f"{name} needs {price_name}")
+    price = _frac(price_usd_per_kwh, price_name)
+    for p, raw in kwh.items():
+        x = _frac(raw, f"{name}[{p!r}]")
+        if x < 0:
+            raise ValueError(f"{name}[{p!r}] must be >= 0, got {raw!r}")
+        if x:
+            yield p, x, x * price
+
+
 def _charge_losses(loss_kwh: dict[str, float], loss_price_usd_per_kwh: float | None, acc: dict[str, _Acc]) -> None:
     """Rule 3b: each participant's losses at the loss price, paid to the grid operator."""
-    if loss_price_usd_per_kwh is None:
-        raise ValueError("loss_kwh needs loss_price_usd_per_kwh")
-    loss_price = _frac(loss_price_usd_per_kwh, "loss_price_usd_per_kwh")
-    for p, raw in loss_kwh.items():
-        x = _frac(raw, f"loss_kwh[{p!r}]")
-        if x < 0:
-            raise ValueError(f"loss_kwh[{p!r}] must be >= 0, got {raw!r}")
-        if x:
-            _account(acc, p).charges_paid += x * loss_price
-            _account(acc, GRID_OPERATOR).charges_received += x * loss_price
+    for p, _, money in _priced_kwh(loss_kwh, loss_price_usd_per_kwh, "loss_kwh", "loss_price_usd_per_kwh"):
+        _account(acc, p).charges_paid += money
+        _account(acc, GRID_OPERATOR).charges_received += money
 
 
 def _pay_demand_response(dr_kwh: dict[str, float], dr_price_usd_per_kwh: float | None,
                          acc: dict[str, _Acc]) -> None:
     """Rule 3c: each participant's demand-response energy at the DR price, paid by the
     grid operator."""
-    if dr_price_usd_per_kwh is None:
-        raise ValueError("dr_kwh needs dr_price_usd_per_kwh")
-    price = _frac(dr_price_usd_per_kwh, "dr_price_usd_per_kwh")
-    for p, raw in dr_kwh.items():
-        x = _frac(raw, f"dr_kwh[{p!r}]")
-        if x < 0:
-            raise ValueError(f"dr_kwh[{p!r}] must be >= 0, got {raw!r}")
-        if x:
-            a = _account(acc, p)
-            a.dr_kwh += x
-            a.dr_received += x * price
-            _account(acc, GRID_OPERATOR).dr_paid += x * price
+    for p, x, money in _priced_kwh(dr_kwh, dr_price_usd_per_kwh, "dr_kwh", "dr_price_usd_per_kwh"):
+        a = _account(acc, p)
+        a.dr_kwh += x
+        a.dr_received += money
+        _account(acc, GRID_OPERATOR).dr_paid += money
 
 
 def settle_interval_reference(
