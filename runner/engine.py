@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -132,7 +132,7 @@ class _Engine:
         self.controllers = ControllersRole.from_study(study)
         self.inflight = _InFlight(self.prosumers.comms)
         # what one time of the interval hands the next
-        self.confirmations: list[Confirmation] = []
+        self.confirmations: Sequence[Confirmation] = []  # the market's Rows (columns)
         self.schedule_p_kw = np.zeros(len(study.sites))
         self.deviation_p_kw = np.zeros((0, len(study.sites)))
         self.notices: list = []

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from federates.common.rows import Rows, maker
+
 GRID = "grid"  # the utility as a counterparty (retail seller, feed-in buyer)
 #: the grid operator (DSO) as a settlement party: it collects the network charges of
 #: peer trades (``Trade.fee_usd``) and has its own settlement row when it does
@@ -466,39 +468,6 @@ _ROW: dict[type, Callable[[dict[str, Any]], tuple]] = {
 }
 
 
-# ---------------------------------------------------------------- fast construction
-# A frozen dataclass's __init__ assigns each field through object.__setattr__ (~3 us a
-# Confirmation). Giving an object.__new__ instance its whole __dict__ at once, a dict
-# display, gives the same object in ~0.7 us. (Measured and rejected: a plain "twin"
-# class whose __init__ stores the fields and then assigns __class__: 25 % cheaper to
-# make, but CPython 3.11 then holds the fields in a split dict of the twin's keys and
-# every later attribute read is ~40 % slower, which ate the saving in the market role.)
-
-_MAKERS: dict[type, Callable[..., Any]] = {}
-
-
-def maker(cls: type) -> Callable[..., Any]:
-    """A constructor of ``cls`` instances taking every field positionally, in field
-    order, that skips ``cls.__init__`` (section comment above); built once per class.
-    The objects equal ``cls(...)``'s: same type, fields, ==, hash, repr, asdict,
-    replace, still frozen. Only for dataclasses without ``__post_init__`` (which this
-    would skip) and without ``__slots__``: ValueError."""
-    made = _MAKERS.get(cls)
-    if made is not None:
-        return made
-    if not hasattr(cls, "__dataclass_fields__") or hasattr(cls, "__post_init__") or "__slots__" in vars(cls):
-        raise ValueError(f"maker({cls.__name__}): only for dataclasses without __post_init__ or __slots__")
-    names = [f.name for f in fields(cls)]
-    src = (f"def make_{cls.__name__}({', '.join(names)}):\n"
-           f"    o = NEW(CLS)\n"
-           f"    SET(o, '__dict__', {{{', '.join(f'{n!r}: {n}' for n in names)}}})\n"
-           f"    return o\n")
-    ns: dict[str, Any] = {"CLS": cls, "NEW": object.__new__, "SET": object.__setattr__}
-    exec(src, ns)  # the source is built from the dataclass's field names
-    made = _MAKERS[cls] = ns[f"make_{cls.__name__}"]
-    return made
-
-
 @dataclass
 class Envelope:
     """A decoded message: its kind, its items, and free-form header fields."""
@@ -511,7 +480,15 @@ class Envelope:
 def encode(items: list[Any], kind: str | None = None, **header: Any) -> str:
     """JSON text of ``items`` (instances of the class of ``kind``; by default the kind
     of the first item); ``header`` adds plain fields. ValueError for an item of another
-    class."""
+    class. ``Rows`` are encoded from their columns (no object made)."""
+    if isinstance(items, Rows):
+        if kind is None:
+            kind = _KIND_OF.get(items.cls)
+        cls = _KINDS.get(kind)  # type: ignore[arg-type]
+        if cls is not items.cls:
+            raise ValueError(f"a {kind!r} message holds {getattr(cls, '__name__', None)} items, "
+                             f"not {items.cls.__name__}")
+        return json.dumps({"kind": kind, "fields": _FIELDS[cls], "rows": list(items.tuples()), **header})
     if kind is None:
         if not items:
             raise ValueError("an empty message needs an explicit kind")

@@ -12,7 +12,7 @@ until ``assemble`` converts them once. Units: energy [kWh], prices [USD/kWh], mo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal
@@ -41,8 +41,8 @@ class ClearingResult:
     interval: int
     status: ClearingStatus
     price_usd_per_kwh: float | None
-    trades: list[Trade] = field(default_factory=list)
-    confirmations: list[Confirmation] = field(default_factory=list)
+    trades: Sequence[Trade] = field(default_factory=list)  # a list, or Rows (fastbook, the role)
+    confirmations: Sequence[Confirmation] = field(default_factory=list)
     traded_kwh: float = 0.0
     unmatched_buy_kwh: float = 0.0
     unmatched_sell_kwh: float = 0.0

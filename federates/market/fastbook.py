@@ -37,19 +37,17 @@ Units: energy [kWh], prices [USD/kWh], money [USD].
 
 from __future__ import annotations
 
-import gc
 import math
-from collections import deque
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, fields, make_dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from fractions import Fraction
-from itertools import accumulate, islice, repeat
-from typing import Any, Literal
+from itertools import accumulate, repeat
+from typing import Literal
 
 import numpy as np
 
 from federates.common.messages import GRID, Confirmation, Order, Trade
+from federates.common.rows import Rows, Same
 from federates.market.book import ClearingResult, ClearingStatus
 
 Pricing = Literal["uniform", "midpoint"]
@@ -109,20 +107,10 @@ def _ints_at(n: np.ndarray, e_from: int, e_to: int) -> np.ndarray:
     return n if e_from == e_to else n << (e_from - e_to)
 
 
-# ---------------------------------------------------------------- object construction
-# Trades and confirmations are frozen dataclasses; their generated __init__ assigns every
-# field through object.__setattr__ (8 calls for a Confirmation), ~1.5 us an object here.
-# Two ways around it give equal objects (same fields in the same order, ==, hash, repr,
-# asdict, replace, pickle). ``adopt``: set the instance dict in one assignment, with
-# the loops in C (map). ``instances``: from columns, made as instances of a plain
-# (not frozen) twin class with the same fields, whose __init__ stores them as ordinary
-# attributes, then given the frozen class (``__class__`` assignment, which CPython
-# allows between classes of one layout and makes keep the attributes): no dict is
-# built per object first; 10k trades and 10k confirmations 9.7 -> 8.5 ms CPU. Only for
-# classes without __post_init__ (checked here).
-_new = object.__new__
-_set = object.__setattr__
-assert not hasattr(Trade, "__post_init__") and not hasattr(Confirmation, "__post_init__")
+# ---------------------------------------------------------------- the result's rows
+# A clearing's trades and confirmations are kept as columns (``federates.common.rows``:
+# ``Rows``), their objects made once where someone reads them one by one; 10k trades and
+# 10k confirmations cost ~10 ms as objects, most of a 10k-order clearing.
 assert [f.name for f in fields(Trade)] == [
     "interval", "seller", "buyer", "energy_kwh", "price_usd_per_kwh", "fee_usd", "trade_id"]
 assert [f.name for f in fields(Confirmation)] == [
@@ -130,78 +118,13 @@ assert [f.name for f in fields(Confirmation)] == [
     "grid_bought_kwh", "grid_sold_kwh", "price_usd_per_kwh", "market_price_usd_per_kwh"]
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off for the block (if it was on). Building 20k
-    result objects otherwise runs ~30 young-generation passes over them, which never
-    find a cycle (their fields are strings and numbers): 1-3 ms of a 10k-order clearing.
-    The collector catches up after the block."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-def adopt(cls: type, dicts: list[dict[str, Any]]) -> list[Any]:
-    """Instances of the frozen dataclass ``cls`` with these field dicts (every field,
-    nothing else), without ``cls.__init__``: only for classes without __post_init__."""
-    assert not hasattr(cls, "__post_init__"), cls
-    objs = list(map(_new, repeat(cls, len(dicts))))
-    deque(map(_set, objs, repeat("__dict__"), dicts), maxlen=0)
-    return objs
-
-
-_TWINS: dict[type, type | None] = {}  # frozen dataclass -> its plain twin (None: adopt instead)
-
-
-def _twin(cls: type) -> type | None:
-    """The plain twin of the frozen dataclass ``cls`` (module comment above), or None if
-    CPython will not move its instances to ``cls`` (then ``instances`` adopts)."""
-    if cls not in _TWINS:
-        assert not hasattr(cls, "__post_init__"), cls
-        names = [f.name for f in fields(cls)]
-        twin = make_dataclass(f"_{cls.__name__}Columns", names, eq=False, repr=False,
-                              match_args=False)
-        try:
-            probe = twin(*range(len(names)))
-            _set(probe, "__class__", cls)
-            ok = vars(probe) == dict(zip(names, range(len(names)), strict=True))
-        except TypeError:  # another layout (e.g. slots): not assignable
-            ok = False
-        _TWINS[cls] = twin if ok else None
-    return _TWINS[cls]
-
-
-def instances(cls: type, n: int, *columns: Iterable[Any]) -> list[Any]:
-    """``n`` instances of the frozen dataclass ``cls`` (no __post_init__), field ``j``
-    of the i-th from the i-th item of ``columns[j]`` (a sequence of ``n`` values, or
-    ``itertools.repeat(x)`` for one value in all), without ``cls.__init__``."""
-    twin = _twin(cls)
-    if twin is None:
-        names = [f.name for f in fields(cls)]
-        rows = [dict(zip(names, row, strict=True)) for row in islice(zip(*columns, strict=False), n)]
-    else:
-        rows = list(islice(map(twin, *columns), n))
-    if len(rows) != n:
-        raise ValueError(f"{cls.__name__} columns shorter than {n}")
-    if twin is None:
-        return adopt(cls, rows)
-    deque(map(_set, rows, repeat("__class__"), repeat(cls, n)), maxlen=0)
-    return rows
-
-
 def make_trades(interval: int, sellers: list[str], buyers: list[str], energy_kwh: list[float],
                 price_usd_per_kwh: list[float]) -> list[Trade]:
-    """``[Trade(interval, s, b, e, p) ...]`` (fee 0, not numbered) from columns of equal length."""
-    n = len(sellers)
-    if not len(buyers) == len(energy_kwh) == len(price_usd_per_kwh) == n:
-        raise ValueError("trade columns of different lengths")
-    return instances(Trade, n, repeat(interval), sellers, buyers, energy_kwh, price_usd_per_kwh,
-                     repeat(0.0), repeat(""))
+    """``[Trade(interval, s, b, e, p) ...]`` (fee 0, not numbered) from columns of equal
+    length, as ``Rows``."""
+    return Rows(Trade, len(sellers), {
+        "interval": Same(interval), "seller": sellers, "buyer": buyers, "energy_kwh": energy_kwh,
+        "price_usd_per_kwh": price_usd_per_kwh, "fee_usd": Same(0.0), "trade_id": Same("")})
 
 
 def make_confirmations(participants: list[str], interval: int, scheduled_kwh: list[float],
@@ -209,14 +132,12 @@ def make_confirmations(participants: list[str], interval: int, scheduled_kwh: li
                        grid_bought_kwh: list[float], grid_sold_kwh: list[float],
                        price_usd_per_kwh: float | None) -> list[Confirmation]:
     """``[Confirmation(p, interval, ...) ...]`` from columns of equal length; the market
-    price None (set by the role, prices.py)."""
-    n = len(participants)
-    if not all(len(c) == n for c in (scheduled_kwh, peer_bought_kwh, peer_sold_kwh,
-                                     grid_bought_kwh, grid_sold_kwh)):
-        raise ValueError("confirmation columns of different lengths")
-    return instances(Confirmation, n, participants, repeat(interval), scheduled_kwh,
-                     peer_bought_kwh, peer_sold_kwh, grid_bought_kwh, grid_sold_kwh,
-                     repeat(price_usd_per_kwh), repeat(None))
+    price None (set by the role, prices.py); as ``Rows``."""
+    return Rows(Confirmation, len(participants), {
+        "participant": participants, "interval": Same(interval), "scheduled_kwh": scheduled_kwh,
+        "peer_bought_kwh": peer_bought_kwh, "peer_sold_kwh": peer_sold_kwh,
+        "grid_bought_kwh": grid_bought_kwh, "grid_sold_kwh": grid_sold_kwh,
+        "price_usd_per_kwh": Same(price_usd_per_kwh), "market_price_usd_per_kwh": Same(None)})
 
 
 # ------------------------------------------------------------------------ the book
@@ -556,11 +477,9 @@ def assemble(interval: int, book: FastBook, w: Walk, status: ClearingStatus,
     price_l += [book.retail] * n_gb + [book.feed_in] * n_gs
 
     price = None if pricing != "uniform" or uniform_price is None else float(uniform_price)
-    with _gc_paused():
-        trades = make_trades(interval, sellers, buyers, energy_l, price_l)
-        confirmations = make_confirmations(names, interval, (sched_f + 0.0).tolist(),
-                                           pb_f.tolist(), ps_f.tolist(), gb_f.tolist(),
-                                           gs_f.tolist(), price)
+    trades = make_trades(interval, sellers, buyers, energy_l, price_l)
+    confirmations = make_confirmations(names, interval, (sched_f + 0.0).tolist(), pb_f.tolist(),
+                                       ps_f.tolist(), gb_f.tolist(), gs_f.tolist(), price)
     total_bid = int(book.bid_cum[-1]) if book.n_bids else 0
     total_offer = int(book.offer_cum[-1]) if book.n_offers else 0
     return ClearingResult(
@@ -756,9 +675,8 @@ def clear_small(orders: list[Order], *, interval: int, retail_usd_per_kwh: float
         w -= sum((q - left) * x for q, left, x in zip(sq, s_left, pn[nb_touched:], strict=False))
         welfare = to_float(w, pe + e)
     price = uniform if pricing == "uniform" else None
-    with _gc_paused():
-        trades = make_trades(interval, sellers, buyers, energy, prices)
-        confirmations = make_confirmations(names, interval, sched, pb, ps, gb, gs, price)
+    trades = make_trades(interval, sellers, buyers, energy, prices)
+    confirmations = make_confirmations(names, interval, sched, pb, ps, gb, gs, price)
     return ClearingResult(
         interval=interval, status=status, price_usd_per_kwh=price, trades=trades,
         confirmations=confirmations, traded_kwh=to_float(volume, e),

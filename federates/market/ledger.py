@@ -67,6 +67,7 @@ tamper with a ledger).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import struct
@@ -396,51 +397,48 @@ def _parallel_map(fn: Any, items: list[Any]) -> list[Any]:
     if pool is None:
         return list(map(fn, items))
     count = len(items)
-    out: list[Any] = [None] * count
-    done = [False] * count
-    state = [0, False]  # the next item to take; closed (no more taking)
+    # no lock per item: ``next`` on an itertools.count and a list item's assignment are
+    # each one step under the GIL; a helper's answers go to their own list, and this
+    # thread alone builds the answer, so a helper that finishes late changes nothing
+    counter = itertools.count()
+    theirs: list[Any] = [None] * count
+    done = [False] * count  # set by a helper once theirs[i] holds its answer
+    stop = [False]
+    waiting = [False]  # this thread waits: a helper notifies after each answer
     cond = threading.Condition()
 
-    def take() -> int:
-        with cond:
-            i = state[0]
-            if state[1] or i >= count:
-                return -1
-            state[0] = i + 1
-            return i
-
-    def put(i: int, answer: Any) -> None:
-        with cond:
-            if not done[i]:
-                out[i] = answer
-                done[i] = True
-                cond.notify_all()
-
     def helper() -> None:
-        while (i := take()) >= 0:
+        while not stop[0] and (i := next(counter)) < count:
             try:
                 answer = fn(items[i])
             except Exception:  # left undone: the calling thread computes it again and raises
                 continue
-            put(i, answer)
+            theirs[i] = answer
+            done[i] = True
+            if waiting[0]:
+                with cond:
+                    cond.notify_all()
 
     helpers = [pool.submit(helper) for _ in range(n - 1)]
+    out: list[Any] = [None] * count
+    mine = [False] * count
     try:
-        t0, mine = time.perf_counter(), 0
-        while (i := take()) >= 0:
-            put(i, fn(items[i]))
-            mine += 1
-        patience_s = 2 * (time.perf_counter() - t0) / mine if mine else 1e-3
+        t0, n_mine = time.perf_counter(), 0
+        while (i := next(counter)) < count:
+            out[i] = fn(items[i])
+            mine[i] = True
+            n_mine += 1
+        patience_s = 2 * (time.perf_counter() - t0) / n_mine if n_mine else 1e-3
+        waiting[0] = True
         for i in range(count):
-            with cond:
-                if not done[i]:
+            if mine[i]:
+                continue
+            if not done[i]:  # a missed notification costs at most the patience
+                with cond:
                     cond.wait_for(lambda i=i: done[i], timeout=patience_s)
-                if done[i]:
-                    continue
-            put(i, fn(items[i]))
+            out[i] = theirs[i] if done[i] else fn(items[i])
     finally:
-        with cond:
-            state[1] = True
+        stop[0] = True
         for f in helpers:
             f.cancel()
     return out
@@ -448,27 +446,28 @@ def _parallel_map(fn: Any, items: list[Any]) -> list[Any]:
 
 def verified_bid_records(keyring: KeyRing, orders: list[Order]) -> list[dict[str, Any] | None]:
     """Per order its bid record if it carries a valid signature of its participant,
-    else None: the payload verified is the one the record keeps (made once). The
-    signatures of a large book are checked on several threads (``_parallel_map``; the
-    payloads are made here first, so that the threads hold the GIL as little as can be)."""
-    made = []
-    for o in orders:
+    else None: the payload verified is the one the record keeps (made once). The orders
+    of a large book are taken on several threads (``_parallel_map``), each whole: its
+    payload, its signature checked (libsodium, outside the GIL) and its record, so one
+    thread's Python overlaps another's check (40 orders on 2 cores: 1.57 -> 1.3 ms, against
+    the payloads made first on one thread and only the checks shared)."""
+
+    def record(o: Order) -> dict[str, Any] | None:
         try:
             sig = bytes.fromhex(o.signature) if o.signature else b""
         except (ValueError, TypeError):
             sig = b""
+        if not sig:
+            return None
         body = _order_body(o)
         del body["signature"]
         interval = int(o.interval)
-        made.append((o.participant, interval, body, sig, record_payload("bid", interval, body)))
+        payload = record_payload("bid", interval, body)
+        if not keyring.verify_bytes(o.participant, payload, sig):
+            return None
+        return _record("bid", interval, body, [o.participant], [sig], payload)
 
-    def check(m: tuple) -> bool:
-        p, _, _, sig, payload = m
-        return bool(sig) and keyring.verify_bytes(p, payload, sig)
-
-    ok = _parallel_map(check, made)
-    return [_record("bid", interval, body, [p], [sig], payload) if good else None
-            for (p, interval, body, sig, payload), good in zip(made, ok, strict=True)]
+    return _parallel_map(record, orders)
 
 
 def bid_record(keyring: KeyRing, order: Order) -> dict[str, Any]:

@@ -85,7 +85,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from federates.common.messages import GRID, GRID_OPERATOR, Confirmation, Trade
-from federates.market.fastbook import adopt
+from federates.common.rows import adopt
 
 
 @dataclass(frozen=True)

@@ -179,39 +179,6 @@ def test_fast_objects_equal_constructed_ones():
     assert repr(c) == repr(Confirmation("a", 1, 1.0, 1.0, 0.0, 0.0, 0.0, None))
 
 
-def test_instances_from_columns_are_the_frozen_class(monkeypatch):
-    """fastbook.instances (made as a plain twin class, then given the frozen class) gives
-    objects equal to the constructed ones in everything a caller sees: type, fields in
-    field order, ==, hash, repr, asdict, replace, pickle, frozen; and the same through
-    its fallback (adopt) when a class cannot take the twin's instances."""
-    import pickle
-    from dataclasses import FrozenInstanceError, asdict, replace
-    from itertools import repeat
-
-    from federates.common.messages import Confirmation, Trade
-    made = fastbook.instances(Trade, 2, repeat(4), ["a", "c"], ["b", "d"], [1.5, 0.25],
-                              [0.2, 0.1], repeat(0.0), ["4-0", "4-1"])
-    want = [Trade(4, "a", "b", 1.5, 0.2, 0.0, "4-0"), Trade(4, "c", "d", 0.25, 0.1, 0.0, "4-1")]
-    for got, ref in zip(made, want, strict=True):
-        assert type(got) is Trade and got == ref and hash(got) == hash(ref)
-        assert repr(got) == repr(ref) and asdict(got) == asdict(ref)
-        assert list(vars(got)) == list(vars(ref))  # the field order (record bodies, rows)
-        assert replace(got, energy_kwh=9.0) == replace(ref, energy_kwh=9.0)
-        assert pickle.loads(pickle.dumps(got)) == ref
-        with pytest.raises(FrozenInstanceError):
-            got.energy_kwh = 1.0  # type: ignore[misc]
-    (c,) = fastbook.make_confirmations(["a"], 1, [1.0], [1.0], [0.0], [0.0], [0.0], 0.2)
-    assert type(c) is Confirmation and c == Confirmation("a", 1, 1.0, 1.0, 0.0, 0.0, 0.0, 0.2)
-    with pytest.raises(ValueError):
-        fastbook.make_trades(0, ["a", "b"], ["c"], [1.0, 2.0], [0.1, 0.1])
-    with pytest.raises(ValueError):
-        fastbook.instances(Trade, 3, repeat(4), ["a", "c"], ["b", "d"], [1.5, 0.25],
-                           [0.2, 0.1], repeat(0.0), repeat(""))
-    monkeypatch.setitem(fastbook._TWINS, Trade, None)  # the fallback
-    assert fastbook.instances(Trade, 2, repeat(4), ["a", "c"], ["b", "d"], [1.5, 0.25],
-                              [0.2, 0.1], repeat(0.0), ["4-0", "4-1"]) == want
-
-
 @pytest.mark.parametrize("names", [
     ["b", "a", "b", "ab", "a"],
     ["p1", "p10", "p2", "p1 ", "", "P1"],
