@@ -9,36 +9,56 @@ bind: every customer with an inverter exports ``export_share`` of its nameplate
 left them (OpenDSS controls off, so the derivatives are those of the network alone,
 the seconds-scale view the DSO acts on).
 
-For each customer ``i`` in turn its export is raised by ``delta_kw`` and the model
-re-solved; finite differences against the operating point give, per kW of *export*
-of customer ``i`` (a kW of curtailment gives the opposite):
+**Connection points.** Customers whose Loads sit on the same node(s) with the same
+connection kind (``direct`` on one bus node, ``split_phase`` across the same two legs:
+``OpenDSSFeeder.customer_point_of``) inject into the network identically: a kW
+exported by either changes it the same way, and both see the same voltage. So the
+model is built over the u distinct points, ``point_of`` (n,) mapping each customer to
+its point; ``secondary`` customers each have a service drop of their own, a point each.
+For each point in turn the export of its first customer (site order) is raised by
+``delta_kw`` and the model re-solved; finite differences against the operating point
+give, per kW of *export* at point ``p`` (a kW of curtailment gives the opposite):
 
-``dv_pu_per_kw``         (n, n)  customer voltage magnitude [pu / kW]
-``dloading_pct_per_kw``  (m, n)  loading of each Line / Transformer [% / kW]
-``dflow_kw_per_kw``      (m, n)  active power into terminal 1 of each element [kW / kW]
-``dvuf_pct_per_kw``      (b, n)  VUF of each three-phase bus [% / kW]
-``dsource_kw_per_kw``    (n,)    substation import [kW / kW] (about -1 - marginal losses)
-``dv_pu_per_kvar``       (n, n)  customer voltage magnitude per kvar *drawn* at customer
-                                 ``i`` [pu / kvar] (negative: absorbing lowers voltage),
+``dv_pu_per_kw``         (u, u)  voltage magnitude at each point [pu / kW]
+``dloading_pct_per_kw``  (m, u)  loading of each Line / Transformer [% / kW]
+``dflow_kw_per_kw``      (m, u)  active power into terminal 1 of each element [kW / kW]
+``dvuf_pct_per_kw``      (b, u)  VUF of each three-phase bus [% / kW]
+``dsource_kw_per_kw``    (u,)    substation import [kW / kW] (about -1 - marginal losses)
+``dv_pu_per_kvar``       (u, u)  voltage magnitude per kvar *drawn* at point ``p``
+                                 [pu / kvar] (negative: absorbing lowers voltage),
                                  so that the DSO can account for the inverters' Volt-VAR
 
-plus the operating point's values (``v0_pu``, ``loading0_pct``, ``flow0_kw``,
-``vuf0_pct``, ``source0_kw``) and the names (``participants``, ``elements``, ``buses``).
-The DSO's curtailment and operating envelopes (federates/controllers/dso.py) use
-them as a linear model around what it measures; the step's re-solves correct the
-linearisation error.
+plus the operating point's values (``v0_pu`` per customer, ``loading0_pct``,
+``flow0_kw``, ``vuf0_pct``, ``source0_kw``) and the names (``participants``,
+``elements``, ``buses``). The per-customer model is ``E A E^T`` for the voltage
+matrices and ``B E^T`` for the element and bus ones, ``E`` the n x u incidence
+(``E[i, point_of[i]] = 1``); the DSO never builds it: :class:`PointMatrix`
+(``Sensitivities.customer_*``) gives a customer's row (``A[point_of[j]][point_of]``,
+length n) and products (``E (A (E^T x))``). The DSO's curtailment and operating
+envelopes (federates/controllers/dso.py) use them as a linear model around what it
+measures; the step's re-solves correct the linearisation error. When every customer
+has its own point (``point_of`` the identity: the default ``secondary`` connection)
+the solves, arrays and arithmetic are those of the per-customer model exactly.
+``compute_sensitivities(per_customer=True)`` keeps that model for any feeder (one
+perturbation per customer; the tests compare the two).
 
-Cost: ``2 n + 1`` power flows (about 1 ms each on IEEE 13 with 40 customers), each
-with O(1) OpenDSS calls (two batch writes, one solve, four bulk reads). On IEEE 8500
-(4893 lines and transformers) measured on a 2-core machine: 1177 customers 20.6 s
-(2355 solves, 8.8 ms each), 3000 customers 65 s (6001 solves, 10.9 ms each; 0.53 GB
-peak for the whole process).
+Cost: ``2 u + 1`` power flows (about 1 ms each on IEEE 13 with 40 customers), each
+with O(1) OpenDSS calls (two batch writes, one solve, four bulk reads); memory
+``4 (2 u^2 + 2 m u + b u)`` bytes. Per customer (u = n) on IEEE 8500 (4893 lines and
+transformers) measured on a 2-core machine: 1177 customers 20.6 s (2355 solves,
+8.8 ms each), 3000 customers 65 s (6001 solves, 10.9 ms each; 0.53 GB peak for the
+whole process); over points the 3000 customers of IEEE 8500's 1177 houses (split-phase
+services) are at most 1177 points, the 2355 solves of the 1177-customer case.
+3000 prosumers on the 1000-load synthetic feeder with ``customer_connection.kind:
+direct`` (927 points) measured before -> after: prepare_run 15.5 -> 7.0 s (6001 -> 1855
+solves), ``sensitivities.npz`` 121 -> 22 MB, the in-process 2 h run's peak RSS 622 -> 524 MiB.
 The arrays go to ``sensitivities.npz`` in the run folder, uncompressed: the
-operating point's vectors as float64, the four matrices as float32 (relative rounding
+operating point's vectors as float64, the matrices as float32 (relative rounding
 6e-8, far below the linearisation error of ~1e-3 pu; it halves the memory of every
-federate that loads them: 3000 customers on the 1000-load synthetic feeder measured
-226 MB, 1000 customers 25 MB (BENCHMARKS.md); compressing them had cost a quarter of
-prepare_run at 1000 customers).
+federate that loads them: 3000 customers on the 1000-load synthetic feeder with the
+default ``secondary`` connection (3000 points) measured 226 MB, 1000 customers 25 MB
+(BENCHMARKS.md); compressing them had cost a quarter of prepare_run at 1000
+customers). A file without ``point_of`` (written before points) loads as per customer.
 """
 
 from __future__ import annotations
