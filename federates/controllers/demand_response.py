@@ -45,6 +45,7 @@ import numpy as np
 
 from federates.common.limits import Limit
 from federates.common.messages import DemandResponseCall, DsoView
+from federates.feeder.sensitivity import PointMatrix
 
 _TOL = 1e-9
 
@@ -87,19 +88,22 @@ class DemandResponse:
     """Demand-response calls of one DSO (module docstring). ``flex_kw`` [kW]: each
     customer's flexible rating (site order); ``dv_pu_per_kw`` (n, n) and
     ``dloading_pct_per_kw`` (m, n) with ``elements`` (m names): the feeder's
-    sensitivities to export (None: no thermal calls)."""
+    sensitivities to export (None: no thermal calls), as arrays or as the
+    :class:`~federates.feeder.sensitivity.PointMatrix` views over the connection points
+    (``Sensitivities.customer_*``), read one row at a time."""
 
     def __init__(self, participants: list[str], flex_kw: np.ndarray, *, v_min_pu: float, margin_pu: float,
-                 dv_pu_per_kw: np.ndarray, thermal_max_pct: float | None = None, thermal_margin_pct: float = 0.0,
-                 dloading_pct_per_kw: np.ndarray | None = None, elements: list[str] | None = None,
+                 dv_pu_per_kw: np.ndarray | PointMatrix, thermal_max_pct: float | None = None, thermal_margin_pct: float = 0.0,
+                 dloading_pct_per_kw: np.ndarray | PointMatrix | None = None, elements: list[str] | None = None,
                  release_fraction: float = 0.25) -> None:
         self.participants = list(participants)
         self.flex_kw = np.asarray(flex_kw, dtype=float)
         self.v_floor_pu = float(v_min_pu) + float(margin_pu)
-        self.dv = np.asarray(dv_pu_per_kw, dtype=float)
+        self.dv = PointMatrix.of(dv_pu_per_kw, rows_by_point=True)
         self.thermal_ceiling_pct = (None if thermal_max_pct is None or dloading_pct_per_kw is None
                                     else float(thermal_max_pct) - float(thermal_margin_pct))
-        self.dloading = None if dloading_pct_per_kw is None else np.asarray(dloading_pct_per_kw, dtype=float)
+        self.dloading = (None if dloading_pct_per_kw is None
+                         else PointMatrix.of(dloading_pct_per_kw, rows_by_point=False))
         self.elements = list(elements or [])
         self._voltage: dict[int, Seen] = {}
         self._thermal: dict[int, Seen] = {}
@@ -131,11 +135,11 @@ class DemandResponse:
         why_kw = np.zeros(len(self.participants))
         why = list(self._why)
         # (how far past the margin, limit, element, its sensitivity to a kW less import, imports then)
-        todo = [(seen.need, Limit.V_MIN, self.participants[j], self.dv[j], seen.import_kw)
+        todo = [(seen.need, Limit.V_MIN, self.participants[j], customer_row(self.dv, j), seen.import_kw)
                 for j, seen in self._voltage.items()]
         for e, seen in self._thermal.items():
             # a kW more export changes the loading by dloading; a kW less import by the same
-            todo.append((seen.need, Limit.THERMAL, self.elements[e], -self.dloading[e], seen.import_kw))
+            todo.append((seen.need, Limit.THERMAL, self.elements[e], -customer_row(self.dloading, e), seen.import_kw))
         # worst first; each later one counts what the earlier cuts already give
         for need, limit, element, sens, imports in sorted(todo, key=lambda t: -t[0]):
             left = need - float(sens @ cut)
@@ -155,6 +159,11 @@ class DemandResponse:
         self._standing, self._why = total, why
         return [DemandResponseCall(self.participants[i], interval, float(total[i]), *why[i])
                 for i in np.flatnonzero(total > _TOL)]
+
+
+def customer_row(m: PointMatrix, r: int) -> np.ndarray:
+    """Row ``r`` of ``m`` over the customers, as float64 (the model is stored as float32)."""
+    return np.asarray(m.row(r), dtype=float)
 
 
 def _share(need: float, sens: np.ndarray, bound: np.ndarray) -> np.ndarray:

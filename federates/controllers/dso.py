@@ -20,7 +20,10 @@ vuf        ``vuf_b - (max - margin_pct)`` [%]            ``dvuf_pct_per_kw[b, i]
 export     ``export - (cap - margin)`` [kW]              ``-dsource_kw_per_kw[i]``
 =========  ============================================  =============================
 
-(the thermal relief scales the live loading by the share of the element's live
+(``[j, i]``: entry of customer ``j`` (or element, bus) and customer ``i`` of the
+customer-level view, ``Sensitivities.customer_*``: the model is held over the feeder's
+connection points and a customer's row or column is its point's, gathered per row,
+never an n x n array. The thermal relief scales the live loading by the share of the element's live
 active flow that customer ``i`` carries, so it holds whichever way the element was
 loaded when the sensitivities were computed.) Constraints are handled worst first
 (largest excess relative to its limit), each topped up after the ones before it;
@@ -67,7 +70,7 @@ import numpy as np
 
 from federates.common.limits import Limit, limit_key
 from federates.common.messages import GridConstraint
-from federates.feeder.sensitivity import Sensitivities
+from federates.feeder.sensitivity import PointMatrix, Sensitivities
 
 POLICIES = ("proportional", "sensitivity", "least_cost")
 CONTRIBUTOR_SHARE = 0.1  # a_i below this share of the largest a_i: not a contributor
@@ -113,16 +116,17 @@ def violated_constraints(sens: Sensitivities, *, v_pu: np.ndarray, loading_pct: 
     """
     out: list[Constraint] = []
     v = np.asarray(v_pu, dtype=float)
+    dv = sens.customer_dv_pu_per_kw
     for j in np.flatnonzero(v > v_max_pu):
         out.append(Constraint(Limit.V_MAX, sens.participants[j], float(v[j] - (v_max_pu - margin_pu)),
-                              float((v[j] - v_max_pu) / v_max_pu), np.clip(sens.dv_pu_per_kw[j], 0, None)))
+                              float((v[j] - v_max_pu) / v_max_pu), np.clip(dv.row(j), 0, None)))
     if thermal_max_pct is not None and loading_pct is not None and flow_kw is not None:
         ld = np.asarray(loading_pct, dtype=float)
         fl = np.asarray(flow_kw, dtype=float)
         with np.errstate(invalid="ignore"):
             bad = np.flatnonzero((ld > thermal_max_pct) & (fl < 0))
         for e in bad:
-            share = np.clip(-sens.dflow_kw_per_kw[e], 0, None)  # reverse flow carried per kW export
+            share = np.clip(-sens.customer_dflow_kw_per_kw.row(e), 0, None)  # reverse flow carried per kW export
             relief = ld[e] * share / max(abs(fl[e]), 1e-9)
             out.append(Constraint(Limit.THERMAL, sens.elements[e], float(ld[e] - (thermal_max_pct - thermal_margin_pct)),
                                   float((ld[e] - thermal_max_pct) / thermal_max_pct), relief))
@@ -133,13 +137,13 @@ def violated_constraints(sens: Sensitivities, *, v_pu: np.ndarray, loading_pct: 
         for b in bad:
             out.append(Constraint(Limit.VUF, sens.buses[b], float(u[b] - (vuf_max_pct - vuf_margin_pct)),
                                   float((u[b] - vuf_max_pct) / vuf_max_pct),
-                                  np.clip(sens.dvuf_pct_per_kw[b], 0, None)))
+                                  np.clip(sens.customer_dvuf_pct_per_kw.row(b), 0, None)))
     if export_max_kw is not None and source_p_kw is not None and -source_p_kw > export_max_kw:
         export = -float(source_p_kw)
         margin_kw = 0.01 * export_max_kw
         out.append(Constraint(Limit.EXPORT, "source", export - (export_max_kw - margin_kw),
                               (export - export_max_kw) / export_max_kw,
-                              np.clip(-sens.dsource_kw_per_kw, 0, None)))
+                              np.clip(-sens.customer_dsource_kw_per_kw, 0, None)))
     out.sort(key=lambda c: -c.severity)
     return out
 
@@ -214,19 +218,32 @@ class Envelopes:
     binding_import: list[str]
 
 
-def closed_loop_dv(sens: Sensitivities, slope_kvar_per_pu: np.ndarray) -> np.ndarray:
+def closed_loop_dv(sens: Sensitivities, slope_kvar_per_pu: np.ndarray) -> PointMatrix:
     """Voltage response to export [pu / kW] with every inverter's Volt-VAR acting.
 
     An inverter on the sloped part of its curve draws ``slope_i`` [kvar per pu] more
     reactive power per pu of voltage rise, so ``dv = S_p dx + S_q K dv``, i.e.
     ``dv = (I - S_q K)^-1 S_p dx`` with ``S_p = dv_pu_per_kw``, ``S_q =
     dv_pu_per_kvar`` (< 0) and ``K = diag(slope)`` (0 where the inverter sits in its
-    dead band or at its limit).
+    dead band or at its limit), all per customer (n x n).
+
+    Over the u connection points (:class:`~federates.feeder.sensitivity.PointMatrix`)
+    ``S_p = E A_p E^T`` and ``S_q = E A_q E^T`` with ``E`` the n x u incidence, so by
+    the push-through identity ``(I_n - U V)^-1 U = U (I_u - V U)^-1`` (``U = E``,
+    ``V = A_q E^T K``):
+
+        (I_n - E A_q E^T K)^-1 E A_p E^T = E (I_u - A_q K_p)^-1 A_p E^T,
+
+    ``K_p = E^T K E = diag(sum of slope_i over each point's customers)``: a u x u
+    solve, returned over the points. With a point per customer ``E = I`` and this is
+    the n x n solve itself, in the same arithmetic.
     """
     k = np.asarray(slope_kvar_per_pu, dtype=float)
-    n = k.size
-    a = np.eye(n) - sens.dv_pu_per_kvar * k[None, :]
-    return np.linalg.solve(a, sens.dv_pu_per_kw)
+    point_of = sens.customer_dv_pu_per_kw.point_of
+    u = sens.n_points
+    k_pts = k if point_of is None else np.bincount(point_of, weights=k, minlength=u)
+    a = np.eye(u) - sens.dv_pu_per_kvar * k_pts[None, :]
+    return PointMatrix(np.linalg.solve(a, sens.dv_pu_per_kw), point_of, True)
 
 
 def _common_limit(headroom: float, a: np.ndarray, baseline: np.ndarray) -> tuple[np.ndarray, float]:
@@ -259,8 +276,9 @@ def _thermal_envelopes(sens: Sensitivities, e_max: np.ndarray, i_max: np.ndarray
     limits export, forward flow import (module doc)."""
     ld = np.asarray(loading_pct, dtype=float)
     fl = np.asarray(flow_kw, dtype=float)
+    dflow = sens.customer_dflow_kw_per_kw
     for e in np.flatnonzero(np.isfinite(ld) & (np.abs(fl) > 1e-6)):
-        share = np.clip(-sens.dflow_kw_per_kw[e], 0, None)  # of a kW export, kW reverse flow
+        share = np.clip(-dflow.row(e), 0, None)  # of a kW export, kW reverse flow
         per_kw = ld[e] / abs(fl[e])  # % loading per kW of flow, at the measured point
         a = share * per_kw
         # flow is f_e; net export x moves it by -share @ dx. Reverse flow loads it with export,
@@ -274,13 +292,13 @@ def _thermal_envelopes(sens: Sensitivities, e_max: np.ndarray, i_max: np.ndarray
             _tighten(i_max, bind_i, idx, level, limit_key(Limit.THERMAL, sens.elements[e]))
 
 
-def _correct_voltages(v: np.ndarray, dv: np.ndarray, e_max: np.ndarray, i_max: np.ndarray,
+def _correct_voltages(v: np.ndarray, dv: PointMatrix, e_max: np.ndarray, i_max: np.ndarray,
                       net_now: np.ndarray, v_min_pu: float, v_max_pu: float, margin_pu: float) -> None:
     """The common levels move only each constraint's contributors; everyone moving to
     their envelope at once adds the small effects of the others. Correct on the full
     linear model: lower the contributors of any voltage still predicted out of bounds
     by the excess, until none is (a few passes)."""
-    dv_pos = np.clip(dv, 0, None)
+    dv_pos = dv.clip_positive()
     for _ in range(20):
         v_hi = v + dv_pos @ (e_max - net_now)  # everyone at its export envelope
         v_lo = v - dv_pos @ (i_max + net_now)  # everyone at its import envelope
@@ -289,15 +307,17 @@ def _correct_voltages(v: np.ndarray, dv: np.ndarray, e_max: np.ndarray, i_max: n
         if hi.size == 0 and lo.size == 0:
             break
         for j in hi:
-            idx, _ = _common_limit(0.0, dv_pos[j], net_now)
+            row = dv_pos.row(j)
+            idx, _ = _common_limit(0.0, row, net_now)
             idx = idx[e_max[idx] > 0]
             if idx.size:
-                e_max[idx] = np.clip(e_max[idx] - (v_hi[j] - v_max_pu + margin_pu) / dv_pos[j, idx].sum(), 0, None)
+                e_max[idx] = np.clip(e_max[idx] - (v_hi[j] - v_max_pu + margin_pu) / row[idx].sum(), 0, None)
         for j in lo:
-            idx, _ = _common_limit(0.0, dv_pos[j], -net_now)
+            row = dv_pos.row(j)
+            idx, _ = _common_limit(0.0, row, -net_now)
             idx = idx[i_max[idx] > 0]
             if idx.size:
-                i_max[idx] = np.clip(i_max[idx] - (v_min_pu + margin_pu - v_lo[j]) / dv_pos[j, idx].sum(), 0, None)
+                i_max[idx] = np.clip(i_max[idx] - (v_min_pu + margin_pu - v_lo[j]) / row[idx].sum(), 0, None)
 
 
 def operating_envelopes(sens: Sensitivities, *, v_pu: np.ndarray, p_kw: np.ndarray,
@@ -307,15 +327,15 @@ def operating_envelopes(sens: Sensitivities, *, v_pu: np.ndarray, p_kw: np.ndarr
                         thermal_max_pct: float | None = None,
                         source_p_kw: float | None = None, export_max_kw: float | None = None,
                         import_max_kw: float | None = None,
-                        dv_pu_per_kw: np.ndarray | None = None) -> Envelopes:
+                        dv_pu_per_kw: np.ndarray | PointMatrix | None = None) -> Envelopes:
     """Export / import envelopes [kW] from measured ``v_pu`` [pu] and ``p_kw`` [kW, + import].
 
     Voltage constraints for every customer (``v_max`` against export, ``v_min``
     against import), thermal constraints of elements with a measured loading
     (``loading_pct`` with ``flow_kw``, optional: the DSO's SCADA), substation caps on
     ``source_p_kw``. ``import_cap_kw`` is each customer's own import limit (e.g. its
-    service rating). ``dv_pu_per_kw`` replaces ``sens.dv_pu_per_kw`` (e.g. the
-    closed-loop response with Volt-VAR, :func:`closed_loop_dv`). See the module doc
+    service rating). ``dv_pu_per_kw`` (n x n, or over points) replaces
+    ``sens.customer_dv_pu_per_kw`` (e.g. the closed-loop response with Volt-VAR, :func:`closed_loop_dv`). See the module doc
     for the rule.
     """
     v = np.asarray(v_pu, dtype=float)
@@ -327,11 +347,11 @@ def operating_envelopes(sens: Sensitivities, *, v_pu: np.ndarray, p_kw: np.ndarr
     i_max = np.asarray(import_cap_kw, dtype=float).copy()
     bind_e = [""] * n
     bind_i = [""] * n
-    dv = sens.dv_pu_per_kw if dv_pu_per_kw is None else np.asarray(dv_pu_per_kw, dtype=float)
+    dv = sens.customer_dv_pu_per_kw if dv_pu_per_kw is None else PointMatrix.of(dv_pu_per_kw, rows_by_point=True)
 
     # net export x_i = export_i - import_i moves voltages by dv @ dx
     for j in range(n):
-        a = np.clip(dv[j], 0, None)
+        a = np.clip(dv.row(j), 0, None)
         # over-voltage against more export: v_j + sum a_i (E - x_i) <= v_max - margin, x = net export
         idx, level = _common_limit(v_max_pu - margin_pu - v[j], a, export_now - import_now)
         _tighten(e_max, bind_e, idx, level, limit_key(Limit.V_MAX, sens.participants[j]))
@@ -343,7 +363,7 @@ def operating_envelopes(sens: Sensitivities, *, v_pu: np.ndarray, p_kw: np.ndarr
                            thermal_max_pct)
     _correct_voltages(v, dv, e_max, i_max, export_now - import_now, v_min_pu, v_max_pu, margin_pu)
     if source_p_kw is not None:
-        ones = np.clip(-sens.dsource_kw_per_kw, 0, None)
+        ones = np.clip(-sens.customer_dsource_kw_per_kw, 0, None)
         if export_max_kw is not None:
             idx, level = _common_limit(export_max_kw + source_p_kw, ones, export_now - import_now)
             _tighten(e_max, bind_e, idx, level, limit_key(Limit.EXPORT, "source"))
@@ -356,7 +376,7 @@ def operating_envelopes(sens: Sensitivities, *, v_pu: np.ndarray, p_kw: np.ndarr
 
 def grid_constraints(sens: Sensitivities, interval: int, *, v_pu: np.ndarray, p_kw: np.ndarray,
                      inverter_kva: np.ndarray, import_cap_kw: np.ndarray, v_min_pu: float,
-                     v_max_pu: float, margin_pu: float, dv_pu_per_kw: np.ndarray | None = None,
+                     v_max_pu: float, margin_pu: float, dv_pu_per_kw: np.ndarray | PointMatrix | None = None,
                      loading_pct: np.ndarray | None = None, flow_kw: np.ndarray | None = None,
                      thermal_max_pct: float | None = None, source_p_kw: float | None = None,
                      export_max_kw: float | None = None,
@@ -376,7 +396,7 @@ def grid_constraints(sens: Sensitivities, interval: int, *, v_pu: np.ndarray, p_
     x_meas = -np.asarray(p_kw, dtype=float)  # net export [kW]
     kva = np.asarray(inverter_kva, dtype=float)
     imp = np.asarray(import_cap_kw, dtype=float)
-    dv = sens.dv_pu_per_kw if dv_pu_per_kw is None else np.asarray(dv_pu_per_kw, dtype=float)
+    dv = sens.customer_dv_pu_per_kw if dv_pu_per_kw is None else PointMatrix.of(dv_pu_per_kw, rows_by_point=True)
     names = sens.participants
     rows: list[GridConstraint] = []
 
@@ -394,18 +414,19 @@ def grid_constraints(sens: Sensitivities, interval: int, *, v_pu: np.ndarray, p_
                                    coef=tuple(float(sign * a[i]) for i in idx), rhs=rhs))
 
     for j in range(v.size):
-        a = np.clip(dv[j], 0, None)
+        a = np.clip(dv.row(j), 0, None)
         add(limit_key(Limit.V_MAX, names[j]), a, +1.0, v_max_pu - margin_pu - v[j])
         add(limit_key(Limit.V_MIN, names[j]), a, -1.0, v[j] - v_min_pu - margin_pu)
     if thermal_max_pct is not None and loading_pct is not None and flow_kw is not None:
         ld = np.asarray(loading_pct, dtype=float)
         fl = np.asarray(flow_kw, dtype=float)
+        dflow = sens.customer_dflow_kw_per_kw
         for e in np.flatnonzero(np.isfinite(ld) & (np.abs(fl) > 1e-6)):
-            a = np.clip(-sens.dflow_kw_per_kw[e], 0, None) * ld[e] / abs(fl[e])
+            a = np.clip(-dflow.row(e), 0, None) * ld[e] / abs(fl[e])
             # reverse flow grows with export, forward flow with import
             add(limit_key(Limit.THERMAL, sens.elements[e]), a, +1.0 if fl[e] < 0 else -1.0, thermal_max_pct - ld[e])
     if source_p_kw is not None:
-        ones = np.clip(-sens.dsource_kw_per_kw, 0, None)
+        ones = np.clip(-sens.customer_dsource_kw_per_kw, 0, None)
         if export_max_kw is not None:
             add(limit_key(Limit.EXPORT, "source"), ones, +1.0, export_max_kw + source_p_kw)
         if import_max_kw is not None:

@@ -33,7 +33,8 @@ import numpy as np
 
 from federates.common.limits import Limit
 from federates.common.messages import DsoView, LoadLimit
-from federates.controllers.demand_response import Seen, note_worst
+from federates.controllers.demand_response import Seen, customer_row, note_worst
+from federates.feeder.sensitivity import PointMatrix
 
 _TOL = 1e-9
 
@@ -43,17 +44,18 @@ class LoadLimiter:
     setting; the sensitivities as :class:`federates.controllers.demand_response.DemandResponse`."""
 
     def __init__(self, participants: list[str], cap_kw: float, *, v_min_pu: float, margin_pu: float,
-                 dv_pu_per_kw: np.ndarray, thermal_max_pct: float | None = None, thermal_margin_pct: float = 0.0,
-                 dloading_pct_per_kw: np.ndarray | None = None, elements: list[str] | None = None) -> None:
+                 dv_pu_per_kw: np.ndarray | PointMatrix, thermal_max_pct: float | None = None, thermal_margin_pct: float = 0.0,
+                 dloading_pct_per_kw: np.ndarray | PointMatrix | None = None, elements: list[str] | None = None) -> None:
         self.participants = list(participants)
         self.cap_kw = float(cap_kw)
         self.v_min_pu = float(v_min_pu)
         self.v_floor_pu = float(v_min_pu) + float(margin_pu)
-        self.dv = np.asarray(dv_pu_per_kw, dtype=float)
+        self.dv = PointMatrix.of(dv_pu_per_kw, rows_by_point=True)
         self.thermal_max_pct = (None if thermal_max_pct is None or dloading_pct_per_kw is None
                                 else float(thermal_max_pct))
         self.thermal_target_pct = None if self.thermal_max_pct is None else self.thermal_max_pct - thermal_margin_pct
-        self.dloading = None if dloading_pct_per_kw is None else np.asarray(dloading_pct_per_kw, dtype=float)
+        self.dloading = (None if dloading_pct_per_kw is None
+                         else PointMatrix.of(dloading_pct_per_kw, rows_by_point=False))
         self.elements = list(elements or [])
         self._voltage: dict[int, Seen] = {}
         self._thermal: dict[int, Seen] = {}
@@ -79,10 +81,10 @@ class LoadLimiter:
         if not violated:
             self._limited[:] = False
         elif dr_in_force or self._limited.any():
-            todo = [(seen.need, Limit.V_MIN, self.participants[j], self.dv[j], seen)
+            todo = [(seen.need, Limit.V_MIN, self.participants[j], customer_row(self.dv, j), seen)
                     for j, seen in self._voltage.items()]
             for e, seen in self._thermal.items():
-                todo.append((seen.need, Limit.THERMAL, self.elements[e], -self.dloading[e], seen))
+                todo.append((seen.need, Limit.THERMAL, self.elements[e], -customer_row(self.dloading, e), seen))
             relief = np.zeros(len(self.participants))  # the import the new limits take off [kW]
             for need, limit, element, sens, seen in sorted(todo, key=lambda t: -t[0]):
                 left = need - float(sens @ relief)

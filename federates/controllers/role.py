@@ -129,19 +129,19 @@ class ControllersRole:
         self.demand_response: DemandResponse | None = (
             DemandResponse(self.participants, np.zeros(n) if flex_kw is None else flex_kw,
                            v_min_pu=float(self.ctl.v_min_pu), margin_pu=dr.margin_pu,
-                           dv_pu_per_kw=sensitivities.dv_pu_per_kw,
+                           dv_pu_per_kw=sensitivities.customer_dv_pu_per_kw,
                            thermal_max_pct=float(lim.thermal_max_pct) if lim.thermal else None,
                            thermal_margin_pct=dr.thermal_margin_pct,
-                           dloading_pct_per_kw=sensitivities.dloading_pct_per_kw,
+                           dloading_pct_per_kw=sensitivities.customer_dloading_pct_per_kw,
                            elements=list(sensitivities.elements), release_fraction=dr.release_fraction)
             if self.ctl.enabled and dr.enabled else None)
         #: involuntary load limits after demand response (``demand_response.load_limit``)
         self.load_limiter: LoadLimiter | None = (
             LoadLimiter(self.participants, dr.load_limit_kw, v_min_pu=float(self.ctl.v_min_pu),
-                        margin_pu=dr.margin_pu, dv_pu_per_kw=sensitivities.dv_pu_per_kw,
+                        margin_pu=dr.margin_pu, dv_pu_per_kw=sensitivities.customer_dv_pu_per_kw,
                         thermal_max_pct=float(lim.thermal_max_pct) if lim.thermal else None,
                         thermal_margin_pct=dr.thermal_margin_pct,
-                        dloading_pct_per_kw=sensitivities.dloading_pct_per_kw,
+                        dloading_pct_per_kw=sensitivities.customer_dloading_pct_per_kw,
                         elements=list(sensitivities.elements))
             if self.demand_response is not None and dr.load_limit == "on" else None)
         self._load_limits: dict[int, list[LoadLimit]] = {}

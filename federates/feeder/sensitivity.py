@@ -9,41 +9,64 @@ bind: every customer with an inverter exports ``export_share`` of its nameplate
 left them (OpenDSS controls off, so the derivatives are those of the network alone,
 the seconds-scale view the DSO acts on).
 
-For each customer ``i`` in turn its export is raised by ``delta_kw`` and the model
-re-solved; finite differences against the operating point give, per kW of *export*
-of customer ``i`` (a kW of curtailment gives the opposite):
+**Connection points.** Customers whose Loads sit on the same node(s) with the same
+connection kind (``direct`` on one bus node, ``split_phase`` across the same two legs:
+``OpenDSSFeeder.customer_point_of``) inject into the network identically: a kW
+exported by either changes it the same way, and both see the same voltage. So the
+model is built over the u distinct points, ``point_of`` (n,) mapping each customer to
+its point; ``secondary`` customers each have a service drop of their own, a point each.
+For each point in turn the export of its first customer (site order) is raised by
+``delta_kw`` and the model re-solved; finite differences against the operating point
+give, per kW of *export* at point ``p`` (a kW of curtailment gives the opposite):
 
-``dv_pu_per_kw``         (n, n)  customer voltage magnitude [pu / kW]
-``dloading_pct_per_kw``  (m, n)  loading of each Line / Transformer [% / kW]
-``dflow_kw_per_kw``      (m, n)  active power into terminal 1 of each element [kW / kW]
-``dvuf_pct_per_kw``      (b, n)  VUF of each three-phase bus [% / kW]
-``dsource_kw_per_kw``    (n,)    substation import [kW / kW] (about -1 - marginal losses)
-``dv_pu_per_kvar``       (n, n)  customer voltage magnitude per kvar *drawn* at customer
-                                 ``i`` [pu / kvar] (negative: absorbing lowers voltage),
+``dv_pu_per_kw``         (u, u)  voltage magnitude at each point [pu / kW]
+``dloading_pct_per_kw``  (m, u)  loading of each Line / Transformer [% / kW]
+``dflow_kw_per_kw``      (m, u)  active power into terminal 1 of each element [kW / kW]
+``dvuf_pct_per_kw``      (b, u)  VUF of each three-phase bus [% / kW]
+``dsource_kw_per_kw``    (u,)    substation import [kW / kW] (about -1 - marginal losses)
+``dv_pu_per_kvar``       (u, u)  voltage magnitude per kvar *drawn* at point ``p``
+                                 [pu / kvar] (negative: absorbing lowers voltage),
                                  so that the DSO can account for the inverters' Volt-VAR
 
-plus the operating point's values (``v0_pu``, ``loading0_pct``, ``flow0_kw``,
-``vuf0_pct``, ``source0_kw``) and the names (``participants``, ``elements``, ``buses``).
-The DSO's curtailment and operating envelopes (federates/controllers/dso.py) use
-them as a linear model around what it measures; the step's re-solves correct the
-linearisation error.
+plus the operating point's values (``v0_pu`` per customer, ``loading0_pct``,
+``flow0_kw``, ``vuf0_pct``, ``source0_kw``) and the names (``participants``,
+``elements``, ``buses``). The per-customer model is ``E A E^T`` for the voltage
+matrices and ``B E^T`` for the element and bus ones, ``E`` the n x u incidence
+(``E[i, point_of[i]] = 1``); the DSO never builds it: :class:`PointMatrix`
+(``Sensitivities.customer_*``) gives a customer's row (``A[point_of[j]][point_of]``,
+length n) and products (``E (A (E^T x))``). The DSO's curtailment and operating
+envelopes (federates/controllers/dso.py) use them as a linear model around what it
+measures; the step's re-solves correct the linearisation error. When every customer
+has its own point (``point_of`` the identity: the default ``secondary`` connection)
+the solves, arrays and arithmetic are those of the per-customer model exactly.
+``compute_sensitivities(per_customer=True)`` keeps that model for any feeder (one
+perturbation per customer; the tests compare the two).
 
-Cost: ``2 n + 1`` power flows (about 1 ms each on IEEE 13 with 40 customers), each
-with O(1) OpenDSS calls (two batch writes, one solve, four bulk reads). On IEEE 8500
-(4893 lines and transformers) measured on a 2-core machine: 1177 customers 20.6 s
-(2355 solves, 8.8 ms each), 3000 customers 65 s (6001 solves, 10.9 ms each; 0.53 GB
-peak for the whole process).
+Cost: ``2 u + 1`` power flows (about 1 ms each on IEEE 13 with 40 customers), each
+with O(1) OpenDSS calls (two batch writes, one solve, four bulk reads); memory
+``4 (2 u^2 + 2 m u + b u)`` bytes. Per customer (u = n) on IEEE 8500 (4893 lines and
+transformers) measured on a 2-core machine: 1177 customers 20.6 s (2355 solves,
+8.8 ms each), 3000 customers 65 s (6001 solves, 10.9 ms each; 0.53 GB peak for the
+whole process). Over points, IEEE 8500's split-phase houses are the points (at most
+1177 whatever the prosumers): 3000 prosumers on 1010 of them measured before -> after
+(whole prepare_run, same machine): 38.8 -> 14.1 s, ``sensitivities.npz`` 198 -> 51 MB,
+the preparing process's peak RSS 614 -> 391 MiB.
+3000 prosumers on the 1000-load synthetic feeder with ``customer_connection.kind:
+direct`` (927 points) measured before -> after: prepare_run 15.5 -> 7.0 s (6001 -> 1855
+solves), ``sensitivities.npz`` 121 -> 22 MB, the in-process 2 h run's peak RSS 622 -> 524 MiB.
 The arrays go to ``sensitivities.npz`` in the run folder, uncompressed: the
-operating point's vectors as float64, the four matrices as float32 (relative rounding
+operating point's vectors as float64, the matrices as float32 (relative rounding
 6e-8, far below the linearisation error of ~1e-3 pu; it halves the memory of every
-federate that loads them: 3000 customers on the 1000-load synthetic feeder measured
-226 MB, 1000 customers 25 MB (BENCHMARKS.md); compressing them had cost a quarter of
-prepare_run at 1000 customers).
+federate that loads them: 3000 customers on the 1000-load synthetic feeder with the
+default ``secondary`` connection (3000 points) measured 226 MB, 1000 customers 25 MB
+(BENCHMARKS.md); compressing them had cost a quarter of prepare_run at 1000
+customers). A file without ``point_of`` (written before points) loads as per customer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,9 +89,74 @@ def needs_sensitivities(cfg: StudyFile) -> bool:
     return curtails or (ctl.enabled and ctl.demand_response.enabled) or cfg.market.network_aware != "off"
 
 
+def _identity(point_of: np.ndarray | None, n_points: int) -> bool:
+    return point_of is None or (point_of.size == n_points
+                                and bool((point_of == np.arange(n_points)).all()))
+
+
+@dataclass(frozen=True)
+class PointMatrix:
+    """A customer-indexed matrix held over connection points, never expanded.
+
+    Entry ``(r, i)`` is ``pts[point_of[r], point_of[i]]`` when ``rows_by_point``
+    (customer voltages: ``E A E^T``, ``E`` the n x u incidence ``E[i, point_of[i]] =
+    1``) and ``pts[r, point_of[i]]`` otherwise (element or bus rows: ``B E^T``).
+    ``point_of`` None: every customer its own point, and every operation is the plain
+    array's (``pts[r]``, ``pts @ x``), bit for bit.
+    """
+
+    pts: np.ndarray  # (u, u) or (m, u)
+    point_of: np.ndarray | None  # (n,) ints in 0 .. u-1; None: the identity
+    rows_by_point: bool
+
+    @classmethod
+    def of(cls, m, *, rows_by_point: bool) -> PointMatrix:
+        """``m`` itself if a PointMatrix, else the customer-level array ``m`` (float64) as one."""
+        if isinstance(m, PointMatrix):
+            return m
+        return cls(np.asarray(m, dtype=float), None, rows_by_point)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        if self.point_of is None:
+            return self.pts.shape
+        n = self.point_of.size
+        return (n if self.rows_by_point else self.pts.shape[0], n)
+
+    def row(self, r: int) -> np.ndarray:
+        """Row ``r`` (a customer, or an element / bus) over the customers (length n)."""
+        if self.point_of is None:
+            return self.pts[r]
+        return self.pts[self.point_of[r] if self.rows_by_point else r][self.point_of]
+
+    def __matmul__(self, x: np.ndarray) -> np.ndarray:
+        """``M @ x`` for ``x`` per customer: ``E (A (E^T x))`` (rows by point) or ``B (E^T x)``."""
+        if self.point_of is None:
+            return self.pts @ x
+        y = self.pts @ np.bincount(self.point_of, weights=np.asarray(x, dtype=float),
+                                   minlength=self.pts.shape[1])
+        return y[self.point_of] if self.rows_by_point else y
+
+    def clip_positive(self) -> PointMatrix:
+        """``max(M, 0)`` elementwise (it commutes with the expansion)."""
+        return PointMatrix(np.clip(self.pts, 0, None), self.point_of, self.rows_by_point)
+
+    def dense(self) -> np.ndarray:
+        """The customer-level array (n x n or m x n): for tests and small cases only."""
+        if self.point_of is None:
+            return np.asarray(self.pts)
+        rows = self.pts[self.point_of] if self.rows_by_point else self.pts
+        return rows[:, self.point_of]
+
+
 @dataclass(frozen=True)
 class Sensitivities:
-    """Linear model of the limits around an operating point (see the module doc)."""
+    """Linear model of the limits around an operating point (see the module doc).
+
+    The matrices are over the u connection points (``point_of`` maps each of the n
+    customers to its point; None: every customer its own, u = n); the operating
+    point's ``v0_pu`` and the names are per customer. Consumers read them per customer
+    through the ``customer_*`` views (:class:`PointMatrix`)."""
 
     participants: list[str]
     elements: list[str]
@@ -78,15 +166,78 @@ class Sensitivities:
     flow0_kw: np.ndarray
     vuf0_pct: np.ndarray
     source0_kw: float
-    dv_pu_per_kw: np.ndarray
-    dloading_pct_per_kw: np.ndarray
-    dflow_kw_per_kw: np.ndarray
-    dvuf_pct_per_kw: np.ndarray
-    dsource_kw_per_kw: np.ndarray
-    dv_pu_per_kvar: np.ndarray
+    dv_pu_per_kw: np.ndarray  # (u, u)
+    dloading_pct_per_kw: np.ndarray  # (m, u)
+    dflow_kw_per_kw: np.ndarray  # (m, u)
+    dvuf_pct_per_kw: np.ndarray  # (b, u)
+    dsource_kw_per_kw: np.ndarray  # (u,)
+    dv_pu_per_kvar: np.ndarray  # (u, u)
+    point_of: np.ndarray | None = None  # (n,)
+
+    def __post_init__(self) -> None:
+        n, u = len(self.participants), np.shape(self.dv_pu_per_kw)[0]
+        problems = []
+        if self.point_of is None:
+            if u != n:
+                problems.append(f"{u} points without point_of for {n} customers")
+        else:
+            p = np.asarray(self.point_of)
+            if p.shape != (n,) or (n and (p.min() < 0 or p.max() >= u)):
+                problems.append(f"point_of must hold {n} ints in 0..{u - 1}")
+        for name, want in (("dv_pu_per_kw", (u, u)), ("dv_pu_per_kvar", (u, u)),
+                           ("dloading_pct_per_kw", (len(self.elements), u)),
+                           ("dflow_kw_per_kw", (len(self.elements), u)),
+                           ("dvuf_pct_per_kw", (len(self.buses), u)), ("dsource_kw_per_kw", (u,))):
+            if np.shape(getattr(self, name)) != want:
+                problems.append(f"{name} has shape {np.shape(getattr(self, name))}, expected {want}")
+        if problems:
+            raise ValueError("inconsistent sensitivities: " + "; ".join(problems))
+
+    @property
+    def n_points(self) -> int:
+        """u, the distinct connection points."""
+        return int(np.shape(self.dv_pu_per_kw)[0])
+
+    @cached_property
+    def _cols(self) -> np.ndarray | None:
+        """``point_of`` as the views take it: None when it is the identity."""
+        return None if _identity(self.point_of, self.n_points) else np.asarray(self.point_of)
+
+    @property
+    def customer_dv_pu_per_kw(self) -> PointMatrix:
+        """(n, n) [pu / kW]: customer ``j``'s voltage per kW exported by customer ``i``."""
+        return PointMatrix(self.dv_pu_per_kw, self._cols, True)
+
+    @property
+    def customer_dv_pu_per_kvar(self) -> PointMatrix:
+        """(n, n) [pu / kvar]: customer ``j``'s voltage per kvar drawn by customer ``i``."""
+        return PointMatrix(self.dv_pu_per_kvar, self._cols, True)
+
+    @property
+    def customer_dloading_pct_per_kw(self) -> PointMatrix:
+        """(m, n) [% / kW]: element loading per kW exported by customer ``i``."""
+        return PointMatrix(self.dloading_pct_per_kw, self._cols, False)
+
+    @property
+    def customer_dflow_kw_per_kw(self) -> PointMatrix:
+        """(m, n) [kW / kW]: element flow per kW exported by customer ``i``."""
+        return PointMatrix(self.dflow_kw_per_kw, self._cols, False)
+
+    @property
+    def customer_dvuf_pct_per_kw(self) -> PointMatrix:
+        """(b, n) [% / kW]: bus VUF per kW exported by customer ``i``."""
+        return PointMatrix(self.dvuf_pct_per_kw, self._cols, False)
+
+    @property
+    def customer_dsource_kw_per_kw(self) -> np.ndarray:
+        """(n,) [kW / kW]: substation import per kW exported by customer ``i``."""
+        cols = self._cols
+        return self.dsource_kw_per_kw if cols is None else self.dsource_kw_per_kw[cols]
 
     def save(self, path: Path) -> None:
         f32 = np.float32
+        n = len(self.participants)
+        point_of = np.arange(n) if self.point_of is None else np.asarray(self.point_of)
         np.savez(
             path, participants=np.asarray(self.participants), elements=np.asarray(self.elements),
             buses=np.asarray(self.buses), v0_pu=self.v0_pu, loading0_pct=self.loading0_pct,
@@ -95,10 +246,13 @@ class Sensitivities:
             dloading_pct_per_kw=np.asarray(self.dloading_pct_per_kw, f32),
             dflow_kw_per_kw=np.asarray(self.dflow_kw_per_kw, f32),
             dvuf_pct_per_kw=np.asarray(self.dvuf_pct_per_kw, f32),
-            dsource_kw_per_kw=self.dsource_kw_per_kw, dv_pu_per_kvar=np.asarray(self.dv_pu_per_kvar, f32))
+            dsource_kw_per_kw=self.dsource_kw_per_kw, dv_pu_per_kvar=np.asarray(self.dv_pu_per_kvar, f32),
+            point_of=point_of.astype(np.int64))
 
     @classmethod
     def load(cls, path: Path) -> Sensitivities:
+        """The arrays :meth:`save` wrote; a file without ``point_of`` (written before
+        connection points) is per customer, which is what its shapes must then be."""
         with np.load(path, allow_pickle=False) as z:
             return cls(
                 participants=[str(x) for x in z["participants"]],
@@ -107,7 +261,8 @@ class Sensitivities:
                 vuf0_pct=z["vuf0_pct"], source0_kw=float(z["source0_kw"]),
                 dv_pu_per_kw=z["dv_pu_per_kw"], dloading_pct_per_kw=z["dloading_pct_per_kw"],
                 dflow_kw_per_kw=z["dflow_kw_per_kw"], dvuf_pct_per_kw=z["dvuf_pct_per_kw"],
-                dsource_kw_per_kw=z["dsource_kw_per_kw"], dv_pu_per_kvar=z["dv_pu_per_kvar"])
+                dsource_kw_per_kw=z["dsource_kw_per_kw"], dv_pu_per_kvar=z["dv_pu_per_kvar"],
+                point_of=z["point_of"] if "point_of" in z.files else None)
 
 
 def _state(feeder: OpenDSSFeeder) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
@@ -119,13 +274,17 @@ def _state(feeder: OpenDSSFeeder) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 
 def compute_sensitivities(feeder: OpenDSSFeeder, inverter_kva: np.ndarray, *,
                           export_share: float = 0.5, background_mult: float = 0.6,
-                          delta_kw: float = 1.0) -> Sensitivities:
+                          delta_kw: float = 1.0, per_customer: bool = False) -> Sensitivities:
     """Perturbation sensitivities of ``feeder`` (customers attached) per kW of export.
 
     ``inverter_kva`` [kVA] per customer sets the operating point's exports
     (``export_share`` x kVA [kW]); ``background_mult`` [-] scales the original loads;
-    ``delta_kw`` [kW, and kvar for ``dv_pu_per_kvar``] is the perturbation. The feeder is left at the operating point
-    with OpenDSS controls as the last solve had them; build a fresh feeder for a run.
+    ``delta_kw`` [kW, and kvar for ``dv_pu_per_kvar``] is the perturbation. One
+    perturbation per connection point (``feeder.customer_point_of``), applied to its
+    first customer in site order; ``per_customer``: one per customer whatever the
+    points (the model before connection points, kept to check them against). The
+    feeder is left at the operating point with OpenDSS controls as the last solve had
+    them; build a fresh feeder for a run.
     """
     kva = np.asarray(inverter_kva, dtype=float)
     n = feeder.n_customers
@@ -133,6 +292,10 @@ def compute_sensitivities(feeder: OpenDSSFeeder, inverter_kva: np.ndarray, *,
         raise ValueError(f"inverter_kva has shape {kva.shape}; expected ({n},)")
     if delta_kw <= 0:
         raise ValueError(f"delta_kw must be > 0, got {delta_kw}")
+    point_of = np.arange(n) if per_customer else feeder.customer_point_of
+    # each point's first customer: points are numbered by first appearance, so these ascend
+    reps = np.unique(point_of, return_index=True)[1]
+    u = reps.size
     feeder.set_background_scale(background_mult)
     p0 = -export_share * kva  # export is negative p
     q0 = np.zeros(n)
@@ -140,41 +303,43 @@ def compute_sensitivities(feeder: OpenDSSFeeder, inverter_kva: np.ndarray, *,
     feeder.solve(controls=True)  # regulators/capacitors settle at the operating point ...
     feeder.solve(controls=False)  # ... then stay there for every perturbation
     v0, l0, f0, u0, s0 = _state(feeder)
+    v0_pts = v0[reps]
     elements, _ = feeder.element_p_kw()
     buses, _ = feeder.vuf_pct()
     f32 = np.float32  # see the module doc
-    dv = np.empty((n, n), f32)
-    dl = np.empty((len(l0), n), f32)
-    df = np.empty((len(f0), n), f32)
-    du = np.empty((len(u0), n), f32)
-    ds = np.empty(n)
+    dv = np.empty((u, u), f32)
+    dl = np.empty((len(l0), u), f32)
+    df = np.empty((len(f0), u), f32)
+    du = np.empty((len(u0), u), f32)
+    ds = np.empty(u)
     p = p0.copy()
-    for i in range(n):
+    for k, i in enumerate(reps):
         p[i] = p0[i] - delta_kw
         feeder.set_customer_powers(p, q0)
         feeder.solve(controls=False)
-        v, ld, fl, u, s = _state(feeder)
-        dv[:, i] = (v - v0) / delta_kw
-        dl[:, i] = (ld - l0) / delta_kw
-        df[:, i] = (fl - f0) / delta_kw
-        du[:, i] = (u - u0) / delta_kw
-        ds[i] = (s - s0) / delta_kw
+        v, ld, fl, uf, s = _state(feeder)
+        dv[:, k] = (v[reps] - v0_pts) / delta_kw
+        dl[:, k] = (ld - l0) / delta_kw
+        df[:, k] = (fl - f0) / delta_kw
+        du[:, k] = (uf - u0) / delta_kw
+        ds[k] = (s - s0) / delta_kw
         p[i] = p0[i]
-    dvq = np.empty((n, n), f32)
+    dvq = np.empty((u, u), f32)
     q = q0.copy()
     feeder.set_customer_powers(p0, q)
-    for i in range(n):
+    for k, i in enumerate(reps):
         q[i] = delta_kw  # kvar drawn
         feeder.set_customer_powers(p0, q)
         feeder.solve(controls=False)
-        dvq[:, i] = (feeder.customer_v_pu() - v0) / delta_kw
+        dvq[:, k] = (feeder.customer_v_pu()[reps] - v0_pts) / delta_kw
         q[i] = 0.0
     feeder.set_customer_powers(p0, q0)
     return Sensitivities(
         participants=[s.participant for s in feeder.sites], elements=list(elements),
         buses=list(buses), v0_pu=v0, loading0_pct=l0, flow0_kw=f0, vuf0_pct=u0, source0_kw=s0,
         dv_pu_per_kw=dv, dloading_pct_per_kw=np.nan_to_num(dl), dflow_kw_per_kw=df,
-        dvuf_pct_per_kw=np.nan_to_num(du), dsource_kw_per_kw=ds, dv_pu_per_kvar=dvq)
+        dvuf_pct_per_kw=np.nan_to_num(du), dsource_kw_per_kw=ds, dv_pu_per_kvar=dvq,
+        point_of=np.asarray(point_of, dtype=np.int64))
 
 
 def load_sensitivities(study: Study) -> Sensitivities:

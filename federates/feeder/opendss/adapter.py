@@ -173,6 +173,7 @@ class OpenDSSFeeder:
         self._split_node2 = np.zeros(0, dtype=np.int64)
         self._split_leg_base_v = np.zeros(0)
         self._cust_kind: list[str] = []
+        self._cust_point = np.zeros(0, dtype=np.int64)
         self._cust_batch: Batch | None = None
         self._cust_bus: list[str] = []
         self._limits_index: LimitsIndex | None = None
@@ -340,6 +341,7 @@ class OpenDSSFeeder:
             raise FeederModelError(f"{self.master}: could not attach customers: {e}") from None
         self.sites = sites
         self._cust_kind = plan.kinds
+        self._cust_point = np.asarray(plan.point_of(), dtype=np.int64)
         self._limits_index = None  # new lines, transformers and buses: index again
         self._phase_ix = None
         self._cust_bus = [s.bus.lower() for s in sites]
@@ -371,6 +373,13 @@ class OpenDSSFeeder:
         bus node) or ``split_phase`` (240 V across the legs of its load's split-phase
         service; see :meth:`attach_customers`)."""
         return list(self._cust_kind)
+
+    @property
+    def customer_point_of(self) -> np.ndarray:
+        """Each customer's connection point (``customers.ConnectionPlan.point_of``), in customer
+        order: ints 0 .. u-1 numbered by first appearance, so ``arange(n)`` when every
+        customer has a point of its own."""
+        return self._cust_point.copy()
 
     def customer_v_base_v(self) -> np.ndarray:
         """Nominal voltage of each customer's :meth:`customer_v_pu` [V]: its node's L-N

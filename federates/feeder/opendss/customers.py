@@ -71,6 +71,16 @@ class ConnectionPlan:
     leg_kv: dict[int, float] = field(default_factory=dict)  # position -> leg L-N base [kV] (split-phase)
     kinds: list[str] = field(default_factory=list)  # secondary, direct or split_phase
 
+    def point_of(self) -> list[int]:
+        """Each customer's connection point, numbered in order of first appearance:
+        customers whose Loads sit on the same node(s) with the same connection kind
+        (``direct`` on one bus node, ``split_phase`` across the same two legs) share a
+        point and inject into the network identically; a ``secondary`` customer's own
+        service drop makes its point its own."""
+        numbers: dict[tuple[str, str, str], int] = {}
+        return [numbers.setdefault((kind, node.lower(), self.node2_names.get(k, "").lower()), len(numbers))
+                for k, (kind, node) in enumerate(zip(self.kinds, self.node_names, strict=True))]
+
     def _split_phase(self, k: int, s: CustomerSite, lp: LoadPoint, kv_ln: Callable[[str], float]) -> None:
         """Customer ``k`` across the two 120 V legs of the model's own split-phase service."""
         bus = lp.bus
