@@ -567,12 +567,37 @@ def k_section(k: dict | None) -> list[str]:
     ]
 
 
+def market_targets(results: list[dict]) -> list[str]:
+    """Issue 10's market targets against this run's figures, as table rows."""
+    by = {r["key"]: r for r in results}
+    rows = []
+
+    def row(what: str, key: str, field: str, limit: float, unit: str, fmt: str = ".1f") -> None:
+        if key in by and field in by[key]:
+            x = by[key][field]
+            verdict = "**reached**" if x <= limit else "**not reached**"
+            rows.append(f"| {what} | {x:{fmt}} {unit} | ≤ {limit:g} {unit}: {verdict} |")
+
+    for mech in ("uniform_price", "pay_as_bid", "lp"):
+        row(f"community clearing of 10k orders, `{mech}` (wall)", f"clear/{mech}", "wall_ms", 20.0, "ms")
+    if "role/cpu" in by and "role" in by:
+        wall = sum(by["role"].get(f"{k}_ms", 0.0) for k in ("verify", "clear", "record"))
+        by["role/vcr"] = {"wall_ms": wall}
+        row("default-day clearing of ~40 orders: verify + clear + record (wall)", "role/vcr", "wall_ms", 2.0,
+            "ms", ".2f")
+    row("P2P ADMM of 1000 orders (wall)", "admm", "wall_s", 5.0, "s", ".2f")
+    if not rows:
+        return []
+    return ["| target | this run | |", "|:--|--:|:--|", *rows, ""]
+
+
 def market_section(m: dict | None) -> list[str]:
     if not m:
         return []
     return [
         "## Market",
         "",
+        *market_targets(m["results"]),
         f"`{m['command']}` (its own process; wall times are the least of the repeats, the CPU times beside "
         "them are steadier on a shared machine). The full set (ledger of 1000 participants, ADMM against the "
         "P2P LP) is `python benchmarks/market.py`.",
@@ -582,7 +607,11 @@ def market_section(m: dict | None) -> list[str]:
         "```",
         "",
         "- `clear`: one community book of 10 000 orders per mechanism (and the exact Fraction / pyomo "
-        "references), and the part of a clearing that only makes its result's 20 000 Python objects; `role`: a default-sized market day replayed through `MarketRole.on_market_time`, per "
+        "references); a result holds its trades and confirmations as columns (`federates/common/rows.py`), "
+        "their 20 000 Python objects made where they are first read one by one (the settlement, the ledger, the "
+        "in-process prosumers; a federation's messages are encoded from the columns), which the next line "
+        "measures and the clearing lines do not contain: `role10k` shows the whole path, objects included; "
+        "`role`: a default-sized market day replayed through `MarketRole.on_market_time`, per "
         "market time, split into verify / clear / record / ledger / settle, in wall time and in CPU time (all "
         "threads: on a busy machine the signature threads do not run side by side); the Ed25519 floor is the "
         "signatures such a market time needs at this machine's speed; `admm`: P2P ADMM of 1000 orders; "
