@@ -100,9 +100,10 @@ def needs_sensitivities(cfg: StudyFile) -> bool:
 AUTO_GROUPED_MB = 64.0
 
 
-def chosen_model(feeder: OpenDSSFeeder, setting: str) -> str:
+def chosen_model(feeder: OpenDSSFeeder, setting: str, limit_mb: float = AUTO_GROUPED_MB) -> str:
     """``points`` or ``grouped``: what ``controllers.sensitivities`` (``auto``, ``points``,
-    ``grouped``) picks for ``feeder`` with its customers attached."""
+    ``grouped``) picks for ``feeder`` with its customers attached; ``auto`` goes
+    grouped above ``limit_mb`` of point-model matrices when that has fewer points."""
     if setting in ("points", "grouped"):
         return setting
     if setting != "auto":
@@ -112,7 +113,7 @@ def chosen_model(feeder: OpenDSSFeeder, setting: str) -> str:
     b = len(feeder.vuf_pct()[0])
     dense_mb = 4.0 * (2 * u * u + 2 * m * u + b * u) / 1e6
     fewer = np.unique(feeder.customer_group_point_of).size < u
-    return "grouped" if dense_mb > AUTO_GROUPED_MB and fewer else "points"
+    return "grouped" if dense_mb > limit_mb and fewer else "points"
 
 
 def _identity(point_of: np.ndarray | None, n_points: int) -> bool:
