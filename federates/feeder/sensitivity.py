@@ -68,7 +68,8 @@ measure), ``r_j = 1 / (1 + c a_j / v_j^2)`` customer ``j``'s voltage per pu at i
 group node (its drop's drop shrinks as the node rises). A drop's row is its own
 customer's alone (``o``: its loading scaled from the first customer's by ``(1 - a
 dv_ii / v) / v``, its flow ``-1`` plus the marginal loss); the others' effect on it is
-second order and left out (its rows of ``B`` are zero). Customers not ``secondary``
+second order and left out (its row of ``B`` is zero and not stored: ``element_rows``
+lists the rows that are). Customers not ``secondary``
 keep their points, weights 1 and no own terms. Held as u x u / m x u arrays plus
 seven per-customer vectors (:class:`PointMatrix` with ``row_w``, ``col_w``, ``own``).
 
@@ -178,8 +179,10 @@ class PointMatrix:
     ``r`` is customer ``i`` itself (rows by point: ``R E A E^T W + D``) or its own
     element ``own_row[i]`` (element rows: ``B E^T W`` plus one entry per customer).
     ``cols_expanded``: ``pts`` is (u, n), its columns already the customers' (the
-    closed-loop response, federates/controllers/dso.py ``closed_loop_dv``). Any of
-    them None / False: that part is absent; all absent is the plain point matrix.
+    closed-loop response, federates/controllers/dso.py ``closed_loop_dv``). ``row_of``
+    (element rows): each row's index in ``pts``, -1 for a row that is zero but for own
+    entries (the grouped model's drops). Any of them None / False: that part is absent;
+    all absent is the plain point matrix.
     """
 
     pts: np.ndarray  # (u, u) or (m, u); (u, n) when cols_expanded
@@ -190,6 +193,7 @@ class PointMatrix:
     own: np.ndarray | None = None  # (n,)
     own_row: np.ndarray | None = None  # (n,) element rows: customer i's own row, -1 none
     cols_expanded: bool = False
+    row_of: np.ndarray | None = None  # (m,) element rows only
 
     @classmethod
     def of(cls, m, *, rows_by_point: bool) -> PointMatrix:
@@ -201,7 +205,7 @@ class PointMatrix:
     @property
     def _plain(self) -> bool:
         return (self.row_w is None and self.col_w is None and self.own is None
-                and not self.cols_expanded)
+                and not self.cols_expanded and self.row_of is None)
 
     @cached_property
     def _p(self) -> np.ndarray:
@@ -210,10 +214,15 @@ class PointMatrix:
             return np.asarray(self.point_of)
         return np.arange(self.pts.shape[0] if self.rows_by_point else self.pts.shape[1])
 
+    @property
+    def _m(self) -> int:
+        """Element rows (the stored ones and the zero ones)."""
+        return self.pts.shape[0] if self.row_of is None else self.row_of.size
+
     @cached_property
     def _owner(self) -> np.ndarray:
         """(m,) the customer whose own entry sits in each element row, -1 none."""
-        owner = np.full(self.pts.shape[0], -1, dtype=np.int64)
+        owner = np.full(self._m, -1, dtype=np.int64)
         if self.own_row is not None:
             has = np.flatnonzero(self.own_row >= 0)
             owner[self.own_row[has]] = has
@@ -224,7 +233,7 @@ class PointMatrix:
         if self.point_of is None and self._plain:
             return self.pts.shape
         n = self._p.size
-        return (n if self.rows_by_point else self.pts.shape[0], n)
+        return (n if self.rows_by_point else self._m, n)
 
     def row(self, r: int) -> np.ndarray:
         """Row ``r`` (a customer, or an element / bus) over the customers (length n)."""
@@ -233,8 +242,12 @@ class PointMatrix:
                 return self.pts[r]
             return self.pts[self.point_of[r] if self.rows_by_point else r][self.point_of]
         p = self._p
-        src = self.pts[p[r] if self.rows_by_point else r]
-        out = np.array(src if self.cols_expanded else src[p], dtype=float)  # a copy
+        k = p[r] if self.rows_by_point else (r if self.row_of is None else self.row_of[r])
+        if k < 0:
+            out = np.zeros(p.size)
+        else:
+            src = self.pts[k]
+            out = np.array(src if self.cols_expanded else src[p], dtype=float)  # a copy
         if self.col_w is not None:
             out *= self.col_w
         if self.row_w is not None:
@@ -259,6 +272,8 @@ class PointMatrix:
         y = self.pts @ (xw if self.cols_expanded else np.bincount(p, weights=xw, minlength=self.pts.shape[1]))
         if self.rows_by_point:
             y = y[p]
+        elif self.row_of is not None:
+            y = np.concatenate([y, [0.0]])[self.row_of]  # -1: the appended zero
         if self.row_w is not None:
             y = y * self.row_w
         if self.own is not None:
@@ -278,8 +293,10 @@ class PointMatrix:
             rows, has = p, np.arange(n)
         else:
             has = np.flatnonzero(self.own_row >= 0)
-            rows = self.own_row[has]
+            rows = self.own_row[has] if self.row_of is None else self.row_of[self.own_row[has]]
             cols = cols[has]
+            stored = rows >= 0
+            has, rows, cols = has[stored], rows[stored], cols[stored]
         base = np.zeros(n)
         base[has] = np.asarray(self.pts[rows, cols], dtype=float)
         if self.col_w is not None:
@@ -301,7 +318,7 @@ class PointMatrix:
             base = self._base_at_own()
             own = np.clip(base + own, 0, None) - np.clip(base, 0, None)
         return PointMatrix(np.clip(self.pts, 0, None), self.point_of, self.rows_by_point, self.row_w,
-                           self.col_w, own, self.own_row, self.cols_expanded)
+                           self.col_w, own, self.own_row, self.cols_expanded, self.row_of)
 
     def dense(self) -> np.ndarray:
         """The customer-level array (n x n or m x n): for tests and small cases only."""
@@ -311,7 +328,13 @@ class PointMatrix:
             rows = self.pts[self.point_of] if self.rows_by_point else self.pts
             return rows[:, self.point_of]
         p = self._p
-        rows = np.asarray(self.pts[p] if self.rows_by_point else self.pts, dtype=float)
+        if self.rows_by_point:
+            rows = np.asarray(self.pts[p], dtype=float)
+        elif self.row_of is not None:
+            rows = np.concatenate([np.asarray(self.pts, dtype=float),
+                                   np.zeros((1, self.pts.shape[1]))])[self.row_of]
+        else:
+            rows = np.asarray(self.pts, dtype=float)
         out = rows if self.cols_expanded else rows[:, p]
         if self.col_w is not None:
             out = out * self.col_w[None, :]
@@ -359,6 +382,7 @@ class Sensitivities:
     own_element: np.ndarray | None = None  # index of its drop in ``elements``, -1 none
     own_dloading_pct_per_kw: np.ndarray | None = None  # its drop's loading [% / kW]
     own_dflow_kw_per_kw: np.ndarray | None = None  # its drop's flow [kW / kW]
+    element_rows: np.ndarray | None = None  # grouped: the elements whose loading / flow rows are stored
 
     def __post_init__(self) -> None:
         n, u = len(self.participants), np.shape(self.dv_pu_per_kw)[0]
@@ -370,9 +394,10 @@ class Sensitivities:
             p = np.asarray(self.point_of)
             if p.shape != (n,) or (n and (p.min() < 0 or p.max() >= u)):
                 problems.append(f"point_of must hold {n} ints in 0..{u - 1}")
+        m = len(self.elements) if self.element_rows is None else np.shape(self.element_rows)[0]
         for name, want in (("dv_pu_per_kw", (u, u)), ("dv_pu_per_kvar", (u, u)),
-                           ("dloading_pct_per_kw", (len(self.elements), u)),
-                           ("dflow_kw_per_kw", (len(self.elements), u)),
+                           ("dloading_pct_per_kw", (m, u)),
+                           ("dflow_kw_per_kw", (m, u)),
                            ("dvuf_pct_per_kw", (len(self.buses), u)), ("dsource_kw_per_kw", (u,))):
             if np.shape(getattr(self, name)) != want:
                 problems.append(f"{name} has shape {np.shape(getattr(self, name))}, expected {want}")
@@ -400,6 +425,16 @@ class Sensitivities:
         return self.own_dv_pu_per_kw is not None
 
     @cached_property
+    def _row_of(self) -> np.ndarray | None:
+        """Each element's row in the stored loading / flow matrices, -1 for the zero
+        rows left out (None: every row stored)."""
+        if self.element_rows is None:
+            return None
+        row_of = np.full(len(self.elements), -1, dtype=np.int64)
+        row_of[np.asarray(self.element_rows)] = np.arange(np.shape(self.element_rows)[0])
+        return row_of
+
+    @cached_property
     def _cols(self) -> np.ndarray | None:
         """``point_of`` as the views take it: None when it is the identity."""
         return None if _identity(self.point_of, self.n_points) else np.asarray(self.point_of)
@@ -425,7 +460,7 @@ class Sensitivities:
         """(m, n) [% / kW]: element loading per kW exported by customer ``i``."""
         if self.grouped:
             return PointMatrix(self.dloading_pct_per_kw, self.point_of, False, col_w=self.kw_col_w,
-                               own=self.own_dloading_pct_per_kw, own_row=self.own_element)
+                               own=self.own_dloading_pct_per_kw, own_row=self.own_element, row_of=self._row_of)
         return PointMatrix(self.dloading_pct_per_kw, self._cols, False)
 
     @property
@@ -433,7 +468,7 @@ class Sensitivities:
         """(m, n) [kW / kW]: element flow per kW exported by customer ``i``."""
         if self.grouped:
             return PointMatrix(self.dflow_kw_per_kw, self.point_of, False, col_w=self.kw_col_w,
-                               own=self.own_dflow_kw_per_kw, own_row=self.own_element)
+                               own=self.own_dflow_kw_per_kw, own_row=self.own_element, row_of=self._row_of)
         return PointMatrix(self.dflow_kw_per_kw, self._cols, False)
 
     @property
@@ -465,7 +500,8 @@ class Sensitivities:
             dvuf_pct_per_kw=np.asarray(self.dvuf_pct_per_kw, f32),
             dsource_kw_per_kw=self.dsource_kw_per_kw, dv_pu_per_kvar=np.asarray(self.dv_pu_per_kvar, f32),
             point_of=point_of.astype(np.int64),
-            **({f: getattr(self, f) for f in GROUPED_FIELDS} if self.grouped else {}))
+            **({f: getattr(self, f) for f in GROUPED_FIELDS} if self.grouped else {}),
+            **({} if self.element_rows is None else {"element_rows": np.asarray(self.element_rows, np.int64)}))
 
     @classmethod
     def load(cls, path: Path) -> Sensitivities:
@@ -481,7 +517,7 @@ class Sensitivities:
                 dflow_kw_per_kw=z["dflow_kw_per_kw"], dvuf_pct_per_kw=z["dvuf_pct_per_kw"],
                 dsource_kw_per_kw=z["dsource_kw_per_kw"], dv_pu_per_kvar=z["dv_pu_per_kvar"],
                 point_of=z["point_of"] if "point_of" in z.files else None,
-                **{f: z[f] for f in GROUPED_FIELDS if f in z.files})
+                **{f: z[f] for f in (*GROUPED_FIELDS, "element_rows") if f in z.files})
 
 
 def _state(feeder: OpenDSSFeeder) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
@@ -656,8 +692,7 @@ def _grouped(raw: Sensitivities, reps: np.ndarray, second: np.ndarray, dv_second
     df = np.asarray(raw.dflow_kw_per_kw, dtype=float) / col_w[reps][None, :]
     l_rep = np.zeros(u)
     l_rep[ok] = raw.dloading_pct_per_kw[r_el[ok], diag[ok]]
-    dl[own_el[sec], :] = 0.0
-    df[own_el[sec], :] = 0.0
+    keep = np.setdiff1d(np.arange(len(raw.elements)), own_el[sec])  # drop rows: own entries only
     # loading ~ |I| = a / v: its change per kW (1 - a dv_ii / v) / v; flow -1 + marginal loss
     dv_ii = row_w * a_kw[p, p] * col_w + own_kw
     g = (1.0 - a * dv_ii / x) / x
@@ -667,7 +702,7 @@ def _grouped(raw: Sensitivities, reps: np.ndarray, second: np.ndarray, dv_second
     f32 = np.float32
     return replace(
         raw, dv_pu_per_kw=a_kw.astype(f32), dv_pu_per_kvar=a_kvar.astype(f32),
-        dloading_pct_per_kw=dl.astype(f32), dflow_kw_per_kw=df.astype(f32),
+        dloading_pct_per_kw=dl[keep].astype(f32), dflow_kw_per_kw=df[keep].astype(f32), element_rows=keep,
         dvuf_pct_per_kw=(np.asarray(raw.dvuf_pct_per_kw, dtype=float) / col_w[reps][None, :]).astype(f32),
         dsource_kw_per_kw=np.asarray(raw.dsource_kw_per_kw, dtype=float) / col_w[reps],
         v_row_w=row_w, kw_col_w=col_w, own_dv_pu_per_kw=own_kw, own_dv_pu_per_kvar=own_kvar,

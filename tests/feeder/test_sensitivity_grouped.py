@@ -72,7 +72,7 @@ def models(study):
 
 def dense_of(sens: Sensitivities) -> Sensitivities:
     """The grouped model expanded to per-customer arrays, as a plain per-customer model."""
-    return replace(sens, point_of=None, **{f: None for f in GROUPED_FIELDS},
+    return replace(sens, point_of=None, element_rows=None, **{f: None for f in GROUPED_FIELDS},
                    **{m: getattr(sens, f"customer_{m}").dense() for m in MATRICES},
                    dsource_kw_per_kw=sens.customer_dsource_kw_per_kw)
 
@@ -258,8 +258,9 @@ def test_save_load_keeps_the_grouped_model(models, tmp_path):
     grp.save(tmp_path / "s.npz")
     back = Sensitivities.load(tmp_path / "s.npz")
     assert back.grouped
-    for f in GROUPED_FIELDS:
+    for f in (*GROUPED_FIELDS, "element_rows"):
         np.testing.assert_array_equal(getattr(back, f), getattr(grp, f))
+    assert grp.dflow_kw_per_kw.shape == (len(grp.elements) - 40, grp.n_points)  # 40 drops: own entries only
     x = np.random.default_rng(4).uniform(-1, 1, len(grp.participants))
     np.testing.assert_array_equal(back.customer_dflow_kw_per_kw @ x, grp.customer_dflow_kw_per_kw @ x)
 
