@@ -688,22 +688,26 @@ def _grouped(raw: Sensitivities, reps: np.ndarray, second: np.ndarray, dv_second
     a_kvar /= row_w[reps][:, None]
     # element rows: the points' columns per kW arriving at the point; drop rows are
     # their own customer's alone (the others' effect on them is second order)
-    dl = np.asarray(raw.dloading_pct_per_kw, dtype=float) / col_w[reps][None, :]
-    df = np.asarray(raw.dflow_kw_per_kw, dtype=float) / col_w[reps][None, :]
+    f32 = np.float32
+    per_pt = (1.0 / col_w[reps]).astype(f32)[None, :]  # float32 in place: no m x u float64 copies
     l_rep = np.zeros(u)
     l_rep[ok] = raw.dloading_pct_per_kw[r_el[ok], diag[ok]]
     keep = np.setdiff1d(np.arange(len(raw.elements)), own_el[sec])  # drop rows: own entries only
+    dl = raw.dloading_pct_per_kw[keep]
+    dl *= per_pt
+    df = raw.dflow_kw_per_kw[keep]
+    df *= per_pt
+    du = np.array(raw.dvuf_pct_per_kw, dtype=f32)
+    du *= per_pt
     # loading ~ |I| = a / v: its change per kW (1 - a dv_ii / v) / v; flow -1 + marginal loss
     dv_ii = row_w * a_kw[p, p] * col_w + own_kw
     g = (1.0 - a * dv_ii / x) / x
     rp = reps[p]
     own_l = np.where(sec, l_rep[p] * g / g[rp], 0.0)
     own_f = np.where(sec, -1.0 + (f_rep[p] + 1.0) * ell / np.where(ell[rp] > 0, ell[rp], 1.0), 0.0)
-    f32 = np.float32
     return replace(
         raw, dv_pu_per_kw=a_kw.astype(f32), dv_pu_per_kvar=a_kvar.astype(f32),
-        dloading_pct_per_kw=dl[keep].astype(f32), dflow_kw_per_kw=df[keep].astype(f32), element_rows=keep,
-        dvuf_pct_per_kw=(np.asarray(raw.dvuf_pct_per_kw, dtype=float) / col_w[reps][None, :]).astype(f32),
+        dloading_pct_per_kw=dl, dflow_kw_per_kw=df, element_rows=keep, dvuf_pct_per_kw=du,
         dsource_kw_per_kw=np.asarray(raw.dsource_kw_per_kw, dtype=float) / col_w[reps],
         v_row_w=row_w, kw_col_w=col_w, own_dv_pu_per_kw=own_kw, own_dv_pu_per_kvar=own_kvar,
         own_element=own_el, own_dloading_pct_per_kw=own_l, own_dflow_kw_per_kw=own_f)
