@@ -19,7 +19,7 @@ peak resident memory (VmHWM from /proc: of the case's process for in-process run
 sampled per federate process for the federation).
 
     .venv/bin/python benchmarks/scale.py [--duration 24h] [--duration-for LABEL=2h ...]
-                                         [--only LABEL ...] [--keep]
+                                         [--only LABEL ...] [--keep] [--set KEY=VALUE ...]
 
 ``--duration-for`` gives single cases another duration (e.g. the 3000-prosumer case a
 midday window when a whole day does not fit the time at hand); the tables show each
@@ -178,7 +178,7 @@ def run_case(case: dict, duration: str, run_dir: Path) -> dict:
     from federates.feeder.sensitivity import SENSITIVITIES_FILE
     from runner.launch import prepare_run, run_study
 
-    cfg = case_config(case, duration)
+    cfg = case_config(case, duration, case.get("extra"))
     import runner.engine  # noqa: F401  (imports before timing)
 
     t0 = time.perf_counter()
@@ -372,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", help="case labels to run (default: all)")
     ap.add_argument("--case-timeout", type=float, default=3600.0, help="seconds per case before it is killed")
     ap.add_argument("--keep", action="store_true", help="keep the runs/scale-* folder")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="extra",
+                    help="a config override for every case (repeatable), e.g. controllers.sensitivities=grouped")
     ap.add_argument("--no-write", action="store_true", help="print the section, do not touch BENCHMARKS.md")
     ap.add_argument("--from-json", type=Path, help="re-write the section from a run's scale.json; run nothing")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case (JSON) in this process
@@ -416,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, group, count, n_loads, engine, k in CASES:
         if args.only and label not in args.only:
             continue
-        case = {"label": label, "group": group, "prosumers": count, "n_loads": n_loads, "engine": engine, "k": k}
+        case = {"label": label, "group": group, "prosumers": count, "n_loads": n_loads, "engine": engine, "k": k,
+                "extra": args.extra}
         duration = per_case.get(label, args.duration)
         print(f"scale: {label} ({count} prosumers, {n_loads} loads, {engine}, K={k}, {duration}) ...",
               end=" ", flush=True)

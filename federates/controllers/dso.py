@@ -239,11 +239,47 @@ def closed_loop_dv(sens: Sensitivities, slope_kvar_per_pu: np.ndarray) -> PointM
     the n x n solve itself, in the same arithmetic.
     """
     k = np.asarray(slope_kvar_per_pu, dtype=float)
+    if sens.grouped:
+        return _closed_loop_grouped(sens, k)
     point_of = sens.customer_dv_pu_per_kw.point_of
     u = sens.n_points
     k_pts = k if point_of is None else np.bincount(point_of, weights=k, minlength=u)
     a = np.eye(u) - sens.dv_pu_per_kvar * k_pts[None, :]
     return PointMatrix(np.linalg.solve(a, sens.dv_pu_per_kw), point_of, True)
+
+
+def _closed_loop_grouped(sens: Sensitivities, k: np.ndarray) -> PointMatrix:
+    """:func:`closed_loop_dv` on the grouped model, without an n x n array.
+
+    There ``S_p = R E A_p E^T W + D_p`` and ``S_q = R E A_q E^T + D_q`` (``R``, ``W``
+    the diagonal row and column weights ``v_row_w``, ``kw_col_w``; ``D`` the diagonal
+    own-drop terms). With ``L = I - D_q K`` (diagonal) and ``U = R E A_q``, ``V = E^T K``:
+
+        I - S_q K = L - U V,   so by Woodbury
+        (L - U V)^-1 = L^-1 + L^-1 U (I_u - V L^-1 U)^-1 V L^-1,
+
+    where ``V L^-1 R E = Om`` is the u x u diagonal of ``sum k_i r_i / l_i`` over each
+    point's customers. Push-through, ``I + A_q (I - Om A_q)^-1 Om = (I - A_q Om)^-1``, gives
+    ``(I - S_q K)^-1 R E = L^-1 R E (I - A_q Om)^-1``, hence
+
+        (I - S_q K)^-1 S_p = L^-1 [ R E C E^T W + R E F E^T H + D_p ],
+        C = (I - A_q Om)^-1 A_p,  F = (I - A_q Om)^-1 A_q,  H = diag(k d_p / l):
+
+    a u x u solve with two right-hand sides; held as the (u, n) matrix ``C E^T W + F E^T
+    H`` with row weights ``r / l`` and own terms ``d_p / l``
+    (tests/feeder/test_sensitivity_grouped.py checks it against the n x n solve).
+    """
+    p = np.asarray(sens.point_of)
+    u = sens.n_points
+    r, w = sens.v_row_w, sens.kw_col_w
+    lam = 1.0 - sens.own_dv_pu_per_kvar * k
+    om = np.bincount(p, weights=k * r / lam, minlength=u)
+    a_q = np.asarray(sens.dv_pu_per_kvar, dtype=float)
+    cf = np.linalg.solve(np.eye(u) - a_q * om[None, :],
+                         np.concatenate([np.asarray(sens.dv_pu_per_kw, dtype=float), a_q], axis=1))
+    h = k * sens.own_dv_pu_per_kw / lam
+    return PointMatrix(cf[:, :u][:, p] * w + cf[:, u:][:, p] * h, p, True, row_w=r / lam,
+                       own=sens.own_dv_pu_per_kw / lam, cols_expanded=True)
 
 
 def _common_limit(headroom: float, a: np.ndarray, baseline: np.ndarray) -> tuple[np.ndarray, float]:

@@ -129,6 +129,7 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
     study = Study.load(run_dir)
     from federates.feeder.sensitivity import (
         SENSITIVITIES_FILE,
+        chosen_model,
         compute_sensitivities,
         needs_sensitivities,
     )
@@ -137,8 +138,10 @@ def prepare_run(cfg: StudyFile, run_dir: Path, config_dir: Path = Path(".")) -> 
     if needs_sensitivities(cfg):
         if not feeder.sites:
             feeder.attach_customers(sites, cfg.feeder.customer_connection)
+        grouped = chosen_model(feeder, cfg.controllers.sensitivities) == "grouped"
         sens = compute_sensitivities(feeder, inverter_kva_of(study.cfg, study.sites),
-                                     background_mult=0.6 * cfg.feeder.background_load_scale)
+                                     background_mult=0.6 * cfg.feeder.background_load_scale,
+                                     grouped=grouped)
         sens.save(run_dir / SENSITIVITIES_FILE)
     return study
 

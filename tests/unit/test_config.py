@@ -184,3 +184,12 @@ def test_load_limit_needs_demand_response_and_reads_bare_on_off():
                     ).controllers.demand_response.load_limit == "off"
     assert "controllers.demand_response.load_limit" in problems_of(
         {"controllers": {"demand_response": {"enabled": True, "load_limit": "sometimes"}}})
+
+
+def test_sensitivity_model_choice_is_checked():
+    """``controllers.sensitivities``: a bad value names the field and the allowed values."""
+    found = problems_of({"controllers": {"sensitivities": "per_group"}})
+    msg = found["controllers.sensitivities"]
+    assert all(v in msg for v in ("auto", "points", "grouped"))
+    assert load_config(DEFAULT).controllers.sensitivities == "auto"
+    assert load_config(DEFAULT, ["controllers.sensitivities=grouped"]).controllers.sensitivities == "grouped"

@@ -759,9 +759,20 @@ class ControllersConfig(_Strict):
     moves over this many past iterates; 0 = damped steps only. The fixed point and
     stop rule are the damped step's (``volt_var.damping`` / ``tolerance_kvar``,
     ``volt_watt.damping`` / ``tolerance_kw``); see federates/feeder/inverters.py,
-    "Life cycle"."""
+    "Life cycle".
+
+    ``sensitivities``: the DSO's linear model of the feeder (federates/feeder/
+    sensitivity.py, used by curtailment, demand response and network-aware clearing).
+    ``points``: one perturbation per connection point (per customer with ``secondary``
+    connections), exact to first order, memory growing as customers squared;
+    ``grouped``: one per service transformer plus each ``secondary`` customer's own
+    drop (about 1e-3 of the largest entry from ``points``, well inside the model's
+    linearisation error; no customers-squared arrays); ``auto``: ``points`` unless its
+    matrices would exceed :data:`~federates.feeder.sensitivity.AUTO_GROUPED_MB`, then
+    ``grouped``."""
 
     enabled: bool = True
+    sensitivities: Literal["auto", "points", "grouped"] = "auto"
     v_min_pu: PositiveFloat | None = None
     v_max_pu: PositiveFloat | None = None
     anderson_depth: Annotated[int, Field(ge=0)] = 3

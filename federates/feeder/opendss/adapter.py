@@ -342,6 +342,7 @@ class OpenDSSFeeder:
         self.sites = sites
         self._cust_kind = plan.kinds
         self._cust_point = np.asarray(plan.point_of(), dtype=np.int64)
+        self._cust_group_point = np.asarray(plan.group_point_of(), dtype=np.int64)
         self._limits_index = None  # new lines, transformers and buses: index again
         self._phase_ix = None
         self._cust_bus = [s.bus.lower() for s in sites]
@@ -380,6 +381,18 @@ class OpenDSSFeeder:
         order: ints 0 .. u-1 numbered by first appearance, so ``arange(n)`` when every
         customer has a point of its own."""
         return self._cust_point.copy()
+
+    @property
+    def customer_group_point_of(self) -> np.ndarray:
+        """:attr:`customer_point_of` with the ``secondary`` customers of one service
+        transformer on one point (``customers.ConnectionPlan.group_point_of``)."""
+        return self._cust_group_point.copy()
+
+    def customer_drop_element(self) -> list[str]:
+        """Each customer's own service drop as named in :meth:`element_p_kw`
+        (``line.drop_<participant>``), "" for a customer without one (not ``secondary``)."""
+        return [f"line.drop_{s.participant}".lower() if kind == "secondary" else ""
+                for s, kind in zip(self.sites, self._cust_kind, strict=True)]
 
     def customer_v_base_v(self) -> np.ndarray:
         """Nominal voltage of each customer's :meth:`customer_v_pu` [V]: its node's L-N

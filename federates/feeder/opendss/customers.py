@@ -70,6 +70,7 @@ class ConnectionPlan:
     base_kv: list[float] = field(default_factory=list)  # each customer's nominal voltage [kV]
     leg_kv: dict[int, float] = field(default_factory=dict)  # position -> leg L-N base [kV] (split-phase)
     kinds: list[str] = field(default_factory=list)  # secondary, direct or split_phase
+    service_nodes: dict[int, str] = field(default_factory=dict)  # position -> its group's transformer node (secondary)
 
     def point_of(self) -> list[int]:
         """Each customer's connection point, numbered in order of first appearance:
@@ -79,6 +80,16 @@ class ConnectionPlan:
         service drop makes its point its own."""
         numbers: dict[tuple[str, str, str], int] = {}
         return [numbers.setdefault((kind, node.lower(), self.node2_names.get(k, "").lower()), len(numbers))
+                for k, (kind, node) in enumerate(zip(self.kinds, self.node_names, strict=True))]
+
+    def group_point_of(self) -> list[int]:
+        """:meth:`point_of` with the ``secondary`` customers of one service transformer
+        sharing a point (its node ``svc_<group>.1``, where their drops start), numbered
+        in order of first appearance: the points of the DSO's grouped linear model
+        (federates/feeder/sensitivity.py), in which each of them adds its own drop."""
+        numbers: dict[tuple[str, str, str], int] = {}
+        return [numbers.setdefault((kind, self.service_nodes.get(k, node).lower(),
+                                    self.node2_names.get(k, "").lower()), len(numbers))
                 for k, (kind, node) in enumerate(zip(self.kinds, self.node_names, strict=True))]
 
     def _split_phase(self, k: int, s: CustomerSite, lp: LoadPoint, kv_ln: Callable[[str], float]) -> None:
@@ -129,6 +140,7 @@ class ConnectionPlan:
         )
         self.commands.append(load_command(s.participant, f"{cb}.1", v_sec))
         self.new_bases[cb] = v_sec
+        self.service_nodes[len(self.node_names)] = f"svc_{s.group}.1"
         self.node_names.append(f"{cb}.1")
         self.base_kv.append(v_sec)
         self.kinds.append("secondary")
