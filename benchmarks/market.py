@@ -264,7 +264,7 @@ def bench_role(repeat: int, n: int = 40) -> None:
 
             role = MarketRole(study_config(), names, Path(tmp) / "ledger.zst")
             with (_timed(role_mod, "verified_bid_records", acc, "verify", acc_cpu),
-                  _timed(role, "_clear", acc, "clear", acc_cpu),
+                  _timed(role, "_cleared", acc, "clear", acc_cpu),  # the mechanism, trade ids, prices
                   _timed(role, "_record_clearing", acc, "record", acc_cpu),
                   _timed(role_mod, "settle_interval", acc, "settle", acc_cpu),
                   _timed(role, "_seal", acc, "ledger", acc_cpu)):
