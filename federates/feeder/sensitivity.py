@@ -730,6 +730,18 @@ def _grouped(raw: Sensitivities, reps: np.ndarray, second: np.ndarray, dv_second
         own_element=own_el, own_dloading_pct_per_kw=own_l, own_dflow_kw_per_kw=own_f)
 
 
+def describe_file(path: Path) -> dict[str, object]:
+    """What ``sensitivities.npz`` at ``path`` holds, for the run's manifest: the model
+    (``points`` or ``grouped``: what ``controllers.sensitivities`` chose), customers,
+    points (u) and the file's size [MB]; reads the arrays' headers only."""
+    with np.load(path, allow_pickle=False) as z:
+        names = set(z.files)
+        n = int(z["point_of"].shape[0]) if "point_of" in names else int(z["participants"].shape[0])
+        u = int(z["dv_pu_per_kw"].shape[0])
+    return {"model": "grouped" if GROUPED_FIELDS[0] in names else "points", "customers": n, "points": u,
+            "file_mb": round(path.stat().st_size / 1e6, 1)}
+
+
 def load_sensitivities(study: Study) -> Sensitivities:
     """The DSO's linear model of the study's feeder (``sensitivities.npz`` in its run
     folder, written by prepare_run when curtailment or network-aware clearing needs it),

@@ -16,6 +16,7 @@ from typing import Any
 
 from federates.common.config import REPO_ROOT, config_sha256, feeder_master
 from federates.common.study import CONFIG_FILE, Study
+from federates.feeder.sensitivity import SENSITIVITIES_FILE, describe_file
 
 PACKAGES = ("helics", "opendssdirect.py", "dss-python", "pandas", "numpy", "pyomo", "highspy",
             "pydantic", "pyarrow", "pvlib")
@@ -163,6 +164,9 @@ def write_manifest(study: Study, engine: str, status: str, wall_s: float, *, rea
     inputs = input_files_record(study)
     if inputs:
         manifest["inputs"] = inputs
+    sens_path = study.run_dir / SENSITIVITIES_FILE
+    if sens_path.is_file():  # the DSO's linear model prepare_run built (controllers.sensitivities: auto chooses)
+        manifest["sensitivities"] = describe_file(sens_path)
     manifest.update(extra or {})
     if status == "failed":  # the results of a failed run are whatever its roles wrote before it stopped
         tables = sorted((study.run_dir / "results").glob("*.parquet"))

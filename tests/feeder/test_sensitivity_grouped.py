@@ -286,5 +286,9 @@ def test_a_study_on_the_grouped_model_runs_and_conserves(tmp_path):
     assert run.manifest["summary"]["conservation_broken"] == 0
     with np.load(run.path / "sensitivities.npz") as z:
         assert z["dv_pu_per_kw"].shape[0] < z["point_of"].size and "own_dv_pu_per_kw" in z.files
+        # the manifest says which model was built (what ``auto`` would have chosen is not in the config)
+        assert run.manifest["sensitivities"] == {
+            "model": "grouped", "customers": int(z["point_of"].size), "points": int(z["dv_pu_per_kw"].shape[0]),
+            "file_mb": round((run.path / "sensitivities.npz").stat().st_size / 1e6, 1)}
     env = run.table("dso_envelopes")
     assert len(env) and (env["binding"] != "").any()
