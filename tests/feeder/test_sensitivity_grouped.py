@@ -14,8 +14,6 @@ the grouped model run in process with its conservation checks.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
@@ -39,26 +37,17 @@ from federates.feeder.sensitivity import (
 from federates.prosumers.agents import inverter_kva_of
 from runner.launch import prepare_run
 from tests.conftest import DEFAULT, REPO
+from tests.feeder.sensitivity_cases import MATRICES, dense_of, feeder_of, limits_at, measured
 
 CONFIGS = REPO / "configs"
 
 pytestmark = pytest.mark.feeder
 
-MATRICES = ("dv_pu_per_kw", "dv_pu_per_kvar", "dloading_pct_per_kw", "dflow_kw_per_kw", "dvuf_pct_per_kw")
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     return prepare_run(load_config(DEFAULT), tmp_path_factory.mktemp("grouped"))
-
-
-def feeder_of(study, convergence: float | None = None) -> OpenDSSFeeder:
-    f = OpenDSSFeeder(study.master)
-    f.attach_customers(study.sites, study.cfg.feeder.customer_connection)
-    if convergence is not None:
-        f._dss.Solution.Convergence(convergence)
-        f._dss.Solution.MaxIterations(100)
-    return f
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +57,6 @@ def models(study):
     grp = compute_sensitivities(feeder_of(study, 1e-10), kva, grouped=True)
     per = compute_sensitivities(feeder_of(study, 1e-10), kva, per_customer=True)
     return grp, per
-
-
-def dense_of(sens: Sensitivities) -> Sensitivities:
-    """The grouped model expanded to per-customer arrays, as a plain per-customer model."""
-    return replace(sens, point_of=None, element_rows=None, **{f: None for f in GROUPED_FIELDS},
-                   **{m: getattr(sens, f"customer_{m}").dense() for m in MATRICES},
-                   dsource_kw_per_kw=sens.customer_dsource_kw_per_kw)
 
 
 def test_a_service_transformer_is_a_point(study, models):
@@ -186,31 +168,11 @@ def test_closed_loop_is_the_n_by_n_formula(models):
     assert np.abs(cl.clip_positive().dense() - np.clip(full, 0, None)).max() <= 1e-12 * top
 
 
-def _measured(study, p_kw):
-    from federates.common.messages import Scada
-
-    f = feeder_of(study)
-    f.set_customer_powers(p_kw, np.zeros_like(p_kw))
-    f.solve(controls=False)
-    _, loading = f.element_loading_pct()
-    _, flow = f.element_p_kw()
-    _, vuf = f.vuf_pct()
-    return f.customer_v_pu(), Scada(loading, flow, vuf, f.source_pq()[0])
-
-
 def _decisions(sens, study, v, sc, p, kva, loop):
-    kw = dict(v_pu=v, loading_pct=sc.loading_pct, flow_kw=sc.p_kw, vuf_pct=sc.vuf_pct,
-              source_p_kw=sc.source_p_kw, v_max_pu=float(np.quantile(v, 0.5)), margin_pu=0.002,
-              thermal_max_pct=float(np.nanquantile(sc.loading_pct[sc.p_kw < 0], 0.5)),
-              thermal_margin_pct=1.0, vuf_max_pct=float(np.nanmax(sc.vuf_pct)) * 0.5, vuf_margin_pct=0.05,
-              export_max_kw=None)
+    kw, env_kw = limits_at(v, sc, p, kva)
     cons = violated_constraints(sens, **kw)
     price = np.linspace(0.05, 0.2, kva.size)
     plans = [plan_curtailment(policy, cons, np.clip(-p, 0, None), price) for policy in POLICIES]
-    env_kw = dict(v_pu=v, p_kw=p, inverter_kva=kva, import_cap_kw=np.full(kva.size, 8.0),
-                  v_min_pu=float(v.min()) - 0.01, v_max_pu=float(np.quantile(v, 0.9)), margin_pu=0.002,
-                  loading_pct=sc.loading_pct, flow_kw=sc.p_kw, thermal_max_pct=100.0,
-                  source_p_kw=sc.source_p_kw, export_max_kw=200.0, import_max_kw=sc.source_p_kw + 100.0)
     dv = None if loop is None else closed_loop_dv(sens, loop)
     env = operating_envelopes(sens, dv_pu_per_kw=dv, **env_kw)
     rows = grid_constraints(sens, 3, dv_pu_per_kw=dv, **env_kw)
@@ -228,7 +190,7 @@ def test_dso_decisions_on_the_grouped_model(study, models):
     dense = dense_of(grp)
     kva = inverter_kva_of(study.cfg, study.sites)
     p = -0.5 * kva - 3.0 * (kva > 0)
-    v, sc = _measured(study, p)
+    v, sc = measured(study, p)
     slope = np.where(v > 1.0, 0.44 * kva / 0.05, 0.0)
     for loop in (None, slope):
         ca, pa, ea, ra = _decisions(grp, study, v, sc, p, kva, loop)

@@ -12,14 +12,12 @@ shared points run in process with its conservation checks.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
 import tecosim
 from federates.common.config import load_config
-from federates.common.messages import DsoView, Scada
+from federates.common.messages import DsoView
 from federates.controllers.demand_response import DemandResponse
 from federates.controllers.dso import (
     POLICIES,
@@ -30,33 +28,23 @@ from federates.controllers.dso import (
     violated_constraints,
 )
 from federates.controllers.load_limit import LoadLimiter
-from federates.feeder.opendss import OpenDSSFeeder
 from federates.feeder.sensitivity import Sensitivities, compute_sensitivities
 from federates.prosumers.agents import inverter_kva_of
 from runner.launch import prepare_run
 from tests.conftest import DEFAULT, REPO
+from tests.feeder.sensitivity_cases import MATRICES, dense_of, feeder_of, limits_at, measured
 
 CONFIGS = REPO / "configs"
 
 pytestmark = pytest.mark.feeder
 
 DIRECT = ["prosumers.pv_share=1.0", "feeder.customer_connection.kind=direct"]
-MATRICES = ("dv_pu_per_kw", "dv_pu_per_kvar", "dloading_pct_per_kw", "dflow_kw_per_kw", "dvuf_pct_per_kw")
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     cfg = load_config(DEFAULT, DIRECT)
     return prepare_run(cfg, tmp_path_factory.mktemp("points"))
-
-
-def feeder_of(study, convergence: float | None = None) -> OpenDSSFeeder:
-    f = OpenDSSFeeder(study.master)
-    f.attach_customers(study.sites, study.cfg.feeder.customer_connection)
-    if convergence is not None:  # the solver's own tolerance out of the comparison
-        f._dss.Solution.Convergence(convergence)
-        f._dss.Solution.MaxIterations(100)
-    return f
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +54,6 @@ def models(study):
     pts = compute_sensitivities(feeder_of(study, 1e-10), kva)
     per = compute_sensitivities(feeder_of(study, 1e-10), kva, per_customer=True)
     return pts, per
-
-
-def dense_of(sens: Sensitivities) -> Sensitivities:
-    """The point model expanded to per-customer arrays (``E A E^T``, ``B E^T``), no points."""
-    return replace(sens, point_of=None,
-                   **{m: getattr(sens, f"customer_{m}").dense() for m in MATRICES},
-                   dsource_kw_per_kw=sens.customer_dsource_kw_per_kw)
 
 
 def test_customers_on_the_same_bus_node_share_a_point(study):
@@ -145,17 +126,6 @@ def test_closed_loop_push_through_is_the_n_by_n_formula(models):
     assert np.abs(full - s_p).max() > 0.1 * np.abs(s_p).max()  # the loop matters here
 
 
-def _measured(study, p_kw):
-    """Customer voltages and the SCADA view of one solve at ``p_kw`` [kW]."""
-    f = feeder_of(study)
-    f.set_customer_powers(p_kw, np.zeros_like(p_kw))
-    f.solve(controls=False)
-    _, loading = f.element_loading_pct()
-    _, flow = f.element_p_kw()
-    _, vuf = f.vuf_pct()
-    return f.customer_v_pu(), Scada(loading, flow, vuf, f.source_pq()[0])
-
-
 def test_dso_decisions_on_points_are_those_on_the_dense_model(study, models):
     """Curtailment (every policy), envelopes (open and closed loop), grid constraints:
     the same on the point model and on its expanded arrays. Reliefs and row
@@ -165,13 +135,8 @@ def test_dso_decisions_on_points_are_those_on_the_dense_model(study, models):
     dense = dense_of(pts)
     kva = inverter_kva_of(study.cfg, study.sites)
     p = -0.5 * kva - 3.0 * (kva > 0)  # a high-export point: over-voltage, reverse flow
-    v, sc = _measured(study, p)
-    v_max = float(np.quantile(v, 0.5))  # half the customers over it
-    thermal = float(np.nanquantile(sc.loading_pct[sc.p_kw < 0], 0.5)) if (sc.p_kw < 0).any() else None
-    kw = dict(v_pu=v, loading_pct=sc.loading_pct, flow_kw=sc.p_kw, vuf_pct=sc.vuf_pct,
-              source_p_kw=sc.source_p_kw, v_max_pu=v_max, margin_pu=0.002, thermal_max_pct=thermal,
-              thermal_margin_pct=1.0, vuf_max_pct=float(np.nanmax(sc.vuf_pct)) * 0.5, vuf_margin_pct=0.05,
-              export_max_kw=None)
+    v, sc = measured(study, p)
+    kw, env_kw = limits_at(v, sc, p, kva)
     ca, cb = violated_constraints(pts, **kw), violated_constraints(dense, **kw)
     assert len(ca) == len(cb) and {c.limit for c in ca} >= {"v_max", "vuf"}
     for a, b in zip(ca, cb, strict=True):
@@ -186,11 +151,6 @@ def test_dso_decisions_on_points_are_those_on_the_dense_model(study, models):
         assert pa.limit == pb.limit and pa.element == pb.element
 
     slope = np.where(v > 1.0, -0.44 * kva / 0.05, 0.0)
-    # headroom for more export at some customers, none at others
-    env_kw = dict(v_pu=v, p_kw=p, inverter_kva=kva, import_cap_kw=np.full(kva.size, 8.0),
-                  v_min_pu=float(v.min()) - 0.01, v_max_pu=float(np.quantile(v, 0.9)), margin_pu=0.002,
-                  loading_pct=sc.loading_pct, flow_kw=sc.p_kw, thermal_max_pct=100.0,
-                  source_p_kw=sc.source_p_kw, export_max_kw=200.0, import_max_kw=sc.source_p_kw + 100.0)
     point = dict(zip(pts.participants, pts.point_of.tolist(), strict=True))
 
     def at_point(names: list[str]) -> list[str]:
@@ -225,7 +185,7 @@ def test_demand_response_and_load_limits_on_points_are_those_on_the_dense_model(
     dense = dense_of(pts)
     n = len(pts.participants)
     p = np.full(n, 6.0)  # every customer importing
-    v, sc = _measured(study, p)
+    v, sc = measured(study, p)
     v_min = float(np.quantile(v, 0.5)) + 0.005  # half the customers under the floor
     thermal = float(np.nanquantile(sc.loading_pct[sc.p_kw > 0], 0.8))
     view = DsoView(step=0, rounds=0, may_act=True, v_pu=v, p_kw=p, scada=sc)
