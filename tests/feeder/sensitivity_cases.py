@@ -63,3 +63,23 @@ def limits_at(v: np.ndarray, sc: Scada, p_kw: np.ndarray, kva: np.ndarray) -> tu
                loading_pct=sc.loading_pct, flow_kw=sc.p_kw, thermal_max_pct=100.0,
                source_p_kw=sc.source_p_kw, export_max_kw=200.0, import_max_kw=sc.source_p_kw + 100.0)
     return cons, env
+
+
+def weak_grid_hour(out, **overrides):
+    """The very weak synthetic grid with the DSO's envelopes, 1 h around noon in
+    process, run with ``overrides``: checked to end ok with no broken conservation
+    check, its model's npz open for the caller's checks, and some envelope bound by
+    the model. Returns (run, the npz's arrays as a dict)."""
+    import tecosim
+    from tests.conftest import REPO
+
+    run = tecosim.run(REPO / "configs" / "very_weak_grid.yaml", engine="in_process", out=out,
+                      overrides={"study.start": "2026-06-21T11:00:00-04:00", "study.duration": "1h",
+                                 "market.network_aware": "envelopes", **overrides})
+    assert run.status == "ok"
+    assert run.manifest["summary"]["conservation_broken"] == 0
+    env = run.table("dso_envelopes")
+    assert len(env) and (env["binding"] != "").any()  # the DSO's model bound some envelope
+    with np.load(run.path / "sensitivities.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    return run, arrays

@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import tecosim
 from federates.common.config import load_config
 from federates.controllers.dso import (
     POLICIES,
@@ -37,7 +36,14 @@ from federates.feeder.sensitivity import (
 from federates.prosumers.agents import inverter_kva_of
 from runner.launch import prepare_run
 from tests.conftest import DEFAULT, REPO
-from tests.feeder.sensitivity_cases import MATRICES, dense_of, feeder_of, limits_at, measured
+from tests.feeder.sensitivity_cases import (
+    MATRICES,
+    dense_of,
+    feeder_of,
+    limits_at,
+    measured,
+    weak_grid_hour,
+)
 
 CONFIGS = REPO / "configs"
 
@@ -240,17 +246,9 @@ def test_a_study_on_the_grouped_model_runs_and_conserves(tmp_path):
     with the grouped model and the DSO's envelopes, 1 h around noon in process: the run
     ends ok, its live and post-run conservation checks hold, the saved model is grouped
     and it bound some envelopes."""
-    run = tecosim.run(CONFIGS / "very_weak_grid.yaml", engine="in_process", out=tmp_path / "run",
-                      overrides={"study.start": "2026-06-21T11:00:00-04:00", "study.duration": "1h",
-                                 "controllers.sensitivities": "grouped",
-                                 "market.network_aware": "envelopes"})
-    assert run.status == "ok"
-    assert run.manifest["summary"]["conservation_broken"] == 0
-    with np.load(run.path / "sensitivities.npz") as z:
-        assert z["dv_pu_per_kw"].shape[0] < z["point_of"].size and "own_dv_pu_per_kw" in z.files
-        # the manifest says which model was built (what ``auto`` would have chosen is not in the config)
-        assert run.manifest["sensitivities"] == {
-            "model": "grouped", "customers": int(z["point_of"].size), "points": int(z["dv_pu_per_kw"].shape[0]),
-            "file_mb": round((run.path / "sensitivities.npz").stat().st_size / 1e6, 1)}
-    env = run.table("dso_envelopes")
-    assert len(env) and (env["binding"] != "").any()
+    run, z = weak_grid_hour(tmp_path / "run", **{"controllers.sensitivities": "grouped"})
+    assert z["dv_pu_per_kw"].shape[0] < z["point_of"].size and "own_dv_pu_per_kw" in z
+    # the manifest says which model was built (what ``auto`` would have chosen is not in the config)
+    assert run.manifest["sensitivities"] == {
+        "model": "grouped", "customers": int(z["point_of"].size), "points": int(z["dv_pu_per_kw"].shape[0]),
+        "file_mb": round((run.path / "sensitivities.npz").stat().st_size / 1e6, 1)}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import tecosim
 from federates.common.config import load_config
 from federates.common.messages import DsoView
 from federates.controllers.demand_response import DemandResponse
@@ -32,7 +31,14 @@ from federates.feeder.sensitivity import Sensitivities, compute_sensitivities
 from federates.prosumers.agents import inverter_kva_of
 from runner.launch import prepare_run
 from tests.conftest import DEFAULT, REPO
-from tests.feeder.sensitivity_cases import MATRICES, dense_of, feeder_of, limits_at, measured
+from tests.feeder.sensitivity_cases import (
+    MATRICES,
+    dense_of,
+    feeder_of,
+    limits_at,
+    measured,
+    weak_grid_hour,
+)
 
 CONFIGS = REPO / "configs"
 
@@ -216,13 +222,6 @@ def test_a_study_with_shared_points_runs_and_conserves(tmp_path):
     points), the DSO's envelopes, 1 h around noon in process (about 1 s): the run ends
     ok, its live and post-run conservation checks hold, and the point model bound some
     envelopes."""
-    run = tecosim.run(CONFIGS / "very_weak_grid.yaml", engine="in_process", out=tmp_path / "run",
-                      overrides={"study.start": "2026-06-21T11:00:00-04:00", "study.duration": "1h",
-                                 "feeder.customer_connection.kind": "direct",
-                                 "market.network_aware": "envelopes"})
-    assert run.status == "ok"
-    assert run.manifest["summary"]["conservation_broken"] == 0
-    with np.load(run.path / "sensitivities.npz") as z:
-        assert z["dv_pu_per_kw"].shape[0] < z["point_of"].size  # shared points
-    env = run.table("dso_envelopes")
-    assert len(env) and (env["binding"] != "").any()  # the DSO's model bound some envelope
+    run, z = weak_grid_hour(tmp_path / "run", **{"feeder.customer_connection.kind": "direct"})
+    assert z["dv_pu_per_kw"].shape[0] < z["point_of"].size  # shared points
+    assert run.manifest["sensitivities"]["model"] == "points"
