@@ -35,7 +35,7 @@ from federates.feeder.sensitivity import (
 )
 from federates.prosumers.agents import inverter_kva_of
 from runner.launch import prepare_run
-from tests.conftest import DEFAULT, REPO
+from tests.conftest import DEFAULT
 from tests.feeder.sensitivity_cases import (
     MATRICES,
     dense_of,
@@ -44,8 +44,6 @@ from tests.feeder.sensitivity_cases import (
     measured,
     weak_grid_hour,
 )
-
-CONFIGS = REPO / "configs"
 
 pytestmark = pytest.mark.feeder
 

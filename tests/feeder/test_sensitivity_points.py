@@ -30,7 +30,7 @@ from federates.controllers.load_limit import LoadLimiter
 from federates.feeder.sensitivity import Sensitivities, compute_sensitivities
 from federates.prosumers.agents import inverter_kva_of
 from runner.launch import prepare_run
-from tests.conftest import DEFAULT, REPO
+from tests.conftest import DEFAULT
 from tests.feeder.sensitivity_cases import (
     MATRICES,
     dense_of,
@@ -39,8 +39,6 @@ from tests.feeder.sensitivity_cases import (
     measured,
     weak_grid_hour,
 )
-
-CONFIGS = REPO / "configs"
 
 pytestmark = pytest.mark.feeder
 
