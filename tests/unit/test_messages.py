@@ -79,21 +79,22 @@ def _field_values(cls, seed: int) -> list:
 
 
 def test_maker_objects_are_the_dataclass_own_bit_for_bit():
-    """messages.maker (the fast constructor without __init__) gives what the dataclass's
+    """rows.maker (the fast constructor without __init__: decoded messages, Rows) gives what the dataclass's
     __init__ gives: same type, fields, ==, hash, repr, asdict, replace, still frozen;
     refuses a class with __post_init__ (whose checks it would skip)."""
     import dataclasses
 
     from federates.common import messages as m
+    from federates.common.rows import maker
 
     for cls in m._KINDS.values():
         if hasattr(cls, "__post_init__"):
             with pytest.raises(ValueError, match="__post_init__"):
-                m.maker(cls)
+                maker(cls)
             continue
         for seed in range(3):
             values = _field_values(cls, seed)
-            fast, slow = m.maker(cls)(*values), cls(*values)
+            fast, slow = maker(cls)(*values), cls(*values)
             assert type(fast) is cls and fast == slow and repr(fast) == repr(slow), cls
             assert vars(fast) == vars(slow) and list(vars(fast)) == list(vars(slow))
             assert dataclasses.asdict(fast) == dataclasses.asdict(slow)
