@@ -542,51 +542,49 @@ VIOLATION_KINDS = [("violation_min", "voltage"), ("thermal_violation_min", "ther
 
 
 def _violation_bars(runs: Sequence[RunData], labels: Sequence[str], styles: list[dict[str, Any]]):
-    from runner.html import Figure
-
-    kinds = VIOLATION_KINDS
-    title = "Violation minutes before and after control"
-    fig, ax = _new_axes(title, "violation time [min]")
-    n = len(runs)
-    width = 0.8 / max(1, n)
-    x = np.arange(2 * len(kinds))
-    for i, (r, lab, st) in enumerate(zip(runs, labels, styles, strict=True)):
-        y = [_number(r.summary.get(f"{key}_{when}")) for key, _ in kinds for when in ("before", "after")]
-        ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(y), width, label=lab, color=st["color"])
-    ax.set_xticks(x, [f"{name}\n{when}" for _, name in kinds for when in ("before", "after")])
-    ax.set_xlabel("limit, before / after control [-]")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize="small" if n <= 6 else "x-small")
-    return Figure("violations", title, _png(fig),
-                  "Minutes with at least one violation of each limit, in the uncontrolled solve "
-                  "(before) and after control.")
+    """The violation minutes of each run."""
+    return _violation_figure([(lab, _violation_minutes(r), None) for r, lab in zip(runs, labels, strict=True)],
+                             styles, "")
 
 
 def _violation_bars_ci(groups: list[tuple[str, list[RunData]]], styles: list[dict[str, Any]]):
     """The violation minutes per seed group: the mean over its runs, the 95 % t interval
     of the mean as error bars."""
     from runner.confidence import t_interval
+
+    bars = []
+    for lab, runs in groups:
+        ivs = [t_interval(list(col)) for col in zip(*map(_violation_minutes, runs), strict=True)]
+        bars.append((f"{lab} (mean of {len(runs)})", [iv.mean for iv in ivs], [iv.half_width for iv in ivs]))
+    return _violation_figure(bars, styles, ": the mean over each group's runs (seeds); error bars: the 95 % "
+                             "confidence interval of that mean, mean ± t(0.975, n-1) · s/√n (none for one run)")
+
+
+def _violation_minutes(r: RunData) -> list[float]:
+    """A run's minutes with a violation of each kind, before then after control."""
+    return [_number(r.summary.get(f"{key}_{when}")) for key, _ in VIOLATION_KINDS for when in ("before", "after")]
+
+
+def _violation_figure(bars: list[tuple[str, list[float], list[float] | None]],
+                      styles: list[dict[str, Any]], caption_more: str):
+    """One bar per (label, minutes, error bar half-widths or None) and kind, before / after."""
     from runner.html import Figure
 
     title = "Violation minutes before and after control"
     fig, ax = _new_axes(title, "violation time [min]")
-    n = len(groups)
+    n = len(bars)
     width = 0.8 / max(1, n)
     x = np.arange(2 * len(VIOLATION_KINDS))
-    for i, ((lab, runs), st) in enumerate(zip(groups, styles, strict=True)):
-        ivs = [t_interval([_number(r.summary.get(f"{key}_{when}")) for r in runs])
-               for key, _ in VIOLATION_KINDS for when in ("before", "after")]
-        ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num([iv.mean for iv in ivs]), width,
-               yerr=np.nan_to_num([iv.half_width for iv in ivs]), capsize=3, label=f"{lab} (mean of {len(runs)})",
-               color=st["color"])
+    for i, ((lab, y, err), st) in enumerate(zip(bars, styles, strict=True)):
+        extra = {} if err is None else {"yerr": np.nan_to_num(err), "capsize": 3}
+        ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(y), width, label=lab, color=st["color"], **extra)
     ax.set_xticks(x, [f"{name}\n{when}" for _, name in VIOLATION_KINDS for when in ("before", "after")])
     ax.set_xlabel("limit, before / after control [-]")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize="small" if n <= 6 else "x-small")
     return Figure("violations", title, _png(fig),
                   "Minutes with at least one violation of each limit, in the uncontrolled solve "
-                  "(before) and after control: the mean over each group's runs (seeds); error bars: the 95 % "
-                  "confidence interval of that mean, mean ± t(0.975, n-1) · s/√n (none for one run).")
+                  f"(before) and after control{caption_more}.")
 
 
 # ---------------------------------------------------------------------------- page
