@@ -146,13 +146,6 @@ class Rows(Sequence[T], Generic[T]):
         col = self.columns[name]
         return [col.value] * self.n if isinstance(col, Same) else col
 
-    def same(self, name: str) -> Any:
-        """The one value of a ``Same`` column (KeyError for another column)."""
-        col = self.columns[name]
-        if not isinstance(col, Same):
-            raise KeyError(f"column {name!r} has a value per row")
-        return col.value
-
     def with_columns(self, **changes: Sequence[Any] | Same) -> Rows:
         """These rows with the columns ``changes`` replaced (the others shared)."""
         unknown = set(changes) - set(self.columns)

@@ -47,9 +47,7 @@ def test_columns_change_without_objects():
     rows = _rows()
     priced = rows.with_columns(price_usd_per_kwh=Same(0.3))
     assert priced == [replace(t, price_usd_per_kwh=0.3) for t in WANT] and rows == WANT
-    assert priced.column("price_usd_per_kwh") == [0.3, 0.3] and priced.same("price_usd_per_kwh") == 0.3
-    with pytest.raises(KeyError):
-        priced.same("seller")
+    assert priced.column("price_usd_per_kwh") == [0.3, 0.3]
     assert Rows.of(Trade, WANT) == WANT and Rows.of(Trade, rows) is rows
     assert list(rows.tuples()) == [tuple(vars(t).values()) for t in WANT]
 
