@@ -166,6 +166,25 @@ def test_exact_ints_round_trip():
     assert fastbook.to_float(total, e) == float(sum(__import__("fractions").Fraction(v) for v in x))
 
 
+@pytest.mark.parametrize("xs", [
+    [], [0.0, 0.0], [0.1, 3.0, 2.5e-7], [-0.26, 0.0, 0.08, -0.0, 1e-9],
+    [5e-324, 1.0], [1e-300, 1e300],  # a spread ldexp cannot scale: the exact ratios
+    [2.0**60, 2.0**70, 3.0 * 2.0**80],  # every value a multiple of 2**60: a positive unit
+])
+def test_small_books_exact_integers(xs):
+    """``_scaled`` (floats -> exact integers in one unit) and ``_floats`` (back, each
+    correctly rounded) of the small-book path, against ``fractions.Fraction``: the
+    integers are the floats exactly, and their sums come back as float(Fraction sum)."""
+    from fractions import Fraction
+
+    n, e = fastbook._scaled(xs)
+    assert [Fraction(v) * Fraction(2) ** e for v in n] == [Fraction(x) for x in xs]
+    assert fastbook._floats(n, e) == xs
+    sums = [n[i] + n[j] for i in range(len(n)) for j in range(i, len(n))]
+    want = [float(Fraction(xs[i]) + Fraction(xs[j])) for i in range(len(xs)) for j in range(i, len(xs))]
+    assert fastbook._floats(sums, e) == want
+
+
 def test_fast_objects_equal_constructed_ones():
     from dataclasses import asdict, replace
 
