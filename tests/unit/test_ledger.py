@@ -28,6 +28,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from federates.common.messages import GRID, CurtailmentNotice, Order, Trade
 from federates.market.ledger import (
@@ -163,6 +165,37 @@ def test_bid_keeps_the_participants_signature() -> None:
     assert rec["signatures"] == [bytes.fromhex(order.signature)]
     assert "signature" not in rec["body"]
 
+
+
+_ids = st.one_of(st.sampled_from(["p001", "", "650.1", "a"]), st.text(max_size=6),
+                 st.integers(0, 3), st.none())
+_numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5),
+                     st.sampled_from([0.0, -0.0, 1e-300, 1.5, 1e300]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(participant=_ids, side=st.one_of(st.sampled_from(["buy", "sell"]), _ids),
+       interval=st.one_of(st.integers(0, 10**6), st.booleans(), st.floats(0, 99)),
+       energy=_numbers, price=_numbers, bus=_ids, phase=_ids, community=_ids,
+       backstop=st.one_of(st.booleans(), st.sampled_from([0, 1, None, ""])))
+def test_bid_payload_spelled_out_as_canonical_json(participant, side, interval, energy, price,
+                                                   bus, phase, community, backstop) -> None:
+    """The bid payload spelled out (``_bid_payload``, what orders are signed and
+    verified over) is ``record_payload``'s canonical JSON byte for byte, and raises
+    where it raises (NaN, infinity), for any field values an Order may carry."""
+    import federates.market.ledger as L
+
+    order = Order(participant, side, interval, energy, price, bus=bus, phase=phase,  # type: ignore[arg-type]
+                  community=community, signature="ab", backstop=backstop)  # type: ignore[arg-type]
+    body = L._order_body(order)
+    del body["signature"]
+    try:
+        want = record_payload("bid", int(interval), body)
+    except ValueError:  # NaN or infinity: not JSON
+        with pytest.raises(ValueError):
+            L._bid_payload(body)
+        return
+    assert L._bid_payload(body) == want
 
 def test_valid_ledger_verifies(ledger_path: Path) -> None:
     res = verify_ledger(ledger_path)
