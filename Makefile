@@ -28,7 +28,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not federation and not feeder and not slow and not benchmark"
 
 # both engines on the default study beside their floors, K prosumer federates, market; writes BENCHMARKS.md
-# (~15 min on 2 cores); BENCH_ARGS e.g. "--repeat 1 --duration 2h --k ''" for a quick look
+# (~2.5 min on 2 cores); BENCH_ARGS e.g. "--repeat 1 --duration 2h --k ''" for a quick look
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
