@@ -307,6 +307,21 @@ def bench_role(repeat: int, n: int = 40) -> None:
     emit("role/ed25519", f"  Ed25519 floor: {n_verify:.1f} verifies x {t_verify / 200 * 1e6:.0f} us + "
          f"{n_sign:.1f} signs x {t_sign / 200 * 1e6:.0f} us = {floor * 1e3:.2f} ms per market time",
          floor_ms=floor * 1e3)
+    # the verify step's own floor: the day's checks and nothing else (payloads made
+    # beforehand) on the signature threads as verify runs them, against the same checks
+    # split evenly over the CPUs (what threads without a GIL would give)
+    from federates.market.ledger import _order_payload, _parallel_map, _verify_pool
+
+    ring = KeyRing.from_seed(7, names)  # synthetic_day's keys
+    books = [[(o.participant, _order_payload(o), bytes.fromhex(o.signature)) for o in orders]
+             for _, orders, _, _ in day if orders]
+    t_threads, ok = best_of(lambda: [_parallel_map(lambda a: ring.verify_bytes(*a), b) for b in books], repeat)
+    assert all(all(x) for x in ok)
+    cpus = _verify_pool()[1]
+    emit("role/checks", f"  the checks alone: {t_threads / m * 1e3:.2f} ms per market time on {cpus} signature "
+         f"threads (verify's floor here; evenly over {cpus} CPUs: "
+         f"{n_verify * t_verify / 200 / cpus * 1e3:.2f} ms)",
+         threads_ms=t_threads / m * 1e3, even_ms=n_verify * t_verify / 200 / cpus * 1e3)
 
 
 def bench_admm(repeat: int, reference: bool = True) -> None:

@@ -588,7 +588,16 @@ def market_targets(results: list[dict]) -> list[str]:
     row("P2P ADMM of 1000 orders (wall)", "admm", "wall_s", 5.0, "s", ".2f")
     if not rows:
         return []
-    return ["| target | this run | |", "|:--|--:|:--|", *rows, ""]
+    notes = []
+    if "role/vcr" in by and "role/checks" in by:
+        c, r = by["role/checks"], by["role"]
+        notes = [f"- The ~40-order figure beside its floor: of its {by['role/vcr']['wall_ms']:.2f} ms, verify takes "
+                 f"{r.get('verify_ms', 0.0):.2f} ms, and the same signature checks with nothing else take "
+                 f"{c['threads_ms']:.2f} ms on the signature threads ({c['even_ms']:.2f} ms if they were split "
+                 f"evenly over the CPUs, which one process's threads are not: CPython's GIL is handed over "
+                 f"around each check); clear {r.get('clear_ms', 0.0):.2f} ms, record {r.get('record_ms', 0.0):.2f} ms.",
+                 ""]
+    return ["| target | this run | |", "|:--|--:|:--|", *rows, "", *notes]
 
 
 def market_section(m: dict | None) -> list[str]:
