@@ -684,18 +684,13 @@ def clear_small(orders: list[Order], *, interval: int, retail_usd_per_kwh: float
     prices = [uniform] * len(groups_l) if pricing == "uniform" else [g[3] for g in groups_l]
     pb, ps, gb, gs = _floats(pb_n, e), _floats(ps_n, e), _floats(gb_n, e), _floats(gs_n, e)
     # the unmatched energy with the utility: purchases at retail, then sales at feed-in
-    for p, x in zip(names, gb, strict=True):
-        if x > 0:
-            sellers.append(GRID)
-            buyers.append(p)
-            energy.append(x)
-            prices.append(retail)
-    for p, x in zip(names, gs, strict=True):
-        if x > 0:
-            sellers.append(p)
-            buyers.append(GRID)
-            energy.append(x)
-            prices.append(feed_in)
+    for left_kwh, buy, price_usd in ((gb, True, retail), (gs, False, feed_in)):
+        for p, x in zip(names, left_kwh, strict=True):
+            if x > 0:
+                sellers.append(GRID if buy else p)
+                buyers.append(p if buy else GRID)
+                energy.append(x)
+                prices.append(price_usd)
     sched = _floats([a + c - b - d for a, b, c, d in zip(pb_n, ps_n, gb_n, gs_n, strict=True)], e)
     # welfare: filled energy x submitted price, exact, rounded once
     nb_touched = nb_full + (nb_full < n_b and volume > 0 and b_left[nb_full] < bq[nb_full])
