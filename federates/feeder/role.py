@@ -5,7 +5,8 @@ Each step ``g``:
 
 1. :meth:`FeederRole.begin_step` applies the requested net power of every prosumer
    (market schedule + real deviation), solves once *uncontrolled* (OpenDSS controls
-   off, inverter q = 0, no export caps: the voltages "before control"), then
+   off, inverter q = 0, no export caps: the voltages "before control", with the
+   regulator taps and capacitor states the previous step left), then
    *controlled* (regulators/capacitors act; each prosumer's present inverter q and
    export cap applied), and lets the customers' inverters settle (IEEE 1547 Volt-VAR
    and Volt-Watt, :mod:`federates.feeder.inverters`; one re-solve per round). It
@@ -16,6 +17,12 @@ Each step ``g``:
    the inverters settle again and returns the new Measurement (None when the DSO had
    nothing to do or the step used up its rounds); the last solve of a step is what
    the tables keep.
+
+The first step of a run has no previous step: its powers are solved once *controlled*
+first (a warm start, as a feeder that has been regulating before the study began), so
+that its "before control" voltages are not those of whatever tap positions the model
+was compiled with. An official model whose master solves at peak load (IEEE 8500) would
+otherwise show every customer near 1.2 pu before control at midnight.
 
 Besides customer voltages and the grid row, the final controlled solve of each step
 records the ``feeder.lines_top_n`` most loaded Lines and Transformers (loading [%]
@@ -201,6 +208,7 @@ class FeederRole:
         self._nc_level = 0  # curtail retry level of the step in progress (0 = unlimited)
         self._nc_rows: list[tuple] = []
         self._last_good: int | None = None  # last step with a complete record (for hold)
+        self._warm = False  # the controls settled to the first step's powers (begin_step)
         self._step_scada: Scada | None = None  # SCADA of the last recorded solve
         self._good_scada: Scada | None = None  # ... of step _last_good (hold returns it)
 
@@ -693,6 +701,10 @@ class FeederRole:
             self.feeder.set_customer_powers(self._shed(np.maximum(self._requested, 0.0) if self._nc_level
                                                        else self._requested), np.zeros(self._n))
 
+        if not self._warm:  # the first step: regulators and capacitors settle to it first
+            self._warm = True
+            if not self._solve(g, True, set_powers):
+                return self._settle(g, self._hold(g))
         if not self._solve(g, False, set_powers):
             return self._settle(g, self._hold(g))
         rec, r = self._rec, self._rec.row(g)
