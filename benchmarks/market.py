@@ -263,11 +263,12 @@ def bench_role(repeat: int, n: int = 40) -> None:
             from federates.market.role import MarketRole
 
             role = MarketRole(study_config(), names, Path(tmp) / "ledger.zst")
-            with (_timed(role_mod, "verified_bid_records", acc, "verify", acc_cpu),
+            with (_timed(role_mod, "verified_bids", acc, "verify", acc_cpu),
                   _timed(role, "_cleared", acc, "clear", acc_cpu),  # the mechanism, trade ids, prices
                   _timed(role, "_record_clearing", acc, "record", acc_cpu),
                   _timed(role_mod, "settle_interval", acc, "settle", acc_cpu),
-                  _timed(role, "_seal", acc, "ledger", acc_cpu)):
+                  _timed(role, "_seal", acc, "ledger", acc_cpu),
+                  _timed(role_mod, "bid_record_of", acc, "ledger", acc_cpu)):  # made with the books
                 t0, c0 = time.perf_counter(), time.process_time()
                 for k, orders, energies, notices in day:
                     role.on_market_time(k, orders, energies, notices)

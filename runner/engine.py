@@ -193,6 +193,7 @@ class _Engine:
                                          deliveries=self.deliveries)
         if out is None:  # the distributed P2P clearing (market.mechanism admm_distributed)
             out = self._admm_rounds(k)
+        self.market.keep_books()  # the federate keeps them while the feeder plays k
         self.confirmations, self.schedule_p_kw = out.confirmations, out.schedule_p_kw
         # the inverters hold the export envelopes: the DSO's, or what the constrained clearing accepted
         self.inverter_envelopes = self.envelopes if out.inverter_envelopes is None else out.inverter_envelopes

@@ -56,6 +56,9 @@ Every federate is uninterruptible (granted exactly the times it asks for), and e
 exchange is a sender's time followed by a receiver's strictly later one. A federate
 wakes only when it has something to do: the feeder and the DSO once per interval and
 once per view, the prosumers, meters and market once or twice per market interval.
+A federate may work while its next time request is pending (``Door.later``): the
+market keeps its books (the settlement of k-1, the ledger's blocks) while the feeder
+plays k.
 (A DSO woken by the view itself, an interruptible HELICS federate, was tried first:
 with HELICS 3.6.1 the federation deadlocked at time 0 in a run with a delay filter on
 the bids (comms.latency_s), every federate waiting for a grant.)

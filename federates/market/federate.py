@@ -107,8 +107,10 @@ def run(study: Study, broker: str, log: logging.Logger, sink):
                 out = link.admm(k, role, tl)
             if k < tl.n_intervals:
                 link.send(k, out)
+                # the books (settlement of k-1, records, ledger blocks) while the feeder plays k
+                link.door.later(role.keep_books)
                 if drain_due(tl, k, every):
-                    drain_into(sink, role)
+                    link.door.later(lambda: drain_into(sink, role))
     except ConservationError as e:
         stop_federate("market", log, sink, e)
     finally:

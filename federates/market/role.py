@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -47,12 +48,13 @@ from federates.market.ledger import (
     LEDGER_FILE,
     KeyRing,
     Ledger,
+    bid_record_of,
     block_float_columns,
     curtailment_record,
     make_record,
     settlement_record,
     trade_record,
-    verified_bid_records,
+    verified_bids,
 )
 from federates.market.mechanisms import MECHANISMS
 from federates.market.p2p import build_book, electrical_distance_charges
@@ -271,6 +273,8 @@ class MarketRole:
         self._tariff_rows: list[int] = []  # intervals cleared, for the ``tariff`` table
         self._last_k: int | None = None
         self._pending: dict[int, ClearingResult] = {}
+        #: the book-keeping a market time leaves for :meth:`keep_books` (closures, in order)
+        self._books_due: list = []
         self._bids: list[dict] = []
         self._trades: list[dict] = []
         self._clearing: list[dict] = []
@@ -369,11 +373,15 @@ class MarketRole:
         if self._admm is not None:
             raise RuntimeError(f"market time k={k}: the distributed clearing of {self._admm.k} is not over")
 
+        self.keep_books()  # what the last market time left, if nobody kept it yet
         # the ledger gets two blocks per market time: the closing block of k-1
-        # (curtailments, settlements) and the opening block of k (bids, trades)
+        # (curtailments, settlements) and the opening block of k (bids, trades); both
+        # are left to keep_books, once the confirmations of k are out
         if k >= 1:
-            self._close_interval(k - 1, energies, notices, losses or [], deliveries or [])
+            self._books_due.append(partial(self._close_interval, k - 1, energies, notices, losses or [],
+                                           deliveries or []))
         if k == n:
+            self.keep_books()
             if self._ledger is not None:
                 self._ledger.close()
             return MarketTime([], np.zeros(len(self.participants), dtype=float), None)
@@ -397,8 +405,21 @@ class MarketRole:
             return requests, None
         self._admm = None
         self._admm_rows.append(admm.row)
-        result = self._finish_open(k, self._numbered_result(admm.result), *self._admm_open)
+        result = self._numbered_result(admm.result)
+        self._finish_open(k, result, *self._admm_open)
         return [], self._market_time_out(result, self._admm_open[-1], self._admm_constraints)
+
+    def keep_books(self) -> None:
+        """The book-keeping of the last market time, which :meth:`on_market_time` (and
+        :meth:`admm_round`) leave so that the confirmations and the schedule go out
+        first: the settlement of k-1 and its closing block (with the live money and
+        ledger checks), then the records of k's clearing and its opening block. Nothing
+        the clearing of k returns depends on it. The federate keeps the books while it
+        waits for its next time (``Door.later``), in parallel with the feeder's steps;
+        the in-process engine right after the market time. The next market time,
+        :meth:`drain_tables` and :meth:`tables` keep what is still due first, in order."""
+        while self._books_due:
+            self._books_due.pop(0)()
 
     def _market_time_out(self, result: ClearingResult, env_k: list[OperatingEnvelope],
                          constrained: bool) -> MarketTime:
@@ -452,12 +473,11 @@ class MarketRole:
         rows: list[tuple[Order, float, str]] = [
             (o, 0.0, CUT_LATE if o.interval < k else CUT_WRONG_INTERVAL) for o in orders if o.interval != k]
         late = len(orders) - len(raw)
-        raw, unsigned, bid_records = self._signed(raw)
+        raw, unsigned, verified = self._signed(raw)
         self._rejected = len(unsigned)
         rows += [(o, 0.0, CUT_SIGNATURE) for o in unsigned]
         mine, accepted, reason, env_k = self._admitted(k, raw, envelopes, constraints)
         rows += [(o, a, why) for o, a, why in zip(raw, accepted, reason, strict=True)]
-        self._envelopes.extend(dict(vars(e)) for e in env_k)
         self._clipped_kwh = float(sum(o.energy_kwh for o in raw) - sum(o.energy_kwh for o in mine))
         if self._admm_max_iterations is not None:
             self._admm = AdmmCoordinator(
@@ -465,35 +485,51 @@ class MarketRole:
                            feed_in_usd_per_kwh=self.tariff.feed_in(k), **self._charges(mine)),
                 comms=self._comms, seed=self.cfg.study.seed, max_iterations=self._admm_max_iterations,
                 patience=self.cfg.market.admm_patience_rounds)
-            self._admm_open = (rows, late, bid_records, env_k)
+            self._admm_open = (rows, late, verified, env_k)
             return None
-        return self._finish_open(k, self._cleared(k, mine), rows, late, bid_records, env_k), env_k
+        result = self._cleared(k, mine)
+        self._finish_open(k, result, rows, late, verified, env_k)
+        return result, env_k
 
     def _finish_open(self, k: int, result: ClearingResult, rows: list[tuple[Order, float, str]], late: int,
-                     bid_records: list[dict], env_k: list[OperatingEnvelope]) -> ClearingResult:
+                     verified: list[tuple[Order, tuple[bytes, bytes]]], env_k: list[OperatingEnvelope]) -> None:
         """The rest of :meth:`_open_interval` once ``k`` is cleared: keep the result for
-        the settlement, record the clearing, seal the opening block."""
+        the settlement; the clearing's records and its opening block left to
+        :meth:`keep_books`."""
         self._pending[k] = result
-        self._record_clearing(k, rows, result, late)
+        self._books_due.append(partial(self._book_opening, k, result, rows, late, verified, env_k,
+                                       self._rejected, self._clipped_kwh))
+
+    def _book_opening(self, k: int, result: ClearingResult, rows: list[tuple[Order, float, str]], late: int,
+                      verified: list[tuple[Order, tuple[bytes, bytes]]], env_k: list[OperatingEnvelope],
+                      rejected: int,
+                      clipped_kwh: float) -> None:
+        """Record the clearing of ``k`` (``rejected`` orders unsigned, ``clipped_kwh`` cut
+        by the envelopes) and the envelopes it used, and seal its opening block: the
+        bids, the envelopes, the trades."""
+        self._envelopes.extend(dict(vars(e)) for e in env_k)
+        self._record_clearing(k, rows, result, late, rejected, clipped_kwh)
         if self._keys is not None:
-            opening = bid_records  # the records of the payloads verified in _signed
+            # the bid records of the payloads verified in _signed
+            opening = [bid_record_of(o, payload, sig) for o, (payload, sig) in verified]
             opening += [make_record(self._keys, "envelope", k, e) for e in env_k]
             opening += [trade_record(self._keys, t) for t in result.trades]
             self._seal(k, opening)
-        return result
 
-    def _signed(self, orders: list[Order]) -> tuple[list[Order], list[Order], list[dict]]:
+    def _signed(self, orders: list[Order]
+                ) -> tuple[list[Order], list[Order], list[tuple[Order, tuple[bytes, bytes]]]]:
         """With a ledger only the orders their participant signed are cleared: ``(signed,
-        not signed, the bid records of the signed orders of known participants)``;
-        without one every order counts as signed."""
+        not signed, each signed order of a known participant with the payload and
+        signature checked)``, from which the books make its bid record; without one
+        every order counts as signed."""
         if self._keys is None:
             return orders, [], []
-        checked = verified_bid_records(self._keys, orders)
-        signed = [o for o, rec in zip(orders, checked, strict=True) if rec is not None]
-        unsigned = [o for o, rec in zip(orders, checked, strict=True) if rec is None]
-        records = [rec for o, rec in zip(orders, checked, strict=True)
-                   if rec is not None and o.participant in self._index]
-        return signed, unsigned, records
+        checked = verified_bids(self._keys, orders)
+        signed = [o for o, v in zip(orders, checked, strict=True) if v is not None]
+        unsigned = [o for o, v in zip(orders, checked, strict=True) if v is None]
+        verified = [(o, v) for o, v in zip(orders, checked, strict=True)
+                    if v is not None and o.participant in self._index]
+        return signed, unsigned, verified
 
     def _admitted(self, k: int, orders: list[Order], envelopes: list[OperatingEnvelope],
                   constraints: list[GridConstraint]
@@ -704,7 +740,7 @@ class MarketRole:
         return rows, cut_rows
 
     def _record_clearing(self, k: int, rows: list[tuple[Order, float, str]], r: ClearingResult,
-                         late: int) -> None:
+                         late: int, rejected: int, clipped_kwh: float) -> None:
         """``rows``: every order received at market time ``k`` as submitted, the energy
         accepted for clearing [kWh] and why it was cut (``CUT_REASONS``; "" = not cut)."""
         bids = sorted(rows, key=lambda x: (x[0].interval, x[0].participant, x[0].side,
@@ -729,15 +765,17 @@ class MarketRole:
             "unmatched_sell_kwh": r.unmatched_sell_kwh, "welfare_usd": r.welfare_usd,
             "n_bids": r.n_bids, "n_offers": r.n_offers, "late_orders": late,
             "iterations": r.iterations, "converged": r.converged,
-            "rejected_orders": self._rejected,
-            "envelope_clipped_kwh": self._clipped_kwh,
+            "rejected_orders": rejected,
+            "envelope_clipped_kwh": clipped_kwh,
         })
 
     def drain_tables(self) -> dict[str, pd.DataFrame]:
         """The rows recorded since the last drain, as :meth:`tables` gives them (same
         tables, columns and dtypes, in interval order), and forget them: a long study
         can stream its market tables to disk in chunks (e.g. one Parquet row group per
-        drain) with memory bounded by the rows of one chunk."""
+        drain) with memory bounded by the rows of one chunk. The books still due are
+        kept first (:meth:`keep_books`)."""
+        self.keep_books()
         out = {
             "bids": _frame(self._bids, BIDS_DTYPES),
             "trades": _frame(self._trades, TRADES_DTYPES),

@@ -68,6 +68,7 @@ def _day(tmp_path, mode: str = "fail", imbalance_price: str = "tariff") -> Marke
     energies = [IntervalEnergy(meter=p, interval=0, energy_kwh=e) for p, e in metered.items()]
     notices = [CurtailmentNotice(participant="x", interval=0, curtailed_kwh=0.5, limit="voltage")]
     market.on_market_time(1, [], energies, notices)
+    market.keep_books()  # the settlement of 0 and its checks (as the engines do after a market time)
     return market
 
 
