@@ -33,6 +33,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -97,7 +98,15 @@ def federation(cfg, run_dir: Path, study=None) -> dict:
     if study is None:
         study, _ = _prepare(cfg, run_dir)
     run = floors.real_federation(study)
-    return {"wall": run.wall_s, "split": _split(run), "startup_log": run.startup_log, "run_dir": run_dir}
+    return {"wall": run.wall_s, "split": _split(run), "startup_log": run.startup_log, "run_dir": run_dir,
+            "pending_s": _pending_s(run_dir / "logs" / f"{keys.MARKET}.log")}
+
+
+def _pending_s(log: Path) -> float | None:
+    """The work a federate did while its time requests were pending (``Door.later``),
+    from its log's time-loop line."""
+    m = re.search(r"of which ([\d.]+) s with a request pending", log.read_text()) if log.is_file() else None
+    return None if m is None else float(m.group(1))
 
 
 def floor_b(cfg, run_dir: Path, plan, launch: str = "fork", script_broker: bool = False) -> dict:
@@ -178,12 +187,14 @@ def kept_sections() -> str:
     return "".join(out)
 
 
-def critical_path_s(secs: dict[str, float]) -> float:
+def critical_path_s(secs: dict[str, float], books_s: float = 0.0) -> float:
     """In-process role work that the federation cannot overlap [s]: every federate works
     alone at its HELICS times except at report time (k*M + 0.25), where the prosumers bid
     while the meters report (and the feeder and the DSO send their small interval
-    messages): feeder + controllers + market + max(prosumers, meters)."""
-    return (secs[keys.FEEDER] + secs[keys.CONTROLLERS] + secs[keys.MARKET]
+    messages), and after its market time, where the market keeps its books (settlement,
+    ledger blocks: ``books_s`` of its work) while the feeder plays the interval:
+    feeder + controllers + (market - its books) + max(prosumers, meters)."""
+    return (secs[keys.FEEDER] + secs[keys.CONTROLLERS] + secs[keys.MARKET] - books_s
             + max(secs[keys.PROSUMERS], secs[keys.METERS]))
 
 
@@ -247,8 +258,10 @@ def report(R: dict, cfg, args, started: dt.datetime, elapsed_s: float) -> str:
     ip, fa = R["inprocess"], R["floor_a"]
     fe, fe0, fb, fb0 = R["federation"], R["federation_plain"], R["floor_b"], R["floor_b_plain"]
     roles = {r: med([x["engine_seconds"].get(r, 0.0) for x in ip]) or 0.0 for r in (*ROLES, "setup")}
+    books = med([x["engine_seconds"].get("market_books", 0.0) for x in ip]) or 0.0
+    roles[keys.MARKET] += books  # the market federate's whole work: its clearing and its books
     engine_total = sum(roles.values())
-    cp = critical_path_s(roles)
+    cp = critical_path_s(roles, books)
     ip_wall = med(_get(ip, "wall"))
     fa_all, fa_one = med([x["all"].loop_s for x in fa]), med([x["one"].loop_s for x in fa])
     fe_s = [x["split"] for x in fe if x["split"] is not None]
@@ -405,6 +418,10 @@ def report(R: dict, cfg, args, started: dt.datetime, elapsed_s: float) -> str:
         "",
         table(["federates outside HELICS", "s", "% of loop"], busy_rows(fe_s)),
         "",
+        f"- The market kept its books (`MarketRole.keep_books`: settlement, ledger blocks) while its next time "
+        f"request was pending (`Door.later`): {f(med([x.get('pending_s') for x in (*fe, *fe0) if x.get('pending_s') is not None]))} s "
+        "over the day (its log). HELICS's profile counts that time inside HELICS (the request was made), so the "
+        "market's *outside* above is its clearing alone.",
         f"- Work on the critical path as the federation ran it (time with some federate outside HELICS): "
         f"{f(fe_busy)} s, against {f(cp)} s of the same roles' work in process (cp). Time with every federate "
         f"waiting inside HELICS (the coordination itself: broker, zmq, wake-ups, and the profiler's messages): "

@@ -39,12 +39,14 @@ from federates.prosumers.role import ProsumersRole
 
 @dataclass
 class EngineTimes:
-    """Wall time [s] spent in each role, and the views the DSO was shown in every
+    """Wall time [s] spent in each role (``market_books``: the market's book-keeping,
+    ``MarketRole.keep_books``, which the federate does while the feeder plays the
+    interval; ``market``: the rest of its work), and the views the DSO was shown in every
     physics step (the federation's timeline of hops: benchmarks/ replays it in a no-op
     federation)."""
 
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("setup", "prosumers", "market", "feeder", "meters", "controllers"), 0.0))
+        ("setup", "prosumers", "market", "feeder", "meters", "controllers", "market_books"), 0.0))
     dso_views: array = field(default_factory=lambda: array("H"))  # 2 bytes a step: a year is 1 MB
 
     def add(self, name: str, t0: float) -> float:
@@ -193,11 +195,12 @@ class _Engine:
                                          deliveries=self.deliveries)
         if out is None:  # the distributed P2P clearing (market.mechanism admm_distributed)
             out = self._admm_rounds(k)
-        self.market.keep_books()  # the federate keeps them while the feeder plays k
         self.confirmations, self.schedule_p_kw = out.confirmations, out.schedule_p_kw
         # the inverters hold the export envelopes: the DSO's, or what the constrained clearing accepted
         self.inverter_envelopes = self.envelopes if out.inverter_envelopes is None else out.inverter_envelopes
         self.clock.took("market")
+        self.market.keep_books()  # the federate keeps them while the feeder plays k
+        self.clock.took("market_books")
 
     def _admm_rounds(self, k: int) -> MarketTime:
         """The rounds of the distributed clearing of ``k``, as the market and the
