@@ -192,7 +192,7 @@ def critical_path_s(secs: dict[str, float], books_s: float = 0.0) -> float:
     alone at its HELICS times except at report time (k*M + 0.25), where the prosumers bid
     while the meters report (and the feeder and the DSO send their small interval
     messages), and after its market time, where the market keeps its books (settlement,
-    ledger blocks: ``books_s`` of its work) while the feeder plays the interval:
+    ledger blocks; ``books_s``) while the feeder plays the interval:
     feeder + controllers + (market - its books) + max(prosumers, meters)."""
     return (secs[keys.FEEDER] + secs[keys.CONTROLLERS] + secs[keys.MARKET] - books_s
             + max(secs[keys.PROSUMERS], secs[keys.METERS]))
