@@ -202,6 +202,20 @@ def _without_backstop(result: ClearingResult, orders: list[Order], retail_usd_pe
     return replace(result, confirmations=confirmations, trades=trades)
 
 
+class _Opening(NamedTuple):
+    """What the opening block of interval k and its clearing's records are made from,
+    once k is cleared (:meth:`MarketRole._book_opening`)."""
+
+    #: every order received: (order, energy accepted for clearing [kWh], cut reason)
+    rows: list[tuple[Order, float, str]]
+    late: int  # orders of another interval
+    #: each signed order of a known participant with the payload and signature checked
+    verified: list[tuple[Order, tuple[bytes, bytes]]]
+    env_k: list[OperatingEnvelope]  # the envelopes the clearing used
+    rejected: int  # orders without a valid signature
+    clipped_kwh: float  # energy the envelopes and grid constraints cut [kWh]
+
+
 class MarketTime(NamedTuple):
     """What the market sends at the market time of interval k."""
 
@@ -281,12 +295,10 @@ class MarketRole:
         self._settlements: list[dict] = []
         self._curtailed_trades: list[dict] = []
         self._envelopes: list[dict] = []
-        self._clipped_kwh = 0.0
         # the signed ledger (ledger.zst): one block per market time. Participant keys
         # are derived from the study seed here, a study simplification: the prosumers
         # should sign their own bids and the market verify them.
         self._keys: KeyRing | None = None
-        self._rejected = 0
         self._ledger: Ledger | None = None
         self.books = Conservation("market", cfg.feeder.conservation)  # the live money and ledger checks
         self._imbalance_rule = cfg.market.imbalance_price
@@ -296,7 +308,7 @@ class MarketRole:
                                      else None)
         self._comms = CommsLink.of(cfg.comms)
         self._admm: AdmmCoordinator | None = None
-        self._admm_open: tuple = ()
+        self._admm_open: _Opening | None = None
         self._admm_constraints = False
         self._admm_rows: list[dict] = []
         self._loss_price = cfg.market.loss_price
@@ -406,8 +418,9 @@ class MarketRole:
         self._admm = None
         self._admm_rows.append(admm.row)
         result = self._numbered_result(admm.result)
-        self._finish_open(k, result, *self._admm_open)
-        return [], self._market_time_out(result, self._admm_open[-1], self._admm_constraints)
+        opening, self._admm_open = self._admm_open, None
+        self._finish_open(k, result, opening)
+        return [], self._market_time_out(result, opening.env_k, self._admm_constraints)
 
     def keep_books(self) -> None:
         """The book-keeping of the last market time, which :meth:`on_market_time` (and
@@ -474,47 +487,41 @@ class MarketRole:
             (o, 0.0, CUT_LATE if o.interval < k else CUT_WRONG_INTERVAL) for o in orders if o.interval != k]
         late = len(orders) - len(raw)
         raw, unsigned, verified = self._signed(raw)
-        self._rejected = len(unsigned)
         rows += [(o, 0.0, CUT_SIGNATURE) for o in unsigned]
         mine, accepted, reason, env_k = self._admitted(k, raw, envelopes, constraints)
         rows += [(o, a, why) for o, a, why in zip(raw, accepted, reason, strict=True)]
-        self._clipped_kwh = float(sum(o.energy_kwh for o in raw) - sum(o.energy_kwh for o in mine))
+        opening = _Opening(rows, late, verified, env_k, len(unsigned),
+                           float(sum(o.energy_kwh for o in raw) - sum(o.energy_kwh for o in mine)))
         if self._admm_max_iterations is not None:
             self._admm = AdmmCoordinator(
                 build_book(mine, interval=k, retail_usd_per_kwh=self.tariff.retail(k),
                            feed_in_usd_per_kwh=self.tariff.feed_in(k), **self._charges(mine)),
                 comms=self._comms, seed=self.cfg.study.seed, max_iterations=self._admm_max_iterations,
                 patience=self.cfg.market.admm_patience_rounds)
-            self._admm_open = (rows, late, verified, env_k)
+            self._admm_open = opening
             return None
         result = self._cleared(k, mine)
-        self._finish_open(k, result, rows, late, verified, env_k)
+        self._finish_open(k, result, opening)
         return result, env_k
 
-    def _finish_open(self, k: int, result: ClearingResult, rows: list[tuple[Order, float, str]], late: int,
-                     verified: list[tuple[Order, tuple[bytes, bytes]]], env_k: list[OperatingEnvelope]) -> None:
+    def _finish_open(self, k: int, result: ClearingResult, opening: _Opening) -> None:
         """The rest of :meth:`_open_interval` once ``k`` is cleared: keep the result for
         the settlement; the clearing's records and its opening block left to
         :meth:`keep_books`."""
         self._pending[k] = result
-        self._books_due.append(partial(self._book_opening, k, result, rows, late, verified, env_k,
-                                       self._rejected, self._clipped_kwh))
+        self._books_due.append(partial(self._book_opening, k, result, opening))
 
-    def _book_opening(self, k: int, result: ClearingResult, rows: list[tuple[Order, float, str]], late: int,
-                      verified: list[tuple[Order, tuple[bytes, bytes]]], env_k: list[OperatingEnvelope],
-                      rejected: int,
-                      clipped_kwh: float) -> None:
-        """Record the clearing of ``k`` (``rejected`` orders unsigned, ``clipped_kwh`` cut
-        by the envelopes) and the envelopes it used, and seal its opening block: the
-        bids, the envelopes, the trades."""
-        self._envelopes.extend(dict(vars(e)) for e in env_k)
-        self._record_clearing(k, rows, result, late, rejected, clipped_kwh)
+    def _book_opening(self, k: int, result: ClearingResult, opening: _Opening) -> None:
+        """Record the clearing of ``k`` and the envelopes it used, and seal its opening
+        block: the bids, the envelopes, the trades."""
+        self._envelopes.extend(dict(vars(e)) for e in opening.env_k)
+        self._record_clearing(k, opening, result)
         if self._keys is not None:
             # the bid records of the payloads verified in _signed
-            opening = [bid_record_of(o, payload, sig) for o, (payload, sig) in verified]
-            opening += [make_record(self._keys, "envelope", k, e) for e in env_k]
-            opening += [trade_record(self._keys, t) for t in result.trades]
-            self._seal(k, opening)
+            block = [bid_record_of(o, payload, sig) for o, (payload, sig) in opening.verified]
+            block += [make_record(self._keys, "envelope", k, e) for e in opening.env_k]
+            block += [trade_record(self._keys, t) for t in result.trades]
+            self._seal(k, block)
 
     def _signed(self, orders: list[Order]
                 ) -> tuple[list[Order], list[Order], list[tuple[Order, tuple[bytes, bytes]]]]:
@@ -739,11 +746,11 @@ class MarketRole:
         self._curtailed_trades.extend(cut_rows)
         return rows, cut_rows
 
-    def _record_clearing(self, k: int, rows: list[tuple[Order, float, str]], r: ClearingResult,
-                         late: int, rejected: int, clipped_kwh: float) -> None:
-        """``rows``: every order received at market time ``k`` as submitted, the energy
-        accepted for clearing [kWh] and why it was cut (``CUT_REASONS``; "" = not cut)."""
-        bids = sorted(rows, key=lambda x: (x[0].interval, x[0].participant, x[0].side,
+    def _record_clearing(self, k: int, opening: _Opening, r: ClearingResult) -> None:
+        """``opening.rows``: every order received at market time ``k`` as submitted, the
+        energy accepted for clearing [kWh] and why it was cut (``CUT_REASONS``; "" = not
+        cut)."""
+        bids = sorted(opening.rows, key=lambda x: (x[0].interval, x[0].participant, x[0].side,
                                            x[0].price_usd_per_kwh, x[1], x[0].bus, x[0].phase))
         self._bids.extend(
             {"interval": o.interval, "participant": o.participant, "side": o.side,
@@ -763,10 +770,10 @@ class MarketRole:
             "price_usd_per_kwh": math.nan if r.price_usd_per_kwh is None else r.price_usd_per_kwh,
             "traded_kwh": r.traded_kwh, "unmatched_buy_kwh": r.unmatched_buy_kwh,
             "unmatched_sell_kwh": r.unmatched_sell_kwh, "welfare_usd": r.welfare_usd,
-            "n_bids": r.n_bids, "n_offers": r.n_offers, "late_orders": late,
+            "n_bids": r.n_bids, "n_offers": r.n_offers, "late_orders": opening.late,
             "iterations": r.iterations, "converged": r.converged,
-            "rejected_orders": rejected,
-            "envelope_clipped_kwh": clipped_kwh,
+            "rejected_orders": opening.rejected,
+            "envelope_clipped_kwh": opening.clipped_kwh,
         })
 
     def drain_tables(self) -> dict[str, pd.DataFrame]:
