@@ -401,7 +401,7 @@ def verify_order(keyring: KeyRing, order: Order) -> bool:
 
 def verify_orders(keyring: KeyRing, orders: list[Order]) -> list[bool]:
     """Whether each order carries a valid signature of its participant."""
-    return [r is not None for r in verified_bid_records(keyring, orders)]
+    return [v is not None for v in verified_bids(keyring, orders)]
 
 
 #: signatures checked (made) on several threads from this many on (libsodium runs
@@ -520,23 +520,12 @@ def bid_record_of(order: Order, payload: bytes, signature: bytes) -> dict[str, A
     return _record("bid", int(order.interval), body, [order.participant], [signature], payload)
 
 
-def verified_bid_records(keyring: KeyRing, orders: list[Order]) -> list[dict[str, Any] | None]:
-    """Per order its bid record if it carries a valid signature of its participant,
-    else None (:func:`verified_bids`, then :func:`bid_record_of`)."""
-    return [None if v is None else bid_record_of(o, *v)
-            for o, v in zip(orders, verified_bids(keyring, orders), strict=True)]
-
-
 def bid_record(keyring: KeyRing, order: Order) -> dict[str, Any]:
     """A bid record carrying its participant's signature: the one the order brings (not
     re-signed), or made with the participant's key in ``keyring`` if it has none."""
     if not order.signature:
         order = sign_order(keyring, order)
-    body = _order_body(order)
-    sig = bytes.fromhex(body.pop("signature"))
-    interval = int(order.interval)
-    return _record("bid", interval, body, [order.participant], [sig],
-                   record_payload("bid", interval, body))
+    return bid_record_of(order, _order_payload(order), bytes.fromhex(order.signature))
 
 
 def trade_record(keyring: KeyRing, trade: Trade) -> dict[str, Any]:

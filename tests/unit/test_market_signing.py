@@ -37,10 +37,11 @@ def test_market_rejects_forged_and_unsigned_bids(tmp_path):
 
 
 def test_a_large_book_is_verified_on_threads_with_the_same_answer_per_order():
-    """verified_bid_records splits the signatures of a large book over threads; each
-    order must still get its own answer: forged orders at odd and even places."""
+    """verified_bids splits the signatures of a large book over threads; each order
+    must still get its own answer (and its own payload): forged orders at odd and even
+    places."""
     from federates.market import ledger
-    from federates.market.ledger import verified_bid_records
+    from federates.market.ledger import _order_payload, verified_bids
 
     names = [f"p{i:02d}" for i in range(50)]
     keys = KeyRing.from_seed(3, names)
@@ -48,10 +49,12 @@ def test_a_large_book_is_verified_on_threads_with_the_same_answer_per_order():
     bad = {3, 4, 17, 30, 49}
     orders = [replace(o, energy_kwh=o.energy_kwh + 1.0) if i in bad else o for i, o in enumerate(orders)]
     assert len(orders) >= ledger.PARALLEL_VERIFY_MIN
-    got = [r is not None for r in verified_bid_records(keys, orders)]
+    checked = verified_bids(keys, orders)
+    got = [v is not None for v in checked]
     assert got == [i not in bad for i in range(len(orders))]
-    one_by_one = [r is not None for o in orders for r in verified_bid_records(keys, [o])]
+    one_by_one = [v is not None for o in orders for v in verified_bids(keys, [o])]
     assert got == one_by_one
+    assert all(v == (_order_payload(o), bytes.fromhex(o.signature)) for o, v in zip(orders, checked, strict=True) if v)
 
 
 def test_the_acknowledgements_of_a_large_block_made_on_threads_equal_one_by_one(monkeypatch):
