@@ -344,32 +344,14 @@ _isfinite = math.isfinite
 _BID_TAIL = f'}},"domain":"{_RECORD_DOMAIN}","interval":'
 
 
-def _bid_payload(body: dict[str, Any]) -> bytes:
-    """``record_payload("bid", int(body["interval"]), body)`` for a bid body (an order's
-    fields without its signature, ``_order_body``): the JSON spelled out, keys in the
-    sorted order canonical_json writes, at a third of its time where every field has
-    its usual type (str ids, an int interval, finite float energy and price, a bool
-    ``backstop`` if there); canonical_json itself otherwise. A test compares both."""
-    q, p, k = body["energy_kwh"], body["price_usd_per_kwh"], body["interval"]
-    backstop = body.get("backstop", True)  # in the body only where False (_order_body)
-    if (type(q) is float and type(p) is float and type(k) is int and _isfinite(q) and _isfinite(p)
-            and (backstop is True or backstop is False) and len(body) == 8 + (not backstop)):
-        head = '{"body":{"bus":' if backstop else '{"body":{"backstop":false,"bus":'
-        try:
-            return (f'{head}{_ascii(body["bus"])},"community":{_ascii(body["community"])},'
-                    f'"energy_kwh":{_float_repr(q)},"interval":{k},'
-                    f'"participant":{_ascii(body["participant"])},"phase":{_ascii(body["phase"])},'
-                    f'"price_usd_per_kwh":{_float_repr(p)},"side":{_ascii(body["side"])}'
-                    f'{_BID_TAIL}{k},"kind":"bid"}}').encode()
-        except (KeyError, TypeError):  # not an order's fields, or an id that is not a str
-            pass
-    return record_payload("bid", int(k), body)
-
-
 def _order_payload(order: Order) -> bytes:
-    """The payload an order is signed and verified over: ``_bid_payload`` of its bid
-    body, spelled out from the order's fields where they have their usual types (no
-    body dict made: this is on the clearing's way, ``verified_bids``)."""
+    """The payload an order is signed and verified over: ``record_payload`` of its bid
+    body (the order's fields without its signature, ``_order_body``), spelled out from
+    the order's fields, keys in the sorted order canonical_json writes, at a third of
+    its time where every field has its usual type (str ids, an int interval, finite
+    float energy and price, a bool ``backstop``); canonical_json itself otherwise. A
+    test compares both. No body dict is made: this is on the clearing's way
+    (``verified_bids``)."""
     q, p, k, backstop = order.energy_kwh, order.price_usd_per_kwh, order.interval, order.backstop
     if (type(q) is float and type(p) is float and type(k) is int and _isfinite(q) and _isfinite(p)
             and (backstop is True or backstop is False) and len(vars(order)) == 10):
@@ -384,7 +366,7 @@ def _order_payload(order: Order) -> bytes:
             pass
     body = _order_body(order)
     del body["signature"]  # the signature covers everything else
-    return _bid_payload(body)
+    return record_payload("bid", int(k), body)
 
 
 def sign_order(keyring: KeyRing, order: Order) -> Order:
